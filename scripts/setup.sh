@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up for `make run` (arg: run) and `make test` (arg: test).
+# Installs what is missing and nothing else, so a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+purpose="${1:-run}"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        echo "setup: apt-get update"
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    echo "setup: apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# System libraries. libopus for the codec everywhere; Chromium only for the
+# browser end-to-end tests; ffmpeg as an independent Opus/RTP peer in tests.
+missing=()
+ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ "$purpose" = "test" ]; then
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+
+# Virtualenv and the package (editable), reinstalled only when pyproject changes.
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+stamp=".venv/.botcall-installed-$purpose"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    extras=""
+    if [ "$purpose" = "test" ]; then extras="[dev]"; fi
+    echo "setup: pip install -e .$extras"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".$extras"
+    touch "$stamp"
+fi
