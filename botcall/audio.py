@@ -62,6 +62,9 @@ _FMT_EXTENSIBLE_SIZE = 40
 
 MAX_WAV_CHANNELS = 8
 """Channel counts a WAV may have for us to read it (mixed down on reading)."""
+MIN_WAV_RATE = 1000
+MAX_WAV_RATE = 768000
+"""Sample rates (Hz) a WAV may have for us to read it (resampled on reading)."""
 
 
 class WavFormat(IntEnum):
@@ -90,8 +93,8 @@ def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
         raise ValueError(f"unsupported WAV encoding (format tag 0x{tag:04x}); only PCM and float are read")
     if not 1 <= channels <= MAX_WAV_CHANNELS:
         raise ValueError(f"unsupported WAV channel count {channels}")
-    if rate == 0:
-        raise ValueError("WAV sample rate is 0")
+    if not MIN_WAV_RATE <= rate <= MAX_WAV_RATE:
+        raise ValueError(f"unsupported WAV sample rate {rate} Hz")
     if block_align != channels * bits // 8:
         raise ValueError(f"WAV block align {block_align} does not match {channels} x {bits}-bit samples")
     return tag, channels, rate, bits
