@@ -135,14 +135,14 @@ def _check_structure_untrusted(data: bytes) -> None:
         raise StunParseError(f"STUN length {length} is not a multiple of 4 (RFC 8489 §5)")
     if _HEADER_SIZE + length != size:
         raise StunParseError(f"STUN length {length} does not match the {size}-byte datagram")
+    # Length and every padded attribute are multiples of four, so an attribute
+    # header always fits; only its value can overrun.
     position = _HEADER_SIZE
     count = 0
     while position < size:
         count += 1
         if count > _MAX_ATTRIBUTES:
             raise StunParseError(f"more than {_MAX_ATTRIBUTES} STUN attributes")
-        if position + 4 > size:
-            raise StunParseError("truncated STUN attribute header")
         attribute_type, attribute_length = _ATTRIBUTE_HEADER.unpack_from(data, position)
         value_start = position + 4
         # Values are padded to four bytes (RFC 8489 §14).
