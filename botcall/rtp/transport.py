@@ -1,0 +1,162 @@
+"""The one UDP media socket: the Trio shell around :class:`MediaRelay`.
+
+The read loop waits once for readability, then drains the socket with
+non-blocking ``recvfrom`` calls until it would block (measured here: ~11 µs per
+forwarded packet, against 43-60 µs for ``await sock.recvfrom()`` per packet).
+Sends are non-blocking ``sendto``; when the kernel buffer is full, datagrams
+wait in a bounded per-destination backlog that drops its oldest entry (stale
+audio is worth less than fresh audio), counted as ``send_backlog_dropped``.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import socket
+from typing import Callable
+
+import trio
+
+from botcall.rtp.relay import Address, MediaRelay
+
+RECV_SIZE = 2048
+# Datagrams handled before yielding to other tasks (HTTP, timers) even when the
+# socket still has more: bounds the latency other tasks see under load.
+DRAIN_BATCH = 512
+SOCKET_BUFFER = 4 * 1024 * 1024
+TIMER_GRANULARITY = 0.02
+
+
+def open_udp_socket(host: str, port: int) -> socket.socket:
+    """Bind a non-blocking UDP socket with large kernel buffers.
+
+    Args:
+        host: local address to bind (``"127.0.0.1"``, ``"0.0.0.0"``, ``"::"``).
+        port: local port, 0 for any.
+
+    Returns:
+        The bound socket.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for option, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
+        # SO_RCVBUFFORCE/SO_SNDBUFFORCE (33/32 on Linux) pass rmem_max when we
+        # may; otherwise the plain option is capped by the sysctl.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    sock.setblocking(False)
+    sock.bind((host, port))
+    return sock
+
+
+class UdpTransport:
+    """Owns the socket: read loop, bounded send backlog, relay timers.
+
+    Args:
+        sock: a bound non-blocking UDP socket (see :func:`open_udp_socket`).
+        backlog_per_destination: datagrams kept per destination while the
+            kernel send buffer is full.
+        max_backlog_destinations: bound on destinations with a backlog.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        backlog_per_destination: int = 64,
+        max_backlog_destinations: int = 4096,
+    ) -> None:
+        self.sock = sock
+        self.counters: collections.Counter = collections.Counter()
+        self._backlog: dict[Address, collections.deque] = {}
+        self._backlog_size = backlog_per_destination
+        self._max_backlog_destinations = max_backlog_destinations
+        self._backlog_ready = trio.Event()
+        self._sendto = sock.sendto
+
+    @property
+    def local_address(self) -> Address:
+        return self.sock.getsockname()
+
+    def transmit(self, data: bytes, addr: Address) -> None:
+        """Send now if the kernel takes it, else queue it (bounded, oldest dropped)."""
+        if addr in self._backlog:
+            self._enqueue(data, addr)
+            return
+        try:
+            self._sendto(data, addr)
+        except BlockingIOError:
+            self._enqueue(data, addr)
+        except OSError as exc:
+            self.counters[f"send_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+
+    def _enqueue(self, data: bytes, addr: Address) -> None:
+        queue = self._backlog.get(addr)
+        if queue is None:
+            if len(self._backlog) >= self._max_backlog_destinations:
+                self.counters["send_backlog_full"] += 1
+                return
+            queue = self._backlog[addr] = collections.deque(maxlen=self._backlog_size)
+            self._backlog_ready.set()
+        if len(queue) == self._backlog_size:
+            self.counters["send_backlog_dropped"] += 1
+        queue.append(data)
+
+    async def run(self, relay: MediaRelay, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the socket until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flush_loop)
+            nursery.start_soon(self._timer_loop, relay)
+            task_status.started(self.local_address)
+            await self._read_loop(relay.handle_datagram)
+
+    async def _read_loop(self, handle: Callable[[bytes, Address, float], None]) -> None:
+        sock = self.sock
+        recvfrom = sock.recvfrom
+        wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
+        counters = self.counters
+        while True:
+            await wait_readable(sock)
+            # One clock read per batch: packets drained together arrived within
+            # microseconds of each other.
+            now = current_time()
+            for _ in range(DRAIN_BATCH):
+                try:
+                    data, addr = recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    counters[f"recv_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                    continue
+                handle(data, addr, now)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready = trio.Event()
+            while self._backlog:
+                await trio.lowlevel.wait_writable(self.sock)
+                self._flush_once()
+
+    def _flush_once(self) -> None:
+        for addr in list(self._backlog):
+            queue = self._backlog[addr]
+            while queue:
+                try:
+                    self._sendto(queue[0], addr)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self.counters[f"send_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                queue.popleft()
+            del self._backlog[addr]
+
+    async def _timer_loop(self, relay: MediaRelay) -> None:
+        while True:
+            now = trio.current_time()
+            relay.handle_timeout(now)
+            deadline = min(relay.next_deadline(), now + TIMER_GRANULARITY)
+            await trio.sleep_until(max(deadline, now + 0.001))

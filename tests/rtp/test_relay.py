@@ -1,0 +1,255 @@
+"""The routing core, driven directly: latching, strict forwarding, drops, consent."""
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
+from botcall.rtp.relay import MediaPeer, MediaRelay, UdpSink
+from botcall.rtp.rtcp import ReceiverReport, ReportBlock, Sdes, SdesChunk, SdesItem, SdesItemType, serialize_rtcp_compound
+from botcall.rtp.stun import binding_request, parse_binding_response_untrusted
+
+A_ADDR = ("127.0.0.1", 50001)
+B_ADDR = ("127.0.0.1", 50002)
+EVIL_ADDR = ("127.0.0.1", 50666)
+
+
+class Wire:
+    """Collects what the relay transmits."""
+
+    def __init__(self):
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def __call__(self, data, addr):
+        self.sent.append((data, addr))
+
+    def to(self, addr):
+        return [data for data, dest in self.sent if dest == addr]
+
+    def clear(self):
+        self.sent.clear()
+
+
+def make_bot(relay, wire, name, ssrc, room="room-1"):
+    peer = MediaPeer(
+        session_id=f"sess-{name}",
+        participant_id=f"p-{name}",
+        room_id=room,
+        ssrc=ssrc,
+        payload_type=111,
+        sink=UdpSink(wire),
+        ice_ufrag=f"ufrag{name}",
+        ice_pwd=f"password-of-{name}-0123456789",
+    )
+    return relay.add_peer(peer)
+
+
+def latch(relay, wire, peer, addr, now=0.0, password=None):
+    request = binding_request(f"{peer.ice_ufrag}:bot", password or peer.ice_pwd)
+    relay.handle_datagram(request, addr, now)
+    return request
+
+
+def rtp(ssrc, seq=1, pt=111, payload=b"\xfc\x01\x02"):
+    return bytes(RtpPacket(payload_type=pt, sequence_number=seq, timestamp=seq * 960, ssrc=ssrc, payload=payload))
+
+
+@pytest.fixture
+def setup():
+    wire = Wire()
+    relay = MediaRelay(wire)
+    a = make_bot(relay, wire, "a", 1111)
+    b = make_bot(relay, wire, "b", 2222)
+    return relay, wire, a, b
+
+
+def test_binding_latches_and_answers_with_mapped_address(setup):
+    relay, wire, a, _ = setup
+    latch(relay, wire, a, A_ADDR)
+    assert a.addr == A_ADDR
+    [reply] = wire.to(A_ADDR)
+    # The answer is signed with the session's password and maps our address.
+    assert parse_binding_response_untrusted(reply, a.ice_pwd, reply[8:20]) == A_ADDR
+
+
+def test_rtp_is_forwarded_unchanged_to_the_other_bot(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    wire.clear()
+    packet = rtp(1111, seq=7)
+    relay.handle_datagram(packet, A_ADDR, 1.0)
+    assert wire.sent == [(packet, B_ADDR)]
+    assert parse_rtp_untrusted(wire.sent[0][0]).ssrc == 1111
+    assert a.rx_packets == 1 and b.tx_packets == 1
+
+
+def test_three_bots_each_hear_the_other_two_as_separate_streams():
+    wire = Wire()
+    relay = MediaRelay(wire)
+    peers = [make_bot(relay, wire, n, s) for n, s in (("a", 1), ("b", 2), ("c", 3))]
+    for i, peer in enumerate(peers):
+        latch(relay, wire, peer, ("127.0.0.1", 6000 + i))
+    wire.clear()
+    for i, peer in enumerate(peers):
+        relay.handle_datagram(rtp(peer.ssrc), ("127.0.0.1", 6000 + i), 1.0)
+    for i in range(3):
+        heard = {parse_rtp_untrusted(d).ssrc for d in wire.to(("127.0.0.1", 6000 + i))}
+        assert heard == {1, 2, 3} - {i + 1}
+
+
+def test_rooms_are_isolated():
+    wire = Wire()
+    relay = MediaRelay(wire)
+    a = make_bot(relay, wire, "a", 1, room="r1")
+    b = make_bot(relay, wire, "b", 2, room="r2")
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    wire.clear()
+    relay.handle_datagram(rtp(1), A_ADDR, 1.0)
+    assert wire.sent == []
+
+
+def test_right_ssrc_from_another_port_is_dropped_and_does_not_relatch(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    wire.clear()
+    relay.handle_datagram(rtp(1111), EVIL_ADDR, 1.0)
+    assert wire.sent == []
+    assert relay.counters["unknown_source"] == 1
+    assert a.addr == A_ADDR
+
+
+def test_wrong_ssrc_and_payload_type_are_dropped_and_counted(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    wire.clear()
+    relay.handle_datagram(rtp(2222), A_ADDR, 1.0)  # b's SSRC from a's address
+    relay.handle_datagram(rtp(1111, pt=0), A_ADDR, 1.0)
+    relay.handle_datagram(b"\x80\x6f\x00", A_ADDR, 1.0)  # truncated header
+    assert wire.sent == []
+    assert a.drops == {"wrong_ssrc": 1, "wrong_payload_type": 1, "malformed_rtp": 1}
+
+
+def test_muted_peer_is_not_forwarded(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    relay.set_muted(a.session_id, True)
+    wire.clear()
+    relay.handle_datagram(rtp(1111), A_ADDR, 1.0)
+    assert wire.sent == [] and a.drops["muted"] == 1
+    relay.set_muted(a.session_id, False)
+    relay.handle_datagram(rtp(1111), A_ADDR, 1.0)
+    assert len(wire.to(B_ADDR)) == 1
+
+
+def test_bad_password_gets_no_state_and_no_larger_reply(setup):
+    relay, wire, a, _ = setup
+    request = latch(relay, wire, a, EVIL_ADDR, password="not-the-password-at-all")
+    assert a.addr is None
+    assert all(len(reply) <= len(request) for reply in wire.to(EVIL_ADDR))
+    assert relay.counters["stun_unauthorized"] == 1
+
+
+def test_unknown_ufrag_gets_no_reply(setup):
+    relay, wire, *_ = setup
+    relay.handle_datagram(binding_request("nosuchufrag:x", "whatever-password-1234"), EVIL_ADDR, 0.0)
+    assert wire.sent == []
+    assert relay.counters["stun_unknown_ufrag"] == 1
+
+
+def test_rebinding_moves_the_session(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    new_addr = ("127.0.0.1", 50100)
+    latch(relay, wire, a, new_addr, now=5.0)
+    assert a.addr == new_addr
+    wire.clear()
+    relay.handle_datagram(rtp(1111), A_ADDR, 6.0)  # the old address no longer speaks for a
+    assert wire.sent == []
+    relay.handle_datagram(rtp(2222), B_ADDR, 6.0)
+    assert wire.to(new_addr) and not wire.to(A_ADDR)
+
+
+def test_consent_expires_after_30_seconds_without_binding(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR, now=0.0)
+    latch(relay, wire, b, B_ADDR, now=0.0)
+    relay.handle_timeout(29.0)
+    assert a.addr == A_ADDR
+    latch(relay, wire, b, B_ADDR, now=20.0)  # b keeps its binding alive
+    relay.handle_timeout(31.0)
+    assert a.addr is None and b.addr == B_ADDR
+    wire.clear()
+    relay.handle_datagram(rtp(1111), A_ADDR, 31.5)
+    assert wire.sent == [] and relay.counters["unknown_source"] == 1
+
+
+def test_removed_peer_is_forgotten(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    relay.remove_peer(a.session_id)
+    wire.clear()
+    relay.handle_datagram(rtp(1111), A_ADDR, 1.0)
+    relay.handle_datagram(binding_request(f"{a.ice_ufrag}:x", a.ice_pwd), A_ADDR, 1.0)
+    assert wire.sent == []
+    assert relay.peer_count() == 1
+
+
+def test_rtcp_from_the_sender_is_relayed_and_spoofed_sender_dropped(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    wire.clear()
+    report = serialize_rtcp_compound(
+        [
+            ReceiverReport(ssrc=1111, reports=(ReportBlock(ssrc=2222, fraction_lost=0, cumulative_lost=0, highest_sequence=5, jitter=0, last_sr=0, delay_since_last_sr=0),)),
+            Sdes(chunks=(SdesChunk(ssrc=1111, items=(SdesItem(SdesItemType.CNAME, b"a"),)),)),
+        ]
+    )
+    relay.handle_datagram(report, A_ADDR, 1.0)
+    assert wire.to(B_ADDR) == [report]
+    spoofed = serialize_rtcp_compound([ReceiverReport(ssrc=2222)])
+    relay.handle_datagram(spoofed, A_ADDR, 1.0)
+    assert wire.to(B_ADDR) == [report]
+    assert a.drops["wrong_ssrc_rtcp"] == 1
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=300), max_size=30))
+def test_random_spray_before_latching_forwards_and_answers_nothing(datagrams):
+    wire = Wire()
+    relay = MediaRelay(wire)
+    make_bot(relay, wire, "a", 1111)
+    make_bot(relay, wire, "b", 2222)
+    for data in datagrams:
+        relay.handle_datagram(data, EVIL_ADDR, 0.0)
+    # Random bytes cannot carry a valid MESSAGE-INTEGRITY for a known ufrag, so
+    # nothing is latched; any reply is an error no larger than its request.
+    assert all(peer.addr is None for peer in relay.room_peers("room-1"))
+    sizes = {len(d) for d in datagrams}
+    assert all(len(reply) <= max(sizes, default=0) for reply, _ in wire.sent)
+
+
+def test_malformed_flood_leaves_a_concurrent_call_intact(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    rng = random.Random(7)
+    wire.clear()
+    sent = []
+    for seq in range(200):
+        for _ in range(20):
+            junk = bytes([rng.choice([0, 1, 22, 128, 129, 200])]) + rng.randbytes(rng.randint(0, 200))
+            relay.handle_datagram(junk, (f"127.0.0.{rng.randint(2, 9)}", rng.randint(1, 65535)), seq * 0.02)
+            relay.handle_datagram(junk, A_ADDR, seq * 0.02)  # even from a's own address
+        packet = rtp(1111, seq=seq)
+        sent.append(packet)
+        relay.handle_datagram(packet, A_ADDR, seq * 0.02)
+    assert wire.to(B_ADDR) == sent
