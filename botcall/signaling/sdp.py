@@ -1,0 +1,766 @@
+"""SDP for browsers: parse an offer, build our ICE-lite answer (sans-IO).
+
+The relay is an ICE-lite (RFC 8445 §2.5), DTLS-passive (RFC 8842 §5.3) endpoint on
+one UDP port that receives and sends one Opus stream. From a browser's offer we
+take the first live audio m-section and answer it; every other m-section (video,
+a data channel, a second audio) is answered as rejected, port 0, because an answer
+must list the same m-sections in the same order (RFC 3264 §6).
+
+References: RFC 8866 (SDP), RFC 3264 (offer/answer), RFC 9429 (JSEP), RFC 8843
+(BUNDLE), RFC 8839 (ICE attributes), RFC 8842 and RFC 8122 (DTLS setup and
+fingerprints), RFC 7587 (Opus), RFC 8285 (extmap), RFC 5576 (ssrc), RFC 8830 (msid).
+
+``parse_offer_untrusted`` takes text from a browser and raises only ``SdpError``,
+with a message that says what is wrong; sizes are capped before any work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+
+from botcall.errors import SdpError
+
+__all__ = [
+    "Direction",
+    "Extmap",
+    "Fingerprint",
+    "MAX_SDP_CHARS",
+    "MAX_SDP_LINES",
+    "MediaSection",
+    "SdpOffer",
+    "SdpSection",
+    "SessionDescription",
+    "SetupRole",
+    "build_answer",
+    "parse_offer_untrusted",
+    "parse_sdp_untrusted",
+]
+
+# A Chrome offer with audio, video (two dozen codecs) and a data channel is
+# ~7 KB and ~200 lines; these caps leave room for simulcast and many
+# transceivers while bounding the work one message can cause.
+MAX_SDP_CHARS = 64 * 1024
+MAX_SDP_LINES = 2000
+MAX_LINE_CHARS = 2048
+MAX_MEDIA_SECTIONS = 64
+MAX_SSRCS = 16
+MAX_MID_CHARS = 64
+
+OPUS_CLOCK_RATE = 48000
+OPUS_CHANNELS = 2  # RFC 7587 §7: always "opus/48000/2" in SDP
+SUPPORTED_PROTOCOL = "UDP/TLS/RTP/SAVPF"  # RFC 5764 §8, JSEP §5.1.2
+DEFAULT_OPUS_FMTP = "minptime=10;useinbandfec=1"
+# RFC 8445 §5.1.2.1 with type preference 126 (host), local preference 65535,
+# component 1: (126 << 24) | (65535 << 8) | (256 - 1).
+HOST_CANDIDATE_PRIORITY = 2130706431
+
+# Digest sizes of the RFC 8122 §5 hash functions we accept (md2/md5 are not).
+_DIGEST_SIZES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+_FINGERPRINT_PREFERENCE = ("sha-256", "sha-384", "sha-512", "sha-224", "sha-1")
+
+_LINE_TYPES = frozenset("vosiuepcbtrzkam")  # RFC 8866 §5
+_ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+")  # RFC 8839 §5.4 ice-char
+_TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 8866 §9 token
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_MSID_ID = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]{1,64}")  # RFC 8830 §2 msid-id
+
+
+class Direction(StrEnum):
+    """Media direction attributes (RFC 8866 §6.7)."""
+
+    SENDRECV = "sendrecv"
+    SENDONLY = "sendonly"
+    RECVONLY = "recvonly"
+    INACTIVE = "inactive"
+
+    @property
+    def sends(self) -> bool:
+        return self in (Direction.SENDRECV, Direction.SENDONLY)
+
+    @property
+    def receives(self) -> bool:
+        return self in (Direction.SENDRECV, Direction.RECVONLY)
+
+    @classmethod
+    def from_flags(cls, sends: bool, receives: bool) -> Direction:
+        if sends and receives:
+            return cls.SENDRECV
+        if sends:
+            return cls.SENDONLY
+        if receives:
+            return cls.RECVONLY
+        return cls.INACTIVE
+
+
+class SetupRole(StrEnum):
+    """``a=setup`` values (RFC 4145 §4, RFC 8842 §5)."""
+
+    ACTPASS = "actpass"
+    ACTIVE = "active"
+    PASSIVE = "passive"
+    HOLDCONN = "holdconn"
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """A certificate fingerprint (RFC 8122 §5): ``algorithm`` lower case, ``value``
+    upper-case hex pairs separated by colons."""
+
+    algorithm: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm} {self.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> Fingerprint:
+        """Parse ``"sha-256 AB:CD:..."``; a bare ``"AB:CD:..."`` is taken as SHA-256.
+
+        Args:
+            text: the attribute value.
+
+        Returns:
+            The normalised fingerprint.
+
+        Raises:
+            SdpError: unknown algorithm, bad hex, or a size that does not match it.
+        """
+        algorithm, space, value = text.strip().partition(" ")
+        if not space:
+            algorithm, value = "sha-256", algorithm
+        algorithm = algorithm.lower()
+        value = value.strip()
+        size = _DIGEST_SIZES.get(algorithm)
+        if size is None:
+            raise SdpError(f"unsupported fingerprint algorithm {algorithm[:20]!r} (RFC 8122 §5)")
+        if len(value) != 3 * size - 1 or not _HEX_PAIRS.fullmatch(value):
+            raise SdpError(f"a {algorithm} fingerprint must be {size} colon-separated hex bytes")
+        return cls(algorithm, value.upper())
+
+
+@dataclass(frozen=True, slots=True)
+class Extmap:
+    """An RTP header extension mapping (RFC 8285 §8): ``a=extmap:<id>[/<dir>] <uri> [<attrs>]``."""
+
+    id: int
+    uri: str
+    direction: Direction | None = None
+    attributes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSection:
+    """An m-line (RFC 8866 §5.14) and the section's ``a=mid`` (RFC 5888), if any."""
+
+    kind: str
+    port: int
+    protocol: str
+    formats: tuple[str, ...]
+    mid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SdpSection:
+    """One level of a description: the session part (``media`` None) or a media section.
+
+    ``attributes`` keeps every ``a=`` line in order as ``(name, value)``; a flag
+    attribute (``a=rtcp-mux``) has value None.
+    """
+
+    media: MediaSection | None
+    attributes: tuple[tuple[str, str | None], ...]
+
+    def values(self, name: str) -> tuple[str | None, ...]:
+        """Every value of attribute ``name`` in this section, in order."""
+        return tuple(value for key, value in self.attributes if key == name)
+
+    def has(self, name: str) -> bool:
+        """Whether attribute ``name`` appears in this section."""
+        return any(key == name for key, _ in self.attributes)
+
+    def value(self, name: str) -> str | None:
+        """The value of an attribute that may appear at most once, or None.
+
+        Raises:
+            SdpError: it appears more than once, or is a flag without a value.
+        """
+        values = self.values(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise SdpError(f"a={name} appears {len(values)} times in one section")
+        if values[0] is None:
+            raise SdpError(f"a={name} needs a value")
+        return values[0]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDescription:
+    """A parsed SDP: the session-level section and the media sections in order."""
+
+    session: SdpSection
+    media: tuple[SdpSection, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SdpOffer:
+    """What we need from a browser's offer to answer it.
+
+    Attributes:
+        mid: ``a=mid`` of the audio section we answer.
+        opus_payload_type: the offer's Opus payload type (Chrome 111, Firefox 109).
+        opus_fmtp: the offer's ``a=fmtp`` parameters for Opus ("" when absent).
+        ice_ufrag, ice_pwd: the browser's ICE credentials (media- or session-level).
+        fingerprint: the browser's DTLS certificate fingerprint (SHA-256 when offered).
+        fingerprints: every acceptable fingerprint offered for the section.
+        setup: the browser's DTLS role offer (actpass or active; we are passive).
+        direction: the offer's direction for the audio section.
+        ssrcs: SSRCs the browser announced for its audio (``a=ssrc``), in order.
+        cname: the RTCP CNAME announced with the first SSRC, if any.
+        msid: ``(stream id, track id)`` from ``a=msid`` or ``a=ssrc:<n> msid:``.
+        rtcp_mux: the section offers ``a=rtcp-mux`` (required to build an answer).
+        extmaps: header extensions offered for the audio section.
+        bundle: the mids of the BUNDLE group holding the audio section, or ().
+        ice_options: ``a=ice-options`` tokens (``trickle``...).
+        media: every m-section, in order (the answer mirrors them).
+        audio_index: the index in ``media`` of the section we answer.
+    """
+
+    mid: str
+    opus_payload_type: int
+    opus_fmtp: str
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: Fingerprint
+    fingerprints: tuple[Fingerprint, ...]
+    setup: SetupRole
+    direction: Direction
+    ssrcs: tuple[int, ...]
+    cname: str | None
+    msid: tuple[str, str | None] | None
+    rtcp_mux: bool
+    extmaps: tuple[Extmap, ...]
+    bundle: tuple[str, ...]
+    ice_options: tuple[str, ...]
+    media: tuple[MediaSection, ...]
+    audio_index: int
+
+    def opus_fmtp_params(self) -> dict[str, str]:
+        """The Opus fmtp as a dict (``{"minptime": "10", "useinbandfec": "1"}``)."""
+        params = {}
+        for item in self.opus_fmtp.split(";"):
+            key, _, value = item.strip().partition("=")
+            if key:
+                params[key] = value
+        return params
+
+
+# --- Generic parsing ---------------------------------------------------------------
+
+
+def _parse_media_line(number: int, value: str) -> MediaSection:
+    fields = value.split()
+    if len(fields) < 4:
+        raise SdpError(f"line {number}: m= needs <media> <port> <proto> <fmt>...")
+    kind, port_text, protocol = fields[0], fields[1], fields[2]
+    port_text = port_text.partition("/")[0]  # RFC 8866 §5.14 <port>/<number of ports>
+    if not _DIGITS.fullmatch(port_text) or int(port_text) > 0xFFFF:
+        raise SdpError(f"line {number}: bad port in m= line")
+    if not _TOKEN.fullmatch(kind) or not _TOKEN.fullmatch(protocol.replace("/", "-")):
+        raise SdpError(f"line {number}: bad media or protocol in m= line")
+    formats = tuple(fields[3:])
+    if not all(_TOKEN.fullmatch(fmt) for fmt in formats):
+        raise SdpError(f"line {number}: bad format in m= line")
+    return MediaSection(kind, int(port_text), protocol, formats)
+
+
+def parse_sdp_untrusted(text: str) -> SessionDescription:
+    """Split an SDP into its session section and media sections (RFC 8866 §5).
+
+    Accepts CRLF or LF line endings and skips empty lines. Only the line syntax is
+    checked here (``<type>=<value>``, ``v=0`` first, m-line shape, sizes).
+
+    Args:
+        text: the SDP.
+
+    Returns:
+        The ``SessionDescription``.
+
+    Raises:
+        SdpError: not SDP, or over ``MAX_SDP_CHARS`` / ``MAX_SDP_LINES`` /
+            ``MAX_LINE_CHARS`` / ``MAX_MEDIA_SECTIONS``.
+    """
+    if not isinstance(text, str):
+        raise SdpError(f"SDP must be text, not {type(text).__name__}")
+    if len(text) > MAX_SDP_CHARS:
+        raise SdpError(f"SDP of {len(text)} characters is over the {MAX_SDP_CHARS} limit")
+    if "\x00" in text:
+        raise SdpError("SDP contains a NUL character")
+    raw_lines = text.split("\n")
+    if len(raw_lines) > MAX_SDP_LINES:
+        raise SdpError(f"SDP of {len(raw_lines)} lines is over the {MAX_SDP_LINES} limit")
+    session: SdpSection | None = None
+    media_sections: list[SdpSection] = []
+    current_media: MediaSection | None = None
+    current_attributes: list[tuple[str, str | None]] = []
+    seen_version = False
+    for number, raw in enumerate(raw_lines, start=1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if not line:
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            raise SdpError(f"line {number} is over {MAX_LINE_CHARS} characters")
+        if "\r" in line:
+            raise SdpError(f"line {number} contains a stray carriage return")
+        if len(line) < 2 or line[1] != "=" or line[0] not in _LINE_TYPES:
+            raise SdpError(f"line {number} is not an SDP <type>=<value> line")
+        kind, value = line[0], line[2:]
+        if not seen_version:
+            if line != "v=0":
+                raise SdpError("SDP must start with v=0")
+            seen_version = True
+            continue
+        if kind == "m":
+            section = SdpSection(current_media, tuple(current_attributes))
+            if current_media is None:
+                session = section
+            else:
+                media_sections.append(section)
+            if len(media_sections) >= MAX_MEDIA_SECTIONS:
+                raise SdpError(f"more than {MAX_MEDIA_SECTIONS} m-sections")
+            current_media = _parse_media_line(number, value)
+            current_attributes = []
+        elif kind == "a":
+            name, colon, attribute_value = value.partition(":")
+            if not name:
+                raise SdpError(f"line {number}: empty attribute name")
+            current_attributes.append((name, attribute_value if colon else None))
+    if not seen_version:
+        raise SdpError("empty SDP")
+    last = SdpSection(current_media, tuple(current_attributes))
+    if current_media is None:
+        session = last
+    else:
+        media_sections.append(last)
+    assert session is not None
+    return SessionDescription(session, tuple(_with_mid(section) for section in media_sections))
+
+
+def _with_mid(section: SdpSection) -> SdpSection:
+    mid = section.value("mid")
+    if mid is not None:
+        if len(mid) > MAX_MID_CHARS or not _TOKEN.fullmatch(mid):
+            raise SdpError(f"a=mid must be a token of at most {MAX_MID_CHARS} characters")
+        assert section.media is not None
+        media = section.media
+        section = SdpSection(
+            MediaSection(media.kind, media.port, media.protocol, media.formats, mid),
+            section.attributes,
+        )
+    return section
+
+
+# --- Offer ------------------------------------------------------------------------
+
+
+def _media_then_session(media: SdpSection, session: SdpSection, name: str) -> str | None:
+    # RFC 8839 §5.4, RFC 8122 §5, RFC 4145 §4: a media-level value overrides the
+    # session-level one.
+    value = media.value(name)
+    return value if value is not None else session.value(name)
+
+
+def _direction(section: SdpSection) -> Direction | None:
+    found = [key for key, _ in section.attributes if key in Direction._value2member_map_]
+    if len(found) > 1:
+        raise SdpError(f"conflicting direction attributes: {', '.join(found)}")
+    return Direction(found[0]) if found else None
+
+
+def _ice_credential(value: str | None, name: str, minimum: int) -> str:
+    if value is None:
+        raise SdpError(f"offer has no a={name} (neither media- nor session-level)")
+    if not minimum <= len(value) <= 256 or not _ICE_CHARS.fullmatch(value):
+        raise SdpError(f"a={name} must be {minimum}-256 ICE characters (RFC 8839 §5.4)")
+    return value
+
+
+def _fingerprints(media: SdpSection, session: SdpSection) -> tuple[Fingerprint, ...]:
+    values = media.values("fingerprint") or session.values("fingerprint")
+    if not values:
+        raise SdpError("offer has no a=fingerprint; DTLS-SRTP needs one (RFC 8122 §5)")
+    accepted = []
+    for value in values[:8]:
+        if value is None:
+            raise SdpError("a=fingerprint needs a value")
+        try:
+            accepted.append(Fingerprint.parse(value))
+        except SdpError:
+            # An algorithm we do not take (md5...) next to a good one is fine.
+            continue
+    if not accepted:
+        raise SdpError("offer has no usable a=fingerprint (need sha-256 or another SHA-2/SHA-1)")
+    return tuple(accepted)
+
+
+def _preferred_fingerprint(fingerprints: tuple[Fingerprint, ...]) -> Fingerprint:
+    for algorithm in _FINGERPRINT_PREFERENCE:
+        for fingerprint in fingerprints:
+            if fingerprint.algorithm == algorithm:
+                return fingerprint
+    return fingerprints[0]
+
+
+def _setup(media: SdpSection, session: SdpSection) -> SetupRole:
+    value = _media_then_session(media, session, "setup")
+    if value is None:
+        # RFC 4145 §4: an absent setup attribute means "active".
+        return SetupRole.ACTIVE
+    try:
+        role = SetupRole(value.strip().lower())
+    except ValueError:
+        raise SdpError(f"unknown a=setup:{value[:20]}") from None
+    if role not in (SetupRole.ACTPASS, SetupRole.ACTIVE):
+        raise SdpError(
+            f"offer has a=setup:{role.value}; we are always DTLS passive, so the offer "
+            "must be actpass or active (RFC 8842 §5)"
+        )
+    return role
+
+
+def _opus(section: SdpSection) -> tuple[int, str]:
+    assert section.media is not None
+    formats = section.media.formats
+    opus_types = set()
+    for value in section.values("rtpmap"):
+        payload_type, _, encoding = (value or "").partition(" ")
+        if not _DIGITS.fullmatch(payload_type) or int(payload_type) > 127:
+            raise SdpError(f"bad a=rtpmap payload type {payload_type[:10]!r}")
+        name, _, clock_and_channels = encoding.strip().partition("/")
+        if name.lower() == "opus" and clock_and_channels == f"{OPUS_CLOCK_RATE}/{OPUS_CHANNELS}":
+            opus_types.add(payload_type)
+    # Formats are in the offerer's order of preference (RFC 3264 §5.1).
+    chosen = next((fmt for fmt in formats if fmt in opus_types), None)
+    if chosen is None:
+        raise SdpError("the audio m-line offers no Opus (need a=rtpmap:<pt> opus/48000/2)")
+    fmtp = ""
+    for value in section.values("fmtp"):
+        payload_type, _, params = (value or "").partition(" ")
+        if payload_type == chosen:
+            fmtp = params.strip()
+            break
+    return int(chosen), fmtp
+
+
+def _extmaps(section: SdpSection) -> tuple[Extmap, ...]:
+    extmaps = []
+    seen_ids = set()
+    for value in section.values("extmap")[:64]:
+        fields = (value or "").split(maxsplit=2)
+        if len(fields) < 2:
+            raise SdpError("a=extmap needs <id> <uri>")
+        id_text, slash, direction_text = fields[0].partition("/")
+        if not _DIGITS.fullmatch(id_text):
+            raise SdpError(f"bad a=extmap id {id_text[:10]!r}")
+        ext_id = int(id_text)
+        # RFC 8285 §5: 1-14 one-byte, up to 255 two-byte; 4096-4351 negotiation only.
+        if not (1 <= ext_id <= 255 or 4096 <= ext_id <= 4351):
+            raise SdpError(f"a=extmap id {ext_id} out of range (RFC 8285 §5)")
+        if ext_id in seen_ids:
+            raise SdpError(f"a=extmap id {ext_id} used twice")
+        seen_ids.add(ext_id)
+        direction = None
+        if slash:
+            try:
+                direction = Direction(direction_text)
+            except ValueError:
+                raise SdpError(f"bad a=extmap direction {direction_text[:10]!r}") from None
+        extmaps.append(Extmap(ext_id, fields[1], direction, fields[2] if len(fields) > 2 else ""))
+    return tuple(extmaps)
+
+
+def _ssrcs(section: SdpSection) -> tuple[tuple[int, ...], str | None, tuple[str, str | None] | None]:
+    ssrcs: list[int] = []
+    cname = None
+    ssrc_msid = None
+    for value in section.values("ssrc"):
+        number_text, _, attribute = (value or "").partition(" ")
+        if not _DIGITS.fullmatch(number_text) or int(number_text) > 0xFFFFFFFF:
+            raise SdpError(f"bad a=ssrc value {number_text[:12]!r} (RFC 5576 §4.1)")
+        ssrc = int(number_text)
+        if ssrc not in ssrcs:
+            if len(ssrcs) >= MAX_SSRCS:
+                raise SdpError(f"more than {MAX_SSRCS} SSRCs in the audio section")
+            ssrcs.append(ssrc)
+        name, _, attribute_value = attribute.partition(":")
+        if ssrc == ssrcs[0]:
+            if name == "cname" and cname is None:
+                cname = attribute_value
+            elif name == "msid" and ssrc_msid is None:
+                ssrc_msid = _msid(attribute_value)
+    return tuple(ssrcs), cname, ssrc_msid
+
+
+def _msid(value: str) -> tuple[str, str | None] | None:
+    fields = value.split()
+    if not fields or len(fields) > 2 or not all(_MSID_ID.fullmatch(field) for field in fields):
+        raise SdpError("a=msid must be <stream id> [<track id>] (RFC 8830 §2)")
+    return fields[0], fields[1] if len(fields) == 2 else None
+
+
+def _bundle_groups(session: SdpSection, mids: set[str]) -> list[tuple[str, ...]]:
+    groups = []
+    grouped: set[str] = set()
+    for value in session.values("group"):
+        semantics, *members = (value or "").split() or [""]
+        if semantics != "BUNDLE":
+            continue
+        for mid in members:
+            if mid not in mids:
+                raise SdpError(f"a=group:BUNDLE names mid {mid[:MAX_MID_CHARS]!r}, which no m-section has")
+            if mid in grouped:
+                raise SdpError(f"mid {mid!r} is in two BUNDLE groups (RFC 8843 §7.2)")
+            grouped.add(mid)
+        if members:
+            groups.append(tuple(members))
+    return groups
+
+
+def _is_live(section: SdpSection) -> bool:
+    # Port 0 rejects a section, except with a=bundle-only (RFC 8843 §6).
+    assert section.media is not None
+    return section.media.port != 0 or section.has("bundle-only")
+
+
+def parse_offer_untrusted(text: str) -> SdpOffer:
+    """Parse a browser's SDP offer into what the answer needs.
+
+    The first live audio m-section is the one we answer; it must be
+    UDP/TLS/RTP/SAVPF with ``a=mid``, offer Opus (``opus/48000/2``), ICE
+    credentials, a usable fingerprint and ``a=setup`` actpass or active.
+
+    Args:
+        text: the offer's SDP as received over signaling.
+
+    Returns:
+        The ``SdpOffer``.
+
+    Raises:
+        SdpError: anything we cannot answer, with a message naming it.
+    """
+    description = parse_sdp_untrusted(text)
+    session = description.session
+    if session.has("ice-lite"):
+        raise SdpError("the offer is ICE-lite too; two lite agents never connect (RFC 8445 §2.5)")
+    mids: set[str] = set()
+    for section in description.media:
+        assert section.media is not None
+        mid = section.media.mid
+        if mid is not None:
+            if mid in mids:
+                raise SdpError(f"two m-sections share a=mid:{mid}")
+            mids.add(mid)
+    audio_index = next(
+        (
+            index
+            for index, section in enumerate(description.media)
+            if section.media is not None and section.media.kind == "audio" and _is_live(section)
+        ),
+        None,
+    )
+    if audio_index is None:
+        raise SdpError("offer has no audio m-line")
+    audio = description.media[audio_index]
+    assert audio.media is not None
+    if audio.media.protocol != SUPPORTED_PROTOCOL:
+        raise SdpError(f"audio m-line protocol is {audio.media.protocol[:40]!r}, we need {SUPPORTED_PROTOCOL}")
+    if audio.media.mid is None:
+        raise SdpError("the audio m-section has no a=mid (RFC 9429 §5.2.1)")
+    opus_payload_type, opus_fmtp = _opus(audio)
+    ice_ufrag = _ice_credential(_media_then_session(audio, session, "ice-ufrag"), "ice-ufrag", 4)
+    ice_pwd = _ice_credential(_media_then_session(audio, session, "ice-pwd"), "ice-pwd", 22)
+    fingerprints = _fingerprints(audio, session)
+    setup = _setup(audio, session)
+    direction = _direction(audio) or _direction(session) or Direction.SENDRECV
+    ssrcs, cname, ssrc_msid = _ssrcs(audio)
+    msid_value = audio.value("msid")
+    msid = _msid(msid_value) if msid_value is not None else ssrc_msid
+    bundle: tuple[str, ...] = ()
+    for group in _bundle_groups(session, mids):
+        if audio.media.mid in group:
+            bundle = group
+    ice_options = tuple(
+        option for value in (audio.values("ice-options") or session.values("ice-options")) for option in (value or "").split()
+    )
+    return SdpOffer(
+        mid=audio.media.mid,
+        opus_payload_type=opus_payload_type,
+        opus_fmtp=opus_fmtp,
+        ice_ufrag=ice_ufrag,
+        ice_pwd=ice_pwd,
+        fingerprint=_preferred_fingerprint(fingerprints),
+        fingerprints=fingerprints,
+        setup=setup,
+        direction=direction,
+        ssrcs=ssrcs,
+        cname=cname,
+        msid=msid,
+        rtcp_mux=audio.has("rtcp-mux"),
+        extmaps=_extmaps(audio),
+        bundle=bundle,
+        ice_options=ice_options[:16],
+        media=tuple(section.media for section in description.media if section.media is not None),
+        audio_index=audio_index,
+    )
+
+
+# --- Answer -----------------------------------------------------------------------
+
+
+def _check_token(value: str, what: str, maximum: int = 255) -> None:
+    if not 1 <= len(value) <= maximum or not _TOKEN.fullmatch(value):
+        raise ValueError(f"{what} must be 1-{maximum} SDP token characters, got {value!r}")
+
+
+def build_answer(
+    offer: SdpOffer,
+    *,
+    ice_ufrag: str,
+    ice_pwd: str,
+    fingerprint: Fingerprint | str,
+    host: str,
+    port: int,
+    ssrc: int,
+    cname: str,
+    direction: Direction | str = Direction.SENDRECV,
+    session_id: int | None = None,
+    session_version: int = 2,
+    msid_stream: str = "botcall",
+    msid_track: str | None = None,
+    extmap_uris: Collection[str] = (),
+) -> str:
+    """Build our ICE-lite, DTLS-passive answer to a parsed offer.
+
+    The audio section answers the offer's Opus payload type on our one host
+    candidate; every other m-section is rejected (port 0) in place. The answered
+    direction is ``direction`` narrowed by the offer's (RFC 3264 §6.1): an offer
+    that only sends gets ``recvonly``, and so on. SSRC and msid lines are written
+    only when we send.
+
+    Args:
+        offer: from ``parse_offer_untrusted``.
+        ice_ufrag, ice_pwd: our ICE credentials for this session.
+        fingerprint: our DTLS certificate fingerprint (``Fingerprint``, or
+            ``"sha-256 AB:..."``, or bare ``"AB:..."`` for SHA-256).
+        host, port: the relay's media address (an IP literal; candidates may not
+            name hosts).
+        ssrc: the SSRC we send with.
+        cname: our RTCP CNAME.
+        direction: what we would like to do; narrowed by the offer.
+        session_id: the o= session id; random when omitted.
+        session_version: the o= version (raise it for a renegotiation).
+        msid_stream, msid_track: our msid (RFC 8830), so the browser creates a
+            stream and track for what we send; the track id defaults to
+            ``"botcall-<ssrc>"``.
+        extmap_uris: header extension URIs we accept; each one the offer has is
+            echoed with the offer's id.
+
+    Returns:
+        The answer SDP, CRLF line endings.
+
+    Raises:
+        SdpError: the offer has no ``a=rtcp-mux`` (all our media is on one port).
+        ValueError: an argument out of range or with characters SDP cannot carry.
+    """
+    if not offer.rtcp_mux:
+        raise SdpError("the offer has no a=rtcp-mux; we carry RTP and RTCP on one port (RFC 5761)")
+    if not 4 <= len(ice_ufrag) <= 256 or not _ICE_CHARS.fullmatch(ice_ufrag):
+        raise ValueError("ice_ufrag must be 4-256 ICE characters (RFC 8839 §5.4)")
+    if not 22 <= len(ice_pwd) <= 256 or not _ICE_CHARS.fullmatch(ice_pwd):
+        raise ValueError("ice_pwd must be 22-256 ICE characters (RFC 8839 §5.4)")
+    if isinstance(fingerprint, str):
+        try:
+            fingerprint = Fingerprint.parse(fingerprint)
+        except SdpError as exc:
+            raise ValueError(str(exc)) from None
+    address = ipaddress.ip_address(host)
+    address_type = "IP4" if address.version == 4 else "IP6"
+    if not 1 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} out of range")
+    if not 0 <= ssrc <= 0xFFFFFFFF:
+        raise ValueError(f"ssrc {ssrc} is not a 32-bit value")
+    _check_token(cname, "cname")
+    direction = Direction(direction)
+    if msid_track is None:
+        msid_track = f"botcall-{ssrc}"
+    if not _MSID_ID.fullmatch(msid_stream) or not _MSID_ID.fullmatch(msid_track):
+        raise ValueError("msid_stream and msid_track must be 1-64 token characters")
+    if session_id is None:
+        session_id = secrets.randbits(62)
+    answered = Direction.from_flags(
+        direction.sends and offer.direction.receives,
+        direction.receives and offer.direction.sends,
+    )
+    pt = offer.opus_payload_type
+    lines = [
+        "v=0",
+        f"o=- {session_id} {session_version} IN {address_type} {address}",
+        "s=-",
+        "t=0 0",
+        # RFC 8445 §5.3 / RFC 8839 §5.3: we only answer checks, the browser controls.
+        "a=ice-lite",
+    ]
+    if offer.bundle:
+        # Only accepted m-sections may stay in the group (RFC 8843 §7.3.1).
+        lines.append(f"a=group:BUNDLE {offer.mid}")
+    for index, media in enumerate(offer.media):
+        if index != offer.audio_index:
+            lines.extend(_rejected_section(media))
+            continue
+        lines += [
+            f"m=audio {port} {SUPPORTED_PROTOCOL} {pt}",
+            f"c=IN {address_type} {address}",
+            f"a=candidate:1 1 udp {HOST_CANDIDATE_PRIORITY} {address} {port} typ host",
+            "a=end-of-candidates",
+            f"a=ice-ufrag:{ice_ufrag}",
+            f"a=ice-pwd:{ice_pwd}",
+            f"a=fingerprint:{fingerprint}",
+            # RFC 8842 §5.3: we never start DTLS; the browser is the client.
+            "a=setup:passive",
+            f"a=mid:{offer.mid}",
+        ]
+        lines += [f"a=extmap:{extmap.id} {extmap.uri}" for extmap in offer.extmaps if extmap.uri in extmap_uris]
+        lines.append(f"a={answered.value}")
+        if answered.sends:
+            lines.append(f"a=msid:{msid_stream} {msid_track}")
+        lines += [
+            "a=rtcp-mux",
+            f"a=rtpmap:{pt} opus/{OPUS_CLOCK_RATE}/{OPUS_CHANNELS}",
+            f"a=fmtp:{pt} {DEFAULT_OPUS_FMTP}",
+        ]
+        if answered.sends:
+            lines += [
+                f"a=ssrc:{ssrc} cname:{cname}",
+                f"a=ssrc:{ssrc} msid:{msid_stream} {msid_track}",
+            ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _rejected_section(media: MediaSection) -> list[str]:
+    # RFC 3264 §6: port 0 rejects; the formats are ignored but one must be there.
+    lines = [
+        f"m={media.kind} 0 {media.protocol} {media.formats[0]}",
+        "c=IN IP4 0.0.0.0",
+    ]
+    if media.mid is not None:
+        # JSEP §5.3.1: a rejected m-section keeps its mid.
+        lines.append(f"a=mid:{media.mid}")
+    if "RTP" in media.protocol:
+        lines.append(f"a={Direction.INACTIVE.value}")
+    return lines
