@@ -1,0 +1,187 @@
+"""WebSocket message shapes, sans-IO.
+
+Client messages are JSON objects with a ``type``; ``parse_client_message_untrusted``
+turns text from the network into a frozen dataclass or raises ``SignalingError``
+(code ``bad_message``), never anything else. Server messages are built by the
+small ``*_event`` helpers below so every event has one shape everywhere.
+
+The contract is written down in ``docs/protocol.md`` ("WebSocket channel").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Union
+
+from botcall.errors import SignalingError
+
+MAX_TEXT_MESSAGE = 256 * 1024
+MAX_CHAT_TEXT = 4000
+MAX_AUDIO_BYTES = 64 * 1024
+MAX_SDP = 64 * 1024
+MAX_DISPLAY_NAME = 64
+
+# WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications).
+CLOSE_NORMAL = 1000
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_SESSION_EXPIRED = 4408
+CLOSE_ROOM_FULL = 4409
+CLOSE_ROOM_CLOSED = 4410
+CLOSE_ALREADY_CONNECTED = 4411
+CLOSE_TOO_SLOW = 4429
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """``{"type": "control", "action": "mute" | "unmute" | "leave", "value": bool}``."""
+
+    action: str
+    value: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """``{"type": "chat", "text": "..."}``: relayed to the room."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """``{"type": "audio", "data": "<base64>", "timestamp": ms}``.
+
+    ``data`` is one Opus frame (encoding ``opus``) or PCM s16le at the session's
+    sample rate (encoding ``pcm16``, any whole number of samples).
+    """
+
+    data: bytes
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """``{"type": "ping"}``: answered with ``{"type": "pong"}``."""
+
+    nonce: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """``{"type": "offer", "sdp": "..."}`` from a browser."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """``{"type": "hello", "display_name": "..."}``: a human introduces itself."""
+
+    display_name: str
+
+
+ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello]
+
+_CONTROL_ACTIONS = frozenset({"mute", "unmute", "leave"})
+
+
+def _bad(message: str) -> SignalingError:
+    return SignalingError(message, code="bad_message", close_code=CLOSE_BAD_MESSAGE)
+
+
+def _string(obj: dict, key: str, limit: int, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"{key!r} must be a string")
+    if len(value) > limit:
+        raise _bad(f"{key!r} is longer than {limit} characters")
+    return value
+
+
+def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
+    """Parse one text frame from a client.
+
+    Args:
+        text: the frame's text.
+
+    Returns:
+        One of ``Control``, ``Chat``, ``Audio``, ``Ping``, ``Offer``, ``Hello``.
+
+    Raises:
+        SignalingError: not JSON, not an object, unknown type, wrong field types,
+            or over a size limit (code ``bad_message``).
+    """
+    if len(text) > MAX_TEXT_MESSAGE:
+        raise _bad(f"message larger than {MAX_TEXT_MESSAGE} bytes")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _bad("message is not JSON") from exc
+    if not isinstance(obj, dict):
+        raise _bad("message must be a JSON object")
+    kind = obj.get("type")
+    if kind == "audio":
+        data = _string(obj, "data", MAX_AUDIO_BYTES * 4 // 3 + 4)
+        try:
+            payload = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _bad("'data' is not base64") from exc
+        timestamp = obj.get("timestamp")
+        if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, (int, float))):
+            raise _bad("'timestamp' must be a number")
+        return Audio(payload, None if timestamp is None else float(timestamp))
+    if kind == "control":
+        action = obj.get("action")
+        if not isinstance(action, str) or action not in _CONTROL_ACTIONS:
+            raise _bad(f"unknown control action {action!r}; expected one of {sorted(_CONTROL_ACTIONS)}")
+        value = obj.get("value")
+        if value is not None and not isinstance(value, bool):
+            raise _bad("'value' must be true or false")
+        if action == "unmute":
+            action, value = "mute", False if value is None else not value
+        elif action == "mute" and value is None:
+            value = True
+        return Control(action, value)
+    if kind == "chat":
+        return Chat(_string(obj, "text", MAX_CHAT_TEXT))
+    if kind == "ping":
+        nonce = obj.get("nonce")
+        return Ping(None if nonce is None else str(nonce)[:64])
+    if kind == "offer":
+        return Offer(_string(obj, "sdp", MAX_SDP))
+    if kind == "hello":
+        name = _string(obj, "display_name", MAX_DISPLAY_NAME, required=False)
+        return Hello((name or "").strip() or "Guest")
+    raise _bad(f"unknown message type {kind!r}")
+
+
+def encode(event: dict) -> str:
+    """Serialise a server event compactly."""
+    return json.dumps(event, separators=(",", ":"))
+
+
+def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int) -> dict:
+    """Audio from one speaker: Opus frame or PCM s16le, base64 in ``data``.
+
+    ``seq`` counts frames of that speaker for this receiver (gaps mean loss);
+    ``timestamp`` is the RTP timestamp at ``sample_rate``.
+    """
+    return {
+        "type": "audio",
+        "participant_id": participant_id,
+        "seq": seq,
+        "timestamp": timestamp,
+        "encoding": encoding,
+        "sample_rate": sample_rate,
+        "data": base64.b64encode(data).decode("ascii"),
+    }
+
+
+def error_event(code: str, message: str) -> dict:
+    return {"type": "error", "code": code, "message": message}

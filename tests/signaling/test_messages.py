@@ -1,0 +1,102 @@
+import base64
+import json
+
+import pytest
+from hypothesis import example, given, strategies as st
+
+from botcall.errors import SignalingError
+from botcall.signaling.messages import (
+    Audio,
+    Chat,
+    Control,
+    Hello,
+    Offer,
+    Ping,
+    audio_event,
+    encode,
+    parse_client_message_untrusted,
+)
+
+
+def test_seed_control_mute():
+    assert parse_client_message_untrusted('{"type":"control","action":"mute","value":true}') == Control("mute", True)
+    assert parse_client_message_untrusted('{"type":"control","action":"mute","value":false}') == Control("mute", False)
+    assert parse_client_message_untrusted('{"type":"control","action":"mute"}') == Control("mute", True)
+
+
+def test_unmute_is_mute_false_and_leave():
+    assert parse_client_message_untrusted('{"type":"control","action":"unmute"}') == Control("mute", False)
+    assert parse_client_message_untrusted('{"type":"control","action":"leave"}') == Control("leave", None)
+
+
+def test_seed_audio_message():
+    frame = b"\xfc\xff\xfe" * 20
+    msg = parse_client_message_untrusted(json.dumps({"type": "audio", "data": base64.b64encode(frame).decode(), "timestamp": 1708000000123}))
+    assert msg == Audio(frame, 1708000000123.0)
+
+
+def test_chat_ping_offer_hello():
+    assert parse_client_message_untrusted('{"type":"chat","text":"hi"}') == Chat("hi")
+    assert parse_client_message_untrusted('{"type":"ping"}') == Ping(None)
+    assert parse_client_message_untrusted('{"type":"offer","sdp":"v=0"}') == Offer("v=0")
+    assert parse_client_message_untrusted('{"type":"hello","display_name":"  Gopi "}') == Hello("Gopi")
+    assert parse_client_message_untrusted('{"type":"hello"}') == Hello("Guest")
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("not json", "not JSON"),
+        ("[1,2]", "object"),
+        ('{"type":"dance"}', "unknown message type"),
+        ('{"type":"control","action":"explode"}', "unknown control action"),
+        ('{"type":"control","action":"mute","value":"yes"}', "true or false"),
+        ('{"type":"audio","data":"!!!"}', "base64"),
+        ('{"type":"audio","data":"AAAA","timestamp":"now"}', "number"),
+        ('{"type":"chat","text":5}', "string"),
+        ('{"type":"chat","text":"' + "x" * 5000 + '"}', "longer"),
+        ("[" * 100000, "not JSON"),
+    ],
+)
+def test_bad_messages_raise_signaling_error_with_code(text, needle):
+    with pytest.raises(SignalingError) as info:
+        parse_client_message_untrusted(text)
+    assert info.value.code == "bad_message"
+    assert needle in info.value.message
+
+
+def test_audio_event_shape_round_trips_the_payload():
+    event = json.loads(encode(audio_event("p-1", 5, 960 * 5, b"\x01\x02", encoding="opus", sample_rate=48000)))
+    assert event["type"] == "audio" and event["participant_id"] == "p-1" and event["seq"] == 5
+    assert base64.b64decode(event["data"]) == b"\x01\x02"
+
+
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=300)))
+@example('{"type":"audio","data":null}')
+@example('{"type":"audio","data":"AAAA","timestamp":true}')
+@example('{"type":"ping","nonce":{"a":1}}')
+@example(b"\xff\xfe")
+def test_fuzz_only_signaling_error(text):
+    try:
+        parse_client_message_untrusted(text)
+    except SignalingError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+
+
+@example("control", {"action": []})
+@given(
+    st.sampled_from(["audio", "control", "chat", "ping", "offer", "hello", "x", None]),
+    st.dictionaries(st.sampled_from(["data", "timestamp", "action", "value", "text", "sdp", "display_name", "nonce"]), json_values),
+)
+def test_fuzz_structured_json_only_signaling_error(kind, fields):
+    try:
+        parse_client_message_untrusted(json.dumps({"type": kind, **fields}))
+    except SignalingError:
+        pass
