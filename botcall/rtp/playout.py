@@ -1,0 +1,150 @@
+"""Per-speaker play-out: jitter buffer plus Opus decoder for each SSRC (sans-IO).
+
+Wherever audio is decoded for someone — the bot SDK's ``call.audio()``, the
+relay's ``pcm16`` WebSocket stream — packets from each speaker go through their
+own :class:`~botcall.rtp.jitter.JitterBuffer`, and a 20 ms play-out clock pulls
+one frame per active speaker: decoded audio, FEC-recovered audio, or
+concealment. Speakers that fall silent go idle (nothing emitted); speakers
+unheard for ``forget_after`` seconds are forgotten, and at most
+``max_speakers`` are tracked, so memory stays bounded whatever arrives.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+from botcall.errors import OpusDecodeError
+from botcall.rtp.jitter import FrameKind, JitterBuffer
+from botcall.rtp.opus import OpusDecoder
+from botcall.rtp.packet import RtpPacket
+
+FRAME_DURATION = 0.020
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedFrame:
+    """20 ms of one speaker's audio.
+
+    Attributes:
+        ssrc: the speaker's SSRC.
+        pcm: int16 little-endian PCM at the play-out's sample rate.
+        kind: ``AUDIO`` (decoded), ``CONCEAL`` (lost, rebuilt by FEC or PLC) or
+            ``EXPAND`` (PLC while the buffer grows).
+        sequence: the extended RTP sequence number the frame stands for.
+        recovered: a lost frame rebuilt from the next packet's in-band FEC.
+    """
+
+    ssrc: int
+    pcm: bytes
+    kind: FrameKind
+    sequence: int
+    recovered: bool = False
+
+
+class _Speaker:
+    __slots__ = ("buffer", "decoder", "last_heard")
+
+    def __init__(self, buffer: JitterBuffer, decoder: OpusDecoder, now: float) -> None:
+        self.buffer = buffer
+        self.decoder = decoder
+        self.last_heard = now
+
+
+class Playout:
+    """Jitter buffers and decoders for every speaker one listener hears.
+
+    Args:
+        sample_rate: output rate (8/12/16/24/48 kHz; libopus decodes straight to it).
+        channels: output channels.
+        max_speakers: bound on tracked SSRCs; a new one beyond it is dropped
+            (counted ``too_many_speakers``) until a silent one is forgotten.
+        forget_after: seconds without a packet before a speaker's state is freed.
+        jitter_options: keyword arguments for each ``JitterBuffer``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 48000,
+        channels: int = 1,
+        max_speakers: int = 32,
+        forget_after: float = 10.0,
+        **jitter_options,
+    ) -> None:
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.max_speakers = max_speakers
+        self.forget_after = forget_after
+        self._jitter_options = jitter_options
+        self._speakers: dict[int, _Speaker] = {}
+        self._next_forget = 0.0
+        self.counters: collections.Counter = collections.Counter()
+
+    def push(self, packet: RtpPacket, arrival_time: float) -> None:
+        """Queue one received RTP packet."""
+        speaker = self._speakers.get(packet.ssrc)
+        if speaker is None:
+            if len(self._speakers) >= self.max_speakers:
+                self._forget_idle(arrival_time)
+                if len(self._speakers) >= self.max_speakers:
+                    self.counters["too_many_speakers"] += 1
+                    return
+            speaker = self._speakers[packet.ssrc] = _Speaker(
+                JitterBuffer(**self._jitter_options),
+                OpusDecoder(self.sample_rate, self.channels),
+                arrival_time,
+            )
+        speaker.last_heard = arrival_time
+        speaker.buffer.push(packet, arrival_time)
+
+    def pop(self, now: float) -> list[DecodedFrame]:
+        """Play one 20 ms tick: a frame for each speaker that has something to play.
+
+        Call every 20 ms (the caller's play-out clock).
+        """
+        out: list[DecodedFrame] = []
+        for ssrc, speaker in self._speakers.items():
+            frame = speaker.buffer.pop(now)
+            if frame is None:
+                continue
+            decoder = speaker.decoder
+            recovered = False
+            if frame.kind is FrameKind.AUDIO:
+                try:
+                    pcm = decoder.decode_untrusted(frame.payload)
+                except OpusDecodeError:
+                    self.counters["opus_decode_failed"] += 1
+                    pcm = decoder.conceal()
+            elif frame.kind is FrameKind.CONCEAL and frame.fec_payload:
+                try:
+                    pcm = decoder.recover_untrusted(frame.fec_payload)
+                    recovered = True
+                except OpusDecodeError:
+                    self.counters["opus_decode_failed"] += 1
+                    pcm = decoder.conceal()
+            else:
+                pcm = decoder.conceal()
+            out.append(DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, recovered))
+        if now >= self._next_forget:
+            self._next_forget = now + 1.0
+            self._forget_idle(now)
+        return out
+
+    def _forget_idle(self, now: float) -> None:
+        for ssrc in [s for s, sp in self._speakers.items() if now - sp.last_heard > self.forget_after]:
+            del self._speakers[ssrc]
+            self.counters["speakers_forgotten"] += 1
+
+    def forget(self, ssrc: int) -> None:
+        """Drop one speaker's state (they left)."""
+        self._speakers.pop(ssrc, None)
+
+    @property
+    def speakers(self) -> tuple[int, ...]:
+        return tuple(self._speakers)
+
+    def stats(self, ssrc: int):
+        """The ``JitterStats`` of one speaker, or None."""
+        speaker = self._speakers.get(ssrc)
+        return None if speaker is None else speaker.buffer.stats
