@@ -30,6 +30,7 @@ __all__ = [
     "Alignment",
     "WavFormat",
     "align",
+    "align_segments",
     "correlation",
     "decode_wav",
     "dominant_frequency",
@@ -39,6 +40,7 @@ __all__ = [
     "read_wav",
     "resample",
     "rms_dbfs",
+    "segmental_correlation",
     "snr_db",
     "speech_like",
     "tone",
@@ -630,3 +632,77 @@ def correlation(reference: bytes, signal: bytes, *, max_lag: int | None = None, 
 def snr_db(reference: bytes, signal: bytes, *, max_lag: int | None = None, channels: int = 1) -> float:
     """Signal-to-noise ratio of ``signal`` against ``reference`` once aligned (see ``align``)."""
     return align(reference, signal, max_lag=max_lag, channels=channels).snr_db
+
+
+def align_segments(
+    reference: bytes,
+    signal: bytes,
+    *,
+    segment: int = 24000,
+    channels: int = 1,
+    floor_dbfs: float = -50.0,
+) -> list[Alignment]:
+    """Align each segment of ``signal`` with ``reference`` on its own.
+
+    For audio whose delay changed along the way (a jitter buffer that grew or
+    shrank its delay, a skipped frame), where one global alignment fits only
+    part of it.
+
+    Args:
+        reference: int16 PCM that was sent.
+        signal: int16 PCM that arrived, at the same rate.
+        segment: samples per segment of ``signal`` (a trailing part shorter
+            than half a segment is left out).
+        channels: channel count of both.
+        floor_dbfs: segments quieter than this (pauses) are left out.
+
+    Returns:
+        One ``Alignment`` per segment kept, in order; its ``delay`` is that of
+        the segment's content against ``reference`` on the signal's timeline.
+
+    Raises:
+        ValueError: either input is not whole frames, ``reference`` is empty or
+            ``segment`` is not positive.
+    """
+    if segment <= 0:
+        raise ValueError(f"segment must be positive, not {segment}")
+    frame = 2 * channels
+    result = []
+    for offset in range(0, len(signal) // frame, segment):
+        window = signal[offset * frame : (offset + segment) * frame]
+        if len(window) < segment // 2 * frame or rms_dbfs(window, channels=channels) < floor_dbfs:
+            continue
+        found = align(reference, window, channels=channels)
+        result.append(Alignment(found.delay + offset, found.overlap, found.correlation, found.snr_db))
+    return result
+
+
+def segmental_correlation(
+    reference: bytes,
+    signal: bytes,
+    *,
+    segment: int = 24000,
+    channels: int = 1,
+    floor_dbfs: float = -50.0,
+) -> float:
+    """Mean correlation of ``signal``'s segments, each aligned on its own (see ``align_segments``).
+
+    Args:
+        reference: int16 PCM that was sent.
+        signal: int16 PCM that arrived, at the same rate.
+        segment: samples per segment.
+        channels: channel count of both.
+        floor_dbfs: segments quieter than this are left out.
+
+    Returns:
+        The mean of the segments' correlations weighted by their overlap, or
+        0.0 when no segment is loud enough.
+
+    Raises:
+        ValueError: as ``align_segments``.
+    """
+    parts = align_segments(reference, signal, segment=segment, channels=channels, floor_dbfs=floor_dbfs)
+    total = sum(part.overlap for part in parts)
+    if total == 0:
+        return 0.0
+    return sum(part.correlation * part.overlap for part in parts) / total

@@ -427,3 +427,26 @@ def test_align_limits_and_errors():
         audio.align(b"", tone)
     with pytest.raises(ValueError):
         audio.align(tone, b"\0")
+
+
+def test_segments_follow_a_delay_that_changes():
+    """What a jitter buffer does: the second half arrives 30 ms later than the first."""
+    speech = audio.speech_like(2.0, seed=3)
+    half = len(speech) // 2
+    warped = bytes(2 * 100) + speech[:half] + bytes(2 * 1440) + speech[half:]
+    parts = audio.align_segments(speech, warped, segment=12000)
+    delays = {part.delay for part in parts}
+    assert delays <= {100, 1540} and {100, 1540} <= delays
+    assert audio.segmental_correlation(speech, warped, segment=12000) > 0.97
+    # One global alignment fits only half of it.
+    assert audio.correlation(speech, warped) < 0.8
+
+
+def test_segments_skip_pauses_and_short_tails():
+    tone = audio.tone(500, 1.0)
+    signal = bytes(2 * 24000) + tone + bytes(2 * 1000)
+    parts = audio.align_segments(tone, signal, segment=24000)
+    assert len(parts) == 2  # the silent first segment and the short tail are left out
+    assert audio.segmental_correlation(tone, bytes(48000)) == 0.0
+    with pytest.raises(ValueError):
+        audio.align_segments(tone, signal, segment=0)
