@@ -81,14 +81,17 @@ class Direction(StrEnum):
 
     @property
     def sends(self) -> bool:
+        """Whether the side that wrote this attribute sends media."""
         return self in (Direction.SENDRECV, Direction.SENDONLY)
 
     @property
     def receives(self) -> bool:
+        """Whether the side that wrote this attribute receives media."""
         return self in (Direction.SENDRECV, Direction.RECVONLY)
 
     @classmethod
     def from_flags(cls, sends: bool, receives: bool) -> Direction:
+        """The direction attribute for a side that ``sends`` and/or ``receives``."""
         if sends and receives:
             return cls.SENDRECV
         if sends:
@@ -305,10 +308,9 @@ def parse_sdp_untrusted(text: str) -> SessionDescription:
     raw_lines = text.split("\n")
     if len(raw_lines) > MAX_SDP_LINES:
         raise SdpError(f"SDP of {len(raw_lines)} lines is over the {MAX_SDP_LINES} limit")
-    session: SdpSection | None = None
-    media_sections: list[SdpSection] = []
-    current_media: MediaSection | None = None
-    current_attributes: list[tuple[str, str | None]] = []
+    session_attributes: list[tuple[str, str | None]] = []
+    media_entries: list[tuple[MediaSection, list[tuple[str, str | None]]]] = []
+    current_attributes = session_attributes
     seen_version = False
     for number, raw in enumerate(raw_lines, start=1):
         line = raw[:-1] if raw.endswith("\r") else raw
@@ -327,15 +329,10 @@ def parse_sdp_untrusted(text: str) -> SessionDescription:
             seen_version = True
             continue
         if kind == "m":
-            section = SdpSection(current_media, tuple(current_attributes))
-            if current_media is None:
-                session = section
-            else:
-                media_sections.append(section)
-            if len(media_sections) >= MAX_MEDIA_SECTIONS:
+            if len(media_entries) >= MAX_MEDIA_SECTIONS:
                 raise SdpError(f"more than {MAX_MEDIA_SECTIONS} m-sections")
-            current_media = _parse_media_line(number, value)
             current_attributes = []
+            media_entries.append((_parse_media_line(number, value), current_attributes))
         elif kind == "a":
             name, colon, attribute_value = value.partition(":")
             if not name:
@@ -343,27 +340,20 @@ def parse_sdp_untrusted(text: str) -> SessionDescription:
             current_attributes.append((name, attribute_value if colon else None))
     if not seen_version:
         raise SdpError("empty SDP")
-    last = SdpSection(current_media, tuple(current_attributes))
-    if current_media is None:
-        session = last
-    else:
-        media_sections.append(last)
-    assert session is not None
-    return SessionDescription(session, tuple(_with_mid(section) for section in media_sections))
+    return SessionDescription(
+        SdpSection(None, tuple(session_attributes)),
+        tuple(_media_section(media, tuple(attributes)) for media, attributes in media_entries),
+    )
 
 
-def _with_mid(section: SdpSection) -> SdpSection:
+def _media_section(media: MediaSection, attributes: tuple[tuple[str, str | None], ...]) -> SdpSection:
+    section = SdpSection(media, attributes)
     mid = section.value("mid")
-    if mid is not None:
-        if len(mid) > MAX_MID_CHARS or not _TOKEN.fullmatch(mid):
-            raise SdpError(f"a=mid must be a token of at most {MAX_MID_CHARS} characters")
-        assert section.media is not None
-        media = section.media
-        section = SdpSection(
-            MediaSection(media.kind, media.port, media.protocol, media.formats, mid),
-            section.attributes,
-        )
-    return section
+    if mid is None:
+        return section
+    if len(mid) > MAX_MID_CHARS or not _TOKEN.fullmatch(mid):
+        raise SdpError(f"a=mid must be a token of at most {MAX_MID_CHARS} characters")
+    return SdpSection(MediaSection(media.kind, media.port, media.protocol, media.formats, mid), attributes)
 
 
 # --- Offer ------------------------------------------------------------------------
@@ -434,9 +424,7 @@ def _setup(media: SdpSection, session: SdpSection) -> SetupRole:
     return role
 
 
-def _opus(section: SdpSection) -> tuple[int, str]:
-    assert section.media is not None
-    formats = section.media.formats
+def _opus(formats: tuple[str, ...], section: SdpSection) -> tuple[int, str]:
     opus_types = set()
     for value in section.values("rtpmap"):
         payload_type, _, encoding = (value or "").partition(" ")
@@ -532,10 +520,9 @@ def _bundle_groups(session: SdpSection, mids: set[str]) -> list[tuple[str, ...]]
     return groups
 
 
-def _is_live(section: SdpSection) -> bool:
+def _is_live(media: MediaSection, section: SdpSection) -> bool:
     # Port 0 rejects a section, except with a=bundle-only (RFC 8843 §6).
-    assert section.media is not None
-    return section.media.port != 0 or section.has("bundle-only")
+    return media.port != 0 or section.has("bundle-only")
 
 
 def parse_offer_untrusted(text: str) -> SdpOffer:
@@ -558,31 +545,27 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
     session = description.session
     if session.has("ice-lite"):
         raise SdpError("the offer is ICE-lite too; two lite agents never connect (RFC 8445 §2.5)")
+    # Every media-level section has its m-line; the filter only narrows the type.
+    sections = [(section.media, section) for section in description.media if section.media is not None]
     mids: set[str] = set()
-    for section in description.media:
-        assert section.media is not None
-        mid = section.media.mid
-        if mid is not None:
-            if mid in mids:
-                raise SdpError(f"two m-sections share a=mid:{mid}")
-            mids.add(mid)
+    for media, _ in sections:
+        if media.mid is not None:
+            if media.mid in mids:
+                raise SdpError(f"two m-sections share a=mid:{media.mid}")
+            mids.add(media.mid)
     audio_index = next(
-        (
-            index
-            for index, section in enumerate(description.media)
-            if section.media is not None and section.media.kind == "audio" and _is_live(section)
-        ),
+        (index for index, (media, section) in enumerate(sections) if media.kind == "audio" and _is_live(media, section)),
         None,
     )
     if audio_index is None:
         raise SdpError("offer has no audio m-line")
-    audio = description.media[audio_index]
-    assert audio.media is not None
-    if audio.media.protocol != SUPPORTED_PROTOCOL:
-        raise SdpError(f"audio m-line protocol is {audio.media.protocol[:40]!r}, we need {SUPPORTED_PROTOCOL}")
-    if audio.media.mid is None:
+    audio_media, audio = sections[audio_index]
+    if audio_media.protocol != SUPPORTED_PROTOCOL:
+        raise SdpError(f"audio m-line protocol is {audio_media.protocol[:40]!r}, we need {SUPPORTED_PROTOCOL}")
+    mid = audio_media.mid
+    if mid is None:
         raise SdpError("the audio m-section has no a=mid (RFC 9429 §5.2.1)")
-    opus_payload_type, opus_fmtp = _opus(audio)
+    opus_payload_type, opus_fmtp = _opus(audio_media.formats, audio)
     ice_ufrag = _ice_credential(_media_then_session(audio, session, "ice-ufrag"), "ice-ufrag", 4)
     ice_pwd = _ice_credential(_media_then_session(audio, session, "ice-pwd"), "ice-pwd", 22)
     fingerprints = _fingerprints(audio, session)
@@ -593,13 +576,13 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
     msid = _msid(msid_value) if msid_value is not None else ssrc_msid
     bundle: tuple[str, ...] = ()
     for group in _bundle_groups(session, mids):
-        if audio.media.mid in group:
+        if mid in group:
             bundle = group
     ice_options = tuple(
         option for value in (audio.values("ice-options") or session.values("ice-options")) for option in (value or "").split()
     )
     return SdpOffer(
-        mid=audio.media.mid,
+        mid=mid,
         opus_payload_type=opus_payload_type,
         opus_fmtp=opus_fmtp,
         ice_ufrag=ice_ufrag,
@@ -615,7 +598,7 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
         extmaps=_extmaps(audio),
         bundle=bundle,
         ice_options=ice_options[:16],
-        media=tuple(section.media for section in description.media if section.media is not None),
+        media=tuple(media for media, _ in sections),
         audio_index=audio_index,
     )
 
