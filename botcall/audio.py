@@ -17,6 +17,7 @@ container for 24- and 32-bit audio). A file we cannot read raises
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Iterator
@@ -244,14 +245,7 @@ def encode_wav(pcm: bytes, *, sample_rate: int, channels: int) -> bytes:
     block_align = 2 * channels
     fmt = _FMT.pack(WavFormat.PCM, channels, sample_rate, sample_rate * block_align, block_align, 16)
     pad = b"\0" if len(pcm) & 1 else b""
-    body = (
-        b"WAVE"
-        + _CHUNK_HEADER.pack(b"fmt ", len(fmt))
-        + fmt
-        + _CHUNK_HEADER.pack(b"data", len(pcm))
-        + pcm
-        + pad
-    )
+    body = b"WAVE" + _CHUNK_HEADER.pack(b"fmt ", len(fmt)) + fmt + _CHUNK_HEADER.pack(b"data", len(pcm)) + pcm + pad
     return _CHUNK_HEADER.pack(b"RIFF", len(body)) + body
 
 
@@ -331,14 +325,9 @@ class _FilterBank:
     reach: int
 
 
-_BANKS: dict[tuple[int, int], _FilterBank] = {}
-_MAX_BANKS = 32
-
-
+# Bounded: a handful of rate pairs is all a process ever uses.
+@functools.lru_cache(maxsize=32)
 def _filter_bank(from_rate: int, to_rate: int) -> _FilterBank:
-    bank = _BANKS.get((from_rate, to_rate))
-    if bank is not None:
-        return bank
     common = math.gcd(from_rate, to_rate)
     up, down = to_rate // common, from_rate // common
     if up > MAX_PHASES:
@@ -353,11 +342,8 @@ def _filter_bank(from_rate: int, to_rate: int) -> _FilterBank:
     offsets = np.arange(up)[:, None] + np.arange(-reach, reach + 1)[None, :] * up
     inside = np.abs(offsets) <= half
     taps = np.where(inside, prototype[np.clip(offsets + half, 0, 2 * half)], 0.0)
-    bank = _FilterBank(up, down, taps, reach)
-    if len(_BANKS) >= _MAX_BANKS:
-        _BANKS.pop(next(iter(_BANKS)))
-    _BANKS[(from_rate, to_rate)] = bank
-    return bank
+    taps.flags.writeable = False  # shared by every caller through the cache
+    return _FilterBank(up, down, taps, reach)
 
 
 def _resample_float(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -488,9 +474,7 @@ def _mono(pcm: bytes, channels: int) -> np.ndarray:
     return _from_pcm(pcm, channels).mean(axis=1)
 
 
-def dominant_frequency(
-    pcm: bytes, sample_rate: int, *, channels: int = 1, min_frequency: float = 20.0
-) -> float:
+def dominant_frequency(pcm: bytes, sample_rate: int, *, channels: int = 1, min_frequency: float = 20.0) -> float:
     """The frequency of the strongest spectral peak, to a fraction of a hertz.
 
     A Hann-windowed FFT, zero-padded fourfold, with the peak refined by fitting a
@@ -576,9 +560,7 @@ def _best_lag(reference: np.ndarray, signal: np.ndarray, max_lag: int | None) ->
     return int(lags[int(np.argmax(values))])
 
 
-def align(
-    reference: bytes, signal: bytes, *, max_lag: int | None = None, channels: int = 1
-) -> Alignment:
+def align(reference: bytes, signal: bytes, *, max_lag: int | None = None, channels: int = 1) -> Alignment:
     """Line ``signal`` up with ``reference`` by cross-correlation and compare them.
 
     Args:

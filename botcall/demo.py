@@ -149,9 +149,7 @@ def packetize(
         ``(send_time, datagram)`` pairs, send times starting at 0.
     """
     sends = []
-    for index, frame in enumerate(
-        audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)
-    ):
+    for index, frame in enumerate(audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)):
         packet = RtpPacket(
             payload_type=PAYLOAD_TYPE,
             sequence_number=(first_sequence + index) & 0xFFFF,
@@ -270,9 +268,7 @@ def play_out(
             if counts["played"] > played_before:
                 latency_sum += tick - index * FRAME_DURATION
     mean_latency = latency_sum / counts["played"] if counts["played"] else math.inf
-    return Playout(
-        b"".join(out), bytes(timeline), start_time=start_time, mean_latency=mean_latency, **counts
-    )
+    return Playout(b"".join(out), bytes(timeline), start_time=start_time, mean_latency=mean_latency, **counts)
 
 
 def _decode(frame: PlayoutFrame, decoder: OpusDecoder, counts: dict[str, int], use_fec: bool) -> bytes:
@@ -419,9 +415,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--wav", type=Path, help="WAV file to send (default: a generated spoken-like phrase)")
     source.add_argument("--tone", type=float, metavar="HZ", help="send a sine tone of this frequency instead")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the generated signal (default 4)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where to write what was played (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"where to write what was played (default {DEFAULT_OUT})"
+    )
     parser.add_argument("--loss", type=float, default=0.05, help="packet loss probability (default 0.05)")
-    parser.add_argument("--jitter", type=float, default=0.030, help="mean extra delay in seconds, exponential (default 0.030)")
+    parser.add_argument(
+        "--jitter", type=float, default=0.030, help="mean extra delay in seconds, exponential (default 0.030)"
+    )
     parser.add_argument("--delay", type=float, default=0.040, help="fixed one-way delay in seconds (default 0.040)")
     parser.add_argument("--duplicate", type=float, default=0.0, help="packet duplication probability (default 0)")
     parser.add_argument("--seed", type=int, default=1, help="network and stream seed (default 1)")
@@ -453,9 +453,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"botcall demo: {error}", file=sys.stderr)
         return 2
     audio.write_wav(args.out, report.playout.pcm, sample_rate=SAMPLE_RATE, channels=1)
-    print(f"BotCall media demo: {source} -> Opus/RTP -> simulated network "
-          f"(loss {100 * conditions.loss:g} %, jitter {1000 * conditions.jitter:g} ms mean, "
-          f"delay {1000 * conditions.delay:g} ms, seed {conditions.seed}) -> jitter buffer -> decoder")
+    print(
+        f"BotCall media demo: {source} -> Opus/RTP -> simulated network "
+        f"(loss {100 * conditions.loss:g} %, jitter {1000 * conditions.jitter:g} ms mean, "
+        f"delay {1000 * conditions.delay:g} ms, seed {conditions.seed}) -> jitter buffer -> decoder"
+    )
     for line in report.lines():
         print(f"  {line}")
     print(f"wrote {args.out}")

@@ -23,8 +23,16 @@ def test_cli_demo_plays_the_tone_it_sent(tmp_path, capsys):
     code = cli.main(["demo", "--tone", "440", "--seconds", "2", "--out", str(out), "--seed", "3"])
     assert code == 0
     printed = capsys.readouterr().out
-    for label in ("packets sent", "lost in the network", "arrived too late", "concealed (PLC)",
-                  "recovered by FEC", "jitter buffer delay", "correlation", "SNR"):
+    for label in (
+        "packets sent",
+        "lost in the network",
+        "arrived too late",
+        "concealed (PLC)",
+        "recovered by FEC",
+        "jitter buffer delay",
+        "correlation",
+        "SNR",
+    ):
         assert label in printed
     played = audio.read_wav(out)
     # About the 2 s sent, plus silence while the stream started and ended.

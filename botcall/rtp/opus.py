@@ -155,9 +155,7 @@ class OpusEncoder:
             ValueError: ``pcm`` is not exactly one 20 ms frame (a programmer error).
         """
         if len(pcm) != self.frame_bytes:
-            raise ValueError(
-                f"Opus encoder takes one 20 ms frame of {self.frame_bytes} bytes, got {len(pcm)}"
-            )
+            raise ValueError(f"Opus encoder takes one 20 ms frame of {self.frame_bytes} bytes, got {len(pcm)}")
         pcm_pointer = ctypes.cast(pcm, opuslib.api.c_int16_pointer)
         size = _encode(self._opus.encoder_state, pcm_pointer, self.frame_samples, self._out, MAX_PAYLOAD_BYTES)
         if size < 0:

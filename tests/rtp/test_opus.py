@@ -23,8 +23,7 @@ MAX_CODEC_DELAY = 1000
 
 def encode_all(pcm: bytes, encoder: OpusEncoder) -> list[bytes]:
     return [
-        encoder.encode(frame)
-        for frame in audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)
+        encoder.encode(frame) for frame in audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)
     ]
 
 
