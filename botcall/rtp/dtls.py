@@ -42,7 +42,12 @@ Malformed datagrams
     §4.1.2.7 says invalid records SHOULD be discarded while preserving the
     association. Errors OpenSSL reports (a bad handshake message, a fatal
     alert from the peer), a certificate fingerprint mismatch and a missed
-    handshake deadline fail the endpoint for good.
+    handshake deadline fail the endpoint for good. Epoch-0 records carry no
+    MAC, so whoever can send from the peer's validated address can still
+    disturb a handshake (a forged record with a high record number pushes
+    OpenSSL's replay window past the real ones); the relay only routes DTLS
+    from addresses ICE validated, and after the handshake nothing without the
+    keys can end the association.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MTU",
     "DEFAULT_SRTP_PROFILES",
+    "MIN_MTU",
     "ContentType",
     "DtlsCertificate",
     "DtlsEndpoint",
@@ -79,7 +85,6 @@ __all__ = [
     "DtlsRecord",
     "DtlsState",
     "HandshakeType",
-    "MIN_MTU",
     "SrtpKeys",
     "fingerprint_of_der",
     "pack_datagrams",
@@ -377,7 +382,9 @@ def parse_fingerprint_untrusted(value: str) -> DtlsFingerprint:
     pairs = parts[1].split(":")
     size = _HASHES[algorithm][1]
     if len(pairs) != size or any(len(pair) != 2 for pair in pairs):
-        raise DtlsError(f"a {algorithm} fingerprint is {size} colon-separated hex pairs", counter="dtls_bad_fingerprint")
+        raise DtlsError(
+            f"a {algorithm} fingerprint is {size} colon-separated hex pairs", counter="dtls_bad_fingerprint"
+        )
     hex_digits = "".join(pairs)
     if not all(c in _HEX_DIGITS for c in hex_digits):
         raise DtlsError("fingerprint digest is not hexadecimal", counter="dtls_bad_fingerprint")
@@ -508,6 +515,10 @@ MAX_RETRANSMIT_TIMEOUT = 60.0  # RFC 6347 §4.2.4.1
 RESEND_ON_RETRANSMISSION_INTERVAL = 0.5
 """Least time between two answers to a peer's retransmitted flight (duplicates arrive together)."""
 _EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"  # RFC 5764 §4.2
+_MISMATCH = "peer certificate does not match its fingerprint"
+# A flight carries a handful of messages numbered on from the last
+# (RFC 6347 §4.2.2); a record claiming a message far beyond is not one we track.
+_MSG_SEQ_WINDOW = 16
 _BIO_READ_SIZE = 65536
 
 
@@ -589,9 +600,9 @@ class DtlsEndpoint:
         self.role: Role = role
         self.records_dropped = 0
         self._certificate = certificate
-        self._remote_fingerprint = (
-            parse_fingerprint_untrusted(remote_fingerprint) if isinstance(remote_fingerprint, str) else remote_fingerprint
-        )
+        if isinstance(remote_fingerprint, str):
+            remote_fingerprint = parse_fingerprint_untrusted(remote_fingerprint)
+        self._remote_fingerprint = remote_fingerprint
         self._mtu = mtu
         self._handshake_timeout = handshake_timeout
         self._initial_rto = initial_retransmit_timeout
@@ -716,7 +727,8 @@ class DtlsEndpoint:
             try:
                 self._conn.bio_write(data)
             except SSL.Error as exc:
-                raise self._fail(f"OpenSSL refused the datagram: {_describe(exc)}", counter="dtls_handshake_failed") from exc
+                reason = f"OpenSSL refused the datagram: {_describe(exc)}"
+                raise self._fail(reason, counter="dtls_handshake_failed") from exc
             out = self._handshake_step(now)
         if (
             peer_retransmitted
@@ -816,7 +828,7 @@ class DtlsEndpoint:
             return self._collect_flight(now, completed=False)
         except SSL.Error as exc:
             if self._fingerprint_rejected:
-                raise self._fail("peer certificate does not match its fingerprint", counter="dtls_fingerprint_mismatch") from exc
+                raise self._fail(_MISMATCH, counter="dtls_fingerprint_mismatch") from exc
             raise self._fail(f"handshake failed: {_describe(exc)}", counter="dtls_handshake_failed") from exc
         out = self._collect_flight(now, completed=True)
         self._openssl_done = True
@@ -904,7 +916,7 @@ class DtlsEndpoint:
                 msg_seq = (record.fragment[4] << 8) | record.fragment[5]
                 if msg_seq <= self._answered_peer_msg_seq:
                     repeated = True
-                elif msg_seq > self._peer_max_msg_seq:
+                elif self._peer_max_msg_seq < msg_seq <= self._peer_max_msg_seq + _MSG_SEQ_WINDOW:
                     self._peer_max_msg_seq = msg_seq
         return repeated
 
@@ -982,7 +994,7 @@ class DtlsEndpoint:
     def _verify_and_connect(self) -> None:
         assert self._remote_fingerprint is not None and self._peer_der is not None
         if not self._remote_fingerprint.matches(self._peer_der):
-            raise self._fail("peer certificate does not match its fingerprint", counter="dtls_fingerprint_mismatch")
+            raise self._fail(_MISMATCH, counter="dtls_fingerprint_mismatch")
         self._srtp_keys = self._pending_keys
         self._state = DtlsState.CONNECTED
 

@@ -284,12 +284,11 @@ class SrtpContext:
         """SSRCs that have an inbound stream (at least one packet authenticated)."""
         return frozenset(self._inbound_ssrcs)
 
-    def _check_outbound(self, ssrc: int) -> None:
-        if ssrc not in self._outbound_ssrcs and len(self._outbound_ssrcs) >= self._max_streams:
-            raise SrtpError(
-                f"outbound SSRC {ssrc:#010x} would exceed {self._max_streams} streams",
-                counter="srtp_too_many_streams",
-            )
+    def _too_many_streams(self, direction: str, ssrc: int) -> SrtpError:
+        return SrtpError(
+            f"{direction} SSRC {ssrc:#010x} would exceed {self._max_streams} streams",
+            counter="srtp_too_many_streams",
+        )
 
     def protect(self, rtp: bytes) -> bytes:
         """Encrypt and authenticate one RTP packet.
@@ -305,15 +304,19 @@ class SrtpContext:
                 or libsrtp refused it (a repeated sequence number, a malformed
                 header); counters ``srtp_protect_failed`` / ``srtp_too_many_streams``.
         """
+        # Per packet on the relay's path toward browsers: checks inlined on purpose.
         if not _RTP_HEADER_SIZE <= len(rtp) <= _MAX_RTP_TO_PROTECT:
             raise SrtpError(f"cannot protect a {len(rtp)}-byte RTP packet", counter="srtp_protect_failed")
         ssrc = _RTP_SSRC.unpack_from(rtp)[0]
-        self._check_outbound(ssrc)
+        known = ssrc in self._outbound_ssrcs
+        if not known and len(self._outbound_ssrcs) >= self._max_streams:
+            raise self._too_many_streams("outbound", ssrc)
         try:
             srtp = self._outbound.protect(rtp)
         except pylibsrtp.Error as exc:
             raise SrtpError(f"protect failed: {exc}", counter="srtp_protect_failed") from exc
-        self._outbound_ssrcs.add(ssrc)
+        if not known:
+            self._outbound_ssrcs.add(ssrc)
         return srtp
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
@@ -331,12 +334,15 @@ class SrtpContext:
         if not _RTCP_HEADER_SIZE <= len(rtcp) <= _MAX_RTCP_TO_PROTECT:
             raise SrtpError(f"cannot protect a {len(rtcp)}-byte RTCP packet", counter="srtp_protect_failed")
         ssrc = _RTCP_SSRC.unpack_from(rtcp)[0]
-        self._check_outbound(ssrc)
+        known = ssrc in self._outbound_ssrcs
+        if not known and len(self._outbound_ssrcs) >= self._max_streams:
+            raise self._too_many_streams("outbound", ssrc)
         try:
             srtcp = self._outbound.protect_rtcp(rtcp)
         except pylibsrtp.Error as exc:
             raise SrtpError(f"protect_rtcp failed: {exc}", counter="srtp_protect_failed") from exc
-        self._outbound_ssrcs.add(ssrc)
+        if not known:
+            self._outbound_ssrcs.add(ssrc)
         return srtcp
 
     def remove_outbound_ssrc(self, ssrc: int) -> None:
@@ -349,17 +355,6 @@ class SrtpContext:
             # In the set only after a successful protect, so libsrtp has the stream.
             self._outbound_ssrcs.discard(ssrc)
             self._outbound.remove_stream(ssrc)
-
-    def _check_inbound(self, data: bytes, minimum: int, ssrc_struct: struct.Struct) -> int:
-        if not minimum <= len(data) <= _LIBSRTP_BUFFER:
-            raise SrtpError(f"{len(data)}-byte packet is not a plausible SRTP/SRTCP packet")
-        ssrc = ssrc_struct.unpack_from(data)[0]
-        if ssrc not in self._inbound_ssrcs and len(self._inbound_ssrcs) >= self._max_streams:
-            raise SrtpError(
-                f"inbound SSRC {ssrc:#010x} would exceed {self._max_streams} streams",
-                counter="srtp_too_many_streams",
-            )
-        return ssrc
 
     def unprotect_untrusted(self, srtp: bytes) -> bytes:
         """Authenticate and decrypt one SRTP packet from the peer.
@@ -376,13 +371,20 @@ class SrtpContext:
                 ``srtp_too_many_streams`` for a new SSRC beyond the limit,
                 ``srtp_unprotect_failed`` otherwise.
         """
-        ssrc = self._check_inbound(srtp, self._min_srtp, _RTP_SSRC)
+        # Per packet on the relay's path from browsers: checks inlined on purpose.
+        if not self._min_srtp <= len(srtp) <= _LIBSRTP_BUFFER:
+            raise SrtpError(f"{len(srtp)}-byte datagram is not a plausible SRTP packet")
+        ssrc = _RTP_SSRC.unpack_from(srtp)[0]
+        known = ssrc in self._inbound_ssrcs
+        if not known and len(self._inbound_ssrcs) >= self._max_streams:
+            raise self._too_many_streams("inbound", ssrc)
         try:
             rtp = self._inbound.unprotect(srtp)
         except pylibsrtp.Error as exc:
             message = str(exc)
             raise SrtpError(f"unprotect failed: {message}", counter=_error_counter(message)) from exc
-        self._inbound_ssrcs.add(ssrc)
+        if not known:
+            self._inbound_ssrcs.add(ssrc)
         return rtp
 
     def unprotect_rtcp_untrusted(self, srtcp: bytes) -> bytes:
@@ -397,11 +399,17 @@ class SrtpContext:
         Raises:
             SrtpError: only, with the counters of ``unprotect_untrusted``.
         """
-        ssrc = self._check_inbound(srtcp, self._min_srtcp, _RTCP_SSRC)
+        if not self._min_srtcp <= len(srtcp) <= _LIBSRTP_BUFFER:
+            raise SrtpError(f"{len(srtcp)}-byte datagram is not a plausible SRTCP packet")
+        ssrc = _RTCP_SSRC.unpack_from(srtcp)[0]
+        known = ssrc in self._inbound_ssrcs
+        if not known and len(self._inbound_ssrcs) >= self._max_streams:
+            raise self._too_many_streams("inbound", ssrc)
         try:
             rtcp = self._inbound.unprotect_rtcp(srtcp)
         except pylibsrtp.Error as exc:
             message = str(exc)
             raise SrtpError(f"unprotect_rtcp failed: {message}", counter=_error_counter(message)) from exc
-        self._inbound_ssrcs.add(ssrc)
+        if not known:
+            self._inbound_ssrcs.add(ssrc)
         return rtcp

@@ -274,6 +274,43 @@ def test_lost_final_flight_is_resent_when_the_client_retransmits():
     assert first.epoch == again.epoch == 0 and again.sequence_number > first.sequence_number
 
 
+def test_a_repeated_client_hello_is_answered_at_once_with_fresh_record_numbers():
+    """RFC 6347 §4.2.4: a retransmitted peer flight means ours was lost; resend without waiting."""
+    server, client = make_pair()
+    hello = client.start(0.0)[0]
+    flight = server.receive_untrusted(hello, 0.0)
+    assert server.next_deadline() == pytest.approx(1.0)
+    again = server.receive_untrusted(hello, 0.6)
+    assert len(again) == len(flight) == 1 and again != flight
+    first_records, again_records = split_records_untrusted(flight[0]), split_records_untrusted(again[0])
+    assert [r.fragment for r in first_records] == [r.fragment for r in again_records]
+    assert min(r.sequence_number for r in again_records) > max(r.sequence_number for r in first_records)
+    assert server.receive_untrusted(hello, 0.7) == []  # duplicates arriving together: once
+    assert server.next_deadline() == pytest.approx(1.0)  # the timer is not disturbed
+
+
+@pytest.mark.parametrize("victim", ["server", "client"])
+def test_an_injected_handshake_record_mid_handshake_does_not_derail_it(victim):
+    """A plaintext record claiming handshake message 60000 (epoch 0 has no MAC to reject it)."""
+    server, client = make_pair(mtu=MIN_MTU)
+    net = SimNet(server, client)
+    net.transmit("client", client.start(0.0))
+    net.run(until=lambda: server.state is DtlsState.HANDSHAKING)
+    # Record number 50: inside OpenSSL's 64-record replay window, clear of the real ones.
+    bogus = bytes(DtlsRecord(ContentType.HANDSHAKE, 0xFEFD, 0, 50, bytes([1, 0, 0, 0, 0xEA, 0x60]) + bytes(6)))
+    assert net.endpoint(victim).receive_untrusted(bogus, net.now) == []
+    net.run(until=net.settled)
+    assert net.both_connected()
+    server_hellos = [
+        record
+        for datagram in net.sent["server"]
+        for record in split_records_untrusted(datagram)
+        if record.epoch == 0 and record.fragment[:1] == bytes([HandshakeType.SERVER_HELLO])
+    ]
+    assert len(server_hellos) == 1  # nothing was resent: no retransmission was imagined
+    assert net.now < 0.5
+
+
 def test_retransmissions_back_off_and_the_handshake_deadline_fails_the_endpoint():
     server, client = make_pair(handshake_timeout=20.0)
     net = SimNet(server, client, drop=lambda sender, index, datagram: sender == "client")

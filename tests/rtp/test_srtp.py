@@ -42,7 +42,9 @@ def contexts(profile: SrtpProfile, **kwargs: int) -> tuple[SrtpContext, SrtpCont
 
 
 def rtp(seq: int, ssrc: int = 0x1234ABCD, payload: bytes = bytes(range(160)), *, timestamp: int | None = None) -> bytes:
-    return RTP.pack(0x80, 111, seq & 0xFFFF, (seq * 960 if timestamp is None else timestamp) & 0xFFFFFFFF, ssrc) + payload
+    """An Opus RTP packet (PT 111); the timestamp follows the sequence number unless given."""
+    timestamp = seq * 960 if timestamp is None else timestamp
+    return RTP.pack(0x80, 111, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
 
 
 def rtcp_sender_report(ssrc: int = 0x1234ABCD, packets: int = 7) -> bytes:
@@ -175,7 +177,7 @@ def test_many_ssrcs_on_one_outbound_session(profile):
 
 
 def test_inbound_stream_limit_counts_only_authenticated_ssrcs():
-    relay, browser = contexts(SrtpProfile.AEAD_AES_128_GCM, max_streams=2)
+    _, browser = contexts(SrtpProfile.AEAD_AES_128_GCM, max_streams=2)
     sender = SrtpContext.from_keys(handshake_keys(SrtpProfile.AEAD_AES_128_GCM)[0], max_streams=10)
     for ssrc in (1, 2):
         browser.unprotect_untrusted(sender.protect(rtp(1, ssrc=ssrc)))
