@@ -678,11 +678,11 @@ class DtlsEndpoint:
             Datagrams to send: the ClientHello for a client, nothing for a server.
 
         Raises:
-            RuntimeError: called twice.
+            RuntimeError: the endpoint is not new (started, closed or failed).
             DtlsError: OpenSSL refused to start (the endpoint fails).
         """
         if self._state is not DtlsState.NEW:
-            raise RuntimeError("DtlsEndpoint.start called twice")
+            raise RuntimeError(f"DtlsEndpoint.start on a {self._state.value} endpoint")
         self._state = DtlsState.HANDSHAKING
         self._handshake_deadline = now + self._handshake_timeout
         if self.role == "server":
