@@ -1,0 +1,236 @@
+"""Jitter-buffer quality: delay paid versus late loss, against fixed and hindsight-optimal buffers.
+
+Usage (from the repository root; both forms work)::
+
+    python -m bench.jitter_quality [--duration 60] [--seeds 3] [--seed 1]
+    python bench/jitter_quality.py [...]
+
+The network (``tests/netsim.py``), for each cell of jitter J x loss L:
+
+* one Opus-like stream of 20 ms packets for ``--duration`` seconds;
+* one-way delay = 20 ms base + an i.i.d. exponential sample with mean J
+  (|Laplace(0, J)|; its RFC 3550 interarrival jitter is about J) + delay
+  spikes: link outages starting as a Poisson process once per 10 s on
+  average, each 40-120 ms long, holding every packet sent during it until it
+  ends (the spike decays linearly and the held packets arrive in a burst);
+* i.i.d. loss L; with J above 20 ms the i.i.d. delays reorder packets heavily.
+
+The consumer pops every 20 ms at a seeded random phase against the sender's
+clock. A frame's *delay* is the time it is played minus the earliest it could
+have arrived (send time + base delay), so every buffer is measured on the
+same scale. *Late loss* is the share of packets that arrived but were not
+played (late, or discarded by the buffer to cut its delay); network loss is
+not counted.
+
+Columns:
+
+* ``adaptive``: ``botcall.rtp.jitter.JitterBuffer`` with default settings:
+  mean delay over played frames and late loss;
+* ``fixed 60``: a buffer playing every frame at a fixed 60 ms (rounded up to
+  the consumer's 20 ms tick grid, so its delay prints as 60-80 ms);
+* ``optimum``: the hindsight optimum, the smallest fixed delay *on the same
+  tick grid* that kept late loss under 1 % for this trace; ``p99`` is the same
+  without the grid (the 99th percentile of delay, which no buffer popping every
+  20 ms can realise exactly);
+* ``ratio``: adaptive mean delay / optimum; the goal is late loss <= 1 % with
+  ratio <= 1.25, marked ``ok``.
+
+Each cell is averaged over ``--seeds`` traces (different seeds). The benchmark
+prints; it never asserts, and its numbers do not depend on machine speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root importable (botcall, tests.netsim).
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from botcall.rtp.jitter import FrameKind, JitterBuffer  # noqa: E402
+from botcall.rtp.packet import RtpPacket  # noqa: E402
+from tests.netsim import Jitter, NetworkProfile, merge_schedule, transmit  # noqa: E402
+
+FRAME = 0.020
+SAMPLES_PER_FRAME = 960
+BASE_DELAY = 0.020
+JITTERS = (0.005, 0.020, 0.050)
+LOSSES = (0.0, 0.05, 0.15)
+FIXED_DELAY = 0.060
+LATE_GOAL = 0.01
+RATIO_GOAL = 1.25
+_INDEX = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class CellResult:
+    jitter: float
+    loss: float
+    rfc3550_jitter: float
+    adaptive_delay: float
+    adaptive_late: float
+    adaptive_discarded: float
+    fixed_delay: float
+    fixed_late: float
+    optimum_delay: float
+    optimum_late: float
+    p99: float
+
+
+def profile_for(jitter: float, loss: float) -> NetworkProfile:
+    """The network of one cell (see the module docstring)."""
+    return NetworkProfile(
+        base_delay=BASE_DELAY,
+        jitter=Jitter.EXPONENTIAL,
+        jitter_mean=jitter,
+        loss=loss,
+        spike_rate=0.1,
+        spike_min=0.040,
+        spike_max=0.120,
+    )
+
+
+def run_cell(jitter: float, loss: float, seed: int, duration: float, **buffer_args) -> CellResult:
+    """Simulate one trace and measure the three buffers on it.
+
+    Args:
+        jitter: mean of the exponential jitter (seconds).
+        loss: network loss probability.
+        seed: seeds the trace, the stream's numbering and the pop phase.
+        duration: seconds of audio.
+        buffer_args: overrides for ``JitterBuffer`` (for tuning experiments).
+
+    Returns:
+        The cell's measurements.
+    """
+    rng = random.Random(seed)
+    t0 = 1.0
+    seq0 = rng.randrange(1 << 16)
+    ts0 = rng.randrange(1 << 32)
+    count = int(round(duration / FRAME))
+    sent = []
+    for i in range(count):
+        packet = RtpPacket(
+            payload_type=111,
+            sequence_number=(seq0 + i) & 0xFFFF,
+            timestamp=(ts0 + i * SAMPLES_PER_FRAME) & 0xFFFFFFFF,
+            ssrc=0x5EED,
+            payload=_INDEX.pack(i) + bytes(60),
+        )
+        sent.append((t0 + i * FRAME, packet))
+    arrivals = transmit(sent, profile_for(jitter, loss), seed=rng.randrange(1 << 30))
+
+    first_arrival: dict[int, float] = {}
+    for arrival, packet in arrivals:
+        first_arrival.setdefault(_INDEX.unpack_from(packet.payload)[0], arrival)
+    arrived = len(first_arrival)
+    relative = sorted(a - (t0 + i * FRAME) - BASE_DELAY for i, a in first_arrival.items())
+
+    phase = rng.uniform(0.0, FRAME)
+    start = t0 + phase
+    jb = JitterBuffer(**buffer_args)
+    played: dict[int, float] = {}
+    for t, packet in merge_schedule(arrivals, FRAME, start, t0 + duration + 1.0):
+        if packet is not None:
+            jb.push(packet, t)
+            continue
+        frame = jb.pop(t)
+        if frame is not None and frame.kind is FrameKind.AUDIO:
+            played[_INDEX.unpack_from(frame.payload)[0]] = t
+    delays = [t - (t0 + i * FRAME) - BASE_DELAY for i, t in played.items()]
+    stats = jb.stats
+
+    def fixed(ticks: int) -> tuple[float, float]:
+        # Frame i plays at tick i + ticks: a constant delay for every frame.
+        delay = phase + ticks * FRAME - BASE_DELAY
+        late = sum(1 for r in relative if r > delay)
+        return delay, late / arrived
+
+    fixed_ticks = math.ceil((BASE_DELAY + FIXED_DELAY - phase) / FRAME - 1e-9)
+    fixed_delay, fixed_late = fixed(fixed_ticks)
+    ticks = math.ceil((BASE_DELAY - phase) / FRAME)
+    while True:
+        optimum_delay, optimum_late = fixed(ticks)
+        if optimum_late < LATE_GOAL:
+            break
+        ticks += 1
+    allowed = math.ceil(LATE_GOAL * arrived) - 1
+    p99 = relative[arrived - 1 - allowed]
+    return CellResult(
+        jitter=jitter,
+        loss=loss,
+        rfc3550_jitter=stats.jitter,
+        adaptive_delay=sum(delays) / len(delays),
+        adaptive_late=(arrived - len(played)) / arrived,
+        adaptive_discarded=(stats.discarded + stats.overflow) / arrived,
+        fixed_delay=fixed_delay,
+        fixed_late=fixed_late,
+        optimum_delay=optimum_delay,
+        optimum_late=optimum_late,
+        p99=p99,
+    )
+
+
+def average(results: list[CellResult]) -> CellResult:
+    """Field-wise mean of one cell's results over several seeds."""
+    n = len(results)
+    first = results[0]
+    return CellResult(
+        **{
+            name: sum(getattr(r, name) for r in results) / n
+            for name in CellResult.__dataclass_fields__
+        }
+        | {"jitter": first.jitter, "loss": first.loss}
+    )
+
+
+def table(results: list[CellResult]) -> str:
+    """Render the results as a Markdown table (delays in ms, losses in %)."""
+    lines = [
+        "| jitter | loss | RFC 3550 | adaptive delay | adaptive late | (discarded) "
+        "| fixed 60 delay | fixed 60 late | optimum delay | optimum late | p99 | ratio | goal |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in results:
+        ratio = r.adaptive_delay / r.optimum_delay
+        ok = r.adaptive_late <= LATE_GOAL and ratio <= RATIO_GOAL
+        lines.append(
+            f"| {r.jitter * 1e3:.0f} ms | {r.loss * 100:.0f} % | {r.rfc3550_jitter * 1e3:.1f} ms "
+            f"| {r.adaptive_delay * 1e3:.1f} ms | {r.adaptive_late * 100:.2f} % "
+            f"| {r.adaptive_discarded * 100:.2f} % "
+            f"| {r.fixed_delay * 1e3:.1f} ms | {r.fixed_late * 100:.2f} % "
+            f"| {r.optimum_delay * 1e3:.1f} ms | {r.optimum_late * 100:.2f} % "
+            f"| {r.p99 * 1e3:.1f} ms | {ratio:.2f} | {'ok' if ok else 'MISSED'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of audio per trace")
+    parser.add_argument("--seeds", type=int, default=3, help="traces averaged per cell")
+    parser.add_argument("--seed", type=int, default=1, help="first seed")
+    args = parser.parse_args(argv)
+    results = []
+    for jitter in JITTERS:
+        for loss in LOSSES:
+            runs = [
+                run_cell(jitter, loss, seed=args.seed + k * 1000 + int(jitter * 1e4) + int(loss * 100), duration=args.duration)
+                for k in range(args.seeds)
+            ]
+            results.append(average(runs))
+    print(
+        f"{args.duration:.0f} s of 20 ms packets per trace, {args.seeds} trace(s) per cell; "
+        "delays above the earliest possible arrival"
+    )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

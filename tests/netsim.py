@@ -1,0 +1,229 @@
+"""A seeded, simulated one-way network link for sans-IO tests and benchmarks.
+
+Nothing here reads a clock or sleeps: the caller says when each item is sent
+and asks for what has arrived by a given simulated time. Items are opaque (RTP
+packets, datagrams, anything).
+
+One-way delay of an item sent at ``t``::
+
+    delay = base_delay + jitter_sample * scale(t) + outage_hold(t) [+ reorder_extra]
+
+* ``jitter_sample``: drawn i.i.d. from ``jitter`` (see ``Jitter``) with mean
+  ``jitter_mean``; ``scale(t)`` multiplies it inside ``bursts`` (periods of
+  high jitter).
+* ``outage_hold``: delay spikes modelled as link outages. Outages start as a
+  Poisson process (``spike_rate`` per second) and last ``U(spike_min,
+  spike_max)`` seconds; an item sent during one is held until it ends, so the
+  spike decays linearly and the held items arrive in a burst (what a blocked
+  radio link or a full queue looks like).
+* ``loss``: i.i.d. probability of dropping an item, or Gilbert-Elliott bursts
+  when ``loss_burst > 1`` (mean burst length in items, same average loss).
+* ``duplicate``: probability of delivering a second copy with its own delay.
+* ``reorder``: probability of adding ``reorder_extra`` seconds to one item
+  (beyond what jitter already reorders).
+* ``fifo``: never deliver an item before one sent earlier (a single queue:
+  jitter without reordering).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+
+class Jitter(enum.Enum):
+    NONE = "none"
+    EXPONENTIAL = "exponential"
+    """|Laplace(0, mean)|: mean ``jitter_mean``; RFC 3550 jitter of i.i.d. samples equals the mean."""
+    GAMMA = "gamma"
+    """Gamma with shape ``gamma_shape`` and mean ``jitter_mean`` (a lighter tail)."""
+    UNIFORM = "uniform"
+    """Uniform on ``[0, 2 * jitter_mean]``."""
+
+
+@dataclass(frozen=True)
+class Burst:
+    """A period of different jitter: samples are multiplied by ``factor``."""
+
+    start: float
+    end: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    base_delay: float = 0.020
+    jitter: Jitter = Jitter.EXPONENTIAL
+    jitter_mean: float = 0.0
+    gamma_shape: float = 2.0
+    loss: float = 0.0
+    loss_burst: float = 1.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    reorder_extra: float = 0.050
+    spike_rate: float = 0.0
+    spike_min: float = 0.050
+    spike_max: float = 0.150
+    bursts: tuple[Burst, ...] = ()
+    fifo: bool = False
+
+
+@dataclass(order=True)
+class _InFlight:
+    arrival: float
+    order: int
+    item: Any = field(compare=False)
+
+
+class SimLink:
+    """One direction of a simulated link.
+
+    ``send(item, now)`` schedules delivery; ``deliver(now)`` returns, in arrival
+    order, every ``(arrival_time, item)`` due by ``now``. Send times must not go
+    backwards (outages are generated as time advances).
+    """
+
+    def __init__(self, profile: NetworkProfile, seed: int) -> None:
+        self.profile = profile
+        self._rng = random.Random(seed)
+        self._heap: list[_InFlight] = []
+        self._order = 0
+        self._last_send = -math.inf
+        self._last_arrival = -math.inf
+        self._outage_start = math.inf
+        self._outage_end = -math.inf
+        self._bad_state = False
+        self.sent = 0
+        self.lost = 0
+        self.duplicated = 0
+        if profile.spike_rate > 0:
+            self._outage_start = None  # drawn relative to the first send
+
+    def _jitter(self, t: float) -> float:
+        p = self.profile
+        mean = p.jitter_mean
+        if mean <= 0 or p.jitter is Jitter.NONE:
+            sample = 0.0
+        elif p.jitter is Jitter.EXPONENTIAL:
+            sample = self._rng.expovariate(1.0 / mean)
+        elif p.jitter is Jitter.GAMMA:
+            sample = self._rng.gammavariate(p.gamma_shape, mean / p.gamma_shape)
+        else:
+            sample = self._rng.uniform(0.0, 2.0 * mean)
+        for burst in p.bursts:
+            if burst.start <= t < burst.end:
+                sample *= burst.factor
+        return sample
+
+    def _outage_hold(self, t: float) -> float:
+        p = self.profile
+        if p.spike_rate <= 0:
+            return 0.0
+        if self._outage_start is None:
+            self._outage_start = t + self._rng.expovariate(p.spike_rate)
+            self._outage_end = self._outage_start + self._rng.uniform(p.spike_min, p.spike_max)
+        while t >= self._outage_end:
+            self._outage_start = self._outage_end + self._rng.expovariate(p.spike_rate)
+            self._outage_end = self._outage_start + self._rng.uniform(p.spike_min, p.spike_max)
+        if t >= self._outage_start:
+            return self._outage_end - t
+        return 0.0
+
+    def _lose(self) -> bool:
+        p = self.profile
+        if p.loss <= 0:
+            return False
+        if p.loss_burst <= 1.0:
+            return self._rng.random() < p.loss
+        # Gilbert-Elliott: bad state loses everything, mean stay loss_burst items;
+        # the good->bad rate gives the requested average loss.
+        leave_bad = 1.0 / p.loss_burst
+        enter_bad = p.loss * leave_bad / max(1e-9, 1.0 - p.loss)
+        if self._bad_state:
+            if self._rng.random() < leave_bad:
+                self._bad_state = False
+        elif self._rng.random() < enter_bad:
+            self._bad_state = True
+        return self._bad_state
+
+    def _delay(self, t: float) -> float:
+        p = self.profile
+        delay = p.base_delay + self._jitter(t) + self._outage_hold(t)
+        if p.reorder > 0 and self._rng.random() < p.reorder:
+            delay += p.reorder_extra
+        return delay
+
+    def _schedule(self, item: Any, arrival: float) -> None:
+        if self.profile.fifo:
+            arrival = max(arrival, self._last_arrival)
+            self._last_arrival = arrival
+        heapq.heappush(self._heap, _InFlight(arrival, self._order, item))
+        self._order += 1
+
+    def send(self, item: Any, now: float) -> None:
+        """Put ``item`` on the link at simulated time ``now``."""
+        if now < self._last_send:
+            raise ValueError("send times must not go backwards")
+        self._last_send = now
+        self.sent += 1
+        hold = self._outage_hold(now)
+        if self._lose():
+            self.lost += 1
+            return
+        p = self.profile
+        delay = p.base_delay + self._jitter(now) + hold
+        if p.reorder > 0 and self._rng.random() < p.reorder:
+            delay += p.reorder_extra
+        self._schedule(item, now + delay)
+        if p.duplicate > 0 and self._rng.random() < p.duplicate:
+            self.duplicated += 1
+            self._schedule(item, now + self._delay(now))
+
+    def next_arrival(self) -> float | None:
+        """When the next item arrives, or None when nothing is in flight."""
+        return self._heap[0].arrival if self._heap else None
+
+    def deliver(self, now: float) -> list[tuple[float, Any]]:
+        """Everything arriving by ``now``, as ``(arrival_time, item)`` in arrival order."""
+        out = []
+        heap = self._heap
+        while heap and heap[0].arrival <= now:
+            entry = heapq.heappop(heap)
+            out.append((entry.arrival, entry.item))
+        return out
+
+
+def transmit(
+    items: Iterable[tuple[float, Any]], profile: NetworkProfile, seed: int
+) -> list[tuple[float, Any]]:
+    """Send every ``(send_time, item)`` over a fresh link; return all arrivals in order."""
+    link = SimLink(profile, seed)
+    for send_time, item in items:
+        link.send(item, send_time)
+    return link.deliver(math.inf)
+
+
+def merge_schedule(
+    arrivals: list[tuple[float, Any]], tick: float, start: float, end: float
+) -> Iterable[tuple[float, Any | None]]:
+    """Interleave arrivals with consumer ticks ``start, start + tick, ... < end``.
+
+    Yields ``(time, item)`` for an arrival and ``(time, None)`` for a tick, in
+    time order; an arrival at exactly a tick's time comes first (it was there
+    when the consumer looked).
+    """
+    i = 0
+    n = 0
+    while True:
+        t = start + n * tick
+        if t >= end:
+            break
+        while i < len(arrivals) and arrivals[i][0] <= t:
+            yield arrivals[i]
+            i += 1
+        yield t, None
+        n += 1
