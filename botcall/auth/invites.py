@@ -1,0 +1,92 @@
+"""Invite links: the humans' only way into a room.
+
+An invite URL is ``<public_url>/join/<room_id>#invite=<secret>``. The secret
+(144 bits from ``secrets``) sits in the fragment, which browsers never send to
+a server, so it stays out of access logs and ``Referer`` headers; the PWA reads
+it from ``location.hash`` and presents it over the signaling WebSocket, where
+``RoomRegistry.join_human`` compares it in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from botcall.errors import BadRequest
+
+INVITE_SECRET_BYTES = 18  # 144 bits; the issue asks for at least 128
+_SECRET = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_ROOM_PATH = re.compile(r"/join/([A-Za-z0-9._~-]{1,64})")
+
+
+@dataclass(frozen=True, slots=True)
+class InviteLink:
+    """The parts of an invite URL."""
+
+    room_id: str
+    secret: str
+
+
+def new_invite_secret() -> str:
+    """A fresh unguessable invite secret (URL-safe base64, 24 characters)."""
+    return secrets.token_urlsafe(INVITE_SECRET_BYTES)
+
+
+def invite_url(base_url: str, room_id: str, secret: str) -> str:
+    """Build the invite URL humans open.
+
+    Args:
+        base_url: the public base URL, without a trailing slash.
+        room_id: the room.
+        secret: the room's invite secret.
+
+    Returns:
+        ``<base_url>/join/<room_id>#invite=<secret>``.
+    """
+    return f"{base_url}/join/{quote(room_id, safe='')}#invite={secret}"
+
+
+def parse_invite_url_untrusted(url: str) -> InviteLink:
+    """Split an invite URL into room id and secret.
+
+    Args:
+        url: an invite URL as pasted by a user.
+
+    Returns:
+        The room id and the secret.
+
+    Raises:
+        BadRequest: ``invite_malformed`` when it is not an invite URL.
+    """
+    if not isinstance(url, str) or len(url) > 2048:
+        raise BadRequest("not an invite URL", code="invite_malformed")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise BadRequest("not an invite URL", code="invite_malformed") from exc
+    room = _ROOM_PATH.fullmatch(parts.path)
+    fragment = parts.fragment
+    if room is None or not fragment.startswith("invite="):
+        raise BadRequest("not an invite URL", code="invite_malformed")
+    secret = fragment[len("invite="):]
+    if not _SECRET.fullmatch(secret):
+        raise BadRequest("the invite secret is malformed", code="invite_malformed")
+    return InviteLink(room_id=room.group(1), secret=secret)
+
+
+def invite_secret_matches(expected: str, presented: object) -> bool:
+    """Compare an invite secret in constant time.
+
+    Args:
+        expected: the room's secret.
+        presented: what the client sent (anything; non-strings never match).
+
+    Returns:
+        Whether they are equal.
+    """
+    if not isinstance(presented, str):
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8", "surrogatepass"))

@@ -1,0 +1,205 @@
+"""The one server configuration: a frozen ``Config`` with embedded defaults.
+
+``botcall serve`` with no flags runs on these defaults: HTTP on 127.0.0.1:8080,
+media on UDP 127.0.0.1:40000, the local development issuer switched on and its
+key kept in the data directory. Every table or queue an outsider can grow has
+its limit here.
+
+Times are seconds. Rates are tokens per second with a burst size (see
+``botcall.auth.ratelimit``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from botcall.errors import BotCallError
+
+# Asymmetric JWS algorithms (RFC 7518 §3.1, RFC 8037 §3.1) that may appear in an
+# allow-list. HS* (shared secrets) and "none" are deliberately absent: an
+# attestation must be verifiable by anyone holding only the issuer's public key.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
+
+# RFC 7519 §4.1.4 lets verifiers allow "a few minutes" of leeway; we allow at most a minute.
+MAX_LEEWAY_S = 60.0
+
+DATA_DIR_ENV = "BOTCALL_DATA_DIR"
+
+
+class ConfigError(BotCallError, ValueError):
+    """A configuration value that cannot work (bad port, unknown algorithm...)."""
+
+
+def default_data_dir() -> Path:
+    """Where the dev issuer key lives unless told otherwise.
+
+    Returns:
+        ``$BOTCALL_DATA_DIR`` when set, else ``~/.local/share/botcall``.
+    """
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "botcall"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket's parameters: ``burst`` requests at once, refilled at ``rate`` per second."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise ConfigError(f"rate must be a positive number, not {self.rate!r}")
+        if self.burst < 1:
+            raise ConfigError(f"burst must be at least 1, not {self.burst!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """A trusted attestation issuer and where its public keys are published.
+
+    Attributes:
+        issuer: the exact ``iss`` value (compared byte for byte, never as a prefix).
+        jwks: an ``http://``/``https://`` URL of its JWKS, or a path to a JWKS file.
+    """
+
+    issuer: str
+    jwks: str
+
+    @property
+    def jwks_is_url(self) -> bool:
+        return self.jwks.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``botcall serve`` can be told. Construct with keywords; all have defaults."""
+
+    # --- network ------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    media_host: str = "127.0.0.1"
+    media_port: int = 40000
+    # The host put in join responses for UDP media; defaults to media_host. On a
+    # server bound to 0.0.0.0 this must be the public address bots can reach.
+    media_advertised_host: str | None = None
+    # Base of invite_url and websocket_url. Default: http://<http_host>:<bound port>.
+    public_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+
+    # --- attestations ---------------------------------------------------------------
+    audience: str = "botcall"
+    issuers: tuple[IssuerConfig, ...] = ()
+    algorithms: tuple[str, ...] = ("EdDSA", "ES256")
+    dev_issuer: bool = True
+    dev_issuer_name: str = "botcall-dev"
+    leeway_s: float = 30.0
+    max_token_lifetime_s: float = 3600.0
+    max_token_bytes: int = 8192
+    replay_cache_max: int = 100_000
+    jwks_refetch_min_interval_s: float = 60.0
+    jwks_refresh_interval_s: float = 600.0
+    jwks_fetch_timeout_s: float = 5.0
+    jwks_max_bytes: int = 256 * 1024
+    jwks_max_keys: int = 64
+
+    # --- rooms ----------------------------------------------------------------------
+    room_default_expires_in: int = 3600
+    room_max_expires_in: int = 86_400
+    room_empty_timeout_s: float = 300.0
+    room_default_max_humans: int = 1
+    room_max_humans: int = 16
+    room_max_bots: int = 4
+    max_live_rooms_per_controller: int = 10
+    max_rooms_total: int = 10_000
+    max_sessions_total: int = 50_000
+    # How many recently closed room ids are remembered (for 410 instead of 404), and how long.
+    closed_rooms_remembered: int = 10_000
+    closed_rooms_remembered_s: float = 3600.0
+    max_display_name_chars: int = 64
+
+    # --- abuse limits ----------------------------------------------------------------
+    create_limit_per_agent: RateLimit = RateLimit(rate=10 / 60, burst=5)
+    create_limit_per_ip: RateLimit = RateLimit(rate=30 / 60, burst=10)
+    join_limit_per_agent: RateLimit = RateLimit(rate=1.0, burst=10)
+    join_limit_per_ip: RateLimit = RateLimit(rate=2.0, burst=20)
+    query_limit_per_ip: RateLimit = RateLimit(rate=5.0, burst=20)
+    rate_limit_table_max: int = 10_000
+    max_body_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "media_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be 0-65535, not {port}")
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"public_url must be an http(s) URL, not {self.public_url!r}")
+            if parts.query or parts.fragment:
+                raise ConfigError("public_url must not carry a query or fragment")
+        if not self.audience:
+            raise ConfigError("audience must not be empty")
+        unknown = set(self.algorithms) - ASYMMETRIC_ALGORITHMS
+        if unknown or not self.algorithms:
+            raise ConfigError(
+                f"algorithms must be a non-empty subset of {sorted(ASYMMETRIC_ALGORITHMS)}; "
+                f"refused {sorted(unknown)}"
+            )
+        if self.dev_issuer and "EdDSA" not in self.algorithms:
+            raise ConfigError("the dev issuer signs with EdDSA; allow it or turn the dev issuer off")
+        names = [i.issuer for i in self.issuers]
+        if self.dev_issuer:
+            names.append(self.dev_issuer_name)
+        if len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"issuer names must be non-empty and distinct: {names}")
+        if not 0 <= self.leeway_s <= MAX_LEEWAY_S:
+            raise ConfigError(f"leeway_s must be 0-{MAX_LEEWAY_S:g}, not {self.leeway_s}")
+        positive = (
+            "max_token_lifetime_s", "max_token_bytes", "replay_cache_max",
+            "jwks_refetch_min_interval_s", "jwks_refresh_interval_s", "jwks_fetch_timeout_s",
+            "jwks_max_bytes", "jwks_max_keys", "room_default_expires_in", "room_max_expires_in",
+            "room_empty_timeout_s", "room_default_max_humans", "room_max_humans", "room_max_bots",
+            "max_live_rooms_per_controller", "max_rooms_total", "max_sessions_total",
+            "closed_rooms_remembered", "closed_rooms_remembered_s", "max_display_name_chars",
+            "rate_limit_table_max", "max_body_bytes",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be positive, not {value!r}")
+        if self.room_default_expires_in > self.room_max_expires_in:
+            raise ConfigError("room_default_expires_in exceeds room_max_expires_in")
+        if self.room_default_max_humans > self.room_max_humans:
+            raise ConfigError("room_default_max_humans exceeds room_max_humans")
+
+    @property
+    def advertised_media_host(self) -> str:
+        """The UDP host bots are told to send media to."""
+        return self.media_advertised_host or self.media_host
+
+    def base_url(self, bound_port: int | None = None) -> str:
+        """The public base URL, without a trailing slash.
+
+        Args:
+            bound_port: the HTTP port actually bound (differs from ``http_port`` when that is 0).
+
+        Returns:
+            ``public_url`` when configured, else ``http://<http_host>:<port>``.
+        """
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = self.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:  # an IPv6 literal needs brackets in a URL (RFC 3986 §3.2.2)
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port if bound_port is None else bound_port}"

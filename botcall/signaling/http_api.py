@@ -1,0 +1,562 @@
+"""The HTTP API: quart-trio routes for rooms, joins, health and metrics.
+
+The request bodies are parsed by pure functions first (``parse_*_untrusted``,
+raising only ``BadRequest``); the routes then verify the attestation, charge the
+rate limits and call the room registry. Every error leaves as JSON
+``{"error": {"code", "message"}}`` — ours (``ApiError``), Quart's own (404, 405,
+413) and unexpected ones (500) alike.
+
+``AppState`` is the single object the routes read; the server builds it and
+later layers (the UDP relay, the WebSocket routes) hang off it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from botcall.auth.attestation import (
+    SCOPE_CREATE,
+    SCOPE_VOICE,
+    Attestation,
+    AttestationVerifier,
+    UnknownSigningKey,
+)
+from botcall.auth.invites import invite_url
+from botcall.auth.keys import DevIssuer, JwksError, KeyRing, download_jwks
+from botcall.auth.ratelimit import Limiters
+from botcall.config import Config
+from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden
+from botcall.metrics import Metrics
+from botcall.signaling.rooms import (
+    Capabilities,
+    Identity,
+    MediaSpec,
+    Room,
+    RoomStore,
+    Session,
+)
+
+log = logging.getLogger("botcall.http")
+
+PAYLOAD_TYPE_OPUS = 111
+OPUS_CLOCK_RATE = 48_000
+MAX_ID_CHARS = 256
+
+_JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", "media"})
+_ATTESTATION_FIELDS = frozenset({"token", "scope", "expiry"})
+_CAPABILITY_FIELDS = ("audio_in", "audio_out", "video", "text_chat")
+_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate"})
+_CREATE_FIELDS = frozenset({"max_human_participants", "expires_in"})
+_BOT_TRANSPORTS = ("udp", "websocket")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+# --- request bodies (pure) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A parsed ``POST /v1/join`` body."""
+
+    agent_id: str
+    room_id: str
+    token: str
+    capabilities: Capabilities
+    media: MediaSpec
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRoomRequest:
+    """A parsed ``POST /v1/rooms/create`` body (``None`` = server default)."""
+
+    max_human_participants: int | None = None
+    expires_in: int | None = None
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_object_untrusted(data: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object.
+
+    Strict RFC 8259: UTF-8 only, no NaN/Infinity, no duplicate member names (so
+    no two parsers can read the body differently).
+
+    Args:
+        data: the raw body.
+        allow_empty: treat an empty (or all-whitespace) body as ``{}``.
+
+    Returns:
+        The object.
+
+    Raises:
+        BadRequest: ``malformed_json``.
+    """
+    if allow_empty and not data.strip():
+        return {}
+    try:
+        value = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return value
+
+
+def _check_fields(obj: dict[str, Any], allowed: frozenset[str] | tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+        raise BadRequest(f"unknown field(s) in {where}: {shown}", code="unknown_field")
+
+
+def _required_id(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise BadRequest(f"{name!r} is required", code="missing_field")
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
+        raise BadRequest(f"{name!r} must be a string of 1-{MAX_ID_CHARS} characters", code="invalid_field")
+    return value
+
+
+def _optional_int(obj: dict[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name!r} must be an integer", code="invalid_field")
+    return value
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{name!r} must be an object", code="invalid_field")
+    return value
+
+
+def parse_join_request_untrusted(data: bytes) -> JoinRequest:
+    """Parse a ``POST /v1/join`` body.
+
+    ``attestation.scope`` and ``attestation.expiry`` are type-checked and then
+    ignored: the signed token's claims are authoritative.
+
+    Args:
+        data: the raw body.
+
+    Returns:
+        The request.
+
+    Raises:
+        BadRequest: ``malformed_json``, ``unknown_field``, ``missing_field``,
+            ``invalid_field`` or ``invalid_media``.
+    """
+    body = parse_json_object_untrusted(data)
+    _check_fields(body, _JOIN_FIELDS, "the join request")
+    agent_id = _required_id(body, "agent_id")
+    room_id = _required_id(body, "room_id")
+
+    if body.get("attestation") is None:
+        raise BadRequest("'attestation' is required", code="missing_field")
+    attestation = _object(body["attestation"], "attestation")
+    _check_fields(attestation, _ATTESTATION_FIELDS, "attestation")
+    token = attestation.get("token")
+    if token is None:
+        raise BadRequest("'attestation.token' is required", code="missing_field")
+    if not isinstance(token, str):
+        raise BadRequest("'attestation.token' must be a string", code="invalid_field")
+    scope = attestation.get("scope")
+    if scope is not None and not (
+        isinstance(scope, str) or (isinstance(scope, list) and all(isinstance(s, str) for s in scope))
+    ):
+        raise BadRequest("'attestation.scope' must be a string or an array of strings", code="invalid_field")
+    expiry = attestation.get("expiry")
+    if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))):
+        raise BadRequest("'attestation.expiry' must be a number", code="invalid_field")
+
+    capabilities = Capabilities()
+    if body.get("capabilities") is not None:
+        raw_caps = _object(body["capabilities"], "capabilities")
+        _check_fields(raw_caps, _CAPABILITY_FIELDS, "capabilities")
+        flags = {}
+        for name in _CAPABILITY_FIELDS:
+            if name in raw_caps:
+                if not isinstance(raw_caps[name], bool):
+                    raise BadRequest(f"'capabilities.{name}' must be a boolean", code="invalid_field")
+                flags[name] = raw_caps[name]
+        capabilities = Capabilities(**flags)
+
+    media = MediaSpec()
+    if body.get("media") is not None:
+        raw_media = _object(body["media"], "media")
+        _check_fields(raw_media, _MEDIA_FIELDS, "media")
+        transport = raw_media.get("transport", "udp")
+        encoding = raw_media.get("encoding", "opus")
+        if transport not in _BOT_TRANSPORTS:
+            raise BadRequest(f"'media.transport' must be one of {_BOT_TRANSPORTS}", code="invalid_media")
+        if not isinstance(encoding, str):
+            raise BadRequest("'media.encoding' must be a string", code="invalid_media")
+        sample_rate = _optional_int(raw_media, "sample_rate")
+        if sample_rate is None:
+            sample_rate = OPUS_CLOCK_RATE
+        media = MediaSpec(transport=transport, encoding=encoding, sample_rate=sample_rate)
+
+    return JoinRequest(agent_id=agent_id, room_id=room_id, token=token, capabilities=capabilities, media=media)
+
+
+def parse_create_request_untrusted(data: bytes) -> CreateRoomRequest:
+    """Parse a ``POST /v1/rooms/create`` body (empty means all defaults).
+
+    Ranges are checked by the registry, which knows the configured limits.
+
+    Raises:
+        BadRequest: ``malformed_json``, ``unknown_field`` or ``invalid_field``.
+    """
+    body = parse_json_object_untrusted(data, allow_empty=True)
+    _check_fields(body, _CREATE_FIELDS, "the room request")
+    return CreateRoomRequest(
+        max_human_participants=_optional_int(body, "max_human_participants"),
+        expires_in=_optional_int(body, "expires_in"),
+    )
+
+
+def rfc3339(unix_seconds: float) -> str:
+    """``2026-02-15T13:00:00Z``, rounded down to the second (never later than the input)."""
+    return datetime.fromtimestamp(math.floor(unix_seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class AppState:
+    """Everything the routes read. One per server.
+
+    Attributes:
+        config: the server configuration.
+        registry: rooms and sessions.
+        keyring: trusted issuers' keys.
+        verifier: attestation verification and replay cache.
+        limiters: the token buckets.
+        metrics: Prometheus collectors.
+        base_url: public base URL (``http(s)://host:port``), no trailing slash.
+        media_host: UDP host advertised in join responses.
+        media_port: UDP port advertised in join responses (the relay sets the bound one).
+        clock: returns Unix time; tests replace it with a fake clock.
+        dev_issuer: the local development issuer, when enabled.
+        relay: the UDP media relay, once a later layer attaches it.
+    """
+
+    config: Config
+    registry: RoomStore
+    keyring: KeyRing
+    verifier: AttestationVerifier
+    limiters: Limiters
+    metrics: Metrics
+    base_url: str
+    media_host: str
+    media_port: int
+    clock: Callable[[], float]
+    dev_issuer: DevIssuer | None = None
+    relay: Any = None
+    jwks_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def websocket_base(self) -> str:
+        """``ws://host:port`` (or ``wss://``) matching ``base_url``."""
+        if self.base_url.startswith("https://"):
+            return "wss://" + self.base_url[len("https://"):]
+        return "ws://" + self.base_url[len("http://"):]
+
+
+async def fetch_issuer_keys(state: AppState, issuer: str) -> None:
+    """Download ``issuer``'s JWKS now (caller holds ``state.jwks_lock``). Failures are logged;
+    the previous keys stay in place."""
+    url = state.keyring.url_of(issuer)
+    if url is None:
+        return
+    timeout = state.config.jwks_fetch_timeout_s
+    state.keyring.fetch_started(issuer, state.clock())
+    try:
+        with trio.fail_after(timeout + 1.0):
+            data = await trio.to_thread.run_sync(
+                partial(download_jwks, url, timeout=timeout, max_bytes=state.config.jwks_max_bytes),
+                abandon_on_cancel=True,
+            )
+        state.keyring.install_fetched(issuer, data, state.clock())
+        log.info("fetched JWKS of %r from %s: kids %s", issuer, url, sorted(state.keyring.kids(issuer)))
+    except (JwksError, trio.TooSlowError) as exc:
+        log.warning("JWKS of %r from %s not updated: %s", issuer, url, exc or "timed out")
+
+
+async def refresh_after_unknown_kid(state: AppState, issuer: str) -> None:
+    """React to a token naming a kid ``issuer`` has not published: re-read a file
+    source, or refetch a URL source unless it was fetched within the last minute."""
+    if state.keyring.url_of(issuer) is None:
+        for problem in state.keyring.reload_files():
+            log.warning("%s", problem)
+        return
+    async with state.jwks_lock:
+        if state.keyring.fetch_allowed(issuer, state.clock()):
+            await fetch_issuer_keys(state, issuer)
+
+
+async def verify_attestation(state: AppState, token: Any) -> Attestation:
+    """Verify ``token``, refreshing the issuer's keys once if it names an unknown kid.
+
+    Raises:
+        AttestationError: see ``AttestationVerifier.verify_untrusted``.
+    """
+    try:
+        return state.verifier.verify_untrusted(token, now=state.clock())
+    except UnknownSigningKey as exc:
+        await refresh_after_unknown_kid(state, exc.issuer)
+    return state.verifier.verify_untrusted(token, now=state.clock())
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(payload, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _room_json(state: AppState, room: Room) -> dict[str, Any]:
+    return {
+        "room_id": room.room_id,
+        "state": str(room.state),
+        "owner": room.owner,
+        "created_by": room.created_by,
+        "created_at": rfc3339(room.created_at),
+        "expires_at": rfc3339(room.expires_at),
+        "max_human_participants": room.max_human_participants,
+        "max_bot_participants": room.max_bot_participants,
+        "participants": [s.public_json() for s in state.registry.sessions_in_room(room.room_id)],
+    }
+
+
+def join_response(state: AppState, session: Session) -> dict[str, Any]:
+    """The ``POST /v1/join`` response body for a new bot session."""
+    media: dict[str, Any]
+    if session.transport == "udp":
+        media = {
+            "transport": "udp",
+            "host": state.media_host,
+            "port": state.media_port,
+            "ssrc": session.ssrc,
+            "payload_type": PAYLOAD_TYPE_OPUS,
+            "clock_rate": OPUS_CLOCK_RATE,
+            "ice_ufrag": session.ice_ufrag,
+            "ice_pwd": session.ice_pwd,
+        }
+    else:
+        media = {
+            "transport": "websocket",
+            "encoding": session.encoding,
+            "sample_rate": session.sample_rate,
+            "ssrc": session.ssrc,
+            "payload_type": PAYLOAD_TYPE_OPUS,
+            "clock_rate": OPUS_CLOCK_RATE,
+        }
+    return {
+        "session_id": session.session_id,
+        "participant_id": session.participant_id,
+        "room_id": session.room_id,
+        "websocket_url": f"{state.websocket_base}/v1/stream/{session.session_id}",
+        "media": media,
+        # ICE-lite on a reachable address: bots send to media.host/port directly and
+        # browsers get the host candidate in the SDP answer, so no STUN/TURN is needed.
+        "ice_servers": [],
+        "expires_at": rfc3339(session.expires_at),
+    }
+
+
+def _bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AttestationError(
+            "send the attestation as 'Authorization: Bearer <token>'",
+            code="attestation_missing",
+            headers={"WWW-Authenticate": 'Bearer realm="botcall"'},
+        )
+    return token.strip()
+
+
+def _client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def create_app(state: AppState) -> QuartTrio:
+    """Build the quart-trio app serving the HTTP API over ``state``.
+
+    Routes: ``POST /v1/rooms/create`` (alias ``POST /v1/rooms``), ``GET`` and
+    ``DELETE /v1/rooms/<room_id>``, ``POST /v1/join``, ``GET /healthz``,
+    ``GET /metrics``. See docs/protocol.md.
+    """
+    app = QuartTrio("botcall")
+    app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
+    app.extensions["botcall"] = state
+
+    async def body() -> bytes:
+        return await request.get_data(cache=False)
+
+    @app.post("/v1/rooms/create")
+    @app.post("/v1/rooms")
+    async def create_room() -> Response:
+        state.limiters.check_create(ip=_client_ip(), now=state.clock())
+        token = _bearer_token()
+        parsed = parse_create_request_untrusted(await body())
+        attestation = await verify_attestation(state, token)
+        now = state.clock()
+        state.limiters.check_create(agent=(attestation.issuer, attestation.agent_id), now=now)
+        attestation.require_scope(SCOPE_CREATE)
+        room = state.registry.create_room(
+            owner=attestation.controller,
+            created_by=attestation.agent_id,
+            now=now,
+            expires_in=parsed.expires_in,
+            max_human_participants=parsed.max_human_participants,
+        )
+        state.metrics.rooms_created.inc()
+        log.info("room %s created by %s for %s", room.room_id, attestation.agent_id, room.owner)
+        return _json(
+            {
+                "room_id": room.room_id,
+                "invite_url": invite_url(state.base_url, room.room_id, room.invite_secret),
+                "expires_in": round(room.expires_at - room.created_at),
+                "expires_at": rfc3339(room.expires_at),
+                "max_human_participants": room.max_human_participants,
+                "max_bot_participants": room.max_bot_participants,
+            },
+            status=201,
+        )
+
+    async def _owned_room(room_id: str) -> Room:
+        state.limiters.check_query(ip=_client_ip(), now=state.clock())
+        attestation = await verify_attestation(state, _bearer_token())
+        attestation.require_room(room_id)
+        room = state.registry.get_room(room_id, state.clock())
+        if attestation.controller != room.owner:
+            raise Forbidden("the attestation's controller does not own this room", code="controller_mismatch")
+        return room
+
+    @app.get("/v1/rooms/<room_id>")
+    async def get_room(room_id: str) -> Response:
+        room = await _owned_room(room_id)
+        return _json(_room_json(state, room))
+
+    @app.delete("/v1/rooms/<room_id>")
+    async def delete_room(room_id: str) -> Response:
+        room = await _owned_room(room_id)
+        closed = state.registry.close_room(room.room_id, "deleted", now=state.clock())
+        log.info("room %s deleted", room.room_id)
+        payload = _room_json(state, closed if closed is not None else room)
+        return _json(payload)
+
+    @app.post("/v1/join")
+    async def join() -> Response:
+        state.limiters.check_join(ip=_client_ip(), now=state.clock())
+        parsed = parse_join_request_untrusted(await body())
+        attestation = await verify_attestation(state, parsed.token)
+        now = state.clock()
+        state.verifier.check_not_replayed(attestation, now)
+        state.limiters.check_join(agent=(attestation.issuer, attestation.agent_id), now=now)
+        attestation.require_agent(parsed.agent_id)
+        attestation.require_scope(SCOPE_VOICE)
+        attestation.require_room(parsed.room_id)
+        if attestation.expires_at - now < 1.0:
+            raise AttestationError("the attestation expires before a session could start", code="attestation_expired")
+        session = state.registry.join_bot(
+            parsed.room_id,
+            identity=Identity.bot(
+                agent_id=attestation.agent_id,
+                controller=attestation.controller,
+                issuer=attestation.issuer,
+                scopes=attestation.scopes,
+            ),
+            media=parsed.media,
+            capabilities=parsed.capabilities,
+            not_after=attestation.expires_at,
+            now=now,
+        )
+        state.verifier.mark_used(attestation)
+        state.metrics.joins.labels(kind="bot", transport=session.transport).inc()
+        log.info("%s joined room %s as %s", attestation.agent_id, session.room_id, session.participant_id)
+        return _json(join_response(state, session))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json(
+            {
+                "status": "ok",
+                "rooms": state.registry.live_rooms,
+                "sessions": state.registry.live_sessions,
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        payload, content_type = state.metrics.render()
+        return Response(payload, status=200, content_type=content_type)
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        state.metrics.rejections.labels(code=error.code).inc()
+        return _json(error.to_json(), status=error.status, headers=error.headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, f"http_{status}")
+        state.metrics.rejections.labels(code=code).inc()
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        message = error.description or error.name
+        return _json({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path, exc_info=error)
+        state.metrics.rejections.labels(code="internal_error").inc()
+        return _json({"error": {"code": "internal_error", "message": "internal server error"}}, status=500)
+
+    return app

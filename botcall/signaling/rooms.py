@@ -1,0 +1,705 @@
+"""The room and session registry (sans-IO).
+
+Rooms are ephemeral: they live in memory, expire at ``expires_at``, close after
+``room_empty_timeout_s`` without sessions, and close for everyone when their
+owner deletes them. ``RoomStore`` is the interface the HTTP, WebSocket and relay
+layers code against; ``RoomRegistry`` is the in-memory implementation (a shared
+store can replace it later).
+
+Time is an argument: ``now`` is Unix seconds, the same timebase as an
+attestation's ``exp`` (a bot session never outlives its attestation, and
+``expires_at`` is reported as an RFC 3339 timestamp).
+
+Changes are announced to listeners (``add_listener``) as frozen events, after
+the registry's state is consistent; callbacks are synchronous and must not
+block. The relay and WebSocket layers use them to tear down media and sockets.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Protocol, Union
+
+from botcall.auth.invites import invite_secret_matches, new_invite_secret
+from botcall.config import Config
+from botcall.errors import ApiError, BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited
+
+TRANSPORTS = ("udp", "websocket", "webrtc")
+ENCODINGS = ("opus", "pcm16")
+PCM_SAMPLE_RATES = (16_000, 24_000, 48_000)
+OPUS_CLOCK_RATE = 48_000
+
+_ICE_CHARS = string.ascii_letters + string.digits  # a subset of RFC 8839 §5.4 ice-char
+_ROOM_ID_CHARS = string.ascii_lowercase + string.digits
+
+
+class RoomState(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Reason:
+    """Why a session or room went away (listeners receive these strings)."""
+
+    LEFT = "left"
+    EXPIRED = "expired"
+    EMPTY = "empty"
+    DELETED = "deleted"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a participant says it can do (the seed's ``capabilities`` object)."""
+
+    audio_in: bool = True
+    audio_out: bool = True
+    video: bool = False
+    text_chat: bool = False
+
+    def to_json(self) -> dict[str, bool]:
+        return {
+            "audio_in": self.audio_in,
+            "audio_out": self.audio_out,
+            "video": self.video,
+            "text_chat": self.text_chat,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSpec:
+    """How a participant's audio travels.
+
+    ``udp`` and ``webrtc`` carry Opus RTP; ``websocket`` carries Opus or 16-bit
+    PCM at 16, 24 or 48 kHz (Opus is always 48 kHz).
+
+    Raises:
+        BadRequest: ``invalid_media`` for any other combination.
+    """
+
+    transport: str = "udp"
+    encoding: str = "opus"
+    sample_rate: int = OPUS_CLOCK_RATE
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise BadRequest(f"transport must be one of {TRANSPORTS}", code="invalid_media")
+        if self.encoding not in ENCODINGS:
+            raise BadRequest(f"encoding must be one of {ENCODINGS}", code="invalid_media")
+        if self.encoding == "pcm16":
+            if self.transport != "websocket":
+                raise BadRequest("pcm16 is only carried over the websocket transport", code="invalid_media")
+            if self.sample_rate not in PCM_SAMPLE_RATES:
+                raise BadRequest(f"pcm16 sample_rate must be one of {PCM_SAMPLE_RATES}", code="invalid_media")
+        elif self.sample_rate != OPUS_CLOCK_RATE:
+            raise BadRequest("opus runs at sample_rate 48000", code="invalid_media")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a participant is. Bots: the verified attestation claims. Humans: a display name.
+
+    Attributes:
+        kind: ``"bot"`` or ``"human"``.
+        agent_id: the attestation's ``sub`` (bots).
+        controller: the attestation's ``ctl`` (bots).
+        issuer: the attestation's ``iss`` (bots).
+        scopes: the granted scopes, sorted (bots).
+        display_name: a human's chosen name; a bot's agent id.
+    """
+
+    kind: str
+    display_name: str
+    agent_id: str | None = None
+    controller: str | None = None
+    issuer: str | None = None
+    scopes: tuple[str, ...] = ()
+
+    @classmethod
+    def bot(cls, *, agent_id: str, controller: str, issuer: str, scopes: frozenset[str] | tuple[str, ...]) -> Identity:
+        return cls(
+            kind="bot",
+            display_name=agent_id,
+            agent_id=agent_id,
+            controller=controller,
+            issuer=issuer,
+            scopes=tuple(sorted(scopes)),
+        )
+
+    @classmethod
+    def human(cls, display_name: str) -> Identity:
+        return cls(kind="human", display_name=display_name)
+
+    def to_json(self) -> dict[str, object]:
+        if self.kind == "human":
+            return {"kind": "human", "display_name": self.display_name}
+        return {
+            "kind": "bot",
+            "display_name": self.display_name,
+            "agent_id": self.agent_id,
+            "controller": self.controller,
+            "issuer": self.issuer,
+            "scopes": list(self.scopes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """One call. ``owner`` is the controller (``ctl``) of the bot that created it."""
+
+    room_id: str
+    owner: str
+    invite_secret: str = field(repr=False)
+    created_at: float
+    expires_at: float
+    max_human_participants: int
+    max_bot_participants: int
+    state: RoomState = RoomState.OPEN
+    created_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One participant's presence in a room.
+
+    ``session_id`` and ``ice_pwd`` are secrets (the session id authenticates the
+    bot's WebSocket; the ICE password keys its STUN checks); ``participant_id``
+    is the public name other participants see.
+    """
+
+    session_id: str = field(repr=False)
+    room_id: str
+    participant_id: str
+    kind: str
+    identity: Identity
+    media: MediaSpec
+    capabilities: Capabilities
+    ssrc: int
+    ice_ufrag: str
+    ice_pwd: str = field(repr=False)
+    created_at: float
+    expires_at: float
+    muted: bool = False
+
+    @property
+    def transport(self) -> str:
+        return self.media.transport
+
+    @property
+    def encoding(self) -> str:
+        return self.media.encoding
+
+    @property
+    def sample_rate(self) -> int:
+        return self.media.sample_rate
+
+    def public_json(self) -> dict[str, object]:
+        """What other participants and the room's owner may see (no secrets)."""
+        return {
+            "participant_id": self.participant_id,
+            **self.identity.to_json(),
+            "transport": self.media.transport,
+            "muted": self.muted,
+            "capabilities": self.capabilities.to_json(),
+        }
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoomCreated:
+    room: Room
+
+
+@dataclass(frozen=True, slots=True)
+class RoomClosed:
+    room: Room
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAdded:
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRemoved:
+    session: Session
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    session: Session
+
+
+RegistryEvent = Union[RoomCreated, RoomClosed, SessionAdded, SessionRemoved, SessionUpdated]
+Listener = Callable[[RegistryEvent], None]
+
+
+class RoomStore(Protocol):
+    """What the rest of BotCall needs from a room registry."""
+
+    def add_listener(self, listener: Listener) -> None: ...
+    def remove_listener(self, listener: Listener) -> None: ...
+    def create_room(
+        self,
+        *,
+        owner: str,
+        created_by: str,
+        now: float,
+        expires_in: int | None = None,
+        max_human_participants: int | None = None,
+    ) -> Room: ...
+    def get_room(self, room_id: str, now: float) -> Room: ...
+    def sessions_in_room(self, room_id: str) -> tuple[Session, ...]: ...
+    def join_bot(
+        self,
+        room_id: str,
+        *,
+        identity: Identity,
+        media: MediaSpec,
+        capabilities: Capabilities,
+        not_after: float,
+        now: float,
+    ) -> Session: ...
+    def join_human(
+        self,
+        room_id: str,
+        invite_secret: object,
+        display_name: object,
+        *,
+        now: float,
+        media: MediaSpec = ...,
+        capabilities: Capabilities = ...,
+    ) -> Session: ...
+    def leave(self, session_id: str, reason: str, *, now: float) -> Session | None: ...
+    def set_muted(self, session_id: str, muted: bool) -> Session: ...
+    def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None: ...
+    def session_by_id(self, session_id: str) -> Session | None: ...
+    def session_by_ufrag(self, ice_ufrag: str) -> Session | None: ...
+    def expire(self, now: float) -> list[RegistryEvent]: ...
+    @property
+    def live_rooms(self) -> int: ...
+    @property
+    def live_sessions(self) -> int: ...
+
+
+def _random_chars(alphabet: str, length: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def _new_room_id() -> str:
+    # Three groups of four [a-z0-9]: about 62 bits, readable aloud. Room ids are
+    # not secrets (the invite secret is); they only need to be unique.
+    return "-".join(_random_chars(_ROOM_ID_CHARS, 4) for _ in range(3))
+
+
+class RoomRegistry:
+    """The in-memory ``RoomStore``.
+
+    Args:
+        config: room defaults and limits (``room_*``, ``max_*``, ``closed_rooms_*``,
+            ``max_display_name_chars``).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._rooms: dict[str, Room] = {}
+        self._room_sessions: dict[str, dict[str, Session]] = {}
+        self._sessions: dict[str, Session] = {}
+        self._by_ufrag: dict[str, str] = {}
+        self._owner_rooms: dict[str, set[str]] = {}
+        self._empty_since: dict[str, float] = {}
+        self._closed: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._listeners: list[Listener] = []
+
+    # --- listeners ----------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` after every change."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def _emit(self, events: list[RegistryEvent]) -> None:
+        for event in events:
+            for listener in tuple(self._listeners):
+                listener(event)
+
+    # --- queries --------------------------------------------------------------------------
+
+    @property
+    def live_rooms(self) -> int:
+        return len(self._rooms)
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self._sessions)
+
+    def rooms(self) -> Iterator[Room]:
+        return iter(tuple(self._rooms.values()))
+
+    def live_rooms_of(self, owner: str) -> int:
+        return len(self._owner_rooms.get(owner, ()))
+
+    def get_room(self, room_id: str, now: float) -> Room:
+        """The open room ``room_id``.
+
+        Raises:
+            NotFound: ``room_not_found``: no such room (or closed too long ago to remember).
+            Gone: ``room_expired`` (past ``expires_at``) or ``room_closed`` (deleted, or
+                closed after standing empty).
+        """
+        room = self._rooms.get(room_id)
+        if room is not None:
+            if room.expires_at <= now:
+                raise Gone("the room has expired", code="room_expired")
+            return room
+        closed = self._closed.get(room_id)
+        if closed is not None:
+            if closed[0] == Reason.EXPIRED:
+                raise Gone("the room has expired", code="room_expired")
+            raise Gone(f"the room was closed ({closed[0]})", code="room_closed")
+        raise NotFound("no such room", code="room_not_found")
+
+    def sessions_in_room(self, room_id: str) -> tuple[Session, ...]:
+        return tuple(self._room_sessions.get(room_id, {}).values())
+
+    def session_by_id(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def session_by_ufrag(self, ice_ufrag: str) -> Session | None:
+        session_id = self._by_ufrag.get(ice_ufrag)
+        return None if session_id is None else self._sessions.get(session_id)
+
+    # --- rooms ------------------------------------------------------------------------------
+
+    def create_room(
+        self,
+        *,
+        owner: str,
+        created_by: str,
+        now: float,
+        expires_in: int | None = None,
+        max_human_participants: int | None = None,
+    ) -> Room:
+        """Open a room owned by controller ``owner``.
+
+        Args:
+            owner: the creating attestation's ``ctl``.
+            created_by: the creating agent's id (for display and logs).
+            now: Unix time.
+            expires_in: lifetime in seconds (default ``room_default_expires_in``).
+            max_human_participants: 0 to ``room_max_humans`` (default ``room_default_max_humans``).
+
+        Returns:
+            The new room.
+
+        Raises:
+            BadRequest: ``invalid_field`` for out-of-range values.
+            RateLimited: ``controller_room_limit`` when ``owner`` has too many live rooms.
+            ApiError: ``server_full`` (503) when the server holds ``max_rooms_total`` rooms.
+        """
+        cfg = self.config
+        if expires_in is None:
+            expires_in = cfg.room_default_expires_in
+        if max_human_participants is None:
+            max_human_participants = cfg.room_default_max_humans
+        if not 1 <= expires_in <= cfg.room_max_expires_in:
+            raise BadRequest(f"expires_in must be 1-{cfg.room_max_expires_in}", code="invalid_field")
+        if not 0 <= max_human_participants <= cfg.room_max_humans:
+            raise BadRequest(f"max_human_participants must be 0-{cfg.room_max_humans}", code="invalid_field")
+        owned = self._owner_rooms.get(owner, set())
+        if len(owned) >= cfg.max_live_rooms_per_controller:
+            soonest = min(self._rooms[r].expires_at for r in owned)
+            raise RateLimited(
+                f"controller already has {len(owned)} live rooms (the limit)",
+                retry_after=max(1.0, soonest - now),
+                code="controller_room_limit",
+            )
+        if len(self._rooms) >= cfg.max_rooms_total:
+            raise ApiError("the server holds as many rooms as it may", code="server_full", status=503)
+        room_id = _new_room_id()
+        while room_id in self._rooms or room_id in self._closed:
+            room_id = _new_room_id()
+        room = Room(
+            room_id=room_id,
+            owner=owner,
+            invite_secret=new_invite_secret(),
+            created_at=now,
+            expires_at=now + expires_in,
+            max_human_participants=max_human_participants,
+            max_bot_participants=cfg.room_max_bots,
+            created_by=created_by,
+        )
+        self._rooms[room_id] = room
+        self._room_sessions[room_id] = {}
+        self._owner_rooms.setdefault(owner, set()).add(room_id)
+        self._empty_since[room_id] = now
+        self._emit([RoomCreated(room)])
+        return room
+
+    def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None:
+        """Close a room for everyone: every session is removed with ``reason``.
+
+        Returns:
+            The closed room (state ``closed``), or ``None`` if it was not open.
+        """
+        events: list[RegistryEvent] = []
+        room = self._close_room(room_id, reason, now, events)
+        self._emit(events)
+        return room
+
+    def _close_room(self, room_id: str, reason: str, now: float, events: list[RegistryEvent]) -> Room | None:
+        room = self._rooms.pop(room_id, None)
+        if room is None:
+            return None
+        for session in self._room_sessions.pop(room_id, {}).values():
+            self._forget_session(session)
+            events.append(SessionRemoved(session, reason))
+        owned = self._owner_rooms.get(room.owner)
+        if owned is not None:
+            owned.discard(room_id)
+            if not owned:
+                del self._owner_rooms[room.owner]
+        self._empty_since.pop(room_id, None)
+        self._closed[room_id] = (reason, now)
+        self._closed.move_to_end(room_id)
+        while len(self._closed) > self.config.closed_rooms_remembered:
+            self._closed.popitem(last=False)
+        closed = replace(room, state=RoomState.CLOSED)
+        events.append(RoomClosed(closed, reason))
+        return closed
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def _check_capacity(self) -> None:
+        if len(self._sessions) >= self.config.max_sessions_total:
+            raise ApiError("the server holds as many sessions as it may", code="server_full", status=503)
+
+    def _count(self, room_id: str, kind: str) -> int:
+        return sum(1 for s in self._room_sessions[room_id].values() if s.kind == kind)
+
+    def _add_session(
+        self,
+        room: Room,
+        *,
+        kind: str,
+        identity: Identity,
+        media: MediaSpec,
+        capabilities: Capabilities,
+        now: float,
+        expires_at: float,
+    ) -> Session:
+        members = self._room_sessions[room.room_id]
+        ssrcs = {s.ssrc for s in members.values()}
+        participants = {s.participant_id for s in members.values()}
+        ssrc = secrets.randbits(32)
+        while ssrc in ssrcs:
+            ssrc = secrets.randbits(32)
+        participant_id = "p-" + secrets.token_hex(4)
+        while participant_id in participants:
+            participant_id = "p-" + secrets.token_hex(4)
+        ufrag = _random_chars(_ICE_CHARS, 8)
+        while ufrag in self._by_ufrag:
+            ufrag = _random_chars(_ICE_CHARS, 8)
+        session = Session(
+            session_id="sess-" + secrets.token_urlsafe(24),
+            room_id=room.room_id,
+            participant_id=participant_id,
+            kind=kind,
+            identity=identity,
+            media=media,
+            capabilities=capabilities,
+            ssrc=ssrc,
+            ice_ufrag=ufrag,
+            ice_pwd=_random_chars(_ICE_CHARS, 24),
+            created_at=now,
+            expires_at=expires_at,
+        )
+        members[session.session_id] = session
+        self._sessions[session.session_id] = session
+        self._by_ufrag[ufrag] = session.session_id
+        self._empty_since.pop(room.room_id, None)
+        self._emit([SessionAdded(session)])
+        return session
+
+    def join_bot(
+        self,
+        room_id: str,
+        *,
+        identity: Identity,
+        media: MediaSpec,
+        capabilities: Capabilities,
+        not_after: float,
+        now: float,
+    ) -> Session:
+        """Add a verified bot to a room.
+
+        Args:
+            room_id: the room.
+            identity: the bot's verified identity (``Identity.bot``).
+            media: its transport and encoding.
+            capabilities: what it says it can do.
+            not_after: the attestation's ``exp``; the session ends by then.
+            now: Unix time.
+
+        Returns:
+            The new session; ``expires_at`` is the earlier of the room's and ``not_after``.
+
+        Raises:
+            NotFound, Gone: see ``get_room``.
+            Forbidden: ``controller_mismatch`` when the bot's controller does not own the room.
+            Conflict: ``room_full`` when the room has ``max_bot_participants`` bots.
+            ApiError: ``server_full`` (503).
+        """
+        room = self.get_room(room_id, now)
+        if identity.controller != room.owner:
+            raise Forbidden("the attestation's controller does not own this room", code="controller_mismatch")
+        if self._count(room_id, "bot") >= room.max_bot_participants:
+            raise Conflict("the room has no space for another bot", code="room_full")
+        self._check_capacity()
+        return self._add_session(
+            room,
+            kind="bot",
+            identity=identity,
+            media=media,
+            capabilities=capabilities,
+            now=now,
+            expires_at=min(room.expires_at, not_after),
+        )
+
+    def join_human(
+        self,
+        room_id: str,
+        invite_secret: object,
+        display_name: object,
+        *,
+        now: float,
+        media: MediaSpec = MediaSpec(transport="webrtc"),
+        capabilities: Capabilities = Capabilities(),
+    ) -> Session:
+        """Add a human who holds the room's invite secret.
+
+        Args:
+            room_id: the room (from the invite URL).
+            invite_secret: the secret from the invite URL (compared in constant time).
+            display_name: the name the human chose (1 to ``max_display_name_chars``
+                printable characters after trimming).
+            now: Unix time.
+            media: defaults to WebRTC Opus.
+            capabilities: defaults to audio in and out.
+
+        Returns:
+            The new session, expiring with the room.
+
+        Raises:
+            NotFound, Gone: see ``get_room``.
+            Forbidden: ``invite_invalid`` for a wrong secret.
+            BadRequest: ``invalid_display_name``.
+            Conflict: ``room_full`` when the room has ``max_human_participants`` humans.
+            ApiError: ``server_full`` (503).
+        """
+        room = self.get_room(room_id, now)
+        if not invite_secret_matches(room.invite_secret, invite_secret):
+            raise Forbidden("the invite is not valid for this room", code="invite_invalid")
+        if not isinstance(display_name, str):
+            raise BadRequest("display_name must be a string", code="invalid_display_name")
+        name = display_name.strip()
+        if not 1 <= len(name) <= self.config.max_display_name_chars or not name.isprintable():
+            raise BadRequest(
+                f"display_name must be 1-{self.config.max_display_name_chars} printable characters",
+                code="invalid_display_name",
+            )
+        if self._count(room_id, "human") >= room.max_human_participants:
+            raise Conflict("the room has no space for another person", code="room_full")
+        self._check_capacity()
+        return self._add_session(
+            room,
+            kind="human",
+            identity=Identity.human(name),
+            media=media,
+            capabilities=capabilities,
+            now=now,
+            expires_at=room.expires_at,
+        )
+
+    def _forget_session(self, session: Session) -> None:
+        self._sessions.pop(session.session_id, None)
+        if self._by_ufrag.get(session.ice_ufrag) == session.session_id:
+            del self._by_ufrag[session.ice_ufrag]
+
+    def leave(self, session_id: str, reason: str, *, now: float) -> Session | None:
+        """Remove one session. The room starts its empty timeout if it was the last.
+
+        Returns:
+            The removed session, or ``None`` if there was none.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        self._forget_session(session)
+        members = self._room_sessions.get(session.room_id)
+        if members is not None:
+            members.pop(session_id, None)
+            if not members:
+                self._empty_since[session.room_id] = now
+        self._emit([SessionRemoved(session, reason)])
+        return session
+
+    def set_muted(self, session_id: str, muted: bool) -> Session:
+        """Record a participant's mute state.
+
+        Raises:
+            NotFound: ``session_not_found``.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound("no such session", code="session_not_found")
+        updated = replace(session, muted=bool(muted))
+        self._sessions[session_id] = updated
+        self._room_sessions[session.room_id][session_id] = updated
+        self._emit([SessionUpdated(updated)])
+        return updated
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[RegistryEvent]:
+        """Remove what has run out at ``now``: sessions past ``expires_at``, rooms past
+        ``expires_at``, rooms empty for ``room_empty_timeout_s``; forget old closed rooms.
+
+        Returns:
+            The events emitted (also delivered to listeners).
+        """
+        events: list[RegistryEvent] = []
+        for session in [s for s in self._sessions.values() if s.expires_at <= now]:
+            self._forget_session(session)
+            members = self._room_sessions[session.room_id]
+            del members[session.session_id]
+            if not members:
+                self._empty_since[session.room_id] = now
+            events.append(SessionRemoved(session, Reason.EXPIRED))
+        timeout = self.config.room_empty_timeout_s
+        for room in list(self._rooms.values()):
+            if room.expires_at <= now:
+                self._close_room(room.room_id, Reason.EXPIRED, now, events)
+            else:
+                empty_since = self._empty_since.get(room.room_id)
+                if empty_since is not None and now - empty_since >= timeout:
+                    self._close_room(room.room_id, Reason.EMPTY, now, events)
+        horizon = now - self.config.closed_rooms_remembered_s
+        while self._closed:
+            room_id, (_, closed_at) = next(iter(self._closed.items()))
+            if closed_at > horizon:
+                break
+            del self._closed[room_id]
+        self._emit(events)
+        return events
