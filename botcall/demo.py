@@ -174,6 +174,8 @@ class Playout:
             sender's timeline, without the expansions and skips the buffer made
             to adapt its delay; frames never played are silence. Compared with
             the input it measures loss and concealment, not timing.
+        rendered: distinct frames of the sender's stream that were played,
+            concealed or recovered (each at most once).
         played: frames decoded from a packet.
         concealed: lost frames synthesised by packet loss concealment.
         recovered_by_fec: lost frames rebuilt from the next packet's in-band FEC.
@@ -187,6 +189,7 @@ class Playout:
 
     pcm: bytes
     by_timestamp: bytes
+    rendered: int
     played: int
     concealed: int
     recovered_by_fec: int
@@ -228,10 +231,11 @@ def play_out(
     out: list[bytes] = []
     counts = dict.fromkeys(("played", "concealed", "recovered_by_fec", "expanded", "malformed"), 0)
     if not arrivals:
-        return Playout(b"", bytes(timeline), start_time=math.inf, mean_latency=math.inf, **counts)
+        return Playout(b"", bytes(timeline), 0, start_time=math.inf, mean_latency=math.inf, **counts)
     now = arrivals[0].time
     start_time = math.inf
     latency_sum = 0.0
+    rendered: set[int] = set()
     next_arrival = 0
     started = False
     # However the buffer adapts, it cannot need more ticks than this after the last arrival.
@@ -265,10 +269,13 @@ def play_out(
             index = ((frame.timestamp - first_timestamp) & 0xFFFFFFFF) // FRAME_SAMPLES
             if index < frames_sent and len(pcm) == frame_bytes:
                 timeline[index * frame_bytes : (index + 1) * frame_bytes] = pcm
+                rendered.add(index)
             if counts["played"] > played_before:
                 latency_sum += tick - index * FRAME_DURATION
     mean_latency = latency_sum / counts["played"] if counts["played"] else math.inf
-    return Playout(b"".join(out), bytes(timeline), start_time=start_time, mean_latency=mean_latency, **counts)
+    return Playout(
+        b"".join(out), bytes(timeline), len(rendered), start_time=start_time, mean_latency=mean_latency, **counts
+    )
 
 
 def _decode(frame: PlayoutFrame, decoder: OpusDecoder, counts: dict[str, int], use_fec: bool) -> bytes:
@@ -300,6 +307,9 @@ class DemoReport:
         playout: what the receiver produced (see ``Playout``).
         late: packets that arrived after their play-out slot.
         discarded: buffered frames the jitter buffer dropped to cut its delay.
+        skipped: frames never rendered, neither played nor concealed nor
+            discarded: missing frames the buffer passed over (or lost before
+            play-out started).
         mean_buffer_delay: mean delay of played frames above the fastest transit, seconds.
         target_delay: the jitter buffer's final target delay, seconds.
         rfc3550_jitter: interarrival jitter (RFC 3550 §6.4.1), seconds.
@@ -317,6 +327,7 @@ class DemoReport:
     playout: Playout
     late: int
     discarded: int
+    skipped: int
     mean_buffer_delay: float
     target_delay: float
     rfc3550_jitter: float
@@ -328,24 +339,29 @@ class DemoReport:
     def lines(self) -> list[str]:
         """The report as printable lines."""
         net, out = self.network, self.playout
-        return [
-            f"packets sent          {net.sent}",
-            f"lost in the network   {net.lost} ({100 * net.lost / max(1, net.sent):.1f} %)",
-            f"reordered             {net.reordered}",
-            f"duplicated            {net.duplicated}",
-            f"arrived too late      {self.late}",
-            f"malformed             {out.malformed}",
-            f"frames played         {out.played}",
-            f"concealed (PLC)       {out.concealed}",
-            f"recovered by FEC      {out.recovered_by_fec}",
-            f"expanded (delay grew) {out.expanded}",
-            f"discarded (shrank)    {self.discarded}",
-            f"jitter buffer delay   {1000 * self.mean_buffer_delay:.1f} ms mean, "
-            f"target {1000 * self.target_delay:.1f} ms (RFC 3550 jitter {1000 * self.rfc3550_jitter:.1f} ms)",
-            f"end-to-end delay      {1000 * self.end_to_end_delay:.1f} ms",
-            f"played vs input       correlation {self.correlation:.3f}",
-            f"decoded vs input      SNR {self.snr_db:.1f} dB (Opus alone, no loss: {self.codec_snr_db:.1f} dB)",
+        rows = [
+            ("packets sent", f"{net.sent}"),
+            ("lost in the network", f"{net.lost} ({100 * net.lost / max(1, net.sent):.1f} %)"),
+            ("reordered", f"{net.reordered}"),
+            ("duplicated", f"{net.duplicated}"),
+            ("arrived too late", f"{self.late}"),
+            ("malformed", f"{out.malformed}"),
+            ("frames played", f"{out.played}"),
+            ("concealed (PLC)", f"{out.concealed}"),
+            ("recovered by FEC", f"{out.recovered_by_fec}"),
+            ("skipped", f"{self.skipped}"),
+            ("expanded (delay grew)", f"{out.expanded}"),
+            ("discarded (shrank)", f"{self.discarded}"),
+            (
+                "jitter buffer delay",
+                f"{1000 * self.mean_buffer_delay:.1f} ms mean, target {1000 * self.target_delay:.1f} ms "
+                f"(RFC 3550 jitter {1000 * self.rfc3550_jitter:.1f} ms)",
+            ),
+            ("end-to-end delay", f"{1000 * self.end_to_end_delay:.1f} ms"),
+            ("played vs input", f"correlation {self.correlation:.3f}"),
+            ("decoded vs input", f"SNR {self.snr_db:.1f} dB (Opus alone, no loss: {self.codec_snr_db:.1f} dB)"),
         ]
+        return [f"{label:<23}{value}" for label, value in rows]
 
 
 def run_demo(
@@ -396,6 +412,7 @@ def run_demo(
         playout=playout,
         late=stats.late,
         discarded=stats.discarded,
+        skipped=max(0, len(sends) - playout.rendered - stats.discarded),
         mean_buffer_delay=stats.mean_delay,
         target_delay=stats.target_delay,
         rfc3550_jitter=stats.jitter,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from botcall import audio, cli
@@ -71,12 +72,13 @@ def test_lossy_network_is_concealed_and_recovered():
     net, out = report.network, report.playout
     assert net.sent == 200
     assert net.lost > 5 and net.reordered > 0
-    # Every frame is accounted for: played, or rebuilt, or dropped to cut the delay
-    # (a frame lost before play-out started is never missed).
-    assert out.played + out.concealed + out.recovered_by_fec + report.discarded >= net.sent - 2
-    assert out.played <= net.sent - net.lost
-    # FEC rebuilt most single losses from the next packet.
-    assert out.recovered_by_fec > out.concealed
+    # Every packet that arrived was played, dropped to cut the delay, or came too late.
+    assert out.played + report.discarded + report.late == net.sent - net.lost
+    # No frame was rendered twice, and only missing frames were made up or skipped.
+    assert out.played + out.concealed + out.recovered_by_fec == out.rendered
+    assert out.concealed + out.recovered_by_fec + report.skipped <= net.lost + report.late
+    assert out.rendered + report.discarded + report.skipped == net.sent
+    assert out.recovered_by_fec > 0
     # Loss costs little against what Opus costs anyway.
     assert report.snr_db > report.codec_snr_db - 3
     assert report.correlation > 0.75
@@ -86,6 +88,33 @@ def test_lossy_network_is_concealed_and_recovered():
     assert 0.0 < report.mean_buffer_delay < 0.3
 
 
+def test_one_lost_packet_is_rebuilt_from_the_next_one():
+    """A steady stream with packet 40 missing: the buffer offers packet 41, the receiver uses its FEC."""
+    sent = audio.speech_like(1.2, seed=4)
+    sends = packetize(sent, OpusEncoder(expected_loss_percent=10), ssrc=1, first_sequence=0, first_timestamp=0)
+    arrivals = [Arrival(time + 0.03, data) for index, (time, data) in enumerate(sends) if index != 40]
+    runs = {}
+    for use_fec in (True, False):
+        buffer = JitterBuffer()
+        runs[use_fec] = play_out(
+            arrivals, OpusDecoder(), buffer, first_timestamp=0, frames_sent=len(sends), use_fec=use_fec
+        )
+        # Every frame was rendered except any the buffer dropped to shorten its start-up delay.
+        assert runs[use_fec].rendered + buffer.stats.discarded == len(sends)
+    assert (runs[True].recovered_by_fec, runs[True].concealed) == (1, 0)
+    assert (runs[False].recovered_by_fec, runs[False].concealed) == (0, 1)
+    # Only frame 40 was rendered differently, and FEC's is closer to what was sent.
+    delay = audio.find_delay(sent, runs[True].by_timestamp, max_lag=1000)
+    original = np.frombuffer(sent, "<i2").astype(float)
+
+    def error_in_frame_40(playout):
+        decoded = np.frombuffer(playout.by_timestamp, "<i2").astype(float)
+        window = slice(40 * 960, 41 * 960)
+        return np.sum((decoded[window.start + delay : window.stop + delay] - original[window]) ** 2)
+
+    assert error_in_frame_40(runs[True]) < 0.7 * error_in_frame_40(runs[False])
+
+
 def test_fec_beats_concealment_on_the_same_trace():
     sent = audio.speech_like(4.0, seed=6)
     conditions = NetworkConditions(loss=0.10, jitter=0.02, seed=2)
@@ -93,7 +122,7 @@ def test_fec_beats_concealment_on_the_same_trace():
     without = run_demo(sent, conditions, fec=False)
     assert with_fec.network == without.network
     assert without.playout.recovered_by_fec == 0
-    assert with_fec.playout.recovered_by_fec > 5
+    assert with_fec.playout.recovered_by_fec >= 3
     assert with_fec.snr_db > without.snr_db + 0.5
 
 
@@ -104,7 +133,9 @@ def test_clean_network_plays_everything():
     assert (report.network.lost, report.network.reordered, report.late) == (0, 0, 0)
     assert out.concealed == out.recovered_by_fec == out.malformed == 0
     assert out.played + report.discarded == 100
-    assert report.correlation > 0.9
+    assert report.skipped == 0
+    # The buffer's start-up expansions and later discards move the timing a little.
+    assert report.correlation > 0.8
 
 
 def test_same_seed_same_run():
