@@ -60,10 +60,10 @@ def rtcp_sender_ssrcs(packet) -> tuple[int, ...]:
 class Sink(Protocol):
     """Where a peer's incoming audio goes (a UDP address, a WebSocket, a browser)."""
 
-    def deliver_rtp(self, data: bytes, speaker: "MediaPeer") -> None:
+    def deliver_rtp(self, data: bytes, speaker: "MediaPeer", now: float) -> None:
         """Take one plain RTP packet from ``speaker`` (its bytes are not to be modified)."""
 
-    def deliver_rtcp(self, data: bytes, speaker: "MediaPeer") -> None:
+    def deliver_rtcp(self, data: bytes, speaker: "MediaPeer", now: float) -> None:
         """Take one plain RTCP compound packet relayed from ``speaker``."""
 
 
@@ -119,7 +119,7 @@ class UdpSink:
         self.peer: MediaPeer | None = None
         self._transmit = transmit
 
-    def deliver_rtp(self, data: bytes, speaker: MediaPeer) -> None:
+    def deliver_rtp(self, data: bytes, speaker: MediaPeer, now: float) -> None:
         peer = self.peer
         addr = peer.addr
         if addr is None:
@@ -143,10 +143,20 @@ class MediaRelay:
             the media layer's own bound).
     """
 
-    def __init__(self, transmit: Transmit, *, consent_timeout: float = 30.0, max_peers: int = 20000) -> None:
+    def __init__(
+        self,
+        transmit: Transmit,
+        *,
+        consent_timeout: float = 30.0,
+        max_peers: int = 20000,
+        max_handshakes: int = 64,
+    ) -> None:
         self.transmit = transmit
         self.consent_timeout = consent_timeout
         self.max_peers = max_peers
+        self.max_handshakes = max_handshakes
+        # Secure legs with a running DTLS timer (handshakes in progress).
+        self.timed: set = set()
         self.counters: collections.Counter = collections.Counter()
         self._by_session: dict[str, MediaPeer] = {}
         self._by_ufrag: dict[str, MediaPeer] = {}
@@ -182,6 +192,7 @@ class MediaRelay:
         peer = self._by_session.pop(session_id, None)
         if peer is None:
             return None
+        self.timed.discard(peer.secure)
         if peer.ice_ufrag is not None:
             self._by_ufrag.pop(peer.ice_ufrag, None)
         self._unlatch(peer)
@@ -200,6 +211,9 @@ class MediaRelay:
 
     def peer_count(self) -> int:
         return len(self._by_session)
+
+    def handshakes_in_progress(self) -> int:
+        return len(self.timed)
 
     def set_muted(self, session_id: str, muted: bool) -> None:
         peer = self._by_session.get(session_id)
@@ -225,9 +239,9 @@ class MediaRelay:
             if len(data) < RTCP_MIN_SIZE:
                 self._drop(peer, "malformed_rtp")
             elif 192 <= data[1] <= 223:
-                self.handle_rtcp(peer, data)
+                self.handle_rtcp(peer, data, now)
             else:
-                self.handle_rtp(peer, data)
+                self.handle_rtp(peer, data, now)
         elif kind is PacketKind.STUN:
             self._handle_stun(data, addr, now)
         elif kind is PacketKind.DTLS:
@@ -241,7 +255,7 @@ class MediaRelay:
         else:
             self.counters["unknown_kind"] += 1
 
-    def handle_rtp(self, peer: MediaPeer, data: bytes) -> None:
+    def handle_rtp(self, peer: MediaPeer, data: bytes, now: float) -> None:
         """Check one plain RTP packet from ``peer`` and forward it to the room.
 
         Used for UDP datagrams and for RTP that arrived another way (a
@@ -263,9 +277,9 @@ class MediaRelay:
         peer.rx_bytes += len(data)
         for other in self._rooms[peer.room_id]:
             if other is not peer:
-                other.sink.deliver_rtp(data, peer)
+                other.sink.deliver_rtp(data, peer, now)
 
-    def handle_rtcp(self, peer: MediaPeer, data: bytes) -> None:
+    def handle_rtcp(self, peer: MediaPeer, data: bytes, now: float) -> None:
         """Validate a plain RTCP compound packet from ``peer`` and relay it.
 
         Every packet in it must parse, and its sender SSRC must be the peer's
@@ -286,7 +300,7 @@ class MediaRelay:
         self.counters["rtcp_relayed"] += 1
         for other in self._rooms[peer.room_id]:
             if other is not peer:
-                other.sink.deliver_rtcp(data, peer)
+                other.sink.deliver_rtcp(data, peer, now)
 
     def _handle_stun(self, data: bytes, addr: Address, now: float) -> None:
         try:
@@ -358,11 +372,19 @@ class MediaRelay:
     # --- time -------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        """When :meth:`handle_timeout` next has work (consent sweeps once a second)."""
-        return self._next_sweep
+        """When :meth:`handle_timeout` next has work (consent sweeps once a second,
+        DTLS retransmissions and deadlines)."""
+        deadline = self._next_sweep
+        for leg in self.timed:
+            leg_deadline = leg.dtls.next_deadline()
+            if leg_deadline is not None and leg_deadline < deadline:
+                deadline = leg_deadline
+        return deadline
 
     def handle_timeout(self, now: float) -> None:
-        """Expire peers whose consent lapsed (RFC 7675): their address is forgotten."""
+        """Drive DTLS timers; expire peers whose consent lapsed (RFC 7675)."""
+        for leg in list(self.timed):
+            leg.handle_timeout(now)
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0

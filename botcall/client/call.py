@@ -1,0 +1,423 @@
+"""The bot side of a call: join, latch, send and receive audio, events.
+
+::
+
+    async with botcall.connect("http://127.0.0.1:8080", room_id, token) as call:
+        await call.play_wav("hello.wav")
+        async for frame in call.audio():
+            ...  # frame.pcm: 20 ms of 48 kHz mono int16 from frame.participant_id
+
+Media goes as Opus RTP over UDP after a STUN binding proves our address
+(``transport="udp"``), or over the WebSocket (``transport="websocket"``) as
+binary RTP frames, or as PCM the server encodes and decodes for us
+(``encoding="pcm16"``). Received RTP goes through a jitter buffer per speaker
+(:class:`~botcall.rtp.playout.Playout`) on a 20 ms play-out clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import jwt
+import trio
+import trio_websocket
+
+from botcall.audio import frames as pcm_frames, read_wav, resample
+from botcall.client.http import BotCallHttpError, request_json
+from botcall.errors import BadPacket
+from botcall.queues import DropOldestQueue
+from botcall.rtp.opus import OpusEncoder
+from botcall.rtp.packet import RTP_HEADER, RtpPacket, parse_rtp_untrusted
+from botcall.rtp.playout import Playout
+from botcall.rtp.stun import binding_request, is_stun, parse_binding_response_untrusted
+
+log = logging.getLogger("botcall.client")
+
+FRAME = 0.020
+SAMPLE_RATE = 48000
+PAYLOAD_TYPE = 111
+KEEPALIVE_INTERVAL = 10.0  # well inside the relay's 30 s consent timeout
+LATCH_TIMEOUT = 5.0
+MAX_QUEUED_FRAMES = 500  # 10 s of one speaker's audio waiting for the application
+MAX_QUEUED_EVENTS = 1000
+
+
+class CallError(Exception):
+    """The call could not be set up or was ended by the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """20 ms of one speaker's audio, as the bot hears it.
+
+    Attributes:
+        participant_id: who spoke (None if the speaker is not known yet).
+        ssrc: the speaker's RTP SSRC.
+        pcm: int16 little-endian mono PCM at ``sample_rate``.
+        sample_rate: Hz.
+        concealed: the frame was lost and synthesised (PLC or FEC).
+    """
+
+    participant_id: str | None
+    ssrc: int
+    pcm: bytes
+    sample_rate: int
+    concealed: bool = False
+
+
+def agent_id_of(token: str) -> str:
+    """The ``sub`` claim of an attestation (read without verifying: it is ours)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise CallError(f"token is not a JWT: {exc}") from exc
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        raise CallError("token has no 'sub' claim: pass agent_id=")
+    return sub
+
+
+class Call:
+    """One bot's membership of a room. Create it with :func:`connect`.
+
+    Attributes:
+        session_id, participant_id, room_id, ssrc: from the join.
+        join_response: the server's whole join answer.
+        participants: ``participant_id -> participant`` as the events tell.
+    """
+
+    def __init__(self, join_response: dict, *, room_id: str, encoding: str, sample_rate: int) -> None:
+        self.join_response = join_response
+        self.session_id: str = join_response["session_id"]
+        self.room_id = room_id
+        self.media: dict = join_response["media"]
+        self.transport: str = self.media["transport"]
+        self.encoding = encoding
+        self.sample_rate = sample_rate
+        self.ssrc: int = self.media["ssrc"]
+        self.participant_id: str | None = None
+        self.participants: dict[str, dict] = {}
+        self._ssrc_to_participant: dict[int, str] = {}
+        self._frames: DropOldestQueue[AudioFrame] = DropOldestQueue(MAX_QUEUED_FRAMES)
+        self._events: DropOldestQueue[dict] = DropOldestQueue(MAX_QUEUED_EVENTS)
+        self._playout = Playout(sample_rate=sample_rate)
+        self._encoder: OpusEncoder | None = None
+        self._seq = secrets.randbelow(1 << 16)
+        self._timestamp = secrets.randbelow(1 << 32)
+        self._next_send = 0.0
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._sock: trio.socket.SocketType | None = None
+        self._relay_addr: tuple | None = None
+        self._welcome = trio.Event()
+        self._closed = trio.Event()
+        self.close_reason: str | None = None
+        self.counters: dict[str, int] = {"sent": 0, "received": 0, "malformed": 0}
+
+    # --- sending --------------------------------------------------------------------
+
+    async def send_opus(self, payload: bytes) -> None:
+        """Send one 20 ms Opus frame now (no pacing; see :meth:`say_pcm`)."""
+        packet = RTP_HEADER.pack(0x80, PAYLOAD_TYPE, self._seq, self._timestamp, self.ssrc) + payload
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + 960) & 0xFFFFFFFF
+        self.counters["sent"] += 1
+        if self._sock is not None:
+            await self._sock.sendto(packet, self._relay_addr)
+        else:
+            await self._ws.send_message(packet)
+
+    async def say_pcm(self, pcm: bytes, *, sample_rate: int = SAMPLE_RATE) -> None:
+        """Speak mono int16 PCM, paced in real time (20 ms frames).
+
+        Args:
+            pcm: mono int16 little-endian samples.
+            sample_rate: their rate; resampled to what the session sends.
+        """
+        if self.encoding == "pcm16":
+            if sample_rate != self.sample_rate:
+                pcm = resample(pcm, sample_rate, self.sample_rate)
+            for frame in pcm_frames(pcm, sample_rate=self.sample_rate):
+                await self._pace()
+                self.counters["sent"] += 1
+                await self._ws.send_message(frame)
+            return
+        if sample_rate != SAMPLE_RATE:
+            pcm = resample(pcm, sample_rate, SAMPLE_RATE)
+        if self._encoder is None:
+            self._encoder = OpusEncoder()
+        for frame in pcm_frames(pcm, sample_rate=SAMPLE_RATE):
+            payload = self._encoder.encode(frame)
+            await self._pace()
+            await self.send_opus(payload)
+
+    async def play_wav(self, path: str | os.PathLike) -> None:
+        """Speak a WAV file (any PCM WAV; resampled and mixed to mono), paced in real time."""
+        pcm = await trio.to_thread.run_sync(lambda: read_wav(path, sample_rate=SAMPLE_RATE, channels=1))
+        await self.say_pcm(pcm, sample_rate=SAMPLE_RATE)
+
+    async def _pace(self) -> None:
+        now = trio.current_time()
+        if self._next_send < now - 0.1:
+            # Fell behind (first frame, or the application paused): start afresh
+            # rather than bursting to catch up.
+            self._next_send = now
+        await trio.sleep_until(self._next_send)
+        self._next_send += FRAME
+
+    # --- receiving -------------------------------------------------------------------
+
+    def audio(self) -> AsyncIterator[AudioFrame]:
+        """Decoded 20 ms frames from every speaker, in play-out order, until the call ends.
+
+        Frames are kept for up to 10 s if the application reads slower than real
+        time; older ones are dropped.
+        """
+        return self._frames
+
+    def events(self) -> AsyncIterator[dict]:
+        """Events from the server (``participant_joined``, ``participant_left``,
+        ``muted``, ``chat``, ``room_closed``, ``error``...), as JSON objects."""
+        return self._events
+
+    # --- control ----------------------------------------------------------------------
+
+    async def mute(self, muted: bool = True) -> None:
+        """Stop (or resume) the relay forwarding our audio."""
+        await self._send_json({"type": "control", "action": "mute", "value": muted})
+
+    async def unmute(self) -> None:
+        await self.mute(False)
+
+    async def chat(self, text: str) -> None:
+        """Send a text message to the room (needs ``text_chat`` in capabilities)."""
+        await self._send_json({"type": "chat", "text": text})
+
+    async def leave(self) -> None:
+        """Leave the room; the call ends."""
+        if self._ws is not None and not self._closed.is_set():
+            try:
+                await self._send_json({"type": "control", "action": "leave"})
+            except trio_websocket.ConnectionClosed:
+                self.counters["leave_after_close"] = self.counters.get("leave_after_close", 0) + 1
+
+    async def wait_closed(self) -> str | None:
+        """Wait until the server ends the call; returns its reason."""
+        await self._closed.wait()
+        return self.close_reason
+
+    async def _send_json(self, message: dict) -> None:
+        await self._ws.send_message(json.dumps(message))
+
+    # --- tasks ------------------------------------------------------------------------
+
+    async def _run_websocket(self, url: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio_websocket.open_websocket_url(url, connect_timeout=10, disconnect_timeout=2, message_queue_size=64) as ws:
+            self._ws = ws
+            task_status.started()
+            try:
+                while True:
+                    message = await ws.get_message()
+                    if isinstance(message, bytes):
+                        self._on_media(message, trio.current_time())
+                    else:
+                        self._on_event(json.loads(message))
+            except trio_websocket.ConnectionClosed as exc:
+                if self.close_reason is None:
+                    self.close_reason = exc.reason.reason or f"closed ({exc.reason.code})"
+            finally:
+                self._finish()
+
+    def _finish(self) -> None:
+        self._closed.set()
+        self._welcome.set()
+        self._frames.close()
+        self._events.close()
+
+    def _on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "welcome":
+            self.participant_id = event.get("participant_id")
+            for participant in event.get("participants", []):
+                self._learn(participant)
+            self._welcome.set()
+        elif kind == "participant_joined":
+            self._learn(event["participant"])
+        elif kind == "participant_left":
+            gone = self.participants.pop(event.get("participant_id"), None)
+            if gone is not None and gone.get("ssrc") is not None:
+                self._ssrc_to_participant.pop(gone["ssrc"], None)
+                self._playout.forget(gone["ssrc"])
+        elif kind == "room_closed":
+            self.close_reason = f"room closed: {event.get('reason')}"
+        elif kind == "audio":
+            self._on_json_audio(event)
+            return
+        self._events.put_nowait(event)
+
+    def _learn(self, participant: dict) -> None:
+        self.participants[participant["participant_id"]] = participant
+        if participant.get("ssrc") is not None:
+            self._ssrc_to_participant[participant["ssrc"]] = participant["participant_id"]
+
+    def _on_json_audio(self, event: dict) -> None:
+        import base64
+
+        data = base64.b64decode(event["data"])
+        if event.get("encoding") == "pcm16":
+            self._frames.put_nowait(AudioFrame(event.get("participant_id"), 0, data, self.sample_rate))
+            return
+        ssrc = next((s for s, p in self._ssrc_to_participant.items() if p == event.get("participant_id")), 0)
+        packet = RtpPacket(PAYLOAD_TYPE, event["seq"] & 0xFFFF, event["timestamp"] & 0xFFFFFFFF, ssrc, data)
+        self._playout.push(packet, trio.current_time())
+
+    def _on_media(self, data: bytes, now: float) -> None:
+        try:
+            packet = parse_rtp_untrusted(data)
+        except BadPacket:
+            self.counters["malformed"] += 1
+            return
+        self.counters["received"] += 1
+        if self.encoding == "pcm16":
+            # The server already decoded and buffered it: the payload is PCM.
+            participant = self._ssrc_to_participant.get(packet.ssrc)
+            self._frames.put_nowait(AudioFrame(participant, packet.ssrc, packet.payload, self.sample_rate))
+        else:
+            self._playout.push(packet, now)
+
+    async def _playout_loop(self) -> None:
+        tick = trio.current_time()
+        while True:
+            tick += FRAME
+            await trio.sleep_until(tick)
+            for frame in self._playout.pop(tick):
+                self._frames.put_nowait(
+                    AudioFrame(
+                        self._ssrc_to_participant.get(frame.ssrc),
+                        frame.ssrc,
+                        frame.pcm,
+                        self.sample_rate,
+                        concealed=frame.kind.value != "audio",
+                    )
+                )
+
+    async def _run_udp(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.media["host"], self.media["port"]
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+        await sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        self._sock, self._relay_addr = sock, address
+        with sock:
+            await self._latch(sock, address)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keepalive, sock, address)
+                while True:
+                    data, _ = await sock.recvfrom(2048)
+                    if data and data[0] >= 128:
+                        self._on_media(data, trio.current_time())
+                    elif is_stun(data):
+                        self.counters["stun"] = self.counters.get("stun", 0) + 1
+
+    def _binding(self) -> tuple[bytes, bytes]:
+        request = binding_request(f"{self.media['ice_ufrag']}:{secrets.token_hex(4)}", self.media["ice_pwd"])
+        return request, request[8:20]
+
+    async def _latch(self, sock, address) -> None:
+        """Prove our address with STUN (retransmitting), as the relay requires before RTP."""
+        request, transaction = self._binding()
+        interval = 0.05
+        with trio.move_on_after(LATCH_TIMEOUT) as scope:
+            while True:
+                await sock.sendto(request, address)
+                with trio.move_on_after(interval):
+                    while True:
+                        data, _ = await sock.recvfrom(2048)
+                        try:
+                            parse_binding_response_untrusted(data, self.media["ice_pwd"], transaction)
+                            return
+                        except BadPacket:
+                            self.counters["malformed"] += 1
+                interval = min(interval * 2, 0.5)
+        if scope.cancelled_caught:
+            raise CallError(f"no STUN answer from the relay at {address} within {LATCH_TIMEOUT} s")
+
+    async def _keepalive(self, sock, address) -> None:
+        while True:
+            await trio.sleep(KEEPALIVE_INTERVAL)
+            await sock.sendto(self._binding()[0], address)
+
+
+@asynccontextmanager
+async def connect(
+    server: str,
+    room_id: str,
+    token: str,
+    *,
+    agent_id: str | None = None,
+    transport: str = "udp",
+    encoding: str = "opus",
+    sample_rate: int = SAMPLE_RATE,
+    text_chat: bool = True,
+) -> AsyncIterator[Call]:
+    """Join a room as a bot and keep the call up inside the ``async with``.
+
+    Args:
+        server: the BotCall server's base URL.
+        room_id: the room to join (its owner must be the token's controller).
+        token: the bot's BotAuth attestation (scope ``call:voice``).
+        agent_id: defaults to the token's ``sub``.
+        transport: ``"udp"`` (Opus RTP) or ``"websocket"``.
+        encoding: ``"opus"``, or ``"pcm16"`` with ``transport="websocket"`` (the
+            server does the Opus work).
+        sample_rate: PCM rate of ``call.audio()`` frames (16000, 24000 or 48000).
+        text_chat: ask to send and receive chat.
+
+    Yields:
+        The :class:`Call`.
+
+    Raises:
+        BotCallHttpError: the join was refused (the server's code says why).
+        CallError: media could not be set up.
+    """
+    media: dict = {"transport": transport}
+    if transport == "websocket":
+        media["encoding"] = encoding
+        if encoding == "pcm16":
+            media["sample_rate"] = sample_rate
+    body = {
+        "agent_id": agent_id or agent_id_of(token),
+        "room_id": room_id,
+        "attestation": {"token": token},
+        "capabilities": {"audio_in": True, "audio_out": True, "video": False, "text_chat": text_chat},
+        "media": media,
+    }
+    answer = await request_json("POST", f"{server.rstrip('/')}/v1/join", body)
+    call = Call(answer, room_id=room_id, encoding=encoding if transport == "websocket" else "opus", sample_rate=sample_rate)
+    ws_url = answer["websocket_url"] + ("?audio=binary" if transport == "websocket" else "")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(call._run_websocket, ws_url)
+        with trio.fail_after(10):
+            await call._welcome.wait()
+        if call._closed.is_set():
+            raise CallError(f"the server closed the call at once: {call.close_reason}")
+        if transport == "udp":
+            await nursery.start(call._run_udp)
+        nursery.start_soon(call._playout_loop)
+        try:
+            yield call
+        finally:
+            with trio.move_on_after(2) as cleanup:
+                cleanup.shield = True
+                await call.leave()
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["AudioFrame", "BotCallHttpError", "Call", "CallError", "connect"]

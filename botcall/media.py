@@ -1,0 +1,157 @@
+"""Glue between the room registry and the media relay.
+
+The registry says who is in which room; :class:`MediaService` keeps the relay's
+peers in step with it (a listener on registry events) and owns the things the
+WebSocket layer needs to reach a peer's audio: the sinks of WebSocket bots.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from botcall.queues import DropOldestQueue
+from botcall.rtp.dtls import DtlsCertificate
+from botcall.rtp.relay import MediaPeer, MediaRelay, Transmit, UdpSink
+from botcall.rtp.webrtc import OutboundStream, WebRtcLeg, WebRtcSink
+from botcall.signaling.rooms import RegistryEvent, Session, SessionAdded, SessionRemoved, SessionUpdated
+from botcall.signaling.sdp import build_answer, parse_offer_untrusted
+
+log = logging.getLogger("botcall.media")
+
+PAYLOAD_TYPE_OPUS = 111
+# Audio for a WebSocket bot waiting to be written to its socket: 2 s of five
+# speakers. Older packets go first when the bot reads too slowly.
+WS_AUDIO_QUEUE = 500
+
+
+class WsSink:
+    """Audio for a WebSocket bot: queued for the connection's sender task.
+
+    The queue exists from the join on, so nothing is lost between the join and
+    the WebSocket connecting beyond what the bound allows.
+    """
+
+    __slots__ = ("queue", "peer")
+
+    def __init__(self, maxlen: int = WS_AUDIO_QUEUE) -> None:
+        self.queue: DropOldestQueue[tuple[MediaPeer, bytes]] = DropOldestQueue(maxlen)
+        self.peer: MediaPeer | None = None
+
+    def deliver_rtp(self, data: bytes, speaker: MediaPeer, now: float) -> None:
+        self.queue.put_nowait((speaker, data))
+
+    def deliver_rtcp(self, data: bytes, speaker: MediaPeer, now: float) -> None:
+        """WebSocket bots get no RTCP: the relay's pcm16/JSON framing has no use for it."""
+
+
+class MediaService:
+    """The relay plus the registry listener that feeds it.
+
+    Args:
+        relay: the routing core.
+        transmit: the UDP transport's send function (for bots' sinks).
+        certificate: the relay's DTLS certificate (browsers), one per process.
+        host, port: the media address written into SDP answers (an IP literal).
+    """
+
+    def __init__(
+        self,
+        relay: MediaRelay,
+        transmit: Transmit,
+        *,
+        certificate: DtlsCertificate | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.relay = relay
+        self.transmit = transmit
+        self.certificate = certificate
+        self.host = host
+        self.port = port
+
+    def add_browser(self, session: Session, offer_sdp: str) -> str:
+        """Set up (or renegotiate) a human's WebRTC leg from the browser's offer.
+
+        Args:
+            session: the human's session (its ICE credentials go into the answer).
+            offer_sdp: the browser's offer.
+
+        Returns:
+            Our ICE-lite, DTLS-passive answer.
+
+        Raises:
+            SdpError: an offer we cannot answer (the message says why).
+        """
+        offer = parse_offer_untrusted(offer_sdp)
+        if self.certificate is None:
+            self.certificate = DtlsCertificate.generate()
+        out_ssrc = secrets.randbits(32)
+        answer = build_answer(
+            offer,
+            ice_ufrag=session.ice_ufrag,
+            ice_pwd=session.ice_pwd,
+            fingerprint=str(self.certificate.fingerprint),
+            host=self.host,
+            port=self.port,
+            ssrc=out_ssrc,
+            cname=f"botcall-{session.participant_id}",
+        )
+        self.relay.remove_peer(session.session_id)
+        peer = MediaPeer(
+            session_id=session.session_id,
+            participant_id=session.participant_id,
+            room_id=session.room_id,
+            ssrc=session.ssrc,
+            payload_type=PAYLOAD_TYPE_OPUS,
+            sink=UdpSink(self.transmit),  # replaced below, once the leg exists
+            ice_ufrag=session.ice_ufrag,
+            ice_pwd=session.ice_pwd,
+            muted=session.muted,
+        )
+        leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
+        peer.secure = leg
+        peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
+        self.relay.add_peer(peer, nominate_on="use_candidate")
+        return answer
+
+    def on_registry_event(self, event: RegistryEvent) -> None:
+        """Registry listener: add, remove and mute peers as sessions change."""
+        if isinstance(event, SessionAdded):
+            self._add(event.session)
+        elif isinstance(event, SessionRemoved):
+            self.relay.remove_peer(event.session.session_id)
+        elif isinstance(event, SessionUpdated):
+            self.relay.set_muted(event.session.session_id, event.session.muted)
+
+    def _add(self, session: Session) -> None:
+        transport = session.transport
+        if transport == "udp":
+            sink = UdpSink(self.transmit)
+            ufrag, pwd, speaks_udp = session.ice_ufrag, session.ice_pwd, True
+        elif transport == "websocket":
+            sink = WsSink()
+            ufrag, pwd, speaks_udp = None, None, False
+        else:
+            # WebRTC peers are added by the bridge once the browser's offer arrives.
+            return
+        peer = MediaPeer(
+            session_id=session.session_id,
+            participant_id=session.participant_id,
+            room_id=session.room_id,
+            ssrc=session.ssrc,
+            payload_type=PAYLOAD_TYPE_OPUS,
+            sink=sink,
+            ice_ufrag=ufrag,
+            ice_pwd=pwd,
+            speaks_udp=speaks_udp,
+            muted=session.muted,
+        )
+        if isinstance(sink, WsSink):
+            sink.peer = peer
+        try:
+            self.relay.add_peer(peer)
+        except ValueError as exc:
+            # The registry caps sessions below the relay's own bound; reaching
+            # here means the two disagree. The session gets no media.
+            log.error("session %s has no media: %s", session.participant_id, exc)

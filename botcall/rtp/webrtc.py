@@ -1,0 +1,237 @@
+"""The browser side of the relay: DTLS-SRTP legs on the shared media port (sans-IO).
+
+A browser is a :class:`~botcall.rtp.relay.MediaPeer` with two extra parts:
+
+* :class:`WebRtcLeg` (the peer's ``secure`` handler) takes the DTLS and SRTP
+  datagrams the relay routes to it. DTLS is only routed from addresses the
+  ICE-lite responder validated (RFC 7983 demux + CVE-2023-51443). Once the
+  handshake is done, incoming SRTP is decrypted and its SSRC and payload type
+  rewritten to the session's own (so bots see one well-known SSRC per human,
+  payload type 111 whatever the browser negotiated), then forwarded like any
+  bot's RTP.
+* :class:`WebRtcSink` sends the room's audio to the browser as one continuous
+  stream (:class:`OutboundStream`): one SSRC announced in our answer, sequence
+  numbers and timestamps rewritten across speaker changes, header extensions
+  and CSRCs stripped (the browser negotiated none with us), then SRTP-protected.
+
+A browser plays one incoming stream; when several participants talk, the floor
+goes to whoever spoke first and passes when they pause (``FLOOR_RELEASE``).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+from botcall.errors import BadPacket, DtlsError
+from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.rtp.srtp import SrtpContext
+
+log = logging.getLogger("botcall.webrtc")
+
+_RTP_HEADER = struct.Struct("!BBHII")
+PAYLOAD_TYPE_OPUS = 111
+SAMPLES_PER_FRAME = 960
+FRAME = 0.020
+# A speaker keeps the floor toward a browser until it has been silent this long.
+FLOOR_RELEASE = 0.25
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class OutboundStream:
+    """Turns several speakers' RTP into one continuous stream for one browser.
+
+    Args:
+        ssrc: the SSRC announced in our SDP answer.
+        payload_type: the browser's Opus payload type.
+    """
+
+    __slots__ = ("ssrc", "payload_type", "floor", "_seq_offset", "_ts_offset", "_last_seq", "_last_ts", "_last_time", "_switched", "not_floor")
+
+    def __init__(self, ssrc: int, payload_type: int) -> None:
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.floor: int | None = None
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_seq: int | None = None
+        self._last_ts = 0
+        self._last_time = 0.0
+        self._switched = False
+        self.not_floor = 0
+
+    def rewrite(self, data: bytes, speaker_ssrc: int, now: float) -> bytes | None:
+        """The packet as this browser should get it, or None when another speaker has the floor.
+
+        ``data`` is a valid RTP packet (the relay checked version and length).
+        """
+        first, second, seq, timestamp, _ = _RTP_HEADER.unpack_from(data)
+        if speaker_ssrc != self.floor:
+            if self.floor is not None and now - self._last_time < FLOOR_RELEASE:
+                self.not_floor += 1
+                return None
+            self._take_floor(speaker_ssrc, seq, timestamp, now)
+        # Header size: fixed part, CSRCs, then the extension block if X is set.
+        size = 12 + 4 * (first & 0x0F)
+        if first & 0x10:
+            if len(data) < size + 4:
+                return None
+            size += 4 + 4 * int.from_bytes(data[size + 2 : size + 4], "big")
+        if len(data) < size:
+            return None
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        if self._last_seq is None or (out_seq - self._last_seq) & 0xFFFF < 0x8000:
+            self._last_seq = out_seq
+            self._last_ts = out_ts
+        self._last_time = now
+        marker = 0x80 if self._switched or second & 0x80 else 0
+        self._switched = False
+        header = _RTP_HEADER.pack(0x80 | (first & 0x20), marker | self.payload_type, out_seq, out_ts, self.ssrc)
+        return header + data[size:]
+
+    def _take_floor(self, speaker_ssrc: int, seq: int, timestamp: int, now: float) -> None:
+        if self._last_seq is None:
+            next_seq, next_ts = seq, timestamp
+        else:
+            # Continue where the last speaker stopped, leaving the silence in the
+            # timestamps (the browser's jitter buffer sees a talk-spurt start).
+            gap_frames = max(1, round((now - self._last_time) / FRAME))
+            next_seq = (self._last_seq + 1) & 0xFFFF
+            next_ts = (self._last_ts + gap_frames * SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        self._seq_offset = (next_seq - seq) & 0xFFFF
+        self._ts_offset = (next_ts - timestamp) & 0xFFFFFFFF
+        self.floor = speaker_ssrc
+        self._switched = True
+
+
+class WebRtcLeg:
+    """DTLS and SRTP for one browser (the ``secure`` handler of its MediaPeer).
+
+    Args:
+        relay: the relay (for ``transmit``, counters and forwarding).
+        peer: the browser's MediaPeer.
+        certificate: the relay's DTLS certificate.
+        remote_fingerprint: the browser's ``a=fingerprint`` from its offer.
+        handshake_timeout: seconds for the DTLS handshake.
+    """
+
+    def __init__(self, relay, peer, certificate: DtlsCertificate, remote_fingerprint: str, *, handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
+        self.relay = relay
+        self.peer = peer
+        self.dtls = DtlsEndpoint(role="server", certificate=certificate, remote_fingerprint=remote_fingerprint, handshake_timeout=handshake_timeout)
+        self.srtp: SrtpContext | None = None
+        self.started = False
+
+    @property
+    def handshaking(self) -> bool:
+        return self.started and self.srtp is None and self.dtls.state is not DtlsState.FAILED
+
+    def handle_dtls(self, data: bytes, addr, now: float) -> None:
+        """A DTLS datagram from one of the browser's ICE-validated addresses."""
+        relay = self.relay
+        if not self.started:
+            if relay.handshakes_in_progress() >= relay.max_handshakes:
+                relay.counters["dtls_handshake_cap"] += 1
+                return
+            self.started = True
+            self.dtls.start(now)
+            relay.timed.add(self)
+        try:
+            out = self.dtls.receive_untrusted(data, now)
+        except DtlsError as exc:
+            self._dtls_error(exc, addr)
+            return
+        for datagram in out:
+            relay.transmit(datagram, addr)
+        self._check_connected()
+
+    def handle_timeout(self, now: float) -> None:
+        deadline = self.dtls.next_deadline()
+        if deadline is None or now < deadline:
+            return
+        addr = self.peer.addr
+        try:
+            out = self.dtls.handle_timeout(now)
+        except DtlsError as exc:
+            self._dtls_error(exc, addr)
+            return
+        if addr is not None:
+            for datagram in out:
+                self.relay.transmit(datagram, addr)
+
+    def _check_connected(self) -> None:
+        if self.srtp is None and self.dtls.state is DtlsState.CONNECTED:
+            self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
+            self.relay.counters["dtls_connected"] += 1
+            self.relay.timed.discard(self)
+
+    def _dtls_error(self, exc: DtlsError, addr) -> None:
+        self.relay.counters[exc.counter] += 1
+        if self.dtls.state is DtlsState.FAILED:
+            self.relay.timed.discard(self)
+            log.info("DTLS with %s failed: %s", self.peer.participant_id, self.dtls.failure_reason)
+            if addr is not None:
+                for datagram in self.dtls.close():
+                    self.relay.transmit(datagram, addr)
+
+    def handle_media(self, data: bytes, addr, now: float) -> None:
+        """An SRTP or SRTCP datagram from the browser."""
+        srtp, relay, peer = self.srtp, self.relay, self.peer
+        if srtp is None:
+            relay._drop(peer, "srtp_before_dtls")
+            return
+        if len(data) < 12:
+            relay._drop(peer, "malformed_rtp")
+            return
+        if 192 <= data[1] <= 223:
+            try:
+                srtp.unprotect_rtcp_untrusted(data)
+            except BadPacket as exc:
+                relay._drop(peer, exc.counter)
+                return
+            # Browsers' receiver reports describe our rewritten stream, not any
+            # bot's: the relay terminates them.
+            relay.counters["rtcp_from_browser"] += 1
+            return
+        try:
+            rtp = srtp.unprotect_untrusted(data)
+        except BadPacket as exc:
+            relay._drop(peer, exc.counter)
+            return
+        # The human's audio goes on under the session's SSRC and Opus's
+        # well-known payload type, whatever the browser chose.
+        rewritten = bytes((rtp[0], (rtp[1] & 0x80) | PAYLOAD_TYPE_OPUS)) + rtp[2:8] + peer.ssrc_bytes + rtp[12:]
+        relay.handle_rtp(peer, rewritten, now)
+
+
+class WebRtcSink:
+    """Delivers the room's audio to one browser over its SRTP leg."""
+
+    __slots__ = ("leg", "stream", "transmit")
+
+    def __init__(self, leg: WebRtcLeg, stream: OutboundStream, transmit) -> None:
+        self.leg = leg
+        self.stream = stream
+        self.transmit = transmit
+
+    def deliver_rtp(self, data: bytes, speaker, now: float) -> None:
+        leg = self.leg
+        peer = leg.peer
+        srtp = leg.srtp
+        if srtp is None or peer.addr is None:
+            peer.drops["not_connected"] += 1
+            return
+        packet = self.stream.rewrite(data, speaker.ssrc, now)
+        if packet is None:
+            return
+        try:
+            protected = srtp.protect(packet)
+        except BadPacket as exc:
+            peer.drops[exc.counter] += 1
+            return
+        peer.tx_packets += 1
+        self.transmit(protected, peer.addr)
+
+    def deliver_rtcp(self, data: bytes, speaker, now: float) -> None:
+        """Bots' RTCP names SSRCs the browser never sees: not forwarded."""
