@@ -65,8 +65,10 @@ are rendered as silence, not as concealment.
 Resynchronisation (counted in ``JitterStats.resyncs``):
 
 * another SSRC takes over when the current one has been quiet for
-  ``idle_after``, or after ``SWITCH_AFTER`` consecutive packets of the new one;
-  until then its packets are dropped (``other_ssrc``);
+  ``idle_after``, or after ``SWITCH_AFTER`` packets of the new one with none of
+  the current one in between (what is still buffered is ``flushed``); until
+  then its packets are dropped (``other_ssrc``), so a stream interleaved with
+  the one playing never interrupts it;
 * a sequence number more than ``capacity`` away from the highest seen, or a
   relative delay beyond ``jump_threshold`` seconds either way (a timestamp
   discontinuity), restarts the play-out on it: at once when nothing is buffered
