@@ -23,6 +23,7 @@ MAX_CHAT_TEXT = 4000
 MAX_AUDIO_BYTES = 64 * 1024
 MAX_SDP = 64 * 1024
 MAX_DISPLAY_NAME = 64
+MAX_INVITE = 256
 
 # WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications).
 CLOSE_NORMAL = 1000
@@ -79,12 +80,19 @@ class Offer:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """``{"type": "hello", "display_name": "..."}``: a human introduces itself."""
+    """``{"type": "hello", "invite": "<secret>"}``: a browser opens the lobby with its invite."""
+
+    invite: str
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """``{"type": "join", "display_name": "..."}``: the human clicked Join."""
 
     display_name: str
 
 
-ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello]
+ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join]
 
 _CONTROL_ACTIONS = frozenset({"mute", "unmute", "leave"})
 
@@ -111,7 +119,7 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
         text: the frame's text.
 
     Returns:
-        One of ``Control``, ``Chat``, ``Audio``, ``Ping``, ``Offer``, ``Hello``.
+        One of ``Control``, ``Chat``, ``Audio``, ``Ping``, ``Offer``, ``Hello``, ``Join``.
 
     Raises:
         SignalingError: not JSON, not an object, unknown type, wrong field types,
@@ -156,8 +164,10 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     if kind == "offer":
         return Offer(_string(obj, "sdp", MAX_SDP))
     if kind == "hello":
+        return Hello(_string(obj, "invite", MAX_INVITE))
+    if kind == "join":
         name = _string(obj, "display_name", MAX_DISPLAY_NAME, required=False)
-        return Hello((name or "").strip() or "Guest")
+        return Join((name or "").strip() or "Guest")
     raise _bad(f"unknown message type {kind!r}")
 
 

@@ -22,7 +22,8 @@ from quart import websocket
 
 from botcall.auth.ratelimit import TokenBucket
 from botcall.config import RateLimit
-from botcall.errors import BadPacket, SignalingError
+from botcall.auth.invites import invite_secret_matches
+from botcall.errors import ApiError, BadPacket, SdpError, SignalingError
 from botcall.media import PAYLOAD_TYPE_OPUS, WsSink
 from botcall.queues import DropOldestQueue
 from botcall.rtp.opus import OpusEncoder
@@ -47,6 +48,7 @@ FRAME = 0.020
 # L16 mono, little-endian, at the session's sample rate (our profile, not RFC 3551's).
 PCM16_PAYLOAD_TYPE = 96
 SEND_TIMEOUT = 5.0
+HELLO_TIMEOUT = 10.0
 CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
 
 _CLOSE_FOR_REASON = {
@@ -66,9 +68,10 @@ def participant_json(session: Session) -> dict:
 
 @dataclass(eq=False)
 class Connection:
-    """One open WebSocket of one session."""
+    """One open WebSocket: a session's, or a browser still in the lobby (no session yet)."""
 
-    session: Session
+    room_id: str
+    session: Session | None = None
     outbox: DropOldestQueue = field(default_factory=lambda: DropOldestQueue(EVENT_QUEUE))
     close_code: int | None = None
     close_reason: str = ""
@@ -97,6 +100,7 @@ class Hub:
         # Sessions with no open WebSocket, and since when: after connect_grace
         # they are ended (a bot that joined and vanished, a dropped browser).
         self._unconnected: dict[str, float] = {}
+        self._connections = 0
         self.max_connections = max_connections
         self.connect_grace = connect_grace
 
@@ -105,31 +109,48 @@ class Hub:
         horizon = now - self.connect_grace
         return [session_id for session_id, since in self._unconnected.items() if since <= horizon]
 
+    def watch(self, connection: Connection) -> None:
+        """Let a connection hear its room's events (a browser in the lobby).
+
+        Raises:
+            SignalingError: the server already holds ``max_connections``.
+        """
+        if self._connections >= self.max_connections:
+            raise SignalingError("server has too many connections", code="server_full", close_code=1013)
+        room = self._by_room.setdefault(connection.room_id, set())
+        if connection not in room:
+            room.add(connection)
+            self._connections += 1
+
     def attach(self, connection: Connection) -> None:
-        """Register a connection; an older one of the same session is closed."""
+        """Register a session's connection; an older one of the same session is closed.
+
+        Raises:
+            SignalingError: the server already holds ``max_connections``.
+        """
         session = connection.session
         old = self._by_session.get(session.session_id)
         if old is not None:
             old.request_close(msg.CLOSE_ALREADY_CONNECTED, "replaced by a newer connection")
             self.detach(old)
-        if len(self._by_session) >= self.max_connections:
-            raise SignalingError("server has too many connections", code="server_full", close_code=1013)
+        self.watch(connection)
         self._by_session[session.session_id] = connection
-        self._by_room.setdefault(session.room_id, set()).add(connection)
         self._unconnected.pop(session.session_id, None)
 
     def detach(self, connection: Connection) -> None:
-        session_id = connection.session.session_id
-        if self._by_session.get(session_id) is connection:
-            del self._by_session[session_id]
+        """Forget a connection that is closing."""
+        session = connection.session
+        if session is not None and self._by_session.get(session.session_id) is connection:
+            del self._by_session[session.session_id]
             if connection.close_code is None:
                 # The client went away on its own: it may come back within the grace.
-                self._unconnected[session_id] = self._clock()
-        room = self._by_room.get(connection.session.room_id)
-        if room is not None:
+                self._unconnected[session.session_id] = self._clock()
+        room = self._by_room.get(connection.room_id)
+        if room is not None and connection in room:
             room.discard(connection)
+            self._connections -= 1
             if not room:
-                del self._by_room[connection.session.room_id]
+                del self._by_room[connection.room_id]
 
     def connection(self, session_id: str) -> Connection | None:
         return self._by_session.get(session_id)
@@ -138,10 +159,11 @@ class Hub:
         text = msg.encode(event)
         for connection in self._by_room.get(room_id, ()):
             session = connection.session
-            if session.session_id == exclude:
-                continue
-            if chat_only and session.kind == "bot" and not session.capabilities.text_chat:
-                continue
+            if session is not None:
+                if session.session_id == exclude:
+                    continue
+                if chat_only and session.kind == "bot" and not session.capabilities.text_chat:
+                    continue
             connection.outbox.put_nowait(text)
 
     def on_registry_event(self, event: RegistryEvent) -> None:
@@ -164,42 +186,36 @@ class Hub:
                 connection.request_close(code, reason)
         elif isinstance(event, SessionUpdated):
             session = event.session
-            for connection in self._by_room.get(session.room_id, ()):
-                if connection.session.session_id == session.session_id:
-                    connection.session = session
+            connection = self._by_session.get(session.session_id)
+            if connection is not None:
+                connection.session = session
             self.broadcast(session.room_id, {"type": "muted", "participant_id": session.participant_id, "muted": session.muted})
         elif isinstance(event, RoomClosed):
             room_id = event.room.room_id
             self.broadcast(room_id, {"type": "room_closed", "reason": event.reason})
 
 
-class BotChannel:
-    """The server side of one bot's WebSocket (control, events, audio fallback).
+class Channel:
+    """The server side of one WebSocket: events out, messages in, shared controls.
 
     Args:
-        state: the app state (registry, clock, media).
+        state: the app state (registry, clock, hub, media).
         connection: this socket's hub entry.
         ws: the Quart websocket.
-        binary_audio: send audio to the bot as binary frames instead of JSON.
     """
 
-    def __init__(self, state, connection: Connection, ws, *, binary_audio: bool) -> None:
+    kind = "participant"
+
+    def __init__(self, state, connection: Connection, ws) -> None:
         self.state = state
         self.connection = connection
         self.ws = ws
-        self.binary_audio = binary_audio
-        session = connection.session
-        self.session = session
-        self.peer = state.media.relay.peer(session.session_id) if session.transport == "websocket" else None
-        self.encoding = session.encoding
-        self.sample_rate = session.sample_rate
         self._send_lock = trio.Lock()
         self._chat_bucket = TokenBucket(tokens=CHAT_LIMIT.burst, updated_at=trio.current_time())
-        self._out_seq = 0
-        self._out_timestamp = 0
-        self._pcm_pending = b""
-        self._encoder: OpusEncoder | None = None
-        self._speaker_seq: dict[int, int] = {}
+
+    @property
+    def session(self) -> Session | None:
+        return self.connection.session
 
     async def send(self, data: str | bytes) -> None:
         async with self._send_lock:
@@ -209,12 +225,11 @@ class BotChannel:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._events_out, nursery.cancel_scope)
-            if self.peer is not None:
-                if self.encoding == "pcm16":
-                    nursery.start_soon(self._pcm_out)
-                else:
-                    nursery.start_soon(self._opus_out)
-            nursery.start_soon(self._receive, nursery.cancel_scope)
+            self.start_media(nursery)
+            nursery.start_soon(self._receive)
+
+    def start_media(self, nursery: trio.Nursery) -> None:
+        """Start this channel's audio tasks, if it carries audio."""
 
     async def _events_out(self, scope: trio.CancelScope) -> None:
         async for text in self.connection.outbox:
@@ -222,22 +237,32 @@ class BotChannel:
         # The outbox closes when the server ends the session: say why and go.
         scope.cancel()
 
-    async def _receive(self, scope: trio.CancelScope) -> None:
+    async def _receive(self) -> None:
         while True:
             data = await self.ws.receive()
             try:
                 if isinstance(data, bytes):
-                    self._binary_audio_in(data)
+                    self.on_binary(data)
                 else:
-                    await self._handle(msg.parse_client_message_untrusted(data))
+                    await self.handle(msg.parse_client_message_untrusted(data))
             except SignalingError as exc:
+                self.connection.send_event(msg.error_event(exc.code, exc.message))
+            except ApiError as exc:
                 self.connection.send_event(msg.error_event(exc.code, exc.message))
             if self.connection.close_code is not None:
                 return
 
-    async def _handle(self, message) -> None:
+    def on_binary(self, data: bytes) -> None:
+        raise SignalingError("binary frames are for WebSocket audio", code="bad_message")
+
+    async def handle(self, message) -> None:
+        """Controls every participant has: mute, leave, chat, ping."""
         state, session = self.state, self.session
-        if isinstance(message, msg.Control):
+        if isinstance(message, msg.Ping):
+            self.connection.send_event({"type": "pong", "nonce": message.nonce})
+        elif session is None:
+            raise SignalingError("join the call first", code="not_joined")
+        elif isinstance(message, msg.Control):
             if message.action == "leave":
                 state.registry.leave(session.session_id, Reason.LEFT, now=state.clock())
             else:
@@ -253,12 +278,44 @@ class BotChannel:
                 exclude=session.session_id,
                 chat_only=True,
             )
-        elif isinstance(message, msg.Ping):
-            self.connection.send_event({"type": "pong", "nonce": message.nonce})
-        elif isinstance(message, msg.Audio):
+        else:
+            raise SignalingError(f"a {type(message).__name__.lower()} message is not for a {self.kind}", code="bad_message")
+
+
+class BotChannel(Channel):
+    """A bot's control channel, and its audio where ``media.transport`` is ``websocket``.
+
+    Args:
+        binary_audio: send audio to the bot as binary frames instead of JSON.
+    """
+
+    kind = "bot"
+
+    def __init__(self, state, connection: Connection, ws, *, binary_audio: bool) -> None:
+        super().__init__(state, connection, ws)
+        session = connection.session
+        self.binary_audio = binary_audio
+        self.peer = state.media.relay.peer(session.session_id) if session.transport == "websocket" else None
+        self.encoding = session.encoding
+        self.sample_rate = session.sample_rate
+        self._out_seq = 0
+        self._out_timestamp = 0
+        self._pcm_pending = b""
+        self._encoder: OpusEncoder | None = None
+        self._speaker_seq: dict[int, int] = {}
+
+    def start_media(self, nursery: trio.Nursery) -> None:
+        if self.peer is not None:
+            nursery.start_soon(self._pcm_out if self.encoding == "pcm16" else self._opus_out)
+
+    async def handle(self, message) -> None:
+        if isinstance(message, msg.Audio):
             self._audio_in(message.data)
         else:
-            raise SignalingError(f"{type(message).__name__.lower()} is not for bots", code="bad_message")
+            await super().handle(message)
+
+    def on_binary(self, data: bytes) -> None:
+        self._binary_audio_in(data)
 
     # --- audio from the bot --------------------------------------------------------------
 
@@ -355,6 +412,56 @@ class BotChannel:
                 self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
 
 
+class HumanChannel(Channel):
+    """A browser's signaling: lobby, join, offer/answer, controls, chat."""
+
+    kind = "human"
+
+    def __init__(self, state, connection: Connection, ws, invite: str) -> None:
+        super().__init__(state, connection, ws)
+        self.invite = invite
+
+    async def handle(self, message) -> None:
+        state = self.state
+        if isinstance(message, msg.Join):
+            if self.session is not None:
+                raise SignalingError("already joined", code="already_joined")
+            session = state.registry.join_human(self.connection.room_id, self.invite, message.display_name, now=state.clock())
+            self.connection.session = session
+            state.hub.attach(self.connection)
+            self.connection.send_event({"type": "joined", **welcome_event(state, session)})
+        elif isinstance(message, msg.Offer):
+            if self.session is None:
+                raise SignalingError("join the call first", code="not_joined")
+            try:
+                answer = state.media.add_browser(self.session, message.sdp)
+            except SdpError as exc:
+                raise SignalingError(f"cannot answer this offer: {exc}", code="bad_offer") from exc
+            self.connection.send_event({"type": "answer", "sdp": answer})
+        elif isinstance(message, msg.Hello):
+            raise SignalingError("hello was already received", code="bad_message")
+        else:
+            await super().handle(message)
+
+
+def close_code_for(error: ApiError) -> int:
+    """The WebSocket close code for an API error met during signaling."""
+    return {401: msg.CLOSE_UNAUTHORIZED, 403: msg.CLOSE_UNAUTHORIZED, 404: msg.CLOSE_NOT_FOUND, 409: msg.CLOSE_ROOM_FULL, 410: msg.CLOSE_ROOM_CLOSED, 429: msg.CLOSE_TOO_SLOW}.get(
+        error.status, msg.CLOSE_BAD_MESSAGE
+    )
+
+
+def lobby_event(state, room) -> dict:
+    sessions = state.registry.sessions_in_room(room.room_id)
+    return {
+        "type": "lobby",
+        "room_id": room.room_id,
+        "participants": [participant_json(s) for s in sessions],
+        "max_human_participants": room.max_human_participants,
+        "humans": sum(1 for s in sessions if s.kind == "human"),
+    }
+
+
 def welcome_event(state, session: Session) -> dict:
     others = [participant_json(s) for s in state.registry.sessions_in_room(session.room_id) if s.session_id != session.session_id]
     return {
@@ -379,7 +486,7 @@ def register_websocket_routes(app, state) -> None:
             await ws.send(msg.encode(msg.error_event("session_not_found", "no such session (it may have ended)")))
             await ws.close(msg.CLOSE_NOT_FOUND, "session not found")
             return
-        connection = Connection(session)
+        connection = Connection(session.room_id, session)
         try:
             state.hub.attach(connection)
         except SignalingError as exc:
@@ -395,6 +502,54 @@ def register_websocket_routes(app, state) -> None:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await ws.close(code, connection.close_reason)
+
+
+async def _reject(ws, code: str, message: str, close_code: int) -> None:
+    with trio.move_on_after(1):
+        await ws.send(msg.encode(msg.error_event(code, message)))
+        await ws.close(close_code, message[:120])
+
+
+def register_human_signaling(app, state) -> None:
+    """Add ``/v1/signal/<room_id>``: the PWA's signaling WebSocket."""
+
+    @app.websocket("/v1/signal/<room_id>")
+    async def human_signal(room_id: str) -> None:
+        ws = websocket._get_current_object()
+        await ws.accept()
+        with trio.move_on_after(HELLO_TIMEOUT) as wait:
+            first = await ws.receive()
+        if wait.cancelled_caught:
+            await _reject(ws, "hello_timeout", "send hello with the invite first", msg.CLOSE_BAD_MESSAGE)
+            return
+        try:
+            hello = msg.parse_client_message_untrusted(first)
+            if not isinstance(hello, msg.Hello):
+                raise SignalingError("the first message must be hello with the invite", code="bad_message")
+            room = state.registry.get_room(room_id, state.clock())
+            if not invite_secret_matches(room.invite_secret, hello.invite):
+                raise ApiError("this invite link is not valid for this call", code="invite_invalid", status=401)
+        except SignalingError as exc:
+            await _reject(ws, exc.code, exc.message, exc.close_code)
+            return
+        except ApiError as exc:
+            await _reject(ws, exc.code, exc.message, close_code_for(exc))
+            return
+        connection = Connection(room_id)
+        try:
+            state.hub.watch(connection)
+        except SignalingError as exc:
+            await _reject(ws, exc.code, exc.message, exc.close_code)
+            return
+        channel = HumanChannel(state, connection, ws, hello.invite)
+        try:
+            connection.send_event(lobby_event(state, room))
+            await channel.run()
+        finally:
+            state.hub.detach(connection)
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await ws.close(connection.close_code or msg.CLOSE_NORMAL, connection.close_reason)
 
 
 __all__ = ["BotChannel", "Connection", "Hub", "register_websocket_routes", "participant_json", "PCM16_PAYLOAD_TYPE"]

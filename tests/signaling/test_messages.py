@@ -10,6 +10,7 @@ from botcall.signaling.messages import (
     Chat,
     Control,
     Hello,
+    Join,
     Offer,
     Ping,
     audio_event,
@@ -39,8 +40,9 @@ def test_chat_ping_offer_hello():
     assert parse_client_message_untrusted('{"type":"chat","text":"hi"}') == Chat("hi")
     assert parse_client_message_untrusted('{"type":"ping"}') == Ping(None)
     assert parse_client_message_untrusted('{"type":"offer","sdp":"v=0"}') == Offer("v=0")
-    assert parse_client_message_untrusted('{"type":"hello","display_name":"  Gopi "}') == Hello("Gopi")
-    assert parse_client_message_untrusted('{"type":"hello"}') == Hello("Guest")
+    assert parse_client_message_untrusted('{"type":"hello","invite":"s3cret"}') == Hello("s3cret")
+    assert parse_client_message_untrusted('{"type":"join","display_name":"  Gopi "}') == Join("Gopi")
+    assert parse_client_message_untrusted('{"type":"join"}') == Join("Guest")
 
 
 @pytest.mark.parametrize(
@@ -92,8 +94,8 @@ json_values = st.recursive(
 
 @example("control", {"action": []})
 @given(
-    st.sampled_from(["audio", "control", "chat", "ping", "offer", "hello", "x", None]),
-    st.dictionaries(st.sampled_from(["data", "timestamp", "action", "value", "text", "sdp", "display_name", "nonce"]), json_values),
+    st.sampled_from(["audio", "control", "chat", "ping", "offer", "hello", "join", "x", None]),
+    st.dictionaries(st.sampled_from(["data", "timestamp", "action", "value", "text", "sdp", "display_name", "nonce", "invite"]), json_values),
 )
 def test_fuzz_structured_json_only_signaling_error(kind, fields):
     try:
