@@ -83,8 +83,9 @@ class BucketTable(Generic[K]):
             if len(self._buckets) >= self.max_entries:
                 self._drop_refilled_front(now)
             if len(self._buckets) >= self.max_entries:
+                # The least recently used bucket is the first that can make room.
                 oldest = next(iter(self._buckets.values()))
-                return max(oldest.refill_time(self.limit, now), 1.0 / self.limit.rate)
+                return oldest.refill_time(self.limit, now)
             bucket = TokenBucket(tokens=float(self.limit.burst), updated_at=now)
             self._buckets[key] = bucket
         else:
