@@ -152,12 +152,18 @@ async def _housekeeping_loop(state: AppState, interval: float) -> None:
         await trio.sleep(interval)
 
 
+async def refresh_stale_keys(state: AppState) -> None:
+    """Fetch every JWKS URL never fetched or older than ``jwks_refresh_interval_s``, so a key
+    removed upstream stops being trusted even when no token names an unknown kid."""
+    for issuer in state.keyring.refresh_due(state.clock()):
+        async with state.jwks_lock:
+            if issuer in state.keyring.refresh_due(state.clock()):
+                await fetch_issuer_keys(state, issuer)
+
+
 async def _jwks_refresh_loop(state: AppState, interval: float) -> None:
     while True:
-        for issuer in state.keyring.refresh_due(state.clock()):
-            async with state.jwks_lock:
-                if issuer in state.keyring.refresh_due(state.clock()):
-                    await fetch_issuer_keys(state, issuer)
+        await refresh_stale_keys(state)
         await trio.sleep(interval)
 
 

@@ -15,6 +15,7 @@ claims). ``http_request`` is a tiny HTTP/1.1 client over ``trio`` and ``h11``
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -201,7 +202,7 @@ class LiveServer:
             "scope": "call:create call:voice",
             "iat": now,
             "exp": now + 600,
-            "jti": f"jti-{now}-{id(overrides)}-{sorted(overrides.items(), key=str)!r}",
+            "jti": secrets.token_urlsafe(12),
         }
         for name, value in overrides.items():
             if value is None:

@@ -6,7 +6,7 @@ URL) and raises only ``JwksError``.
 The ``KeyRing`` is sans-IO for URL sources: it decides *whether* a fetch may
 happen (``fetch_allowed``, ``refresh_due``) and installs what was fetched
 (``install_fetched``), while the shell does the download (``download_jwks`` in a
-worker thread). File sources are re-read when their modification time or size
+worker thread). File sources are re-read when their modification time, size or inode
 changes (``reload_files``, a ``stat`` per file).
 
 Each key set belongs to exactly one issuer: a key published by issuer A can
@@ -178,7 +178,7 @@ class _Source:
     keys: dict[str, VerifyKey]
     last_fetch_attempt: float | None = None
     last_fetch_success: float | None = None
-    file_signature: tuple[int, int] | None = None
+    file_signature: tuple[int, int, int, int] | None = None
 
 
 class KeyRing:
@@ -290,7 +290,7 @@ class KeyRing:
     # --- file sources (a stat per file) -----------------------------------------------------
 
     def reload_files(self) -> list[str]:
-        """Re-read file sources whose modification time or size changed.
+        """Re-read file sources whose modification time, size or inode changed.
 
         Returns:
             One message per file that could not be read or parsed (its previous
@@ -302,7 +302,9 @@ class KeyRing:
                 continue
             try:
                 stat = os.stat(source.location)
-                signature = (stat.st_mtime_ns, stat.st_size)
+                # The inode too: a file replaced by rename within one timestamp tick
+                # (coarse kernel clocks) still counts as changed.
+                signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
                 if signature == source.file_signature:
                     continue
                 data = Path(source.location).read_bytes()
