@@ -79,9 +79,11 @@ Resynchronisation (counted in ``JitterStats.resyncs``):
 
 Sequence numbers and timestamps are extended past wrap-around (``seq.py``)
 before any of this. The first packet of a stream is placed in extension cycle 1
-so that a packet reordered from before it still extends below it; the
-``sequence`` and ``timestamp`` of a ``PlayoutFrame`` are these extended values
-(their low 16/32 bits are the wire values).
+so that a packet reordered from before it still extends below it, and the first
+packet after a restart two cycles above anything seen, so numbers never go
+back. The ``sequence`` and ``timestamp`` of a ``PlayoutFrame`` are these
+extended values (their low 16/32 bits are the wire values): ``AUDIO`` and
+``CONCEAL`` sequence numbers increase strictly over the buffer's whole life.
 
 Accounting: every pushed packet ends up in exactly one of ``played``,
 ``discarded``, ``late``, ``duplicate``, ``overflow``, ``too_far``,
@@ -102,9 +104,9 @@ from dataclasses import dataclass
 from botcall.rtp.packet import RtpPacket
 from botcall.rtp.seq import extend_u16, extend_u32
 
-# First extension cycle of a stream: a packet reordered from before the first
-# one must extend *below* it, which cycle 0 cannot express (extend_* never go
-# negative).
+# Extension cycle sizes. A stream's first packet is placed in cycle 1 (so that a
+# packet reordered from before it still extends below it: extend_* never go
+# negative), and each later stream two cycles above everything seen before.
 _SEQ_CYCLE = 1 << 16
 _TS_CYCLE = 1 << 32
 
@@ -486,6 +488,10 @@ class JitterBuffer:
         # The stream.
         "_est",
         "_ssrc",
+        "_seq_base",
+        "_ts_base",
+        "_seq_high",
+        "_ts_high",
         "_seq_ref",
         "_ts_ref",
         "_ts_origin",
@@ -579,6 +585,9 @@ class JitterBuffer:
         self._delay_sum = 0.0
         self._current_delay = 0.0
         self._ssrc: int | None = None
+        self._seq_high = self._ts_high = 0
+        self._seq_base = _SEQ_CYCLE
+        self._ts_base = _TS_CYCLE
         self._reset_stream()
 
     # --- public API ----------------------------------------------------------------
@@ -661,9 +670,9 @@ class JitterBuffer:
         wire_ts = packet.timestamp & 0xFFFFFFFF
         seq_ref = self._seq_ref
         if seq_ref is None:
-            ext = _SEQ_CYCLE | wire_seq
+            ext = self._seq_base | wire_seq
             if self._est.count == 0:
-                ext_ts = self._ts_origin = _TS_CYCLE | wire_ts
+                ext_ts = self._ts_origin = self._ts_base | wire_ts
             else:
                 # Restarted on a numbering jump: the timing carries on.
                 ext_ts = extend_u32(self._ts_ref, wire_ts)
@@ -755,6 +764,7 @@ class JitterBuffer:
         self._buf.clear()
         self._state = _FILLING
         self._seq_ref = None
+        self._seq_base = ((self._seq_high >> 16) + 2) << 16
         self._floor = None
         self._passed_low = None
         self._cursor = None
@@ -767,6 +777,8 @@ class JitterBuffer:
         self._resyncs += 1
         self._flushed += len(self._buf)
         self._warm_target = max(self._initial_delay, self.target_delay)
+        self._seq_base = ((self._seq_high >> 16) + 2) << 16
+        self._ts_base = ((self._ts_high >> 32) + 2) << 32
         self._reset_stream()
 
     def _reset_stream(self) -> None:
@@ -824,8 +836,12 @@ class JitterBuffer:
         buf[ext] = (ext_ts, payload)
         if self._seq_ref is None or ext > self._seq_ref:
             self._seq_ref = ext
+            if ext > self._seq_high:
+                self._seq_high = ext
         if ext_ts > self._ts_ref:
             self._ts_ref = ext_ts
+            if ext_ts > self._ts_high:
+                self._ts_high = ext_ts
 
     def _evict_below(self, new_low: int) -> None:
         """Move the window start to ``new_low``: the consumer is not keeping up."""
