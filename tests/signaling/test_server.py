@@ -1,0 +1,124 @@
+"""``Config`` validation, ``serve`` flags, and ``run_server`` set-up errors."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from botcall.config import Config, ConfigError, IssuerConfig, RateLimit, default_data_dir
+from botcall.server import add_arguments, config_from_args, run_server
+from tests.serverutil import make_config
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"leeway_s": 61},
+        {"leeway_s": -1},
+        {"algorithms": ("EdDSA", "HS256")},
+        {"algorithms": ("none",)},
+        {"algorithms": ()},
+        {"algorithms": ("ES256",)},  # the dev issuer signs with EdDSA
+        {"issuers": (IssuerConfig("botcall-dev", "/x"),)},
+        {"issuers": (IssuerConfig("a", "/x"), IssuerConfig("a", "/y"))},
+        {"public_url": "ftp://call.example"},
+        {"public_url": "https://call.example/?x=1"},
+        {"http_port": 70000},
+        {"audience": ""},
+        {"room_default_expires_in": 100_000},
+        {"room_default_max_humans": 20},
+        {"max_body_bytes": 0},
+        {"replay_cache_max": -5},
+    ],
+)
+def test_config_refuses_values_that_cannot_work(overrides):
+    with pytest.raises(ConfigError):
+        Config(data_dir=Path("/x"), **overrides)
+
+
+def test_rate_limit_validation():
+    with pytest.raises(ConfigError):
+        RateLimit(rate=0, burst=1)
+    with pytest.raises(ConfigError):
+        RateLimit(rate=1, burst=0)
+    with pytest.raises(ConfigError):
+        RateLimit(rate=float("inf"), burst=1)
+
+
+def test_es256_only_works_without_the_dev_issuer():
+    assert Config(data_dir=Path("/x"), algorithms=("ES256",), dev_issuer=False).algorithms == ("ES256",)
+
+
+def test_base_url():
+    config = Config(data_dir=Path("/x"))
+    assert config.base_url(5555) == "http://127.0.0.1:5555"
+    assert config.base_url() == "http://127.0.0.1:8080"
+    assert replace(config, http_host="0.0.0.0").base_url(80) == "http://127.0.0.1:80"
+    assert replace(config, http_host="::1").base_url(80) == "http://[::1]:80"
+    assert replace(config, public_url="https://call.example/").base_url(80) == "https://call.example"
+    assert replace(config, media_advertised_host="203.0.113.9").advertised_media_host == "203.0.113.9"
+    assert config.advertised_media_host == "127.0.0.1"
+
+
+def test_default_data_dir(monkeypatch):
+    monkeypatch.setenv("BOTCALL_DATA_DIR", "/srv/botcall")
+    assert default_data_dir() == Path("/srv/botcall")
+    monkeypatch.delenv("BOTCALL_DATA_DIR")
+    assert default_data_dir() == Path.home() / ".local" / "share" / "botcall"
+
+
+def parse_serve(*argv: str):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_serve_flags_map_onto_config():
+    config = parse_serve(
+        "--host", "0.0.0.0", "--port", "9000", "--media-host", "0.0.0.0", "--media-port", "40100",
+        "--media-advertised-host", "198.51.100.4", "--public-url", "https://call.example",
+        "--issuer", "https://botauth.example", "--jwks", "https://botauth.example/.well-known/jwks.json",
+        "--issuer", "https://other.example", "--jwks", "/etc/botcall/other.json",
+        "--audience", "https://call.example", "--no-dev-issuer", "--data-dir", "/var/lib/botcall",
+    )
+    assert (config.http_host, config.http_port, config.media_host, config.media_port) == ("0.0.0.0", 9000, "0.0.0.0", 40100)
+    assert config.advertised_media_host == "198.51.100.4" and config.public_url == "https://call.example"
+    assert config.issuers == (
+        IssuerConfig("https://botauth.example", "https://botauth.example/.well-known/jwks.json"),
+        IssuerConfig("https://other.example", "/etc/botcall/other.json"),
+    )
+    assert config.issuers[0].jwks_is_url and not config.issuers[1].jwks_is_url
+    assert config.audience == "https://call.example" and not config.dev_issuer
+    assert config.data_dir == Path("/var/lib/botcall")
+
+
+def test_serve_defaults_are_the_config_defaults(monkeypatch):
+    monkeypatch.setenv("BOTCALL_DATA_DIR", "/tmp/somewhere")
+    config = parse_serve()
+    assert config == Config()
+
+
+def test_unpaired_issuer_flags():
+    with pytest.raises(ConfigError):
+        parse_serve("--issuer", "https://botauth.example")
+
+
+async def test_a_missing_jwks_file_stops_start_up(tmp_path):
+    config = make_config(tmp_path, issuers=(IssuerConfig("https://botauth.example", str(tmp_path / "absent.json")),))
+    with pytest.raises(ConfigError, match="absent.json"):
+        await run_server(config)
+
+
+async def test_port_zero_reports_the_bound_port_and_two_servers_coexist(tmp_path):
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(run_server, make_config(tmp_path / "a"))
+        second = await nursery.start(run_server, make_config(tmp_path / "b"))
+        assert first.http_port != second.http_port and 0 not in (first.http_port, second.http_port)
+        assert first.http_url == f"http://127.0.0.1:{first.http_port}" == first.base_url
+        stream = await trio.open_tcp_stream("127.0.0.1", first.http_port)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
