@@ -36,6 +36,8 @@ from typing import Any, Iterable
 
 
 class Jitter(enum.Enum):
+    """Distribution of the per-item extra delay."""
+
     NONE = "none"
     EXPONENTIAL = "exponential"
     """|Laplace(0, mean)|: mean ``jitter_mean``; RFC 3550 jitter of i.i.d. samples equals the mean."""
@@ -56,6 +58,8 @@ class Burst:
 
 @dataclass(frozen=True)
 class NetworkProfile:
+    """One direction's behaviour; see the module docstring for each field."""
+
     base_delay: float = 0.020
     jitter: Jitter = Jitter.EXPONENTIAL
     jitter_mean: float = 0.0
@@ -94,14 +98,12 @@ class SimLink:
         self._order = 0
         self._last_send = -math.inf
         self._last_arrival = -math.inf
-        self._outage_start = math.inf
-        self._outage_end = -math.inf
+        # The current or next outage; drawn relative to the first send.
+        self._outage: tuple[float, float] | None = None
         self._bad_state = False
         self.sent = 0
         self.lost = 0
         self.duplicated = 0
-        if profile.spike_rate > 0:
-            self._outage_start = None  # drawn relative to the first send
 
     def _jitter(self, t: float) -> float:
         p = self.profile
@@ -119,19 +121,21 @@ class SimLink:
                 sample *= burst.factor
         return sample
 
-    def _outage_hold(self, t: float) -> float:
+    def _next_outage(self, after: float) -> tuple[float, float]:
         p = self.profile
-        if p.spike_rate <= 0:
+        start = after + self._rng.expovariate(p.spike_rate)
+        return start, start + self._rng.uniform(p.spike_min, p.spike_max)
+
+    def _outage_hold(self, t: float) -> float:
+        """How long an item sent at ``t`` waits for the current outage to end."""
+        if self.profile.spike_rate <= 0:
             return 0.0
-        if self._outage_start is None:
-            self._outage_start = t + self._rng.expovariate(p.spike_rate)
-            self._outage_end = self._outage_start + self._rng.uniform(p.spike_min, p.spike_max)
-        while t >= self._outage_end:
-            self._outage_start = self._outage_end + self._rng.expovariate(p.spike_rate)
-            self._outage_end = self._outage_start + self._rng.uniform(p.spike_min, p.spike_max)
-        if t >= self._outage_start:
-            return self._outage_end - t
-        return 0.0
+        if self._outage is None:
+            self._outage = self._next_outage(t)
+        while t >= self._outage[1]:
+            self._outage = self._next_outage(self._outage[1])
+        start, end = self._outage
+        return end - t if t >= start else 0.0
 
     def _lose(self) -> bool:
         p = self.profile
@@ -150,9 +154,9 @@ class SimLink:
             self._bad_state = True
         return self._bad_state
 
-    def _delay(self, t: float) -> float:
+    def _delay(self, t: float, hold: float) -> float:
         p = self.profile
-        delay = p.base_delay + self._jitter(t) + self._outage_hold(t)
+        delay = p.base_delay + self._jitter(t) + hold
         if p.reorder > 0 and self._rng.random() < p.reorder:
             delay += p.reorder_extra
         return delay
@@ -174,14 +178,11 @@ class SimLink:
         if self._lose():
             self.lost += 1
             return
+        self._schedule(item, now + self._delay(now, hold))
         p = self.profile
-        delay = p.base_delay + self._jitter(now) + hold
-        if p.reorder > 0 and self._rng.random() < p.reorder:
-            delay += p.reorder_extra
-        self._schedule(item, now + delay)
         if p.duplicate > 0 and self._rng.random() < p.duplicate:
             self.duplicated += 1
-            self._schedule(item, now + self._delay(now))
+            self._schedule(item, now + self._delay(now, hold))
 
     def next_arrival(self) -> float | None:
         """When the next item arrives, or None when nothing is in flight."""
