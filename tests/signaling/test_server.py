@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import trio
 
 from botcall.config import Config, ConfigError, IssuerConfig, RateLimit, default_data_dir
 from botcall.server import add_arguments, config_from_args, run_server
-from tests.serverutil import make_config
+from botcall.signaling.rooms import RoomClosed
+from tests.serverutil import FakeClock, make_config
 
 
 @pytest.mark.parametrize(
@@ -121,4 +123,23 @@ async def test_port_zero_reports_the_bound_port_and_two_servers_coexist(tmp_path
         assert first.http_url == f"http://127.0.0.1:{first.http_port}" == first.base_url
         stream = await trio.open_tcp_stream("127.0.0.1", first.http_port)
         await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_housekeeping_runs_every_second_in_the_background(tmp_path, autojump_clock):
+    # No HTTP traffic here, so the virtual clock may jump freely.
+    clock = FakeClock()
+    closed = []
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(partial(run_server, make_config(tmp_path, room_empty_timeout_s=60), clock=clock))
+        registry = info.state.registry
+        registry.add_listener(lambda event: closed.append(event.reason) if isinstance(event, RoomClosed) else None)
+        room = registry.create_room(owner="gopi", created_by="orion#8f3a", now=clock())
+        clock.advance(59)
+        await trio.sleep(1.5)
+        assert registry.live_rooms == 1
+        clock.advance(1)
+        await trio.sleep(1.0)
+        assert registry.live_rooms == 0 and closed == ["empty"]
+        assert registry.sessions_in_room(room.room_id) == ()
         nursery.cancel_scope.cancel()
