@@ -14,6 +14,7 @@ claims). ``http_request`` is a tiny HTTP/1.1 client over ``trio`` and ``h11``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -124,10 +125,10 @@ async def http_request(
                 else:
                     out += connection.send(h11.Data(data=body))
             out += connection.send(h11.EndOfMessage())
-            try:
+            # A server may answer early (413) and stop reading: its answer is still
+            # in our receive buffer, so a broken send is not the end of the exchange.
+            with contextlib.suppress(trio.BrokenResourceError):
                 await stream.send_all(out)
-            except trio.BrokenResourceError:
-                pass  # the server answered early (e.g. 413) and closed; read its answer
             response: h11.Response | None = None
             chunks: list[bytes] = []
             while True:
