@@ -2,7 +2,7 @@
 
 Usage (from the repository root; both forms work)::
 
-    python -m bench.jitter_quality [--duration 60] [--seeds 3] [--seed 1]
+    python -m bench.jitter_quality [--duration 60] [--seeds 5] [--seed 1]
     python bench/jitter_quality.py [...]
 
 The network (``tests/netsim.py``), for each cell of jitter J x loss L:
@@ -177,6 +177,11 @@ def run_cell(jitter: float, loss: float, seed: int, duration: float, **buffer_ar
     )
 
 
+def cell_seed(seed: int, jitter: float, loss: float) -> int:
+    """A distinct seed per cell, so cells do not share their traces' randomness."""
+    return seed + int(round(jitter * 1e4)) + int(round(loss * 100))
+
+
 def average(results: list[CellResult]) -> CellResult:
     """Field-wise mean of one cell's results over several seeds."""
     n = len(results)
@@ -214,14 +219,14 @@ def table(results: list[CellResult]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of audio per trace")
-    parser.add_argument("--seeds", type=int, default=3, help="traces averaged per cell")
+    parser.add_argument("--seeds", type=int, default=5, help="traces averaged per cell")
     parser.add_argument("--seed", type=int, default=1, help="first seed")
     args = parser.parse_args(argv)
     results = []
     for jitter in JITTERS:
         for loss in LOSSES:
             runs = [
-                run_cell(jitter, loss, seed=args.seed + k * 1000 + int(jitter * 1e4) + int(loss * 100), duration=args.duration)
+                run_cell(jitter, loss, seed=cell_seed(args.seed + k * 1000, jitter, loss), duration=args.duration)
                 for k in range(args.seeds)
             ]
             results.append(average(runs))

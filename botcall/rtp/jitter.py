@@ -180,7 +180,8 @@ class JitterStats:
     Attributes:
         target_delay: the delay the buffer aims for, above the fastest transit seen.
         current_delay: the delay of the frame due at the last ``pop``.
-        buffered_delay: audio buffered ahead of the play-out position.
+        buffered_delay: audio buffered ahead of the play-out position (while
+            filling or idle: the span of the packets held).
         buffered: packets held.
         mean_delay: mean delay of the ``AUDIO`` frames played.
         jitter: RFC 3550 §6.4.1 interarrival jitter of the current stream.
@@ -620,9 +621,11 @@ class JitterBuffer:
     def stats(self) -> JitterStats:
         """A frozen snapshot of delays and counters (see ``JitterStats``)."""
         buffered_delay = 0.0
-        if self._buf and self._cursor is not None:
-            newest = max(ts for ts, _ in self._buf.values())
-            buffered_delay = max(0.0, (newest + self._spf - self._cursor) * self._inv_rate)
+        if self._buf:
+            stamps = [ts for ts, _ in self._buf.values()]
+            # Playing: from the frame due next (missing or not); else from the oldest held.
+            start = self._cursor if self._state == _PLAYING else min(stamps)
+            buffered_delay = max(0.0, (max(stamps) + self._spf - start) * self._inv_rate)
         return JitterStats(
             target_delay=self.target_delay,
             current_delay=self._current_delay,

@@ -430,3 +430,12 @@ def test_nothing_to_play_before_any_packet():
     jb = JitterBuffer()
     assert jb.pop(0.0) is None
     assert jb.stats.target_delay == pytest.approx(0.060)
+
+
+def test_buffered_delay_while_idle_is_the_span_of_what_is_held():
+    jb = pinned()
+    run(jb, steady(30), end=1.5)  # played out, expanded, now idle
+    assert jb.stats.buffered == 0 and jb.stats.buffered_delay == 0.0
+    for i in (40, 42):  # the stream comes back; nothing popped yet
+        jb.push(packet(i), 2.0 + (i - 40) * FRAME)
+    assert jb.stats.buffered_delay == pytest.approx(3 * FRAME)
