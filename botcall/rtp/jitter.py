@@ -688,12 +688,11 @@ class JitterBuffer:
             skew = x - self._est.minimum
             jump = self._jump
             ahead = ext - seq_ref
-            if ahead > self._capacity or skew < -jump:
-                if self._discontinuity(forward=True, timing_ok=skew >= -jump):
-                    self._push(packet, arrival_time)
-                return
-            if ahead < -self._capacity or skew > jump:
-                if self._discontinuity(forward=False, timing_ok=skew <= jump):
+            timing_ok = -jump <= skew <= jump
+            if not timing_ok or not -self._capacity <= ahead <= self._capacity:
+                # Ahead of the stream: numbered past it, or stamped too early.
+                forward = ahead > self._capacity if timing_ok else skew < -jump
+                if self._discontinuity(forward=forward, timing_ok=timing_ok):
                     self._push(packet, arrival_time)
                 return
             self._far_run = 0
