@@ -95,6 +95,14 @@ class Config:
     public_url: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
 
+    # --- media -------------------------------------------------------------------------
+    # RFC 7675: a peer's address is forgotten after this long without a valid STUN check.
+    media_consent_timeout_s: float = 30.0
+    # DTLS handshakes in progress at once (browsers); more ClientHellos wait for a retransmit.
+    max_dtls_handshakes: int = 64
+    # A session with no WebSocket for this long (never connected, or dropped) is ended.
+    ws_connect_grace_s: float = 30.0
+
     # --- attestations ---------------------------------------------------------------
     audience: str = "botcall"
     issuers: tuple[IssuerConfig, ...] = ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class Metrics:
@@ -44,6 +45,38 @@ class Metrics:
         self.live_sessions = Gauge("botcall_live_sessions", "Sessions in open rooms.", registry=self.registry)
         self.live_sessions.set_function(live_sessions)
 
+    def attach_media(self, relay, udp) -> None:
+        """Expose the relay's and the UDP transport's counters, read at scrape time.
+
+        ``botcall_media_events_total{event}`` holds every drop reason and
+        protocol event the relay counts (``unknown_source``, ``wrong_ssrc``,
+        ``stun_binding_success``, ``dtls_connected``...); packet totals and live
+        peers come from the peers themselves.
+        """
+        self.registry.register(_MediaCollector(relay, udp))
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _MediaCollector:
+    def __init__(self, relay, udp) -> None:
+        self.relay = relay
+        self.udp = udp
+
+    def collect(self):
+        events = CounterMetricFamily("botcall_media_events", "Relay events and drops, by name.", labels=["event"])
+        for name, value in sorted({**self.relay.counters, **self.udp.counters}.items()):
+            events.add_metric([name], value)
+        yield events
+        peers = self.relay.all_peers()
+        received = CounterMetricFamily("botcall_media_received_packets", "RTP packets accepted from live peers.")
+        received.add_metric([], sum(peer.rx_packets for peer in peers))
+        yield received
+        sent = CounterMetricFamily("botcall_media_sent_packets", "RTP packets sent to live peers.")
+        sent.add_metric([], sum(peer.tx_packets for peer in peers))
+        yield sent
+        live = GaugeMetricFamily("botcall_media_peers", "Media peers, latched or not.")
+        live.add_metric([], len(peers))
+        yield live

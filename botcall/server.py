@@ -4,8 +4,8 @@
 port is known before any request), hands it to Hypercorn's trio worker serving
 the quart-trio app, and runs the housekeeping tasks beside it: expiring rooms
 and sessions once a second, re-reading JWKS files when they change, refreshing
-JWKS URLs. Later layers add the UDP media relay to the same nursery and attach
-it to ``AppState.relay``.
+JWKS URLs; and the UDP media transport with its relay (``AppState.media``)
+and the WebSocket hub (``AppState.hub``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ from botcall.auth.keys import KeyRing, ensure_dev_issuer
 from botcall.auth.ratelimit import Limiters
 from botcall.config import Config, ConfigError, IssuerConfig
 from botcall.metrics import Metrics
+from botcall.media import MediaService
+from botcall.rtp.dtls import DtlsCertificate
+from botcall.rtp.relay import MediaRelay
+from botcall.rtp.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
-from botcall.signaling.rooms import RegistryEvent, RoomClosed, RoomRegistry
+from botcall.signaling.rooms import RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
+from botcall.signaling.ws import DISCONNECTED, Hub
 
 log = logging.getLogger("botcall")
 
@@ -136,6 +141,12 @@ def housekeep(state: AppState) -> tuple[list[RegistryEvent], list[str]]:
     """
     now = state.clock()
     events = state.registry.expire(now)
+    if state.hub is not None:
+        # Sessions whose WebSocket never came, or went and did not come back.
+        for session_id in state.hub.expired(now):
+            removed = state.registry.leave(session_id, DISCONNECTED, now=now)
+            if removed is not None:
+                events.append(SessionRemoved(removed, DISCONNECTED))
     state.verifier.replay_cache.prune(now)
     state.limiters.prune(now)
     return events, state.keyring.reload_files()
@@ -181,6 +192,41 @@ def _bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
+def attach_media(state: AppState, udp: UdpTransport) -> None:
+    """Create the relay, the media service and the WebSocket hub on ``state``, and
+    subscribe them to the registry.
+
+    Args:
+        state: the app state; ``media``, ``hub`` and ``media_port`` are set.
+        udp: the bound media transport (its port is what joins advertise).
+    """
+    config = state.config
+    relay = MediaRelay(
+        udp.transmit,
+        consent_timeout=config.media_consent_timeout_s,
+        max_peers=config.max_sessions_total,
+        max_handshakes=config.max_dtls_handshakes,
+    )
+    state.media_port = udp.local_address[1]
+    state.media = MediaService(
+        relay,
+        udp.transmit,
+        certificate=DtlsCertificate.generate(),
+        host=_ip_literal(state.media_host),
+        port=state.media_port,
+    )
+    state.media.udp = udp
+    state.hub = Hub(state.clock, max_connections=config.max_sessions_total, connect_grace=config.ws_connect_grace_s)
+    state.registry.add_listener(state.media.on_registry_event)
+    state.registry.add_listener(state.hub.on_registry_event)
+    state.metrics.attach_media(relay, udp)
+
+
+def _ip_literal(host: str) -> str:
+    """SDP candidates need an address, not a name: resolve once at start-up."""
+    return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+
+
 async def run_server(
     config: Config,
     *,
@@ -208,6 +254,12 @@ async def run_server(
     except BaseException:
         sock.close()
         raise
+    try:
+        udp = UdpTransport(open_udp_socket(config.media_host, config.media_port))
+    except BaseException:
+        sock.close()
+        raise
+    attach_media(state, udp)
     app = create_app(state)
 
     hypercorn_config = HypercornConfig()
@@ -219,6 +271,7 @@ async def run_server(
     host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
     http_url = f"http://{host_in_url}:{bound_port}"
     async with trio.open_nursery() as nursery:
+        await nursery.start(udp.run, state.media.relay)
         await nursery.start(serve, app, hypercorn_config)
         nursery.start_soon(_housekeeping_loop, state, housekeeping_interval)
         nursery.start_soon(_jwks_refresh_loop, state, housekeeping_interval)

@@ -16,6 +16,7 @@ binary RTP frames, or as PCM the server encodes and decodes for us
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from botcall.audio import frames as pcm_frames, read_wav, resample
 from botcall.client.http import BotCallHttpError, request_json
 from botcall.errors import BadPacket
 from botcall.queues import DropOldestQueue
+from botcall.rtp.jitter import FrameKind
 from botcall.rtp.opus import OpusEncoder
 from botcall.rtp.packet import RTP_HEADER, RtpPacket, parse_rtp_untrusted
 from botcall.rtp.playout import Playout
@@ -43,6 +45,9 @@ log = logging.getLogger("botcall.client")
 FRAME = 0.020
 SAMPLE_RATE = 48000
 PAYLOAD_TYPE = 111
+# Binary pcm16 frames from the server: decoded audio, or audio synthesised for a loss.
+PCM16_PAYLOAD_TYPE = 96
+PCM16_CONCEALED_PAYLOAD_TYPE = 97
 KEEPALIVE_INTERVAL = 10.0  # well inside the relay's 30 s consent timeout
 LATCH_TIMEOUT = 5.0
 MAX_QUEUED_FRAMES = 500  # 10 s of one speaker's audio waiting for the application
@@ -247,6 +252,7 @@ class Call:
             for participant in event.get("participants", []):
                 self._learn(participant)
             self._welcome.set()
+            return  # what it says is in call.participants
         elif kind == "participant_joined":
             self._learn(event["participant"])
         elif kind == "participant_left":
@@ -267,11 +273,9 @@ class Call:
             self._ssrc_to_participant[participant["ssrc"]] = participant["participant_id"]
 
     def _on_json_audio(self, event: dict) -> None:
-        import base64
-
         data = base64.b64decode(event["data"])
         if event.get("encoding") == "pcm16":
-            self._frames.put_nowait(AudioFrame(event.get("participant_id"), 0, data, self.sample_rate))
+            self._frames.put_nowait(AudioFrame(event.get("participant_id"), 0, data, self.sample_rate, bool(event.get("concealed"))))
             return
         ssrc = next((s for s, p in self._ssrc_to_participant.items() if p == event.get("participant_id")), 0)
         packet = RtpPacket(PAYLOAD_TYPE, event["seq"] & 0xFFFF, event["timestamp"] & 0xFFFFFFFF, ssrc, data)
@@ -287,7 +291,8 @@ class Call:
         if self.encoding == "pcm16":
             # The server already decoded and buffered it: the payload is PCM.
             participant = self._ssrc_to_participant.get(packet.ssrc)
-            self._frames.put_nowait(AudioFrame(participant, packet.ssrc, packet.payload, self.sample_rate))
+            concealed = packet.payload_type == PCM16_CONCEALED_PAYLOAD_TYPE
+            self._frames.put_nowait(AudioFrame(participant, packet.ssrc, packet.payload, self.sample_rate, concealed))
         else:
             self._playout.push(packet, now)
 
@@ -303,7 +308,7 @@ class Call:
                         frame.ssrc,
                         frame.pcm,
                         self.sample_rate,
-                        concealed=frame.kind.value != "audio",
+                        concealed=frame.kind is not FrameKind.AUDIO,
                     )
                 )
 

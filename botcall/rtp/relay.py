@@ -209,6 +209,9 @@ class MediaRelay:
     def room_peers(self, room_id: str) -> list[MediaPeer]:
         return list(self._rooms.get(room_id, ()))
 
+    def all_peers(self) -> list[MediaPeer]:
+        return list(self._by_session.values())
+
     def peer_count(self) -> int:
         return len(self._by_session)
 

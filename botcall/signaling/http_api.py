@@ -7,7 +7,7 @@ rate limits and call the room registry. Every error leaves as JSON
 413) and unexpected ones (500) alike.
 
 ``AppState`` is the single object the routes read; the server builds it and
-later layers (the UDP relay, the WebSocket routes) hang off it.
+the media relay and the WebSocket hub hang off it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from botcall.auth.ratelimit import Limiters
 from botcall.config import Config
 from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden
 from botcall.metrics import Metrics
+from botcall.signaling.static import register_pwa_routes
+from botcall.signaling.ws import register_human_signaling, register_websocket_routes
 from botcall.signaling.rooms import (
     Capabilities,
     Identity,
@@ -275,7 +277,8 @@ class AppState:
         media_port: UDP port advertised in join responses (the relay sets the bound one).
         clock: returns Unix time; tests replace it with a fake clock.
         dev_issuer: the local development issuer, when enabled.
-        relay: the UDP media relay, once a later layer attaches it.
+        media: the media service (relay, browser legs), set by ``run_server``.
+        hub: the WebSocket hub (who is connected, what they are told).
     """
 
     config: Config
@@ -289,7 +292,8 @@ class AppState:
     media_port: int
     clock: Callable[[], float]
     dev_issuer: DevIssuer | None = None
-    relay: Any = None
+    media: Any = None
+    hub: Any = None
     jwks_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -559,4 +563,8 @@ def create_app(state: AppState) -> QuartTrio:
         state.metrics.rejections.labels(code="internal_error").inc()
         return _json({"error": {"code": "internal_error", "message": "internal server error"}}, status=500)
 
+    # The WebSocket channels and the PWA share the HTTP port.
+    register_websocket_routes(app, state)
+    register_human_signaling(app, state)
+    register_pwa_routes(app, state)
     return app

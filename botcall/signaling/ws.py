@@ -26,6 +26,7 @@ from botcall.auth.invites import invite_secret_matches
 from botcall.errors import ApiError, BadPacket, SdpError, SignalingError
 from botcall.media import PAYLOAD_TYPE_OPUS, WsSink
 from botcall.queues import DropOldestQueue
+from botcall.rtp.jitter import FrameKind
 from botcall.rtp.opus import OpusEncoder
 from botcall.rtp.packet import RTP_HEADER, parse_rtp_untrusted
 from botcall.rtp.playout import Playout
@@ -44,9 +45,11 @@ log = logging.getLogger("botcall.ws")
 
 EVENT_QUEUE = 256
 FRAME = 0.020
-# Binary pcm16 frames to a bot carry an RTP header with this payload type:
-# L16 mono, little-endian, at the session's sample rate (our profile, not RFC 3551's).
+# Binary pcm16 frames to a bot carry an RTP header with these payload types:
+# L16 mono, little-endian, at the session's sample rate (our profile, not RFC
+# 3551's); the second marks a frame the relay synthesised for a lost packet.
 PCM16_PAYLOAD_TYPE = 96
+PCM16_CONCEALED_PAYLOAD_TYPE = 97
 SEND_TIMEOUT = 5.0
 HELLO_TIMEOUT = 10.0
 CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
@@ -399,14 +402,16 @@ class BotChannel(Channel):
                 seq = self._speaker_seq.get(frame.ssrc, 0)
                 self._speaker_seq[frame.ssrc] = seq + 1
                 timestamp = (seq * samples) & 0xFFFFFFFF
+                concealed = frame.kind is not FrameKind.AUDIO
                 if self.binary_audio:
-                    header = RTP_HEADER.pack(0x80, PCM16_PAYLOAD_TYPE, seq & 0xFFFF, timestamp, frame.ssrc)
+                    payload_type = PCM16_CONCEALED_PAYLOAD_TYPE if concealed else PCM16_PAYLOAD_TYPE
+                    header = RTP_HEADER.pack(0x80, payload_type, seq & 0xFFFF, timestamp, frame.ssrc)
                     await self.send(header + frame.pcm)
                 else:
                     event = msg.audio_event(
                         names.get(frame.ssrc, ""), seq, timestamp, frame.pcm, encoding="pcm16", sample_rate=self.sample_rate
                     )
-                    event["concealed"] = frame.kind.value != "audio"
+                    event["concealed"] = concealed
                     await self.send(msg.encode(event))
             if len(self._speaker_seq) > playout.max_speakers * 2:
                 self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
