@@ -113,7 +113,9 @@ class SimLink:
         elif p.jitter is Jitter.EXPONENTIAL:
             sample = self._rng.expovariate(1.0 / mean)
         elif p.jitter is Jitter.GAMMA:
-            sample = self._rng.gammavariate(p.gamma_shape, mean / p.gamma_shape)
+            scale = mean / p.gamma_shape
+            # A denormal mean underflows to a zero scale, which gammavariate refuses.
+            sample = self._rng.gammavariate(p.gamma_shape, scale) if scale > 0 else 0.0
         else:
             sample = self._rng.uniform(0.0, 2.0 * mean)
         for burst in p.bursts:
