@@ -51,6 +51,11 @@ def frames(pops, *kinds: FrameKind) -> list[PlayoutFrame]:
     return [f for _, f in pops if f is not None and (not kinds or f.kind in kinds)]
 
 
+def played_at(pops) -> dict[int, float]:
+    """When each packet (by its number in the stream) was played."""
+    return {int(f.payload.split(b"-")[1]): t for t, f in pops if f is not None and f.kind is FrameKind.AUDIO}
+
+
 def steady(n: int, delay: float = 0.030, **kw) -> list[tuple[float, RtpPacket]]:
     """``n`` packets sent every 20 ms from t=0, each arriving ``delay`` later."""
     return [(i * FRAME + delay, packet(i, **kw)) for i in range(n)]
@@ -317,12 +322,8 @@ def test_dtx_timestamp_gap_is_rendered_as_silence_not_concealment():
     pause = kinds[kinds.index((FrameKind.AUDIO, name(29))) + 1 : kinds.index((FrameKind.AUDIO, name(30)))]
     assert 5 <= len(pause) <= 6 and all(k is None or k[0] is FrameKind.EXPAND for k in pause)
     # The delay after the pause is the same as before it.
-    delays = {}
-    for t, f in pops:
-        if f is not None and f.kind is FrameKind.AUDIO:
-            i = int(f.payload.split(b"-")[1])
-            delays[i] = t - (i * FRAME + (shift if i >= 30 else 0.0))
-    assert delays[29] == pytest.approx(delays[30], abs=1e-9)
+    played = played_at(pops)
+    assert played[29] - 29 * FRAME == pytest.approx(played[30] - (30 * FRAME + shift), abs=1e-9)
 
 
 def test_delay_grows_when_the_network_delay_steps_up():
@@ -367,8 +368,9 @@ def test_a_missing_frame_is_skipped_without_concealment_when_a_frame_above_targe
     assert s.concealed == 0 and s.lost == 1 and s.discarded == 0
     assert name(150) not in [f.payload for f in frames(pops)]
     # The skip cut the delay by one frame.
-    delay_before = [t - i * FRAME for t, f in pops if f and f.kind is FrameKind.AUDIO for i in [int(f.payload.split(b"-")[1])] if i == 149][0]
-    delay_after = [t - i * FRAME for t, f in pops if f and f.kind is FrameKind.AUDIO for i in [int(f.payload.split(b"-")[1])] if i == 151][0]
+    played = played_at(pops)
+    delay_before = played[149] - 149 * FRAME
+    delay_after = played[151] - 151 * FRAME
     assert delay_after == pytest.approx(delay_before - FRAME, abs=1e-9)
 
 
