@@ -65,7 +65,7 @@ def bundle():
 
 
 async def test_join_page_is_the_shell_with_strict_headers(tmp_path, bundle):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         first = await srv.get("/join/abcd-efgh-ijkl")
         other = await srv.get("/join/zzzz-0000-9999")
         home = await srv.get("/")
@@ -89,7 +89,7 @@ async def test_join_page_is_the_shell_with_strict_headers(tmp_path, bundle):
 
 
 async def test_join_path_with_more_segments_is_not_the_shell(tmp_path):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         nested = await srv.get("/join/a/b")
         empty = await srv.get("/join/")
     assert nested.status == 404 and empty.status == 404
@@ -97,7 +97,7 @@ async def test_join_path_with_more_segments_is_not_the_shell(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(ASSET_TYPES))
 async def test_assets_have_their_mime_types(tmp_path, bundle, name):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         response = await srv.get(f"/pwa/{name}")
     assert response.status == 200
     assert media_type(response) == ASSET_TYPES[name]
@@ -110,7 +110,7 @@ async def test_assets_have_their_mime_types(tmp_path, bundle, name):
 
 
 async def test_versioned_urls_are_cached_for_a_year_others_briefly(tmp_path, bundle):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         versioned = await srv.get(f"/pwa/app.js?v={bundle.version}")
         bare = await srv.get("/pwa/app.js")
         stale = await srv.get("/pwa/app.js?v=000000000000")
@@ -121,7 +121,7 @@ async def test_versioned_urls_are_cached_for_a_year_others_briefly(tmp_path, bun
 
 
 async def test_etag_revalidation_answers_304(tmp_path):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         first = await srv.get("/pwa/style.css")
         etag = first.headers["etag"]
         again = await srv.get("/pwa/style.css", headers={"If-None-Match": etag})
@@ -138,7 +138,7 @@ async def test_etag_revalidation_answers_304(tmp_path):
 
 
 async def test_text_is_gzipped_when_accepted(tmp_path):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         plain = await srv.get("/pwa/app.js")
         packed = await srv.get("/pwa/app.js", headers={"Accept-Encoding": "gzip, deflate"})
         refused = await srv.get("/pwa/app.js", headers={"Accept-Encoding": "gzip;q=0"})
@@ -153,7 +153,7 @@ async def test_text_is_gzipped_when_accepted(tmp_path):
 
 
 async def test_service_worker_is_served_from_the_root(tmp_path, bundle):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         worker = await srv.get("/sw.js")
         under_pwa = await srv.get("/pwa/sw.js")
         source = worker.body.decode()
@@ -174,7 +174,7 @@ async def test_service_worker_is_served_from_the_root(tmp_path, bundle):
 
 
 async def test_manifest_fields_and_icons(tmp_path):
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         response = await srv.get("/pwa/manifest.webmanifest")
         manifest = json.loads(response.body)
         icons = {icon["src"]: await srv.get(icon["src"]) for icon in manifest["icons"]}
@@ -233,7 +233,7 @@ TRAVERSALS = [
 
 async def test_path_traversal_is_refused(tmp_path):
     secret = (PWA_DIR.parent / "pyproject.toml").read_bytes()[:40]
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
         responses = {path: await get_asset(srv.url, path) for path in TRAVERSALS}
     for path, response in responses.items():
         assert response.status == 404, (path, response.status)
@@ -252,7 +252,7 @@ async def test_any_asset_name_is_a_file_of_the_bundle_or_404(tmp_path):
     bundle = load_pwa()
     servable = {name: asset.body for name, asset in bundle.assets.items() if name != "sw.js"}
 
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, media_port=0) as srv:
 
         @given(name=st.lists(_NAME_PARTS, min_size=1, max_size=12).map("".join))
         @example(name="../../../../etc/passwd")

@@ -1,0 +1,321 @@
+"""The join page in real headless Chromium against the real server.
+
+Every test starts the server in-process (``running_server``) and drives
+Chromium from a worker thread (``tests.pwa.harness``). Waits are on page
+conditions (``wait_for_function``), never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+from playwright.sync_api import BrowserContext, Page, expect
+from trio_websocket import open_websocket_url
+
+from tests.pwa.harness import PageErrors, hooks, in_browser, wait_state
+from tests.serverutil import running_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+WRONG_SECRET = "A" * 24
+HOSTILE_NAME = '<img src=x onerror="window.pwned=1">'
+
+
+async def open_room(srv, **body) -> tuple[str, str]:
+    """Create a room; return its id and the invite path (``/join/<room>#invite=<secret>``)."""
+    created = await srv.create_room(srv.token(agent="creator#1"), **body)
+    assert created.status == 201, created.body
+    payload = created.json()
+    url = urlsplit(payload["invite_url"])
+    return payload["room_id"], f"{url.path}#{url.fragment}"
+
+
+async def join_bot(srv, room_id: str, agent: str) -> dict:
+    response = await srv.join(srv.token(agent=agent, controller="gopi"), room_id, agent_id=agent)
+    assert response.status == 200, response.body
+    return response.json()
+
+
+@asynccontextmanager
+async def human_in_room(srv, invite_path: str, name: str):
+    """A person joined over the signaling WebSocket (no media), present until exit."""
+    room_id = invite_path.split("/")[2].split("#")[0]
+    secret = invite_path.split("#invite=")[1]
+    url = srv.url.replace("http://", "ws://") + f"/v1/signal/{room_id}"
+    async with open_websocket_url(url) as ws:
+        await ws.send_message(json.dumps({"type": "hello", "invite": secret}))
+        assert json.loads(await ws.get_message())["type"] == "lobby"
+        await ws.send_message(json.dumps({"type": "join", "display_name": name}))
+        with trio.fail_after(5):
+            while True:
+                event = json.loads(await ws.get_message())
+                if event["type"] in ("joined", "welcome"):
+                    break
+        yield event
+
+
+def open_page(context: BrowserContext, url: str) -> tuple[Page, PageErrors]:
+    page = context.pages[0] if context.pages else context.new_page()
+    errors = PageErrors(page)
+    page.goto(url)
+    return page, errors
+
+
+def assert_problem_screen(page: Page, problem: str, title: str, *, retry: bool) -> None:
+    state = wait_state(page, "error", "offline")
+    assert hooks(page)["problem"] == problem
+    expect(page.locator("#problem-title")).to_have_text(title)
+    expect(page.locator("#problem-title")).to_be_visible()
+    expect(page.locator("#problem-title")).to_be_focused()
+    expect(page.locator("#screen-loading")).to_be_hidden()  # no spinner left behind
+    if retry:
+        expect(page.get_by_role("button", name="Try again")).to_be_visible()
+    else:
+        expect(page.get_by_role("button", name="Try again")).to_be_hidden()
+    assert state == ("offline" if problem in ("offline", "unreachable") else "error")
+
+
+def assert_no_horizontal_scroll(page: Page) -> None:
+    widths = page.evaluate("({doc: document.documentElement.scrollWidth, body: document.body.scrollWidth, view: innerWidth})")
+    assert widths["doc"] <= widths["view"] and widths["body"] <= widths["view"], widths
+
+
+async def test_wrong_invite_secret_says_the_link_is_not_valid(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, _ = await open_room(srv)
+
+        def drive(context: BrowserContext) -> list[str]:
+            page, errors = open_page(context, f"{srv.url}/join/{room_id}#invite={WRONG_SECRET}")
+            assert_problem_screen(page, "invite_invalid", "This invite link is not valid", retry=False)
+            expect(page.locator("#problem-detail")).to_contain_text("ask the person who invited you")
+            assert_no_horizontal_scroll(page)
+            return errors.unexpected("/v1/signal")
+
+        assert await in_browser(drive) == []
+        # The refused browser left nothing behind in the room.
+        assert len(srv.state.registry.sessions_in_room(room_id)) == 0
+
+
+async def test_each_refusal_has_its_own_message(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        _, invite = await open_room(srv)
+        closed_id, closed_invite = await open_room(srv)
+        deleted = await srv.delete(f"/v1/rooms/{closed_id}", bearer=srv.token(agent="creator#1", room=closed_id))
+        assert deleted.status == 200, deleted.body
+        room_path = invite.split("#")[0]
+
+        def drive(context: BrowserContext) -> None:
+            page, _ = open_page(context, f"{srv.url}{room_path}")
+            assert_problem_screen(page, "invite_missing", "This invite link is not valid", retry=False)
+            expect(page.locator("#problem-detail")).to_contain_text("#invite=")
+
+            page.goto(f"{srv.url}/join/no-such-room#invite={WRONG_SECRET}")
+            assert_problem_screen(page, "room_not_found", "We can't find this call", retry=False)
+
+            page.goto(f"{srv.url}{closed_invite}")
+            assert_problem_screen(page, "room_closed", "This call has ended", retry=False)
+
+        await in_browser(drive)
+
+
+async def test_lobby_shows_verified_bots_as_text_on_a_phone(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, invite = await open_room(srv, max_human_participants=3)
+        await join_bot(srv, room_id, "orion#8f3a")
+        async with human_in_room(srv, invite, HOSTILE_NAME):
+
+            def drive(context: BrowserContext) -> list[str]:
+                page, errors = open_page(context, f"{srv.url}{invite}")
+                wait_state(page, "lobby")
+                bot = page.locator('#lobby-people li[data-kind="bot"]')
+                expect(bot).to_have_count(1)
+                expect(bot).to_contain_text("Verified bot")
+                expect(bot).to_contain_text("orion#8f3a")
+                expect(bot).to_contain_text("on behalf of gopi")
+                expect(bot).to_contain_text(f"Issuer: {srv.state.dev_issuer.issuer}")
+                expect(bot).to_contain_text("call:voice")
+                person = page.locator('#lobby-people li[data-kind="human"]')
+                expect(person.locator(".name")).to_have_text(HOSTILE_NAME)  # shown as text
+                assert page.locator("#lobby-people img").count() == 0
+                assert page.evaluate("window.pwned") is None
+                expect(page.locator("#lobby-summary")).to_have_text("1 bot and 1 person on the call. Room for 3 people.")
+
+                join = page.get_by_role("button", name=re.compile("Join"))
+                expect(join).to_be_visible()
+                box = join.bounding_box()
+                assert box["height"] >= 48 and box["x"] >= 0 and box["x"] + box["width"] <= 360, box
+                expect(page.get_by_label("Your name")).to_be_editable()
+                assert_no_horizontal_scroll(page)
+
+                # Events after the lobby update the list live.
+                trio.from_thread.run(join_bot, srv, room_id, "vega#12ab")
+                expect(page.locator('#lobby-people li[data-kind="bot"]')).to_have_count(2)
+                expect(page.locator("#announce")).to_have_text(re.compile("vega#12ab joined|joined"))
+                assert_no_horizontal_scroll(page)
+                return errors.messages
+
+            assert await in_browser(drive) == []
+
+
+async def test_a_full_room_says_so_after_join(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        _, invite = await open_room(srv, max_human_participants=1)
+        async with human_in_room(srv, invite, "first"):
+
+            def drive(context: BrowserContext) -> dict:
+                page, _ = open_page(context, f"{srv.url}{invite}")
+                wait_state(page, "lobby")
+                page.get_by_label("Your name").fill("second")
+                page.get_by_role("button", name=re.compile("Join")).click()
+                assert_problem_screen(page, "room_full", "This call is full", retry=True)
+                # The microphone is released when the join is refused.
+                assert page.evaluate("botcall.localStream") is None
+                page.get_by_role("button", name="Try again").click()
+                wait_state(page, "lobby")
+                return hooks(page)
+
+            after = await in_browser(drive)
+        assert after["participantId"] is None
+
+
+async def test_a_refused_microphone_explains_how_to_allow_it(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, invite = await open_room(srv)
+
+        def drive(context: BrowserContext) -> None:
+            page, _ = open_page(context, f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            page.get_by_role("button", name=re.compile("Join")).click()
+            assert_problem_screen(page, "mic_denied", "Microphone blocked", retry=True)
+            expect(page.locator("#problem-steps")).to_contain_text("Set Microphone to Allow")
+            assert_no_horizontal_scroll(page)
+
+        await in_browser(drive, fake_mic_ui=False)
+        # Nobody joined: the microphone comes before the join.
+        assert len(srv.state.registry.sessions_in_room(room_id)) == 0
+
+
+async def test_service_worker_serves_the_shell_offline_and_recovers(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        _, invite = await open_room(srv)
+
+        def drive(context: BrowserContext) -> list[str]:
+            page, errors = open_page(context, f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            scope = page.evaluate("navigator.serviceWorker.ready.then(r => r.scope)")
+            assert scope == f"{srv.url}/"
+            page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+
+            context.set_offline(True)
+            page.reload()
+            assert_problem_screen(page, "offline", "You're offline", retry=True)
+            expect(page.locator("#problem-detail")).to_contain_text("The network is gone")
+            expect(page.locator("#net")).to_be_visible()
+            expect(page.locator(".brand")).to_have_text("BotCall")  # styled shell from the cache
+            assert page.evaluate("getComputedStyle(document.querySelector('#retry')).minHeight") == "56px"
+
+            context.set_offline(False)
+            wait_state(page, "lobby")
+            expect(page.locator("#net")).to_be_hidden()
+            return errors.unexpected("ERR_INTERNET_DISCONNECTED", "/v1/signal")
+
+        assert await in_browser(drive) == []
+
+
+async def test_server_down_says_so_and_offers_retry(tmp_path):
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+
+        async def serve(task_status=trio.TASK_STATUS_IGNORED):
+            async with running_server(tmp_path, media_port=0) as srv:
+                task_status.started(srv)
+                await stop.wait()
+
+        srv = await nursery.start(serve)
+        _, invite = await open_room(srv)
+
+        def drive(context: BrowserContext) -> None:
+            page, _ = open_page(context, f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+            trio.from_thread.run_sync(stop.set)
+            # The open lobby socket drops: the page retries, then gives up with a message.
+            page.reload()  # the shell comes from the service worker; the server is gone
+            assert_problem_screen(page, "unreachable", "Can't reach BotCall", retry=True)
+            page.get_by_role("button", name="Try again").click()
+            assert_problem_screen(page, "unreachable", "Can't reach BotCall", retry=True)
+
+        await in_browser(drive)
+
+
+async def test_audio_helpers_measure_a_tone_over_webrtc(tmp_path):
+    """The page's analyser code (pwa/audio.js) on a real remote WebRTC track:
+    a 440 Hz oscillator sent through a loopback RTCPeerConnection pair."""
+    async with running_server(tmp_path, media_port=0) as srv:
+
+        def drive(context: BrowserContext) -> dict:
+            page, _ = open_page(context, f"{srv.url}/")
+            wait_state(page, "home")
+            pure = page.evaluate(
+                """async () => {
+                    const audio = await import('/pwa/audio.js');
+                    const bins = new Float32Array(64).fill(-120);
+                    bins[10] = -20; bins[9] = -30; bins[11] = -30;
+                    const symmetric = audio.peakFrequency(bins, 48000, 128);
+                    bins[11] = -25;
+                    const skewed = audio.peakFrequency(bins, 48000, 128);
+                    const sine = new Float32Array(4800).map((_, i) => Math.sin(2 * Math.PI * 1000 * i / 48000));
+                    return {
+                        symmetric, skewed,
+                        silentPeak: audio.peakFrequency(new Float32Array(64).fill(-Infinity), 48000, 128),
+                        sineDb: audio.rmsDbfs(sine),
+                        silenceDb: audio.rmsDbfs(new Float32Array(16)),
+                        fractions: [audio.meterFraction(-90), audio.meterFraction(-30), audio.meterFraction(0), audio.meterFraction(-Infinity)],
+                    };
+                }"""
+            )
+            page.evaluate(
+                """async () => {
+                    const { Meter } = await import('/pwa/audio.js');
+                    const ctx = new AudioContext();
+                    await ctx.resume();
+                    const osc = ctx.createOscillator();
+                    osc.frequency.value = 440;
+                    const out = ctx.createMediaStreamDestination();
+                    osc.connect(out);
+                    osc.start();
+                    const a = new RTCPeerConnection(), b = new RTCPeerConnection();
+                    a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+                    b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+                    a.addTrack(out.stream.getAudioTracks()[0], out.stream);
+                    const track = new Promise((resolve) => { b.ontrack = (e) => resolve(e.streams[0]); });
+                    await a.setLocalDescription(await a.createOffer());
+                    await b.setRemoteDescription(a.localDescription);
+                    await b.setLocalDescription(await b.createAnswer());
+                    await a.setRemoteDescription(b.localDescription);
+                    const stream = await track;
+                    const element = new Audio();
+                    element.srcObject = stream;
+                    element.muted = true;
+                    await element.play();
+                    window.testMeter = new Meter(ctx, stream, 8192);
+                }"""
+            )
+            page.wait_for_function("() => { const f = window.testMeter.frequency(); return f !== null && Math.abs(f - 440) < 5; }")
+            return {**pure, "frequency": page.evaluate("testMeter.frequency()"), "level": page.evaluate("testMeter.level()")}
+
+        result = await in_browser(drive)
+    assert result["symmetric"] == pytest.approx(10 * 48000 / 128)
+    # A louder right neighbour pulls the estimate right, by less than half a bin.
+    assert 10 * 375 < result["skewed"] < 10.5 * 375
+    assert result["silentPeak"] is None
+    assert result["sineDb"] == pytest.approx(-3.01, abs=0.02)
+    assert result["silenceDb"] == float("-inf")
+    assert result["fractions"] == [0, 0.5, 1, 0]
+    assert abs(result["frequency"] - 440) < 5
+    assert -20 < result["level"] < 0
