@@ -258,9 +258,11 @@ class LiveServer:
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
-    """A ``Config`` for tests: port 0, ``data_dir``, generous rate limits unless overridden."""
+    """A ``Config`` for tests: HTTP and media on free ports, ``data_dir``, generous rate
+    limits unless overridden."""
     base = Config(
         http_port=0,
+        media_port=0,
         data_dir=data_dir,
         create_limit_per_agent=_GENEROUS,
         create_limit_per_ip=_GENEROUS,

@@ -48,7 +48,7 @@ async def talk_and_listen(speaker, listener, freq, *, rate=48000):
 
 
 async def test_two_udp_bots_hear_each_others_tones(tmp_path):
-    async with running_server(tmp_path, media_port=0) as srv:
+    async with running_server(tmp_path) as srv:
         room = await open_room(srv)
         async with connect(srv.url, room, srv.token(agent="alice#1")) as a, connect(srv.url, room, srv.token(agent="bob#2")) as b:
             assert abs(await talk_and_listen(a, b, 440) - 440) < 5
@@ -58,7 +58,7 @@ async def test_two_udp_bots_hear_each_others_tones(tmp_path):
 
 
 async def test_websocket_bot_and_udp_bot_hear_each_other(tmp_path):
-    async with running_server(tmp_path, media_port=0) as srv:
+    async with running_server(tmp_path) as srv:
         room = await open_room(srv)
         async with connect(srv.url, room, srv.token(agent="udp#1")) as u, connect(srv.url, room, srv.token(agent="ws#2"), transport="websocket") as w:
             assert w.transport == "websocket"
@@ -68,7 +68,7 @@ async def test_websocket_bot_and_udp_bot_hear_each_other(tmp_path):
 
 async def test_pcm16_bot_gets_every_20ms_slot_under_loss(tmp_path):
     """A lossy UDP speaker; the pcm16 listener gets one frame per 20 ms slot, concealed where lost."""
-    async with running_server(tmp_path, media_port=0) as srv:
+    async with running_server(tmp_path) as srv:
         room = await open_room(srv)
         async with connect(srv.url, room, srv.token(agent="lossy#1")) as speaker, connect(
             srv.url, room, srv.token(agent="stt#2"), transport="websocket", encoding="pcm16", sample_rate=16000
@@ -112,7 +112,7 @@ async def test_pcm16_bot_gets_every_20ms_slot_under_loss(tmp_path):
 
 
 async def test_events_mute_chat_and_leave(tmp_path):
-    async with running_server(tmp_path, media_port=0) as srv:
+    async with running_server(tmp_path) as srv:
         room = await open_room(srv)
         async with connect(srv.url, room, srv.token(agent="alice#1")) as a:
             async with connect(srv.url, room, srv.token(agent="bob#2")) as b:
@@ -139,7 +139,7 @@ async def test_events_mute_chat_and_leave(tmp_path):
 
 
 async def test_join_refused_with_the_servers_code(tmp_path):
-    async with running_server(tmp_path, media_port=0) as srv:
+    async with running_server(tmp_path) as srv:
         room = await open_room(srv, controller="gopi")
         with pytest.raises(BotCallHttpError) as info:
             async with connect(srv.url, room, srv.token(agent="intruder#9", controller="mallory")):
@@ -157,7 +157,7 @@ def udp_socket():
 async def test_attacks_from_the_network_do_not_touch_a_call(tmp_path):
     """Spoofed RTP, a random spray, bad STUN passwords and a malformed flood,
     while two bots talk: their audio stays intact and nothing is latched."""
-    async with running_server(tmp_path, media_port=0) as srv:
+    async with running_server(tmp_path) as srv:
         room = await open_room(srv)
         relay = srv.state.media.relay
         media_addr = ("127.0.0.1", srv.state.media_port)
