@@ -69,6 +69,7 @@ class MediaService:
         self.certificate = certificate
         self.host = host
         self.port = port
+        self.udp = None
 
     def add_browser(self, session: Session, offer_sdp: str) -> str:
         """Set up (or renegotiate) a human's WebRTC leg from the browser's offer.

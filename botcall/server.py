@@ -219,6 +219,12 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
     state.hub = Hub(state.clock, max_connections=config.max_sessions_total, connect_grace=config.ws_connect_grace_s)
     state.registry.add_listener(state.media.on_registry_event)
     state.registry.add_listener(state.hub.on_registry_event)
+    hub = state.hub
+
+    def speaking(peer, is_speaking: bool) -> None:
+        hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
+
+    relay.on_speaking = speaking
     state.metrics.attach_media(relay, udp)
 
 

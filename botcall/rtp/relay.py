@@ -40,6 +40,11 @@ Transmit = Callable[[bytes, Address], None]
 
 _SSRC_AT_4 = struct.Struct("!I")
 RTP_MIN_SIZE = 12
+# Opus packets this large carry sound; silence and DTX frames are a few bytes
+# (RFC 6716 §2.1.9). Cheaper than decoding, good enough for a "speaking" light.
+VOICE_MIN_SIZE = 12 + 24
+SPEAKING_HOLD = 0.4
+SPEAKING_SWEEP = 0.1
 RTCP_MIN_SIZE = 8
 MAX_DATAGRAM = 1500
 
@@ -98,6 +103,8 @@ class MediaPeer:
     ice: ice_lite.IceLiteState | None = None
     ssrc_bytes: bytes = b""
     bound_addrs: set = field(default_factory=set)
+    last_voice: float = -1e9
+    speaking: bool = False
     rx_packets: int = 0
     rx_bytes: int = 0
     tx_packets: int = 0
@@ -163,6 +170,9 @@ class MediaRelay:
         self._by_addr: dict[Address, MediaPeer] = {}
         self._rooms: dict[str, list[MediaPeer]] = {}
         self._next_sweep = 0.0
+        self._next_speaking_sweep = 0.0
+        # Called with (peer, speaking) when a peer starts or stops sending sound.
+        self.on_speaking: Callable[[MediaPeer, bool], None] | None = None
 
     # --- membership ----------------------------------------------------------------
 
@@ -278,6 +288,8 @@ class MediaRelay:
             return
         peer.rx_packets += 1
         peer.rx_bytes += len(data)
+        if len(data) >= VOICE_MIN_SIZE:
+            peer.last_voice = now
         for other in self._rooms[peer.room_id]:
             if other is not peer:
                 other.sink.deliver_rtp(data, peer, now)
@@ -376,18 +388,30 @@ class MediaRelay:
 
     def next_deadline(self) -> float:
         """When :meth:`handle_timeout` next has work (consent sweeps once a second,
-        DTLS retransmissions and deadlines)."""
-        deadline = self._next_sweep
+        speaking sweeps ten times a second, DTLS retransmissions and deadlines)."""
+        deadline = min(self._next_sweep, self._next_speaking_sweep)
         for leg in self.timed:
             leg_deadline = leg.dtls.next_deadline()
             if leg_deadline is not None and leg_deadline < deadline:
                 deadline = leg_deadline
         return deadline
 
+    def _sweep_speaking(self, now: float) -> None:
+        callback = self.on_speaking
+        for peer in self._by_session.values():
+            speaking = now - peer.last_voice < SPEAKING_HOLD and not peer.muted
+            if speaking != peer.speaking:
+                peer.speaking = speaking
+                if callback is not None:
+                    callback(peer, speaking)
+
     def handle_timeout(self, now: float) -> None:
         """Drive DTLS timers; expire peers whose consent lapsed (RFC 7675)."""
         for leg in list(self.timed):
             leg.handle_timeout(now)
+        if now >= self._next_speaking_sweep:
+            self._next_speaking_sweep = now + SPEAKING_SWEEP
+            self._sweep_speaking(now)
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0

@@ -253,3 +253,17 @@ def test_malformed_flood_leaves_a_concurrent_call_intact(setup):
         sent.append(packet)
         relay.handle_datagram(packet, A_ADDR, seq * 0.02)
     assert wire.to(B_ADDR) == sent
+
+
+def test_speaking_follows_packets_with_sound(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    changes = []
+    relay.on_speaking = lambda peer, speaking: changes.append((peer.participant_id, speaking))
+    relay.handle_datagram(rtp(1111, payload=b"\x01" * 80), A_ADDR, 1.0)  # a voiced frame
+    relay.handle_datagram(rtp(2222, payload=b"\xf8"), B_ADDR, 1.0)  # b sends only silence frames
+    relay.handle_timeout(1.05)
+    assert changes == [("p-a", True)]
+    relay.handle_timeout(1.5)
+    assert changes == [("p-a", True), ("p-a", False)]
