@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("botcall.auth.token_cli", "print a signed attestation from the local dev issuer"),
     "bot": ("botcall.client.cli", "join a room as a bot: play a WAV, record what it hears"),
     "demo": ("botcall.demo", "run the server plus a demo bot and print the invite link"),
+    "media-demo": ("botcall.media_demo", "the media core over a simulated lossy network, offline"),
 }
 
 
