@@ -96,7 +96,9 @@ const call = {
   lobby: { max: null },
   stream: null,
   pc: null,
+  sender: null,
   offer: null,
+  attempt: 0,
   peerRestarts: 0,
   remoteStream: null,
   context: null,
@@ -108,6 +110,8 @@ const call = {
   unread: 0,
   timers: { connect: 0, ping: 0, retry: 0, clock: 0 },
   frame: 0,
+  // performance.now() marks of the last join: click, mic, joined, answer, connected, audio.
+  marks: {},
 };
 
 // --- small helpers ----------------------------------------------------------------
@@ -314,13 +318,18 @@ function onMessage(message) {
       call.lobby = { max: Number.isInteger(message.max_human_participants) ? message.max_human_participants : null };
       setParticipants(message.participants);
       startPing();
-      if (call.wantCall) sendJoin();
-      else setState('lobby');
+      if (call.wantCall) {
+        sendJoin();
+      } else {
+        setState('lobby');
+        setTimeout(prepareAudio, 0);
+      }
       break;
     case 'joined':
     case 'welcome':
       if (!call.joinSent) break;
       call.participantId = text(message.participant_id, null);
+      call.marks.joined = performance.now();
       setParticipants([message.you, ...(Array.isArray(message.participants) ? message.participants : [])]);
       sendOffer();
       if (call.state === 'joining') setState('connecting');
@@ -498,11 +507,17 @@ function appendNote(message) {
 
 // --- joining, media -------------------------------------------------------------------------
 
-function unlockAudio() {
-  // iOS Safari lets audio start only inside a user gesture: create and resume
-  // the AudioContext and start the <audio> element here, in the click handler.
+function prepareAudio() {
+  // Creating an AudioContext can take ~100 ms, so the lobby makes it ahead of
+  // the click; it stays suspended until unlockAudio resumes it.
   const Context = window.AudioContext || window.webkitAudioContext;
   if (!call.context && Context) call.context = new Context({ latencyHint: 'interactive' });
+}
+
+function unlockAudio() {
+  // iOS Safari lets audio start only inside a user gesture: resume the
+  // AudioContext and start the <audio> element here, in the click handler.
+  prepareAudio();
   if (call.context && call.context.state !== 'running') {
     call.context.resume().catch((err) => console.warn('BotCall: AudioContext not resumed', err));
   }
@@ -529,26 +544,51 @@ async function joinCall() {
     showProblem('no_webrtc');
     return;
   }
+  const attempt = ++call.attempt;
+  call.marks = { click: performance.now() };
   call.displayName = $('display-name').value.trim();
-  unlockAudio();
   call.connectedAt = null;
+  call.peerRestarts = 0;
+  call.muted = false;
+  stopMic();
   setState('joining');
+  // The join, the offer and the connection proceed while the browser asks for
+  // the microphone: the track is attached when it arrives, so the time to the
+  // first audio does not include the permission prompt. The join goes first:
+  // creating the AudioContext can hold the main thread for tens of ms.
+  call.wantCall = true;
+  if (call.ws && call.lobbyReceived) sendJoin();
+  else connect();
+  unlockAudio();
+  const microphone = navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
   let stream;
   try {
-    stream = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+    stream = await microphone;
   } catch (err) {
+    if (attempt !== call.attempt) return;
     const problem = micProblem(err);
+    send({ type: 'control', action: 'leave' });
+    leaveAll();
     showProblem(problem, problem === 'failed' ? err && err.message : '');
     return;
   }
-  stopMic();
+  if (attempt !== call.attempt || !call.wantCall) {
+    for (const track of stream.getTracks()) track.stop();
+    return;
+  }
+  call.marks.mic = performance.now();
   call.stream = stream;
   call.localMeter = makeMeter(stream, 2048);
-  setMuted(false, false);
-  call.wantCall = true;
-  call.peerRestarts = 0;
-  if (call.ws && call.lobbyReceived) sendJoin();
-  else connect();
+  setMuted(call.muted, false);
+  attachMicrophone();
+}
+
+function attachMicrophone() {
+  const track = call.stream ? call.stream.getAudioTracks()[0] : null;
+  if (!call.sender || !track) return;
+  // replaceTrack needs no renegotiation: the transceiver was offered as sendrecv.
+  call.sender.replaceTrack(track).catch((err) => console.warn('BotCall: microphone not attached', err));
+  if (call.sender.setStreams) call.sender.setStreams(call.stream);
 }
 
 function sendJoin() {
@@ -563,7 +603,8 @@ function startPeer() {
   stopPeer();
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
   call.pc = pc;
-  for (const track of call.stream.getAudioTracks()) pc.addTrack(track, call.stream);
+  call.sender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
+  attachMicrophone();
   pc.ontrack = (event) => {
     if (pc === call.pc) onRemoteTrack(event);
   };
@@ -596,6 +637,7 @@ async function sendOffer() {
 function onAnswer(sdp) {
   const pc = call.pc;
   if (!pc || typeof sdp !== 'string' || pc.signalingState !== 'have-local-offer') return;
+  call.marks.answer = performance.now();
   pc.setRemoteDescription({ type: 'answer', sdp }).catch((err) => {
     if (pc !== call.pc) return;
     leaveAll();
@@ -626,6 +668,7 @@ function onRemoteTrack(event) {
 function onPeerState(state) {
   if (state === 'connected') {
     if (call.connectedAt === null) call.connectedAt = performance.now();
+    if (call.marks.connected === undefined) call.marks.connected = performance.now();
     call.peerRestarts = 0;
     setState('connected');
   } else if (state === 'disconnected') {
@@ -670,6 +713,7 @@ function stopPeer() {
     call.pc.close();
   }
   call.pc = null;
+  call.sender = null;
   call.offer = null;
   if (call.remoteMeter) call.remoteMeter.disconnect();
   call.remoteMeter = null;
@@ -687,6 +731,7 @@ function stopMic() {
 function leaveAll() {
   call.wantCall = false;
   call.joinSent = false;
+  call.participantId = null;
   stopPeer();
   stopMic();
   closeSocket();
@@ -695,7 +740,6 @@ function leaveAll() {
 function endCall(detail) {
   const duration = callDuration();
   leaveAll();
-  call.participantId = null;
   $('ended-detail').textContent = detail;
   $('ended-duration').textContent = formatDuration(duration);
   setState('ended');
@@ -712,6 +756,7 @@ function drawMeters() {
   call.frame = requestAnimationFrame(drawMeters);
   const local = call.localMeter ? call.localMeter.level() : -Infinity;
   const remote = call.remoteMeter ? call.remoteMeter.level() : -Infinity;
+  if (call.marks.audio === undefined && remote > -70) call.marks.audio = performance.now();
   $('meter-local').style.transform = `scaleX(${meterFraction(local)})`;
   $('meter-remote').style.transform = `scaleX(${meterFraction(remote)})`;
 }
@@ -840,6 +885,9 @@ const hooks = Object.freeze({
   },
   get localStream() {
     return call.stream;
+  },
+  get marks() {
+    return { ...call.marks };
   },
   remoteFrequency: () => (call.remoteMeter ? call.remoteMeter.frequency() : null),
   remoteLevel: () => (call.remoteMeter ? call.remoteMeter.level() : -Infinity),

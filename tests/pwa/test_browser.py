@@ -17,6 +17,8 @@ import trio
 from playwright.sync_api import BrowserContext, Page, expect
 from trio_websocket import open_websocket_url
 
+from botcall.audio import tone
+from botcall.client import connect
 from tests.pwa.harness import PageErrors, hooks, in_browser, wait_state
 from tests.serverutil import running_server
 
@@ -57,6 +59,42 @@ async def human_in_room(srv, invite_path: str, name: str):
                 if event["type"] in ("joined", "welcome"):
                     break
         yield event
+
+
+class RegistryWatch:
+    """Records the registry's events; a test waits for one matching a predicate."""
+
+    def __init__(self, registry) -> None:
+        self.events: list = []
+        self._changed = trio.Event()
+        registry.add_listener(self._on_event)
+
+    def _on_event(self, event) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate, timeout: float = 10.0):
+        with trio.fail_after(timeout):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                await self._changed.wait()
+
+
+def human_event(kind: str, name: str, **fields):
+    def predicate(event) -> bool:
+        session = getattr(event, "session", None)
+        return (
+            type(event).__name__ == kind
+            and session is not None
+            and session.kind == "human"
+            and session.identity.display_name == name
+            and all(getattr(session, k, getattr(event, k, None)) == v for k, v in fields.items())
+        )
+
+    return predicate
 
 
 def open_page(context: BrowserContext, url: str) -> tuple[Page, PageErrors]:
@@ -186,18 +224,23 @@ async def test_a_full_room_says_so_after_join(tmp_path):
 async def test_a_refused_microphone_explains_how_to_allow_it(tmp_path):
     async with running_server(tmp_path, media_port=0) as srv:
         room_id, invite = await open_room(srv)
+        watch = RegistryWatch(srv.state.registry)
 
-        def drive(context: BrowserContext) -> None:
+        def drive(context: BrowserContext) -> dict:
             page, _ = open_page(context, f"{srv.url}{invite}")
             wait_state(page, "lobby")
+            page.get_by_label("Your name").fill("Ada")
             page.get_by_role("button", name=re.compile("Join")).click()
             assert_problem_screen(page, "mic_denied", "Microphone blocked", retry=True)
             expect(page.locator("#problem-steps")).to_contain_text("Set Microphone to Allow")
             assert_no_horizontal_scroll(page)
+            # The join went out with the click (in parallel with the prompt); the page leaves again.
+            trio.from_thread.run(watch.wait_for, human_event("SessionRemoved", "Ada", reason="left"))
+            return hooks(page)
 
-        await in_browser(drive, fake_mic_ui=False)
-        # Nobody joined: the microphone comes before the join.
-        assert len(srv.state.registry.sessions_in_room(room_id)) == 0
+        after = await in_browser(drive, fake_mic_ui=False)
+        assert after["participantId"] is None
+        assert not any(s.kind == "human" for s in srv.state.registry.sessions_in_room(room_id))
 
 
 async def test_service_worker_serves_the_shell_offline_and_recovers(tmp_path):
@@ -319,3 +362,104 @@ async def test_audio_helpers_measure_a_tone_over_webrtc(tmp_path):
     assert result["fractions"] == [0, 0.5, 1, 0]
     assert abs(result["frequency"] - 440) < 5
     assert -20 < result["level"] < 0
+
+
+async def test_join_mute_hang_up_and_rejoin(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, invite = await open_room(srv)
+        watch = RegistryWatch(srv.state.registry)
+
+        def wait_server(predicate):
+            return trio.from_thread.run(watch.wait_for, predicate)
+
+        def drive(context: BrowserContext) -> dict:
+            page, errors = open_page(context, f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            page.get_by_label("Your name").fill("Ada")
+            page.get_by_role("button", name=re.compile("Join")).click()
+            wait_state(page, "connected")
+            expect(page.locator("#conn")).to_have_text("Connected")
+            added = wait_server(human_event("SessionAdded", "Ada"))
+            state = hooks(page)
+            assert state["participantId"] == added.session.participant_id
+            assert page.evaluate("botcall.pc.connectionState") == "connected"
+            me = page.locator(f'#call-people li[data-participant-id="{added.session.participant_id}"]')
+            expect(me).to_contain_text("You")
+            expect(page.locator("#duration")).to_have_text(re.compile(r"^\d\d:\d\d$"))
+            assert_no_horizontal_scroll(page)
+
+            mute = page.get_by_role("button", name="Mute")
+            mute.click()
+            expect(mute).to_have_attribute("aria-pressed", "true")
+            assert page.evaluate("botcall.localStream.getAudioTracks().every(t => !t.enabled)")
+            wait_server(human_event("SessionUpdated", "Ada", muted=True))
+            expect(me).to_have_attribute("data-muted", "true")
+            mute.click()
+            expect(mute).to_have_attribute("aria-pressed", "false")
+            assert page.evaluate("botcall.localStream.getAudioTracks().every(t => t.enabled)")
+            wait_server(human_event("SessionUpdated", "Ada", muted=False))
+
+            page.get_by_role("button", name="Hang up").click()
+            wait_state(page, "ended")
+            expect(page.locator("#ended-title")).to_have_text("Call ended")
+            expect(page.locator("#ended-duration")).to_have_text(re.compile(r"^\d\d:\d\d$"))
+            assert page.evaluate("botcall.pc === null && botcall.localStream === null")
+            wait_server(human_event("SessionRemoved", "Ada", reason="left"))
+
+            page.get_by_role("button", name="Rejoin").click()
+            wait_state(page, "connected")
+            rejoined = hooks(page)["participantId"]
+            assert rejoined not in (None, added.session.participant_id)
+            marks = page.evaluate("botcall.marks")
+            return {"errors": errors.messages, "marks": marks}
+
+        result = await in_browser(drive)
+    marks = result["marks"]
+    assert marks["click"] < marks["joined"] < marks["answer"] < marks["connected"]
+    print(
+        "join click -> joined {:.0f} ms, -> answer {:.0f} ms, -> connected {:.0f} ms".format(
+            marks["joined"] - marks["click"], marks["answer"] - marks["click"], marks["connected"] - marks["click"]
+        )
+    )
+    assert result["errors"] == []
+
+
+async def test_time_from_join_click_to_a_bots_voice(tmp_path):
+    """A bot speaks 440 Hz the whole time; the page's hooks hear it after Join.
+
+    Prints the time from the click to the first audible remote audio (the
+    target is under 300 ms); asserts only the order of events and the tone.
+    """
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, invite = await open_room(srv)
+        async with connect(srv.url, room_id, srv.token(agent="orion#8f3a")) as bot, trio.open_nursery() as nursery:
+
+            async def speak() -> None:
+                while True:
+                    await bot.say_pcm(tone(440, 10.0))
+
+            nursery.start_soon(speak)
+
+            def drive(context: BrowserContext) -> dict:
+                page, errors = open_page(context, f"{srv.url}{invite}")
+                wait_state(page, "lobby")
+                expect(page.locator('#lobby-people li[data-kind="bot"]')).to_contain_text("orion#8f3a")
+                page.get_by_role("button", name=re.compile("Join")).click()
+                page.wait_for_function("() => botcall.marks.audio !== undefined")
+                # Let the 8192-point analyser window (170 ms) fill with the tone before reading it.
+                page.wait_for_function("() => performance.now() - botcall.marks.audio > 500")
+                return {
+                    "marks": page.evaluate("botcall.marks"),
+                    "frequency": page.evaluate("botcall.remoteFrequency()"),
+                    "level": page.evaluate("botcall.remoteLevel()"),
+                    "errors": errors.messages,
+                }
+
+            result = await in_browser(drive)
+            nursery.cancel_scope.cancel()
+    marks = result["marks"]
+    assert marks["click"] < marks["joined"] < marks["answer"] < marks["connected"] <= marks["audio"]
+    print({name: round(at - marks["click"]) for name, at in marks.items()})
+    assert abs(result["frequency"] - 440) < 5
+    assert result["level"] > -40
+    assert result["errors"] == []
