@@ -1,0 +1,358 @@
+"""coturn as a benchmark peer: TURN ChannelData through one allocation per flow.
+
+``turnserver`` (Debian ``coturn``) runs on 127.0.0.1 with a fixed
+configuration written to a temporary directory: long-term credentials for one
+static user, UDP only, loopback peers allowed, one relay thread (BotCall's
+relay is one thread too), no TLS/DTLS listeners, no CLI, no database outside
+the temporary directory.
+
+For each flow the harness opens a client socket and, with aioice's STUN codec:
+
+1. ``Allocate`` (RFC 8656 §7.1): the first request is refused with 401 and a
+   REALM/NONCE; the retry carries USERNAME, REALM, NONCE and MESSAGE-INTEGRITY
+   keyed with MD5(user:realm:password) (RFC 8489 §9.2.2);
+2. ``CreatePermission`` for the peer address (RFC 8656 §9);
+3. ``ChannelBind`` of channel 0x4000 to the peer (RFC 8656 §11).
+
+The load generator then sends ChannelData (RFC 8656 §12.4: 2-byte channel
+number, 2-byte length, the RTP packet) from the client socket to coturn, which
+relays the bare RTP packet from the allocation's relayed address to one plain
+peer socket shared by every flow.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import struct
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from aioice import stun
+from aioice.turn import make_integrity_key
+
+from bench.peers.process import HarnessError, RelayProcess, free_port, udp_port_answers
+
+HOST = "127.0.0.1"
+USERNAME = "bench"
+PASSWORD = "bench-secret"
+REALM = "botcall.bench"
+# RFC 8656 §12: channel numbers 0x4000 through 0x4FFF; each allocation has its
+# own channel space, so every flow may use the first one.
+FIRST_CHANNEL = 0x4000
+LAST_CHANNEL = 0x4FFF
+# RFC 8656 §14.7: REQUESTED-TRANSPORT carries the IP protocol number (17, UDP)
+# in its first byte.
+REQUESTED_TRANSPORT_UDP = 17 << 24
+CHANNEL_DATA_HEADER = struct.Struct("!HH")
+ALLOCATION_LIFETIME = 3600
+REQUEST_TIMEOUT = 0.5
+REQUEST_ATTEMPTS = 6
+SOCKET_BUFFER = 4 * 1024 * 1024
+RELAY_PORTS = 2 * 4096
+
+
+class TurnError(IntEnum):
+    """STUN/TURN error codes this client reacts to (RFC 8489 §14.8, RFC 8656 §18)."""
+
+    UNAUTHORIZED = 401  # RFC 8489 §14.8: credentials missing or wrong
+    STALE_NONCE = 438  # RFC 8489 §14.8: retry with the new NONCE
+    ALLOCATION_QUOTA_REACHED = 486  # RFC 8656 §18
+
+
+def channel_data_header(channel: int, length: int) -> bytes:
+    """The 4-byte ChannelData header (RFC 8656 §12.4).
+
+    Args:
+        channel: a bound channel number, 0x4000-0x4FFF.
+        length: the application data's length in bytes (no padding over UDP).
+
+    Returns:
+        The header to put before the data.
+
+    Raises:
+        ValueError: channel or length out of range.
+    """
+    if not FIRST_CHANNEL <= channel <= LAST_CHANNEL:
+        raise ValueError(f"channel {channel:#x} is outside 0x4000-0x4FFF")
+    if not 0 <= length <= 0xFFFF:
+        raise ValueError(f"length {length} does not fit 16 bits")
+    return CHANNEL_DATA_HEADER.pack(channel, length)
+
+
+def coturn_config(*, listening_port: int, min_port: int, max_port: int, workdir: Path) -> str:
+    """The fixed ``turnserver.conf`` of the benchmark.
+
+    Args:
+        listening_port: the TURN UDP port on 127.0.0.1.
+        min_port, max_port: the relayed-address port range.
+        workdir: holds the user database, pid file and log.
+
+    Returns:
+        The configuration file's text.
+    """
+    lines = [
+        f"listening-ip={HOST}",
+        f"relay-ip={HOST}",
+        f"listening-port={listening_port}",
+        f"min-port={min_port}",
+        f"max-port={max_port}",
+        # One relay thread: the relays under test each get one core and BotCall
+        # runs one thread; several coturn threads would only contend for it.
+        "relay-threads=1",
+        "lt-cred-mech",
+        f"user={USERNAME}:{PASSWORD}",
+        f"realm={REALM}",
+        # coturn refuses loopback peers unless told (its default guards SSRF).
+        "allow-loopback-peers",
+        "no-multicast-peers",
+        "no-tcp",
+        "no-tls",
+        "no-dtls",
+        "no-tcp-relay",
+        "no-cli",
+        "no-rfc5780",
+        "no-stun-backward-compatibility",
+        "no-software-attribute",
+        "user-quota=0",
+        "total-quota=0",
+        f"userdb={workdir / 'turndb'}",
+        f"pidfile={workdir / 'turnserver.pid'}",
+        "log-file=stdout",
+        "simple-log",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """One TURN allocation bound to a peer.
+
+    Attributes:
+        client: the client socket (non-blocking once set up).
+        relayed: the allocation's relayed transport address on coturn.
+        channel: the channel bound to the peer.
+    """
+
+    client: socket.socket
+    relayed: tuple[str, int]
+    channel: int
+
+
+class TurnClient:
+    """Blocking set-up of one allocation over one UDP socket (never on the load path).
+
+    Args:
+        sock: a bound UDP socket.
+        server: coturn's listening address.
+        username, password: long-term credentials.
+    """
+
+    def __init__(self, sock: socket.socket, server: tuple[str, int], *, username: str = USERNAME, password: str = PASSWORD) -> None:
+        self.sock = sock
+        self.server = server
+        self.username = username
+        self.password = password
+        self.realm: str | None = None
+        self.nonce: bytes | None = None
+        self.key: bytes | None = None
+
+    def allocate(self, lifetime: int = ALLOCATION_LIFETIME) -> tuple[str, int]:
+        """Create the allocation (RFC 8656 §7.1).
+
+        Returns:
+            The relayed transport address.
+
+        Raises:
+            HarnessError: refused, or no answer.
+        """
+        response = self.request(
+            stun.Method.ALLOCATE,
+            {"LIFETIME": lifetime, "REQUESTED-TRANSPORT": REQUESTED_TRANSPORT_UDP},
+        )
+        relayed = response.attributes.get("XOR-RELAYED-ADDRESS")
+        if relayed is None:
+            raise HarnessError("Allocate success without XOR-RELAYED-ADDRESS")
+        return relayed
+
+    def create_permission(self, peer: tuple[str, int]) -> None:
+        """Let ``peer``'s IP send to and receive from the allocation (RFC 8656 §9)."""
+        self.request(stun.Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": peer})
+
+    def channel_bind(self, channel: int, peer: tuple[str, int]) -> None:
+        """Bind ``channel`` to ``peer`` (RFC 8656 §11)."""
+        self.request(stun.Method.CHANNEL_BIND, {"CHANNEL-NUMBER": channel, "XOR-PEER-ADDRESS": peer})
+
+    def request(self, method: stun.Method, attributes: dict) -> stun.Message:
+        """Send an authenticated request, following 401/438 challenges once each.
+
+        Raises:
+            HarnessError: an error response, or no answer after the retransmissions.
+        """
+        for _ in range(3):
+            message = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
+            message.attributes.update(attributes)
+            if self.key is not None:
+                message.attributes["USERNAME"] = self.username
+                message.attributes["REALM"] = self.realm
+                message.attributes["NONCE"] = self.nonce
+                message.add_message_integrity(self.key)
+            response = self._transact(message)
+            if response.message_class == stun.Class.RESPONSE:
+                return response
+            code, reason = response.attributes.get("ERROR-CODE", (0, ""))
+            if code in (TurnError.UNAUTHORIZED, TurnError.STALE_NONCE) and "NONCE" in response.attributes:
+                if code == TurnError.UNAUTHORIZED and self.key is not None and self.realm == response.attributes.get("REALM"):
+                    raise HarnessError(f"{method.name}: credentials refused ({code} {reason})")
+                self.realm = response.attributes.get("REALM", self.realm)
+                self.nonce = response.attributes["NONCE"]
+                self.key = make_integrity_key(self.username, self.realm, self.password)
+                continue
+            raise HarnessError(f"{method.name} refused: {code} {reason}")
+        raise HarnessError(f"{method.name}: too many challenges")
+
+    def _transact(self, message: stun.Message) -> stun.Message:
+        data = bytes(message)
+        for _ in range(REQUEST_ATTEMPTS):
+            self.sock.sendto(data, self.server)
+            self.sock.settimeout(REQUEST_TIMEOUT)
+            try:
+                while True:
+                    reply, _ = self.sock.recvfrom(4096)
+                    try:
+                        response = stun.parse_message(reply)
+                    except (ValueError, struct.error):
+                        continue
+                    if response.transaction_id == message.transaction_id:
+                        return response
+            except TimeoutError:
+                continue
+        raise HarnessError(f"{stun.Method(message.message_method).name}: no answer from coturn at {self.server}")
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    sock.bind((HOST, 0))
+    return sock
+
+
+class CoturnRelay:
+    """``turnserver`` on 127.0.0.1, plus the flows through it.
+
+    Use as a context manager; every socket and the process go away on exit::
+
+        with CoturnRelay(core=0) as relay:
+            flows = relay.create_flows(100, packet_size=172)
+
+    Args:
+        core: CPU to pin coturn to (None: unpinned).
+        workdir: for the config, database and log (default: a new temp dir).
+    """
+
+    name = "coturn"
+
+    def __init__(self, *, core: int | None = 0, workdir: Path | None = None) -> None:
+        self._stack = ExitStack()
+        self._workdir_arg = workdir
+        self.core = core
+        self.workdir: Path | None = None
+        self.port = 0
+        self.process: RelayProcess | None = None
+        self.peer_sock: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def __enter__(self) -> "CoturnRelay":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self) -> None:
+        """Write the configuration and start coturn; returns once it answers STUN.
+
+        Raises:
+            HarnessError: turnserver is missing, exits, or never answers.
+        """
+        if self._workdir_arg is None:
+            self.workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-coturn-")))
+        else:
+            self.workdir = self._workdir_arg
+        self.port = free_port()
+        base = 20000 + secrets.randbelow(20000)
+        config = self.workdir / "turnserver.conf"
+        config.write_text(coturn_config(listening_port=self.port, min_port=base, max_port=base + RELAY_PORTS, workdir=self.workdir))
+        self.process = self._stack.enter_context(
+            RelayProcess("coturn", ["turnserver", "-c", str(config)], core=self.core, log_dir=self.workdir)
+        )
+        probe = bytes(stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST))
+        self.process.wait_ready(lambda: udp_port_answers(self.port, probe))
+        self.peer_sock = self._own(_udp_socket())
+        self.peer_sock.setblocking(False)
+
+    def _own(self, sock: socket.socket) -> socket.socket:
+        self._sockets.append(sock)
+        return sock
+
+    def allocate(self) -> Allocation:
+        """One allocation with a permission and a channel bound to the shared peer socket.
+
+        Raises:
+            HarnessError: coturn refused or did not answer.
+        """
+        peer = self.peer_sock.getsockname()
+        client_sock = self._own(_udp_socket())
+        client = TurnClient(client_sock, (HOST, self.port))
+        relayed = client.allocate()
+        client.create_permission(peer)
+        client.channel_bind(FIRST_CHANNEL, peer)
+        client_sock.setblocking(False)
+        return Allocation(client=client_sock, relayed=relayed, channel=FIRST_CHANNEL)
+
+    def create_flows(self, count: int, *, packet_size: int, first_ssrc: int = 0x0C070000) -> list:
+        """``count`` flows, one allocation each, all arriving at the peer socket.
+
+        Args:
+            count: number of flows.
+            packet_size: the RTP packet size the load generator sends (in the
+                ChannelData length field).
+            first_ssrc: SSRC of the first flow; the others follow.
+
+        Returns:
+            ``bench.loadgen.Flow`` objects.
+        """
+        from bench.loadgen import Flow
+
+        flows = []
+        for index in range(count):
+            allocation = self.allocate()
+            flows.append(
+                Flow(
+                    send_sock=allocation.client,
+                    dest=(HOST, self.port),
+                    recv_sock=self.peer_sock,
+                    prefix=channel_data_header(allocation.channel, packet_size),
+                    ssrc=(first_ssrc + index) & 0xFFFFFFFF,
+                )
+            )
+        return flows
+
+    def close(self) -> None:
+        """Close every socket and stop coturn (idempotent)."""
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+        self._stack.close()
