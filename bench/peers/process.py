@@ -11,7 +11,9 @@ Bench code, not on BotCall's path: it may block and it reads the wall clock.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -103,6 +105,8 @@ class RelayProcess:
         log_dir: where ``<name>.log`` (stdout and stderr) is written.
         env: extra environment variables.
         cwd: working directory.
+        pipes: give the process a stdin and stdout pipe (commands and replies);
+            stderr still goes to the log.
     """
 
     def __init__(
@@ -114,8 +118,10 @@ class RelayProcess:
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        pipes: bool = False,
     ) -> None:
         self.name = name
+        self.pipes = pipes
         self.argv = list(argv)
         self.core = core
         self.log_path = Path(log_dir) / f"{name}.log"
@@ -151,9 +157,9 @@ class RelayProcess:
             try:
                 self.popen = subprocess.Popen(
                     argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.PIPE if self.pipes else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if self.pipes else log,
+                    stderr=log if self.pipes else subprocess.STDOUT,
                     env=env,
                     cwd=self.cwd,
                     start_new_session=True,
@@ -204,7 +210,12 @@ class RelayProcess:
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after a grace period; idempotent."""
         popen = self.popen
-        if popen is None or popen.poll() is not None:
+        if popen is None:
+            return
+        for stream in (popen.stdin, popen.stdout):
+            if stream is not None:
+                stream.close()
+        if popen.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
             try:
@@ -216,6 +227,35 @@ class RelayProcess:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    def command(self, message: dict, *, timeout: float) -> dict:
+        """Send one JSON line on stdin and read one JSON line back (``pipes=True``).
+
+        Raises:
+            HarnessError: no reply within ``timeout``, the process exited, or
+                the reply is not a JSON object.
+        """
+        popen = self.popen
+        if popen is None or popen.stdin is None:
+            raise HarnessError(f"{self.name} has no command pipe")
+        try:
+            popen.stdin.write((json.dumps(message) + "\n").encode())
+            popen.stdin.flush()
+        except BrokenPipeError as exc:
+            raise HarnessError(f"{self.name} exited ({self.returncode()}){self.log_tail()}") from exc
+        ready, _, _ = select.select([popen.stdout], [], [], timeout)
+        if not ready:
+            raise HarnessError(f"{self.name}: no reply to {message.get('cmd')} within {timeout} s{self.log_tail()}")
+        line = popen.stdout.readline()
+        try:
+            reply = json.loads(line)
+        except ValueError as exc:
+            raise HarnessError(f"{self.name}: bad reply {line[:200]!r}{self.log_tail()}") from exc
+        if not isinstance(reply, dict):
+            raise HarnessError(f"{self.name}: reply is not an object: {line[:200]!r}")
+        if "error" in reply:
+            raise HarnessError(f"{self.name}: {reply['error']}{self.log_tail()}")
+        return reply
 
 
 def ensure_debian_packages(binaries: Mapping[str, str], *, install: bool = True) -> dict[str, str]:
