@@ -330,6 +330,8 @@ function onMessage(message) {
       if (!call.joinSent) break;
       call.participantId = text(message.participant_id, null);
       call.marks.joined = performance.now();
+      // Only sessions with text_chat may send chat; everyone can read it.
+      $('chat-form').hidden = !(message.you && message.you.capabilities && message.you.capabilities.text_chat === true);
       setParticipants([message.you, ...(Array.isArray(message.participants) ? message.participants : [])]);
       sendOffer();
       if (call.state === 'joining') setState('connecting');
@@ -398,16 +400,19 @@ function nameOf(p) {
   return text(p.display_name) || text(p.agent_id) || 'Guest';
 }
 
-function upsert(p) {
+function upsert(p, previous = call.participants) {
   if (!p || typeof p !== 'object' || typeof p.participant_id !== 'string') return false;
-  const old = call.participants.get(p.participant_id);
-  call.participants.set(p.participant_id, { ...p, speaking: old ? old.speaking : false });
+  // Speaking is only sent on changes: keep what we know unless P says otherwise.
+  const old = previous.get(p.participant_id);
+  const speaking = typeof p.speaking === 'boolean' ? p.speaking : old !== undefined && old.speaking === true;
+  call.participants.set(p.participant_id, { ...p, speaking });
   return true;
 }
 
 function setParticipants(list) {
+  const previous = new Map(call.participants);
   call.participants.clear();
-  for (const p of Array.isArray(list) ? list : []) upsert(p);
+  for (const p of Array.isArray(list) ? list : []) upsert(p, previous);
   renderPeople();
 }
 

@@ -1,12 +1,7 @@
-"""What the PWA tests share: the real server with the page's routes, and headless Chromium.
+"""What the PWA tests share: headless Chromium driven next to the real server.
 
-The server is the real one (``tests.serverutil.running_server``). Until
-``create_app`` registers the PWA routes and the human signaling WebSocket
-itself, :func:`create_app_with_pwa` adds whichever of the two is missing, with
-the production functions (``register_pwa_routes``, ``register_human_signaling``
-and a ``Hub`` listening to the registry); once ``create_app`` has them it adds
-nothing.
-
+The server is the real one (``tests.serverutil.running_server``), whose
+``create_app`` registers the PWA routes and the human signaling WebSocket.
 Playwright's async API needs asyncio, so the browser is driven with the sync
 API in a worker thread (``trio.to_thread``) while the server keeps running in
 the Trio loop; a browser action that must change the server (a bot joining,
@@ -15,7 +10,6 @@ the server stopping) calls back with ``trio.from_thread``.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -23,9 +17,6 @@ from typing import Any, TypeVar
 
 import trio
 from playwright.sync_api import BrowserContext, Page, sync_playwright
-
-from botcall.signaling.static import register_pwa_routes
-from botcall.signaling.ws import Hub, register_human_signaling
 
 T = TypeVar("T")
 
@@ -45,32 +36,6 @@ CHROMIUM_ARGS = (
 PHONE = {"width": 360, "height": 640}
 # A safety net against a hung page, not a speed requirement.
 BROWSER_TIMEOUT_MS = 20_000
-SIGNAL_RULE = "/v1/signal/<room_id>"
-
-
-def create_app_with_pwa(create_app: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Wrap ``create_app`` so the app also has the PWA routes and ``/v1/signal``.
-
-    Args:
-        create_app: the real ``botcall.signaling.http_api.create_app``.
-
-    Returns:
-        A drop-in replacement for it.
-    """
-
-    def create(state: Any) -> Any:
-        app = create_app(state)
-        rules = {rule.rule for rule in app.url_map.iter_rules()}
-        if "/sw.js" not in rules:
-            register_pwa_routes(app, state)
-        if SIGNAL_RULE not in rules:
-            hub = Hub(state.clock)
-            state.registry.add_listener(hub.on_registry_event)
-            state.hub = hub
-            register_human_signaling(app, state)
-        return app
-
-    return create
 
 
 class PageErrors:
@@ -137,11 +102,3 @@ def hooks(page: Page) -> dict[str, Any]:
         "({state: botcall.state, problem: botcall.problem, participantId: botcall.participantId,"
         " participants: botcall.participants, muted: botcall.muted})"
     )
-
-
-def visible_text(page: Page, selector: str) -> str:
-    return page.locator(selector).inner_text()
-
-
-def js_string(value: str) -> str:
-    return json.dumps(value)

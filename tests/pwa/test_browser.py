@@ -118,6 +118,14 @@ def assert_problem_screen(page: Page, problem: str, title: str, *, retry: bool) 
     assert state == ("offline" if problem in ("offline", "unreachable") else "error")
 
 
+def seconds(clock_text: str) -> int:
+    """``"01:05"`` or ``"1:01:05"`` as seconds."""
+    total = 0
+    for part in clock_text.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
 def assert_no_horizontal_scroll(page: Page) -> None:
     widths = page.evaluate("({doc: document.documentElement.scrollWidth, body: document.body.scrollWidth, view: innerWidth})")
     assert widths["doc"] <= widths["view"] and widths["body"] <= widths["view"], widths
@@ -425,7 +433,8 @@ async def test_join_mute_hang_up_and_rejoin(tmp_path):
 
 
 async def test_time_from_join_click_to_a_bots_voice(tmp_path):
-    """A bot speaks 440 Hz the whole time; the page's hooks hear it after Join.
+    """A bot speaks 440 Hz the whole time; the page's hooks hear it after Join,
+    its speaking light comes on, and its chat shows up as text.
 
     Prints the time from the click to the first audible remote audio (the
     target is under 300 ms); asserts only the order of events and the tone.
@@ -441,13 +450,44 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
             nursery.start_soon(speak)
 
             def drive(context: BrowserContext) -> dict:
-                page, errors = open_page(context, f"{srv.url}{invite}")
+                page = context.pages[0] if context.pages else context.new_page()
+                sockets = []
+                page.on("websocket", lambda ws: sockets.append(ws))
+                errors = PageErrors(page)
+                page.goto(f"{srv.url}{invite}")
                 wait_state(page, "lobby")
                 expect(page.locator('#lobby-people li[data-kind="bot"]')).to_contain_text("orion#8f3a")
                 page.get_by_role("button", name=re.compile("Join")).click()
                 page.wait_for_function("() => botcall.marks.audio !== undefined")
                 # Let the 8192-point analyser window (170 ms) fill with the tone before reading it.
                 page.wait_for_function("() => performance.now() - botcall.marks.audio > 500")
+                # Speaking and muted lights follow the server's events about the bot.
+                bot_item = page.locator('#call-people li[data-kind="bot"]')
+
+                def bot_silent(payload: str) -> bool:
+                    event = json.loads(payload)
+                    return event["type"] == "speaking" and event["participant_id"] == bot.participant_id and not event["speaking"]
+
+                # The relay holds "speaking" for 0.4 s: unmute only once it has said the bot stopped.
+                with sockets[0].expect_event("framereceived", predicate=bot_silent):
+                    trio.from_thread.run(bot.mute)
+                expect(bot_item).to_have_attribute("data-muted", "true")
+                expect(bot_item.locator(".status")).to_have_text("Muted")
+                expect(bot_item).to_have_attribute("data-speaking", "false")
+                trio.from_thread.run(bot.unmute)
+                expect(bot_item).to_have_attribute("data-speaking", "true")
+                expect(bot_item.locator(".status")).to_have_text("Speaking")
+
+                trio.from_thread.run(bot.chat, "hi <b>there</b>")
+                expect(page.locator("#chat-unread")).to_have_text("1")
+                page.locator("#chat summary").click()
+                expect(page.locator("#chat-log")).to_contain_text("hi <b>there</b>")
+                assert page.locator("#chat-log b").count() == 0
+                expect(page.locator("#chat-unread")).to_be_hidden()
+                me = srv.state.registry.session_by_id(
+                    next(s.session_id for s in srv.state.registry.sessions_in_room(room_id) if s.kind == "human")
+                )
+                expect(page.locator("#chat-form")).to_be_visible(visible=me.capabilities.text_chat)
                 return {
                     "marks": page.evaluate("botcall.marks"),
                     "frequency": page.evaluate("botcall.remoteFrequency()"),
@@ -463,3 +503,130 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
     assert abs(result["frequency"] - 440) < 5
     assert result["level"] > -40
     assert result["errors"] == []
+
+
+async def test_keepalive_ping_and_call_duration_follow_the_page_clock(tmp_path):
+    """Playwright's fake page clock drives the page's timers: no real waiting."""
+    async with running_server(tmp_path, media_port=0) as srv:
+        _, invite = await open_room(srv)
+
+        def drive(context: BrowserContext) -> dict:
+            page = context.pages[0] if context.pages else context.new_page()
+            errors = PageErrors(page)
+            sent: list[str] = []
+            sockets = []
+
+            def on_websocket(ws) -> None:
+                sockets.append(ws)
+                ws.on("framesent", lambda payload: sent.append(payload))
+
+            page.on("websocket", on_websocket)
+            page.clock.install()
+            page.goto(f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            pings = lambda: sum(1 for frame in sent if json.loads(frame)["type"] == "ping")  # noqa: E731
+            assert json.loads(sent[0]) == {"type": "hello", "invite": invite.split("#invite=")[1]}
+
+            page.clock.run_for(14_000)
+            assert pings() == 0
+            with sockets[0].expect_event("framereceived", predicate=lambda payload: json.loads(payload)["type"] == "pong"):
+                page.clock.run_for(2_000)
+            assert pings() == 1
+
+            page.get_by_role("button", name=re.compile("Join")).click()
+            wait_state(page, "connected")
+            # From here the page's time moves only when the test moves it.
+            page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 0.5)
+            start = seconds(page.locator("#duration").inner_text())
+            page.clock.run_for(65_000)
+            after_minute = page.locator("#duration").inner_text()
+            page.clock.fast_forward(3600_000)  # due timers fire once: no hour of animation frames
+            after_hour = page.locator("#duration").inner_text()
+            page.get_by_role("button", name="Hang up").click()
+            ended = page.locator("#ended-duration").inner_text()
+            assert re.fullmatch(r"\d\d:\d\d", after_minute) and re.fullmatch(r"1:\d\d:\d\d", after_hour)
+            assert start <= 1 and 64 <= seconds(after_minute) - start <= 66
+            assert 3600 <= seconds(after_hour) - seconds(after_minute) <= 3601
+            assert ended == after_hour
+            return {"pings": pings(), "errors": errors.messages, "sent": [json.loads(f)["type"] for f in sent]}
+
+        result = await in_browser(drive)
+    assert result["pings"] >= 1 + 65 // 15
+    assert result["sent"][:2] == ["hello", "ping"] and result["sent"][-1] == "control"
+    assert result["errors"] == []
+
+
+CONTRAST_JS = """
+(cases) => {
+  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const parse = (colour) => colour.match(/[\\d.]+/g).map(Number);
+  const background = (node) => {
+    for (; node; node = node.parentElement) {
+      const c = parse(getComputedStyle(node).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  // Sample participants, to style the tags and status lights like the real ones.
+  const list = document.getElementById('lobby-people');
+  for (const [speaking, muted] of [['true', 'false'], ['false', 'true']]) {
+    const li = document.createElement('li');
+    li.className = 'person';
+    li.dataset.speaking = speaking;
+    li.dataset.muted = muted;
+    li.innerHTML = '<div class="person-head"><span class="name">x</span><span class="tag verified">Verified bot</span><span class="status">s</span></div>';
+    list.append(li);
+  }
+  return cases.map(([selector, attribute, value]) => {
+    const node = document.querySelectorAll(selector)[selector.endsWith('.status') && attribute === 'muted' ? 1 : 0];
+    if (attribute && attribute !== 'muted') node.setAttribute(attribute, value);
+    const [a, b] = [luminance(parse(getComputedStyle(node).color).slice(0, 3)), luminance(background(node))].sort((x, y) => y - x);
+    return [selector + (attribute ? `[${attribute}=${value}]` : ''), (a + 0.05) / (b + 0.05)];
+  });
+}
+"""
+CONTRAST_CASES = [
+    ["body", None, None],
+    [".brand", None, None],
+    ["#home-form label", None, None],
+    ["#home-link", None, None],
+    ["#home-error", None, None],
+    ["#lobby-summary", None, None],
+    ["#join", None, None],
+    ["#hangup", None, None],
+    ["#mute", None, None],
+    ["#mute", "aria-pressed", "true"],
+    ["#conn", "data-state", "connecting"],
+    ["#conn", "data-state", "connected"],
+    ["#conn", "data-state", "reconnecting"],
+    ["#net", None, None],
+    ["#chat summary", None, None],
+    [".tag.verified", None, None],
+    ["#lobby-people .status", None, None],
+    ["#lobby-people .status", "muted", "true"],
+]
+
+
+async def test_text_contrast_in_light_and_dark(tmp_path):
+    """WCAG 2.x contrast of every kind of text, computed from the real styles (AA: 4.5)."""
+    async with running_server(tmp_path, media_port=0) as srv:
+
+        def drive(context: BrowserContext) -> dict:
+            page, _ = open_page(context, f"{srv.url}/")
+            results = {}
+            for scheme in ("light", "dark"):
+                page.emulate_media(color_scheme=scheme)
+                page.reload()
+                wait_state(page, "home")
+                results[scheme] = dict(page.evaluate(CONTRAST_JS, CONTRAST_CASES))
+            return results
+
+        results = await in_browser(drive)
+    print({scheme: {name: round(r, 1) for name, r in ratios.items()} for scheme, ratios in results.items()})
+    for scheme, ratios in results.items():
+        assert len(ratios) == len(CONTRAST_CASES)
+        low = {name: round(ratio, 2) for name, ratio in ratios.items() if ratio < 4.5}
+        assert low == {}, (scheme, low)
+    # The dark scheme really applied: the page background is dark, the text light.
+    assert results["dark"]["body"] > 10 and results["light"]["body"] > 10

@@ -8,7 +8,6 @@ import json
 import re
 import struct
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 import trio
