@@ -389,6 +389,14 @@ function fatal(code) {
     endCall('The call was closed.');
     return;
   }
+  if (code === 'room_full' && call.wantCall && call.state === 'reconnecting') {
+    // Rejoining after a dropped socket: our old place is held until the server
+    // notices the drop, so keep retrying for a while instead of giving up.
+    call.pendingError = null;
+    closeSocket();
+    scheduleRetry();
+    return;
+  }
   leaveAll();
   showProblem(code);
 }
@@ -850,6 +858,9 @@ function wire() {
       call.retries = 0;
       call.problem = null;
       connect();
+    } else if (call.wantCall && call.pc) {
+      // The blip may not have touched the media path: show what it says now.
+      onPeerState(call.pc.connectionState);
     }
   });
   window.addEventListener('pagehide', () => {

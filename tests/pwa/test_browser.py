@@ -630,3 +630,63 @@ async def test_text_contrast_in_light_and_dark(tmp_path):
         assert low == {}, (scheme, low)
     # The dark scheme really applied: the page background is dark, the text light.
     assert results["dark"]["body"] > 10 and results["light"]["body"] > 10
+
+
+async def test_network_blip_and_signaling_drop_during_a_call(tmp_path):
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, invite = await open_room(srv)  # room for one person
+
+        def session_of(participant_id: str):
+            return next(s for s in srv.state.registry.sessions_in_room(room_id) if s.participant_id == participant_id)
+
+        def drop_signaling(participant_id: str) -> None:
+            # 1012 "service restart" (RFC 6455 §7.4.1 registry): the socket goes, the session stays.
+            srv.state.hub.connection(session_of(participant_id).session_id).request_close(1012, "restarting")
+
+        def expire(participant_id: str) -> None:
+            # What housekeeping does once the server has noticed the lost socket.
+            srv.state.registry.leave(session_of(participant_id).session_id, "expired", now=srv.clock())
+
+        def drive(context: BrowserContext) -> dict:
+            page = context.pages[0] if context.pages else context.new_page()
+            errors = PageErrors(page)
+            sockets = []
+            page.on("websocket", lambda ws: sockets.append(ws))
+            page.clock.install()
+            page.goto(f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            page.get_by_role("button", name=re.compile("Join")).click()
+            wait_state(page, "connected")
+            first = hooks(page)["participantId"]
+
+            context.set_offline(True)
+            wait_state(page, "reconnecting")
+            expect(page.locator("#net")).to_be_visible()
+            expect(page.locator("#conn")).to_have_text("Reconnecting…")
+            context.set_offline(False)
+            wait_state(page, "connected")  # the media path never broke
+            expect(page.locator("#net")).to_be_hidden()
+            assert hooks(page)["participantId"] == first
+
+            trio.from_thread.run_sync(drop_signaling, first)
+            wait_state(page, "reconnecting")
+            page.clock.run_for(1_000)  # the first retry: our old place still fills the room
+            if len(sockets) < 2:
+                page.wait_for_event("websocket")
+            if not sockets[1].is_closed():
+                sockets[1].wait_for_event("close")  # after its join was refused with room_full
+            assert hooks(page)["state"] == "reconnecting"
+            trio.from_thread.run_sync(expire, first)
+            page.clock.run_for(2_000)  # the second retry
+            wait_state(page, "connected")
+            second = hooks(page)["participantId"]
+            assert second not in (None, first)
+            expect(page.locator(f'#call-people li[data-participant-id="{second}"]')).to_contain_text("You")
+            humans = trio.from_thread.run_sync(
+                lambda: [s.participant_id for s in srv.state.registry.sessions_in_room(room_id) if s.kind == "human"]
+            )
+            return {"errors": errors.unexpected("ERR_INTERNET_DISCONNECTED"), "second": second, "humans": humans}
+
+        result = await in_browser(drive)
+    assert result["humans"] == [result["second"]]
+    assert result["errors"] == []
