@@ -1,0 +1,142 @@
+"""Draw the comparison's PNG from ``bench/compare.py``'s JSON.
+
+Usage (with the bench virtualenv's Python, which has matplotlib; BotCall's
+own environment does not)::
+
+    ~/.cache/botcall-bench/venv/bin/python bench/plot.py out/bench-compare.json docs/bench-compare.png
+
+``python -m bench.compare --plot docs/bench-compare.png`` runs this for you.
+
+Four panels: added latency p99 and loss against offered load for BotCall,
+coturn and rtpengine (plain forwarding), relay CPU per forwarded packet
+against offered load, and CPU per forwarded packet against K for the SRTP
+fan-out (BotCall and aiortc). Points are medians over the repeats; bars span
+the smallest to the largest repeat. Imports only matplotlib and the standard
+library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {
+    "botcall": {"color": "#1b7f3b", "marker": "o", "label": "BotCall"},
+    "coturn": {"color": "#1f5fbf", "marker": "s", "label": "coturn (TURN ChannelData)"},
+    "rtpengine": {"color": "#c05a00", "marker": "^", "label": "rtpengine (userspace)"},
+    "aiortc": {"color": "#9b1c6e", "marker": "D", "label": "aiortc MediaRelay"},
+}
+PLAIN_RELAYS = ("botcall", "coturn", "rtpengine")
+
+
+def _finite(values):
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _series(cells, relay, key, x_key, scale=1.0, x_of=None):
+    """(x, median, low error, high error) per x for one relay, skipping empty points."""
+    xs, mids, lows, highs = [], [], [], []
+    for x in sorted({c[x_key] for c in cells if c["relay"] == relay}):
+        values = _finite(c[key] for c in cells if c["relay"] == relay and c[x_key] == x)
+        if not values:
+            continue
+        values = [v * scale for v in values]
+        mid = statistics.median(values)
+        xs.append(x_of(x) if x_of else x)
+        mids.append(mid)
+        lows.append(mid - min(values))
+        highs.append(max(values) - mid)
+    return xs, mids, lows, highs
+
+
+def _draw(ax, cells, relays, key, x_key, *, scale=1.0, x_of=None) -> bool:
+    drawn = False
+    for relay in relays:
+        xs, mids, lows, highs = _series(cells, relay, key, x_key, scale, x_of)
+        if not xs:
+            continue
+        style = STYLE[relay]
+        ax.errorbar(xs, mids, yerr=[lows, highs], color=style["color"], marker=style["marker"], label=style["label"], capsize=3, linewidth=1.5)
+        drawn = True
+    return drawn
+
+
+def plot(results: dict, out: Path) -> Path:
+    """Write the PNG.
+
+    Args:
+        results: ``bench/compare.py``'s JSON, loaded.
+        out: the PNG path.
+
+    Returns:
+        ``out``.
+    """
+    plain = [c for c in results.get("plain", []) if c["relay"] != "direct"]
+    fanout = [c for c in results.get("fanout", []) if c.get("repeat", 0) >= 0]
+    rate = results.get("settings", {}).get("rate_per_flow", 50.0)
+    offered = lambda flows: flows * rate  # noqa: E731 - packets/s offered by N flows
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (latency, loss), (cpu, fan) = axes
+
+    _draw(latency, plain, PLAIN_RELAYS, "added_p99_ms", "flows", x_of=offered)
+    latency.set_title("Added latency p99 (relay minus direct send)")
+    latency.set_xlabel("offered load, packets/s")
+    latency.set_ylabel("ms")
+    latency.axhline(0, color="#888", linewidth=0.8)
+
+    _draw(loss, plain, PLAIN_RELAYS, "loss", "flows", scale=100.0, x_of=offered)
+    loss.set_title("Loss")
+    loss.set_xlabel("offered load, packets/s")
+    loss.set_ylabel("% of packets sent")
+
+    _draw(cpu, plain, PLAIN_RELAYS, "cpu_us_per_packet", "flows", x_of=offered)
+    cpu.set_title("Relay CPU per forwarded packet (plain RTP)")
+    cpu.set_xlabel("offered load, packets/s")
+    cpu.set_ylabel("µs of CPU (user + system)")
+    cpu.set_ylim(bottom=0)
+
+    if _draw(fan, fanout, ("botcall", "aiortc"), "cpu_us_per_packet", "subscribers"):
+        fan.set_xscale("log")
+        fan.set_yscale("log")
+    fan.set_title("SRTP fan-out: CPU per forwarded packet, 1 sender to K subscribers")
+    fan.set_xlabel("subscribers K")
+    fan.set_ylabel("µs of CPU per packet")
+
+    for ax in (latency, loss, cpu, fan):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=9)
+    machine = results.get("machine", {})
+    settings = results.get("settings", {})
+    fig.suptitle(
+        f"BotCall vs coturn, rtpengine and aiortc on 127.0.0.1 ({machine.get('cpu', '?')}, relay pinned to one core); "
+        f"median of {settings.get('repeat', '?')} runs, bars min..max",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: plot.py RESULTS.json OUT.png", file=sys.stderr)
+        return 2
+    results = json.loads(Path(argv[0]).read_text())
+    print(plot(results, Path(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
