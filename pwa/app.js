@@ -314,7 +314,8 @@ function onMessage(message) {
       clearTimeout(call.timers.connect);
       call.lobbyReceived = true;
       call.everConnected = true;
-      call.retries = 0;
+      // A rejoin counts as recovered only once the join itself succeeds.
+      if (!call.wantCall) call.retries = 0;
       call.lobby = { max: Number.isInteger(message.max_human_participants) ? message.max_human_participants : null };
       setParticipants(message.participants);
       startPing();
@@ -330,6 +331,7 @@ function onMessage(message) {
       if (!call.joinSent) break;
       call.participantId = text(message.participant_id, null);
       call.marks.joined = performance.now();
+      call.retries = 0;
       // Only sessions with text_chat may send chat; everyone can read it.
       $('chat-form').hidden = !(message.you && message.you.capabilities && message.you.capabilities.text_chat === true);
       setParticipants([message.you, ...(Array.isArray(message.participants) ? message.participants : [])]);

@@ -69,6 +69,9 @@ PAGE_HEADERS: Mapping[str, str] = MappingProxyType(
         "Referrer-Policy": "no-referrer",
         "Permissions-Policy": "microphone=(self)",
         "X-Content-Type-Options": "nosniff",
+        # The CSP above has no frame-ancestors: nobody may frame the page and
+        # dress up its Join button (the microphone prompt) as something else.
+        "X-Frame-Options": "DENY",
     }
 )
 CACHE_VERSIONED = "public, max-age=31536000, immutable"

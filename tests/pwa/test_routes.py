@@ -32,6 +32,8 @@ PAGE_HEADERS = {
     ),
     "referrer-policy": "no-referrer",
     "permissions-policy": "microphone=(self)",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
 }
 ASSET_TYPES = {
     "app.js": "text/javascript",
