@@ -225,6 +225,12 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
 
     relay.on_speaking = speaking
+
+    def is_speaking(session_id: str) -> bool:
+        peer = relay.peer(session_id)
+        return peer is not None and peer.speaking
+
+    hub.is_speaking = is_speaking
     state.metrics.attach_media(relay, udp)
 
 

@@ -234,7 +234,11 @@ function connect() {
     }
   }, CONNECT_TIMEOUT_MS);
   ws.onopen = () => {
-    if (id === call.socketId) send({ type: 'hello', invite: call.invite });
+    if (id !== call.socketId) return;
+    // After a dropped socket, ask for our place in the call back (our session).
+    const hello = { type: 'hello', invite: call.invite };
+    if (call.wantCall && call.resume) hello.resume = call.resume;
+    send(hello);
   };
   ws.onmessage = (event) => {
     if (id !== call.socketId || typeof event.data !== 'string') return;
@@ -319,7 +323,11 @@ function onMessage(message) {
       call.lobby = { max: Number.isInteger(message.max_human_participants) ? message.max_human_participants : null };
       setParticipants(message.participants);
       startPing();
-      if (call.wantCall) {
+      if (call.wantCall && message.resumed === true) {
+        call.joinSent = true; // the server resumed our session: 'joined' follows
+        call.resuming = true;
+      } else if (call.wantCall) {
+        call.resume = null;
         sendJoin();
       } else {
         setState('lobby');
@@ -335,6 +343,16 @@ function onMessage(message) {
       // Only sessions with text_chat may send chat; everyone can read it.
       $('chat-form').hidden = !(message.you && message.you.capabilities && message.you.capabilities.text_chat === true);
       setParticipants([message.you, ...(Array.isArray(message.participants) ? message.participants : [])]);
+      call.resume = typeof message.resume === 'string' ? message.resume : null;
+      if (call.resuming) {
+        call.resuming = false;
+        // Media kept flowing over UDP while only the socket was down: keep it.
+        if (message.media_connected === true && call.pc && call.pc.connectionState === 'connected') {
+          setState('connected');
+          break;
+        }
+        startPeer();
+      }
       sendOffer();
       if (call.state === 'joining') setState('connecting');
       break;

@@ -80,9 +80,12 @@ class Offer:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """``{"type": "hello", "invite": "<secret>"}``: a browser opens the lobby with its invite."""
+    """``{"type": "hello", "invite": "<secret>", "resume": "<token>"}``: a browser opens
+    the lobby with its invite; ``resume`` (from an earlier ``joined``) takes its place
+    in the call back after a dropped connection."""
 
     invite: str
+    resume: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +167,7 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     if kind == "offer":
         return Offer(_string(obj, "sdp", MAX_SDP))
     if kind == "hello":
-        return Hello(_string(obj, "invite", MAX_INVITE))
+        return Hello(_string(obj, "invite", MAX_INVITE), _string(obj, "resume", MAX_INVITE, required=False))
     if kind == "join":
         name = _string(obj, "display_name", MAX_DISPLAY_NAME, required=False)
         return Join((name or "").strip() or "Guest")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -32,6 +33,7 @@ from botcall.rtp.packet import RTP_HEADER, parse_rtp_untrusted
 from botcall.rtp.playout import Playout
 from botcall.signaling import messages as msg
 from botcall.signaling.rooms import (
+    Capabilities,
     Reason,
     RegistryEvent,
     RoomClosed,
@@ -53,6 +55,7 @@ PCM16_CONCEALED_PAYLOAD_TYPE = 97
 SEND_TIMEOUT = 5.0
 HELLO_TIMEOUT = 10.0
 CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
+HUMAN_CAPABILITIES = Capabilities(audio_in=True, audio_out=True, video=False, text_chat=True)
 
 _CLOSE_FOR_REASON = {
     Reason.LEFT: (msg.CLOSE_NORMAL, "left"),
@@ -64,9 +67,9 @@ _CLOSE_FOR_REASON = {
 DISCONNECTED = "disconnected"
 
 
-def participant_json(session: Session) -> dict:
+def participant_json(session: Session, *, speaking: bool = False) -> dict:
     """How a participant is described to the others (no secrets)."""
-    return {**session.public_json(), "ssrc": session.ssrc}
+    return {**session.public_json(), "ssrc": session.ssrc, "speaking": speaking}
 
 
 @dataclass(eq=False)
@@ -78,6 +81,8 @@ class Connection:
     outbox: DropOldestQueue = field(default_factory=lambda: DropOldestQueue(EVENT_QUEUE))
     close_code: int | None = None
     close_reason: str = ""
+    # Set while this connection's own join runs: the events it causes are about itself.
+    joining: bool = False
 
     def send_event(self, event: dict) -> None:
         self.outbox.put_nowait(msg.encode(event))
@@ -105,6 +110,8 @@ class Hub:
         self._unconnected: dict[str, float] = {}
         self._connections = 0
         self.max_connections = max_connections
+        # Whether a session is sending sound now (the server wires it to the relay).
+        self.is_speaking: Callable[[str], bool] = lambda session_id: False
         self.connect_grace = connect_grace
 
     def expired(self, now: float) -> list[str]:
@@ -155,6 +162,10 @@ class Hub:
             if not room:
                 del self._by_room[connection.room_id]
 
+    def describe(self, session: Session) -> dict:
+        """A participant as events show it."""
+        return participant_json(session, speaking=self.is_speaking(session.session_id))
+
     def connection(self, session_id: str) -> Connection | None:
         return self._by_session.get(session_id)
 
@@ -162,6 +173,8 @@ class Hub:
         text = msg.encode(event)
         for connection in self._by_room.get(room_id, ()):
             session = connection.session
+            if connection.joining:
+                continue
             if session is not None:
                 if session.session_id == exclude:
                     continue
@@ -174,7 +187,7 @@ class Hub:
         if isinstance(event, SessionAdded):
             session = event.session
             self._unconnected[session.session_id] = self._clock()
-            self.broadcast(session.room_id, {"type": "participant_joined", "participant": participant_json(session)}, exclude=session.session_id)
+            self.broadcast(session.room_id, {"type": "participant_joined", "participant": self.describe(session)}, exclude=session.session_id)
         elif isinstance(event, SessionRemoved):
             session = event.session
             self._unconnected.pop(session.session_id, None)
@@ -431,10 +444,21 @@ class HumanChannel(Channel):
         if isinstance(message, msg.Join):
             if self.session is not None:
                 raise SignalingError("already joined", code="already_joined")
-            session = state.registry.join_human(self.connection.room_id, self.invite, message.display_name, now=state.clock())
+            self.connection.joining = True
+            try:
+                session = state.registry.join_human(
+                    self.connection.room_id, self.invite, message.display_name, now=state.clock(), capabilities=HUMAN_CAPABILITIES
+                )
+            except ApiError as exc:
+                # Full, closed or expired meanwhile: say so, then close.
+                self.connection.send_event(msg.error_event(exc.code, exc.message))
+                self.connection.request_close(close_code_for(exc), exc.message[:120])
+                return
+            finally:
+                self.connection.joining = False
             self.connection.session = session
             state.hub.attach(self.connection)
-            self.connection.send_event({"type": "joined", **welcome_event(state, session)})
+            self.connection.send_event(joined_event(state, session))
         elif isinstance(message, msg.Offer):
             if self.session is None:
                 raise SignalingError("join the call first", code="not_joined")
@@ -456,27 +480,38 @@ def close_code_for(error: ApiError) -> int:
     )
 
 
-def lobby_event(state, room) -> dict:
+def lobby_event(state, room, *, resumed: bool = False) -> dict:
+    """What a browser sees before joining; ``resumed`` says a ``joined`` follows at once."""
     sessions = state.registry.sessions_in_room(room.room_id)
     return {
         "type": "lobby",
         "room_id": room.room_id,
-        "participants": [participant_json(s) for s in sessions],
+        "participants": [state.hub.describe(s) for s in sessions],
         "max_human_participants": room.max_human_participants,
         "humans": sum(1 for s in sessions if s.kind == "human"),
+        "resumed": resumed,
     }
 
 
 def welcome_event(state, session: Session) -> dict:
-    others = [participant_json(s) for s in state.registry.sessions_in_room(session.room_id) if s.session_id != session.session_id]
+    """The first event on a bot's channel: who it is and who is there."""
+    others = [state.hub.describe(s) for s in state.registry.sessions_in_room(session.room_id) if s.session_id != session.session_id]
     return {
         "type": "welcome",
         "participant_id": session.participant_id,
         "room_id": session.room_id,
-        "you": participant_json(session),
+        "you": state.hub.describe(session),
         "participants": others,
         "expires_at": session.expires_at,
     }
+
+
+def joined_event(state, session: Session) -> dict:
+    """A browser's welcome: as a bot's, plus the token that resumes its place after a
+    drop and whether its media leg is up (a resumed browser then keeps it)."""
+    peer = state.media.relay.peer(session.session_id)
+    connected = peer is not None and peer.secure is not None and peer.secure.srtp is not None
+    return {**welcome_event(state, session), "type": "joined", "resume": session.session_id, "media_connected": connected}
 
 
 def register_websocket_routes(app, state) -> None:
@@ -541,14 +576,23 @@ def register_human_signaling(app, state) -> None:
             await _reject(ws, exc.code, exc.message, close_code_for(exc))
             return
         connection = Connection(room_id)
+        resumed = state.registry.session_by_id(hello.resume) if hello.resume else None
+        if resumed is not None and (resumed.room_id != room_id or resumed.kind != "human"):
+            resumed = None
         try:
-            state.hub.watch(connection)
+            if resumed is None:
+                state.hub.watch(connection)
+            else:
+                connection.session = resumed
+                state.hub.attach(connection)
         except SignalingError as exc:
             await _reject(ws, exc.code, exc.message, exc.close_code)
             return
         channel = HumanChannel(state, connection, ws, hello.invite)
         try:
-            connection.send_event(lobby_event(state, room))
+            connection.send_event(lobby_event(state, room, resumed=resumed is not None))
+            if resumed is not None:
+                connection.send_event(joined_event(state, resumed))
             await channel.run()
         finally:
             state.hub.detach(connection)
