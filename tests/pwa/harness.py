@@ -55,18 +55,27 @@ class PageErrors:
         return [m for m in self.messages if not any(a in m for a in allowed)]
 
 
-def run_browser(action: Callable[[BrowserContext], T], *, fake_mic_ui: bool = True, viewport: dict | None = None) -> T:
+def run_browser(
+    action: Callable[[BrowserContext], T],
+    *,
+    fake_mic_ui: bool = True,
+    viewport: dict | None = None,
+    fake_mic_wav: str | None = None,
+) -> T:
     """Start headless Chromium with a fresh profile, run ``action(context)``, close it.
 
     Args:
         action: gets the persistent browser context.
         fake_mic_ui: auto-accept microphone prompts (``False``: they are refused).
         viewport: page size (default: a 360x640 phone).
+        fake_mic_wav: a WAV file the fake microphone plays (looped); default: Chromium's beeps.
 
     Returns:
         What ``action`` returns.
     """
     args = [a for a in CHROMIUM_ARGS if fake_mic_ui or a != "--use-fake-ui-for-media-stream"]
+    if fake_mic_wav is not None:
+        args.append(f"--use-file-for-fake-audio-capture={fake_mic_wav}")
     with tempfile.TemporaryDirectory(prefix="botcall-chromium-") as profile, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             profile,
