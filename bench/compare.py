@@ -65,7 +65,7 @@ from bench.loadgen import LoadResult, machine_busy_seconds, measure_direct, run_
 from bench.peers.aiortc import AiortcFanout, ensure_bench_venv  # noqa: E402
 from bench.peers.botcall_relay import BotCallRelay  # noqa: E402
 from bench.peers.coturn import CoturnRelay  # noqa: E402
-from bench.peers.fanout import FanoutResult, drive_fanout  # noqa: E402
+from bench.peers.fanout import FanoutResult, drive_fanout, packets_per_run  # noqa: E402
 from bench.peers.process import HarnessError, cores, ensure_debian_packages, pin_current_process  # noqa: E402
 from bench.peers.rtpengine import RtpengineRelay  # noqa: E402
 
@@ -74,9 +74,9 @@ RATE = 50.0
 PACKET_SIZE = 172
 PLAIN_RELAYS = ("botcall", "coturn", "rtpengine")
 PEER_PACKAGES = {"coturn": {"turnserver": "coturn"}, "rtpengine": {"rtpengine": "rtpengine-daemon"}}
-DEFAULT_FLOWS = (100, 500, 1000, 1500)
-DEFAULT_FANOUT = (1, 2, 5, 10, 20, 50)
-DEFAULT_BOTCALL_FANOUT = (100, 200, 500, 1000)
+DEFAULT_FLOWS = "100,500,1000,1500"
+DEFAULT_FANOUT = "1,2,5,10,20,50"
+DEFAULT_BOTCALL_FANOUT = "100,200,500,1000"
 # Goals of the issue, on this 2-core machine.
 GOAL_VS_COTURN = 1.2  # BotCall CPU per packet <= 1.2x coturn's
 GOAL_VS_RTPENGINE = 1.0  # ... and <= rtpengine-userspace's
@@ -290,6 +290,8 @@ def run_plain(args, skipped: dict[str, str], relay_core: int) -> list[PlainCell]
         kwargs = dict(rate_per_flow=RATE, duration=args.duration, warmup=args.warmup, packet_size=PACKET_SIZE)
         for repeat in range(args.repeat):
             for n in args.flows:
+                for relay in relays.values():
+                    relay.keep_alive()
                 wait_for_quiet(args.quiet_wait, own_pids)
                 direct = measure_direct(n, **kwargs)
                 cells.append(PlainCell.from_result("direct", n, repeat, direct, None))
@@ -317,6 +319,7 @@ def run_fanout(args, skipped: dict[str, str], relay_core: int, load_core: int) -
     botcall_ks = sorted(set(args.fanout) | set(args.botcall_fanout))
     aiortc_ks = sorted(set(args.fanout))
     kwargs = dict(rate=RATE, duration=args.fanout_duration, warmup=args.warmup, packet_size=PACKET_SIZE)
+    kwargs_seq = dict(rate=RATE, duration=args.fanout_duration, warmup=args.warmup)
     for k in botcall_ks:
         if "aiortc" not in skipped and k in aiortc_ks:
             log(f"[fanout] aiortc K={k}: setting up...")
@@ -342,7 +345,7 @@ def run_fanout(args, skipped: dict[str, str], relay_core: int, load_core: int) -
                 setup_s = time.monotonic() - started
                 for repeat in range(args.repeat):
                     wait_for_quiet(args.quiet_wait, [relay.pid])
-                    result = drive_fanout(speaker, legs, cpu_pid=relay.pid, relay="botcall", **kwargs)
+                    result = drive_fanout(speaker, legs, cpu_pid=relay.pid, relay="botcall", first_seq=repeat * packets_per_run(**kwargs_seq), **kwargs)
                     cells.append(FanoutCell.from_result(result, repeat, setup_s))
                     log(
                         f"[fanout] botcall K={k} repeat {repeat + 1}: {result.cpu_us_per_packet:.1f} us/pkt, "

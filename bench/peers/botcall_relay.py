@@ -297,6 +297,14 @@ class BotCallRelay:
         self._sockets.append(sock)
         return sock
 
+    def keep_alive(self, *, force: bool = False) -> int:
+        """Nothing to refresh: the bench configuration keeps latched addresses for a day.
+
+        Returns:
+            0, always (the harnesses share this interface).
+        """
+        return 0
+
     # --- HTTP -----------------------------------------------------------------------
 
     def token(self, agent: str, scopes: tuple[str, ...] = ("call:create", "call:voice")) -> str:

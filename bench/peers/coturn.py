@@ -14,6 +14,11 @@ For each flow the harness opens a client socket and, with aioice's STUN codec:
 2. ``CreatePermission`` for the peer address (RFC 8656 §9);
 3. ``ChannelBind`` of channel 0x4000 to the peer (RFC 8656 §11).
 
+Permissions last 5 minutes and channel bindings 10 (RFC 8656 §9, §12), so
+:meth:`CoturnRelay.keep_alive` refreshes every allocation, channel and
+permission when the last refresh is more than two minutes old, as a real TURN
+client would; ``bench/compare.py`` calls it before every measurement.
+
 The load generator then sends ChannelData (RFC 8656 §12.4: 2-byte channel
 number, 2-byte length, the RTP packet) from the client socket to coturn, which
 relays the bare RTP packet from the allocation's relayed address to one plain
@@ -26,6 +31,7 @@ import secrets
 import socket
 import struct
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import IntEnum
@@ -51,6 +57,8 @@ CHANNEL_DATA_HEADER = struct.Struct("!HH")
 ALLOCATION_LIFETIME = 3600
 REQUEST_TIMEOUT = 0.5
 REQUEST_ATTEMPTS = 6
+# Refresh well inside the 5-minute permission lifetime (RFC 8656 §9).
+REFRESH_INTERVAL = 120.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 RELAY_PORTS = 2 * 4096
 
@@ -135,11 +143,15 @@ class Allocation:
         client: the client socket (non-blocking once set up).
         relayed: the allocation's relayed transport address on coturn.
         channel: the channel bound to the peer.
+        turn: the client that made it (its credentials and nonce refresh it).
+        peer: the peer the channel is bound to.
     """
 
     client: socket.socket
     relayed: tuple[str, int]
     channel: int
+    turn: "TurnClient"
+    peer: tuple[str, int]
 
 
 class TurnClient:
@@ -178,12 +190,16 @@ class TurnClient:
             raise HarnessError("Allocate success without XOR-RELAYED-ADDRESS")
         return relayed
 
+    def refresh(self, lifetime: int = ALLOCATION_LIFETIME) -> None:
+        """Extend the allocation's lifetime (RFC 8656 §8)."""
+        self.request(stun.Method.REFRESH, {"LIFETIME": lifetime})
+
     def create_permission(self, peer: tuple[str, int]) -> None:
         """Let ``peer``'s IP send to and receive from the allocation (RFC 8656 §9)."""
         self.request(stun.Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": peer})
 
     def channel_bind(self, channel: int, peer: tuple[str, int]) -> None:
-        """Bind ``channel`` to ``peer`` (RFC 8656 §11)."""
+        """Bind ``channel`` to ``peer``, or refresh the binding and its permission (RFC 8656 §11)."""
         self.request(stun.Method.CHANNEL_BIND, {"CHANNEL-NUMBER": channel, "XOR-PEER-ADDRESS": peer})
 
     def request(self, method: stun.Method, attributes: dict) -> stun.Message:
@@ -216,20 +232,24 @@ class TurnClient:
 
     def _transact(self, message: stun.Message) -> stun.Message:
         data = bytes(message)
-        for _ in range(REQUEST_ATTEMPTS):
-            self.sock.sendto(data, self.server)
-            self.sock.settimeout(REQUEST_TIMEOUT)
-            try:
-                while True:
-                    reply, _ = self.sock.recvfrom(4096)
-                    try:
-                        response = stun.parse_message(reply)
-                    except (ValueError, struct.error):
-                        continue
-                    if response.transaction_id == message.transaction_id:
-                        return response
-            except TimeoutError:
-                continue
+        self.sock.settimeout(REQUEST_TIMEOUT)
+        try:
+            for _ in range(REQUEST_ATTEMPTS):
+                self.sock.sendto(data, self.server)
+                try:
+                    while True:
+                        reply, _ = self.sock.recvfrom(4096)
+                        try:
+                            response = stun.parse_message(reply)
+                        except (ValueError, struct.error):
+                            continue  # not a STUN answer (aioice raises either)
+                        if response.transaction_id == message.transaction_id:
+                            return response
+                except TimeoutError:
+                    continue
+        finally:
+            # The socket goes back to the load generator non-blocking.
+            self.sock.setblocking(False)
         raise HarnessError(f"{stun.Method(message.message_method).name}: no answer from coturn at {self.server}")
 
 
@@ -265,6 +285,8 @@ class CoturnRelay:
         self.process: RelayProcess | None = None
         self.peer_sock: socket.socket | None = None
         self._sockets: list[socket.socket] = []
+        self.allocations: list[Allocation] = []
+        self.refreshed_at = 0.0
 
     def __enter__(self) -> "CoturnRelay":
         try:
@@ -320,7 +342,31 @@ class CoturnRelay:
         client.create_permission(peer)
         client.channel_bind(FIRST_CHANNEL, peer)
         client_sock.setblocking(False)
-        return Allocation(client=client_sock, relayed=relayed, channel=FIRST_CHANNEL)
+        allocation = Allocation(client=client_sock, relayed=relayed, channel=FIRST_CHANNEL, turn=client, peer=peer)
+        self.allocations.append(allocation)
+        if not self.refreshed_at:
+            self.refreshed_at = time.monotonic()
+        return allocation
+
+    def keep_alive(self, *, force: bool = False) -> int:
+        """Refresh every allocation and its channel (and so its permission) if due.
+
+        Args:
+            force: refresh even if the last refresh is recent.
+
+        Returns:
+            How many allocations were refreshed (0 when not due).
+
+        Raises:
+            HarnessError: coturn refused a refresh or did not answer.
+        """
+        if not force and time.monotonic() - self.refreshed_at < REFRESH_INTERVAL:
+            return 0
+        for allocation in self.allocations:
+            allocation.turn.refresh()
+            allocation.turn.channel_bind(allocation.channel, allocation.peer)
+        self.refreshed_at = time.monotonic()
+        return len(self.allocations)
 
     def create_flows(self, count: int, *, packet_size: int, first_ssrc: int = 0x0C070000) -> list:
         """``count`` flows, one allocation each, all arriving at the peer socket.

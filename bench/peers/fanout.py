@@ -98,6 +98,7 @@ def drive_fanout(
     packet_size: int = 172,
     cpu_pid: int | None = None,
     relay: str = "botcall",
+    first_seq: int = 0,
 ) -> FanoutResult:
     """Send from ``speaker`` on schedule; receive and decrypt on every leg.
 
@@ -110,6 +111,10 @@ def drive_fanout(
         packet_size: RTP packet size in bytes.
         cpu_pid: the relay process, for its CPU over the window.
         relay: the name in the result.
+        first_seq: RTP sequence number of the first packet. A later run from the
+            same speaker must continue where the last one stopped: the relay
+            keeps the stream toward each browser continuous, and SRTP's
+            replay protection (RFC 3711 §3.3.2) refuses numbers that go back.
 
     Returns:
         The window's figures.
@@ -156,8 +161,9 @@ def drive_fanout(
                         if cpu_pid is not None:
                             cpu_start = read_proc_stat(cpu_pid).cpu_s
                     stamp = now_ns()
+                    seq = first_seq + next_index
                     PACKET_HEAD.pack_into(
-                        buffer, 0, RTP_VERSION_BITS, 111, next_index & 0xFFFF, (next_index * ts_step) & 0xFFFFFFFF, ssrc, stamp, next_index
+                        buffer, 0, RTP_VERSION_BITS, 111, seq & 0xFFFF, (seq * ts_step) & 0xFFFFFFFF, ssrc, stamp, next_index
                     )
                     try:
                         sendto(buffer, dest)
@@ -228,6 +234,11 @@ def drive_fanout(
         bad=bad,
         load_cpu_percent=(own_end - own_start) / window_s * 100,
     )
+
+
+def packets_per_run(*, rate: float = 50.0, duration: float = 10.0, warmup: float = 1.0) -> int:
+    """How many packets :func:`drive_fanout` sends with these arguments (to continue ``first_seq``)."""
+    return math.ceil((warmup + duration) * rate)
 
 
 def _own_cpu() -> float:

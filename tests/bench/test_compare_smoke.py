@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from bench import compare
 from bench.peers.coturn import FIRST_CHANNEL, CoturnRelay, TurnClient, channel_data_header
-from bench.peers.fanout import FanoutResult
+from bench.peers.fanout import FanoutResult, drive_fanout, packets_per_run
 from bench.peers.process import HarnessError, read_proc_stat
 from bench.peers.rtpengine import (
     BencodeError,
@@ -85,14 +85,19 @@ def test_coturn_relays_channel_data_to_the_peer_byte_for_byte():
         flows = relay.create_flows(3, packet_size=172)
         assert {flow.prefix for flow in flows} == {channel_data_header(FIRST_CHANNEL, 172)}
         assert len({flow.send_sock.getsockname() for flow in flows}) == 3  # one allocation each
-        sent = []
-        for seq in range(4):
-            for flow in flows:
-                packet = rtp_packet(flow.ssrc, seq)
-                flow.send_sock.sendto(flow.prefix + packet, flow.dest)
-                sent.append(packet)
-        got = receive(relay.peer_sock, len(sent))
-        assert sorted(got) == sorted(sent)  # the ChannelData header is gone, the rest intact
+        assert relay.keep_alive() == 0  # just made: nothing due
+        for round_ in range(2):
+            sent = []
+            for seq in range(4):
+                for flow in flows:
+                    packet = rtp_packet(flow.ssrc, seq)
+                    flow.send_sock.sendto(flow.prefix + packet, flow.dest)
+                    sent.append(packet)
+            got = receive(relay.peer_sock, len(sent))
+            assert sorted(got) == sorted(sent)  # the ChannelData header is gone, the rest intact
+            if round_ == 0:
+                # Refresh (allocation, channel, permission) and leave the sockets usable.
+                assert relay.keep_alive(force=True) == 3
         pid = relay.pid
     assert_gone(pid)
 
@@ -174,6 +179,15 @@ def test_botcall_forwards_bot_flows_and_srtp_fanout():
             plain = [leg.srtp.unprotect_untrusted(data) for data in receive(leg.sock, 3)]
             assert [p[12:] for p in plain] == [p[12:] for p in packets]  # payload intact
             assert {RTP.unpack_from(p)[4] for p in plain} == {leg.out_ssrc}  # the SSRC its answer announced
+
+        # Two runs of the fan-out drive from the same speaker: the second continues
+        # the sequence numbers, so SRTP's replay window accepts it.
+        run = dict(rate=50.0, duration=0.2, warmup=0.0, cpu_pid=relay.pid)
+        first_seq = 3
+        for _ in range(2):
+            result = drive_fanout(speaker, legs, first_seq=first_seq, **run)
+            assert result.bad == 0 and result.forwarded > 0 and result.subscribers == 2
+            first_seq += packets_per_run(rate=50.0, duration=0.2, warmup=0.0)
         pid = relay.pid
     assert_gone(pid)
 
