@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from botcall.errors import BotCallError
+from botcall.errors import ConfigError
 
 # Asymmetric JWS algorithms (RFC 7518 §3.1, RFC 8037 §3.1) that may appear in an
 # allow-list. HS* (shared secrets) and "none" are deliberately absent: an
@@ -30,10 +30,6 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 MAX_LEEWAY_S = 60.0
 
 DATA_DIR_ENV = "BOTCALL_DATA_DIR"
-
-
-class ConfigError(BotCallError, ValueError):
-    """A configuration value that cannot work (bad port, unknown algorithm...)."""
 
 
 def default_data_dir() -> Path:

@@ -18,6 +18,14 @@ class BotCallError(Exception):
     """Base class of every error BotCall raises on purpose."""
 
 
+class ConfigError(BotCallError, ValueError):
+    """A configuration value that cannot work (bad port, unknown algorithm...)."""
+
+
+class JwksError(BotCallError):
+    """A JWKS we cannot use: unreadable, malformed, too big, or carrying private keys."""
+
+
 # --- Network bytes -----------------------------------------------------------------
 
 
@@ -132,6 +140,13 @@ class Conflict(ApiError):
 class Gone(ApiError):
     status = 410
     code = "gone"
+
+
+class ServiceUnavailable(ApiError):
+    """The server is at a capacity limit (rooms, sessions, replay cache): 503."""
+
+    status = 503
+    code = "server_full"
 
 
 class PayloadTooLarge(ApiError):

@@ -27,7 +27,8 @@ from hypercorn.trio import serve
 from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.keys import KeyRing, ensure_dev_issuer
 from botcall.auth.ratelimit import Limiters
-from botcall.config import Config, ConfigError, IssuerConfig
+from botcall.config import Config, IssuerConfig
+from botcall.errors import ConfigError
 from botcall.metrics import Metrics
 from botcall.media import MediaService
 from botcall.rtp.dtls import DtlsCertificate

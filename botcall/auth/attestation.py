@@ -28,7 +28,7 @@ from typing import Any
 import jwt
 
 from botcall.auth.keys import KeyRing
-from botcall.errors import ApiError, AttestationError, Forbidden
+from botcall.errors import AttestationError, Forbidden, ServiceUnavailable
 
 SCOPE_CREATE = "call:create"
 SCOPE_VOICE = "call:voice"
@@ -186,7 +186,7 @@ class ReplayCache:
 
         Raises:
             AttestationError: ``attestation_replayed``: the ``jti`` was already used.
-            ApiError: ``replay_cache_full`` (503, ``Retry-After``): no room to remember it.
+            ServiceUnavailable: ``replay_cache_full`` (503, ``Retry-After``): no room to remember it.
         """
         until = self._until.get((issuer, jti))
         if until is not None and until > now:
@@ -194,10 +194,9 @@ class ReplayCache:
         self.prune(now)
         if len(self._until) >= self.max_entries:
             retry = max(1, math.ceil(self._heap[0][0] - now))
-            raise ApiError(
+            raise ServiceUnavailable(
                 "too many recent joins to remember; retry later",
                 code="replay_cache_full",
-                status=503,
                 headers={"Retry-After": str(retry)},
             )
 

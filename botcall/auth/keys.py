@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
-from botcall.errors import BotCallError
+from botcall.errors import JwksError
 
 DEV_KEY_FILE = "dev-issuer-key.pem"
 DEV_JWKS_FILE = "dev-issuer-jwks.json"
@@ -43,10 +43,6 @@ DEV_JWKS_FILE = "dev-issuer-jwks.json"
 _EC_CURVE_FOR_ALGORITHM = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 # JWK members that carry private key material (RFC 7518 §6.2.2, §6.3.2, RFC 8037 §2).
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-
-
-class JwksError(BotCallError):
-    """A JWKS we cannot use: unreadable, malformed, too big, or carrying private keys."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from botcall.auth.attestation import SCOPE_CREATE, SCOPE_RECEIVE, SCOPE_VOICE
-from botcall.auth.keys import JwksError, ensure_dev_issuer
+from botcall.auth.keys import ensure_dev_issuer
+from botcall.errors import JwksError
 from botcall.config import Config, default_data_dir
 
 DEFAULT_SCOPE = f"{SCOPE_CREATE} {SCOPE_VOICE} {SCOPE_RECEIVE}"

@@ -34,10 +34,10 @@ from botcall.auth.attestation import (
     UnknownSigningKey,
 )
 from botcall.auth.invites import invite_url
-from botcall.auth.keys import DevIssuer, JwksError, KeyRing, download_jwks
+from botcall.auth.keys import DevIssuer, KeyRing, download_jwks
 from botcall.auth.ratelimit import Limiters
 from botcall.config import Config
-from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden
+from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError
 from botcall.metrics import Metrics
 from botcall.signaling.static import register_pwa_routes
 from botcall.signaling.ws import register_human_signaling, register_websocket_routes

@@ -27,7 +27,7 @@ from typing import Protocol, Union
 
 from botcall.auth.invites import invite_secret_matches, new_invite_secret
 from botcall.config import Config
-from botcall.errors import ApiError, BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited
+from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited, ServiceUnavailable
 
 TRANSPORTS = ("udp", "websocket", "webrtc")
 ENCODINGS = ("opus", "pcm16")
@@ -406,7 +406,7 @@ class RoomRegistry:
         Raises:
             BadRequest: ``invalid_field`` for out-of-range values.
             RateLimited: ``controller_room_limit`` when ``owner`` has too many live rooms.
-            ApiError: ``server_full`` (503) when the server holds ``max_rooms_total`` rooms.
+            ServiceUnavailable: ``server_full`` (503) when the server holds ``max_rooms_total`` rooms.
         """
         cfg = self.config
         if expires_in is None:
@@ -426,7 +426,7 @@ class RoomRegistry:
                 code="controller_room_limit",
             )
         if len(self._rooms) >= cfg.max_rooms_total:
-            raise ApiError("the server holds as many rooms as it may", code="server_full", status=503)
+            raise ServiceUnavailable("the server holds as many rooms as it may")
         room_id = _new_room_id()
         while room_id in self._rooms or room_id in self._closed:
             room_id = _new_room_id()
@@ -483,7 +483,7 @@ class RoomRegistry:
 
     def _check_capacity(self) -> None:
         if len(self._sessions) >= self.config.max_sessions_total:
-            raise ApiError("the server holds as many sessions as it may", code="server_full", status=503)
+            raise ServiceUnavailable("the server holds as many sessions as it may")
 
     def _count(self, room_id: str, kind: str) -> int:
         return sum(1 for s in self._room_sessions[room_id].values() if s.kind == kind)
@@ -559,7 +559,7 @@ class RoomRegistry:
             NotFound, Gone: see ``get_room``.
             Forbidden: ``controller_mismatch`` when the bot's controller does not own the room.
             Conflict: ``room_full`` when the room has ``max_bot_participants`` bots.
-            ApiError: ``server_full`` (503).
+            ServiceUnavailable: ``server_full`` (503).
         """
         room = self.get_room(room_id, now)
         if identity.controller != room.owner:
@@ -606,7 +606,7 @@ class RoomRegistry:
             Forbidden: ``invite_invalid`` for a wrong secret.
             BadRequest: ``invalid_display_name``.
             Conflict: ``room_full`` when the room has ``max_human_participants`` humans.
-            ApiError: ``server_full`` (503).
+            ServiceUnavailable: ``server_full`` (503).
         """
         room = self.get_room(room_id, now)
         if not invite_secret_matches(room.invite_secret, invite_secret):

@@ -33,7 +33,7 @@ from typing import Any
 
 from quart import Response, request
 
-from botcall.config import ConfigError
+from botcall.errors import ConfigError
 from botcall.errors import NotFound
 
 log = logging.getLogger("botcall.pwa")

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.invites import invite_url, new_invite_secret, parse_invite_url_untrusted
-from botcall.auth.keys import JwksError, KeyRing, parse_jwks_untrusted
+from botcall.auth.keys import KeyRing, parse_jwks_untrusted
+from botcall.errors import JwksError
 from botcall.errors import AttestationError, BadRequest
 from tests.auth.jwtutil import b64url, jwks_bytes, new_ed25519, new_es256
 

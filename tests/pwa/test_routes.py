@@ -14,7 +14,7 @@ import trio
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from botcall.config import ConfigError
+from botcall.errors import ConfigError
 from botcall.signaling.static import (
     CONTENT_SECURITY_POLICY,
     MAX_ASSETS,

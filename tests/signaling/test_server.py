@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from botcall.config import Config, ConfigError, IssuerConfig, RateLimit, default_data_dir
+from botcall.config import Config, IssuerConfig, RateLimit, default_data_dir
+from botcall.errors import ConfigError
 from botcall.server import add_arguments, config_from_args, run_server
 from botcall.signaling.rooms import RoomClosed
 from tests.serverutil import FakeClock, make_config
