@@ -7,7 +7,7 @@ WebSocket bots and browsers plug in through :class:`Sink` objects.
 
 Per-packet work on the hot path is a dict lookup by source address, three byte
 comparisons (first byte, SSRC, payload type) and one ``transmit`` per
-subscriber. Bot SSRCs are assigned by the server at join time and unique in a
+subscriber, found in the speaker's precomputed ``fanout``. Bot SSRCs are assigned by the server at join time and unique in a
 room, so forwarded RTP keeps its bytes: no rewrite, no copy.
 
 Drops are counted in ``MediaRelay.counters`` (a ``collections.Counter``) under
@@ -39,6 +39,9 @@ Address = tuple  # (host, port) as the socket module gives it
 Transmit = Callable[[bytes, Address], None]
 
 _SSRC_AT_4 = struct.Struct("!I")
+# classify() answered for every first byte ahead of time: the hot path indexes a
+# tuple instead of calling a function and comparing enums (RFC 7983 §7).
+_IS_RTP = tuple(classify(first) is PacketKind.RTP for first in range(256))
 RTP_MIN_SIZE = 12
 # Opus packets this large carry sound; silence and DTX frames are a few bytes
 # (RFC 6716 §2.1.9). Cheaper than decoding, good enough for a "speaking" light.
@@ -109,6 +112,9 @@ class MediaPeer:
     rx_bytes: int = 0
     tx_packets: int = 0
     drops: collections.Counter = field(default_factory=collections.Counter)
+    # The sinks of the other peers in the room, rebuilt by the relay whenever
+    # the room's membership changes: forwarding walks it without a room lookup.
+    fanout: tuple = ()
     # The datagram handler for this peer when it needs one that is not plain
     # RTP (a browser: SRTP and DTLS). Set by the WebRTC bridge.
     secure: object | None = None
@@ -195,6 +201,7 @@ class MediaRelay:
         self._rooms.setdefault(peer.room_id, []).append(peer)
         if isinstance(peer.sink, UdpSink):
             peer.sink.peer = peer
+        self._rebuild_fanout(peer.room_id)
         return peer
 
     def remove_peer(self, session_id: str) -> MediaPeer | None:
@@ -211,7 +218,14 @@ class MediaRelay:
             room.remove(peer)
             if not room:
                 del self._rooms[peer.room_id]
+        peer.fanout = ()
+        self._rebuild_fanout(peer.room_id)
         return peer
+
+    def _rebuild_fanout(self, room_id: str) -> None:
+        room = self._rooms.get(room_id, ())
+        for peer in room:
+            peer.fanout = tuple(other.sink for other in room if other is not peer)
 
     def peer(self, session_id: str) -> MediaPeer | None:
         return self._by_session.get(session_id)
@@ -240,8 +254,8 @@ class MediaRelay:
         if not data:
             self.counters["empty"] += 1
             return
-        kind = classify(data[0])
-        if kind is PacketKind.RTP:
+        first = data[0]
+        if _IS_RTP[first]:
             peer = self._by_addr.get(addr)
             if peer is None:
                 self.counters["unknown_source"] += 1
@@ -255,7 +269,9 @@ class MediaRelay:
                 self.handle_rtcp(peer, data, now)
             else:
                 self.handle_rtp(peer, data, now)
-        elif kind is PacketKind.STUN:
+            return
+        kind = classify(first)
+        if kind is PacketKind.STUN:
             self._handle_stun(data, addr, now)
         elif kind is PacketKind.DTLS:
             peer = self._by_addr.get(addr)
@@ -290,9 +306,8 @@ class MediaRelay:
         peer.rx_bytes += len(data)
         if len(data) >= VOICE_MIN_SIZE:
             peer.last_voice = now
-        for other in self._rooms[peer.room_id]:
-            if other is not peer:
-                other.sink.deliver_rtp(data, peer, now)
+        for sink in peer.fanout:
+            sink.deliver_rtp(data, peer, now)
 
     def handle_rtcp(self, peer: MediaPeer, data: bytes, now: float) -> None:
         """Validate a plain RTCP compound packet from ``peer`` and relay it.
@@ -313,9 +328,8 @@ class MediaRelay:
                 self._drop(peer, "wrong_ssrc_rtcp")
                 return
         self.counters["rtcp_relayed"] += 1
-        for other in self._rooms[peer.room_id]:
-            if other is not peer:
-                other.sink.deliver_rtcp(data, peer, now)
+        for sink in peer.fanout:
+            sink.deliver_rtcp(data, peer, now)
 
     def _handle_stun(self, data: bytes, addr: Address, now: float) -> None:
         try:

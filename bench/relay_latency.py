@@ -1,0 +1,286 @@
+"""Relay latency, loss and CPU per forwarded packet, with N concurrent voice legs.
+
+Usage (from the repository root)::
+
+    python -m bench.relay_latency                              # bots, N = 100,250,500,1000
+    python -m bench.relay_latency --mode bots --legs 100,250,500,1000,1500 --duration 10 --repeat 3
+    python -m bench.relay_latency --mode calls --legs 100,250,500    # bot <-> browser, SRTP
+    python -m bench.relay_latency --mode bot-to-browser --legs 500
+    python -m bench.relay_latency --mode browser-to-bot --legs 500
+
+For every N a fresh server (``bench.common.RelayProcess``: the real
+``run_server`` in a subprocess, ``taskset -c 0``) gets N rooms over the HTTP
+API; the generator (this process, pinned to core 1) joins and latches the bots
+and, for browser modes, joins simulated browsers over the signaling WebSocket
+and runs their ICE checks and DTLS handshakes over UDP. Then:
+
+1. the direct baseline: the same flows socket to socket with no relay, with
+   the same SRTP work in the generator (``direct_like``);
+2. the relay runs (``--repeat`` times, each after a consent refresh).
+
+Modes (every flow is 50 packets/s of 172-byte RTP unless told otherwise):
+
+* ``bots``: N one-way legs, bot A -> relay -> bot B, one room per pair;
+* ``bot-to-browser``: N legs, bot -> relay (plain in, SRTP out) -> browser;
+* ``browser-to-bot``: N legs, browser -> relay (SRTP in, plain out) -> bot;
+* ``calls``: N bot <-> browser calls, both directions: 2N legs.
+
+Printed per run: offered and delivered packets/s, loss, latency p50/p99 through
+the relay, the direct baseline's, their difference (relay-added), the relay's
+CPU per forwarded packet (user + system from /proc over the window) and as a
+share of one core, the generator's own CPU and the CPU of everything else on
+the machine (a disturbed run shows there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    GENERATOR_CORE,
+    Api,
+    RelayProcess,
+    bot_browser_calls,
+    bot_pairs,
+    drain,
+    latch_bots,
+    machine_description,
+    run_isolated,
+    refresh_browsers,
+    wait_for_quiet,
+)
+from bench.loadgen import Flow, LoadResult, open_socket, pin_to_core, run_load
+from bench.srtp_cost import handshake
+from botcall.rtp.dtls import DtlsCertificate
+from botcall.rtp.srtp import SrtpContext
+
+MODES = ("bots", "bot-to-browser", "browser-to-bot", "calls")
+
+
+@dataclass
+class Cell:
+    """One relay run beside the direct baseline of the same load."""
+
+    mode: str
+    legs: int
+    relay: LoadResult
+    direct: LoadResult
+
+    @property
+    def added_p50_ms(self) -> float:
+        return self.relay.latency_p50_ms - self.direct.latency_p50_ms
+
+    @property
+    def added_p99_ms(self) -> float:
+        return self.relay.latency_p99_ms - self.direct.latency_p99_ms
+
+    def within(self, max_loss: float = 0.001, max_added_p99_ms: float = 5.0) -> bool:
+        """The goals' bounds: loss below ``max_loss`` and added p99 below ``max_added_p99_ms``."""
+        return self.relay.loss < max_loss and self.added_p99_ms < max_added_p99_ms
+
+
+HEADER = (
+    f"{'mode':<15}{'legs':>6}{'offered':>9}{'deliv.':>9}{'loss%':>8}{'p50':>7}{'p99':>7}"
+    f"{'d.p50':>7}{'d.p99':>7}{'+p50':>7}{'+p99':>7}{'µs/pkt':>8}{'relay%':>7}{'gen%':>6}{'other%':>7}"
+)
+
+
+def format_cell(cell: Cell) -> str:
+    """One row under :data:`HEADER`; latencies in milliseconds."""
+    relay, direct = cell.relay, cell.direct
+    return (
+        f"{cell.mode:<15}{cell.legs:>6}{relay.offered_pps:>9.0f}{relay.delivered_pps:>9.0f}{relay.loss * 100:>8.3f}"
+        f"{relay.latency_p50_ms:>7.2f}{relay.latency_p99_ms:>7.2f}{direct.latency_p50_ms:>7.2f}{direct.latency_p99_ms:>7.2f}"
+        f"{cell.added_p50_ms:>7.2f}{cell.added_p99_ms:>7.2f}{relay.relay_cpu_us_per_packet:>8.1f}{relay.relay_cpu_percent:>7.1f}"
+        f"{relay.generator_cpu_percent:>6.1f}{relay.other_cpu_percent:>7.1f}"
+    )
+
+
+def relay_flows(mode: str, relay: RelayProcess, api: Api, legs: int) -> tuple[list[Flow], list, list]:
+    """Set up ``legs`` legs (or calls) of ``mode`` on ``relay``.
+
+    Returns:
+        ``(flows, bots, browsers)``; bots and browsers for consent refreshes.
+    """
+    if mode == "bots":
+        pairs = bot_pairs(relay, api, legs)
+        flows = [Flow(send_sock=a.sock, dest=relay.media_addr, recv_sock=b.sock, ssrc=a.ssrc) for a, b in pairs]
+        return flows, [bot for pair in pairs for bot in pair], []
+    calls = bot_browser_calls(relay, api, legs)
+    flows = []
+    if mode in ("bot-to-browser", "calls"):
+        flows += [
+            Flow(
+                send_sock=bot.sock,
+                dest=relay.media_addr,
+                recv_sock=browser.sock,
+                ssrc=bot.ssrc,
+                recv_ssrc=browser.out_ssrc,
+                unprotect=browser.srtp.unprotect_untrusted,
+            )
+            for bot, browser in calls
+        ]
+    if mode in ("browser-to-bot", "calls"):
+        flows += [
+            Flow(
+                send_sock=browser.sock,
+                dest=relay.media_addr,
+                recv_sock=bot.sock,
+                ssrc=browser.send_ssrc,
+                recv_ssrc=browser.session_ssrc,
+                protect=browser.srtp.protect,
+            )
+            for bot, browser in calls
+        ]
+    return flows, [bot for bot, _ in calls], [browser for _, browser in calls]
+
+
+class DirectFlows:
+    """The direct baseline's flows: one socket pair per relay flow, with the same
+    SRTP work in the generator.
+
+    A flow whose sender protects (a browser) protects here too but sends the
+    plain packet (the receiver, a bot, reads plain RTP); a flow whose receiver
+    unprotects (a browser) gets packets its sender protected (the relay's job
+    on the real path; here it costs the generator one extra protect).
+    """
+
+    def __init__(self, flows: list[Flow]) -> None:
+        self.sockets = []
+        self.flows = []
+        keys = None
+        if any(flow.protect or flow.unprotect for flow in flows):
+            server, client = handshake(DtlsCertificate.generate(), DtlsCertificate.generate())
+            keys = (client.srtp_keys, server.srtp_keys)
+        for index, flow in enumerate(flows):
+            sender, receiver = open_socket(), open_socket()
+            sender.connect(receiver.getsockname())
+            self.sockets += (sender, receiver)
+            protect = unprotect = None
+            if flow.unprotect is not None:
+                protect = SrtpContext.from_keys(keys[0]).protect
+                unprotect = SrtpContext.from_keys(keys[1]).unprotect_untrusted
+            elif flow.protect is not None:
+                protect = _ProtectAndDiscard(SrtpContext.from_keys(keys[0]).protect)
+            self.flows.append(
+                Flow(
+                    send_sock=sender,
+                    dest=receiver.getsockname(),
+                    recv_sock=receiver,
+                    ssrc=index + 1,
+                    protect=protect,
+                    unprotect=unprotect,
+                )
+            )
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class _ProtectAndDiscard:
+    """Spend a protect on the packet, then send it plain (see :class:`DirectFlows`)."""
+
+    __slots__ = ("protect",)
+
+    def __init__(self, protect) -> None:
+        self.protect = protect
+
+    def __call__(self, packet: bytes) -> bytes:
+        self.protect(packet)
+        return packet
+
+
+def run_cells(
+    mode: str,
+    legs: int,
+    *,
+    duration: float,
+    warmup: float,
+    repeat: int = 1,
+    rate: float = 50.0,
+    packet_size: int = 172,
+    quiet_wait: float = 60.0,
+    log=print,
+) -> list[Cell]:
+    """Measure ``repeat`` relay runs of ``legs`` legs of ``mode`` on a fresh server.
+
+    Returns:
+        One :class:`Cell` per run, each beside the same direct baseline.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    with RelayProcess() as relay:
+        api = Api(relay.http_url, relay.data_dir)
+        started = time.monotonic()
+        flows, bots, browsers = relay_flows(mode, relay, api, legs)
+        api.close()
+        log(f"# {mode} x {legs}: {len(flows)} flows set up in {time.monotonic() - started:.1f} s")
+        kwargs = dict(rate_per_flow=rate, duration=duration, warmup=warmup, packet_size=packet_size)
+        direct_flows = DirectFlows(flows)
+        try:
+            wait_for_quiet(max_wait=quiet_wait)
+            direct = run_load(direct_flows.flows, **kwargs)
+        finally:
+            direct_flows.close()
+        cells = []
+        for _ in range(repeat):
+            wait_for_quiet(max_wait=quiet_wait)
+            latch_bots(bots)
+            if browsers:
+                refresh_browsers(browsers)
+            drain({flow.recv_sock for flow in flows})
+            result = run_load(flows, cpu_pid=relay.pid, **kwargs)
+            cells.append(Cell(mode=mode, legs=legs, relay=result, direct=direct))
+        for sock in {flow.send_sock for flow in flows} | {flow.recv_sock for flow in flows}:
+            sock.close()
+    return cells
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_isolated(lambda: _main(argv)))
+
+
+def _main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description="Relay latency, loss and CPU with N concurrent voice legs.")
+    parser.add_argument("--mode", choices=MODES, default="bots")
+    parser.add_argument("--legs", default="100,250,500,1000", help="comma-separated N (legs, or calls in 'calls' mode)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (at most 20: consent lasts 30 s)")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--packet-size", type=int, default=172)
+    parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine before each run")
+    args = parser.parse_args(argv)
+    if args.duration + args.warmup > 20:
+        parser.error("warmup + duration must stay under 20 s (the relay forgets addresses after 30 s without STUN)")
+    pin_to_core(GENERATOR_CORE)
+    print(machine_description())
+    print(f"relay on core 0, generator on core {GENERATOR_CORE}; {args.rate:g} packets/s per leg, {args.packet_size}-byte RTP")
+    print("latencies in ms (d. = direct baseline, + = relay-added); µs/pkt = relay CPU per forwarded packet")
+    print(HEADER, flush=True)
+    for legs in (int(value) for value in args.legs.split(",")):
+        for cell in run_cells(
+            args.mode,
+            legs,
+            duration=args.duration,
+            warmup=args.warmup,
+            repeat=args.repeat,
+            rate=args.rate,
+            packet_size=args.packet_size,
+            quiet_wait=args.quiet_wait,
+            log=lambda line: print(line, flush=True),
+        ):
+            print(format_cell(cell), flush=True)
+
+
+if __name__ == "__main__":
+    main()
