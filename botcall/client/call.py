@@ -277,7 +277,8 @@ class Call:
         if event.get("encoding") == "pcm16":
             self._frames.put_nowait(AudioFrame(event.get("participant_id"), 0, data, self.sample_rate, bool(event.get("concealed"))))
             return
-        ssrc = next((s for s, p in self._ssrc_to_participant.items() if p == event.get("participant_id")), 0)
+        speaker = self.participants.get(event.get("participant_id"), {})
+        ssrc = speaker.get("ssrc", 0)
         packet = RtpPacket(PAYLOAD_TYPE, event["seq"] & 0xFFFF, event["timestamp"] & 0xFFFFFFFF, ssrc, data)
         self._playout.push(packet, trio.current_time())
 
