@@ -38,7 +38,10 @@ from botcall.errors import NotFound
 
 log = logging.getLogger("botcall.pwa")
 
-PWA_DIR = Path(__file__).resolve().parents[2] / "pwa"
+# Installed from a wheel, the PWA ships inside the package (botcall/pwa); in a
+# source checkout it is the repository's top-level pwa/.
+_PACKAGED_PWA = Path(__file__).resolve().parents[1] / "pwa"
+PWA_DIR = _PACKAGED_PWA if _PACKAGED_PWA.is_dir() else Path(__file__).resolve().parents[2] / "pwa"
 VERSION_PLACEHOLDER = b"__BOTCALL_VERSION__"
 SHELL = "index.html"
 SERVICE_WORKER = "sw.js"
