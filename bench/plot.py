@@ -89,13 +89,18 @@ def plot(results: dict, out: Path) -> Path:
     _draw(latency, plain, PLAIN_RELAYS, "added_p99_ms", "flows", x_of=offered)
     latency.set_title("Added latency p99 (relay minus direct send)")
     latency.set_xlabel("offered load, packets/s")
-    latency.set_ylabel("ms")
+    latency.set_ylabel("ms (linear below 1, logarithmic above)")
+    # Stalls of other work on a shared machine reach seconds; most cells are
+    # under a few ms: a symmetric log scale shows both.
+    latency.set_yscale("symlog", linthresh=1.0)
     latency.axhline(0, color="#888", linewidth=0.8)
 
     _draw(loss, plain, PLAIN_RELAYS, "loss", "flows", scale=100.0, x_of=offered)
     loss.set_title("Loss")
     loss.set_xlabel("offered load, packets/s")
-    loss.set_ylabel("% of packets sent")
+    loss.set_ylabel("% of packets sent (linear below 0.1, logarithmic above)")
+    loss.set_yscale("symlog", linthresh=0.1)
+    loss.set_ylim(bottom=0)
 
     _draw(cpu, plain, PLAIN_RELAYS, "cpu_us_per_packet", "flows", x_of=offered)
     cpu.set_title("Relay CPU per forwarded packet (plain RTP)")

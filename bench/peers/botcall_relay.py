@@ -279,7 +279,7 @@ class BotCallRelay:
             str(self.max_humans),
         ]
         self.process = self._stack.enter_context(RelayProcess("botcall", argv, core=self.core, log_dir=self.workdir, cwd=REPO_ROOT))
-        self.process.wait_ready(ready_file.exists, timeout=30.0)
+        self.process.wait_ready(ready_file.exists, timeout=60.0)
         ready = json.loads(ready_file.read_text())
         self.http_url = ready["http_url"]
         self.media = (HOST, int(ready["media_port"]))
