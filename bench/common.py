@@ -72,8 +72,10 @@ CONTROLLER = "bench"
 SCOPES = ("call:create", "call:voice")
 TOKEN_TTL = 3000.0
 STARTUP_TIMEOUT = 30.0
+SNAPSHOT_TIMEOUT = 60.0
+TRACEMALLOC_FRAMES = 12
 HTTP_TIMEOUT = 30.0
-LATCH_TIMEOUT = 5.0
+LATCH_TIMEOUT = 20.0
 LATCH_ATTEMPTS = 5
 HANDSHAKE_TIMEOUT = 10.0
 SIGNALING_TIMEOUT = 10.0
@@ -116,12 +118,13 @@ def bench_config(data_dir: Path, **overrides: Any) -> Config:
 # --- the server process ----------------------------------------------------------------
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, snapshot_dir: Path | None = None) -> None:
     import trio
 
     from botcall.server import run_server
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    snapshots = 0
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
             info = await nursery.start(run_server, config)
             state = info.state
@@ -132,16 +135,30 @@ async def _serve(config: Config) -> None:
                 "media_port": state.media_port,
             }
             print(json.dumps(ready), flush=True)
-            async for _ in signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1 and snapshot_dir is not None:
+                    _write_snapshot(snapshot_dir / f"snapshot-{snapshots}.pickle")
+                    snapshots += 1
+                    continue
                 nursery.cancel_scope.cancel()
                 break
 
 
+def _write_snapshot(path: Path) -> None:
+    """Dump a tracemalloc snapshot (written to a temporary name, then renamed)."""
+    import tracemalloc
+
+    partial = path.with_suffix(".partial")
+    tracemalloc.take_snapshot().dump(str(partial))
+    partial.rename(path)
+
+
 def serve_main(argv: list[str]) -> None:
-    """``python -m bench.common serve --data-dir D [--consent-timeout S]``: run the bench server.
+    """``python -m bench.common serve --data-dir D [--consent-timeout S] [--tracemalloc]``: run the bench server.
 
     Prints one JSON line (pid, http_url, media host and port) once it accepts
-    connections, then serves until SIGTERM.
+    connections, then serves until SIGTERM. With ``--tracemalloc``, each
+    SIGUSR1 writes ``snapshot-<n>.pickle`` into the data directory.
     """
     import logging
 
@@ -151,9 +168,15 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--consent-timeout", type=float, default=30.0)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--tracemalloc", action="store_true", help="trace allocations; SIGUSR1 writes a snapshot to the data directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="botcall: %(message)s", stream=sys.stderr)
-    trio.run(_serve, bench_config(args.data_dir, media_consent_timeout_s=args.consent_timeout))
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(TRACEMALLOC_FRAMES)
+    config = bench_config(args.data_dir, media_consent_timeout_s=args.consent_timeout)
+    trio.run(_serve, config, args.data_dir if args.tracemalloc else None)
 
 
 class RelayProcess:
@@ -168,12 +191,22 @@ class RelayProcess:
         consent_timeout: the media consent timeout (seconds).
     """
 
-    def __init__(self, *, core: int | None = RELAY_CORE, data_dir: Path | None = None, consent_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        core: int | None = RELAY_CORE,
+        data_dir: Path | None = None,
+        consent_timeout: float = 30.0,
+        trace_allocations: bool = False,
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="botcall-bench-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name) if self._tmp is not None else data_dir
         self.log_path = self.data_dir / "server.log"
         command = [sys.executable, "-m", "bench.common", "serve", "--data-dir", str(self.data_dir)]
         command += ["--consent-timeout", str(consent_timeout)]
+        if trace_allocations:
+            command.append("--tracemalloc")
+        self._snapshots = 0
         if core is not None and core < (os.cpu_count() or 1) and shutil.which("taskset"):
             command = ["taskset", "-c", str(core)] + command
         self._log = open(self.log_path, "wb")
@@ -194,6 +227,24 @@ class RelayProcess:
         if not line:
             raise RuntimeError(f"bench server did not start; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
         return json.loads(line)
+
+    def snapshot(self, timeout: float = SNAPSHOT_TIMEOUT):
+        """A tracemalloc snapshot of the server (started with ``trace_allocations=True``).
+
+        Raises:
+            RuntimeError: no snapshot within ``timeout`` seconds.
+        """
+        import tracemalloc
+
+        path = self.data_dir / f"snapshot-{self._snapshots}.pickle"
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"no allocation snapshot from the server; see {self.log_path}")
+            time.sleep(0.05)
+        self._snapshots += 1
+        return tracemalloc.Snapshot.load(str(path))
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
@@ -436,10 +487,14 @@ def latch_bots(bots: list[Bot]) -> None:
     latch(bots, lambda bot: bot.media["ice_pwd"])
 
 
-def bot_pairs(relay: RelayProcess, api: Api, count: int) -> list[tuple[Bot, Bot]]:
-    """``count`` rooms with two latched UDP bots each (speaker, listener)."""
+def bot_pairs(relay: RelayProcess, api: Api, count: int, *, first_index: int = 0) -> list[tuple[Bot, Bot]]:
+    """``count`` rooms with two latched UDP bots each (speaker, listener).
+
+    Args:
+        first_index: numbers the agents (``bench-a<i>``), for a second batch.
+    """
     pairs = []
-    for index in range(count):
+    for index in range(first_index, first_index + count):
         room_id, _ = api.create_room(f"bench-a{index}", max_humans=0)
         speaker = join_bot(api, f"bench-a{index}", room_id, relay.media_addr)
         listener = join_bot(api, f"bench-b{index}", room_id, relay.media_addr)
@@ -620,10 +675,14 @@ def refresh_browsers(browsers: list[Browser]) -> None:
     latch(browsers, lambda browser: browser.relay_pwd)
 
 
-def bot_browser_calls(relay: RelayProcess, api: Api, count: int) -> list[tuple[Bot, Browser]]:
-    """``count`` rooms with one latched UDP bot and one connected simulated browser each."""
+def bot_browser_calls(relay: RelayProcess, api: Api, count: int, *, first_index: int = 0) -> list[tuple[Bot, Browser]]:
+    """``count`` rooms with one latched UDP bot and one connected simulated browser each.
+
+    Args:
+        first_index: numbers the agents (``bench-bot<i>``), for a second batch.
+    """
     rooms, bots = [], []
-    for index in range(count):
+    for index in range(first_index, first_index + count):
         agent = f"bench-bot{index}"
         room_id, invite = api.create_room(agent, max_humans=1)
         bots.append(join_bot(api, agent, room_id, relay.media_addr))
@@ -645,8 +704,11 @@ def wait_for_quiet(*, max_wait: float = 60.0, threshold: float = 0.15, interval:
         interval: length of each sample.
 
     Returns:
-        The last sample's busy fraction of one core (above ``threshold`` when it gave up).
+        The last sample's busy fraction of one core (above ``threshold`` when it
+        gave up); NaN without sampling when ``max_wait`` is not positive.
     """
+    if max_wait <= 0:
+        return float("nan")
     started = time.monotonic()
     while True:
         before = machine_busy_seconds()

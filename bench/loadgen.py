@@ -173,6 +173,11 @@ def machine_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / CLOCK_TICKS
 
 
+def packets_per_flow(rate_per_flow: float, duration: float, warmup: float) -> int:
+    """How many packets each flow sends in one run (warm-up included)."""
+    return math.ceil((warmup + duration) * rate_per_flow)
+
+
 def _validate(flows: list[Flow], rate_per_flow: float, duration: float, packet_size: int, warmup: float) -> None:
     if not flows:
         raise ValueError("no flows")
@@ -200,6 +205,7 @@ def run_load(
     packet_size: int = 172,
     warmup: float = 1.0,
     cpu_pid: int | None = None,
+    seq_base: int = 0,
 ) -> LoadResult:
     """Send every flow's packets on schedule and measure what comes back.
 
@@ -210,6 +216,10 @@ def run_load(
         packet_size: RTP packet size in bytes (header included, framing excluded).
         warmup: seconds sent before the window opens (not measured).
         cpu_pid: a process whose CPU time over the window is reported (the relay).
+        seq_base: the first RTP sequence number of every flow (and, times the
+            frame size, its first timestamp). Runs repeated over the same flows
+            continue where the last one stopped, as a real sender does: an SRTP
+            context refuses to protect a sequence number twice.
 
     Returns:
         The window's figures.
@@ -219,7 +229,7 @@ def run_load(
     """
     _validate(flows, rate_per_flow, duration, packet_size, warmup)
     n = len(flows)
-    per_flow = math.ceil((warmup + duration) * rate_per_flow)
+    per_flow = packets_per_flow(rate_per_flow, duration, warmup)
     warm_packets = round(warmup * rate_per_flow)
     total = per_flow * n
     if total > MAX_PACKETS:
@@ -307,8 +317,8 @@ def run_load(
                         offsets[index],
                         RTP_VERSION_BITS,
                         second_bytes[index],
-                        packet_index & 0xFFFF,
-                        (packet_index * ts_step) & 0xFFFFFFFF,
+                        (seq_base + packet_index) & 0xFFFF,
+                        ((seq_base + packet_index) * ts_step) & 0xFFFFFFFF,
                         ssrcs[index],
                         stamp,
                         index,

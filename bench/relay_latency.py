@@ -57,7 +57,7 @@ from bench.common import (
     refresh_browsers,
     wait_for_quiet,
 )
-from bench.loadgen import Flow, LoadResult, open_socket, pin_to_core, run_load
+from bench.loadgen import Flow, LoadResult, open_socket, packets_per_flow, pin_to_core, run_load
 from bench.srtp_cost import handshake
 from botcall.rtp.dtls import DtlsCertificate
 from botcall.rtp.srtp import SrtpContext
@@ -232,13 +232,14 @@ def run_cells(
         finally:
             direct_flows.close()
         cells = []
-        for _ in range(repeat):
+        per_flow = packets_per_flow(rate, duration, warmup)
+        for run in range(repeat):
             wait_for_quiet(max_wait=quiet_wait)
             latch_bots(bots)
             if browsers:
                 refresh_browsers(browsers)
             drain({flow.recv_sock for flow in flows})
-            result = run_load(flows, cpu_pid=relay.pid, **kwargs)
+            result = run_load(flows, cpu_pid=relay.pid, seq_base=run * per_flow, **kwargs)
             cells.append(Cell(mode=mode, legs=legs, relay=result, direct=direct))
         for sock in {flow.send_sock for flow in flows} | {flow.recv_sock for flow in flows}:
             sock.close()

@@ -127,6 +127,10 @@ def test_srtp_flow_protects_and_unprotects_with_real_libsrtp(sockets):
     result = run_load([flow], rate_per_flow=RATE, duration=DURATION, warmup=WARMUP)
     assert_consistent(result, flows=1)
     assert result.received == result.sent and result.bad == 0
+    # A second run continues the sequence: the same contexts protect and accept it.
+    per_flow = round(RATE * (DURATION + WARMUP))
+    again = run_load([flow], rate_per_flow=RATE, duration=DURATION, warmup=WARMUP, seq_base=per_flow)
+    assert again.received == again.sent and again.bad == 0
     # The wrong keys authenticate nothing: every packet is bad.
     flow.protect = SrtpContext.from_keys(client.srtp_keys).protect
     flow.unprotect = SrtpContext.from_keys(client.srtp_keys).unprotect_untrusted

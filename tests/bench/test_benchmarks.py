@@ -1,0 +1,141 @@
+"""Each benchmark runs end to end at a tiny load and prints self-consistent numbers.
+
+These start the real server (``bench.common.RelayProcess``) and drive it with
+real UDP, STUN, DTLS-SRTP and WebSockets for a second or so. They check
+counts and consistency, never speed: everything sent at a few hundred packets
+per second on loopback arrives, latencies are positive and ordered, the
+relay-added figures are the difference of the two runs, CPU and memory are
+read from /proc.
+"""
+
+import math
+
+import pytest
+
+from bench.capacity import Bounds, Probe, judge, search
+from bench.common import RelayProcess
+from bench.memory import format_point, measure_variant
+from bench.relay_latency import format_cell, run_cells
+from bench.time_to_talk import PHASES, run_joins, summarize
+
+DURATION = 0.6
+WARMUP = 0.2
+RATE = 50.0
+
+
+def check_cell(cell, flows):
+    relay, direct = cell.relay, cell.direct
+    expected = flows * round(RATE * DURATION)
+    assert relay.sent == direct.sent == expected
+    # Nothing is lost at this load: a broken relay path delivers less.
+    assert relay.received == relay.sent and relay.bad == 0 and relay.duplicates == 0
+    assert direct.received == direct.sent
+    assert 0 < relay.latency_p50_ms <= relay.latency_p99_ms <= relay.latency_max_ms
+    assert cell.added_p99_ms == pytest.approx(relay.latency_p99_ms - direct.latency_p99_ms)
+    assert relay.relay_cpu_s >= 0 and relay.relay_cpu_percent >= 0
+    assert math.isnan(direct.relay_cpu_s)  # the baseline has no relay
+    assert str(cell.legs) in format_cell(cell)
+
+
+def test_relay_latency_bot_legs():
+    cells = run_cells("bots", 3, duration=DURATION, warmup=WARMUP, repeat=2, quiet_wait=0, log=lambda line: None)
+    assert len(cells) == 2
+    for cell in cells:
+        check_cell(cell, flows=3)
+
+
+def test_relay_latency_bot_browser_calls_over_srtp():
+    cells = run_cells("calls", 2, duration=DURATION, warmup=WARMUP, repeat=2, quiet_wait=0, log=lambda line: None)
+    for cell in cells:
+        check_cell(cell, flows=4)  # two calls, both directions
+
+
+def test_memory_per_session_is_measured():
+    points = measure_variant("bots", [0, 4], log=lambda line: None)
+    assert [p.sessions for p in points] == [0, 4]
+    assert points[0].rss_bytes == points[0].baseline_bytes > 10 * 2**20
+    assert math.isnan(points[0].per_session_bytes)
+    assert points[1].per_session_bytes == (points[1].rss_bytes - points[1].baseline_bytes) / 4
+    assert "bots" in format_point(points[1])
+
+
+def test_memory_with_websockets_and_browsers():
+    ws_points = measure_variant("bots+ws", [0, 2], log=lambda line: None)
+    call_points = measure_variant("calls", [0, 2], log=lambda line: None)
+    assert ws_points[-1].sessions == call_points[-1].sessions == 2
+    assert all(p.rss_bytes > 0 for p in ws_points + call_points)
+
+
+def test_time_to_talk_phases_add_up():
+    with RelayProcess() as relay:
+        # run_joins deletes each room after its join (and raises if it cannot).
+        timelines = run_joins(relay, 2, sdk=False)
+        sdk = run_joins(relay, 1, sdk=True)
+    assert len(timelines) == 2 and len(sdk) == 1
+    for timeline in timelines:
+        assert list(timeline.phases) == list(PHASES)
+        assert all(value > 0 for value in timeline.phases.values())
+        assert timeline.total == pytest.approx(sum(timeline.phases.values()))
+    assert sdk[0].total > 0
+    assert summarize("total", [t.total for t in timelines]).startswith("total")
+
+
+class FakeCell:
+    """Stands in for a measured cell in the search's own tests."""
+
+    def __init__(self, within, direct_loss=0.0, lag=0.0):
+        self._within = within
+        self.direct = type("Direct", (), {"loss": direct_loss, "max_send_lag_ms": lag})()
+        self.relay = type("Relay", (), {"max_send_lag_ms": lag})()
+
+    def within(self, max_loss, max_added_p99_ms):
+        return self._within
+
+
+def threshold_probe(capacity, tried, generator_limit=None):
+    def probe(n):
+        tried.append(n)
+        bound = generator_limit is not None and n >= generator_limit
+        return Probe(n=n, passed=n <= capacity, generator_bound=bound, cells=[])
+
+    return probe
+
+
+def test_search_steps_up_then_bisects_to_the_resolution():
+    tried = []
+    best, probes = search(threshold_probe(730, tried), start=250, step=250, maximum=1500, resolution=25)
+    assert tried[:4] == [250, 500, 750, 625]
+    assert 730 - 25 < best <= 730  # within the resolution of the truth
+    assert [p.n for p in probes] == tried
+
+
+def test_search_reports_the_maximum_when_everything_passes():
+    tried = []
+    best, _ = search(threshold_probe(10_000, tried), start=100, step=100, maximum=300, resolution=10)
+    assert best == 300 and tried == [100, 200, 300]
+
+
+def test_search_stops_at_a_generator_bound_probe():
+    tried = []
+    best, probes = search(threshold_probe(10_000, tried, generator_limit=300), start=100, step=100, maximum=1000, resolution=10)
+    assert tried == [100, 200, 300] and best == 300 and probes[-1].generator_bound
+
+
+def test_search_when_the_first_probe_fails():
+    tried = []
+    best, _ = search(threshold_probe(40, tried), start=100, step=100, maximum=1000, resolution=10)
+    assert tried[0] == 100 and 31 <= best <= 40
+
+
+def test_search_refuses_a_bad_scan():
+    with pytest.raises(ValueError):
+        search(threshold_probe(1, []), start=0, step=1, maximum=1, resolution=1)
+
+
+def test_judge_takes_the_majority_and_flags_the_generator():
+    bounds = Bounds()
+    assert judge(10, [FakeCell(True), FakeCell(False), FakeCell(True)], bounds).passed
+    assert not judge(10, [FakeCell(True), FakeCell(False)], bounds).passed
+    assert judge(10, [FakeCell(True, direct_loss=0.01)], bounds).generator_bound
+    assert judge(10, [FakeCell(True, lag=500.0)], bounds).generator_bound
+    assert not judge(10, [FakeCell(True)], bounds).generator_bound
