@@ -284,14 +284,30 @@ def _debian_package_version(package: str) -> str:
 # --- the plain-forwarding comparison ----------------------------------------------------------
 
 
+def _workdir(args, name: str) -> Path:
+    """A directory for one relay's configuration and log, kept after the run."""
+    path = args.logs / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _drop(name: str, reason: str, relays: dict, order: list, skipped: dict[str, str]) -> None:
+    """Stop measuring a relay that broke mid-run; the report says why."""
+    process = relays[name].process
+    skipped[name] = f"{reason} (log: {process.log_path})"
+    log(f"[plain] {name} dropped from the remaining cells: {reason}{process.log_tail()}")
+    if name in order:
+        order.remove(name)
+
+
 def run_plain(args, skipped: dict[str, str], relay_core: int) -> list[PlainCell]:
     """Set every relay up once, then measure every (repeat, load, relay) cell."""
     cells: list[PlainCell] = []
     most = max(args.flows)
     factories = {
-        "botcall": lambda: BotCallRelay(core=relay_core),
-        "coturn": lambda: CoturnRelay(core=relay_core),
-        "rtpengine": lambda: RtpengineRelay(core=relay_core),
+        "botcall": lambda: BotCallRelay(core=relay_core, workdir=_workdir(args, "botcall")),
+        "coturn": lambda: CoturnRelay(core=relay_core, workdir=_workdir(args, "coturn")),
+        "rtpengine": lambda: RtpengineRelay(core=relay_core, workdir=_workdir(args, "rtpengine")),
     }
     with ExitStack() as stack:
         relays, flows = {}, {}
@@ -314,8 +330,11 @@ def run_plain(args, skipped: dict[str, str], relay_core: int) -> list[PlainCell]
         kwargs = dict(rate_per_flow=RATE, duration=args.duration, warmup=args.warmup, packet_size=PACKET_SIZE)
         for repeat in range(args.repeat):
             for n in args.flows:
-                for relay in relays.values():
-                    relay.keep_alive()
+                for name in list(order):
+                    try:
+                        relays[name].keep_alive()
+                    except HarnessError as exc:
+                        _drop(name, f"refresh failed: {exc}", relays, order, skipped)
                 wait_for_quiet(args.quiet_wait, own_pids)
                 direct = measure_direct(n, **kwargs)
                 cells.append(PlainCell.from_result("direct", n, repeat, direct, None))
@@ -323,9 +342,14 @@ def run_plain(args, skipped: dict[str, str], relay_core: int) -> list[PlainCell]
                 rotation = order[repeat % len(order) :] + order[: repeat % len(order)] if order else []
                 for name in rotation:
                     wait_for_quiet(args.quiet_wait, own_pids)
+                    if not relays[name].process.alive():
+                        _drop(name, "exited", relays, order, skipped)
+                        continue
                     result = run_load(flows[name][:n], cpu_pid=relays[name].pid, **kwargs)
                     cell = PlainCell.from_result(name, n, repeat, result, direct)
                     cells.append(cell)
+                    if result.received == 0:
+                        log(f"[plain] {name} delivered nothing; its log: {relays[name].process.log_path}")
                     log(
                         f"[plain] repeat {repeat + 1}/{args.repeat} N={n} {name}: delivered {cell.delivered_pps:.0f}/s "
                         f"loss {cell.loss * 100:.3f}% added p99 {cell.added_p99_ms:.3f} ms "
@@ -348,7 +372,7 @@ def run_fanout(args, skipped: dict[str, str], relay_core: int, load_core: int) -
         if "aiortc" not in skipped and k in aiortc_ks:
             log(f"[fanout] aiortc K={k}: setting up...")
             try:
-                with AiortcFanout(k, relay_core=relay_core, load_core=load_core) as fanout:
+                with AiortcFanout(k, relay_core=relay_core, load_core=load_core, workdir=_workdir(args, f"aiortc-{k}")) as fanout:
                     for repeat in range(args.repeat):
                         wait_for_quiet(args.quiet_wait, [fanout.pid, fanout.clients.pid])
                         with OtherLoad([fanout.pid, fanout.clients.pid]) as other:
@@ -364,7 +388,7 @@ def run_fanout(args, skipped: dict[str, str], relay_core: int, load_core: int) -
                 cells.append(_failed_fanout("aiortc", k))
         log(f"[fanout] botcall K={k}: setting up...")
         try:
-            with BotCallRelay(core=relay_core, max_humans=max(botcall_ks)) as relay:
+            with BotCallRelay(core=relay_core, max_humans=max(botcall_ks), workdir=_workdir(args, f"botcall-fanout-{k}")) as relay:
                 started = time.monotonic()
                 speaker, legs = relay.create_subscribers(k)
                 setup_s = time.monotonic() - started
@@ -527,6 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for other work to calm down before a cell (default %(default)s)")
     parser.add_argument("--json", type=Path, default=REPO_ROOT / "out" / "bench-compare.json", help="raw results (default %(default)s)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the PNG here (e.g. docs/bench-compare.png)")
+    parser.add_argument("--logs", type=Path, default=None, help="relay configurations and logs (default out/bench-compare-logs/<time>)")
     parser.add_argument(
         "--nice",
         type=int,
@@ -566,6 +591,9 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    if args.logs is None:
+        args.logs = REPO_ROOT / "out" / "bench-compare-logs" / f"{started:%Y%m%d-%H%M%S}"
     relay_core, load_core = cores()
     pin_current_process(load_core)
     try:
@@ -574,7 +602,6 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError:
         log(f"[setup] cannot set niceness {args.nice} (not root): running at the default priority")
     skipped: dict[str, str] = {}
-    started = datetime.datetime.now(datetime.timezone.utc)
 
     if not args.no_plain:
         for relay in args.relays:

@@ -267,6 +267,7 @@ class BotCallRelay:
             self.workdir = self._workdir_arg
         data_dir = self.workdir / "data"
         ready_file = self.workdir / "ready.json"
+        ready_file.unlink(missing_ok=True)  # a reused workdir must not announce the last run's ports
         argv = [
             sys.executable,
             "-m",

@@ -61,6 +61,8 @@ REQUEST_ATTEMPTS = 6
 REFRESH_INTERVAL = 120.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 RELAY_PORTS = 2 * 4096
+RELAY_PORT_FLOOR = 10000
+RELAY_PORT_SPREAD = 4000
 
 
 class TurnError(IntEnum):
@@ -314,7 +316,11 @@ class CoturnRelay:
         else:
             self.workdir = self._workdir_arg
         self.port = free_port()
-        base = 20000 + secrets.randbelow(20000)
+        # Below the kernel's ephemeral range (32768-60999 by default), where
+        # every client socket and listening port of the run is bound, and
+        # below rtpengine's range: two relays that bind with SO_REUSEADDR can
+        # share a UDP port, the later one taking its traffic.
+        base = RELAY_PORT_FLOOR + secrets.randbelow(RELAY_PORT_SPREAD)
         config = self.workdir / "turnserver.conf"
         config.write_text(coturn_config(listening_port=self.port, min_port=base, max_port=base + RELAY_PORTS, workdir=self.workdir))
         self.process = self._stack.enter_context(

@@ -36,7 +36,8 @@ MAX_DEPTH = 32
 SOCKET_BUFFER = 4 * 1024 * 1024
 # Idle calls must outlive a whole benchmark run (seconds).
 CALL_TIMEOUT = 3600
-PORT_SPAN = 16000
+PORT_SPAN = 8000
+PORT_FLOOR = 22500
 
 
 class BencodeError(BadPacket):
@@ -348,7 +349,8 @@ class RtpengineRelay:
         else:
             self.workdir = self._workdir_arg
         self.ng_port = free_port()
-        base = 20000 + 2 * secrets.randbelow(10000)
+        # Below the kernel's ephemeral range and above coturn's relay ports.
+        base = PORT_FLOOR + 2 * secrets.randbelow(1000)
         argv = rtpengine_argv(ng_port=self.ng_port, port_min=base, port_max=base + PORT_SPAN, pidfile=self.workdir / "rtpengine.pid")
         self.process = self._stack.enter_context(RelayProcess("rtpengine", argv, core=self.core, log_dir=self.workdir))
         self.ng = NgClient((HOST, self.ng_port))
