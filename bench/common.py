@@ -222,8 +222,7 @@ class RelayProcess:
 
     def _read_ready_line(self) -> dict:
         stdout = self.process.stdout
-        ready, _, _ = select.select([stdout], [], [], STARTUP_TIMEOUT)
-        line = stdout.readline() if ready else b""
+        line = stdout.readline() if _wait_readable(stdout, STARTUP_TIMEOUT) else b""
         if not line:
             raise RuntimeError(f"bench server did not start; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
         return json.loads(line)
@@ -578,8 +577,7 @@ class Browser:
                 raise RuntimeError(f"DTLS handshake failed: {dtls.state} {dtls.failure_reason}")
             wake = dtls.next_deadline()
             wait = max(0.0, min(deadline, wake if wake is not None else deadline) - now())
-            readable, _, _ = select.select([sock], [], [], wait)
-            if readable:
+            if _wait_readable(sock, wait):
                 try:
                     data = sock.recv(4096)
                 except BlockingIOError:
@@ -592,6 +590,13 @@ class Browser:
             for datagram in out:
                 sock.send(datagram)
         self.srtp = SrtpContext.from_keys(dtls.srtp_keys)
+
+
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` became readable within ``timeout`` (poll: any descriptor number)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _sdp_value(sdp: str, pattern: str) -> str:
