@@ -622,10 +622,14 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_description()
     machine["packages"] = {name: _debian_package_version(name) for name in ("coturn", "rtpengine-daemon")}
+    if bench_python is not None:
+        version = subprocess.run([str(bench_python), "-c", "import aiortc; print(aiortc.__version__)"], capture_output=True, text=True)
+        machine["packages"]["aiortc"] = version.stdout.strip() or "?"
     report = [
         f"bench/compare.py, {started:%Y-%m-%d %H:%M} UTC; relays on core {relay_core}, load on core {load_core}, niceness {os.getpriority(os.PRIO_PROCESS, 0)}",
         f"machine: {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, Python {machine['python']}",
-        f"peers: coturn {machine['packages']['coturn']}, rtpengine-daemon {machine['packages']['rtpengine-daemon']} (--table=-1, userspace)",
+        f"peers: coturn {machine['packages']['coturn']}, rtpengine-daemon {machine['packages']['rtpengine-daemon']} (--table=-1, userspace), "
+        f"aiortc {machine['packages'].get('aiortc', 'not installed')} (bench virtualenv)",
         "",
     ]
     if plain:
