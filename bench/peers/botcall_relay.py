@@ -388,9 +388,9 @@ class BotCallRelay:
                             parse_binding_response_untrusted(data, pwd, request[8:20])
                             return
                         except BadPacket:
-                            continue
+                            continue  # not our answer (a stray or late datagram): keep reading
                 except TimeoutError:
-                    continue
+                    continue  # retransmit (RFC 8489 §6.2.1)
             raise HarnessError(f"no STUN answer from BotCall's media port {media}")
         finally:
             sock.setblocking(False)

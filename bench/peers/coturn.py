@@ -248,7 +248,7 @@ class TurnClient:
                         if response.transaction_id == message.transaction_id:
                             return response
                 except TimeoutError:
-                    continue
+                    continue  # retransmit (RFC 8489 §6.2.1)
         finally:
             # The socket goes back to the load generator non-blocking.
             self.sock.setblocking(False)

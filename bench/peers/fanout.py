@@ -57,6 +57,7 @@ class FanoutResult:
         bad: packets that arrived but failed SRTP or carried unknown indexes.
         load_cpu_percent: the load side's CPU (sender and subscribers) as a
             share of its core: near 100 the load, not the relay, is the limit.
+        send_blocked: packets the speaker's own socket refused (kernel buffer full).
     """
 
     relay: str
@@ -71,6 +72,7 @@ class FanoutResult:
     latency_p99_ms: float = math.nan
     bad: int = 0
     load_cpu_percent: float = math.nan
+    send_blocked: int = 0
 
     @property
     def cpu_us_per_packet(self) -> float:
@@ -139,7 +141,7 @@ def drive_fanout(
     seen = [bytearray(total) for _ in legs]
     counts = [0] * len(legs)
     latencies: list[int] = []
-    bad = 0
+    bad = send_blocked = 0
     now_ns = time.perf_counter_ns
     t0 = now_ns()
     send_deadline = t0 + (warmup + duration) * 1e9 * (1 + MAX_LAG_FRACTION)
@@ -168,7 +170,7 @@ def drive_fanout(
                     try:
                         sendto(buffer, dest)
                     except BlockingIOError:
-                        pass  # counted as loss at the far end
+                        send_blocked += 1  # never reaches the relay: loss at the far end too
                     if next_index >= window_first:
                         if sent_in_window == 0:
                             first_send = stamp
@@ -233,6 +235,7 @@ def drive_fanout(
         latency_p99_ms=float(numpy.percentile(lat, 99)) if lat.size else math.nan,
         bad=bad,
         load_cpu_percent=(own_end - own_start) / window_s * 100,
+        send_blocked=send_blocked,
     )
 
 

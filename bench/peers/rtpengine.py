@@ -238,14 +238,14 @@ class NgClient:
                     try:
                         reply = parse_ng_reply_untrusted(reply_bytes, cookie)
                     except BencodeError:
-                        continue
+                        continue  # another request's late reply, or garbage: keep reading
                     result = reply.get(b"result")
                     if result == b"error":
                         reason = reply.get(b"error-reason", b"?").decode("utf-8", "replace")
                         raise HarnessError(f"rtpengine refused {name}: {reason}")
                     return reply
             except TimeoutError:
-                continue
+                continue  # resend; the ng protocol's cookie makes a retry safe
         raise HarnessError(f"rtpengine did not answer {name} at {self.server}")
 
 
