@@ -536,6 +536,13 @@ RESULT_HEADER = (
 
 
 def main(argv: list[str] | None = None) -> None:
+    # bench.common imports this module; import it only once both are loaded.
+    from bench.common import run_isolated
+
+    sys.exit(run_isolated(lambda: _main(argv)))
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description="The load generator's own ceiling: direct sends, no relay.")
     parser.add_argument("--flows", default="100,1000,2000", help="comma-separated flow counts")
     parser.add_argument("--rate", type=float, default=50.0, help="packets per second per flow")
