@@ -7,8 +7,9 @@ WebSocket bots and browsers plug in through :class:`Sink` objects.
 
 Per-packet work on the hot path is a dict lookup by source address, three byte
 comparisons (first byte, SSRC, payload type) and one ``transmit`` per
-subscriber, found in the speaker's precomputed ``fanout``. Bot SSRCs are assigned by the server at join time and unique in a
-room, so forwarded RTP keeps its bytes: no rewrite, no copy.
+subscriber, found in the speaker's precomputed ``fanout``. Bot SSRCs are
+assigned by the server at join time and unique in a room, so forwarded RTP
+keeps its bytes: no rewrite, no copy.
 
 Drops are counted in ``MediaRelay.counters`` (a ``collections.Counter``) under
 the reason's name, and per peer in ``MediaPeer.drops``.
@@ -114,6 +115,7 @@ class MediaPeer:
     drops: collections.Counter = field(default_factory=collections.Counter)
     # The sinks of the other peers in the room, rebuilt by the relay whenever
     # the room's membership changes: forwarding walks it without a room lookup.
+    # So a peer's sink is set before add_peer and never swapped while it is in.
     fanout: tuple = ()
     # The datagram handler for this peer when it needs one that is not plain
     # RTP (a browser: SRTP and DTLS). Set by the WebRTC bridge.
