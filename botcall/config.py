@@ -96,6 +96,8 @@ class Config:
     media_consent_timeout_s: float = 30.0
     # DTLS handshakes in progress at once (browsers); more ClientHellos wait for a retransmit.
     max_dtls_handshakes: int = 64
+    # A speaker's RTP packets per second beyond this are dropped (a flood hurts no one).
+    media_max_packets_per_second: int = 200
     # A session with no WebSocket for this long (never connected, or dropped) is ended.
     ws_connect_grace_s: float = 30.0
 
@@ -174,7 +176,8 @@ class Config:
             "room_empty_timeout_s", "room_default_max_humans", "room_max_humans", "room_max_bots",
             "max_live_rooms_per_controller", "max_rooms_total", "max_sessions_total",
             "closed_rooms_remembered", "closed_rooms_remembered_s", "max_display_name_chars",
-            "rate_limit_table_max", "max_body_bytes",
+            "rate_limit_table_max", "max_body_bytes", "media_consent_timeout_s",
+            "max_dtls_handshakes", "media_max_packets_per_second", "ws_connect_grace_s",
         )
         for name in positive:
             value = getattr(self, name)

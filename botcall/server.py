@@ -207,6 +207,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         consent_timeout=config.media_consent_timeout_s,
         max_peers=config.max_sessions_total,
         max_handshakes=config.max_dtls_handshakes,
+        max_packets_per_second=config.media_max_packets_per_second,
     )
     state.media_port = udp.local_address[1]
     state.media = MediaService(

@@ -47,6 +47,9 @@ RTP_MIN_SIZE = 12
 # Opus packets this large carry sound; silence and DTX frames are a few bytes
 # (RFC 6716 §2.1.9). Cheaper than decoding, good enough for a "speaking" light.
 VOICE_MIN_SIZE = 12 + 24
+# A speaker's packets per second beyond which the rest are dropped (counted
+# "rate_limited"): 20 ms Opus is 50/s; browsers may use 10 ms frames (100/s).
+MAX_PACKETS_PER_SECOND = 200
 SPEAKING_HOLD = 0.4
 SPEAKING_SWEEP = 0.1
 RTCP_MIN_SIZE = 8
@@ -109,6 +112,8 @@ class MediaPeer:
     bound_addrs: set = field(default_factory=set)
     last_voice: float = -1e9
     speaking: bool = False
+    window_start: float = -1e9
+    window_packets: int = 0
     rx_packets: int = 0
     rx_bytes: int = 0
     tx_packets: int = 0
@@ -156,6 +161,9 @@ class MediaRelay:
             address is forgotten (RFC 7675 §5.1 uses 30 s).
         max_peers: hard cap on peers (the registry caps sessions too; this is
             the media layer's own bound).
+        max_handshakes: DTLS handshakes in progress at once; a browser's
+            ClientHello beyond it is dropped (it retransmits).
+        max_packets_per_second: a speaker's RTP beyond this rate is dropped.
     """
 
     def __init__(
@@ -165,8 +173,10 @@ class MediaRelay:
         consent_timeout: float = 30.0,
         max_peers: int = 20000,
         max_handshakes: int = 64,
+        max_packets_per_second: int = MAX_PACKETS_PER_SECOND,
     ) -> None:
         self.transmit = transmit
+        self.max_packets_per_second = max_packets_per_second
         self.consent_timeout = consent_timeout
         self.max_peers = max_peers
         self.max_handshakes = max_handshakes
@@ -179,8 +189,16 @@ class MediaRelay:
         self._rooms: dict[str, list[MediaPeer]] = {}
         self._next_sweep = 0.0
         self._next_speaking_sweep = 0.0
+        # Peers whose "speaking" may change: those speaking now and those that
+        # sent sound since the last sweep. Only these are swept, so an idle
+        # relay does no per-peer work ten times a second.
+        self._voiced: set[MediaPeer] = set()
         # Called with (peer, speaking) when a peer starts or stops sending sound.
         self.on_speaking: Callable[[MediaPeer, bool], None] | None = None
+        # Called when next_deadline() moved earlier outside handle_timeout (a
+        # DTLS handshake started, a silent relay heard sound), so the shell's
+        # timer can sleep until the deadline instead of polling.
+        self.wake: Callable[[], None] | None = None
 
     # --- membership ----------------------------------------------------------------
 
@@ -212,6 +230,7 @@ class MediaRelay:
         if peer is None:
             return None
         self.timed.discard(peer.secure)
+        self._voiced.discard(peer)
         if peer.ice_ufrag is not None:
             self._by_ufrag.pop(peer.ice_ufrag, None)
         self._unlatch(peer)
@@ -282,7 +301,10 @@ class MediaRelay:
                 # which defeats the ClientHello race (CVE-2023-51443).
                 self.counters["dtls_unvalidated_source"] += 1
                 return
+            handshakes = len(self.timed)
             peer.secure.handle_dtls(data, addr, now)
+            if len(self.timed) > handshakes and self.wake is not None:
+                self.wake()  # a retransmission timer started
         else:
             self.counters["unknown_kind"] += 1
 
@@ -304,10 +326,20 @@ class MediaRelay:
         if peer.muted:
             self._drop(peer, "muted")
             return
+        if now - peer.window_start >= 1.0:
+            peer.window_start = now
+            peer.window_packets = 0
+        peer.window_packets += 1
+        if peer.window_packets > self.max_packets_per_second:
+            # One peer flooding valid packets must not flood everyone it reaches.
+            self._drop(peer, "rate_limited")
+            return
         peer.rx_packets += 1
         peer.rx_bytes += len(data)
         if len(data) >= VOICE_MIN_SIZE:
             peer.last_voice = now
+            if not peer.speaking and peer not in self._voiced:
+                self._start_voice(peer)
         for sink in peer.fanout:
             sink.deliver_rtp(data, peer, now)
 
@@ -402,10 +434,18 @@ class MediaRelay:
 
     # --- time -------------------------------------------------------------------------
 
+    def _start_voice(self, peer: MediaPeer) -> None:
+        if not self._voiced and self.wake is not None:
+            self.wake()  # the speaking sweep has work again
+        self._voiced.add(peer)
+
     def next_deadline(self) -> float:
-        """When :meth:`handle_timeout` next has work (consent sweeps once a second,
-        speaking sweeps ten times a second, DTLS retransmissions and deadlines)."""
-        deadline = min(self._next_sweep, self._next_speaking_sweep)
+        """When :meth:`handle_timeout` next has work: the consent sweep once a
+        second, the speaking sweep ten times a second while anyone may be
+        speaking, DTLS retransmissions and handshake deadlines."""
+        deadline = self._next_sweep
+        if self._voiced:
+            deadline = min(deadline, self._next_speaking_sweep)
         for leg in self.timed:
             leg_deadline = leg.dtls.next_deadline()
             if leg_deadline is not None and leg_deadline < deadline:
@@ -414,8 +454,10 @@ class MediaRelay:
 
     def _sweep_speaking(self, now: float) -> None:
         callback = self.on_speaking
-        for peer in self._by_session.values():
+        for peer in list(self._voiced):
             speaking = now - peer.last_voice < SPEAKING_HOLD and not peer.muted
+            if not speaking:
+                self._voiced.discard(peer)
             if speaking != peer.speaking:
                 peer.speaking = speaking
                 if callback is not None:
@@ -425,7 +467,7 @@ class MediaRelay:
         """Drive DTLS timers; expire peers whose consent lapsed (RFC 7675)."""
         for leg in list(self.timed):
             leg.handle_timeout(now)
-        if now >= self._next_speaking_sweep:
+        if self._voiced and now >= self._next_speaking_sweep:
             self._next_speaking_sweep = now + SPEAKING_SWEEP
             self._sweep_speaking(now)
         if now < self._next_sweep:

@@ -26,7 +26,8 @@ RECV_SIZE = 2048
 # socket still has more: bounds the latency other tasks see under load.
 DRAIN_BATCH = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
-TIMER_GRANULARITY = 0.02
+# The timer loop never runs more often than this, however close the deadlines.
+TIMER_RESOLUTION = 0.001
 # Adaptive coalescing. Below COALESCE_MIN_RATE packets/s the loop waits for
 # the socket again as soon as it is empty: each packet is forwarded the moment
 # it arrives. Above it, the loop first pauses for COALESCE_DELAY, so packets
@@ -36,7 +37,7 @@ TIMER_GRANULARITY = 0.02
 # the latency it adds. Measured with 1,000 bot legs at 50k packets/s: relay
 # CPU per forwarded packet 16-17 µs -> 11-13 µs, relay-added p50 +0.3 ms
 # (docs/bench-results.md).
-COALESCE_MIN_RATE = 5000.0
+COALESCE_MIN_RATE = 2500.0
 COALESCE_DELAY = 0.0005
 RATE_WINDOW = 0.1
 
@@ -189,8 +190,24 @@ class UdpTransport:
             del self._backlog[addr]
 
     async def _timer_loop(self, relay: MediaRelay) -> None:
-        while True:
-            now = trio.current_time()
-            relay.handle_timeout(now)
-            deadline = min(relay.next_deadline(), now + TIMER_GRANULARITY)
-            await trio.sleep_until(max(deadline, now + 0.001))
+        """Run the relay's timers at its deadlines; sleep otherwise.
+
+        The relay calls ``wake`` when a deadline appears earlier than the one
+        this loop sleeps towards (a DTLS handshake starting, sound after silence).
+        """
+        wakeup = trio.Event()
+
+        def wake() -> None:
+            wakeup.set()
+
+        relay.wake = wake
+        try:
+            while True:
+                now = trio.current_time()
+                relay.handle_timeout(now)
+                with trio.move_on_at(max(relay.next_deadline(), now + TIMER_RESOLUTION)):
+                    await wakeup.wait()
+                if wakeup.is_set():
+                    wakeup = trio.Event()
+        finally:
+            relay.wake = None

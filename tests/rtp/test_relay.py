@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
-from botcall.rtp.relay import MediaPeer, MediaRelay, UdpSink
+from botcall.rtp.relay import MAX_PACKETS_PER_SECOND, MediaPeer, MediaRelay, UdpSink
 from botcall.rtp.rtcp import ReceiverReport, ReportBlock, Sdes, SdesChunk, SdesItem, SdesItemType, serialize_rtcp_compound
 from botcall.rtp.stun import binding_request, parse_binding_response_untrusted
 
@@ -267,3 +267,30 @@ def test_speaking_follows_packets_with_sound(setup):
     assert changes == [("p-a", True)]
     relay.handle_timeout(1.5)
     assert changes == [("p-a", True), ("p-a", False)]
+
+
+def test_a_flooding_speaker_is_capped_per_second(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    wire.clear()
+    for seq in range(300):  # 300 valid packets within one second
+        relay.handle_datagram(rtp(1111, seq=seq), A_ADDR, 1.0 + seq / 1000)
+    assert len(wire.to(B_ADDR)) == MAX_PACKETS_PER_SECOND
+    assert a.drops["rate_limited"] == 300 - MAX_PACKETS_PER_SECOND
+    relay.handle_datagram(rtp(1111, seq=301), A_ADDR, 2.5)  # a new second: flowing again
+    assert len(wire.to(B_ADDR)) == MAX_PACKETS_PER_SECOND + 1
+
+
+def test_an_idle_relay_has_no_frequent_deadline(setup):
+    relay, wire, a, b = setup
+    latch(relay, wire, a, A_ADDR)
+    latch(relay, wire, b, B_ADDR)
+    relay.handle_timeout(10.0)
+    assert relay.next_deadline() >= 11.0  # only the once-a-second consent sweep
+    woken = []
+    relay.wake = lambda: woken.append(True)
+    relay.handle_datagram(rtp(1111, payload=b"\x01" * 80), A_ADDR, 10.2)  # sound after silence
+    assert woken == [True] and relay.next_deadline() <= 10.2
+    relay.handle_datagram(rtp(1111, seq=2, payload=b"\x01" * 80), A_ADDR, 10.22)
+    assert woken == [True]  # already pending: no second wake
