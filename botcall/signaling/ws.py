@@ -242,7 +242,10 @@ class Channel:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._events_out, nursery.cancel_scope)
             self.start_media(nursery)
-            nursery.start_soon(self._receive)
+            # Reading runs in this task (one task fewer per connection). It
+            # returns once a close is requested; the sender then flushes what is
+            # queued and ends the nursery.
+            await self._receive()
 
     def start_media(self, nursery: trio.Nursery) -> None:
         """Start this channel's audio tasks, if it carries audio."""
