@@ -306,8 +306,8 @@ def run_plain(args, skipped: dict[str, str], relay_core: int) -> list[PlainCell]
     most = max(args.flows)
     factories = {
         "botcall": lambda: BotCallRelay(core=relay_core, workdir=_workdir(args, "botcall")),
-        "coturn": lambda: CoturnRelay(core=relay_core, workdir=_workdir(args, "coturn")),
-        "rtpengine": lambda: RtpengineRelay(core=relay_core, workdir=_workdir(args, "rtpengine")),
+        "coturn": lambda: CoturnRelay(core=relay_core, workdir=_workdir(args, "coturn"), max_flows=most),
+        "rtpengine": lambda: RtpengineRelay(core=relay_core, workdir=_workdir(args, "rtpengine"), max_flows=most),
     }
     with ExitStack() as stack:
         relays, flows = {}, {}

@@ -16,12 +16,10 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 from bench.peers.fanout import FanoutResult
-from bench.peers.process import HarnessError, RelayProcess, free_port, read_proc_stat
+from bench.peers.process import Harness, HarnessError, PinnedProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH_VENV = Path(os.environ.get("BOTCALL_BENCH_VENV", Path.home() / ".cache" / "botcall-bench" / "venv"))
@@ -77,7 +75,7 @@ def _tcp_accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class AiortcFanout:
+class AiortcFanout(Harness):
     """aiortc's MediaRelay with one sender and K subscribers, ready to measure.
 
     Use as a context manager (both processes are killed on exit)::
@@ -90,6 +88,9 @@ class AiortcFanout:
         relay_core, load_core: CPUs for the relay and for the clients.
         python: the bench virtualenv's Python (default: :func:`ensure_bench_venv`).
         workdir: for the logs (default: a new temp dir).
+
+    Attributes:
+        process: the relay's process; ``clients`` is the load's.
     """
 
     name = "aiortc"
@@ -103,52 +104,33 @@ class AiortcFanout:
         python: Path | None = None,
         workdir: Path | None = None,
     ) -> None:
+        super().__init__(core=relay_core, workdir=workdir)
         self.subscribers = subscribers
-        self.relay_core = relay_core
         self.load_core = load_core
         self.python = python
-        self._workdir_arg = workdir
-        self._stack = ExitStack()
-        self.relay: RelayProcess | None = None
-        self.clients: RelayProcess | None = None
+        self.clients: PinnedProcess | None = None
         self.setup_s = 0.0
         self.close_problem: str | None = None
 
-    def __enter__(self) -> "AiortcFanout":
-        try:
-            self.start()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> int:
-        return self.relay.pid
-
-    def start(self) -> None:
+    def launch(self) -> None:
         """Start the relay and the clients; returns once every subscriber has a frame.
 
         Raises:
             HarnessError: a process exits, or set-up does not finish in time.
         """
         python = str(self.python or ensure_bench_venv())
-        workdir = self._workdir_arg or Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-aiortc-")))
         port = free_port(socket.SOCK_STREAM)
         module = ["-m", "bench.peers.aiortc_peer"]
-        self.relay = self._stack.enter_context(
-            RelayProcess("aiortc-relay", [python, *module, "relay", "--port", str(port)], core=self.relay_core, log_dir=workdir, cwd=REPO_ROOT)
+        self.process = self._stack.enter_context(
+            PinnedProcess("aiortc-relay", [python, *module, "relay", "--port", str(port)], core=self.core, log_dir=self.workdir, cwd=REPO_ROOT)
         )
-        self.relay.wait_ready(lambda: _tcp_accepts(port), timeout=30.0)
+        self.process.wait_ready(lambda: _tcp_accepts(port), timeout=30.0)
         self.clients = self._stack.enter_context(
-            RelayProcess(
+            PinnedProcess(
                 "aiortc-clients",
                 [python, *module, "clients", "--relay-port", str(port)],
                 core=self.load_core,
-                log_dir=workdir,
+                log_dir=self.workdir,
                 cwd=REPO_ROOT,
                 pipes=True,
             )
@@ -164,9 +146,9 @@ class AiortcFanout:
             The window's figures; ``forwarded`` counts RTP packets the
             subscribers received, ``per_subscriber_pps`` decoded frames per second.
         """
-        before, load_before = read_proc_stat(self.relay.pid).cpu_s, read_proc_stat(self.clients.pid).cpu_s
+        before, load_before = self.process.stat().cpu_s, self.clients.stat().cpu_s
         reply = self.clients.command({"cmd": "measure", "seconds": seconds}, timeout=seconds + 60.0)
-        after, load_after = read_proc_stat(self.relay.pid).cpu_s, read_proc_stat(self.clients.pid).cpu_s
+        after, load_after = self.process.stat().cpu_s, self.clients.stat().cpu_s
         window = float(reply["seconds"])
         frames, packets = reply["frames"], reply["packets"]
         return FanoutResult(
@@ -190,4 +172,4 @@ class AiortcFanout:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 # Not fatal: the exit stack below kills the process group.
                 self.close_problem = f"clients did not exit when asked ({exc!r}); killed"
-        self._stack.close()
+        super().close()

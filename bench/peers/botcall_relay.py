@@ -49,7 +49,7 @@ from botcall.errors import BadPacket
 from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
 from botcall.rtp.srtp import SrtpContext
 from botcall.rtp.stun import binding_request, parse_binding_response_untrusted
-from bench.peers.process import HarnessError, RelayProcess
+from bench.peers.process import HarnessError, PinnedProcess
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -230,7 +230,7 @@ class BotCallRelay:
         self.core = core
         self.max_humans = max_humans
         self.workdir: Path | None = None
-        self.process: RelayProcess | None = None
+        self.process: PinnedProcess | None = None
         self.http_url = ""
         self.media: tuple[str, int] = (HOST, 0)
         self._issuer = None
@@ -279,7 +279,7 @@ class BotCallRelay:
             "--max-humans",
             str(self.max_humans),
         ]
-        self.process = self._stack.enter_context(RelayProcess("botcall", argv, core=self.core, log_dir=self.workdir, cwd=REPO_ROOT))
+        self.process = self._stack.enter_context(PinnedProcess("botcall", argv, core=self.core, log_dir=self.workdir, cwd=REPO_ROOT))
         self.process.wait_ready(ready_file.exists, timeout=60.0)
         ready = json.loads(ready_file.read_text())
         self.http_url = ready["http_url"]

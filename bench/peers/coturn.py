@@ -4,7 +4,9 @@
 configuration written to a temporary directory: long-term credentials for one
 static user, UDP only, loopback peers allowed, one relay thread (BotCall's
 relay is one thread too), no TLS/DTLS listeners, no CLI, no database outside
-the temporary directory.
+the temporary directory. Its listening port and its relayed-address range
+are one block of ports reserved for it (:func:`~bench.peers.process.reserve_ports`:
+below the ephemeral range, locked against concurrent bench runs).
 
 For each flow the harness opens a client socket and, with aioice's STUN codec:
 
@@ -27,12 +29,9 @@ peer socket shared by every flow.
 
 from __future__ import annotations
 
-import secrets
 import socket
 import struct
-import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -40,7 +39,7 @@ from pathlib import Path
 from aioice import stun
 from aioice.turn import make_integrity_key
 
-from bench.peers.process import HarnessError, RelayProcess, free_port, udp_port_answers
+from bench.peers.process import Harness, HarnessError, PinnedProcess, PortReservation, reserve_ports, udp_port_answers
 
 HOST = "127.0.0.1"
 USERNAME = "bench"
@@ -59,10 +58,9 @@ REQUEST_TIMEOUT = 0.5
 REQUEST_ATTEMPTS = 6
 # Refresh well inside the 5-minute permission lifetime (RFC 8656 §9).
 REFRESH_INTERVAL = 120.0
-SOCKET_BUFFER = 4 * 1024 * 1024
-RELAY_PORTS = 2 * 4096
-RELAY_PORT_FLOOR = 10000
-RELAY_PORT_SPREAD = 4000
+RELAY_PORTS_PER_FLOW = 2
+# The largest offered load of the full comparison (bench/compare.py).
+DEFAULT_MAX_FLOWS = 1500
 
 
 class TurnError(IntEnum):
@@ -255,15 +253,14 @@ class TurnClient:
         raise HarnessError(f"{stun.Method(message.message_method).name}: no answer from coturn at {self.server}")
 
 
-def _udp_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-    sock.bind((HOST, 0))
-    return sock
+def ports_needed(max_flows: int) -> int:
+    """Ports one coturn needs for ``max_flows`` allocations: its listening port
+    and twice the relayed ports it uses (it picks them at random; a half-empty
+    range keeps its retries few)."""
+    return 1 + RELAY_PORTS_PER_FLOW * max_flows
 
 
-class CoturnRelay:
+class CoturnRelay(Harness):
     """``turnserver`` on 127.0.0.1, plus the flows through it.
 
     Use as a context manager; every socket and the process go away on exit::
@@ -274,80 +271,54 @@ class CoturnRelay:
     Args:
         core: CPU to pin coturn to (None: unpinned).
         workdir: for the config, database and log (default: a new temp dir).
+        max_flows: the most flows :meth:`create_flows` will be asked for (sizes
+            its reserved port range).
     """
 
     name = "coturn"
+    first_ssrc = 0x0C070000
 
-    def __init__(self, *, core: int | None = 0, workdir: Path | None = None) -> None:
-        self._stack = ExitStack()
-        self._workdir_arg = workdir
-        self.core = core
-        self.workdir: Path | None = None
+    def __init__(self, *, core: int | None = 0, workdir: Path | None = None, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
+        super().__init__(core=core, workdir=workdir)
+        self.max_flows = max_flows
+        self.ports: PortReservation | None = None
         self.port = 0
-        self.process: RelayProcess | None = None
         self.peer_sock: socket.socket | None = None
-        self._sockets: list[socket.socket] = []
         self.allocations: list[Allocation] = []
         self.refreshed_at = 0.0
 
-    def __enter__(self) -> "CoturnRelay":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def start(self) -> None:
+    def launch(self) -> None:
         """Write the configuration and start coturn; returns once it answers STUN.
 
         Raises:
             HarnessError: turnserver is missing, exits, or never answers.
         """
-        if self._workdir_arg is None:
-            self.workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-coturn-")))
-        else:
-            self.workdir = self._workdir_arg
-        self.port = free_port()
-        # Below the kernel's ephemeral range (32768-60999 by default), where
-        # every client socket and listening port of the run is bound, and
-        # below rtpengine's range: two relays that bind with SO_REUSEADDR can
-        # share a UDP port, the later one taking its traffic.
-        base = RELAY_PORT_FLOOR + secrets.randbelow(RELAY_PORT_SPREAD)
+        self.ports = ports = self._stack.enter_context(reserve_ports(ports_needed(self.max_flows)))
+        self.port = ports.control_port
+        min_port, max_port = ports.relay_range
         config = self.workdir / "turnserver.conf"
-        config.write_text(coturn_config(listening_port=self.port, min_port=base, max_port=base + RELAY_PORTS, workdir=self.workdir))
+        config.write_text(coturn_config(listening_port=self.port, min_port=min_port, max_port=max_port, workdir=self.workdir))
         self.process = self._stack.enter_context(
-            RelayProcess("coturn", ["turnserver", "-c", str(config)], core=self.core, log_dir=self.workdir)
+            PinnedProcess("coturn", ["turnserver", "-c", str(config)], core=self.core, log_dir=self.workdir)
         )
         probe = bytes(stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST))
         self.process.wait_ready(lambda: udp_port_answers(self.port, probe))
-        self.peer_sock = self._own(_udp_socket())
-        self.peer_sock.setblocking(False)
-
-    def _own(self, sock: socket.socket) -> socket.socket:
-        self._sockets.append(sock)
-        return sock
+        self.peer_sock = self.socket()
 
     def allocate(self) -> Allocation:
         """One allocation with a permission and a channel bound to the shared peer socket.
 
         Raises:
-            HarnessError: coturn refused or did not answer.
+            HarnessError: coturn refused or did not answer, or ``max_flows`` allocations exist.
         """
+        if len(self.allocations) >= self.max_flows:
+            raise HarnessError(f"coturn's port range was sized for {self.max_flows} allocations")
         peer = self.peer_sock.getsockname()
-        client_sock = self._own(_udp_socket())
+        client_sock = self.socket()
         client = TurnClient(client_sock, (HOST, self.port))
         relayed = client.allocate()
         client.create_permission(peer)
         client.channel_bind(FIRST_CHANNEL, peer)
-        client_sock.setblocking(False)
         allocation = Allocation(client=client_sock, relayed=relayed, channel=FIRST_CHANNEL, turn=client, peer=peer)
         self.allocations.append(allocation)
         if not self.refreshed_at:
@@ -374,37 +345,15 @@ class CoturnRelay:
         self.refreshed_at = time.monotonic()
         return len(self.allocations)
 
-    def create_flows(self, count: int, *, packet_size: int, first_ssrc: int = 0x0C070000) -> list:
-        """``count`` flows, one allocation each, all arriving at the peer socket.
-
-        Args:
-            count: number of flows.
-            packet_size: the RTP packet size the load generator sends (in the
-                ChannelData length field).
-            first_ssrc: SSRC of the first flow; the others follow.
-
-        Returns:
-            ``bench.loadgen.Flow`` objects.
-        """
+    def create_flow(self, ssrc: int, packet_size: int):
+        """One allocation; the flow sends ChannelData (``packet_size`` in its length field) and arrives at the peer socket."""
         from bench.loadgen import Flow
 
-        flows = []
-        for index in range(count):
-            allocation = self.allocate()
-            flows.append(
-                Flow(
-                    send_sock=allocation.client,
-                    dest=(HOST, self.port),
-                    recv_sock=self.peer_sock,
-                    prefix=channel_data_header(allocation.channel, packet_size),
-                    ssrc=(first_ssrc + index) & 0xFFFFFFFF,
-                )
-            )
-        return flows
-
-    def close(self) -> None:
-        """Close every socket and stop coturn (idempotent)."""
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
-        self._stack.close()
+        allocation = self.allocate()
+        return Flow(
+            send_sock=allocation.client,
+            dest=(HOST, self.port),
+            recv_sock=self.peer_sock,
+            prefix=channel_data_header(allocation.channel, packet_size),
+            ssrc=ssrc,
+        )

@@ -5,6 +5,9 @@
 through its userspace poller, which is what a relay without the kernel module
 costs. One worker thread (BotCall's relay is one thread), timeouts long enough
 that idle calls survive between benchmark cells, logging at warnings only.
+Its ng port and media port range are one block of ports reserved for it
+(:func:`~bench.peers.process.reserve_ports`: below the ephemeral range, locked
+against concurrent bench runs).
 
 Calls are made over the ng control protocol: UDP datagrams of a random cookie,
 a space, then a bencoded dictionary (the reply echoes the cookie). For each
@@ -20,24 +23,22 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from botcall.errors import BadPacket
-from bench.peers.process import HarnessError, RelayProcess, free_port
+from bench.peers.process import Harness, HarnessError, PinnedProcess, PortReservation, reserve_ports
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 1.0
 REQUEST_ATTEMPTS = 4
 MAX_REPLY = 65536
 MAX_DEPTH = 32
-SOCKET_BUFFER = 4 * 1024 * 1024
 # Idle calls must outlive a whole benchmark run (seconds).
 CALL_TIMEOUT = 3600
-PORT_SPAN = 8000
-PORT_FLOOR = 22500
+PORTS_PER_CALL = 4
+# The largest offered load of the full comparison (bench/compare.py).
+DEFAULT_MAX_FLOWS = 1500
 
 
 class BencodeError(BadPacket):
@@ -266,14 +267,6 @@ class Call:
     callee_addr: tuple[str, int]
 
 
-def _udp_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-    sock.bind((HOST, 0))
-    return sock
-
-
 def rtpengine_argv(*, ng_port: int, port_min: int, port_max: int, pidfile: Path) -> list[str]:
     """The fixed command line of the benchmark's rtpengine."""
     return [
@@ -296,7 +289,13 @@ def rtpengine_argv(*, ng_port: int, port_min: int, port_max: int, pidfile: Path)
     ]
 
 
-class RtpengineRelay:
+def ports_needed(max_flows: int) -> int:
+    """Ports one rtpengine needs for ``max_flows`` calls: its ng port and, per
+    call, an RTP/RTCP pair on each side (4, measured), with a quarter to spare."""
+    return 1 + PORTS_PER_CALL * max_flows * 5 // 4
+
+
+class RtpengineRelay(Harness):
     """``rtpengine`` in userspace mode on 127.0.0.1, plus calls through it.
 
     Use as a context manager::
@@ -307,57 +306,37 @@ class RtpengineRelay:
     Args:
         core: CPU to pin rtpengine to (None: unpinned).
         workdir: for the log and pid file (default: a new temp dir).
+        max_flows: the most flows :meth:`create_flows` will be asked for (sizes
+            its reserved port range).
     """
 
     name = "rtpengine"
+    first_ssrc = 0x0E0E0000
 
-    def __init__(self, *, core: int | None = 0, workdir: Path | None = None) -> None:
-        self._stack = ExitStack()
-        self._workdir_arg = workdir
-        self.core = core
-        self.workdir: Path | None = None
+    def __init__(self, *, core: int | None = 0, workdir: Path | None = None, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
+        super().__init__(core=core, workdir=workdir)
+        self.max_flows = max_flows
+        self.ports: PortReservation | None = None
         self.ng_port = 0
-        self.process: RelayProcess | None = None
         self.ng: NgClient | None = None
         self.callee_sock: socket.socket | None = None
-        self._sockets: list[socket.socket] = []
         self.calls: list[Call] = []
 
-    def __enter__(self) -> "RtpengineRelay":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def start(self) -> None:
+    def launch(self) -> None:
         """Start rtpengine; returns once it answers an ng ``ping``.
 
         Raises:
             HarnessError: rtpengine is missing, exits, or never answers.
         """
-        if self._workdir_arg is None:
-            self.workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rtpengine-")))
-        else:
-            self.workdir = self._workdir_arg
-        self.ng_port = free_port()
-        # Below the kernel's ephemeral range and above coturn's relay ports.
-        base = PORT_FLOOR + 2 * secrets.randbelow(1000)
-        argv = rtpengine_argv(ng_port=self.ng_port, port_min=base, port_max=base + PORT_SPAN, pidfile=self.workdir / "rtpengine.pid")
-        self.process = self._stack.enter_context(RelayProcess("rtpengine", argv, core=self.core, log_dir=self.workdir))
+        self.ports = ports = self._stack.enter_context(reserve_ports(ports_needed(self.max_flows)))
+        self.ng_port = ports.control_port
+        port_min, port_max = ports.relay_range
+        argv = rtpengine_argv(ng_port=self.ng_port, port_min=port_min, port_max=port_max, pidfile=self.workdir / "rtpengine.pid")
+        self.process = self._stack.enter_context(PinnedProcess("rtpengine", argv, core=self.core, log_dir=self.workdir))
         self.ng = NgClient((HOST, self.ng_port))
         self._stack.callback(self.ng.close)
         self.process.wait_ready(self._pong)
-        self.callee_sock = self._own(_udp_socket())
-        self.callee_sock.setblocking(False)
+        self.callee_sock = self.socket()
 
     def _pong(self) -> bool:
         try:
@@ -365,17 +344,15 @@ class RtpengineRelay:
         except HarnessError:
             return False
 
-    def _own(self, sock: socket.socket) -> socket.socket:
-        self._sockets.append(sock)
-        return sock
-
     def create_call(self) -> Call:
         """Offer and answer one call: A (a new socket) to B (the shared callee socket).
 
         Raises:
-            HarnessError: rtpengine refused or did not answer.
+            HarnessError: rtpengine refused or did not answer, or ``max_flows`` calls exist.
         """
-        caller = self._own(_udp_socket())
+        if len(self.calls) >= self.max_flows:
+            raise HarnessError(f"rtpengine's port range was sized for {self.max_flows} calls")
+        caller = self.socket()
         a_host, a_port = caller.getsockname()
         b_host, b_port = self.callee_sock.getsockname()
         call_id = f"bench-{secrets.token_hex(6)}"
@@ -387,45 +364,17 @@ class RtpengineRelay:
         sdp = answer.get(b"sdp")
         if not isinstance(sdp, bytes):
             raise HarnessError("rtpengine's answer reply has no SDP")
-        caller.setblocking(False)
         call = Call(call_id=call_id, caller=caller, send_to=sdp_media_address(sdp.decode()), callee_addr=(b_host, b_port))
         self.calls.append(call)
         return call
 
-    def create_flows(self, count: int, *, packet_size: int = 172, first_ssrc: int = 0x0E0E0000) -> list:
-        """``count`` flows, one call each, all relayed to the shared callee socket.
+    def create_flow(self, ssrc: int, packet_size: int):
+        """One call; the flow's plain RTP (``packet_size`` needs no framing) is relayed to the shared callee socket.
 
-        Args:
-            count: number of flows.
-            packet_size: unused (plain RTP needs no framing); kept so every
-                harness is called the same way.
-            first_ssrc: SSRC of the first flow; the others follow.
-
-        Returns:
-            ``bench.loadgen.Flow`` objects.
+        Calls live until ``--timeout`` seconds without RTP (an hour), so the
+        inherited :meth:`keep_alive` has nothing to refresh.
         """
         from bench.loadgen import Flow
 
-        flows = []
-        for index in range(count):
-            call = self.create_call()
-            flows.append(
-                Flow(send_sock=call.caller, dest=call.send_to, recv_sock=self.callee_sock, ssrc=(first_ssrc + index) & 0xFFFFFFFF)
-            )
-        return flows
-
-    def keep_alive(self, *, force: bool = False) -> int:
-        """Nothing to refresh: calls live until ``--timeout`` seconds without RTP (an hour).
-
-        Returns:
-            0, always (the harnesses share this interface).
-        """
-        return 0
-
-    def close(self) -> None:
-        """Close every socket and stop rtpengine, which ends every call (idempotent)."""
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
-        self._stack.close()
-
+        call = self.create_call()
+        return Flow(send_sock=call.caller, dest=call.send_to, recv_sock=self.callee_sock, ssrc=ssrc)

@@ -81,7 +81,7 @@ def assert_gone(pid: int) -> None:
 @pytest.mark.e2e
 @needs_coturn
 def test_coturn_relays_channel_data_to_the_peer_byte_for_byte():
-    with CoturnRelay(core=None) as relay:
+    with CoturnRelay(core=None, max_flows=3) as relay:
         flows = relay.create_flows(3, packet_size=172)
         assert {flow.prefix for flow in flows} == {channel_data_header(FIRST_CHANNEL, 172)}
         assert len({flow.send_sock.getsockname() for flow in flows}) == 3  # one allocation each
@@ -98,6 +98,14 @@ def test_coturn_relays_channel_data_to_the_peer_byte_for_byte():
             if round_ == 0:
                 # Refresh (allocation, channel, permission) and leave the sockets usable.
                 assert relay.keep_alive(force=True) == 3
+        # Each allocation relays from a port of coturn's reserved range.
+        port_min, port_max = relay.ports.relay_range
+        assert all(port_min <= a.relayed[1] <= port_max for a in relay.allocations) and port_max < 32768
+        assert relay.port == relay.ports.control_port
+        # Numbered on from the first flow; the range was sized for three.
+        assert [flow.ssrc for flow in flows] == [CoturnRelay.first_ssrc + i for i in range(3)]
+        with pytest.raises(HarnessError, match="sized for 3"):
+            relay.create_flows(1, packet_size=172)
         pid = relay.pid
     assert_gone(pid)
 
@@ -105,7 +113,7 @@ def test_coturn_relays_channel_data_to_the_peer_byte_for_byte():
 @pytest.mark.e2e
 @needs_coturn
 def test_coturn_refuses_a_wrong_password():
-    with CoturnRelay(core=None) as relay:
+    with CoturnRelay(core=None, max_flows=1) as relay:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         with sock:
@@ -128,11 +136,14 @@ def test_channel_data_header_bounds():
 @pytest.mark.e2e
 @needs_rtpengine
 def test_rtpengine_relays_every_call_to_the_callee():
-    with RtpengineRelay(core=None) as relay:
+    with RtpengineRelay(core=None, max_flows=3) as relay:
         flows = relay.create_flows(3)
-        # One call per flow: each caller sends to its own rtpengine port.
+        # One call per flow: each caller sends to its own rtpengine port, one
+        # of the range reserved for it (below the ephemeral range, not its ng port).
         assert len({flow.dest for flow in flows}) == 3
-        assert all(flow.dest[0] == "127.0.0.1" and flow.dest[1] != 0 for flow in flows)
+        port_min, port_max = relay.ports.relay_range
+        assert all(flow.dest[0] == "127.0.0.1" and port_min <= flow.dest[1] <= port_max for flow in flows)
+        assert relay.ng_port == relay.ports.control_port and port_max < 32768
         sent = []
         for seq in range(4):
             for flow in flows:
@@ -223,7 +234,7 @@ def test_aiortc_relay_feeds_every_subscriber():
         assert fanout.setup_s > 0
         result = fanout.measure(2.0)
         assert result.subscribers == 2 and result.forwarded > 0 and result.relay_cpu_s >= 0
-        pids = (fanout.relay.pid, fanout.clients.pid)
+        pids = (fanout.pid, fanout.clients.pid)
     for pid in pids:
         assert_gone(pid)
 
