@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import struct
 
 import pytest
@@ -239,7 +240,11 @@ MALFORMED = [
 @example(data=MALFORMED[5])
 @example(data=MALFORMED[6])
 def test_unprotect_raises_only_srtp_error(data):
-    for unprotect in (FUZZ_BROWSER.unprotect_untrusted, FUZZ_BROWSER.unprotect_rtcp_untrusted):
+    for unprotect in (
+        FUZZ_BROWSER.unprotect_untrusted,
+        FUZZ_BROWSER.unprotect_rtcp_untrusted,
+        lambda datagram: FUZZ_BROWSER.unprotect_restamped_untrusted(datagram, 111, b"\x00\x00\x00\x01"),
+    ):
         try:
             unprotect(data)
         except SrtpError:
@@ -265,3 +270,184 @@ def test_round_trip_and_any_bit_flip_is_caught(profile, seq, timestamp, ssrc, pa
     with pytest.raises(SrtpError):
         browser.unprotect_untrusted(bytes(damaged))
     assert browser.unprotect_untrusted(protected) == packet
+
+
+# --- The direct libsrtp calls: one shared buffer, fused header rewrites -----------------------
+
+RTP_FIXED = struct.Struct("!BBHII")
+
+
+def twin_contexts(profile: SrtpProfile) -> tuple[SrtpContext, SrtpContext, SrtpContext]:
+    """Two relay-side contexts with the same keys (their output must be byte-identical) and the browser."""
+    server_keys, client_keys = handshake_keys(profile)
+    return SrtpContext.from_keys(server_keys), SrtpContext.from_keys(server_keys), SrtpContext.from_keys(client_keys)
+
+
+def packet_with_header_extras(seq: int, csrcs: int, extension_words: int | None, payload: bytes, first_flags: int = 0) -> bytes:
+    """An RTP packet with ``csrcs`` CSRCs and, if ``extension_words`` is not None, an extension block."""
+    first = 0x80 | first_flags | csrcs | (0x10 if extension_words is not None else 0)
+    header = RTP_FIXED.pack(first, 0x6F, seq, seq * 960, 0xCAFE0001)
+    header += b"".join(struct.pack("!I", 0xC0000000 + index) for index in range(csrcs))
+    if extension_words is not None:
+        header += struct.pack("!HH", 0xBEDE, extension_words) + bytes(range(4 * extension_words))
+    return header + payload
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_protect_with_header_is_protect_of_the_rebuilt_packet(profile):
+    fused, reference, browser = twin_contexts(profile)
+    cases = [(0, None), (3, None), (0, 2), (15, 0), (2, 5)]  # (CSRCs, extension words)
+    for seq, (csrcs, extension_words) in enumerate(cases, start=1):
+        payload = bytes([seq]) * (20 + seq)
+        original = packet_with_header_extras(seq, csrcs, extension_words, payload, first_flags=0x20 if seq % 2 else 0)
+        header_size = len(original) - len(payload)
+        fields = (0x80 | (original[0] & 0x20), 0x80 | 111, 40000 + seq, 123456 + seq, 0x5EED0001)
+        rebuilt = RTP_FIXED.pack(*fields) + payload
+        protected = fused.protect_with_header(original, header_size, *fields)
+        assert protected == reference.protect(rebuilt)
+        assert browser.unprotect_untrusted(protected) == rebuilt
+    assert fused.outbound_ssrcs == {0x5EED0001}
+
+
+@given(
+    seq=st.integers(0, 0xFFFF),
+    csrcs=st.integers(0, 15),
+    extension_words=st.none() | st.integers(0, 20),
+    payload=st.binary(max_size=300),
+    second=st.integers(0, 0xFF),
+)
+def test_protect_with_header_matches_protect_for_any_header(seq, csrcs, extension_words, payload, second):
+    fused, reference, browser = twin_contexts(SrtpProfile.AEAD_AES_128_GCM)
+    original = packet_with_header_extras(seq, csrcs, extension_words, payload)
+    header_size = len(original) - len(payload)
+    rebuilt = RTP_FIXED.pack(0x80, second, seq, 777, 0x5EED0002) + payload
+    protected = fused.protect_with_header(original, header_size, 0x80, second, seq, 777, 0x5EED0002)
+    assert protected == reference.protect(rebuilt)
+    assert browser.unprotect_untrusted(protected) == rebuilt
+
+
+def test_protect_with_header_refuses_what_protect_refuses():
+    relay, _ = contexts(SrtpProfile.AEAD_AES_128_GCM, max_streams=1)
+    good = rtp(1)
+    bad_calls = [
+        (good, 11, 0x80, 111, 1, 0, 5),  # a header shorter than RFC 3550's fixed part
+        (good, len(good) + 1, 0x80, 111, 1, 0, 5),  # a header longer than the packet
+        (rtp(1, payload=bytes(1500)), 12, 0x80, 111, 1, 0, 5),  # too big to protect
+        (good, 12, 0x100, 111, 1, 0, 5),  # fields out of range for their header bytes
+        (good, 12, 0x80, 111, 0x10000, 0, 5),
+        (good, 12, 0x80, 111, 1, -1, 5),
+    ]
+    for call in bad_calls:
+        with pytest.raises(SrtpError) as excinfo:
+            relay.protect_with_header(*call)
+        assert excinfo.value.counter == "srtp_protect_failed"
+    assert relay.outbound_ssrcs == frozenset()
+    relay.protect_with_header(good, 12, 0x80, 111, 1, 0, 5)
+    with pytest.raises(SrtpError) as excinfo:
+        relay.protect_with_header(good, 12, 0x80, 111, 1, 0, 6)  # a second SSRC over max_streams=1
+    assert excinfo.value.counter == "srtp_too_many_streams"
+    with pytest.raises(SrtpError) as excinfo:
+        relay.protect_with_header(good, 12, 0x80, 111, 1, 0, 5)  # the same index again
+    assert excinfo.value.counter == "srtp_protect_failed"
+    # The size limit applies to the packet protected, after two CSRCs are stripped.
+    largest_payload = 1500 - 16 - 128 - 12  # protect's limit: 1,356 bytes with the fixed header
+    largest = packet_with_header_extras(2, 2, None, bytes(largest_payload))
+    assert len(largest) == 20 + largest_payload
+    assert len(relay.protect_with_header(largest, 20, 0x80, 111, 2, 0, 5)) == 12 + largest_payload + 16
+    with pytest.raises(SrtpError):
+        relay.protect_with_header(largest + b"!", 20, 0x80, 111, 3, 0, 5)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_unprotect_restamped_is_unprotect_then_rewrite(profile):
+    relay, browser = contexts(profile)
+    new_ssrc = (0x0000AE00).to_bytes(4, "big")
+    for seq, (marker, payload_type) in enumerate([(0, 111), (0x80, 109), (0x80, 0), (0, 127)], start=1):
+        original = RTP_FIXED.pack(0x90, marker | payload_type, seq, seq * 960, 0x1951) + b"\xbe\xde\x00\x01\x10\xaa\x00\x00" + b"opus"
+        expected = bytes((original[0], marker | 111)) + original[2:8] + new_ssrc + original[12:]
+        assert relay.unprotect_restamped_untrusted(browser.protect(original), 111, new_ssrc) == expected
+    assert relay.inbound_ssrcs == {0x1951}  # the stream is the sender's SSRC, not the new one
+    for seq, (bad_type, bad_ssrc) in enumerate(((128, new_ssrc), (-1, new_ssrc), (111, b"abc")), start=40):
+        protected = browser.protect(rtp(seq))
+        with pytest.raises(ValueError):
+            relay.unprotect_restamped_untrusted(protected, bad_type, bad_ssrc)
+        # Refused before libsrtp saw the packet: its index is still unused.
+        assert relay.unprotect_restamped_untrusted(protected, 111, new_ssrc)[8:12] == new_ssrc
+    with pytest.raises(SrtpError) as excinfo:
+        relay.unprotect_restamped_untrusted(protected, 111, new_ssrc)
+    assert excinfo.value.counter == "srtp_replay"
+
+
+def test_results_never_alias_the_shared_buffer():
+    """Every context works in one module buffer; what it returns must be a copy."""
+    relay_a, browser_a = contexts(SrtpProfile.AEAD_AES_128_GCM)
+    relay_b, browser_b = contexts(SrtpProfile.AES128_CM_HMAC_SHA1_80)
+    long_packet, short_packet = rtp(1, payload=bytes(range(256)) * 4), rtp(1, payload=b"short")
+    first = relay_a.protect(long_packet)
+    snapshot = bytes(bytearray(first))
+    second = relay_b.protect(short_packet)
+    third = relay_a.protect_rtcp(rtcp_sender_report())
+    assert type(first) is type(second) is type(third) is bytes
+    assert first == snapshot and len(second) == len(short_packet) + 10
+    # Unprotecting on another context in between does not disturb either result.
+    assert browser_b.unprotect_untrusted(second) == short_packet
+    assert browser_a.unprotect_untrusted(first) == long_packet
+    assert browser_a.unprotect_rtcp_untrusted(third) == rtcp_sender_report()
+
+
+def test_an_index_left_of_the_replay_window_counts_as_replay():
+    relay, browser = contexts(SrtpProfile.AEAD_AES_128_GCM)
+    stale = relay.protect(rtp(1))
+    for seq in range(2, 300):  # far past libsrtp's 128-packet window (RFC 3711 §3.3.2)
+        browser.unprotect_untrusted(relay.protect(rtp(seq)))
+    with pytest.raises(SrtpError) as excinfo:
+        browser.unprotect_untrusted(stale)
+    assert excinfo.value.counter == "srtp_replay"
+    assert "replay_old" in str(excinfo.value)
+
+
+def test_libsrtp_status_codes_follow_the_binding():
+    """Our names must be libsrtp's numbering, which pylibsrtp's message table follows."""
+    from pylibsrtp import ERRORS
+
+    from botcall.rtp.srtp import LibsrtpStatus
+
+    assert len(LibsrtpStatus) == len(ERRORS)
+    assert ERRORS[LibsrtpStatus.AUTH_FAIL] == "authentication failure"
+    assert ERRORS[LibsrtpStatus.REPLAY_FAIL] == "replay check failed (bad index)"
+    assert ERRORS[LibsrtpStatus.REPLAY_OLD] == "replay check failed (index too old)"
+    assert ERRORS[LibsrtpStatus.PKT_IDX_OLD] == "packet index is too old to consider"
+
+
+def _c_heap_in_use() -> int:
+    """Bytes glibc's malloc has handed out (libsrtp's and OpenSSL's allocations included)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    gc.collect()
+    return libc.mallinfo2().uordblks
+
+
+def test_dropped_contexts_free_their_libsrtp_sessions():
+    server_keys, _ = handshake_keys(SrtpProfile.AEAD_AES_128_GCM)
+    held = [SrtpContext.from_keys(server_keys) for _ in range(200)]
+    for context in held:
+        context.protect(rtp(1))
+    before = _c_heap_in_use()
+    held.clear()
+    freed = before - _c_heap_in_use()
+    # Two sessions, a template and a stream each: kilobytes per context.
+    assert freed > 200 * 2000
+    for _ in range(3):
+        batch = [SrtpContext.from_keys(server_keys) for _ in range(200)]
+        for context in batch:
+            context.protect(rtp(1))
+        del batch
+    assert _c_heap_in_use() - (before - freed) < 100_000
