@@ -36,6 +36,21 @@ Why the endpoint retransmits by itself
     to the MTU (RFC 6347 §4.2.3), so every datagram we emit holds whole
     records and is at most ``mtu`` bytes.
 
+Memory after the handshake
+    A connected DTLS-SRTP association only exists to have produced the SRTP
+    keys: media is SRTP, and we carry no data channel. OpenSSL's connection
+    still holds ~95 KB per endpoint (record buffers, the handshake buffer
+    DTLS keeps for retransmissions, cipher states, the peer's certificate);
+    ``SSL.MODE_RELEASE_BUFFERS`` drops the idle record buffers (~25 KB of
+    it), and ``DtlsEndpoint.release`` frees the rest once the caller knows
+    the peer finished too (the relay: its first SRTP or SRTCP packet that
+    authenticated, since a browser derives its keys only after reading our
+    Finished; until then it may retransmit its last flight and need ours
+    again, RFC 6347 §4.2.4). A released endpoint keeps its keys and state,
+    counts what still arrives in ``records_dropped`` and sends nothing more
+    (no answer to a close_notify: the peer's consent and signaling end a
+    call, not DTLS alerts).
+
 Malformed datagrams
     A datagram that does not split into whole records raises ``DtlsError``
     (counter ``dtls_malformed``) but leaves the endpoint as it was: RFC 6347
@@ -472,6 +487,11 @@ class DtlsCertificate:
             # no renegotiation, tickets or session cache: one handshake per association.
             context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            # After the handshake a browser leg's DTLS is idle for the whole
+            # call (media is SRTP), yet OpenSSL would keep its ~17 KB read and
+            # write buffers per connection; released when empty, they cost
+            # ~8 KB less per call session (bench/memory.py, docs/bench-results.md §6).
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             # DTLS 1.2 only: the record codec above is DTLS 1.2's (RFC 6347 §4.1).
             context.set_min_proto_version(DTLS_1_2)
             context.set_max_proto_version(DTLS_1_2)
@@ -554,7 +574,8 @@ class DtlsEndpoint:
     Attributes:
         role: ``"server"`` (we answer a browser's ``setup:active``) or ``"client"``.
         records_dropped: records ignored after the handshake (application data,
-            stray handshake records); there are no data channels.
+            stray handshake records, anything once released); there are no
+            data channels.
     """
 
     def __init__(
@@ -608,7 +629,8 @@ class DtlsEndpoint:
         self._initial_rto = initial_retransmit_timeout
         self._state = DtlsState.NEW
         self._failure_reason: str | None = None
-        self._conn = SSL.Connection(certificate._context(role, profiles), None)
+        # None once released (see the module docstring).
+        self._conn: SSL.Connection | None = SSL.Connection(certificate._context(role, profiles), None)
         self._conn.set_app_data(weakref.ref(self))
         self._conn.set_ciphertext_mtu(mtu)
         if role == "server":
@@ -647,6 +669,11 @@ class DtlsEndpoint:
     def srtp_keys(self) -> SrtpKeys | None:
         """Our SRTP keys (local = what we send), only while ``CONNECTED``."""
         return self._srtp_keys if self._state is DtlsState.CONNECTED else None
+
+    @property
+    def released(self) -> bool:
+        """Whether ``release`` freed OpenSSL's connection."""
+        return self._conn is None
 
     @property
     def failure_reason(self) -> str | None:
@@ -717,6 +744,10 @@ class DtlsEndpoint:
         records = split_records_untrusted(data)
         if not records:
             raise DtlsError("empty datagram", counter="dtls_malformed")
+        if self._conn is None:
+            # Released: the peer finished, nothing it sends on DTLS matters now.
+            self.records_dropped += len(records)
+            return []
         if self._state is DtlsState.HANDSHAKING and now >= self._handshake_deadline:
             raise self._fail("handshake not completed in time", counter="dtls_handshake_timeout")
         peer_retransmitted = self._note_peer_messages(records)
@@ -806,9 +837,27 @@ class DtlsEndpoint:
         self._state = DtlsState.CLOSED
         self._retransmit_deadline = None
         self._srtp_keys = self._pending_keys = None
-        if not was_done:
+        if not was_done or self._conn is None:
             return []
         return self._send_close_notify()
+
+    def release(self) -> None:
+        """Free OpenSSL's connection once the peer has certainly finished the handshake.
+
+        Call it when the peer proved it holds the keys (its first SRTP or
+        SRTCP packet authenticated): from then on it will not retransmit its
+        last flight, so ours need not be kept. The endpoint stays ``CONNECTED``
+        with its ``srtp_keys``; later datagrams are counted in
+        ``records_dropped`` and answered with nothing, and ``close`` sends no
+        alert. Calling it again does nothing.
+
+        Raises:
+            RuntimeError: the handshake is not over (``NEW`` or ``HANDSHAKING``).
+        """
+        if self._state in (DtlsState.NEW, DtlsState.HANDSHAKING):
+            raise RuntimeError(f"DtlsEndpoint.release on a {self._state.value} endpoint")
+        self._conn = None
+        self._flight = []
 
     # -- internals: OpenSSL --------------------------------------------------------------------
 
@@ -953,6 +1002,8 @@ class DtlsEndpoint:
         return self._alerts_from_bio()
 
     def _alerts_from_bio(self) -> list[bytes]:
+        if self._conn is None:
+            return []  # released: OpenSSL has nothing left to say
         raw = self._read_bio()
         if not raw:
             return []

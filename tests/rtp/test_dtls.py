@@ -8,6 +8,7 @@ deadline (no sleeping).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import random
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import example, given, strategies as st
+from OpenSSL import SSL
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -693,3 +696,102 @@ def test_record_codec_round_trip_and_fields():
     with pytest.raises(ValueError):
         DtlsRecord(22, 0xFEFD, 0, 1 << 48, b"")
     assert DtlsFingerprint("sha-256", bytes(32)).matches(b"") is False
+
+
+# --- Memory after the handshake ---------------------------------------------------------------
+
+
+def _c_heap_in_use() -> int:
+    """Bytes glibc's malloc has handed out (OpenSSL's allocations included)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    gc.collect()
+    return libc.mallinfo2().uordblks
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_contexts_release_idle_openssl_buffers(role):
+    """SSL_MODE_RELEASE_BUFFERS: an idle connection gives back its record buffers."""
+    # A fresh certificate: pyOpenSSL refuses set_mode once a context made a connection.
+    context = DtlsCertificate.generate()._context(role, (SrtpProfile.AEAD_AES_128_GCM,))
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # set_mode returns the mode now in force
+
+
+def test_release_frees_openssl_state_and_keeps_the_keys():
+    warm = [connected_pair() for _ in range(3)]  # OpenSSL's one-off allocations happen here
+    before = _c_heap_in_use()
+    pairs = [connected_pair()[:2] for _ in range(40)]  # the endpoints, not the simulated network
+    held = (_c_heap_in_use() - before) / 40
+    for server, client in pairs:
+        keys = server.srtp_keys
+        server.release()
+        client.release()
+        assert server.released and client.released
+        assert server.state is client.state is DtlsState.CONNECTED and server.srtp_keys == keys
+        assert_keys_match(server, client, SrtpProfile.AEAD_AES_128_GCM)
+    released = (_c_heap_in_use() - before) / 40
+    # ~170 KB per connected pair on this machine; next to nothing once released.
+    assert held > 50_000
+    assert released < 5_000
+    assert len(warm) == 3
+
+
+def test_a_released_endpoint_ignores_dtls_and_sends_nothing():
+    server, client, net = connected_pair()
+    hello = net.sent["client"][0]
+    server.release()
+    server.release()  # again: nothing more to free
+    dropped = server.records_dropped
+    # A retransmitted flight is no longer answered, and a close_notify closes nothing.
+    assert server.receive_untrusted(hello, net.now + 5.0) == []
+    assert server.receive_untrusted(client.close()[0], net.now + 5.0) == []
+    assert server.records_dropped == dropped + len(split_records_untrusted(hello)) + 1
+    assert server.state is DtlsState.CONNECTED and server.next_deadline() is None
+    assert server.handle_timeout(net.now + 100.0) == []
+    with pytest.raises(DtlsError) as excinfo:
+        server.receive_untrusted(b"\x16\xfe", net.now)  # still malformed, still DtlsError
+    assert excinfo.value.counter == "dtls_malformed"
+    # A late fingerprint that does not match fails it without any OpenSSL call.
+    with pytest.raises(DtlsError):
+        server.set_remote_fingerprint(OTHER_CERT.fingerprint)
+    assert server.state is DtlsState.FAILED and server.close() == []
+    with pytest.raises(DtlsError) as excinfo:
+        server.receive_untrusted(hello, net.now)
+    assert excinfo.value.counter == "dtls_not_open"
+
+
+def test_release_closes_quietly_and_refuses_an_unfinished_handshake():
+    server, client, net = connected_pair()
+    server.release()
+    assert server.close() == [] and server.state is DtlsState.CLOSED
+    fresh_server, fresh_client = make_pair()
+    with pytest.raises(RuntimeError):
+        fresh_client.release()  # NEW
+    fresh_client.start(0.0)
+    with pytest.raises(RuntimeError):
+        fresh_client.release()  # HANDSHAKING: its flight may still be needed
+    assert not fresh_client.released
+
+
+@given(data=st.binary(max_size=200))
+@example(data=b"")
+@example(data=bytes(DtlsRecord(ContentType.ALERT, 0xFEFD, 1, 7, bytes(26))))
+def test_a_released_endpoint_raises_only_dtls_error(data):
+    server = RELEASED_SERVER
+    try:
+        assert server.receive_untrusted(data, 1.0) == []
+    except DtlsError as exc:
+        assert exc.counter == "dtls_malformed"
+    assert server.state is DtlsState.CONNECTED
+
+
+RELEASED_SERVER = connected_pair()[0]
+RELEASED_SERVER.release()
