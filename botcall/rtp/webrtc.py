@@ -14,6 +14,17 @@ A browser is a :class:`~botcall.rtp.relay.MediaPeer` with two extra parts:
   numbers and timestamps rewritten across speaker changes, header extensions
   and CSRCs stripped (the browser negotiated none with us), then SRTP-protected.
 
+Once the browser's first SRTP (or SRTCP) packet authenticates, the leg
+releases the DTLS endpoint's OpenSSL state (``DtlsEndpoint.release``): the
+browser has finished the handshake, and the connection would otherwise stay
+in memory for the whole call.
+
+Per packet, both directions copy the packet once into libsrtp's buffer and
+once out: ``OutboundStream.rewrite`` hands its new header to
+``SrtpContext.protect_with_header``, and the human's SSRC and payload type are
+put in by ``SrtpContext.unprotect_restamped_untrusted`` (measured with
+``bench/srtp_hot_path.py``).
+
 A browser plays one incoming stream; when several participants talk, the floor
 goes to whoever spoke first and passes when they pause (``FLOOR_RELEASE``).
 """
@@ -30,12 +41,24 @@ from botcall.rtp.srtp import SrtpContext
 log = logging.getLogger("botcall.webrtc")
 
 _RTP_HEADER = struct.Struct("!BBHII")
+# What ``OutboundStream`` reads of a speaker's header: V/P/X/CC, M/PT, sequence
+# number and timestamp (RFC 3550 §5.1); the speaker's SSRC comes from its peer.
+_RTP_HEAD = struct.Struct("!BBHI")
 PAYLOAD_TYPE_OPUS = 111
 SAMPLES_PER_FRAME = 960
 FRAME = 0.020
 # A speaker keeps the floor toward a browser until it has been silent this long.
 FLOOR_RELEASE = 0.25
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+def plain_packet(data: bytes, header_size: int, first: int, second: int, seq: int, timestamp: int, ssrc: int) -> bytes:
+    """``data`` with its first ``header_size`` bytes replaced by a fixed RTP header.
+
+    The unprotected twin of :meth:`SrtpContext.protect_with_header`, with the
+    same arguments: what :meth:`OutboundStream.rewrite` emits by default.
+    """
+    return _RTP_HEADER.pack(first, second, seq, timestamp, ssrc) + data[header_size:]
 
 
 class OutboundStream:
@@ -60,35 +83,58 @@ class OutboundStream:
         self._switched = False
         self.not_floor = 0
 
-    def rewrite(self, data: bytes, speaker_ssrc: int, now: float) -> bytes | None:
+    def rewrite(self, data: bytes, speaker_ssrc: int, now: float, emit=plain_packet):
         """The packet as this browser should get it, or None when another speaker has the floor.
 
-        ``data`` is a valid RTP packet (the relay checked version and length).
+        Args:
+            data: a valid RTP packet (the relay checked version and length).
+            speaker_ssrc: the SSRC of the peer that sent it.
+            now: the current time.
+            emit: builds the result from ``(data, header_size, first, second,
+                seq, timestamp, ssrc)``: :func:`plain_packet` (the default)
+                gives the rewritten RTP packet, a leg's
+                ``SrtpContext.protect_with_header`` gives it SRTP-protected
+                without building the plain packet first.
+
+        Returns:
+            What ``emit`` returned, or None (another speaker holds the floor,
+            or the header's CSRCs or extension run past the end).
+
+        Raises:
+            Whatever ``emit`` raises (``SrtpError`` for ``protect_with_header``).
         """
-        first, second, seq, timestamp, _ = _RTP_HEADER.unpack_from(data)
+        # Per packet toward every browser: locals and one struct read on purpose.
+        first, second, seq, timestamp = _RTP_HEAD.unpack_from(data)
         if speaker_ssrc != self.floor:
             if self.floor is not None and now - self._last_time < FLOOR_RELEASE:
                 self.not_floor += 1
                 return None
             self._take_floor(speaker_ssrc, seq, timestamp, now)
-        # Header size: fixed part, CSRCs, then the extension block if X is set.
-        size = 12 + 4 * (first & 0x0F)
-        if first & 0x10:
-            if len(data) < size + 4:
+        if first & 0x1F:
+            # CSRCs or a header extension (X set): both are stripped, since the
+            # browser negotiated none with us. Fixed part, CSRCs, then the
+            # extension block (RFC 3550 §5.3.1).
+            size = 12 + 4 * (first & 0x0F)
+            if first & 0x10:
+                if len(data) < size + 4:
+                    return None
+                size += 4 + 4 * int.from_bytes(data[size + 2 : size + 4], "big")
+            if len(data) < size:
                 return None
-            size += 4 + 4 * int.from_bytes(data[size + 2 : size + 4], "big")
-        if len(data) < size:
-            return None
+        else:
+            size = 12  # the common case: V=2, no CSRC, no extension
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
-        if self._last_seq is None or (out_seq - self._last_seq) & 0xFFFF < 0x8000:
+        last_seq = self._last_seq
+        if last_seq is None or (out_seq - last_seq) & 0xFFFF < 0x8000:
             self._last_seq = out_seq
             self._last_ts = out_ts
         self._last_time = now
-        marker = 0x80 if self._switched or second & 0x80 else 0
-        self._switched = False
-        header = _RTP_HEADER.pack(0x80 | (first & 0x20), marker | self.payload_type, out_seq, out_ts, self.ssrc)
-        return header + data[size:]
+        out_second = (second & 0x80) | self.payload_type
+        if self._switched:
+            out_second |= 0x80  # a new talk spurt: marker set (RFC 3551 §4.1)
+            self._switched = False
+        return emit(data, size, 0x80 | (first & 0x20), out_second, out_seq, out_ts, self.ssrc)
 
     def _take_floor(self, speaker_ssrc: int, seq: int, timestamp: int, now: float) -> None:
         if self._last_seq is None:
@@ -122,6 +168,9 @@ class WebRtcLeg:
         self.dtls = DtlsEndpoint(role="server", certificate=certificate, remote_fingerprint=remote_fingerprint, handshake_timeout=handshake_timeout)
         self.srtp: SrtpContext | None = None
         self.started = False
+        # Connected, and OpenSSL's state still kept in case the browser
+        # retransmits its last flight (see _release_dtls).
+        self._holding_dtls = False
 
     @property
     def handshaking(self) -> bool:
@@ -163,8 +212,20 @@ class WebRtcLeg:
     def _check_connected(self) -> None:
         if self.srtp is None and self.dtls.state is DtlsState.CONNECTED:
             self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
+            self._holding_dtls = True
             self.relay.counters["dtls_connected"] += 1
             self.relay.timed.discard(self)
+
+    def _release_dtls(self) -> None:
+        """The browser's SRTP authenticated, so it has our Finished: free OpenSSL's state.
+
+        A browser derives its SRTP keys only once it has read our final flight;
+        before that it may retransmit its own and need ours again (RFC 6347
+        §4.2.4). Afterwards the connection is ~90 KB of dead weight per leg.
+        """
+        self._holding_dtls = False
+        self.dtls.release()
+        self.relay.counters["dtls_released"] += 1
 
     def _dtls_error(self, exc: DtlsError, addr) -> None:
         self.relay.counters[exc.counter] += 1
@@ -190,48 +251,54 @@ class WebRtcLeg:
             except BadPacket as exc:
                 relay._drop(peer, exc.counter)
                 return
+            if self._holding_dtls:
+                self._release_dtls()
             # Browsers' receiver reports describe our rewritten stream, not any
             # bot's: the relay terminates them.
             relay.counters["rtcp_from_browser"] += 1
             return
         try:
-            rtp = srtp.unprotect_untrusted(data)
+            # The human's audio goes on under the session's SSRC and Opus's
+            # well-known payload type, whatever the browser chose; rewritten
+            # in the buffer libsrtp decrypted into (one copy out).
+            rtp = srtp.unprotect_restamped_untrusted(data, PAYLOAD_TYPE_OPUS, peer.ssrc_bytes)
         except BadPacket as exc:
             relay._drop(peer, exc.counter)
             return
-        # The human's audio goes on under the session's SSRC and Opus's
-        # well-known payload type, whatever the browser chose.
-        rewritten = bytes((rtp[0], (rtp[1] & 0x80) | PAYLOAD_TYPE_OPUS)) + rtp[2:8] + peer.ssrc_bytes + rtp[12:]
-        relay.handle_rtp(peer, rewritten, now)
+        if self._holding_dtls:
+            self._release_dtls()
+        relay.handle_rtp(peer, rtp, now)
 
 
 class WebRtcSink:
     """Delivers the room's audio to one browser over its SRTP leg."""
 
-    __slots__ = ("leg", "stream", "transmit")
+    __slots__ = ("leg", "peer", "stream", "transmit")
 
     def __init__(self, leg: WebRtcLeg, stream: OutboundStream, transmit) -> None:
         self.leg = leg
+        self.peer = leg.peer  # fixed for the sink's life, like the leg
         self.stream = stream
         self.transmit = transmit
 
     def deliver_rtp(self, data: bytes, speaker, now: float) -> None:
-        leg = self.leg
-        peer = leg.peer
-        srtp = leg.srtp
-        if srtp is None or peer.addr is None:
+        # Per packet toward every browser: rewrite and protect in one step
+        # (OutboundStream.rewrite emits through protect_with_header).
+        peer = self.peer
+        srtp = self.leg.srtp
+        addr = peer.addr
+        if srtp is None or addr is None:
             peer.drops["not_connected"] += 1
             return
-        packet = self.stream.rewrite(data, speaker.ssrc, now)
-        if packet is None:
-            return
         try:
-            protected = srtp.protect(packet)
+            protected = self.stream.rewrite(data, speaker.ssrc, now, srtp.protect_with_header)
         except BadPacket as exc:
             peer.drops[exc.counter] += 1
             return
+        if protected is None:
+            return
         peer.tx_packets += 1
-        self.transmit(protected, peer.addr)
+        self.transmit(protected, addr)
 
     def deliver_rtcp(self, data: bytes, speaker, now: float) -> None:
         """Bots' RTCP names SSRCs the browser never sees: not forwarded."""

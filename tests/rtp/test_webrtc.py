@@ -6,9 +6,11 @@ the offer is a real one captured from Chromium with its credentials replaced.
 """
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, strategies as st
 
 from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
 from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
@@ -17,7 +19,7 @@ from botcall.rtp.srtp import SrtpContext
 from botcall.rtp.stun import binding_request
 from botcall.media import MediaService
 from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
-from botcall.rtp.webrtc import FLOOR_RELEASE
+from botcall.rtp.webrtc import FLOOR_RELEASE, OutboundStream
 
 OFFER = (Path(__file__).parent.parent / "signaling" / "data" / "chrome156_mic.sdp").read_text()
 BROWSER = ("127.0.0.1", 53000)
@@ -188,3 +190,203 @@ def test_floor_passes_between_speakers_with_continuous_numbering(call):
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(15)]
     assert got[10].marker  # a new talk spurt
     assert got[10].timestamp - got[9].timestamp >= 960 * round(FLOOR_RELEASE / 0.02)
+
+
+# --- The per-packet paths: identical behaviour, fewer copies ----------------------------------
+
+
+class SeedOutboundStream:
+    """The seed's OutboundStream.rewrite, verbatim: the oracle the fast path must match."""
+
+    def __init__(self, ssrc, payload_type):
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.floor = None
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_seq = None
+        self._last_ts = 0
+        self._last_time = 0.0
+        self._switched = False
+        self.not_floor = 0
+
+    def rewrite(self, data, speaker_ssrc, now):
+        first, second, seq, timestamp, _ = struct.unpack_from("!BBHII", data)
+        if speaker_ssrc != self.floor:
+            if self.floor is not None and now - self._last_time < FLOOR_RELEASE:
+                self.not_floor += 1
+                return None
+            self._take_floor(speaker_ssrc, seq, timestamp, now)
+        size = 12 + 4 * (first & 0x0F)
+        if first & 0x10:
+            if len(data) < size + 4:
+                return None
+            size += 4 + 4 * int.from_bytes(data[size + 2 : size + 4], "big")
+        if len(data) < size:
+            return None
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        if self._last_seq is None or (out_seq - self._last_seq) & 0xFFFF < 0x8000:
+            self._last_seq = out_seq
+            self._last_ts = out_ts
+        self._last_time = now
+        marker = 0x80 if self._switched or second & 0x80 else 0
+        self._switched = False
+        header = struct.pack("!BBHII", 0x80 | (first & 0x20), marker | self.payload_type, out_seq, out_ts, self.ssrc)
+        return header + data[size:]
+
+    def _take_floor(self, speaker_ssrc, seq, timestamp, now):
+        if self._last_seq is None:
+            next_seq, next_ts = seq, timestamp
+        else:
+            gap_frames = max(1, round((now - self._last_time) / 0.020))
+            next_seq = (self._last_seq + 1) & 0xFFFF
+            next_ts = (self._last_ts + gap_frames * 960) & 0xFFFFFFFF
+        self._seq_offset = (next_seq - seq) & 0xFFFF
+        self._ts_offset = (next_ts - timestamp) & 0xFFFFFFFF
+        self.floor = speaker_ssrc
+        self._switched = True
+
+
+speaker_packet = st.fixed_dictionaries(
+    {
+        "speaker": st.integers(0, 2),
+        "dt": st.sampled_from([0.0, 0.005, 0.02, 0.1, FLOOR_RELEASE, 0.6]),
+        "seq_step": st.sampled_from([1, 1, 1, 2, 0, -1, -5, 30000]),
+        "csrcs": st.sampled_from([0, 0, 0, 1, 15]),
+        "extension": st.sampled_from([None, None, 0, 1, 3]),
+        "padding": st.booleans(),
+        "marker": st.booleans(),
+        "cut": st.sampled_from([None, None, None, 13, 20, 60]),  # truncated headers
+    }
+)
+
+
+@given(events=st.lists(speaker_packet, max_size=60), start_seq=st.integers(0, 0xFFFF))
+@example(events=[{"speaker": 0, "dt": 0.0, "seq_step": 1, "csrcs": 15, "extension": 3, "padding": True, "marker": False, "cut": 60}], start_seq=0)
+def test_rewrite_matches_the_seed_stream_packet_for_packet(events, start_seq):
+    """Floor passing, continuity across speakers, CSRC/extension stripping, SSRC/PT rewriting: as before."""
+    ours, seed = OutboundStream(0xABCDEF01, 109), SeedOutboundStream(0xABCDEF01, 109)
+    seqs = [start_seq, (start_seq + 20000) & 0xFFFF, 7]
+    now = 1.0
+    for event in events:
+        speaker = event["speaker"]
+        seqs[speaker] = (seqs[speaker] + event["seq_step"]) & 0xFFFF
+        seq = seqs[speaker]
+        now += event["dt"]
+        first = 0x80 | (0x20 if event["padding"] else 0) | event["csrcs"] | (0x10 if event["extension"] is not None else 0)
+        header = struct.pack("!BBHII", first, (0x80 if event["marker"] else 0) | 111, seq, (seq * 960 + speaker * 7) & 0xFFFFFFFF, 1000 + speaker)
+        header += bytes(4 * event["csrcs"])
+        if event["extension"] is not None:
+            header += struct.pack("!HH", 0xBEDE, event["extension"]) + bytes(4 * event["extension"])
+        data = header + b"payload-%d" % seq
+        if event["cut"] is not None:
+            data = data[: event["cut"]]
+        assert ours.rewrite(data, 1000 + speaker, now) == seed.rewrite(data, 1000 + speaker, now)
+        assert (ours.floor, ours.not_floor) == (seed.floor, seed.not_floor)
+
+
+def test_bot_csrcs_and_extensions_are_stripped_toward_the_browser(call):
+    relay, wire, _, _, browser = call
+    browser.ice_check()
+    browser.handshake()
+    packets = [
+        struct.pack("!BBHII", 0x80, 111, 10, 960, 1111) + b"plain",
+        struct.pack("!BBHII", 0x92, 0x80 | 111, 11, 1920, 1111) + bytes(8) + b"\xbe\xde\x00\x01\x10\xff\x00\x00" + b"both",
+        struct.pack("!BBHII", 0xA0, 111, 12, 2880, 1111) + b"padded\x00\x02",
+    ]
+    for index, packet in enumerate(packets):
+        relay.handle_datagram(packet, BOT, 1.0 + index * 0.02)
+    got = [browser.srtp.unprotect_untrusted(d) for d in wire.take(BROWSER)]
+    parsed = [parse_rtp_untrusted(d) for d in got]
+    assert [d[0] for d in got] == [0x80, 0x80, 0xA0]  # V=2, no CSRC, no extension; padding kept
+    assert [p.payload for p in parsed] == [b"plain", b"both", b"padded"]
+    assert [p.marker for p in parsed] == [True, True, False]  # the first of a talk spurt, then the bot's own
+    assert [p.sequence_number - parsed[0].sequence_number for p in parsed] == [0, 1, 2]
+    assert {p.ssrc for p in parsed} == {browser.out_ssrc} and {p.payload_type for p in parsed} == {111}
+
+
+def test_browser_audio_is_restamped_for_bots_keeping_marker_and_extension(call):
+    relay, wire, _, _, browser = call
+    browser.ice_check()
+    browser.handshake()
+    extension = b"\xbe\xde\x00\x01\x10\x7f\x00\x00"
+    sent = [
+        struct.pack("!BBHII", 0x90, 0x80 | 109, 1, 0, BROWSER_SSRC) + extension + b"hello",
+        struct.pack("!BBHII", 0x80, 111, 2, 960, BROWSER_SSRC) + b"again",
+    ]
+    for packet in sent:
+        relay.handle_datagram(browser.srtp.protect(packet), BROWSER, 1.0)
+    heard = wire.take(BOT)
+    expected = [bytes((packet[0], (packet[1] & 0x80) | 111)) + packet[2:8] + (2222).to_bytes(4, "big") + packet[12:] for packet in sent]
+    assert heard == expected
+
+
+def test_dtls_state_is_released_after_the_first_authenticated_srtp(call):
+    relay, wire, _, _, browser = call
+    browser.ice_check()
+    browser.handshake()
+    leg = relay.peer(browser.human.session_id).secure
+    assert not leg.dtls.released
+    relay.handle_datagram(b"\x80\x6f" + bytes(40), BROWSER, 1.0)  # forged: proves nothing
+    assert not leg.dtls.released and relay.counters["dtls_released"] == 0
+    rtp = bytes(RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=BROWSER_SSRC, payload=b"first"))
+    relay.handle_datagram(browser.srtp.protect(rtp), BROWSER, 1.0)
+    assert leg.dtls.released and relay.counters["dtls_released"] == 1
+    assert leg.dtls.srtp_keys is not None
+    # DTLS from the browser now changes nothing, and the call goes on both ways.
+    relay.handle_datagram(browser.dtls.close()[0], BROWSER, 1.1)
+    assert wire.take(BROWSER) == []
+    relay.handle_datagram(browser.srtp.protect(bytes(RtpPacket(111, 2, 960, BROWSER_SSRC, payload=b"second"))), BROWSER, 1.1)
+    relay.handle_datagram(bytes(RtpPacket(111, 5, 0, 1111, payload=b"bot")), BOT, 1.1)
+    assert [parse_rtp_untrusted(d).payload for d in wire.take(BOT)] == [b"first", b"second"]
+    assert parse_rtp_untrusted(browser.srtp.unprotect_untrusted(wire.take(BROWSER)[0])).payload == b"bot"
+    assert relay.counters["dtls_released"] == 1
+
+
+def test_a_listening_browser_releases_on_its_first_srtcp(call):
+    relay, _, _, _, browser = call
+    browser.ice_check()
+    browser.handshake()
+    leg = relay.peer(browser.human.session_id).secure
+    report = struct.pack("!BBHI", 0x80, 201, 1, BROWSER_SSRC)  # an empty receiver report (RFC 3550 §6.4.2)
+    relay.handle_datagram(browser.srtp.protect_rtcp(report), BROWSER, 1.0)
+    assert relay.counters["rtcp_from_browser"] == 1 and leg.dtls.released
+
+
+def test_the_final_flight_is_resent_until_the_browser_proves_it_finished(call):
+    """The relay is connected before the browser; if its last flight is lost, the browser asks again."""
+    relay, wire, _, _, browser = call
+    browser.ice_check()
+    flights = browser.dtls.start(0.0)
+    final = None
+    for _ in range(4):
+        for datagram in flights:
+            relay.handle_datagram(datagram, BROWSER, 0.0)
+        replies = wire.take(BROWSER)
+        if relay.counters["dtls_connected"] and final is None:
+            final = replies  # the relay's CCS + Finished: lost on the way
+            break
+        flights = [out for reply in replies for out in browser.dtls.receive_untrusted(reply, 0.0)]
+    assert final and browser.dtls.srtp_keys is None
+    retransmission = browser.dtls.handle_timeout(browser.dtls.next_deadline())
+    for datagram in retransmission:
+        relay.handle_datagram(datagram, BROWSER, 1.0)
+    for reply in wire.take(BROWSER):  # answered: the leg still holds OpenSSL's state
+        browser.dtls.receive_untrusted(reply, 1.0)
+    assert browser.dtls.srtp_keys is not None
+    browser.srtp = SrtpContext.from_keys(browser.dtls.srtp_keys)
+    relay.handle_datagram(browser.srtp.protect(bytes(RtpPacket(111, 1, 0, BROWSER_SSRC, payload=b"hi"))), BROWSER, 1.1)
+    assert [parse_rtp_untrusted(d).payload for d in wire.take(BOT)] == [b"hi"]
+    for datagram in retransmission:  # after the proof, a stale retransmission is not answered
+        relay.handle_datagram(datagram, BROWSER, 2.0)
+    assert wire.take(BROWSER) == []
+
+
+def test_the_sans_io_benchmark_routes_every_packet():
+    """bench/srtp_hot_path.py at a tiny size: it checks delivery itself and raises otherwise."""
+    from bench.srtp_hot_path import DIRECTIONS, measure
+
+    best = measure(calls=2, packets=40, repeat=2)
+    assert set(best) == set(DIRECTIONS)
+    assert all(0 < value < 1e6 for value in best.values())
