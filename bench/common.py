@@ -6,11 +6,14 @@
   subprocess pinned to one core (``taskset -c 0``) at nice -20 in a
   scheduling group of its own (other work on a shared machine must not
   preempt it; see :func:`raise_priority`) and reads its CPU time and
-  resident memory from /proc.
+  resident memory from /proc. The comparison with other relays
+  (``bench/peers/botcall_relay.py``) starts the same server, at the
+  comparison's own niceness like its peers.
 * :class:`Api`: the HTTP API over one keep-alive connection, with attestations
   minted by the dev issuer of the server's data directory.
 * :class:`Bot`: a joined UDP bot with its own socket, latched with a signed
-  STUN Binding request (:func:`latch`).
+  STUN Binding request (:func:`latch`). Sockets come connected to the relay
+  (the generator then sends with ``send``); a caller may supply its own.
 * :class:`Browser`: a simulated browser (our DTLS endpoint in the client role,
   SRTP, ICE checks with USE-CANDIDATE) that joined through the human signaling
   WebSocket (:func:`join_browsers`).
@@ -39,13 +42,12 @@ import platform
 import re
 import secrets
 import select
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,8 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import CLOCK_TICKS, machine_busy_seconds, open_socket, process_cpu_seconds
+from bench.loadgen import machine_busy_seconds, open_socket
+from bench.peers.process import CLOCK_TICKS, PinnedProcess, set_priority, wait_readable
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.config import Config, RateLimit
 from botcall.errors import BadPacket
@@ -72,6 +75,7 @@ CONTROLLER = "bench"
 SCOPES = ("call:create", "call:voice")
 TOKEN_TTL = 3000.0
 STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
 SNAPSHOT_TIMEOUT = 60.0
 TRACEMALLOC_FRAMES = 12
 HTTP_TIMEOUT = 30.0
@@ -154,7 +158,7 @@ def _write_snapshot(path: Path) -> None:
 
 
 def serve_main(argv: list[str]) -> None:
-    """``python -m bench.common serve --data-dir D [--consent-timeout S] [--tracemalloc]``: run the bench server.
+    """``python -m bench.common serve --data-dir D [--consent-timeout S] [--max-humans N] [--tracemalloc]``: run the bench server.
 
     Prints one JSON line (pid, http_url, media host and port) once it accepts
     connections, then serves until SIGTERM. With ``--tracemalloc``, each
@@ -167,6 +171,7 @@ def serve_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.common serve")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--consent-timeout", type=float, default=30.0)
+    parser.add_argument("--max-humans", type=int, default=None, help="browsers one room may hold (default: the server's)")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--tracemalloc", action="store_true", help="trace allocations; SIGUSR1 writes a snapshot to the data directory")
     args = parser.parse_args(argv)
@@ -175,20 +180,31 @@ def serve_main(argv: list[str]) -> None:
         import tracemalloc
 
         tracemalloc.start(TRACEMALLOC_FRAMES)
-    config = bench_config(args.data_dir, media_consent_timeout_s=args.consent_timeout)
+    overrides: dict[str, Any] = {"media_consent_timeout_s": args.consent_timeout}
+    if args.max_humans is not None:
+        overrides["room_max_humans"] = args.max_humans
+    config = bench_config(args.data_dir, **overrides)
     trio.run(_serve, config, args.data_dir if args.tracemalloc else None)
 
 
-class RelayProcess:
-    """The bench server in a subprocess, pinned to ``core``.
+class RelayProcess(PinnedProcess):
+    """The bench server in a subprocess, pinned to ``core``; started when constructed.
 
-    Use as a context manager; leaving it stops the server (SIGTERM, then SIGKILL
-    after a timeout).
+    Use as a context manager; leaving it stops the server (SIGTERM to its
+    process group, then SIGKILL after a timeout) and removes a temporary data
+    directory. Its stderr goes to ``server.log`` in the data directory.
 
     Args:
         core: the CPU core for the server (``taskset -c``); None leaves it free.
         data_dir: the server's data directory; a temporary one when None.
         consent_timeout: the media consent timeout (seconds).
+        max_humans: the most browsers one room may hold (None: the server's default).
+        trace_allocations: run under tracemalloc (see :meth:`snapshot`).
+        nice: the server's niceness, its session's autogroup included
+            (:data:`BENCH_NICE` by default; None inherits this process's).
+
+    Raises:
+        HarnessError: the server did not start (the message ends with its log).
     """
 
     def __init__(
@@ -197,35 +213,28 @@ class RelayProcess:
         core: int | None = RELAY_CORE,
         data_dir: Path | None = None,
         consent_timeout: float = 30.0,
+        max_humans: int | None = None,
         trace_allocations: bool = False,
+        nice: int | None = BENCH_NICE,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="botcall-bench-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name) if self._tmp is not None else data_dir
-        self.log_path = self.data_dir / "server.log"
         command = [sys.executable, "-m", "bench.common", "serve", "--data-dir", str(self.data_dir)]
         command += ["--consent-timeout", str(consent_timeout)]
+        if max_humans is not None:
+            command += ["--max-humans", str(max_humans)]
         if trace_allocations:
             command.append("--tracemalloc")
+        super().__init__("server", command, core=core, log_dir=self.data_dir, cwd=REPO, pipes=True, nice=nice, stop_timeout=STOP_TIMEOUT)
         self._snapshots = 0
-        if core is not None and core < (os.cpu_count() or 1) and shutil.which("taskset"):
-            command = ["taskset", "-c", str(core)] + command
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, preexec_fn=raise_priority)
         try:
-            ready = self._read_ready_line()
+            self.start()
+            ready = json.loads(self.read_line(STARTUP_TIMEOUT))
         except BaseException:
-            self.stop()
+            self.close()
             raise
-        self.pid: int = ready["pid"]
         self.http_url: str = ready["http_url"]
         self.media_addr: tuple[str, int] = (ready["media_host"], ready["media_port"])
-
-    def _read_ready_line(self) -> dict:
-        stdout = self.process.stdout
-        line = stdout.readline() if _wait_readable(stdout, STARTUP_TIMEOUT) else b""
-        if not line:
-            raise RuntimeError(f"bench server did not start; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
-        return json.loads(line)
 
     def snapshot(self, timeout: float = SNAPSHOT_TIMEOUT):
         """A tracemalloc snapshot of the server (started with ``trace_allocations=True``).
@@ -236,42 +245,29 @@ class RelayProcess:
         import tracemalloc
 
         path = self.data_dir / f"snapshot-{self._snapshots}.pickle"
-        self.process.send_signal(signal.SIGUSR1)
+        self.popen.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while not path.exists():
-            if time.monotonic() > deadline or self.process.poll() is not None:
+            if time.monotonic() > deadline or not self.alive():
                 raise RuntimeError(f"no allocation snapshot from the server; see {self.log_path}")
             time.sleep(0.05)
         self._snapshots += 1
         return tracemalloc.Snapshot.load(str(path))
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.pid)
+        """User + system CPU seconds of the server so far."""
+        return self.stat().cpu_s
 
     def rss_bytes(self) -> int:
         """Resident memory (VmRSS) of the server process, in bytes."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc status")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
+        return self.stat().rss_bytes
 
     def close(self) -> None:
+        """Stop the server and remove its temporary data directory (idempotent)."""
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> "RelayProcess":
         return self
@@ -283,11 +279,10 @@ class RelayProcess:
 def raise_priority() -> bool:
     """Put this process in its own scheduling group at nice -20, when allowed (root).
 
-    The kernel's autogroup scheduler shares CPU between sessions first and
-    applies nice only inside a session, so a plain ``nice`` does not keep other
-    engineers' work on a shared machine off the relay's core: the process starts
-    a session of its own (``setsid``), gives that session's autogroup nice -20
-    (``/proc/self/autogroup``, see sched(7)) and itself nice -20.
+    The process starts a session of its own (``setsid``: the kernel's autogroup
+    scheduler shares CPU between sessions first, see
+    :func:`~bench.peers.process.set_priority`) and gives it and itself
+    :data:`BENCH_NICE`.
 
     Returns:
         Whether both the session and the priorities were set.
@@ -296,13 +291,7 @@ def raise_priority() -> bool:
         os.setsid()
     except OSError:
         return False  # a process group leader cannot; see run_isolated
-    try:
-        with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write(str(BENCH_NICE))
-        os.setpriority(os.PRIO_PROCESS, 0, BENCH_NICE)
-    except OSError:
-        return False
-    return True
+    return set_priority(BENCH_NICE)
 
 
 def run_isolated(main) -> int:
@@ -408,7 +397,7 @@ class Api:
 
 @dataclass
 class Bot:
-    """A joined UDP bot: its socket (connected to the relay) and its join response."""
+    """A joined UDP bot: its socket and its join response."""
 
     agent: str
     joined: dict
@@ -422,6 +411,11 @@ class Bot:
     def ssrc(self) -> int:
         return self.media["ssrc"]
 
+    @property
+    def relay_addr(self) -> tuple[str, int]:
+        """The relay's media address, as the join response gives it."""
+        return self.media["host"], int(self.media["port"])
+
     def binding(self) -> tuple[bytes, bytes]:
         """A fresh signed Binding request and its transaction id."""
         transaction_id = secrets.token_bytes(12)
@@ -429,19 +423,34 @@ class Bot:
         return request, transaction_id
 
 
-def join_bot(api: Api, agent: str, room_id: str, relay_addr: tuple[str, int]) -> Bot:
-    """Join a UDP bot and open its socket (connected to the relay's media port)."""
-    joined = api.join(agent, room_id)
+def connected_socket(relay_addr: tuple[str, int]) -> socket.socket:
+    """A load-generator socket (:func:`~bench.loadgen.open_socket`) connected to the relay."""
     sock = open_socket()
     sock.connect(relay_addr)
-    return Bot(agent=agent, joined=joined, sock=sock)
+    return sock
+
+
+SocketFactory = Callable[[tuple[str, int]], socket.socket]
+
+
+def join_bot(api: Api, agent: str, room_id: str, relay_addr: tuple[str, int], *, new_socket: SocketFactory = connected_socket) -> Bot:
+    """Join a UDP bot and open its socket.
+
+    Args:
+        relay_addr: the relay's media address.
+        new_socket: makes the bot's non-blocking socket, given ``relay_addr``
+            (by default one connected to it).
+    """
+    joined = api.join(agent, room_id)
+    return Bot(agent=agent, joined=joined, sock=new_socket(relay_addr))
 
 
 def latch(endpoints: list, password_of, *, timeout: float = LATCH_TIMEOUT, attempts: int = LATCH_ATTEMPTS) -> None:
     """Prove every endpoint's address with a signed STUN Binding; retry the unanswered.
 
     Args:
-        endpoints: objects with ``sock`` (connected to the relay) and ``binding()``.
+        endpoints: objects with a non-blocking ``sock``, the ``relay_addr`` it
+            sends to, and ``binding()``.
         password_of: the relay's ICE password for an endpoint (checks the response).
 
     Raises:
@@ -452,7 +461,7 @@ def latch(endpoints: list, password_of, *, timeout: float = LATCH_TIMEOUT, attem
         waiting: dict[int, tuple[Any, bytes]] = {}
         for endpoint in pending:
             request, transaction_id = endpoint.binding()
-            endpoint.sock.send(request)
+            endpoint.sock.sendto(request, endpoint.relay_addr)
             waiting[endpoint.sock.fileno()] = (endpoint, transaction_id)
         poller = select.epoll()
         for fd in waiting:
@@ -486,17 +495,20 @@ def latch_bots(bots: list[Bot]) -> None:
     latch(bots, lambda bot: bot.media["ice_pwd"])
 
 
-def bot_pairs(relay: RelayProcess, api: Api, count: int, *, first_index: int = 0) -> list[tuple[Bot, Bot]]:
+def bot_pairs(
+    relay: RelayProcess, api: Api, count: int, *, first_index: int = 0, new_socket: SocketFactory = connected_socket
+) -> list[tuple[Bot, Bot]]:
     """``count`` rooms with two latched UDP bots each (speaker, listener).
 
     Args:
         first_index: numbers the agents (``bench-a<i>``), for a second batch.
+        new_socket: makes each bot's socket (see :func:`join_bot`).
     """
     pairs = []
     for index in range(first_index, first_index + count):
         room_id, _ = api.create_room(f"bench-a{index}", max_humans=0)
-        speaker = join_bot(api, f"bench-a{index}", room_id, relay.media_addr)
-        listener = join_bot(api, f"bench-b{index}", room_id, relay.media_addr)
+        speaker = join_bot(api, f"bench-a{index}", room_id, relay.media_addr, new_socket=new_socket)
+        listener = join_bot(api, f"bench-b{index}", room_id, relay.media_addr, new_socket=new_socket)
         pairs.append((speaker, listener))
     latch_bots([bot for pair in pairs for bot in pair])
     return pairs
@@ -523,12 +535,14 @@ class Browser:
     """A simulated browser: its socket, DTLS client, SRTP context and what signaling told it.
 
     Attributes:
+        relay_addr: the relay's media address (checks, DTLS and media go there).
         answer: the relay's SDP answer.
         session_ssrc: the SSRC bots see for this human (from the ``joined`` event).
         out_ssrc: the SSRC the relay sends toward this browser (``a=ssrc`` of the answer).
     """
 
     sock: socket.socket
+    relay_addr: tuple[str, int]
     answer: str
     session_ssrc: int
     certificate: DtlsCertificate
@@ -567,17 +581,17 @@ class Browser:
         Raises:
             RuntimeError: not connected within ``timeout``.
         """
-        dtls, sock = self.dtls, self.sock
+        dtls, sock, relay_addr = self.dtls, self.sock, self.relay_addr
         now = time.monotonic
         deadline = now() + timeout
         for datagram in dtls.start(now()):
-            sock.send(datagram)
+            sock.sendto(datagram, relay_addr)
         while dtls.state is not DtlsState.CONNECTED:
             if now() > deadline or dtls.state is DtlsState.FAILED:
                 raise RuntimeError(f"DTLS handshake failed: {dtls.state} {dtls.failure_reason}")
             wake = dtls.next_deadline()
             wait = max(0.0, min(deadline, wake if wake is not None else deadline) - now())
-            if _wait_readable(sock, wait):
+            if wait_readable(sock, wait):
                 try:
                     data = sock.recv(4096)
                 except BlockingIOError:
@@ -588,15 +602,8 @@ class Browser:
             else:
                 out = dtls.handle_timeout(now())
             for datagram in out:
-                sock.send(datagram)
+                sock.sendto(datagram, relay_addr)
         self.srtp = SrtpContext.from_keys(dtls.srtp_keys)
-
-
-def _wait_readable(sock: socket.socket, timeout: float) -> bool:
-    """Whether ``sock`` became readable within ``timeout`` (poll: any descriptor number)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
 
 
 def _sdp_value(sdp: str, pattern: str) -> str:
@@ -637,13 +644,19 @@ async def _signal_one(base_ws: str, room_id: str, invite: str, offer: str) -> tu
     return answer["sdp"], joined["you"]["ssrc"]
 
 
-def join_browsers(relay: RelayProcess, rooms: list[tuple[str, str]], certificate: DtlsCertificate) -> list[Browser]:
+def join_browsers(
+    relay: RelayProcess, rooms: list[tuple[str, str]], certificate: DtlsCertificate, *, new_socket: SocketFactory = connected_socket
+) -> list[Browser]:
     """Join one simulated browser per ``(room_id, invite)`` over the signaling WebSocket,
     then ICE-check and DTLS-handshake each with the relay.
 
     The signaling sockets close once the answer is in (the bench server keeps
     sessions for a day without one); the handshakes run one at a time, below
-    the relay's cap on handshakes in progress.
+    the relay's cap on handshakes in progress. A room may appear more than
+    once: that many browsers join it.
+
+    Args:
+        new_socket: makes each browser's socket (see :func:`join_bot`).
     """
     import trio
 
@@ -666,9 +679,8 @@ def join_browsers(relay: RelayProcess, rooms: list[tuple[str, str]], certificate
     browsers = []
     for answer_and_ssrc in results:
         answer, session_ssrc = answer_and_ssrc
-        sock = open_socket()
-        sock.connect(relay.media_addr)
-        browsers.append(Browser(sock=sock, answer=answer, session_ssrc=session_ssrc, certificate=certificate))
+        sock = new_socket(relay.media_addr)
+        browsers.append(Browser(sock=sock, relay_addr=relay.media_addr, answer=answer, session_ssrc=session_ssrc, certificate=certificate))
     latch(browsers, lambda browser: browser.relay_pwd)
     for browser in browsers:
         browser.handshake()
@@ -723,16 +735,23 @@ def wait_for_quiet(*, max_wait: float = 60.0, threshold: float = 0.15, interval:
             return busy
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or ``unknown``."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"  # no /proc
+    for line in lines:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def machine_description() -> str:
     """nproc, CPU model, kernel, Python, Trio and library versions, one line each."""
     import trio
 
-    model = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     versions = []
     for name in ("pylibsrtp", "pyOpenSSL", "hypercorn", "quart-trio"):
         try:

@@ -13,7 +13,10 @@ What it does:
    (``~/.cache/botcall-bench/venv``; never BotCall's own dependencies). A
    peer that cannot be installed is skipped, and the table says why.
 2. **Plain forwarding.** Starts BotCall, coturn and rtpengine at once, each
-   pinned to core 0 (``taskset``) with a fixed configuration on 127.0.0.1,
+   pinned to core 0 (``taskset``) with a fixed configuration on 127.0.0.1
+   (coturn's and rtpengine's ports in blocks of 10240-32767 reserved per run:
+   below the ephemeral range, far from BotCall's default 40000, never shared
+   with a concurrent run; see ``bench.peers.process.reserve_ports``),
    and sets up the flows once: a room of two latched UDP bots per flow
    (BotCall), one TURN allocation with a channel per flow driven with
    ChannelData (coturn), one ng-protocol call per flow (rtpengine). This
@@ -61,12 +64,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import cpu_model  # noqa: E402
 from bench.loadgen import LoadResult, machine_busy_seconds, measure_direct, run_load  # noqa: E402
 from bench.peers.aiortc import AiortcFanout, ensure_bench_venv  # noqa: E402
 from bench.peers.botcall_relay import BotCallRelay  # noqa: E402
 from bench.peers.coturn import CoturnRelay  # noqa: E402
 from bench.peers.fanout import FanoutResult, drive_fanout, packets_per_run  # noqa: E402
-from bench.peers.process import HarnessError, cores, ensure_debian_packages, pin_current_process  # noqa: E402
+from bench.peers.process import HarnessError, cores, ensure_debian_packages, pin_current_process, read_proc_stat  # noqa: E402
 from bench.peers.rtpengine import RtpengineRelay  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -206,13 +210,11 @@ def log(message: str) -> None:
 
 def _cpu_of(pids: list[int]) -> float:
     """CPU seconds of this process and ``pids`` (processes that exited count 0)."""
-    from bench.loadgen import process_cpu_seconds
-
     total = sum(os.times()[:2])
     for pid in pids:
         try:
-            total += process_cpu_seconds(pid)
-        except OSError:
+            total += read_proc_stat(pid).cpu_s
+        except HarnessError:
             continue  # it exited: nothing more of it to count
     return total
 
@@ -259,16 +261,8 @@ def wait_for_quiet(max_wait: float, own_pids: list[int]) -> float:
 
 def machine_description() -> dict:
     """What the numbers were measured on."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = "unknown"
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -52,6 +52,8 @@ if __package__ in (None, ""):
 
 import numpy
 
+from bench.peers.process import CLOCK_TICKS, read_proc_stat
+
 # RTP header (RFC 3550 §5.1) and the payload head: send time, flow, packet index.
 PACKET_HEAD = struct.Struct("!BBHIIqII")
 PAYLOAD_HEAD_SIZE = 16
@@ -73,7 +75,6 @@ MAX_LAG_FRACTION = 0.5
 MAX_PACKETS = 20_000_000
 MAX_FLOWS = 20_000
 LOADGEN_SOCKET_BUFFER = 4 * 1024 * 1024
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -150,18 +151,6 @@ class LoadResult:
     duplicates: int = 0
     bad: int = 0
     latencies_ms: numpy.ndarray = field(default_factory=lambda: numpy.empty(0), repr=False)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc.
-
-    Raises:
-        OSError: no such process.
-    """
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    # Fields 14 and 15 of proc(5) (utime, stime); index 0 here is field 3 (state).
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def machine_busy_seconds() -> float:
@@ -306,7 +295,7 @@ def run_load(
                     if next_index == window_first and not window_started:
                         window_started = True
                         if cpu_pid is not None:
-                            cpu_at_start = process_cpu_seconds(cpu_pid)
+                            cpu_at_start = read_proc_stat(cpu_pid).cpu_s
                         own_at_start = _own_cpu()
                         machine_at_start = machine_busy_seconds()
                     packet_index, index = divmod(next_index, n)
@@ -344,7 +333,7 @@ def run_load(
                 if next_index >= total and end_ns == 0:
                     # The window closes with the last send.
                     if cpu_pid is not None:
-                        cpu_at_end = process_cpu_seconds(cpu_pid)
+                        cpu_at_end = read_proc_stat(cpu_pid).cpu_s
                     own_at_end = _own_cpu()
                     machine_at_end = machine_busy_seconds()
                     end_ns = now_ns() + DRAIN_S * 1e9
@@ -404,7 +393,7 @@ def run_load(
         own_at_end = _own_cpu()
         machine_at_end = machine_busy_seconds()
         if cpu_pid is not None:
-            cpu_at_end = process_cpu_seconds(cpu_pid)
+            cpu_at_end = read_proc_stat(cpu_pid).cpu_s
     sent = sent_in_window
     window_s = max((window_last_send_ns - window_first_send_ns) / 1e9, 1e-9) if sent > 1 else duration
     # A window of s packets spans s - 1 intervals; scale to whole intervals.

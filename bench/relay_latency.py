@@ -35,7 +35,6 @@ the machine (a disturbed run shows there).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass

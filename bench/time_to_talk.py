@@ -47,11 +47,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from bench.common import (
-    AUDIENCE,
-    CONTROLLER,
     GENERATOR_CORE,
-    SCOPES,
-    TOKEN_TTL,
     Api,
     RelayProcess,
     join_bot,
@@ -211,7 +207,7 @@ def run_joins(relay: RelayProcess, joins: int, *, sdk: bool) -> list[Timeline]:
             try:
                 latch_bots([listener])
                 agent = f"ttt-speaker{index}"
-                token = api.issuer.mint(agent=agent, controller=CONTROLLER, audience=AUDIENCE, scopes=SCOPES, ttl=TOKEN_TTL, now=time.time())
+                token = api.token(agent)
                 if sdk:
                     timeline = trio.run(talk_with_sdk, relay, token, room_id, listener.sock)
                 else:

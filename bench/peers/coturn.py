@@ -39,7 +39,7 @@ from pathlib import Path
 from aioice import stun
 from aioice.turn import make_integrity_key
 
-from bench.peers.process import Harness, HarnessError, PinnedProcess, PortReservation, reserve_ports, udp_port_answers
+from bench.peers.process import Harness, HarnessError, PinnedProcess, udp_port_answers
 
 HOST = "127.0.0.1"
 USERNAME = "bench"
@@ -279,9 +279,7 @@ class CoturnRelay(Harness):
     first_ssrc = 0x0C070000
 
     def __init__(self, *, core: int | None = 0, workdir: Path | None = None, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
-        super().__init__(core=core, workdir=workdir)
-        self.max_flows = max_flows
-        self.ports: PortReservation | None = None
+        super().__init__(core=core, workdir=workdir, max_flows=max_flows)
         self.port = 0
         self.peer_sock: socket.socket | None = None
         self.allocations: list[Allocation] = []
@@ -293,7 +291,7 @@ class CoturnRelay(Harness):
         Raises:
             HarnessError: turnserver is missing, exits, or never answers.
         """
-        self.ports = ports = self._stack.enter_context(reserve_ports(ports_needed(self.max_flows)))
+        ports = self.reserve_ports(ports_needed(self.max_flows))
         self.port = ports.control_port
         min_port, max_port = ports.relay_range
         config = self.workdir / "turnserver.conf"
@@ -309,10 +307,8 @@ class CoturnRelay(Harness):
         """One allocation with a permission and a channel bound to the shared peer socket.
 
         Raises:
-            HarnessError: coturn refused or did not answer, or ``max_flows`` allocations exist.
+            HarnessError: coturn refused or did not answer.
         """
-        if len(self.allocations) >= self.max_flows:
-            raise HarnessError(f"coturn's port range was sized for {self.max_flows} allocations")
         peer = self.peer_sock.getsockname()
         client_sock = self.socket()
         client = TurnClient(client_sock, (HOST, self.port))

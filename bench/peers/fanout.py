@@ -105,8 +105,8 @@ def drive_fanout(
     """Send from ``speaker`` on schedule; receive and decrypt on every leg.
 
     Args:
-        speaker: a :class:`~bench.peers.botcall_relay.BotLeg` (socket, SSRC, media address).
-        legs: :class:`~bench.peers.botcall_relay.BrowserLeg` subscribers.
+        speaker: a :class:`~bench.common.Bot` (its ``sock``, ``ssrc`` and ``relay_addr``).
+        legs: :class:`~bench.common.Browser` subscribers (``sock``, ``srtp``, ``out_ssrc``).
         rate: packets per second.
         duration: seconds measured after ``warmup``.
         warmup: seconds sent before the window opens.
@@ -133,7 +133,7 @@ def drive_fanout(
     interval_ns = 1e9 / rate
     ts_step = round(RTP_CLOCK / rate)
     buffer = bytearray(packet_size)
-    sendto, dest, ssrc = speaker.sock.sendto, speaker.media, speaker.ssrc
+    sendto, dest, ssrc = speaker.sock.sendto, speaker.relay_addr, speaker.ssrc
     by_fd = {leg.sock.fileno(): (position, leg) for position, leg in enumerate(legs)}
     poller = select.epoll(len(by_fd))
     for fd in by_fd:

@@ -485,17 +485,21 @@ class Harness:
     Args:
         core: CPU to pin the relay to (None: unpinned).
         workdir: for configuration, data and logs (default: a new temporary directory).
+        max_flows: the most flows :meth:`create_flows` sets up over the
+            harness's life (what its reserved ports were sized for), or None.
     """
 
     name = "relay"
     first_ssrc = 0
 
-    def __init__(self, *, core: int | None = 0, workdir: Path | None = None) -> None:
+    def __init__(self, *, core: int | None = 0, workdir: Path | None = None, max_flows: int | None = None) -> None:
         self._stack = ExitStack()
         self._workdir_arg = workdir
         self.core = core
+        self.max_flows = max_flows
         self.workdir: Path | None = None
         self.process: PinnedProcess | None = None
+        self.ports: PortReservation | None = None
         self._sockets: list[socket.socket] = []
         self.flows_created = 0
 
@@ -532,6 +536,14 @@ class Harness:
     def launch(self) -> None:
         raise NotImplementedError
 
+    def reserve_ports(self, count: int) -> PortReservation:
+        """Reserve ``count`` ports (:func:`reserve_ports`) until the harness closes, after its relay stops.
+
+        Call it before starting the process: clean-ups run in reverse order.
+        """
+        self.ports = self._stack.enter_context(reserve_ports(count))
+        return self.ports
+
     def socket(self) -> socket.socket:
         """A bound, non-blocking UDP socket with large buffers, closed with the harness."""
         from bench.loadgen import open_socket
@@ -562,8 +574,11 @@ class Harness:
             ``bench.loadgen.Flow`` objects; flow ``i`` (over the harness's life) sends with SSRC ``first_ssrc + i``.
 
         Raises:
-            HarnessError: the relay refused or did not answer.
+            HarnessError: the relay refused or did not answer, or more than
+                ``max_flows`` flows were asked for.
         """
+        if self.max_flows is not None and self.flows_created + count > self.max_flows:
+            raise HarnessError(f"{self.name}'s ports were sized for {self.max_flows} flows; {self.flows_created + count} asked for")
         flows = []
         for _ in range(count):
             flows.append(self.create_flow((self.first_ssrc + self.flows_created) & 0xFFFFFFFF, packet_size))

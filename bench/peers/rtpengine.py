@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from botcall.errors import BadPacket
-from bench.peers.process import Harness, HarnessError, PinnedProcess, PortReservation, reserve_ports
+from bench.peers.process import Harness, HarnessError, PinnedProcess
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 1.0
@@ -314,9 +314,7 @@ class RtpengineRelay(Harness):
     first_ssrc = 0x0E0E0000
 
     def __init__(self, *, core: int | None = 0, workdir: Path | None = None, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
-        super().__init__(core=core, workdir=workdir)
-        self.max_flows = max_flows
-        self.ports: PortReservation | None = None
+        super().__init__(core=core, workdir=workdir, max_flows=max_flows)
         self.ng_port = 0
         self.ng: NgClient | None = None
         self.callee_sock: socket.socket | None = None
@@ -328,7 +326,7 @@ class RtpengineRelay(Harness):
         Raises:
             HarnessError: rtpengine is missing, exits, or never answers.
         """
-        self.ports = ports = self._stack.enter_context(reserve_ports(ports_needed(self.max_flows)))
+        ports = self.reserve_ports(ports_needed(self.max_flows))
         self.ng_port = ports.control_port
         port_min, port_max = ports.relay_range
         argv = rtpengine_argv(ng_port=self.ng_port, port_min=port_min, port_max=port_max, pidfile=self.workdir / "rtpengine.pid")
@@ -348,10 +346,8 @@ class RtpengineRelay(Harness):
         """Offer and answer one call: A (a new socket) to B (the shared callee socket).
 
         Raises:
-            HarnessError: rtpengine refused or did not answer, or ``max_flows`` calls exist.
+            HarnessError: rtpengine refused or did not answer.
         """
-        if len(self.calls) >= self.max_flows:
-            raise HarnessError(f"rtpengine's port range was sized for {self.max_flows} calls")
         caller = self.socket()
         a_host, a_port = caller.getsockname()
         b_host, b_port = self.callee_sock.getsockname()

@@ -9,11 +9,12 @@ read from /proc.
 """
 
 import math
+import os
 
 import pytest
 
 from bench.capacity import Bounds, Probe, judge, search
-from bench.common import RelayProcess
+from bench.common import BENCH_NICE, RelayProcess
 from bench.memory import format_point, measure_variant
 from bench.relay_latency import format_cell, run_cells
 from bench.time_to_talk import PHASES, run_joins, summarize
@@ -68,6 +69,11 @@ def test_memory_with_websockets_and_browsers():
 
 def test_time_to_talk_phases_add_up():
     with RelayProcess() as relay:
+        if os.geteuid() == 0:
+            # Ahead of other work on the shared machine, in a session of its own.
+            assert os.getpriority(os.PRIO_PROCESS, relay.pid) == BENCH_NICE
+            with open(f"/proc/{relay.pid}/autogroup") as autogroup:
+                assert autogroup.read().split()[-1] == str(BENCH_NICE)
         # run_joins deletes each room after its join (and raises if it cannot).
         timelines = run_joins(relay, 2, sdk=False)
         sdk = run_joins(relay, 1, sdk=True)

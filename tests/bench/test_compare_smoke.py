@@ -17,6 +17,7 @@ regression example for each malformed shape.
 from __future__ import annotations
 
 import math
+import os
 import select
 import shutil
 import socket
@@ -104,7 +105,7 @@ def test_coturn_relays_channel_data_to_the_peer_byte_for_byte():
         assert relay.port == relay.ports.control_port
         # Numbered on from the first flow; the range was sized for three.
         assert [flow.ssrc for flow in flows] == [CoturnRelay.first_ssrc + i for i in range(3)]
-        with pytest.raises(HarnessError, match="sized for 3"):
+        with pytest.raises(HarnessError, match="sized for 3 flows"):
             relay.create_flows(1, packet_size=172)
         pid = relay.pid
     assert_gone(pid)
@@ -171,7 +172,14 @@ def test_botcall_forwards_bot_flows_and_srtp_fanout():
     from bench.peers.botcall_relay import BotCallRelay
 
     with BotCallRelay(core=None, max_humans=4) as relay:
+        # Like its peers, the server runs at the comparison's niceness, and the
+        # generator's sockets are not connected (it sends with sendto to all).
+        assert os.getpriority(os.PRIO_PROCESS, relay.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert relay.process.log_path.parent == relay.workdir
         flows = relay.create_flows(2)
+        for flow in flows:
+            with pytest.raises(OSError):
+                flow.send_sock.getpeername()
         sent = {}
         for seq in range(3):
             for flow in flows:
@@ -185,7 +193,7 @@ def test_botcall_forwards_bot_flows_and_srtp_fanout():
         speaker, legs = relay.create_subscribers(2)
         packets = [rtp_packet(speaker.ssrc, seq) for seq in range(3)]
         for packet in packets:
-            speaker.sock.sendto(packet, speaker.media)
+            speaker.sock.sendto(packet, speaker.relay_addr)
         for leg in legs:
             plain = [leg.srtp.unprotect_untrusted(data) for data in receive(leg.sock, 3)]
             assert [p[12:] for p in plain] == [p[12:] for p in packets]  # payload intact
