@@ -1,4 +1,4 @@
-"""The benchmarks' process management: pinned subprocesses and reserved relay ports.
+"""The benchmarks' process management: pinned subprocesses, reserved relay ports, the harness life cycle.
 
 Real processes and real sockets: a child's affinity, niceness and autogroup
 are read back from /proc, a stopped child's whole process group is gone, and
@@ -20,10 +20,11 @@ import pytest
 
 from bench.peers.process import (
     PORT_BLOCK,
+    PORT_LOCK_DIR,
+    Harness,
     HarnessError,
     PinnedProcess,
     port_pool,
-    PORT_LOCK_DIR,
     read_proc_stat,
     reserve_ports,
     wait_readable,
@@ -152,3 +153,31 @@ def test_a_block_with_a_bound_port_is_skipped():
 def test_more_ports_than_the_pool_holds_is_refused():
     with pytest.raises(HarnessError, match="pool"):
         reserve_ports(len(port_pool()) + 1)
+
+
+# --- the harness life cycle ----------------------------------------------------------------
+
+
+class FailingHarness(Harness):
+    """Reserves ports and a socket, then finds no relay to start."""
+
+    name = "failing"
+
+    def launch(self) -> None:
+        self.reserve_ports(2)
+        self.sock = self.socket()
+        raise HarnessError("no relay here")
+
+
+def test_a_harness_that_fails_to_start_releases_everything():
+    harness = FailingHarness(core=None)
+    with pytest.raises(HarnessError, match="no relay here"):
+        with harness:
+            pytest.fail("a harness that failed to start is never entered")
+    assert harness.sock.fileno() == -1  # closed
+    assert not harness.workdir.exists()  # its temporary directory is gone
+    lock = os.open(PORT_LOCK_DIR / f"{harness.ports.ports[0]}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the ports are free for the next run
+    finally:
+        os.close(lock)
