@@ -66,6 +66,7 @@ from botcall.errors import SrtpError
 
 __all__ = [
     "DEFAULT_MAX_STREAMS",
+    "LibsrtpStatus",
     "SrtpContext",
     "SrtpKeys",
     "SrtpProfile",

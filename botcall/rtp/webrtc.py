@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 
 from botcall.errors import BadPacket, DtlsError
 from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
@@ -83,7 +84,9 @@ class OutboundStream:
         self._switched = False
         self.not_floor = 0
 
-    def rewrite(self, data: bytes, speaker_ssrc: int, now: float, emit=plain_packet):
+    def rewrite(
+        self, data: bytes, speaker_ssrc: int, now: float, emit: Callable[..., bytes] = plain_packet
+    ) -> bytes | None:
         """The packet as this browser should get it, or None when another speaker has the floor.
 
         Args:
