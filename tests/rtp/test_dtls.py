@@ -8,7 +8,6 @@ deadline (no sleeping).
 
 from __future__ import annotations
 
-import gc
 import heapq
 import itertools
 import random
@@ -38,6 +37,7 @@ from botcall.rtp.dtls import (
     split_records_untrusted,
 )
 from botcall.rtp.srtp import SrtpKeys, SrtpProfile
+from tests.cheap import c_heap_in_use
 
 SERVER_CERT = DtlsCertificate.generate()
 CLIENT_CERT = DtlsCertificate.generate()
@@ -701,22 +701,6 @@ def test_record_codec_round_trip_and_fields():
 # --- Memory after the handshake ---------------------------------------------------------------
 
 
-def _c_heap_in_use() -> int:
-    """Bytes glibc's malloc has handed out (OpenSSL's allocations included)."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
-        ]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    gc.collect()
-    return libc.mallinfo2().uordblks
-
-
 @pytest.mark.parametrize("role", ["server", "client"])
 def test_contexts_release_idle_openssl_buffers(role):
     """SSL_MODE_RELEASE_BUFFERS: an idle connection gives back its record buffers."""
@@ -727,9 +711,9 @@ def test_contexts_release_idle_openssl_buffers(role):
 
 def test_release_frees_openssl_state_and_keeps_the_keys():
     warm = [connected_pair() for _ in range(3)]  # OpenSSL's one-off allocations happen here
-    before = _c_heap_in_use()
+    before = c_heap_in_use()
     pairs = [connected_pair()[:2] for _ in range(40)]  # the endpoints, not the simulated network
-    held = (_c_heap_in_use() - before) / 40
+    held = (c_heap_in_use() - before) / 40
     for server, client in pairs:
         keys = server.srtp_keys
         server.release()
@@ -737,7 +721,7 @@ def test_release_frees_openssl_state_and_keeps_the_keys():
         assert server.released and client.released
         assert server.state is client.state is DtlsState.CONNECTED and server.srtp_keys == keys
         assert_keys_match(server, client, SrtpProfile.AEAD_AES_128_GCM)
-    released = (_c_heap_in_use() - before) / 40
+    released = (c_heap_in_use() - before) / 40
     # ~170 KB per connected pair on this machine; next to nothing once released.
     assert held > 50_000
     assert released < 5_000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import struct
 
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import example, given, strategies as st
 from botcall.errors import SrtpError
 from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
 from botcall.rtp.srtp import SrtpContext, SrtpKeys, SrtpProfile
+from tests.cheap import c_heap_in_use
 
 RTP = struct.Struct("!BBHII")
 SERVER_CERT = DtlsCertificate.generate()
@@ -419,30 +419,14 @@ def test_libsrtp_status_codes_follow_the_binding():
     assert ERRORS[LibsrtpStatus.PKT_IDX_OLD] == "packet index is too old to consider"
 
 
-def _c_heap_in_use() -> int:
-    """Bytes glibc's malloc has handed out (libsrtp's and OpenSSL's allocations included)."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
-        ]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    gc.collect()
-    return libc.mallinfo2().uordblks
-
-
 def test_dropped_contexts_free_their_libsrtp_sessions():
     server_keys, _ = handshake_keys(SrtpProfile.AEAD_AES_128_GCM)
     held = [SrtpContext.from_keys(server_keys) for _ in range(200)]
     for context in held:
         context.protect(rtp(1))
-    before = _c_heap_in_use()
+    before = c_heap_in_use()
     held.clear()
-    freed = before - _c_heap_in_use()
+    freed = before - c_heap_in_use()
     # Two sessions, a template and a stream each: kilobytes per context.
     assert freed > 200 * 2000
     for _ in range(3):
@@ -450,4 +434,4 @@ def test_dropped_contexts_free_their_libsrtp_sessions():
         for context in batch:
             context.protect(rtp(1))
         del batch
-    assert _c_heap_in_use() - (before - freed) < 100_000
+    assert c_heap_in_use() - (before - freed) < 100_000
