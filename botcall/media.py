@@ -99,17 +99,8 @@ class MediaService:
             cname=f"botcall-{session.participant_id}",
         )
         self.relay.remove_peer(session.session_id)
-        peer = MediaPeer(
-            session_id=session.session_id,
-            participant_id=session.participant_id,
-            room_id=session.room_id,
-            ssrc=session.ssrc,
-            payload_type=PAYLOAD_TYPE_OPUS,
-            sink=UdpSink(self.transmit),  # replaced below, once the leg exists
-            ice_ufrag=session.ice_ufrag,
-            ice_pwd=session.ice_pwd,
-            muted=session.muted,
-        )
+        # The sink is replaced below, once the leg exists.
+        peer = _peer_for(session, UdpSink(self.transmit), session.ice_ufrag, session.ice_pwd, speaks_udp=True)
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
         peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
@@ -136,18 +127,7 @@ class MediaService:
         else:
             # WebRTC peers are added by the bridge once the browser's offer arrives.
             return
-        peer = MediaPeer(
-            session_id=session.session_id,
-            participant_id=session.participant_id,
-            room_id=session.room_id,
-            ssrc=session.ssrc,
-            payload_type=PAYLOAD_TYPE_OPUS,
-            sink=sink,
-            ice_ufrag=ufrag,
-            ice_pwd=pwd,
-            speaks_udp=speaks_udp,
-            muted=session.muted,
-        )
+        peer = _peer_for(session, sink, ufrag, pwd, speaks_udp=speaks_udp)
         if isinstance(sink, WsSink):
             sink.peer = peer
         try:
@@ -156,3 +136,19 @@ class MediaService:
             # The registry caps sessions below the relay's own bound; reaching
             # here means the two disagree. The session gets no media.
             log.error("session %s has no media: %s", session.participant_id, exc)
+
+
+def _peer_for(session: Session, sink, ice_ufrag: str | None, ice_pwd: str | None, *, speaks_udp: bool) -> MediaPeer:
+    """The relay's peer for a registry session (Opus, the session's SSRC and mute state)."""
+    return MediaPeer(
+        session_id=session.session_id,
+        participant_id=session.participant_id,
+        room_id=session.room_id,
+        ssrc=session.ssrc,
+        payload_type=PAYLOAD_TYPE_OPUS,
+        sink=sink,
+        ice_ufrag=ice_ufrag,
+        ice_pwd=ice_pwd,
+        speaks_udp=speaks_udp,
+        muted=session.muted,
+    )
