@@ -461,6 +461,9 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
                 page.wait_for_function("() => botcall.marks.audio !== undefined")
                 # Let the 8192-point analyser window (170 ms) fill with the tone before reading it.
                 page.wait_for_function("() => performance.now() - botcall.marks.audio > 500")
+                # Read the tone now, in steady state: later the window would hold the
+                # mute/unmute gap below, which smears the spectrum's peak.
+                heard = {"frequency": page.evaluate("botcall.remoteFrequency()"), "level": page.evaluate("botcall.remoteLevel()")}
                 # Speaking and muted lights follow the server's events about the bot.
                 bot_item = page.locator('#call-people li[data-kind="bot"]')
 
@@ -490,8 +493,7 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
                 expect(page.locator("#chat-form")).to_be_visible(visible=me.capabilities.text_chat)
                 return {
                     "marks": page.evaluate("botcall.marks"),
-                    "frequency": page.evaluate("botcall.remoteFrequency()"),
-                    "level": page.evaluate("botcall.remoteLevel()"),
+                    **heard,
                     "errors": errors.messages,
                 }
 
