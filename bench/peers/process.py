@@ -31,6 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -473,7 +474,7 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 # --- the harnesses' life cycle -------------------------------------------------------------
 
 
-class Harness:
+class Harness(ABC):
     """What every relay harness shares: a work directory, the relay's process,
     the sockets it hands out; :meth:`close` releases them all.
 
@@ -533,8 +534,9 @@ class Harness:
             self.workdir = self._workdir_arg
         self.launch()
 
+    @abstractmethod
     def launch(self) -> None:
-        raise NotImplementedError
+        """Start the relay in ``self.workdir``; return once it serves."""
 
     def reserve_ports(self, count: int) -> PortReservation:
         """Reserve ``count`` ports (:func:`reserve_ports`) until the harness closes, after its relay stops.
@@ -586,8 +588,12 @@ class Harness:
         return flows
 
     def create_flow(self, ssrc: int, packet_size: int):
-        """One flow through the relay (plain-forwarding harnesses implement it)."""
-        raise NotImplementedError(f"{self.name} sets up no plain flows")
+        """One flow through the relay (plain-forwarding harnesses implement it).
+
+        Raises:
+            HarnessError: this harness carries no plain flows (aiortc's fan-out).
+        """
+        raise HarnessError(f"{self.name} sets up no plain flows")
 
     def close(self) -> None:
         """Close every socket handed out and stop the relay (idempotent)."""
