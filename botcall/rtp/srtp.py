@@ -379,6 +379,34 @@ class SrtpContext:
             counter="srtp_too_many_streams",
         )
 
+    # The shared buffer holds the packet (``length`` bytes) when these run; they
+    # return the length of the result, which libsrtp left in the same buffer.
+    # A new SSRC counts against ``max_streams`` only once libsrtp accepted it.
+
+    def _protect_in_buffer(self, protect, ssrc: int, length: int, name: str) -> int:
+        known = ssrc in self._outbound_ssrcs
+        if not known and len(self._outbound_ssrcs) >= self._max_streams:
+            raise self._too_many_streams("outbound", ssrc)
+        _length[0] = length
+        status = protect(self._outbound, _buffer, _length)
+        if status:
+            raise SrtpError(f"{name} failed: {_status_text(status)}", counter="srtp_protect_failed")
+        if not known:
+            self._outbound_ssrcs.add(ssrc)
+        return _length[0]
+
+    def _unprotect_in_buffer(self, unprotect, ssrc: int, length: int, name: str) -> int:
+        known = ssrc in self._inbound_ssrcs
+        if not known and len(self._inbound_ssrcs) >= self._max_streams:
+            raise self._too_many_streams("inbound", ssrc)
+        _length[0] = length
+        status = unprotect(self._inbound, _buffer, _length)
+        if status:
+            raise _unprotect_error(name, status)
+        if not known:
+            self._inbound_ssrcs.add(ssrc)
+        return _length[0]
+
     def protect(self, rtp: bytes) -> bytes:
         """Encrypt and authenticate one RTP packet.
 
@@ -393,22 +421,12 @@ class SrtpContext:
                 or libsrtp refused it (a repeated sequence number, a malformed
                 header); counters ``srtp_protect_failed`` / ``srtp_too_many_streams``.
         """
-        # Per packet on the relay's path toward browsers: checks inlined on purpose.
+        # Per packet on the relay's path toward browsers.
         length = len(rtp)
         if not _RTP_HEADER_SIZE <= length <= _MAX_RTP_TO_PROTECT:
             raise SrtpError(f"cannot protect a {length}-byte RTP packet", counter="srtp_protect_failed")
-        ssrc = _RTP_SSRC.unpack_from(rtp)[0]
-        known = ssrc in self._outbound_ssrcs
-        if not known and len(self._outbound_ssrcs) >= self._max_streams:
-            raise self._too_many_streams("outbound", ssrc)
         _buffer_in[:length] = rtp
-        _length[0] = length
-        status = _srtp_protect(self._outbound, _buffer, _length)
-        if status:
-            raise SrtpError(f"protect failed: {_status_text(status)}", counter="srtp_protect_failed")
-        if not known:
-            self._outbound_ssrcs.add(ssrc)
-        return _buffer_out[: _length[0]]
+        return _buffer_out[: self._protect_in_buffer(_srtp_protect, _RTP_SSRC.unpack_from(rtp)[0], length, "protect")]
 
     def protect_with_header(
         self, rtp: bytes, header_size: int, first: int, second: int, sequence_number: int, timestamp: int, ssrc: int
@@ -439,7 +457,7 @@ class SrtpContext:
             SrtpError: only, as ``protect`` (a field out of range too,
                 counter ``srtp_protect_failed``).
         """
-        # Per packet on the relay's path toward browsers: checks inlined on purpose.
+        # Per packet on the relay's path toward browsers.
         size = len(rtp)
         length = size - header_size + _RTP_HEADER_SIZE
         if not (_RTP_HEADER_SIZE <= header_size <= size and length <= _MAX_RTP_TO_PROTECT):
@@ -447,9 +465,6 @@ class SrtpContext:
                 f"cannot protect a {size}-byte RTP packet with a {header_size}-byte header",
                 counter="srtp_protect_failed",
             )
-        known = ssrc in self._outbound_ssrcs
-        if not known and len(self._outbound_ssrcs) >= self._max_streams:
-            raise self._too_many_streams("outbound", ssrc)
         if header_size == _RTP_HEADER_SIZE:
             _buffer_in[:length] = rtp
         else:
@@ -458,13 +473,7 @@ class SrtpContext:
             _RTP_FIXED_HEADER.pack_into(_buffer_in, 0, first, second, sequence_number, timestamp, ssrc)
         except struct.error as exc:
             raise SrtpError(f"cannot protect with that header: {exc}", counter="srtp_protect_failed") from exc
-        _length[0] = length
-        status = _srtp_protect(self._outbound, _buffer, _length)
-        if status:
-            raise SrtpError(f"protect failed: {_status_text(status)}", counter="srtp_protect_failed")
-        if not known:
-            self._outbound_ssrcs.add(ssrc)
-        return _buffer_out[: _length[0]]
+        return _buffer_out[: self._protect_in_buffer(_srtp_protect, ssrc, length, "protect")]
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet (RFC 3711 §3.4).
@@ -481,18 +490,8 @@ class SrtpContext:
         length = len(rtcp)
         if not _RTCP_HEADER_SIZE <= length <= _MAX_RTCP_TO_PROTECT:
             raise SrtpError(f"cannot protect a {length}-byte RTCP packet", counter="srtp_protect_failed")
-        ssrc = _RTCP_SSRC.unpack_from(rtcp)[0]
-        known = ssrc in self._outbound_ssrcs
-        if not known and len(self._outbound_ssrcs) >= self._max_streams:
-            raise self._too_many_streams("outbound", ssrc)
         _buffer_in[:length] = rtcp
-        _length[0] = length
-        status = _srtp_protect_rtcp(self._outbound, _buffer, _length)
-        if status:
-            raise SrtpError(f"protect_rtcp failed: {_status_text(status)}", counter="srtp_protect_failed")
-        if not known:
-            self._outbound_ssrcs.add(ssrc)
-        return _buffer_out[: _length[0]]
+        return _buffer_out[: self._protect_in_buffer(_srtp_protect_rtcp, _RTCP_SSRC.unpack_from(rtcp)[0], length, "protect_rtcp")]
 
     def remove_outbound_ssrc(self, ssrc: int) -> None:
         """Free the outbound stream of an SSRC we no longer send (a speaker left).
@@ -520,22 +519,12 @@ class SrtpContext:
                 ``srtp_too_many_streams`` for a new SSRC beyond the limit,
                 ``srtp_unprotect_failed`` otherwise.
         """
-        # Per packet on the relay's path from browsers: checks inlined on purpose.
+        # Per packet on the relay's path from browsers.
         length = len(srtp)
         if not self._min_srtp <= length <= _LIBSRTP_BUFFER:
             raise SrtpError(f"{length}-byte datagram is not a plausible SRTP packet")
-        ssrc = _RTP_SSRC.unpack_from(srtp)[0]
-        known = ssrc in self._inbound_ssrcs
-        if not known and len(self._inbound_ssrcs) >= self._max_streams:
-            raise self._too_many_streams("inbound", ssrc)
         _buffer_in[:length] = srtp
-        _length[0] = length
-        status = _srtp_unprotect(self._inbound, _buffer, _length)
-        if status:
-            raise _unprotect_error("unprotect", status)
-        if not known:
-            self._inbound_ssrcs.add(ssrc)
-        return _buffer_out[: _length[0]]
+        return _buffer_out[: self._unprotect_in_buffer(_srtp_unprotect, _RTP_SSRC.unpack_from(srtp)[0], length, "unprotect")]
 
     def unprotect_restamped_untrusted(self, srtp: bytes, payload_type: int, ssrc: bytes) -> bytes:
         """``unprotect_untrusted``, then the payload type and SSRC replaced (RFC 3550 §5.1).
@@ -561,24 +550,15 @@ class SrtpContext:
         """
         if not 0 <= payload_type <= 0x7F or len(ssrc) != 4:
             raise ValueError("payload_type must be 0-127 and ssrc 4 bytes")
-        # Per packet on the relay's path from browsers: checks inlined on purpose.
+        # Per packet on the relay's path from browsers.
         length = len(srtp)
         if not self._min_srtp <= length <= _LIBSRTP_BUFFER:
             raise SrtpError(f"{length}-byte datagram is not a plausible SRTP packet")
-        stream_ssrc = _RTP_SSRC.unpack_from(srtp)[0]
-        known = stream_ssrc in self._inbound_ssrcs
-        if not known and len(self._inbound_ssrcs) >= self._max_streams:
-            raise self._too_many_streams("inbound", stream_ssrc)
         _buffer_in[:length] = srtp
-        _length[0] = length
-        status = _srtp_unprotect(self._inbound, _buffer, _length)
-        if status:
-            raise _unprotect_error("unprotect", status)
-        if not known:
-            self._inbound_ssrcs.add(stream_ssrc)
+        length = self._unprotect_in_buffer(_srtp_unprotect, _RTP_SSRC.unpack_from(srtp)[0], length, "unprotect")
         _buffer_in[1] = (_buffer_in[1] & 0x80) | payload_type
         _buffer_in[8:12] = ssrc
-        return _buffer_out[: _length[0]]
+        return _buffer_out[:length]
 
     def unprotect_rtcp_untrusted(self, srtcp: bytes) -> bytes:
         """Authenticate and decrypt one SRTCP packet from the peer.
@@ -595,15 +575,5 @@ class SrtpContext:
         length = len(srtcp)
         if not self._min_srtcp <= length <= _LIBSRTP_BUFFER:
             raise SrtpError(f"{length}-byte datagram is not a plausible SRTCP packet")
-        ssrc = _RTCP_SSRC.unpack_from(srtcp)[0]
-        known = ssrc in self._inbound_ssrcs
-        if not known and len(self._inbound_ssrcs) >= self._max_streams:
-            raise self._too_many_streams("inbound", ssrc)
         _buffer_in[:length] = srtcp
-        _length[0] = length
-        status = _srtp_unprotect_rtcp(self._inbound, _buffer, _length)
-        if status:
-            raise _unprotect_error("unprotect_rtcp", status)
-        if not known:
-            self._inbound_ssrcs.add(ssrc)
-        return _buffer_out[: _length[0]]
+        return _buffer_out[: self._unprotect_in_buffer(_srtp_unprotect_rtcp, _RTCP_SSRC.unpack_from(srtcp)[0], length, "unprotect_rtcp")]
