@@ -13,53 +13,21 @@ import socket
 
 import trio
 
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
-from botcall.rtp.relay import MediaPeer, MediaRelay, UdpSink
+from botcall.rtp.packet import parse_rtp_untrusted
+from botcall.rtp.relay import MediaRelay
 from botcall.rtp.stun import binding_request
 from botcall.rtp.transport import COALESCE_MIN_RATE, DRAIN_BATCH, RATE_WINDOW, UdpTransport, open_udp_socket
-
-
-class Wire:
-    def __init__(self):
-        self.sent = []
-
-    def __call__(self, data, addr):
-        self.sent.append((data, addr))
-
-    def to(self, addr):
-        return [data for data, dest in self.sent if dest == addr]
-
-
-def bot(relay, wire, name, ssrc, room="room"):
-    peer = MediaPeer(
-        session_id=f"s-{name}",
-        participant_id=f"p-{name}",
-        room_id=room,
-        ssrc=ssrc,
-        payload_type=111,
-        sink=UdpSink(wire),
-        ice_ufrag=f"uf-{name}",
-        ice_pwd=f"pw-{name}-0123456789abcdef",
-    )
-    return relay.add_peer(peer)
-
-
-def latch(relay, peer, addr):
-    relay.handle_datagram(binding_request(f"{peer.ice_ufrag}:x", peer.ice_pwd), addr, 0.0)
-
-
-def rtp(ssrc, seq, payload=b"x" * 40):
-    return bytes(RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960, ssrc=ssrc, payload=payload))
+from tests.relaykit import Wire, latch, make_bot, rtp
 
 
 def test_fanout_follows_membership():
     wire = Wire()
     relay = MediaRelay(wire)
     addrs = {name: ("127.0.0.1", 41000 + i) for i, name in enumerate("abcd")}
-    a, b, c = (bot(relay, wire, name, 100 + i) for i, name in enumerate("abc"))
-    other_room = bot(relay, wire, "d", 200, room="elsewhere")
+    a, b, c = (make_bot(relay, wire, name, 100 + i) for i, name in enumerate("abc"))
+    other_room = make_bot(relay, wire, "d", 200, room="elsewhere")
     for peer, name in ((a, "a"), (b, "b"), (c, "c"), (other_room, "d")):
-        latch(relay, peer, addrs[name])
+        latch(relay, wire, peer, addrs[name])
     wire.sent.clear()
 
     relay.handle_datagram(rtp(100, 1), addrs["a"], 1.0)
@@ -73,8 +41,8 @@ def test_fanout_follows_membership():
     assert [dest for _, dest in wire.sent] == [addrs["b"], addrs["a"]]
     assert c.fanout == ()
 
-    e = bot(relay, wire, "e", 104)  # a newcomer hears both, and is heard
-    latch(relay, e, ("127.0.0.1", 41010))
+    e = make_bot(relay, wire, "e", 104)  # a newcomer hears both, and is heard
+    latch(relay, wire, e, ("127.0.0.1", 41010))
     wire.sent.clear()
     relay.handle_datagram(rtp(100, 3), addrs["a"], 1.0)
     relay.handle_datagram(rtp(104, 1), ("127.0.0.1", 41010), 1.0)
@@ -85,7 +53,7 @@ def test_fanout_follows_membership():
 def test_removed_room_leaves_no_fanout_behind():
     wire = Wire()
     relay = MediaRelay(wire)
-    a, b = bot(relay, wire, "a", 1), bot(relay, wire, "b", 2)
+    a, b = make_bot(relay, wire, "a", 1), make_bot(relay, wire, "b", 2)
     relay.remove_peer(a.session_id)
     relay.remove_peer(b.session_id)
     assert a.fanout == () and b.fanout == ()
@@ -119,7 +87,7 @@ async def forward(packets_per_pause, pauses, pause):
     transport = UdpTransport(open_udp_socket("127.0.0.1", 0))
     # One sender stands for many here: lift the per-speaker rate limit.
     relay = MediaRelay(transport.transmit, max_packets_per_second=10**9)
-    a, b = bot(relay, transport.transmit, "a", 7), bot(relay, transport.transmit, "b", 8)
+    a, b = make_bot(relay, transport.transmit, "a", 7), make_bot(relay, transport.transmit, "b", 8)
     sock_a, sock_b = client_socket(), client_socket()
     relay_addr = transport.local_address
     total = packets_per_pause * pauses
