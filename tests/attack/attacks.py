@@ -858,7 +858,7 @@ async def stalled_reader(target: Target, *, hold: float = 12.0, until: Callable[
 STACK_ERROR_REQUESTS = {
     "bad Content-Length": b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
     "missing Host": b"GET /healthz HTTP/1.1\r\n\r\n",
-    "headers too large (431)": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+    "headers too large (431)": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
     "bad request line": b"GET /healthz HTTP/1.1 extra\r\nHost: x\r\n\r\n",
     "bad chunk size": b"POST /v1/join HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
 }

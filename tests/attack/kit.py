@@ -587,8 +587,10 @@ class Impact:
             found.append(f"resident memory grew by {self.rss_growth_bytes / MB:.1f} MB (bound {rss_bound / MB:.0f} MB)")
         return found
 
-    def assert_harmless(self, *, rss_bound: int, max_gap: float = MAX_AUDIO_GAP) -> None:
-        found = self.problems(rss_bound=rss_bound, max_gap=max_gap)
+    def assert_harmless(self, *, rss_bound: int, max_gap: float = MAX_AUDIO_GAP, checks: Sequence[tuple[bool, str]] = ()) -> None:
+        """Raise AssertionError naming every broken invariant, and every one of the
+        attack's own ``checks`` (``(held, what it means)`` pairs) that did not hold."""
+        found = self.problems(rss_bound=rss_bound, max_gap=max_gap) + [what for held, what in checks if not held]
         if found:
             dropped = f"\n(run without {', '.join(self.dropped_flags)}: this server does not know them)" if self.dropped_flags else ""
             raise AssertionError(f"{self.name}: " + "; ".join(found) + dropped + f"\n--- server log tail ---\n{self.log_tail}")
