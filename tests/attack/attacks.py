@@ -84,11 +84,15 @@ class RawResponse:
         return code, message
 
 
-def parse_responses(data: bytes) -> tuple[list[RawResponse], bytes]:
+def parse_responses(data: bytes, *, bodiless: bool = False) -> tuple[list[RawResponse], bytes]:
     """Split what a server sent into whole responses; returns them and the unparsed rest.
 
     A response without Content-Length or chunked framing runs to the end of ``data``
     (the server closes to end it).
+
+    Args:
+        data: everything received on one connection.
+        bodiless: the answers to HEAD requests (no body, whatever the headers say).
 
     Raises:
         ValueError: the bytes are not HTTP/1.x responses.
@@ -108,7 +112,9 @@ def parse_responses(data: bytes) -> tuple[list[RawResponse], bytes]:
             name, _, value = line.partition(b":")
             headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
         body_start = end + 4
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if bodiless and status >= 200:
+            body, data = b"", data[body_start:]
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
             body, consumed = _dechunk(data[body_start:])
             if consumed is None:
                 break
@@ -168,6 +174,7 @@ async def raw_exchange(
     gap: float = 0.0,
     read_timeout: float = 3.0,
     idle: float = 0.3,
+    head: bool = False,
 ) -> Exchange:
     """Send ``parts`` on a fresh connection and read what comes back.
 
@@ -178,6 +185,7 @@ async def raw_exchange(
         half_close: shut our sending side after the request (the server sees EOF).
         read_timeout: stop reading after this long in all.
         idle: after a whole response, stop when nothing more comes for this long.
+        head: the request is a HEAD (its answer has no body).
     """
     exchange = Exchange()
     stream = await trio.open_tcp_stream(*target.host_port)
@@ -214,11 +222,13 @@ async def raw_exchange(
                 break
             exchange.received += data
             try:
-                exchange.responses, exchange.unparsed = parse_responses(exchange.received)
+                exchange.responses, exchange.unparsed = parse_responses(exchange.received, bodiless=head)
             except ValueError as exc:
                 exchange.error = f"unparsable: {exc}"
-        if exchange.ended_by_server:
-            exchange.responses, exchange.unparsed = parse_responses(exchange.received)
+                break
+        if exchange.ended_by_server and exchange.error is None:
+            with contextlib.suppress(ValueError):
+                exchange.responses, exchange.unparsed = parse_responses(exchange.received, bodiless=head)
         return exchange
     finally:
         await _close(stream, reset=reset)

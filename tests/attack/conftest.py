@@ -1,6 +1,14 @@
-"""Live attacks on a real ``botcall serve`` process (see ``tests/attack/kit.py``)."""
+"""Live attacks on a real ``botcall serve`` process (see ``tests/attack/kit.py``).
+
+``BOTCALL_ATTACK_SERVER_ROOT=/path/to/checkout`` runs the server from another
+checkout (its ``PYTHONPATH``); the clients, the concurrent call and the tests
+stay this checkout's. Handy to try a fix branch without merging it.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +23,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def lab(tmp_path):
     """A :class:`~tests.attack.kit.Lab` in ``tmp_path``; its server and call are stopped
     at the end (SIGTERM, then SIGKILL), whatever the test did."""
-    lab = Lab(tmp_path)
+    root = os.environ.get("BOTCALL_ATTACK_SERVER_ROOT")
+    lab = Lab(tmp_path, code_root=Path(root).resolve() if root else None)
     try:
         yield lab
     finally:
