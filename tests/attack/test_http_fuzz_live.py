@@ -5,7 +5,8 @@ lying Content-Length, broken chunked encoding, header floods, early closes and
 resets, half-closes, pipelining, bare LF line endings, NUL bytes, huge methods
 and paths, requests split across writes. The invariants: the process lives, no
 5xx (a 503 ``too_many_connections`` would be allowed, but the fuzzer stays
-under the per-address budget), and every error response that has a body has
+under the per-address budget; a 501 is allowed for a transfer coding other than
+``chunked``, as RFC 9112 §6.1 asks), and every error response that has a body has
 the JSON body ``{"error": {"code", "message"}}``; plus the kit's invariants for
 the concurrent call, ``/healthz`` and memory.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -182,14 +184,26 @@ def generate(rng: random.Random) -> Case:
     )
 
 
-def judge(exchange: attacks.Exchange) -> list[str]:
+_TRANSFER_ENCODING = re.compile(rb"(?im)^transfer-encoding:[ \t]*([^\r\n]*)")
+
+
+def names_an_unknown_coding(case: Case) -> bool:
+    """The request asks for a transfer coding other than plain ``chunked``: RFC 9112 §6.1
+    says a server SHOULD answer 501 (Not Implemented), the one 5xx a client can earn."""
+    return any(value.strip().lower() != b"chunked" for value in _TRANSFER_ENCODING.findall(b"".join(case.parts)))
+
+
+def judge(case: Case, exchange: attacks.Exchange) -> list[str]:
     """What is wrong with the server's answers on one connection."""
     wrong = []
     if exchange.error and exchange.error.startswith("unparsable"):
         wrong.append(f"{exchange.error}: {exchange.received[:120]!r}")
     for response in exchange.responses:
         error = response.json_error()
-        if response.status >= 500 and not (response.status == 503 and error and error[0] == "too_many_connections"):
+        allowed = (response.status == 503 and error is not None and error[0] == "too_many_connections") or (
+            response.status == 501 and names_an_unknown_coding(case)
+        )
+        if response.status >= 500 and not allowed:
             wrong.append(f"{response.status} {response.body[:120]!r}")
         if response.status >= 400 and response.body and error is None:
             wrong.append(f"{response.status} with a body that is not a JSON error: {response.body[:120]!r}")
@@ -223,7 +237,7 @@ async def test_malformed_http_neither_kills_nor_confuses_the_server(lab):
                 return
         for response in exchange.responses:
             statuses[response.status] = statuses.get(response.status, 0) + 1
-        findings.extend(f"{what} for {case.describe()}" for what in judge(exchange))
+        findings.extend(f"{what} for {case.describe()}" for what in judge(case, exchange))
 
     async with lab.window(f"{len(cases)} fuzzed HTTP requests (seed {SEED})") as window:
         async with trio.open_nursery() as nursery:
