@@ -837,30 +837,35 @@ async def udp_spray(target: Target, *, count: int = 5000, seed: int = 7, listen:
 # --- item 7: a WebSocket that stops reading -----------------------------------------------------------------
 
 
-async def stalled_reader(target: Target, *, hold: float = 12.0, until: Callable[[], bool] | None = None) -> dict:
-    """A pcm16 WebSocket bot that never reads (small receive buffer) while a speaker
-    talks in its room, so the server's sends to it block and time out.
+async def stalled_reader(target: Target, *, rooms: int = 2, readers: int = 3, hold: float = 12.0) -> dict:
+    """pcm16 WebSocket bots that never read (small receive buffers) while a speaker talks
+    in their room, so the server's sends to them block and time out; then they go.
 
     Args:
-        hold: keep the socket open this long at most.
-        until: stop earlier once this returns True (polled every 0.1 s).
+        rooms: rooms, each with a talker and ``readers`` stalled bots (a room holds 4 bots).
+        hold: keep the sockets open this long, then drop them (TCP reset).
 
     Returns:
-        ``session_id`` (the secret the server must not log) and ``held_s``.
+        ``session_ids``: the secrets the server must not log.
     """
-    room = await attacker_room(target)
-    answer = await joined(
-        target, target.token("attacker-stalled"), room["room_id"], "attacker-stalled", transport="websocket", encoding="pcm16", sample_rate=48000
-    )
-    ws = await open_ws(target, f"/v1/stream/{answer['session_id']}?audio=binary", rcvbuf=4096)
-    started = time.monotonic()
-    async with connect(target.http_url, room["room_id"], target.token("attacker-talker")) as talker:
-        async with speaking(talker):
-            with trio.move_on_after(hold):
-                while not (until is not None and until()):
-                    await trio.sleep(0.1)
-    await ws.abort()
-    return {"session_id": answer["session_id"], "held_s": time.monotonic() - started}
+    session_ids: list[str] = []
+    sockets: list[RawWebSocket] = []
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for room_index in range(rooms):
+                room = await attacker_room(target)
+                for index in range(readers):
+                    agent = f"attacker-stalled-{room_index}-{index}"
+                    answer = await joined(target, target.token(agent), room["room_id"], agent, transport="websocket", encoding="pcm16", sample_rate=48000)
+                    session_ids.append(answer["session_id"])
+                    sockets.append(await open_ws(target, f"/v1/stream/{answer['session_id']}?audio=binary", rcvbuf=4096))
+                talker = await stack.enter_async_context(connect(target.http_url, room["room_id"], target.token(f"attacker-talker-{room_index}")))
+                await stack.enter_async_context(speaking(talker))
+            await trio.sleep(hold)
+    finally:
+        for ws in sockets:
+            await ws.abort()
+    return {"session_ids": session_ids}
 
 
 # --- item 7: errors of the HTTP stack itself -----------------------------------------------------------------
