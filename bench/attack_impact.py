@@ -71,7 +71,7 @@ class AttackClass:
 
 
 async def _connection_flood(target: Target) -> dict:
-    return await attacks.connection_flood(target, count=1100, during=lambda: legit_operations(target))
+    return await attacks.connection_flood(target, count=1100, during=lambda: legit_operations(target), refill=0.5)
 
 
 def _flood_view(result: dict) -> str:
@@ -97,7 +97,7 @@ ATTACKS = [
         lambda t: attacks.slowloris(t, headers=8, bodies=8, duration=10.0),
         lambda r: f"still open after 10 s: {r['open_at_end'] or 'none'}; ended: {sorted({(e['kind'], e['status']) for e in r['ended']})}",
     ),
-    AttackClass("connection flood (1,100 held, 1,024-file limit)", _connection_flood, _flood_view, nofile=1024),
+    AttackClass("connection flood (1,100 kept open, 1,024-file limit)", _connection_flood, _flood_view, nofile=1024),
     AttackClass(
         "connection flood released (1,100 answered early, 1,024-file limit)",
         lambda t: attacks.connection_flood(t, count=1100, payload=ANSWERED_BEFORE_ITS_BODY),

@@ -262,91 +262,116 @@ async def connection_flood(
     observe: float = 1.0,
     payload: bytes = PARTIAL_REQUEST,
     during: Callable[[], Awaitable[Any]] | None = None,
+    refill: float | None = None,
+    settle: float = 1.0,
 ) -> dict:
     """Open ``count`` connections from 127.0.0.1, each sending ``payload`` (by default an
-    unfinished request); run
-    ``during`` (legitimate work from elsewhere) while they are open; then release them
-    all at once.
+    unfinished request); wait ``observe`` seconds, run ``during`` (legitimate work from
+    elsewhere) while they are open, wait ``settle`` seconds, then release them all at once.
+
+    Args:
+        refill: a persistent attacker: a connection the server ends is opened again
+            after this many seconds, so the flood keeps its size until the release
+            (without it, a server that drops stalled connections after a few seconds
+            frees itself).
+        settle: after ``during``, stop refilling and wait this long before counting
+            what is still open and releasing it.
 
     Returns:
-        ``opened``, ``connect_failures`` (by exception), ``statuses`` and ``codes``
-        (what the server answered the attacker, if anything), ``ended_by_server``,
-        ``still_open``, and ``during`` (what ``during`` returned).
+        ``opened`` (connections, refills included), ``connect_failures`` (by
+        exception), ``statuses`` and ``codes`` (every answer the server gave the
+        attacker), ``ended_by_server``, ``still_open`` (at the release), and
+        ``during`` (what ``during`` returned).
     """
     raise_own_file_limit(count + 1024)
-    streams: list[trio.SocketStream] = []
+    open_now: set[trio.SocketStream] = set()
+    tally = {"opened": 0, "ended_by_server": 0, "tried": 0, "releasing": False, "stop_refilling": False}
     failures: collections.Counter = collections.Counter()
+    statuses: collections.Counter = collections.Counter()
+    codes: collections.Counter = collections.Counter()
     limiter = trio.CapacityLimiter(concurrency)
+    all_tried = trio.Event()
 
-    async def open_one() -> None:
-        async with limiter:
+    async def hear_out(stream: trio.SocketStream) -> None:
+        received = b""
+        while True:
             try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    stream = await trio.open_tcp_stream(*target.host_port)
-            except (OSError, trio.TooSlowError) as exc:
-                failures[type(exc).__name__] += 1
+                data = await stream.receive_some(65536)
+            except trio.ClosedResourceError:
+                return  # we released it
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                break
+            received += data
+        if tally["releasing"]:
+            return
+        tally["ended_by_server"] += 1
+        try:
+            responses, _ = parse_responses(received)
+        except ValueError:
+            statuses["garbage"] += 1
+            return
+        for response in responses:
+            statuses[response.status] += 1
+            error = response.json_error()
+            codes[error[0] if error else "no JSON error body"] += 1
+
+    async def slot() -> None:
+        first = True
+        while True:
+            stream = None
+            async with limiter:
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        stream = await trio.open_tcp_stream(*target.host_port)
+                    tally["opened"] += 1
+                    open_now.add(stream)
+                    await stream.send_all(payload)
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    failures[type(exc).__name__] += 1
+            if first:
+                first = False
+                tally["tried"] += 1
+                if tally["tried"] == count:
+                    all_tried.set()
+            if stream is not None:
+                await hear_out(stream)
+                open_now.discard(stream)
+                await stream.aclose()
+            if refill is None or tally["stop_refilling"]:
                 return
-            streams.append(stream)
-            try:
-                await stream.send_all(payload)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                failures[f"send {type(exc).__name__}"] += 1
+            await trio.sleep(refill)
 
-    try:
-        async with trio.open_nursery() as nursery:
+    during_result = None
+    async with trio.open_nursery() as nursery:
+        try:
             for _ in range(count):
-                nursery.start_soon(open_one)
-        await trio.sleep(observe)
-        statuses, codes, ended = await _what_the_server_said(streams)
-        during_result = await during() if during is not None else None
-    finally:
-        # Release every connection at once: one synchronous pass, no checkpoint between.
-        for stream in streams:
-            stream.socket.close()
+                nursery.start_soon(slot)
+            await all_tried.wait()
+            await trio.sleep(observe)
+            if during is not None:
+                during_result = await during()
+            # Connections the kernel queued but the server has not accepted yet are
+            # open too: give it a moment to deal with them before counting.
+            tally["stop_refilling"] = True
+            await trio.sleep(settle)
+        finally:
+            still_open = len(open_now)
+            # Release every connection at once: one synchronous pass, no checkpoint between.
+            tally["releasing"] = True
+            for stream in list(open_now):
+                stream.socket.close()
+            nursery.cancel_scope.cancel()
     return {
-        "opened": len(streams),
+        "opened": tally["opened"],
         "connect_failures": dict(failures),
         "statuses": dict(statuses),
         "codes": dict(codes),
-        "ended_by_server": ended,
-        "still_open": len(streams) - ended,
+        "ended_by_server": tally["ended_by_server"],
+        "still_open": still_open,
         "during": during_result,
     }
-
-
-async def _what_the_server_said(streams: list[trio.SocketStream], wait: float = 0.5) -> tuple[collections.Counter, collections.Counter, int]:
-    statuses: collections.Counter = collections.Counter()
-    codes: collections.Counter = collections.Counter()
-    ended = 0
-
-    async def read_one(stream: trio.SocketStream) -> None:
-        nonlocal ended
-        received = b""
-        with trio.move_on_after(wait):
-            while True:
-                try:
-                    data = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    ended += 1
-                    break
-                received += data
-        if received:
-            try:
-                responses, _ = parse_responses(received)
-            except ValueError:
-                statuses["garbage"] += 1
-                return
-            for response in responses:
-                statuses[response.status] += 1
-                error = response.json_error()
-                codes[error[0] if error else "no JSON error body"] += 1
-
-    async with trio.open_nursery() as nursery:
-        for stream in streams:
-            nursery.start_soon(read_one, stream)
-    return statuses, codes, ended
 
 
 # --- item 2: one pcm16 frame freezes the relay ---------------------------------------------------------

