@@ -921,6 +921,7 @@ class RawWebSocket:
         self.connection = connection
         self._pending = pending
         self._parts: list = []
+        self._send_lock = trio.Lock()
         self.closed: Closed | None = None
 
     @classmethod
@@ -978,10 +979,22 @@ class RawWebSocket:
             raise
 
     async def send_text(self, text: str) -> None:
-        await self.stream.send_all(self.connection.send(Message(data=text)))
+        await self._send(Message(data=text))
 
     async def send_bytes(self, data: bytes) -> None:
-        await self.stream.send_all(self.connection.send(Message(data=data)))
+        await self._send(Message(data=data))
+
+    async def _send(self, event: Message) -> None:
+        """Send one message (one task at a time: a reader may be answering a ping).
+
+        Raises:
+            trio.ClosedResourceError: the WebSocket is closed (by either side).
+            trio.BrokenResourceError: the connection broke.
+        """
+        async with self._send_lock:
+            if self.closed is not None or self.connection.state is not wsproto.connection.ConnectionState.OPEN:
+                raise trio.ClosedResourceError(f"the WebSocket is closed ({self.closed})")
+            await self.stream.send_all(self.connection.send(event))
 
     async def send_json(self, message: dict) -> None:
         await self.send_text(json.dumps(message))
@@ -1054,8 +1067,9 @@ class RawWebSocket:
 
     async def _send_quietly(self, data: bytes) -> None:
         # The answer to a ping or a close: the server may be gone already, which is its right.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(data)
+        async with self._send_lock:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_all(data)
 
     async def aclose(self) -> None:
         """Close politely if still open, then drop the connection."""
