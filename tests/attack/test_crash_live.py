@@ -18,11 +18,6 @@ from tests.attack.kit import RSS_BOUND
 
 pytestmark = pytest.mark.attack
 
-# A request the server answers at once (the per-address join bucket runs dry,
-# 429) without reading the body it announced: released, every connection takes
-# the path CRASH_BYTES takes.
-ANSWERED_BEFORE_ITS_BODY = b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
-
 
 async def test_crash_bytes_with_an_early_close_leave_the_server_up(lab):
     lab.start()
@@ -34,5 +29,5 @@ async def test_crash_bytes_with_an_early_close_leave_the_server_up(lab):
 async def test_releasing_a_connection_flood_at_the_file_limit_leaves_the_server_up(lab):
     lab.start(nofile=1024)
     async with lab.window("1,100 connections at a 1,024-file limit, released at once") as window:
-        await attacks.connection_flood(lab.target, count=1100, payload=ANSWERED_BEFORE_ITS_BODY)
+        await attacks.connection_flood(lab.target, count=1100, payload=attacks.ANSWERED_BEFORE_ITS_BODY)
     window.impact.assert_harmless(rss_bound=RSS_BOUND)
