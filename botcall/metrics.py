@@ -55,6 +55,11 @@ class Metrics:
         """
         self.registry.register(_MediaCollector(relay, udp))
 
+    def attach_http(self, budget, parts) -> None:
+        """Expose the HTTP server's connection budget, contained failures and part
+        restarts, read at scrape time (``signaling/serving.py``, ``server.py``)."""
+        self.registry.register(_HttpCollector(budget, parts))
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -80,3 +85,32 @@ class _MediaCollector:
         live = GaugeMetricFamily("botcall_media_peers", "Media peers, latched or not.")
         live.add_metric([], len(peers))
         yield live
+
+
+class _HttpCollector:
+    def __init__(self, budget, parts) -> None:
+        self.budget = budget
+        self.parts = parts
+
+    def collect(self):
+        open_ = GaugeMetricFamily("botcall_http_connections", "Open HTTP/WebSocket connections.")
+        open_.add_metric([], self.budget.total)
+        yield open_
+        refused = CounterMetricFamily(
+            "botcall_http_connections_refused", "Connections refused over a budget, by budget.", labels=["budget"]
+        )
+        for name in ("per_ip", "server"):
+            refused.add_metric([name], self.budget.refused[name])
+        yield refused
+        contained = CounterMetricFamily(
+            "botcall_http_connection_failures",
+            "Connections that raised and were closed on their own, by exception type.",
+            labels=["type"],
+        )
+        for name, value in sorted(self.parts.contained.items()):
+            contained.add_metric([name], value)
+        yield contained
+        restarts = CounterMetricFamily("botcall_part_restarts", "Supervised parts restarted after a failure.", labels=["part"])
+        for name in ("http", "media", "housekeeping", "jwks"):
+            restarts.add_metric([name], self.parts.restarts[name])
+        yield restarts

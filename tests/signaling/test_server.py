@@ -26,7 +26,10 @@ from tests.serverutil import FakeClock, make_config
         {"algorithms": ("none",)},
         {"algorithms": ()},
         {"algorithms": ("ES256",)},  # the dev issuer signs with EdDSA
-        {"issuers": (IssuerConfig("botcall-dev", "/x"),)},
+        {"issuers": (IssuerConfig("botcall-dev", "/x"),), "dev_issuer": True},
+        {"trusted_proxies": ("not-an-address",)},
+        {"header_timeout_s": 0},
+        {"ws_max_message_bytes": 0},
         {"issuers": (IssuerConfig("a", "/x"), IssuerConfig("a", "/y"))},
         {"public_url": "ftp://call.example"},
         {"public_url": "https://call.example/?x=1"},
