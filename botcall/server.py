@@ -623,7 +623,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")
         trio.run(serve_until_signalled, config)
     except (ConfigError, StartupError, BaseExceptionGroup) as exc:
-        cause = _sole_cause(exc)
+        cause = sole_cause(exc)
         if not isinstance(cause, (ConfigError, StartupError)):
             raise
         print(f"botcall serve: {cause}", file=sys.stderr)
@@ -639,7 +639,7 @@ def configure_logging(level: str) -> None:
     install_redaction()
 
 
-def _sole_cause(exc: BaseException) -> BaseException:
+def sole_cause(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups (or ``exc`` itself)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
