@@ -91,6 +91,8 @@ _HTTP_MESSAGES = {
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_RETRY_DELAY = 0.05
 _REFUSE_SEND_TIMEOUT = 1.0
+# Longest a write to one client may take before the connection is dropped.
+SEND_TIMEOUT = 10.0
 
 
 def json_error_body(status: int, message: str | None = None, code: str | None = None) -> bytes:
@@ -351,24 +353,41 @@ class ContainedTCPServer(TCPServer):
 
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, RawData):
+            broken = False
             async with self.send_lock:
-                try:
-                    with trio.CancelScope(shield=True):
+                # Shielded (a cancelled half-write would corrupt the stream) but
+                # bounded: a client that stops reading cannot hold the task forever.
+                with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT) as late:
+                    try:
                         await self.stream.send_all(event.data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                    await self.protocol.handle(Closed())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                        broken = True
+            if broken or late.cancelled_caught:
+                if late.cancelled_caught:
+                    await self._close()
+                await self.protocol.handle(Closed())
+        elif isinstance(event, Closed):
+            # Often sent from the app's task just as Quart cancels it: shield
+            # the close, or the socket stays open until the client gives up.
+            with trio.CancelScope(shield=True):
+                await self._close()
+            await self.protocol.handle(Closed())
         else:
             await super().protocol_send(event)
 
     async def _close(self) -> None:
         # The fix: send EOF under send_lock, so it never overlaps a send_all.
         # A task already holding the lock (closing from inside protocol_send)
-        # sends it directly; trio's Lock is not re-entrant.
+        # sends it directly; trio's Lock is not re-entrant. Waiting for the
+        # lock is bounded by SEND_TIMEOUT (the holder's own bound).
         if self.send_lock.statistics().owner is trio.lowlevel.current_task():
             await self._close_unlocked()
-        else:
+            return
+        with trio.move_on_after(SEND_TIMEOUT * 2):
             async with self.send_lock:
                 await self._close_unlocked()
+                return
+        await self.stream.aclose()
 
     async def _close_unlocked(self) -> None:
         try:
@@ -417,6 +436,9 @@ class ContainedTCPServer(TCPServer):
             if data == b"":
                 break
         await self.protocol.handle(Closed())
+        # The client is gone: do not keep the connection (and its place in the
+        # budget) until the keep-alive timer fires.
+        await self.idle_task.stop()
 
     async def _request_too_slow(self) -> None:
         protocol = self.protocol.protocol
