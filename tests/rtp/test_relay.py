@@ -9,7 +9,7 @@ from botcall.rtp.packet import parse_rtp_untrusted
 from botcall.rtp.relay import MAX_PACKETS_PER_SECOND, MediaRelay
 from botcall.rtp.rtcp import ReceiverReport, ReportBlock, Sdes, SdesChunk, SdesItem, SdesItemType, serialize_rtcp_compound
 from botcall.rtp.stun import binding_request, parse_binding_response_untrusted
-from tests.relaykit import Wire, latch, make_bot, rtp
+from tests.relaykit import Wire, answer_checks, is_check, latch, make_bot, rtp
 
 A_ADDR = ("127.0.0.1", 50001)
 B_ADDR = ("127.0.0.1", 50002)
@@ -27,11 +27,14 @@ def setup():
 
 def test_binding_latches_and_answers_with_mapped_address(setup):
     relay, wire, a, _ = setup
-    latch(relay, wire, a, A_ADDR)
+    request = latch(relay, wire, a, A_ADDR)
     assert a.addr == A_ADDR
-    [reply] = wire.to(A_ADDR)
-    # The answer is signed with the session's password and maps our address.
-    assert parse_binding_response_untrusted(reply, a.ice_pwd, reply[8:20]) == A_ADDR
+    check, reply = wire.to(A_ADDR)
+    # First the relay's check of the address, then (to the retransmission) the
+    # success, signed with the session's password and mapping our address.
+    assert is_check(check) and len(check) <= len(request)
+    assert parse_binding_response_untrusted(reply, a.ice_pwd, request[8:20]) == A_ADDR
+    assert relay.counters["check_sent"] == relay.counters["check_verified"] == 1
 
 
 def test_rtp_is_forwarded_unchanged_to_the_other_bot(setup):

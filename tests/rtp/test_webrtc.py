@@ -2,7 +2,9 @@
 
 The "browser" is our own DTLS endpoint in the client role with its own
 certificate, an SRTP context from its handshake and Chrome-shaped STUN checks;
-the offer is a real one captured from Chromium with its credentials replaced.
+it answers the relay's checks as a conforming ICE agent does, with the
+credentials of the offer, a real one captured from Chromium with its
+fingerprint replaced.
 """
 
 import re
@@ -16,7 +18,7 @@ from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
 from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
 from botcall.rtp.relay import MediaRelay
 from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import binding_request
+from botcall.rtp.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 from botcall.media import MediaService
 from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
 from botcall.rtp.webrtc import FLOOR_RELEASE, OutboundStream
@@ -27,6 +29,24 @@ EVIL = ("127.0.0.1", 53666)
 BOT = ("127.0.0.1", 54000)
 BOT2 = ("127.0.0.1", 54001)
 BROWSER_SSRC = 1951877580
+RELAY = ("127.0.0.1", 40000)
+# The captured offer's own ICE credentials: the relay's checks use them.
+OFFER_UFRAG, OFFER_PWD = "Lvk6", "MJmqww8YhsywZZuK2KigpCDG"
+
+
+def is_check(data):
+    return data[:2] == b"\x00\x01"
+
+
+def latch_bot(relay, wire, bot, addr, now=0.0):
+    """A bot's latch: request, the relay's check answered, the request again (success)."""
+    request = binding_request(f"{bot.ice_ufrag}:botx", bot.ice_pwd)
+    relay.handle_datagram(request, addr, now)
+    for data in wire.take(addr):
+        if is_check(data):
+            relay.handle_datagram(answer_check_untrusted(data, RELAY, username=f"botx:{bot.ice_ufrag}", password=bot.ice_pwd), addr, now)
+    relay.handle_datagram(request, addr, now)
+    wire.take(addr)
 
 
 class Wire:
@@ -70,12 +90,38 @@ class Browser:
         self.human, self.wire, self.relay = human, wire, media.relay
         self.srtp = None
 
-    def ice_check(self, addr=BROWSER, now=0.0, password=None, use_candidate=True):
-        request = binding_request(
-            f"{self.human.ice_ufrag}:Lvk6", password or self.human.ice_pwd, use_candidate=use_candidate, controlling=True, priority=2130706431
+    def request(self, password=None, use_candidate=True, transaction_id=None):
+        return binding_request(
+            f"{self.human.ice_ufrag}:{OFFER_UFRAG}",
+            password or self.human.ice_pwd,
+            use_candidate=use_candidate,
+            controlling=True,
+            priority=2130706431,
+            transaction_id=transaction_id,
         )
-        self.relay.handle_datagram(request, addr, now)
-        return self.wire.take(addr)
+
+    def ice_check(self, addr=BROWSER, now=0.0, password=None, use_candidate=True, answer=True, request=None):
+        """A check of ours; the relay's checks in the replies are answered (unless not ``answer``).
+
+        Returns:
+            What else came back (the success response, or an error).
+        """
+        self.relay.handle_datagram(request or self.request(password, use_candidate), addr, now)
+        replies = self.wire.take(addr)
+        return self.answer_checks(replies, addr, now) if answer else replies
+
+    def answer_check(self, check):
+        """The browser's answer to one of the relay's checks, signed with its own password."""
+        return answer_check_untrusted(check, RELAY, username=f"{OFFER_UFRAG}:{self.human.ice_ufrag}", password=OFFER_PWD)
+
+    def answer_checks(self, datagrams, addr=BROWSER, now=0.0):
+        rest = []
+        for data in datagrams:
+            if is_check(data):
+                self.relay.handle_datagram(self.answer_check(data), addr, now)
+            else:
+                rest.append(data)
+        return rest
 
     def handshake(self, now=0.0):
         flights = self.dtls.start(now)
@@ -97,8 +143,7 @@ def call():
     media = MediaService(relay, wire, certificate=DtlsCertificate.generate(), host="127.0.0.1", port=40000)
     bot = session("bot", "bot", "udp", 1111)
     media.on_registry_event(SessionAdded(bot))
-    relay.handle_datagram(binding_request(f"{bot.ice_ufrag}:x", bot.ice_pwd), BOT, 0.0)
-    wire.take(BOT)
+    latch_bot(relay, wire, bot, BOT)
     human = session("human", "human", "webrtc", 2222)
     browser = Browser(media, human, wire)
     return relay, wire, media, bot, browser
@@ -171,7 +216,7 @@ def test_floor_passes_between_speakers_with_continuous_numbering(call):
     relay, wire, media, _, browser = call
     bot2 = session("bot2", "bot", "udp", 3333)
     media.on_registry_event(SessionAdded(bot2))
-    relay.handle_datagram(binding_request(f"{bot2.ice_ufrag}:x", bot2.ice_pwd), BOT2, 0.0)
+    latch_bot(relay, wire, bot2, BOT2)
     browser.ice_check()
     browser.handshake()
     wire.sent.clear()
