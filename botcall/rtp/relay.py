@@ -602,6 +602,8 @@ class MediaRelay:
             holder.bound_addrs.discard(addr)
             if holder.addr == addr:
                 holder.addr = None
+                if self._bots_by_ssrc.get(holder.ssrc_bytes) is holder:
+                    del self._bots_by_ssrc[holder.ssrc_bytes]
             self.counters["address_taken_over"] += 1
         self._by_addr[addr] = peer
         peer.bound_addrs.add(addr)

@@ -252,3 +252,32 @@ def test_round_trip(method, message_class, transaction_id, attributes, sign_with
     if sign_with is not None:
         assert parsed.check_message_integrity(sign_with)
     assert bytes(parsed) == bytes(message)
+
+
+def relay_expecting_an_answer():
+    """A relay with one bot whose check (transaction id TXID) to ADDR is outstanding."""
+    from botcall.rtp.relay import MediaRelay
+    from tests.relaykit import make_bot
+
+    sent = []
+    relay = MediaRelay(lambda data, addr: sent.append((data, addr)))
+    bot = make_bot(relay, None, "fuzz", 1234)
+    bot.remote_ufrag = "botufrag"
+    bot.ice.add_check(TXID, ADDR, 0.0)
+    relay._checks[TXID] = bot
+    return relay, bot, sent
+
+
+@given(
+    message_type=st.sampled_from([0x0101, 0x0111, 0x0001, 0x0011]) | st.integers(0, 0x3FFF),
+    body=attributes,
+    fingerprint=st.booleans(),
+)
+def test_the_relay_takes_any_answer_to_its_check_without_raising(message_type, body, fingerprint):
+    """Junk responses carrying the transaction id of a pending check: never an
+    exception, never a verified address, never a reply larger than the datagram."""
+    relay, bot, sent = relay_expecting_an_answer()
+    data = stun(message_type, b"".join(tlv(t, v) for t, v in body), fingerprint=fingerprint)
+    relay.handle_datagram(data, ADDR, 0.1)
+    assert bot.addr is None and relay.counters["check_verified"] == 0
+    assert all(len(reply) <= len(data) for reply, _ in sent)
