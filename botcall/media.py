@@ -98,13 +98,17 @@ class MediaService:
             ssrc=out_ssrc,
             cname=f"botcall-{session.participant_id}",
         )
-        self.relay.remove_peer(session.session_id)
+        old = self.relay.remove_peer(session.session_id)
         # The sink is replaced below, once the leg exists.
         peer = _peer_for(session, UdpSink(self.transmit), session.ice_ufrag, session.ice_pwd, speaks_udp=True)
+        # The relay checks the browser's addresses with the browser's own
+        # credentials, which a conforming ICE agent answers (RFC 8445 §7.3).
+        peer.remote_ufrag = offer.ice_ufrag
+        peer.remote_pwd = offer.ice_pwd
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
         peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
-        self.relay.add_peer(peer, nominate_on="use_candidate")
+        self.relay.add_peer(peer, nominate_on="use_candidate", replaces=old)
         return answer
 
     def on_registry_event(self, event: RegistryEvent) -> None:

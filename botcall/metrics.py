@@ -50,8 +50,10 @@ class Metrics:
 
         ``botcall_media_events_total{event}`` holds every drop reason and
         protocol event the relay counts (``unknown_source``, ``wrong_ssrc``,
-        ``stun_binding_success``, ``dtls_connected``...); packet totals and live
-        peers come from the peers themselves.
+        ``stun_binding_success``, ``check_verified``, ``dtls_connected``...);
+        packet totals are the live peers' counts plus those the relay kept
+        from peers that left (a Prometheus counter never goes down), and live
+        peers a gauge.
         """
         self.registry.register(_MediaCollector(relay, udp))
 
@@ -72,15 +74,17 @@ class _MediaCollector:
 
     def collect(self):
         events = CounterMetricFamily("botcall_media_events", "Relay events and drops, by name.", labels=["event"])
-        for name, value in sorted({**self.relay.counters, **self.udp.counters}.items()):
+        # Summed, not merged: a name both count must not hide one of the two.
+        for name, value in sorted((self.relay.counters + self.udp.counters).items()):
             events.add_metric([name], value)
         yield events
         peers = self.relay.all_peers()
-        received = CounterMetricFamily("botcall_media_received_packets", "RTP packets accepted from live peers.")
-        received.add_metric([], sum(peer.rx_packets for peer in peers))
+        # Peers that left took their counts with them: the relay keeps the sum.
+        received = CounterMetricFamily("botcall_media_received_packets", "RTP packets accepted from peers.")
+        received.add_metric([], self.relay.retired_rx_packets + sum(peer.rx_packets for peer in peers))
         yield received
-        sent = CounterMetricFamily("botcall_media_sent_packets", "RTP packets sent to live peers.")
-        sent.add_metric([], sum(peer.tx_packets for peer in peers))
+        sent = CounterMetricFamily("botcall_media_sent_packets", "RTP packets sent to peers.")
+        sent.add_metric([], self.relay.retired_tx_packets + sum(peer.tx_packets for peer in peers))
         yield sent
         live = GaugeMetricFamily("botcall_media_peers", "Media peers, latched or not.")
         live.add_metric([], len(peers))

@@ -16,9 +16,11 @@ benchmarks, and why:
 
 Set-up goes through the public interfaces, as a bot or a browser would:
 ``POST /v1/join`` with a dev-issuer attestation and a STUN Binding request to
-latch (a bot); the human signaling WebSocket, a Chrome-shaped ICE check with
-USE-CANDIDATE and a DTLS 1.2 handshake in the client role (a browser-style
-subscriber, :class:`~bench.common.Browser`).
+latch, answering the relay's check of the address (a bot); the human signaling
+WebSocket, a Chrome-shaped ICE check with USE-CANDIDATE, the answer to the
+relay's check (signed with the offer's ice-pwd, as a browser does) and a DTLS
+1.2 handshake in the client role (a browser-style subscriber,
+:class:`~bench.common.Browser`).
 """
 
 from __future__ import annotations
