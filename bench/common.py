@@ -62,9 +62,9 @@ from bench.peers.process import CLOCK_TICKS, PinnedProcess, set_priority, wait_r
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.config import Config, RateLimit
 from botcall.errors import BadPacket
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 REPO = Path(__file__).resolve().parent.parent
 OFFER_TEMPLATE = REPO / "tests" / "signaling" / "data" / "chrome156_mic.sdp"

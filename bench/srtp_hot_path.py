@@ -46,11 +46,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from botcall.media import MediaService
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import answer_check_untrusted, binding_request
+from botcall.relay.service import MediaService
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.relay.core import MediaRelay
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request
 from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
 
 OFFER_TEMPLATE = Path(__file__).resolve().parent.parent / "tests" / "signaling" / "data" / "chrome156_mic.sdp"

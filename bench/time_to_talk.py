@@ -58,7 +58,7 @@ from bench.common import (
 )
 from bench.loadgen import pin_to_core
 from botcall.errors import BadPacket
-from botcall.rtp.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 PHASES = ("join", "ws", "latch", "rtp")
 STEP_TIMEOUT = 10.0

@@ -47,10 +47,10 @@ from botcall.config import Config, IssuerConfig
 from botcall.errors import ConfigError, JwksError, StartupError
 from botcall.logs import install_redaction
 from botcall.metrics import Metrics
-from botcall.media import MediaService
-from botcall.rtp.dtls import DtlsCertificate
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.transport import UdpTransport, open_udp_socket
+from botcall.relay.service import MediaService
+from botcall.webrtc.dtls import DtlsCertificate
+from botcall.relay.core import MediaRelay
+from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.rooms import Reason, RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
 from botcall.signaling.serving import (

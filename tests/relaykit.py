@@ -1,9 +1,9 @@
 """A relay driven by hand in tests: a wire that records what it sends, bots, latching and RTP."""
 
 from botcall.errors import BadPacket
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.relay import MediaPeer, UdpSink
-from botcall.rtp.stun import answer_check_untrusted, binding_request
+from botcall.wire.rtp import RtpPacket
+from botcall.relay.core import MediaPeer, UdpSink
+from botcall.wire.stun import answer_check_untrusted, binding_request
 
 BOT_UFRAG = "botufrag"
 

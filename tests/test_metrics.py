@@ -5,7 +5,7 @@ import collections
 from prometheus_client.parser import text_string_to_metric_families
 
 from botcall.metrics import Metrics
-from botcall.rtp.relay import MediaRelay
+from botcall.relay.core import MediaRelay
 from tests.relaykit import Wire, latch, make_bot, rtp
 
 A_ADDR = ("127.0.0.1", 50001)

@@ -13,7 +13,7 @@ to the relay's own check proves we receive where we send from; see
 docs/protocol.md "Latching"), or over the WebSocket (``transport="websocket"``) as
 binary RTP frames, or as PCM the server encodes and decodes for us
 (``encoding="pcm16"``). Received RTP goes through a jitter buffer per speaker
-(:class:`~botcall.rtp.playout.Playout`) on a 20 ms play-out clock.
+(:class:`~botcall.audio.playout.Playout`) on a 20 ms play-out clock.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import jwt
 import trio
 import trio_websocket
 
-from botcall.audio import frames as pcm_frames, read_wav, resample
+from botcall.audio.pcm import frames as pcm_frames, read_wav, resample
 from botcall.client.http import BotCallHttpError, request_json
 from botcall.errors import BadPacket
 from botcall.queues import DropOldestQueue
-from botcall.rtp.jitter import FrameKind
-from botcall.rtp.opus import OpusEncoder
-from botcall.rtp.packet import RTP_HEADER, RtpPacket, parse_rtp_untrusted
-from botcall.rtp.playout import Playout
-from botcall.rtp.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.audio.jitter import FrameKind
+from botcall.audio.opus import OpusEncoder
+from botcall.wire.rtp import RTP_HEADER, RtpPacket, parse_rtp_untrusted
+from botcall.audio.playout import Playout
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 log = logging.getLogger("botcall.client")
 

@@ -6,7 +6,7 @@ second connection with the same session id replaces the first (a bot that
 reconnects after a network blip).
 
 Each connection has one outbox of events and, for WebSocket-transport bots,
-the audio queue its :class:`~botcall.media.WsSink` fills. The hub turns
+the audio queue its :class:`~botcall.relay.service.WsSink` fills. The hub turns
 registry events (joins, leaves, mutes, room closure) into WebSocket events for
 everyone in the room. The message contract is in ``docs/protocol.md``.
 """
@@ -25,14 +25,14 @@ from botcall.auth.ratelimit import TokenBucket
 from botcall.config import RateLimit
 from botcall.auth.invites import invite_secret_matches
 from botcall.errors import ApiError, BadPacket, SdpError, SignalingError
-from botcall.media import PAYLOAD_TYPE_OPUS, WsSink
-from botcall.rtp.relay import MAX_DATAGRAM
+from botcall.relay.service import PAYLOAD_TYPE_OPUS, WsSink
+from botcall.relay.core import MAX_DATAGRAM
 from botcall.signaling.forwarded import client_address
 from botcall.queues import DropOldestQueue
-from botcall.rtp.jitter import FrameKind
-from botcall.rtp.opus import OpusEncoder
-from botcall.rtp.packet import RTP_HEADER, parse_rtp_untrusted
-from botcall.rtp.playout import Playout
+from botcall.audio.jitter import FrameKind
+from botcall.audio.opus import OpusEncoder
+from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
+from botcall.audio.playout import Playout
 from botcall.signaling import messages as msg
 from botcall.signaling.rooms import (
     Capabilities,

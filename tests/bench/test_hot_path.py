@@ -13,10 +13,10 @@ import socket
 
 import trio
 
-from botcall.rtp.packet import parse_rtp_untrusted
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
-from botcall.rtp.transport import COALESCE_MIN_RATE, DRAIN_BATCH, RATE_WINDOW, UdpTransport, open_udp_socket
+from botcall.wire.rtp import parse_rtp_untrusted
+from botcall.relay.core import MediaRelay
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.relay.transport import COALESCE_MIN_RATE, DRAIN_BATCH, RATE_WINDOW, UdpTransport, open_udp_socket
 from tests.relaykit import BOT_UFRAG, Wire, latch, make_bot, rtp
 
 

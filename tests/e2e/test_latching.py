@@ -11,10 +11,10 @@ import struct
 import pytest
 import trio
 
-from botcall.audio import tone
+from botcall.audio.pcm import tone
 from botcall.client import connect
 from botcall.errors import BadPacket
-from botcall.rtp.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 from tests.serverutil import running_server
 
 pytestmark = pytest.mark.e2e

@@ -15,14 +15,14 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.audio import dominant_frequency, tone
+from botcall.audio.pcm import dominant_frequency, tone
 from botcall.client import connect
 from botcall.errors import BadPacket
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
-from botcall.rtp.opus import OpusDecoder, OpusEncoder
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import answer_check_untrusted, binding_request
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.audio.opus import OpusDecoder, OpusEncoder
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request
 from tests.serverutil import running_server
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ RtpParseError, and RFC 8285 element parsing obeys the same rule.
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import RtpParseError
-from botcall.rtp.packet import (
+from botcall.wire.rtp import (
     ONE_BYTE_PROFILE,
     RtpHeaderExtension,
     RtpPacket,

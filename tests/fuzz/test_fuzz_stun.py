@@ -11,8 +11,8 @@ from aioice.stun import ATTRIBUTES, Class, Message, Method
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import StunParseError
-from botcall.rtp.ice_lite import BindingReason, answer_binding_untrusted
-from botcall.rtp.stun import (
+from botcall.webrtc.ice_lite import BindingReason, answer_binding_untrusted
+from botcall.wire.stun import (
     MAX_STUN_SIZE,
     answer_check_untrusted,
     binding_check,
@@ -256,7 +256,7 @@ def test_round_trip(method, message_class, transaction_id, attributes, sign_with
 
 def relay_expecting_an_answer():
     """A relay with one bot whose check (transaction id TXID) to ADDR is outstanding."""
-    from botcall.rtp.relay import MediaRelay
+    from botcall.relay.core import MediaRelay
     from tests.relaykit import make_bot
 
     sent = []

@@ -2,9 +2,9 @@
 
 import pytest
 
-from botcall.rtp.demux import PacketKind, classify, classify_datagram, is_rtcp
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.stun import binding_request
+from botcall.wire.demux import PacketKind, classify, classify_datagram, is_rtcp
+from botcall.wire.rtp import RtpPacket
+from botcall.wire.stun import binding_request
 
 # The RFC figures, written out independently of the module's table.
 RFC_RANGES = [

@@ -12,7 +12,7 @@ from aioice.stun import Class, Message, Method
 from hypothesis import given, strategies as st
 
 from botcall.errors import StunParseError
-from botcall.rtp.ice_lite import (
+from botcall.webrtc.ice_lite import (
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     MAX_PENDING_CHECKS,
@@ -27,7 +27,7 @@ from botcall.rtp.ice_lite import (
     TransactionLog,
     answer_binding_untrusted,
 )
-from botcall.rtp.stun import binding_request, parse_binding_response_untrusted, parse_stun_untrusted
+from botcall.wire.stun import binding_request, parse_binding_response_untrusted, parse_stun_untrusted
 
 # Captured from Chromium 156 (headless, Debian) checking our ICE-lite answer on
 # 127.0.0.1: USERNAME "relayUfrag1:FgqC", 0xC057, ICE-CONTROLLING, PRIORITY,

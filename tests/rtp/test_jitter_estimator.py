@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from botcall.rtp.jitter import DelayEstimator
+from botcall.audio.jitter import DelayEstimator
 
 
 def estimator(**kw) -> DelayEstimator:

@@ -7,7 +7,7 @@ import opuslib
 import pytest
 
 from botcall.errors import RtpParseError
-from botcall.rtp.packet import (
+from botcall.wire.rtp import (
     ONE_BYTE_PROFILE,
     RtpHeaderExtension,
     RtpPacket,

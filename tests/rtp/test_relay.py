@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from botcall.media import MediaService
-from botcall.rtp.dtls import DtlsCertificate
-from botcall.rtp.ice_lite import CHECK_TIMEOUT, MAX_PENDING_CHECKS, TRANSACTION_MEMORY, UNKNOWN_SOURCE_CHECK_INTERVAL
-from botcall.rtp.packet import parse_rtp_untrusted
-from botcall.rtp.relay import MAX_PACKETS_PER_SECOND, MediaRelay
-from botcall.rtp.rtcp import ReceiverReport, ReportBlock, Sdes, SdesChunk, SdesItem, SdesItemType, serialize_rtcp_compound
+from botcall.relay.service import MediaService
+from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.ice_lite import CHECK_TIMEOUT, MAX_PENDING_CHECKS, TRANSACTION_MEMORY, UNKNOWN_SOURCE_CHECK_INTERVAL
+from botcall.wire.rtp import parse_rtp_untrusted
+from botcall.relay.core import MAX_PACKETS_PER_SECOND, MediaRelay
+from botcall.wire.rtcp import ReceiverReport, ReportBlock, Sdes, SdesChunk, SdesItem, SdesItemType, serialize_rtcp_compound
 from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
-from botcall.rtp.stun import (
+from botcall.wire.stun import (
     Class,
     Message,
     Method,

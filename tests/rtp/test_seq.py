@@ -1,6 +1,6 @@
 from hypothesis import given, strategies as st
 
-from botcall.rtp.seq import SeqUnwrapper, extend_u16, extend_u32
+from botcall.wire.seq import SeqUnwrapper, extend_u16, extend_u32
 
 
 def test_first_value_is_kept():

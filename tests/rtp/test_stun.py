@@ -15,7 +15,7 @@ import pytest
 from aioice.stun import Class, Message, Method
 
 from botcall.errors import StunParseError
-from botcall.rtp.stun import (
+from botcall.wire.stun import (
     MAX_STUN_SIZE,
     PEER_REFLEXIVE_PRIORITY,
     StunErrorCode,

@@ -4,8 +4,8 @@ import socket
 
 import trio
 
-from botcall.rtp.relay import MAX_DATAGRAM, MediaRelay
-from botcall.rtp.transport import RECV_SIZE, UdpTransport, open_udp_socket
+from botcall.relay.core import MAX_DATAGRAM, MediaRelay
+from botcall.relay.transport import RECV_SIZE, UdpTransport, open_udp_socket
 
 
 def test_the_read_size_is_one_byte_over_the_limit():

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, strategies as st
 
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import answer_check_untrusted, binding_request, binding_success, parse_binding_response_untrusted, parse_stun_untrusted
-from botcall.media import MediaService
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.relay.core import MediaRelay
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request, binding_success, parse_binding_response_untrusted, parse_stun_untrusted
+from botcall.relay.service import MediaService
 from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
-from botcall.rtp.webrtc import FLOOR_RELEASE, OutboundStream
+from botcall.webrtc.leg import FLOOR_RELEASE, OutboundStream
 
 OFFER = (Path(__file__).parent.parent / "signaling" / "data" / "chrome156_mic.sdp").read_text()
 BROWSER = ("127.0.0.1", 53000)

@@ -19,10 +19,10 @@ import time
 import pytest
 
 from botcall.errors import SdpError
-from botcall.rtp.demux import PacketKind, classify_datagram
-from botcall.rtp.ice_lite import BindingReason, CheckResult, IceLiteState, answer_binding_untrusted
-from botcall.rtp.stun import PEER_REFLEXIVE_PRIORITY, Class, binding_check, parse_stun_untrusted
-from botcall.signaling.sdp import (
+from botcall.wire.demux import PacketKind, classify_datagram
+from botcall.webrtc.ice_lite import BindingReason, CheckResult, IceLiteState, answer_binding_untrusted
+from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, binding_check, parse_stun_untrusted
+from botcall.webrtc.sdp import (
     MAX_SDP_CHARS,
     MAX_SDP_LINES,
     Direction,

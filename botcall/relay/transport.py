@@ -22,7 +22,7 @@ from typing import Callable
 
 import trio
 
-from botcall.rtp.relay import MAX_DATAGRAM, Address, MediaRelay
+from botcall.relay.core import MAX_DATAGRAM, Address, MediaRelay
 
 # One byte more than the largest datagram the relay takes: recvfrom cuts a
 # longer one to this size, and the extra byte tells it was cut.

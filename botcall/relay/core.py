@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from botcall.errors import BadPacket
-from botcall.rtp import ice_lite
-from botcall.rtp.demux import PacketKind, classify
-from botcall.rtp.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
-from botcall.rtp.rtcp import (
+from botcall.webrtc import ice_lite
+from botcall.wire.demux import PacketKind, classify
+from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
+from botcall.wire.rtcp import (
     Bye,
     GenericNack,
     PictureLossIndication,

@@ -1,6 +1,6 @@
 """The browser side of the relay: DTLS-SRTP legs on the shared media port (sans-IO).
 
-A browser is a :class:`~botcall.rtp.relay.MediaPeer` with two extra parts:
+A browser is a :class:`~botcall.relay.core.MediaPeer` with two extra parts:
 
 * :class:`WebRtcLeg` (the peer's ``secure`` handler) takes the DTLS and SRTP
   datagrams the relay routes to it. DTLS is only routed from, and sent to,
@@ -38,8 +38,8 @@ import struct
 from collections.abc import Callable
 
 from botcall.errors import BadPacket, DtlsError
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
-from botcall.rtp.srtp import SrtpContext
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.srtp import SrtpContext
 
 log = logging.getLogger("botcall.webrtc")
 

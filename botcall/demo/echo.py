@@ -19,13 +19,13 @@ import time
 import numpy as np
 import trio
 
-from botcall.audio import dominant_frequency, rms_dbfs, tone
+from botcall.audio.pcm import dominant_frequency, rms_dbfs, tone
 from botcall.client import connect, create_room
 from botcall.errors import ConfigError, StartupError
 from botcall.server import sole_cause, configure_logging, config_from_args, run_server
 from botcall.server import add_arguments as add_server_arguments
 
-log = logging.getLogger("botcall.demo")
+log = logging.getLogger("botcall.demo.echo")
 
 DEMO_AGENT = "botcall-demo#0001"
 DEMO_OWNER = "demo-owner"

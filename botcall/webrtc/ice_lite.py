@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Literal
 
-from botcall.rtp.stun import (
+from botcall.wire.stun import (
     Class,
     Message,
     Method,

@@ -11,13 +11,13 @@ import logging
 import secrets
 
 from botcall.queues import DropOldestQueue
-from botcall.rtp.dtls import DtlsCertificate
-from botcall.rtp.relay import MediaPeer, MediaRelay, Transmit, UdpSink
-from botcall.rtp.webrtc import OutboundStream, WebRtcLeg, WebRtcSink
+from botcall.webrtc.dtls import DtlsCertificate
+from botcall.relay.core import MediaPeer, MediaRelay, Transmit, UdpSink
+from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.signaling.rooms import RegistryEvent, Session, SessionAdded, SessionRemoved, SessionUpdated
-from botcall.signaling.sdp import build_answer, parse_offer_untrusted
+from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 
-log = logging.getLogger("botcall.media")
+log = logging.getLogger("botcall.relay.service")
 
 PAYLOAD_TYPE_OPUS = 111
 # Audio for a WebSocket bot waiting to be written to its socket: 2 s of five
