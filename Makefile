@@ -13,4 +13,5 @@ run:
 
 test:
 	./scripts/setup.sh test
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -51,7 +51,7 @@ from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
 from botcall.relay.core import MediaRelay
 from botcall.webrtc.srtp import SrtpContext
 from botcall.wire.stun import answer_check_untrusted, binding_request
-from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
+from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
 
 OFFER_TEMPLATE = Path(__file__).resolve().parent.parent / "tests" / "signaling" / "data" / "chrome156_mic.sdp"
 RTP_HEADER = struct.Struct("!BBHII")
@@ -148,7 +148,7 @@ class World:
             self.relay.handle_datagram(answer_check_untrusted(check, RELAY_ADDR, username=username, password=password), addr, 0.0)
 
     def _add_bot(self, session: Session, addr: tuple[str, int]) -> None:
-        self.media.on_registry_event(SessionAdded(session))
+        self.media.add_session(session)
         request = binding_request(f"{session.ice_ufrag}:bench", session.ice_pwd)
         self.sent.clear()
         self.relay.handle_datagram(request, addr, 0.0)

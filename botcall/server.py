@@ -52,6 +52,7 @@ from botcall.webrtc.dtls import DtlsCertificate
 from botcall.relay.core import MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
+from botcall.signaling.media_link import media_listener
 from botcall.signaling.rooms import Reason, RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
 from botcall.signaling.serving import (
     ConnectionBudget,
@@ -296,7 +297,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         max_per_ip=config.max_websockets_per_ip,
         max_lobby_per_room=config.max_lobby_sockets_per_room,
     )
-    state.registry.add_listener(state.media.on_registry_event)
+    state.registry.add_listener(media_listener(state.media))
     state.registry.add_listener(state.hub.on_registry_event)
     hub = state.hub
 

@@ -20,7 +20,7 @@ from botcall.relay.core import MediaRelay
 from botcall.webrtc.srtp import SrtpContext
 from botcall.wire.stun import answer_check_untrusted, binding_request, binding_success, parse_binding_response_untrusted, parse_stun_untrusted
 from botcall.relay.service import MediaService
-from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
+from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
 from botcall.webrtc.leg import FLOOR_RELEASE, OutboundStream
 
 OFFER = (Path(__file__).parent.parent / "signaling" / "data" / "chrome156_mic.sdp").read_text()
@@ -142,7 +142,7 @@ def call():
     relay = MediaRelay(wire)
     media = MediaService(relay, wire, certificate=DtlsCertificate.generate(), host="127.0.0.1", port=40000)
     bot = session("bot", "bot", "udp", 1111)
-    media.on_registry_event(SessionAdded(bot))
+    media.add_session(bot)
     latch_bot(relay, wire, bot, BOT)
     human = session("human", "human", "webrtc", 2222)
     browser = Browser(media, human, wire)
@@ -215,7 +215,7 @@ def test_srtp_replay_and_garbage_are_dropped_and_counted(call):
 def test_floor_passes_between_speakers_with_continuous_numbering(call):
     relay, wire, media, _, browser = call
     bot2 = session("bot2", "bot", "udp", 3333)
-    media.on_registry_event(SessionAdded(bot2))
+    media.add_session(bot2)
     latch_bot(relay, wire, bot2, BOT2)
     browser.ice_check()
     browser.handshake()
