@@ -157,11 +157,6 @@ class ServiceUnavailable(ApiError):
     code = "server_full"
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "body_too_large"
-
-
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"

@@ -289,7 +289,6 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         host=_ip_literal(state.media_host),
         port=state.media_port,
     )
-    state.media.udp = udp
     state.hub = Hub(
         state.clock,
         max_connections=config.max_sessions_total,

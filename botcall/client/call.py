@@ -37,7 +37,7 @@ from botcall.client.http import BotCallHttpError, request_json
 from botcall.errors import BadPacket
 from botcall.queues import DropOldestQueue
 from botcall.audio.jitter import FrameKind
-from botcall.audio.opus import OpusEncoder
+from botcall.audio.opus import PAYLOAD_TYPE, PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE, OpusEncoder
 from botcall.wire.rtp import RTP_HEADER, RtpPacket, parse_rtp_untrusted
 from botcall.audio.playout import Playout
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
@@ -46,10 +46,6 @@ log = logging.getLogger("botcall.client")
 
 FRAME = 0.020
 SAMPLE_RATE = 48000
-PAYLOAD_TYPE = 111
-# Binary pcm16 frames from the server: decoded audio, or audio synthesised for a loss.
-PCM16_PAYLOAD_TYPE = 96
-PCM16_CONCEALED_PAYLOAD_TYPE = 97
 KEEPALIVE_INTERVAL = 10.0  # well inside the relay's 30 s consent timeout
 LATCH_TIMEOUT = 5.0
 # Binding retransmissions (RFC 8489 §6.2.1 doubles from its RTO; we start

@@ -34,7 +34,7 @@ from typing import Callable, Protocol
 
 from botcall.errors import BadPacket
 from botcall.webrtc import ice_lite
-from botcall.wire.demux import PacketKind, classify
+from botcall.wire.demux import RTCP_BY_SECOND_BYTE, PacketKind, classify
 from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
 from botcall.wire.rtcp import (
     Bye,
@@ -350,7 +350,7 @@ class MediaRelay:
                 return
             if len(data) < RTCP_MIN_SIZE:
                 self._drop(peer, "malformed_rtp")
-            elif 192 <= data[1] <= 223:
+            elif RTCP_BY_SECOND_BYTE[data[1]]:
                 self.handle_rtcp(peer, data, now)
             else:
                 self.handle_rtp(peer, data, now)
@@ -548,7 +548,7 @@ class MediaRelay:
         """
         if len(data) < RTCP_MIN_SIZE:
             return
-        ssrc = data[4:8] if 192 <= data[1] <= 223 else data[8:12]
+        ssrc = data[4:8] if RTCP_BY_SECOND_BYTE[data[1]] else data[8:12]
         peer = self._bots_by_ssrc.get(ssrc)
         if peer is not None and self._send_check(peer, addr, len(data), now, unknown_source=True):
             self.counters["unknown_source_check"] += 1

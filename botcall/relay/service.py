@@ -11,6 +11,7 @@ import logging
 import secrets
 from typing import Protocol
 
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.queues import DropOldestQueue
 from botcall.webrtc.dtls import DtlsCertificate
 from botcall.relay.core import MediaPeer, MediaRelay, Transmit, UdpSink
@@ -19,7 +20,6 @@ from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 
 log = logging.getLogger("botcall.relay.service")
 
-PAYLOAD_TYPE_OPUS = 111
 # Audio for a WebSocket bot waiting to be written to its socket: 2 s of five
 # speakers. Older packets go first when the bot reads too slowly.
 WS_AUDIO_QUEUE = 500
@@ -94,7 +94,6 @@ class MediaService:
         self.certificate = certificate
         self.host = host
         self.port = port
-        self.udp = None
 
     def add_browser(self, session: MediaSession, offer_sdp: str) -> str:
         """Set up (or renegotiate) a human's WebRTC leg from the browser's offer.

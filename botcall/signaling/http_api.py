@@ -33,6 +33,8 @@ from botcall.auth.attestation import (
     AttestationVerifier,
     UnknownSigningKey,
 )
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
+from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.auth.invites import invite_url
 from botcall.auth.keys import DevIssuer, KeyRing, download_jwks
 from botcall.auth.ratelimit import Limiters
@@ -53,8 +55,6 @@ from botcall.signaling.rooms import (
 
 log = logging.getLogger("botcall.http")
 
-PAYLOAD_TYPE_OPUS = 111
-OPUS_CLOCK_RATE = 48_000
 MAX_ID_CHARS = 256
 
 _JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", "media"})

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol, Union
 
+from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.auth.invites import invite_secret_matches, new_invite_secret
 from botcall.config import Config
 from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited, ServiceUnavailable
@@ -32,7 +33,6 @@ from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, Rate
 TRANSPORTS = ("udp", "websocket", "webrtc")
 ENCODINGS = ("opus", "pcm16")
 PCM_SAMPLE_RATES = (16_000, 24_000, 48_000)
-OPUS_CLOCK_RATE = 48_000
 
 _ICE_CHARS = string.ascii_letters + string.digits  # a subset of RFC 8839 §5.4 ice-char
 _ROOM_ID_CHARS = string.ascii_lowercase + string.digits

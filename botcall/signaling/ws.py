@@ -25,7 +25,9 @@ from botcall.auth.ratelimit import TokenBucket
 from botcall.config import RateLimit
 from botcall.auth.invites import invite_secret_matches
 from botcall.errors import ApiError, BadPacket, SdpError, SignalingError
-from botcall.relay.service import PAYLOAD_TYPE_OPUS, WsSink
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
+from botcall.audio.opus import PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE
+from botcall.relay.service import WsSink
 from botcall.relay.core import MAX_DATAGRAM
 from botcall.signaling.forwarded import client_address
 from botcall.queues import DropOldestQueue
@@ -49,11 +51,6 @@ log = logging.getLogger("botcall.ws")
 
 EVENT_QUEUE = 256
 FRAME = 0.020
-# Binary pcm16 frames to a bot carry an RTP header with these payload types:
-# L16 mono, little-endian, at the session's sample rate (our profile, not RFC
-# 3551's); the second marks a frame the relay synthesised for a lost packet.
-PCM16_PAYLOAD_TYPE = 96
-PCM16_CONCEALED_PAYLOAD_TYPE = 97
 SEND_TIMEOUT = 5.0
 HELLO_TIMEOUT = 10.0
 CHAT_LIMIT = RateLimit(rate=5.0, burst=10)

@@ -37,7 +37,9 @@ import logging
 import struct
 from collections.abc import Callable
 
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.errors import BadPacket, DtlsError
+from botcall.wire.demux import RTCP_BY_SECOND_BYTE
 from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext
 
@@ -47,7 +49,6 @@ _RTP_HEADER = struct.Struct("!BBHII")
 # What ``OutboundStream`` reads of a speaker's header: V/P/X/CC, M/PT, sequence
 # number and timestamp (RFC 3550 §5.1); the speaker's SSRC comes from its peer.
 _RTP_HEAD = struct.Struct("!BBHI")
-PAYLOAD_TYPE_OPUS = 111
 SAMPLES_PER_FRAME = 960
 FRAME = 0.020
 # A speaker keeps the floor toward a browser until it has been silent this long.
@@ -288,7 +289,7 @@ class WebRtcLeg:
         if len(data) < 12:
             relay._drop(peer, "malformed_rtp")
             return
-        if 192 <= data[1] <= 223:
+        if RTCP_BY_SECOND_BYTE[data[1]]:
             try:
                 srtp.unprotect_rtcp_untrusted(data)
             except BadPacket as exc:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from botcall.errors import SdpError
-from botcall.wire.demux import PacketKind, classify_datagram
+from botcall.wire.demux import PacketKind, classify
 from botcall.webrtc.ice_lite import BindingReason, CheckResult, IceLiteState, answer_binding_untrusted
 from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, binding_check, parse_stun_untrusted
 from botcall.webrtc.sdp import (
@@ -570,7 +570,7 @@ class _Responder:
                 data, addr = self.sock.recvfrom(2048)
             except TimeoutError:
                 continue
-            kind = classify_datagram(data)
+            kind = classify(data[0]) if data else PacketKind.UNKNOWN
             self.kinds.append(kind)
             if kind is not PacketKind.STUN:
                 continue
