@@ -13,4 +13,5 @@ run:
 
 test:
 	./scripts/setup.sh test
+	node --test pwa/tests/
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
