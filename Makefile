@@ -14,4 +14,5 @@ run:
 test:
 	./scripts/setup.sh test
 	.venv/bin/lint-imports
+	node --test pwa/tests/
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
