@@ -14,27 +14,20 @@ everyone in the room. The message contract is in ``docs/protocol.md``.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 from quart import websocket
 
+from botcall.auth.invites import invite_secret_matches
 from botcall.auth.ratelimit import TokenBucket
 from botcall.config import RateLimit
-from botcall.auth.invites import invite_secret_matches
-from botcall.errors import ApiError, BadPacket, SdpError, SignalingError
-from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
-from botcall.audio.opus import PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE
-from botcall.relay.service import WsSink
-from botcall.relay.core import MAX_DATAGRAM
-from botcall.signaling.forwarded import client_address
+from botcall.errors import ApiError, SdpError, SignalingError
 from botcall.queues import DropOldestQueue
-from botcall.audio.jitter import FrameKind
-from botcall.audio.opus import OpusEncoder
-from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
-from botcall.audio.playout import Playout
+from botcall.relay.service import WsSink
+from botcall.relay.ws_audio import AudioOut, WsAudio
+from botcall.signaling.forwarded import client_address
 from botcall.signaling import messages as msg
 from botcall.signaling.rooms import (
     Capabilities,
@@ -57,11 +50,8 @@ CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
 # A connection that keeps sending after this many refused messages in a row
 # (each answered with rate_limited) is closed with 1008: it is not listening.
 MAX_REFUSED_IN_A_ROW = 200
-# pcm16 from a bot waiting to be encoded, in seconds of audio; a message that
-# would grow it beyond is refused (audio_backlog_full). Encoding runs in the
-# channel's uplink task, ENCODE_BATCH frames per scheduler pass, so one large
-# message never holds the event loop for long (docs/security.md).
-PCM_BACKLOG_S = 2.0
+# pcm16 frames encoded per scheduler pass (relay/ws_audio.py keeps the backlog
+# bounded): one large message never holds the event loop for long (docs/security.md).
 ENCODE_BATCH = 5
 HUMAN_CAPABILITIES = Capabilities(audio_in=True, audio_out=True, video=False, text_chat=True)
 
@@ -420,6 +410,9 @@ class Channel:
 class BotChannel(Channel):
     """A bot's control channel, and its audio where ``media.transport`` is ``websocket``.
 
+    The audio itself is ``relay/ws_audio.py``'s (sans-IO); this class only
+    moves messages between the socket and it.
+
     Args:
         binary_audio: send audio to the bot as binary frames instead of JSON.
     """
@@ -432,17 +425,12 @@ class BotChannel(Channel):
         self.binary_audio = binary_audio
         self.peer = state.media.relay.peer(session.session_id) if session.transport == "websocket" else None
         self.encoding = session.encoding
-        self.sample_rate = session.sample_rate
-        self._out_seq = 0
-        self._out_timestamp = 0
-        # pcm16 from the bot not yet encoded: appended in the receive task,
-        # consumed in whole 20 ms frames by the uplink task (linear in the
-        # bytes received, never re-sliced).
-        self._pcm_pending = bytearray()
+        self.audio = (
+            WsAudio(state.media.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
+            if self.peer is not None
+            else None
+        )
         self._pcm_ready = trio.Event()
-        self._pcm_backlog_bytes = int(PCM_BACKLOG_S * self.sample_rate) * 2
-        self._encoder: OpusEncoder | None = None
-        self._speaker_seq: dict[int, int] = {}
 
     def start_media(self, nursery: trio.Nursery) -> None:
         if self.peer is not None:
@@ -452,103 +440,52 @@ class BotChannel(Channel):
 
     async def handle(self, message) -> None:
         if isinstance(message, msg.Audio):
-            self._audio_in(message.data)
+            self._media().audio_message(message.data, trio.current_time())
+            self._pcm_ready.set()
         else:
             await super().handle(message)
 
     def on_binary(self, data: bytes) -> None:
-        self._binary_audio_in(data)
-
-    # --- audio from the bot --------------------------------------------------------------
-
-    def _binary_audio_in(self, data: bytes) -> None:
-        if self.peer is None:
-            raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
-        if self.encoding == "pcm16":
-            self._pcm_in(data)
-        else:
-            # A whole RTP packet: the relay checks SSRC and payload type as for UDP.
-            if len(data) > MAX_DATAGRAM:
-                raise SignalingError(f"an RTP packet is at most {MAX_DATAGRAM} bytes", code="bad_audio")
-            self.state.media.relay.handle_rtp(self.peer, data, trio.current_time())
-
-    def _audio_in(self, data: bytes) -> None:
-        if self.peer is None:
-            raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
-        if self.encoding == "pcm16":
-            self._pcm_in(data)
-        else:
-            self._opus_in(data)
-
-    def _opus_in(self, payload: bytes) -> None:
-        if not payload:
-            raise SignalingError("empty audio frame", code="bad_audio")
-        if len(payload) > MAX_DATAGRAM - RTP_HEADER.size:
-            raise SignalingError(f"an Opus frame is at most {MAX_DATAGRAM - RTP_HEADER.size} bytes", code="bad_audio")
-        packet = RTP_HEADER.pack(0x80, PAYLOAD_TYPE_OPUS, self._out_seq, self._out_timestamp, self.session.ssrc) + payload
-        self._out_seq = (self._out_seq + 1) & 0xFFFF
-        self._out_timestamp = (self._out_timestamp + 960) & 0xFFFFFFFF
-        self.state.media.relay.handle_rtp(self.peer, packet, trio.current_time())
-
-    def _pcm_in(self, pcm: bytes) -> None:
-        """Queue pcm16 for the uplink task (refused whole when the backlog is full).
-
-        Raises:
-            SignalingError: ``bad_audio`` (odd length) or ``audio_backlog_full``.
-        """
-        if len(pcm) % 2:
-            raise SignalingError("pcm16 audio must be whole 16-bit samples", code="bad_audio")
-        if len(self._pcm_pending) + len(pcm) > self._pcm_backlog_bytes:
-            raise SignalingError(
-                f"more than {PCM_BACKLOG_S:g} s of audio waiting to be encoded; send it in real time",
-                code="audio_backlog_full",
-            )
-        self._pcm_pending += pcm
+        self._media().binary_message(data, trio.current_time())
         self._pcm_ready.set()
 
+    def _media(self) -> WsAudio:
+        if self.audio is None:
+            raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
+        return self.audio
+
     async def _pcm_uplink(self) -> None:
-        """Encode queued pcm16 into 20 ms Opus frames, ENCODE_BATCH per scheduler pass."""
-        encoder = self._encoder = OpusEncoder(self.sample_rate)
-        frame_bytes = encoder.frame_bytes
-        pending = self._pcm_pending
+        """Encode queued pcm16, ENCODE_BATCH frames per scheduler pass."""
+        audio = self._media()
         while True:
             await self._pcm_ready.wait()
             self._pcm_ready = trio.Event()
-            while len(pending) >= frame_bytes:
-                frames = min(ENCODE_BATCH, len(pending) // frame_bytes)
-                view = memoryview(pending)
-                try:
-                    for index in range(frames):
-                        start = index * frame_bytes
-                        self._opus_in(encoder.encode(bytes(view[start : start + frame_bytes])))
-                finally:
-                    view.release()
-                del pending[: frames * frame_bytes]
+            while audio.encode_pending(trio.current_time(), ENCODE_BATCH):
                 await trio.sleep(0)
 
-    # --- audio to the bot -------------------------------------------------------------------
+    async def _send_audio(self, frame: AudioOut) -> None:
+        if self.binary_audio:
+            await self.send(frame.binary())
+            return
+        event = msg.audio_event(
+            frame.participant_id, frame.seq, frame.timestamp, frame.payload, encoding=frame.encoding, sample_rate=frame.sample_rate
+        )
+        if frame.encoding == "pcm16":
+            event["concealed"] = frame.concealed
+        await self.send(msg.encode(event))
 
     async def _opus_out(self) -> None:
+        audio = self._media()
         sink: WsSink = self.peer.sink
         async for speaker, data in sink.queue:
-            if self.binary_audio:
-                await self.send(data)
-                continue
-            try:
-                packet = parse_rtp_untrusted(data)
-            except BadPacket:
-                continue  # the relay already checked it; nothing else can arrive here
-            event = msg.audio_event(
-                speaker.participant_id, packet.sequence_number, packet.timestamp, packet.payload, encoding="opus", sample_rate=48000
-            )
-            await self.send(msg.encode(event))
+            frame = audio.opus_out(speaker, data)
+            if frame is not None:
+                await self._send_audio(frame)
 
     async def _pcm_out(self) -> None:
         """Steady 20 ms PCM frames per speaker, through a jitter buffer each."""
+        audio = self._media()
         sink: WsSink = self.peer.sink
-        playout = Playout(sample_rate=self.sample_rate)
-        names: dict[int, str] = {}
-        samples = self.sample_rate // 50
         tick = trio.current_time()
         while True:
             tick += FRAME
@@ -559,28 +496,9 @@ class BotChannel(Channel):
                     speaker, data = sink.queue.get_nowait()
                 except trio.WouldBlock:
                     break
-                try:
-                    playout.push(parse_rtp_untrusted(data), now)
-                except BadPacket:
-                    continue
-                names[speaker.ssrc] = speaker.participant_id
-            for frame in playout.pop(now):
-                seq = self._speaker_seq.get(frame.ssrc, 0)
-                self._speaker_seq[frame.ssrc] = seq + 1
-                timestamp = (seq * samples) & 0xFFFFFFFF
-                concealed = frame.kind is not FrameKind.AUDIO
-                if self.binary_audio:
-                    payload_type = PCM16_CONCEALED_PAYLOAD_TYPE if concealed else PCM16_PAYLOAD_TYPE
-                    header = RTP_HEADER.pack(0x80, payload_type, seq & 0xFFFF, timestamp, frame.ssrc)
-                    await self.send(header + frame.pcm)
-                else:
-                    event = msg.audio_event(
-                        names.get(frame.ssrc, ""), seq, timestamp, frame.pcm, encoding="pcm16", sample_rate=self.sample_rate
-                    )
-                    event["concealed"] = concealed
-                    await self.send(msg.encode(event))
-            if len(self._speaker_seq) > playout.max_speakers * 2:
-                self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
+                audio.pcm_push(speaker, data, now)
+            for frame in audio.pcm_pop(now):
+                await self._send_audio(frame)
 
 
 class HumanChannel(Channel):
@@ -758,4 +676,4 @@ def register_human_signaling(app, state) -> None:
                 await ws.close(connection.close_code or msg.CLOSE_NORMAL, connection.close_reason)
 
 
-__all__ = ["BotChannel", "Connection", "Hub", "register_websocket_routes", "participant_json", "PCM16_PAYLOAD_TYPE"]
+__all__ = ["BotChannel", "Connection", "Hub", "register_websocket_routes", "participant_json"]
