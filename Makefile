@@ -3,10 +3,16 @@
 # idempotent and fast on a second run.
 .PHONY: run test setup
 
+# make run PORT=8081 MEDIA_PORT=40001 picks other ports.
+PORT ?= 8080
+MEDIA_PORT ?= 40000
+
 run:
 	./scripts/setup.sh run
-	.venv/bin/botcall demo
+	.venv/bin/botcall demo --port $(PORT) --media-port $(MEDIA_PORT)
 
 test:
 	./scripts/setup.sh test
+	.venv/bin/lint-imports
+	node --test pwa/tests/
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -11,8 +11,9 @@
   comparison's own niceness like its peers.
 * :class:`Api`: the HTTP API over one keep-alive connection, with attestations
   minted by the dev issuer of the server's data directory.
-* :class:`Bot`: a joined UDP bot with its own socket, latched with a signed
-  STUN Binding request (:func:`latch`). Sockets come connected to the relay
+* :class:`Bot`: a joined UDP bot with its own socket, latched as the SDK does
+  (:func:`latch`): a signed STUN Binding request, an answer to the relay's
+  check of the address, the request again for the success. Sockets come connected to the relay
   (the generator then sends with ``send``); a caller may supply its own.
 * :class:`Browser`: a simulated browser (our DTLS endpoint in the client role,
   SRTP, ICE checks with USE-CANDIDATE) that joined through the human signaling
@@ -61,12 +62,15 @@ from bench.peers.process import CLOCK_TICKS, PinnedProcess, set_priority, wait_r
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.config import Config, RateLimit
 from botcall.errors import BadPacket
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import binding_request, parse_binding_response_untrusted
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 REPO = Path(__file__).resolve().parent.parent
 OFFER_TEMPLATE = REPO / "tests" / "signaling" / "data" / "chrome156_mic.sdp"
+# The captured offer's own ICE credentials: the relay's checks to a browser use them.
+OFFER_UFRAG = re.search(r"a=ice-ufrag:(\S+)", OFFER_TEMPLATE.read_text()).group(1)
+OFFER_PWD = re.search(r"a=ice-pwd:(\S+)", OFFER_TEMPLATE.read_text()).group(1)
 RELAY_CORE = 0
 GENERATOR_CORE = 1
 BENCH_NICE = -20
@@ -85,6 +89,8 @@ HANDSHAKE_TIMEOUT = 10.0
 SIGNALING_TIMEOUT = 10.0
 SIGNALING_CONCURRENCY = 16
 _UNLIMITED = RateLimit(rate=1e6, burst=1_000_000)
+# A bot's own ICE ufrag: its requests carry "<session ufrag>:bench", the relay's checks "bench:<session ufrag>".
+BOT_UFRAG = "bench"
 
 
 def bench_config(data_dir: Path, **overrides: Any) -> Config:
@@ -416,11 +422,22 @@ class Bot:
         """The relay's media address, as the join response gives it."""
         return self.media["host"], int(self.media["port"])
 
+    # After answering the relay's check, send the request again: the relay
+    # answers a bot's request from an unverified address with the check only.
+    retransmit_after_check = True
+
     def binding(self) -> tuple[bytes, bytes]:
         """A fresh signed Binding request and its transaction id."""
         transaction_id = secrets.token_bytes(12)
-        request = binding_request(f"{self.media['ice_ufrag']}:bench", self.media["ice_pwd"], transaction_id=transaction_id)
+        request = binding_request(f"{self.media['ice_ufrag']}:{BOT_UFRAG}", self.media["ice_pwd"], transaction_id=transaction_id)
         return request, transaction_id
+
+    def answer_check(self, data: bytes) -> bytes | None:
+        """The Binding success answering the relay's check, or None if ``data`` is not one for us."""
+        try:
+            return answer_check_untrusted(data, self.relay_addr, username=f"{BOT_UFRAG}:{self.media['ice_ufrag']}", password=self.media["ice_pwd"])
+        except BadPacket:
+            return None
 
 
 def connected_socket(relay_addr: tuple[str, int]) -> socket.socket:
@@ -448,9 +465,15 @@ def join_bot(api: Api, agent: str, room_id: str, relay_addr: tuple[str, int], *,
 def latch(endpoints: list, password_of, *, timeout: float = LATCH_TIMEOUT, attempts: int = LATCH_ATTEMPTS) -> None:
     """Prove every endpoint's address with a signed STUN Binding; retry the unanswered.
 
+    The relay checks an address it has not verified with a Binding request of
+    its own; the endpoint answers it (``answer_check``) and, if
+    ``retransmit_after_check`` (a bot, which gets no success until then), sends
+    its request again at once.
+
     Args:
         endpoints: objects with a non-blocking ``sock``, the ``relay_addr`` it
-            sends to, and ``binding()``.
+            sends to, ``binding()``, ``answer_check(data)`` and
+            ``retransmit_after_check``.
         password_of: the relay's ICE password for an endpoint (checks the response).
 
     Raises:
@@ -458,11 +481,11 @@ def latch(endpoints: list, password_of, *, timeout: float = LATCH_TIMEOUT, attem
     """
     pending = list(endpoints)
     for _ in range(attempts):
-        waiting: dict[int, tuple[Any, bytes]] = {}
+        waiting: dict[int, tuple[Any, bytes, bytes]] = {}
         for endpoint in pending:
             request, transaction_id = endpoint.binding()
             endpoint.sock.sendto(request, endpoint.relay_addr)
-            waiting[endpoint.sock.fileno()] = (endpoint, transaction_id)
+            waiting[endpoint.sock.fileno()] = (endpoint, request, transaction_id)
         poller = select.epoll()
         for fd in waiting:
             poller.register(fd, select.EPOLLIN)
@@ -471,10 +494,19 @@ def latch(endpoints: list, password_of, *, timeout: float = LATCH_TIMEOUT, attem
         try:
             while len(answered) < len(waiting) and time.monotonic() < deadline:
                 for fd, _ in poller.poll(max(0.0, deadline - time.monotonic())):
-                    endpoint, transaction_id = waiting[fd]
+                    if fd in answered:
+                        continue
+                    endpoint, request, transaction_id = waiting[fd]
                     try:
                         data = endpoint.sock.recv(2048)
                     except BlockingIOError:
+                        continue
+                    if data[:2] == b"\x00\x01":  # a Binding request: the relay checks our address
+                        answer = endpoint.answer_check(data)
+                        if answer is not None:
+                            endpoint.sock.sendto(answer, endpoint.relay_addr)
+                            if endpoint.retransmit_after_check:
+                                endpoint.sock.sendto(request, endpoint.relay_addr)
                         continue
                     try:
                         parse_binding_response_untrusted(data, password_of(endpoint), transaction_id)
@@ -554,6 +586,8 @@ class Browser:
     # What the browser sends with (the offer's a=ssrc); the relay rewrites it.
     send_ssrc: int = 1951877580
     tie_breaker: int = field(default_factory=lambda: secrets.randbits(64))
+    # The relay's success follows its check: no need to ask again.
+    retransmit_after_check = False
 
     def __post_init__(self) -> None:
         self.out_ssrc = int(_sdp_value(self.answer, r"a=ssrc:(\d+) cname"))
@@ -565,7 +599,7 @@ class Browser:
         """A Chrome-shaped ICE check with USE-CANDIDATE (the relay is ICE-lite)."""
         transaction_id = secrets.token_bytes(12)
         request = binding_request(
-            f"{self.relay_ufrag}:Lvk6",
+            f"{self.relay_ufrag}:{OFFER_UFRAG}",
             self.relay_pwd,
             transaction_id=transaction_id,
             use_candidate=True,
@@ -574,6 +608,13 @@ class Browser:
             tie_breaker=self.tie_breaker,
         )
         return request, transaction_id
+
+    def answer_check(self, data: bytes) -> bytes | None:
+        """Answer the relay's check as a conforming ICE agent: signed with the offer's own ice-pwd."""
+        try:
+            return answer_check_untrusted(data, self.relay_addr, username=f"{OFFER_UFRAG}:{self.relay_ufrag}", password=OFFER_PWD)
+        except BadPacket:
+            return None
 
     def handshake(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
         """Run the DTLS handshake with the relay over the socket; then make the SRTP context.

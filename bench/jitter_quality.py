@@ -24,7 +24,7 @@ not counted.
 
 Columns:
 
-* ``adaptive``: ``botcall.rtp.jitter.JitterBuffer`` with default settings:
+* ``adaptive``: ``botcall.audio.jitter.JitterBuffer`` with default settings:
   mean delay over played frames and late loss;
 * ``fixed 60``: a buffer playing every frame at a fixed 60 ms (rounded up to
   the consumer's 20 ms tick grid, so its delay prints as 60-80 ms);
@@ -55,8 +55,8 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable (botcall, tests.netsim).
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from botcall.rtp.jitter import FrameKind, JitterBuffer  # noqa: E402
-from botcall.rtp.packet import RtpPacket  # noqa: E402
+from botcall.audio.jitter import FrameKind, JitterBuffer  # noqa: E402
+from botcall.wire.rtp import RtpPacket  # noqa: E402
 from tests.netsim import Jitter, NetworkProfile, merge_schedule, transmit  # noqa: E402
 
 FRAME = 0.020

@@ -9,7 +9,8 @@ For each variant a fresh server (``bench.common.RelayProcess``, the real
 ``run_server``) is filled step by step, and its resident memory (VmRSS from
 ``/proc/<pid>/status``) is read after each step once it has settled:
 
-* ``bots``: UDP bots joined over HTTP (two per room) and latched with STUN,
+* ``bots``: UDP bots joined over HTTP (two per room) and latched with STUN
+  (their request, the relay's check answered: :func:`bench.common.latch`),
   not sending. Their control WebSockets are not opened (the bench server
   allows that for a day), so this is the session plus its media state.
 * ``bots+ws``: the same, each bot also holding its control WebSocket open, as

@@ -46,17 +46,20 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from botcall.media import MediaService
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import binding_request
-from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
+from botcall.relay.service import MediaService
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.relay.core import MediaRelay
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request
+from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
 
 OFFER_TEMPLATE = Path(__file__).resolve().parent.parent / "tests" / "signaling" / "data" / "chrome156_mic.sdp"
 RTP_HEADER = struct.Struct("!BBHII")
 PAYLOAD = bytes(range(160))
 BROWSER_SEND_SSRC = 1951877580  # the offer's a=ssrc: what Chrome sends with
+# The offer's a=ice-ufrag / a=ice-pwd: the relay's checks to the browser use them.
+OFFER_UFRAG, OFFER_PWD = "Lvk6", "MJmqww8YhsywZZuK2KigpCDG"
+RELAY_ADDR = ("127.0.0.1", 40000)
 DIRECTIONS = ("bot->bot", "bot->browser", "browser->bot")
 FRAME = 0.020
 
@@ -137,9 +140,20 @@ class World:
     def _transmit(self, data: bytes, addr: tuple[str, int]) -> None:
         self.sent.append((data, addr))
 
+    def _answer_checks(self, addr: tuple[str, int], username: str, password: str) -> None:
+        """Answer the relay's checks to ``addr`` (its proof that the address receives)."""
+        checks = [data for data, dest in self.sent if dest == addr and data[:2] == b"\x00\x01"]
+        self.sent.clear()
+        for check in checks:
+            self.relay.handle_datagram(answer_check_untrusted(check, RELAY_ADDR, username=username, password=password), addr, 0.0)
+
     def _add_bot(self, session: Session, addr: tuple[str, int]) -> None:
-        self.media.on_registry_event(SessionAdded(session))
-        self.relay.handle_datagram(binding_request(f"{session.ice_ufrag}:x", session.ice_pwd), addr, 0.0)
+        self.media.add_session(session)
+        request = binding_request(f"{session.ice_ufrag}:bench", session.ice_pwd)
+        self.sent.clear()
+        self.relay.handle_datagram(request, addr, 0.0)
+        self._answer_checks(addr, f"bench:{session.ice_ufrag}", session.ice_pwd)
+        self.relay.handle_datagram(request, addr, 0.0)
 
     def _add_browser(self, session: Session, offer: str, certificate: DtlsCertificate, addr) -> SrtpContext:
         answer = self.media.add_browser(session, offer)
@@ -147,7 +161,9 @@ class World:
         check = binding_request(
             f"{session.ice_ufrag}:Lvk6", session.ice_pwd, use_candidate=True, controlling=True, priority=2130706431
         )
+        self.sent.clear()
         self.relay.handle_datagram(check, addr, 0.0)
+        self._answer_checks(addr, f"{OFFER_UFRAG}:{session.ice_ufrag}", OFFER_PWD)
         dtls = DtlsEndpoint(role="client", certificate=certificate, remote_fingerprint=fingerprint)
         flights = dtls.start(0.0)
         while flights:

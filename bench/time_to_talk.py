@@ -14,7 +14,8 @@ speaker does what every UDP bot must:
 
 1. ``join``: ``POST /v1/join`` on a new TCP connection;
 2. ``ws``: open the ``websocket_url`` and read the ``welcome`` event;
-3. ``latch``: a signed STUN Binding request until the Binding success
+3. ``latch``: a signed STUN Binding request, the relay's check of the
+   address answered, the request again, until the Binding success
    (retransmitted after 50 ms, 100 ms... as the SDK does);
 4. ``rtp``: send one Opus RTP packet, which the listener receives.
 
@@ -57,7 +58,7 @@ from bench.common import (
 )
 from bench.loadgen import pin_to_core
 from botcall.errors import BadPacket
-from botcall.rtp.stun import binding_request, parse_binding_response_untrusted
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 PHASES = ("join", "ws", "latch", "rtp")
 STEP_TIMEOUT = 10.0
@@ -134,7 +135,11 @@ async def wait_for_rtp(sock: socket.socket, ssrc: int) -> None:
 
 
 async def latch_by_hand(sock, relay_addr, media: dict) -> None:
-    """STUN Binding with retransmission until the relay's signed success."""
+    """STUN Binding with retransmission until the relay's signed success.
+
+    The relay first checks our address with a Binding request of its own; we
+    answer it and send our request again at once (as the SDK does).
+    """
     transaction_id = secrets.token_bytes(12)
     request = binding_request(f"{media['ice_ufrag']}:ttt", media["ice_pwd"], transaction_id=transaction_id)
     interval = LATCH_FIRST_RETRANSMIT
@@ -142,7 +147,15 @@ async def latch_by_hand(sock, relay_addr, media: dict) -> None:
         await sock.sendto(request, relay_addr)
         with trio.move_on_after(interval):
             while True:
-                data, _ = await sock.recvfrom(2048)
+                data, source = await sock.recvfrom(2048)
+                if data[:2] == b"\x00\x01":  # the relay's check
+                    try:
+                        answer = answer_check_untrusted(data, source, username=f"ttt:{media['ice_ufrag']}", password=media["ice_pwd"])
+                    except BadPacket:
+                        continue
+                    await sock.sendto(answer, relay_addr)
+                    await sock.sendto(request, relay_addr)
+                    continue
                 try:
                     parse_binding_response_untrusted(data, media["ice_pwd"], transaction_id)
                     return

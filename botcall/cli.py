@@ -15,8 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("botcall.server", "run the BotCall server (HTTP API, signaling, media relay)"),
     "token": ("botcall.auth.token_cli", "print a signed attestation from the local dev issuer"),
     "bot": ("botcall.client.cli", "join a room as a bot: play a WAV, record what it hears"),
-    "demo": ("botcall.demo", "run the server plus a demo bot and print the invite link"),
-    "media-demo": ("botcall.media_demo", "the media core over a simulated lossy network, offline"),
+    "demo": ("botcall.demo.echo", "run the server plus a demo bot and print the invite link"),
+    "media-demo": ("botcall.demo.media", "the media core over a simulated lossy network, offline"),
 }
 
 

@@ -11,6 +11,7 @@ Times are seconds. Rates are tokens per second with a burst size (see
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -105,7 +106,8 @@ class Config:
     audience: str = "botcall"
     issuers: tuple[IssuerConfig, ...] = ()
     algorithms: tuple[str, ...] = ("EdDSA", "ES256")
-    dev_issuer: bool = True
+    # None = on exactly when no issuer is configured; True/False force it.
+    dev_issuer: bool | None = None
     dev_issuer_name: str = "botcall-dev"
     leeway_s: float = 30.0
     max_token_lifetime_s: float = 3600.0
@@ -141,6 +143,37 @@ class Config:
     rate_limit_table_max: int = 10_000
     max_body_bytes: int = 16 * 1024
 
+    # --- connection budgets (docs/security.md) ------------------------------------------
+    # Open HTTP/WebSocket connections at once, server-wide. Also kept below the
+    # open-file limit (RLIMIT_NOFILE, raised to its hard limit at start) minus
+    # fd_reserve, so the process never runs out of descriptors for its own use.
+    max_connections: int = 10_000
+    fd_reserve: int = 256
+    # Open connections at once from one client address (trusted proxies exempt).
+    max_connections_per_ip: int = 64
+    # WebSockets at once per client address as the app sees it (behind a
+    # trusted proxy: the forwarded address).
+    max_websockets_per_ip: int = 32
+    # Browsers in a room's lobby (signaling sockets without a session) at once.
+    max_lobby_sockets_per_room: int = 32
+    # A request's headers must arrive within this long of its first byte.
+    header_timeout_s: float = 10.0
+    # A request body must arrive within this long of the headers.
+    body_timeout_s: float = 30.0
+    # Idle keep-alive connections are closed after this long.
+    keep_alive_timeout_s: float = 5.0
+    # Every WebSocket message (text or binary) is at most this large; larger ends
+    # the socket with close code 1009.
+    ws_max_message_bytes: int = 128 * 1024
+    # Control, chat and ping messages per WebSocket.
+    ws_message_limit: RateLimit = RateLimit(rate=20.0, burst=40)
+    # HTTP/2 (h2 over TLS, h2c) is off unless asked for.
+    http2: bool = False
+    # Peers whose X-Forwarded-For / Forwarded headers are believed (CIDRs).
+    trusted_proxies: tuple[str, ...] = ()
+    # On SIGTERM/SIGINT: how long clients get to hear room_closed and go.
+    shutdown_grace_s: float = 5.0
+
     def __post_init__(self) -> None:
         for name in ("http_port", "media_port"):
             port = getattr(self, name)
@@ -160,10 +193,10 @@ class Config:
                 f"algorithms must be a non-empty subset of {sorted(ASYMMETRIC_ALGORITHMS)}; "
                 f"refused {sorted(unknown)}"
             )
-        if self.dev_issuer and "EdDSA" not in self.algorithms:
+        if self.dev_issuer_enabled and "EdDSA" not in self.algorithms:
             raise ConfigError("the dev issuer signs with EdDSA; allow it or turn the dev issuer off")
         names = [i.issuer for i in self.issuers]
-        if self.dev_issuer:
+        if self.dev_issuer_enabled:
             names.append(self.dev_issuer_name)
         if len(set(names)) != len(names) or not all(names):
             raise ConfigError(f"issuer names must be non-empty and distinct: {names}")
@@ -178,6 +211,9 @@ class Config:
             "closed_rooms_remembered", "closed_rooms_remembered_s", "max_display_name_chars",
             "rate_limit_table_max", "max_body_bytes", "media_consent_timeout_s",
             "max_dtls_handshakes", "media_max_packets_per_second", "ws_connect_grace_s",
+            "max_connections", "fd_reserve", "max_connections_per_ip", "max_websockets_per_ip",
+            "max_lobby_sockets_per_room", "header_timeout_s", "body_timeout_s",
+            "keep_alive_timeout_s", "ws_max_message_bytes", "shutdown_grace_s",
         )
         for name in positive:
             value = getattr(self, name)
@@ -187,6 +223,24 @@ class Config:
             raise ConfigError("room_default_expires_in exceeds room_max_expires_in")
         if self.room_default_max_humans > self.room_max_humans:
             raise ConfigError("room_default_max_humans exceeds room_max_humans")
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"trusted proxy {cidr!r} is not an address or CIDR: {exc}") from None
+
+    @property
+    def dev_issuer_enabled(self) -> bool:
+        """Whether the local dev issuer is trusted: as configured, else only when
+        no other issuer is (a production set-up never trusts it by accident)."""
+        if self.dev_issuer is None:
+            return not self.issuers
+        return self.dev_issuer
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed."""
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
 
     @property
     def advertised_media_host(self) -> str:

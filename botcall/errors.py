@@ -22,6 +22,14 @@ class ConfigError(BotCallError, ValueError):
     """A configuration value that cannot work (bad port, unknown algorithm...)."""
 
 
+class StartupError(BotCallError):
+    """The server cannot start: a port in use, an unwritable data directory.
+
+    The message names the port or path and the flag that changes it; the
+    command line prints it as one line and exits non-zero.
+    """
+
+
 class JwksError(BotCallError):
     """A JWKS we cannot use: unreadable, malformed, too big, or carrying private keys."""
 
@@ -147,11 +155,6 @@ class ServiceUnavailable(ApiError):
 
     status = 503
     code = "server_full"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "body_too_large"
 
 
 class RateLimited(ApiError):

@@ -50,10 +50,17 @@ class Metrics:
 
         ``botcall_media_events_total{event}`` holds every drop reason and
         protocol event the relay counts (``unknown_source``, ``wrong_ssrc``,
-        ``stun_binding_success``, ``dtls_connected``...); packet totals and live
-        peers come from the peers themselves.
+        ``stun_binding_success``, ``check_verified``, ``dtls_connected``...);
+        packet totals are the live peers' counts plus those the relay kept
+        from peers that left (a Prometheus counter never goes down), and live
+        peers a gauge.
         """
         self.registry.register(_MediaCollector(relay, udp))
+
+    def attach_http(self, budget, parts) -> None:
+        """Expose the HTTP server's connection budget, contained failures and part
+        restarts, read at scrape time (``signaling/serving.py``, ``server.py``)."""
+        self.registry.register(_HttpCollector(budget, parts))
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
@@ -67,16 +74,47 @@ class _MediaCollector:
 
     def collect(self):
         events = CounterMetricFamily("botcall_media_events", "Relay events and drops, by name.", labels=["event"])
-        for name, value in sorted({**self.relay.counters, **self.udp.counters}.items()):
+        # Summed, not merged: a name both count must not hide one of the two.
+        for name, value in sorted((self.relay.counters + self.udp.counters).items()):
             events.add_metric([name], value)
         yield events
         peers = self.relay.all_peers()
-        received = CounterMetricFamily("botcall_media_received_packets", "RTP packets accepted from live peers.")
-        received.add_metric([], sum(peer.rx_packets for peer in peers))
+        # Peers that left took their counts with them: the relay keeps the sum.
+        received = CounterMetricFamily("botcall_media_received_packets", "RTP packets accepted from peers.")
+        received.add_metric([], self.relay.retired_rx_packets + sum(peer.rx_packets for peer in peers))
         yield received
-        sent = CounterMetricFamily("botcall_media_sent_packets", "RTP packets sent to live peers.")
-        sent.add_metric([], sum(peer.tx_packets for peer in peers))
+        sent = CounterMetricFamily("botcall_media_sent_packets", "RTP packets sent to peers.")
+        sent.add_metric([], self.relay.retired_tx_packets + sum(peer.tx_packets for peer in peers))
         yield sent
         live = GaugeMetricFamily("botcall_media_peers", "Media peers, latched or not.")
         live.add_metric([], len(peers))
         yield live
+
+
+class _HttpCollector:
+    def __init__(self, budget, parts) -> None:
+        self.budget = budget
+        self.parts = parts
+
+    def collect(self):
+        open_ = GaugeMetricFamily("botcall_http_connections", "Open HTTP/WebSocket connections.")
+        open_.add_metric([], self.budget.total)
+        yield open_
+        refused = CounterMetricFamily(
+            "botcall_http_connections_refused", "Connections refused over a budget, by budget.", labels=["budget"]
+        )
+        for name in ("per_ip", "server"):
+            refused.add_metric([name], self.budget.refused[name])
+        yield refused
+        contained = CounterMetricFamily(
+            "botcall_http_connection_failures",
+            "Connections that raised and were closed on their own, by exception type.",
+            labels=["type"],
+        )
+        for name, value in sorted(self.parts.contained.items()):
+            contained.add_metric([name], value)
+        yield contained
+        restarts = CounterMetricFamily("botcall_part_restarts", "Supervised parts restarted after a failure.", labels=["part"])
+        for name in ("http", "media", "housekeeping", "jwks"):
+            restarts.add_metric([name], self.parts.restarts[name])
+        yield restarts

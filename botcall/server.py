@@ -1,41 +1,66 @@
 """``botcall serve``: the one ``trio.run`` and its top nursery.
 
 ``run_server`` binds the HTTP socket itself (so port 0 works and the bound
-port is known before any request), hands it to Hypercorn's trio worker serving
-the quart-trio app, and runs the housekeeping tasks beside it: expiring rooms
-and sessions once a second, re-reading JWKS files when they change, refreshing
-JWKS URLs; and the UDP media transport with its relay (``AppState.media``)
-and the WebSocket hub (``AppState.hub``).
+port is known before any request) and runs three separately supervised parts
+beside each other:
+
+* the media relay: the UDP transport and its ``MediaRelay`` (``AppState.media``);
+* the HTTP/WebSocket server (``signaling/serving.py``): our accept loop with
+  connection budgets around Hypercorn, serving the quart-trio app;
+* housekeeping: expiring rooms and sessions, compacting the replay journal,
+  re-reading JWKS files, refreshing JWKS URLs.
+
+A part that raises is logged once with its cause and restarted after a short
+back-off; the others do not notice (calls keep their media while the HTTP side
+restarts). A part that fails before it has started ends the server: that is a
+configuration problem, reported as one line by the command line.
+
+Graceful shutdown (SIGTERM/SIGINT, or ``shutdown.set()`` for an embedder):
+stop accepting, close every room with reason ``server_shutdown`` (every
+WebSocket hears ``room_closed`` and closes with 1001), wait up to
+``Config.shutdown_grace_s`` for the sockets to close, then return.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
 import logging
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.keys import KeyRing, ensure_dev_issuer
 from botcall.auth.ratelimit import Limiters
+from botcall.auth.replay_journal import ReplayJournal
 from botcall.config import Config, IssuerConfig
-from botcall.errors import ConfigError
+from botcall.errors import ConfigError, JwksError, StartupError
+from botcall.logs import install_redaction
 from botcall.metrics import Metrics
-from botcall.media import MediaService
-from botcall.rtp.dtls import DtlsCertificate
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.transport import UdpTransport, open_udp_socket
+from botcall.relay.service import MediaService
+from botcall.webrtc.dtls import DtlsCertificate
+from botcall.relay.core import MediaRelay
+from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
-from botcall.signaling.rooms import RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
+from botcall.signaling.media_link import media_listener
+from botcall.signaling.rooms import Reason, RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
+from botcall.signaling.serving import (
+    ConnectionBudget,
+    HttpServer,
+    connection_ceiling,
+    hypercorn_config,
+    raise_open_file_limit,
+)
 from botcall.signaling.ws import DISCONNECTED, Hub
 
 log = logging.getLogger("botcall")
@@ -56,9 +81,12 @@ class ServerInfo:
     http_port: int
     base_url: str
     state: AppState
+    parts: "Parts"
 
 
-def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = time.time) -> AppState:
+def build_state(
+    config: Config, *, base_url: str, clock: Callable[[], float] = time.time, persist_replay: bool = True
+) -> AppState:
     """Create the registry, key ring, verifier, limiters and metrics for ``config``.
 
     With the dev issuer on, its key and JWKS are created in ``config.data_dir``
@@ -68,6 +96,8 @@ def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = t
         config: the configuration.
         base_url: the public base URL (see ``Config.base_url``).
         clock: returns Unix time.
+        persist_replay: keep the replay cache in ``<data_dir>/replay-cache.jsonl``
+            so used tokens stay used across restarts.
 
     Returns:
         The state the routes read.
@@ -83,7 +113,7 @@ def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = t
         refresh_interval=config.jwks_refresh_interval_s,
     )
     dev_issuer = None
-    if config.dev_issuer:
+    if config.dev_issuer_enabled:
         dev_issuer, created = ensure_dev_issuer(config.data_dir, config.dev_issuer_name)
         keyring.add_file(config.dev_issuer_name, dev_issuer.jwks_path)
         log.info(
@@ -92,6 +122,13 @@ def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = t
             "created" if created else "existing",
             dev_issuer.key_path,
         )
+        if not _is_loopback(config.http_host):
+            log.warning(
+                "WARNING: the local dev issuer is trusted on %s, which is not a loopback address: anyone who "
+                "can reach this machine's data directory key can mint tokens for any controller. Configure "
+                "--issuer/--jwks for production (the dev issuer is then off unless --dev-issuer is given).",
+                config.http_host,
+            )
     for issuer in config.issuers:
         if issuer.jwks_is_url:
             keyring.add_url(issuer.issuer, issuer.jwks)
@@ -102,6 +139,7 @@ def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = t
         raise ConfigError("; ".join(problems))
 
     registry = RoomRegistry(config)
+    journal = ReplayJournal.in_dir(config.data_dir) if persist_replay else None
     verifier = AttestationVerifier(
         keyring=keyring,
         audience=config.audience,
@@ -109,8 +147,10 @@ def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = t
         leeway=config.leeway_s,
         max_lifetime=config.max_token_lifetime_s,
         max_token_bytes=config.max_token_bytes,
-        replay_cache=ReplayCache(config.replay_cache_max),
+        replay_cache=ReplayCache(config.replay_cache_max, journal=journal),
     )
+    if journal is not None:
+        verifier.replay_cache.restore(journal.load(clock()))
     metrics = Metrics(live_rooms=lambda: registry.live_rooms, live_sessions=lambda: registry.live_sessions)
 
     def count_closed(event: RegistryEvent) -> None:
@@ -130,6 +170,7 @@ def build_state(config: Config, *, base_url: str, clock: Callable[[], float] = t
         media_port=config.media_port,
         clock=clock,
         dev_issuer=dev_issuer,
+        trusted_proxies=config.trusted_proxy_networks,
     )
 
 
@@ -148,7 +189,11 @@ def housekeep(state: AppState) -> tuple[list[RegistryEvent], list[str]]:
             removed = state.registry.leave(session_id, DISCONNECTED, now=now)
             if removed is not None:
                 events.append(SessionRemoved(removed, DISCONNECTED))
-    state.verifier.replay_cache.prune(now)
+    cache = state.verifier.replay_cache
+    cache.prune(now)
+    journal = cache.journal
+    if isinstance(journal, ReplayJournal) and journal.needs_compaction(len(cache)):
+        journal.compact(cache.entries())
     state.limiters.prune(now)
     return events, state.keyring.reload_files()
 
@@ -180,17 +225,44 @@ async def _jwks_refresh_loop(state: AppState, interval: float) -> None:
 
 
 def _bind_http(host: str, port: int) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    """Bind the HTTP socket.
+
+    Raises:
+        StartupError: the address cannot be bound (in use, not local, not allowed).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve the HTTP host {host!r} ({exc.strerror}); change it with --host") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise StartupError(_bind_problem("HTTP", host, port, exc, "--port (make run PORT=...)")) from None
     return sock
+
+
+def _bind_problem(what: str, host: str, port: int, exc: OSError, flag: str) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{what} port {port} on {host} is already in use; choose another with {flag}"
+    if exc.errno == errno.EACCES:
+        return f"{what} port {port} on {host} needs privileges this process lacks; choose another with {flag}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{what} address {host} is not an address of this machine; change it ({flag})"
+    return f"cannot bind the {what} socket to {host} port {port}: {exc.strerror or exc}; see {flag}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def attach_media(state: AppState, udp: UdpTransport) -> None:
@@ -217,9 +289,14 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         host=_ip_literal(state.media_host),
         port=state.media_port,
     )
-    state.media.udp = udp
-    state.hub = Hub(state.clock, max_connections=config.max_sessions_total, connect_grace=config.ws_connect_grace_s)
-    state.registry.add_listener(state.media.on_registry_event)
+    state.hub = Hub(
+        state.clock,
+        max_connections=config.max_sessions_total,
+        connect_grace=config.ws_connect_grace_s,
+        max_per_ip=config.max_websockets_per_ip,
+        max_lobby_per_room=config.max_lobby_sockets_per_room,
+    )
+    state.registry.add_listener(media_listener(state.media))
     state.registry.add_listener(state.hub.on_registry_event)
     hub = state.hub
 
@@ -241,62 +318,207 @@ def _ip_literal(host: str) -> str:
     return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
 
 
+# --- supervision -----------------------------------------------------------------------------
+
+RESTART_DELAY_MIN = 0.1
+RESTART_DELAY_MAX = 5.0
+
+
+class _StartedOnce:
+    """A task status that forwards only the first ``started`` (restarts reuse it)."""
+
+    def __init__(self, status: Any) -> None:
+        self._status = status
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self._status.started(value)
+
+
+@dataclass(eq=False)
+class Parts:
+    """The supervised parts of a running server, and how often each was restarted.
+
+    Attributes:
+        http: the HTTP server now running (replaced on restart).
+        restarts: restarts by part name (``http``, ``media``, ``housekeeping``…).
+        contained: HTTP connections that raised and were closed alone, by type.
+    """
+
+    http: HttpServer | None = None
+    restarts: Counter[str] = field(default_factory=Counter)
+    contained: Counter[str] = field(default_factory=Counter)
+
+
+async def supervise(
+    name: str,
+    part: Callable[..., Awaitable[None]],
+    parts: Parts,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``part(task_status=...)``, restarting it whenever it raises.
+
+    A failure before the part reported ``started`` is not retried: it
+    propagates (a start-up problem such as a configuration error). Later
+    failures are logged with their cause and the part is started again after a
+    back-off of 0.1 s doubling to 5 s; cancellation is never caught.
+
+    Args:
+        name: the part's name in logs and ``parts.restarts``.
+        part: the part; it must call ``task_status.started()`` once running.
+        parts: where restarts are counted.
+    """
+    status = _StartedOnce(task_status)
+    delay = RESTART_DELAY_MIN
+    while True:
+        try:
+            await part(task_status=status)
+            return
+        except Exception as exc:
+            if not status.done:
+                raise
+            parts.restarts[name] += 1
+            log.error(
+                "the %s part failed (%s: %s); restarting it in %.1f s — other parts and calls go on",
+                name, type(exc).__name__, exc, delay, exc_info=exc,
+            )
+        await trio.sleep(delay)
+        delay = min(delay * 2, RESTART_DELAY_MAX)
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
 async def run_server(
     config: Config,
     *,
     clock: Callable[[], float] = time.time,
     housekeeping_interval: float = 1.0,
+    shutdown: trio.Event | None = None,
+    persist_replay: bool = True,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled.
+    """Serve until cancelled, or until ``shutdown`` is set (then drain and return).
 
     Args:
         config: the configuration (``http_port=0`` picks a free port).
         clock: Unix time source for the registry and verifier.
         housekeeping_interval: seconds between housekeeping passes.
+        shutdown: set it to shut down gracefully (see the module docstring).
+        persist_replay: keep the replay cache in the data directory.
         task_status: receives a ``ServerInfo`` once the socket accepts connections.
 
     Raises:
-        OSError: the HTTP socket cannot be bound.
+        StartupError: a socket cannot be bound or the data directory cannot be written.
         ConfigError: see ``build_state``.
     """
+    open_files = raise_open_file_limit()
     sock = _bind_http(config.http_host, config.http_port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    base_url = config.base_url(bound_port)
+    journal: ReplayJournal | None = None
     try:
-        state = build_state(config, base_url=base_url, clock=clock)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        udp = UdpTransport(open_udp_socket(config.media_host, config.media_port))
-    except BaseException:
-        sock.close()
-        raise
-    attach_media(state, udp)
-    app = create_app(state)
-
-    hypercorn_config = HypercornConfig()
-    # Hypercorn adopts the descriptor (and closes it); we keep no handle on it.
-    hypercorn_config.bind = [f"fd://{sock.detach()}"]
-    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
-    hypercorn_config.accesslog = None
-
-    host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
-    http_url = f"http://{host_in_url}:{bound_port}"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(udp.run, state.media.relay)
-        await nursery.start(serve, app, hypercorn_config)
-        nursery.start_soon(_housekeeping_loop, state, housekeeping_interval)
-        nursery.start_soon(_jwks_refresh_loop, state, housekeeping_interval)
-        log.info(
-            "listening on %s (public URL %s); media advertised at udp %s:%d",
-            http_url,
-            base_url,
-            state.media_host,
-            state.media_port,
+        bound_host, bound_port = sock.getsockname()[:2]
+        base_url = config.base_url(bound_port)
+        try:
+            state = build_state(config, base_url=base_url, clock=clock, persist_replay=persist_replay)
+        except (OSError, JwksError) as exc:
+            where = getattr(exc, "filename", None) or config.data_dir
+            raise StartupError(
+                f"cannot use the data directory {where}: {getattr(exc, 'strerror', None) or exc}; "
+                "choose another with --data-dir (or $BOTCALL_DATA_DIR)"
+            ) from None
+        try:
+            udp_sock = open_udp_socket(config.media_host, config.media_port)
+        except OSError as exc:
+            raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)")) from None
+        cached = state.verifier.replay_cache.journal
+        journal = cached if isinstance(cached, ReplayJournal) else None
+        udp = UdpTransport(udp_sock)
+        attach_media(state, udp)
+        app = create_app(state)
+        budget = ConnectionBudget(
+            max_total=connection_ceiling(config.max_connections, open_files, config.fd_reserve),
+            max_per_ip=config.max_connections_per_ip,
+            exempt=state.trusted_proxies,
         )
-        task_status.started(ServerInfo(http_url=http_url, http_port=bound_port, base_url=base_url, state=state))
+        parts = Parts()
+        state.metrics.attach_http(budget, parts)
+        host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
+        http_url = f"http://{host_in_url}:{bound_port}"
+
+        async def http_part(*, task_status: Any) -> None:
+            # A fresh server (and a dup of the listening socket) on every
+            # (re)start: the socket itself stays open and bound across restarts.
+            server = HttpServer(
+                app,
+                sock.dup(),
+                hypercorn_config(
+                    keep_alive_timeout=config.keep_alive_timeout_s,
+                    ws_max_message_bytes=config.ws_max_message_bytes,
+                    allow_http2=config.http2,
+                    graceful_timeout=config.shutdown_grace_s,
+                ),
+                budget,
+                header_timeout=config.header_timeout_s,
+                body_timeout=config.body_timeout_s,
+                allow_http2=config.http2,
+                contained=parts.contained,
+            )
+            parts.http = server
+            await server.run(task_status=task_status)
+
+        async def media_part(*, task_status: Any) -> None:
+            await udp.run(state.media.relay, task_status=task_status)
+
+        async def housekeeping_part(*, task_status: Any) -> None:
+            task_status.started()
+            await _housekeeping_loop(state, housekeeping_interval)
+
+        async def jwks_part(*, task_status: Any) -> None:
+            task_status.started()
+            await _jwks_refresh_loop(state, housekeeping_interval)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervise, "media", media_part, parts)
+            await nursery.start(supervise, "http", http_part, parts)
+            await nursery.start(supervise, "housekeeping", housekeeping_part, parts)
+            await nursery.start(supervise, "jwks", jwks_part, parts)
+            log.info(
+                "listening on %s (public URL %s); media advertised at udp %s:%d",
+                http_url,
+                base_url,
+                state.media_host,
+                state.media_port,
+            )
+            task_status.started(ServerInfo(http_url=http_url, http_port=bound_port, base_url=base_url, state=state, parts=parts))
+            if shutdown is None:
+                await trio.sleep_forever()
+            await shutdown.wait()
+            await drain(state, parts, config.shutdown_grace_s)
+            nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+        if journal is not None:
+            journal.close()
+
+
+async def drain(state: AppState, parts: Parts, grace: float) -> None:
+    """Graceful shutdown: stop accepting, close every room with ``server_shutdown``
+    (each WebSocket hears ``room_closed`` and closes with 1001), and wait up to
+    ``grace`` seconds for the sockets to close."""
+    if parts.http is not None:
+        await parts.http.stop_accepting()
+    now = state.clock()
+    rooms = [room.room_id for room in state.registry.rooms()]
+    for room_id in rooms:
+        state.registry.close_room(room_id, Reason.SHUTDOWN, now=now)
+    log.info("shutting down: closed %d room(s); waiting up to %g s for clients to go", len(rooms), grace)
+    with trio.move_on_after(grace) as waited:
+        await state.hub.wait_all_closed()
+    if waited.cancelled_caught:
+        log.info("shutting down: %d WebSocket(s) still open after %g s; closing them", state.hub.connection_count, grace)
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -305,17 +527,39 @@ async def run_server(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``botcall serve`` (defaults come from ``Config``)."""
     defaults = Config.__dataclass_fields__
-    parser.add_argument("--host", default=defaults["http_host"].default, help="HTTP bind address (default %(default)s)")
-    parser.add_argument("--port", type=int, default=defaults["http_port"].default, help="HTTP port, 0 = any free (default %(default)s)")
-    parser.add_argument("--media-host", default=defaults["media_host"].default, help="UDP media bind address (default %(default)s)")
-    parser.add_argument("--media-port", type=int, default=defaults["media_port"].default, help="UDP media port (default %(default)s)")
+
+    def default(name: str) -> Any:
+        return defaults[name].default
+
+    parser.add_argument("--host", default=default("http_host"), help="HTTP bind address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=default("http_port"), help="HTTP port, 0 = any free (default %(default)s)")
+    parser.add_argument("--media-host", default=default("media_host"), help="UDP media bind address (default %(default)s)")
+    parser.add_argument("--media-port", type=int, default=default("media_port"), help="UDP media port (default %(default)s)")
     parser.add_argument("--media-advertised-host", default=None, help="host bots are told to send media to (default: --media-host)")
     parser.add_argument("--public-url", default=None, help="base of invite and WebSocket URLs (default: http://HOST:PORT)")
     parser.add_argument("--issuer", action="append", default=[], metavar="ISS", help="a trusted issuer (exact iss); pair each with --jwks")
     parser.add_argument("--jwks", action="append", default=[], metavar="URL_OR_FILE", help="the JWKS of the matching --issuer")
-    parser.add_argument("--audience", default=defaults["audience"].default, help="the aud attestations must name (default %(default)s)")
-    parser.add_argument("--no-dev-issuer", action="store_true", help="do not create or trust the local dev issuer")
-    parser.add_argument("--data-dir", type=Path, default=None, help="where the dev issuer key lives (default $BOTCALL_DATA_DIR or ~/.local/share/botcall)")
+    parser.add_argument("--audience", default=default("audience"), help="the aud attestations must name (default %(default)s)")
+    dev = parser.add_mutually_exclusive_group()
+    dev.add_argument("--dev-issuer", dest="dev_issuer", action="store_const", const=True, default=None,
+                     help="trust the local dev issuer even with --issuer (default: only when no issuer is given)")
+    dev.add_argument("--no-dev-issuer", dest="dev_issuer", action="store_const", const=False,
+                     help="never create or trust the local dev issuer")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="dev issuer key and replay cache (default $BOTCALL_DATA_DIR or ~/.local/share/botcall)")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                        help="believe X-Forwarded-For/Forwarded from these addresses (repeatable)")
+    parser.add_argument("--max-connections", type=int, default=default("max_connections"),
+                        help="open HTTP/WebSocket connections at once (default %(default)s; kept below the open-file limit)")
+    parser.add_argument("--max-connections-per-ip", type=int, default=default("max_connections_per_ip"),
+                        help="open connections at once from one address (default %(default)s)")
+    parser.add_argument("--header-timeout", type=float, default=default("header_timeout_s"),
+                        help="seconds for a request's headers to arrive (default %(default)s)")
+    parser.add_argument("--body-timeout", type=float, default=default("body_timeout_s"),
+                        help="seconds for a request body to arrive (default %(default)s)")
+    parser.add_argument("--http2", action="store_true", help="allow HTTP/2 (h2 over TLS, h2c); off by default")
+    parser.add_argument("--shutdown-grace", type=float, default=default("shutdown_grace_s"),
+                        help="seconds clients get to close on SIGTERM (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -335,42 +579,67 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "media_advertised_host": args.media_advertised_host,
         "public_url": args.public_url,
         "audience": args.audience,
-        "dev_issuer": not args.no_dev_issuer,
+        "dev_issuer": args.dev_issuer,
         "issuers": tuple(IssuerConfig(issuer=i, jwks=j) for i, j in zip(args.issuer, args.jwks)),
+        "trusted_proxies": tuple(args.trusted_proxy),
+        "max_connections": args.max_connections,
+        "max_connections_per_ip": args.max_connections_per_ip,
+        "header_timeout_s": args.header_timeout,
+        "body_timeout_s": args.body_timeout,
+        "http2": args.http2,
+        "shutdown_grace_s": args.shutdown_grace,
     }
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     return Config(**overrides)
 
 
-async def _serve_until_signalled(config: Config) -> None:
+async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
+    """``run_server`` until SIGINT or SIGTERM: the first signal drains gracefully,
+    a second one stops at once."""
+    shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_server, config)
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if not shutdown.is_set():
+                        log.info("received %s: shutting down (again to stop at once)", signal.Signals(signum).name)
+                        shutdown.set()
+                    else:
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            await run_server(config, shutdown=shutdown, **kwargs)
+            nursery.cancel_scope.cancel()
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``botcall serve``."""
-    logging.basicConfig(level=args.log_level, format="botcall: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_level)
     try:
         config = config_from_args(args)
-        if not config.issuers and not config.dev_issuer:
+        if not config.issuers and not config.dev_issuer_enabled:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")
-        trio.run(_serve_until_signalled, config)
-    except (ConfigError, OSError, BaseExceptionGroup) as exc:
-        cause = _sole_cause(exc)
-        if not isinstance(cause, (ConfigError, OSError)):
+        trio.run(serve_until_signalled, config)
+    except (ConfigError, StartupError, BaseExceptionGroup) as exc:
+        cause = sole_cause(exc)
+        if not isinstance(cause, (ConfigError, StartupError)):
             raise
         print(f"botcall serve: {cause}", file=sys.stderr)
         return 2 if isinstance(cause, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
-def _sole_cause(exc: BaseException) -> BaseException:
+def configure_logging(level: str) -> None:
+    """Log lines to stderr, with every credential pattern redacted."""
+    logging.basicConfig(level=level, format="botcall: %(message)s", stream=sys.stderr)
+    install_redaction()
+
+
+def sole_cause(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups (or ``exc`` itself)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]

@@ -20,13 +20,15 @@ apt_install() {
 }
 
 # System libraries. libopus for the codec everywhere; Chromium only for the
-# browser end-to-end tests; ffmpeg as an independent Opus/RTP peer in tests.
+# browser end-to-end tests; ffmpeg as an independent Opus/RTP peer in tests;
+# Node.js for the PWA's unit tests (node --test, no npm packages).
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "$purpose" = "test" ]; then
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 

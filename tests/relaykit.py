@@ -1,8 +1,11 @@
-"""A relay driven by hand in tests: a wire that records what it sends, bots, latching, RTP."""
+"""A relay driven by hand in tests: a wire that records what it sends, bots, latching and RTP."""
 
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.relay import MediaPeer, UdpSink
-from botcall.rtp.stun import binding_request
+from botcall.errors import BadPacket
+from botcall.wire.rtp import RtpPacket
+from botcall.relay.core import MediaPeer, UdpSink
+from botcall.wire.stun import answer_check_untrusted, binding_request
+
+BOT_UFRAG = "botufrag"
 
 
 class Wire:
@@ -35,9 +38,42 @@ def make_bot(relay, wire, name, ssrc, room="room-1"):
     return relay.add_peer(peer)
 
 
-def latch(relay, wire, peer, addr, now=0.0, password=None):
-    request = binding_request(f"{peer.ice_ufrag}:bot", password or peer.ice_pwd)
+def is_check(data):
+    """A Binding request (the relay's check), as opposed to a response or media."""
+    return data[:2] == b"\x00\x01"
+
+
+def answer_checks(relay, wire, peer, addr, now, *, since=0, bot_ufrag=BOT_UFRAG, answer_from=None):
+    """Answer, as the bot at ``addr`` does, the relay's checks sent there (from ``wire.sent[since:]``).
+
+    Returns:
+        How many checks were answered.
+    """
+    answered = 0
+    for data, dest in list(wire.sent[since:]):
+        if dest != addr or not is_check(data):
+            continue
+        try:
+            answer = answer_check_untrusted(data, ("192.0.2.99", 3478), username=f"{bot_ufrag}:{peer.ice_ufrag}", password=peer.ice_pwd)
+        except BadPacket:
+            continue
+        relay.handle_datagram(answer, answer_from or addr, now)
+        answered += 1
+    return answered
+
+
+def latch(relay, wire, peer, addr, now=0.0, password=None, bot_ufrag=BOT_UFRAG):
+    """Latch as the SDK does: a Binding request; if the relay checks the address,
+    answer the check and retransmit the request (which then gets the success).
+
+    Returns:
+        The request.
+    """
+    request = binding_request(f"{peer.ice_ufrag}:{bot_ufrag}", password or peer.ice_pwd)
+    since = len(wire.sent)
     relay.handle_datagram(request, addr, now)
+    if answer_checks(relay, wire, peer, addr, now, since=since, bot_ufrag=bot_ufrag):
+        relay.handle_datagram(request, addr, now)
     return request
 
 

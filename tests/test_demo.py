@@ -1,7 +1,7 @@
 """``botcall demo``: the echo bot, and the whole thing run with its self-test."""
 
-from botcall.audio import tone
-from botcall.demo import EchoTurn, chime, run_demo
+from botcall.audio.pcm import tone
+from botcall.demo.echo import EchoTurn, chime, run_demo
 from tests.serverutil import make_config
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from botcall import audio, cli
-from botcall.media_demo import (
+from botcall import cli
+from botcall.audio import pcm as audio
+from botcall.demo.media import (
     Arrival,
     NetworkConditions,
     packetize,
@@ -14,9 +15,9 @@ from botcall.media_demo import (
     run_demo,
     simulate_network,
 )
-from botcall.rtp.jitter import JitterBuffer
-from botcall.rtp.opus import OpusDecoder, OpusEncoder
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
+from botcall.audio.jitter import JitterBuffer
+from botcall.audio.opus import OpusDecoder, OpusEncoder
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 
 
 def test_cli_demo_plays_the_tone_it_sent(tmp_path, capsys):

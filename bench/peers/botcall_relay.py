@@ -16,9 +16,11 @@ benchmarks, and why:
 
 Set-up goes through the public interfaces, as a bot or a browser would:
 ``POST /v1/join`` with a dev-issuer attestation and a STUN Binding request to
-latch (a bot); the human signaling WebSocket, a Chrome-shaped ICE check with
-USE-CANDIDATE and a DTLS 1.2 handshake in the client role (a browser-style
-subscriber, :class:`~bench.common.Browser`).
+latch, answering the relay's check of the address (a bot); the human signaling
+WebSocket, a Chrome-shaped ICE check with USE-CANDIDATE, the answer to the
+relay's check (signed with the offer's ice-pwd, as a browser does) and a DTLS
+1.2 handshake in the client role (a browser-style subscriber,
+:class:`~bench.common.Browser`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from bench.common import Api, Bot, Browser, RelayProcess, bot_pairs, join_bot, join_browsers, latch_bots
 from bench.peers.process import Harness
-from botcall.rtp.dtls import DtlsCertificate
+from botcall.webrtc.dtls import DtlsCertificate
 
 # A whole benchmark run fits well inside this; latched addresses must survive it.
 BENCH_IDLE_S = 24 * 3600.0

@@ -287,10 +287,18 @@ class PinnedProcess:
         stdout = self.popen.stdout if self.popen is not None else None
         if stdout is None:
             raise HarnessError(f"{self.name} has no output pipe")
-        line = stdout.readline() if wait_readable(stdout, timeout) else b""
+        if not wait_readable(stdout, timeout):
+            raise HarnessError(f"{self.name} said nothing for {timeout} s{self.log_tail()}")
+        line = stdout.readline()
         if not line:
-            state = "exited" if not self.alive() else f"said nothing for {timeout} s"
-            raise HarnessError(f"{self.name} {state}{self.log_tail()}")
+            # End of file: the process closed its stdout, which it does as it
+            # exits. Wait for the exit itself (a busy machine may take a while to
+            # reap it) instead of racing poll() against it.
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise HarnessError(f"{self.name} closed its output but is still running{self.log_tail()}") from None
+            raise HarnessError(f"{self.name} exited{self.log_tail()}")
         return line
 
     def stop(self) -> None:

@@ -22,8 +22,9 @@ import heapq
 import json
 import math
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -161,12 +162,29 @@ class ReplayCache:
 
     Args:
         max_entries: the hard cap.
+        journal: where each recorded entry is also written (``ReplayJournal``),
+            so a restart remembers it; None keeps the cache in memory only.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, journal: Journal | None = None) -> None:
         self.max_entries = max_entries
+        self.journal = journal
         self._until: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[float, tuple[str, str]]] = []
+
+    def entries(self) -> Iterator[tuple[str, str, float]]:
+        """Every remembered ``(issuer, jti, until)``."""
+        for (issuer, jti), until in self._until.items():
+            yield issuer, jti, until
+
+    def restore(self, entries: Iterable[tuple[str, str, float]]) -> None:
+        """Remember entries read back from the journal (not written to it again)."""
+        for issuer, jti, until in entries:
+            if len(self._until) >= self.max_entries:
+                break
+            key = (issuer, jti)
+            self._until[key] = until
+            heapq.heappush(self._heap, (until, key))
 
     def __len__(self) -> int:
         return len(self._until)
@@ -205,6 +223,14 @@ class ReplayCache:
         key = (issuer, jti)
         self._until[key] = until
         heapq.heappush(self._heap, (until, key))
+        if self.journal is not None:
+            self.journal.append(issuer, jti, until)
+
+
+class Journal(Protocol):
+    """Where a ``ReplayCache`` writes what it records (``ReplayJournal``)."""
+
+    def append(self, issuer: str, jti: str, until: float) -> None: ...
 
 
 class AttestationVerifier:

@@ -8,10 +8,12 @@
             ...  # frame.pcm: 20 ms of 48 kHz mono int16 from frame.participant_id
 
 Media goes as Opus RTP over UDP after a STUN binding proves our address
-(``transport="udp"``), or over the WebSocket (``transport="websocket"``) as
+(``transport="udp"``: our Binding request proves the credentials, our answer
+to the relay's own check proves we receive where we send from; see
+docs/protocol.md "Latching"), or over the WebSocket (``transport="websocket"``) as
 binary RTP frames, or as PCM the server encodes and decodes for us
 (``encoding="pcm16"``). Received RTP goes through a jitter buffer per speaker
-(:class:`~botcall.rtp.playout.Playout`) on a 20 ms play-out clock.
+(:class:`~botcall.audio.playout.Playout`) on a 20 ms play-out clock.
 """
 
 from __future__ import annotations
@@ -30,26 +32,35 @@ import jwt
 import trio
 import trio_websocket
 
-from botcall.audio import frames as pcm_frames, read_wav, resample
+from botcall.audio.pcm import frames as pcm_frames, read_wav, resample
 from botcall.client.http import BotCallHttpError, request_json
 from botcall.errors import BadPacket
 from botcall.queues import DropOldestQueue
-from botcall.rtp.jitter import FrameKind
-from botcall.rtp.opus import OpusEncoder
-from botcall.rtp.packet import RTP_HEADER, RtpPacket, parse_rtp_untrusted
-from botcall.rtp.playout import Playout
-from botcall.rtp.stun import binding_request, is_stun, parse_binding_response_untrusted
+from botcall.audio.jitter import FrameKind
+from botcall.audio.opus import PAYLOAD_TYPE, PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE, OpusEncoder
+from botcall.wire.rtp import RTP_HEADER, RtpPacket, parse_rtp_untrusted
+from botcall.audio.playout import Playout
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 log = logging.getLogger("botcall.client")
 
 FRAME = 0.020
 SAMPLE_RATE = 48000
-PAYLOAD_TYPE = 111
-# Binary pcm16 frames from the server: decoded audio, or audio synthesised for a loss.
-PCM16_PAYLOAD_TYPE = 96
-PCM16_CONCEALED_PAYLOAD_TYPE = 97
 KEEPALIVE_INTERVAL = 10.0  # well inside the relay's 30 s consent timeout
 LATCH_TIMEOUT = 5.0
+# Binding retransmissions (RFC 8489 §6.2.1 doubles from its RTO; we start
+# lower, the relay is one hop away): 50 ms, doubling, at most 500 ms apart; a
+# new transaction id each second, so a request someone else used up first
+# (a replay race) does not stall us.
+BIND_RETRY_FIRST = 0.05
+BIND_RETRY_MAX = 0.5
+BIND_NEW_TRANSACTION = 1.0
+REBIND_TIMEOUT = 2.0
+# Audio that was arriving and stops this long: our address may have changed
+# (a NAT rebinding), so bind at once instead of at the next keepalive; the
+# relay moves us as soon as we answer its check of the new address.
+SILENCE_REBIND = 0.25
+UDP_RECV_SIZE = 2048
 MAX_QUEUED_FRAMES = 500  # 10 s of one speaker's audio waiting for the application
 MAX_QUEUED_EVENTS = 1000
 
@@ -120,6 +131,17 @@ class Call:
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._sock: trio.socket.SocketType | None = None
         self._relay_addr: tuple | None = None
+        # Our own ICE ufrag for this call: the relay's checks carry it
+        # ("<ours>:<session ice_ufrag>"), our requests the reverse.
+        self._ufrag = secrets.token_hex(4)
+        self._bind_request: bytes | None = None
+        self._bind_transaction: bytes | None = None
+        self._bound = trio.Event()
+        self._bind_lock = trio.Lock()
+        self._last_udp_media: float | None = None
+        self._media_resumed = trio.Event()
+        # The XOR-MAPPED-ADDRESS of the last Binding success: our address as the relay sees it.
+        self.mapped_address: tuple | None = None
         self._welcome = trio.Event()
         self._closed = trio.Event()
         self.close_reason: str | None = None
@@ -317,48 +339,127 @@ class Call:
         host, port = self.media["host"], self.media["port"]
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, address = infos[0]
+        self._relay_addr = address
+        self._sock = await self._open_socket()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_udp)
+                if not await self._bind(LATCH_TIMEOUT):
+                    raise CallError(f"no STUN answer from the relay at {address} within {LATCH_TIMEOUT} s")
+                task_status.started()
+                nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._watch_silence)
+        finally:
+            self._sock.close()
+
+    async def _open_socket(self) -> trio.socket.SocketType:
+        family = socket.AF_INET6 if ":" in self._relay_addr[0] else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_DGRAM)
         await sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-        self._sock, self._relay_addr = sock, address
-        with sock:
-            await self._latch(sock, address)
-            task_status.started()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keepalive, sock, address)
+        return sock
+
+    async def rebind_socket(self) -> None:
+        """Carry on from a new local UDP port, as a NAT rebinding looks to the relay.
+
+        Nothing is announced: the relay notices the new address (our RTP, or
+        the Binding request we send when audio stops arriving) and moves the
+        call there once we answer its check of the address. For tests, and for
+        an application that changes network.
+        """
+        if self._sock is None:
+            raise CallError("rebind_socket needs the UDP transport")
+        old, self._sock = self._sock, await self._open_socket()
+        old.close()  # the receive loop wakes with ClosedResourceError and reads the new one
+
+    async def _receive_udp(self) -> None:
+        while True:
+            sock = self._sock
+            try:
+                data, source = await sock.recvfrom(UDP_RECV_SIZE)
+            except trio.ClosedResourceError:
+                if sock is self._sock:
+                    raise
+                continue  # rebind_socket swapped it
+            if not data:
+                continue
+            if data[0] >= 128:
+                now = trio.current_time()
+                self._on_media(data, now)
+                self._last_udp_media = now
+                self._media_resumed.set()
+            elif data[0] < 4:
+                await self._on_stun(data, source)
+
+    async def _on_stun(self, data: bytes, source) -> None:
+        """The relay's check (answered) or its answer to our Binding request."""
+        counters = self.counters
+        if tuple(source[:2]) != tuple(self._relay_addr[:2]):
+            counters["stun_foreign"] = counters.get("stun_foreign", 0) + 1
+            return  # only the relay may check us or answer us
+        if data[1] == 0x01 and data[0] == 0x00:  # a Binding request: the relay checks our address
+            try:
+                answer = answer_check_untrusted(data, source, username=f"{self._ufrag}:{self.media['ice_ufrag']}", password=self.media["ice_pwd"])
+            except BadPacket:
+                counters["stun_ignored"] = counters.get("stun_ignored", 0) + 1
+                return
+            counters["checks_answered"] = counters.get("checks_answered", 0) + 1
+            await self._sock.sendto(answer, source)
+            if self._bind_request is not None and not self._bound.is_set():
+                # Verified now: the retransmission gets the success at once.
+                await self._sock.sendto(self._bind_request, self._relay_addr)
+            return
+        if self._bind_transaction is None:
+            return
+        try:
+            self.mapped_address = parse_binding_response_untrusted(data, self.media["ice_pwd"], self._bind_transaction)
+        except BadPacket:
+            counters["stun_ignored"] = counters.get("stun_ignored", 0) + 1
+            return
+        self._bound.set()
+
+    async def _bind(self, timeout: float) -> bool:
+        """One Binding transaction with the relay, retransmitted until it succeeds.
+
+        Answering the relay's check (``_on_stun``) makes the next
+        retransmission go at once.
+
+        Returns:
+            True on a Binding success within ``timeout`` seconds.
+        """
+        async with self._bind_lock:
+            bound = self._bound = trio.Event()
+            with trio.move_on_after(timeout):
                 while True:
-                    data, _ = await sock.recvfrom(2048)
-                    if data and data[0] >= 128:
-                        self._on_media(data, trio.current_time())
-                    elif is_stun(data):
-                        self.counters["stun"] = self.counters.get("stun", 0) + 1
+                    self._bind_request = binding_request(f"{self.media['ice_ufrag']}:{self._ufrag}", self.media["ice_pwd"])
+                    self._bind_transaction = self._bind_request[8:20]
+                    interval = BIND_RETRY_FIRST
+                    renew = trio.current_time() + BIND_NEW_TRANSACTION
+                    while trio.current_time() < renew:
+                        await self._sock.sendto(self._bind_request, self._relay_addr)
+                        with trio.move_on_after(interval):
+                            await bound.wait()
+                            return True
+                        interval = min(interval * 2, BIND_RETRY_MAX)
+            return False
 
-    def _binding(self) -> tuple[bytes, bytes]:
-        request = binding_request(f"{self.media['ice_ufrag']}:{secrets.token_hex(4)}", self.media["ice_pwd"])
-        return request, request[8:20]
-
-    async def _latch(self, sock, address) -> None:
-        """Prove our address with STUN (retransmitting), as the relay requires before RTP."""
-        request, transaction = self._binding()
-        interval = 0.05
-        with trio.move_on_after(LATCH_TIMEOUT) as scope:
-            while True:
-                await sock.sendto(request, address)
-                with trio.move_on_after(interval):
-                    while True:
-                        data, _ = await sock.recvfrom(2048)
-                        try:
-                            parse_binding_response_untrusted(data, self.media["ice_pwd"], transaction)
-                            return
-                        except BadPacket:
-                            self.counters["malformed"] += 1
-                interval = min(interval * 2, 0.5)
-        if scope.cancelled_caught:
-            raise CallError(f"no STUN answer from the relay at {address} within {LATCH_TIMEOUT} s")
-
-    async def _keepalive(self, sock, address) -> None:
+    async def _keepalive(self) -> None:
         while True:
             await trio.sleep(KEEPALIVE_INTERVAL)
-            await sock.sendto(self._binding()[0], address)
+            if not await self._bind(REBIND_TIMEOUT):
+                self.counters["keepalive_unanswered"] = self.counters.get("keepalive_unanswered", 0) + 1
+
+    async def _watch_silence(self) -> None:
+        """Bind at once when audio that was arriving stops for ``SILENCE_REBIND``."""
+        while True:
+            await self._media_resumed.wait()
+            while True:
+                deadline = self._last_udp_media + SILENCE_REBIND
+                if trio.current_time() >= deadline:
+                    break
+                await trio.sleep_until(deadline)
+            self._media_resumed = trio.Event()
+            self.counters["silence_binds"] = self.counters.get("silence_binds", 0) + 1
+            await self._bind(REBIND_TIMEOUT)
 
 
 @asynccontextmanager

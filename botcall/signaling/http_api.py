@@ -33,12 +33,15 @@ from botcall.auth.attestation import (
     AttestationVerifier,
     UnknownSigningKey,
 )
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
+from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.auth.invites import invite_url
 from botcall.auth.keys import DevIssuer, KeyRing, download_jwks
 from botcall.auth.ratelimit import Limiters
 from botcall.config import Config
 from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError
 from botcall.metrics import Metrics
+from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
 from botcall.signaling.ws import register_human_signaling, register_websocket_routes
 from botcall.signaling.rooms import (
@@ -52,8 +55,6 @@ from botcall.signaling.rooms import (
 
 log = logging.getLogger("botcall.http")
 
-PAYLOAD_TYPE_OPUS = 111
-OPUS_CLOCK_RATE = 48_000
 MAX_ID_CHARS = 256
 
 _JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", "media"})
@@ -295,6 +296,8 @@ class AppState:
     media: Any = None
     hub: Any = None
     jwks_lock: trio.Lock = field(default_factory=trio.Lock)
+    # Config.trusted_proxies, parsed once.
+    trusted_proxies: tuple[Network, ...] = ()
 
     @property
     def websocket_base(self) -> str:
@@ -423,8 +426,8 @@ def _bearer_token() -> str:
     return token.strip()
 
 
-def _client_ip() -> str:
-    return request.remote_addr or "unknown"
+def _client_ip(state: AppState) -> str:
+    return client_address(request.remote_addr, request.headers, state.trusted_proxies)
 
 
 # --- the app -----------------------------------------------------------------------------------
@@ -439,6 +442,8 @@ def create_app(state: AppState) -> QuartTrio:
     """
     app = QuartTrio("botcall")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
+    # A body must arrive whole within this long (408 request_timeout otherwise).
+    app.config["BODY_TIMEOUT"] = state.config.body_timeout_s
     app.extensions["botcall"] = state
 
     async def body() -> bytes:
@@ -447,7 +452,7 @@ def create_app(state: AppState) -> QuartTrio:
     @app.post("/v1/rooms/create")
     @app.post("/v1/rooms")
     async def create_room() -> Response:
-        state.limiters.check_create(ip=_client_ip(), now=state.clock())
+        state.limiters.check_create(ip=_client_ip(state), now=state.clock())
         token = _bearer_token()
         parsed = parse_create_request_untrusted(await body())
         attestation = await verify_attestation(state, token)
@@ -476,7 +481,7 @@ def create_app(state: AppState) -> QuartTrio:
         )
 
     async def _owned_room(room_id: str) -> Room:
-        state.limiters.check_query(ip=_client_ip(), now=state.clock())
+        state.limiters.check_query(ip=_client_ip(state), now=state.clock())
         attestation = await verify_attestation(state, _bearer_token())
         attestation.require_room(room_id)
         room = state.registry.get_room(room_id, state.clock())
@@ -499,7 +504,7 @@ def create_app(state: AppState) -> QuartTrio:
 
     @app.post("/v1/join")
     async def join() -> Response:
-        state.limiters.check_join(ip=_client_ip(), now=state.clock())
+        state.limiters.check_join(ip=_client_ip(state), now=state.clock())
         parsed = parse_join_request_untrusted(await body())
         attestation = await verify_attestation(state, parsed.token)
         now = state.clock()

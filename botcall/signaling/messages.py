@@ -18,7 +18,7 @@ from typing import Union
 
 from botcall.errors import SignalingError
 
-MAX_TEXT_MESSAGE = 256 * 1024
+MAX_TEXT_MESSAGE = 128 * 1024
 MAX_CHAT_TEXT = 4000
 MAX_AUDIO_BYTES = 64 * 1024
 MAX_SDP = 64 * 1024
@@ -27,6 +27,10 @@ MAX_INVITE = 256
 
 # WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications).
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # RFC 6455 §7.4.1: the server is shutting down
+CLOSE_POLICY = 1008  # RFC 6455 §7.4.1: policy violation (kept sending after rate_limited)
+CLOSE_TOO_BIG = 1009  # RFC 6455 §7.4.1: a message over the size cap
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 §7.4.1 (IANA): over a connection budget
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol, Union
 
+from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.auth.invites import invite_secret_matches, new_invite_secret
 from botcall.config import Config
 from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited, ServiceUnavailable
@@ -32,7 +33,6 @@ from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, Rate
 TRANSPORTS = ("udp", "websocket", "webrtc")
 ENCODINGS = ("opus", "pcm16")
 PCM_SAMPLE_RATES = (16_000, 24_000, 48_000)
-OPUS_CLOCK_RATE = 48_000
 
 _ICE_CHARS = string.ascii_letters + string.digits  # a subset of RFC 8839 §5.4 ice-char
 _ROOM_ID_CHARS = string.ascii_lowercase + string.digits
@@ -50,7 +50,7 @@ class Reason:
     EXPIRED = "expired"
     EMPTY = "empty"
     DELETED = "deleted"
-    SHUTDOWN = "shutdown"
+    SHUTDOWN = "server_shutdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +462,10 @@ class RoomRegistry:
         room = self._rooms.pop(room_id, None)
         if room is None:
             return None
+        # RoomClosed first: listeners tell everyone in the room why before
+        # their sessions end (the WebSocket hub sends room_closed, then closes).
+        closed = replace(room, state=RoomState.CLOSED)
+        events.append(RoomClosed(closed, reason))
         for session in self._room_sessions.pop(room_id, {}).values():
             self._forget_session(session)
             events.append(SessionRemoved(session, reason))
@@ -475,8 +479,6 @@ class RoomRegistry:
         self._closed.move_to_end(room_id)
         while len(self._closed) > self.config.closed_rooms_remembered:
             self._closed.popitem(last=False)
-        closed = replace(room, state=RoomState.CLOSED)
-        events.append(RoomClosed(closed, reason))
         return closed
 
     # --- sessions -----------------------------------------------------------------------------
@@ -664,6 +666,8 @@ class RoomRegistry:
         session = self._sessions.get(session_id)
         if session is None:
             raise NotFound("no such session", code="session_not_found")
+        if session.muted == bool(muted):
+            return session  # nothing changed: nobody needs telling (a toggle flood costs nothing)
         updated = replace(session, muted=bool(muted))
         self._sessions[session_id] = updated
         self._room_sessions[session.room_id][session_id] = updated
@@ -680,14 +684,8 @@ class RoomRegistry:
             The events emitted (also delivered to listeners).
         """
         events: list[RegistryEvent] = []
-        for session in [s for s in self._sessions.values() if s.expires_at <= now]:
-            self._forget_session(session)
-            members = self._room_sessions[session.room_id]
-            del members[session.session_id]
-            if not members:
-                self._empty_since[session.room_id] = now
-            events.append(SessionRemoved(session, Reason.EXPIRED))
         timeout = self.config.room_empty_timeout_s
+        # Rooms first: a session ending with its room hears room_closed.
         for room in list(self._rooms.values()):
             if room.expires_at <= now:
                 self._close_room(room.room_id, Reason.EXPIRED, now, events)
@@ -695,6 +693,13 @@ class RoomRegistry:
                 empty_since = self._empty_since.get(room.room_id)
                 if empty_since is not None and now - empty_since >= timeout:
                     self._close_room(room.room_id, Reason.EMPTY, now, events)
+        for session in [s for s in self._sessions.values() if s.expires_at <= now]:
+            self._forget_session(session)
+            members = self._room_sessions[session.room_id]
+            del members[session.session_id]
+            if not members:
+                self._empty_since[session.room_id] = now
+            events.append(SessionRemoved(session, Reason.EXPIRED))
         horizon = now - self.config.closed_rooms_remembered_s
         while self._closed:
             room_id, (_, closed_at) = next(iter(self._closed.items()))

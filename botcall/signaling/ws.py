@@ -6,7 +6,7 @@ second connection with the same session id replaces the first (a bot that
 reconnects after a network blip).
 
 Each connection has one outbox of events and, for WebSocket-transport bots,
-the audio queue its :class:`~botcall.media.WsSink` fills. The hub turns
+the audio queue its :class:`~botcall.relay.service.WsSink` fills. The hub turns
 registry events (joins, leaves, mutes, room closure) into WebSocket events for
 everyone in the room. The message contract is in ``docs/protocol.md``.
 """
@@ -14,23 +14,20 @@ everyone in the room. The message contract is in ``docs/protocol.md``.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 from quart import websocket
 
+from botcall.auth.invites import invite_secret_matches
 from botcall.auth.ratelimit import TokenBucket
 from botcall.config import RateLimit
-from botcall.auth.invites import invite_secret_matches
-from botcall.errors import ApiError, BadPacket, SdpError, SignalingError
-from botcall.media import PAYLOAD_TYPE_OPUS, WsSink
+from botcall.errors import ApiError, SdpError, SignalingError
 from botcall.queues import DropOldestQueue
-from botcall.rtp.jitter import FrameKind
-from botcall.rtp.opus import OpusEncoder
-from botcall.rtp.packet import RTP_HEADER, parse_rtp_untrusted
-from botcall.rtp.playout import Playout
+from botcall.relay.service import WsSink
+from botcall.relay.ws_audio import AudioOut, WsAudio
+from botcall.signaling.forwarded import client_address
 from botcall.signaling import messages as msg
 from botcall.signaling.rooms import (
     Capabilities,
@@ -47,14 +44,15 @@ log = logging.getLogger("botcall.ws")
 
 EVENT_QUEUE = 256
 FRAME = 0.020
-# Binary pcm16 frames to a bot carry an RTP header with these payload types:
-# L16 mono, little-endian, at the session's sample rate (our profile, not RFC
-# 3551's); the second marks a frame the relay synthesised for a lost packet.
-PCM16_PAYLOAD_TYPE = 96
-PCM16_CONCEALED_PAYLOAD_TYPE = 97
 SEND_TIMEOUT = 5.0
 HELLO_TIMEOUT = 10.0
 CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
+# A connection that keeps sending after this many refused messages in a row
+# (each answered with rate_limited) is closed with 1008: it is not listening.
+MAX_REFUSED_IN_A_ROW = 200
+# pcm16 frames encoded per scheduler pass (relay/ws_audio.py keeps the backlog
+# bounded): one large message never holds the event loop for long (docs/security.md).
+ENCODE_BATCH = 5
 HUMAN_CAPABILITIES = Capabilities(audio_in=True, audio_out=True, video=False, text_chat=True)
 
 _CLOSE_FOR_REASON = {
@@ -62,7 +60,7 @@ _CLOSE_FOR_REASON = {
     Reason.EXPIRED: (msg.CLOSE_SESSION_EXPIRED, "session expired"),
     Reason.DELETED: (msg.CLOSE_ROOM_CLOSED, "room closed"),
     Reason.EMPTY: (msg.CLOSE_ROOM_CLOSED, "room closed"),
-    Reason.SHUTDOWN: (1001, "server shutting down"),
+    Reason.SHUTDOWN: (msg.CLOSE_GOING_AWAY, "server shutting down"),
 }
 DISCONNECTED = "disconnected"
 
@@ -78,11 +76,15 @@ class Connection:
 
     room_id: str
     session: Session | None = None
+    # The client's address (behind a trusted proxy: the forwarded one), for budgets.
+    client_ip: str = "unknown"
     outbox: DropOldestQueue = field(default_factory=lambda: DropOldestQueue(EVENT_QUEUE))
     close_code: int | None = None
     close_reason: str = ""
     # Set while this connection's own join runs: the events it causes are about itself.
     joining: bool = False
+    # Counted against its room's lobby (no session yet).
+    in_lobby: bool = False
 
     def send_event(self, event: dict) -> None:
         self.outbox.put_nowait(msg.encode(event))
@@ -101,10 +103,25 @@ class Hub:
     inside the registry call that caused the event.
     """
 
-    def __init__(self, clock, *, max_connections: int = 20000, connect_grace: float = 30.0) -> None:
+    def __init__(
+        self,
+        clock,
+        *,
+        max_connections: int = 20000,
+        connect_grace: float = 30.0,
+        max_per_ip: int = 32,
+        max_lobby_per_room: int = 32,
+    ) -> None:
         self._clock = clock
         self._by_session: dict[str, Connection] = {}
         self._by_room: dict[str, set[Connection]] = {}
+        self._per_ip: dict[str, int] = {}
+        self._lobby: dict[str, int] = {}
+        self._closed_rooms: set[str] = set()
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+        self.max_per_ip = max_per_ip
+        self.max_lobby_per_room = max_lobby_per_room
         # Sessions with no open WebSocket, and since when: after connect_grace
         # they are ended (a bot that joined and vanished, a dropped browser).
         self._unconnected: dict[str, float] = {}
@@ -119,18 +136,54 @@ class Hub:
         horizon = now - self.connect_grace
         return [session_id for session_id, since in self._unconnected.items() if since <= horizon]
 
+    @property
+    def connection_count(self) -> int:
+        return self._connections
+
+    async def wait_all_closed(self) -> None:
+        """Return once no WebSocket is open (graceful shutdown waits on this)."""
+        await self._all_closed.wait()
+
     def watch(self, connection: Connection) -> None:
         """Let a connection hear its room's events (a browser in the lobby).
 
         Raises:
-            SignalingError: the server already holds ``max_connections``.
+            SignalingError: the server already holds ``max_connections``, the
+                client address holds ``max_per_ip``, or the room's lobby holds
+                ``max_lobby_per_room`` (a lobby connection has no session yet).
         """
-        if self._connections >= self.max_connections:
-            raise SignalingError("server has too many connections", code="server_full", close_code=1013)
         room = self._by_room.setdefault(connection.room_id, set())
-        if connection not in room:
-            room.add(connection)
-            self._connections += 1
+        if connection in room:
+            return
+        if not room:
+            del self._by_room[connection.room_id]
+        if self._connections >= self.max_connections:
+            raise SignalingError("server has too many connections", code="server_full", close_code=msg.CLOSE_TRY_AGAIN_LATER)
+        if self._per_ip.get(connection.client_ip, 0) >= self.max_per_ip:
+            raise SignalingError(
+                f"at most {self.max_per_ip} WebSockets at once from one address", code="too_many_connections", close_code=msg.CLOSE_TRY_AGAIN_LATER
+            )
+        lobby = connection.session is None
+        if lobby and self._lobby.get(connection.room_id, 0) >= self.max_lobby_per_room:
+            raise SignalingError(
+                f"at most {self.max_lobby_per_room} people may wait in this call's lobby", code="lobby_full", close_code=msg.CLOSE_TRY_AGAIN_LATER
+            )
+        self._by_room.setdefault(connection.room_id, set()).add(connection)
+        self._connections += 1
+        self._all_closed = trio.Event() if self._all_closed.is_set() else self._all_closed
+        self._per_ip[connection.client_ip] = self._per_ip.get(connection.client_ip, 0) + 1
+        if lobby:
+            connection.in_lobby = True
+            self._lobby[connection.room_id] = self._lobby.get(connection.room_id, 0) + 1
+
+    def _leave_lobby(self, connection: Connection) -> None:
+        if connection.in_lobby:
+            connection.in_lobby = False
+            left = self._lobby.get(connection.room_id, 0) - 1
+            if left > 0:
+                self._lobby[connection.room_id] = left
+            else:
+                self._lobby.pop(connection.room_id, None)
 
     def attach(self, connection: Connection) -> None:
         """Register a session's connection; an older one of the same session is closed.
@@ -144,6 +197,7 @@ class Hub:
             old.request_close(msg.CLOSE_ALREADY_CONNECTED, "replaced by a newer connection")
             self.detach(old)
         self.watch(connection)
+        self._leave_lobby(connection)
         self._by_session[session.session_id] = connection
         self._unconnected.pop(session.session_id, None)
 
@@ -159,8 +213,17 @@ class Hub:
         if room is not None and connection in room:
             room.discard(connection)
             self._connections -= 1
+            self._leave_lobby(connection)
+            left = self._per_ip.get(connection.client_ip, 0) - 1
+            if left > 0:
+                self._per_ip[connection.client_ip] = left
+            else:
+                self._per_ip.pop(connection.client_ip, None)
             if not room:
                 del self._by_room[connection.room_id]
+                self._closed_rooms.discard(connection.room_id)
+            if self._connections == 0:
+                self._all_closed.set()
 
     def describe(self, session: Session) -> dict:
         """A participant as events show it."""
@@ -191,11 +254,13 @@ class Hub:
         elif isinstance(event, SessionRemoved):
             session = event.session
             self._unconnected.pop(session.session_id, None)
-            self.broadcast(
-                session.room_id,
-                {"type": "participant_left", "participant_id": session.participant_id, "reason": event.reason},
-                exclude=session.session_id,
-            )
+            if session.room_id not in self._closed_rooms:
+                # (When the whole room closes, room_closed already said it all.)
+                self.broadcast(
+                    session.room_id,
+                    {"type": "participant_left", "participant_id": session.participant_id, "reason": event.reason},
+                    exclude=session.session_id,
+                )
             connection = self._by_session.get(session.session_id)
             if connection is not None:
                 code, reason = _CLOSE_FOR_REASON.get(event.reason, (msg.CLOSE_NORMAL, event.reason))
@@ -209,6 +274,14 @@ class Hub:
         elif isinstance(event, RoomClosed):
             room_id = event.room.room_id
             self.broadcast(room_id, {"type": "room_closed", "reason": event.reason})
+            connections = self._by_room.get(room_id)
+            if connections:
+                self._closed_rooms.add(room_id)
+                code, reason = _CLOSE_FOR_REASON.get(event.reason, (msg.CLOSE_ROOM_CLOSED, "room closed"))
+                for connection in connections:
+                    if connection.session is None:
+                        # The lobby: nobody will remove a session for these.
+                        connection.request_close(code, reason)
 
 
 class Channel:
@@ -227,7 +300,11 @@ class Channel:
         self.connection = connection
         self.ws = ws
         self._send_lock = trio.Lock()
-        self._chat_bucket = TokenBucket(tokens=CHAT_LIMIT.burst, updated_at=trio.current_time())
+        now = trio.current_time()
+        self._chat_bucket = TokenBucket(tokens=CHAT_LIMIT.burst, updated_at=now)
+        self._message_limit: RateLimit = state.config.ws_message_limit
+        self._message_bucket = TokenBucket(tokens=self._message_limit.burst, updated_at=now)
+        self._refused_in_a_row = 0
 
     @property
     def session(self) -> Session | None:
@@ -239,13 +316,21 @@ class Channel:
                 await self.ws.send(data)
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._events_out, nursery.cancel_scope)
-            self.start_media(nursery)
-            # Reading runs in this task (one task fewer per connection). It
-            # returns once a close is requested; the sender then flushes what is
-            # queued and ends the nursery.
-            await self._receive()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._events_out, nursery.cancel_scope)
+                self.start_media(nursery)
+                # Reading runs in this task (one task fewer per connection). It
+                # returns once a close is requested; the sender then flushes what is
+                # queued and ends the nursery.
+                await self._receive()
+        except* trio.TooSlowError:
+            # The client stopped reading for SEND_TIMEOUT: drop it. Logged by
+            # participant id only — the session id is a credential (it is in
+            # the WebSocket's URL, so Quart's own error log must never see this).
+            who = self.session.participant_id if self.session is not None else "a lobby client"
+            log.info("WebSocket of %s in room %s closed: it stopped reading for %g s", who, self.connection.room_id, SEND_TIMEOUT)
+            self.connection.request_close(msg.CLOSE_TOO_SLOW, "stopped reading")
 
     def start_media(self, nursery: trio.Nursery) -> None:
         """Start this channel's audio tasks, if it carries audio."""
@@ -263,13 +348,34 @@ class Channel:
                 if isinstance(data, bytes):
                     self.on_binary(data)
                 else:
-                    await self.handle(msg.parse_client_message_untrusted(data))
+                    message = msg.parse_client_message_untrusted(data)
+                    if not isinstance(message, msg.Audio):
+                        self._charge_message()
+                    await self.handle(message)
+                self._refused_in_a_row = 0
             except SignalingError as exc:
                 self.connection.send_event(msg.error_event(exc.code, exc.message))
+                self._refused(exc)
             except ApiError as exc:
                 self.connection.send_event(msg.error_event(exc.code, exc.message))
             if self.connection.close_code is not None:
                 return
+
+    def _charge_message(self) -> None:
+        """Control, chat, ping, offer…: at most ``Config.ws_message_limit`` per connection.
+
+        Raises:
+            SignalingError: ``rate_limited``.
+        """
+        if self._message_bucket.take(self._message_limit, trio.current_time()) > 0:
+            raise SignalingError("too many messages; slow down", code="rate_limited")
+
+    def _refused(self, error: SignalingError) -> None:
+        if error.code != "rate_limited":
+            return
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+            self.connection.request_close(msg.CLOSE_POLICY, "too many messages after rate_limited")
 
     def on_binary(self, data: bytes) -> None:
         raise SignalingError("binary frames are for WebSocket audio", code="bad_message")
@@ -304,6 +410,9 @@ class Channel:
 class BotChannel(Channel):
     """A bot's control channel, and its audio where ``media.transport`` is ``websocket``.
 
+    The audio itself is ``relay/ws_audio.py``'s (sans-IO); this class only
+    moves messages between the socket and it.
+
     Args:
         binary_audio: send audio to the bot as binary frames instead of JSON.
     """
@@ -316,89 +425,67 @@ class BotChannel(Channel):
         self.binary_audio = binary_audio
         self.peer = state.media.relay.peer(session.session_id) if session.transport == "websocket" else None
         self.encoding = session.encoding
-        self.sample_rate = session.sample_rate
-        self._out_seq = 0
-        self._out_timestamp = 0
-        self._pcm_pending = b""
-        self._encoder: OpusEncoder | None = None
-        self._speaker_seq: dict[int, int] = {}
+        self.audio = (
+            WsAudio(state.media.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
+            if self.peer is not None
+            else None
+        )
+        self._pcm_ready = trio.Event()
 
     def start_media(self, nursery: trio.Nursery) -> None:
         if self.peer is not None:
             nursery.start_soon(self._pcm_out if self.encoding == "pcm16" else self._opus_out)
+            if self.encoding == "pcm16":
+                nursery.start_soon(self._pcm_uplink)
 
     async def handle(self, message) -> None:
         if isinstance(message, msg.Audio):
-            self._audio_in(message.data)
+            self._media().audio_message(message.data, trio.current_time())
+            self._pcm_ready.set()
         else:
             await super().handle(message)
 
     def on_binary(self, data: bytes) -> None:
-        self._binary_audio_in(data)
+        self._media().binary_message(data, trio.current_time())
+        self._pcm_ready.set()
 
-    # --- audio from the bot --------------------------------------------------------------
-
-    def _binary_audio_in(self, data: bytes) -> None:
-        if self.peer is None:
+    def _media(self) -> WsAudio:
+        if self.audio is None:
             raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
-        if self.encoding == "pcm16":
-            self._pcm_in(data)
-        else:
-            # A whole RTP packet: the relay checks SSRC and payload type as for UDP.
-            self.state.media.relay.handle_rtp(self.peer, data, trio.current_time())
+        return self.audio
 
-    def _audio_in(self, data: bytes) -> None:
-        if self.peer is None:
-            raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
-        if self.encoding == "pcm16":
-            self._pcm_in(data)
-        else:
-            self._opus_in(data)
+    async def _pcm_uplink(self) -> None:
+        """Encode queued pcm16, ENCODE_BATCH frames per scheduler pass."""
+        audio = self._media()
+        while True:
+            await self._pcm_ready.wait()
+            self._pcm_ready = trio.Event()
+            while audio.encode_pending(trio.current_time(), ENCODE_BATCH):
+                await trio.sleep(0)
 
-    def _opus_in(self, payload: bytes) -> None:
-        if not payload:
-            raise SignalingError("empty audio frame", code="bad_audio")
-        packet = RTP_HEADER.pack(0x80, PAYLOAD_TYPE_OPUS, self._out_seq, self._out_timestamp, self.session.ssrc) + payload
-        self._out_seq = (self._out_seq + 1) & 0xFFFF
-        self._out_timestamp = (self._out_timestamp + 960) & 0xFFFFFFFF
-        self.state.media.relay.handle_rtp(self.peer, packet, trio.current_time())
-
-    def _pcm_in(self, pcm: bytes) -> None:
-        if len(pcm) % 2:
-            raise SignalingError("pcm16 audio must be whole 16-bit samples", code="bad_audio")
-        if self._encoder is None:
-            self._encoder = OpusEncoder(self.sample_rate)
-        frame_bytes = self._encoder.frame_bytes
-        pending = self._pcm_pending + pcm
-        while len(pending) >= frame_bytes:
-            self._opus_in(self._encoder.encode(pending[:frame_bytes]))
-            pending = pending[frame_bytes:]
-        # At most one partial frame waits (bounded by construction).
-        self._pcm_pending = pending
-
-    # --- audio to the bot -------------------------------------------------------------------
+    async def _send_audio(self, frame: AudioOut) -> None:
+        if self.binary_audio:
+            await self.send(frame.binary())
+            return
+        event = msg.audio_event(
+            frame.participant_id, frame.seq, frame.timestamp, frame.payload, encoding=frame.encoding, sample_rate=frame.sample_rate
+        )
+        if frame.encoding == "pcm16":
+            event["concealed"] = frame.concealed
+        await self.send(msg.encode(event))
 
     async def _opus_out(self) -> None:
+        audio = self._media()
         sink: WsSink = self.peer.sink
         async for speaker, data in sink.queue:
-            if self.binary_audio:
-                await self.send(data)
-                continue
-            try:
-                packet = parse_rtp_untrusted(data)
-            except BadPacket:
-                continue  # the relay already checked it; nothing else can arrive here
-            event = msg.audio_event(
-                speaker.participant_id, packet.sequence_number, packet.timestamp, packet.payload, encoding="opus", sample_rate=48000
-            )
-            await self.send(msg.encode(event))
+            frame = audio.opus_out(speaker, data)
+            if frame is not None:
+                await self._send_audio(frame)
 
     async def _pcm_out(self) -> None:
         """Steady 20 ms PCM frames per speaker, through a jitter buffer each."""
+        audio = self._media()
         sink: WsSink = self.peer.sink
-        playout = Playout(sample_rate=self.sample_rate)
-        names: dict[int, str] = {}
-        samples = self.sample_rate // 50
         tick = trio.current_time()
         while True:
             tick += FRAME
@@ -409,28 +496,9 @@ class BotChannel(Channel):
                     speaker, data = sink.queue.get_nowait()
                 except trio.WouldBlock:
                     break
-                try:
-                    playout.push(parse_rtp_untrusted(data), now)
-                except BadPacket:
-                    continue
-                names[speaker.ssrc] = speaker.participant_id
-            for frame in playout.pop(now):
-                seq = self._speaker_seq.get(frame.ssrc, 0)
-                self._speaker_seq[frame.ssrc] = seq + 1
-                timestamp = (seq * samples) & 0xFFFFFFFF
-                concealed = frame.kind is not FrameKind.AUDIO
-                if self.binary_audio:
-                    payload_type = PCM16_CONCEALED_PAYLOAD_TYPE if concealed else PCM16_PAYLOAD_TYPE
-                    header = RTP_HEADER.pack(0x80, payload_type, seq & 0xFFFF, timestamp, frame.ssrc)
-                    await self.send(header + frame.pcm)
-                else:
-                    event = msg.audio_event(
-                        names.get(frame.ssrc, ""), seq, timestamp, frame.pcm, encoding="pcm16", sample_rate=self.sample_rate
-                    )
-                    event["concealed"] = concealed
-                    await self.send(msg.encode(event))
-            if len(self._speaker_seq) > playout.max_speakers * 2:
-                self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
+                audio.pcm_push(speaker, data, now)
+            for frame in audio.pcm_pop(now):
+                await self._send_audio(frame)
 
 
 class HumanChannel(Channel):
@@ -526,14 +594,13 @@ def register_websocket_routes(app, state) -> None:
         await ws.accept()
         session = state.registry.session_by_id(session_id)
         if session is None or session.kind != "bot":
-            await ws.send(msg.encode(msg.error_event("session_not_found", "no such session (it may have ended)")))
-            await ws.close(msg.CLOSE_NOT_FOUND, "session not found")
+            await _reject(ws, "session_not_found", "no such session (it may have ended)", msg.CLOSE_NOT_FOUND)
             return
-        connection = Connection(session.room_id, session)
+        connection = Connection(session.room_id, session, client_ip=websocket_client_ip(state, ws))
         try:
             state.hub.attach(connection)
         except SignalingError as exc:
-            await ws.close(exc.close_code, exc.message)
+            await _reject(ws, exc.code, exc.message, exc.close_code)
             return
         channel = BotChannel(state, connection, ws, binary_audio=ws.args.get("audio") == "binary")
         try:
@@ -545,6 +612,11 @@ def register_websocket_routes(app, state) -> None:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await ws.close(code, connection.close_reason)
+
+
+def websocket_client_ip(state, ws) -> str:
+    """The client's address for budgets (the forwarded one behind a trusted proxy)."""
+    return client_address(ws.remote_addr, ws.headers, state.trusted_proxies)
 
 
 async def _reject(ws, code: str, message: str, close_code: int) -> None:
@@ -578,7 +650,7 @@ def register_human_signaling(app, state) -> None:
         except ApiError as exc:
             await _reject(ws, exc.code, exc.message, close_code_for(exc))
             return
-        connection = Connection(room_id)
+        connection = Connection(room_id, client_ip=websocket_client_ip(state, ws))
         resumed = state.registry.session_by_id(hello.resume) if hello.resume else None
         if resumed is not None and (resumed.room_id != room_id or resumed.kind != "human"):
             resumed = None
@@ -604,4 +676,4 @@ def register_human_signaling(app, state) -> None:
                 await ws.close(connection.close_code or msg.CLOSE_NORMAL, connection.close_reason)
 
 
-__all__ = ["BotChannel", "Connection", "Hub", "register_websocket_routes", "participant_json", "PCM16_PAYLOAD_TYPE"]
+__all__ = ["BotChannel", "Connection", "Hub", "register_websocket_routes", "participant_json"]

@@ -13,11 +13,11 @@ import socket
 
 import trio
 
-from botcall.rtp.packet import parse_rtp_untrusted
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.stun import binding_request
-from botcall.rtp.transport import COALESCE_MIN_RATE, DRAIN_BATCH, RATE_WINDOW, UdpTransport, open_udp_socket
-from tests.relaykit import Wire, latch, make_bot, rtp
+from botcall.wire.rtp import parse_rtp_untrusted
+from botcall.relay.core import MediaRelay
+from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.relay.transport import COALESCE_MIN_RATE, DRAIN_BATCH, RATE_WINDOW, UdpTransport, open_udp_socket
+from tests.relaykit import BOT_UFRAG, Wire, latch, make_bot, rtp
 
 
 def test_fanout_follows_membership():
@@ -81,6 +81,17 @@ async def receive(sock, count):
     return got
 
 
+async def latch_over_udp(sock, peer, relay_addr):
+    """As the SDK does: a request, the relay's check answered, the request again, the success."""
+    request = binding_request(f"{peer.ice_ufrag}:{BOT_UFRAG}", peer.ice_pwd)
+    sock.sendto(request, relay_addr)
+    [check] = await receive(sock, 1)
+    sock.sendto(answer_check_untrusted(check, relay_addr, username=f"{BOT_UFRAG}:{peer.ice_ufrag}", password=peer.ice_pwd), relay_addr)
+    sock.sendto(request, relay_addr)
+    [success] = await receive(sock, 1)
+    parse_binding_response_untrusted(success, peer.ice_pwd, request[8:20])
+
+
 async def forward(packets_per_pause, pauses, pause):
     """Bot A sends ``pauses`` bursts of ``packets_per_pause`` packets through a
     real transport to bot B; returns (what B got, the transport)."""
@@ -95,8 +106,7 @@ async def forward(packets_per_pause, pauses, pause):
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, relay)
             for sock, peer in ((sock_a, a), (sock_b, b)):
-                sock.sendto(binding_request(f"{peer.ice_ufrag}:x", peer.ice_pwd), relay_addr)
-                await receive(sock, 1)  # the Binding success
+                await latch_over_udp(sock, peer, relay_addr)
             receiving = []
 
             async def collect():

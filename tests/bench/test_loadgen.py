@@ -11,8 +11,8 @@ import pytest
 
 from bench.loadgen import MIN_PACKET_SIZE, Flow, measure_direct, open_socket, run_load
 from bench.srtp_cost import handshake
-from botcall.rtp.dtls import DtlsCertificate
-from botcall.rtp.srtp import SrtpContext
+from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.srtp import SrtpContext
 
 RATE = 50.0
 DURATION = 0.4

@@ -5,7 +5,7 @@ import argparse
 import pytest
 import trio
 
-from botcall.audio import dominant_frequency, read_wav, tone, write_wav
+from botcall.audio.pcm import dominant_frequency, read_wav, tone, write_wav
 from botcall.client.cli import Recorder, run_bot
 from tests.serverutil import running_server
 

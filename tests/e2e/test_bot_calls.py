@@ -10,10 +10,10 @@ import socket
 import pytest
 import trio
 
-from botcall.audio import dominant_frequency, tone
+from botcall.audio.pcm import dominant_frequency, tone
 from botcall.client import BotCallHttpError, connect
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.stun import binding_request
+from botcall.wire.rtp import RtpPacket
+from botcall.wire.stun import binding_request
 from tests.serverutil import running_server
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,7 @@ async def test_pcm16_bot_gets_every_20ms_slot_under_loss(tmp_path):
         async with connect(srv.url, room, srv.token(agent="lossy#1")) as speaker, connect(
             srv.url, room, srv.token(agent="stt#2"), transport="websocket", encoding="pcm16", sample_rate=16000
         ) as listener:
-            from botcall.rtp.opus import OpusEncoder
+            from botcall.audio.opus import OpusEncoder
 
             encoder = OpusEncoder()
             pcm = tone(440, 2.0)

@@ -15,19 +15,20 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.audio import dominant_frequency, tone
+from botcall.audio.pcm import dominant_frequency, tone
 from botcall.client import connect
 from botcall.errors import BadPacket
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
-from botcall.rtp.opus import OpusDecoder, OpusEncoder
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import binding_request
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.audio.opus import OpusDecoder, OpusEncoder
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request
 from tests.serverutil import running_server
 
 pytestmark = pytest.mark.e2e
 
 OFFER = (Path(__file__).parent.parent / "signaling" / "data" / "chrome156_mic.sdp").read_text()
+OFFER_UFRAG, OFFER_PWD = "Lvk6", "MJmqww8YhsywZZuK2KigpCDG"  # the captured offer's ICE credentials
 
 
 class SimulatedBrowser:
@@ -64,8 +65,12 @@ class SimulatedBrowser:
         ufrag = re.search(r"a=ice-ufrag:(\S+)", answer).group(1)
         pwd = re.search(r"a=ice-pwd:(\S+)", answer).group(1)
         fingerprint = re.search(r"a=fingerprint:(.*)\r\n", answer).group(1)
-        await self.sock.sendto(binding_request(f"{ufrag}:Lvk6", pwd, use_candidate=True, controlling=True, priority=2130706431), self.relay)
+        await self.sock.sendto(binding_request(f"{ufrag}:{OFFER_UFRAG}", pwd, use_candidate=True, controlling=True, priority=2130706431), self.relay)
         with trio.fail_after(5):
+            # First the relay's check of our address (answered as a browser
+            # does, signed with the offer's ice-pwd), then its success.
+            check, source = await self.sock.recvfrom(2048)
+            await self.sock.sendto(answer_check_untrusted(check, source, username=f"{OFFER_UFRAG}:{ufrag}", password=OFFER_PWD), self.relay)
             reply, _ = await self.sock.recvfrom(2048)
         assert reply[:2] == b"\x01\x01"  # Binding success
         dtls = DtlsEndpoint(role="client", certificate=self.cert, remote_fingerprint=fingerprint)

@@ -12,9 +12,9 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.audio import dominant_frequency, tone
+from botcall.audio.pcm import dominant_frequency, tone
 from botcall.client import connect
-from botcall.rtp.opus import OpusDecoder, OpusEncoder
+from botcall.audio.opus import OpusDecoder, OpusEncoder
 from tests.serverutil import running_server
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import itertools
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from botcall.errors import DtlsError
-from botcall.rtp.dtls import (
+from botcall.webrtc.dtls import (
     DEFAULT_MTU,
     MAX_RECORD_PAYLOAD,
     DtlsCertificate,

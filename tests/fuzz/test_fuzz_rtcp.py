@@ -7,7 +7,7 @@ with RtcpParseError.
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import RtcpParseError
-from botcall.rtp.rtcp import (
+from botcall.wire.rtcp import (
     RTCP_HEADER,
     Bye,
     GenericNack,

@@ -9,7 +9,7 @@ import pathlib
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import SdpError
-from botcall.signaling.sdp import build_answer, parse_offer_untrusted, parse_sdp_untrusted
+from botcall.webrtc.sdp import build_answer, parse_offer_untrusted, parse_sdp_untrusted
 
 DATA = pathlib.Path(__file__).parent.parent / "signaling" / "data"
 OFFERS = {}

@@ -11,8 +11,15 @@ from aioice.stun import ATTRIBUTES, Class, Message, Method
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import StunParseError
-from botcall.rtp.ice_lite import BindingReason, answer_binding_untrusted
-from botcall.rtp.stun import MAX_STUN_SIZE, binding_request, parse_stun_untrusted
+from botcall.webrtc.ice_lite import BindingReason, answer_binding_untrusted
+from botcall.wire.stun import (
+    MAX_STUN_SIZE,
+    answer_check_untrusted,
+    binding_check,
+    binding_request,
+    parse_binding_check_untrusted,
+    parse_stun_untrusted,
+)
 
 UFRAG = "fuzZ"
 PASSWORD = "fuzzPassword0123456789+/"
@@ -66,6 +73,24 @@ def check_parse(data: bytes) -> None:
     assert message.transaction_id == data[8:20]
 
 
+CHECK_USERNAME = f"botufrag:{UFRAG}"
+
+
+def check_bot_side(data: bytes) -> None:
+    """What a bot does with a datagram from the relay: a valid check or StunParseError."""
+    try:
+        message = parse_binding_check_untrusted(data, CHECK_USERNAME, PASSWORD)
+    except StunParseError:
+        pass
+    else:
+        assert message.attributes["USERNAME"] == CHECK_USERNAME
+    try:
+        answer = answer_check_untrusted(data, ADDR, username=CHECK_USERNAME, password=PASSWORD)
+    except StunParseError:
+        return
+    assert answer[8:20] == data[8:20]
+
+
 def check_answer(data: bytes) -> None:
     try:
         outcome = answer_binding_untrusted(data, ADDR, SESSIONS.get)
@@ -85,6 +110,7 @@ def check_answer(data: bytes) -> None:
 def test_arbitrary_bytes(data):
     check_parse(data)
     check_answer(data)
+    check_bot_side(data)
 
 
 @pytest.mark.parametrize("data", REGRESSIONS)
@@ -118,6 +144,7 @@ def test_well_framed_messages_with_arbitrary_attributes(message_type, body, fing
     data = stun(message_type, b"".join(tlv(t, v) for t, v in body), fingerprint=fingerprint)
     check_parse(data)
     check_answer(data)
+    check_bot_side(data)
 
 
 @given(
@@ -143,6 +170,38 @@ def test_mutated_valid_requests(username, password, use_candidate, position, mut
         request[2:4] = struct.pack("!H", (len(request) - 20 + value - 128) & 0xFFFF)
     check_parse(bytes(request))
     check_answer(bytes(request))
+    check_bot_side(bytes(request))
+
+
+@given(
+    password=st.sampled_from([PASSWORD, "someone else's password"]),
+    ice=st.booleans(),
+    position=st.integers(0, 200),
+    mutation=st.sampled_from(["flip", "truncate", "insert", "delete", "length"]),
+    value=st.integers(0, 255),
+)
+def test_mutated_relay_checks(password, ice, position, mutation, value):
+    """The relay's checks, mutated, as the bot SDK parses them: a valid check or StunParseError."""
+    extra = {"priority": 1862270975, "tie_breaker": 7} if ice else {}
+    check = bytearray(binding_check(CHECK_USERNAME, password, transaction_id=TXID, **extra))
+    position %= len(check)
+    if mutation == "flip":
+        check[position] ^= 1 << (value % 8)
+    elif mutation == "truncate":
+        del check[position:]
+    elif mutation == "insert":
+        check[position:position] = bytes([value]) * 4
+    elif mutation == "delete":
+        del check[position : position + 4]
+    else:
+        check[2:4] = struct.pack("!H", (len(check) - 20 + value - 128) & 0xFFFF)
+    check_parse(bytes(check))
+    check_bot_side(bytes(check))
+
+
+def test_unmutated_relay_check_is_answered():
+    check = binding_check(CHECK_USERNAME, PASSWORD, transaction_id=TXID)
+    assert answer_check_untrusted(check, ADDR, username=CHECK_USERNAME, password=PASSWORD)[8:20] == TXID
 
 
 def test_unmutated_request_is_answered():
@@ -193,3 +252,32 @@ def test_round_trip(method, message_class, transaction_id, attributes, sign_with
     if sign_with is not None:
         assert parsed.check_message_integrity(sign_with)
     assert bytes(parsed) == bytes(message)
+
+
+def relay_expecting_an_answer():
+    """A relay with one bot whose check (transaction id TXID) to ADDR is outstanding."""
+    from botcall.relay.core import MediaRelay
+    from tests.relaykit import make_bot
+
+    sent = []
+    relay = MediaRelay(lambda data, addr: sent.append((data, addr)))
+    bot = make_bot(relay, None, "fuzz", 1234)
+    bot.remote_ufrag = "botufrag"
+    bot.ice.add_check(TXID, ADDR, 0.0)
+    relay._checks[TXID] = bot
+    return relay, bot, sent
+
+
+@given(
+    message_type=st.sampled_from([0x0101, 0x0111, 0x0001, 0x0011]) | st.integers(0, 0x3FFF),
+    body=attributes,
+    fingerprint=st.booleans(),
+)
+def test_the_relay_takes_any_answer_to_its_check_without_raising(message_type, body, fingerprint):
+    """Junk responses carrying the transaction id of a pending check: never an
+    exception, never a verified address, never a reply larger than the datagram."""
+    relay, bot, sent = relay_expecting_an_answer()
+    data = stun(message_type, b"".join(tlv(t, v) for t, v in body), fingerprint=fingerprint)
+    relay.handle_datagram(data, ADDR, 0.1)
+    assert bot.addr is None and relay.counters["check_verified"] == 0
+    assert all(len(reply) <= len(data) for reply, _ in sent)

@@ -38,6 +38,9 @@ PAGE_HEADERS = {
 ASSET_TYPES = {
     "app.js": "text/javascript",
     "audio.js": "text/javascript",
+    "session.js": "text/javascript",
+    "peer.js": "text/javascript",
+    "view.js": "text/javascript",
     "style.css": "text/css",
     "manifest.webmanifest": "application/manifest+json",
     "icons/icon.svg": "image/svg+xml",
@@ -170,6 +173,9 @@ async def test_service_worker_is_served_from_the_root(tmp_path, bundle):
     # Everything the worker precaches exists, or its install would fail.
     assert "/pwa/index.html" in precached_urls and f"/pwa/app.js?v={bundle.version}" in precached_urls
     assert len(precached_urls) >= 8
+    # Every script module the page loads is there for offline starts.
+    modules = {f"/pwa/{name}?v={bundle.version}" for name in bundle.assets if name.endswith(".js") and name != "sw.js"}
+    assert modules <= set(precached_urls)
     for url, response in fetched.items():
         assert response.status == 200, url
 
@@ -292,6 +298,13 @@ def test_only_known_file_types_are_loaded(tmp_path):
     assert load_pwa(tmp_path).version != bundle.version
 
 
+def test_the_pwa_unit_tests_are_not_served():
+    """pwa/tests/*.mjs and pwa/package.json are for `node --test` only."""
+    bundle = load_pwa(PWA_DIR)
+    assert (PWA_DIR / "package.json").is_file() and list((PWA_DIR / "tests").glob("*.test.mjs"))
+    assert not [name for name in bundle.assets if name.startswith("tests/") or name.endswith((".json", ".mjs"))]
+
+
 def test_loading_refuses_an_incomplete_or_oversized_directory(tmp_path):
     with pytest.raises(ConfigError, match="sw.js"):
         (tmp_path / "index.html").write_text("x")
@@ -306,8 +319,9 @@ def test_loading_refuses_an_incomplete_or_oversized_directory(tmp_path):
 
 
 def test_page_size_budget():
-    """index.html + app.js + audio.js + style.css under 50 KB gzipped."""
-    sizes = {name: len(gzip.compress((PWA_DIR / name).read_bytes(), 9)) for name in ("index.html", "app.js", "audio.js", "style.css")}
+    """index.html, its scripts and style.css under 50 KB gzipped."""
+    page = ("index.html", "app.js", "session.js", "peer.js", "view.js", "audio.js", "style.css")
+    sizes = {name: len(gzip.compress((PWA_DIR / name).read_bytes(), 9)) for name in page}
     total = sum(sizes.values())
     print(f"gzipped sizes: {sizes}, total {total} bytes of {SIZE_BUDGET}")
     assert total < SIZE_BUDGET

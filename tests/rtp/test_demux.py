@@ -2,9 +2,9 @@
 
 import pytest
 
-from botcall.rtp.demux import PacketKind, classify, classify_datagram, is_rtcp
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.stun import binding_request
+from botcall.wire.demux import PacketKind, classify, is_rtcp
+from botcall.wire.rtp import RtpPacket
+from botcall.wire.stun import binding_request
 
 # The RFC figures, written out independently of the module's table.
 RFC_RANGES = [
@@ -47,11 +47,10 @@ def test_real_datagrams_are_routed():
     dtls = bytes([22, 0xFE, 0xFD]) + bytes(10)
     # An RTCP receiver report header: V=2, RC=0, PT=201.
     rtcp = bytes([0x80, 201, 0, 1]) + (1234).to_bytes(4, "big")
-    assert classify_datagram(stun) is PacketKind.STUN
-    assert classify_datagram(dtls) is PacketKind.DTLS
-    assert classify_datagram(rtp) is PacketKind.RTP and not is_rtcp(rtp)
-    assert classify_datagram(rtcp) is PacketKind.RTP and is_rtcp(rtcp)
-    assert classify_datagram(b"") is PacketKind.UNKNOWN
+    assert classify(stun[0]) is PacketKind.STUN
+    assert classify(dtls[0]) is PacketKind.DTLS
+    assert classify(rtp[0]) is PacketKind.RTP and not is_rtcp(rtp)
+    assert classify(rtcp[0]) is PacketKind.RTP and is_rtcp(rtcp)
 
 
 @pytest.mark.parametrize("second_byte", range(256))

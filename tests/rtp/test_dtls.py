@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from botcall.errors import DtlsError
-from botcall.rtp.dtls import (
+from botcall.webrtc.dtls import (
     MIN_MTU,
     ContentType,
     DtlsCertificate,
@@ -36,7 +36,7 @@ from botcall.rtp.dtls import (
     parse_fingerprint_untrusted,
     split_records_untrusted,
 )
-from botcall.rtp.srtp import SrtpKeys, SrtpProfile
+from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
 from tests.cheap import c_heap_in_use
 
 SERVER_CERT = DtlsCertificate.generate()

@@ -1,4 +1,5 @@
-"""The one Binding responder (bots and browsers) and per-peer ICE-lite state."""
+"""The one Binding responder (bots and browsers) and per-peer ICE-lite state:
+verification by our own checks, at-most-once transaction ids, rates, consent."""
 
 import hashlib
 import hmac
@@ -11,12 +12,22 @@ from aioice.stun import Class, Message, Method
 from hypothesis import given, strategies as st
 
 from botcall.errors import StunParseError
-from botcall.rtp.ice_lite import (
+from botcall.webrtc.ice_lite import (
+    CHECK_INTERVAL,
+    CHECK_TIMEOUT,
+    MAX_PENDING_CHECKS,
+    REQUEST_BURST,
+    REQUEST_RATE,
+    TRANSACTION_MEMORY,
+    UNKNOWN_SOURCE_CHECK_INTERVAL,
     BindingReason,
+    CheckResult,
     IceLiteState,
+    Sighting,
+    TransactionLog,
     answer_binding_untrusted,
 )
-from botcall.rtp.stun import binding_request, parse_binding_response_untrusted, parse_stun_untrusted
+from botcall.wire.stun import binding_request, parse_binding_response_untrusted, parse_stun_untrusted
 
 # Captured from Chromium 156 (headless, Debian) checking our ICE-lite answer on
 # 127.0.0.1: USERNAME "relayUfrag1:FgqC", 0xC057, ICE-CONTROLLING, PRIORITY,
@@ -254,105 +265,201 @@ A = ("192.0.2.1", 1000)
 B = ("192.0.2.2", 2000)
 C = ("192.0.2.3", 3000)
 
+_ids = iter(range(10**9))
 
-def test_bot_mode_latches_on_the_first_request_and_follows_moves():
+
+def txid() -> bytes:
+    return next(_ids).to_bytes(12, "big")
+
+
+def request(state, addr, now, *, use_candidate=False, transaction_id=None):
+    return state.on_valid_request(addr, use_candidate, now, transaction_id=transaction_id or txid())
+
+
+def verify(state, addr, now):
+    """Our check to ``addr``, answered from ``addr``."""
+    check = txid()
+    state.add_check(check, addr, now)
+    return state.on_check_success(check, addr, now)
+
+
+def test_a_bot_is_latched_only_once_its_address_answers_a_check():
     state = IceLiteState(nominate_on="any")
-    first = state.on_valid_request(A, False, now=0.0)
-    assert first.changed and first.selected == A and first.previous is None and first.new_candidate
-    again = state.on_valid_request(A, False, now=10.0)
-    assert not again.changed and again.selected == A and not again.new_candidate
-    moved = state.on_valid_request(B, False, now=15.0)
-    assert moved.changed and moved.selected == B and moved.previous == A
-    assert state.selected == B
+    first = request(state, A, 0.0)
+    # Valid credentials prove nothing about the source address.
+    assert first.fresh and not first.verified and not first.changed and state.selected is None
+    result, update = verify(state, A, 0.01)
+    assert result is CheckResult.VERIFIED
+    assert update.changed and update.selected == A and update.previous is None
+    again = request(state, A, 10.0)
+    assert again.verified and not again.changed and state.deadline() == 40.0
 
 
-def test_browser_mode_learns_then_selects_on_use_candidate():
+def test_a_bot_moves_only_after_the_new_address_answers():
+    state = IceLiteState(nominate_on="any")
+    request(state, A, 0.0)
+    verify(state, A, 0.0)
+    moving = request(state, B, 15.0)
+    assert not moving.verified and not moving.changed and state.selected == A
+    _, update = verify(state, B, 15.01)
+    assert update.changed and update.selected == B and update.previous == A
+    # A bot has one address: the one it left must prove itself again.
+    assert not state.is_verified(A, 15.02)
+    back = request(state, A, 16.0)
+    assert not back.verified and state.selected == B
+
+
+def test_a_browser_learns_addresses_and_selects_a_verified_nomination():
     state = IceLiteState(nominate_on="use_candidate")
-    learnt = state.on_valid_request(A, False, now=0.0)
-    assert not learnt.changed and learnt.selected is None and learnt.new_candidate
-    assert state.candidates == (A,) and state.selected is None
-    nominated = state.on_valid_request(A, True, now=0.1)
-    assert nominated.changed and nominated.selected == A
+    request(state, A, 0.0)
+    _, update = verify(state, A, 0.01)
+    assert not update.changed and state.selected is None and state.candidates == (A,)
+    nominated = request(state, A, 0.1, use_candidate=True)
+    assert nominated.verified and nominated.changed and nominated.selected == A
     # A check on another pair does not move the selection...
-    other = state.on_valid_request(B, False, now=1.0)
-    assert not other.changed and state.selected == A and other.new_candidate
-    # ... a renomination does.
-    renominated = state.on_valid_request(B, True, now=2.0)
+    request(state, B, 1.0)
+    verify(state, B, 1.0)
+    assert state.selected == A and set(state.candidates) == {A, B}
+    # ... a renomination of a verified address does.
+    renominated = request(state, B, 2.0, use_candidate=True)
     assert renominated.changed and renominated.selected == B and renominated.previous == A
 
 
-def test_consent_expires_after_thirty_seconds():
-    state = IceLiteState(nominate_on="any")
-    assert state.deadline() is None and not state.expired(1e9)
-    state.on_valid_request(A, False, now=100.0)
-    state.on_valid_request(A, False, now=110.0)
-    assert state.deadline() == 140.0
-    assert not state.expired(139.999)
-    assert state.expired(140.0)
-
-
-def test_consent_is_refreshed_only_by_the_selected_address():
+def test_a_nomination_from_an_unverified_address_waits_for_its_check():
     state = IceLiteState(nominate_on="use_candidate")
-    state.on_valid_request(A, True, now=0.0)
-    state.on_valid_request(B, False, now=20.0)  # checks on another pair
-    assert state.deadline() == 30.0
-    state.on_valid_request(A, False, now=25.0)
-    assert state.deadline() == 55.0
+    early = request(state, A, 0.0, use_candidate=True)
+    assert not early.verified and not early.changed and state.selected is None
+    _, update = verify(state, A, 0.02)
+    assert update.changed and update.selected == A
+
+
+def test_a_check_answer_is_single_use_from_the_right_address_in_time():
+    state = IceLiteState(nominate_on="any")
+    request(state, A, 0.0)
+    check = txid()
+    state.add_check(check, A, 0.0)
+    assert state.on_check_success(check, B, 0.01) == (CheckResult.WRONG_ADDRESS, None)
+    assert state.selected is None and state.pending_checks == {check: A}  # the right answer may still come
+    assert state.on_check_success(check, A, 0.02)[0] is CheckResult.VERIFIED
+    assert state.on_check_success(check, A, 0.03) == (CheckResult.UNKNOWN, None)
+    late = txid()
+    state.add_check(late, B, 1.0)
+    assert state.on_check_success(late, B, 1.0 + CHECK_TIMEOUT) == (CheckResult.EXPIRED, None)
+    assert state.selected == A and not state.is_verified(B, 5.0)
+
+
+def test_checks_are_rate_limited_per_address_and_bounded_per_peer():
+    state = IceLiteState(nominate_on="any")
+    assert state.check_allowed(A, 0.0)
+    state.add_check(txid(), A, 0.0)
+    assert not state.check_allowed(A, CHECK_INTERVAL / 2)
+    assert state.check_allowed(B, CHECK_INTERVAL / 2)
+    assert state.check_allowed(A, CHECK_INTERVAL)
+    dropped = []
+    for port in range(10):
+        dropped += state.add_check(txid(), ("203.0.113.1", port), 1.0)
+    assert len(state.pending_checks) == MAX_PENDING_CHECKS
+    assert len(dropped) == 1 + 10 - MAX_PENDING_CHECKS  # the oldest go first
+    assert state.expire_checks(1.0 + CHECK_TIMEOUT) and not state.pending_checks
+
+
+def test_unknown_source_checks_are_rate_limited_per_peer():
+    state = IceLiteState(nominate_on="any")
+    assert state.check_allowed(A, 0.0, unknown_source=True)
+    state.add_check(txid(), A, 0.0, unknown_source=True)
+    assert not state.check_allowed(B, UNKNOWN_SOURCE_CHECK_INTERVAL / 2, unknown_source=True)
+    assert state.check_allowed(B, UNKNOWN_SOURCE_CHECK_INTERVAL / 2)  # a request's check is not held back
+    assert state.check_allowed(B, UNKNOWN_SOURCE_CHECK_INTERVAL, unknown_source=True)
+
+
+def test_a_retransmission_is_answered_but_changes_nothing():
+    state = IceLiteState(nominate_on="any")
+    request(state, A, 0.0)
+    verify(state, A, 0.0)
+    keepalive = txid()
+    assert request(state, A, 10.0, transaction_id=keepalive).fresh
+    assert state.deadline() == 40.0
+    again = request(state, A, 20.0, transaction_id=keepalive)
+    assert again.retransmission and again.verified and not again.fresh
+    assert state.deadline() == 40.0  # no consent refresh from an id used before
+
+
+def test_a_replay_from_elsewhere_is_ignored_even_after_expiry_and_many_newer_requests():
+    state = IceLiteState(nominate_on="any")
+    captured = txid()
+    request(state, A, 0.0, transaction_id=captured)
+    verify(state, A, 0.0)
+    for index in range(200):  # far more than the 32 ids the old window held
+        request(state, A, 1.0 + index * 0.5)
+    replay = request(state, C, 200.0, transaction_id=captured)
+    assert replay.replayed and not replay.changed and state.selected == A
+    assert state.expired(500.0)
+    for now in (500.0, 5000.0):  # consent lapsed: the ids are still remembered
+        assert request(state, C, now, transaction_id=captured).replayed
+        assert request(state, A, now + 1, transaction_id=captured).retransmission
+
+
+def test_consent_expires_after_thirty_seconds_and_only_the_selected_address_refreshes_it():
+    state = IceLiteState(nominate_on="use_candidate")
+    assert state.deadline() is None and not state.expired(1e9)
+    request(state, A, 100.0, use_candidate=True)
+    verify(state, A, 100.0)
+    assert state.deadline() == 130.0
+    request(state, B, 110.0)
+    verify(state, B, 110.0)  # another pair
+    assert state.deadline() == 130.0
+    request(state, A, 120.0)
+    assert state.deadline() == 150.0
+    assert not state.expired(149.999) and state.expired(150.0)
 
 
 def test_a_request_after_expiry_starts_over():
-    state = IceLiteState(nominate_on="use_candidate")
-    state.on_valid_request(A, True, now=0.0)
-    update = state.on_valid_request(B, False, now=31.0)
-    assert state.selected is None and state.candidates == (B,)
+    state = IceLiteState(nominate_on="any")
+    request(state, A, 0.0)
+    verify(state, A, 0.0)
+    update = request(state, A, 31.0)
     assert update.changed and update.previous == A and update.selected is None
-    assert state.deadline() == 61.0
+    assert not update.verified  # a fresh check is due
+    assert verify(state, A, 31.0)[1].selected == A
 
 
 def test_configurable_timeout():
     state = IceLiteState(nominate_on="any", consent_timeout=5.0)
-    state.on_valid_request(A, False, now=1.0)
+    request(state, A, 1.0)
+    verify(state, A, 1.0)
     assert state.expired(6.0) and not state.expired(5.9)
 
 
-def test_candidates_are_bounded_and_the_selected_one_survives():
-    # A long consent timeout: only A is selected, and only A refreshes consent.
+def test_authenticated_requests_are_rate_limited():
+    state = IceLiteState(nominate_on="any")
+    updates = [request(state, A, 0.0) for _ in range(REQUEST_BURST + 5)]
+    assert sum(update.rate_limited for update in updates) == 5
+    assert not any(update.fresh for update in updates[REQUEST_BURST:])
+    later = 1.0 / REQUEST_RATE
+    assert not request(state, A, later).rate_limited
+    assert request(state, A, later).rate_limited
+
+
+def test_verified_addresses_are_bounded_and_the_selected_one_survives():
     state = IceLiteState(nominate_on="use_candidate", max_candidates=3, consent_timeout=1e6)
-    state.on_valid_request(A, True, now=0.0)
+    request(state, A, 0.0, use_candidate=True)
+    verify(state, A, 0.0)
     for port in range(100):
-        state.on_valid_request(("203.0.113.1", port), False, now=1.0 + port)
-        assert len(state.candidates) <= 3
-        assert A in state.candidates
+        addr = ("203.0.113.1", port)
+        request(state, addr, 1.0 + port)
+        verify(state, addr, 1.0 + port)
+        assert len(state.candidates) <= 3 and A in state.candidates
     assert state.candidates == (A, ("203.0.113.1", 98), ("203.0.113.1", 99))
 
 
-def test_bot_mode_bounded_with_the_minimum_limit():
-    state = IceLiteState(nominate_on="any", max_candidates=2)
-    for port in range(10):
-        state.on_valid_request(("203.0.113.1", port), False, now=port)
-        assert len(state.candidates) <= 2
-    assert state.selected == ("203.0.113.1", 9)
-
-
-def test_replayed_transaction_from_elsewhere_cannot_move_the_session():
-    state = IceLiteState(nominate_on="any")
-    state.on_valid_request(A, False, now=0.0, transaction_id=b"t" * 12)
-    replay = state.on_valid_request(C, False, now=1.0, transaction_id=b"t" * 12)
-    assert replay.replayed and not replay.changed and replay.selected == A
-    assert state.selected == A and C not in state.candidates
-    assert state.deadline() == 30.0  # no consent refresh either
-    # A retransmission from the same address is fine.
-    retransmission = state.on_valid_request(A, False, now=2.0, transaction_id=b"t" * 12)
-    assert not retransmission.replayed and state.deadline() == 32.0
-
-
-def test_replay_window_is_bounded():
-    state = IceLiteState(nominate_on="any", replay_window=4)
-    for index in range(10):
-        state.on_valid_request(A, False, now=float(index), transaction_id=bytes([index]) * 12)
-    # A recent ID from elsewhere is a replay; the oldest have been forgotten.
-    assert state.on_valid_request(C, False, now=10.0, transaction_id=bytes([9]) * 12).replayed
-    assert state.on_valid_request(B, False, now=11.0, transaction_id=bytes([0]) * 12).changed
+def test_stale_verified_addresses_are_dropped_but_not_the_selected_one():
+    state = IceLiteState(nominate_on="use_candidate")
+    request(state, A, 0.0, use_candidate=True)
+    verify(state, A, 0.0)
+    request(state, B, 1.0)
+    verify(state, B, 1.0)
+    assert state.drop_stale(30.0) == []
+    assert state.drop_stale(31.0) == [B] and state.candidates == (A,)
 
 
 def test_bad_arguments():
@@ -362,54 +469,66 @@ def test_bad_arguments():
         IceLiteState(nominate_on="any", max_candidates=1)
     with pytest.raises(ValueError):
         IceLiteState(nominate_on="any", consent_timeout=0)
+    with pytest.raises(ValueError):
+        TransactionLog(0)
 
 
-def test_reset_forgets_everything():
+def test_reset_forgets_the_addresses_but_not_the_transaction_ids():
     state = IceLiteState(nominate_on="any")
-    state.on_valid_request(A, False, now=0.0, transaction_id=b"x" * 12)
+    request(state, A, 0.0, transaction_id=b"x" * 12)
+    verify(state, A, 0.0)
     state.reset()
     assert state.selected is None and state.candidates == () and state.deadline() is None
-    assert not state.on_valid_request(B, False, now=1.0, transaction_id=b"x" * 12).replayed
+    assert request(state, B, 1.0, transaction_id=b"x" * 12).replayed
 
 
-# --- A bot and the relay over a lossy, simulated network --------------------------
+def test_a_renegotiated_peer_inherits_the_used_transaction_ids():
+    old = IceLiteState(nominate_on="use_candidate")
+    request(old, A, 0.0, transaction_id=b"y" * 12)
+    new = IceLiteState(nominate_on="use_candidate")
+    new.inherit(old)
+    assert request(new, C, 1.0, transaction_id=b"y" * 12).replayed
 
 
-def test_bot_keepalives_latch_move_and_expire_over_a_lossy_network():
-    """str0m-style: shuttle datagrams on a simulated clock with seeded loss."""
-    rng = random.Random(7)
-    relay_state = IceLiteState(nominate_on="any")
-    latched = []
-    bot_address = ("198.51.100.7", 41000)
-    learnt_by_bot = []
+# --- TransactionLog ---------------------------------------------------------------
 
-    def relay_receive(data, source, now):
-        outcome = answer_binding_untrusted(data, source, SESSIONS.get)
-        if outcome.authenticated:
-            update = relay_state.on_valid_request(
-                source, outcome.use_candidate, now, transaction_id=outcome.transaction_id
-            )
-            if update.changed:
-                latched.append((now, update.selected))
-        return outcome.reply
 
-    now = 0.0
-    while now < 600.0:
-        if now == 300.0:
-            bot_address = ("198.51.100.7", 52000)  # the NAT rebinds
-        if now < 450.0:  # the bot goes quiet at 450 s
-            request = binding_request(f"{UFRAG}:bot", PASSWORD)
-            if rng.random() > 0.2:  # 20 % loss towards the relay
-                reply = relay_receive(request, bot_address, now)
-                if reply is not None and rng.random() > 0.2:  # and back
-                    transaction_id = parse_stun_untrusted(request).transaction_id
-                    learnt_by_bot.append(parse_binding_response_untrusted(reply, PASSWORD, transaction_id))
-        if 5.0 < now < 450.0:
-            # Keepalives every 5 s with 20 % loss never leave a 30 s gap here.
-            assert not relay_state.expired(now)
-        now += 5.0
-    assert latched[0][1] == ("198.51.100.7", 41000)
-    assert latched[-1][1] == ("198.51.100.7", 52000) and 300.0 <= latched[-1][0] < 330.0
-    assert len(latched) == 2
-    assert relay_state.expired(600.0) and 450.0 < relay_state.deadline() <= 480.0
-    assert set(learnt_by_bot) == {("198.51.100.7", 41000), ("198.51.100.7", 52000)}
+def test_the_log_tells_new_retransmission_and_replay_apart():
+    log = TransactionLog()
+    assert log.sighting(b"a" * 12, A) is Sighting.NEW
+    log.add(b"a" * 12, A)
+    assert log.sighting(b"a" * 12, A) is Sighting.RETRANSMISSION
+    assert log.sighting(b"a" * 12, B) is Sighting.REPLAY
+    assert log.sighting(b"b" * 12, A) is Sighting.NEW
+
+
+def test_the_log_is_bounded_at_sixteen_bytes_an_id_and_forgets_the_oldest_first():
+    log = TransactionLog(capacity=100)
+    for index in range(250):
+        log.add(index.to_bytes(12, "big"), A)
+        assert len(log) <= 100 and log.nbytes <= 16 * 100
+    assert log.sighting((149).to_bytes(12, "big"), B) is Sighting.NEW  # forgotten
+    assert all(log.sighting(index.to_bytes(12, "big"), B) is Sighting.REPLAY for index in range(150, 250))
+
+
+def test_the_default_log_is_32_kib_at_most():
+    assert TRANSACTION_MEMORY * 16 == 32 * 1024
+
+
+@given(st.lists(st.tuples(st.binary(min_size=12, max_size=12), st.sampled_from([A, B, C])), max_size=60))
+def test_the_log_agrees_with_a_plain_dictionary(events):
+    if len({hash(addr) & 0xFFFF for addr in (A, B, C)}) < 3:
+        pytest.skip("this process's hash key gives two test addresses the same 16 bits")
+    log = TransactionLog(capacity=16)
+    model: dict[bytes, set] = {}
+    order: list[bytes] = []
+    for transaction_id, addr in events:
+        seen = model.get(transaction_id)
+        expected = Sighting.NEW if seen is None else Sighting.RETRANSMISSION if addr in seen else Sighting.REPLAY
+        assert log.sighting(transaction_id, addr) is expected
+        if expected is Sighting.NEW:
+            log.add(transaction_id, addr)
+            model.setdefault(transaction_id, set()).add(addr)
+            order.append(transaction_id)
+            if len(order) > 16:
+                del model[order.pop(0)]

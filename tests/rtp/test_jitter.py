@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from botcall.rtp.jitter import FrameKind, JitterBuffer, PlayoutFrame
-from botcall.rtp.packet import RtpPacket
+from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
+from botcall.wire.rtp import RtpPacket
 from tests.netsim import merge_schedule
 
 FRAME = 0.020

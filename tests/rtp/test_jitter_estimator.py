@@ -6,9 +6,9 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
-from botcall.rtp.jitter import DelayEstimator
+from botcall.audio.jitter import DelayEstimator
 
 
 def estimator(**kw) -> DelayEstimator:
@@ -34,6 +34,7 @@ def test_quantile_of_a_known_distribution():
 
 
 @settings(max_examples=50)
+@example(values=[0.0, 0.0, 0.0, 0.25, 0.25], quantile=0.6000000000000001, offset=0.0)  # found by Hypothesis in CI
 @given(
     values=st.lists(st.floats(0.0, 0.45), min_size=1, max_size=400),
     quantile=st.floats(0.6, 0.999),
@@ -48,9 +49,12 @@ def test_quantile_matches_the_empirical_one_without_forgetting(values, quantile,
     estimate = est.relative()
     # At most a fraction (1 - q) of the samples lie above the estimate...
     assert sum(1 for v in ordered if v > estimate + 1e-6) <= (1 - quantile) * len(values) + 1e-6
-    # ...and the estimate is no more than a bin above the sample that achieves it.
-    rank = max(0, math.ceil(quantile * len(values) - 1e-9) - 1)
-    assert estimate <= ordered[rank] + 0.0011 + 1e-9
+    # ...and the estimate is no more than a bin above the smallest sample that
+    # achieves that, computed in the same floating-point arithmetic as the
+    # estimator (0.6000000000000001 x 5 samples needs the fourth, not the third).
+    limit = (1.0 - quantile) * len(values)
+    achieving = min(v for v in ordered if sum(1 for w in ordered if w > v) <= limit)
+    assert estimate <= achieving + 0.0011 + 1e-9
 
 
 def test_forgetting_lets_new_conditions_take_over():

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from botcall import audio
-from botcall.rtp.jitter import FrameKind, JitterBuffer
-from botcall.rtp.opus import OpusDecoder, OpusEncoder
-from botcall.rtp.packet import RtpPacket
+from botcall.audio import pcm as audio
+from botcall.audio.jitter import FrameKind, JitterBuffer
+from botcall.audio.opus import OpusDecoder, OpusEncoder
+from botcall.wire.rtp import RtpPacket
 from tests.netsim import Jitter, NetworkProfile, merge_schedule, transmit
 
 FRAME = 0.020

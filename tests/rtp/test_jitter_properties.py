@@ -15,8 +15,8 @@ import struct
 
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
-from botcall.rtp.jitter import FrameKind, JitterBuffer
-from botcall.rtp.packet import RtpPacket
+from botcall.audio.jitter import FrameKind, JitterBuffer
+from botcall.wire.rtp import RtpPacket
 from tests.netsim import Burst, Jitter, NetworkProfile, merge_schedule, transmit
 
 FRAME = 0.020

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from botcall import audio
+from botcall.audio import pcm as audio
 from botcall.errors import OpusDecodeError
-from botcall.rtp.opus import (
+from botcall.audio.opus import (
     DECODER_RATES,
     FRAME_SAMPLES,
     PAYLOAD_TYPE,

@@ -7,17 +7,12 @@ import opuslib
 import pytest
 
 from botcall.errors import RtpParseError
-from botcall.rtp.packet import (
+from botcall.wire.demux import is_rtcp
+from botcall.wire.rtp import (
     ONE_BYTE_PROFILE,
     RtpHeaderExtension,
     RtpPacket,
-    is_rtcp_payload_type,
-    is_rtcp_untrusted,
     parse_rtp_untrusted,
-    rtp_payload_type_untrusted,
-    rtp_seq_untrusted,
-    rtp_ssrc_untrusted,
-    rtp_timestamp_untrusted,
 )
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -369,51 +364,11 @@ def test_built_extension_round_trips_through_a_packet():
     assert parsed.extension.elements_untrusted() == ((1, b"\x85"), (2, b"\x12\x34\x56"))
 
 
-# --- Peek helpers --------------------------------------------------------------------
-
-
-def test_peek_helpers_match_the_parser():
-    for data in [load_hex("chrome_opus_audio_level.rtp.hex"), *load_hex_lines("ffmpeg_opus_rtp.hex")]:
-        packet = parse_rtp_untrusted(data)
-        assert rtp_ssrc_untrusted(data) == packet.ssrc
-        assert rtp_seq_untrusted(data) == packet.sequence_number
-        assert rtp_timestamp_untrusted(data) == packet.timestamp
-        assert rtp_payload_type_untrusted(data) == packet.payload_type
-        assert is_rtcp_untrusted(data) is False
-
-
-def test_peek_helpers_need_only_their_own_field():
-    assert rtp_payload_type_untrusted(HEADER[:2]) == 111
-    assert rtp_seq_untrusted(HEADER[:4]) == 0x0102
-    assert rtp_timestamp_untrusted(HEADER[:8]) == 0x03040506
-    assert rtp_ssrc_untrusted(memoryview(HEADER)) == 0x0708090A
-
-
-@pytest.mark.parametrize(
-    "peek, size",
-    [
-        (rtp_payload_type_untrusted, 1),
-        (rtp_seq_untrusted, 3),
-        (rtp_timestamp_untrusted, 7),
-        (rtp_ssrc_untrusted, 11),
-        (is_rtcp_untrusted, 1),
-    ],
-)
-def test_peek_helpers_on_short_datagrams_raise_rtp_parse_error(peek, size):
-    for length in range(size + 1):
-        with pytest.raises(RtpParseError):
-            peek(HEADER[:length])
-
-
-def test_rtcp_payload_type_range():
-    assert [pt for pt in range(128) if is_rtcp_payload_type(pt)] == list(range(64, 96))
-
-
 def test_rtcp_packet_types_on_a_muxed_port():
-    # RFC 5761 §4: RTCP types 192-223 land on marker=1, PT 64-95.
+    # RFC 5761 §4: RTCP types 192-223 land on marker=1, PT 64-95 (demux.is_rtcp is the one test).
     for packet_type in range(192, 224):
-        assert is_rtcp_untrusted(bytes([0x80, packet_type, 0, 1]))
+        assert is_rtcp(bytes([0x80, packet_type, 0, 1]))
     for second in [*range(0, 64), *range(96, 192), *range(224, 256)]:
-        assert not is_rtcp_untrusted(bytes([0x80, second]))
+        assert not is_rtcp(bytes([0x80, second]))
     for capture in load_hex_lines("ffmpeg_sr_sdes_rtcp.hex"):
-        assert is_rtcp_untrusted(capture)
+        assert is_rtcp(capture)

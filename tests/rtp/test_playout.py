@@ -1,10 +1,10 @@
 """Per-speaker play-out: separate streams, ordered frames, FEC on loss, bounded speakers."""
 
-from botcall.audio import dominant_frequency, tone
-from botcall.rtp.jitter import FrameKind
-from botcall.rtp.opus import OpusEncoder
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.playout import Playout
+from botcall.audio.pcm import dominant_frequency, tone
+from botcall.audio.jitter import FrameKind
+from botcall.audio.opus import OpusEncoder
+from botcall.wire.rtp import RtpPacket
+from botcall.audio.playout import Playout
 
 
 def encode_tone(freq, seconds, ssrc):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from botcall.errors import RtcpParseError
-from botcall.rtp.packet import parse_rtp_untrusted
-from botcall.rtp.rtcp import (
+from botcall.wire.rtp import parse_rtp_untrusted
+from botcall.wire.rtcp import (
     NTP_UNIX_OFFSET,
     Bye,
     GenericNack,

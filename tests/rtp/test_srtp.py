@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import SrtpError
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
-from botcall.rtp.srtp import SrtpContext, SrtpKeys, SrtpProfile
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.srtp import SrtpContext, SrtpKeys, SrtpProfile
 from tests.cheap import c_heap_in_use
 
 RTP = struct.Struct("!BBHII")
@@ -410,7 +410,7 @@ def test_libsrtp_status_codes_follow_the_binding():
     """Our names must be libsrtp's numbering, which pylibsrtp's message table follows."""
     from pylibsrtp import ERRORS
 
-    from botcall.rtp.srtp import LibsrtpStatus
+    from botcall.webrtc.srtp import LibsrtpStatus
 
     assert len(LibsrtpStatus) == len(ERRORS)
     assert ERRORS[LibsrtpStatus.AUTH_FAIL] == "authentication failure"

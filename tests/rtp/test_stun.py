@@ -15,14 +15,19 @@ import pytest
 from aioice.stun import Class, Message, Method
 
 from botcall.errors import StunParseError
-from botcall.rtp.stun import (
+from botcall.wire.stun import (
     MAX_STUN_SIZE,
+    PEER_REFLEXIVE_PRIORITY,
     StunErrorCode,
+    answer_check_untrusted,
+    binding_check,
     binding_error,
     binding_request,
     binding_success,
     is_stun,
+    check_size,
     max_success_size,
+    parse_binding_check_untrusted,
     parse_binding_response_untrusted,
     parse_stun_untrusted,
 )
@@ -263,3 +268,60 @@ def test_client_requires_xor_mapped_address():
     response.add_message_integrity(PASSWORD.encode())
     with pytest.raises(StunParseError, match="XOR-MAPPED-ADDRESS"):
         parse_binding_response_untrusted(bytes(response), PASSWORD, TXID)
+
+
+# --- binding_check (the relay's own check) and the bot's answer -----------------
+
+
+def test_bot_check_is_username_integrity_fingerprint_and_nothing_else():
+    data = binding_check("botufrag:sessufrg", PASSWORD, transaction_id=TXID)
+    assert data[:2] == b"\x00\x01" and data[8:20] == TXID
+    by_type = verify_by_hand(data, PASSWORD.encode())
+    assert [t for t, _, _ in attributes_of(data)] == [0x0006, 0x0008, 0x8028]
+    assert by_type[0x0006] == b"botufrag:sessufrg"
+    # As long as the bot's own request with the same USERNAME and no padding:
+    # never larger than the request that triggered it.
+    assert len(data) == check_size("botufrag:sessufrg", ice=False) == 76
+
+
+def test_browser_check_carries_priority_and_ice_controlled():
+    data = binding_check("Lvk6:sessufrg", PASSWORD, transaction_id=TXID, priority=PEER_REFLEXIVE_PRIORITY, tie_breaker=0x0102030405060708)
+    by_type = verify_by_hand(data, PASSWORD.encode())
+    assert [t for t, _, _ in attributes_of(data)] == [0x0006, 0x0024, 0x8029, 0x0008, 0x8028]
+    assert struct.unpack("!I", by_type[0x0024])[0] == 1862270975  # RFC 8445 §5.1.2.1, prflx
+    assert by_type[0x8029] == bytes(range(1, 9))
+    assert len(data) == check_size("Lvk6:sessufrg", ice=True) == 92
+
+
+def test_binding_check_refuses_bad_arguments():
+    with pytest.raises(ValueError):
+        binding_check("a:b", PASSWORD, transaction_id=b"short")
+    with pytest.raises(ValueError):
+        binding_check("a:b", PASSWORD, transaction_id=TXID, priority=1)
+    with pytest.raises(ValueError):
+        binding_check("a:b", PASSWORD, transaction_id=TXID, priority=2**32, tie_breaker=1)
+
+
+def test_bot_answers_a_valid_check_with_a_signed_success():
+    check = binding_check("mine:sess", PASSWORD, transaction_id=TXID)
+    answer = answer_check_untrusted(check, ("203.0.113.9", 3478), username="mine:sess", password=PASSWORD)
+    assert parse_binding_response_untrusted(answer, PASSWORD, TXID) == ("203.0.113.9", 3478)
+    verify_by_hand(answer, PASSWORD.encode())
+
+
+@pytest.mark.parametrize(
+    "data, counter",
+    [
+        (binding_check("other:sess", PASSWORD, transaction_id=TXID), "stun_wrong_username"),
+        (binding_check("mine:sess", "not the session password", transaction_id=TXID), "stun_unauthenticated_check"),
+        (binding_success(parse_stun_untrusted(binding_request("mine:sess", PASSWORD, transaction_id=TXID)), ("192.0.2.1", 1), PASSWORD), "stun_unexpected"),
+        (bytes(Message(Method.BINDING, Class.REQUEST, TXID, {"USERNAME": "mine:sess"})), "stun_unauthenticated_check"),
+        (b"\x00\x01\x00", "malformed_stun"),
+    ],
+)
+def test_bot_ignores_anything_but_a_valid_check_for_it(data, counter):
+    with pytest.raises(StunParseError) as caught:
+        parse_binding_check_untrusted(data, "mine:sess", PASSWORD)
+    assert caught.value.counter == counter
+    with pytest.raises(StunParseError):
+        answer_check_untrusted(data, ("192.0.2.1", 1), username="mine:sess", password=PASSWORD)

@@ -2,7 +2,9 @@
 
 The "browser" is our own DTLS endpoint in the client role with its own
 certificate, an SRTP context from its handshake and Chrome-shaped STUN checks;
-the offer is a real one captured from Chromium with its credentials replaced.
+it answers the relay's checks as a conforming ICE agent does, with the
+credentials of the offer, a real one captured from Chromium with its
+fingerprint replaced.
 """
 
 import re
@@ -12,14 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, strategies as st
 
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
-from botcall.rtp.relay import MediaRelay
-from botcall.rtp.srtp import SrtpContext
-from botcall.rtp.stun import binding_request
-from botcall.media import MediaService
-from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session, SessionAdded
-from botcall.rtp.webrtc import FLOOR_RELEASE, OutboundStream
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.relay.core import MediaRelay
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request, binding_success, parse_binding_response_untrusted, parse_stun_untrusted
+from botcall.relay.service import MediaService
+from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
+from botcall.webrtc.leg import FLOOR_RELEASE, OutboundStream
 
 OFFER = (Path(__file__).parent.parent / "signaling" / "data" / "chrome156_mic.sdp").read_text()
 BROWSER = ("127.0.0.1", 53000)
@@ -27,6 +29,24 @@ EVIL = ("127.0.0.1", 53666)
 BOT = ("127.0.0.1", 54000)
 BOT2 = ("127.0.0.1", 54001)
 BROWSER_SSRC = 1951877580
+RELAY = ("127.0.0.1", 40000)
+# The captured offer's own ICE credentials: the relay's checks use them.
+OFFER_UFRAG, OFFER_PWD = "Lvk6", "MJmqww8YhsywZZuK2KigpCDG"
+
+
+def is_check(data):
+    return data[:2] == b"\x00\x01"
+
+
+def latch_bot(relay, wire, bot, addr, now=0.0):
+    """A bot's latch: request, the relay's check answered, the request again (success)."""
+    request = binding_request(f"{bot.ice_ufrag}:botx", bot.ice_pwd)
+    relay.handle_datagram(request, addr, now)
+    for data in wire.take(addr):
+        if is_check(data):
+            relay.handle_datagram(answer_check_untrusted(data, RELAY, username=f"botx:{bot.ice_ufrag}", password=bot.ice_pwd), addr, now)
+    relay.handle_datagram(request, addr, now)
+    wire.take(addr)
 
 
 class Wire:
@@ -70,12 +90,38 @@ class Browser:
         self.human, self.wire, self.relay = human, wire, media.relay
         self.srtp = None
 
-    def ice_check(self, addr=BROWSER, now=0.0, password=None, use_candidate=True):
-        request = binding_request(
-            f"{self.human.ice_ufrag}:Lvk6", password or self.human.ice_pwd, use_candidate=use_candidate, controlling=True, priority=2130706431
+    def request(self, password=None, use_candidate=True, transaction_id=None):
+        return binding_request(
+            f"{self.human.ice_ufrag}:{OFFER_UFRAG}",
+            password or self.human.ice_pwd,
+            use_candidate=use_candidate,
+            controlling=True,
+            priority=2130706431,
+            transaction_id=transaction_id,
         )
-        self.relay.handle_datagram(request, addr, now)
-        return self.wire.take(addr)
+
+    def ice_check(self, addr=BROWSER, now=0.0, password=None, use_candidate=True, answer=True, request=None):
+        """A check of ours; the relay's checks in the replies are answered (unless not ``answer``).
+
+        Returns:
+            What else came back (the success response, or an error).
+        """
+        self.relay.handle_datagram(request or self.request(password, use_candidate), addr, now)
+        replies = self.wire.take(addr)
+        return self.answer_checks(replies, addr, now) if answer else replies
+
+    def answer_check(self, check):
+        """The browser's answer to one of the relay's checks, signed with its own password."""
+        return answer_check_untrusted(check, RELAY, username=f"{OFFER_UFRAG}:{self.human.ice_ufrag}", password=OFFER_PWD)
+
+    def answer_checks(self, datagrams, addr=BROWSER, now=0.0):
+        rest = []
+        for data in datagrams:
+            if is_check(data):
+                self.relay.handle_datagram(self.answer_check(data), addr, now)
+            else:
+                rest.append(data)
+        return rest
 
     def handshake(self, now=0.0):
         flights = self.dtls.start(now)
@@ -96,9 +142,8 @@ def call():
     relay = MediaRelay(wire)
     media = MediaService(relay, wire, certificate=DtlsCertificate.generate(), host="127.0.0.1", port=40000)
     bot = session("bot", "bot", "udp", 1111)
-    media.on_registry_event(SessionAdded(bot))
-    relay.handle_datagram(binding_request(f"{bot.ice_ufrag}:x", bot.ice_pwd), BOT, 0.0)
-    wire.take(BOT)
+    media.add_session(bot)
+    latch_bot(relay, wire, bot, BOT)
     human = session("human", "human", "webrtc", 2222)
     browser = Browser(media, human, wire)
     return relay, wire, media, bot, browser
@@ -170,8 +215,8 @@ def test_srtp_replay_and_garbage_are_dropped_and_counted(call):
 def test_floor_passes_between_speakers_with_continuous_numbering(call):
     relay, wire, media, _, browser = call
     bot2 = session("bot2", "bot", "udp", 3333)
-    media.on_registry_event(SessionAdded(bot2))
-    relay.handle_datagram(binding_request(f"{bot2.ice_ufrag}:x", bot2.ice_pwd), BOT2, 0.0)
+    media.add_session(bot2)
+    latch_bot(relay, wire, bot2, BOT2)
     browser.ice_check()
     browser.handshake()
     wire.sent.clear()
@@ -190,6 +235,98 @@ def test_floor_passes_between_speakers_with_continuous_numbering(call):
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(15)]
     assert got[10].marker  # a new talk spurt
     assert got[10].timestamp - got[9].timestamp >= 960 * round(FLOOR_RELEASE / 0.02)
+
+
+# --- Return routability: the relay's own check before any DTLS or media ------------------------
+
+
+def test_the_relay_checks_a_browser_with_the_offers_credentials_before_the_success(call):
+    relay, wire, _, _, browser = call
+    request = browser.request(use_candidate=False)
+    replies = browser.ice_check(request=request, answer=False)
+    check, success = replies  # the check first, so its answer usually beats the ClientHello
+    assert is_check(check) and len(check) <= len(request)
+    attributes = parse_stun_untrusted(check).attributes
+    assert attributes["USERNAME"] == f"{OFFER_UFRAG}:{browser.human.ice_ufrag}"
+    assert attributes["PRIORITY"] == 1862270975 and "ICE-CONTROLLED" in attributes
+    assert parse_stun_untrusted(check).check_message_integrity(OFFER_PWD.encode())
+    assert parse_binding_response_untrusted(success, browser.human.ice_pwd, request[8:20]) == BROWSER
+    # An answer signed with anything but the browser's own password verifies nothing.
+    wrong = binding_success(parse_stun_untrusted(check), RELAY, browser.human.ice_pwd)
+    relay.handle_datagram(wrong, BROWSER, 0.01)
+    assert relay.counters["check_failed"] == 1 and relay.peer(browser.human.session_id).bound_addrs == set()
+    relay.handle_datagram(browser.answer_check(check), BROWSER, 0.02)
+    assert relay.counters["check_verified"] == 2 and relay.peer(browser.human.session_id).bound_addrs == {BROWSER}  # the bot's, the browser's
+
+
+def test_a_spoofed_browser_request_never_brings_dtls_or_media_to_the_forged_address(call):
+    """A human's valid check with the victim's address as its source: the victim gets
+    the check and the success (each no larger than the request), then nothing."""
+    relay, wire, _, bot, browser = call
+    request = browser.request()
+    replies = browser.ice_check(EVIL, request=request, answer=False)
+    assert len(replies) == 2 and all(reply[0] < 4 and len(reply) <= len(request) for reply in replies)
+    for datagram in browser.dtls.start(0.1):  # a ClientHello "from" the victim: kept, never answered
+        relay.handle_datagram(datagram, EVIL, 0.1)
+    assert relay.counters["dtls_early_held"] == 1
+    for seq in range(20):
+        relay.handle_datagram(bytes(RtpPacket(111, seq, seq * 960, 1111, payload=b"bot" * 30)), BOT, 0.2 + seq * 0.02)
+    relay.handle_timeout(5.0)  # the check expires, and the kept ClientHello with it
+    relay.handle_timeout(60.0)
+    assert wire.take(EVIL) == [] and relay.peer(browser.human.session_id).addr is None
+    assert relay.counters["check_timeout"] == 1 and relay.counters["dtls_connected"] == 0
+
+
+def test_an_early_client_hello_is_handled_when_the_address_answers(call):
+    """Chrome's ClientHello may beat its answer to our check: kept, then handled
+    at once, so the handshake does not wait for a 1 s retransmission."""
+    relay, wire, _, _, browser = call
+    check, _success = browser.ice_check(answer=False)
+    for datagram in browser.dtls.start(0.0):
+        relay.handle_datagram(datagram, BROWSER, 0.0)
+    assert wire.take(BROWSER) == [] and relay.counters["dtls_early_held"] == 1
+    assert relay.peer(browser.human.session_id).addr is None  # nominated, not yet verified
+    relay.handle_datagram(browser.answer_check(check), BROWSER, 0.01)
+    assert relay.peer(browser.human.session_id).addr == BROWSER
+    flights = [out for reply in wire.take(BROWSER) for out in browser.dtls.receive_untrusted(reply, 0.01)]
+    assert flights  # the relay's flight went out with the verification
+    for _ in range(5):
+        for datagram in flights:
+            relay.handle_datagram(datagram, BROWSER, 0.02)
+        flights = [out for reply in wire.take(BROWSER) for out in browser.dtls.receive_untrusted(reply, 0.02)]
+    assert browser.dtls.srtp_keys is not None and relay.counters["dtls_connected"] == 1
+
+
+def test_dtls_from_an_authenticated_address_beyond_the_one_kept_is_dropped(call):
+    relay, wire, _, _, browser = call
+    browser.ice_check(EVIL, answer=False)
+    hellos = browser.dtls.start(0.0) * 3
+    for datagram in hellos:
+        relay.handle_datagram(datagram, EVIL, 0.0)
+    assert relay.counters["dtls_early_held"] == 1 and relay.counters["dtls_unverified_source"] == len(hellos) - 1
+
+
+def test_a_roaming_browser_is_moved_only_once_its_new_address_answers(call):
+    relay, wire, _, _, browser = call
+    browser.ice_check()
+    browser.handshake()
+    new = ("127.0.0.1", 53001)
+    check, _ = browser.ice_check(new, now=2.0, answer=False)  # renominates from a new address
+    relay.handle_datagram(bytes(RtpPacket(111, 1, 0, 1111, payload=b"bot")), BOT, 2.1)
+    assert relay.peer(browser.human.session_id).addr == BROWSER and wire.take(new) == []
+    assert len(wire.take(BROWSER)) == 1  # media stays where it was verified
+    relay.handle_datagram(browser.answer_check(check), new, 2.2)
+    relay.handle_datagram(bytes(RtpPacket(111, 2, 960, 1111, payload=b"bot")), BOT, 2.3)
+    assert relay.peer(browser.human.session_id).addr == new and len(wire.take(new)) == 1
+
+
+def test_a_renegotiation_keeps_the_transaction_ids_used(call):
+    relay, wire, media, _, browser = call
+    request = browser.request()
+    browser.ice_check(request=request)
+    media.add_browser(browser.human, re.sub(r"a=fingerprint:.*", f"a=fingerprint:{browser.cert.fingerprint}", OFFER))
+    relay.handle_datagram(request, EVIL, 1.0)
+    assert wire.take(EVIL) == [] and relay.counters["stun_replayed"] == 1
 
 
 # --- The per-packet paths: identical behaviour, fewer copies ----------------------------------

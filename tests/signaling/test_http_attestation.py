@@ -29,7 +29,8 @@ def partner_key():
 async def srv(tmp_path, partner_key):
     jwks = tmp_path / "partner-jwks.json"
     jwks.write_bytes(jwks_bytes(partner_key))
-    async with running_server(tmp_path / "data", issuers=(IssuerConfig(PARTNER, str(jwks)),)) as server:
+    # The dev issuer beside a configured one must be asked for explicitly.
+    async with running_server(tmp_path / "data", issuers=(IssuerConfig(PARTNER, str(jwks)),), dev_issuer=True) as server:
         yield server
 
 

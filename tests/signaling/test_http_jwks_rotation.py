@@ -43,6 +43,7 @@ async def srv(tmp_path, publisher):
         issuers=(IssuerConfig(PARTNER, publisher.url),),
         housekeeping_interval=3600,
         jwks_refresh_interval_s=600,
+        dev_issuer=True,
     ) as server:
         yield server
 
@@ -117,7 +118,7 @@ async def test_a_failed_fetch_keeps_the_previous_keys(srv, publisher, key_a):
 async def test_an_unreachable_jwks_url_fails_closed(tmp_path, key_a):
     # Nothing listens on port 9 of 127.0.0.1 (discard is not running here).
     async with running_server(
-        tmp_path, issuers=(IssuerConfig(PARTNER, "http://127.0.0.1:9/jwks.json"),), housekeeping_interval=3600
+        tmp_path, issuers=(IssuerConfig(PARTNER, "http://127.0.0.1:9/jwks.json"),), housekeeping_interval=3600, dev_issuer=True
     ) as srv:
         assert await join_with(srv, key_a) == (401, "attestation_unknown_key")
 

@@ -162,6 +162,10 @@ def test_leave_and_mute():
     muted = reg.set_muted(session.session_id, True)
     assert muted.muted and reg.session_by_id(session.session_id).muted
     assert events[-1] == SessionUpdated(muted)
+    # Muting again changes nothing and tells nobody (a toggle flood fans out nothing).
+    count = len(events)
+    assert reg.set_muted(session.session_id, True) == muted
+    assert len(events) == count
     assert reg.leave(session.session_id, Reason.LEFT, now=T + 1) == muted
     assert events[-1] == SessionRemoved(muted, Reason.LEFT)
     assert reg.leave(session.session_id, Reason.LEFT, now=T + 1) is None
@@ -178,7 +182,8 @@ def test_close_room_removes_everyone_then_answers_gone():
     del events[:]
     closed = reg.close_room(room.room_id, Reason.DELETED, now=T + 5)
     assert closed.state is RoomState.CLOSED
-    assert events == [SessionRemoved(s, Reason.DELETED) for s in (*bots, human)] + [RoomClosed(closed, Reason.DELETED)]
+    # Room first, so listeners say why before the sessions end.
+    assert events == [RoomClosed(closed, Reason.DELETED)] + [SessionRemoved(s, Reason.DELETED) for s in (*bots, human)]
     assert reg.live_sessions == 0 and reg.live_rooms == 0 and reg.live_rooms_of("gopi") == 0
     with pytest.raises(Gone) as info:
         reg.get_room(room.room_id, T + 6)
@@ -205,8 +210,8 @@ def test_expire_rooms_sessions_and_empty_rooms():
     assert info.value.code == "room_closed"
 
     expired = reg.expire(T + 1000)
-    assert [type(e) for e in expired] == [SessionRemoved, RoomClosed]
-    assert expired[1].reason == Reason.EXPIRED and expired[1].room.room_id == short_room.room_id
+    assert [type(e) for e in expired] == [RoomClosed, SessionRemoved]
+    assert expired[0].reason == Reason.EXPIRED and expired[0].room.room_id == short_room.room_id
     with pytest.raises(Gone) as info:
         reg.get_room(short_room.room_id, T + 1001)
     assert info.value.code == "room_expired"

@@ -8,6 +8,7 @@ against our responder.
 
 import dataclasses
 import http.server
+import os
 import pathlib
 import re
 import socket
@@ -18,9 +19,10 @@ import time
 import pytest
 
 from botcall.errors import SdpError
-from botcall.rtp.demux import PacketKind, classify_datagram
-from botcall.rtp.ice_lite import BindingReason, IceLiteState, answer_binding_untrusted
-from botcall.signaling.sdp import (
+from botcall.wire.demux import PacketKind, classify
+from botcall.webrtc.ice_lite import BindingReason, CheckResult, IceLiteState, answer_binding_untrusted
+from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, binding_check, parse_stun_untrusted
+from botcall.webrtc.sdp import (
     MAX_SDP_CHARS,
     MAX_SDP_LINES,
     Direction,
@@ -540,17 +542,22 @@ def test_offer_dataclass_is_frozen():
 
 
 class _Responder:
-    """The relay's STUN path on a real UDP socket, in a thread (test shell only)."""
+    """The relay's STUN path on a real UDP socket, in a thread (test shell only):
+    answers Chrome's checks and, from an address not yet verified, checks it
+    first with the browser's own credentials (``remote``, from its offer)."""
 
     def __init__(self, ufrag: str, pwd: str) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
+        self.ufrag = ufrag
         self.sessions = {ufrag: pwd}
+        self.remote: tuple[str, str] | None = None  # the offer's ice-ufrag and ice-pwd
         self.state = IceLiteState(nominate_on="use_candidate")
         self.requests: list[bytes] = []
         self.outcomes = []
+        self.check_results: list[CheckResult] = []
         self.kinds: list[PacketKind] = []
         self.stopping = threading.Event()
         self.nominated = threading.Event()
@@ -563,19 +570,40 @@ class _Responder:
                 data, addr = self.sock.recvfrom(2048)
             except TimeoutError:
                 continue
-            kind = classify_datagram(data)
+            kind = classify(data[0]) if data else PacketKind.UNKNOWN
             self.kinds.append(kind)
             if kind is not PacketKind.STUN:
+                continue
+            now = time.monotonic()
+            message = parse_stun_untrusted(data)
+            if message.message_class == Class.RESPONSE:  # Chrome answering our check
+                assert message.check_message_integrity(self.remote[1].encode())
+                result, update = self.state.on_check_success(message.transaction_id, addr, now)
+                self.check_results.append(result)
+                if update is not None and update.selected is not None:
+                    self.nominated.set()
                 continue
             self.requests.append(data)
             outcome = answer_binding_untrusted(data, addr, self.sessions.get)
             self.outcomes.append((addr, outcome))
             if outcome.authenticated:
                 update = self.state.on_valid_request(
-                    addr, outcome.use_candidate, time.monotonic(), transaction_id=outcome.transaction_id
+                    addr, outcome.use_candidate, now, transaction_id=outcome.transaction_id
                 )
                 if update.selected is not None:
                     self.nominated.set()
+                if not update.verified and self.state.check_allowed(addr, now):
+                    transaction_id = os.urandom(12)
+                    self.state.add_check(transaction_id, addr, now)
+                    check = binding_check(
+                        f"{self.remote[0]}:{self.ufrag}",
+                        self.remote[1],
+                        transaction_id=transaction_id,
+                        priority=PEER_REFLEXIVE_PRIORITY,
+                        tie_breaker=12345,
+                    )
+                    assert len(check) <= len(data)
+                    self.sock.sendto(check, addr)  # before the success, as the relay does
             if outcome.reply is not None:
                 self.sock.sendto(outcome.reply, addr)
 
@@ -663,6 +691,7 @@ def test_chromium_accepts_the_answer_and_completes_ice(chromium_page, setup, cur
             " const offer = await pc.createOffer(); await pc.setLocalDescription(offer); return offer.sdp; }"
         )
         offer = parse_offer_untrusted(offer_sdp)
+        responder.remote = (offer.ice_ufrag, offer.ice_pwd)
         answer = answer_to(offer, port=responder.port)
         result = chromium_page.evaluate(
             """async (answer) => {
@@ -700,6 +729,9 @@ def test_chromium_accepts_the_answer_and_completes_ice(chromium_page, setup, cur
     assert all(outcome.reason is BindingReason.SUCCESS for _, outcome in responder.outcomes)
     assert any(outcome.use_candidate for _, outcome in responder.outcomes)
     assert not responder.outcomes[0][1].use_candidate
+    # Chrome answered our own check, signed with its offer's ice-pwd: the
+    # address was verified before it was selected.
+    assert CheckResult.VERIFIED in responder.check_results
     assert responder.state.selected == responder.outcomes[0][0]
     # setup:passive made Chrome the DTLS client: its ClientHello reached us.
     assert PacketKind.DTLS in responder.kinds

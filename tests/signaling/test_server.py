@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from botcall.config import Config, IssuerConfig, RateLimit, default_data_dir
-from botcall.errors import ConfigError
+from botcall.errors import ConfigError, StartupError
 from botcall.server import add_arguments, config_from_args, run_server
 from botcall.signaling.rooms import RoomClosed
 from tests.serverutil import FakeClock, make_config
@@ -26,7 +26,10 @@ from tests.serverutil import FakeClock, make_config
         {"algorithms": ("none",)},
         {"algorithms": ()},
         {"algorithms": ("ES256",)},  # the dev issuer signs with EdDSA
-        {"issuers": (IssuerConfig("botcall-dev", "/x"),)},
+        {"issuers": (IssuerConfig("botcall-dev", "/x"),), "dev_issuer": True},
+        {"trusted_proxies": ("not-an-address",)},
+        {"header_timeout_s": 0},
+        {"ws_max_message_bytes": 0},
         {"issuers": (IssuerConfig("a", "/x"), IssuerConfig("a", "/y"))},
         {"public_url": "ftp://call.example"},
         {"public_url": "https://call.example/?x=1"},
@@ -144,3 +147,42 @@ async def test_housekeeping_runs_every_second_in_the_background(tmp_path, autoju
         assert registry.live_rooms == 0 and closed == ["empty"]
         assert registry.sessions_in_room(room.room_id) == ()
         nursery.cancel_scope.cancel()
+
+
+def test_the_dev_issuer_is_on_only_without_another_issuer():
+    partner = (IssuerConfig("https://botauth.example", "/x.json"),)
+    assert Config(data_dir=Path("/x")).dev_issuer_enabled
+    assert not Config(data_dir=Path("/x"), issuers=partner).dev_issuer_enabled
+    assert Config(data_dir=Path("/x"), issuers=partner, dev_issuer=True).dev_issuer_enabled
+    assert not Config(data_dir=Path("/x"), dev_issuer=False).dev_issuer_enabled
+    assert parse_serve("--issuer", "https://botauth.example", "--jwks", "/x.json").dev_issuer_enabled is False
+    assert parse_serve("--issuer", "https://botauth.example", "--jwks", "/x.json", "--dev-issuer").dev_issuer_enabled
+    assert parse_serve("--no-dev-issuer").dev_issuer is False
+
+
+def test_hardening_flags_map_onto_config():
+    config = parse_serve(
+        "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1", "--max-connections", "500",
+        "--max-connections-per-ip", "16", "--header-timeout", "4", "--body-timeout", "9", "--http2",
+        "--shutdown-grace", "2",
+    )
+    assert config.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert (config.max_connections, config.max_connections_per_ip) == (500, 16)
+    assert (config.header_timeout_s, config.body_timeout_s, config.http2, config.shutdown_grace_s) == (4, 9, True, 2)
+
+
+async def test_a_busy_port_is_a_startup_error_that_names_the_flag(tmp_path):
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(run_server, make_config(tmp_path / "a"))
+        with pytest.raises(StartupError, match=f"port {first.http_port} .*--port"):
+            await run_server(make_config(tmp_path / "b", http_port=first.http_port))
+        with pytest.raises(StartupError, match=f"port {first.state.media_port} .*--media-port"):
+            await run_server(make_config(tmp_path / "c", media_port=first.state.media_port))
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unwritable_data_directory_names_the_path_and_flag(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StartupError, match="data directory .*--data-dir"):
+        await run_server(make_config(blocker / "data"))

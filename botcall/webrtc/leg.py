@@ -1,10 +1,12 @@
 """The browser side of the relay: DTLS-SRTP legs on the shared media port (sans-IO).
 
-A browser is a :class:`~botcall.rtp.relay.MediaPeer` with two extra parts:
+A browser is a :class:`~botcall.relay.core.MediaPeer` with two extra parts:
 
 * :class:`WebRtcLeg` (the peer's ``secure`` handler) takes the DTLS and SRTP
-  datagrams the relay routes to it. DTLS is only routed from addresses the
-  ICE-lite responder validated (RFC 7983 demux + CVE-2023-51443). Once the
+  datagrams the relay routes to it. DTLS is only routed from, and sent to,
+  addresses that answered the relay's own check (RFC 7983 demux +
+  CVE-2023-51443; return routability, see ``ice_lite``); one early datagram
+  from an address still being checked is kept until it answers. Once the
   handshake is done, incoming SRTP is decrypted and its SSRC and payload type
   rewritten to the session's own (so bots see one well-known SSRC per human,
   payload type 111 whatever the browser negotiated), then forwarded like any
@@ -35,9 +37,11 @@ import logging
 import struct
 from collections.abc import Callable
 
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.errors import BadPacket, DtlsError
-from botcall.rtp.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
-from botcall.rtp.srtp import SrtpContext
+from botcall.wire.demux import RTCP_BY_SECOND_BYTE
+from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.srtp import SrtpContext
 
 log = logging.getLogger("botcall.webrtc")
 
@@ -45,7 +49,6 @@ _RTP_HEADER = struct.Struct("!BBHII")
 # What ``OutboundStream`` reads of a speaker's header: V/P/X/CC, M/PT, sequence
 # number and timestamp (RFC 3550 §5.1); the speaker's SSRC comes from its peer.
 _RTP_HEAD = struct.Struct("!BBHI")
-PAYLOAD_TYPE_OPUS = 111
 SAMPLES_PER_FRAME = 960
 FRAME = 0.020
 # A speaker keeps the floor toward a browser until it has been silent this long.
@@ -171,6 +174,9 @@ class WebRtcLeg:
         self.dtls = DtlsEndpoint(role="server", certificate=certificate, remote_fingerprint=remote_fingerprint, handshake_timeout=handshake_timeout)
         self.srtp: SrtpContext | None = None
         self.started = False
+        # One DTLS datagram (the ClientHello that raced the relay's check) from
+        # an authenticated address not yet verified: (data, address) or None.
+        self._early: tuple[bytes, object] | None = None
         # Connected, and OpenSSL's state still kept in case the browser
         # retransmits its last flight (see _release_dtls).
         self._holding_dtls = False
@@ -179,8 +185,43 @@ class WebRtcLeg:
     def handshaking(self) -> bool:
         return self.started and self.srtp is None and self.dtls.state is not DtlsState.FAILED
 
+    def hold_early_dtls(self, data: bytes, addr) -> bool:
+        """Keep one DTLS datagram from an address the relay is still checking.
+
+        Chrome starts its handshake as soon as our success response reaches
+        it, which can be before its answer to our check reaches us; dropping
+        that ClientHello would cost its 1 s retransmission. One datagram per
+        leg, before the handshake started: a bounded, one-off wait.
+
+        Args:
+            data: the datagram.
+            addr: its source (authenticated, not yet verified).
+
+        Returns:
+            True if kept; False if the leg already holds one or has started.
+        """
+        if self._early is not None or self.started:
+            return False
+        self._early = (data, addr)
+        return True
+
+    def take_early_dtls(self, addr) -> bytes | None:
+        """The early datagram from ``addr``, given up by the leg (handle it or drop it).
+
+        Args:
+            addr: the address just verified, or whose check was given up.
+
+        Returns:
+            The datagram kept from ``addr``, or None.
+        """
+        early = self._early
+        if early is None or early[1] != addr:
+            return None
+        self._early = None
+        return early[0]
+
     def handle_dtls(self, data: bytes, addr, now: float) -> None:
-        """A DTLS datagram from one of the browser's ICE-validated addresses."""
+        """A DTLS datagram from one of the browser's verified addresses."""
         relay = self.relay
         if not self.started:
             if relay.handshakes_in_progress() >= relay.max_handshakes:
@@ -248,7 +289,7 @@ class WebRtcLeg:
         if len(data) < 12:
             relay._drop(peer, "malformed_rtp")
             return
-        if 192 <= data[1] <= 223:
+        if RTCP_BY_SECOND_BYTE[data[1]]:
             try:
                 srtp.unprotect_rtcp_untrusted(data)
             except BadPacket as exc:

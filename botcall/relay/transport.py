@@ -5,6 +5,9 @@ non-blocking ``recvfrom`` calls until it would block (measured here: ~11 µs per
 forwarded packet, against 43-60 µs for ``await sock.recvfrom()`` per packet).
 Under load it pauses about a millisecond between drains so that one wakeup
 serves many packets (adaptive coalescing, see ``COALESCE_MIN_RATE``).
+A datagram longer than ``MAX_DATAGRAM`` is dropped unread and counted
+(``oversized``): the loop reads one byte more than that, so a longer one shows
+instead of arriving silently truncated.
 Sends are non-blocking ``sendto``; when the kernel buffer is full, datagrams
 wait in a bounded per-destination backlog that drops its oldest entry (stale
 audio is worth less than fresh audio), counted as ``send_backlog_dropped``.
@@ -19,9 +22,11 @@ from typing import Callable
 
 import trio
 
-from botcall.rtp.relay import Address, MediaRelay
+from botcall.relay.core import MAX_DATAGRAM, Address, MediaRelay
 
-RECV_SIZE = 2048
+# One byte more than the largest datagram the relay takes: recvfrom cuts a
+# longer one to this size, and the extra byte tells it was cut.
+RECV_SIZE = MAX_DATAGRAM + 1
 # Datagrams handled before yielding to other tasks (HTTP, timers) even when the
 # socket still has more: bounds the latency other tasks see under load.
 DRAIN_BATCH = 512
@@ -161,6 +166,9 @@ class UdpTransport:
                     break
                 except OSError as exc:
                     counters[f"recv_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                    continue
+                if len(data) > MAX_DATAGRAM:
+                    counters["oversized"] += 1
                     continue
                 handle(data, addr, now)
             else:

@@ -13,19 +13,30 @@ keeps its bytes: no rewrite, no copy.
 
 Drops are counted in ``MediaRelay.counters`` (a ``collections.Counter``) under
 the reason's name, and per peer in ``MediaPeer.drops``.
+
+Return routability: nothing is sent to an address, and no session moves to
+one, before the address has answered the relay's own STUN check (see
+``ice_lite``). A bot's Binding request from an unverified address gets the
+check *instead of* the success (one datagram out per datagram in, never
+larger); a browser's gets the check and then the success (browsers need the
+answer to go on). RTP or RTCP from an unknown address with the SSRC of a
+latched UDP bot gets a check too (a NAT rebinding), rate-limited per peer.
+None of this touches the path of a packet from a known source address.
 """
 
 from __future__ import annotations
 
 import collections
+import secrets
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from botcall.errors import BadPacket
-from botcall.rtp import ice_lite
-from botcall.rtp.demux import PacketKind, classify
-from botcall.rtp.rtcp import (
+from botcall.webrtc import ice_lite
+from botcall.wire.demux import RTCP_BY_SECOND_BYTE, PacketKind, classify
+from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
+from botcall.wire.rtcp import (
     Bye,
     GenericNack,
     PictureLossIndication,
@@ -53,6 +64,10 @@ MAX_PACKETS_PER_SECOND = 200
 SPEAKING_HOLD = 0.4
 SPEAKING_SWEEP = 0.1
 RTCP_MIN_SIZE = 8
+# The largest datagram the relay reads: an Ethernet MTU. A UDP payload on an
+# ordinary path is smaller (1472 bytes over IPv4), and nothing the relay speaks
+# comes near it (RTP ~200, STUN ~100, DTLS flights are cut below 1200 by
+# browsers); anything longer is dropped unread by the transport ("oversized").
 MAX_DATAGRAM = 1500
 
 
@@ -90,6 +105,11 @@ class MediaPeer:
         ssrc: the SSRC the server assigned; the only one accepted from this peer.
         payload_type: the only RTP payload type accepted from this peer.
         ice_ufrag / ice_pwd: STUN credentials (UDP and WebRTC peers).
+        remote_ufrag: the peer's own ufrag, used in the relay's checks to it: a
+            browser's ``a=ice-ufrag`` from its offer; for a bot, the part after
+            the colon of its latest new request's USERNAME.
+        remote_pwd: the key of the relay's checks to a browser (its offer's
+            ``a=ice-pwd``); None for a bot, whose checks use ``ice_pwd``.
         addr: the latched/selected UDP address, or None.
         sink: where audio for this peer goes.
         muted: drop this peer's audio (counted as ``muted``).
@@ -104,6 +124,8 @@ class MediaPeer:
     sink: Sink
     ice_ufrag: str | None = None
     ice_pwd: str | None = None
+    remote_ufrag: str | None = None
+    remote_pwd: str | None = None
     speaks_udp: bool = True
     addr: Address | None = None
     muted: bool = False
@@ -186,6 +208,23 @@ class MediaRelay:
         self._by_session: dict[str, MediaPeer] = {}
         self._by_ufrag: dict[str, MediaPeer] = {}
         self._by_addr: dict[Address, MediaPeer] = {}
+        # Latched UDP bots by SSRC (the 4 bytes RTP carries at 8..12): RTP from
+        # an unknown address with one of these makes the relay check that
+        # address (a NAT rebinding). SSRCs are unique in a room, random across
+        # rooms; on a collision the later bot wins, and the other still moves
+        # on its own Binding request.
+        self._bots_by_ssrc: dict[bytes, MediaPeer] = {}
+        # The relay's outstanding checks: transaction id -> the peer it checks for.
+        self._checks: dict[bytes, MediaPeer] = {}
+        # Addresses a browser sent an authenticated request from and the relay
+        # is checking: the one early DTLS datagram it may keep comes from these.
+        self._unverified: dict[Address, MediaPeer] = {}
+        # Packet totals of peers that left (metrics are counters: they never go down).
+        self.retired_rx_packets = 0
+        self.retired_tx_packets = 0
+        # ICE-CONTROLLED's tie-breaker in the relay's checks to browsers
+        # (RFC 8445 §7.1.3); as a lite agent the relay never switches roles.
+        self._tie_breaker = secrets.randbits(64)
         self._rooms: dict[str, list[MediaPeer]] = {}
         self._next_sweep = 0.0
         self._next_speaking_sweep = 0.0
@@ -202,8 +241,18 @@ class MediaRelay:
 
     # --- membership ----------------------------------------------------------------
 
-    def add_peer(self, peer: MediaPeer, *, nominate_on: str = "any") -> MediaPeer:
+    def add_peer(self, peer: MediaPeer, *, nominate_on: str = "any", replaces: MediaPeer | None = None) -> MediaPeer:
         """Register a peer; it sends and receives once its address is proven.
+
+        Args:
+            peer: the new peer.
+            nominate_on: ``"any"`` (bots) or ``"use_candidate"`` (browsers).
+            replaces: a removed peer of the same session (a browser's
+                renegotiation); with the same ICE credentials, the transaction
+                ids they used stay used.
+
+        Returns:
+            ``peer``.
 
         Raises:
             ValueError: duplicate session or ufrag, or the relay is full.
@@ -216,6 +265,12 @@ class MediaRelay:
             if peer.ice_ufrag in self._by_ufrag:
                 raise ValueError("ice_ufrag already in use")
             peer.ice = ice_lite.IceLiteState(consent_timeout=self.consent_timeout, nominate_on=nominate_on)
+            if (
+                replaces is not None
+                and replaces.ice is not None
+                and (replaces.ice_ufrag, replaces.ice_pwd) == (peer.ice_ufrag, peer.ice_pwd)
+            ):
+                peer.ice.inherit(replaces.ice)
             self._by_ufrag[peer.ice_ufrag] = peer
         self._by_session[peer.session_id] = peer
         self._rooms.setdefault(peer.room_id, []).append(peer)
@@ -233,7 +288,14 @@ class MediaRelay:
         self._voiced.discard(peer)
         if peer.ice_ufrag is not None:
             self._by_ufrag.pop(peer.ice_ufrag, None)
+        if peer.ice is not None:
+            for transaction_id, addr in peer.ice.pending_checks.items():
+                self._checks.pop(transaction_id, None)
+                if self._unverified.get(addr) is peer:
+                    del self._unverified[addr]
         self._unlatch(peer)
+        self.retired_rx_packets += peer.rx_packets
+        self.retired_tx_packets += peer.tx_packets
         room = self._rooms.get(peer.room_id)
         if room is not None:
             room.remove(peer)
@@ -280,13 +342,15 @@ class MediaRelay:
             peer = self._by_addr.get(addr)
             if peer is None:
                 self.counters["unknown_source"] += 1
+                if self._bots_by_ssrc:
+                    self._check_unknown_source(data, addr, now)
                 return
             if peer.secure is not None:
                 peer.secure.handle_media(data, addr, now)
                 return
             if len(data) < RTCP_MIN_SIZE:
                 self._drop(peer, "malformed_rtp")
-            elif 192 <= data[1] <= 223:
+            elif RTCP_BY_SECOND_BYTE[data[1]]:
                 self.handle_rtcp(peer, data, now)
             else:
                 self.handle_rtp(peer, data, now)
@@ -297,14 +361,9 @@ class MediaRelay:
         elif kind is PacketKind.DTLS:
             peer = self._by_addr.get(addr)
             if peer is None or peer.secure is None:
-                # RFC 7983 DTLS from an address ICE has not validated: ignored,
-                # which defeats the ClientHello race (CVE-2023-51443).
-                self.counters["dtls_unvalidated_source"] += 1
+                self._handle_early_dtls(data, addr)
                 return
-            handshakes = len(self.timed)
-            peer.secure.handle_dtls(data, addr, now)
-            if len(self.timed) > handshakes and self.wake is not None:
-                self.wake()  # a retransmission timer started
+            self._deliver_dtls(peer, data, addr, now)
         else:
             self.counters["unknown_kind"] += 1
 
@@ -365,27 +424,172 @@ class MediaRelay:
         for sink in peer.fanout:
             sink.deliver_rtcp(data, peer, now)
 
+    def _deliver_dtls(self, peer: MediaPeer, data: bytes, addr: Address, now: float) -> None:
+        handshakes = len(self.timed)
+        peer.secure.handle_dtls(data, addr, now)
+        if len(self.timed) > handshakes and self.wake is not None:
+            self.wake()  # a retransmission timer started
+
+    def _handle_early_dtls(self, data: bytes, addr: Address) -> None:
+        """DTLS from an address that is not verified for any browser leg.
+
+        RFC 7983 DTLS from an address ICE has not validated is ignored, which
+        defeats the ClientHello race (CVE-2023-51443). From an address that sent
+        an authenticated check the relay is verifying, the first datagram (the
+        ClientHello that raced our check) is kept and handled once the address
+        answers, so the handshake does not wait for a 1 s retransmission.
+        """
+        peer = self._unverified.get(addr)
+        if peer is None or peer.secure is None:
+            self.counters["dtls_unvalidated_source"] += 1
+        elif peer.secure.hold_early_dtls(data, addr):
+            self.counters["dtls_early_held"] += 1
+        else:
+            self.counters["dtls_unverified_source"] += 1
+
     def _handle_stun(self, data: bytes, addr: Address, now: float) -> None:
         try:
-            outcome = ice_lite.answer_binding_untrusted(data, addr, self._password_for)
+            message = parse_stun_untrusted(data)
         except BadPacket as exc:
             self.counters[exc.counter] += 1
             return
-        if outcome.reply is not None:
-            self.transmit(outcome.reply, addr)
+        if message.message_method == Method.BINDING and message.message_class in (Class.RESPONSE, Class.ERROR):
+            self._handle_check_answer(message, addr, now)
+            return
+        outcome = ice_lite.answer_binding(message, len(data), addr, self._password_for)
         self.counters[outcome.reason] += 1
         if not outcome.authenticated:
+            if outcome.reply is not None:
+                self.transmit(outcome.reply, addr)
             return
         peer = self._by_ufrag[outcome.ufrag]
         update = peer.ice.on_valid_request(addr, outcome.use_candidate, now, transaction_id=outcome.transaction_id)
+        if update.rate_limited:
+            self.counters["stun_rate_limited"] += 1
+            return
         if update.replayed:
+            # A captured request sent from elsewhere: not even answered.
             self.counters["stun_replayed"] += 1
             return
-        if peer.secure is not None and update.new_candidate:
-            # A browser may send DTLS and SRTP from any address ICE validated.
+        if update.retransmission:
+            self.counters["stun_retransmission"] += 1
+        if update.fresh and peer.remote_pwd is None:
+            peer.remote_ufrag = outcome.remote_ufrag  # a bot's own ufrag, for our checks
+        if not update.verified:
+            checked = self._send_check(peer, addr, len(data), now)
+            if peer.remote_pwd is not None:
+                # A browser needs the success to go on (its DTLS waits for it);
+                # the check went first, so its answer usually beats the
+                # ClientHello. A bot gets the check instead: one datagram out
+                # for one in.
+                if checked:
+                    self._unverified[addr] = peer
+                if outcome.reply is not None:
+                    self.transmit(outcome.reply, addr)
+        elif outcome.reply is not None:
+            self.transmit(outcome.reply, addr)
+        if update.changed:
+            self._follow(peer, update.selected)
+
+    def _send_check(self, peer: MediaPeer, addr: Address, trigger_size: int, now: float, *, unknown_source: bool = False) -> bool:
+        """Send the relay's check to ``addr`` for ``peer`` if the limits allow.
+
+        The check is never larger than the datagram that triggered it, at most
+        one goes to an address per ``ice_lite.CHECK_INTERVAL`` and at most
+        ``ice_lite.MAX_PENDING_CHECKS`` are outstanding per peer.
+
+        Returns:
+            Whether a check went out.
+        """
+        ice = peer.ice
+        if not ice.check_allowed(addr, now, unknown_source=unknown_source):
+            self.counters["check_rate_limited"] += 1
+            return False
+        if peer.remote_ufrag is None:
+            self.counters["check_suppressed"] += 1  # a bot that never sent its ufrag
+            return False
+        username = f"{peer.remote_ufrag}:{peer.ice_ufrag}"
+        browser = peer.remote_pwd is not None
+        if check_size(username, ice=browser) > trigger_size:
+            # No amplification: never more bytes than the datagram that asked.
+            self.counters["check_suppressed"] += 1
+            return False
+        transaction_id = secrets.token_bytes(12)
+        if browser:
+            # What a conforming ICE agent answers (RFC 8445 §7.3): the browser's
+            # credentials, PRIORITY, and ICE-CONTROLLED for the lite side.
+            check = binding_check(
+                username, peer.remote_pwd, transaction_id=transaction_id, priority=PEER_REFLEXIVE_PRIORITY, tie_breaker=self._tie_breaker
+            )
+        else:
+            check = binding_check(username, peer.ice_pwd, transaction_id=transaction_id)
+        for dropped, dropped_addr in ice.add_check(transaction_id, addr, now, unknown_source=unknown_source):
+            self._forget_check(peer, dropped, dropped_addr)
+        self._checks[transaction_id] = peer
+        self.counters["check_sent"] += 1
+        self.transmit(check, addr)
+        return True
+
+    def _forget_check(self, peer: MediaPeer, transaction_id: bytes, addr: Address, *, count: bool = True) -> None:
+        """A check of ours went unanswered (expired or evicted): forget it and what waited for it."""
+        if count:
+            self.counters["check_timeout"] += 1
+        self._checks.pop(transaction_id, None)
+        if self._unverified.get(addr) is peer and not peer.ice.has_check_to(addr):
+            del self._unverified[addr]
+            if peer.secure is not None:
+                peer.secure.take_early_dtls(addr)  # dropped with the check
+
+    def _check_unknown_source(self, data: bytes, addr: Address, now: float) -> None:
+        """RTP/RTCP from an unknown address: if it names a latched UDP bot, check that address.
+
+        The SSRC is at bytes 8..12 of RTP and 4..8 of RTCP (the sender's, RFC
+        3550 §6.4). A bot behind a NAT that rebinds is moved once it answers.
+        """
+        if len(data) < RTCP_MIN_SIZE:
+            return
+        ssrc = data[4:8] if RTCP_BY_SECOND_BYTE[data[1]] else data[8:12]
+        peer = self._bots_by_ssrc.get(ssrc)
+        if peer is not None and self._send_check(peer, addr, len(data), now, unknown_source=True):
+            self.counters["unknown_source_check"] += 1
+
+    def _handle_check_answer(self, message: Message, addr: Address, now: float) -> None:
+        """A Binding response: the answer to one of our checks, or nothing of ours."""
+        transaction_id = message.transaction_id
+        peer = self._checks.get(transaction_id)
+        if peer is None:
+            self.counters["stun_unexpected_response"] += 1
+            return
+        key = peer.remote_pwd if peer.remote_pwd is not None else peer.ice_pwd
+        # The answer is signed with the key the check was (RFC 8489 §9.1.4).
+        if message.message_class != Class.RESPONSE or not message.check_message_integrity(key.encode("utf-8")):
+            self.counters["check_failed"] += 1
+            return
+        result, update = peer.ice.on_check_success(transaction_id, addr, now)
+        self.counters[result] += 1
+        if result is ice_lite.CheckResult.WRONG_ADDRESS:
+            return
+        if update is None:
+            self._forget_check(peer, transaction_id, addr, count=False)  # answered too late
+            return
+        del self._checks[transaction_id]
+        if self._unverified.get(addr) is peer:
+            del self._unverified[addr]
+        if peer.secure is not None:
+            # A browser may send DTLS and SRTP from any address it verified.
             self._bind(peer, addr)
-        if update.changed and update.selected is not None:
-            self._latch(peer, update.selected)
+        if update.changed:
+            self._follow(peer, update.selected)
+        if peer.secure is not None:
+            early = peer.secure.take_early_dtls(addr)
+            if early is not None:
+                self._deliver_dtls(peer, early, addr, now)
+
+    def _follow(self, peer: MediaPeer, selected: Address | None) -> None:
+        if selected is None:
+            self._unlatch(peer)  # consent lapsed before this request
+        else:
+            self._latch(peer, selected)
 
     def _password_for(self, ufrag: str) -> str | None:
         peer = self._by_ufrag.get(ufrag)
@@ -398,6 +602,8 @@ class MediaRelay:
             holder.bound_addrs.discard(addr)
             if holder.addr == addr:
                 holder.addr = None
+                if self._bots_by_ssrc.get(holder.ssrc_bytes) is holder:
+                    del self._bots_by_ssrc[holder.ssrc_bytes]
             self.counters["address_taken_over"] += 1
         self._by_addr[addr] = peer
         peer.bound_addrs.add(addr)
@@ -419,6 +625,8 @@ class MediaRelay:
                     del self._by_addr[old]
         self._bind(peer, addr)
         peer.addr = addr
+        if peer.secure is None:
+            self._bots_by_ssrc[peer.ssrc_bytes] = peer
         self.counters["latched"] += 1
 
     def _unlatch(self, peer: MediaPeer) -> None:
@@ -427,6 +635,8 @@ class MediaRelay:
                 del self._by_addr[addr]
         peer.bound_addrs.clear()
         peer.addr = None
+        if self._bots_by_ssrc.get(peer.ssrc_bytes) is peer:
+            del self._bots_by_ssrc[peer.ssrc_bytes]
 
     def _drop(self, peer: MediaPeer, reason: str) -> None:
         peer.drops[reason] += 1
@@ -474,7 +684,20 @@ class MediaRelay:
             return
         self._next_sweep = now + 1.0
         for peer in self._by_ufrag.values():
-            if peer.ice is not None and peer.addr is not None and peer.ice.expired(now):
+            ice = peer.ice
+            if ice is None:
+                continue
+            if (peer.addr is not None or peer.bound_addrs) and ice.expired(now):
                 self._unlatch(peer)
-                peer.ice.reset()
+                ice.reset()
                 self.counters["consent_expired"] += 1
+            elif len(peer.bound_addrs) > 1:
+                # A browser's other verified addresses that stopped checking.
+                for stale in ice.drop_stale(now):
+                    peer.bound_addrs.discard(stale)
+                    if self._by_addr.get(stale) is peer:
+                        del self._by_addr[stale]
+        if self._checks:
+            for peer in {peer for peer in self._checks.values()}:
+                for transaction_id, addr in peer.ice.expire_checks(now):
+                    self._forget_check(peer, transaction_id, addr)

@@ -18,8 +18,8 @@ padding octets are zero; a packet padded with other values comes back with them
 zeroed, which no receiver can tell apart (RFC 3550 gives them no meaning).
 
 RFC 5761 §4 (RTP and RTCP on one port): the parser does not reject payload types
-64-95; the caller tells RTCP apart first with ``is_rtcp_untrusted`` (or
-``is_rtcp_payload_type``) and sends those datagrams to ``rtcp.py``.
+64-95; the caller tells RTCP apart first with ``demux.is_rtcp`` (the one
+RTCP test) and sends those datagrams to ``rtcp.py``.
 """
 
 from __future__ import annotations
@@ -346,83 +346,3 @@ def parse_rtp_untrusted(data: bytes) -> RtpPacket:
         extension,
         padding_size,
     )
-
-
-# --- Peek helpers for the per-packet path --------------------------------------------
-# They read a field at a fixed offset and check nothing else (not even the
-# version): the caller has classified the datagram already (rtp/demux.py). A
-# datagram too short for the field raises RtpParseError; in CPython 3.11 the
-# try block costs nothing when no exception is raised.
-
-
-def rtp_ssrc_untrusted(data: bytes) -> int:
-    """Return the SSRC of an RTP packet without parsing the rest.
-
-    Raises:
-        RtpParseError: the datagram is shorter than 12 bytes.
-    """
-    try:
-        return _PEEK_U32.unpack_from(data, _SSRC_OFFSET)[0]
-    except struct.error:
-        raise RtpParseError(f"RTP packet of {len(data)} bytes has no SSRC") from None
-
-
-def rtp_seq_untrusted(data: bytes) -> int:
-    """Return the 16-bit sequence number of an RTP packet without parsing the rest.
-
-    Raises:
-        RtpParseError: the datagram is shorter than 4 bytes.
-    """
-    try:
-        return _PEEK_SEQ.unpack_from(data, _SEQ_OFFSET)[0]
-    except struct.error:
-        raise RtpParseError(f"RTP packet of {len(data)} bytes has no sequence number") from None
-
-
-def rtp_timestamp_untrusted(data: bytes) -> int:
-    """Return the 32-bit RTP timestamp without parsing the rest.
-
-    Raises:
-        RtpParseError: the datagram is shorter than 8 bytes.
-    """
-    try:
-        return _PEEK_U32.unpack_from(data, _TIMESTAMP_OFFSET)[0]
-    except struct.error:
-        raise RtpParseError(f"RTP packet of {len(data)} bytes has no timestamp") from None
-
-
-def rtp_payload_type_untrusted(data: bytes) -> int:
-    """Return the 7-bit payload type (marker bit masked off) without parsing the rest.
-
-    Raises:
-        RtpParseError: the datagram is shorter than 2 bytes.
-    """
-    try:
-        return data[1] & _PT_MASK
-    except IndexError:
-        raise RtpParseError(f"RTP packet of {len(data)} bytes has no payload type") from None
-
-
-def is_rtcp_payload_type(payload_type: int) -> bool:
-    """Whether a 7-bit RTP payload type marks RTCP on a muxed port (RFC 5761 §4: 64-95).
-
-    Args:
-        payload_type: the second octet of the datagram with the marker bit masked
-            off (what ``rtp_payload_type_untrusted`` returns).
-    """
-    return RTCP_PT_MIN <= payload_type <= RTCP_PT_MAX
-
-
-def is_rtcp_untrusted(data: bytes) -> bool:
-    """Whether an RTP/RTCP-range datagram on a muxed port is RTCP (RFC 5761 §4).
-
-    RTCP packet types 192-223 sit where RTP has the marker bit and payload
-    types 64-95, which RTP must therefore not use on a muxed port.
-
-    Raises:
-        RtpParseError: the datagram is shorter than 2 bytes.
-    """
-    try:
-        return RTCP_PT_MIN <= data[1] & _PT_MASK <= RTCP_PT_MAX
-    except IndexError:
-        raise RtpParseError(f"datagram of {len(data)} bytes is too short to classify") from None

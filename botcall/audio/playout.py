@@ -2,7 +2,7 @@
 
 Wherever audio is decoded for someone — the bot SDK's ``call.audio()``, the
 relay's ``pcm16`` WebSocket stream — packets from each speaker go through their
-own :class:`~botcall.rtp.jitter.JitterBuffer`, and a 20 ms play-out clock pulls
+own :class:`~botcall.audio.jitter.JitterBuffer`, and a 20 ms play-out clock pulls
 one frame per active speaker: decoded audio, FEC-recovered audio, or
 concealment. Speakers that fall silent go idle (nothing emitted); speakers
 unheard for ``forget_after`` seconds are forgotten, and at most
@@ -15,9 +15,9 @@ import collections
 from dataclasses import dataclass
 
 from botcall.errors import OpusDecodeError
-from botcall.rtp.jitter import FrameKind, JitterBuffer
-from botcall.rtp.opus import OpusDecoder
-from botcall.rtp.packet import RtpPacket
+from botcall.audio.jitter import FrameKind, JitterBuffer
+from botcall.audio.opus import OpusDecoder
+from botcall.wire.rtp import RtpPacket
 
 FRAME_DURATION = 0.020
 

@@ -26,11 +26,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from botcall import audio
+from botcall.audio import pcm as audio
 from botcall.errors import OpusDecodeError, RtpParseError
-from botcall.rtp.jitter import FrameKind, JitterBuffer, PlayoutFrame
-from botcall.rtp.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusDecoder, OpusEncoder
-from botcall.rtp.packet import RtpPacket, parse_rtp_untrusted
+from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
+from botcall.audio.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusDecoder, OpusEncoder
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "botcall-demo.wav"
 MAX_JITTER_CAP = 10.0

@@ -34,6 +34,11 @@ FRAME_SAMPLES = 960
 """Samples per channel in one 20 ms frame at 48 kHz (and the RTP timestamp step)."""
 PAYLOAD_TYPE = 111
 """The dynamic RTP payload type we (and browsers) use for Opus."""
+PCM16_PAYLOAD_TYPE = 96
+"""Binary pcm16 frames to a WebSocket bot: L16 mono, little-endian, at the
+session's rate, behind an RTP header (our profile, not RFC 3551's)."""
+PCM16_CONCEALED_PAYLOAD_TYPE = 97
+"""The same, for a frame the relay synthesised for a lost packet."""
 
 DECODER_RATES = (8000, 12000, 16000, 24000, 48000)
 """Sample rates libopus encodes from and decodes straight to (RFC 6716 §2)."""

@@ -47,7 +47,7 @@ _KIND_BY_FIRST_BYTE = _build_kind_table()
 # RFC 5761 §4: with RTP and RTCP on one port, RTCP packet types 192..223 occupy
 # the second byte where RTP has marker + payload type; RTP payload types 64..95
 # (which would collide) are not used, so this split is exact.
-_RTCP_BY_SECOND_BYTE = tuple(192 <= value <= 223 for value in range(256))
+RTCP_BY_SECOND_BYTE = tuple(192 <= value <= 223 for value in range(256))
 
 
 def classify(first_byte: int) -> PacketKind:
@@ -65,20 +65,6 @@ def classify(first_byte: int) -> PacketKind:
     return _KIND_BY_FIRST_BYTE[first_byte]
 
 
-def classify_datagram(data: bytes) -> PacketKind:
-    """Classify a whole datagram; an empty one is ``UNKNOWN``.
-
-    Args:
-        data: the datagram as received.
-
-    Returns:
-        The ``PacketKind`` of its first byte.
-    """
-    if not data:
-        return PacketKind.UNKNOWN
-    return _KIND_BY_FIRST_BYTE[data[0]]
-
-
 def is_rtcp(data: bytes) -> bool:
     """Tell RTCP from RTP in a datagram already classified as ``PacketKind.RTP``.
 
@@ -89,4 +75,4 @@ def is_rtcp(data: bytes) -> bool:
         True when the second byte is an RTCP packet type, 192..223 (RFC 5761 §4).
         A datagram shorter than two bytes is not RTCP.
     """
-    return len(data) >= 2 and _RTCP_BY_SECOND_BYTE[data[1]]
+    return len(data) >= 2 and RTCP_BY_SECOND_BYTE[data[1]]

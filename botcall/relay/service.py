@@ -9,20 +9,45 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Protocol
 
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.queues import DropOldestQueue
-from botcall.rtp.dtls import DtlsCertificate
-from botcall.rtp.relay import MediaPeer, MediaRelay, Transmit, UdpSink
-from botcall.rtp.webrtc import OutboundStream, WebRtcLeg, WebRtcSink
-from botcall.signaling.rooms import RegistryEvent, Session, SessionAdded, SessionRemoved, SessionUpdated
-from botcall.signaling.sdp import build_answer, parse_offer_untrusted
+from botcall.webrtc.dtls import DtlsCertificate
+from botcall.relay.core import MediaPeer, MediaRelay, Transmit, UdpSink
+from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
+from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 
-log = logging.getLogger("botcall.media")
+log = logging.getLogger("botcall.relay.service")
 
-PAYLOAD_TYPE_OPUS = 111
 # Audio for a WebSocket bot waiting to be written to its socket: 2 s of five
 # speakers. Older packets go first when the bot reads too slowly.
 WS_AUDIO_QUEUE = 500
+
+
+class MediaSession(Protocol):
+    """What the relay needs to know of a session (``signaling.rooms.Session`` is one).
+
+    The relay layer does not import the signaling layer: the registry's events
+    reach ``MediaService`` through ``signaling.media_link``.
+    """
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def participant_id(self) -> str: ...
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def ssrc(self) -> int: ...
+    @property
+    def transport(self) -> str: ...
+    @property
+    def ice_ufrag(self) -> str: ...
+    @property
+    def ice_pwd(self) -> str: ...
+    @property
+    def muted(self) -> bool: ...
 
 
 class WsSink:
@@ -69,9 +94,8 @@ class MediaService:
         self.certificate = certificate
         self.host = host
         self.port = port
-        self.udp = None
 
-    def add_browser(self, session: Session, offer_sdp: str) -> str:
+    def add_browser(self, session: MediaSession, offer_sdp: str) -> str:
         """Set up (or renegotiate) a human's WebRTC leg from the browser's offer.
 
         Args:
@@ -98,25 +122,29 @@ class MediaService:
             ssrc=out_ssrc,
             cname=f"botcall-{session.participant_id}",
         )
-        self.relay.remove_peer(session.session_id)
+        old = self.relay.remove_peer(session.session_id)
         # The sink is replaced below, once the leg exists.
         peer = _peer_for(session, UdpSink(self.transmit), session.ice_ufrag, session.ice_pwd, speaks_udp=True)
+        # The relay checks the browser's addresses with the browser's own
+        # credentials, which a conforming ICE agent answers (RFC 8445 §7.3).
+        peer.remote_ufrag = offer.ice_ufrag
+        peer.remote_pwd = offer.ice_pwd
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
         peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
-        self.relay.add_peer(peer, nominate_on="use_candidate")
+        self.relay.add_peer(peer, nominate_on="use_candidate", replaces=old)
         return answer
 
-    def on_registry_event(self, event: RegistryEvent) -> None:
-        """Registry listener: add, remove and mute peers as sessions change."""
-        if isinstance(event, SessionAdded):
-            self._add(event.session)
-        elif isinstance(event, SessionRemoved):
-            self.relay.remove_peer(event.session.session_id)
-        elif isinstance(event, SessionUpdated):
-            self.relay.set_muted(event.session.session_id, event.session.muted)
+    def remove_session(self, session_id: str) -> None:
+        """Forget a session's peer (left, expired, room closed). Unknown ids are ignored."""
+        self.relay.remove_peer(session_id)
 
-    def _add(self, session: Session) -> None:
+    def set_muted(self, session_id: str, muted: bool) -> None:
+        self.relay.set_muted(session_id, muted)
+
+    def add_session(self, session: MediaSession) -> None:
+        """Give a new bot session its peer (UDP or WebSocket); browsers get theirs
+        from their offer (``add_browser``)."""
         transport = session.transport
         if transport == "udp":
             sink = UdpSink(self.transmit)
@@ -138,7 +166,7 @@ class MediaService:
             log.error("session %s has no media: %s", session.participant_id, exc)
 
 
-def _peer_for(session: Session, sink, ice_ufrag: str | None, ice_pwd: str | None, *, speaks_udp: bool) -> MediaPeer:
+def _peer_for(session: MediaSession, sink, ice_ufrag: str | None, ice_pwd: str | None, *, speaks_udp: bool) -> MediaPeer:
     """The relay's peer for a registry session (Opus, the session's SSRC and mute state)."""
     return MediaPeer(
         session_id=session.session_id,

@@ -86,7 +86,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
 from botcall.errors import DtlsError
-from botcall.rtp.srtp import SrtpKeys, SrtpProfile
+from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",

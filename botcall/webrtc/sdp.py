@@ -23,6 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
+from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.errors import SdpError
 
 __all__ = [
@@ -51,7 +52,6 @@ MAX_MEDIA_SECTIONS = 64
 MAX_SSRCS = 16
 MAX_MID_CHARS = 64
 
-OPUS_CLOCK_RATE = 48000
 OPUS_CHANNELS = 2  # RFC 7587 §7: always "opus/48000/2" in SDP
 SUPPORTED_PROTOCOL = "UDP/TLS/RTP/SAVPF"  # RFC 5764 §8, JSEP §5.1.2
 DEFAULT_OPUS_FMTP = "minptime=10;useinbandfec=1"

@@ -44,26 +44,3 @@ def extend_u16(prev_extended: int | None, value: int) -> int:
 def extend_u32(prev_extended: int | None, value: int) -> int:
     """Extend a 32-bit RTP timestamp relative to the previous extended one (see ``extend_u16``)."""
     return _extend(prev_extended, value, 32)
-
-
-class SeqUnwrapper:
-    """Stateful unwrapper: feed wire values in arrival order, get extended ones back.
-
-    Only moves its reference forward, so a reordered late packet does not drag
-    the window backwards.
-    """
-
-    __slots__ = ("_bits", "_max")
-
-    def __init__(self, bits: int = 16) -> None:
-        self._bits = bits
-        self._max: int | None = None
-
-    def extend(self, value: int) -> int:
-        extended = _extend(self._max, value, self._bits)
-        if self._max is None or extended > self._max:
-            self._max = extended
-        return extended
-
-    def reset(self) -> None:
-        self._max = None

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 
 import numpy as np
 import trio
 
-from botcall.audio import dominant_frequency, rms_dbfs, tone
+from botcall.audio.pcm import dominant_frequency, rms_dbfs, tone
 from botcall.client import connect, create_room
+from botcall.errors import ConfigError, StartupError
+from botcall.server import sole_cause, configure_logging, config_from_args, run_server
 from botcall.server import add_arguments as add_server_arguments
-from botcall.server import config_from_args, run_server
 
-log = logging.getLogger("botcall.demo")
+log = logging.getLogger("botcall.demo.echo")
 
 DEMO_AGENT = "botcall-demo#0001"
 DEMO_OWNER = "demo-owner"
@@ -187,13 +189,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="botcall: %(message)s")
+    """Entry point of ``botcall demo``: Ctrl-C (or SIGTERM) stops it with one line."""
+    configure_logging("INFO")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
-    config = config_from_args(args)
     try:
-        return trio.run(lambda: run_demo(config, self_test_frequency=660.0 if args.self_test else None, out=lambda s: print(s, flush=True)))
-    except KeyboardInterrupt:
-        return 0
-    except OSError as exc:
-        print(f"botcall demo: {exc}", file=sys.stderr)
-        return 1
+        config = config_from_args(args)
+        return trio.run(_run_until_signalled, config, 660.0 if args.self_test else None)
+    except (ConfigError, StartupError, BaseExceptionGroup) as exc:
+        cause = sole_cause(exc)
+        if not isinstance(cause, (ConfigError, StartupError)):
+            raise
+        print(f"botcall demo: {cause}", file=sys.stderr)
+        return 2 if isinstance(cause, ConfigError) else 1
+
+
+async def _run_until_signalled(config, self_test_frequency: float | None) -> int:
+    status = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    print("\nbotcall demo: stopped", file=sys.stderr, flush=True)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            status = await run_demo(config, self_test_frequency=self_test_frequency, out=lambda s: print(s, flush=True))
+            nursery.cancel_scope.cancel()
+    return status

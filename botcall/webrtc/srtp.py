@@ -54,8 +54,8 @@ raises only ``SrtpError``; ``protect`` and ``protect_rtcp`` raise only
 
 from __future__ import annotations
 
-import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -137,6 +137,11 @@ class LibsrtpStatus(IntEnum):
     PKT_IDX_OLD = 26  # index too old to consider (RFC 3711 §3.3.1)
     PKT_IDX_ADV = 27
 
+
+
+def _network_order(value: int) -> int:
+    """``htonl``: the 32-bit ``value`` as libsrtp reads it from memory (big-endian)."""
+    return int.from_bytes(value.to_bytes(4, "big"), sys.byteorder)
 
 def _status_text(status: int) -> str:
     """A libsrtp status for a log line: its name and number."""
@@ -502,7 +507,7 @@ class SrtpContext:
         if ssrc in self._outbound_ssrcs:
             # In the set only after a successful protect, so libsrtp has the stream.
             self._outbound_ssrcs.discard(ssrc)
-            _lib.srtp_remove_stream(self._outbound, socket.htonl(ssrc))
+            _lib.srtp_remove_stream(self._outbound, _network_order(ssrc))
 
     def unprotect_untrusted(self, srtp: bytes) -> bytes:
         """Authenticate and decrypt one SRTP packet from the peer.

@@ -9,7 +9,10 @@ module adds what it leaves to the caller:
 * one error type: every function that takes bytes from the network ends in
   ``_untrusted`` and raises only ``StunParseError`` (never aioice's ``ValueError``,
   ``struct.error`` or a ``UnicodeDecodeError``);
-* builders for the Binding transactions the relay and the bot SDK exchange.
+* builders for the Binding transactions the relay and the bot SDK exchange,
+  including the relay's own connectivity check (``binding_check``), with which
+  it proves that an address receives before it sends media there, and the
+  checks a bot answers (``answer_check_untrusted``).
 
 Short-term credentials (RFC 8489 §9.1): the MESSAGE-INTEGRITY key is the ICE
 password itself. aioice 0.13 compares MACs with ``hmac.compare_digest``.
@@ -36,12 +39,17 @@ __all__ = [
     "MAX_STUN_SIZE",
     "Message",
     "Method",
+    "PEER_REFLEXIVE_PRIORITY",
     "StunErrorCode",
+    "answer_check_untrusted",
+    "binding_check",
     "binding_error",
     "binding_request",
     "binding_success",
+    "check_size",
     "is_stun",
     "max_success_size",
+    "parse_binding_check_untrusted",
     "parse_binding_response_untrusted",
     "parse_stun_untrusted",
 ]
@@ -80,6 +88,11 @@ _FINGERPRINT_SIZE = 4  # CRC-32 (RFC 8489 §14.7)
 _AIOICE_PARSE_ERRORS = (ValueError, struct.error)
 
 _SOFTWARE = "botcall"
+
+# RFC 8445 §5.1.2.1: (2^24) * type preference + (2^8) * local preference +
+# (256 - component id), with the peer-reflexive type preference 110 that a
+# check's PRIORITY carries (RFC 8445 §7.1.1), local preference 65535, component 1.
+PEER_REFLEXIVE_PRIORITY = (110 << 24) + (65535 << 8) + 255
 
 
 class StunErrorCode(IntEnum):
@@ -370,3 +383,121 @@ def parse_binding_response_untrusted(data: bytes, password: str, expected_transa
     if mapped is None:
         raise StunParseError("Binding response without XOR-MAPPED-ADDRESS")
     return mapped
+
+
+def check_size(username: str, *, ice: bool) -> int:
+    """Size in bytes of the ``binding_check`` with this USERNAME.
+
+    Args:
+        username: the check's USERNAME.
+        ice: the check carries PRIORITY and ICE-CONTROLLED (a browser's).
+
+    Returns:
+        20 (header) + USERNAME (4 + value padded to 4) + 8 + 12 if ``ice`` +
+        MESSAGE-INTEGRITY (24) + FINGERPRINT (8).
+    """
+    username_value = (len(username.encode("utf-8")) + 3) & ~3
+    return _HEADER_SIZE + 4 + username_value + (8 + 12 if ice else 0) + (4 + _MESSAGE_INTEGRITY_SIZE) + (4 + _FINGERPRINT_SIZE)
+
+
+def binding_check(
+    username: str,
+    password: str,
+    *,
+    transaction_id: bytes,
+    priority: int | None = None,
+    tie_breaker: int | None = None,
+) -> bytes:
+    """Build the relay's own connectivity check (RFC 8445 §7.2.2, RFC 8489 §9.1).
+
+    The relay sends it to an address that sent an authenticated request but has
+    not yet shown it receives; the address is used once a valid success comes
+    back from it. Unlike ``binding_request`` it is never padded: it must not be
+    larger than the datagram that triggered it.
+
+    Args:
+        username: ``"<peer ufrag>:<our ufrag>"``: for a bot, its own ufrag (the
+            part after the colon of its requests) then the session's; for a
+            browser, its offer's ``ice-ufrag`` then ours.
+        password: the key the peer checks: the session's ``ice_pwd`` for a
+            bot, the browser's own ``ice-pwd`` from its offer.
+        transaction_id: 12 random bytes, used once.
+        priority: PRIORITY (RFC 8445 §7.1.1); with ``tie_breaker``, for ICE peers.
+        tie_breaker: ICE-CONTROLLED's 64-bit tie-breaker (the relay is the
+            lite, controlled agent, RFC 8445 §6.1.3.1), omitted when None.
+
+    Returns:
+        USERNAME, [PRIORITY], [ICE-CONTROLLED], MESSAGE-INTEGRITY, FINGERPRINT:
+        ``check_size(username, ice=priority is not None)`` bytes.
+
+    Raises:
+        ValueError: a transaction ID that is not 12 bytes, or an out-of-range number.
+    """
+    if len(transaction_id) != _TRANSACTION_ID_SIZE:
+        raise ValueError(f"a STUN transaction ID is 12 bytes, not {len(transaction_id)}")
+    if (priority is None) != (tie_breaker is None):
+        raise ValueError("PRIORITY and ICE-CONTROLLED go together in a check")
+    attributes: dict[str, object] = {"USERNAME": username}
+    if priority is not None and tie_breaker is not None:
+        if not 0 <= priority <= 0xFFFFFFFF:
+            raise ValueError(f"priority {priority} is not a 32-bit value")
+        if not 0 <= tie_breaker <= 0xFFFFFFFFFFFFFFFF:
+            raise ValueError(f"tie-breaker {tie_breaker} is not a 64-bit value")
+        attributes["PRIORITY"] = priority
+        attributes["ICE-CONTROLLED"] = tie_breaker
+    message = Message(Method.BINDING, Class.REQUEST, transaction_id, attributes)
+    message.add_message_integrity(password.encode("utf-8"))
+    return bytes(message)
+
+
+def parse_binding_check_untrusted(data: bytes, username: str, password: str) -> Message:
+    """Accept a connectivity check addressed to us (a bot answering the relay).
+
+    Args:
+        data: the datagram received.
+        username: the USERNAME a check for us carries, exactly (a bot:
+            ``"<its ufrag>:<session ice_ufrag>"``).
+        password: the MESSAGE-INTEGRITY key (a bot: the session's ``ice_pwd``).
+
+    Returns:
+        The parsed request (answer it with ``binding_success``).
+
+    Raises:
+        StunParseError: malformed (``"malformed_stun"``, ``"stun_bad_fingerprint"``),
+            not a Binding request (``"stun_unexpected"``), another USERNAME
+            (``"stun_wrong_username"``), or no or wrong MESSAGE-INTEGRITY
+            (``"stun_unauthenticated_check"``).
+    """
+    message = parse_stun_untrusted(data)
+    if message.message_method != Method.BINDING or message.message_class != Class.REQUEST:
+        raise StunParseError(
+            f"expected a Binding request, got {message.message_method.name} {message.message_class.name}",
+            counter="stun_unexpected",
+        )
+    if message.attributes.get("USERNAME") != username:
+        raise StunParseError("a check for another USERNAME", counter="stun_wrong_username")
+    if not message.check_message_integrity(password.encode("utf-8")):
+        raise StunParseError("a check without a valid MESSAGE-INTEGRITY", counter="stun_unauthenticated_check")
+    return message
+
+
+def answer_check_untrusted(data: bytes, source: Sequence, *, username: str, password: str) -> bytes:
+    """The Binding success that answers a valid check, as a bot sends it back.
+
+    Args:
+        data: the datagram received (from the relay's address: the caller checks).
+        source: where it came from, for XOR-MAPPED-ADDRESS.
+        username: the USERNAME a check for us carries (see ``parse_binding_check_untrusted``).
+        password: the MESSAGE-INTEGRITY key, also the key of our answer.
+
+    Returns:
+        The success response: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT.
+
+    Raises:
+        StunParseError: not a valid check for us (see ``parse_binding_check_untrusted``).
+    """
+    message = parse_binding_check_untrusted(data, username, password)
+    try:
+        return binding_success(message, source, password)
+    except ValueError as exc:  # a source that is not an IP address and port: our caller's
+        raise StunParseError(f"cannot answer a check from {source!r}: {exc}") from exc

@@ -101,8 +101,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from botcall.rtp.packet import RtpPacket
-from botcall.rtp.seq import extend_u16, extend_u32
+from botcall.wire.rtp import RtpPacket
+from botcall.wire.seq import extend_u16, extend_u32
 
 # Extension cycle sizes. A stream's first packet is placed in cycle 1 (so that a
 # packet reordered from before it still extends below it: extend_* never go

@@ -1,0 +1,1 @@
+"""Audio: Opus, the jitter buffer and play-out, PCM helpers. Sans-IO."""

@@ -1,0 +1,1 @@
+"""``botcall demo`` (the echo bot) and ``botcall media-demo`` (the media core offline)."""

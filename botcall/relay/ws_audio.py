@@ -1,0 +1,244 @@
+"""Audio over a bot's WebSocket, sans-IO: uplink (Opus or pcm16 in → RTP to the
+relay) and downlink (speakers' RTP → the frames the bot receives).
+
+``signaling/ws.py`` only moves frames between the socket and these objects:
+it hands every audio message to ``WsAudio`` and sends what ``WsAudio`` returns.
+No trio, no clock: time is an argument.
+
+Uplink. Opus frames (one 20 ms frame per message) are numbered and given the
+session's SSRC; whole RTP packets are checked for size and go to the relay,
+which checks SSRC and payload type as for UDP. pcm16 of any length is appended
+to a buffer in linear time and cut into 20 ms frames by ``encode_pending``,
+at most ``max_frames`` per call, so one large message never holds the event
+loop (the shell calls it once per scheduler pass). At most ``backlog_s``
+seconds of audio may wait: a message beyond that is refused whole.
+
+Downlink. Opus: each speaker's RTP packet. pcm16: a jitter buffer and decoder
+per speaker (``audio.playout.Playout``) popped every 20 ms. Either way the
+result is an ``AudioOut``: ``binary()`` gives the binary frame (the RTP packet,
+or RTP-framed PCM with payload type 96, 97 when concealed); the signaling
+layer turns the same fields into a JSON ``audio`` event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from botcall.audio.jitter import FrameKind
+from botcall.audio.opus import (
+    FRAME_SAMPLES,
+    PAYLOAD_TYPE,
+    PCM16_CONCEALED_PAYLOAD_TYPE,
+    PCM16_PAYLOAD_TYPE,
+    SAMPLE_RATE,
+    OpusEncoder,
+)
+from botcall.audio.playout import Playout
+from botcall.errors import BadPacket, SignalingError
+from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay
+from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
+
+# pcm16 from a bot waiting to be encoded, in seconds of audio.
+PCM_BACKLOG_S = 2.0
+MAX_OPUS_FRAME = MAX_DATAGRAM - RTP_HEADER.size
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOut:
+    """One frame for the bot.
+
+    Attributes:
+        participant_id: the speaker ("" if not known yet).
+        ssrc: the speaker's SSRC.
+        seq: the speaker's RTP sequence number (Opus), or a per-speaker frame count (pcm16).
+        timestamp: the RTP timestamp (Opus, 48 kHz) or samples at the session rate (pcm16).
+        payload: the Opus frame or the PCM.
+        encoding: ``"opus"`` or ``"pcm16"``.
+        sample_rate: the rate ``timestamp`` counts.
+        concealed: pcm16 synthesised for a lost packet.
+        packet: the speaker's whole RTP packet (Opus), for binary delivery.
+    """
+
+    participant_id: str
+    ssrc: int
+    seq: int
+    timestamp: int
+    payload: bytes
+    encoding: str
+    sample_rate: int
+    concealed: bool = False
+    packet: bytes | None = None
+
+    def binary(self) -> bytes:
+        """The binary WebSocket frame (docs/protocol.md, "Audio over the WebSocket")."""
+        if self.packet is not None:
+            return self.packet
+        payload_type = PCM16_CONCEALED_PAYLOAD_TYPE if self.concealed else PCM16_PAYLOAD_TYPE
+        return RTP_HEADER.pack(0x80, payload_type, self.seq & 0xFFFF, self.timestamp, self.ssrc) + self.payload
+
+
+class Speaker(Protocol):
+    """Who a downlink packet is from (a ``MediaPeer``)."""
+
+    @property
+    def ssrc(self) -> int: ...
+    @property
+    def participant_id(self) -> str: ...
+
+
+class WsAudio:
+    """One WebSocket bot's audio, both ways.
+
+    Args:
+        relay: where uplink RTP goes (``relay.handle_rtp``).
+        peer: the bot's relay peer.
+        encoding: ``"opus"`` or ``"pcm16"``.
+        sample_rate: the session's PCM rate (pcm16).
+        backlog_s: seconds of pcm16 that may wait to be encoded.
+    """
+
+    def __init__(
+        self,
+        relay: MediaRelay,
+        peer: MediaPeer,
+        *,
+        encoding: str,
+        sample_rate: int,
+        backlog_s: float = PCM_BACKLOG_S,
+    ) -> None:
+        self.relay = relay
+        self.peer = peer
+        self.encoding = encoding
+        self.sample_rate = sample_rate
+        self.backlog_s = backlog_s
+        self._seq = 0
+        self._timestamp = 0
+        self._pcm = bytearray()
+        self._backlog_bytes = int(backlog_s * sample_rate) * 2
+        self._encoder: OpusEncoder | None = None
+        self._playout: Playout | None = None
+        self._names: dict[int, str] = {}
+        self._speaker_seq: dict[int, int] = {}
+
+    # --- uplink ------------------------------------------------------------------------------
+
+    def audio_message(self, data: bytes, now: float) -> None:
+        """A JSON ``audio`` message's payload: an Opus frame, or pcm16.
+
+        Raises:
+            SignalingError: ``bad_audio`` or ``audio_backlog_full``.
+        """
+        if self.encoding == "pcm16":
+            self.push_pcm(data)
+        else:
+            self._opus_frame(data, now)
+
+    def binary_message(self, data: bytes, now: float) -> None:
+        """A binary message: pcm16, or a whole RTP packet (Opus).
+
+        Raises:
+            SignalingError: ``bad_audio`` or ``audio_backlog_full``.
+        """
+        if self.encoding == "pcm16":
+            self.push_pcm(data)
+            return
+        if len(data) > MAX_DATAGRAM:
+            raise SignalingError(f"an RTP packet is at most {MAX_DATAGRAM} bytes", code="bad_audio")
+        self.relay.handle_rtp(self.peer, data, now)
+
+    def _opus_frame(self, payload: bytes, now: float) -> None:
+        if not payload:
+            raise SignalingError("empty audio frame", code="bad_audio")
+        if len(payload) > MAX_OPUS_FRAME:
+            raise SignalingError(f"an Opus frame is at most {MAX_OPUS_FRAME} bytes", code="bad_audio")
+        packet = RTP_HEADER.pack(0x80, PAYLOAD_TYPE, self._seq, self._timestamp, self.peer.ssrc) + payload
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        self.relay.handle_rtp(self.peer, packet, now)
+
+    def push_pcm(self, pcm: bytes) -> None:
+        """Queue pcm16 for ``encode_pending`` (refused whole when the backlog is full).
+
+        Raises:
+            SignalingError: ``bad_audio`` (odd length) or ``audio_backlog_full``.
+        """
+        if len(pcm) % 2:
+            raise SignalingError("pcm16 audio must be whole 16-bit samples", code="bad_audio")
+        if len(self._pcm) + len(pcm) > self._backlog_bytes:
+            raise SignalingError(
+                f"more than {self.backlog_s:g} s of audio waiting to be encoded; send it in real time",
+                code="audio_backlog_full",
+            )
+        self._pcm += pcm
+
+    @property
+    def pending_frames(self) -> int:
+        """Whole 20 ms frames of pcm16 waiting to be encoded."""
+        if self._encoder is None:
+            self._encoder = OpusEncoder(self.sample_rate)
+        return len(self._pcm) // self._encoder.frame_bytes
+
+    def encode_pending(self, now: float, max_frames: int) -> int:
+        """Encode up to ``max_frames`` queued 20 ms frames and hand them to the relay.
+
+        Returns:
+            How many frames were encoded.
+        """
+        frames = min(max_frames, self.pending_frames)
+        if frames == 0:
+            return 0
+        encoder = self._encoder
+        assert encoder is not None
+        size = encoder.frame_bytes
+        with memoryview(self._pcm) as view:
+            for index in range(frames):
+                self._opus_frame(encoder.encode(bytes(view[index * size : (index + 1) * size])), now)
+        del self._pcm[: frames * size]
+        return frames
+
+    # --- downlink ----------------------------------------------------------------------------
+
+    def opus_out(self, speaker: Speaker, data: bytes) -> AudioOut | None:
+        """A speaker's RTP packet as the bot receives it (Opus encoding), or None to skip."""
+        try:
+            packet = parse_rtp_untrusted(data)
+        except BadPacket:
+            return None  # the relay already checked it; nothing else can arrive here
+        return AudioOut(
+            speaker.participant_id, packet.ssrc, packet.sequence_number, packet.timestamp, packet.payload,
+            "opus", SAMPLE_RATE, packet=data,
+        )
+
+    def pcm_push(self, speaker: Speaker, data: bytes, now: float) -> None:
+        """A speaker's RTP packet into its jitter buffer (pcm16 encoding)."""
+        if self._playout is None:
+            self._playout = Playout(sample_rate=self.sample_rate)
+        try:
+            self._playout.push(parse_rtp_untrusted(data), now)
+        except BadPacket:
+            return
+        self._names[speaker.ssrc] = speaker.participant_id
+
+    def pcm_pop(self, now: float) -> list[AudioOut]:
+        """Every speaker's next 20 ms frame due at ``now`` (pcm16 encoding)."""
+        playout = self._playout
+        if playout is None:
+            return []
+        samples = self.sample_rate // 50
+        out: list[AudioOut] = []
+        for frame in playout.pop(now):
+            seq = self._speaker_seq.get(frame.ssrc, 0)
+            self._speaker_seq[frame.ssrc] = seq + 1
+            out.append(
+                AudioOut(
+                    self._names.get(frame.ssrc, ""), frame.ssrc, seq, (seq * samples) & 0xFFFFFFFF, frame.pcm,
+                    "pcm16", self.sample_rate, concealed=frame.kind is not FrameKind.AUDIO,
+                )
+            )
+        if len(self._speaker_seq) > playout.max_speakers * 2:
+            self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
+        return out
+
+
+__all__ = ["PCM_BACKLOG_S", "AudioOut", "WsAudio"]

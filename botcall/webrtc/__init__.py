@@ -1,0 +1,1 @@
+"""Browser legs: ICE-lite, SDP, DTLS, SRTP. Sans-IO."""

@@ -1,0 +1,1 @@
+"""Wire codecs: RTP, RTCP, STUN, sequence numbers, the first-byte demultiplexer. No state, no I/O."""

@@ -1,0 +1,130 @@
+// BotCall PWA: the media side. One RTCPeerConnection per offer (Peer) and the
+// page's audio (CallAudio: the AudioContext, the remote <audio> element, meters).
+// No call logic here: app.js tells these what to do and forwards their events
+// to the state machine in session.js.
+
+import { Meter } from './audio.js?v=__BOTCALL_VERSION__';
+
+export const MIC_CONSTRAINTS = Object.freeze({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
+
+/** One RTCPeerConnection with a single sendrecv audio transceiver, offered without trickle. */
+export class Peer {
+  /**
+   * @param {object} handlers
+   * @param {(event: RTCTrackEvent) => void} handlers.onTrack a remote track arrived
+   * @param {(state: string) => void} handlers.onConnectionState connectionState changed
+   */
+  constructor({ onTrack, onConnectionState }) {
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    this.pc = pc;
+    this.sender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
+    pc.ontrack = (event) => onTrack(event);
+    pc.onconnectionstatechange = () => onConnectionState(pc.connectionState);
+    // No trickle: the server is ICE-lite and learns our address from our STUN
+    // checks, so the offer goes out as soon as setLocalDescription resolves.
+    this.offer = pc
+      .createOffer()
+      .then((offer) => pc.setLocalDescription(offer))
+      .then(() => pc.localDescription.sdp);
+    this.offer.catch((err) => console.warn('BotCall: offer failed', err));
+  }
+
+  /** Send the microphone's first audio track (replaceTrack: no renegotiation, the transceiver is sendrecv). */
+  attachMicrophone(stream) {
+    const track = stream ? stream.getAudioTracks()[0] : null;
+    if (!track) return;
+    this.sender.replaceTrack(track).catch((err) => console.warn('BotCall: microphone not attached', err));
+    if (this.sender.setStreams) this.sender.setStreams(stream);
+  }
+
+  /**
+   * Apply the server's answer, if this connection is waiting for one.
+   * @returns {Promise<void>|null} null when the answer was not applied
+   */
+  applyAnswer(sdp) {
+    if (typeof sdp !== 'string' || this.pc.signalingState !== 'have-local-offer') return null;
+    return this.pc.setRemoteDescription({ type: 'answer', sdp });
+  }
+
+  close() {
+    this.pc.ontrack = null;
+    this.pc.onconnectionstatechange = null;
+    this.pc.close();
+  }
+}
+
+/** The AudioContext, the remote <audio> element and the level meters. */
+export class CallAudio {
+  /** @param {HTMLAudioElement} element the page's remote-audio element */
+  constructor(element) {
+    this.element = element;
+    this.context = null;
+    this.localMeter = null;
+    this.remoteMeter = null;
+    this.remoteStream = null;
+  }
+
+  prepare() {
+    // Creating an AudioContext can take ~100 ms, so the lobby makes it ahead of
+    // the click; it stays suspended until unlock resumes it.
+    const Context = window.AudioContext || window.webkitAudioContext;
+    if (!this.context && Context) this.context = new Context({ latencyHint: 'interactive' });
+  }
+
+  unlock() {
+    // iOS Safari lets audio start only inside a user gesture: resume the
+    // AudioContext and start the <audio> element here, in the click handler.
+    this.prepare();
+    if (this.context && this.context.state !== 'running') {
+      this.context.resume().catch((err) => console.warn('BotCall: AudioContext not resumed', err));
+    }
+    const audio = this.element;
+    if (!audio.srcObject) audio.srcObject = new MediaStream();
+    audio.play().catch((err) => console.warn('BotCall: audio element not started yet', err));
+  }
+
+  meter(stream, fftSize) {
+    if (!this.context || stream.getAudioTracks().length === 0) return null;
+    return new Meter(this.context, stream, fftSize);
+  }
+
+  /** Meter the microphone (null stops metering it). */
+  setLocal(stream) {
+    if (this.localMeter) this.localMeter.disconnect();
+    this.localMeter = stream ? this.meter(stream, 2048) : null;
+  }
+
+  /**
+   * Play and meter a remote track.
+   * @param {RTCTrackEvent} event
+   * @param {() => void} onBlocked autoplay was refused; the next tap starts the audio
+   */
+  playRemote(event, onBlocked) {
+    const stream = event.streams[0] || new MediaStream([event.track]);
+    this.remoteStream = stream;
+    const audio = this.element;
+    audio.srcObject = stream;
+    audio.play().catch(() => {
+      onBlocked();
+      document.addEventListener('pointerdown', () => audio.play(), { once: true });
+    });
+    // Chromium feeds a remote track to WebAudio only while an element plays it (FACTS.md).
+    if (this.remoteMeter) this.remoteMeter.disconnect();
+    this.remoteMeter = this.meter(stream, 8192);
+  }
+
+  stopRemote() {
+    if (this.remoteMeter) this.remoteMeter.disconnect();
+    this.remoteMeter = null;
+    this.remoteStream = null;
+    this.element.srcObject = null;
+  }
+
+  /** @returns {{local: number, remote: number}} levels in dBFS */
+  levels() {
+    return {
+      local: this.localMeter ? this.localMeter.level() : -Infinity,
+      remote: this.remoteMeter ? this.remoteMeter.level() : -Infinity,
+    };
+  }
+}

@@ -1,0 +1,676 @@
+// The call's state machine (pwa/session.js) without a browser: `node --test pwa/tests/`.
+//
+// Every step runs on a deeply frozen state, so a reducer that modified its
+// input would throw here (ES modules are strict mode).
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+
+import {
+  CONNECT_TIMEOUT_MS,
+  PING_INTERVAL_MS,
+  PROBLEMS,
+  RETRY_DELAYS_MS,
+  formatDuration,
+  initialState,
+  inviteTarget,
+  parseLocation,
+  reduce,
+} from '../session.js';
+
+const INVITE = 'secret-invite';
+const ME = { participant_id: 'p-me', kind: 'human', display_name: 'Ada', capabilities: { text_chat: true } };
+const BOT = { participant_id: 'p-bot', kind: 'bot', agent_id: 'orion#8f3a', controller: 'gopi' };
+const BOB = { participant_id: 'p-bob', kind: 'human', display_name: 'Bob' };
+
+function deepFreeze(value) {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const key of Object.keys(value)) deepFreeze(value[key]);
+  }
+  return value;
+}
+
+/** A call driven input by input; `effects` holds the last step's effects. */
+class Call {
+  constructor(options = {}) {
+    this.state = deepFreeze(initialState({ roomId: 'room-1', invite: INVITE, ...options }));
+    this.effects = [];
+    this.now = 1000;
+  }
+
+  step(input) {
+    const before = this.state;
+    const { state, effects } = reduce(before, deepFreeze({ now: this.now, ...input }));
+    assert.notEqual(state, before, 'a step returns a new state object');
+    this.state = deepFreeze(state);
+    this.effects = effects;
+    return effects;
+  }
+
+  /** The server's message on the current socket. */
+  server(message) {
+    return this.step({ type: 'message', socket: this.state.socketId, message });
+  }
+
+  sent() {
+    return this.effects.filter((e) => e.type === 'send').map((e) => e.message);
+  }
+
+  of(type) {
+    return this.effects.filter((e) => e.type === type);
+  }
+
+  announced() {
+    return this.of('announce').map((e) => e.text);
+  }
+
+  /** Start, open the socket and receive the lobby. */
+  toLobby(participants = [BOT]) {
+    this.step({ type: 'start' });
+    this.step({ type: 'socket_open', socket: this.state.socketId });
+    this.server({ type: 'lobby', participants, max_human_participants: 3 });
+    return this;
+  }
+
+  /** Join from the lobby up to a connected peer with the microphone on. */
+  toConnected() {
+    this.toLobby();
+    this.step({ type: 'join', displayName: '  Ada ' });
+    this.server({ type: 'joined', participant_id: ME.participant_id, you: ME, participants: [BOT], resume: 'resume-1' });
+    this.step({ type: 'offer_ready', peer: this.state.peerId, sdp: 'v=0 offer' });
+    this.server({ type: 'answer', sdp: 'v=0 answer' });
+    this.step({ type: 'mic_ready', attempt: this.state.attempt });
+    this.step({ type: 'peer_state', peer: this.state.peerId, state: 'connected' });
+    return this;
+  }
+}
+
+describe('lobby, join, offer and answer', () => {
+  test('start opens the socket with a connect timeout and says hello with the invite', () => {
+    const call = new Call();
+    call.step({ type: 'start' });
+    assert.equal(call.state.ui, 'loading');
+    assert.equal(call.state.loadingText, 'Opening the call…');
+    const [open] = call.of('open_socket');
+    assert.deepEqual(open, { type: 'open_socket', socket: call.state.socketId, roomId: 'room-1' });
+    assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'connect', ms: CONNECT_TIMEOUT_MS }]);
+    assert.deepEqual(call.sent(), [], 'nothing is sent before the socket opens');
+
+    call.step({ type: 'socket_open', socket: call.state.socketId - 1 });
+    assert.deepEqual(call.sent(), [], 'a replaced socket is ignored');
+    call.step({ type: 'socket_open', socket: call.state.socketId });
+    assert.deepEqual(call.sent(), [{ type: 'hello', invite: INVITE }]);
+  });
+
+  test('the lobby lists the people, starts the keepalive and warms up the audio', () => {
+    const call = new Call().toLobby([BOT, BOB]);
+    assert.equal(call.state.ui, 'lobby');
+    assert.deepEqual(
+      call.state.participants.map((p) => [p.participant_id, p.speaking]),
+      [
+        ['p-bot', false],
+        ['p-bob', false],
+      ],
+    );
+    assert.equal(call.state.lobbyMax, 3);
+    assert.deepEqual(call.of('cancel_timer'), [{ type: 'cancel_timer', name: 'connect' }]);
+    assert.deepEqual(call.of('start_interval'), [{ type: 'start_interval', name: 'ping', ms: PING_INTERVAL_MS }]);
+    assert.equal(call.of('prepare_audio').length, 1);
+    assert.deepEqual(call.of('focus'), [{ type: 'focus', screen: 'lobby' }]);
+    assert.deepEqual(call.announced(), ['Ready to join']);
+
+    call.step({ type: 'timer', name: 'ping' });
+    assert.deepEqual(call.sent(), [{ type: 'ping' }]);
+    call.server({ type: 'pong' });
+    assert.deepEqual(call.effects, []);
+  });
+
+  test('join sends the name, builds the offer at once and asks for the microphone', () => {
+    const call = new Call().toLobby();
+    call.now = 5000;
+    const effects = call.step({ type: 'join', displayName: '  Ada ' });
+    assert.equal(call.state.ui, 'joining');
+    assert.equal(call.state.wantCall, true);
+    assert.deepEqual(call.sent(), [{ type: 'join', display_name: 'Ada' }]);
+    assert.deepEqual(
+      effects.map((e) => e.type).filter((t) => ['send', 'start_peer', 'unlock_audio', 'open_mic'].includes(t)),
+      ['send', 'start_peer', 'unlock_audio', 'open_mic'],
+    );
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: call.state.peerId }]);
+    assert.deepEqual(call.of('open_mic'), [{ type: 'open_mic', attempt: 1 }]);
+    assert.deepEqual(call.state.marks, { click: 5000 });
+
+    // A second click while joining does nothing.
+    assert.deepEqual(call.step({ type: 'join', displayName: 'Ada' }), []);
+  });
+
+  test('joined sends the offer, the answer is applied, the peer connects', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    const peer = call.state.peerId;
+    call.server({ type: 'joined', participant_id: 'p-me', you: ME, participants: [BOT], resume: 'resume-1' });
+    assert.equal(call.state.participantId, 'p-me');
+    assert.equal(call.state.resume, 'resume-1');
+    assert.equal(call.state.canChat, true);
+    assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer }]);
+    assert.equal(call.state.ui, 'connecting');
+    assert.deepEqual(call.announced(), ['Connecting']);
+    assert.deepEqual(
+      call.state.participants.map((p) => p.participant_id),
+      ['p-me', 'p-bot'],
+    );
+
+    call.step({ type: 'offer_ready', peer: peer + 1, sdp: 'stale' });
+    assert.deepEqual(call.sent(), [], "another peer's offer is not sent");
+    call.step({ type: 'offer_ready', peer, sdp: 'v=0 offer' });
+    assert.deepEqual(call.sent(), [{ type: 'offer', sdp: 'v=0 offer' }]);
+
+    call.server({ type: 'answer', sdp: 'v=0 answer' });
+    assert.deepEqual(call.effects, [{ type: 'apply_answer', peer, sdp: 'v=0 answer' }]);
+    call.server({ type: 'answer', sdp: 42 });
+    assert.deepEqual(call.effects, [], 'an answer without SDP text is ignored');
+
+    call.now = 7000;
+    call.step({ type: 'peer_state', peer, state: 'connecting' });
+    assert.equal(call.state.ui, 'connecting');
+    call.step({ type: 'peer_state', peer, state: 'connected' });
+    assert.equal(call.state.ui, 'connected');
+    assert.equal(call.state.connectedAt, 7000);
+    assert.equal(call.state.marks.connected, 7000);
+    assert.deepEqual(call.announced(), ['Connected']);
+  });
+
+  test('a join without chat rights hides the chat form', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: '' });
+    call.server({ type: 'joined', participant_id: 'p-me', you: { ...ME, capabilities: {} }, participants: [] });
+    assert.equal(call.state.canChat, false);
+  });
+
+  test('joined is ignored unless a join was sent', () => {
+    const call = new Call().toLobby();
+    call.server({ type: 'joined', participant_id: 'p-me', you: ME });
+    assert.equal(call.state.participantId, null);
+    assert.deepEqual(call.effects, []);
+  });
+
+  test('the microphone is attached when it arrives; a late one is dropped', () => {
+    const call = new Call().toConnected();
+    assert.equal(call.state.marks.mic, 1000);
+    call.step({ type: 'mic_ready', attempt: call.state.attempt - 1 });
+    assert.deepEqual(call.effects, [{ type: 'drop_mic', attempt: call.state.attempt - 1 }]);
+    call.step({ type: 'mic_ready', attempt: call.state.attempt });
+    assert.deepEqual(call.of('use_mic'), [{ type: 'use_mic', attempt: call.state.attempt }]);
+    assert.deepEqual(call.of('mic_enabled'), [{ type: 'mic_enabled', enabled: true }]);
+  });
+
+  test('a refused microphone leaves, explains and retries the join', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    call.step({ type: 'mic_failed', attempt: 1, name: 'NotAllowedError', message: 'Permission denied' });
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }]);
+    assert.equal(call.state.ui, 'error');
+    assert.equal(call.state.problem.code, 'mic_denied');
+    assert.equal(call.state.problem.title, 'Microphone blocked');
+    assert.equal(call.state.problem.detail, PROBLEMS.mic_denied.detail, 'the browser message is not shown');
+    assert.ok(call.state.problem.steps.includes('Set Microphone to Allow.'));
+    assert.equal(call.state.problem.retry, true);
+    assert.ok(call.of('stop_peer').length && call.of('stop_mic').length && call.of('close_socket').length);
+    assert.deepEqual(call.announced(), ['Microphone blocked']);
+
+    call.step({ type: 'retry', displayName: 'Ada' });
+    assert.equal(call.state.problem, null);
+    assert.equal(call.state.ui, 'joining');
+    assert.deepEqual(call.of('open_mic'), [{ type: 'open_mic', attempt: 2 }]);
+    assert.equal(call.of('open_socket').length, 1, 'the lobby socket was closed: a new one opens');
+  });
+
+  test('an unknown microphone failure shows its message', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    call.step({ type: 'mic_failed', attempt: 1, name: 'TypeError', message: 'boom' });
+    assert.equal(call.state.problem.code, 'failed');
+    assert.equal(call.state.problem.detail, 'The call could not start. (boom)');
+  });
+
+  test('an insecure page or a browser without WebRTC cannot join', () => {
+    const insecure = new Call({ secure: false }).toLobby();
+    insecure.step({ type: 'join', displayName: '' });
+    assert.equal(insecure.state.problem.code, 'insecure');
+    assert.deepEqual(insecure.sent(), []);
+    const old = new Call({ webrtc: false }).toLobby();
+    old.step({ type: 'join', displayName: '' });
+    assert.equal(old.state.problem.title, "This browser can't make calls");
+  });
+});
+
+describe('mute', () => {
+  test('the button toggles the track, tells the server and lights my entry', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'mute_clicked' });
+    assert.equal(call.state.muted, true);
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'mute', value: true }]);
+    assert.deepEqual(call.of('mic_enabled'), [{ type: 'mic_enabled', enabled: false }]);
+    assert.deepEqual(call.announced(), ['Microphone muted']);
+    assert.equal(call.state.participants.find((p) => p.participant_id === 'p-me').muted, true);
+
+    call.step({ type: 'mute_clicked' });
+    assert.equal(call.state.muted, false);
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'mute', value: false }]);
+    assert.deepEqual(call.announced(), ['Microphone on']);
+    assert.equal(call.state.participants.find((p) => p.participant_id === 'p-me').muted, false);
+  });
+
+  test('the server muting me turns the microphone off without echoing back', () => {
+    const call = new Call().toConnected();
+    call.server({ type: 'muted', participant_id: 'p-me', muted: true });
+    assert.equal(call.state.muted, true);
+    assert.deepEqual(call.of('mic_enabled'), [{ type: 'mic_enabled', enabled: false }]);
+    assert.deepEqual(call.sent(), []);
+  });
+
+  test('a new join starts unmuted', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'mute_clicked' });
+    call.step({ type: 'hang_up' });
+    call.step({ type: 'join', displayName: 'Ada' });
+    assert.equal(call.state.muted, false);
+  });
+});
+
+describe('participants and their lights', () => {
+  test('joins and leaves update the list and are announced', () => {
+    const call = new Call().toLobby([BOT]);
+    call.server({ type: 'participant_joined', participant: BOB });
+    assert.deepEqual(
+      call.state.participants.map((p) => p.participant_id),
+      ['p-bot', 'p-bob'],
+    );
+    assert.deepEqual(call.announced(), ['Bob joined']);
+
+    call.server({ type: 'participant_joined', participant: { display_name: 'no id' } });
+    assert.equal(call.state.participants.length, 2);
+    assert.deepEqual(call.effects, []);
+
+    call.server({ type: 'participant_left', participant_id: 'p-bot' });
+    assert.deepEqual(
+      call.state.participants.map((p) => p.participant_id),
+      ['p-bob'],
+    );
+    assert.deepEqual(call.announced(), ['orion#8f3a left']);
+    call.server({ type: 'participant_left', participant_id: 'p-nobody' });
+    assert.deepEqual(call.effects, []);
+  });
+
+  test('speaking and muted events light one entry; unknown ids are ignored', () => {
+    const call = new Call().toLobby([BOT, BOB]);
+    call.server({ type: 'speaking', participant_id: 'p-bot', speaking: true });
+    call.server({ type: 'muted', participant_id: 'p-bob', muted: true });
+    call.server({ type: 'speaking', participant_id: 'p-ghost', speaking: true });
+    const flags = Object.fromEntries(call.state.participants.map((p) => [p.participant_id, [p.speaking, p.muted === true]]));
+    assert.deepEqual(flags, { 'p-bot': [true, false], 'p-bob': [false, true] });
+    assert.equal(call.state.muted, false, "someone else's mute is not mine");
+  });
+
+  test('a new list keeps who is speaking unless it says otherwise', () => {
+    const call = new Call().toLobby([BOT, BOB]);
+    call.server({ type: 'speaking', participant_id: 'p-bot', speaking: true });
+    call.server({ type: 'speaking', participant_id: 'p-bob', speaking: true });
+    call.server({ type: 'lobby', participants: [BOT, { ...BOB, speaking: false }] });
+    assert.deepEqual(
+      call.state.participants.map((p) => p.speaking),
+      [true, false],
+    );
+  });
+
+  test('being removed from the call ends it', () => {
+    const call = new Call().toConnected();
+    call.server({ type: 'participant_left', participant_id: 'p-me' });
+    assert.equal(call.state.ui, 'ended');
+    assert.equal(call.state.ended.detail, 'You left the call.');
+  });
+});
+
+describe('chat', () => {
+  test('lines name their sender, count as unread while closed, and are sent from the form', () => {
+    const call = new Call().toConnected();
+    call.server({ type: 'chat', participant_id: 'p-bot', text: 'hi <b>there</b>' });
+    assert.deepEqual(
+      call.state.chat.map(({ who, body }) => [who, body]),
+      [['orion#8f3a', 'hi <b>there</b>']],
+    );
+    assert.equal(call.state.unread, 1);
+    call.step({ type: 'chat_toggled', open: true });
+    assert.equal(call.state.unread, 0);
+
+    call.step({ type: 'chat_submit', text: '  hello  ' });
+    assert.deepEqual(call.sent(), [{ type: 'chat', text: 'hello' }]);
+    assert.equal(call.of('clear_chat_input').length, 1);
+    assert.deepEqual(call.state.chat.at(-1).who, 'You');
+    assert.equal(call.state.unread, 0, 'the chat is open');
+
+    call.server({ type: 'error', code: 'rate_limited', message: 'Slow down' });
+    assert.deepEqual(call.announced(), ['Slow down']);
+    assert.equal(call.state.chat.at(-1).note, 'Slow down');
+  });
+
+  test('the log keeps the last 200 lines', () => {
+    const call = new Call().toConnected();
+    for (let i = 0; i < 205; i++) call.server({ type: 'chat', participant_id: 'p-bot', text: `line ${i}` });
+    assert.equal(call.state.chat.length, 200);
+    assert.equal(call.state.chat[0].body, 'line 5');
+    assert.equal(call.state.unread, 205);
+  });
+});
+
+describe('closed rooms and errors', () => {
+  test('room_closed in the lobby shows the problem; during a call it ends the call', () => {
+    const lobby = new Call().toLobby();
+    lobby.server({ type: 'room_closed' });
+    assert.equal(lobby.state.ui, 'error');
+    assert.equal(lobby.state.problem.code, 'room_closed');
+    assert.equal(lobby.state.problem.title, 'This call has ended');
+    assert.equal(lobby.state.problem.retry, false);
+    assert.deepEqual(lobby.announced(), ['This call has ended']);
+    // The server's close that follows does not change the message.
+    lobby.step({ type: 'socket_closed', socket: lobby.state.socketId, code: 4410 });
+    assert.deepEqual(lobby.effects.filter((e) => e.type !== 'cancel_timer'), []);
+
+    const call = new Call().toConnected();
+    call.server({ type: 'room_closed' });
+    assert.equal(call.state.ui, 'ended');
+    assert.equal(call.state.ended.detail, 'The call was closed.');
+  });
+
+  for (const [reported, code, title] of [
+    ['invite_invalid', 'invite_invalid', 'This invite link is not valid'],
+    ['room_not_found', 'room_not_found', "We can't find this call"],
+    ['room_full', 'room_full', 'This call is full'],
+    ['room_expired', 'room_closed', 'This call has ended'],
+  ]) {
+    test(`error ${reported} shows "${title}"`, () => {
+      const call = new Call().toLobby();
+      call.server({ type: 'error', code: reported, message: 'ignored' });
+      assert.equal(call.state.problem.code, code);
+      assert.equal(call.state.problem.title, title);
+      assert.equal(call.state.problem.detail, PROBLEMS[code].detail);
+      assert.equal(call.state.ws, null, 'the socket is closed');
+    });
+  }
+
+  for (const [closeCode, problem] of [
+    [4401, 'invite_invalid'],
+    [4404, 'room_not_found'],
+    [4409, 'room_full'],
+    [4410, 'room_closed'],
+  ]) {
+    test(`close code ${closeCode} shows ${problem}`, () => {
+      const call = new Call();
+      call.step({ type: 'start' });
+      call.step({ type: 'socket_closed', socket: call.state.socketId, code: closeCode });
+      assert.equal(call.state.ui, 'error');
+      assert.equal(call.state.problem.code, problem);
+      assert.equal(call.state.problem.title, PROBLEMS[problem].title);
+    });
+  }
+
+  for (const [closeCode, detail] of [
+    [4408, 'Your time on this call ran out.'],
+    [4411, 'You joined this call from another tab or device.'],
+    [1000, 'The call ended.'],
+  ]) {
+    test(`close code ${closeCode} during a call ends it: "${detail}"`, () => {
+      const call = new Call().toConnected();
+      call.step({ type: 'socket_closed', socket: call.state.socketId, code: closeCode });
+      assert.equal(call.state.ui, 'ended');
+      assert.equal(call.state.ended.detail, detail);
+      assert.deepEqual(call.of('start_timer'), [], 'no reconnect');
+    });
+  }
+
+  test('bad_offer ends the attempt with the server message; other errors are only announced', () => {
+    const call = new Call().toConnected();
+    call.server({ type: 'error', code: 'not_ours', message: 'Something odd' });
+    assert.equal(call.state.ui, 'connected');
+    assert.deepEqual(call.announced(), ['Something odd']);
+    assert.equal(call.state.chat.length, 0);
+
+    call.server({ type: 'error', code: 'bad_offer', message: 'no audio' });
+    assert.equal(call.state.ui, 'error');
+    assert.equal(call.state.problem.code, 'failed');
+    assert.equal(call.state.problem.detail, 'The call could not start. (no audio)');
+    assert.equal(call.state.wantCall, false);
+  });
+
+  test('a missing invite and the home page', () => {
+    const missing = new Call({ invite: null });
+    missing.step({ type: 'start' });
+    assert.equal(missing.state.problem.code, 'invite_missing');
+    assert.deepEqual(missing.of('open_socket'), []);
+    const home = new Call({ roomId: null, invite: null });
+    home.step({ type: 'start' });
+    assert.equal(home.state.ui, 'home');
+    assert.deepEqual(home.of('focus'), [{ type: 'focus', screen: 'home' }]);
+  });
+});
+
+describe('reconnecting after a dropped socket', () => {
+  test('a drop during a call resumes our session and keeps a connected media path', () => {
+    const call = new Call().toConnected();
+    const peer = call.state.peerId;
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1012 });
+    assert.equal(call.state.ui, 'reconnecting');
+    assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'retry', ms: RETRY_DELAYS_MS[0] }]);
+    assert.deepEqual(call.of('stop_peer'), [], 'the media path is kept');
+
+    call.step({ type: 'timer', name: 'retry' });
+    assert.equal(call.of('open_socket').length, 1);
+    call.step({ type: 'socket_open', socket: call.state.socketId });
+    assert.deepEqual(call.sent(), [{ type: 'hello', invite: INVITE, resume: 'resume-1' }]);
+    call.server({ type: 'lobby', participants: [ME, BOT], resumed: true });
+    assert.deepEqual(call.sent(), [], 'no new join: the server resumed us');
+    call.server({ type: 'joined', participant_id: 'p-me', you: ME, participants: [BOT], media_connected: true, resume: 'resume-2' });
+    assert.equal(call.state.ui, 'connected');
+    assert.equal(call.state.peerId, peer);
+    assert.deepEqual(call.of('start_peer'), []);
+    assert.deepEqual(call.of('send_offer'), []);
+    assert.equal(call.state.retries, 0);
+    assert.equal(call.state.resume, 'resume-2');
+  });
+
+  test('a resumed session whose media broke renegotiates with a new peer', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'disconnected' });
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    call.step({ type: 'timer', name: 'retry' });
+    call.step({ type: 'socket_open', socket: call.state.socketId });
+    call.server({ type: 'lobby', participants: [], resumed: true });
+    const old = call.state.peerId;
+    call.server({ type: 'joined', participant_id: 'p-me', you: ME, media_connected: true });
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: old + 1 }]);
+    assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: old + 1 }]);
+  });
+
+  test('a session the server forgot joins again', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    call.step({ type: 'timer', name: 'retry' });
+    call.step({ type: 'socket_open', socket: call.state.socketId });
+    call.server({ type: 'lobby', participants: [BOT] });
+    assert.deepEqual(call.sent(), [{ type: 'join', display_name: 'Ada' }]);
+    assert.equal(call.state.resume, null);
+  });
+
+  test('retries back off, are bounded, and then the call ends', () => {
+    const call = new Call().toConnected();
+    const delays = [];
+    for (let i = 0; i < RETRY_DELAYS_MS.length; i++) {
+      call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+      delays.push(call.of('start_timer').map((e) => e.ms)[0]);
+      call.step({ type: 'timer', name: 'retry' });
+    }
+    assert.deepEqual(delays, [...RETRY_DELAYS_MS]);
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    assert.equal(call.state.ui, 'ended');
+    assert.equal(call.state.ended.detail, 'The connection was lost.');
+    assert.deepEqual(call.of('start_timer'), []);
+  });
+
+  test('during a call only a successful rejoin resets the count, not a lobby', () => {
+    const call = new Call().toConnected();
+    for (let i = 0; i < RETRY_DELAYS_MS.length; i++) {
+      call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+      call.step({ type: 'timer', name: 'retry' });
+      call.step({ type: 'socket_open', socket: call.state.socketId });
+      call.server({ type: 'lobby', participants: [BOT] });
+    }
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    assert.equal(call.state.ui, 'ended');
+    assert.equal(call.state.ended.detail, 'The connection was lost.');
+  });
+
+  test('a full room while reconnecting retries: our old place is still held', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    call.step({ type: 'timer', name: 'retry' });
+    call.step({ type: 'socket_open', socket: call.state.socketId });
+    call.server({ type: 'error', code: 'room_full' });
+    assert.equal(call.state.ui, 'reconnecting');
+    assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'retry', ms: RETRY_DELAYS_MS[1] }]);
+  });
+
+  test('a lobby socket that never answers gives up as unreachable', () => {
+    const call = new Call();
+    call.step({ type: 'start' });
+    call.step({ type: 'timer', name: 'connect' });
+    assert.equal(call.of('close_socket').length, 1);
+    assert.equal(call.state.ui, 'offline');
+    assert.equal(call.state.problem.code, 'unreachable');
+    assert.equal(call.state.problem.title, "Can't reach BotCall");
+  });
+
+  test('a dropped lobby socket reconnects; retry on the problem screen starts over', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    assert.equal(call.state.ui, 'loading');
+    assert.equal(call.state.loadingText, 'Reconnecting…');
+    for (let i = 0; i < RETRY_DELAYS_MS.length; i++) {
+      call.step({ type: 'timer', name: 'retry' });
+      call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    }
+    assert.equal(call.state.problem.code, 'unreachable');
+    call.step({ type: 'retry', displayName: '' });
+    assert.equal(call.state.retries, 0);
+    assert.equal(call.of('open_socket').length, 1);
+  });
+
+  test('offline and back: the call stays on screen and follows the media path', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'offline', online: false });
+    assert.equal(call.state.ui, 'reconnecting');
+    assert.equal(call.state.netVisible, true);
+    assert.deepEqual(call.announced(), ['You are offline', 'Reconnecting']);
+    call.step({ type: 'online', online: true });
+    assert.equal(call.state.ui, 'connected', 'the peer still says connected');
+    assert.equal(call.state.netVisible, false);
+    assert.deepEqual(call.of('open_socket'), [], 'the socket survived');
+  });
+
+  test('offline in the lobby shows the problem; online reconnects', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'offline', online: false });
+    assert.equal(call.state.problem.code, 'offline');
+    assert.equal(call.state.ui, 'offline');
+    call.step({ type: 'online', online: true });
+    assert.equal(call.state.problem, null);
+    assert.equal(call.of('open_socket').length, 1);
+  });
+
+  test('a failed peer is restarted twice, then the call ends', () => {
+    const call = new Call().toConnected();
+    for (let i = 0; i < 2; i++) {
+      const peer = call.state.peerId;
+      call.step({ type: 'peer_state', peer, state: 'failed' });
+      assert.equal(call.state.ui, 'reconnecting');
+      assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: peer + 1 }]);
+      assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: peer + 1 }]);
+      call.step({ type: 'peer_state', peer, state: 'failed' });
+      assert.deepEqual(call.effects, [], 'the old peer is ignored');
+    }
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    assert.equal(call.state.ui, 'ended');
+    assert.equal(call.state.ended.detail, 'The connection was lost.');
+  });
+});
+
+describe('hanging up', () => {
+  test('tells the server, stops everything and shows how long the call was', () => {
+    const call = new Call();
+    call.now = 1000;
+    call.toConnected(); // connected at 1000
+    call.now = 1000 + 65_500;
+    call.step({ type: 'hang_up' });
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }]);
+    assert.deepEqual(
+      call.effects.map((e) => e.type).filter((t) => ['send', 'stop_peer', 'stop_mic', 'close_socket'].includes(t)),
+      ['send', 'stop_peer', 'stop_mic', 'close_socket'],
+    );
+    assert.equal(call.state.ui, 'ended');
+    assert.deepEqual(call.state.ended, { detail: 'You hung up.', durationMs: 65_500 });
+    assert.equal(formatDuration(call.state.ended.durationMs), '01:05');
+    assert.equal(call.state.wantCall, false);
+    assert.equal(call.state.peerId, null);
+    assert.deepEqual(call.announced(), ['Call ended']);
+    assert.deepEqual(call.of('focus'), [{ type: 'focus', screen: 'ended' }]);
+
+    // The closed socket's late events change nothing.
+    call.step({ type: 'socket_closed', socket: call.state.socketId - 1, code: 1000 });
+    assert.deepEqual(call.effects, []);
+    call.step({ type: 'page_hide' });
+    assert.deepEqual(call.effects, []);
+  });
+
+  test('rejoin from the ended screen opens a new socket and joins on its lobby', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'hang_up' });
+    call.step({ type: 'join', displayName: 'Ada' });
+    assert.equal(call.state.ui, 'joining');
+    assert.equal(call.of('open_socket').length, 1);
+    call.step({ type: 'socket_open', socket: call.state.socketId });
+    // As before the split, the last resume token still goes out; the server has
+    // ended that session, so its lobby is not 'resumed' and the page joins anew.
+    assert.deepEqual(call.sent(), [{ type: 'hello', invite: INVITE, resume: 'resume-1' }]);
+    call.server({ type: 'lobby', participants: [BOT] });
+    assert.deepEqual(call.sent(), [{ type: 'join', display_name: 'Ada' }]);
+    assert.equal(call.state.resume, null);
+  });
+
+  test('leaving the page during a call says leave', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'page_hide' });
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }]);
+  });
+});
+
+describe('pure helpers', () => {
+  test('formatDuration', () => {
+    assert.equal(formatDuration(-5), '00:00');
+    assert.equal(formatDuration(59_999), '00:59');
+    assert.equal(formatDuration(3_600_000 + 61_000), '1:01:01');
+  });
+
+  test('parseLocation', () => {
+    assert.deepEqual(parseLocation('/join/r%20x/', '#invite=abc'), { roomId: 'r x', invite: 'abc' });
+    assert.deepEqual(parseLocation('/join/%E0', ''), { roomId: '%E0', invite: null });
+    assert.deepEqual(parseLocation('/', '#invite=abc'), { roomId: null, invite: null });
+  });
+
+  test('inviteTarget stays on this server', () => {
+    const base = 'https://calls.example/';
+    assert.equal(inviteTarget(' https://evil.example/join/r1#invite=s ', base), '/join/r1#invite=s');
+    assert.equal(inviteTarget('/join/r1', base), null);
+    assert.equal(inviteTarget('/elsewhere#invite=s', base), null);
+    assert.equal(inviteTarget('http://[bad', base), null);
+  });
+});

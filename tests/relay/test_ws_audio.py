@@ -1,0 +1,86 @@
+"""WebSocket audio, sans-IO: the relay sees what the bot sent, the bot gets what speakers said."""
+
+from __future__ import annotations
+
+import pytest
+
+from botcall.audio.opus import OpusEncoder
+from botcall.audio.pcm import tone
+from botcall.errors import SignalingError
+from botcall.relay.core import MediaPeer, MediaRelay
+from botcall.relay.service import WsSink
+from botcall.relay.ws_audio import WsAudio
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+
+
+class Recorder:
+    """A sink that keeps what the relay forwards to it."""
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def deliver_rtp(self, data, speaker, now):
+        self.packets.append(data)
+
+    def deliver_rtcp(self, data, speaker, now):
+        pass
+
+
+def room(encoding: str, sample_rate: int = 16000):
+    relay = MediaRelay(lambda data, addr: None)
+    bot = MediaPeer(session_id="s-bot", participant_id="p-bot", room_id="r", ssrc=1111, payload_type=111, sink=WsSink(), speaks_udp=False)
+    listener = Recorder()
+    other = MediaPeer(session_id="s-l", participant_id="p-l", room_id="r", ssrc=2222, payload_type=111, sink=listener, speaks_udp=False)
+    relay.add_peer(bot)
+    relay.add_peer(other)
+    return relay, bot, listener, WsAudio(relay, bot, encoding=encoding, sample_rate=sample_rate)
+
+
+def test_opus_frames_are_numbered_and_forwarded():
+    relay, bot, listener, audio = room("opus")
+    for k in range(3):
+        audio.audio_message(b"\xfc" + bytes([k]) * 30, now=k * 0.02)
+    packets = [parse_rtp_untrusted(p) for p in listener.packets]
+    assert [(p.ssrc, p.payload_type, p.sequence_number, p.timestamp) for p in packets] == [
+        (1111, 111, 0, 0), (1111, 111, 1, 960), (1111, 111, 2, 1920)
+    ]
+    with pytest.raises(SignalingError) as empty:
+        audio.audio_message(b"", now=1.0)
+    with pytest.raises(SignalingError) as big:
+        audio.binary_message(b"\x80" * 1501, now=1.0)
+    assert empty.value.code == big.value.code == "bad_audio"
+
+
+def test_pcm_in_odd_chunks_gives_whole_frames_a_bounded_batch_at_a_time():
+    relay, bot, listener, audio = room("pcm16", 16000)
+    pcm = tone(440, 1.0, sample_rate=16000)
+    for start in range(0, len(pcm), 1234):  # 617 samples: never a frame boundary
+        audio.push_pcm(pcm[start : start + 1234])
+    assert audio.pending_frames == 50
+    assert audio.encode_pending(now=0.0, max_frames=5) == 5
+    assert audio.pending_frames == 45 and len(listener.packets) == 5
+    while audio.encode_pending(now=0.0, max_frames=5):
+        pass
+    assert len(listener.packets) == 50  # 1 s exactly: nothing padded, nothing lost
+    with pytest.raises(SignalingError) as odd:
+        audio.push_pcm(b"\0")
+    with pytest.raises(SignalingError) as full:
+        audio.push_pcm(b"\0\0" * 16000 * 3)  # 3 s > the 2 s backlog
+    assert (odd.value.code, full.value.code) == ("bad_audio", "audio_backlog_full")
+    assert audio.pending_frames == 0  # a refused message is refused whole
+
+
+def test_pcm_downlink_decodes_per_speaker_and_frames_binary_and_json_fields():
+    relay, bot, listener, audio = room("pcm16", 16000)
+    encoder = OpusEncoder()
+    speaker = relay.peer("s-l")
+    pcm = tone(660, 0.2)
+    frames = []
+    for k in range(10):
+        payload = encoder.encode(pcm[k * 1920 : (k + 1) * 1920])
+        audio.pcm_push(speaker, bytes(RtpPacket(111, 100 + k, 960 * k, 2222, payload)), now=k * 0.02)
+        frames += audio.pcm_pop(now=k * 0.02 + 0.2)
+    assert frames and all(f.participant_id == "p-l" and f.encoding == "pcm16" and len(f.payload) == 640 for f in frames)
+    first = parse_rtp_untrusted(frames[0].binary())
+    assert (first.payload_type, first.ssrc, first.sequence_number) == (96, 2222, 0)
+    assert [f.seq for f in frames] == list(range(len(frames)))
