@@ -21,9 +21,9 @@ from typing import Any
 
 import trio
 
-from botcall.audio import tone
+from botcall.audio.pcm import tone
 from botcall.client.call import connect
-from botcall.rtp.stun import binding_request
+from botcall.wire.stun import binding_request
 from tests.attack.kit import (
     LEGIT,
     LEGIT_2,
