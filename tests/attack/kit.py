@@ -479,10 +479,15 @@ class ConcurrentCall:
             )
         deadline = time.monotonic() + timeout
         while not any(r["k"] == "ready" for r in self.records()):
+            problem = None
             if self.process.poll() is not None:
-                raise HarnessError(f"the concurrent call exited with {self.process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise HarnessError(f"the concurrent call was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+                problem = f"the concurrent call exited with {self.process.returncode}"
+            elif time.monotonic() > deadline:
+                problem = f"the concurrent call was not ready within {timeout:.0f} s"
+            if problem is not None:
+                self.stop()
+                errors = [r for r in self.records() if r["k"] == "error"]
+                raise HarnessError(f"{problem}: {errors}\n{self.log_tail()}")
             time.sleep(0.05)
         return self
 
@@ -728,7 +733,8 @@ class Lab:
             code_root=self.code_root,
         ).start()
         if call:
-            self.call = ConcurrentCall(self.server, self.signer, self.workdir / f"call-{self._starts}").start()
+            self.call = ConcurrentCall(self.server, self.signer, self.workdir / f"call-{self._starts}")
+            self.call.start()
         return self.server
 
     @property

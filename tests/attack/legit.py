@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -120,25 +119,30 @@ async def sample_memory(pid: int, record: Recorder) -> None:
         await trio.sleep(RSS_SAMPLE_INTERVAL)
 
 
+async def stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
 async def main(args: argparse.Namespace) -> None:
     record = Recorder(args.out)
     tokens = json.loads(open(args.tokens).read())
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sample_memory, args.server_pid, record)
-            passed = trio.Event()
-            nursery.start_soon(probe, args.server, record, passed)
-            with source(SPEAKER):
-                room = await create_room(args.server, tokens["create"])
-            heard = trio.Event()
-            nursery.start_soon(recorded, "listener", record, listen, args.server, room.room_id, tokens["listener"], record, heard)
-            nursery.start_soon(recorded, "speaker", record, speak, args.server, room.room_id, tokens["speaker"], record)
-            await heard.wait()
-            await passed.wait()
-            record("ready", room_id=room.room_id)
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
+    async with trio.open_nursery() as nursery:
+        # Stop on a signal at any time, also while the call is still being set up.
+        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(sample_memory, args.server_pid, record)
+        passed = trio.Event()
+        nursery.start_soon(probe, args.server, record, passed)
+        with source(SPEAKER):
+            room = await create_room(args.server, tokens["create"])
+        heard = trio.Event()
+        nursery.start_soon(recorded, "listener", record, listen, args.server, room.room_id, tokens["listener"], record, heard)
+        nursery.start_soon(recorded, "speaker", record, speak, args.server, room.room_id, tokens["speaker"], record)
+        await heard.wait()
+        await passed.wait()
+        record("ready", room_id=room.room_id)
 
 
 def cli() -> int:
