@@ -35,7 +35,12 @@ Test-kit shims (they reach past public API on purpose, and only here):
   address; a wrapper around ``socket.create_connection`` does the same for the
   SDK's HTTP calls (``urllib`` in a worker thread, which inherits the context).
   Outside a ``source`` block everything behaves as usual.
-* ``legit.py`` wraps the listener's ``Call._on_media`` to timestamp arrivals.
+* :func:`record_arrivals` wraps an SDK call's ``Call._on_media`` to timestamp
+  every RTP packet it receives (the concurrent call's listener, and the
+  receivers inside some attacks).
+
+Resident memory is ``/proc/<pid>/stat``'s rss (the counters ``VmRSS`` sums),
+CPU its utime + stime, both through ``bench.peers.process.read_proc_stat``.
 """
 
 from __future__ import annotations
@@ -396,7 +401,7 @@ class ServerProcess:
             return None
 
     def rss_bytes(self) -> int | None:
-        """Resident memory (VmRSS), or None once the process is gone."""
+        """Resident memory (as VmRSS counts it), or None once the process is gone."""
         try:
             return read_proc_stat(self.pid).rss_bytes
         except HarnessError:
