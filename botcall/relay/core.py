@@ -94,6 +94,27 @@ class Sink(Protocol):
         """Take one plain RTCP compound packet relayed from ``speaker``."""
 
 
+class SecureLeg(Protocol):
+    """A browser's leg as the relay drives it (``webrtc.leg.WebRtcLeg``).
+
+    The relay hands it the datagrams of its validated addresses and its timers;
+    the leg talks back only through the relay's public methods
+    (``transmit``, ``drop``, ``timer_started``, ``timer_stopped``, ``counters``).
+    """
+
+    def handle_dtls(self, data: bytes, addr: Address, now: float) -> None:
+        """One DTLS datagram from a validated address."""
+
+    def handle_media(self, data: bytes, addr: Address, now: float) -> None:
+        """One SRTP or SRTCP datagram from a validated address."""
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timeout`` has work, or None."""
+
+    def handle_timeout(self, now: float) -> None:
+        """Run what is due at ``now`` (DTLS retransmissions, give-up)."""
+
+
 @dataclass(eq=False, slots=True)
 class MediaPeer:
     """One participant's media endpoint in the relay.
@@ -146,7 +167,7 @@ class MediaPeer:
     fanout: tuple = ()
     # The datagram handler for this peer when it needs one that is not plain
     # RTP (a browser: SRTP and DTLS). Set by the WebRTC bridge.
-    secure: object | None = None
+    secure: SecureLeg | None = None
 
     def __post_init__(self) -> None:
         self.ssrc_bytes = _SSRC_AT_4.pack(self.ssrc)
@@ -203,7 +224,7 @@ class MediaRelay:
         self.max_peers = max_peers
         self.max_handshakes = max_handshakes
         # Secure legs with a running DTLS timer (handshakes in progress).
-        self.timed: set = set()
+        self.timed: set[SecureLeg] = set()
         self.counters: collections.Counter = collections.Counter()
         self._by_session: dict[str, MediaPeer] = {}
         self._by_ufrag: dict[str, MediaPeer] = {}
@@ -325,6 +346,14 @@ class MediaRelay:
     def handshakes_in_progress(self) -> int:
         return len(self.timed)
 
+    def timer_started(self, leg: SecureLeg) -> None:
+        """A leg has a deadline now (a DTLS handshake began): drive its timer."""
+        self.timed.add(leg)
+
+    def timer_stopped(self, leg: SecureLeg) -> None:
+        """A leg's handshake ended (connected or failed): stop driving its timer."""
+        self.timed.discard(leg)
+
     def set_muted(self, session_id: str, muted: bool) -> None:
         peer = self._by_session.get(session_id)
         if peer is not None:
@@ -349,7 +378,7 @@ class MediaRelay:
                 peer.secure.handle_media(data, addr, now)
                 return
             if len(data) < RTCP_MIN_SIZE:
-                self._drop(peer, "malformed_rtp")
+                self.drop(peer, "malformed_rtp")
             elif RTCP_BY_SECOND_BYTE[data[1]]:
                 self.handle_rtcp(peer, data, now)
             else:
@@ -374,16 +403,16 @@ class MediaRelay:
         WebSocket bot, a browser after SRTP) once the caller knows the peer.
         """
         if len(data) < RTP_MIN_SIZE or data[0] >> 6 != 2:
-            self._drop(peer, "malformed_rtp")
+            self.drop(peer, "malformed_rtp")
             return
         if data[8:12] != peer.ssrc_bytes:
-            self._drop(peer, "wrong_ssrc")
+            self.drop(peer, "wrong_ssrc")
             return
         if data[1] & 0x7F != peer.payload_type:
-            self._drop(peer, "wrong_payload_type")
+            self.drop(peer, "wrong_payload_type")
             return
         if peer.muted:
-            self._drop(peer, "muted")
+            self.drop(peer, "muted")
             return
         if now - peer.window_start >= 1.0:
             peer.window_start = now
@@ -391,7 +420,7 @@ class MediaRelay:
         peer.window_packets += 1
         if peer.window_packets > self.max_packets_per_second:
             # One peer flooding valid packets must not flood everyone it reaches.
-            self._drop(peer, "rate_limited")
+            self.drop(peer, "rate_limited")
             return
         peer.rx_packets += 1
         peer.rx_bytes += len(data)
@@ -414,11 +443,11 @@ class MediaRelay:
         try:
             packets = parse_rtcp_compound_untrusted(data)
         except BadPacket as exc:
-            self._drop(peer, exc.counter)
+            self.drop(peer, exc.counter)
             return
         for packet in packets:
             if any(ssrc != peer.ssrc for ssrc in rtcp_sender_ssrcs(packet)):
-                self._drop(peer, "wrong_ssrc_rtcp")
+                self.drop(peer, "wrong_ssrc_rtcp")
                 return
         self.counters["rtcp_relayed"] += 1
         for sink in peer.fanout:
@@ -638,7 +667,7 @@ class MediaRelay:
         if self._bots_by_ssrc.get(peer.ssrc_bytes) is peer:
             del self._bots_by_ssrc[peer.ssrc_bytes]
 
-    def _drop(self, peer: MediaPeer, reason: str) -> None:
+    def drop(self, peer: MediaPeer, reason: str) -> None:
         peer.drops[reason] += 1
         self.counters[reason] += 1
 
@@ -657,7 +686,7 @@ class MediaRelay:
         if self._voiced:
             deadline = min(deadline, self._next_speaking_sweep)
         for leg in self.timed:
-            leg_deadline = leg.dtls.next_deadline()
+            leg_deadline = leg.next_deadline()
             if leg_deadline is not None and leg_deadline < deadline:
                 deadline = leg_deadline
         return deadline

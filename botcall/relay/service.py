@@ -135,6 +135,12 @@ class MediaService:
         self.relay.add_peer(peer, nominate_on="use_candidate", replaces=old)
         return answer
 
+    def browser_connected(self, session_id: str) -> bool:
+        """Whether a browser's leg has its SRTP keys (DTLS done): a resumed page keeps it."""
+        peer = self.relay.peer(session_id)
+        leg = peer.secure if peer is not None else None
+        return isinstance(leg, WebRtcLeg) and leg.srtp is not None
+
     def remove_session(self, session_id: str) -> None:
         """Forget a session's peer (left, expired, room closed). Unknown ids are ignored."""
         self.relay.remove_peer(session_id)

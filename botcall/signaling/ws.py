@@ -580,8 +580,7 @@ def welcome_event(state, session: Session) -> dict:
 def joined_event(state, session: Session) -> dict:
     """A browser's welcome: as a bot's, plus the token that resumes its place after a
     drop and whether its media leg is up (a resumed browser then keeps it)."""
-    peer = state.media.relay.peer(session.session_id)
-    connected = peer is not None and peer.secure is not None and peer.secure.srtp is not None
+    connected = state.media.browser_connected(session.session_id)
     return {**welcome_event(state, session), "type": "joined", "resume": session.session_id, "media_connected": connected}
 
 

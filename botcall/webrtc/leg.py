@@ -229,7 +229,7 @@ class WebRtcLeg:
                 return
             self.started = True
             self.dtls.start(now)
-            relay.timed.add(self)
+            relay.timer_started(self)
         try:
             out = self.dtls.receive_untrusted(data, now)
         except DtlsError as exc:
@@ -238,6 +238,10 @@ class WebRtcLeg:
         for datagram in out:
             relay.transmit(datagram, addr)
         self._check_connected()
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timeout`` has work (a DTLS retransmission or give-up), or None."""
+        return self.dtls.next_deadline()
 
     def handle_timeout(self, now: float) -> None:
         deadline = self.dtls.next_deadline()
@@ -258,7 +262,7 @@ class WebRtcLeg:
             self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
             self._holding_dtls = True
             self.relay.counters["dtls_connected"] += 1
-            self.relay.timed.discard(self)
+            self.relay.timer_stopped(self)
 
     def _release_dtls(self) -> None:
         """The browser's SRTP authenticated, so it has our Finished: free OpenSSL's state.
@@ -274,7 +278,7 @@ class WebRtcLeg:
     def _dtls_error(self, exc: DtlsError, addr) -> None:
         self.relay.counters[exc.counter] += 1
         if self.dtls.state is DtlsState.FAILED:
-            self.relay.timed.discard(self)
+            self.relay.timer_stopped(self)
             log.info("DTLS with %s failed: %s", self.peer.participant_id, self.dtls.failure_reason)
             if addr is not None:
                 for datagram in self.dtls.close():
@@ -284,16 +288,16 @@ class WebRtcLeg:
         """An SRTP or SRTCP datagram from the browser."""
         srtp, relay, peer = self.srtp, self.relay, self.peer
         if srtp is None:
-            relay._drop(peer, "srtp_before_dtls")
+            relay.drop(peer, "srtp_before_dtls")
             return
         if len(data) < 12:
-            relay._drop(peer, "malformed_rtp")
+            relay.drop(peer, "malformed_rtp")
             return
         if RTCP_BY_SECOND_BYTE[data[1]]:
             try:
                 srtp.unprotect_rtcp_untrusted(data)
             except BadPacket as exc:
-                relay._drop(peer, exc.counter)
+                relay.drop(peer, exc.counter)
                 return
             if self._holding_dtls:
                 self._release_dtls()
@@ -307,7 +311,7 @@ class WebRtcLeg:
             # in the buffer libsrtp decrypted into (one copy out).
             rtp = srtp.unprotect_restamped_untrusted(data, PAYLOAD_TYPE_OPUS, peer.ssrc_bytes)
         except BadPacket as exc:
-            relay._drop(peer, exc.counter)
+            relay.drop(peer, exc.counter)
             return
         if self._holding_dtls:
             self._release_dtls()
