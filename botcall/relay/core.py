@@ -581,10 +581,12 @@ class MediaRelay:
 
     def _forget_check(self, peer: MediaPeer, transaction_id: bytes, addr: Address, *, count: bool = True) -> None:
         """A check of ours went unanswered (expired or evicted): forget it and what waited for it."""
+        ice = peer.ice
+        assert ice is not None  # a peer with checks out has ICE state
         if count:
             self.counters["check_timeout"] += 1
         self._checks.pop(transaction_id, None)
-        if self._unverified.get(addr) is peer and peer.ice is not None and not peer.ice.has_check_to(addr):
+        if self._unverified.get(addr) is peer and not ice.has_check_to(addr):
             del self._unverified[addr]
             if peer.secure is not None:
                 peer.secure.take_early_dtls(addr)  # dropped with the check
