@@ -7,10 +7,61 @@ the WebSocket routes) register their own collectors on ``metrics.registry``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+# What the collectors read, as Protocols: metrics.py imports no relay or server
+# module (``relay.core.MediaRelay``, ``relay.transport.UdpTransport``,
+# ``signaling.serving.ConnectionBudget`` and ``server.Parts`` fit these).
+
+
+class _PeerPackets(Protocol):
+    @property
+    def rx_packets(self) -> int: ...
+    @property
+    def tx_packets(self) -> int: ...
+
+
+class MediaCounters(Protocol):
+    """The relay as the metrics read it (``relay.core.MediaRelay``)."""
+
+    @property
+    def counters(self) -> collections.Counter[str]: ...
+    @property
+    def retired_rx_packets(self) -> int: ...
+    @property
+    def retired_tx_packets(self) -> int: ...
+    def all_peers(self) -> Sequence[_PeerPackets]: ...
+
+
+class TransportCounters(Protocol):
+    """The UDP transport as the metrics read it (``relay.transport.UdpTransport``)."""
+
+    @property
+    def counters(self) -> collections.Counter[str]: ...
+
+
+class HttpBudget(Protocol):
+    """The connection budget as the metrics read it (``signaling.serving.ConnectionBudget``)."""
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+
+
+class PartCounters(Protocol):
+    """Supervised parts as the metrics read them (``server.Parts``)."""
+
+    @property
+    def contained(self) -> Mapping[str, int]: ...
+    @property
+    def restarts(self) -> Mapping[str, int]: ...
 
 
 class Metrics:
@@ -45,7 +96,7 @@ class Metrics:
         self.live_sessions = Gauge("botcall_live_sessions", "Sessions in open rooms.", registry=self.registry)
         self.live_sessions.set_function(live_sessions)
 
-    def attach_media(self, relay, udp) -> None:
+    def attach_media(self, relay: MediaCounters, udp: TransportCounters) -> None:
         """Expose the relay's and the UDP transport's counters, read at scrape time.
 
         ``botcall_media_events_total{event}`` holds every drop reason and
@@ -57,7 +108,7 @@ class Metrics:
         """
         self.registry.register(_MediaCollector(relay, udp))
 
-    def attach_http(self, budget, parts) -> None:
+    def attach_http(self, budget: HttpBudget, parts: PartCounters) -> None:
         """Expose the HTTP server's connection budget, contained failures and part
         restarts, read at scrape time (``signaling/serving.py``, ``server.py``)."""
         self.registry.register(_HttpCollector(budget, parts))
@@ -68,11 +119,11 @@ class Metrics:
 
 
 class _MediaCollector:
-    def __init__(self, relay, udp) -> None:
+    def __init__(self, relay: MediaCounters, udp: TransportCounters) -> None:
         self.relay = relay
         self.udp = udp
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily("botcall_media_events", "Relay events and drops, by name.", labels=["event"])
         # Summed, not merged: a name both count must not hide one of the two.
         for name, value in sorted((self.relay.counters + self.udp.counters).items()):
@@ -92,11 +143,11 @@ class _MediaCollector:
 
 
 class _HttpCollector:
-    def __init__(self, budget, parts) -> None:
+    def __init__(self, budget: HttpBudget, parts: PartCounters) -> None:
         self.budget = budget
         self.parts = parts
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         open_ = GaugeMetricFamily("botcall_http_connections", "Open HTTP/WebSocket connections.")
         open_.add_metric([], self.budget.total)
         yield open_

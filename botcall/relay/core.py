@@ -30,7 +30,7 @@ import collections
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, cast
 
 from botcall.errors import BadPacket
 from botcall.webrtc import ice_lite
@@ -42,12 +42,13 @@ from botcall.wire.rtcp import (
     PictureLossIndication,
     ReceiverReport,
     RtcpFeedback,
+    RtcpPacket,
     Sdes,
     SenderReport,
     parse_rtcp_compound_untrusted,
 )
 
-Address = tuple  # (host, port) as the socket module gives it
+Address = tuple[str, int]  # (host, port) as the socket module gives it
 Transmit = Callable[[bytes, Address], None]
 
 _SSRC_AT_4 = struct.Struct("!I")
@@ -71,7 +72,7 @@ RTCP_MIN_SIZE = 8
 MAX_DATAGRAM = 1500
 
 
-def rtcp_sender_ssrcs(packet) -> tuple[int, ...]:
+def rtcp_sender_ssrcs(packet: RtcpPacket) -> tuple[int, ...]:
     """The SSRCs an RTCP packet speaks for (RFC 3550 §6.4-6.6, RFC 4585 §6.1)."""
     if isinstance(packet, (SenderReport, ReceiverReport)):
         return (packet.ssrc,)
@@ -114,6 +115,12 @@ class SecureLeg(Protocol):
     def handle_timeout(self, now: float) -> None:
         """Run what is due at ``now`` (DTLS retransmissions, give-up)."""
 
+    def hold_early_dtls(self, data: bytes, addr: Address) -> bool:
+        """Keep one DTLS datagram from an address the relay is still checking; True if kept."""
+
+    def take_early_dtls(self, addr: Address) -> bytes | None:
+        """Give up the datagram kept from ``addr`` (verified, or its check given up), or None."""
+
 
 @dataclass(eq=False, slots=True)
 class MediaPeer:
@@ -152,7 +159,7 @@ class MediaPeer:
     muted: bool = False
     ice: ice_lite.IceLiteState | None = None
     ssrc_bytes: bytes = b""
-    bound_addrs: set = field(default_factory=set)
+    bound_addrs: set[Address] = field(default_factory=set)
     last_voice: float = -1e9
     speaking: bool = False
     window_start: float = -1e9
@@ -160,11 +167,11 @@ class MediaPeer:
     rx_packets: int = 0
     rx_bytes: int = 0
     tx_packets: int = 0
-    drops: collections.Counter = field(default_factory=collections.Counter)
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
     # The sinks of the other peers in the room, rebuilt by the relay whenever
     # the room's membership changes: forwarding walks it without a room lookup.
     # So a peer's sink is set before add_peer and never swapped while it is in.
-    fanout: tuple = ()
+    fanout: tuple[Sink, ...] = ()
     # The datagram handler for this peer when it needs one that is not plain
     # RTP (a browser: SRTP and DTLS). Set by the WebRTC bridge.
     secure: SecureLeg | None = None
@@ -179,7 +186,10 @@ class UdpSink:
     __slots__ = ("peer", "_transmit")
 
     def __init__(self, transmit: Transmit) -> None:
-        self.peer: MediaPeer | None = None
+        # The peer this sink delivers to: set by MediaRelay.add_peer, before
+        # the sink is in any fanout. Left unset until then rather than None,
+        # so the per-packet path needs no None test to type-check.
+        self.peer: MediaPeer
         self._transmit = transmit
 
     def deliver_rtp(self, data: bytes, speaker: MediaPeer, now: float) -> None:
@@ -225,7 +235,7 @@ class MediaRelay:
         self.max_handshakes = max_handshakes
         # Secure legs with a running DTLS timer (handshakes in progress).
         self.timed: set[SecureLeg] = set()
-        self.counters: collections.Counter = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
         self._by_session: dict[str, MediaPeer] = {}
         self._by_ufrag: dict[str, MediaPeer] = {}
         self._by_addr: dict[Address, MediaPeer] = {}
@@ -262,7 +272,7 @@ class MediaRelay:
 
     # --- membership ----------------------------------------------------------------
 
-    def add_peer(self, peer: MediaPeer, *, nominate_on: str = "any", replaces: MediaPeer | None = None) -> MediaPeer:
+    def add_peer(self, peer: MediaPeer, *, nominate_on: ice_lite.NominateOn = "any", replaces: MediaPeer | None = None) -> MediaPeer:
         """Register a peer; it sends and receives once its address is proven.
 
         Args:
@@ -310,7 +320,9 @@ class MediaRelay:
         if peer.ice_ufrag is not None:
             self._by_ufrag.pop(peer.ice_ufrag, None)
         if peer.ice is not None:
-            for transaction_id, addr in peer.ice.pending_checks.items():
+            # IceLiteState keeps addresses as opaque hashables; ours are Address.
+            pending = cast("dict[bytes, Address]", peer.ice.pending_checks)
+            for transaction_id, addr in pending.items():
                 self._checks.pop(transaction_id, None)
                 if self._unverified.get(addr) is peer:
                     del self._unverified[addr]
@@ -392,7 +404,7 @@ class MediaRelay:
             if peer is None or peer.secure is None:
                 self._handle_early_dtls(data, addr)
                 return
-            self._deliver_dtls(peer, data, addr, now)
+            self._deliver_dtls(peer.secure, data, addr, now)
         else:
             self.counters["unknown_kind"] += 1
 
@@ -453,9 +465,9 @@ class MediaRelay:
         for sink in peer.fanout:
             sink.deliver_rtcp(data, peer, now)
 
-    def _deliver_dtls(self, peer: MediaPeer, data: bytes, addr: Address, now: float) -> None:
+    def _deliver_dtls(self, leg: SecureLeg, data: bytes, addr: Address, now: float) -> None:
         handshakes = len(self.timed)
-        peer.secure.handle_dtls(data, addr, now)
+        leg.handle_dtls(data, addr, now)
         if len(self.timed) > handshakes and self.wake is not None:
             self.wake()  # a retransmission timer started
 
@@ -491,8 +503,12 @@ class MediaRelay:
             if outcome.reply is not None:
                 self.transmit(outcome.reply, addr)
             return
+        # Authenticated: the request matched a known ufrag, whose peer has ICE state.
+        assert outcome.ufrag is not None and outcome.transaction_id is not None
         peer = self._by_ufrag[outcome.ufrag]
-        update = peer.ice.on_valid_request(addr, outcome.use_candidate, now, transaction_id=outcome.transaction_id)
+        ice = peer.ice
+        assert ice is not None
+        update = ice.on_valid_request(addr, outcome.use_candidate, now, transaction_id=outcome.transaction_id)
         if update.rate_limited:
             self.counters["stun_rate_limited"] += 1
             return
@@ -518,7 +534,7 @@ class MediaRelay:
         elif outcome.reply is not None:
             self.transmit(outcome.reply, addr)
         if update.changed:
-            self._follow(peer, update.selected)
+            self._follow(peer, cast("Address | None", update.selected))
 
     def _send_check(self, peer: MediaPeer, addr: Address, trigger_size: int, now: float, *, unknown_source: bool = False) -> bool:
         """Send the relay's check to ``addr`` for ``peer`` if the limits allow.
@@ -531,6 +547,7 @@ class MediaRelay:
             Whether a check went out.
         """
         ice = peer.ice
+        assert ice is not None  # only peers with ICE credentials are checked
         if not ice.check_allowed(addr, now, unknown_source=unknown_source):
             self.counters["check_rate_limited"] += 1
             return False
@@ -538,21 +555,24 @@ class MediaRelay:
             self.counters["check_suppressed"] += 1  # a bot that never sent its ufrag
             return False
         username = f"{peer.remote_ufrag}:{peer.ice_ufrag}"
-        browser = peer.remote_pwd is not None
+        remote_pwd = peer.remote_pwd
+        browser = remote_pwd is not None
         if check_size(username, ice=browser) > trigger_size:
             # No amplification: never more bytes than the datagram that asked.
             self.counters["check_suppressed"] += 1
             return False
         transaction_id = secrets.token_bytes(12)
-        if browser:
+        if remote_pwd is not None:
             # What a conforming ICE agent answers (RFC 8445 §7.3): the browser's
             # credentials, PRIORITY, and ICE-CONTROLLED for the lite side.
             check = binding_check(
-                username, peer.remote_pwd, transaction_id=transaction_id, priority=PEER_REFLEXIVE_PRIORITY, tie_breaker=self._tie_breaker
+                username, remote_pwd, transaction_id=transaction_id, priority=PEER_REFLEXIVE_PRIORITY, tie_breaker=self._tie_breaker
             )
         else:
+            assert peer.ice_pwd is not None  # set with ice_ufrag
             check = binding_check(username, peer.ice_pwd, transaction_id=transaction_id)
-        for dropped, dropped_addr in ice.add_check(transaction_id, addr, now, unknown_source=unknown_source):
+        evicted = cast("list[tuple[bytes, Address]]", ice.add_check(transaction_id, addr, now, unknown_source=unknown_source))
+        for dropped, dropped_addr in evicted:
             self._forget_check(peer, dropped, dropped_addr)
         self._checks[transaction_id] = peer
         self.counters["check_sent"] += 1
@@ -561,10 +581,12 @@ class MediaRelay:
 
     def _forget_check(self, peer: MediaPeer, transaction_id: bytes, addr: Address, *, count: bool = True) -> None:
         """A check of ours went unanswered (expired or evicted): forget it and what waited for it."""
+        ice = peer.ice
+        assert ice is not None  # a peer with checks out has ICE state
         if count:
             self.counters["check_timeout"] += 1
         self._checks.pop(transaction_id, None)
-        if self._unverified.get(addr) is peer and not peer.ice.has_check_to(addr):
+        if self._unverified.get(addr) is peer and not ice.has_check_to(addr):
             del self._unverified[addr]
             if peer.secure is not None:
                 peer.secure.take_early_dtls(addr)  # dropped with the check
@@ -590,11 +612,14 @@ class MediaRelay:
             self.counters["stun_unexpected_response"] += 1
             return
         key = peer.remote_pwd if peer.remote_pwd is not None else peer.ice_pwd
+        ice = peer.ice
+        # A peer with checks out has ICE state and a key (ice_pwd with ice_ufrag).
+        assert key is not None and ice is not None
         # The answer is signed with the key the check was (RFC 8489 §9.1.4).
         if message.message_class != Class.RESPONSE or not message.check_message_integrity(key.encode("utf-8")):
             self.counters["check_failed"] += 1
             return
-        result, update = peer.ice.on_check_success(transaction_id, addr, now)
+        result, update = ice.on_check_success(transaction_id, addr, now)
         self.counters[result] += 1
         if result is ice_lite.CheckResult.WRONG_ADDRESS:
             return
@@ -608,11 +633,11 @@ class MediaRelay:
             # A browser may send DTLS and SRTP from any address it verified.
             self._bind(peer, addr)
         if update.changed:
-            self._follow(peer, update.selected)
+            self._follow(peer, cast("Address | None", update.selected))
         if peer.secure is not None:
             early = peer.secure.take_early_dtls(addr)
             if early is not None:
-                self._deliver_dtls(peer, early, addr, now)
+                self._deliver_dtls(peer.secure, early, addr, now)
 
     def _follow(self, peer: MediaPeer, selected: Address | None) -> None:
         if selected is None:
@@ -722,11 +747,13 @@ class MediaRelay:
                 self.counters["consent_expired"] += 1
             elif len(peer.bound_addrs) > 1:
                 # A browser's other verified addresses that stopped checking.
-                for stale in ice.drop_stale(now):
+                for stale in cast("list[Address]", ice.drop_stale(now)):
                     peer.bound_addrs.discard(stale)
                     if self._by_addr.get(stale) is peer:
                         del self._by_addr[stale]
         if self._checks:
             for peer in {peer for peer in self._checks.values()}:
-                for transaction_id, addr in peer.ice.expire_checks(now):
+                checked = peer.ice
+                assert checked is not None  # a peer with checks out has ICE state
+                for transaction_id, addr in cast("list[tuple[bytes, Address]]", checked.expire_checks(now)):
                     self._forget_check(peer, transaction_id, addr)

@@ -14,7 +14,7 @@ from typing import Protocol
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.queues import DropOldestQueue
 from botcall.webrtc.dtls import DtlsCertificate
-from botcall.relay.core import MediaPeer, MediaRelay, Transmit, UdpSink
+from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 
@@ -152,6 +152,9 @@ class MediaService:
         """Give a new bot session its peer (UDP or WebSocket); browsers get theirs
         from their offer (``add_browser``)."""
         transport = session.transport
+        sink: UdpSink | WsSink
+        ufrag: str | None
+        pwd: str | None
         if transport == "udp":
             sink = UdpSink(self.transmit)
             ufrag, pwd, speaks_udp = session.ice_ufrag, session.ice_pwd, True
@@ -172,7 +175,7 @@ class MediaService:
             log.error("session %s has no media: %s", session.participant_id, exc)
 
 
-def _peer_for(session: MediaSession, sink, ice_ufrag: str | None, ice_pwd: str | None, *, speaks_udp: bool) -> MediaPeer:
+def _peer_for(session: MediaSession, sink: Sink, ice_ufrag: str | None, ice_pwd: str | None, *, speaks_udp: bool) -> MediaPeer:
     """The relay's peer for a registry session (Opus, the session's SSRC and mute state)."""
     return MediaPeer(
         session_id=session.session_id,

@@ -74,6 +74,12 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _errno_name(exc: OSError) -> str:
+    """A failed call's errno by name (``EAGAIN``), its number if unnamed, or ``None``."""
+    code = exc.errno
+    return "None" if code is None else str(errno.errorcode.get(code, code))
+
+
 class UdpTransport:
     """Owns the socket: read loop, bounded send backlog, relay timers.
 
@@ -92,8 +98,8 @@ class UdpTransport:
         max_backlog_destinations: int = 4096,
     ) -> None:
         self.sock = sock
-        self.counters: collections.Counter = collections.Counter()
-        self._backlog: dict[Address, collections.deque] = {}
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._backlog: dict[Address, collections.deque[bytes]] = {}
         self._backlog_size = backlog_per_destination
         self._max_backlog_destinations = max_backlog_destinations
         self._backlog_ready = trio.Event()
@@ -103,7 +109,10 @@ class UdpTransport:
 
     @property
     def local_address(self) -> Address:
-        return self.sock.getsockname()
+        # getsockname() is untyped (Any); an IPv6 socket gives a 4-tuple, whose
+        # first two items are still (host, port).
+        address: Address = self.sock.getsockname()
+        return address
 
     def transmit(self, data: bytes, addr: Address) -> None:
         """Send now if the kernel takes it, else queue it (bounded, oldest dropped)."""
@@ -115,7 +124,7 @@ class UdpTransport:
         except BlockingIOError:
             self._enqueue(data, addr)
         except OSError as exc:
-            self.counters[f"send_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+            self.counters[f"send_error_{_errno_name(exc)}"] += 1
 
     def _enqueue(self, data: bytes, addr: Address) -> None:
         queue = self._backlog.get(addr)
@@ -129,7 +138,7 @@ class UdpTransport:
             self.counters["send_backlog_dropped"] += 1
         queue.append(data)
 
-    async def run(self, relay: MediaRelay, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, relay: MediaRelay, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the socket until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._flush_loop)
@@ -165,7 +174,7 @@ class UdpTransport:
                     emptied = True
                     break
                 except OSError as exc:
-                    counters[f"recv_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                    counters[f"recv_error_{_errno_name(exc)}"] += 1
                     continue
                 if len(data) > MAX_DATAGRAM:
                     counters["oversized"] += 1
@@ -202,7 +211,7 @@ class UdpTransport:
                 except BlockingIOError:
                     return
                 except OSError as exc:
-                    self.counters[f"send_error_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                    self.counters[f"send_error_{_errno_name(exc)}"] += 1
                 queue.popleft()
             del self._backlog[addr]
 
