@@ -100,6 +100,7 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TypedDict
 
 from botcall.wire.rtp import RtpPacket
 from botcall.wire.seq import extend_u16, extend_u32
@@ -435,6 +436,26 @@ def _past_blocks(window: float, block_length: float) -> int:
     return max(0, int(math.ceil(window / block_length)) - 1)
 
 
+class JitterOptions(TypedDict, total=False):
+    """``JitterBuffer``'s keyword arguments, for callers that pass them along."""
+
+    clock_rate: int
+    frame_duration: float
+    min_delay: float
+    max_delay: float
+    capacity: int | None
+    initial_delay: float
+    quantile: float
+    forget_factor: float
+    min_window: float
+    recent_window: float
+    shrink_interval: float
+    catchup_margin: float
+    wait_margin: float
+    idle_after: float
+    jump_threshold: float
+
+
 class JitterBuffer:
     """Adaptive jitter buffer for one RTP stream; see the module docstring.
 
@@ -530,6 +551,30 @@ class JitterBuffer:
         "_flushed",
         "_resyncs",
     )
+
+    # The stream and play-out state that ``_reset_stream`` and
+    # ``_restart_position`` (re)assign.
+    _est: DelayEstimator
+    _seq_ref: int | None
+    _ts_ref: int
+    _ts_origin: int
+    _last_arrival: float
+    _other_ssrc: int | None
+    _other_run: int
+    _far_run: int
+    _prev_transit: float | None
+    _jitter: float
+    _state: int
+    _buf: dict[int, tuple[int, bytes]]
+    _next_seq: int
+    _floor: int | None
+    _passed_low: int | None
+    # The RTP timestamp due next; only read while playing (set on leaving filling).
+    _cursor: int
+    _missing_run: int
+    _waited: int
+    _above_since: float | None
+    _history: bytearray
 
     def __init__(
         self,
@@ -703,7 +748,7 @@ class JitterBuffer:
             return
         low = self._next_seq if self._state == _PLAYING else self._floor
         if low is not None and ext < low:
-            if not self._behind(ext):
+            if not self._behind(ext, low):
                 return
         elif low is None and seq_ref is not None and ext <= seq_ref - self._capacity:
             # Filling from the very start: older than anything the window can hold.
@@ -769,7 +814,7 @@ class JitterBuffer:
         self._seq_base = ((self._seq_high >> 16) + 2) << 16
         self._floor = None
         self._passed_low = None
-        self._cursor = None
+        self._cursor = 0
         self._far_run = 0
         self._missing_run = 0
         self._above_since = None
@@ -791,24 +836,24 @@ class JitterBuffer:
             min_window=self._min_window,
             recent_window=self._recent_window,
         )
-        self._seq_ref: int | None = None
+        self._seq_ref = None
         self._ts_ref = 0
         self._ts_origin = 0
         self._last_arrival = -math.inf
-        self._other_ssrc: int | None = None
+        self._other_ssrc = None
         self._other_run = 0
         self._far_run = 0
-        self._prev_transit: float | None = None
+        self._prev_transit = None
         self._jitter = 0.0
         self._state = _FILLING
-        self._buf: dict[int, tuple[int, bytes]] = {}
+        self._buf = {}
         self._next_seq = 0
-        self._floor: int | None = None
-        self._passed_low: int | None = None
-        self._cursor: int | None = None
+        self._floor = None
+        self._passed_low = None
+        self._cursor = 0
         self._missing_run = 0
         self._waited = -1
-        self._above_since: float | None = None
+        self._above_since = None
         self._history = bytearray(_HISTORY)
 
     def _sample(self, x: float, arrival: float) -> None:
@@ -869,14 +914,18 @@ class JitterBuffer:
         elif self._floor is None or self._floor < new_low:
             self._floor = new_low
 
-    def _behind(self, ext: int) -> bool:
+    def _behind(self, ext: int, position: int) -> bool:
         """A packet for a sequence number the play-out has already passed.
+
+        Args:
+            ext: its extended sequence number.
+            position: the play-out's position (``_next_seq`` while playing,
+                else ``_floor``), which ``ext`` lies below.
 
         Returns:
             True for a late packet (still a delay sample), False for a duplicate.
         """
         low = self._passed_low
-        position = self._next_seq if self._state == _PLAYING else self._floor
         if low is None or ext < low or position - ext > _HISTORY:
             self._late += 1
             return True

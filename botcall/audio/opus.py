@@ -18,11 +18,13 @@ from __future__ import annotations
 import ctypes
 from typing import Literal
 
-import opuslib
-import opuslib.api.ctl
-import opuslib.api.decoder
-import opuslib.api.encoder
-import opuslib.api.info
+# opuslib ships neither type hints nor stubs: its names are Any here, and the
+# values read back from it are annotated where they enter our code.
+import opuslib  # type: ignore[import-untyped]
+import opuslib.api.ctl  # type: ignore[import-untyped]
+import opuslib.api.decoder  # type: ignore[import-untyped]
+import opuslib.api.encoder  # type: ignore[import-untyped]
+import opuslib.api.info  # type: ignore[import-untyped]
 
 from botcall.errors import OpusDecodeError
 
@@ -58,7 +60,8 @@ _decode = opuslib.api.decoder.libopus_decode
 
 
 def _strerror(code: int) -> str:
-    return opuslib.api.info.strerror(code).decode("ascii", "replace")
+    message: bytes = opuslib.api.info.strerror(code)
+    return message.decode("ascii", "replace")
 
 
 def _check_format(sample_rate: int, channels: int) -> None:
@@ -161,7 +164,8 @@ class OpusEncoder:
         """
         if len(pcm) != self.frame_bytes:
             raise ValueError(f"Opus encoder takes one 20 ms frame of {self.frame_bytes} bytes, got {len(pcm)}")
-        pcm_pointer = ctypes.cast(pcm, opuslib.api.c_int16_pointer)
+        # ctypes.cast takes bytes at runtime (as c_char_p); typeshed leaves them out.
+        pcm_pointer = ctypes.cast(pcm, opuslib.api.c_int16_pointer)  # type: ignore[arg-type]
         size = _encode(self._opus.encoder_state, pcm_pointer, self.frame_samples, self._out, MAX_PAYLOAD_BYTES)
         if size < 0:
             # With a valid frame size and a large enough buffer libopus cannot fail;

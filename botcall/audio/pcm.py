@@ -160,7 +160,9 @@ def _mix(samples: np.ndarray, channels: int) -> np.ndarray:
     if have == channels:
         return samples
     if channels == 1:
-        return samples.mean(axis=1, keepdims=True)
+        # numpy types a reduction along an axis as Any; along one axis it is an array.
+        mixed: np.ndarray = samples.mean(axis=1, keepdims=True)
+        return mixed
     if have == 1:
         return np.repeat(samples, channels, axis=1)
     raise ValueError(f"cannot map {have} channels to {channels}")
@@ -471,7 +473,9 @@ def speech_like(seconds: float = 3.0, *, sample_rate: int = 48000, seed: int = 0
 
 
 def _mono(pcm: bytes, channels: int) -> np.ndarray:
-    return _from_pcm(pcm, channels).mean(axis=1)
+    # numpy types a reduction along an axis as Any; along one axis it is an array.
+    mono: np.ndarray = _from_pcm(pcm, channels).mean(axis=1)
+    return mono
 
 
 def dominant_frequency(pcm: bytes, sample_rate: int, *, channels: int = 1, min_frequency: float = 20.0) -> float:

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from botcall.errors import OpusDecodeError
-from botcall.audio.jitter import FrameKind, JitterBuffer
+from botcall.audio.jitter import FrameKind, JitterBuffer, JitterOptions, JitterStats
 from botcall.audio.opus import OpusDecoder
 from botcall.wire.rtp import RtpPacket
+
+if TYPE_CHECKING:
+    # Typing only (Unpack is in typing from Python 3.12).
+    from typing_extensions import Unpack
 
 FRAME_DURATION = 0.020
 
@@ -70,7 +75,7 @@ class Playout:
         channels: int = 1,
         max_speakers: int = 32,
         forget_after: float = 10.0,
-        **jitter_options,
+        **jitter_options: Unpack[JitterOptions],
     ) -> None:
         self.sample_rate = sample_rate
         self.channels = channels
@@ -79,7 +84,7 @@ class Playout:
         self._jitter_options = jitter_options
         self._speakers: dict[int, _Speaker] = {}
         self._next_forget = 0.0
-        self.counters: collections.Counter = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
 
     def push(self, packet: RtpPacket, arrival_time: float) -> None:
         """Queue one received RTP packet."""
@@ -144,7 +149,7 @@ class Playout:
     def speakers(self) -> tuple[int, ...]:
         return tuple(self._speakers)
 
-    def stats(self, ssrc: int):
+    def stats(self, ssrc: int) -> JitterStats | None:
         """The ``JitterStats`` of one speaker, or None."""
         speaker = self._speakers.get(ssrc)
         return None if speaker is None else speaker.buffer.stats

@@ -513,7 +513,8 @@ def _verify_peer(
 
     Never raises (pyOpenSSL would park the exception on the shared context).
     """
-    endpoint_ref = connection.get_app_data()
+    # pyOpenSSL types app data as Any; ours is the endpoint's weak reference (see DtlsEndpoint).
+    endpoint_ref: weakref.ref[DtlsEndpoint] | None = connection.get_app_data()
     endpoint = endpoint_ref() if endpoint_ref is not None else None
     if endpoint is None:
         return False
@@ -861,18 +862,30 @@ class DtlsEndpoint:
 
     # -- internals: OpenSSL --------------------------------------------------------------------
 
+    def _connection(self) -> SSL.Connection:
+        """OpenSSL's connection, for the internals that run only while it is kept.
+
+        Raises:
+            RuntimeError: it was released or closed (a bug in this module).
+        """
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("DTLS connection used after release")
+        return conn
+
     def _read_bio(self) -> bytes:
+        conn = self._connection()
         chunks = []
         while True:
             try:
-                chunks.append(self._conn.bio_read(_BIO_READ_SIZE))
+                chunks.append(conn.bio_read(_BIO_READ_SIZE))
             except SSL.WantReadError:
                 return b"".join(chunks)
 
     def _handshake_step(self, now: float) -> list[bytes]:
         """Let OpenSSL consume what was written and produce its next flight."""
         try:
-            self._conn.do_handshake()
+            self._connection().do_handshake()
         except SSL.WantReadError:
             return self._collect_flight(now, completed=False)
         except SSL.Error as exc:
@@ -976,10 +989,11 @@ class DtlsEndpoint:
         if not alerts:
             return []
         try:
-            self._conn.bio_write(b"".join(bytes(record) for record in alerts))
+            conn = self._connection()
+            conn.bio_write(b"".join(bytes(record) for record in alerts))
             while True:
                 # Application data would come out here; we never feed any.
-                self._conn.recv(_BIO_READ_SIZE)
+                conn.recv(_BIO_READ_SIZE)
                 self.records_dropped += 1
         except SSL.WantReadError:
             pass
@@ -994,7 +1008,7 @@ class DtlsEndpoint:
 
     def _send_close_notify(self) -> list[bytes]:
         try:
-            self._conn.shutdown()
+            self._connection().shutdown()
         except SSL.Error:
             # OpenSSL refuses a second shutdown or one after a fatal error;
             # there is then nothing more to say to the peer.
@@ -1030,14 +1044,15 @@ class DtlsEndpoint:
 
     def _on_openssl_done(self) -> None:
         """Export the SRTP keys (RFC 5764 §4.2), then verify the peer if we can."""
-        profile = SrtpProfile.from_openssl_name(self._conn.get_selected_srtp_profile())
+        conn = self._connection()
+        profile = SrtpProfile.from_openssl_name(conn.get_selected_srtp_profile())
         if profile is None:
             raise self._fail("no SRTP protection profile was negotiated (RFC 5764 §4.1.1)", counter="dtls_no_srtp")
-        certificate = self._conn.get_peer_certificate(as_cryptography=True)
+        certificate = conn.get_peer_certificate(as_cryptography=True)
         if certificate is None:
             raise self._fail("peer presented no certificate", counter="dtls_no_certificate")
         self._peer_der = certificate.public_bytes(serialization.Encoding.DER)
-        material = self._conn.export_keying_material(_EXPORTER_LABEL, 2 * (profile.key_length + profile.salt_length))
+        material = conn.export_keying_material(_EXPORTER_LABEL, 2 * (profile.key_length + profile.salt_length))
         self._pending_keys = SrtpKeys.from_keying_material(profile, material, is_client=self.role == "client")
         if self._remote_fingerprint is not None:
             self._verify_and_connect()

@@ -50,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from botcall.wire.stun import (
     Class,
@@ -183,7 +183,7 @@ def _limit_reply(
 
 def answer_binding_untrusted(
     data: bytes,
-    addr: tuple,
+    addr: tuple[Any, ...],
     lookup: Callable[[str], str | None],
 ) -> BindingOutcome:
     """Answer one STUN datagram as an ICE-lite agent / bot latching point.
@@ -222,7 +222,7 @@ def answer_binding_untrusted(
 def answer_binding(
     message: Message,
     size: int,
-    addr: tuple,
+    addr: tuple[Any, ...],
     lookup: Callable[[str], str | None],
 ) -> BindingOutcome:
     """``answer_binding_untrusted`` for a message the caller already parsed.

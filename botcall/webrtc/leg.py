@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.errors import BadPacket, DtlsError
 from botcall.wire.demux import RTCP_BY_SECOND_BYTE
+from botcall.wire.stun import Address
 from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext
 
@@ -54,6 +57,61 @@ FRAME = 0.020
 # A speaker keeps the floor toward a browser until it has been silent this long.
 FLOOR_RELEASE = 0.25
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+Transmit = Callable[[bytes, Address], None]
+"""Sends one datagram to an address (the relay's UDP socket)."""
+
+
+# The relay's side of a leg, as structural types: webrtc sits below the relay
+# and must not import it (see docs/architecture.md), so what the leg uses of
+# ``botcall.relay.core.MediaPeer`` and ``MediaRelay`` is spelled out here.
+
+
+class LegPeer(Protocol):
+    """What a leg and its sink use of the browser's ``MediaPeer`` (or a bot speaking to it)."""
+
+    tx_packets: int
+
+    @property
+    def participant_id(self) -> str: ...
+
+    @property
+    def ssrc(self) -> int: ...
+
+    @property
+    def ssrc_bytes(self) -> bytes: ...
+
+    @property
+    def addr(self) -> Address | None: ...
+
+    @property
+    def drops(self) -> Counter[str]: ...
+
+
+PeerT = TypeVar("PeerT", bound=LegPeer)
+
+
+class LegRelay(Protocol[PeerT]):
+    """What a leg uses of ``MediaRelay``, whose peers are ``PeerT``."""
+
+    @property
+    def counters(self) -> Counter[str]: ...
+
+    @property
+    def max_handshakes(self) -> int: ...
+
+    @property
+    def transmit(self) -> Transmit: ...
+
+    def handshakes_in_progress(self) -> int: ...
+
+    def timer_started(self, leg: WebRtcLeg[PeerT]) -> None: ...
+
+    def timer_stopped(self, leg: WebRtcLeg[PeerT]) -> None: ...
+
+    def drop(self, peer: PeerT, reason: str) -> None: ...
+
+    def handle_rtp(self, peer: PeerT, data: bytes, now: float) -> None: ...
 
 
 def plain_packet(data: bytes, header_size: int, first: int, second: int, seq: int, timestamp: int, ssrc: int) -> bytes:
@@ -157,7 +215,7 @@ class OutboundStream:
         self._switched = True
 
 
-class WebRtcLeg:
+class WebRtcLeg(Generic[PeerT]):
     """DTLS and SRTP for one browser (the ``secure`` handler of its MediaPeer).
 
     Args:
@@ -168,7 +226,7 @@ class WebRtcLeg:
         handshake_timeout: seconds for the DTLS handshake.
     """
 
-    def __init__(self, relay, peer, certificate: DtlsCertificate, remote_fingerprint: str, *, handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
+    def __init__(self, relay: LegRelay[PeerT], peer: PeerT, certificate: DtlsCertificate, remote_fingerprint: str, *, handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
         self.relay = relay
         self.peer = peer
         self.dtls = DtlsEndpoint(role="server", certificate=certificate, remote_fingerprint=remote_fingerprint, handshake_timeout=handshake_timeout)
@@ -176,7 +234,7 @@ class WebRtcLeg:
         self.started = False
         # One DTLS datagram (the ClientHello that raced the relay's check) from
         # an authenticated address not yet verified: (data, address) or None.
-        self._early: tuple[bytes, object] | None = None
+        self._early: tuple[bytes, Address] | None = None
         # Connected, and OpenSSL's state still kept in case the browser
         # retransmits its last flight (see _release_dtls).
         self._holding_dtls = False
@@ -185,7 +243,7 @@ class WebRtcLeg:
     def handshaking(self) -> bool:
         return self.started and self.srtp is None and self.dtls.state is not DtlsState.FAILED
 
-    def hold_early_dtls(self, data: bytes, addr) -> bool:
+    def hold_early_dtls(self, data: bytes, addr: Address) -> bool:
         """Keep one DTLS datagram from an address the relay is still checking.
 
         Chrome starts its handshake as soon as our success response reaches
@@ -205,7 +263,7 @@ class WebRtcLeg:
         self._early = (data, addr)
         return True
 
-    def take_early_dtls(self, addr) -> bytes | None:
+    def take_early_dtls(self, addr: Address) -> bytes | None:
         """The early datagram from ``addr``, given up by the leg (handle it or drop it).
 
         Args:
@@ -220,7 +278,7 @@ class WebRtcLeg:
         self._early = None
         return early[0]
 
-    def handle_dtls(self, data: bytes, addr, now: float) -> None:
+    def handle_dtls(self, data: bytes, addr: Address, now: float) -> None:
         """A DTLS datagram from one of the browser's verified addresses."""
         relay = self.relay
         if not self.started:
@@ -258,8 +316,11 @@ class WebRtcLeg:
                 self.relay.transmit(datagram, addr)
 
     def _check_connected(self) -> None:
-        if self.srtp is None and self.dtls.state is DtlsState.CONNECTED:
-            self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
+        if self.srtp is None:
+            keys = self.dtls.srtp_keys  # None until CONNECTED
+            if keys is None:
+                return
+            self.srtp = SrtpContext.from_keys(keys)
             self._holding_dtls = True
             self.relay.counters["dtls_connected"] += 1
             self.relay.timer_stopped(self)
@@ -275,7 +336,7 @@ class WebRtcLeg:
         self.dtls.release()
         self.relay.counters["dtls_released"] += 1
 
-    def _dtls_error(self, exc: DtlsError, addr) -> None:
+    def _dtls_error(self, exc: DtlsError, addr: Address | None) -> None:
         self.relay.counters[exc.counter] += 1
         if self.dtls.state is DtlsState.FAILED:
             self.relay.timer_stopped(self)
@@ -284,7 +345,7 @@ class WebRtcLeg:
                 for datagram in self.dtls.close():
                     self.relay.transmit(datagram, addr)
 
-    def handle_media(self, data: bytes, addr, now: float) -> None:
+    def handle_media(self, data: bytes, addr: Address, now: float) -> None:
         """An SRTP or SRTCP datagram from the browser."""
         srtp, relay, peer = self.srtp, self.relay, self.peer
         if srtp is None:
@@ -318,18 +379,18 @@ class WebRtcLeg:
         relay.handle_rtp(peer, rtp, now)
 
 
-class WebRtcSink:
+class WebRtcSink(Generic[PeerT]):
     """Delivers the room's audio to one browser over its SRTP leg."""
 
     __slots__ = ("leg", "peer", "stream", "transmit")
 
-    def __init__(self, leg: WebRtcLeg, stream: OutboundStream, transmit) -> None:
+    def __init__(self, leg: WebRtcLeg[PeerT], stream: OutboundStream, transmit: Transmit) -> None:
         self.leg = leg
         self.peer = leg.peer  # fixed for the sink's life, like the leg
         self.stream = stream
         self.transmit = transmit
 
-    def deliver_rtp(self, data: bytes, speaker, now: float) -> None:
+    def deliver_rtp(self, data: bytes, speaker: LegPeer, now: float) -> None:
         # Per packet toward every browser: rewrite and protect in one step
         # (OutboundStream.rewrite emits through protect_with_header).
         peer = self.peer
@@ -348,5 +409,5 @@ class WebRtcSink:
         peer.tx_packets += 1
         self.transmit(protected, addr)
 
-    def deliver_rtcp(self, data: bytes, speaker, now: float) -> None:
+    def deliver_rtcp(self, data: bytes, speaker: LegPeer, now: float) -> None:
         """Bots' RTCP names SSRCs the browser never sees: not forwarded."""

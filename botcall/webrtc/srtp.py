@@ -56,11 +56,15 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol
 
 import pylibsrtp  # importing it runs srtp_init() once per process
-from pylibsrtp._binding import ffi as _ffi, lib as _lib
+# A compiled cffi module with no stub: ``_ffi`` and ``_lib`` are Any, so what
+# the hot path takes from them is annotated below.
+from pylibsrtp._binding import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
 
 from botcall.errors import SrtpError
 
@@ -93,16 +97,39 @@ _RTCP_SSRC = struct.Struct("!4xI")
 # RFC 3550 §5.1: V/P/X/CC, M/PT, sequence number, timestamp, SSRC.
 _RTP_FIXED_HEADER = struct.Struct("!BBHII")
 
+# cffi ships no type hints. Its cdata objects (an ``srtp_t``, a policy) are
+# opaque handles here, typed ``object``; the few we index are typed by what
+# indexing them gives.
+_SrtpSession = object
+"""An ``srtp_t`` (libsrtp session) owned by ``ffi.gc``."""
+_LibsrtpCall = Callable[[_SrtpSession, object, object], int]
+"""``srtp_protect`` and its siblings: (session, buffer, ``int *`` length) -> ``srtp_err_status_t``."""
+
+
+class _CopyOut(Protocol):
+    """A cffi buffer: slicing copies the bytes out."""
+
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+
+class _IntCell(Protocol):
+    """A cffi ``int *``: ``cell[0]`` reads and writes the int."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
 # Shared by every context; safe because the relay is single-threaded and a
 # call copies in, runs libsrtp and copies out without yielding.
 _buffer = _ffi.new("unsigned char[]", _LIBSRTP_BUFFER)
 _buffer_in = memoryview(_ffi.buffer(_buffer))  # slice assignment: the fastest copy in
-_buffer_out = _ffi.buffer(_buffer)  # slicing gives bytes: the fastest copy out
-_length = _ffi.new("int *")
-_srtp_protect = _lib.srtp_protect
-_srtp_unprotect = _lib.srtp_unprotect
-_srtp_protect_rtcp = _lib.srtp_protect_rtcp
-_srtp_unprotect_rtcp = _lib.srtp_unprotect_rtcp
+_buffer_out: _CopyOut = _ffi.buffer(_buffer)  # slicing gives bytes: the fastest copy out
+_length: _IntCell = _ffi.new("int *")
+_srtp_protect: _LibsrtpCall = _lib.srtp_protect
+_srtp_unprotect: _LibsrtpCall = _lib.srtp_unprotect
+_srtp_protect_rtcp: _LibsrtpCall = _lib.srtp_protect_rtcp
+_srtp_unprotect_rtcp: _LibsrtpCall = _lib.srtp_unprotect_rtcp
 
 
 class LibsrtpStatus(IntEnum):
@@ -281,7 +308,7 @@ def _unprotect_error(what: str, status: int) -> SrtpError:
     return SrtpError(f"{what} failed: {_status_text(status)}", counter=counter)
 
 
-def _new_session(profile: SrtpProfile, key_salt: bytes, ssrc_type: int):
+def _new_session(profile: SrtpProfile, key_salt: bytes, ssrc_type: int) -> _SrtpSession:
     """A libsrtp session (``srtp_t``) with one wildcard-SSRC policy, freed with its cdata.
 
     Raises:
@@ -388,7 +415,7 @@ class SrtpContext:
     # return the length of the result, which libsrtp left in the same buffer.
     # A new SSRC counts against ``max_streams`` only once libsrtp accepted it.
 
-    def _protect_in_buffer(self, protect, ssrc: int, length: int, name: str) -> int:
+    def _protect_in_buffer(self, protect: _LibsrtpCall, ssrc: int, length: int, name: str) -> int:
         known = ssrc in self._outbound_ssrcs
         if not known and len(self._outbound_ssrcs) >= self._max_streams:
             raise self._too_many_streams("outbound", ssrc)
@@ -400,7 +427,7 @@ class SrtpContext:
             self._outbound_ssrcs.add(ssrc)
         return _length[0]
 
-    def _unprotect_in_buffer(self, unprotect, ssrc: int, length: int, name: str) -> int:
+    def _unprotect_in_buffer(self, unprotect: _LibsrtpCall, ssrc: int, length: int, name: str) -> int:
         known = ssrc in self._inbound_ssrcs
         if not known and len(self._inbound_ssrcs) >= self._max_streams:
             raise self._too_many_streams("inbound", ssrc)

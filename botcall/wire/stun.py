@@ -26,6 +26,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from enum import IntEnum
+from typing import Any
 
 from aioice import stun as _aioice_stun
 from aioice.stun import Class, Message, Method
@@ -203,7 +204,7 @@ def parse_stun_untrusted(data: bytes) -> Message:
         raise StunParseError(f"malformed STUN message: {exc}") from exc
 
 
-def _normalise_address(addr: Sequence) -> Address:
+def _normalise_address(addr: Sequence[Any]) -> Address:
     host, port = addr[0], addr[1]
     ipaddress.ip_address(host)  # ValueError for a hostname: a caller bug
     if not 0 <= port <= 0xFFFF:
@@ -286,7 +287,7 @@ def binding_request(
     return bytes(message)
 
 
-def binding_success(request: Message, mapped_addr: Sequence, password: str) -> bytes:
+def binding_success(request: Message, mapped_addr: Sequence[Any], password: str) -> bytes:
     """Build the Binding success response to an authenticated request (RFC 8489 §9.1.4).
 
     Args:
@@ -379,7 +380,8 @@ def parse_binding_response_untrusted(data: bytes, password: str, expected_transa
             "Binding response without a valid MESSAGE-INTEGRITY",
             counter="stun_unauthenticated_response",
         )
-    mapped = message.attributes.get("XOR-MAPPED-ADDRESS")
+    # aioice types its attributes as Any; it decodes XOR-MAPPED-ADDRESS to (host, port).
+    mapped: Address | None = message.attributes.get("XOR-MAPPED-ADDRESS")
     if mapped is None:
         raise StunParseError("Binding response without XOR-MAPPED-ADDRESS")
     return mapped
@@ -481,7 +483,7 @@ def parse_binding_check_untrusted(data: bytes, username: str, password: str) -> 
     return message
 
 
-def answer_check_untrusted(data: bytes, source: Sequence, *, username: str, password: str) -> bytes:
+def answer_check_untrusted(data: bytes, source: Sequence[Any], *, username: str, password: str) -> bytes:
     """The Binding success that answers a valid check, as a bot sends it back.
 
     Args:
