@@ -154,7 +154,7 @@ class _HttpCollector:
         refused = CounterMetricFamily(
             "botcall_http_connections_refused", "Connections refused over a budget, by budget.", labels=["budget"]
         )
-        for name in ("per_ip", "server"):
+        for name in ("per_ip", "rate_per_ip", "server"):
             refused.add_metric([name], self.budget.refused[name])
         yield refused
         contained = CounterMetricFamily(

@@ -441,6 +441,7 @@ async def run_server(
         budget = ConnectionBudget(
             max_total=connection_ceiling(config.max_connections, open_files, config.fd_reserve),
             max_per_ip=config.max_connections_per_ip,
+            rate_per_ip=config.connection_rate_per_ip,
             exempt=state.trusted_proxies,
         )
         parts = Parts()

@@ -63,6 +63,9 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
 
+from botcall.auth.ratelimit import TokenBucket
+from botcall.config import RateLimit
+
 log = logging.getLogger("botcall.http")
 
 # Machine codes of the errors Hypercorn and h11 produce before our app runs.
@@ -126,10 +129,18 @@ class Refusal:
 class ConnectionBudget:
     """Open connections, server-wide and per client address (sans-IO).
 
+    Also how fast one address may open connections: a flood of short
+    connections is refused before the app sees them (a refusal is one write of
+    a prepared answer; a request the app answers costs about a millisecond).
+
     Args:
         max_total: the global ceiling.
         max_per_ip: the per-address ceiling.
+        rate_per_ip: new connections per second per address (a token bucket).
         exempt: addresses (trusted proxies) that only count against the global ceiling.
+        max_tracked: addresses whose connection rate is remembered at once;
+            beyond it new addresses are not rate-tracked (their open
+            connections still count), so the table cannot be grown without bound.
     """
 
     def __init__(
@@ -137,12 +148,17 @@ class ConnectionBudget:
         *,
         max_total: int,
         max_per_ip: int,
+        rate_per_ip: RateLimit | None = None,
         exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+        max_tracked: int = 20_000,
     ) -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.rate_per_ip = rate_per_ip
         self._exempt = exempt
         self._per_ip: dict[str, int] = {}
+        self._arrivals: dict[str, TokenBucket] = {}
+        self._max_tracked = max_tracked
         self.total = 0
         self.refused: Counter[str] = Counter()
 
@@ -155,8 +171,8 @@ class ConnectionBudget:
             return False
         return any(address in network for network in self._exempt)
 
-    def admit(self, ip: str) -> Refusal | None:
-        """Count a new connection from ``ip``, or say why it may not open.
+    def admit(self, ip: str, now: float = 0.0) -> Refusal | None:
+        """Count a new connection from ``ip`` at ``now`` (seconds), or say why it may not open.
 
         Returns:
             None when admitted (the caller must ``release(ip)`` later), else a ``Refusal``.
@@ -165,12 +181,36 @@ class ConnectionBudget:
             self.refused["server"] += 1
             return Refusal("too_many_connections", "the server holds as many connections as it may; retry shortly")
         count = self._per_ip.get(ip, 0)
-        if count >= self.max_per_ip and not self.is_exempt(ip):
+        limited = not self.is_exempt(ip)
+        if limited and count >= self.max_per_ip:
             self.refused["per_ip"] += 1
             return Refusal("too_many_connections", f"at most {self.max_per_ip} connections at once from one address")
+        if limited and self.rate_per_ip is not None and not self._arrival_allowed(ip, now):
+            self.refused["rate_per_ip"] += 1
+            return Refusal("too_many_connections", "connections are opening too fast from this address; retry shortly")
         self._per_ip[ip] = count + 1
         self.total += 1
         return None
+
+    def _arrival_allowed(self, ip: str, now: float) -> bool:
+        limit = self.rate_per_ip
+        assert limit is not None
+        bucket = self._arrivals.get(ip)
+        if bucket is None:
+            if len(self._arrivals) >= self._max_tracked:
+                self.prune(now)
+                if len(self._arrivals) >= self._max_tracked:
+                    return True  # untracked: the open-connection caps still hold
+            bucket = self._arrivals[ip] = TokenBucket(tokens=float(limit.burst), updated_at=now)
+        return bucket.take(limit, now) == 0.0
+
+    def prune(self, now: float) -> None:
+        """Forget the connection rate of addresses whose bucket has refilled."""
+        limit = self.rate_per_ip
+        if limit is None:
+            return
+        for ip in [ip for ip, bucket in self._arrivals.items() if bucket.level(limit, now) >= limit.burst]:
+            del self._arrivals[ip]
 
     def release(self, ip: str) -> None:
         """Forget one admitted connection from ``ip``."""
@@ -547,7 +587,7 @@ class HttpServer:
     async def _serve_connection(self, stream: trio.SocketStream, lifespan_state: dict[str, Any]) -> None:
         try:
             ip = _peer_ip(stream)
-            refusal = self.budget.admit(ip)
+            refusal = self.budget.admit(ip, trio.current_time())
             if refusal is not None:
                 await _refuse(stream, refusal)
                 return

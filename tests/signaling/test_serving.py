@@ -231,3 +231,18 @@ async def test_a_part_that_fails_before_starting_is_not_retried():
     with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="bad configuration")):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervise, "broken", broken, Parts())
+
+
+def test_connections_opening_too_fast_from_one_address_are_refused():
+    from botcall.config import RateLimit
+
+    budget = ConnectionBudget(max_total=10_000, max_per_ip=10_000, rate_per_ip=RateLimit(rate=10.0, burst=20), max_tracked=3)
+    admitted = [budget.admit("10.0.0.1", now=0.0) is None for _ in range(30)]
+    assert admitted.count(True) == 20 and budget.refused["rate_per_ip"] == 10
+    assert budget.admit("10.0.0.2", now=0.0) is None  # another address has its own bucket
+    assert budget.admit("10.0.0.1", now=0.5) is None  # 5 tokens back after 0.5 s
+    # The table stays bounded: refilled addresses are forgotten to make room,
+    # and beyond the bound new addresses are simply not rate-tracked.
+    for k in range(10):
+        assert budget.admit(f"192.0.2.{k}", now=100.0) is None
+    assert len(budget._arrivals) <= 3
