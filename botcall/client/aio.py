@@ -44,6 +44,7 @@ async def run_in_asyncio(async_fn: Callable[[Unpack[Args]], Awaitable[T]], *args
         with trio.CancelScope() as scope:
             running.append((scope, trio.lowlevel.current_trio_token()))
             return await async_fn(*args)
+        return None  # cancelled from the asyncio side
 
     def finished(outcome: outcome_.Outcome[T | None]) -> None:
         if not done.done():
