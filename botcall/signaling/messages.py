@@ -99,6 +99,9 @@ class Join:
     display_name: str
 
 
+# A JSON object as sent or received: an event, a participant.
+JsonObject = dict[str, Any]
+
 ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join]
 
 _CONTROL_ACTIONS = frozenset({"mute", "unmute", "leave"})
@@ -108,13 +111,13 @@ def _bad(message: str) -> SignalingError:
     return SignalingError(message, code="bad_message", close_code=CLOSE_BAD_MESSAGE)
 
 
-def _optional_string(obj: dict[str, Any], key: str, limit: int) -> str | None:
+def _optional_string(obj: JsonObject, key: str, limit: int) -> str | None:
     if obj.get(key) is None:
         return None
     return _string(obj, key, limit)
 
 
-def _string(obj: dict[str, Any], key: str, limit: int) -> str:
+def _string(obj: JsonObject, key: str, limit: int) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
         raise _bad(f"{key!r} must be a string")
@@ -182,12 +185,12 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     raise _bad(f"unknown message type {kind!r}")
 
 
-def encode(event: dict[str, Any]) -> str:
+def encode(event: JsonObject) -> str:
     """Serialise a server event compactly."""
     return json.dumps(event, separators=(",", ":"))
 
 
-def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int) -> dict[str, Any]:
+def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int) -> JsonObject:
     """Audio from one speaker: Opus frame or PCM s16le, base64 in ``data``.
 
     ``seq`` counts frames of that speaker for this receiver (gaps mean loss);
@@ -204,5 +207,5 @@ def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, e
     }
 
 
-def error_event(code: str, message: str) -> dict[str, Any]:
+def error_event(code: str, message: str) -> JsonObject:
     return {"type": "error", "code": code, "message": message}
