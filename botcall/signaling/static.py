@@ -29,16 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
-
 from quart import Quart, Response, request
 
 from botcall.errors import ConfigError
 from botcall.errors import NotFound
-
-if TYPE_CHECKING:
-    # http_api imports this module at run time; AppState is only an annotation here.
-    from botcall.signaling.http_api import AppState
 
 log = logging.getLogger("botcall.pwa")
 
@@ -195,7 +189,7 @@ def _send(asset: Asset, headers: Mapping[str, str]) -> Response:
     return Response(body, status=200, headers=all_headers, content_type=asset.content_type)
 
 
-def register_pwa_routes(app: Quart, state: AppState, *, root: Path | None = None) -> PwaBundle:
+def register_pwa_routes(app: Quart, state: object, *, root: Path | None = None) -> PwaBundle:
     """Add the PWA's routes to the quart-trio app.
 
     Args:

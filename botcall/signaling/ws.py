@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 from quart import Quart, websocket
@@ -24,12 +24,12 @@ from quart.wrappers import Websocket
 
 from botcall.auth.invites import invite_secret_matches
 from botcall.auth.ratelimit import TokenBucket
-from botcall.config import RateLimit
+from botcall.config import Config, RateLimit
 from botcall.errors import ApiError, SdpError, SignalingError
 from botcall.queues import DropOldestQueue
-from botcall.relay.service import WsSink
+from botcall.relay.service import MediaService, WsSink
 from botcall.relay.ws_audio import AudioOut, WsAudio
-from botcall.signaling.forwarded import client_address
+from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling import messages as msg
 from botcall.signaling.messages import JsonObject
 from botcall.signaling.rooms import (
@@ -38,15 +38,12 @@ from botcall.signaling.rooms import (
     RegistryEvent,
     Room,
     RoomClosed,
+    RoomStore,
     Session,
     SessionAdded,
     SessionRemoved,
     SessionUpdated,
 )
-
-if TYPE_CHECKING:
-    # http_api imports this module at run time; AppState is only an annotation here.
-    from botcall.signaling.http_api import AppState
 
 log = logging.getLogger("botcall.ws")
 
@@ -71,6 +68,22 @@ _CLOSE_FOR_REASON = {
     Reason.SHUTDOWN: (msg.CLOSE_GOING_AWAY, "server shutting down"),
 }
 DISCONNECTED = "disconnected"
+
+
+class SignalingState(Protocol):
+    """What the WebSocket routes use of the app state (``http_api.AppState``, which
+    imports this module, so it is described here rather than imported)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def registry(self) -> RoomStore: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def trusted_proxies(self) -> tuple[Network, ...]: ...
+    def started_hub(self) -> Hub: ...
+    def started_media(self) -> MediaService: ...
 
 
 def participant_json(session: Session, *, speaking: bool = False) -> JsonObject:
@@ -306,7 +319,7 @@ class Channel:
 
     kind = "participant"
 
-    def __init__(self, state: AppState, connection: Connection, ws: Websocket) -> None:
+    def __init__(self, state: SignalingState, connection: Connection, ws: Websocket) -> None:
         self.state = state
         self.connection = connection
         self.ws = ws
@@ -430,7 +443,7 @@ class BotChannel(Channel):
 
     kind = "bot"
 
-    def __init__(self, state: AppState, connection: Connection, ws: Websocket, *, binary_audio: bool) -> None:
+    def __init__(self, state: SignalingState, connection: Connection, ws: Websocket, *, binary_audio: bool) -> None:
         super().__init__(state, connection, ws)
         session = connection.session
         if session is None:
@@ -526,7 +539,7 @@ class HumanChannel(Channel):
 
     kind = "human"
 
-    def __init__(self, state: AppState, connection: Connection, ws: Websocket, invite: str) -> None:
+    def __init__(self, state: SignalingState, connection: Connection, ws: Websocket, invite: str) -> None:
         super().__init__(state, connection, ws)
         self.invite = invite
 
@@ -571,7 +584,7 @@ def close_code_for(error: ApiError) -> int:
     )
 
 
-def lobby_event(state: AppState, room: Room, *, resumed: bool = False) -> JsonObject:
+def lobby_event(state: SignalingState, room: Room, *, resumed: bool = False) -> JsonObject:
     """What a browser sees before joining; ``resumed`` says a ``joined`` follows at once."""
     sessions = state.registry.sessions_in_room(room.room_id)
     return {
@@ -584,7 +597,7 @@ def lobby_event(state: AppState, room: Room, *, resumed: bool = False) -> JsonOb
     }
 
 
-def welcome_event(state: AppState, session: Session) -> JsonObject:
+def welcome_event(state: SignalingState, session: Session) -> JsonObject:
     """The first event on a bot's channel: who it is and who is there."""
     hub = state.started_hub()
     others = [hub.describe(s) for s in state.registry.sessions_in_room(session.room_id) if s.session_id != session.session_id]
@@ -598,14 +611,14 @@ def welcome_event(state: AppState, session: Session) -> JsonObject:
     }
 
 
-def joined_event(state: AppState, session: Session) -> JsonObject:
+def joined_event(state: SignalingState, session: Session) -> JsonObject:
     """A browser's welcome: as a bot's, plus the token that resumes its place after a
     drop and whether its media leg is up (a resumed browser then keeps it)."""
     connected = state.started_media().browser_connected(session.session_id)
     return {**welcome_event(state, session), "type": "joined", "resume": session.session_id, "media_connected": connected}
 
 
-def register_websocket_routes(app: Quart, state: AppState) -> None:
+def register_websocket_routes(app: Quart, state: SignalingState) -> None:
     """Add ``/v1/stream/<session_id>`` to the app."""
 
     @app.websocket("/v1/stream/<session_id>")
@@ -635,7 +648,7 @@ def register_websocket_routes(app: Quart, state: AppState) -> None:
                 await ws.close(code, connection.close_reason)
 
 
-def websocket_client_ip(state: AppState, ws: Websocket) -> str:
+def websocket_client_ip(state: SignalingState, ws: Websocket) -> str:
     """The client's address for budgets (the forwarded one behind a trusted proxy)."""
     return client_address(ws.remote_addr, ws.headers, state.trusted_proxies)
 
@@ -646,7 +659,7 @@ async def _reject(ws: Websocket, code: str, message: str, close_code: int) -> No
         await ws.close(close_code, message[:120])
 
 
-def register_human_signaling(app: Quart, state: AppState) -> None:
+def register_human_signaling(app: Quart, state: SignalingState) -> None:
     """Add ``/v1/signal/<room_id>``: the PWA's signaling WebSocket."""
 
     @app.websocket("/v1/signal/<room_id>")
