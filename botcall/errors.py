@@ -112,7 +112,7 @@ class ApiError(BotCallError):
             self.status = status
         self.headers = dict(headers or {})
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
 
 

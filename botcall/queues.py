@@ -70,7 +70,7 @@ class DropOldestQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __aiter__(self):
+    def __aiter__(self) -> DropOldestQueue[T]:
         return self
 
     async def __anext__(self) -> T:

@@ -49,7 +49,7 @@ from botcall.logs import install_redaction
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls import DtlsCertificate
-from botcall.relay.core import MediaRelay
+from botcall.relay.core import MediaPeer, MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.media_link import media_listener
@@ -300,7 +300,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
     state.registry.add_listener(state.hub.on_registry_event)
     hub = state.hub
 
-    def speaking(peer, is_speaking: bool) -> None:
+    def speaking(peer: MediaPeer, is_speaking: bool) -> None:
         hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
 
     relay.on_speaking = speaking
@@ -315,7 +315,8 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
 
 def _ip_literal(host: str) -> str:
     """SDP candidates need an address, not a name: resolve once at start-up."""
-    return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+    # An IP socket address starts with the host string (typeshed also allows int for other families).
+    return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
 
 
 # --- supervision -----------------------------------------------------------------------------
@@ -324,10 +325,10 @@ RESTART_DELAY_MIN = 0.1
 RESTART_DELAY_MAX = 5.0
 
 
-class _StartedOnce:
+class _StartedOnce(trio.TaskStatus[Any]):
     """A task status that forwards only the first ``started`` (restarts reuse it)."""
 
-    def __init__(self, status: Any) -> None:
+    def __init__(self, status: trio.TaskStatus[Any]) -> None:
         self._status = status
         self.done = False
 
@@ -449,7 +450,7 @@ async def run_server(
         host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
         http_url = f"http://{host_in_url}:{bound_port}"
 
-        async def http_part(*, task_status: Any) -> None:
+        async def http_part(*, task_status: trio.TaskStatus[None]) -> None:
             # A fresh server (and a dup of the listening socket) on every
             # (re)start: the socket itself stays open and bound across restarts.
             server = HttpServer(
@@ -470,14 +471,14 @@ async def run_server(
             parts.http = server
             await server.run(task_status=task_status)
 
-        async def media_part(*, task_status: Any) -> None:
-            await udp.run(state.media.relay, task_status=task_status)
+        async def media_part(*, task_status: trio.TaskStatus[None]) -> None:
+            await udp.run(state.started_media().relay, task_status=task_status)
 
-        async def housekeeping_part(*, task_status: Any) -> None:
+        async def housekeeping_part(*, task_status: trio.TaskStatus[None]) -> None:
             task_status.started()
             await _housekeeping_loop(state, housekeeping_interval)
 
-        async def jwks_part(*, task_status: Any) -> None:
+        async def jwks_part(*, task_status: trio.TaskStatus[None]) -> None:
             task_status.started()
             await _jwks_refresh_loop(state, housekeeping_interval)
 
@@ -517,9 +518,9 @@ async def drain(state: AppState, parts: Parts, grace: float) -> None:
         state.registry.close_room(room_id, Reason.SHUTDOWN, now=now)
     log.info("shutting down: closed %d room(s); waiting up to %g s for clients to go", len(rooms), grace)
     with trio.move_on_after(grace) as waited:
-        await state.hub.wait_all_closed()
+        await state.started_hub().wait_all_closed()
     if waited.cancelled_caught:
-        log.info("shutting down: %d WebSocket(s) still open after %g s; closing them", state.hub.connection_count, grace)
+        log.info("shutting down: %d WebSocket(s) still open after %g s; closing them", state.started_hub().connection_count, grace)
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -572,7 +573,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """
     if len(args.issuer) != len(args.jwks):
         raise ConfigError("give exactly one --jwks for each --issuer")
-    overrides: dict[str, object] = {
+    # Values straight from argparse (Any); Config's own checks validate them.
+    overrides: dict[str, Any] = {
         "http_host": args.host,
         "http_port": args.port,
         "media_host": args.media_host,

@@ -156,7 +156,7 @@ def download_jwks(url: str, *, timeout: float, max_bytes: int) -> bytes:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             if response.status != 200:
                 raise JwksError(f"JWKS fetch from {url} returned HTTP {response.status}")
-            body = response.read(max_bytes + 1)
+            body: bytes = response.read(max_bytes + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise JwksError(f"JWKS fetch from {url} failed: {exc}") from exc
     if len(body) > max_bytes:
@@ -334,7 +334,7 @@ def public_jwk(public_key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey)
     if isinstance(public_key, ed25519.Ed25519PublicKey):
         jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
         alg = "EdDSA"
-        required = ("crv", "kty", "x")
+        required: tuple[str, ...] = ("crv", "kty", "x")
     else:
         jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
         alg = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[public_key.curve.name]

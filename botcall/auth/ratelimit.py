@@ -131,7 +131,7 @@ class Limiters:
         )
 
     @staticmethod
-    def _check(table: BucketTable, key: Hashable, now: float, what: str) -> None:
+    def _check(table: BucketTable[K], key: K, now: float, what: str) -> None:
         wait = table.take(key, now)
         if wait > 0:
             raise RateLimited(f"too many {what}; retry in {math.ceil(wait)} s", retry_after=wait)

@@ -25,17 +25,17 @@ DEFAULT_SCOPE = f"{SCOPE_CREATE} {SCOPE_VOICE} {SCOPE_RECEIVE}"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``botcall token``."""
-    defaults = Config.__dataclass_fields__
+    defaults = Config()
     parser.add_argument("--agent", required=True, help="the agent id (sub), e.g. orion#8f3a")
     parser.add_argument("--controller", required=True, help="the human controller (ctl) who vouches for the agent")
     parser.add_argument("--scope", default=DEFAULT_SCOPE, help='space-separated scopes (default "%(default)s")')
-    parser.add_argument("--ttl", type=int, default=int(defaults["max_token_lifetime_s"].default),
+    parser.add_argument("--ttl", type=int, default=int(defaults.max_token_lifetime_s),
                         help="lifetime in seconds (default %(default)s, the server's maximum)")
     parser.add_argument("--room", default=None, help="bind the attestation to one room id")
-    parser.add_argument("--audience", default=defaults["audience"].default, help="aud (default %(default)s)")
+    parser.add_argument("--audience", default=defaults.audience, help="aud (default %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the dev issuer key lives (default $BOTCALL_DATA_DIR or ~/.local/share/botcall)")
-    parser.add_argument("--issuer", default=defaults["dev_issuer_name"].default, help="iss (default %(default)s)")
+    parser.add_argument("--issuer", default=defaults.dev_issuer_name, help="iss (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

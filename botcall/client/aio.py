@@ -17,12 +17,16 @@ application's objects directly. ::
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar, TypeVarTuple, Unpack, cast
 
+import outcome as outcome_
 import trio
 
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
-async def run_in_asyncio(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+
+async def run_in_asyncio(async_fn: Callable[[Unpack[Args]], Awaitable[T]], *args: Unpack[Args]) -> T:
     """Run ``async_fn(*args)`` under Trio, as a guest of the running asyncio loop.
 
     Returns:
@@ -33,15 +37,16 @@ async def run_in_asyncio(async_fn: Callable[..., Awaitable[Any]], *args: Any) ->
         cancels the Trio run.
     """
     loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
+    done: asyncio.Future[outcome_.Outcome[T | None]] = loop.create_future()
     running: list[tuple[trio.CancelScope, trio.lowlevel.TrioToken]] = []
 
-    async def main() -> Any:
+    async def main() -> T | None:
         with trio.CancelScope() as scope:
             running.append((scope, trio.lowlevel.current_trio_token()))
             return await async_fn(*args)
+        return None  # cancelled from the asyncio side
 
-    def finished(outcome) -> None:
+    def finished(outcome: outcome_.Outcome[T | None]) -> None:
         if not done.done():
             done.set_result(outcome)
 
@@ -59,4 +64,6 @@ async def run_in_asyncio(async_fn: Callable[..., Awaitable[Any]], *args: Any) ->
             token.run_sync_soon(scope.cancel)
         await done
         raise
-    return outcome.unwrap()
+    # main() returns None (not a T) only when its scope was cancelled, which happens
+    # only after CancelledError above, so this is async_fn's own result.
+    return cast(T, outcome.unwrap())

@@ -26,7 +26,7 @@ import secrets
 import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import jwt
 import trio
@@ -40,7 +40,7 @@ from botcall.audio.jitter import FrameKind
 from botcall.audio.opus import PAYLOAD_TYPE, PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE, OpusEncoder
 from botcall.wire.rtp import RTP_HEADER, RtpPacket, parse_rtp_untrusted
 from botcall.audio.playout import Playout
-from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from botcall.wire.stun import Address, answer_check_untrusted, binding_request, parse_binding_response_untrusted
 
 log = logging.getLogger("botcall.client")
 
@@ -63,6 +63,10 @@ SILENCE_REBIND = 0.25
 UDP_RECV_SIZE = 2048
 MAX_QUEUED_FRAMES = 500  # 10 s of one speaker's audio waiting for the application
 MAX_QUEUED_EVENTS = 1000
+# A socket address as the socket module gives it: (host, port), or four items for IPv6.
+SocketAddress = tuple[Any, ...]
+# A JSON object from the server (join answer, event, participant).
+JsonObject = dict[str, Any]
 
 
 class CallError(Exception):
@@ -109,20 +113,20 @@ class Call:
         participants: ``participant_id -> participant`` as the events tell.
     """
 
-    def __init__(self, join_response: dict, *, room_id: str, encoding: str, sample_rate: int) -> None:
+    def __init__(self, join_response: JsonObject, *, room_id: str, encoding: str, sample_rate: int) -> None:
         self.join_response = join_response
         self.session_id: str = join_response["session_id"]
         self.room_id = room_id
-        self.media: dict = join_response["media"]
+        self.media: JsonObject = join_response["media"]
         self.transport: str = self.media["transport"]
         self.encoding = encoding
         self.sample_rate = sample_rate
         self.ssrc: int = self.media["ssrc"]
         self.participant_id: str | None = None
-        self.participants: dict[str, dict] = {}
+        self.participants: dict[str, JsonObject] = {}
         self._ssrc_to_participant: dict[int, str] = {}
         self._frames: DropOldestQueue[AudioFrame] = DropOldestQueue(MAX_QUEUED_FRAMES)
-        self._events: DropOldestQueue[dict] = DropOldestQueue(MAX_QUEUED_EVENTS)
+        self._events: DropOldestQueue[JsonObject] = DropOldestQueue(MAX_QUEUED_EVENTS)
         self._playout = Playout(sample_rate=sample_rate)
         self._encoder: OpusEncoder | None = None
         self._seq = secrets.randbelow(1 << 16)
@@ -130,7 +134,7 @@ class Call:
         self._next_send = 0.0
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._sock: trio.socket.SocketType | None = None
-        self._relay_addr: tuple | None = None
+        self._relay_addr: SocketAddress | None = None
         # Our own ICE ufrag for this call: the relay's checks carry it
         # ("<ours>:<session ice_ufrag>"), our requests the reverse.
         self._ufrag = secrets.token_hex(4)
@@ -138,10 +142,11 @@ class Call:
         self._bind_transaction: bytes | None = None
         self._bound = trio.Event()
         self._bind_lock = trio.Lock()
-        self._last_udp_media: float | None = None
+        # When audio last came over UDP (read only once _media_resumed is set, after it is).
+        self._last_udp_media = 0.0
         self._media_resumed = trio.Event()
         # The XOR-MAPPED-ADDRESS of the last Binding success: our address as the relay sees it.
-        self.mapped_address: tuple | None = None
+        self.mapped_address: Address | None = None
         self._welcome = trio.Event()
         self._closed = trio.Event()
         self.close_reason: str | None = None
@@ -156,9 +161,9 @@ class Call:
         self._timestamp = (self._timestamp + 960) & 0xFFFFFFFF
         self.counters["sent"] += 1
         if self._sock is not None:
-            await self._sock.sendto(packet, self._relay_addr)
+            await self._sock.sendto(packet, self._relay_address())
         else:
-            await self._ws.send_message(packet)
+            await self._websocket().send_message(packet)
 
     async def say_pcm(self, pcm: bytes, *, sample_rate: int = SAMPLE_RATE) -> None:
         """Speak mono int16 PCM, paced in real time (20 ms frames).
@@ -173,7 +178,7 @@ class Call:
             for frame in pcm_frames(pcm, sample_rate=self.sample_rate):
                 await self._pace()
                 self.counters["sent"] += 1
-                await self._ws.send_message(frame)
+                await self._websocket().send_message(frame)
             return
         if sample_rate != SAMPLE_RATE:
             pcm = resample(pcm, sample_rate, SAMPLE_RATE)
@@ -184,9 +189,9 @@ class Call:
             await self._pace()
             await self.send_opus(payload)
 
-    async def play_wav(self, path: str | os.PathLike) -> None:
+    async def play_wav(self, path: str | os.PathLike[str]) -> None:
         """Speak a WAV file (any PCM WAV; resampled and mixed to mono), paced in real time."""
-        pcm = await trio.to_thread.run_sync(lambda: read_wav(path, sample_rate=SAMPLE_RATE, channels=1))
+        pcm = await trio.to_thread.run_sync(lambda: read_wav(os.fspath(path), sample_rate=SAMPLE_RATE, channels=1))
         await self.say_pcm(pcm, sample_rate=SAMPLE_RATE)
 
     async def _pace(self) -> None:
@@ -208,7 +213,7 @@ class Call:
         """
         return self._frames
 
-    def events(self) -> AsyncIterator[dict]:
+    def events(self) -> AsyncIterator[JsonObject]:
         """Events from the server (``participant_joined``, ``participant_left``,
         ``muted``, ``chat``, ``room_closed``, ``error``...), as JSON objects."""
         return self._events
@@ -239,12 +244,27 @@ class Call:
         await self._closed.wait()
         return self.close_reason
 
-    async def _send_json(self, message: dict) -> None:
-        await self._ws.send_message(json.dumps(message))
+    async def _send_json(self, message: JsonObject) -> None:
+        await self._websocket().send_message(json.dumps(message))
+
+    def _websocket(self) -> trio_websocket.WebSocketConnection:
+        if self._ws is None:
+            raise CallError("the call's WebSocket is not open")
+        return self._ws
+
+    def _udp_socket(self) -> trio.socket.SocketType:
+        if self._sock is None:
+            raise CallError("the call has no UDP socket")
+        return self._sock
+
+    def _relay_address(self) -> SocketAddress:
+        if self._relay_addr is None:
+            raise CallError("the call has no UDP relay address")
+        return self._relay_addr
 
     # --- tasks ------------------------------------------------------------------------
 
-    async def _run_websocket(self, url: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _run_websocket(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio_websocket.open_websocket_url(url, connect_timeout=10, disconnect_timeout=2, message_queue_size=64) as ws:
             self._ws = ws
             task_status.started()
@@ -257,7 +277,8 @@ class Call:
                         self._on_event(json.loads(message))
             except trio_websocket.ConnectionClosed as exc:
                 if self.close_reason is None:
-                    self.close_reason = exc.reason.reason or f"closed ({exc.reason.code})"
+                    reason = exc.reason
+                    self.close_reason = (reason.reason or f"closed ({reason.code})") if reason is not None else "closed"
             finally:
                 self._finish()
 
@@ -267,7 +288,7 @@ class Call:
         self._frames.close()
         self._events.close()
 
-    def _on_event(self, event: dict) -> None:
+    def _on_event(self, event: JsonObject) -> None:
         kind = event.get("type")
         if kind == "welcome":
             self.participant_id = event.get("participant_id")
@@ -278,7 +299,8 @@ class Call:
         elif kind == "participant_joined":
             self._learn(event["participant"])
         elif kind == "participant_left":
-            gone = self.participants.pop(event.get("participant_id"), None)
+            participant_id = event.get("participant_id")
+            gone = self.participants.pop(participant_id, None) if participant_id is not None else None
             if gone is not None and gone.get("ssrc") is not None:
                 self._ssrc_to_participant.pop(gone["ssrc"], None)
                 self._playout.forget(gone["ssrc"])
@@ -289,17 +311,18 @@ class Call:
             return
         self._events.put_nowait(event)
 
-    def _learn(self, participant: dict) -> None:
+    def _learn(self, participant: JsonObject) -> None:
         self.participants[participant["participant_id"]] = participant
         if participant.get("ssrc") is not None:
             self._ssrc_to_participant[participant["ssrc"]] = participant["participant_id"]
 
-    def _on_json_audio(self, event: dict) -> None:
+    def _on_json_audio(self, event: JsonObject) -> None:
         data = base64.b64decode(event["data"])
         if event.get("encoding") == "pcm16":
             self._frames.put_nowait(AudioFrame(event.get("participant_id"), 0, data, self.sample_rate, bool(event.get("concealed"))))
             return
-        speaker = self.participants.get(event.get("participant_id"), {})
+        speaker_id = event.get("participant_id")
+        speaker = self.participants.get(speaker_id, {}) if speaker_id is not None else {}
         ssrc = speaker.get("ssrc", 0)
         packet = RtpPacket(PAYLOAD_TYPE, event["seq"] & 0xFFFF, event["timestamp"] & 0xFFFFFFFF, ssrc, data)
         self._playout.push(packet, trio.current_time())
@@ -335,7 +358,7 @@ class Call:
                     )
                 )
 
-    async def _run_udp(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _run_udp(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.media["host"], self.media["port"]
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, address = infos[0]
@@ -353,7 +376,7 @@ class Call:
             self._sock.close()
 
     async def _open_socket(self) -> trio.socket.SocketType:
-        family = socket.AF_INET6 if ":" in self._relay_addr[0] else socket.AF_INET
+        family = socket.AF_INET6 if ":" in self._relay_address()[0] else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_DGRAM)
         await sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
         return sock
@@ -373,7 +396,7 @@ class Call:
 
     async def _receive_udp(self) -> None:
         while True:
-            sock = self._sock
+            sock = self._udp_socket()
             try:
                 data, source = await sock.recvfrom(UDP_RECV_SIZE)
             except trio.ClosedResourceError:
@@ -390,10 +413,11 @@ class Call:
             elif data[0] < 4:
                 await self._on_stun(data, source)
 
-    async def _on_stun(self, data: bytes, source) -> None:
+    async def _on_stun(self, data: bytes, source: SocketAddress) -> None:
         """The relay's check (answered) or its answer to our Binding request."""
         counters = self.counters
-        if tuple(source[:2]) != tuple(self._relay_addr[:2]):
+        relay_addr = self._relay_address()
+        if tuple(source[:2]) != tuple(relay_addr[:2]):
             counters["stun_foreign"] = counters.get("stun_foreign", 0) + 1
             return  # only the relay may check us or answer us
         if data[1] == 0x01 and data[0] == 0x00:  # a Binding request: the relay checks our address
@@ -403,10 +427,10 @@ class Call:
                 counters["stun_ignored"] = counters.get("stun_ignored", 0) + 1
                 return
             counters["checks_answered"] = counters.get("checks_answered", 0) + 1
-            await self._sock.sendto(answer, source)
+            await self._udp_socket().sendto(answer, source)
             if self._bind_request is not None and not self._bound.is_set():
                 # Verified now: the retransmission gets the success at once.
-                await self._sock.sendto(self._bind_request, self._relay_addr)
+                await self._udp_socket().sendto(self._bind_request, relay_addr)
             return
         if self._bind_transaction is None:
             return
@@ -435,7 +459,7 @@ class Call:
                     interval = BIND_RETRY_FIRST
                     renew = trio.current_time() + BIND_NEW_TRANSACTION
                     while trio.current_time() < renew:
-                        await self._sock.sendto(self._bind_request, self._relay_addr)
+                        await self._udp_socket().sendto(self._bind_request, self._relay_address())
                         with trio.move_on_after(interval):
                             await bound.wait()
                             return True
@@ -494,7 +518,7 @@ async def connect(
         BotCallHttpError: the join was refused (the server's code says why).
         CallError: media could not be set up.
     """
-    media: dict = {"transport": transport}
+    media: JsonObject = {"transport": transport}
     if transport == "websocket":
         media["encoding"] = encoding
         if encoding == "pcm16":

@@ -10,6 +10,7 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -42,7 +43,7 @@ class Room:
     max_human_participants: int
 
 
-def _request(method: str, url: str, body: dict | None, token: str | None, timeout: float) -> dict:
+def _request(method: str, url: str, body: dict[str, Any] | None, token: str | None, timeout: float) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Accept", "application/json")
@@ -67,7 +68,7 @@ def _request(method: str, url: str, body: dict | None, token: str | None, timeou
     return json.loads(raw) if raw else {}
 
 
-async def request_json(method: str, url: str, body: dict | None = None, *, token: str | None = None, timeout: float = 10.0) -> dict:
+async def request_json(method: str, url: str, body: dict[str, Any] | None = None, *, token: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
     """Send one JSON request and return the decoded JSON response.
 
     Raises:

@@ -15,14 +15,16 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import trio
 
 from botcall.audio.pcm import dominant_frequency, rms_dbfs, tone
-from botcall.client import connect, create_room
+from botcall.client import Call, connect, create_room
+from botcall.config import Config
 from botcall.errors import ConfigError, StartupError
-from botcall.server import sole_cause, configure_logging, config_from_args, run_server
+from botcall.server import ServerInfo, sole_cause, configure_logging, config_from_args, run_server
 from botcall.server import add_arguments as add_server_arguments
 
 log = logging.getLogger("botcall.demo.echo")
@@ -82,7 +84,7 @@ def chime(seconds_per_note: float = 0.18) -> bytes:
     return np.concatenate(notes).astype("<i2").tobytes()
 
 
-async def echo_bot(call, *, greet: bool = True) -> None:
+async def echo_bot(call: Call, *, greet: bool = True) -> None:
     """Greet each newcomer, then echo back each utterance heard."""
     turns: dict[str, EchoTurn] = {}
     playing = trio.Lock()
@@ -107,7 +109,7 @@ async def echo_bot(call, *, greet: bool = True) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _play(call, lock: trio.Lock, pcm: bytes) -> None:
+async def _play(call: Call, lock: trio.Lock, pcm: bytes) -> None:
     async with lock:
         await call.say_pcm(pcm)
 
@@ -136,7 +138,7 @@ def banner(invite_url: str, http_url: str) -> str:
     )
 
 
-async def run_demo(config, *, self_test_frequency: float | None = None, out=print) -> int:
+async def run_demo(config: Config, *, self_test_frequency: float | None = None, out: Callable[[str], None] = print) -> int:
     """Serve, create a room, run the echo bot; with a self-test, check and return.
 
     Returns:
@@ -149,7 +151,7 @@ async def run_demo(config, *, self_test_frequency: float | None = None, out=prin
     return status
 
 
-async def _demo_rooms(info, config, self_test_frequency: float | None, out) -> int:
+async def _demo_rooms(info: ServerInfo, config: Config, self_test_frequency: float | None, out: Callable[[str], None]) -> int:
     issuer = info.state.dev_issuer
     if issuer is None:
         out("botcall demo needs the dev issuer (drop --no-dev-issuer)")
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         return 2 if isinstance(cause, ConfigError) else 1
 
 
-async def _run_until_signalled(config, self_test_frequency: float | None) -> int:
+async def _run_until_signalled(config: Config, self_test_frequency: float | None) -> int:
     status = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

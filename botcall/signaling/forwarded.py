@@ -12,9 +12,17 @@ client, so a client cannot pick its own address by prepending entries.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from typing import Protocol
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+
+class HeaderLookup(Protocol):
+    """Request headers as read here: a ``Mapping[str, str]`` or werkzeug's ``Headers``."""
+
+    def get(self, key: str, /) -> str | None: ...
+
 
 # Hops read from a forwarding header; a longer chain is cut (work per request stays bounded).
 MAX_HOPS = 32
@@ -41,7 +49,7 @@ def _parse_node(value: str) -> str | None:
         return None  # "unknown", an obfuscated identifier, or garbage
 
 
-def _forwarded_chain(headers: Mapping[str, str]) -> list[str | None] | None:
+def _forwarded_chain(headers: HeaderLookup) -> list[str | None] | None:
     forwarded = headers.get("forwarded")
     if forwarded is not None:
         chain: list[str | None] = []
@@ -59,7 +67,7 @@ def _forwarded_chain(headers: Mapping[str, str]) -> list[str | None] | None:
     return None
 
 
-def client_address(peer: str | None, headers: Mapping[str, str], trusted: tuple[Network, ...]) -> str:
+def client_address(peer: str | None, headers: HeaderLookup, trusted: tuple[Network, ...]) -> str:
     """The client's address for budgets and logs.
 
     Args:

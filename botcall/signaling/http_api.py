@@ -41,9 +41,10 @@ from botcall.auth.ratelimit import Limiters
 from botcall.config import Config
 from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError
 from botcall.metrics import Metrics
+from botcall.relay.service import MediaService
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
-from botcall.signaling.ws import register_human_signaling, register_websocket_routes
+from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes
 from botcall.signaling.rooms import (
     Capabilities,
     Identity,
@@ -293,8 +294,8 @@ class AppState:
     media_port: int
     clock: Callable[[], float]
     dev_issuer: DevIssuer | None = None
-    media: Any = None
-    hub: Any = None
+    media: MediaService | None = None
+    hub: Hub | None = None
     jwks_lock: trio.Lock = field(default_factory=trio.Lock)
     # Config.trusted_proxies, parsed once.
     trusted_proxies: tuple[Network, ...] = ()
@@ -305,6 +306,26 @@ class AppState:
         if self.base_url.startswith("https://"):
             return "wss://" + self.base_url[len("https://"):]
         return "ws://" + self.base_url[len("http://"):]
+
+    def started_media(self) -> MediaService:
+        """``media``, which ``run_server`` sets before any request is served.
+
+        Raises:
+            RuntimeError: the media service has not been started.
+        """
+        if self.media is None:
+            raise RuntimeError("the media service is not started")
+        return self.media
+
+    def started_hub(self) -> Hub:
+        """``hub``, which ``run_server`` sets before any request is served.
+
+        Raises:
+            RuntimeError: the WebSocket hub has not been started.
+        """
+        if self.hub is None:
+            raise RuntimeError("the WebSocket hub is not started")
+        return self.hub
 
 
 async def fetch_issuer_keys(state: AppState, issuer: str) -> None:
@@ -447,7 +468,7 @@ def create_app(state: AppState) -> QuartTrio:
     app.extensions["botcall"] = state
 
     async def body() -> bytes:
-        return await request.get_data(cache=False)
+        return await request.get_data(cache=False, as_text=False, parse_form_data=False)
 
     @app.post("/v1/rooms/create")
     @app.post("/v1/rooms")

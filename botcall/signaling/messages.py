@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from botcall.errors import SignalingError
 
@@ -99,6 +99,9 @@ class Join:
     display_name: str
 
 
+# A JSON object as sent or received: an event, a participant.
+JsonObject = dict[str, Any]
+
 ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join]
 
 _CONTROL_ACTIONS = frozenset({"mute", "unmute", "leave"})
@@ -108,10 +111,14 @@ def _bad(message: str) -> SignalingError:
     return SignalingError(message, code="bad_message", close_code=CLOSE_BAD_MESSAGE)
 
 
-def _string(obj: dict, key: str, limit: int, *, required: bool = True) -> str | None:
-    value = obj.get(key)
-    if value is None and not required:
+def _optional_string(obj: JsonObject, key: str, limit: int) -> str | None:
+    if obj.get(key) is None:
         return None
+    return _string(obj, key, limit)
+
+
+def _string(obj: JsonObject, key: str, limit: int) -> str:
+    value = obj.get(key)
     if not isinstance(value, str):
         raise _bad(f"{key!r} must be a string")
     if len(value) > limit:
@@ -171,19 +178,19 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     if kind == "offer":
         return Offer(_string(obj, "sdp", MAX_SDP))
     if kind == "hello":
-        return Hello(_string(obj, "invite", MAX_INVITE), _string(obj, "resume", MAX_INVITE, required=False))
+        return Hello(_string(obj, "invite", MAX_INVITE), _optional_string(obj, "resume", MAX_INVITE))
     if kind == "join":
-        name = _string(obj, "display_name", MAX_DISPLAY_NAME, required=False)
+        name = _optional_string(obj, "display_name", MAX_DISPLAY_NAME)
         return Join((name or "").strip() or "Guest")
     raise _bad(f"unknown message type {kind!r}")
 
 
-def encode(event: dict) -> str:
+def encode(event: JsonObject) -> str:
     """Serialise a server event compactly."""
     return json.dumps(event, separators=(",", ":"))
 
 
-def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int) -> dict:
+def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int) -> JsonObject:
     """Audio from one speaker: Opus frame or PCM s16le, base64 in ``data``.
 
     ``seq`` counts frames of that speaker for this receiver (gaps mean loss);
@@ -200,5 +207,5 @@ def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, e
     }
 
 
-def error_event(code: str, message: str) -> dict:
+def error_event(code: str, message: str) -> JsonObject:
     return {"type": "error", "code": code, "message": message}

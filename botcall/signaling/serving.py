@@ -45,22 +45,25 @@ import math
 import resource
 import socket
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import AppWrapper, ConnectionState, Framework
+from hypercorn.typing import TaskGroup as HypercornTaskGroup
+from hypercorn.typing import WorkerContext as HypercornWorkerContext
 from hypercorn.utils import parse_socket_addr, wrap_app
 
 from botcall.auth.ratelimit import TokenBucket
@@ -273,7 +276,7 @@ class JsonErrorH11Protocol(H11Protocol):
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
 
-    async def stream_send(self, event: Any) -> None:
+    async def stream_send(self, event: StreamEvent) -> None:
         # HTTPStream/WSStream answer some errors themselves (404 for a bad Host,
         # 400 for a bad WebSocket handshake, 500 when the app sent nothing) with
         # an empty body: give those our JSON body.
@@ -319,8 +322,22 @@ class Http2Refused(Exception):
 class ContainedProtocolWrapper(ProtocolWrapper):
     """Picks our HTTP/1.1 protocol; HTTP/2 only when enabled (then Hypercorn's)."""
 
-    def __init__(self, *args: Any, allow_http2: bool, alpn_protocol: str | None, **kwargs: Any) -> None:
-        super().__init__(*args, alpn_protocol=alpn_protocol, **kwargs)
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: HypercornConfig,
+        context: HypercornWorkerContext,
+        task_group: HypercornTaskGroup,
+        state: ConnectionState,
+        ssl: bool,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        send: Callable[[Event], Awaitable[None]],
+        *,
+        allow_http2: bool,
+        alpn_protocol: str | None,
+    ) -> None:
+        super().__init__(app, config, context, task_group, state, ssl, client, server, send, alpn_protocol=alpn_protocol)
         self.allow_http2 = allow_http2
         if alpn_protocol != "h2" or not allow_http2:
             protocol = JsonErrorH11Protocol(
@@ -330,7 +347,7 @@ class ContainedProtocolWrapper(ProtocolWrapper):
             protocol.allow_http2 = allow_http2
             self.protocol = protocol
 
-    async def handle(self, event: Any) -> None:
+    async def handle(self, event: Event) -> None:
         if self.allow_http2:
             await super().handle(event)
             return
@@ -391,7 +408,7 @@ class ContainedTCPServer(TCPServer):
         finally:
             await self._close()
 
-    async def protocol_send(self, event: Any) -> None:
+    async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
             broken = False
             async with self.send_lock:
@@ -505,7 +522,7 @@ class HttpServer:
 
     def __init__(
         self,
-        app: Any,
+        app: Framework,
         sock: socket.socket,
         hypercorn_config: HypercornConfig,
         budget: ConnectionBudget,

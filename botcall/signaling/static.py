@@ -29,9 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-
-from quart import Response, request
+from quart import Quart, Response, request
 
 from botcall.errors import ConfigError
 from botcall.errors import NotFound
@@ -191,7 +189,7 @@ def _send(asset: Asset, headers: Mapping[str, str]) -> Response:
     return Response(body, status=200, headers=all_headers, content_type=asset.content_type)
 
 
-def register_pwa_routes(app: Any, state: Any, *, root: Path | None = None) -> PwaBundle:
+def register_pwa_routes(app: Quart, state: object, *, root: Path | None = None) -> PwaBundle:
     """Add the PWA's routes to the quart-trio app.
 
     Args:

@@ -16,24 +16,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
-from quart import websocket
+from quart import Quart, websocket
+from quart.wrappers import Websocket
 
 from botcall.auth.invites import invite_secret_matches
 from botcall.auth.ratelimit import TokenBucket
-from botcall.config import RateLimit
+from botcall.config import Config, RateLimit
 from botcall.errors import ApiError, SdpError, SignalingError
 from botcall.queues import DropOldestQueue
-from botcall.relay.service import WsSink
+from botcall.relay.service import MediaService, WsSink
 from botcall.relay.ws_audio import AudioOut, WsAudio
-from botcall.signaling.forwarded import client_address
+from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling import messages as msg
+from botcall.signaling.messages import JsonObject
 from botcall.signaling.rooms import (
     Capabilities,
     Reason,
     RegistryEvent,
+    Room,
     RoomClosed,
+    RoomStore,
     Session,
     SessionAdded,
     SessionRemoved,
@@ -65,7 +70,23 @@ _CLOSE_FOR_REASON = {
 DISCONNECTED = "disconnected"
 
 
-def participant_json(session: Session, *, speaking: bool = False) -> dict:
+class SignalingState(Protocol):
+    """What the WebSocket routes use of the app state (``http_api.AppState``, which
+    imports this module, so it is described here rather than imported)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def registry(self) -> RoomStore: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def trusted_proxies(self) -> tuple[Network, ...]: ...
+    def started_hub(self) -> Hub: ...
+    def started_media(self) -> MediaService: ...
+
+
+def participant_json(session: Session, *, speaking: bool = False) -> JsonObject:
     """How a participant is described to the others (no secrets)."""
     return {**session.public_json(), "ssrc": session.ssrc, "speaking": speaking}
 
@@ -78,7 +99,7 @@ class Connection:
     session: Session | None = None
     # The client's address (behind a trusted proxy: the forwarded one), for budgets.
     client_ip: str = "unknown"
-    outbox: DropOldestQueue = field(default_factory=lambda: DropOldestQueue(EVENT_QUEUE))
+    outbox: DropOldestQueue[str] = field(default_factory=lambda: DropOldestQueue(EVENT_QUEUE))
     close_code: int | None = None
     close_reason: str = ""
     # Set while this connection's own join runs: the events it causes are about itself.
@@ -86,7 +107,7 @@ class Connection:
     # Counted against its room's lobby (no session yet).
     in_lobby: bool = False
 
-    def send_event(self, event: dict) -> None:
+    def send_event(self, event: JsonObject) -> None:
         self.outbox.put_nowait(msg.encode(event))
 
     def request_close(self, code: int, reason: str) -> None:
@@ -105,7 +126,7 @@ class Hub:
 
     def __init__(
         self,
-        clock,
+        clock: Callable[[], float],
         *,
         max_connections: int = 20000,
         connect_grace: float = 30.0,
@@ -190,8 +211,11 @@ class Hub:
 
         Raises:
             SignalingError: the server already holds ``max_connections``.
+            ValueError: ``connection`` has no session.
         """
         session = connection.session
+        if session is None:
+            raise ValueError("only a session's connection can be attached")
         old = self._by_session.get(session.session_id)
         if old is not None:
             old.request_close(msg.CLOSE_ALREADY_CONNECTED, "replaced by a newer connection")
@@ -225,14 +249,14 @@ class Hub:
             if self._connections == 0:
                 self._all_closed.set()
 
-    def describe(self, session: Session) -> dict:
+    def describe(self, session: Session) -> JsonObject:
         """A participant as events show it."""
         return participant_json(session, speaking=self.is_speaking(session.session_id))
 
     def connection(self, session_id: str) -> Connection | None:
         return self._by_session.get(session_id)
 
-    def broadcast(self, room_id: str, event: dict, *, exclude: str | None = None, chat_only: bool = False) -> None:
+    def broadcast(self, room_id: str, event: JsonObject, *, exclude: str | None = None, chat_only: bool = False) -> None:
         text = msg.encode(event)
         for connection in self._by_room.get(room_id, ()):
             session = connection.session
@@ -295,7 +319,7 @@ class Channel:
 
     kind = "participant"
 
-    def __init__(self, state, connection: Connection, ws) -> None:
+    def __init__(self, state: SignalingState, connection: Connection, ws: Websocket) -> None:
         self.state = state
         self.connection = connection
         self.ws = ws
@@ -380,7 +404,7 @@ class Channel:
     def on_binary(self, data: bytes) -> None:
         raise SignalingError("binary frames are for WebSocket audio", code="bad_message")
 
-    async def handle(self, message) -> None:
+    async def handle(self, message: msg.ClientMessage) -> None:
         """Controls every participant has: mute, leave, chat, ping."""
         state, session = self.state, self.session
         if isinstance(message, msg.Ping):
@@ -397,7 +421,7 @@ class Channel:
                 raise SignalingError("this session did not ask for text_chat", code="chat_disabled")
             if self._chat_bucket.take(CHAT_LIMIT, trio.current_time()) > 0:
                 raise SignalingError("too many chat messages", code="rate_limited")
-            state.hub.broadcast(
+            state.started_hub().broadcast(
                 session.room_id,
                 {"type": "chat", "participant_id": session.participant_id, "text": message.text},
                 exclude=session.session_id,
@@ -419,14 +443,16 @@ class BotChannel(Channel):
 
     kind = "bot"
 
-    def __init__(self, state, connection: Connection, ws, *, binary_audio: bool) -> None:
+    def __init__(self, state: SignalingState, connection: Connection, ws: Websocket, *, binary_audio: bool) -> None:
         super().__init__(state, connection, ws)
         session = connection.session
+        if session is None:
+            raise ValueError("a bot channel needs its session")
         self.binary_audio = binary_audio
-        self.peer = state.media.relay.peer(session.session_id) if session.transport == "websocket" else None
+        self.peer = state.started_media().relay.peer(session.session_id) if session.transport == "websocket" else None
         self.encoding = session.encoding
         self.audio = (
-            WsAudio(state.media.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
+            WsAudio(state.started_media().relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
             if self.peer is not None
             else None
         )
@@ -438,7 +464,7 @@ class BotChannel(Channel):
             if self.encoding == "pcm16":
                 nursery.start_soon(self._pcm_uplink)
 
-    async def handle(self, message) -> None:
+    async def handle(self, message: msg.ClientMessage) -> None:
         if isinstance(message, msg.Audio):
             self._media().audio_message(message.data, trio.current_time())
             self._pcm_ready.set()
@@ -453,6 +479,13 @@ class BotChannel(Channel):
         if self.audio is None:
             raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
         return self.audio
+
+    def _sink(self) -> WsSink:
+        """Where the relay queues audio for this bot (a WebSocket-transport peer's sink)."""
+        sink = self.peer.sink if self.peer is not None else None
+        if not isinstance(sink, WsSink):
+            raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
+        return sink
 
     async def _pcm_uplink(self) -> None:
         """Encode queued pcm16, ENCODE_BATCH frames per scheduler pass."""
@@ -476,7 +509,7 @@ class BotChannel(Channel):
 
     async def _opus_out(self) -> None:
         audio = self._media()
-        sink: WsSink = self.peer.sink
+        sink = self._sink()
         async for speaker, data in sink.queue:
             frame = audio.opus_out(speaker, data)
             if frame is not None:
@@ -485,7 +518,7 @@ class BotChannel(Channel):
     async def _pcm_out(self) -> None:
         """Steady 20 ms PCM frames per speaker, through a jitter buffer each."""
         audio = self._media()
-        sink: WsSink = self.peer.sink
+        sink = self._sink()
         tick = trio.current_time()
         while True:
             tick += FRAME
@@ -506,11 +539,11 @@ class HumanChannel(Channel):
 
     kind = "human"
 
-    def __init__(self, state, connection: Connection, ws, invite: str) -> None:
+    def __init__(self, state: SignalingState, connection: Connection, ws: Websocket, invite: str) -> None:
         super().__init__(state, connection, ws)
         self.invite = invite
 
-    async def handle(self, message) -> None:
+    async def handle(self, message: msg.ClientMessage) -> None:
         state = self.state
         if isinstance(message, msg.Join):
             if self.session is not None:
@@ -528,13 +561,13 @@ class HumanChannel(Channel):
             finally:
                 self.connection.joining = False
             self.connection.session = session
-            state.hub.attach(self.connection)
+            state.started_hub().attach(self.connection)
             self.connection.send_event(joined_event(state, session))
         elif isinstance(message, msg.Offer):
             if self.session is None:
                 raise SignalingError("join the call first", code="not_joined")
             try:
-                answer = state.media.add_browser(self.session, message.sdp)
+                answer = state.started_media().add_browser(self.session, message.sdp)
             except SdpError as exc:
                 raise SignalingError(f"cannot answer this offer: {exc}", code="bad_offer") from exc
             self.connection.send_event({"type": "answer", "sdp": answer})
@@ -551,45 +584,47 @@ def close_code_for(error: ApiError) -> int:
     )
 
 
-def lobby_event(state, room, *, resumed: bool = False) -> dict:
+def lobby_event(state: SignalingState, room: Room, *, resumed: bool = False) -> JsonObject:
     """What a browser sees before joining; ``resumed`` says a ``joined`` follows at once."""
     sessions = state.registry.sessions_in_room(room.room_id)
     return {
         "type": "lobby",
         "room_id": room.room_id,
-        "participants": [state.hub.describe(s) for s in sessions],
+        "participants": [state.started_hub().describe(s) for s in sessions],
         "max_human_participants": room.max_human_participants,
         "humans": sum(1 for s in sessions if s.kind == "human"),
         "resumed": resumed,
     }
 
 
-def welcome_event(state, session: Session) -> dict:
+def welcome_event(state: SignalingState, session: Session) -> JsonObject:
     """The first event on a bot's channel: who it is and who is there."""
-    others = [state.hub.describe(s) for s in state.registry.sessions_in_room(session.room_id) if s.session_id != session.session_id]
+    hub = state.started_hub()
+    others = [hub.describe(s) for s in state.registry.sessions_in_room(session.room_id) if s.session_id != session.session_id]
     return {
         "type": "welcome",
         "participant_id": session.participant_id,
         "room_id": session.room_id,
-        "you": state.hub.describe(session),
+        "you": hub.describe(session),
         "participants": others,
         "expires_at": session.expires_at,
     }
 
 
-def joined_event(state, session: Session) -> dict:
+def joined_event(state: SignalingState, session: Session) -> JsonObject:
     """A browser's welcome: as a bot's, plus the token that resumes its place after a
     drop and whether its media leg is up (a resumed browser then keeps it)."""
-    connected = state.media.browser_connected(session.session_id)
+    connected = state.started_media().browser_connected(session.session_id)
     return {**welcome_event(state, session), "type": "joined", "resume": session.session_id, "media_connected": connected}
 
 
-def register_websocket_routes(app, state) -> None:
+def register_websocket_routes(app: Quart, state: SignalingState) -> None:
     """Add ``/v1/stream/<session_id>`` to the app."""
 
     @app.websocket("/v1/stream/<session_id>")
     async def bot_stream(session_id: str) -> None:
-        ws = websocket._get_current_object()
+        # The proxy's own object, to hand to other tasks; quart types the proxy as Websocket.
+        ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
         await ws.accept()
         session = state.registry.session_by_id(session_id)
         if session is None or session.kind != "bot":
@@ -597,7 +632,7 @@ def register_websocket_routes(app, state) -> None:
             return
         connection = Connection(session.room_id, session, client_ip=websocket_client_ip(state, ws))
         try:
-            state.hub.attach(connection)
+            state.started_hub().attach(connection)
         except SignalingError as exc:
             await _reject(ws, exc.code, exc.message, exc.close_code)
             return
@@ -606,30 +641,31 @@ def register_websocket_routes(app, state) -> None:
             connection.send_event(welcome_event(state, session))
             await channel.run()
         finally:
-            state.hub.detach(connection)
+            state.started_hub().detach(connection)
             code = connection.close_code or msg.CLOSE_NORMAL
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await ws.close(code, connection.close_reason)
 
 
-def websocket_client_ip(state, ws) -> str:
+def websocket_client_ip(state: SignalingState, ws: Websocket) -> str:
     """The client's address for budgets (the forwarded one behind a trusted proxy)."""
     return client_address(ws.remote_addr, ws.headers, state.trusted_proxies)
 
 
-async def _reject(ws, code: str, message: str, close_code: int) -> None:
+async def _reject(ws: Websocket, code: str, message: str, close_code: int) -> None:
     with trio.move_on_after(1):
         await ws.send(msg.encode(msg.error_event(code, message)))
         await ws.close(close_code, message[:120])
 
 
-def register_human_signaling(app, state) -> None:
+def register_human_signaling(app: Quart, state: SignalingState) -> None:
     """Add ``/v1/signal/<room_id>``: the PWA's signaling WebSocket."""
 
     @app.websocket("/v1/signal/<room_id>")
     async def human_signal(room_id: str) -> None:
-        ws = websocket._get_current_object()
+        # The proxy's own object, to hand to other tasks; quart types the proxy as Websocket.
+        ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
         await ws.accept()
         with trio.move_on_after(HELLO_TIMEOUT) as wait:
             first = await ws.receive()
@@ -655,10 +691,10 @@ def register_human_signaling(app, state) -> None:
             resumed = None
         try:
             if resumed is None:
-                state.hub.watch(connection)
+                state.started_hub().watch(connection)
             else:
                 connection.session = resumed
-                state.hub.attach(connection)
+                state.started_hub().attach(connection)
         except SignalingError as exc:
             await _reject(ws, exc.code, exc.message, exc.close_code)
             return
@@ -669,7 +705,7 @@ def register_human_signaling(app, state) -> None:
                 connection.send_event(joined_event(state, resumed))
             await channel.run()
         finally:
-            state.hub.detach(connection)
+            state.started_hub().detach(connection)
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await ws.close(connection.close_code or msg.CLOSE_NORMAL, connection.close_reason)
