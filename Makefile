@@ -14,5 +14,6 @@ run:
 test:
 	./scripts/setup.sh test
 	.venv/bin/lint-imports
+	.venv/bin/mypy --strict botcall
 	node --test pwa/tests/
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # ``botcall.connect`` without importing Trio for every ``botcall`` command.
     if name in ("connect", "create_room"):
         from botcall import client

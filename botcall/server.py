@@ -49,7 +49,7 @@ from botcall.logs import install_redaction
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls import DtlsCertificate
-from botcall.relay.core import MediaPeer, MediaRelay
+from botcall.relay.core import Address, MediaPeer, MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.media_link import media_listener
@@ -471,7 +471,7 @@ async def run_server(
             parts.http = server
             await server.run(task_status=task_status)
 
-        async def media_part(*, task_status: trio.TaskStatus[None]) -> None:
+        async def media_part(*, task_status: trio.TaskStatus[Address]) -> None:
             await udp.run(state.started_media().relay, task_status=task_status)
 
         async def housekeeping_part(*, task_status: trio.TaskStatus[None]) -> None:
