@@ -152,7 +152,7 @@ class Config:
     # Open connections at once from one client address (trusted proxies exempt).
     max_connections_per_ip: int = 64
     # New connections per second from one client address (trusted proxies exempt).
-    connection_rate_per_ip: RateLimit = RateLimit(rate=20.0, burst=60)
+    connection_rate_per_ip: RateLimit = RateLimit(rate=50.0, burst=200)
     # WebSockets at once per client address as the app sees it (behind a
     # trusted proxy: the forwarded address).
     max_websockets_per_ip: int = 32

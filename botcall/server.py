@@ -43,7 +43,7 @@ from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.keys import KeyRing, ensure_dev_issuer
 from botcall.auth.ratelimit import Limiters
 from botcall.auth.replay_journal import ReplayJournal
-from botcall.config import Config, IssuerConfig
+from botcall.config import Config, IssuerConfig, RateLimit
 from botcall.errors import ConfigError, JwksError, StartupError
 from botcall.logs import install_redaction
 from botcall.metrics import Metrics
@@ -555,6 +555,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="open HTTP/WebSocket connections at once (default %(default)s; kept below the open-file limit)")
     parser.add_argument("--max-connections-per-ip", type=int, default=default("max_connections_per_ip"),
                         help="open connections at once from one address (default %(default)s)")
+    parser.add_argument("--connection-rate-per-ip", type=float, default=default("connection_rate_per_ip").rate,
+                        help="new connections per second from one address, burst 4x (default %(default)s)")
     parser.add_argument("--header-timeout", type=float, default=default("header_timeout_s"),
                         help="seconds for a request's headers to arrive (default %(default)s)")
     parser.add_argument("--body-timeout", type=float, default=default("body_timeout_s"),
@@ -587,6 +589,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "trusted_proxies": tuple(args.trusted_proxy),
         "max_connections": args.max_connections,
         "max_connections_per_ip": args.max_connections_per_ip,
+        "connection_rate_per_ip": RateLimit(rate=args.connection_rate_per_ip, burst=max(1, round(4 * args.connection_rate_per_ip))),
         "header_timeout_s": args.header_timeout,
         "body_timeout_s": args.body_timeout,
         "http2": args.http2,

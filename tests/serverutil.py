@@ -269,6 +269,7 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         join_limit_per_agent=_GENEROUS,
         join_limit_per_ip=_GENEROUS,
         query_limit_per_ip=_GENEROUS,
+        connection_rate_per_ip=_GENEROUS,
     )
     return replace(base, **overrides)
 

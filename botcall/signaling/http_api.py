@@ -42,6 +42,7 @@ from botcall.config import Config
 from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
+from botcall.signaling import strict_json
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
 from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes
@@ -97,22 +98,8 @@ class CreateRoomRequest:
     expires_in: int | None = None
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json_object_untrusted(data: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object.
-
-    Strict RFC 8259: UTF-8 only, no NaN/Infinity, no duplicate member names (so
-    no two parsers can read the body differently).
+    """Decode a request body that must be one JSON object (``strict_json``'s rules).
 
     Args:
         data: the raw body.
@@ -124,19 +111,10 @@ def parse_json_object_untrusted(data: bytes, *, allow_empty: bool = False) -> di
     Raises:
         BadRequest: ``malformed_json``.
     """
-    if allow_empty and not data.strip():
-        return {}
     try:
-        value = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
-    if not isinstance(value, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_json")
-    return value
+        return strict_json.parse_json_object_untrusted(data, allow_empty=allow_empty)
+    except strict_json.JsonObjectError as exc:
+        raise BadRequest(f"the body is not a valid JSON object: {exc}", code="malformed_json") from exc
 
 
 def _check_fields(obj: dict[str, Any], allowed: frozenset[str] | tuple[str, ...], where: str) -> None:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Union
 
+from botcall.signaling.strict_json import JsonObject, JsonObjectError, parse_json_object_untrusted
 from botcall.errors import SignalingError
 
 MAX_TEXT_MESSAGE = 128 * 1024
@@ -100,7 +101,6 @@ class Join:
 
 
 # A JSON object as sent or received: an event, a participant.
-JsonObject = dict[str, Any]
 
 ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join]
 
@@ -142,11 +142,9 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     if len(text) > MAX_TEXT_MESSAGE:
         raise _bad(f"message larger than {MAX_TEXT_MESSAGE} bytes")
     try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise _bad("message is not JSON") from exc
-    if not isinstance(obj, dict):
-        raise _bad("message must be a JSON object")
+        obj = parse_json_object_untrusted(text)
+    except JsonObjectError as exc:
+        raise _bad(f"message is not a JSON object: {exc}") from exc
     kind = obj.get("type")
     if kind == "audio":
         data = _string(obj, "data", MAX_AUDIO_BYTES * 4 // 3 + 4)

@@ -31,7 +31,7 @@ from botcall.relay.service import MediaService, WsSink
 from botcall.relay.ws_audio import AudioOut, WsAudio
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling import messages as msg
-from botcall.signaling.messages import JsonObject
+from botcall.signaling.strict_json import JsonObject
 from botcall.signaling.rooms import (
     Capabilities,
     Reason,

@@ -48,7 +48,9 @@ def test_chat_ping_offer_hello():
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ("not json", "not JSON"),
+        ("not json", "not a JSON object"),
+        ('{"type":"ping","type":"chat"}', "duplicate member name"),  # one strict parser for HTTP and WebSocket
+        ('{"type":"ping","nonce":NaN}', "NaN is not JSON"),
         ("[1,2]", "object"),
         ('{"type":"dance"}', "unknown message type"),
         ('{"type":"control","action":"explode"}', "unknown control action"),
@@ -57,7 +59,7 @@ def test_chat_ping_offer_hello():
         ('{"type":"audio","data":"AAAA","timestamp":"now"}', "number"),
         ('{"type":"chat","text":5}', "string"),
         ('{"type":"chat","text":"' + "x" * 5000 + '"}', "longer"),
-        ("[" * 100000, "not JSON"),
+        ("[" * 100000, "not a JSON object"),
     ],
 )
 def test_bad_messages_raise_signaling_error_with_code(text, needle):
