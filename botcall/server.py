@@ -274,12 +274,24 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         udp: the bound media transport (its port is what joins advertise).
     """
     config = state.config
+
+    def speaking(peer: MediaPeer, is_speaking: bool) -> None:
+        hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
+
+    def is_speaking(session_id: str) -> bool:
+        peer = relay.peer(session_id)
+        return peer is not None and peer.speaking
+
+    # Callbacks go to the constructors (the relay and the hub each name the
+    # other's through these closures, bound before any packet arrives).
     relay = MediaRelay(
         udp.transmit,
         consent_timeout=config.media_consent_timeout_s,
         max_peers=config.max_sessions_total,
         max_handshakes=config.max_dtls_handshakes,
         max_packets_per_second=config.media_max_packets_per_second,
+        on_speaking=speaking,
+        wake=udp.wake,
     )
     state.media_port = udp.local_address[1]
     state.media = MediaService(
@@ -289,27 +301,16 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         host=_ip_literal(state.media_host),
         port=state.media_port,
     )
-    state.hub = Hub(
+    hub = state.hub = Hub(
         state.clock,
+        is_speaking=is_speaking,
         max_connections=config.max_sessions_total,
         connect_grace=config.ws_connect_grace_s,
         max_per_ip=config.max_websockets_per_ip,
         max_lobby_per_room=config.max_lobby_sockets_per_room,
     )
     state.registry.add_listener(media_listener(state.media))
-    state.registry.add_listener(state.hub.on_registry_event)
-    hub = state.hub
-
-    def speaking(peer: MediaPeer, is_speaking: bool) -> None:
-        hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
-
-    relay.on_speaking = speaking
-
-    def is_speaking(session_id: str) -> bool:
-        peer = relay.peer(session_id)
-        return peer is not None and peer.speaking
-
-    hub.is_speaking = is_speaking
+    state.registry.add_listener(hub.on_registry_event)
     state.metrics.attach_media(relay, udp)
 
 

@@ -217,6 +217,10 @@ class MediaRelay:
         max_handshakes: DTLS handshakes in progress at once; a browser's
             ClientHello beyond it is dropped (it retransmits).
         max_packets_per_second: a speaker's RTP beyond this rate is dropped.
+        on_speaking: called with (peer, speaking) when a peer starts or stops
+            sending sound.
+        wake: called when ``next_deadline()`` moved earlier outside
+            ``handle_timeout`` (the shell's timer then wakes instead of polling).
     """
 
     def __init__(
@@ -227,6 +231,8 @@ class MediaRelay:
         max_peers: int = 20000,
         max_handshakes: int = 64,
         max_packets_per_second: int = MAX_PACKETS_PER_SECOND,
+        on_speaking: Callable[[MediaPeer, bool], None] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.transmit = transmit
         self.max_packets_per_second = max_packets_per_second
@@ -264,11 +270,11 @@ class MediaRelay:
         # relay does no per-peer work ten times a second.
         self._voiced: set[MediaPeer] = set()
         # Called with (peer, speaking) when a peer starts or stops sending sound.
-        self.on_speaking: Callable[[MediaPeer, bool], None] | None = None
+        self.on_speaking = on_speaking
         # Called when next_deadline() moved earlier outside handle_timeout (a
         # DTLS handshake started, a silent relay heard sound), so the shell's
         # timer can sleep until the deadline instead of polling.
-        self.wake: Callable[[], None] | None = None
+        self.wake = wake
 
     # --- membership ----------------------------------------------------------------
 

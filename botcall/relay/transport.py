@@ -105,6 +105,7 @@ class UdpTransport:
         self._backlog_ready = trio.Event()
         self._sendto = sock.sendto
         # Pauses taken by the read loop to let packets gather (see COALESCE_MIN_RATE).
+        self._wakeup = trio.Event()
         self.coalesced = 0
 
     @property
@@ -221,19 +222,14 @@ class UdpTransport:
         The relay calls ``wake`` when a deadline appears earlier than the one
         this loop sleeps towards (a DTLS handshake starting, sound after silence).
         """
-        wakeup = trio.Event()
+        while True:
+            now = trio.current_time()
+            relay.handle_timeout(now)
+            with trio.move_on_at(max(relay.next_deadline(), now + TIMER_RESOLUTION)):
+                await self._wakeup.wait()
+            if self._wakeup.is_set():
+                self._wakeup = trio.Event()
 
-        def wake() -> None:
-            wakeup.set()
-
-        relay.wake = wake
-        try:
-            while True:
-                now = trio.current_time()
-                relay.handle_timeout(now)
-                with trio.move_on_at(max(relay.next_deadline(), now + TIMER_RESOLUTION)):
-                    await wakeup.wait()
-                if wakeup.is_set():
-                    wakeup = trio.Event()
-        finally:
-            relay.wake = None
+    def wake(self) -> None:
+        """The relay's ``wake`` callback: its next deadline moved earlier."""
+        self._wakeup.set()

@@ -132,6 +132,7 @@ class Hub:
         connect_grace: float = 30.0,
         max_per_ip: int = 32,
         max_lobby_per_room: int = 32,
+        is_speaking: Callable[[str], bool] | None = None,
     ) -> None:
         self._clock = clock
         self._by_session: dict[str, Connection] = {}
@@ -148,8 +149,8 @@ class Hub:
         self._unconnected: dict[str, float] = {}
         self._connections = 0
         self.max_connections = max_connections
-        # Whether a session is sending sound now (the server wires it to the relay).
-        self.is_speaking: Callable[[str], bool] = lambda session_id: False
+        # Whether a session is sending sound now (the server passes the relay's answer).
+        self.is_speaking: Callable[[str], bool] = is_speaking or (lambda session_id: False)
         self.connect_grace = connect_grace
 
     def expired(self, now: float) -> list[str]:

@@ -262,7 +262,7 @@ def test_speaking_follows_packets_with_sound(setup):
     latch(relay, wire, a, A_ADDR)
     latch(relay, wire, b, B_ADDR)
     changes = []
-    relay.on_speaking = lambda peer, speaking: changes.append((peer.participant_id, speaking))
+    relay.on_speaking = lambda peer, speaking: changes.append((peer.participant_id, speaking))  # as the constructor would
     relay.handle_datagram(rtp(1111, payload=b"\x01" * 80), A_ADDR, 1.0)  # a voiced frame
     relay.handle_datagram(rtp(2222, payload=b"\xf8"), B_ADDR, 1.0)  # b sends only silence frames
     relay.handle_timeout(1.05)
