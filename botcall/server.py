@@ -624,20 +624,30 @@ async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``botcall serve``."""
     configure_logging(args.log_level)
-    try:
+
+    def serve() -> int:
         config = config_from_args(args)
         if not config.issuers and not config.dev_issuer_enabled:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")
         trio.run(serve_until_signalled, config)
+        return 0
+
+    return run_command("botcall serve", serve)
+
+
+def run_command(name: str, body: Callable[[], int]) -> int:
+    """Run a command's body; a configuration or start-up problem becomes one line on
+    stderr and exit status 2 (configuration) or 1 (start-up), never a traceback."""
+    try:
+        return body()
     except (ConfigError, StartupError, BaseExceptionGroup) as exc:
         cause = sole_cause(exc)
         if not isinstance(cause, (ConfigError, StartupError)):
             raise
-        print(f"botcall serve: {cause}", file=sys.stderr)
+        print(f"{name}: {cause}", file=sys.stderr)
         return 2 if isinstance(cause, ConfigError) else 1
     except KeyboardInterrupt:
         return 0
-    return 0
 
 
 def configure_logging(level: str) -> None:

@@ -23,8 +23,7 @@ import trio
 from botcall.audio.pcm import dominant_frequency, rms_dbfs, tone
 from botcall.client import Call, connect, create_room
 from botcall.config import Config
-from botcall.errors import ConfigError, StartupError
-from botcall.server import ServerInfo, sole_cause, configure_logging, config_from_args, run_server
+from botcall.server import ServerInfo, config_from_args, configure_logging, run_command, run_server
 from botcall.server import add_arguments as add_server_arguments
 
 log = logging.getLogger("botcall.demo.echo")
@@ -194,15 +193,12 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``botcall demo``: Ctrl-C (or SIGTERM) stops it with one line."""
     configure_logging("INFO")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
-    try:
+
+    def demo() -> int:
         config = config_from_args(args)
         return trio.run(_run_until_signalled, config, 660.0 if args.self_test else None)
-    except (ConfigError, StartupError, BaseExceptionGroup) as exc:
-        cause = sole_cause(exc)
-        if not isinstance(cause, (ConfigError, StartupError)):
-            raise
-        print(f"botcall demo: {cause}", file=sys.stderr)
-        return 2 if isinstance(cause, ConfigError) else 1
+
+    return run_command("botcall demo", demo)
 
 
 async def _run_until_signalled(config: Config, self_test_frequency: float | None) -> int:

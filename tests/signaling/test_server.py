@@ -186,3 +186,23 @@ async def test_an_unwritable_data_directory_names_the_path_and_flag(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StartupError, match="data directory .*--data-dir"):
         await run_server(make_config(blocker / "data"))
+
+
+def test_commands_turn_start_up_problems_into_one_line(capsys):
+    from botcall.server import run_command
+
+    def busy() -> int:
+        raise BaseExceptionGroup("nursery", [BaseExceptionGroup("inner", [StartupError("HTTP port 8080 on 127.0.0.1 is already in use; choose another with --port")])])
+
+    def misconfigured() -> int:
+        raise ConfigError("give exactly one --jwks for each --issuer")
+
+    assert run_command("botcall serve", busy) == 1
+    assert run_command("botcall demo", misconfigured) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "botcall serve: HTTP port 8080 on 127.0.0.1 is already in use; choose another with --port",
+        "botcall demo: give exactly one --jwks for each --issuer",
+    ]
+    with pytest.raises(RuntimeError):
+        run_command("botcall serve", lambda: (_ for _ in ()).throw(RuntimeError("a bug is not hidden")))
