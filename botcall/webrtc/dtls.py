@@ -67,8 +67,6 @@ Malformed datagrams
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import secrets
 import struct
@@ -85,6 +83,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
+from botcall.webrtc.fingerprint import Fingerprint, FingerprintError
 from botcall.errors import DtlsError
 from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
 
@@ -326,85 +325,31 @@ def _is_alert(item: _FlightItem) -> bool:
 
 # SDP hash function names (RFC 8122 §5, IANA "Hash Function Textual Names").
 # MD5 and MD2 are deliberately absent.
-_HASHES: dict[str, tuple[str, int]] = {
-    "sha-1": ("sha1", 20),
-    "sha-224": ("sha224", 28),
-    "sha-256": ("sha256", 32),
-    "sha-384": ("sha384", 48),
-    "sha-512": ("sha512", 64),
-}
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+# The one fingerprint type lives in webrtc/fingerprint.py; these names stay
+# for the endpoint's callers.
+DtlsFingerprint = Fingerprint
 
 
-@dataclass(frozen=True, slots=True)
-class DtlsFingerprint:
-    """A certificate fingerprint: ``str(fp)`` is the SDP form ``"sha-256 AB:CD:..."``.
-
-    Use it as ``f"a=fingerprint:{fp}"`` (RFC 8122 §5).
-    """
-
-    algorithm: str
-    digest: bytes
-
-    def __str__(self) -> str:
-        return f"{self.algorithm} {self.digest.hex(':').upper()}"
-
-    def matches(self, certificate_der: bytes) -> bool:
-        """Whether a DER certificate has this fingerprint (constant-time comparison)."""
-        hash_name = _HASHES[self.algorithm][0]
-        return hmac.compare_digest(hashlib.new(hash_name, certificate_der).digest(), self.digest)
-
-
-def fingerprint_of_der(certificate_der: bytes, algorithm: str = "sha-256") -> DtlsFingerprint:
-    """Fingerprint a DER-encoded certificate.
-
-    Args:
-        certificate_der: the certificate as sent in the handshake.
-        algorithm: an RFC 8122 hash name (``sha-1``, ``sha-224``, ``sha-256``,
-            ``sha-384``, ``sha-512``).
-
-    Returns:
-        The fingerprint.
+def fingerprint_of_der(certificate_der: bytes, algorithm: str = "sha-256") -> Fingerprint:
+    """Fingerprint a DER-encoded certificate (``Fingerprint.of_der``).
 
     Raises:
-        ValueError: an unsupported algorithm.
+        ValueError: an unsupported algorithm (a ``FingerprintError``).
     """
-    if algorithm not in _HASHES:
-        raise ValueError(f"unsupported fingerprint algorithm {algorithm!r}")
-    return DtlsFingerprint(algorithm, hashlib.new(_HASHES[algorithm][0], certificate_der).digest())
+    return Fingerprint.of_der(certificate_der, algorithm)
 
 
-def parse_fingerprint_untrusted(value: str) -> DtlsFingerprint:
+def parse_fingerprint_untrusted(value: str) -> Fingerprint:
     """Parse the value of an SDP ``a=fingerprint`` attribute (RFC 8122 §5).
-
-    Args:
-        value: ``"<hash-func> <hex pairs separated by colons>"``; the hash name
-            is case-insensitive, the hex digits may be either case.
-
-    Returns:
-        The fingerprint.
 
     Raises:
         DtlsError: an unsupported hash function or a malformed or wrong-length
             digest (counter ``dtls_bad_fingerprint``).
     """
-    parts = value.split()
-    if len(parts) != 2:
-        raise DtlsError("a fingerprint is '<hash-func> <hex:hex:...>'", counter="dtls_bad_fingerprint")
-    algorithm = parts[0].lower()
-    if algorithm not in _HASHES:
-        raise DtlsError(f"unsupported fingerprint hash {parts[0][:16]!r}", counter="dtls_bad_fingerprint")
-    pairs = parts[1].split(":")
-    size = _HASHES[algorithm][1]
-    if len(pairs) != size or any(len(pair) != 2 for pair in pairs):
-        raise DtlsError(
-            f"a {algorithm} fingerprint is {size} colon-separated hex pairs", counter="dtls_bad_fingerprint"
-        )
-    hex_digits = "".join(pairs)
-    if not all(c in _HEX_DIGITS for c in hex_digits):
-        raise DtlsError("fingerprint digest is not hexadecimal", counter="dtls_bad_fingerprint")
-    digest = bytes.fromhex(hex_digits)
-    return DtlsFingerprint(algorithm, digest)
+    try:
+        return Fingerprint.parse_untrusted(value)
+    except FingerprintError as exc:
+        raise DtlsError(str(exc), counter="dtls_bad_fingerprint") from None
 
 
 # --- The certificate ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
+from botcall.webrtc.fingerprint import Fingerprint, FingerprintError
 from botcall.errors import SdpError
 
 __all__ = [
@@ -60,13 +61,11 @@ DEFAULT_OPUS_FMTP = "minptime=10;useinbandfec=1"
 HOST_CANDIDATE_PRIORITY = 2130706431
 
 # Digest sizes of the RFC 8122 §5 hash functions we accept (md2/md5 are not).
-_DIGEST_SIZES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
 _FINGERPRINT_PREFERENCE = ("sha-256", "sha-384", "sha-512", "sha-224", "sha-1")
 
 _LINE_TYPES = frozenset("vosiuepcbtrzkam")  # RFC 8866 §5
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+")  # RFC 8839 §5.4 ice-char
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 8866 §9 token
-_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _MSID_ID = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]{1,64}")  # RFC 8830 §2 msid-id
 
@@ -108,43 +107,6 @@ class SetupRole(StrEnum):
     ACTIVE = "active"
     PASSIVE = "passive"
     HOLDCONN = "holdconn"
-
-
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
-    """A certificate fingerprint (RFC 8122 §5): ``algorithm`` lower case, ``value``
-    upper-case hex pairs separated by colons."""
-
-    algorithm: str
-    value: str
-
-    def __str__(self) -> str:
-        return f"{self.algorithm} {self.value}"
-
-    @classmethod
-    def parse(cls, text: str) -> Fingerprint:
-        """Parse ``"sha-256 AB:CD:..."``; a bare ``"AB:CD:..."`` is taken as SHA-256.
-
-        Args:
-            text: the attribute value.
-
-        Returns:
-            The normalised fingerprint.
-
-        Raises:
-            SdpError: unknown algorithm, bad hex, or a size that does not match it.
-        """
-        algorithm, space, value = text.strip().partition(" ")
-        if not space:
-            algorithm, value = "sha-256", algorithm
-        algorithm = algorithm.lower()
-        value = value.strip()
-        size = _DIGEST_SIZES.get(algorithm)
-        if size is None:
-            raise SdpError(f"unsupported fingerprint algorithm {algorithm[:20]!r} (RFC 8122 §5)")
-        if len(value) != 3 * size - 1 or not _HEX_PAIRS.fullmatch(value):
-            raise SdpError(f"a {algorithm} fingerprint must be {size} colon-separated hex bytes")
-        return cls(algorithm, value.upper())
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,8 +352,8 @@ def _fingerprints(media: SdpSection, session: SdpSection) -> tuple[Fingerprint, 
         if value is None:
             raise SdpError("a=fingerprint needs a value")
         try:
-            accepted.append(Fingerprint.parse(value))
-        except SdpError:
+            accepted.append(Fingerprint.parse_untrusted(value, bare_is_sha256=True))
+        except FingerprintError:
             # An algorithm we do not take (md5...) next to a good one is fine.
             continue
     if not accepted:
@@ -668,10 +630,7 @@ def build_answer(
     if not 22 <= len(ice_pwd) <= 256 or not _ICE_CHARS.fullmatch(ice_pwd):
         raise ValueError("ice_pwd must be 22-256 ICE characters (RFC 8839 §5.4)")
     if isinstance(fingerprint, str):
-        try:
-            fingerprint = Fingerprint.parse(fingerprint)
-        except SdpError as exc:
-            raise ValueError(str(exc)) from None
+        fingerprint = Fingerprint.parse_untrusted(fingerprint, bare_is_sha256=True)  # a ValueError when bad
     address = ipaddress.ip_address(host)
     address_type = "IP4" if address.version == 4 else "IP6"
     if not 1 <= port <= 0xFFFF:

@@ -22,6 +22,7 @@ from botcall.errors import SdpError
 from botcall.wire.demux import PacketKind, classify
 from botcall.webrtc.ice_lite import BindingReason, CheckResult, IceLiteState, answer_binding_untrusted
 from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, binding_check, parse_stun_untrusted
+from botcall.webrtc.fingerprint import FingerprintError
 from botcall.webrtc.sdp import (
     MAX_SDP_CHARS,
     MAX_SDP_LINES,
@@ -201,7 +202,7 @@ def test_chrome_offer_fields(name):
     assert offer.opus_fmtp == "minptime=10;useinbandfec=1"
     assert offer.opus_fmtp_params() == {"minptime": "10", "useinbandfec": "1"}
     assert offer.ice_ufrag == expected["ice_ufrag"] and offer.ice_pwd == expected["ice_pwd"]
-    assert offer.fingerprint == Fingerprint("sha-256", expected["fingerprint_value"])
+    assert offer.fingerprint == Fingerprint("sha-256", bytes.fromhex(expected["fingerprint_value"].replace(":", "")))
     assert offer.setup is SetupRole.ACTPASS
     assert offer.direction is expected["direction"]
     assert offer.ssrcs == expected["ssrcs"] and offer.cname == expected["cname"]
@@ -254,7 +255,7 @@ def test_firefox_offer_uses_pt_109_and_session_level_fingerprint(name, kinds):
     assert offer.opus_payload_type == 109
     assert offer.opus_fmtp_params() == {"maxplaybackrate": "48000", "stereo": "1", "useinbandfec": "1"}
     # Firefox puts the fingerprint at session level only.
-    assert offer.fingerprint.algorithm == "sha-256" and offer.fingerprint.value.startswith("3D:5A:8C")
+    assert offer.fingerprint.algorithm == "sha-256" and str(offer.fingerprint).startswith("sha-256 3D:5A:8C")
     assert offer.ice_ufrag == "a7c3e1f9" and offer.ice_pwd == "5e9f2b7c1d4a3e8f6b0c9d2e7a1f4b3c"
     assert offer.setup is SetupRole.ACTPASS and offer.ice_options == ("trickle",)
     assert offer.ssrcs == (2875843227,) and offer.cname == "{e1d2c3b4-a596-4788-b9aa-bbccddeeff00}"
@@ -317,7 +318,7 @@ def test_ipv6_host():
 def test_fingerprint_argument_forms_agree():
     offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
     value = OUR_FINGERPRINT.split()[1]
-    as_object = answer_to(offer, fingerprint=Fingerprint("sha-256", value))
+    as_object = answer_to(offer, fingerprint=Fingerprint.parse_untrusted(f"sha-256 {value}"))
     assert answer_to(offer, fingerprint=value) == as_object == answer_to(offer, fingerprint=value.lower())
 
 
@@ -444,11 +445,12 @@ def test_generic_parser_keeps_attribute_order_and_flags():
 
 def test_fingerprint_parse():
     value = ":".join(["ab"] * 32)
-    assert Fingerprint.parse(f"SHA-256 {value}") == Fingerprint("sha-256", value.upper())
-    assert str(Fingerprint.parse(value)) == f"sha-256 {value.upper()}"
-    for bad in ("sha-256 " + ":".join(["ab"] * 31), "sha-256 zz" + ":ab" * 31, "md5 " + ":".join(["ab"] * 16)):
-        with pytest.raises(SdpError):
-            Fingerprint.parse(bad)
+    # One type for SDP and DTLS (webrtc/fingerprint.py); SDP also takes a bare SHA-256 digest.
+    assert Fingerprint.parse_untrusted(f"SHA-256 {value}", bare_is_sha256=True) == Fingerprint("sha-256", bytes([0xAB] * 32))
+    assert str(Fingerprint.parse_untrusted(value, bare_is_sha256=True)) == f"sha-256 {value.upper()}"
+    for bad in ("sha-256 " + ":".join(["ab"] * 31), "sha-256 zz" + ":ab" * 31, "md5 " + ":".join(["ab"] * 16), value):
+        with pytest.raises(FingerprintError):
+            Fingerprint.parse_untrusted(bad)
 
 
 # --- Rejected offers -------------------------------------------------------------
