@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from botcall.audio.jitter import DelayEstimator
+from botcall.audio.delay import DelayEstimator
 
 
 def estimator(**kw) -> DelayEstimator:
