@@ -116,6 +116,30 @@ class ApiError(BotCallError):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+# Machine codes for HTTP errors that are not ApiErrors: those Quart, Hypercorn
+# and h11 produce themselves (docs/protocol.md, "Error codes").
+HTTP_STATUS_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "body_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    503: "service_unavailable",
+    505: "http_version_not_supported",
+}
+
+
+def http_error_json(status: int, message: str, code: str | None = None) -> dict[str, dict[str, str]]:
+    """The JSON error body of any HTTP error: ``{"error": {"code", "message"}}``."""
+    return ApiError(message, code=code or HTTP_STATUS_CODES.get(status, f"http_{status}"), status=status).to_json()
+
+
 class BadRequest(ApiError):
     status = 400
     code = "bad_request"

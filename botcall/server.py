@@ -461,7 +461,6 @@ async def run_server(
                     keep_alive_timeout=config.keep_alive_timeout_s,
                     ws_max_message_bytes=config.ws_max_message_bytes,
                     allow_http2=config.http2,
-                    graceful_timeout=config.shutdown_grace_s,
                 ),
                 budget,
                 header_timeout=config.header_timeout_s,

@@ -116,7 +116,7 @@ class WsAudio:
         self._timestamp = 0
         self._pcm = bytearray()
         self._backlog_bytes = int(backlog_s * sample_rate) * 2
-        self._encoder: OpusEncoder | None = None
+        self._encoder = OpusEncoder(sample_rate) if encoding == "pcm16" else None
         self._playout: Playout | None = None
         self._names: dict[int, str] = {}
         self._speaker_seq: dict[int, int] = {}
@@ -175,9 +175,7 @@ class WsAudio:
     @property
     def pending_frames(self) -> int:
         """Whole 20 ms frames of pcm16 waiting to be encoded."""
-        if self._encoder is None:
-            self._encoder = OpusEncoder(self.sample_rate)
-        return len(self._pcm) // self._encoder.frame_bytes
+        return 0 if self._encoder is None else len(self._pcm) // self._encoder.frame_bytes
 
     def encode_pending(self, now: float, max_frames: int) -> int:
         """Encode up to ``max_frames`` queued 20 ms frames and hand them to the relay.

@@ -28,7 +28,8 @@ class HeaderLookup(Protocol):
 MAX_HOPS = 32
 
 
-def _is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (text) is in one of ``networks``; not an address: False."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -79,7 +80,7 @@ def client_address(peer: str | None, headers: HeaderLookup, trusted: tuple[Netwo
         ``peer`` unless it is a trusted proxy that forwarded a client address.
     """
     address = peer or "unknown"
-    if not trusted or not _is_trusted(address, trusted):
+    if not trusted or not is_trusted(address, trusted):
         return address
     chain = _forwarded_chain(headers)
     if not chain:
@@ -87,9 +88,9 @@ def client_address(peer: str | None, headers: HeaderLookup, trusted: tuple[Netwo
     for node in reversed(chain):
         if node is None:
             return address  # an unreadable hop: trust nothing beyond it
-        if not _is_trusted(node, trusted):
+        if not is_trusted(node, trusted):
             return node
     return chain[0] or address
 
 
-__all__ = ["MAX_HOPS", "client_address"]
+__all__ = ["MAX_HOPS", "client_address", "is_trusted"]

@@ -39,7 +39,7 @@ from botcall.auth.invites import invite_url
 from botcall.auth.keys import DevIssuer, KeyRing, download_jwks
 from botcall.auth.ratelimit import Limiters
 from botcall.config import Config
-from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError
+from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError, http_error_json
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.signaling import strict_json
@@ -66,14 +66,6 @@ _MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate"})
 _CREATE_FIELDS = frozenset({"max_human_participants", "expires_in"})
 _BOT_TRANSPORTS = ("udp", "websocket")
 
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
 
 
 # --- request bodies (pure) ---------------------------------------------------------------
@@ -555,11 +547,10 @@ def create_app(state: AppState) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        code = _HTTP_CODES.get(status, f"http_{status}")
-        state.metrics.rejections.labels(code=code).inc()
+        body = http_error_json(status, error.description or error.name)
+        state.metrics.rejections.labels(code=body["error"]["code"]).inc()
         headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
-        message = error.description or error.name
-        return _json({"error": {"code": code, "message": message}}, status=status, headers=headers)
+        return _json(body, status=status, headers=headers)
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:

@@ -68,23 +68,11 @@ from hypercorn.utils import parse_socket_addr, wrap_app
 
 from botcall.auth.ratelimit import TokenBucket
 from botcall.config import RateLimit
+from botcall.errors import http_error_json
+from botcall.signaling.forwarded import is_trusted
 
 log = logging.getLogger("botcall.http")
 
-# Machine codes of the errors Hypercorn and h11 produce before our app runs.
-HTTP_ERROR_CODES = {
-    400: "bad_request",
-    403: "forbidden",
-    404: "not_found",
-    408: "request_timeout",
-    413: "body_too_large",
-    414: "uri_too_long",
-    431: "headers_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-    503: "too_many_connections",
-    505: "http_version_not_supported",
-}
 _HTTP_MESSAGES = {
     400: "the request is not valid HTTP/1.1",
     404: "not found",
@@ -103,9 +91,8 @@ SEND_TIMEOUT = 10.0
 
 def json_error_body(status: int, message: str | None = None, code: str | None = None) -> bytes:
     """The JSON error body for ``status`` (our shape: ``{"error": {"code", "message"}}``)."""
-    code = code or HTTP_ERROR_CODES.get(status, f"http_{status}")
     text = message or _HTTP_MESSAGES.get(status) or f"HTTP error {status}"
-    return json.dumps({"error": {"code": code, "message": text}}, separators=(",", ":")).encode()
+    return json.dumps(http_error_json(status, text, code), separators=(",", ":")).encode()
 
 
 def raw_json_response(
@@ -166,13 +153,7 @@ class ConnectionBudget:
         self.refused: Counter[str] = Counter()
 
     def is_exempt(self, ip: str) -> bool:
-        if not self._exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self._exempt)
+        return bool(self._exempt) and is_trusted(ip, self._exempt)
 
     def admit(self, ip: str, now: float = 0.0) -> Refusal | None:
         """Count a new connection from ``ip`` at ``now`` (seconds), or say why it may not open.
@@ -652,7 +633,6 @@ def hypercorn_config(
     keep_alive_timeout: float,
     ws_max_message_bytes: int,
     allow_http2: bool,
-    graceful_timeout: float,
 ) -> HypercornConfig:
     """The Hypercorn settings our server runs with."""
     config = HypercornConfig()
@@ -660,7 +640,6 @@ def hypercorn_config(
     config.accesslog = None
     config.keep_alive_timeout = keep_alive_timeout
     config.websocket_max_message_size = ws_max_message_bytes
-    config.graceful_timeout = graceful_timeout
     config.alpn_protocols = ["h2", "http/1.1"] if allow_http2 else ["http/1.1"]
     # With HTTP/2 on, few streams per connection (rapid-reset floods cost less).
     config.h2_max_concurrent_streams = 16
@@ -670,7 +649,6 @@ def hypercorn_config(
 __all__ = [
     "ConnectionBudget",
     "ContainedTCPServer",
-    "HTTP_ERROR_CODES",
     "HttpServer",
     "Refusal",
     "connection_ceiling",

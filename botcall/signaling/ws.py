@@ -174,11 +174,9 @@ class Hub:
                 client address holds ``max_per_ip``, or the room's lobby holds
                 ``max_lobby_per_room`` (a lobby connection has no session yet).
         """
-        room = self._by_room.setdefault(connection.room_id, set())
-        if connection in room:
+        room = self._by_room.get(connection.room_id)
+        if room is not None and connection in room:
             return
-        if not room:
-            del self._by_room[connection.room_id]
         if self._connections >= self.max_connections:
             raise SignalingError("server has too many connections", code="server_full", close_code=msg.CLOSE_TRY_AGAIN_LATER)
         if self._per_ip.get(connection.client_ip, 0) >= self.max_per_ip:
