@@ -14,6 +14,8 @@ from typing import Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from botcall import counters
+
 
 # What the collectors read, as Protocols: metrics.py imports no relay or server
 # module (``relay.core.MediaRelay``, ``relay.transport.UdpTransport``,
@@ -124,11 +126,15 @@ class _MediaCollector:
         self.udp = udp
 
     def collect(self) -> Iterator[Metric]:
-        events = CounterMetricFamily("botcall_media_events", "Relay events and drops, by name.", labels=["event"])
+        events = CounterMetricFamily(
+            "botcall_media_events", "Relay events and drops, by name (help: botcall_media_<name>_total).", labels=["event"]
+        )
         # Summed, not merged: a name both count must not hide one of the two.
-        for name, value in sorted((self.relay.counters + self.udp.counters).items()):
+        counted = sorted((self.relay.counters + self.udp.counters).items())
+        for name, value in counted:
             events.add_metric([name], value)
         yield events
+        yield from _catalogued_families(counted)
         peers = self.relay.all_peers()
         # Peers that left took their counts with them: the relay keeps the sum.
         received = CounterMetricFamily("botcall_media_received_packets", "RTP packets accepted from peers.")
@@ -140,6 +146,32 @@ class _MediaCollector:
         live = GaugeMetricFamily("botcall_media_peers", "Media peers, latched or not.")
         live.add_metric([], len(peers))
         yield live
+
+
+def _catalogued_families(counted: list[tuple[str, int]]) -> Iterator[Metric]:
+    """Each catalogued name as its own family with its help text (``botcall/counters.py``),
+    zero until counted; errno families labelled by errno; an uncatalogued name under
+    ``botcall_media_uncatalogued_total{event}`` (the catalogue test keeps it empty)."""
+    values = dict(counted)
+    for name, entry in counters.CATALOGUE.items():
+        family = CounterMetricFamily(f"botcall_media_{name}", f"{entry.help} ({entry.kind.value})")
+        family.add_metric([], values.get(name, 0))
+        yield family
+    by_errno = {
+        prefix: CounterMetricFamily(f"botcall_media_{prefix[:-1]}s", help_text, labels=["errno"])
+        for prefix, help_text in counters.ERRNO_FAMILIES.items()
+    }
+    stray = CounterMetricFamily("botcall_media_uncatalogued", "Counted names missing from the catalogue.", labels=["event"])
+    for name, value in counted:
+        if name in counters.CATALOGUE:
+            continue
+        errno = counters.errno_family(name)
+        if errno is not None:
+            by_errno[errno[0]].add_metric([errno[1]], value)
+        else:
+            stray.add_metric([name], value)
+    yield from by_errno.values()
+    yield stray
 
 
 class _HttpCollector:
