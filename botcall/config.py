@@ -101,6 +101,11 @@ class Config:
     media_max_packets_per_second: int = 200
     # A session with no WebSocket for this long (never connected, or dropped) is ended.
     ws_connect_grace_s: float = 30.0
+    # A bot may send its speech this many seconds ahead of real time; the relay
+    # holds it (about 4 kB a second of Opus) and plays it out. Beyond: playout_full.
+    playout_max_ahead_s: float = 120.0
+    # Marks a bot may have waiting to fire.
+    playout_max_marks: int = 1000
 
     # --- attestations ---------------------------------------------------------------
     audience: str = "botcall"
@@ -213,6 +218,7 @@ class Config:
             "closed_rooms_remembered", "closed_rooms_remembered_s", "max_display_name_chars",
             "rate_limit_table_max", "max_body_bytes", "media_consent_timeout_s",
             "max_dtls_handshakes", "media_max_packets_per_second", "ws_connect_grace_s",
+            "playout_max_ahead_s", "playout_max_marks",
             "max_connections", "fd_reserve", "max_connections_per_ip", "max_websockets_per_ip",
             "max_lobby_sockets_per_room", "header_timeout_s", "body_timeout_s",
             "keep_alive_timeout_s", "ws_max_message_bytes", "shutdown_grace_s",

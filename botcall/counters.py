@@ -58,6 +58,7 @@ CATALOGUE: Mapping[str, Counted] = {
     "wrong_payload_type": Counted(_D, "RTP whose payload type is not the session's."),
     "muted": Counted(_D, "RTP from a muted participant."),
     "rate_limited": Counted(_D, "RTP over a peer's packets-per-second budget."),
+    "playout_full": Counted(_D, "A bot's audio refused: more than max_ahead seconds ahead of playback."),
     "rtcp_relayed": Counted(_E, "RTCP packets forwarded to the room."),
     "not_latched": Counted(_D, "Packets for a UDP peer with no latched address yet."),
     "not_connected": Counted(_D, "Packets for a browser whose DTLS-SRTP is not up yet."),

@@ -49,10 +49,12 @@ from botcall.logs import install_redaction
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls import DtlsCertificate
-from botcall.relay.core import Address, MediaPeer, MediaRelay
+from botcall.relay.bot_playout import MarkReached
+from botcall.relay.core import Address, MediaEvent, MediaPeer, MediaRelay, StreamStarted
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.media_link import media_listener
+from botcall.signaling.messages import playout_full_event, stream_started_event
 from botcall.signaling.rooms import Reason, RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
 from botcall.signaling.serving import (
     ConnectionBudget,
@@ -278,6 +280,18 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
     def speaking(peer: MediaPeer, is_speaking: bool) -> None:
         hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
 
+    def media_event(peer: MediaPeer, event: MediaEvent) -> None:
+        if isinstance(event, StreamStarted):
+            hub.broadcast(peer.room_id, stream_started_event(peer.participant_id, peer.ssrc, event.rtp_timestamp))
+            return
+        connection = hub.connection(peer.session_id)
+        if connection is None:
+            return  # no WebSocket now: a bot that reconnects reads the stream clock from its next events
+        if isinstance(event, MarkReached):
+            connection.send_event({"type": "mark", "name": event.name, "played_ms": event.played_ms})
+        else:
+            connection.send_event(playout_full_event(event.ahead_ms, event.max_ahead_ms))
+
     def is_speaking(session_id: str) -> bool:
         peer = relay.peer(session_id)
         return peer is not None and peer.speaking
@@ -291,6 +305,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         max_handshakes=config.max_dtls_handshakes,
         max_packets_per_second=config.media_max_packets_per_second,
         on_speaking=speaking,
+        on_event=media_event,
         wake=udp.wake,
     )
     state.media_port = udp.local_address[1]
@@ -300,6 +315,8 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         certificate=DtlsCertificate.generate(),
         host=_ip_literal(state.media_host),
         port=state.media_port,
+        playout_max_ahead=config.playout_max_ahead_s,
+        playout_max_marks=config.playout_max_marks,
     )
     hub = state.hub = Hub(
         state.clock,

@@ -50,6 +50,46 @@ MAX_PACKET_DURATION = 0.120
 MAX_PAYLOAD_BYTES = 1275 * 3
 """Upper bound of one encoded 20 ms packet (1275 bytes per frame, RFC 6716 §3.2.1)."""
 
+# Samples at 48 kHz of one frame, by the TOC byte's configuration number
+# (RFC 6716 §3.1, Table 2): SILK 10/20/40/60 ms, hybrid 10/20 ms, CELT 2.5/5/10/20 ms.
+_FRAME_SAMPLES_BY_CONFIG = tuple(
+    (480, 960, 1920, 2880)[config % 4] if config < 12
+    else (480, 960)[config % 2] if config < 16
+    else (120, 240, 480, 960)[config % 4]
+    for config in range(32)
+)
+
+
+def packet_samples_untrusted(payload: bytes | memoryview) -> int:
+    """Samples per channel at 48 kHz in one Opus packet, from its TOC byte (RFC 6716 §3.1).
+
+    Reads the TOC (and, for code 3, the frame count byte) only: the packet is
+    not decoded, so a packet whose frames are damaged still has a duration.
+
+    Raises:
+        OpusDecodeError: an empty packet, a code-3 packet without its count
+            byte or with no frames, or one longer than 120 ms (§3.2.5).
+    """
+    if not payload:
+        raise OpusDecodeError("empty Opus packet")
+    toc = payload[0]
+    code = toc & 0x03
+    if code == 0:
+        frames = 1
+    elif code < 3:
+        frames = 2
+    else:
+        if len(payload) < 2:
+            raise OpusDecodeError("Opus code-3 packet without its frame count")
+        frames = payload[1] & 0x3F
+        if frames == 0:
+            raise OpusDecodeError("Opus code-3 packet with no frames")
+    samples = _FRAME_SAMPLES_BY_CONFIG[toc >> 3] * frames
+    if samples > 5760:
+        raise OpusDecodeError(f"Opus packet of {samples} samples is longer than 120 ms")
+    return samples
+
+
 _APPLICATIONS = {
     "voip": opuslib.APPLICATION_VOIP,
     "audio": opuslib.APPLICATION_AUDIO,

@@ -38,6 +38,7 @@ class DecodedFrame:
             ``EXPAND`` (PLC while the buffer grows).
         sequence: the extended RTP sequence number the frame stands for.
         recovered: a lost frame rebuilt from the next packet's in-band FEC.
+        timestamp: the speaker's RTP timestamp the frame stands for (48 kHz, not extended).
     """
 
     ssrc: int
@@ -45,6 +46,7 @@ class DecodedFrame:
     kind: FrameKind
     sequence: int
     recovered: bool = False
+    timestamp: int = 0
 
 
 class _Speaker:
@@ -130,7 +132,7 @@ class Playout:
                     pcm = decoder.conceal()
             else:
                 pcm = decoder.conceal()
-            out.append(DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, recovered))
+            out.append(DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, recovered, frame.timestamp & 0xFFFFFFFF))
         if now >= self._next_forget:
             self._next_forget = now + 1.0
             self._forget_idle(now)

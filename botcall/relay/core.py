@@ -32,7 +32,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, cast
 
+from botcall.audio.opus import packet_samples_untrusted
 from botcall.errors import BadPacket
+from botcall.relay.bot_playout import BotPlayout, Cleared, MarkReached, Push
 from botcall.webrtc import ice_lite
 from botcall.wire.demux import RTCP_BY_SECOND_BYTE, PacketKind, classify
 from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
@@ -52,6 +54,8 @@ Address = tuple[str, int]  # (host, port) as the socket module gives it
 Transmit = Callable[[bytes, Address], None]
 
 _SSRC_AT_4 = struct.Struct("!I")
+_U32_AT = struct.Struct("!I").unpack_from
+_U16_AT = struct.Struct("!H").unpack_from
 # classify() answered for every first byte ahead of time: the hot path indexes a
 # tuple instead of calling a function and comparing enums (RFC 7983 §7).
 _IS_RTP = tuple(classify(first) is PacketKind.RTP for first in range(256))
@@ -70,6 +74,46 @@ RTCP_MIN_SIZE = 8
 # comes near it (RTP ~200, STUN ~100, DTLS flights are cut below 1200 by
 # browsers); anything longer is dropped unread by the transport ("oversized").
 MAX_DATAGRAM = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutFull:
+    """A bot's audio was refused: it is ``ahead_ms`` ahead of playback, the limit ``max_ahead_ms``."""
+
+    ahead_ms: int
+    max_ahead_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """A peer's first RTP packet: its timestamp is position 0 of the peer's stream (``stream_ms``)."""
+
+    rtp_timestamp: int
+
+
+MediaEvent = MarkReached | PlayoutFull | StreamStarted
+
+
+def stream_ms(origin: int | None, timestamp: int) -> int:
+    """A packet's position in its speaker's stream: ms since the speaker's first
+    packet (``MediaPeer.stream_origin``), from the 48 kHz RTP clock."""
+    return 0 if origin is None else ((timestamp - origin) & 0xFFFFFFFF) // 48
+
+
+def _payload_offset(data: bytes) -> int:
+    """Where a checked RTP packet's payload starts (after CSRCs and the extension).
+
+    Raises:
+        IndexError: a packet too short for the header it announces.
+    """
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        if offset + 4 > len(data):
+            raise IndexError("truncated extension header")
+        offset += 4 + 4 * _U16_AT(data, offset + 2)[0]
+    if offset >= len(data):
+        raise IndexError("no payload")
+    return offset
 
 
 def rtcp_sender_ssrcs(packet: RtcpPacket) -> tuple[int, ...]:
@@ -175,6 +219,17 @@ class MediaPeer:
     # The datagram handler for this peer when it needs one that is not plain
     # RTP (a browser: SRTP and DTLS). Set by the WebRTC bridge.
     secure: SecureLeg | None = None
+    # A bot's outgoing speech, paced by the relay (None for browsers, whose
+    # audio is live): see bot_playout.py.
+    playout: BotPlayout | None = None
+    # The RTP timestamp of the peer's first packet: stream positions
+    # (``stream_ms``) count from it.
+    stream_origin: int | None = None
+    # When the last "playout_full" was reported (once a second at most).
+    playout_full_reported: float = -1e9
+    # How long audio waits in this listener's own buffers before it is heard
+    # (its playout_delay report, ms): heard_ms is played_ms minus this.
+    playout_delay_ms: int = 0
 
     def __post_init__(self) -> None:
         self.ssrc_bytes = _SSRC_AT_4.pack(self.ssrc)
@@ -219,6 +274,11 @@ class MediaRelay:
         max_packets_per_second: a speaker's RTP beyond this rate is dropped.
         on_speaking: called with (peer, speaking) when a peer starts or stops
             sending sound.
+        on_event: called with (peer, event) for what the signaling layer tells
+            people: ``StreamStarted`` at a peer's first packet, and a bot's
+            playout events: ``MarkReached`` as playback passes a mark,
+            ``PlayoutFull`` when audio beyond ``max_ahead`` is refused (once a
+            second at most).
         wake: called when ``next_deadline()`` moved earlier outside
             ``handle_timeout`` (the shell's timer then wakes instead of polling).
     """
@@ -232,6 +292,7 @@ class MediaRelay:
         max_handshakes: int = 64,
         max_packets_per_second: int = MAX_PACKETS_PER_SECOND,
         on_speaking: Callable[[MediaPeer, bool], None] | None = None,
+        on_event: Callable[[MediaPeer, MediaEvent], None] | None = None,
         wake: Callable[[], None] | None = None,
     ) -> None:
         self.transmit = transmit
@@ -271,6 +332,9 @@ class MediaRelay:
         self._voiced: set[MediaPeer] = set()
         # Called with (peer, speaking) when a peer starts or stops sending sound.
         self.on_speaking = on_speaking
+        self.on_event = on_event
+        # Bots with speech queued in their playout: the timer releases it.
+        self._playing: set[MediaPeer] = set()
         # Called when next_deadline() moved earlier outside handle_timeout (a
         # DTLS handshake started, a silent relay heard sound), so the shell's
         # timer can sleep until the deadline instead of polling.
@@ -323,6 +387,7 @@ class MediaRelay:
             return None
         self.timed.discard(peer.secure)
         self._voiced.discard(peer)
+        self._playing.discard(peer)
         if peer.ice_ufrag is not None:
             self._by_ufrag.pop(peer.ice_ufrag, None)
         if peer.ice is not None:
@@ -432,6 +497,17 @@ class MediaRelay:
         if peer.muted:
             self.drop(peer, "muted")
             return
+        if peer.stream_origin is None:
+            peer.stream_origin = _U32_AT(data, 4)[0]
+            if self.on_event is not None:
+                self.on_event(peer, StreamStarted(peer.stream_origin))
+        if peer.playout is not None:
+            self._push_playout(peer, peer.playout, data, now)
+            return
+        self.forward(peer, data, now)
+
+    def forward(self, peer: MediaPeer, data: bytes, now: float) -> None:
+        """Send a checked RTP packet of ``peer`` to everyone else in its room (rate-limited)."""
         if now - peer.window_start >= 1.0:
             peer.window_start = now
             peer.window_packets = 0
@@ -448,6 +524,81 @@ class MediaRelay:
                 self._start_voice(peer)
         for sink in peer.fanout:
             sink.deliver_rtp(data, peer, now)
+
+    # --- a bot's speech: played out at real time ----------------------------------------
+
+    def _push_playout(self, peer: MediaPeer, playout: BotPlayout, data: bytes, now: float) -> None:
+        try:
+            samples = packet_samples_untrusted(memoryview(data)[_payload_offset(data) :])
+        except (BadPacket, IndexError):
+            self.drop(peer, "malformed_rtp")
+            return
+        timestamp = _U32_AT(data, 4)[0]
+        position = playout.position_of(timestamp)
+        verdict = playout.push(data, position, samples, now)
+        if verdict is Push.FULL:
+            self.drop(peer, "playout_full")
+            if now - peer.playout_full_reported >= 1.0 and self.on_event is not None:
+                peer.playout_full_reported = now
+                self.on_event(peer, PlayoutFull(playout.ahead_ms(), int(playout.max_ahead * 1000)))
+            return
+        playout.note_timestamp(timestamp, position)
+        if verdict is Push.RELEASE:
+            self.forward(peer, data, now)
+            self._report_marks(peer, playout)
+        elif peer not in self._playing:
+            self._playing.add(peer)
+            if self.wake is not None:
+                self.wake()  # a new deadline: the frame's due time
+
+    def _report_marks(self, peer: MediaPeer, playout: BotPlayout) -> None:
+        callback = self.on_event
+        for reached in playout.reached():
+            if callback is not None:
+                callback(peer, reached)
+
+    def _release_due(self, now: float) -> None:
+        for peer in list(self._playing):
+            playout = peer.playout
+            assert playout is not None  # only bots with a playout are playing
+            for packet in playout.pop_due(now):
+                self.forward(peer, packet, now)
+            self._report_marks(peer, playout)
+            if not playout.pending:
+                self._playing.discard(peer)
+
+    def mark(self, peer: MediaPeer, name: str, timestamp: int | None = None) -> bool:
+        """Place a mark in a bot's stream (at an RTP timestamp, or the end of its queue).
+
+        Returns:
+            False when the bot has ``max_marks`` marks waiting already.
+        """
+        playout = peer.playout
+        if playout is None:
+            return False
+        position = None if timestamp is None else playout.position_of(timestamp)
+        if not playout.mark(name, position):
+            return False
+        self._report_marks(peer, playout)
+        return True
+
+    def heard(self, peer: MediaPeer, played_ms: int) -> list[tuple[str, int]]:
+        """How far each other participant's ear got in ``peer``'s stream: ``played_ms``
+        minus the listener's reported playout delay, never below 0."""
+        return [
+            (other.participant_id, max(0, played_ms - other.playout_delay_ms))
+            for other in self._rooms.get(peer.room_id, ())
+            if other is not peer
+        ]
+
+    def clear(self, peer: MediaPeer) -> Cleared | None:
+        """Drop a bot's queued speech at once (None for a peer with no playout)."""
+        playout = peer.playout
+        if playout is None:
+            return None
+        self._report_marks(peer, playout)
+        self._playing.discard(peer)
+        return playout.clear()
 
     def handle_rtcp(self, peer: MediaPeer, data: bytes, now: float) -> None:
         """Validate a plain RTCP compound packet from ``peer`` and relay it.
@@ -716,6 +867,11 @@ class MediaRelay:
         deadline = self._next_sweep
         if self._voiced:
             deadline = min(deadline, self._next_speaking_sweep)
+        for peer in self._playing:
+            assert peer.playout is not None
+            due = peer.playout.next_due()
+            if due is not None and due < deadline:
+                deadline = due
         for leg in self.timed:
             leg_deadline = leg.next_deadline()
             if leg_deadline is not None and leg_deadline < deadline:
@@ -737,6 +893,8 @@ class MediaRelay:
         """Drive DTLS timers; expire peers whose consent lapsed (RFC 7675)."""
         for leg in list(self.timed):
             leg.handle_timeout(now)
+        if self._playing:
+            self._release_due(now)
         if self._voiced and now >= self._next_speaking_sweep:
             self._next_speaking_sweep = now + SPEAKING_SWEEP
             self._sweep_speaking(now)

@@ -14,6 +14,7 @@ from typing import Protocol
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.queues import DropOldestQueue
 from botcall.webrtc.dtls import DtlsCertificate
+from botcall.relay.bot_playout import MAX_AHEAD_S, MAX_MARKS, BotPlayout
 from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
@@ -78,6 +79,7 @@ class MediaService:
         transmit: the UDP transport's send function (for bots' sinks).
         certificate: the relay's DTLS certificate (browsers), one per process.
         host, port: the media address written into SDP answers (an IP literal).
+        playout_max_ahead, playout_max_marks: each bot's playout bounds (``bot_playout.py``).
     """
 
     def __init__(
@@ -88,8 +90,12 @@ class MediaService:
         certificate: DtlsCertificate | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        playout_max_ahead: float = MAX_AHEAD_S,
+        playout_max_marks: int = MAX_MARKS,
     ) -> None:
         self.relay = relay
+        self.playout_max_ahead = playout_max_ahead
+        self.playout_max_marks = playout_max_marks
         self.transmit = transmit
         self.certificate = certificate
         self.host = host
@@ -165,6 +171,7 @@ class MediaService:
             # WebRTC peers are added by the bridge once the browser's offer arrives.
             return
         peer = _peer_for(session, sink, ufrag, pwd, speaks_udp=speaks_udp)
+        peer.playout = BotPlayout(max_ahead=self.playout_max_ahead, max_marks=self.playout_max_marks)
         if isinstance(sink, WsSink):
             sink.peer = peer
         try:

@@ -7,11 +7,14 @@ No trio, no clock: time is an argument.
 
 Uplink. Opus frames (one 20 ms frame per message) are numbered and given the
 session's SSRC; whole RTP packets are checked for size and go to the relay,
-which checks SSRC and payload type as for UDP. pcm16 of any length is appended
-to a buffer in linear time and cut into 20 ms frames by ``encode_pending``,
-at most ``max_frames`` per call, so one large message never holds the event
-loop (the shell calls it once per scheduler pass). At most ``backlog_s``
-seconds of audio may wait: a message beyond that is refused whole.
+which checks SSRC and payload type as for UDP and queues them in the bot's
+playout (``bot_playout.py``). pcm16 of any length is appended to a buffer in
+linear time and cut into 20 ms frames by ``encode_pending``, at most
+``max_frames`` per call, so one large message never holds the event loop (the
+shell calls it once per scheduler pass, and reads the next message only when
+the buffer is encoded). At most ``backlog_s`` seconds may wait to be encoded.
+Audio that would put the bot more than its playout's ``max_ahead`` ahead of
+playback is refused whole (``playout_full``).
 
 Downlink. Opus: each speaker's RTP packet. pcm16: a jitter buffer and decoder
 per speaker (``audio.playout.Playout``) popped every 20 ms. Either way the
@@ -36,7 +39,7 @@ from botcall.audio.opus import (
 )
 from botcall.audio.playout import Playout
 from botcall.errors import BadPacket, SignalingError
-from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay
+from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay, stream_ms
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
 
 # pcm16 from a bot waiting to be encoded, in seconds of audio.
@@ -58,6 +61,7 @@ class AudioOut:
         sample_rate: the rate ``timestamp`` counts.
         concealed: pcm16 synthesised for a lost packet.
         packet: the speaker's whole RTP packet (Opus), for binary delivery.
+        stream_ms: the frame's position in the speaker's stream (ms since its first packet).
     """
 
     participant_id: str
@@ -69,6 +73,7 @@ class AudioOut:
     sample_rate: int
     concealed: bool = False
     packet: bytes | None = None
+    stream_ms: int = 0
 
     def binary(self) -> bytes:
         """The binary WebSocket frame (docs/protocol.md, "Audio over the WebSocket")."""
@@ -85,6 +90,8 @@ class Speaker(Protocol):
     def ssrc(self) -> int: ...
     @property
     def participant_id(self) -> str: ...
+    @property
+    def stream_origin(self) -> int | None: ...
 
 
 class WsAudio:
@@ -119,6 +126,7 @@ class WsAudio:
         self._encoder = OpusEncoder(sample_rate) if encoding == "pcm16" else None
         self._playout: Playout | None = None
         self._names: dict[int, str] = {}
+        self._origins: dict[int, int | None] = {}
         self._speaker_seq: dict[int, int] = {}
 
     # --- uplink ------------------------------------------------------------------------------
@@ -152,6 +160,7 @@ class WsAudio:
             raise SignalingError("empty audio frame", code="bad_audio")
         if len(payload) > MAX_OPUS_FRAME:
             raise SignalingError(f"an Opus frame is at most {MAX_OPUS_FRAME} bytes", code="bad_audio")
+        self._check_ahead(FRAME_SAMPLES)
         packet = RTP_HEADER.pack(0x80, PAYLOAD_TYPE, self._seq, self._timestamp, self.peer.ssrc) + payload
         self._seq = (self._seq + 1) & 0xFFFF
         self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
@@ -167,10 +176,43 @@ class WsAudio:
             raise SignalingError("pcm16 audio must be whole 16-bit samples", code="bad_audio")
         if len(self._pcm) + len(pcm) > self._backlog_bytes:
             raise SignalingError(
-                f"more than {self.backlog_s:g} s of audio waiting to be encoded; send it in real time",
+                f"more than {self.backlog_s:g} s of audio waiting to be encoded; wait for it to be read",
                 code="audio_backlog_full",
             )
+        self._check_ahead((len(self._pcm) + len(pcm)) // 2 * SAMPLE_RATE // self.sample_rate)
         self._pcm += pcm
+
+    def _check_ahead(self, samples: int) -> None:
+        """Refuse audio that would put the bot more than ``max_ahead`` ahead of playback.
+
+        Raises:
+            SignalingError: ``playout_full``.
+        """
+        playout = self.peer.playout
+        if playout is None:
+            return
+        if playout.queued - playout.played + samples > playout.max_ahead * SAMPLE_RATE:
+            raise SignalingError(
+                f"more than {playout.max_ahead:g} s of your audio is waiting to play; "
+                f"{playout.ahead_ms()} ms are queued", code="playout_full",
+            )
+
+    def flush_partial(self, now: float) -> None:
+        """Pad a trailing part of a pcm16 frame with silence and encode it (before a mark)."""
+        encoder = self._encoder
+        if encoder is None:
+            return
+        partial = len(self._pcm) % encoder.frame_bytes
+        if partial:
+            self._pcm += bytes(encoder.frame_bytes - partial)
+        while self.encode_pending(now, 50):
+            pass
+
+    def clear_pending(self) -> int:
+        """Drop pcm16 not yet encoded (a ``clear``); returns how many ms were dropped."""
+        dropped = len(self._pcm) // 2 * 1000 // self.sample_rate
+        self._pcm.clear()
+        return dropped
 
     @property
     def pending_frames(self) -> int:
@@ -205,7 +247,7 @@ class WsAudio:
             return None  # the relay already checked it; nothing else can arrive here
         return AudioOut(
             speaker.participant_id, packet.ssrc, packet.sequence_number, packet.timestamp, packet.payload,
-            "opus", SAMPLE_RATE, packet=data,
+            "opus", SAMPLE_RATE, packet=data, stream_ms=stream_ms(speaker.stream_origin, packet.timestamp),
         )
 
     def pcm_push(self, speaker: Speaker, data: bytes, now: float) -> None:
@@ -217,25 +259,32 @@ class WsAudio:
         except BadPacket:
             return
         self._names[speaker.ssrc] = speaker.participant_id
+        self._origins[speaker.ssrc] = speaker.stream_origin
 
     def pcm_pop(self, now: float) -> list[AudioOut]:
         """Every speaker's next 20 ms frame due at ``now`` (pcm16 encoding)."""
         playout = self._playout
         if playout is None:
             return []
-        samples = self.sample_rate // 50
+        rate = self.sample_rate
         out: list[AudioOut] = []
         for frame in playout.pop(now):
             seq = self._speaker_seq.get(frame.ssrc, 0)
             self._speaker_seq[frame.ssrc] = seq + 1
+            origin = self._origins.get(frame.ssrc)
+            # The timestamp is the frame's stream position in samples at the session rate.
+            position = 0 if origin is None else (frame.timestamp - origin) & 0xFFFFFFFF
             out.append(
                 AudioOut(
-                    self._names.get(frame.ssrc, ""), frame.ssrc, seq, (seq * samples) & 0xFFFFFFFF, frame.pcm,
-                    "pcm16", self.sample_rate, concealed=frame.kind is not FrameKind.AUDIO,
+                    self._names.get(frame.ssrc, ""), frame.ssrc, seq, (position * rate // SAMPLE_RATE) & 0xFFFFFFFF,
+                    frame.pcm, "pcm16", rate, concealed=frame.kind is not FrameKind.AUDIO,
+                    stream_ms=stream_ms(origin, frame.timestamp),
                 )
             )
         if len(self._speaker_seq) > playout.max_speakers * 2:
             self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
+            self._names = {s: self._names[s] for s in playout.speakers if s in self._names}
+            self._origins = {s: self._origins[s] for s in playout.speakers if s in self._origins}
         return out
 
 

@@ -100,11 +100,35 @@ class Join:
     display_name: str
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """``{"type": "mark", "name": "...", "rtp_timestamp": N}``: a mark in the bot's speech
+    (at the end of its queue, or at an RTP timestamp of its stream)."""
+
+    name: str
+    rtp_timestamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """``{"type": "clear"}``: drop the bot's queued speech."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutDelay:
+    """``{"type": "playout_delay", "ms": N}``: how long received audio waits in the
+    sender's own buffers before it is heard (for ``heard_ms``)."""
+
+    ms: int
+
+
 # A JSON object as sent or received: an event, a participant.
 
-ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join]
+ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join, Mark, Clear, PlayoutDelay]
 
 _CONTROL_ACTIONS = frozenset({"mute", "unmute", "leave"})
+MAX_MARK_NAME = 256
+MAX_PLAYOUT_DELAY_MS = 10_000
 
 
 def _bad(message: str) -> SignalingError:
@@ -133,7 +157,8 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
         text: the frame's text.
 
     Returns:
-        One of ``Control``, ``Chat``, ``Audio``, ``Ping``, ``Offer``, ``Hello``, ``Join``.
+        One of ``Control``, ``Chat``, ``Audio``, ``Ping``, ``Offer``, ``Hello``, ``Join``,
+        ``Mark``, ``Clear``, ``PlayoutDelay``.
 
     Raises:
         SignalingError: not JSON, not an object, unknown type, wrong field types,
@@ -177,6 +202,20 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
         return Offer(_string(obj, "sdp", MAX_SDP))
     if kind == "hello":
         return Hello(_string(obj, "invite", MAX_INVITE), _optional_string(obj, "resume", MAX_INVITE))
+    if kind == "mark":
+        timestamp = obj.get("rtp_timestamp")
+        if timestamp is not None and (
+            isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp <= 0xFFFFFFFF
+        ):
+            raise _bad("'rtp_timestamp' must be an integer from 0 to 2^32-1")
+        return Mark(_string(obj, "name", MAX_MARK_NAME), timestamp)
+    if kind == "clear":
+        return Clear()
+    if kind == "playout_delay":
+        ms = obj.get("ms")
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= MAX_PLAYOUT_DELAY_MS:
+            raise _bad(f"'ms' must be a number from 0 to {MAX_PLAYOUT_DELAY_MS}")
+        return PlayoutDelay(round(ms))
     if kind == "join":
         name = _optional_string(obj, "display_name", MAX_DISPLAY_NAME)
         return Join((name or "").strip() or "Guest")
@@ -188,17 +227,21 @@ def encode(event: JsonObject) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
-def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int) -> JsonObject:
+def audio_event(
+    participant_id: str, seq: int, timestamp: int, data: bytes, *, encoding: str, sample_rate: int, stream_ms: int = 0
+) -> JsonObject:
     """Audio from one speaker: Opus frame or PCM s16le, base64 in ``data``.
 
     ``seq`` counts frames of that speaker for this receiver (gaps mean loss);
-    ``timestamp`` is the RTP timestamp at ``sample_rate``.
+    ``timestamp`` is the RTP timestamp at ``sample_rate``; ``stream_ms`` the
+    frame's position in the speaker's stream.
     """
     return {
         "type": "audio",
         "participant_id": participant_id,
         "seq": seq,
         "timestamp": timestamp,
+        "stream_ms": stream_ms,
         "encoding": encoding,
         "sample_rate": sample_rate,
         "data": base64.b64encode(data).decode("ascii"),
@@ -207,3 +250,34 @@ def audio_event(participant_id: str, seq: int, timestamp: int, data: bytes, *, e
 
 def error_event(code: str, message: str) -> JsonObject:
     return {"type": "error", "code": code, "message": message}
+
+
+def stream_started_event(participant_id: str, ssrc: int, rtp_timestamp: int) -> JsonObject:
+    """A participant's audio began: ``rtp_timestamp`` is position 0 of its stream
+    (``stream_ms`` = (timestamp - this) mod 2^32 / 48)."""
+    return {"type": "stream_started", "participant_id": participant_id, "ssrc": ssrc, "rtp_timestamp": rtp_timestamp}
+
+
+def playout_full_event(ahead_ms: int, max_ahead_ms: int) -> JsonObject:
+    """A bot's audio was refused: it is ``max_ahead`` ahead of playback."""
+    return error_event(
+        "playout_full", f"{ahead_ms} ms of your audio are waiting to play; at most {max_ahead_ms} ms may (audio refused)"
+    )
+
+
+def cleared_event(
+    kind: str, played_ms: int, dropped_ms: int, marks_dropped: tuple[str, ...], heard: list[tuple[str, int]], *, by: str | None = None
+) -> JsonObject:
+    """``cleared`` (answer to ``clear``) or ``interrupted`` (a human barged in, ``by``)."""
+    event: JsonObject = {"type": kind}
+    if by is not None:
+        event["by"] = by
+    event.update(
+        {
+            "played_ms": played_ms,
+            "dropped_ms": dropped_ms,
+            "marks_dropped": list(marks_dropped),
+            "heard": [{"participant_id": who, "heard_ms": ms} for who, ms in heard],
+        }
+    )
+    return event

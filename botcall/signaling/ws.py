@@ -27,6 +27,7 @@ from botcall.auth.ratelimit import TokenBucket
 from botcall.config import Config, RateLimit
 from botcall.errors import ApiError, SdpError, SignalingError
 from botcall.queues import DropOldestQueue
+from botcall.relay.core import MediaPeer
 from botcall.relay.service import MediaService, WsSink
 from botcall.relay.ws_audio import AudioOut, WsAudio
 from botcall.signaling.forwarded import Network, client_address
@@ -369,7 +370,7 @@ class Channel:
             data = await self.ws.receive()
             try:
                 if isinstance(data, bytes):
-                    self.on_binary(data)
+                    await self.on_binary(data)
                 else:
                     message = msg.parse_client_message_untrusted(data)
                     if not isinstance(message, msg.Audio):
@@ -400,7 +401,7 @@ class Channel:
         if self._refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
             self.connection.request_close(msg.CLOSE_POLICY, "too many messages after rate_limited")
 
-    def on_binary(self, data: bytes) -> None:
+    async def on_binary(self, data: bytes) -> None:
         raise SignalingError("binary frames are for WebSocket audio", code="bad_message")
 
     async def handle(self, message: msg.ClientMessage) -> None:
@@ -448,31 +449,67 @@ class BotChannel(Channel):
         if session is None:
             raise ValueError("a bot channel needs its session")
         self.binary_audio = binary_audio
-        self.peer = state.started_media().relay.peer(session.session_id) if session.transport == "websocket" else None
+        self.relay = state.started_media().relay
+        # The bot's relay peer, whatever its transport (marks and clear are for UDP bots too).
+        self.media_peer = self.relay.peer(session.session_id)
+        self.peer = self.media_peer if session.transport == "websocket" else None
         self.encoding = session.encoding
         self.audio = (
-            WsAudio(state.started_media().relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
+            WsAudio(self.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
             if self.peer is not None
             else None
         )
-        self._pcm_ready = trio.Event()
 
     def start_media(self, nursery: trio.Nursery) -> None:
         if self.peer is not None:
             nursery.start_soon(self._pcm_out if self.encoding == "pcm16" else self._opus_out)
-            if self.encoding == "pcm16":
-                nursery.start_soon(self._pcm_uplink)
 
     async def handle(self, message: msg.ClientMessage) -> None:
         if isinstance(message, msg.Audio):
             self._media().audio_message(message.data, trio.current_time())
-            self._pcm_ready.set()
+            await self._encode_pcm()
+        elif isinstance(message, msg.Mark):
+            self._mark(message)
+        elif isinstance(message, msg.Clear):
+            self._clear()
+        elif isinstance(message, msg.PlayoutDelay):
+            self._playout_peer().playout_delay_ms = message.ms
         else:
             await super().handle(message)
 
-    def on_binary(self, data: bytes) -> None:
+    async def on_binary(self, data: bytes) -> None:
         self._media().binary_message(data, trio.current_time())
-        self._pcm_ready.set()
+        await self._encode_pcm()
+
+    async def _encode_pcm(self) -> None:
+        """Encode queued pcm16 ENCODE_BATCH frames per scheduler pass, before the
+        next message is read: a fast sender is slowed by TCP, not refused."""
+        audio = self._media()
+        while audio.encode_pending(trio.current_time(), ENCODE_BATCH):
+            await trio.sleep(0)
+
+    def _playout_peer(self) -> MediaPeer:
+        peer = self.media_peer
+        if peer is None or peer.playout is None:
+            raise SignalingError("this session has no media", code="wrong_transport")
+        return peer
+
+    def _mark(self, message: msg.Mark) -> None:
+        peer = self._playout_peer()
+        if self.audio is not None:
+            self.audio.flush_partial(trio.current_time())
+        if not self.relay.mark(peer, message.name, message.rtp_timestamp):
+            raise SignalingError(f"more than {self.state.config.playout_max_marks} marks are waiting", code="too_many_marks")
+
+    def _clear(self) -> None:
+        peer = self._playout_peer()
+        pending_ms = self.audio.clear_pending() if self.audio is not None else 0
+        cleared = self.relay.clear(peer)
+        assert cleared is not None  # a peer with a playout
+        heard = self.relay.heard(peer, cleared.played_ms)
+        self.connection.send_event(
+            msg.cleared_event("cleared", cleared.played_ms, cleared.dropped_ms + pending_ms, cleared.marks_dropped, heard)
+        )
 
     def _media(self) -> WsAudio:
         if self.audio is None:
@@ -486,21 +523,13 @@ class BotChannel(Channel):
             raise SignalingError("audio on the WebSocket needs media.transport = websocket", code="wrong_transport")
         return sink
 
-    async def _pcm_uplink(self) -> None:
-        """Encode queued pcm16, ENCODE_BATCH frames per scheduler pass."""
-        audio = self._media()
-        while True:
-            await self._pcm_ready.wait()
-            self._pcm_ready = trio.Event()
-            while audio.encode_pending(trio.current_time(), ENCODE_BATCH):
-                await trio.sleep(0)
-
     async def _send_audio(self, frame: AudioOut) -> None:
         if self.binary_audio:
             await self.send(frame.binary())
             return
         event = msg.audio_event(
-            frame.participant_id, frame.seq, frame.timestamp, frame.payload, encoding=frame.encoding, sample_rate=frame.sample_rate
+            frame.participant_id, frame.seq, frame.timestamp, frame.payload,
+            encoding=frame.encoding, sample_rate=frame.sample_rate, stream_ms=frame.stream_ms,
         )
         if frame.encoding == "pcm16":
             event["concealed"] = frame.concealed

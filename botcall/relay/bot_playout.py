@@ -1,0 +1,297 @@
+"""A bot's outgoing speech, played out by the relay at real time (sans-IO).
+
+A bot may send its audio faster than real time (text-to-speech arrives in
+bursts) — over the WebSocket, or over UDP where the RTP timestamps say when
+each packet is meant to play. :class:`BotPlayout` keeps that audio per bot and
+releases it to the listeners at exactly real time, and it keeps the bot's
+**stream clock**:
+
+- a stream **position** is in samples at 48 kHz since the bot's first audio
+  (a WebSocket bot's frames follow each other; an RTP packet's position follows
+  from its timestamp, so gaps a sender leaves stay gaps);
+- ``queued_ms`` is the end of the audio accepted so far, ``played_ms`` the end
+  of the audio released to the listeners.
+
+Scheduling. A position is *due* at ``anchor + position / 48000``. The anchor
+is set when a frame arrives with nothing queued and the frame would otherwise
+be late: a real-time sender's packets go straight through, and playback never
+lies in the past. A frame is released once it is due, or up to ``LEAD`` (20 ms)
+before, so a real-time sender's scheduling jitter costs no hold. A sender
+whose every packet for a whole second arrived early by less than
+``DRIFT_LIMIT`` (250 ms) is treated as a real-time sender that suffered a
+delay spike: its schedule moves earlier by that much, so a spike does not
+leave its delay behind for the rest of the call. A bot sending ahead by more
+(a burst of text-to-speech) is paced exactly.
+
+Marks name a stream position (the current end of the queue, or an RTP
+timestamp): one fires when playback passes it. ``clear`` drops everything not
+yet released, at once, and says how much played and how much was dropped.
+
+Bounds: at most ``max_ahead`` seconds of audio past what has played, and at
+most ``max_marks`` pending marks (the caller refuses the rest with an error;
+nothing is dropped silently).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+from dataclasses import dataclass
+from enum import Enum
+
+SAMPLE_RATE = 48000
+SAMPLES_PER_MS = 48
+LEAD = 0.020
+"""Seconds before its due time a frame may be released (one frame: scheduling jitter)."""
+DRIFT_WINDOW = 1.0
+"""Seconds over which a sender's smallest lead is measured."""
+DRIFT_LIMIT = 0.250
+"""A sender whose lead stayed below this for a whole window is treated as real-time."""
+MAX_AHEAD_S = 120.0
+MAX_MARKS = 1000
+
+
+class Push(Enum):
+    """What :meth:`BotPlayout.push` did with a frame."""
+
+    RELEASE = "release"  # forward it now
+    QUEUED = "queued"  # held until it is due
+    FULL = "full"  # refused: beyond max_ahead
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReached:
+    """Playback passed a mark: ``played_ms`` is the stream position it named."""
+
+    name: str
+    played_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """What a ``clear`` (or an interruption) did to the stream.
+
+    Attributes:
+        played_ms: the stream position released to listeners.
+        dropped_ms: the queued audio dropped (from ``played_ms`` to the end of the queue).
+        marks_dropped: the names of the marks that will never fire, in stream order.
+    """
+
+    played_ms: int
+    dropped_ms: int
+    marks_dropped: tuple[str, ...]
+
+
+class _Frame:
+    __slots__ = ("position", "end", "packet")
+
+    def __init__(self, position: int, end: int, packet: bytes) -> None:
+        self.position = position
+        self.end = end
+        self.packet = packet
+
+    def __lt__(self, other: _Frame) -> bool:
+        return self.position < other.position
+
+
+class BotPlayout:
+    """One bot's queue of speech and its stream clock.
+
+    Args:
+        max_ahead: seconds of audio that may wait past what has played.
+        max_marks: marks that may wait to fire.
+    """
+
+    __slots__ = (
+        "max_ahead",
+        "max_marks",
+        "queued",
+        "played",
+        "_frames",
+        "_marks",
+        "_anchor",
+        "_last_timestamp",
+        "_last_position",
+        "_window_start",
+        "_window_min_lead",
+    )
+
+    def __init__(self, *, max_ahead: float = MAX_AHEAD_S, max_marks: int = MAX_MARKS) -> None:
+        self.max_ahead = max_ahead
+        self.max_marks = max_marks
+        # Stream positions, samples at 48 kHz: the end of the accepted audio and
+        # the end of the released audio.
+        self.queued = 0
+        self.played = 0
+        self._frames: list[_Frame] = []  # sorted by position; popped from the front
+        self._marks: collections.deque[tuple[int, str]] = collections.deque()
+        self._anchor: float | None = None  # due(position) = anchor + position / 48000
+        self._last_timestamp: int | None = None
+        self._last_position = 0
+        self._window_start = 0.0
+        self._window_min_lead = float("inf")
+
+    # --- the stream clock ------------------------------------------------------------------
+
+    @property
+    def queued_ms(self) -> int:
+        return self.queued // SAMPLES_PER_MS
+
+    @property
+    def played_ms(self) -> int:
+        return self.played // SAMPLES_PER_MS
+
+    @property
+    def pending(self) -> bool:
+        """Audio is waiting to be released."""
+        return bool(self._frames)
+
+    def ahead_ms(self) -> int:
+        """Audio accepted and not yet released, in ms."""
+        return max(0, self.queued - self.played) // SAMPLES_PER_MS
+
+    def position_of(self, timestamp: int) -> int:
+        """The stream position of an RTP timestamp (48 kHz), unwrapped against the last one.
+
+        The first timestamp a bot sends continues from the end of the queue
+        (position 0 at the start of the call).
+        """
+        last = self._last_timestamp
+        if last is None:
+            position = self.queued
+        else:
+            delta = ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            position = self._last_position + delta
+        return position
+
+    def note_timestamp(self, timestamp: int, position: int) -> None:
+        """Remember the newest timestamp's position (``position_of`` unwraps against it)."""
+        if self._last_timestamp is None or position >= self._last_position:
+            self._last_timestamp = timestamp
+            self._last_position = position
+
+    def due(self, position: int) -> float | None:
+        anchor = self._anchor
+        return None if anchor is None else anchor + position / SAMPLE_RATE
+
+    # --- input -------------------------------------------------------------------------------
+
+    def push(self, packet: bytes, position: int, samples: int, now: float) -> Push:
+        """Accept one frame of ``samples`` at stream ``position``.
+
+        Returns:
+            ``RELEASE``: forward ``packet`` now (then call :meth:`reached`);
+            ``QUEUED``: it waits for :meth:`pop_due`; ``FULL``: refused, the
+            stream is ``max_ahead`` ahead.
+        """
+        end = position + samples
+        if position < self.played:
+            # Older than what has played (reordered, or a retransmission): it
+            # cannot be scheduled in the past, and holding it helps no one.
+            return Push.RELEASE
+        if (end - self.played) > self.max_ahead * SAMPLE_RATE:
+            return Push.FULL
+        anchor = self._anchor
+        if anchor is None or (not self._frames and anchor + position / SAMPLE_RATE < now):
+            # Idle and late (or the very first frame): playback starts now.
+            anchor = self._anchor = now - position / SAMPLE_RATE
+            self._window_start = now
+            self._window_min_lead = float("inf")
+        lead = anchor + position / SAMPLE_RATE - now
+        self._track_drift(lead, now)
+        if end > self.queued:
+            self.queued = end
+        if not self._frames and lead <= LEAD:
+            self.played = end
+            return Push.RELEASE
+        frame = _Frame(position, end, packet)
+        frames = self._frames
+        if not frames or frames[-1].position <= position:
+            frames.append(frame)
+        else:
+            bisect.insort(frames, frame)
+        return Push.QUEUED
+
+    def _track_drift(self, lead: float, now: float) -> None:
+        if lead < self._window_min_lead:
+            self._window_min_lead = lead
+        if now - self._window_start < DRIFT_WINDOW:
+            return
+        if LEAD < self._window_min_lead < DRIFT_LIMIT and self._anchor is not None:
+            # Every packet of the last window came early by at least this: a
+            # real-time sender after a delay spike. Catch up.
+            self._anchor -= self._window_min_lead - LEAD
+        self._window_start = now
+        self._window_min_lead = float("inf")
+
+    def next_due(self) -> float | None:
+        """When :meth:`pop_due` next releases a frame, or None with nothing queued."""
+        if not self._frames or self._anchor is None:
+            return None
+        return self._anchor + self._frames[0].position / SAMPLE_RATE - LEAD
+
+    def pop_due(self, now: float) -> list[bytes]:
+        """The frames due by ``now`` (``LEAD`` early at most), in stream order."""
+        frames = self._frames
+        anchor = self._anchor
+        if not frames or anchor is None:
+            return []
+        limit = (now + LEAD - anchor) * SAMPLE_RATE
+        count = 0
+        while count < len(frames) and frames[count].position <= limit:
+            count += 1
+        if count == 0:
+            return []
+        released = frames[:count]
+        del frames[:count]
+        self.played = max(self.played, released[-1].end)
+        return [frame.packet for frame in released]
+
+    # --- marks and clear ---------------------------------------------------------------------
+
+    def mark(self, name: str, position: int | None = None) -> bool:
+        """Place a mark at ``position`` (default: the end of the queue).
+
+        Returns:
+            False when ``max_marks`` are already waiting (the caller refuses it).
+        """
+        if len(self._marks) >= self.max_marks:
+            return False
+        at = self.queued if position is None else position
+        marks = self._marks
+        if not marks or marks[-1][0] <= at:
+            marks.append((at, name))
+        else:
+            ordered = sorted([*marks, (at, name)], key=lambda item: item[0])
+            marks.clear()
+            marks.extend(ordered)
+        return True
+
+    def reached(self) -> list[MarkReached]:
+        """Marks playback has passed (a mark with nothing before it fires at once)."""
+        marks = self._marks
+        if not marks:
+            return []
+        # With nothing queued, playback is idle: every mark up to the end of the
+        # accepted audio has been reached.
+        horizon = self.played if self._frames else max(self.played, self.queued)
+        out: list[MarkReached] = []
+        while marks and marks[0][0] <= horizon:
+            position, name = marks.popleft()
+            out.append(MarkReached(name, position // SAMPLES_PER_MS))
+        return out
+
+    def clear(self) -> Cleared:
+        """Drop everything not yet released; the next audio starts playing at once."""
+        dropped = max(0, self.queued - self.played)
+        self._frames.clear()
+        marks_dropped = tuple(name for position, name in self._marks if position > self.played)
+        # Marks at or before the played position were reached: the caller took
+        # them with reached() before; any left are reported dropped with the rest.
+        self._marks.clear()
+        self.queued = self.played
+        self._anchor = None
+        return Cleared(self.played // SAMPLES_PER_MS, dropped // SAMPLES_PER_MS, marks_dropped)
+
+
+__all__ = ["BotPlayout", "Cleared", "MarkReached", "Push", "LEAD", "MAX_AHEAD_S", "MAX_MARKS"]
