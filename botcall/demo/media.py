@@ -26,10 +26,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from botcall.audio import pcm as audio
+from botcall.audio.wav import frames, read_wav, write_wav
+from botcall.demo.signals import align, segmental_correlation, speech_like, tone
 from botcall.errors import OpusDecodeError, RtpParseError
 from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
-from botcall.audio.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusDecoder, OpusEncoder
+from botcall.audio.opus import (
+    FRAME_DURATION,
+    FRAME_SAMPLES,
+    PAYLOAD_TYPE,
+    SAMPLE_RATE,
+    OpusDecoder,
+    OpusEncoder,
+)
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "botcall-demo.wav"
@@ -149,7 +157,7 @@ def packetize(
         ``(send_time, datagram)`` pairs, send times starting at 0.
     """
     sends = []
-    for index, frame in enumerate(audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)):
+    for index, frame in enumerate(frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)):
         packet = RtpPacket(
             payload_type=PAYLOAD_TYPE,
             sequence_number=(first_sequence + index) & 0xFFFF,
@@ -403,9 +411,9 @@ def run_demo(
     stats = buffer.stats
     clean_decoder = OpusDecoder()
     clean = b"".join(clean_decoder.decode_untrusted(parse_rtp_untrusted(data).payload) for _, data in sends)
-    codec = audio.align(pcm, clean, max_lag=_MAX_CODEC_DELAY)
-    decoded = audio.align(pcm, playout.by_timestamp, max_lag=_MAX_CODEC_DELAY)
-    played_correlation = audio.segmental_correlation(pcm, playout.pcm, segment=SAMPLE_RATE // 2)
+    codec = align(pcm, clean, max_lag=_MAX_CODEC_DELAY)
+    decoded = align(pcm, playout.by_timestamp, max_lag=_MAX_CODEC_DELAY)
+    played_correlation = segmental_correlation(pcm, playout.pcm, segment=SAMPLE_RATE // 2)
     end_to_end = playout.mean_latency + encoder.lookahead / encoder.sample_rate
     return DemoReport(
         network=tally,
@@ -457,19 +465,19 @@ def run(args: argparse.Namespace) -> int:
             loss=args.loss, jitter=args.jitter, delay=args.delay, duplicate=args.duplicate, seed=args.seed
         )
         if args.wav is not None:
-            pcm = audio.read_wav(args.wav)
+            pcm = read_wav(args.wav)
             source = str(args.wav)
         elif args.tone is not None:
-            pcm = audio.tone(args.tone, args.seconds)
+            pcm = tone(args.tone, args.seconds)
             source = f"{args.tone:g} Hz tone, {args.seconds:g} s"
         else:
-            pcm = audio.speech_like(args.seconds, seed=args.seed)
+            pcm = speech_like(args.seconds, seed=args.seed)
             source = f"generated phrase, {args.seconds:g} s"
         report = run_demo(pcm, conditions, bitrate=args.bitrate, fec=not args.no_fec)
     except (ValueError, OSError) as error:
         print(f"botcall media-demo: {error}", file=sys.stderr)
         return 2
-    audio.write_wav(args.out, report.playout.pcm, sample_rate=SAMPLE_RATE, channels=1)
+    write_wav(args.out, report.playout.pcm, sample_rate=SAMPLE_RATE, channels=1)
     print(
         f"BotCall media demo: {source} -> Opus/RTP -> simulated network "
         f"(loss {100 * conditions.loss:g} %, jitter {1000 * conditions.jitter:g} ms mean, "

@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.audio.pcm import dominant_frequency, tone
+from botcall.demo.signals import dominant_frequency, tone
 from botcall.client import connect
 from botcall.errors import BadPacket
 from botcall.webrtc.dtls.certificate import DtlsCertificate
