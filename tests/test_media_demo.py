@@ -15,14 +15,8 @@ from botcall.demo.signals import (
     speech_like,
     tone,
 )
-from botcall.demo.media import (
-    Arrival,
-    NetworkConditions,
-    packetize,
-    play_out,
-    run_demo,
-    simulate_network,
-)
+from botcall.demo.media import packetize, play_out, run_demo
+from botcall.demo.netsim import Arrival, NetworkConditions, simulate_network
 from botcall.audio.jitter import JitterBuffer
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted

@@ -18,7 +18,7 @@ from botcall.demo.signals import correlation, speech_like
 from botcall.audio.jitter import FrameKind, JitterBuffer
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket
-from tests.netsim import Jitter, NetworkProfile, merge_schedule, transmit
+from botcall.demo.netsim import Jitter, NetworkProfile, merge_schedule, transmit
 
 FRAME = 0.020
 SPF = 960
