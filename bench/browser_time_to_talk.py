@@ -24,7 +24,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from botcall.audio.pcm import tone  # noqa: E402
+from botcall.demo.signals import tone  # noqa: E402
 from botcall.client import connect  # noqa: E402
 from tests.pwa.harness import in_browser, wait_state  # noqa: E402
 from tests.serverutil import running_server  # noqa: E402

@@ -62,7 +62,8 @@ from bench.peers.process import CLOCK_TICKS, PinnedProcess, set_priority, wait_r
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.config import Config, RateLimit
 from botcall.errors import BadPacket
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 

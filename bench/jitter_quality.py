@@ -57,7 +57,7 @@ if __package__ in (None, ""):
 
 from botcall.audio.jitter import FrameKind, JitterBuffer  # noqa: E402
 from botcall.wire.rtp import RtpPacket  # noqa: E402
-from tests.netsim import Jitter, NetworkProfile, merge_schedule, transmit  # noqa: E402
+from botcall.demo.netsim import Jitter, NetworkProfile, merge_schedule, transmit  # noqa: E402
 
 FRAME = 0.020
 SAMPLES_PER_FRAME = 960

@@ -58,7 +58,7 @@ from bench.common import (
 )
 from bench.loadgen import Flow, LoadResult, open_socket, packets_per_flow, pin_to_core, run_load
 from bench.srtp_cost import handshake
-from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext
 
 MODES = ("bots", "bot-to-browser", "browser-to-bot", "calls")

@@ -29,7 +29,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext, SrtpKeys, SrtpProfile
 
 RTP_HEADER = struct.Struct("!BBHII")

@@ -47,7 +47,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botcall.relay.service import MediaService
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint
 from botcall.relay.core import MediaRelay
 from botcall.webrtc.srtp import SrtpContext
 from botcall.wire.stun import answer_check_untrusted, binding_request

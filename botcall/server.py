@@ -48,7 +48,7 @@ from botcall.errors import ConfigError, JwksError, StartupError
 from botcall.logs import install_redaction
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
-from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MarkReached
 from botcall.relay.core import Address, MediaEvent, MediaPeer, MediaRelay, StreamStarted
 from botcall.relay.transport import UdpTransport, open_udp_socket

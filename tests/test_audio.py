@@ -12,7 +12,20 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from botcall.audio import pcm as audio
+from botcall.audio.resample import resample
+from botcall.audio.wav import decode_wav, encode_wav, frames, read_wav, write_wav
+from botcall.demo.signals import (
+    align,
+    align_segments,
+    correlation,
+    dominant_frequency,
+    find_delay,
+    rms_dbfs,
+    segmental_correlation,
+    snr_db,
+    speech_like,
+    tone,
+)
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
@@ -64,8 +77,8 @@ def float_wav(samples: np.ndarray, sample_rate: int, bits: int, *, extensible: b
 
 # --- WAV -----------------------------------------------------------------------------
 
-TONE_440 = audio.tone(440, 0.5)
-TONE_660 = audio.tone(660, 0.5)
+TONE_440 = tone(440, 0.5)
+TONE_660 = tone(660, 0.5)
 STEREO = stereo(TONE_440, TONE_660)
 
 
@@ -77,7 +90,7 @@ def test_integer_wav_round_trip(tmp_path, sample_width, channels):
     # Widen (or, for 8-bit, narrow) the int16 samples exactly.
     scaled = samples >> 8 if sample_width == 1 else samples << (8 * (sample_width - 2))
     stdlib_wav(tmp_path / "in.wav", scaled, sample_width, 48000)
-    back = audio.read_wav(tmp_path / "in.wav", channels=channels)
+    back = read_wav(tmp_path / "in.wav", channels=channels)
     expected = (scaled << 8) if sample_width == 1 else samples
     assert np.array_equal(ints(back, channels), expected)
 
@@ -88,33 +101,33 @@ def test_integer_wav_round_trip(tmp_path, sample_width, channels):
 def test_float_wav_round_trip(bits, extensible, channels):
     pcm = TONE_440 if channels == 1 else STEREO
     floats = ints(pcm, channels) / 32768.0
-    back = audio.decode_wav(float_wav(floats, 48000, bits, extensible=extensible), channels=channels)
+    back = decode_wav(float_wav(floats, 48000, bits, extensible=extensible), channels=channels)
     assert back == pcm
 
 
 def test_float_wav_out_of_range_is_clipped():
     wild = np.array([[2.0], [-3.0], [np.nan], [np.inf], [0.5]])
-    back = audio.decode_wav(float_wav(wild, 48000, 32, extensible=False))
+    back = decode_wav(float_wav(wild, 48000, 32, extensible=False))
     assert ints(back)[:, 0].tolist() == [32767, -32768, 0, 32767, 16384]
 
 
 def test_write_wav_is_read_by_the_stdlib(tmp_path):
-    audio.write_wav(tmp_path / "out.wav", STEREO, sample_rate=48000, channels=2)
+    write_wav(tmp_path / "out.wav", STEREO, sample_rate=48000, channels=2)
     with wave.open(str(tmp_path / "out.wav")) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 48000)
         assert wav.readframes(wav.getnframes()) == STEREO
-    assert audio.read_wav(tmp_path / "out.wav", channels=2) == STEREO
+    assert read_wav(tmp_path / "out.wav", channels=2) == STEREO
 
 
 def test_write_wav_rejects_partial_frames(tmp_path):
     with pytest.raises(ValueError):
-        audio.write_wav(tmp_path / "x.wav", b"\0\0\0", sample_rate=48000, channels=1)
+        write_wav(tmp_path / "x.wav", b"\0\0\0", sample_rate=48000, channels=1)
     with pytest.raises(ValueError):
-        audio.encode_wav(b"\0\0", sample_rate=48000, channels=2)
+        encode_wav(b"\0\0", sample_rate=48000, channels=2)
 
 
 def test_stereo_to_mono_averages_channels():
-    mono = audio.decode_wav(audio.encode_wav(STEREO, sample_rate=48000, channels=2), channels=1)
+    mono = decode_wav(encode_wav(STEREO, sample_rate=48000, channels=2), channels=1)
     mixed = ints(mono)[:, 0].astype(int)
     expected = np.rint(ints(STEREO, 2).astype(int).sum(axis=1) / 2)
     assert np.array_equal(mixed, expected)
@@ -124,7 +137,7 @@ def test_stereo_to_mono_averages_channels():
 
 
 def test_mono_to_stereo_duplicates():
-    both = audio.decode_wav(audio.encode_wav(TONE_440, sample_rate=48000, channels=1), channels=2)
+    both = decode_wav(encode_wav(TONE_440, sample_rate=48000, channels=1), channels=2)
     samples = ints(both, 2)
     assert np.array_equal(samples[:, 0], samples[:, 1])
     assert samples[:, 0].tobytes() == TONE_440
@@ -133,17 +146,17 @@ def test_mono_to_stereo_duplicates():
 def test_more_channels_mix_to_mono_but_not_to_stereo():
     four = np.tile(ints(TONE_440), (1, 4)) / 32768.0
     data = float_wav(four, 48000, 32, extensible=True)
-    assert audio.decode_wav(data, channels=1) == TONE_440
+    assert decode_wav(data, channels=1) == TONE_440
     with pytest.raises(ValueError, match="4 channels"):
-        audio.decode_wav(data, channels=2)
+        decode_wav(data, channels=2)
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100])
 def test_wav_is_resampled_on_reading(tmp_path, rate):
-    stdlib_wav(tmp_path / "in.wav", ints(audio.tone(440, 0.5, sample_rate=rate)).astype(np.int64), 2, rate)
-    pcm = audio.read_wav(tmp_path / "in.wav")
+    stdlib_wav(tmp_path / "in.wav", ints(tone(440, 0.5, sample_rate=rate)).astype(np.int64), 2, rate)
+    pcm = read_wav(tmp_path / "in.wav")
     assert len(pcm) == 2 * 24000
-    assert audio.dominant_frequency(pcm, 48000) == pytest.approx(440, abs=0.5)
+    assert dominant_frequency(pcm, 48000) == pytest.approx(440, abs=0.5)
 
 
 @needs_ffmpeg
@@ -166,13 +179,13 @@ def test_reads_wavs_written_by_ffmpeg(tmp_path, codec, rate):
         ["ffmpeg", "-loglevel", "error", "-y", "-filter_complex", graph, "-c:a", codec, str(path)],
         check=True,
     )
-    pcm = audio.read_wav(path, channels=2)
+    pcm = read_wav(path, channels=2)
     assert len(pcm) == 4 * 24000
     left, right = ints(pcm, 2).T
-    assert audio.dominant_frequency(middle(left.tobytes(), 48000), 48000) == pytest.approx(440, abs=1)
-    assert audio.dominant_frequency(middle(right.tobytes(), 48000), 48000) == pytest.approx(660, abs=1)
+    assert dominant_frequency(middle(left.tobytes(), 48000), 48000) == pytest.approx(440, abs=1)
+    assert dominant_frequency(middle(right.tobytes(), 48000), 48000) == pytest.approx(660, abs=1)
     # ffmpeg's sine source has amplitude 1/8: -21.1 dBFS RMS.
-    assert audio.rms_dbfs(middle(left.tobytes(), 48000)) == pytest.approx(-21.1, abs=0.3)
+    assert rms_dbfs(middle(left.tobytes(), 48000)) == pytest.approx(-21.1, abs=0.3)
 
 
 def _minimal_wav(fmt: bytes, data: bytes = b"\0\0" * 4, *, extra: bytes = b"") -> bytes:
@@ -208,36 +221,36 @@ MALFORMED_WAVS = {
 @pytest.mark.parametrize("name", MALFORMED_WAVS)
 def test_malformed_wav_raises_value_error(name):
     with pytest.raises(ValueError):
-        audio.decode_wav(MALFORMED_WAVS[name])
+        decode_wav(MALFORMED_WAVS[name])
 
 
 def test_not_a_wav_says_so(tmp_path):
     (tmp_path / "x.wav").write_bytes(b"ID3\x04" + bytes(100))
     with pytest.raises(ValueError, match="not a WAV file"):
-        audio.read_wav(tmp_path / "x.wav")
+        read_wav(tmp_path / "x.wav")
 
 
 def test_tolerated_oddities():
     samples = struct.pack("<4h", 1, -2, 3, -4)
     # An odd-sized chunk before fmt is padded to even length (RIFF).
     junk = b"junk" + struct.pack("<I", 3) + b"abc\0"
-    assert audio.decode_wav(_minimal_wav(PCM16_MONO_FMT, samples, extra=junk)) == samples
+    assert decode_wav(_minimal_wav(PCM16_MONO_FMT, samples, extra=junk)) == samples
     # A streaming writer's data size of 0xFFFFFFFF: read what is there.
     streamed = _minimal_wav(PCM16_MONO_FMT, samples)
     streamed = streamed[: -len(samples) - 4] + b"\xff\xff\xff\xff" + samples
-    assert audio.decode_wav(streamed) == samples
+    assert decode_wav(streamed) == samples
     # A truncated last sample is dropped.
-    assert audio.decode_wav(_minimal_wav(PCM16_MONO_FMT, samples + b"\x05")) == samples
+    assert decode_wav(_minimal_wav(PCM16_MONO_FMT, samples + b"\x05")) == samples
     # data before fmt.
     data_first = b"WAVE" + b"data" + struct.pack("<I", 8) + samples + b"fmt " + struct.pack("<I", 16) + PCM16_MONO_FMT
-    assert audio.decode_wav(b"RIFF" + struct.pack("<I", len(data_first)) + data_first) == samples
+    assert decode_wav(b"RIFF" + struct.pack("<I", len(data_first)) + data_first) == samples
 
 
 @given(data=st.binary(max_size=300))
 @example(data=MALFORMED_WAVS["short extensible"])
 def test_arbitrary_bytes_decode_or_raise_value_error(data):
     try:
-        pcm = audio.decode_wav(data)
+        pcm = decode_wav(data)
     except ValueError:
         return
     assert len(pcm) % 2 == 0
@@ -256,7 +269,7 @@ def test_mutated_headers_decode_or_raise_value_error(tag, channels, rate, block_
     """Headers near the valid ones reach deeper than random bytes do."""
     fmt = struct.pack("<HHIIHH", tag, channels, rate, 0, block_align, bits) + tail
     try:
-        pcm = audio.decode_wav(_minimal_wav(fmt, data), channels=2)
+        pcm = decode_wav(_minimal_wav(fmt, data), channels=2)
     except ValueError:
         return
     assert len(pcm) % 4 == 0
@@ -267,26 +280,26 @@ def test_mutated_headers_decode_or_raise_value_error(tag, channels, rate, block_
 
 def test_frames_pads_the_last_one():
     pcm = bytes(range(200)) * 20  # 4000 bytes = 2000 samples
-    out = list(audio.frames(pcm))
+    out = list(frames(pcm))
     assert [len(f) for f in out] == [1920, 1920, 1920]
     assert b"".join(out)[: len(pcm)] == pcm
     assert out[-1][len(pcm) - 3840 :] == bytes(3 * 1920 - len(pcm))
 
 
 def test_frames_exact_and_stereo_and_other_rates():
-    assert len(list(audio.frames(bytes(1920 * 4)))) == 4
-    assert [len(f) for f in audio.frames(bytes(3840), channels=2)] == [3840]
-    assert [len(f) for f in audio.frames(bytes(700), sample_rate=16000, frame_duration=0.01)] == [320, 320, 320]
-    assert list(audio.frames(b"")) == []
+    assert len(list(frames(bytes(1920 * 4)))) == 4
+    assert [len(f) for f in frames(bytes(3840), channels=2)] == [3840]
+    assert [len(f) for f in frames(bytes(700), sample_rate=16000, frame_duration=0.01)] == [320, 320, 320]
+    assert list(frames(b"")) == []
 
 
 def test_frames_rejects_partial_samples():
     with pytest.raises(ValueError):
-        audio.frames(b"\0\0\0")
+        frames(b"\0\0\0")
     with pytest.raises(ValueError):
-        audio.frames(b"\0\0", channels=2)
+        frames(b"\0\0", channels=2)
     with pytest.raises(ValueError):
-        audio.frames(b"\0\0", frame_duration=0.0)
+        frames(b"\0\0", frame_duration=0.0)
 
 
 # --- Resampling ----------------------------------------------------------------------
@@ -294,55 +307,55 @@ def test_frames_rejects_partial_samples():
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 44100])
 def test_resampling_preserves_a_tone_both_ways(rate):
-    up = audio.resample(audio.tone(1000, 1.0, sample_rate=rate), rate, 48000)
+    up = resample(tone(1000, 1.0, sample_rate=rate), rate, 48000)
     assert len(up) == 2 * 48000
-    assert audio.dominant_frequency(up, 48000) == pytest.approx(1000, abs=0.5)
-    assert audio.rms_dbfs(middle(up, 48000)) == pytest.approx(audio.rms_dbfs(TONE_440), abs=0.05)
+    assert dominant_frequency(up, 48000) == pytest.approx(1000, abs=0.5)
+    assert rms_dbfs(middle(up, 48000)) == pytest.approx(rms_dbfs(TONE_440), abs=0.05)
     # Sample for sample what a tone generated at 48 kHz would be: no delay, no distortion.
-    assert audio.align(audio.tone(1000, 1.0), up, max_lag=5).delay == 0
-    assert audio.snr_db(middle(audio.tone(1000, 1.0), 48000), middle(up, 48000), max_lag=0) > 50
+    assert align(tone(1000, 1.0), up, max_lag=5).delay == 0
+    assert snr_db(middle(tone(1000, 1.0), 48000), middle(up, 48000), max_lag=0) > 50
 
-    down = audio.resample(audio.tone(1000, 1.0), 48000, rate)
+    down = resample(tone(1000, 1.0), 48000, rate)
     assert len(down) == 2 * rate
-    assert audio.dominant_frequency(down, rate) == pytest.approx(1000, abs=0.5)
-    assert audio.snr_db(middle(audio.tone(1000, 1.0, sample_rate=rate), rate), middle(down, rate), max_lag=0) > 50
+    assert dominant_frequency(down, rate) == pytest.approx(1000, abs=0.5)
+    assert snr_db(middle(tone(1000, 1.0, sample_rate=rate), rate), middle(down, rate), max_lag=0) > 50
 
 
 def test_resampling_speech_round_trip_keeps_the_band_below_nyquist():
-    speech = audio.speech_like(1.0, seed=4)
-    back = audio.resample(audio.resample(speech, 48000, 16000), 16000, 48000)
+    speech = speech_like(1.0, seed=4)
+    back = resample(resample(speech, 48000, 16000), 16000, 48000)
     # speech_like has harmonics only up to ~4 kHz: well inside 16 kHz's passband.
-    assert audio.snr_db(speech, back, max_lag=0) > 30
+    assert snr_db(speech, back, max_lag=0) > 30
 
 
 @pytest.mark.parametrize(("frequency", "rate"), [(7000, 8000), (12000, 16000), (23000, 44100)])
 def test_downsampling_does_not_alias(frequency, rate):
     """A tone above the new Nyquist frequency is removed, not folded down (linear interpolation would fold it)."""
-    down = audio.resample(audio.tone(frequency, 1.0), 48000, rate)
-    assert audio.rms_dbfs(middle(down, rate)) < audio.rms_dbfs(TONE_440) - 70
+    down = resample(tone(frequency, 1.0), 48000, rate)
+    assert rms_dbfs(middle(down, rate)) < rms_dbfs(TONE_440) - 70
 
 
 def test_resample_stereo_keeps_channels():
-    down = audio.resample(STEREO, 48000, 16000, channels=2)
+    down = resample(STEREO, 48000, 16000, channels=2)
     left, right = ints(down, 2).T
-    assert audio.dominant_frequency(left.tobytes(), 16000) == pytest.approx(440, abs=1)
-    assert audio.dominant_frequency(right.tobytes(), 16000) == pytest.approx(660, abs=1)
+    assert dominant_frequency(left.tobytes(), 16000) == pytest.approx(440, abs=1)
+    assert dominant_frequency(right.tobytes(), 16000) == pytest.approx(660, abs=1)
 
 
 def test_resample_length_rounds_up():
-    assert len(audio.resample(bytes(2 * 441), 44100, 48000)) == 2 * 480
-    assert len(audio.resample(bytes(2 * 7), 48000, 16000)) == 2 * 3
-    assert audio.resample(b"", 48000, 16000) == b""
-    assert audio.resample(TONE_440, 48000, 48000) == TONE_440
+    assert len(resample(bytes(2 * 441), 44100, 48000)) == 2 * 480
+    assert len(resample(bytes(2 * 7), 48000, 16000)) == 2 * 3
+    assert resample(b"", 48000, 16000) == b""
+    assert resample(TONE_440, 48000, 48000) == TONE_440
 
 
 def test_resample_rejects_bad_arguments():
     with pytest.raises(ValueError, match="too fine"):
-        audio.resample(bytes(100), 44101, 48000)
+        resample(bytes(100), 44101, 48000)
     with pytest.raises(ValueError):
-        audio.resample(bytes(100), 0, 48000)
+        resample(bytes(100), 0, 48000)
     with pytest.raises(ValueError):
-        audio.resample(bytes(3), 16000, 48000)
+        resample(bytes(3), 16000, 48000)
 
 
 # --- Signals and measurements --------------------------------------------------------
@@ -350,7 +363,7 @@ def test_resample_rejects_bad_arguments():
 
 @given(frequency=st.floats(60, 12000), seconds=st.sampled_from([0.05, 0.1, 0.25, 1.0]))
 def test_dominant_frequency_is_accurate(frequency, seconds):
-    measured = audio.dominant_frequency(audio.tone(frequency, seconds), 48000)
+    measured = dominant_frequency(tone(frequency, seconds), 48000)
     # Far finer than the FFT's bins (up to 2.9 Hz for 50 ms, zero-padded): the
     # parabolic interpolation is doing its job. Measured error < 0.08 Hz (worst
     # for 3 periods of 60 Hz, where the mirror image at -60 Hz leaks in).
@@ -358,26 +371,26 @@ def test_dominant_frequency_is_accurate(frequency, seconds):
 
 
 def test_dominant_frequency_of_stereo_and_other_rates():
-    assert audio.dominant_frequency(audio.tone(1234.5, 0.5, sample_rate=16000), 16000) == pytest.approx(1234.5, abs=0.2)
-    assert audio.dominant_frequency(stereo(TONE_440, TONE_440), 48000, channels=2) == pytest.approx(440, abs=0.2)
-    loud_low = (ints(audio.tone(10, 0.5, amplitude=0.6)) + ints(audio.tone(700, 0.5, amplitude=0.2))).astype("<i2")
-    assert audio.dominant_frequency(loud_low.tobytes(), 48000) == pytest.approx(700, abs=0.5)
-    assert audio.dominant_frequency(bytes(960), 48000) == 0.0
-    assert audio.dominant_frequency(b"", 48000) == 0.0
+    assert dominant_frequency(tone(1234.5, 0.5, sample_rate=16000), 16000) == pytest.approx(1234.5, abs=0.2)
+    assert dominant_frequency(stereo(TONE_440, TONE_440), 48000, channels=2) == pytest.approx(440, abs=0.2)
+    loud_low = (ints(tone(10, 0.5, amplitude=0.6)) + ints(tone(700, 0.5, amplitude=0.2))).astype("<i2")
+    assert dominant_frequency(loud_low.tobytes(), 48000) == pytest.approx(700, abs=0.5)
+    assert dominant_frequency(bytes(960), 48000) == 0.0
+    assert dominant_frequency(b"", 48000) == 0.0
 
 
 def test_rms_dbfs():
-    assert audio.rms_dbfs(audio.tone(100, 1.0, amplitude=1.0)) == pytest.approx(-3.01, abs=0.01)
-    assert audio.rms_dbfs(TONE_440) == pytest.approx(20 * math.log10(0.3) - 3.01, abs=0.01)
-    assert audio.rms_dbfs(struct.pack("<2h", -32768, -32768)) == 0.0
-    assert audio.rms_dbfs(bytes(100)) == -math.inf
-    assert audio.rms_dbfs(b"") == -math.inf
+    assert rms_dbfs(tone(100, 1.0, amplitude=1.0)) == pytest.approx(-3.01, abs=0.01)
+    assert rms_dbfs(TONE_440) == pytest.approx(20 * math.log10(0.3) - 3.01, abs=0.01)
+    assert rms_dbfs(struct.pack("<2h", -32768, -32768)) == 0.0
+    assert rms_dbfs(bytes(100)) == -math.inf
+    assert rms_dbfs(b"") == -math.inf
 
 
 def test_speech_like_is_deterministic_voiced_and_bounded():
-    first = audio.speech_like(2.0, seed=7)
-    assert first == audio.speech_like(2.0, seed=7)
-    assert first != audio.speech_like(2.0, seed=8)
+    first = speech_like(2.0, seed=7)
+    assert first == speech_like(2.0, seed=7)
+    assert first != speech_like(2.0, seed=8)
     samples = ints(first)[:, 0]
     assert len(samples) == 96000
     assert np.max(np.abs(samples)) == pytest.approx(0.3 * 32768, abs=1)
@@ -386,18 +399,18 @@ def test_speech_like_is_deterministic_voiced_and_bounded():
     hz = np.fft.rfftfreq(len(samples), 1 / 48000)
     assert spectrum[(hz > 80) & (hz < 4000)].sum() > 0.95 * spectrum.sum()
     # ... and it has pauses: 20 ms frames span a wide range of levels.
-    levels = [audio.rms_dbfs(f) for f in audio.frames(first)]
+    levels = [rms_dbfs(f) for f in frames(first)]
     assert min(levels) < -50 and max(levels) > -20
 
 
 @pytest.mark.parametrize("delay", [0, 1, 313, 4800, -77])
 def test_align_finds_a_known_delay(delay):
-    speech = audio.speech_like(1.0, seed=2)
+    speech = speech_like(1.0, seed=2)
     if delay >= 0:
         shifted = bytes(2 * delay) + speech
     else:
         shifted = speech[-2 * delay :]
-    found = audio.align(speech, shifted)
+    found = align(speech, shifted)
     assert found.delay == delay
     assert found.correlation == pytest.approx(1.0)
     assert found.snr_db == math.inf
@@ -405,48 +418,48 @@ def test_align_finds_a_known_delay(delay):
 
 
 def test_snr_and_correlation_measure_added_noise():
-    speech = audio.speech_like(1.0, seed=2)
+    speech = speech_like(1.0, seed=2)
     clean = ints(speech)[:, 0].astype(float)
     noise = np.random.default_rng(0).standard_normal(len(clean))
     noise *= math.sqrt(np.mean(clean**2) / np.mean(noise**2)) / 10  # 20 dB below
     noisy = np.rint(clean + noise).astype("<i2").tobytes()
     delayed = bytes(2 * 100) + noisy
-    assert audio.find_delay(speech, delayed) == 100
-    assert audio.snr_db(speech, delayed) == pytest.approx(20, abs=0.3)
-    assert audio.correlation(speech, delayed) == pytest.approx(1 / math.sqrt(1.01), abs=0.002)
+    assert find_delay(speech, delayed) == 100
+    assert snr_db(speech, delayed) == pytest.approx(20, abs=0.3)
+    assert correlation(speech, delayed) == pytest.approx(1 / math.sqrt(1.01), abs=0.002)
     inverted = (-clean).astype("<i2").tobytes()
-    assert audio.correlation(speech, inverted, max_lag=0) == pytest.approx(-1.0)
+    assert correlation(speech, inverted, max_lag=0) == pytest.approx(-1.0)
 
 
 def test_align_limits_and_errors():
     # A tone aligns equally a whole period off; max_lag pins it.
-    tone = audio.tone(1000, 0.2)
-    assert audio.find_delay(tone, bytes(2 * 10) + tone, max_lag=20) == 10
-    assert audio.align(bytes(10), bytes(10)).snr_db == -math.inf
+    beep = tone(1000, 0.2)
+    assert find_delay(beep, bytes(2 * 10) + beep, max_lag=20) == 10
+    assert align(bytes(10), bytes(10)).snr_db == -math.inf
     with pytest.raises(ValueError):
-        audio.align(b"", tone)
+        align(b"", beep)
     with pytest.raises(ValueError):
-        audio.align(tone, b"\0")
+        align(beep, b"\0")
 
 
 def test_segments_follow_a_delay_that_changes():
     """What a jitter buffer does: the second half arrives 30 ms later than the first."""
-    speech = audio.speech_like(2.0, seed=3)
+    speech = speech_like(2.0, seed=3)
     half = len(speech) // 2
     warped = bytes(2 * 100) + speech[:half] + bytes(2 * 1440) + speech[half:]
-    parts = audio.align_segments(speech, warped, segment=12000)
+    parts = align_segments(speech, warped, segment=12000)
     delays = {part.delay for part in parts}
     assert delays <= {100, 1540} and {100, 1540} <= delays
-    assert audio.segmental_correlation(speech, warped, segment=12000) > 0.97
+    assert segmental_correlation(speech, warped, segment=12000) > 0.97
     # One global alignment fits only half of it.
-    assert audio.correlation(speech, warped) < 0.8
+    assert correlation(speech, warped) < 0.8
 
 
 def test_segments_skip_pauses_and_short_tails():
-    tone = audio.tone(500, 1.0)
-    signal = bytes(2 * 24000) + tone + bytes(2 * 1000)
-    parts = audio.align_segments(tone, signal, segment=24000)
+    beep = tone(500, 1.0)
+    signal = bytes(2 * 24000) + beep + bytes(2 * 1000)
+    parts = align_segments(beep, signal, segment=24000)
     assert len(parts) == 2  # the silent first segment and the short tail are left out
-    assert audio.segmental_correlation(tone, bytes(48000)) == 0.0
+    assert segmental_correlation(beep, bytes(48000)) == 0.0
     with pytest.raises(ValueError):
-        audio.align_segments(tone, signal, segment=0)
+        align_segments(beep, signal, segment=0)

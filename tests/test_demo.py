@@ -1,6 +1,6 @@
 """``botcall demo``: the echo bot, and the whole thing run with its self-test."""
 
-from botcall.audio.pcm import tone
+from botcall.demo.signals import tone
 from botcall.demo.echo import EchoTurn, chime, run_demo
 from tests.serverutil import make_config
 

@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 
 from botcall import cli
-from botcall.audio import pcm as audio
-from botcall.demo.media import (
-    Arrival,
-    NetworkConditions,
-    packetize,
-    play_out,
-    run_demo,
-    simulate_network,
+from botcall.audio.wav import read_wav, write_wav
+from botcall.demo.signals import (
+    dominant_frequency,
+    find_delay,
+    rms_dbfs,
+    segmental_correlation,
+    speech_like,
+    tone,
 )
+from botcall.demo.media import packetize, play_out, run_demo
+from botcall.demo.netsim import Arrival, NetworkConditions, simulate_network
 from botcall.audio.jitter import JitterBuffer
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
@@ -36,27 +38,27 @@ def test_cli_demo_plays_the_tone_it_sent(tmp_path, capsys):
         "SNR",
     ):
         assert label in printed
-    played = audio.read_wav(out)
+    played = read_wav(out)
     # About the 2 s sent, plus silence while the stream started and ended.
     assert 1.8 <= len(played) / 2 / 48000 <= 2.5
-    assert audio.dominant_frequency(played, 48000) == pytest.approx(440, abs=2)
-    assert audio.rms_dbfs(played) > -20
+    assert dominant_frequency(played, 48000) == pytest.approx(440, abs=2)
+    assert rms_dbfs(played) > -20
 
 
 def test_cli_default_phrase_arrives(tmp_path, capsys):
     out = tmp_path / "played.wav"
     assert cli.main(["media-demo", "--seconds", "3", "--out", str(out)]) == 0
     assert "generated phrase" in capsys.readouterr().out
-    sent = audio.speech_like(3.0, seed=1)
-    assert audio.segmental_correlation(sent, audio.read_wav(out), segment=24000) > 0.7
+    sent = speech_like(3.0, seed=1)
+    assert segmental_correlation(sent, read_wav(out), segment=24000) > 0.7
 
 
 def test_cli_sends_a_wav_file(tmp_path, capsys):
     source = tmp_path / "in.wav"
-    audio.write_wav(source, audio.tone(300, 1.0, sample_rate=16000), sample_rate=16000, channels=1)
+    write_wav(source, tone(300, 1.0, sample_rate=16000), sample_rate=16000, channels=1)
     out = tmp_path / "out.wav"
     assert cli.main(["media-demo", "--wav", str(source), "--out", str(out), "--loss", "0"]) == 0
-    assert audio.dominant_frequency(audio.read_wav(out), 48000) == pytest.approx(300, abs=2)
+    assert dominant_frequency(read_wav(out), 48000) == pytest.approx(300, abs=2)
 
 
 def test_cli_refuses_a_non_wav(tmp_path, capsys):
@@ -68,7 +70,7 @@ def test_cli_refuses_a_non_wav(tmp_path, capsys):
 
 
 def test_lossy_network_is_concealed_and_recovered():
-    sent = audio.speech_like(4.0, seed=2)
+    sent = speech_like(4.0, seed=2)
     report = run_demo(sent, NetworkConditions(loss=0.08, jitter=0.03, seed=5))
     net, out = report.network, report.playout
     assert net.sent == 200
@@ -83,7 +85,7 @@ def test_lossy_network_is_concealed_and_recovered():
     # Loss costs little against what Opus costs anyway.
     assert report.snr_db > report.codec_snr_db - 3
     assert report.correlation > 0.75
-    assert audio.segmental_correlation(sent, out.pcm, segment=24000) == pytest.approx(report.correlation)
+    assert segmental_correlation(sent, out.pcm, segment=24000) == pytest.approx(report.correlation)
     # The delay is network (40 ms + jitter) plus the buffer's, not more.
     assert 0.04 < report.end_to_end_delay < 0.04 + 0.03 + report.mean_buffer_delay + 0.05
     assert 0.0 < report.mean_buffer_delay < 0.3
@@ -91,7 +93,7 @@ def test_lossy_network_is_concealed_and_recovered():
 
 def test_one_lost_packet_is_rebuilt_from_the_next_one():
     """A steady stream with packet 40 missing: the buffer offers packet 41, the receiver uses its FEC."""
-    sent = audio.speech_like(1.2, seed=4)
+    sent = speech_like(1.2, seed=4)
     sends = packetize(sent, OpusEncoder(expected_loss_percent=10), ssrc=1, first_sequence=0, first_timestamp=0)
     arrivals = [Arrival(time + 0.03, data) for index, (time, data) in enumerate(sends) if index != 40]
     runs = {}
@@ -105,7 +107,7 @@ def test_one_lost_packet_is_rebuilt_from_the_next_one():
     assert (runs[True].recovered_by_fec, runs[True].concealed) == (1, 0)
     assert (runs[False].recovered_by_fec, runs[False].concealed) == (0, 1)
     # Only frame 40 was rendered differently, and FEC's is closer to what was sent.
-    delay = audio.find_delay(sent, runs[True].by_timestamp, max_lag=1000)
+    delay = find_delay(sent, runs[True].by_timestamp, max_lag=1000)
     original = np.frombuffer(sent, "<i2").astype(float)
 
     def error_in_frame_40(playout):
@@ -117,7 +119,7 @@ def test_one_lost_packet_is_rebuilt_from_the_next_one():
 
 
 def test_fec_beats_concealment_on_the_same_trace():
-    sent = audio.speech_like(4.0, seed=6)
+    sent = speech_like(4.0, seed=6)
     conditions = NetworkConditions(loss=0.10, jitter=0.02, seed=2)
     with_fec = run_demo(sent, conditions)
     without = run_demo(sent, conditions, fec=False)
@@ -128,7 +130,7 @@ def test_fec_beats_concealment_on_the_same_trace():
 
 
 def test_clean_network_plays_everything():
-    sent = audio.speech_like(2.0, seed=1)
+    sent = speech_like(2.0, seed=1)
     report = run_demo(sent, NetworkConditions(loss=0.0, jitter=0.0, delay=0.03, seed=1))
     out = report.playout
     assert (report.network.lost, report.network.reordered, report.late) == (0, 0, 0)
@@ -140,7 +142,7 @@ def test_clean_network_plays_everything():
 
 
 def test_same_seed_same_run():
-    sent = audio.speech_like(1.0, seed=1)
+    sent = speech_like(1.0, seed=1)
     first = run_demo(sent, NetworkConditions(seed=9))
     assert run_demo(sent, NetworkConditions(seed=9)) == first
     assert run_demo(sent, NetworkConditions(seed=10)).network != first.network
@@ -148,7 +150,7 @@ def test_same_seed_same_run():
 
 def test_packetize_builds_parseable_opus_rtp():
     sends = packetize(
-        audio.tone(440, 0.1), OpusEncoder(), ssrc=0xDEADBEEF, first_sequence=65534, first_timestamp=2**32 - 960
+        tone(440, 0.1), OpusEncoder(), ssrc=0xDEADBEEF, first_sequence=65534, first_timestamp=2**32 - 960
     )
     assert [time for time, _ in sends] == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08])
     packets = [parse_rtp_untrusted(data) for _, data in sends]
@@ -194,7 +196,7 @@ def test_network_conditions_are_checked(kwargs):
 
 def test_receiver_counts_malformed_datagrams_and_payloads():
     encoder = OpusEncoder()
-    sends = packetize(audio.tone(440, 0.4), encoder, ssrc=7, first_sequence=100, first_timestamp=0)
+    sends = packetize(tone(440, 0.4), encoder, ssrc=7, first_sequence=100, first_timestamp=0)
     arrivals = [Arrival(time + 0.03, data) for time, data in sends]
     # Not RTP at all, and an RTP packet (frame 5) whose Opus payload libopus rejects.
     arrivals.insert(3, Arrival(arrivals[2].time, b"\x00garbage"))
@@ -204,7 +206,7 @@ def test_receiver_counts_malformed_datagrams_and_payloads():
     assert out.malformed == 2
     assert out.played == 19
     assert out.concealed == 1
-    assert audio.dominant_frequency(out.pcm, 48000) == pytest.approx(440, abs=2)
+    assert dominant_frequency(out.pcm, 48000) == pytest.approx(440, abs=2)
 
 
 def test_receiver_with_nothing_arriving():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.common import Api, Bot, Browser, RelayProcess, bot_pairs, join_bot, join_browsers, latch_bots
 from bench.peers.process import Harness
-from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.dtls.certificate import DtlsCertificate
 
 # A whole benchmark run fits well inside this; latched addresses must survive it.
 BENCH_IDLE_S = 24 * 3600.0

@@ -12,11 +12,12 @@ unheard for ``forget_after`` seconds are forgotten, and at most
 from __future__ import annotations
 
 import collections
+import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from botcall.errors import OpusDecodeError
-from botcall.audio.jitter import FrameKind, JitterBuffer, JitterOptions, JitterStats
+from botcall.audio.jitter import FrameKind, JitterBuffer, JitterOptions, JitterStats, PlayoutFrame
 from botcall.audio.opus import OpusDecoder
 from botcall.wire.rtp import RtpPacket
 
@@ -47,6 +48,41 @@ class DecodedFrame:
     sequence: int
     recovered: bool = False
     timestamp: int = 0
+
+
+class Rendering(enum.Enum):
+    """How ``render`` made a frame's audio."""
+
+    DECODED = "decoded"
+    """Decoded from the frame's packet."""
+    RECOVERED = "recovered"
+    """A lost frame rebuilt from the next packet's in-band FEC."""
+    CONCEALED = "concealed"
+    """Packet loss concealment: a lost frame without FEC, or the buffer expanding."""
+    REFUSED = "refused"
+    """libopus refused the payload (or the FEC data); concealed instead."""
+
+
+def render(frame: PlayoutFrame, decoder: OpusDecoder, *, use_fec: bool = True) -> tuple[bytes, Rendering]:
+    """Decode one jitter-buffer frame: its packet, its FEC, or concealment.
+
+    Args:
+        frame: what the jitter buffer played.
+        decoder: the speaker's decoder (its state follows every frame rendered).
+        use_fec: rebuild a lost frame from the next packet's FEC when the
+            buffer offers it (otherwise conceal).
+
+    Returns:
+        One frame of int16 PCM at the decoder's rate, and how it was made.
+    """
+    try:
+        if frame.kind is FrameKind.AUDIO:
+            return decoder.decode_untrusted(frame.payload), Rendering.DECODED
+        if use_fec and frame.kind is FrameKind.CONCEAL and frame.fec_payload:
+            return decoder.recover_untrusted(frame.fec_payload), Rendering.RECOVERED
+    except OpusDecodeError:
+        return decoder.conceal(), Rendering.REFUSED
+    return decoder.conceal(), Rendering.CONCEALED
 
 
 class _Speaker:
@@ -115,24 +151,12 @@ class Playout:
             frame = speaker.buffer.pop(now)
             if frame is None:
                 continue
-            decoder = speaker.decoder
-            recovered = False
-            if frame.kind is FrameKind.AUDIO:
-                try:
-                    pcm = decoder.decode_untrusted(frame.payload)
-                except OpusDecodeError:
-                    self.counters["opus_decode_failed"] += 1
-                    pcm = decoder.conceal()
-            elif frame.kind is FrameKind.CONCEAL and frame.fec_payload:
-                try:
-                    pcm = decoder.recover_untrusted(frame.fec_payload)
-                    recovered = True
-                except OpusDecodeError:
-                    self.counters["opus_decode_failed"] += 1
-                    pcm = decoder.conceal()
-            else:
-                pcm = decoder.conceal()
-            out.append(DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, recovered, frame.timestamp & 0xFFFFFFFF))
+            pcm, how = render(frame, speaker.decoder)
+            if how is Rendering.REFUSED:
+                self.counters["opus_decode_failed"] += 1
+            out.append(
+                DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, how is Rendering.RECOVERED, frame.timestamp & 0xFFFFFFFF)
+            )
         if now >= self._next_forget:
             self._next_forget = now + 1.0
             self._forget_idle(now)

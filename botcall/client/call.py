@@ -32,7 +32,8 @@ import jwt
 import trio
 import trio_websocket
 
-from botcall.audio.pcm import frames as pcm_frames, read_wav, resample
+from botcall.audio.resample import resample
+from botcall.audio.wav import frames as pcm_frames, read_wav
 from botcall.client.http import BotCallHttpError, request_json
 from botcall.errors import BadPacket
 from botcall.queues import DropOldestQueue

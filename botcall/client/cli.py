@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import trio
 
-from botcall.audio.pcm import write_wav
+from botcall.audio.wav import write_wav
 from botcall.client.call import CallError, connect
 from botcall.client.http import BotCallHttpError
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import trio
 
-from botcall.audio.pcm import dominant_frequency, rms_dbfs, tone
+from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from botcall.client import Call, connect, create_room
 from botcall.config import Config
 from botcall.server import ServerInfo, config_from_args, configure_logging, run_command, run_server

@@ -22,112 +22,21 @@ import math
 import random
 import sys
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from botcall.audio import pcm as audio
-from botcall.errors import OpusDecodeError, RtpParseError
-from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
+from botcall.audio.jitter import FrameKind, JitterBuffer
 from botcall.audio.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusDecoder, OpusEncoder
+from botcall.audio.playout import Rendering, render
+from botcall.audio.wav import frames, read_wav, write_wav
+from botcall.demo.netsim import Arrival, NetworkConditions, NetworkTally, simulate_network
+from botcall.demo.signals import align, segmental_correlation, speech_like, tone
+from botcall.errors import RtpParseError
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "botcall-demo.wav"
-MAX_JITTER_CAP = 10.0
-"""Extra delays are capped at this many times the mean jitter (keeps runs bounded)."""
 _MAX_CODEC_DELAY = 1000
 """Samples: Opus's algorithmic delay at 48 kHz is about 310; search well past it."""
-
-
-# --- The network ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkConditions:
-    """A seeded simulated one-way path.
-
-    Attributes:
-        loss: probability that a packet is dropped (independently).
-        jitter: mean of the exponentially distributed extra delay, seconds
-            (also its standard deviation); packets overtake each other when it
-            exceeds the 20 ms packet spacing.
-        delay: fixed one-way delay, seconds.
-        duplicate: probability that a packet arrives twice (with its own delay).
-        seed: the random seed; the same seed gives the same trace.
-    """
-
-    loss: float = 0.05
-    jitter: float = 0.030
-    delay: float = 0.040
-    duplicate: float = 0.0
-    seed: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.loss < 1.0:
-            raise ValueError(f"loss must be in [0, 1), not {self.loss}")
-        if not 0.0 <= self.duplicate <= 1.0:
-            raise ValueError(f"duplicate must be in [0, 1], not {self.duplicate}")
-        if self.jitter < 0 or self.delay < 0:
-            raise ValueError("jitter and delay must not be negative")
-
-
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    """One datagram reaching the receiver at ``time`` (simulated seconds)."""
-
-    time: float
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkTally:
-    """What the simulated network did to the stream."""
-
-    sent: int
-    lost: int
-    duplicated: int
-    reordered: int
-
-
-def simulate_network(
-    sends: Iterable[tuple[float, bytes]], conditions: NetworkConditions
-) -> tuple[list[Arrival], NetworkTally]:
-    """Pass timestamped datagrams through a seeded lossy, jittery path.
-
-    Args:
-        sends: ``(send_time, datagram)`` in sending order.
-        conditions: loss, delay, jitter, duplication and seed.
-
-    Returns:
-        The arrivals sorted by arrival time, and what happened on the way.
-    """
-    rng = random.Random(conditions.seed)
-    cap = MAX_JITTER_CAP * conditions.jitter
-
-    def one_way() -> float:
-        extra = rng.expovariate(1.0 / conditions.jitter) if conditions.jitter > 0 else 0.0
-        return conditions.delay + min(extra, cap)
-
-    timed: list[tuple[float, int, bytes]] = []
-    sent = lost = duplicated = 0
-    for index, (send_time, data) in enumerate(sends):
-        sent += 1
-        if rng.random() < conditions.loss:
-            lost += 1
-            continue
-        timed.append((send_time + one_way(), index, data))
-        if rng.random() < conditions.duplicate:
-            duplicated += 1
-            timed.append((send_time + one_way(), index, data))
-    timed.sort(key=lambda item: (item[0], item[1]))
-    reordered = 0
-    latest = -1
-    for _, index, _ in timed:
-        if index < latest:
-            reordered += 1
-        latest = max(latest, index)
-    arrivals = [Arrival(time, data) for time, _, data in timed]
-    return arrivals, NetworkTally(sent, lost, duplicated, reordered)
 
 
 # --- Sender and receiver -------------------------------------------------------------
@@ -149,7 +58,7 @@ def packetize(
         ``(send_time, datagram)`` pairs, send times starting at 0.
     """
     sends = []
-    for index, frame in enumerate(audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)):
+    for index, frame in enumerate(frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)):
         packet = RtpPacket(
             payload_type=PAYLOAD_TYPE,
             sequence_number=(first_sequence + index) & 0xFFFF,
@@ -164,7 +73,7 @@ def packetize(
 
 
 @dataclass(frozen=True, slots=True)
-class Playout:
+class PlayoutReport:
     """What the receiver produced.
 
     Attributes:
@@ -207,7 +116,7 @@ def play_out(
     first_timestamp: int,
     frames_sent: int,
     use_fec: bool = True,
-) -> Playout:
+) -> PlayoutReport:
     """Feed arrivals to the jitter buffer and decode what it plays, every 20 ms.
 
     Play-out ticks start at the first arrival and stop once every datagram has
@@ -223,7 +132,7 @@ def play_out(
             offers it (otherwise always conceal).
 
     Returns:
-        The ``Playout``.
+        The ``PlayoutReport``.
     """
     frame_bytes = 2 * decoder.frame_samples * decoder.channels
     silence = bytes(frame_bytes)
@@ -231,7 +140,7 @@ def play_out(
     out: list[bytes] = []
     counts = dict.fromkeys(("played", "concealed", "recovered_by_fec", "expanded", "malformed"), 0)
     if not arrivals:
-        return Playout(b"", bytes(timeline), 0, start_time=math.inf, mean_latency=math.inf, **counts)
+        return PlayoutReport(b"", bytes(timeline), 0, start_time=math.inf, mean_latency=math.inf, **counts)
     now = arrivals[0].time
     start_time = math.inf
     latency_sum = 0.0
@@ -262,37 +171,32 @@ def play_out(
         if not started:
             started = True
             start_time = tick
-        played_before = counts["played"]
-        pcm = _decode(frame, decoder, counts, use_fec)
+        pcm, how = render(frame, decoder, use_fec=use_fec)
+        _count(how, frame.kind, counts)
         out.append(pcm)
         if frame.kind is not FrameKind.EXPAND:
             index = ((frame.timestamp - first_timestamp) & 0xFFFFFFFF) // FRAME_SAMPLES
             if index < frames_sent and len(pcm) == frame_bytes:
                 timeline[index * frame_bytes : (index + 1) * frame_bytes] = pcm
                 rendered.add(index)
-            if counts["played"] > played_before:
+            if how is Rendering.DECODED:
                 latency_sum += tick - index * FRAME_DURATION
     mean_latency = latency_sum / counts["played"] if counts["played"] else math.inf
-    return Playout(
+    return PlayoutReport(
         b"".join(out), bytes(timeline), len(rendered), start_time=start_time, mean_latency=mean_latency, **counts
     )
 
 
-def _decode(frame: PlayoutFrame, decoder: OpusDecoder, counts: dict[str, int], use_fec: bool) -> bytes:
-    """Render one play-out frame; a payload libopus refuses is counted and concealed."""
-    try:
-        if frame.kind is FrameKind.AUDIO:
-            pcm = decoder.decode_untrusted(frame.payload)
-            counts["played"] += 1
-            return pcm
-        if use_fec and frame.kind is FrameKind.CONCEAL and frame.fec_payload is not None:
-            pcm = decoder.recover_untrusted(frame.fec_payload)
-            counts["recovered_by_fec"] += 1
-            return pcm
-    except OpusDecodeError:
-        counts["malformed"] += 1
-    counts["expanded" if frame.kind is FrameKind.EXPAND else "concealed"] += 1
-    return decoder.conceal()
+def _count(how: Rendering, kind: FrameKind, counts: dict[str, int]) -> None:
+    """Tally one rendered frame; a payload libopus refused is malformed and concealed."""
+    if how is Rendering.DECODED:
+        counts["played"] += 1
+    elif how is Rendering.RECOVERED:
+        counts["recovered_by_fec"] += 1
+    else:
+        if how is Rendering.REFUSED:
+            counts["malformed"] += 1
+        counts["expanded" if kind is FrameKind.EXPAND else "concealed"] += 1
 
 
 # --- The demo ------------------------------------------------------------------------
@@ -304,7 +208,7 @@ class DemoReport:
 
     Attributes:
         network: what the simulated network did.
-        playout: what the receiver produced (see ``Playout``).
+        playout: what the receiver produced (see ``PlayoutReport``).
         late: packets that arrived after their play-out slot.
         discarded: buffered frames the jitter buffer dropped to cut its delay.
         skipped: frames never rendered, neither played nor concealed nor
@@ -324,7 +228,7 @@ class DemoReport:
     """
 
     network: NetworkTally
-    playout: Playout
+    playout: PlayoutReport
     late: int
     discarded: int
     skipped: int
@@ -403,9 +307,9 @@ def run_demo(
     stats = buffer.stats
     clean_decoder = OpusDecoder()
     clean = b"".join(clean_decoder.decode_untrusted(parse_rtp_untrusted(data).payload) for _, data in sends)
-    codec = audio.align(pcm, clean, max_lag=_MAX_CODEC_DELAY)
-    decoded = audio.align(pcm, playout.by_timestamp, max_lag=_MAX_CODEC_DELAY)
-    played_correlation = audio.segmental_correlation(pcm, playout.pcm, segment=SAMPLE_RATE // 2)
+    codec = align(pcm, clean, max_lag=_MAX_CODEC_DELAY)
+    decoded = align(pcm, playout.by_timestamp, max_lag=_MAX_CODEC_DELAY)
+    played_correlation = segmental_correlation(pcm, playout.pcm, segment=SAMPLE_RATE // 2)
     end_to_end = playout.mean_latency + encoder.lookahead / encoder.sample_rate
     return DemoReport(
         network=tally,
@@ -457,19 +361,19 @@ def run(args: argparse.Namespace) -> int:
             loss=args.loss, jitter=args.jitter, delay=args.delay, duplicate=args.duplicate, seed=args.seed
         )
         if args.wav is not None:
-            pcm = audio.read_wav(args.wav)
+            pcm = read_wav(args.wav)
             source = str(args.wav)
         elif args.tone is not None:
-            pcm = audio.tone(args.tone, args.seconds)
+            pcm = tone(args.tone, args.seconds)
             source = f"{args.tone:g} Hz tone, {args.seconds:g} s"
         else:
-            pcm = audio.speech_like(args.seconds, seed=args.seed)
+            pcm = speech_like(args.seconds, seed=args.seed)
             source = f"generated phrase, {args.seconds:g} s"
         report = run_demo(pcm, conditions, bitrate=args.bitrate, fec=not args.no_fec)
     except (ValueError, OSError) as error:
         print(f"botcall media-demo: {error}", file=sys.stderr)
         return 2
-    audio.write_wav(args.out, report.playout.pcm, sample_rate=SAMPLE_RATE, channels=1)
+    write_wav(args.out, report.playout.pcm, sample_rate=SAMPLE_RATE, channels=1)
     print(
         f"BotCall media demo: {source} -> Opus/RTP -> simulated network "
         f"(loss {100 * conditions.loss:g} %, jitter {1000 * conditions.jitter:g} ms mean, "

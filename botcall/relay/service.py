@@ -13,7 +13,7 @@ from typing import Protocol
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.queues import DropOldestQueue
-from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MAX_AHEAD_S, MAX_MARKS, BotPlayout
 from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink

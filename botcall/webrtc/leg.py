@@ -43,7 +43,8 @@ from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.errors import BadPacket, DtlsError
 from botcall.wire.demux import RTCP_BY_SECOND_BYTE
 from botcall.wire.stun import Address
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext
 
 log = logging.getLogger("botcall.webrtc")

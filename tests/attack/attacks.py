@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from botcall.audio.pcm import tone
+from botcall.demo.signals import tone
 from botcall.client.call import connect
 from botcall.wire.stun import binding_request
 from tests.attack.kit import (

@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from bench.peers.process import HarnessError, read_proc_stat, set_priority
-from botcall.audio.pcm import tone
+from botcall.demo.signals import tone
 from botcall.client.call import Call, connect
 from botcall.client.http import create_room
 from tests.attack.kit import CALL_NICE, HEALTHZ_DEADLINE, LISTENER, PROBE, PROBE_INTERVAL, RSS_SAMPLE_INTERVAL, SPEAKER, record_arrivals, source

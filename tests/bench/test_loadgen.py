@@ -11,7 +11,7 @@ import pytest
 
 from bench.loadgen import MIN_PACKET_SIZE, Flow, measure_direct, open_socket, run_load
 from bench.srtp_cost import handshake
-from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext
 
 RATE = 50.0

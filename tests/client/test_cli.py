@@ -5,7 +5,8 @@ import argparse
 import pytest
 import trio
 
-from botcall.audio.pcm import dominant_frequency, read_wav, tone, write_wav
+from botcall.audio.wav import read_wav, write_wav
+from botcall.demo.signals import dominant_frequency, tone
 from botcall.client.cli import Recorder, run_bot
 from tests.serverutil import running_server
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 import trio
 
-from botcall.audio.pcm import dominant_frequency, tone
+from botcall.demo.signals import dominant_frequency, tone
 from botcall.client import BotCallHttpError, connect
 from botcall.wire.rtp import RtpPacket
 from botcall.wire.stun import binding_request

@@ -18,7 +18,8 @@ import pytest
 import trio
 from playwright.sync_api import BrowserContext, expect
 
-from botcall.audio.pcm import dominant_frequency, rms_dbfs, tone, write_wav
+from botcall.audio.wav import write_wav
+from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from botcall.client import connect
 from tests.pwa.harness import PageErrors, hooks, in_browser, wait_state
 from tests.serverutil import running_server

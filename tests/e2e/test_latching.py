@@ -11,7 +11,7 @@ import struct
 import pytest
 import trio
 
-from botcall.audio.pcm import tone
+from botcall.demo.signals import tone
 from botcall.client import connect
 from botcall.errors import BadPacket
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted

@@ -15,10 +15,11 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.audio.pcm import dominant_frequency, tone
+from botcall.demo.signals import dominant_frequency, tone
 from botcall.client import connect
 from botcall.errors import BadPacket
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.webrtc.srtp import SrtpContext

@@ -12,7 +12,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.audio.pcm import dominant_frequency, tone
+from botcall.demo.signals import dominant_frequency, tone
 from botcall.client import connect
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from tests.serverutil import running_server

@@ -13,18 +13,10 @@ import itertools
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from botcall.errors import DtlsError
-from botcall.webrtc.dtls import (
-    DEFAULT_MTU,
-    MAX_RECORD_PAYLOAD,
-    DtlsCertificate,
-    DtlsEndpoint,
-    DtlsFingerprint,
-    DtlsRecord,
-    DtlsState,
-    pack_datagrams,
-    parse_fingerprint_untrusted,
-    split_records_untrusted,
-)
+from botcall.webrtc.dtls.certificate import DtlsCertificate, parse_fingerprint_untrusted
+from botcall.webrtc.dtls.endpoint import DEFAULT_MTU, DtlsEndpoint, DtlsState
+from botcall.webrtc.dtls.records import MAX_RECORD_PAYLOAD, DtlsRecord, pack_datagrams, split_records_untrusted
+from botcall.webrtc.fingerprint import Fingerprint as DtlsFingerprint
 
 SERVER_CERT = DtlsCertificate.generate()
 CLIENT_CERT = DtlsCertificate.generate()

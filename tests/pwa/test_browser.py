@@ -17,7 +17,7 @@ import trio
 from playwright.sync_api import BrowserContext, Page, expect
 from trio_websocket import open_websocket_url
 
-from botcall.audio.pcm import tone
+from botcall.demo.signals import tone
 from botcall.client import connect
 from tests.pwa.harness import PageErrors, hooks, in_browser, wait_state
 from tests.serverutil import running_server

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from botcall.audio.opus import OpusEncoder
-from botcall.audio.pcm import tone
+from botcall.demo.signals import tone
 from botcall.errors import SignalingError
 from botcall.relay.core import MediaPeer, MediaRelay
 from botcall.relay.service import WsSink

@@ -22,20 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from botcall.errors import DtlsError
-from botcall.webrtc.dtls import (
-    MIN_MTU,
-    ContentType,
-    DtlsCertificate,
-    DtlsEndpoint,
-    DtlsFingerprint,
-    DtlsRecord,
-    DtlsState,
-    HandshakeType,
-    fingerprint_of_der,
-    pack_datagrams,
-    parse_fingerprint_untrusted,
-    split_records_untrusted,
-)
+from botcall.webrtc.dtls.certificate import DtlsCertificate, fingerprint_of_der, parse_fingerprint_untrusted
+from botcall.webrtc.dtls.endpoint import MIN_MTU, DtlsEndpoint, DtlsState
+from botcall.webrtc.dtls.records import ContentType, DtlsRecord, HandshakeType, pack_datagrams, split_records_untrusted
+from botcall.webrtc.fingerprint import Fingerprint as DtlsFingerprint
 from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
 from tests.cheap import c_heap_in_use
 

@@ -11,7 +11,7 @@ import pytest
 
 from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
 from botcall.wire.rtp import RtpPacket
-from tests.netsim import merge_schedule
+from botcall.demo.netsim import merge_schedule
 
 FRAME = 0.020
 SPF = 960

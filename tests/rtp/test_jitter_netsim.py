@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from tests.netsim import Burst, Jitter, NetworkProfile, SimLink, merge_schedule, transmit
+from botcall.demo.netsim import Burst, Jitter, NetworkProfile, SimLink, merge_schedule, transmit
 
 TICK = 0.020
 

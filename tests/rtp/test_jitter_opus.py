@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from botcall.audio import pcm as audio
+from botcall.audio.wav import frames
+from botcall.demo.signals import correlation, speech_like
 from botcall.audio.jitter import FrameKind, JitterBuffer
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket
-from tests.netsim import Jitter, NetworkProfile, merge_schedule, transmit
+from botcall.demo.netsim import Jitter, NetworkProfile, merge_schedule, transmit
 
 FRAME = 0.020
 SPF = 960
@@ -28,9 +29,9 @@ TS0 = 2**32 - 50 * SPF
 @pytest.fixture(scope="module")
 def call():
     """Encoded speech and the loss-free decode of every frame (the reference)."""
-    pcm = audio.speech_like(8.0, seed=3)
+    pcm = speech_like(8.0, seed=3)
     encoder = OpusEncoder(fec=True, expected_loss_percent=15)
-    payloads = [encoder.encode(chunk) for chunk in audio.frames(pcm)]
+    payloads = [encoder.encode(chunk) for chunk in frames(pcm)]
     decoder = OpusDecoder()
     reference = [decoder.decode_untrusted(p) for p in payloads]
     return payloads, reference
@@ -99,7 +100,7 @@ def test_fec_payload_rebuilds_lost_frames_better_than_plc(call):
     assert fec_snr > wrong_snr + 2.0, (fec_snr, wrong_snr)
 
     def corr(out):
-        return audio.correlation(
+        return correlation(
             b"".join(reference[i] for i in concealed), b"".join(out[i] for i in concealed), max_lag=0
         )
 

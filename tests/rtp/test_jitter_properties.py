@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, example, given, settings, strategies 
 
 from botcall.audio.jitter import FrameKind, JitterBuffer
 from botcall.wire.rtp import RtpPacket
-from tests.netsim import Burst, Jitter, NetworkProfile, merge_schedule, transmit
+from botcall.demo.netsim import Burst, Jitter, NetworkProfile, merge_schedule, transmit
 
 FRAME = 0.020
 SPF = 960

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from botcall.audio import pcm as audio
+from botcall.audio.resample import resample
+from botcall.audio.wav import frames
+from botcall.demo.signals import (
+    align,
+    correlation,
+    dominant_frequency,
+    find_delay,
+    rms_dbfs,
+    speech_like,
+    tone,
+)
 from botcall.errors import OpusDecodeError
 from botcall.audio.opus import (
     DECODER_RATES,
@@ -23,7 +33,7 @@ MAX_CODEC_DELAY = 1000
 
 def encode_all(pcm: bytes, encoder: OpusEncoder) -> list[bytes]:
     return [
-        encoder.encode(frame) for frame in audio.frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)
+        encoder.encode(frame) for frame in frames(pcm, sample_rate=encoder.sample_rate, channels=encoder.channels)
     ]
 
 
@@ -42,7 +52,7 @@ def test_constants():
 
 
 def test_tone_survives_round_trip():
-    sent = audio.tone(440, 1.0)
+    sent = tone(440, 1.0)
     packets = encode_all(sent, OpusEncoder())
     assert len(packets) == 50
     # 32 kbit/s is 80 bytes per 20 ms on average; a broken bitrate CTL would show here.
@@ -50,65 +60,65 @@ def test_tone_survives_round_trip():
     received = decode_all(packets, OpusDecoder())
     assert len(received) == len(sent)
     steady = skip_start(received, 48000)
-    assert audio.dominant_frequency(steady, 48000) == pytest.approx(440, abs=2)
-    assert audio.rms_dbfs(steady) == pytest.approx(audio.rms_dbfs(sent), abs=1.5)
-    alignment = audio.align(sent, received, max_lag=MAX_CODEC_DELAY)
+    assert dominant_frequency(steady, 48000) == pytest.approx(440, abs=2)
+    assert rms_dbfs(steady) == pytest.approx(rms_dbfs(sent), abs=1.5)
+    alignment = align(sent, received, max_lag=MAX_CODEC_DELAY)
     assert 250 <= alignment.delay <= 350
     assert alignment.correlation > 0.95
 
 
 @pytest.mark.parametrize("rate", DECODER_RATES)
 def test_decoder_outputs_tone_at_its_own_rate(rate):
-    packets = encode_all(audio.tone(440, 1.0), OpusEncoder())
+    packets = encode_all(tone(440, 1.0), OpusEncoder())
     decoder = OpusDecoder(sample_rate=rate)
     pcm = [decoder.decode_untrusted(p) for p in packets]
     assert {len(frame) for frame in pcm} == {rate // 50 * 2}
     received = b"".join(pcm)
     steady = skip_start(received, rate)
-    assert audio.dominant_frequency(steady, rate) == pytest.approx(440, abs=2)
-    assert audio.rms_dbfs(steady) == pytest.approx(audio.rms_dbfs(audio.tone(440, 1.0)), abs=1.5)
+    assert dominant_frequency(steady, rate) == pytest.approx(440, abs=2)
+    assert rms_dbfs(steady) == pytest.approx(rms_dbfs(tone(440, 1.0)), abs=1.5)
     # The same audio as the 48 kHz original brought down to this rate.
-    expected = audio.resample(audio.tone(440, 1.0), 48000, rate)
-    assert audio.correlation(expected, received, max_lag=MAX_CODEC_DELAY * rate // 48000) > 0.95
+    expected = resample(tone(440, 1.0), 48000, rate)
+    assert correlation(expected, received, max_lag=MAX_CODEC_DELAY * rate // 48000) > 0.95
 
 
 @pytest.mark.parametrize("rate", [16000, 24000])
 def test_speech_decoded_straight_to_pcm16_rates(rate):
     """What the relay does for pcm16 bots: decode at 16/24 kHz without a resampler."""
-    sent = audio.speech_like(2.0, seed=3)
+    sent = speech_like(2.0, seed=3)
     packets = encode_all(sent, OpusEncoder())
     received = decode_all(packets, OpusDecoder(sample_rate=rate))
-    expected = audio.resample(sent, 48000, rate)
-    assert audio.correlation(expected, received, max_lag=MAX_CODEC_DELAY) > 0.85
+    expected = resample(sent, 48000, rate)
+    assert correlation(expected, received, max_lag=MAX_CODEC_DELAY) > 0.85
 
 
 def test_encoder_at_16k_input():
-    sent = audio.tone(440, 1.0, sample_rate=16000)
+    sent = tone(440, 1.0, sample_rate=16000)
     encoder = OpusEncoder(sample_rate=16000)
     assert encoder.frame_bytes == 640
     received = decode_all(encode_all(sent, encoder), OpusDecoder())
-    assert audio.dominant_frequency(skip_start(received, 48000), 48000) == pytest.approx(440, abs=2)
+    assert dominant_frequency(skip_start(received, 48000), 48000) == pytest.approx(440, abs=2)
 
 
 def test_stereo_keeps_channels_apart():
-    left = np.frombuffer(audio.tone(440, 1.0), "<i2")
-    right = np.frombuffer(audio.tone(660, 1.0), "<i2")
+    left = np.frombuffer(tone(440, 1.0), "<i2")
+    right = np.frombuffer(tone(660, 1.0), "<i2")
     sent = np.column_stack([left, right]).astype("<i2").tobytes()
     encoder = OpusEncoder(channels=2, bitrate=64000, application="audio")
     assert encoder.frame_bytes == 3840
     received = decode_all(encode_all(sent, encoder), OpusDecoder(channels=2))
     samples = np.frombuffer(skip_start(received, 48000, channels=2), "<i2").reshape(-1, 2)
-    assert audio.dominant_frequency(samples[:, 0].tobytes(), 48000) == pytest.approx(440, abs=2)
-    assert audio.dominant_frequency(samples[:, 1].tobytes(), 48000) == pytest.approx(660, abs=2)
+    assert dominant_frequency(samples[:, 0].tobytes(), 48000) == pytest.approx(440, abs=2)
+    assert dominant_frequency(samples[:, 1].tobytes(), 48000) == pytest.approx(660, abs=2)
 
 
 def test_mono_decoder_mixes_stereo_packets():
-    left = np.frombuffer(audio.tone(440, 1.0), "<i2")
+    left = np.frombuffer(tone(440, 1.0), "<i2")
     sent = np.column_stack([left, np.zeros_like(left)]).astype("<i2").tobytes()
     packets = encode_all(sent, OpusEncoder(channels=2, bitrate=64000))
     received = decode_all(packets, OpusDecoder(channels=1))
     assert len(received) == len(sent) // 2
-    assert audio.dominant_frequency(skip_start(received, 48000), 48000) == pytest.approx(440, abs=2)
+    assert dominant_frequency(skip_start(received, 48000), 48000) == pytest.approx(440, abs=2)
 
 
 def test_wrong_frame_size_is_a_programmer_error():
@@ -142,7 +152,7 @@ def test_decoder_rejects_bad_settings(kwargs):
 
 def test_multi_frame_packet_decodes_to_its_full_length():
     """A code 1 packet (RFC 6716 §3.2.2) of two 20 ms frames gives 40 ms."""
-    packet = OpusEncoder(bitrate=32000).encode(audio.tone(440, 0.02))
+    packet = OpusEncoder(bitrate=32000).encode(tone(440, 0.02))
     frame = packet[1:]
     double = bytes([packet[0] | 0x01]) + frame + frame
     assert len(OpusDecoder().decode_untrusted(double)) == 2 * 960 * 2
@@ -152,17 +162,17 @@ def test_multi_frame_packet_decodes_to_its_full_length():
 def test_conceal_continues_the_tone():
     decoder = OpusDecoder()
     assert decoder.conceal() == bytes(1920)  # nothing to continue yet: silence
-    for packet in encode_all(audio.tone(440, 0.5), OpusEncoder()):
+    for packet in encode_all(tone(440, 0.5), OpusEncoder()):
         decoder.decode_untrusted(packet)
     concealed = decoder.conceal()
     assert len(concealed) == 1920
-    assert audio.rms_dbfs(concealed) > -30
-    assert audio.dominant_frequency(concealed, 48000) == pytest.approx(440, abs=15)
+    assert rms_dbfs(concealed) > -30
+    assert dominant_frequency(concealed, 48000) == pytest.approx(440, abs=15)
     assert len(OpusDecoder(sample_rate=16000).conceal()) == 640
 
 
 def test_reset_forgets_history():
-    packets = encode_all(audio.speech_like(0.6, seed=2), OpusEncoder())
+    packets = encode_all(speech_like(0.6, seed=2), OpusEncoder())
     used = OpusDecoder()
     decode_all(packets, used)
     used.reset()
@@ -191,15 +201,15 @@ def _lost_frame_errors(packets: list[bytes], sent: np.ndarray, lost: int, delay:
 
 def _fec_versus_plc(encoder: OpusEncoder, seed: int) -> tuple[int, int, float]:
     """Lose one voiced frame at a time; count FEC wins and the overall error ratio in dB."""
-    sent_pcm = audio.speech_like(3.0, seed=seed)
+    sent_pcm = speech_like(3.0, seed=seed)
     sent = np.frombuffer(sent_pcm, "<i2").astype(float)
     packets = encode_all(sent_pcm, encoder)
-    delay = audio.find_delay(sent_pcm, decode_all(packets, OpusDecoder()), max_lag=MAX_CODEC_DELAY)
+    delay = find_delay(sent_pcm, decode_all(packets, OpusDecoder()), max_lag=MAX_CODEC_DELAY)
     plc_total = fec_total = 0.0
     trials = fec_wins = 0
     for lost in range(5, len(packets) - 2, 5):
         frame = sent[lost * FRAME_SAMPLES : (lost + 1) * FRAME_SAMPLES]
-        if audio.rms_dbfs(frame.astype("<i2").tobytes()) < -40:
+        if rms_dbfs(frame.astype("<i2").tobytes()) < -40:
             continue  # a pause: nothing to recover
         plc, fec = _lost_frame_errors(packets, sent, lost, delay)
         trials += 1

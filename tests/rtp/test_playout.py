@@ -1,6 +1,6 @@
 """Per-speaker play-out: separate streams, ordered frames, FEC on loss, bounded speakers."""
 
-from botcall.audio.pcm import dominant_frequency, tone
+from botcall.demo.signals import dominant_frequency, tone
 from botcall.audio.jitter import FrameKind
 from botcall.audio.opus import OpusEncoder
 from botcall.wire.rtp import RtpPacket

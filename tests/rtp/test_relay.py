@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from botcall.relay.service import MediaService
-from botcall.webrtc.dtls import DtlsCertificate
+from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.ice_lite import CHECK_TIMEOUT, MAX_PENDING_CHECKS, TRANSACTION_MEMORY, UNKNOWN_SOURCE_CHECK_INTERVAL
 from botcall.wire.rtp import parse_rtp_untrusted
 from botcall.relay.core import MAX_PACKETS_PER_SECOND, MediaRelay

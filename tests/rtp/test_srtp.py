@@ -9,7 +9,8 @@ import pytest
 from hypothesis import example, given, strategies as st
 
 from botcall.errors import SrtpError
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext, SrtpKeys, SrtpProfile
 from tests.cheap import c_heap_in_use
 

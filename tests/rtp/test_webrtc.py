@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, strategies as st
 
-from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.relay.core import MediaRelay
 from botcall.webrtc.srtp import SrtpContext

@@ -1,8 +1,11 @@
-"""A seeded, simulated one-way network link for sans-IO tests and benchmarks.
+"""A seeded, simulated one-way network link: the media demo's, the tests' and the benchmarks'.
 
 Nothing here reads a clock or sleeps: the caller says when each item is sent
 and asks for what has arrived by a given simulated time. Items are opaque (RTP
-packets, datagrams, anything).
+packets, datagrams, anything). ``SimLink`` is the model; ``transmit`` and
+``merge_schedule`` drive it for a whole stream; ``NetworkConditions`` and
+``simulate_network`` are the media demo's view of it (loss, exponential
+jitter, delay, duplication) with a tally of what happened.
 
 One-way delay of an item sent at ``t``::
 
@@ -10,7 +13,7 @@ One-way delay of an item sent at ``t``::
 
 * ``jitter_sample``: drawn i.i.d. from ``jitter`` (see ``Jitter``) with mean
   ``jitter_mean``; ``scale(t)`` multiplies it inside ``bursts`` (periods of
-  high jitter).
+  high jitter), and it never exceeds ``jitter_cap`` seconds.
 * ``outage_hold``: delay spikes modelled as link outages. Outages start as a
   Poisson process (``spike_rate`` per second) and last ``U(spike_min,
   spike_max)`` seconds; an item sent during one is held until it ends, so the
@@ -31,8 +34,23 @@ import enum
 import heapq
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+
+__all__ = [
+    "MAX_JITTER_CAP",
+    "Arrival",
+    "Burst",
+    "Jitter",
+    "NetworkConditions",
+    "NetworkProfile",
+    "NetworkTally",
+    "SimLink",
+    "merge_schedule",
+    "simulate_network",
+    "transmit",
+]
 
 
 class Jitter(enum.Enum):
@@ -74,6 +92,7 @@ class NetworkProfile:
     spike_max: float = 0.150
     bursts: tuple[Burst, ...] = ()
     fifo: bool = False
+    jitter_cap: float = math.inf
 
 
 @dataclass(order=True)
@@ -121,7 +140,7 @@ class SimLink:
         for burst in p.bursts:
             if burst.start <= t < burst.end:
                 sample *= burst.factor
-        return sample
+        return min(sample, p.jitter_cap)
 
     def _next_outage(self, after: float) -> tuple[float, float]:
         p = self.profile
@@ -230,3 +249,94 @@ def merge_schedule(
             i += 1
         yield t, None
         n += 1
+
+
+# --- The media demo's network -----------------------------------------------------
+
+MAX_JITTER_CAP = 10.0
+"""The demo caps extra delays at this many times the mean jitter (keeps runs bounded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConditions:
+    """A seeded simulated one-way path, as the media demo's options describe it.
+
+    Attributes:
+        loss: probability that a packet is dropped (independently).
+        jitter: mean of the exponentially distributed extra delay, seconds
+            (also its standard deviation); packets overtake each other when it
+            exceeds the 20 ms packet spacing.
+        delay: fixed one-way delay, seconds.
+        duplicate: probability that a packet arrives twice (with its own delay).
+        seed: the random seed; the same seed gives the same trace.
+    """
+
+    loss: float = 0.05
+    jitter: float = 0.030
+    delay: float = 0.040
+    duplicate: float = 0.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.loss < 1.0:
+            raise ValueError(f"loss must be in [0, 1), not {self.loss}")
+        if not 0.0 <= self.duplicate <= 1.0:
+            raise ValueError(f"duplicate must be in [0, 1], not {self.duplicate}")
+        if self.jitter < 0 or self.delay < 0:
+            raise ValueError("jitter and delay must not be negative")
+
+    def profile(self) -> NetworkProfile:
+        """These conditions as a ``NetworkProfile`` (jitter capped at ``MAX_JITTER_CAP`` means)."""
+        return NetworkProfile(
+            base_delay=self.delay,
+            jitter=Jitter.EXPONENTIAL,
+            jitter_mean=self.jitter,
+            jitter_cap=MAX_JITTER_CAP * self.jitter,
+            loss=self.loss,
+            duplicate=self.duplicate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One datagram reaching the receiver at ``time`` (simulated seconds)."""
+
+    time: float
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkTally:
+    """What the simulated network did to the stream."""
+
+    sent: int
+    lost: int
+    duplicated: int
+    reordered: int
+
+
+def simulate_network(
+    sends: Iterable[tuple[float, bytes]], conditions: NetworkConditions
+) -> tuple[list[Arrival], NetworkTally]:
+    """Pass timestamped datagrams through a ``SimLink`` with the given conditions.
+
+    Args:
+        sends: ``(send_time, datagram)`` in sending order (times never decrease).
+        conditions: loss, delay, jitter, duplication and seed.
+
+    Returns:
+        The arrivals sorted by arrival time, and what happened on the way
+        (``reordered`` counts arrivals sent before one that arrived earlier).
+    """
+    link = SimLink(conditions.profile(), conditions.seed)
+    for index, (send_time, data) in enumerate(sends):
+        link.send((index, data), send_time)
+    delivered: list[tuple[float, tuple[int, bytes]]] = link.deliver(math.inf)
+    reordered = 0
+    latest = -1
+    for _, (index, _) in delivered:
+        if index < latest:
+            reordered += 1
+        latest = max(latest, index)
+    arrivals = [Arrival(time, data) for time, (_, data) in delivered]
+    return arrivals, NetworkTally(link.sent, link.lost, link.duplicated, reordered)

@@ -1,22 +1,8 @@
-"""DTLS 1.2 for DTLS-SRTP (RFC 6347, RFC 5764, RFC 5763), sans-IO over pyOpenSSL.
+"""The DTLS-SRTP endpoint (RFC 6347, RFC 5764, RFC 5763), sans-IO over pyOpenSSL.
 
-The relay bridges browsers: Chrome is the DTLS client (our answer says
-``a=setup:passive``) and we are the server. The benchmark simulates browsers
-with our own endpoint in the client role, so both roles work the same way.
-
-Layout, in the order of the file:
-
-* the record codec: ``DtlsRecord``, ``split_records_untrusted`` and
-  ``pack_datagrams`` (RFC 6347 §4.1);
-* certificate fingerprints as SDP carries them (RFC 8122 §5):
-  ``DtlsFingerprint`` and ``parse_fingerprint_untrusted``;
-* ``DtlsCertificate``: one self-signed ECDSA P-256 certificate per process,
-  shared by every endpoint;
-* ``DtlsEndpoint``: the handshake state machine. Datagrams and ``now`` in,
-  datagrams and a deadline out; it never reads the clock.
-
-Conventions (as in Trio's ``_dtls.py``): every function that handles network
-data ends in ``_untrusted`` and raises only ``DtlsError``.
+``DtlsEndpoint`` is the handshake state machine: datagrams and ``now`` in,
+datagrams and a deadline out; it never reads the clock. Every function that
+handles network data ends in ``_untrusted`` and raises only ``DtlsError``.
 
 Why the endpoint retransmits by itself
     OpenSSL's DTLS timer runs on the real clock (``DTLSv1_handle_timeout`` does
@@ -68,23 +54,30 @@ Malformed datagrams
 from __future__ import annotations
 
 import math
-import secrets
-import struct
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from enum import Enum, IntEnum
-from typing import Literal
+from enum import Enum
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from botcall.webrtc.fingerprint import Fingerprint, FingerprintError
 from botcall.errors import DtlsError
+from botcall.webrtc.dtls.certificate import DtlsCertificate, Role, fingerprint_of_der, parse_fingerprint_untrusted
+from botcall.webrtc.dtls.records import (
+    HANDSHAKE_HEADER,
+    RECORD_HEADER,
+    ContentType,
+    DtlsRecord,
+    FlightItem,
+    HandshakeMessage,
+    PlainRecord,
+    ProtectedRecord,
+    decode_flight_trusted,
+    is_alert,
+    pack_datagrams,
+    split_records_untrusted,
+)
+from botcall.webrtc.fingerprint import Fingerprint
 from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
 
 __all__ = [
@@ -92,385 +85,16 @@ __all__ = [
     "DEFAULT_MTU",
     "DEFAULT_SRTP_PROFILES",
     "MIN_MTU",
-    "ContentType",
-    "DtlsCertificate",
     "DtlsEndpoint",
-    "DtlsFingerprint",
-    "DtlsRecord",
     "DtlsState",
-    "HandshakeType",
-    "SrtpKeys",
-    "fingerprint_of_der",
-    "pack_datagrams",
-    "parse_fingerprint_untrusted",
-    "split_records_untrusted",
 ]
 
-
-# --- Record codec (RFC 6347 §4.1) ---------------------------------------------------
-
-
-class ContentType(IntEnum):
-    """Record content types (RFC 5246 §6.2.1, kept by RFC 6347 §4.1)."""
-
-    CHANGE_CIPHER_SPEC = 20
-    ALERT = 21
-    HANDSHAKE = 22
-    APPLICATION_DATA = 23
-
-
-class HandshakeType(IntEnum):
-    """Handshake message types of DTLS 1.2 (RFC 5246 §7.4, RFC 6347 §4.3.2)."""
-
-    HELLO_REQUEST = 0
-    CLIENT_HELLO = 1
-    SERVER_HELLO = 2
-    HELLO_VERIFY_REQUEST = 3  # RFC 6347 §4.2.1
-    CERTIFICATE = 11
-    SERVER_KEY_EXCHANGE = 12
-    CERTIFICATE_REQUEST = 13
-    SERVER_HELLO_DONE = 14
-    CERTIFICATE_VERIFY = 15
-    CLIENT_KEY_EXCHANGE = 16
-    FINISHED = 20
-
-
-DTLS_1_0 = 0xFEFF  # on the wire, the one's complement of {1, 0} (RFC 4347 §4.1)
-DTLS_1_2 = 0xFEFD  # {254, 253} (RFC 6347 §4.1)
-
-# type, version, epoch, sequence number (48 bits: high 16, low 32), length.
-RECORD_HEADER = struct.Struct("!BHHHIH")
-# msg_type, length (24 bits), message_seq, fragment_offset (24), fragment_length (24),
-# each 24-bit field as its high 16 and low 8 bits (RFC 6347 §4.2.2).
-HANDSHAKE_HEADER = struct.Struct("!BHBHHBHB")
-_MAX_SEQUENCE_NUMBER = (1 << 48) - 1
-# RFC 5246 §6.2.3: TLSCiphertext.length MUST NOT exceed 2^14 + 2048.
-MAX_RECORD_PAYLOAD = (1 << 14) + 2048
-
-
-@dataclass(frozen=True, slots=True)
-class DtlsRecord:
-    """One DTLS record; ``bytes(record)`` encodes it.
-
-    Raises:
-        ValueError: a field is outside its wire range.
-    """
-
-    content_type: int
-    version: int
-    epoch: int
-    sequence_number: int
-    fragment: bytes
-
-    def __post_init__(self) -> None:
-        if not (
-            0 <= self.content_type <= 0xFF
-            and 0 <= self.version <= 0xFFFF
-            and 0 <= self.epoch <= 0xFFFF
-            and 0 <= self.sequence_number <= _MAX_SEQUENCE_NUMBER
-            and len(self.fragment) <= MAX_RECORD_PAYLOAD
-        ):
-            raise ValueError("DTLS record field out of range")
-
-    def __bytes__(self) -> bytes:
-        return (
-            RECORD_HEADER.pack(
-                self.content_type,
-                self.version,
-                self.epoch,
-                self.sequence_number >> 32,
-                self.sequence_number & 0xFFFFFFFF,
-                len(self.fragment),
-            )
-            + self.fragment
-        )
-
-
-def split_records_untrusted(data: bytes) -> list[DtlsRecord]:
-    """Split a datagram into the DTLS records it carries (RFC 6347 §4.1).
-
-    Only the framing is checked; what is inside a record is OpenSSL's business.
-
-    Args:
-        data: one UDP payload.
-
-    Returns:
-        The records in order (an empty list for empty input).
-
-    Raises:
-        DtlsError: a truncated header, a record running past the end of the
-            datagram or longer than RFC 5246 §6.2.3 allows (counter ``dtls_malformed``).
-    """
-    records: list[DtlsRecord] = []
-    offset = 0
-    end = len(data)
-    header_size = RECORD_HEADER.size
-    while offset < end:
-        if end - offset < header_size:
-            raise DtlsError(f"truncated DTLS record header at byte {offset}", counter="dtls_malformed")
-        content_type, version, epoch, seq_high, seq_low, length = RECORD_HEADER.unpack_from(data, offset)
-        start = offset + header_size
-        stop = start + length
-        if stop > end:
-            raise DtlsError(
-                f"DTLS record at byte {offset} claims {length} bytes, {end - start} left",
-                counter="dtls_malformed",
-            )
-        if length > MAX_RECORD_PAYLOAD:
-            raise DtlsError(f"DTLS record of {length} bytes is too long", counter="dtls_malformed")
-        records.append(DtlsRecord(content_type, version, epoch, (seq_high << 32) | seq_low, bytes(data[start:stop])))
-        offset = stop
-    return records
-
-
-def pack_datagrams(records: Iterable[bytes], mtu: int) -> list[bytes]:
-    """Pack encoded records, in order, into as few datagrams of at most ``mtu`` bytes as greed allows.
-
-    Args:
-        records: whole encoded records.
-        mtu: the largest UDP payload to produce.
-
-    Returns:
-        The datagrams; each is a concatenation of whole records.
-
-    Raises:
-        ValueError: a single record is larger than ``mtu`` (our records are
-            fragmented to fit before they get here).
-    """
-    datagrams: list[bytes] = []
-    current = bytearray()
-    for record in records:
-        if len(record) > mtu:
-            raise ValueError(f"a {len(record)}-byte record cannot fit a {mtu}-byte MTU")
-        if len(current) + len(record) > mtu:
-            datagrams.append(bytes(current))
-            current.clear()
-        current += record
-    if current:
-        datagrams.append(bytes(current))
-    return datagrams
-
-
-# --- Our own flights, re-encoded for (re)transmission -------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _HandshakeMessage:
-    """A whole plaintext handshake message of one of our flights."""
-
-    version: int
-    msg_type: int
-    msg_seq: int
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _PlainRecord:
-    """An epoch-0 record that is not a handshake message (ChangeCipherSpec, alert)."""
-
-    content_type: int
-    version: int
-    fragment: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _ProtectedRecord:
-    """A record OpenSSL encrypted (epoch > 0), sent exactly as it is."""
-
-    content_type: int
-    raw: bytes
-
-
-_FlightItem = _HandshakeMessage | _PlainRecord | _ProtectedRecord
-
-
-def _decode_flight_trusted(data: bytes) -> list[_FlightItem]:
-    """Reassemble what OpenSSL wrote into messages we can re-encode.
-
-    The bytes come from our own OpenSSL, not from the network.
-    """
-    slots: list[_FlightItem | int] = []  # an int stands for the message with that msg_seq
-    messages: dict[int, tuple[int, int, bytearray]] = {}
-    for record in split_records_untrusted(data):
-        if record.epoch:
-            slots.append(_ProtectedRecord(record.content_type, bytes(record)))
-        elif record.content_type == ContentType.HANDSHAKE:
-            (msg_type, len_high, len_low, msg_seq, off_high, off_low, frag_high, frag_low) = (
-                HANDSHAKE_HEADER.unpack_from(record.fragment)
-            )
-            if msg_seq not in messages:
-                messages[msg_seq] = (record.version, msg_type, bytearray((len_high << 8) | len_low))
-                slots.append(msg_seq)
-            offset = (off_high << 8) | off_low
-            frag_len = (frag_high << 8) | frag_low
-            start = HANDSHAKE_HEADER.size
-            messages[msg_seq][2][offset : offset + frag_len] = record.fragment[start : start + frag_len]
-        else:
-            slots.append(_PlainRecord(record.content_type, record.version, record.fragment))
-    items: list[_FlightItem] = []
-    for slot in slots:
-        if isinstance(slot, int):
-            version, msg_type, body = messages[slot]
-            items.append(_HandshakeMessage(version, msg_type, slot, bytes(body)))
-        else:
-            items.append(slot)
-    return items
-
-
-def _is_alert(item: _FlightItem) -> bool:
-    return not isinstance(item, _HandshakeMessage) and item.content_type == ContentType.ALERT
-
-
-# --- Fingerprints (RFC 8122 §5) -----------------------------------------------------
-
-# SDP hash function names (RFC 8122 §5, IANA "Hash Function Textual Names").
-# MD5 and MD2 are deliberately absent.
-# The one fingerprint type lives in webrtc/fingerprint.py; these names stay
-# for the endpoint's callers.
-DtlsFingerprint = Fingerprint
-
-
-def fingerprint_of_der(certificate_der: bytes, algorithm: str = "sha-256") -> Fingerprint:
-    """Fingerprint a DER-encoded certificate (``Fingerprint.of_der``).
-
-    Raises:
-        ValueError: an unsupported algorithm (a ``FingerprintError``).
-    """
-    return Fingerprint.of_der(certificate_der, algorithm)
-
-
-def parse_fingerprint_untrusted(value: str) -> Fingerprint:
-    """Parse the value of an SDP ``a=fingerprint`` attribute (RFC 8122 §5).
-
-    Raises:
-        DtlsError: an unsupported hash function or a malformed or wrong-length
-            digest (counter ``dtls_bad_fingerprint``).
-    """
-    try:
-        return Fingerprint.parse_untrusted(value)
-    except FingerprintError as exc:
-        raise DtlsError(str(exc), counter="dtls_bad_fingerprint") from None
-
-
-# --- The certificate ------------------------------------------------------------------
 
 DEFAULT_SRTP_PROFILES: tuple[SrtpProfile, ...] = (
     SrtpProfile.AEAD_AES_128_GCM,
     SrtpProfile.AES128_CM_HMAC_SHA1_80,
 )
 """The profiles we offer (client) or accept (server), most preferred first."""
-
-Role = Literal["server", "client"]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class DtlsCertificate:
-    """Our self-signed certificate and key, shared by every endpoint of a process.
-
-    Peers never validate it against a CA: WebRTC authenticates it by the
-    fingerprint carried in the signed-over signaling (RFC 5763 §5). Creating
-    one takes milliseconds and each OpenSSL context built from it ~0.35 ms, so
-    a process makes one and every ``DtlsEndpoint`` reuses it (and the contexts,
-    which it caches per role and profile list).
-
-    Attributes:
-        certificate: the X.509 certificate.
-        private_key: its ECDSA P-256 key (not in ``repr``).
-        der: the certificate, DER-encoded.
-        fingerprint: its SHA-256 fingerprint; ``str()`` gives the SDP form.
-    """
-
-    certificate: x509.Certificate
-    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
-    der: bytes = field(init=False, repr=False)
-    fingerprint: DtlsFingerprint = field(init=False)
-    _contexts: dict[tuple[Role, tuple[SrtpProfile, ...]], SSL.Context] = field(
-        init=False, repr=False, default_factory=dict
-    )
-
-    def __post_init__(self) -> None:
-        der = self.certificate.public_bytes(serialization.Encoding.DER)
-        object.__setattr__(self, "der", der)
-        object.__setattr__(self, "fingerprint", fingerprint_of_der(der))
-
-    @classmethod
-    def generate(cls, *, now: datetime | None = None, validity: timedelta = timedelta(days=30)) -> DtlsCertificate:
-        """Make a fresh self-signed ECDSA P-256 certificate.
-
-        Args:
-            now: the issue time (defaults to the wall clock: a certificate's
-                validity is calendar time, not the relay's monotonic clock).
-            validity: how long after ``now`` it stays valid; it is also valid
-                from a day before ``now`` to absorb clock skew. Browsers do not
-                check the dates of WebRTC certificates, but keep them honest.
-
-        Returns:
-            The certificate with a random serial number and a random common name.
-        """
-        issued = now if now is not None else datetime.now(timezone.utc)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"botcall-{secrets.token_hex(8)}")])
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(issued - timedelta(days=1))
-            .not_valid_after(issued + validity)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(certificate, key)
-
-    def _context(self, role: Role, profiles: tuple[SrtpProfile, ...]) -> SSL.Context:
-        """The shared OpenSSL context for this role and profile list (built once)."""
-        key = (role, profiles)
-        context = self._contexts.get(key)
-        if context is None:
-            context = SSL.Context(SSL.DTLS_SERVER_METHOD if role == "server" else SSL.DTLS_CLIENT_METHOD)
-            # OP_NO_QUERY_MTU: a memory BIO has no MTU to query (we set it);
-            # no renegotiation, tickets or session cache: one handshake per association.
-            context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
-            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-            # After the handshake a browser leg's DTLS is idle for the whole
-            # call (media is SRTP), yet OpenSSL would keep its ~17 KB read and
-            # write buffers per connection; released when empty, they cost
-            # ~8 KB less per call session (bench/memory.py, docs/bench-results.md §6).
-            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-            # DTLS 1.2 only: the record codec above is DTLS 1.2's (RFC 6347 §4.1).
-            context.set_min_proto_version(DTLS_1_2)
-            context.set_max_proto_version(DTLS_1_2)
-            context.use_certificate(self.certificate)
-            context.use_privatekey(self.private_key)
-            context.check_privatekey()
-            context.set_tlsext_use_srtp(b":".join(profile.openssl_name for profile in profiles))
-            # Both roles demand the peer's certificate (RFC 5763 §5: the server
-            # MUST request one); _verify_peer pins it by fingerprint.
-            context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_peer)
-            self._contexts[key] = context
-        return context
-
-
-def _verify_peer(
-    connection: SSL.Connection, certificate: crypto.X509, error_number: int, depth: int, preverify_ok: int
-) -> bool:
-    """OpenSSL's verify callback: accept self-signed, pin the leaf by fingerprint.
-
-    Never raises (pyOpenSSL would park the exception on the shared context).
-    """
-    # pyOpenSSL types app data as Any; ours is the endpoint's weak reference (see DtlsEndpoint).
-    endpoint_ref: weakref.ref[DtlsEndpoint] | None = connection.get_app_data()
-    endpoint = endpoint_ref() if endpoint_ref is not None else None
-    if endpoint is None:
-        return False
-    if depth != 0:
-        # Only the leaf is pinned; a chain above it proves nothing here.
-        return True
-    return endpoint._accept_peer_certificate(certificate)
-
-
-# --- The endpoint -------------------------------------------------------------------------
-
 DEFAULT_MTU = 1200
 """Largest datagram we emit: what WebRTC stacks assume is safe (RFC 8261 §5 uses 1200 too)."""
 MIN_MTU = 256
@@ -529,7 +153,7 @@ class DtlsEndpoint:
         *,
         role: Role,
         certificate: DtlsCertificate,
-        remote_fingerprint: str | DtlsFingerprint | None,
+        remote_fingerprint: str | Fingerprint | None,
         mtu: int = DEFAULT_MTU,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         srtp_profiles: Sequence[SrtpProfile] = DEFAULT_SRTP_PROFILES,
@@ -577,7 +201,8 @@ class DtlsEndpoint:
         self._failure_reason: str | None = None
         # None once released (see the module docstring).
         self._conn: SSL.Connection | None = SSL.Connection(certificate._context(role, profiles), None)
-        self._conn.set_app_data(weakref.ref(self))
+        # _verify_peer (certificate.py) asks us about the peer's certificate.
+        self._conn.set_app_data(weakref.WeakMethod(self._accept_peer_certificate))
         self._conn.set_ciphertext_mtu(mtu)
         if role == "server":
             self._conn.set_accept_state()
@@ -590,7 +215,7 @@ class DtlsEndpoint:
         self._failed_sends = 0
         self._last_resend_on_retransmission = -math.inf
         # Our current flight and the sequence numbers that identify it.
-        self._flight: list[_FlightItem] = []
+        self._flight: list[FlightItem] = []
         self._flight_count = 0
         self._sent_max_msg_seq = -1
         self._peer_max_msg_seq = -1
@@ -627,7 +252,7 @@ class DtlsEndpoint:
         return self._failure_reason
 
     @property
-    def peer_fingerprint(self) -> DtlsFingerprint | None:
+    def peer_fingerprint(self) -> Fingerprint | None:
         """SHA-256 fingerprint of the certificate the peer presented, once OpenSSL finished."""
         return fingerprint_of_der(self._peer_der) if self._peer_der is not None else None
 
@@ -744,7 +369,7 @@ class DtlsEndpoint:
         self._retransmit_deadline = now + self._rto
         return self._encode(self._flight)
 
-    def set_remote_fingerprint(self, fingerprint: str | DtlsFingerprint) -> None:
+    def set_remote_fingerprint(self, fingerprint: str | Fingerprint) -> None:
         """Supply or replace the peer's fingerprint (from its SDP).
 
         If OpenSSL already finished the handshake, the peer's certificate is
@@ -850,18 +475,18 @@ class DtlsEndpoint:
             if completed:
                 self._flight = []
             return []
-        items = _decode_flight_trusted(raw)
-        alerts = [item for item in items if _is_alert(item)]
-        flight = [item for item in items if not _is_alert(item)]
+        items = decode_flight_trusted(raw)
+        alerts = [item for item in items if is_alert(item)]
+        flight = [item for item in items if not is_alert(item)]
         out: list[bytes] = []
         new_flight = completed or any(
-            isinstance(item, _HandshakeMessage) and item.msg_seq > self._sent_max_msg_seq for item in flight
+            isinstance(item, HandshakeMessage) and item.msg_seq > self._sent_max_msg_seq for item in flight
         )
         if new_flight:
             self._flight = flight
             self._flight_count += 1
             self._sent_max_msg_seq = max(
-                [self._sent_max_msg_seq] + [item.msg_seq for item in flight if isinstance(item, _HandshakeMessage)]
+                [self._sent_max_msg_seq] + [item.msg_seq for item in flight if isinstance(item, HandshakeMessage)]
             )
             self._answered_peer_msg_seq = self._peer_max_msg_seq
             # RFC 6347 §4.2.4.1: keep a backed-off timer until a flight goes through without loss.
@@ -875,14 +500,14 @@ class DtlsEndpoint:
             out.extend(self._encode(alerts))
         return out
 
-    def _encode(self, items: Iterable[_FlightItem]) -> list[bytes]:
+    def _encode(self, items: Iterable[FlightItem]) -> list[bytes]:
         """Encode flight items into datagrams; epoch-0 records get fresh sequence numbers."""
         records: list[bytes] = []
         max_body = self._mtu - RECORD_HEADER.size - HANDSHAKE_HEADER.size
         for item in items:
-            if isinstance(item, _ProtectedRecord):
+            if isinstance(item, ProtectedRecord):
                 records.append(item.raw)
-            elif isinstance(item, _PlainRecord):
+            elif isinstance(item, PlainRecord):
                 records.append(self._plain_record(item.content_type, item.version, item.fragment))
             else:
                 body = item.body
@@ -966,7 +591,7 @@ class DtlsEndpoint:
         raw = self._read_bio()
         if not raw:
             return []
-        return self._encode(item for item in _decode_flight_trusted(raw) if _is_alert(item))
+        return self._encode(item for item in decode_flight_trusted(raw) if is_alert(item))
 
     def _fail(self, reason: str, *, counter: str) -> DtlsError:
         """Fail the endpoint for good; returns the error for the caller to raise."""
