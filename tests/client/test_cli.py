@@ -7,7 +7,7 @@ import trio
 
 from botcall.audio.pcm import dominant_frequency, read_wav, tone, write_wav
 from botcall.client.cli import Recorder, run_bot
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 
 def bot_args(**kwargs):

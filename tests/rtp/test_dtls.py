@@ -37,7 +37,7 @@ from botcall.webrtc.dtls import (
     split_records_untrusted,
 )
 from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
-from tests.cheap import c_heap_in_use
+from tests.kit.cheap import c_heap_in_use
 
 SERVER_CERT = DtlsCertificate.generate()
 CLIENT_CERT = DtlsCertificate.generate()

@@ -11,7 +11,7 @@ from hypothesis import example, given, strategies as st
 from botcall.errors import SrtpError
 from botcall.webrtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext, SrtpKeys, SrtpProfile
-from tests.cheap import c_heap_in_use
+from tests.kit.cheap import c_heap_in_use
 
 RTP = struct.Struct("!BBHII")
 SERVER_CERT = DtlsCertificate.generate()
