@@ -4,12 +4,12 @@ Usage (from the repository root)::
 
     python -m bench.attack_impact [--rev REV] [--only NAME[,NAME...]] [--quiet-wait S]
 
-For every attack class, a fresh ``botcall serve`` process (``tests/attack/kit.py``:
+For every attack class, a fresh ``botcall serve`` process (``tests/kit/attack/lab.py``:
 ``python -m botcall.cli serve --port 0 --media-port 0``, at nice -10 in a session
 of its own when run as root) with the concurrent call beside it (two SDK bots
 over UDP in a room of their own, one saying a tone in paced 20 ms frames, the
 other timestamping every packet; a ``/healthz`` probe every 0.2 s; a resident
-memory sampler), then the attack (``tests/attack/attacks.py``, from 127.0.0.1),
+memory sampler), then the attack (``tests/kit/attack/attacks.py``, from 127.0.0.1),
 then one more second of watching. Printed, as a Markdown table:
 
 * survived: the process was alive at the end (else its exit code);
@@ -45,11 +45,11 @@ from pathlib import Path
 
 import trio
 
-from bench.common import machine_description, wait_for_quiet
-from tests.attack import attacks
-from tests.attack.kit import MB, REPO, Impact, Lab, Target, legit_operations
+from bench.harness.machine import machine_description, wait_for_quiet
+from tests.kit.attack import attacks
+from tests.kit.attack.lab import MB, REPO, Impact, Lab, Target, legit_operations
 
-# The machine counts as idle below this busy fraction of one core (bench.common.wait_for_quiet).
+# The machine counts as idle below this busy fraction of one core (bench.harness.machine.wait_for_quiet).
 QUIET = 0.15
 
 

@@ -22,12 +22,10 @@ from urllib.parse import urlsplit
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from botcall.demo.signals import tone  # noqa: E402
-from botcall.client import connect  # noqa: E402
-from tests.pwa.harness import in_browser, wait_state  # noqa: E402
-from tests.serverutil import running_server  # noqa: E402
+from botcall.demo.signals import tone
+from botcall.client import connect
+from tests.kit.chromium import in_browser, wait_state
+from tests.kit.server import running_server
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -26,14 +26,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import GENERATOR_CORE, machine_description, run_isolated
-from bench.loadgen import pin_to_core
+from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated
+from bench.harness.machine import pin_to_core
 from bench.relay_latency import HEADER, MODES, Cell, format_cell, run_cells
 
 # The generator is behind when its sends lag their schedule by more than this.

@@ -1,10 +1,10 @@
 """BotCall against coturn, rtpengine (userspace) and aiortc, in one run.
 
-Usage (from the repository root, as root on Debian 12; both forms work)::
+Usage (from the repository root, as root on Debian 12)::
 
     python -m bench.compare                      # the full comparison (about 25 minutes)
     python -m bench.compare --quick              # a few seconds per cell, to try it
-    python bench/compare.py --flows 100,1000 --repeat 5 --no-fanout
+    python -m bench.compare --flows 100,1000 --repeat 5 --no-fanout
 
 What it does:
 
@@ -16,11 +16,11 @@ What it does:
    pinned to core 0 (``taskset``) with a fixed configuration on 127.0.0.1
    (coturn's and rtpengine's ports in blocks of 10240-32767 reserved per run:
    below the ephemeral range, far from BotCall's default 40000, never shared
-   with a concurrent run; see ``bench.peers.process.reserve_ports``),
+   with a concurrent run; see ``bench.harness.process.reserve_ports``),
    and sets up the flows once: a room of two latched UDP bots per flow
    (BotCall), one TURN allocation with a channel per flow driven with
    ChannelData (coturn), one ng-protocol call per flow (rtpengine). This
-   process, the load generator (``bench/loadgen.py``), pins itself to core 1.
+   process, the load generator (``bench/harness/loadgen.py``), pins itself to core 1.
    Then for every repeat and every offered load (N flows of 50 packets/s,
    172-byte RTP packets carrying their send time) it measures a direct
    socket-to-socket send and each relay in turn (the order rotates between
@@ -61,17 +61,17 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import cpu_model  # noqa: E402
-from bench.loadgen import LoadResult, machine_busy_seconds, measure_direct, run_load  # noqa: E402
-from bench.peers.aiortc import AiortcFanout, ensure_bench_venv  # noqa: E402
-from bench.peers.botcall_relay import BotCallRelay  # noqa: E402
-from bench.peers.coturn import CoturnRelay  # noqa: E402
-from bench.peers.fanout import FanoutResult, drive_fanout, packets_per_run  # noqa: E402
-from bench.peers.process import HarnessError, cores, ensure_debian_packages, pin_current_process, read_proc_stat  # noqa: E402
-from bench.peers.rtpengine import RtpengineRelay  # noqa: E402
+from bench.harness.machine import cpu_model
+from bench.harness.loadgen import LoadResult, measure_direct, run_load
+from bench.harness.machine import machine_busy_seconds
+from bench.peers.aiortc import AiortcFanout, ensure_bench_venv
+from bench.peers.botcall_relay import BotCallRelay
+from bench.peers.coturn import CoturnRelay
+from bench.harness.fanout import drive_fanout, FanoutResult, packets_per_run
+from bench.harness.machine import cores, pin_current_process
+from bench.harness.process import ensure_debian_packages
+from tests.kit.system import HarnessError, read_proc_stat
+from bench.peers.rtpengine import RtpengineRelay
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RATE = 50.0
@@ -133,7 +133,7 @@ class PlainCell:
 
 @dataclass(frozen=True)
 class FanoutCell:
-    """One fan-out window (see :class:`~bench.peers.fanout.FanoutResult`)."""
+    """One fan-out window (see :class:`~bench.harness.fanout.FanoutResult`)."""
 
     relay: str
     subscribers: int

@@ -5,12 +5,12 @@ Usage (from the repository root)::
     python -m bench.memory                       # 0, 100, 1000 sessions, every variant
     python -m bench.memory --sessions 0,100,1000,2000 --variants bots,bots+ws,calls
 
-For each variant a fresh server (``bench.common.RelayProcess``, the real
+For each variant a fresh server (``bench.harness.server.RelayProcess``, the real
 ``run_server``) is filled step by step, and its resident memory (VmRSS from
 ``/proc/<pid>/status``) is read after each step once it has settled:
 
 * ``bots``: UDP bots joined over HTTP (two per room) and latched with STUN
-  (their request, the relay's check answered: :func:`bench.common.latch`),
+  (their request, the relay's check answered: :func:`bench.harness.server.latch`),
   not sending. Their control WebSockets are not opened (the bench server
   allows that for a day), so this is the session plus its media state.
 * ``bots+ws``: the same, each bot also holding its control WebSocket open, as
@@ -34,19 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (
-    GENERATOR_CORE,
-    Api,
-    RelayProcess,
-    bot_browser_calls,
-    bot_pairs,
-    machine_description,
-    run_isolated,
-)
-from bench.loadgen import pin_to_core
+from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated
+from bench.harness.server import Api, bot_browser_calls, bot_pairs, RelayProcess
+from bench.harness.machine import pin_to_core
 
 VARIANTS = ("bots", "bots+ws", "calls")
 SETTLE_S = 1.0

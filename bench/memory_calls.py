@@ -10,7 +10,7 @@ browser's first SRTP packet follows its handshake within one 20 ms frame (or
 its first RTCP report, if it only listens), and the relay answers it by
 releasing the leg's OpenSSL state (``WebRtcLeg`` and ``DtlsEndpoint.release``:
 the browser has proved it holds the keys). This benchmark fills a fresh
-server (``bench.common.RelayProcess``) as ``bench.memory`` does, but
+server (``bench.harness.server.RelayProcess``) as ``bench.memory`` does, but
 ``--batch`` calls at a time, and after each batch every browser sends one SRTP
 packet and every bot one RTP packet through the relay (each must arrive).
 So, as on a live relay, what one handshake frees is reused by the next ones;
@@ -29,13 +29,10 @@ import select
 import struct
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import GENERATOR_CORE, Api, RelayProcess, bot_browser_calls, machine_description, run_isolated
-from bench.loadgen import pin_to_core
+from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated
+from bench.harness.server import Api, bot_browser_calls, RelayProcess
+from bench.harness.machine import pin_to_core
 from bench.memory import MemoryPoint, settled_rss
 
 RTP_HEADER = struct.Struct("!BBHII")

@@ -8,7 +8,7 @@ Usage (from the repository root)::
     python -m bench.relay_latency --mode bot-to-browser --legs 500
     python -m bench.relay_latency --mode browser-to-bot --legs 500
 
-For every N a fresh server (``bench.common.RelayProcess``: the real
+For every N a fresh server (``bench.harness.server.RelayProcess``: the real
 ``run_server`` in a subprocess, ``taskset -c 0``) gets N rooms over the HTTP
 API; the generator (this process, pinned to core 1) joins and latches the bots
 and, for browser modes, joins simulated browsers over the signaling WebSocket
@@ -38,25 +38,11 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (
-    GENERATOR_CORE,
-    Api,
-    RelayProcess,
-    bot_browser_calls,
-    bot_pairs,
-    drain,
-    latch_bots,
-    machine_description,
-    run_isolated,
-    refresh_browsers,
-    wait_for_quiet,
-)
-from bench.loadgen import Flow, LoadResult, open_socket, packets_per_flow, pin_to_core, run_load
+from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated, wait_for_quiet
+from bench.harness.server import Api, bot_browser_calls, bot_pairs, drain, latch_bots, refresh_browsers, RelayProcess
+from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
+from bench.harness.machine import open_socket, pin_to_core
 from bench.srtp_cost import handshake
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext

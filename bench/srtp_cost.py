@@ -1,9 +1,8 @@
 """CPU cost of SRTP per packet, and of one DTLS-SRTP handshake.
 
-Usage (from the repository root; both forms work)::
+Usage (from the repository root)::
 
     python -m bench.srtp_cost [--packets 50000] [--streams 1,64,1000] [--repeat 5]
-    python bench/srtp_cost.py [...]
 
 What is measured, on one core, with real libsrtp (pylibsrtp) and real OpenSSL:
 
@@ -22,12 +21,7 @@ from __future__ import annotations
 
 import argparse
 import struct
-import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState

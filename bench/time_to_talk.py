@@ -5,7 +5,7 @@ Usage (from the repository root)::
 
     python -m bench.time_to_talk [--joins 50] [--sdk-joins 20]
 
-The real server runs in a subprocess (``bench.common.RelayProcess``, core 0).
+The real server runs in a subprocess (``bench.harness.server.RelayProcess``, core 0).
 For every join a fresh room holds a listener bot, already joined and latched.
 The clock starts just before the speaker's ``POST /v1/join`` (its attestation
 is minted beforehand, as a bot holds its token before it calls) and stops when
@@ -36,27 +36,16 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import h11
 import numpy
 import trio
 from trio_websocket import open_websocket_url
 
-from bench.common import (
-    GENERATOR_CORE,
-    Api,
-    RelayProcess,
-    join_bot,
-    latch_bots,
-    machine_description,
-    run_isolated,
-)
-from bench.loadgen import pin_to_core
+from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated
+from bench.harness.server import Api, join_bot, latch_bots, RelayProcess
+from bench.harness.machine import pin_to_core
 from botcall.errors import BadPacket
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 

@@ -1,14 +1,3 @@
-import os
+from tests.kit.profiles import load_profile
 
-from hypothesis import HealthCheck, settings
-
-# Fuzz tests must not depend on wall-clock speed: no deadlines. CI runs a
-# bounded number of examples so the whole suite stays well under 20 minutes.
-settings.register_profile(
-    "default",
-    deadline=None,
-    max_examples=300,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("thorough", deadline=None, max_examples=5000)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+load_profile()

@@ -2,7 +2,7 @@
 
 from botcall.demo.signals import tone
 from botcall.demo.echo import EchoTurn, chime, run_demo
-from tests.serverutil import make_config
+from tests.kit.server import make_config
 
 
 def frames(pcm):

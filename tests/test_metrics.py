@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from botcall.metrics import Metrics
 from botcall.relay.core import MediaRelay
-from tests.relaykit import Wire, latch, make_bot, rtp
+from tests.kit.relay import Wire, latch, make_bot, rtp
 
 A_ADDR = ("127.0.0.1", 50001)
 B_ADDR = ("127.0.0.1", 50002)

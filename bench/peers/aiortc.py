@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.peers.fanout import FanoutResult
-from bench.peers.process import Harness, HarnessError, PinnedProcess, free_port
+from bench.harness.fanout import FanoutResult
+from bench.harness.process import Harness, PinnedProcess, free_port
+from tests.kit.system import HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH_VENV = Path(os.environ.get("BOTCALL_BENCH_VENV", Path.home() / ".cache" / "botcall-bench" / "venv"))

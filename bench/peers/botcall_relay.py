@@ -1,13 +1,13 @@
 """BotCall as a benchmark subject in the comparison with other relays.
 
 The server, its bench configuration, the bots and the simulated browsers are
-those of every BotCall benchmark (:mod:`bench.common`); this harness gives
+those of every BotCall benchmark (:mod:`bench.harness.server`); this harness gives
 them the interface ``bench/compare.py`` drives coturn and rtpengine through
-(:class:`~bench.peers.process.Harness`). What differs from the other
+(:class:`~bench.harness.process.Harness`). What differs from the other
 benchmarks, and why:
 
 * the server runs at the comparison's niceness, as coturn and rtpengine do
-  (not :data:`~bench.common.BENCH_NICE`), so no relay is favoured;
+  (not :data:`~bench.harness.machine.BENCH_NICE`), so no relay is favoured;
 * media consent lasts a day: the comparison latches every bot and browser
   once and measures for up to half an hour, and no peer's flows expire;
 * rooms may hold up to ``max_humans`` browsers (the fan-out's K);
@@ -20,7 +20,7 @@ latch, answering the relay's check of the address (a bot); the human signaling
 WebSocket, a Chrome-shaped ICE check with USE-CANDIDATE, the answer to the
 relay's check (signed with the offer's ice-pwd, as a browser does) and a DTLS
 1.2 handshake in the client role (a browser-style subscriber,
-:class:`~bench.common.Browser`).
+:class:`~tests.kit.browser.Browser`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from bench.common import Api, Bot, Browser, RelayProcess, bot_pairs, join_bot, join_browsers, latch_bots
-from bench.peers.process import Harness
+from bench.harness.loadgen import Flow
+from bench.harness.process import Harness
+from bench.harness.server import Api, Bot, RelayProcess, bot_pairs, join_bot, join_browsers, latch_bots
 from botcall.webrtc.dtls.certificate import DtlsCertificate
+from tests.kit.browser import Browser
 
 # A whole benchmark run fits well inside this; latched addresses must survive it.
 BENCH_IDLE_S = 24 * 3600.0
@@ -84,11 +86,9 @@ class BotCallRelay(Harness):
                 harness is called the same way.
 
         Returns:
-            ``bench.loadgen.Flow`` objects: bot A's socket sends with its
+            ``bench.harness.loadgen.Flow`` objects: bot A's socket sends with its
             assigned SSRC, bot B's socket receives what the relay forwards.
         """
-        from bench.loadgen import Flow
-
         pairs = bot_pairs(self.process, self.api, count, first_index=self.flows_created, new_socket=self._socket)
         self.flows_created += count
         return [Flow(send_sock=a.sock, dest=a.relay_addr, recv_sock=b.sock, ssrc=a.ssrc) for a, b in pairs]

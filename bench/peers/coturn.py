@@ -5,7 +5,7 @@ configuration written to a temporary directory: long-term credentials for one
 static user, UDP only, loopback peers allowed, one relay thread (BotCall's
 relay is one thread too), no TLS/DTLS listeners, no CLI, no database outside
 the temporary directory. Its listening port and its relayed-address range
-are one block of ports reserved for it (:func:`~bench.peers.process.reserve_ports`:
+are one block of ports reserved for it (:func:`~bench.harness.process.reserve_ports`:
 below the ephemeral range, locked against concurrent bench runs).
 
 For each flow the harness opens a client socket and, with aioice's STUN codec:
@@ -39,7 +39,9 @@ from pathlib import Path
 from aioice import stun
 from aioice.turn import make_integrity_key
 
-from bench.peers.process import Harness, HarnessError, PinnedProcess, udp_port_answers
+from bench.harness.loadgen import Flow
+from bench.harness.process import Harness, PinnedProcess, udp_port_answers
+from tests.kit.system import HarnessError
 
 HOST = "127.0.0.1"
 USERNAME = "bench"
@@ -343,8 +345,6 @@ class CoturnRelay(Harness):
 
     def create_flow(self, ssrc: int, packet_size: int):
         """One allocation; the flow sends ChannelData (``packet_size`` in its length field) and arrives at the peer socket."""
-        from bench.loadgen import Flow
-
         allocation = self.allocate()
         return Flow(
             send_sock=allocation.client,

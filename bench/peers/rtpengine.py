@@ -6,7 +6,7 @@ through its userspace poller, which is what a relay without the kernel module
 costs. One worker thread (BotCall's relay is one thread), timeouts long enough
 that idle calls survive between benchmark cells, logging at warnings only.
 Its ng port and media port range are one block of ports reserved for it
-(:func:`~bench.peers.process.reserve_ports`: below the ephemeral range, locked
+(:func:`~bench.harness.process.reserve_ports`: below the ephemeral range, locked
 against concurrent bench runs).
 
 Calls are made over the ng control protocol: UDP datagrams of a random cookie,
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from botcall.errors import BadPacket
-from bench.peers.process import Harness, HarnessError, PinnedProcess
+from bench.harness.loadgen import Flow
+from bench.harness.process import Harness, PinnedProcess
+from tests.kit.system import HarnessError
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 1.0
@@ -370,7 +372,5 @@ class RtpengineRelay(Harness):
         Calls live until ``--timeout`` seconds without RTP (an hour), so the
         inherited :meth:`keep_alive` has nothing to refresh.
         """
-        from bench.loadgen import Flow
-
         call = self.create_call()
         return Flow(send_sock=call.caller, dest=call.send_to, recv_sock=self.callee_sock, ssrc=ssrc)

@@ -1,4 +1,4 @@
-"""Live attacks on a real ``botcall serve`` process (see ``tests/attack/kit.py``).
+"""Live attacks on a real ``botcall serve`` process (see ``tests/kit/attack/lab.py``).
 
 ``BOTCALL_ATTACK_SERVER_ROOT=/path/to/checkout`` runs the server from another
 checkout (its ``PYTHONPATH``); the clients, the concurrent call and the tests
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.attack.kit import Lab
+from tests.kit.attack.lab import Lab
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,7 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A :class:`~tests.attack.kit.Lab` in ``tmp_path``; its server and call are stopped
+    """A :class:`~tests.kit.attack.lab.Lab` in ``tmp_path``; its server and call are stopped
     at the end (SIGTERM, then SIGKILL), whatever the test did."""
     root = os.environ.get("BOTCALL_ATTACK_SERVER_ROOT")
     lab = Lab(tmp_path, code_root=Path(root).resolve() if root else None)

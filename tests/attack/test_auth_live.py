@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.attack.kit import RSS_BOUND, create_room, dev_signer, join, other_signer, request
+from tests.kit.attack.lab import RSS_BOUND, create_room, dev_signer, join, other_signer, request
 
 pytestmark = pytest.mark.attack
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.attack import attacks
-from tests.attack.kit import LEGIT_OK, RSS_BOUND, legit_operations
+from tests.kit.attack import attacks
+from tests.kit.attack.lab import LEGIT_OK, RSS_BOUND, legit_operations
 
 pytestmark = pytest.mark.attack
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.attack import attacks
-from tests.attack.kit import RSS_BOUND
+from tests.kit.attack import attacks
+from tests.kit.attack.lab import RSS_BOUND
 
 pytestmark = pytest.mark.attack
 

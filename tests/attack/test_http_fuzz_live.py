@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from tests.attack import attacks
-from tests.attack.kit import RSS_BOUND
+from tests.kit.attack import attacks
+from tests.kit.attack.lab import RSS_BOUND
 
 pytestmark = pytest.mark.attack
 

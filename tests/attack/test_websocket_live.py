@@ -9,8 +9,8 @@ import time
 import pytest
 import trio
 
-from tests.attack import attacks
-from tests.attack.kit import LEGIT, LEGIT_2, MB, RSS_BOUND, create_room, invite_secret, joined, open_ws, source
+from tests.kit.attack import attacks
+from tests.kit.attack.lab import LEGIT, LEGIT_2, MB, RSS_BOUND, create_room, invite_secret, joined, open_ws, source
 
 pytestmark = pytest.mark.attack
 

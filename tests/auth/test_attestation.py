@@ -14,7 +14,7 @@ from botcall.auth.attestation import (
 )
 from botcall.auth.keys import KeyRing, parse_jwks_untrusted
 from botcall.errors import ApiError, AttestationError, Forbidden
-from tests.auth.jwtutil import (
+from tests.kit.jwtutil import (
     b64url,
     hs256_token,
     jwks_bytes,

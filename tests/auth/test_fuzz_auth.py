@@ -19,7 +19,7 @@ from botcall.auth.invites import invite_url, new_invite_secret, parse_invite_url
 from botcall.auth.keys import KeyRing, parse_jwks_untrusted
 from botcall.errors import JwksError
 from botcall.errors import AttestationError, BadRequest
-from tests.auth.jwtutil import b64url, jwks_bytes, new_ed25519, new_es256
+from tests.kit.jwtutil import b64url, jwks_bytes, new_ed25519, new_es256
 
 ISSUER = "https://botauth.example"
 NOW = 1_800_000_000

@@ -19,8 +19,8 @@ from botcall.auth.keys import (
     parse_jwks_untrusted,
     public_jwk,
 )
-from tests.auth.jwks_server import JwksPublisher, jwks_server
-from tests.auth.jwtutil import jwks_bytes, new_ed25519, new_es256
+from tests.kit.jwks_server import JwksPublisher, jwks_server
+from tests.kit.jwtutil import jwks_bytes, new_ed25519, new_es256
 
 ALGS = frozenset({"EdDSA", "ES256"})
 

@@ -9,7 +9,7 @@ import pytest
 from botcall.auth.attestation import ReplayCache
 from botcall.auth.replay_journal import COMPACT_SLACK, ReplayJournal
 from botcall.errors import AttestationError
-from tests.serverutil import T0, running_server
+from tests.kit.server import T0, running_server
 
 
 def test_entries_survive_a_new_journal_and_expired_ones_are_dropped(tmp_path):

@@ -8,7 +8,7 @@ import trio
 from botcall.audio.wav import read_wav, write_wav
 from botcall.demo.signals import dominant_frequency, tone
 from botcall.client.cli import Recorder, run_bot
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 
 def bot_args(**kwargs):

@@ -14,7 +14,7 @@ from botcall.demo.signals import dominant_frequency, tone
 from botcall.client import BotCallHttpError, connect
 from botcall.wire.rtp import RtpPacket
 from botcall.wire.stun import binding_request
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from playwright.sync_api import BrowserContext, expect
 from botcall.audio.wav import write_wav
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from botcall.client import connect
-from tests.pwa.harness import PageErrors, hooks, in_browser, wait_state
-from tests.serverutil import running_server
+from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
+from tests.kit.server import running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

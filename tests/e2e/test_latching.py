@@ -15,7 +15,7 @@ from botcall.demo.signals import tone
 from botcall.client import connect
 from botcall.errors import BadPacket
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 pytestmark = pytest.mark.e2e
 

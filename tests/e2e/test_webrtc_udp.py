@@ -24,7 +24,7 @@ from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.webrtc.srtp import SrtpContext
 from botcall.wire.stun import answer_check_untrusted, binding_request
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from trio_websocket import open_websocket_url
 from botcall.demo.signals import dominant_frequency, tone
 from botcall.client import connect
 from botcall.audio.opus import OpusDecoder, OpusEncoder
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 pytestmark = pytest.mark.e2e
 

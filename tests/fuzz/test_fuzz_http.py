@@ -30,7 +30,7 @@ from botcall.signaling.http_api import (
     parse_create_request_untrusted,
     parse_join_request_untrusted,
 )
-from tests.serverutil import T0, FakeClock
+from tests.kit.server import T0, FakeClock
 
 GENEROUS = RateLimit(rate=1e6, burst=10**6)
 ALLOWED_STATUSES = {200, 201, 400, 401, 403, 404, 409, 410, 413, 429, 503}

@@ -257,7 +257,7 @@ def test_round_trip(method, message_class, transaction_id, attributes, sign_with
 def relay_expecting_an_answer():
     """A relay with one bot whose check (transaction id TXID) to ADDR is outstanding."""
     from botcall.relay.core import MediaRelay
-    from tests.relaykit import make_bot
+    from tests.kit.relay import make_bot
 
     sent = []
     relay = MediaRelay(lambda data, addr: sent.append((data, addr)))

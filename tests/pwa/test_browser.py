@@ -1,7 +1,7 @@
 """The join page in real headless Chromium against the real server.
 
 Every test starts the server in-process (``running_server``) and drives
-Chromium from a worker thread (``tests.pwa.harness``). Waits are on page
+Chromium from a worker thread (``tests.kit.chromium``). Waits are on page
 conditions (``wait_for_function``), never fixed sleeps.
 """
 
@@ -19,8 +19,8 @@ from trio_websocket import open_websocket_url
 
 from botcall.demo.signals import tone
 from botcall.client import connect
-from tests.pwa.harness import PageErrors, hooks, in_browser, wait_state
-from tests.serverutil import running_server
+from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
+from tests.kit.server import running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

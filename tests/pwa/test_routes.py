@@ -22,7 +22,7 @@ from botcall.signaling.static import (
     VERSION_PLACEHOLDER,
     load_pwa,
 )
-from tests.serverutil import http_request, running_server
+from tests.kit.server import http_request, running_server
 
 PAGE_HEADERS = {
     "cache-control": "no-cache",

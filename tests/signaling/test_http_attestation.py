@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from botcall.config import IssuerConfig
-from tests.auth.jwtutil import hs256_token, jwks_bytes, new_ed25519, new_es256, unsigned_token
-from tests.serverutil import LiveServer, running_server
+from tests.kit.jwtutil import hs256_token, jwks_bytes, new_ed25519, new_es256, unsigned_token
+from tests.kit.server import LiveServer, running_server
 
 PARTNER = "https://botauth.example"
 

@@ -12,9 +12,9 @@ import pytest
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.config import IssuerConfig
 from botcall.server import refresh_stale_keys
-from tests.auth.jwks_server import JwksPublisher, jwks_server
-from tests.auth.jwtutil import jwks_bytes, new_ed25519, new_es256
-from tests.serverutil import LiveServer, running_server
+from tests.kit.jwks_server import JwksPublisher, jwks_server
+from tests.kit.jwtutil import jwks_bytes, new_ed25519, new_es256
+from tests.kit.server import LiveServer, running_server
 
 PARTNER = "https://botauth.example"
 

@@ -14,7 +14,7 @@ from botcall.config import RateLimit
 from botcall.errors import Conflict
 from botcall.signaling.http_api import rfc3339
 from botcall.signaling.rooms import SessionRemoved
-from tests.serverutil import T0, LiveServer, running_server
+from tests.kit.server import T0, LiveServer, running_server
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 

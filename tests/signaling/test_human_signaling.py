@@ -6,7 +6,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from tests.serverutil import running_server
+from tests.kit.server import running_server
 
 
 async def room_with_invite(srv, **body):

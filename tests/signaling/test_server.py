@@ -14,7 +14,7 @@ from botcall.config import Config, IssuerConfig, RateLimit, default_data_dir
 from botcall.errors import ConfigError, StartupError
 from botcall.server import add_arguments, config_from_args, run_server
 from botcall.signaling.rooms import RoomClosed
-from tests.serverutil import FakeClock, make_config
+from tests.kit.server import FakeClock, make_config
 
 
 @pytest.mark.parametrize(

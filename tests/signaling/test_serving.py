@@ -13,7 +13,7 @@ import trio
 
 from botcall.server import Parts, supervise
 from botcall.signaling.serving import ConnectionBudget, connection_ceiling, json_error_body, raw_json_response
-from tests.serverutil import http_request, running_server
+from tests.kit.server import http_request, running_server
 
 # Issue 10, item 1: a GET answered without reading its declared body, then an early close.
 CRASH_BYTES = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"

@@ -11,7 +11,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from botcall.config import RateLimit
 from botcall.server import run_server
-from tests.serverutil import FakeClock, LiveServer, make_config, running_server
+from tests.kit.server import FakeClock, LiveServer, make_config, running_server
 from tests.signaling.test_human_signaling import closed_with, receive, room_with_invite, signal_url
 
 

@@ -1,6 +1,6 @@
-"""The concurrent call beside an attack: ``python -m tests.attack.legit`` (a child process).
+"""The concurrent call beside an attack: ``python -m tests.kit.attack.legit`` (a child process).
 
-Started by :class:`tests.attack.kit.ConcurrentCall`. It creates a room from
+Started by :class:`tests.kit.attack.lab.ConcurrentCall`. It creates a room from
 ``SPEAKER``'s address and joins two SDK bots over UDP: the speaker (from
 ``SPEAKER``) says a continuous tone in paced 20 ms frames, the listener (from
 ``LISTENER``) timestamps every RTP packet it receives. Beside them a probe asks
@@ -32,12 +32,12 @@ from typing import Any
 
 import trio
 
-from bench.peers.process import HarnessError, read_proc_stat, set_priority
+from tests.kit.system import HarnessError, read_proc_stat, set_priority
 from botcall.demo.signals import tone
 from botcall.client.call import Call, connect
 from botcall.client.http import create_room
-from tests.attack.kit import CALL_NICE, HEALTHZ_DEADLINE, LISTENER, PROBE, PROBE_INTERVAL, RSS_SAMPLE_INTERVAL, SPEAKER, record_arrivals, source
-from tests.serverutil import http_request
+from tests.kit.attack.lab import CALL_NICE, HEALTHZ_DEADLINE, LISTENER, PROBE, PROBE_INTERVAL, RSS_SAMPLE_INTERVAL, SPEAKER, record_arrivals, source
+from tests.kit.server import http_request
 
 READY_PACKETS = 10
 
@@ -146,7 +146,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def cli() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.attack.legit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.kit.attack.legit", description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="the server's base URL")
     parser.add_argument("--tokens", required=True, help="JSON file: create, speaker and listener attestations")
     parser.add_argument("--out", required=True, help="where the records go (JSON lines)")

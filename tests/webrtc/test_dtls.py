@@ -27,7 +27,7 @@ from botcall.webrtc.dtls.endpoint import MIN_MTU, DtlsEndpoint, DtlsState
 from botcall.webrtc.dtls.records import ContentType, DtlsRecord, HandshakeType, pack_datagrams, split_records_untrusted
 from botcall.webrtc.fingerprint import Fingerprint as DtlsFingerprint
 from botcall.webrtc.srtp import SrtpKeys, SrtpProfile
-from tests.cheap import c_heap_in_use
+from tests.kit.cheap import c_heap_in_use
 
 SERVER_CERT = DtlsCertificate.generate()
 CLIENT_CERT = DtlsCertificate.generate()

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from bench.loadgen import MIN_PACKET_SIZE, Flow, measure_direct, open_socket, run_load
+from bench.harness.loadgen import Flow, measure_direct, MIN_PACKET_SIZE, run_load
+from bench.harness.machine import open_socket
 from bench.srtp_cost import handshake
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext

@@ -1,6 +1,6 @@
 """The attacks of the hardening issue, against a live server, as plain async functions.
 
-Each takes a :class:`~tests.attack.kit.Target`, does what the issue's attacker
+Each takes a :class:`~tests.kit.attack.lab.Target`, does what the issue's attacker
 did (from 127.0.0.1 unless said otherwise) and returns what the attacker saw,
 as a dict: the tests assert on it, ``bench/attack_impact.py`` prints it. None of
 them judges the server's health; the kit's attack window does that.
@@ -24,7 +24,7 @@ import trio
 from botcall.demo.signals import tone
 from botcall.client.call import connect
 from botcall.wire.stun import binding_request
-from tests.attack.kit import (
+from tests.kit.attack.lab import (
     LEGIT,
     LEGIT_2,
     MB,

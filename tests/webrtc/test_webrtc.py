@@ -1,6 +1,6 @@
 """A simulated browser against the relay, sans-IO: ICE-lite, DTLS-SRTP, rewriting.
 
-The "browser" is our own DTLS endpoint in the client role with its own
+The "browser" (``tests/kit/browser.py``) is our own DTLS endpoint in the client role with its own
 certificate, an SRTP context from its handshake and Chrome-shaped STUN checks;
 it answers the relay's checks as a conforming ICE agent does, with the
 credentials of the offer, a real one captured from Chromium with its
@@ -9,7 +9,6 @@ fingerprint replaced.
 
 import re
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import example, given, strategies as st
@@ -19,122 +18,22 @@ from botcall.webrtc.dtls.endpoint import DtlsEndpoint
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.relay.core import MediaRelay
 from botcall.webrtc.srtp import SrtpContext
-from botcall.wire.stun import answer_check_untrusted, binding_request, binding_success, parse_binding_response_untrusted, parse_stun_untrusted
+from botcall.wire.stun import binding_success, parse_binding_response_untrusted, parse_stun_untrusted
 from botcall.relay.service import MediaService
-from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
 from botcall.webrtc.leg import FLOOR_RELEASE, OutboundStream
+from tests.kit.browser import BROWSER_ADDR as BROWSER, BROWSER_SEND_SSRC as BROWSER_SSRC, OFFER, OFFER_PWD, OFFER_UFRAG, RELAY_ADDR as RELAY, Browser
+from tests.kit.hot_path import DIRECTIONS, measure
+from tests.kit.relay import Wire, is_check, latch, make_session as session
 
-OFFER = (Path(__file__).parent.parent / "signaling" / "data" / "chrome156_mic.sdp").read_text()
-BROWSER = ("127.0.0.1", 53000)
 EVIL = ("127.0.0.1", 53666)
 BOT = ("127.0.0.1", 54000)
 BOT2 = ("127.0.0.1", 54001)
-BROWSER_SSRC = 1951877580
-RELAY = ("127.0.0.1", 40000)
-# The captured offer's own ICE credentials: the relay's checks use them.
-OFFER_UFRAG, OFFER_PWD = "Lvk6", "MJmqww8YhsywZZuK2KigpCDG"
-
-
-def is_check(data):
-    return data[:2] == b"\x00\x01"
 
 
 def latch_bot(relay, wire, bot, addr, now=0.0):
-    """A bot's latch: request, the relay's check answered, the request again (success)."""
-    request = binding_request(f"{bot.ice_ufrag}:botx", bot.ice_pwd)
-    relay.handle_datagram(request, addr, now)
-    for data in wire.take(addr):
-        if is_check(data):
-            relay.handle_datagram(answer_check_untrusted(data, RELAY, username=f"botx:{bot.ice_ufrag}", password=bot.ice_pwd), addr, now)
-    relay.handle_datagram(request, addr, now)
+    """A bot's latch (request, the relay's check answered, the request again), its replies taken off the wire."""
+    latch(relay, wire, bot, addr, now)
     wire.take(addr)
-
-
-class Wire:
-    def __init__(self):
-        self.sent = []
-
-    def __call__(self, data, addr):
-        self.sent.append((data, addr))
-
-    def take(self, addr):
-        mine = [d for d, a in self.sent if a == addr]
-        self.sent = [(d, a) for d, a in self.sent if a != addr]
-        return mine
-
-
-def session(name, kind, transport, ssrc):
-    return Session(
-        session_id=f"sess-{name}",
-        room_id="room",
-        participant_id=f"p-{name}",
-        kind=kind,
-        identity=Identity.human(name) if kind == "human" else Identity.bot(agent_id=name, controller="c", issuer="i", scopes=("call:voice",)),
-        media=MediaSpec(transport=transport),
-        capabilities=Capabilities(),
-        ssrc=ssrc,
-        ice_ufrag=f"uf{name}xx",
-        ice_pwd=f"pwd{name}0123456789abcdefghij",
-        created_at=0.0,
-        expires_at=1e12,
-    )
-
-
-class Browser:
-    def __init__(self, media, human, wire):
-        self.cert = DtlsCertificate.generate()
-        offer = re.sub(r"a=fingerprint:.*", f"a=fingerprint:{self.cert.fingerprint}", OFFER)
-        self.answer = media.add_browser(human, offer)
-        fingerprint = re.search(r"a=fingerprint:(.*)\r\n", self.answer).group(1)
-        self.out_ssrc = int(re.search(r"a=ssrc:(\d+) cname", self.answer).group(1))
-        self.dtls = DtlsEndpoint(role="client", certificate=self.cert, remote_fingerprint=fingerprint)
-        self.human, self.wire, self.relay = human, wire, media.relay
-        self.srtp = None
-
-    def request(self, password=None, use_candidate=True, transaction_id=None):
-        return binding_request(
-            f"{self.human.ice_ufrag}:{OFFER_UFRAG}",
-            password or self.human.ice_pwd,
-            use_candidate=use_candidate,
-            controlling=True,
-            priority=2130706431,
-            transaction_id=transaction_id,
-        )
-
-    def ice_check(self, addr=BROWSER, now=0.0, password=None, use_candidate=True, answer=True, request=None):
-        """A check of ours; the relay's checks in the replies are answered (unless not ``answer``).
-
-        Returns:
-            What else came back (the success response, or an error).
-        """
-        self.relay.handle_datagram(request or self.request(password, use_candidate), addr, now)
-        replies = self.wire.take(addr)
-        return self.answer_checks(replies, addr, now) if answer else replies
-
-    def answer_check(self, check):
-        """The browser's answer to one of the relay's checks, signed with its own password."""
-        return answer_check_untrusted(check, RELAY, username=f"{OFFER_UFRAG}:{self.human.ice_ufrag}", password=OFFER_PWD)
-
-    def answer_checks(self, datagrams, addr=BROWSER, now=0.0):
-        rest = []
-        for data in datagrams:
-            if is_check(data):
-                self.relay.handle_datagram(self.answer_check(data), addr, now)
-            else:
-                rest.append(data)
-        return rest
-
-    def handshake(self, now=0.0):
-        flights = self.dtls.start(now)
-        for _ in range(20):
-            for datagram in flights:
-                self.relay.handle_datagram(datagram, BROWSER, now)
-            flights = []
-            for reply in self.wire.take(BROWSER):
-                flights += self.dtls.receive_untrusted(reply, now)
-            if self.dtls.srtp_keys is not None and not flights:
-                break
-        self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
 
 
 @pytest.fixture
@@ -146,7 +45,7 @@ def call():
     media.add_session(bot)
     latch_bot(relay, wire, bot, BOT)
     human = session("human", "human", "webrtc", 2222)
-    browser = Browser(media, human, wire)
+    browser = Browser.join(media, human, wire)
     return relay, wire, media, bot, browser
 
 
@@ -187,7 +86,7 @@ def test_client_hello_from_unvalidated_address_is_ignored(call):
         relay.handle_datagram(datagram, EVIL, 0.0)  # before ICE: the CVE-2023-51443 race
     assert wire.take(EVIL) == []
     assert relay.counters["dtls_unvalidated_source"] == len(hello)
-    browser.dtls = DtlsEndpoint(role="client", certificate=browser.cert, remote_fingerprint=browser.dtls._remote_fingerprint)
+    browser.dtls = DtlsEndpoint(role="client", certificate=browser.certificate, remote_fingerprint=browser.dtls._remote_fingerprint)
     browser.ice_check()
     browser.handshake()  # the real handshake still succeeds
     assert browser.srtp is not None
@@ -325,7 +224,7 @@ def test_a_renegotiation_keeps_the_transaction_ids_used(call):
     relay, wire, media, _, browser = call
     request = browser.request()
     browser.ice_check(request=request)
-    media.add_browser(browser.human, re.sub(r"a=fingerprint:.*", f"a=fingerprint:{browser.cert.fingerprint}", OFFER))
+    media.add_browser(browser.human, re.sub(r"a=fingerprint:.*", f"a=fingerprint:{browser.certificate.fingerprint}", OFFER))
     relay.handle_datagram(request, EVIL, 1.0)
     assert wire.take(EVIL) == [] and relay.counters["stun_replayed"] == 1
 
@@ -522,8 +421,7 @@ def test_the_final_flight_is_resent_until_the_browser_proves_it_finished(call):
 
 
 def test_the_sans_io_benchmark_routes_every_packet():
-    """bench/srtp_hot_path.py at a tiny size: it checks delivery itself and raises otherwise."""
-    from bench.srtp_hot_path import DIRECTIONS, measure
+    """The sans-IO hot path of ``python -m bench.srtp_hot_path`` at a tiny size: it checks delivery itself and raises otherwise."""
 
     best = measure(calls=2, packets=40, repeat=2)
     assert set(best) == set(DIRECTIONS)

@@ -1,6 +1,6 @@
 """What the PWA tests share: headless Chromium driven next to the real server.
 
-The server is the real one (``tests.serverutil.running_server``), whose
+The server is the real one (``tests.kit.server.running_server``), whose
 ``create_app`` registers the PWA routes and the human signaling WebSocket.
 Playwright's async API needs asyncio, so the browser is driven with the sync
 API in a worker thread (``trio.to_thread``) while the server keeps running in

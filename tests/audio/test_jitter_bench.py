@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.jitter_quality import average, run_cell, table
+from tests.kit.jitter_quality import average, run_cell, table
 
 
 def test_adaptive_beats_a_fixed_buffer_where_jitter_is_high_and_waits_less_where_it_is_low():

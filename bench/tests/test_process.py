@@ -18,17 +18,8 @@ import textwrap
 
 import pytest
 
-from bench.peers.process import (
-    PORT_BLOCK,
-    PORT_LOCK_DIR,
-    Harness,
-    HarnessError,
-    PinnedProcess,
-    port_pool,
-    read_proc_stat,
-    reserve_ports,
-    wait_readable,
-)
+from bench.harness.process import Harness, PinnedProcess, PORT_BLOCK, PORT_LOCK_DIR, port_pool, reserve_ports
+from tests.kit.system import HarnessError, read_proc_stat, wait_readable
 
 WAIT = 10.0
 BOTCALL_DEFAULT_MEDIA_PORT = 40000
@@ -124,7 +115,7 @@ def test_concurrent_reservations_are_disjoint_and_released():
 def test_another_runs_lock_is_respected():
     # Another process (another bench run) holds the lowest free block.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from bench.peers.process import reserve_ports; "
+        [sys.executable, "-c", "import sys; from bench.harness.process import reserve_ports; "
          "r = reserve_ports(2); print(r.ports[0], flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

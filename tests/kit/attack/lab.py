@@ -2,7 +2,7 @@
 the attack, and clients that talk from chosen loopback source addresses.
 
 Shared by ``tests/attack`` (which asserts) and ``bench/attack_impact.py`` (which
-measures and prints); the attacks themselves are in ``tests/attack/attacks.py``::
+measures and prints); the attacks themselves are in ``tests/kit/attack/attacks.py``::
 
     lab = Lab(tmp_path)
     lab.start()                                   # the server process + the concurrent call
@@ -17,7 +17,7 @@ on loopback. Legitimate clients use other loopback addresses (``SPEAKER``,
 connection budgets are per source address: an attack from 127.0.0.1 must not
 be able to spend them.
 
-The concurrent call (``tests/attack/legit.py``, a child process so that the
+The concurrent call (``tests/kit/attack/legit.py``, a child process so that the
 attacker's CPU use in this process cannot delay its clock readings): two SDK
 bots over UDP in a room of their own, one speaking a continuous tone in paced
 20 ms frames, the other timestamping every RTP packet it receives; a probe
@@ -40,7 +40,7 @@ Test-kit shims (they reach past public API on purpose, and only here):
   receivers inside some attacks).
 
 Resident memory is ``/proc/<pid>/stat``'s rss (the counters ``VmRSS`` sums),
-CPU its utime + stime, both through ``bench.peers.process.read_proc_stat``.
+CPU its utime + stime, both through ``tests.kit.system.read_proc_stat``.
 """
 
 from __future__ import annotations
@@ -83,11 +83,11 @@ from wsproto.events import (
     TextMessage,
 )
 
-from bench.peers.process import HarnessError, read_proc_stat, set_priority
+from tests.kit.system import HarnessError, read_proc_stat, set_priority
 from botcall.auth.keys import DevIssuer, ensure_dev_issuer
-from tests.serverutil import HttpResponse, http_request
+from tests.kit.server import HttpResponse, http_request
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Source addresses (see the module docstring).
 ATTACKER = "127.0.0.1"
@@ -434,7 +434,7 @@ class ServerProcess:
 
 
 class ConcurrentCall:
-    """The legitimate call beside an attack: ``python -m tests.attack.legit`` (see the module docstring).
+    """The legitimate call beside an attack: ``python -m tests.kit.attack.legit`` (see the module docstring).
 
     Args:
         server: the running server.
@@ -470,7 +470,7 @@ class ConcurrentCall:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "tests.attack.legit",
+                    sys.executable, "-m", "tests.kit.attack.legit",
                     "--server", self.server.http_url,
                     "--tokens", str(tokens_path),
                     "--out", str(self.records_path),

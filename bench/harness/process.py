@@ -1,19 +1,23 @@
 """Process management shared by every benchmark: relays in pinned subprocesses.
 
+The second layer of the bench harness (machine <- process <- loadgen <- server):
+it imports :mod:`bench.harness.machine` and :mod:`tests.kit.system`, never a
+layer above.
+
 * :class:`PinnedProcess` starts a command in a session of its own, pinned to
-  one core (``taskset``), optionally at a raised priority (:func:`set_priority`),
-  logs its output to a file, reads its CPU time and memory from
-  ``/proc/<pid>/stat`` and kills its whole process group when stopped, even on
-  error. BotCall's bench server (``bench.common.RelayProcess``), coturn,
-  rtpengine and aiortc all run in one.
+  one core (``taskset``), optionally at a raised priority
+  (:func:`~tests.kit.system.set_priority`), logs its output to a file, reads
+  its CPU time and memory from ``/proc/<pid>/stat``
+  (:func:`~tests.kit.system.read_proc_stat`) and kills its whole process group
+  when stopped, even on error. BotCall's bench server
+  (``bench.harness.server.RelayProcess``), coturn, rtpengine and aiortc all run in one.
 * :class:`Harness` is the life cycle every relay harness shares: a work
   directory, the relay's process, the UDP sockets handed to the load
   generator, all released by :meth:`Harness.close`; and the loop that sets up
   numbered flows.
 * :func:`reserve_ports` hands a relay a block of UDP ports (its control port
   and its relay range) that no concurrent bench run holds and nothing had bound.
-* :func:`ensure_debian_packages` installs the peers from Debian when missing;
-  :func:`pin_current_process` moves the load generator to the other core.
+* :func:`ensure_debian_packages` installs the peers from Debian when missing.
 
 Bench code, not on BotCall's path: it may block and it reads the wall clock.
 """
@@ -24,7 +28,6 @@ import fcntl
 import json
 import math
 import os
-import select
 import shutil
 import signal
 import socket
@@ -34,17 +37,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# Fields 14 and 15 of /proc/<pid>/stat (proc(5)), counted after the ")" that
-# closes the command name (which may itself hold spaces and parentheses).
-_UTIME_AFTER_COMM = 11
-_STIME_AFTER_COMM = 12
-_RSS_AFTER_COMM = 21
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+from bench.harness.machine import open_socket
+from tests.kit.system import HarnessError, ProcStat, read_proc_stat, set_priority, wait_readable
+
 STOP_TIMEOUT = 5.0
 APT_TIMEOUT = 900.0
 LOG_TAIL_BYTES = 4000
@@ -58,96 +56,6 @@ PORT_BLOCK = 1024
 PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "botcall-bench-ports"
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 HOST = "127.0.0.1"
-
-
-class HarnessError(RuntimeError):
-    """A relay under test could not be installed, started or driven.
-
-    Bench-only: the message says what failed and, when a process is involved,
-    ends with the tail of its log.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class ProcStat:
-    """CPU time and resident memory of one process, read once.
-
-    Attributes:
-        cpu_s: user + system CPU seconds of all its threads so far.
-        rss_bytes: resident set size (the counters VmRSS of ``/proc/<pid>/status`` sums).
-    """
-
-    cpu_s: float
-    rss_bytes: int
-
-
-def read_proc_stat(pid: int) -> ProcStat:
-    """Read ``/proc/<pid>/stat``.
-
-    Args:
-        pid: a live process id.
-
-    Returns:
-        Its CPU time (clock-tick resolution, 10 ms here) and resident memory.
-
-    Raises:
-        HarnessError: the process is gone.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            text = stat.read()
-    except OSError as exc:
-        raise HarnessError(f"process {pid} is gone: {exc}") from exc
-    fields = text[text.rindex(b")") + 2 :].split()
-    ticks = int(fields[_UTIME_AFTER_COMM]) + int(fields[_STIME_AFTER_COMM])
-    return ProcStat(cpu_s=ticks / CLOCK_TICKS, rss_bytes=int(fields[_RSS_AFTER_COMM]) * PAGE_SIZE)
-
-
-def pin_current_process(core: int) -> None:
-    """Run the calling process (the load generator) on ``core`` only."""
-    os.sched_setaffinity(0, {core})
-
-
-def cores() -> tuple[int, int]:
-    """(relay core, load-generator core): 0 and 1, or 0 and 0 on a one-core machine."""
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) >= 2:
-        return available[0], available[1]
-    return available[0], available[0]
-
-
-def set_priority(nice: int) -> bool:
-    """Give the calling process's session autogroup, and the process, niceness ``nice``.
-
-    The kernel's autogroup scheduler shares CPU between sessions first and
-    applies nice only inside a session, so a plain ``nice`` does not keep other
-    engineers' work on a shared machine off a benchmark's core: a process that
-    leads a session of its own sets that session's autogroup nice
-    (``/proc/self/autogroup``, see sched(7)) and its own.
-
-    Args:
-        nice: -20 (first) to 19.
-
-    Returns:
-        Whether both were set (raising priority needs root).
-    """
-    try:
-        with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write(str(nice))
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError:
-        return False
-    return True
-
-
-def wait_readable(stream, timeout: float) -> bool:
-    """Whether ``stream`` (a socket or file with ``fileno``) became readable within ``timeout`` seconds.
-
-    ``poll``, not ``select``: descriptors above 1024 work (a run holds thousands of sockets).
-    """
-    poller = select.poll()
-    poller.register(stream, select.POLLIN)
-    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 class PinnedProcess:
@@ -556,8 +464,6 @@ class Harness(ABC):
 
     def socket(self) -> socket.socket:
         """A bound, non-blocking UDP socket with large buffers, closed with the harness."""
-        from bench.loadgen import open_socket
-
         sock = open_socket(HOST)
         self._sockets.append(sock)
         return sock
@@ -581,7 +487,7 @@ class Harness(ABC):
             packet_size: the RTP packet size the load generator will send.
 
         Returns:
-            ``bench.loadgen.Flow`` objects; flow ``i`` (over the harness's life) sends with SSRC ``first_ssrc + i``.
+            ``bench.harness.loadgen.Flow`` objects; flow ``i`` (over the harness's life) sends with SSRC ``first_ssrc + i``.
 
         Raises:
             HarnessError: the relay refused or did not answer, or more than

@@ -1,4 +1,4 @@
-"""The seeded network simulator (``tests/netsim.py``) does what its profile says."""
+"""The seeded network simulator (``botcall/demo/netsim.py``) does what its profile says."""
 
 from __future__ import annotations
 

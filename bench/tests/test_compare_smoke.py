@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 
 from bench import compare
 from bench.peers.coturn import FIRST_CHANNEL, CoturnRelay, TurnClient, channel_data_header
-from bench.peers.fanout import FanoutResult, drive_fanout, packets_per_run
-from bench.peers.process import HarnessError, read_proc_stat
+from bench.harness.fanout import drive_fanout, FanoutResult, packets_per_run
+from tests.kit.system import HarnessError, read_proc_stat
 from bench.peers.rtpengine import (
     BencodeError,
     RtpengineRelay,

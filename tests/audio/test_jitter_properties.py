@@ -3,7 +3,7 @@
 Hypothesis draws the network (loss 0-20 %, bursty or not, duplication,
 reordering, jitter up to 100 ms from several distributions, delay spikes,
 FIFO or not), the numbering (wrapping in the middle of the stream) and the
-consumer's phase; the stream is played through ``tests.netsim`` on a simulated
+consumer's phase; the stream is played through ``botcall.demo.netsim`` on a simulated
 clock. Invariants checked on every example: order, uniqueness, payload
 identity, bounded memory and complete accounting. A separate property shows
 the delay tracking the jitter: up during a burst, down again after it.

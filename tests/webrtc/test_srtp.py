@@ -12,7 +12,7 @@ from botcall.errors import SrtpError
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
 from botcall.webrtc.srtp import SrtpContext, SrtpKeys, SrtpProfile
-from tests.cheap import c_heap_in_use
+from tests.kit.cheap import c_heap_in_use
 
 RTP = struct.Struct("!BBHII")
 SERVER_CERT = DtlsCertificate.generate()

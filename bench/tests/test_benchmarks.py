@@ -1,6 +1,6 @@
 """Each benchmark runs end to end at a tiny load and prints self-consistent numbers.
 
-These start the real server (``bench.common.RelayProcess``) and drive it with
+These start the real server (``bench.harness.server.RelayProcess``) and drive it with
 real UDP, STUN, DTLS-SRTP and WebSockets for a second or so. They check
 counts and consistency, never speed: everything sent at a few hundred packets
 per second on loopback arrives, latencies are positive and ordered, the
@@ -14,7 +14,8 @@ import os
 import pytest
 
 from bench.capacity import Bounds, Probe, judge, search
-from bench.common import BENCH_NICE, RelayProcess
+from bench.harness.machine import BENCH_NICE
+from bench.harness.server import RelayProcess
 from bench.memory import format_point, measure_variant
 from bench.relay_latency import format_cell, run_cells
 from bench.time_to_talk import PHASES, run_joins, summarize

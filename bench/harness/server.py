@@ -1,11 +1,13 @@
-"""What the relay benchmarks share: the server process, bots, browsers, the machine.
+"""What the relay benchmarks share: the server process, bots, browsers.
 
-* :func:`bench_config` and ``python -m bench.common serve``: the real server
+The top layer of the bench harness (machine <- process <- loadgen <- server).
+
+* :func:`bench_config` and ``python -m bench.harness.server serve``: the real server
   (``botcall.server.run_server``, the code ``botcall serve`` runs) with a
   configuration fit for a load test. :class:`RelayProcess` starts it as a
   subprocess pinned to one core (``taskset -c 0``) at nice -20 in a
   scheduling group of its own (other work on a shared machine must not
-  preempt it; see :func:`raise_priority`) and reads its CPU time and
+  preempt it; see :func:`~bench.harness.machine.raise_priority`) and reads its CPU time and
   resident memory from /proc. The comparison with other relays
   (``bench/peers/botcall_relay.py``) starts the same server, at the
   comparison's own niceness like its peers.
@@ -15,12 +17,10 @@
   (:func:`latch`): a signed STUN Binding request, an answer to the relay's
   check of the address, the request again for the success. Sockets come connected to the relay
   (the generator then sends with ``send``); a caller may supply its own.
-* :class:`Browser`: a simulated browser (our DTLS endpoint in the client role,
-  SRTP, ICE checks with USE-CANDIDATE) that joined through the human signaling
-  WebSocket (:func:`join_browsers`).
-* :func:`wait_for_quiet` and :func:`machine_description`: other work on a
-  shared two-core machine disturbs a measurement; wait for it to pass and say
-  what the machine is.
+* :func:`join_browsers`: the simulated browser of the tests
+  (:class:`tests.kit.browser.Browser`: our DTLS endpoint in the client role,
+  SRTP, ICE checks with USE-CANDIDATE) on a UDP socket of its own, joined
+  through the human signaling WebSocket.
 
 What the bench configuration changes, and why (defaults stay untouched):
 
@@ -39,8 +39,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
-import re
 import secrets
 import select
 import signal
@@ -49,32 +47,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.loadgen import machine_busy_seconds, open_socket
-from bench.peers.process import CLOCK_TICKS, PinnedProcess, set_priority, wait_readable
+from bench.harness.machine import BENCH_NICE, RELAY_CORE, open_socket
+from bench.harness.process import PinnedProcess
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.config import Config, RateLimit
 from botcall.errors import BadPacket
 from botcall.webrtc.dtls.certificate import DtlsCertificate
-from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
-from botcall.webrtc.srtp import SrtpContext
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
+from tests.kit.browser import Browser, browser_offer
 
-REPO = Path(__file__).resolve().parent.parent
-OFFER_TEMPLATE = REPO / "tests" / "signaling" / "data" / "chrome156_mic.sdp"
-# The captured offer's own ICE credentials: the relay's checks to a browser use them.
-OFFER_UFRAG = re.search(r"a=ice-ufrag:(\S+)", OFFER_TEMPLATE.read_text()).group(1)
-OFFER_PWD = re.search(r"a=ice-pwd:(\S+)", OFFER_TEMPLATE.read_text()).group(1)
-RELAY_CORE = 0
-GENERATOR_CORE = 1
-BENCH_NICE = -20
+REPO = Path(__file__).resolve().parents[2]
 AUDIENCE = "botcall"
 CONTROLLER = "bench"
 SCOPES = ("call:create", "call:voice")
@@ -165,7 +152,7 @@ def _write_snapshot(path: Path) -> None:
 
 
 def serve_main(argv: list[str]) -> None:
-    """``python -m bench.common serve --data-dir D [--consent-timeout S] [--max-humans N] [--tracemalloc]``: run the bench server.
+    """``python -m bench.harness.server serve --data-dir D [--consent-timeout S] [--max-humans N] [--tracemalloc]``: run the bench server.
 
     Prints one JSON line (pid, http_url, media host and port) once it accepts
     connections, then serves until SIGTERM. With ``--tracemalloc``, each
@@ -175,7 +162,7 @@ def serve_main(argv: list[str]) -> None:
 
     import trio
 
-    parser = argparse.ArgumentParser(prog="python -m bench.common serve")
+    parser = argparse.ArgumentParser(prog="python -m bench.harness.server serve")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--consent-timeout", type=float, default=30.0)
     parser.add_argument("--max-humans", type=int, default=None, help="browsers one room may hold (default: the server's)")
@@ -226,7 +213,7 @@ class RelayProcess(PinnedProcess):
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="botcall-bench-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name) if self._tmp is not None else data_dir
-        command = [sys.executable, "-m", "bench.common", "serve", "--data-dir", str(self.data_dir)]
+        command = [sys.executable, "-m", "bench.harness.server", "serve", "--data-dir", str(self.data_dir)]
         command += ["--consent-timeout", str(consent_timeout)]
         if max_humans is not None:
             command += ["--max-humans", str(max_humans)]
@@ -281,60 +268,6 @@ class RelayProcess(PinnedProcess):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def raise_priority() -> bool:
-    """Put this process in its own scheduling group at nice -20, when allowed (root).
-
-    The process starts a session of its own (``setsid``: the kernel's autogroup
-    scheduler shares CPU between sessions first, see
-    :func:`~bench.peers.process.set_priority`) and gives it and itself
-    :data:`BENCH_NICE`.
-
-    Returns:
-        Whether both the session and the priorities were set.
-    """
-    try:
-        os.setsid()
-    except OSError:
-        return False  # a process group leader cannot; see run_isolated
-    return set_priority(BENCH_NICE)
-
-
-def run_isolated(main) -> int:
-    """Run ``main()`` in a forked child that :func:`raise_priority` can isolate.
-
-    A process started from a shell is usually its process group's leader and
-    may not call ``setsid``; its child may. The parent waits, forwarding
-    Ctrl-C (the child's new session no longer gets the terminal's signals).
-
-    Returns:
-        The child's exit status (0 when ``main`` returned normally).
-    """
-    sys.stdout.flush()
-    child = os.fork()
-    if child == 0:
-        status = 0
-        try:
-            raise_priority()
-            main()
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            status = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(status)
-    while True:
-        try:
-            _, wait_status = os.waitpid(child, 0)
-            return os.waitstatus_to_exitcode(wait_status)
-        except KeyboardInterrupt:
-            os.kill(child, signal.SIGINT)
 
 
 # --- the HTTP API ----------------------------------------------------------------------
@@ -442,7 +375,7 @@ class Bot:
 
 
 def connected_socket(relay_addr: tuple[str, int]) -> socket.socket:
-    """A load-generator socket (:func:`~bench.loadgen.open_socket`) connected to the relay."""
+    """A load-generator socket (:func:`~bench.harness.machine.open_socket`) connected to the relay."""
     sock = open_socket()
     sock.connect(relay_addr)
     return sock
@@ -503,7 +436,10 @@ def latch(endpoints: list, password_of, *, timeout: float = LATCH_TIMEOUT, attem
                     except BlockingIOError:
                         continue
                     if data[:2] == b"\x00\x01":  # a Binding request: the relay checks our address
-                        answer = endpoint.answer_check(data)
+                        try:
+                            answer = endpoint.answer_check(data)
+                        except BadPacket:
+                            answer = None  # not a check of ours
                         if answer is not None:
                             endpoint.sock.sendto(answer, endpoint.relay_addr)
                             if endpoint.retransmit_after_check:
@@ -561,104 +497,6 @@ def drain(sockets) -> int:
 
 
 # --- browsers --------------------------------------------------------------------------
-
-
-@dataclass
-class Browser:
-    """A simulated browser: its socket, DTLS client, SRTP context and what signaling told it.
-
-    Attributes:
-        relay_addr: the relay's media address (checks, DTLS and media go there).
-        answer: the relay's SDP answer.
-        session_ssrc: the SSRC bots see for this human (from the ``joined`` event).
-        out_ssrc: the SSRC the relay sends toward this browser (``a=ssrc`` of the answer).
-    """
-
-    sock: socket.socket
-    relay_addr: tuple[str, int]
-    answer: str
-    session_ssrc: int
-    certificate: DtlsCertificate
-    out_ssrc: int = 0
-    relay_ufrag: str = ""
-    relay_pwd: str = ""
-    dtls: DtlsEndpoint | None = None
-    srtp: SrtpContext | None = None
-    # What the browser sends with (the offer's a=ssrc); the relay rewrites it.
-    send_ssrc: int = 1951877580
-    tie_breaker: int = field(default_factory=lambda: secrets.randbits(64))
-    # The relay's success follows its check: no need to ask again.
-    retransmit_after_check = False
-
-    def __post_init__(self) -> None:
-        self.out_ssrc = int(_sdp_value(self.answer, r"a=ssrc:(\d+) cname"))
-        self.relay_ufrag = _sdp_value(self.answer, r"a=ice-ufrag:(\S+)")
-        self.relay_pwd = _sdp_value(self.answer, r"a=ice-pwd:(\S+)")
-        self.dtls = DtlsEndpoint(role="client", certificate=self.certificate, remote_fingerprint=_sdp_value(self.answer, r"a=fingerprint:([^\r\n]+)"))
-
-    def binding(self) -> tuple[bytes, bytes]:
-        """A Chrome-shaped ICE check with USE-CANDIDATE (the relay is ICE-lite)."""
-        transaction_id = secrets.token_bytes(12)
-        request = binding_request(
-            f"{self.relay_ufrag}:{OFFER_UFRAG}",
-            self.relay_pwd,
-            transaction_id=transaction_id,
-            use_candidate=True,
-            controlling=True,
-            priority=2130706431,
-            tie_breaker=self.tie_breaker,
-        )
-        return request, transaction_id
-
-    def answer_check(self, data: bytes) -> bytes | None:
-        """Answer the relay's check as a conforming ICE agent: signed with the offer's own ice-pwd."""
-        try:
-            return answer_check_untrusted(data, self.relay_addr, username=f"{OFFER_UFRAG}:{self.relay_ufrag}", password=OFFER_PWD)
-        except BadPacket:
-            return None
-
-    def handshake(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
-        """Run the DTLS handshake with the relay over the socket; then make the SRTP context.
-
-        Raises:
-            RuntimeError: not connected within ``timeout``.
-        """
-        dtls, sock, relay_addr = self.dtls, self.sock, self.relay_addr
-        now = time.monotonic
-        deadline = now() + timeout
-        for datagram in dtls.start(now()):
-            sock.sendto(datagram, relay_addr)
-        while dtls.state is not DtlsState.CONNECTED:
-            if now() > deadline or dtls.state is DtlsState.FAILED:
-                raise RuntimeError(f"DTLS handshake failed: {dtls.state} {dtls.failure_reason}")
-            wake = dtls.next_deadline()
-            wait = max(0.0, min(deadline, wake if wake is not None else deadline) - now())
-            if wait_readable(sock, wait):
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    continue
-                if not 20 <= data[0] <= 63:
-                    continue  # a late STUN answer
-                out = dtls.receive_untrusted(data, now())
-            else:
-                out = dtls.handle_timeout(now())
-            for datagram in out:
-                sock.sendto(datagram, relay_addr)
-        self.srtp = SrtpContext.from_keys(dtls.srtp_keys)
-
-
-def _sdp_value(sdp: str, pattern: str) -> str:
-    found = re.search(pattern, sdp)
-    if found is None:
-        raise RuntimeError(f"answer has no {pattern!r}")
-    return found.group(1).strip()
-
-
-def browser_offer(certificate: DtlsCertificate) -> str:
-    """The captured Chrome offer with this browser's certificate fingerprint."""
-    offer = OFFER_TEMPLATE.read_text()
-    return re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{certificate.fingerprint}", offer)
 
 
 async def _signal_one(base_ws: str, room_id: str, invite: str, offer: str) -> tuple[str, int]:
@@ -721,11 +559,13 @@ def join_browsers(
     browsers = []
     for answer_and_ssrc in results:
         answer, session_ssrc = answer_and_ssrc
-        sock = new_socket(relay.media_addr)
-        browsers.append(Browser(sock=sock, relay_addr=relay.media_addr, answer=answer, session_ssrc=session_ssrc, certificate=certificate))
+        browser = Browser(answer, certificate, relay_addr=relay.media_addr, tie_breaker=secrets.randbits(64))
+        browser.sock = new_socket(relay.media_addr)
+        browser.session_ssrc = session_ssrc
+        browsers.append(browser)
     latch(browsers, lambda browser: browser.relay_pwd)
     for browser in browsers:
-        browser.handshake()
+        browser.handshake_udp()
     return browsers
 
 
@@ -751,68 +591,7 @@ def bot_browser_calls(relay: RelayProcess, api: Api, count: int, *, first_index:
     return list(zip(bots, browsers))
 
 
-# --- the machine -----------------------------------------------------------------------
-
-
-def wait_for_quiet(*, max_wait: float = 60.0, threshold: float = 0.15, interval: float = 1.0) -> float:
-    """Wait until the machine is nearly idle (other engineers' tests share it).
-
-    Args:
-        max_wait: give up after this many seconds.
-        threshold: busy fraction of one core (all cores together) counted as quiet.
-        interval: length of each sample.
-
-    Returns:
-        The last sample's busy fraction of one core (above ``threshold`` when it
-        gave up); NaN without sampling when ``max_wait`` is not positive.
-    """
-    if max_wait <= 0:
-        return float("nan")
-    started = time.monotonic()
-    while True:
-        before = machine_busy_seconds()
-        time.sleep(interval)
-        busy = (machine_busy_seconds() - before) / interval
-        if busy <= threshold or time.monotonic() - started >= max_wait:
-            return busy
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or ``unknown``."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"  # no /proc
-    for line in lines:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def machine_description() -> str:
-    """nproc, CPU model, kernel, Python, Trio and library versions, one line each."""
-    import trio
-
-    model = cpu_model()
-    versions = []
-    for name in ("pylibsrtp", "pyOpenSSL", "hypercorn", "quart-trio"):
-        try:
-            from importlib.metadata import version
-
-            versions.append(f"{name} {version(name)}")
-        except Exception:  # noqa: BLE001 - a missing package is reported as such
-            versions.append(f"{name} missing")
-    return "\n".join(
-        [
-            f"nproc: {os.cpu_count()}; CPU: {model}; clock ticks/s: {CLOCK_TICKS}",
-            f"kernel: {platform.release()}; {platform.platform()}",
-            f"Python {platform.python_version()}; trio {trio.__version__}; " + "; ".join(versions),
-        ]
-    )
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["serve"]:
-        serve_main(sys.argv[2:])
-    else:
-        print(machine_description())
+    if sys.argv[1:2] != ["serve"]:
+        sys.exit("usage: python -m bench.harness.server serve --data-dir D [...] (the machine: python -m bench.harness.machine)")
+    serve_main(sys.argv[2:])

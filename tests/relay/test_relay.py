@@ -28,7 +28,7 @@ from botcall.wire.stun import (
     parse_binding_response_untrusted,
     parse_stun_untrusted,
 )
-from tests.relaykit import BOT_UFRAG, Wire, is_check, latch, make_bot, rtp
+from tests.kit.relay import BOT_UFRAG, Wire, is_check, latch, make_bot, rtp
 
 A_ADDR = ("127.0.0.1", 50001)
 B_ADDR = ("127.0.0.1", 50002)

@@ -1,14 +1,15 @@
 """A paced RTP load generator for relays: N voice flows, one core, bounded.
 
+The third layer of the bench harness (machine <- process <- loadgen <- server).
 Usage as a library (``bench/relay_latency.py`` and ``bench/compare.py`` drive it)::
 
-    from bench.loadgen import Flow, run_load, measure_direct
+    from bench.harness.loadgen import Flow, run_load, measure_direct
     result = run_load(flows, rate_per_flow=50.0, duration=10.0)
     baseline = measure_direct(len(flows), rate_per_flow=50.0, duration=10.0)
 
 and from the command line, to measure the generator's own ceiling (no relay)::
 
-    python -m bench.loadgen --flows 1000,2000,3000 --duration 5
+    python -m bench.harness.loadgen --flows 1000,2000,3000 --duration 5
 
 Each flow sends RTP packets of ``packet_size`` bytes from its ``send_sock`` to
 ``dest``: a 12-byte RTP header (V=2, the flow's payload type, sequence number,
@@ -44,15 +45,12 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy
 
-from bench.peers.process import CLOCK_TICKS, read_proc_stat
+from bench.harness.machine import machine_busy_seconds, open_socket, pin_to_core, run_isolated
+from tests.kit.system import read_proc_stat
 
 # RTP header (RFC 3550 §5.1) and the payload head: send time, flow, packet index.
 PACKET_HEAD = struct.Struct("!BBHIIqII")
@@ -74,7 +72,6 @@ DRAIN_S = 0.5
 MAX_LAG_FRACTION = 0.5
 MAX_PACKETS = 20_000_000
 MAX_FLOWS = 20_000
-LOADGEN_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass
@@ -151,15 +148,6 @@ class LoadResult:
     duplicates: int = 0
     bad: int = 0
     latencies_ms: numpy.ndarray = field(default_factory=lambda: numpy.empty(0), repr=False)
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds spent busy (not idle, not waiting for I/O) on all cores since boot, from /proc/stat."""
-    with open("/proc/stat", "rb") as stat:
-        fields = stat.readline().split()
-    # cpu user nice system idle iowait irq softirq steal ...
-    values = [int(value) for value in fields[1:9]]
-    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS
 
 
 def packets_per_flow(rate_per_flow: float, duration: float, warmup: float) -> int:
@@ -447,28 +435,6 @@ def _percentile(values: numpy.ndarray, q: float) -> float:
     return float(numpy.percentile(values, q)) if values.size else math.nan
 
 
-def open_socket(host: str = "127.0.0.1", *, buffer: int = LOADGEN_SOCKET_BUFFER) -> socket.socket:
-    """A bound, non-blocking UDP socket with large kernel buffers (for flows).
-
-    Args:
-        host: local address; the port is chosen by the kernel.
-        buffer: SO_RCVBUF/SO_SNDBUF to ask for (capped by the sysctls unless root).
-
-    Returns:
-        The socket.
-    """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    for option, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
-        # SO_RCVBUFFORCE / SO_SNDBUFFORCE (33 / 32 on Linux) pass rmem_max when we may.
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, buffer)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, option, buffer)
-    sock.setblocking(False)
-    sock.bind((host, 0))
-    return sock
-
-
 def measure_direct(n_flows: int, **kwargs) -> LoadResult:
     """The same load sent socket to socket on loopback, with no relay: the baseline.
 
@@ -497,18 +463,6 @@ def measure_direct(n_flows: int, **kwargs) -> LoadResult:
             sock.close()
 
 
-def pin_to_core(core: int) -> bool:
-    """Pin this process to one CPU core, if the machine has it.
-
-    Returns:
-        Whether the affinity was set.
-    """
-    if core not in os.sched_getaffinity(0) and core >= (os.cpu_count() or 1):
-        return False
-    os.sched_setaffinity(0, {core})
-    return True
-
-
 def format_result(label: str, result: LoadResult) -> str:
     """One table row for a result (see :data:`RESULT_HEADER`)."""
     return (
@@ -525,9 +479,6 @@ RESULT_HEADER = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    # bench.common imports this module; import it only once both are loaded.
-    from bench.common import run_isolated
-
     sys.exit(run_isolated(lambda: _main(argv)))
 
 

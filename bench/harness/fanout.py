@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy
 
 from botcall.errors import BadPacket
-from bench.peers.process import read_proc_stat
+from tests.kit.system import read_proc_stat
 
 # RTP header (RFC 3550 §5.1), then the send time (perf_counter_ns) and the packet index.
 PACKET_HEAD = struct.Struct("!BBHIIqI")
@@ -105,8 +105,8 @@ def drive_fanout(
     """Send from ``speaker`` on schedule; receive and decrypt on every leg.
 
     Args:
-        speaker: a :class:`~bench.common.Bot` (its ``sock``, ``ssrc`` and ``relay_addr``).
-        legs: :class:`~bench.common.Browser` subscribers (``sock``, ``srtp``, ``out_ssrc``).
+        speaker: a :class:`~bench.harness.server.Bot` (its ``sock``, ``ssrc`` and ``relay_addr``).
+        legs: :class:`~tests.kit.browser.Browser` subscribers (``sock``, ``srtp``, ``out_ssrc``).
         rate: packets per second.
         duration: seconds measured after ``warmup``.
         warmup: seconds sent before the window opens.

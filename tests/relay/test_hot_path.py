@@ -17,7 +17,7 @@ from botcall.wire.rtp import parse_rtp_untrusted
 from botcall.relay.core import MediaRelay
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 from botcall.relay.transport import COALESCE_MIN_RATE, DRAIN_BATCH, RATE_WINDOW, UdpTransport, open_udp_socket
-from tests.relaykit import BOT_UFRAG, Wire, latch, make_bot, rtp
+from tests.kit.relay import BOT_UFRAG, Wire, latch, make_bot, rtp
 
 
 def test_fanout_follows_membership():

@@ -1,24 +1,35 @@
-"""A relay driven by hand in tests: a wire that records what it sends, bots, latching and RTP."""
+"""A relay driven by hand in tests: a wire that records what it sends, bots, sessions, latching and RTP."""
 
 from botcall.errors import BadPacket
 from botcall.wire.rtp import RtpPacket
 from botcall.relay.core import MediaPeer, UdpSink
+from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
 from botcall.wire.stun import answer_check_untrusted, binding_request
 
 BOT_UFRAG = "botufrag"
 
 
 class Wire:
-    """Collects what the relay transmits."""
+    """The one fake wire: the relay's ``transmit``, recording what it sends, in order."""
 
     def __init__(self):
         self.sent: list[tuple[bytes, tuple]] = []
 
-    def __call__(self, data, addr):
+    def transmit(self, data, addr):
+        """Record one datagram (a bound method: the benchmarks' relay calls it per packet)."""
         self.sent.append((data, addr))
 
+    __call__ = transmit
+
     def to(self, addr):
+        """What was sent to ``addr`` so far (kept)."""
         return [data for data, dest in self.sent if dest == addr]
+
+    def take(self, addr):
+        """What was sent to ``addr`` so far, removed from the record."""
+        mine = [data for data, dest in self.sent if dest == addr]
+        self.sent = [(data, dest) for data, dest in self.sent if dest != addr]
+        return mine
 
     def clear(self):
         self.sent.clear()
@@ -36,6 +47,24 @@ def make_bot(relay, wire, name, ssrc, room="room-1"):
         ice_pwd=f"password-of-{name}-0123456789",
     )
     return relay.add_peer(peer)
+
+
+def make_session(name, kind, transport, ssrc, room_id="room", controller="c", issuer="i"):
+    """A signaling session for ``name`` (a ``bot`` or a ``human``), as the room registry would make it."""
+    return Session(
+        session_id=f"sess-{name}",
+        room_id=room_id,
+        participant_id=f"p-{name}",
+        kind=kind,
+        identity=Identity.human(name) if kind == "human" else Identity.bot(agent_id=name, controller=controller, issuer=issuer, scopes=("call:voice",)),
+        media=MediaSpec(transport=transport),
+        capabilities=Capabilities(),
+        ssrc=ssrc,
+        ice_ufrag=f"uf{name}xx",
+        ice_pwd=f"pwd{name}0123456789abcdefghij",
+        created_at=0.0,
+        expires_at=1e12,
+    )
 
 
 def is_check(data):

@@ -1,0 +1,244 @@
+"""The one simulated browser of the tests and the benchmarks.
+
+A browser, as the relay sees it: our own :class:`DtlsEndpoint` in the client
+role with a certificate of its own, offering what Chrome 156 offered (a real
+offer captured from Chromium, ``tests/signaling/data/chrome156_mic.sdp``,
+with the fingerprint replaced), Chrome-shaped ICE checks with USE-CANDIDATE
+(the relay is ICE-lite), answers to the relay's checks signed with the offer's
+own credentials as a conforming ICE agent does (RFC 8445 §7.3), and an SRTP
+context once the handshake is done.
+
+The core is sans-IO; two drivers carry its datagrams:
+
+* in process, for the sans-IO relay (:meth:`Browser.join`,
+  :meth:`Browser.ice_check`, :meth:`Browser.handshake`): datagrams go straight
+  into ``MediaRelay.handle_datagram`` and the relay's replies are taken off a
+  :class:`~tests.kit.relay.Wire`;
+* over a UDP socket, for a relay in another process
+  (:meth:`Browser.handshake_udp`, used by the bench harness).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+
+from botcall.relay.core import MediaRelay
+from botcall.relay.service import MediaService
+from botcall.signaling.rooms import Session
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
+from botcall.webrtc.srtp import SrtpContext
+from botcall.wire.stun import answer_check_untrusted, binding_request
+from tests.kit.relay import Wire, is_check
+from tests.kit.system import wait_readable
+
+OFFER_TEMPLATE = Path(__file__).resolve().parent.parent / "signaling" / "data" / "chrome156_mic.sdp"
+OFFER = OFFER_TEMPLATE.read_text()
+# The captured offer's own ICE credentials: the relay's checks to a browser use them.
+OFFER_UFRAG = re.search(r"a=ice-ufrag:(\S+)", OFFER).group(1)
+OFFER_PWD = re.search(r"a=ice-pwd:(\S+)", OFFER).group(1)
+# The offer's a=ssrc: what Chrome sends with (the relay rewrites it toward bots).
+BROWSER_SEND_SSRC = 1951877580
+CHROME_PRIORITY = 2130706431
+# Where a sans-IO relay says it is (the address in its checks and answers).
+RELAY_ADDR = ("127.0.0.1", 40000)
+BROWSER_ADDR = ("127.0.0.1", 53000)
+HANDSHAKE_ROUNDS = 20
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def browser_offer(certificate: DtlsCertificate) -> str:
+    """The captured Chrome offer with this browser's certificate fingerprint."""
+    return re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{certificate.fingerprint}", OFFER)
+
+
+def sdp_value(sdp: str, pattern: str) -> str:
+    """The first group of ``pattern`` in ``sdp``, stripped.
+
+    Raises:
+        RuntimeError: the SDP has no such line.
+    """
+    found = re.search(pattern, sdp)
+    if found is None:
+        raise RuntimeError(f"answer has no {pattern!r}")
+    return found.group(1).strip()
+
+
+def is_dtls(data: bytes) -> bool:
+    """A DTLS record by its first byte (RFC 7983: 20-63)."""
+    return bool(data) and 20 <= data[0] <= 63
+
+
+class Browser:
+    """A simulated browser with the relay's answer in hand.
+
+    Args:
+        answer: the relay's SDP answer to :func:`browser_offer` of ``certificate``.
+        certificate: the browser's DTLS certificate.
+        relay_addr: where the relay's media is (the address its checks name).
+        tie_breaker: the ICE-CONTROLLING tie-breaker of every check (None: a
+            new random one per check).
+
+    Attributes:
+        out_ssrc: the SSRC the relay sends toward this browser (``a=ssrc`` of the answer).
+        relay_ufrag / relay_pwd: the relay's ICE credentials (the session's).
+        dtls: the DTLS client; ``srtp`` is its SRTP context once connected.
+        sock, session_ssrc: set by the bench harness for a browser on a UDP socket.
+        relay, wire, addr, human: set by :meth:`join` for a browser in process.
+    """
+
+    send_ssrc = BROWSER_SEND_SSRC
+    # The relay's success follows its check: no need to ask again (a bot must).
+    retransmit_after_check = False
+
+    def __init__(self, answer: str, certificate: DtlsCertificate, *, relay_addr: tuple[str, int] = RELAY_ADDR, tie_breaker: int | None = None) -> None:
+        self.answer = answer
+        self.certificate = certificate
+        self.relay_addr = relay_addr
+        self.tie_breaker = tie_breaker
+        self.out_ssrc = int(sdp_value(answer, r"a=ssrc:(\d+) cname"))
+        self.relay_ufrag = sdp_value(answer, r"a=ice-ufrag:(\S+)")
+        self.relay_pwd = sdp_value(answer, r"a=ice-pwd:(\S+)")
+        self.dtls = DtlsEndpoint(role="client", certificate=certificate, remote_fingerprint=sdp_value(answer, r"a=fingerprint:([^\r\n]+)"))
+        self.srtp: SrtpContext | None = None
+        self.sock: socket.socket | None = None
+        self.session_ssrc = 0
+        self.relay: MediaRelay | None = None
+        self.wire: Wire | None = None
+        self.addr = BROWSER_ADDR
+        self.human: Session | None = None
+
+    # --- ICE ---------------------------------------------------------------------------
+
+    def request(self, password: str | None = None, use_candidate: bool = True, transaction_id: bytes | None = None) -> bytes:
+        """A Chrome-shaped ICE check (USE-CANDIDATE unless told otherwise), signed with ``password`` or the relay's."""
+        return binding_request(
+            f"{self.relay_ufrag}:{OFFER_UFRAG}",
+            password or self.relay_pwd,
+            transaction_id=transaction_id,
+            use_candidate=use_candidate,
+            controlling=True,
+            priority=CHROME_PRIORITY,
+            tie_breaker=self.tie_breaker,
+        )
+
+    def binding(self) -> tuple[bytes, bytes]:
+        """A check with a fresh transaction id: ``(request, transaction_id)``."""
+        transaction_id = secrets.token_bytes(12)
+        return self.request(transaction_id=transaction_id), transaction_id
+
+    def answer_check(self, check: bytes) -> bytes:
+        """The answer to one of the relay's checks, signed with the offer's own ice-pwd.
+
+        Raises:
+            BadPacket: not a check from the relay to this browser.
+        """
+        return answer_check_untrusted(check, self.relay_addr, username=f"{OFFER_UFRAG}:{self.relay_ufrag}", password=OFFER_PWD)
+
+    # --- in process, against a sans-IO relay ----------------------------------------------
+
+    @classmethod
+    def join(
+        cls, media: MediaService, human: Session, wire: Wire, addr: tuple[str, int] = BROWSER_ADDR, *, certificate: DtlsCertificate | None = None
+    ) -> Browser:
+        """Offer to ``media`` for ``human`` and keep its answer; the browser then talks to ``media.relay`` from ``addr``.
+
+        Args:
+            certificate: the browser's (a new one when None; browsers may share one).
+        """
+        certificate = certificate or DtlsCertificate.generate()
+        browser = cls(media.add_browser(human, browser_offer(certificate)), certificate)
+        browser.relay, browser.wire, browser.addr, browser.human = media.relay, wire, addr, human
+        return browser
+
+    def _in_process(self) -> tuple[MediaRelay, Wire]:
+        if self.relay is None or self.wire is None:
+            raise RuntimeError("this browser was not joined in process (Browser.join)")
+        return self.relay, self.wire
+
+    def ice_check(self, addr=None, now=0.0, password=None, use_candidate=True, answer=True, request=None) -> list[bytes]:
+        """A check of ours; the relay's checks in the replies are answered (unless not ``answer``).
+
+        Returns:
+            What else came back (the success response, or an error).
+        """
+        relay, wire = self._in_process()
+        addr = addr or self.addr
+        relay.handle_datagram(request or self.request(password, use_candidate), addr, now)
+        replies = wire.take(addr)
+        return self.answer_checks(replies, addr, now) if answer else replies
+
+    def answer_checks(self, datagrams: list[bytes], addr=None, now=0.0) -> list[bytes]:
+        """Answer the relay's checks among ``datagrams``; returns the others."""
+        relay, _ = self._in_process()
+        addr = addr or self.addr
+        rest = []
+        for data in datagrams:
+            if is_check(data):
+                relay.handle_datagram(self.answer_check(data), addr, now)
+            else:
+                rest.append(data)
+        return rest
+
+    def handshake(self, now: float = 0.0) -> SrtpContext:
+        """The DTLS handshake with the relay in process, in lock step; then the SRTP context.
+
+        Raises:
+            RuntimeError: no keys after ``HANDSHAKE_ROUNDS`` round trips.
+        """
+        relay, wire = self._in_process()
+        flights = self.dtls.start(now)
+        for _ in range(HANDSHAKE_ROUNDS):
+            for datagram in flights:
+                relay.handle_datagram(datagram, self.addr, now)
+            flights = []
+            for reply in wire.take(self.addr):
+                if is_dtls(reply):
+                    flights += self.dtls.receive_untrusted(reply, now)
+            if self.dtls.srtp_keys is not None and not flights:
+                break
+        return self._connected()
+
+    # --- over a UDP socket ----------------------------------------------------------------
+
+    def handshake_udp(self, timeout: float = HANDSHAKE_TIMEOUT) -> SrtpContext:
+        """The DTLS handshake with the relay over ``sock``, on the wall clock; then the SRTP context.
+
+        Raises:
+            RuntimeError: not connected within ``timeout``.
+        """
+        dtls, sock, relay_addr = self.dtls, self.sock, self.relay_addr
+        if sock is None:
+            raise RuntimeError("this browser has no socket")
+        now = time.monotonic
+        deadline = now() + timeout
+        for datagram in dtls.start(now()):
+            sock.sendto(datagram, relay_addr)
+        while dtls.state is not DtlsState.CONNECTED:
+            if now() > deadline or dtls.state is DtlsState.FAILED:
+                raise RuntimeError(f"DTLS handshake failed: {dtls.state} {dtls.failure_reason}")
+            wake = dtls.next_deadline()
+            wait = max(0.0, min(deadline, wake if wake is not None else deadline) - now())
+            if wait_readable(sock, wait):
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                if not is_dtls(data):
+                    continue  # a late STUN answer
+                out = dtls.receive_untrusted(data, now())
+            else:
+                out = dtls.handle_timeout(now())
+            for datagram in out:
+                sock.sendto(datagram, relay_addr)
+        return self._connected()
+
+    def _connected(self) -> SrtpContext:
+        if self.dtls.srtp_keys is None:
+            raise RuntimeError(f"DTLS handshake did not complete: {self.dtls.state} {self.dtls.failure_reason}")
+        self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
+        return self.srtp
