@@ -62,6 +62,7 @@ __all__ = [
     "build_audio_level",
     "frame_dbfs",
     "make_detector",
+    "make_gate",
     "make_speech_detector",
     "parse_audio_level_untrusted",
 ]
@@ -385,7 +386,16 @@ class LevelDetector:
 
 
 class FrameDetector(Protocol):
-    """20 ms of 48 kHz mono int16 PCM in, a speech probability in [0, 1] out."""
+    """20 ms of 48 kHz mono int16 PCM in, a speech probability in [0, 1] out.
+
+    ``delay_ms`` is how far the detector's decisions lag the audio (buffering,
+    filters, smoothing inside the model), measured on the clean corpus of
+    ``bench/vad_quality.py`` as the shift that best aligns its frames with the
+    truth. ``SpeechDetector`` subtracts it so event times estimate the audio's
+    onset and offset rather than the detector's.
+    """
+
+    delay_ms: int
 
     def probability(self, pcm: bytes) -> float:
         """The speech probability of one frame (``FRAME_BYTES`` bytes)."""
@@ -404,6 +414,8 @@ def _check_frame(pcm: bytes) -> None:
 class EnergyDetector:
     """The baseline: frame RMS against an adaptive noise floor. 0.0 or 1.0."""
 
+    delay_ms = 0
+
     def __init__(self, *, margin_db: float = 12.0, min_dbfs: float = -55.0, rise_db_per_s: float = 1.0) -> None:
         self._floor = _NoiseFloor(margin_db=margin_db, min_db=min_dbfs, rise_db_per_s=rise_db_per_s)
 
@@ -420,6 +432,8 @@ class WebRtcVadDetector:
 
     It takes 48 kHz 20 ms frames as they are (it downsamples inside).
     """
+
+    delay_ms = 40
 
     def __init__(self, aggressiveness: int = 2) -> None:
         """Args:
@@ -476,6 +490,7 @@ class SileroDetector:
     RATE = 16000
     WINDOW = 512
     CONTEXT = 64
+    delay_ms = 60
 
     def __init__(self, model_path: str | Path | None = None) -> None:
         """Args:
@@ -535,6 +550,7 @@ class PreGatedDetector:
 
     def __init__(self, inner: FrameDetector, *, min_dbfs: float = -55.0, reset_after_ms: int = 500) -> None:
         self.inner = inner
+        self.delay_ms = inner.delay_ms
         self.min_dbfs = min_dbfs
         self._reset_after = max(1, reset_after_ms // FRAME_MS)
         self._quiet_frames = 0
@@ -584,12 +600,18 @@ def make_detector(kind: str = DEFAULT_DETECTOR) -> FrameDetector:
 def make_gate(kind: str = DEFAULT_DETECTOR) -> SpeechGate:
     """The gate tuned for a detector kind (``bench/vad_quality.py``)."""
     if kind.startswith("silero"):
-        return SpeechGate(onset_ms=60, hangover_ms=300, threshold=0.5, release_threshold=0.35)
+        return SpeechGate(onset_ms=60, hangover_ms=300, threshold=0.6, release_threshold=0.45)
     return SpeechGate(onset_ms=60, hangover_ms=300)
 
 
 class SpeechDetector:
-    """A frame detector and its gate: PCM frames in, speech events out."""
+    """A frame detector and its gate: PCM frames in, speech events out.
+
+    The gate runs on the detector's clock, ``stream_ms - detector.delay_ms``,
+    so event times estimate the audio's onset and offset; ``expire`` takes the
+    stream's clock like ``update``. A start in the first ``delay_ms`` of a
+    stream can therefore carry a ``stream_ms`` a little before the first frame's.
+    """
 
     def __init__(self, detector: FrameDetector, gate: SpeechGate) -> None:
         self.detector = detector
@@ -601,11 +623,11 @@ class SpeechDetector:
         Raises:
             ValueError: ``pcm`` is not one frame.
         """
-        return self.gate.update(self.detector.probability(pcm), stream_ms)
+        return self.gate.update(self.detector.probability(pcm), stream_ms - self.detector.delay_ms)
 
     def expire(self, stream_ms: int) -> SpeechStopped | None:
         """As ``SpeechGate.expire``."""
-        return self.gate.expire(stream_ms)
+        return self.gate.expire(stream_ms - self.detector.delay_ms)
 
     def reset(self) -> None:
         self.detector.reset()
