@@ -144,13 +144,12 @@ def speech_track(
     return Track(samples, tuple(spans), labels, active_power)
 
 
-def white(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    return rng.standard_normal(int(seconds * RATE)).astype(np.float32)
+def white(count: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal(count).astype(np.float32)
 
 
-def pink(seconds: float, rng: np.random.Generator) -> np.ndarray:
+def pink(count: int, rng: np.random.Generator) -> np.ndarray:
     """1/f power noise: white noise shaped by 1/sqrt(f) in the frequency domain."""
-    count = int(seconds * RATE)
     spectrum = np.fft.rfft(rng.standard_normal(count))
     frequencies = np.fft.rfftfreq(count, 1 / RATE)
     spectrum[1:] /= np.sqrt(frequencies[1:])
@@ -158,9 +157,8 @@ def pink(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return np.fft.irfft(spectrum, count).astype(np.float32)
 
 
-def babble(seconds: float, rng: np.random.Generator, talkers: int = 8) -> np.ndarray:
+def babble(count: int, rng: np.random.Generator, talkers: int = 8) -> np.ndarray:
     """Eight espeak talkers at once, each reversed: speech-shaped, not speech."""
-    count = int(seconds * RATE)
     mix = np.zeros(count, np.float32)
     for talker in range(talkers):
         stream: list[np.ndarray] = []
@@ -177,9 +175,8 @@ def babble(seconds: float, rng: np.random.Generator, talkers: int = 8) -> np.nda
     return mix
 
 
-def music(seconds: float, rng: np.random.Generator) -> np.ndarray:
+def music(count: int, rng: np.random.Generator) -> np.ndarray:
     """Music-like tones: notes and chords of harmonic tones with attack and decay."""
-    count = int(seconds * RATE)
     out = np.zeros(count, np.float32)
     position = 0
     while position < count:
@@ -200,25 +197,26 @@ def music(seconds: float, rng: np.random.Generator) -> np.ndarray:
 NOISES = {"white": white, "pink": pink, "babble": babble, "music": music}
 
 
-def noise_at(kind: str, seconds: float, power: float, seed: int) -> np.ndarray:
-    """``seconds`` of a noise scaled to mean power ``power``."""
-    noise = NOISES[kind](seconds, np.random.default_rng(seed))
+def noise_at(kind: str, count: int, power: float, seed: int) -> np.ndarray:
+    """``count`` samples of a noise scaled to mean power ``power``."""
+    noise = NOISES[kind](count, np.random.default_rng(seed))
     return (noise * np.sqrt(power / (np.mean(noise.astype(np.float64) ** 2) + 1e-20))).astype(np.float32)
 
 
 def with_noise(track: Track, kind: str, snr_db: float, seed: int = 1) -> Track:
     """The track with ``kind`` noise added at ``snr_db`` below its active speech power."""
-    noise = noise_at(kind, track.seconds, track.active_power / 10 ** (snr_db / 10), seed)
-    return Track(track.samples + noise[: track.samples.size], track.utterances, track.labels, track.active_power)
+    noise = noise_at(kind, track.samples.size, track.active_power / 10 ** (snr_db / 10), seed)
+    return Track(track.samples + noise, track.utterances, track.labels, track.active_power)
 
 
 def noise_only(kind: str, seconds: float, snr_db: float, seed: int = 2) -> Track:
     """Noise alone, at the level it has in ``with_noise`` for a speech at ``SPEECH_DBFS``."""
     power = 10 ** (SPEECH_DBFS / 10) / 10 ** (snr_db / 10)
+    count = int(seconds * RATE) // FRAME * FRAME
     if kind == "silence":
-        samples = np.zeros(int(seconds * RATE), np.float32)
+        samples = np.zeros(count, np.float32)
     else:
-        samples = noise_at(kind, seconds, power, seed)
+        samples = noise_at(kind, count, power, seed)
     return Track(samples, (), np.zeros(samples.size // FRAME, bool), 0.0)
 
 
