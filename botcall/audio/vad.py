@@ -30,6 +30,7 @@ difference. Consumers that need the confirmation time have it: it is the
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -477,6 +478,26 @@ def silero_model_path() -> Path:
     raise ConfigError("silero-vad's model is not installed (scripts/setup.sh: pip install --no-deps silero-vad)")
 
 
+@functools.lru_cache(maxsize=4)
+def _silero_session(path: str) -> Any:
+    """One onnxruntime session per model file, shared by every stream.
+
+    A session holds the weights and its arenas (~12 MB); it keeps no stream
+    state (the recurrent state goes in and out of ``run``), so detectors share
+    it instead of each loading the model.
+    """
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ConfigError("the Silero detector needs onnxruntime (scripts/setup.sh)") from exc
+    options = onnxruntime.SessionOptions()
+    # One thread: the relay's cores belong to its rooms, not to one model.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class SileroDetector:
     """Silero VAD v5/v6 (ONNX) on onnxruntime, one CPU thread.
 
@@ -484,7 +505,8 @@ class SileroDetector:
     64 samples as context. Frames are resampled 48→16 kHz with soxr's streaming
     resampler and the model runs whenever a window is complete (5 runs per 8
     frames); between runs the last probability is repeated. State is bounded:
-    the model's 2x128 recurrent state, one window and the resampler's filter.
+    the model's 2x128 recurrent state, one window and the resampler's filter;
+    the model itself (an onnxruntime session) is shared by all detectors.
     """
 
     RATE = 16000
@@ -500,18 +522,10 @@ class SileroDetector:
             ConfigError: onnxruntime, soxr or the model is missing.
         """
         try:
-            import onnxruntime
             import soxr
         except ImportError as exc:
-            raise ConfigError("the Silero detector needs onnxruntime and soxr (scripts/setup.sh)") from exc
-        options = onnxruntime.SessionOptions()
-        # One thread: the relay's cores belong to its rooms, not to one model.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self._session: Any = onnxruntime.InferenceSession(
-            str(model_path or silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+            raise ConfigError("the Silero detector needs soxr (scripts/setup.sh)") from exc
+        self._session = _silero_session(str(model_path or silero_model_path()))
         self._soxr: Any = soxr
         self._sample_rate = np.array(self.RATE, dtype=np.int64)
         self.reset()
