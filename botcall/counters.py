@@ -52,6 +52,7 @@ CATALOGUE: Mapping[str, Counted] = {
     "malformed": Counted(_D, "Packets refused by a parser, with no more precise counter."),
     "malformed_rtp": Counted(_D, "RTP packets that do not parse (too short, wrong version, bad header)."),
     "malformed_rtcp": Counted(_D, "RTCP packets that do not parse."),
+    "malformed_audio_level": Counted(_D, "RFC 6464 audio-level header extensions that do not parse."),
     "malformed_stun": Counted(_D, "STUN messages that do not parse."),
     "wrong_ssrc": Counted(_D, "RTP whose SSRC is not the one the session was given."),
     "wrong_ssrc_rtcp": Counted(_D, "RTCP whose sender SSRC is not the session's."),

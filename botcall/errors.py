@@ -76,6 +76,12 @@ class OpusDecodeError(BadPacket):
     counter = "opus_decode_failed"
 
 
+class AudioLevelError(BadPacket):
+    """A malformed RFC 6464 audio level header extension element."""
+
+    counter = "malformed_audio_level"
+
+
 class SdpError(BotCallError):
     """An SDP offer we cannot answer (missing attributes, no Opus, ...)."""
 

@@ -21,7 +21,8 @@ apt_install() {
 
 # System libraries. libopus for the codec everywhere; Chromium only for the
 # browser end-to-end tests; ffmpeg as an independent Opus/RTP peer in tests;
-# Node.js for the PWA's unit tests (node --test, no npm packages).
+# Node.js for the PWA's unit tests (node --test, no npm packages); espeak-ng
+# speaks the labelled corpus of the speech detection tests and benchmark.
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
@@ -29,6 +30,7 @@ if [ "$purpose" = "test" ]; then
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 
@@ -45,4 +47,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e ".$extras"
     touch "$stamp"
+fi
+
+# Silero VAD's ONNX model ships inside the silero-vad wheel, whose declared
+# dependencies (torch, torchaudio: gigabytes) BotCall does not use: onnxruntime
+# runs the model (botcall/audio/vad.py). Hence --no-deps, outside pyproject.
+if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("silero_vad") is None)' 2>/dev/null; then
+    echo "setup: pip install --no-deps silero-vad"
+    .venv/bin/python -m pip install -q --no-deps "silero-vad==6.2.3"
 fi

@@ -1,7 +1,5 @@
 """RTP header codec (RFC 3550 §5.1), RFC 8285 extension elements, peek helpers."""
 
-import pathlib
-import re
 
 import opuslib
 import pytest
@@ -14,19 +12,8 @@ from botcall.wire.rtp import (
     RtpPacket,
     parse_rtp_untrusted,
 )
+from tests.kit.captures import load_hex, load_hex_lines
 
-DATA = pathlib.Path(__file__).parent / "data"
-
-
-def load_hex(name: str) -> bytes:
-    """One annotated packet: ``#`` starts a comment, whitespace is ignored."""
-    text = re.sub(r"#.*", "", (DATA / name).read_text())
-    return bytes.fromhex("".join(text.split()))
-
-
-def load_hex_lines(name: str) -> list[bytes]:
-    """A capture: one packet per line."""
-    return [bytes.fromhex(line) for line in (DATA / name).read_text().split()]
 
 
 # A minimal valid header: V=2, PT=111, seq 0x0102, ts 0x03040506, SSRC 0x0708090a.

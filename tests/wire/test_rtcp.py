@@ -1,7 +1,5 @@
 """RTCP codec (RFC 3550 §6, RFC 4585 §6), NACK expansion, NTP and report-block helpers."""
 
-import pathlib
-import re
 
 import pytest
 from hypothesis import given, strategies as st
@@ -38,19 +36,8 @@ from botcall.wire.rtcp import (
     serialize_rtcp_compound,
     unix_to_ntp,
 )
+from tests.kit.captures import load_hex, load_hex_lines
 
-DATA = pathlib.Path(__file__).parent / "data"
-
-
-def load_hex(name: str) -> bytes:
-    """One annotated packet: ``#`` starts a comment, whitespace is ignored."""
-    text = re.sub(r"#.*", "", (DATA / name).read_text())
-    return bytes.fromhex("".join(text.split()))
-
-
-def load_hex_lines(name: str) -> list[bytes]:
-    """A capture: one packet per line."""
-    return [bytes.fromhex(line) for line in (DATA / name).read_text().split()]
 
 
 def h(text: str) -> bytes:
