@@ -50,11 +50,12 @@ from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MarkReached
-from botcall.relay.core import Address, MediaEvent, MediaPeer, MediaRelay, StreamStarted
+from botcall.audio.vad import SpeechStarted, SpeechStopped
+from botcall.relay.core import Address, Interrupted, MediaEvent, MediaPeer, MediaRelay, StreamStarted
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.media_link import media_listener
-from botcall.signaling.messages import playout_full_event, stream_started_event
+from botcall.signaling.messages import cleared_event, playout_full_event, room_media_event
 from botcall.signaling.rooms import Reason, RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
 from botcall.signaling.serving import (
     ConnectionBudget,
@@ -281,14 +282,19 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         hub.broadcast(peer.room_id, {"type": "speaking", "participant_id": peer.participant_id, "speaking": is_speaking})
 
     def media_event(peer: MediaPeer, event: MediaEvent) -> None:
-        if isinstance(event, StreamStarted):
-            hub.broadcast(peer.room_id, stream_started_event(peer.participant_id, peer.ssrc, event.rtp_timestamp))
+        if isinstance(event, (StreamStarted, SpeechStarted, SpeechStopped)):
+            hub.broadcast(peer.room_id, room_media_event(peer.participant_id, peer.ssrc, event))
             return
         connection = hub.connection(peer.session_id)
         if connection is None:
             return  # no WebSocket now: a bot that reconnects reads the stream clock from its next events
         if isinstance(event, MarkReached):
             connection.send_event({"type": "mark", "name": event.name, "played_ms": event.played_ms})
+        elif isinstance(event, Interrupted):
+            cleared = event.cleared
+            connection.send_event(
+                cleared_event("interrupted", cleared.played_ms, cleared.dropped_ms, cleared.marks_dropped, event.heard, by=event.by)
+            )
         else:
             connection.send_event(playout_full_event(event.ahead_ms, event.max_ahead_ms))
 
@@ -305,6 +311,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         max_handshakes=config.max_dtls_handshakes,
         max_packets_per_second=config.media_max_packets_per_second,
         on_speaking=speaking,
+        max_speech_decoders=config.speech_max_decoders,
         on_event=media_event,
         wake=udp.wake,
     )

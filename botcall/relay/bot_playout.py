@@ -114,6 +114,7 @@ class BotPlayout:
         "_last_position",
         "_window_start",
         "_window_min_lead",
+        "generation",
     )
 
     def __init__(self, *, max_ahead: float = MAX_AHEAD_S, max_marks: int = MAX_MARKS) -> None:
@@ -130,6 +131,9 @@ class BotPlayout:
         self._last_position = 0
         self._window_start = 0.0
         self._window_min_lead = float("inf")
+        # Counts clears: audio a sender had in flight before one (pcm16 still
+        # being encoded) is dropped, not queued after it.
+        self.generation = 0
 
     # --- the stream clock ------------------------------------------------------------------
 
@@ -291,6 +295,7 @@ class BotPlayout:
         self._marks.clear()
         self.queued = self.played
         self._anchor = None
+        self.generation += 1
         return Cleared(self.played // SAMPLES_PER_MS, dropped // SAMPLES_PER_MS, marks_dropped)
 
 

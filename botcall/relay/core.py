@@ -34,7 +34,9 @@ from typing import Callable, Protocol, cast
 
 from botcall.audio.opus import packet_samples_untrusted
 from botcall.errors import BadPacket
+from botcall.audio.vad import SpeechEvent, SpeechStarted
 from botcall.relay.bot_playout import BotPlayout, Cleared, MarkReached, Push
+from botcall.relay.speech import MAX_DECODERS, SpeechBudget, SpeechTracker
 from botcall.webrtc import ice_lite
 from botcall.wire.demux import RTCP_BY_SECOND_BYTE, PacketKind, classify
 from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
@@ -60,13 +62,10 @@ _U16_AT = struct.Struct("!H").unpack_from
 # tuple instead of calling a function and comparing enums (RFC 7983 §7).
 _IS_RTP = tuple(classify(first) is PacketKind.RTP for first in range(256))
 RTP_MIN_SIZE = 12
-# Opus packets this large carry sound; silence and DTX frames are a few bytes
-# (RFC 6716 §2.1.9). Cheaper than decoding, good enough for a "speaking" light.
-VOICE_MIN_SIZE = 12 + 24
 # A speaker's packets per second beyond which the rest are dropped (counted
 # "rate_limited"): 20 ms Opus is 50/s; browsers may use 10 ms frames (100/s).
 MAX_PACKETS_PER_SECOND = 200
-SPEAKING_HOLD = 0.4
+# How often speakers whose packets stopped are checked for the end of their speech.
 SPEAKING_SWEEP = 0.1
 RTCP_MIN_SIZE = 8
 # The largest datagram the relay reads: an Ethernet MTU. A UDP payload on an
@@ -85,13 +84,28 @@ class PlayoutFull:
 
 
 @dataclass(frozen=True, slots=True)
+class Interrupted:
+    """A human barged in on a bot: its queued speech was dropped (``cleared``).
+
+    Attributes:
+        by: the human's participant id.
+        cleared: what the clear did to the bot's stream.
+        heard: (participant id, heard_ms) for each other participant.
+    """
+
+    by: str
+    cleared: Cleared
+    heard: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class StreamStarted:
     """A peer's first RTP packet: its timestamp is position 0 of the peer's stream (``stream_ms``)."""
 
     rtp_timestamp: int
 
 
-MediaEvent = MarkReached | PlayoutFull | StreamStarted
+MediaEvent = MarkReached | PlayoutFull | StreamStarted | Interrupted | SpeechEvent
 
 
 def stream_ms(origin: int | None, timestamp: int) -> int:
@@ -204,8 +218,18 @@ class MediaPeer:
     ice: ice_lite.IceLiteState | None = None
     ssrc_bytes: bytes = b""
     bound_addrs: set[Address] = field(default_factory=set)
+    # When the last forwarded packet arrived (the speaking sweep ends runs of
+    # speech whose packets stopped).
     last_voice: float = -1e9
     speaking: bool = False
+    # Speech detection on this peer's forwarded audio (speech.py); the relay
+    # gives every peer one when it is added, unless it came with its own.
+    speech: SpeechTracker | None = None
+    # A human (a browser): its speech interrupts bots; a bot's never does.
+    human: bool = False
+    # Barge-in: a human speaking this long (ms) while a bot plays clears the
+    # bot's queue (the room's interruption setting); None = off.
+    interruption_ms: int | None = None
     window_start: float = -1e9
     window_packets: int = 0
     rx_packets: int = 0
@@ -273,7 +297,9 @@ class MediaRelay:
             ClientHello beyond it is dropped (it retransmits).
         max_packets_per_second: a speaker's RTP beyond this rate is dropped.
         on_speaking: called with (peer, speaking) when a peer starts or stops
-            sending sound.
+            speaking (the ``speaking`` alias of the speech events).
+        max_speech_decoders: streams without RFC 6464 levels decoded at once
+            for speech detection (``speech.py``); beyond, packet sizes decide.
         on_event: called with (peer, event) for what the signaling layer tells
             people: ``StreamStarted`` at a peer's first packet, and a bot's
             playout events: ``MarkReached`` as playback passes a mark,
@@ -292,6 +318,7 @@ class MediaRelay:
         max_handshakes: int = 64,
         max_packets_per_second: int = MAX_PACKETS_PER_SECOND,
         on_speaking: Callable[[MediaPeer, bool], None] | None = None,
+        max_speech_decoders: int = MAX_DECODERS,
         on_event: Callable[[MediaPeer, MediaEvent], None] | None = None,
         wake: Callable[[], None] | None = None,
     ) -> None:
@@ -333,6 +360,7 @@ class MediaRelay:
         # Called with (peer, speaking) when a peer starts or stops sending sound.
         self.on_speaking = on_speaking
         self.on_event = on_event
+        self.speech_budget = SpeechBudget(max_speech_decoders)
         # Bots with speech queued in their playout: the timer releases it.
         self._playing: set[MediaPeer] = set()
         # Called when next_deadline() moved earlier outside handle_timeout (a
@@ -374,6 +402,8 @@ class MediaRelay:
                 peer.ice.inherit(replaces.ice)
             self._by_ufrag[peer.ice_ufrag] = peer
         self._by_session[peer.session_id] = peer
+        if peer.speech is None:
+            peer.speech = SpeechTracker(level_id=None, budget=self.speech_budget)
         self._rooms.setdefault(peer.room_id, []).append(peer)
         if isinstance(peer.sink, UdpSink):
             peer.sink.peer = peer
@@ -388,6 +418,8 @@ class MediaRelay:
         self.timed.discard(peer.secure)
         self._voiced.discard(peer)
         self._playing.discard(peer)
+        if peer.speech is not None:
+            peer.speech.close()
         if peer.ice_ufrag is not None:
             self._by_ufrag.pop(peer.ice_ufrag, None)
         if peer.ice is not None:
@@ -518,12 +550,61 @@ class MediaRelay:
             return
         peer.rx_packets += 1
         peer.rx_bytes += len(data)
-        if len(data) >= VOICE_MIN_SIZE:
-            peer.last_voice = now
-            if not peer.speaking and peer not in self._voiced:
-                self._start_voice(peer)
+        speech = peer.speech
+        if speech is not None:
+            self._track_speech(peer, speech, data, now)
         for sink in peer.fanout:
             sink.deliver_rtp(data, peer, now)
+
+    # --- speech detection and barge-in ---------------------------------------------------
+
+    def _track_speech(self, peer: MediaPeer, speech: SpeechTracker, data: bytes, now: float) -> None:
+        try:
+            offset = _payload_offset(data)
+        except IndexError:
+            return
+        origin = peer.stream_origin
+        position = 0 if origin is None else ((_U32_AT(data, 4)[0] - origin) & 0xFFFFFFFF) // 48
+        event = speech.on_packet(data, offset, position)
+        peer.last_voice = now
+        if event is not None:
+            self._speech_event(peer, event)
+        if speech.onset_ms is None:
+            return
+        if peer not in self._voiced:
+            self._start_voice(peer)
+        limit = peer.interruption_ms
+        if peer.human and limit is not None and not speech.interrupted and speech.last_ms - speech.onset_ms >= limit:
+            speech.interrupted = True
+            self._barge_in(peer)
+
+    def _speech_event(self, peer: MediaPeer, event: SpeechEvent) -> None:
+        speaking = isinstance(event, SpeechStarted)
+        if speaking != peer.speaking:
+            peer.speaking = speaking
+            if self.on_speaking is not None:
+                self.on_speaking(peer, speaking)
+        if self.on_event is not None:
+            self.on_event(peer, event)
+
+    def _barge_in(self, human: MediaPeer) -> None:
+        """A human has spoken long enough: every bot of the room that is talking stops.
+
+        Humans first: only a human's speech interrupts, and it interrupts every
+        bot (bots never interrupt each other or a human).
+        """
+        for bot in list(self._rooms.get(human.room_id, ())):
+            playout = bot.playout
+            if playout is None or bot is human:
+                continue
+            talking = playout.pending or (bot.speech is not None and bot.speech.speaking)
+            if not talking:
+                continue
+            cleared = self.clear(bot)
+            assert cleared is not None
+            self.counters["barge_in"] += 1
+            if self.on_event is not None:
+                self.on_event(bot, Interrupted(human.participant_id, cleared, self.heard(bot, cleared.played_ms)))
 
     # --- a bot's speech: played out at real time ----------------------------------------
 
@@ -879,15 +960,19 @@ class MediaRelay:
         return deadline
 
     def _sweep_speaking(self, now: float) -> None:
-        callback = self.on_speaking
+        """End the speech of peers whose packets stopped (DTX, mute, gone)."""
         for peer in list(self._voiced):
-            speaking = now - peer.last_voice < SPEAKING_HOLD and not peer.muted
-            if not speaking:
+            speech = peer.speech
+            if speech is None or speech.onset_ms is None:
                 self._voiced.discard(peer)
-            if speaking != peer.speaking:
-                peer.speaking = speaking
-                if callback is not None:
-                    callback(peer, speaking)
+                continue
+            silent_for = now - peer.last_voice
+            if silent_for < SPEAKING_SWEEP:
+                continue
+            event = speech.expire(speech.last_ms + int(silent_for * 1000))
+            if event is not None:
+                self._voiced.discard(peer)
+                self._speech_event(peer, event)
 
     def handle_timeout(self, now: float) -> None:
         """Drive DTLS timers; expire peers whose consent lapsed (RFC 7675)."""

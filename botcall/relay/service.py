@@ -14,7 +14,9 @@ from typing import Protocol
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.queues import DropOldestQueue
 from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.audio.vad import AUDIO_LEVEL_URI
 from botcall.relay.bot_playout import MAX_AHEAD_S, MAX_MARKS, BotPlayout
+from botcall.relay.speech import SpeechTracker
 from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
@@ -49,6 +51,8 @@ class MediaSession(Protocol):
     def ice_pwd(self) -> str: ...
     @property
     def muted(self) -> bool: ...
+    @property
+    def interruption_ms(self) -> int | None: ...
 
 
 class WsSink:
@@ -127,6 +131,7 @@ class MediaService:
             port=self.port,
             ssrc=out_ssrc,
             cname=f"botcall-{session.participant_id}",
+            extmap_uris=(AUDIO_LEVEL_URI,),
         )
         old = self.relay.remove_peer(session.session_id)
         # The sink is replaced below, once the leg exists.
@@ -135,6 +140,10 @@ class MediaService:
         # credentials, which a conforming ICE agent answers (RFC 8445 §7.3).
         peer.remote_ufrag = offer.ice_ufrag
         peer.remote_pwd = offer.ice_pwd
+        peer.human = True
+        # Speech detection from the RFC 6464 level the browser sends with every packet.
+        level_id = next((extmap.id for extmap in offer.extmaps if extmap.uri == AUDIO_LEVEL_URI), None)
+        peer.speech = SpeechTracker(level_id=level_id, budget=self.relay.speech_budget)
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
         peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
@@ -195,4 +204,5 @@ def _peer_for(session: MediaSession, sink: Sink, ice_ufrag: str | None, ice_pwd:
         ice_pwd=ice_pwd,
         speaks_udp=speaks_udp,
         muted=session.muted,
+        interruption_ms=session.interruption_ms,
     )

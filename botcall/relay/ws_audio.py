@@ -127,6 +127,7 @@ class WsAudio:
         self._playout: Playout | None = None
         self._names: dict[int, str] = {}
         self._origins: dict[int, int | None] = {}
+        self._generation = 0
         self._speaker_seq: dict[int, int] = {}
 
     # --- uplink ------------------------------------------------------------------------------
@@ -180,6 +181,9 @@ class WsAudio:
                 code="audio_backlog_full",
             )
         self._check_ahead((len(self._pcm) + len(pcm)) // 2 * SAMPLE_RATE // self.sample_rate)
+        playout = self.peer.playout
+        if playout is not None:
+            self._generation = playout.generation
         self._pcm += pcm
 
     def _check_ahead(self, samples: int) -> None:
@@ -227,6 +231,11 @@ class WsAudio:
         """
         frames = min(max_frames, self.pending_frames)
         if frames == 0:
+            return 0
+        playout = self.peer.playout
+        if playout is not None and playout.generation != self._generation:
+            # Cleared (an interruption) while this audio waited: it is dropped with the rest.
+            self._pcm.clear()
             return 0
         encoder = self._encoder
         assert encoder is not None

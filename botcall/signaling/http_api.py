@@ -49,6 +49,7 @@ from botcall.signaling.ws import Hub, register_human_signaling, register_websock
 from botcall.signaling.rooms import (
     Capabilities,
     Identity,
+    Interruption,
     MediaSpec,
     Room,
     RoomStore,
@@ -63,7 +64,8 @@ _JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", 
 _ATTESTATION_FIELDS = frozenset({"token", "scope", "expiry"})
 _CAPABILITY_FIELDS = ("audio_in", "audio_out", "video", "text_chat")
 _MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate"})
-_CREATE_FIELDS = frozenset({"max_human_participants", "expires_in"})
+_CREATE_FIELDS = frozenset({"max_human_participants", "expires_in", "interruption"})
+_INTERRUPTION_FIELDS = frozenset({"mode", "min_speech_ms"})
 _BOT_TRANSPORTS = ("udp", "websocket")
 
 
@@ -88,6 +90,7 @@ class CreateRoomRequest:
 
     max_human_participants: int | None = None
     expires_in: int | None = None
+    interruption: Interruption | None = None
 
 
 def parse_json_object_untrusted(data: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -219,9 +222,21 @@ def parse_create_request_untrusted(data: bytes) -> CreateRoomRequest:
     """
     body = parse_json_object_untrusted(data, allow_empty=True)
     _check_fields(body, _CREATE_FIELDS, "the room request")
+    interruption = None
+    raw = body.get("interruption")
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise BadRequest("'interruption' must be an object", code="invalid_field")
+        _check_fields(raw, _INTERRUPTION_FIELDS, "'interruption'")
+        mode = raw.get("mode", "auto")
+        if not isinstance(mode, str):
+            raise BadRequest("'interruption.mode' must be a string", code="invalid_field")
+        min_speech_ms = _optional_int(raw, "min_speech_ms")
+        interruption = Interruption(mode, 200 if min_speech_ms is None else min_speech_ms)
     return CreateRoomRequest(
         max_human_participants=_optional_int(body, "max_human_participants"),
         expires_in=_optional_int(body, "expires_in"),
+        interruption=interruption,
     )
 
 
@@ -365,6 +380,7 @@ def _room_json(state: AppState, room: Room) -> dict[str, Any]:
         "expires_at": rfc3339(room.expires_at),
         "max_human_participants": room.max_human_participants,
         "max_bot_participants": room.max_bot_participants,
+        "interruption": room.interruption.to_json(),
         "participants": [s.public_json() for s in state.registry.sessions_in_room(room.room_id)],
     }
 
@@ -456,6 +472,7 @@ def create_app(state: AppState) -> QuartTrio:
             now=now,
             expires_in=parsed.expires_in,
             max_human_participants=parsed.max_human_participants,
+            interruption=parsed.interruption,
         )
         state.metrics.rooms_created.inc()
         log.info("room %s created by %s for %s", room.room_id, attestation.agent_id, room.owner)
@@ -467,6 +484,7 @@ def create_app(state: AppState) -> QuartTrio:
                 "expires_at": rfc3339(room.expires_at),
                 "max_human_participants": room.max_human_participants,
                 "max_bot_participants": room.max_bot_participants,
+                "interruption": room.interruption.to_json(),
             },
             status=201,
         )

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Union
 
+from botcall.audio.vad import SpeechStarted, SpeechStopped
+from botcall.relay.core import StreamStarted
 from botcall.signaling.strict_json import JsonObject, JsonObjectError, parse_json_object_untrusted
 from botcall.errors import SignalingError
 
@@ -252,10 +254,21 @@ def error_event(code: str, message: str) -> JsonObject:
     return {"type": "error", "code": code, "message": message}
 
 
-def stream_started_event(participant_id: str, ssrc: int, rtp_timestamp: int) -> JsonObject:
-    """A participant's audio began: ``rtp_timestamp`` is position 0 of its stream
-    (``stream_ms`` = (timestamp - this) mod 2^32 / 48)."""
-    return {"type": "stream_started", "participant_id": participant_id, "ssrc": ssrc, "rtp_timestamp": rtp_timestamp}
+def room_media_event(participant_id: str, ssrc: int, event: StreamStarted | SpeechStarted | SpeechStopped) -> JsonObject:
+    """What the room hears of a participant's stream.
+
+    ``stream_started``: its audio began, ``rtp_timestamp`` is position 0 of its
+    stream (``stream_ms`` = (timestamp - this) mod 2^32 / 48).
+    ``speech_started``/``speech_stopped``: the speech detector's onset and end
+    on that clock (``duration_ms`` with the end).
+    """
+    if isinstance(event, StreamStarted):
+        return {"type": "stream_started", "participant_id": participant_id, "ssrc": ssrc, "rtp_timestamp": event.rtp_timestamp}
+    if isinstance(event, SpeechStarted):
+        return {"type": "speech_started", "participant_id": participant_id, "stream_ms": event.stream_ms}
+    return {
+        "type": "speech_stopped", "participant_id": participant_id, "stream_ms": event.stream_ms, "duration_ms": event.duration_ms,
+    }
 
 
 def playout_full_event(ahead_ms: int, max_ahead_ms: int) -> JsonObject:

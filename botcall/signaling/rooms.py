@@ -148,6 +148,27 @@ class Identity:
         }
 
 
+INTERRUPTION_MODES = ("auto", "off")
+MAX_INTERRUPTION_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """A room's barge-in rule: in ``auto``, a human speaking ``min_speech_ms`` while a
+    bot's speech plays clears that bot's queue (docs/protocol.md, "Barge-in")."""
+
+    mode: str = "auto"
+    min_speech_ms: int = 200
+
+    @property
+    def after_ms(self) -> int | None:
+        """How long a human must speak to interrupt, or None when interruptions are off."""
+        return self.min_speech_ms if self.mode == "auto" else None
+
+    def to_json(self) -> dict[str, object]:
+        return {"mode": self.mode, "min_speech_ms": self.min_speech_ms}
+
+
 @dataclass(frozen=True, slots=True)
 class Room:
     """One call. ``owner`` is the controller (``ctl``) of the bot that created it."""
@@ -161,6 +182,7 @@ class Room:
     max_bot_participants: int
     state: RoomState = RoomState.OPEN
     created_by: str = ""
+    interruption: Interruption = Interruption()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +207,8 @@ class Session:
     created_at: float
     expires_at: float
     muted: bool = False
+    # The room's barge-in rule, copied at join (a room's settings never change).
+    interruption_ms: int | None = 200
 
     @property
     def transport(self) -> str:
@@ -256,6 +280,7 @@ class RoomStore(Protocol):
         now: float,
         expires_in: int | None = None,
         max_human_participants: int | None = None,
+        interruption: Interruption | None = None,
     ) -> Room: ...
     def get_room(self, room_id: str, now: float) -> Room: ...
     def sessions_in_room(self, room_id: str) -> tuple[Session, ...]: ...
@@ -391,6 +416,7 @@ class RoomRegistry:
         now: float,
         expires_in: int | None = None,
         max_human_participants: int | None = None,
+        interruption: Interruption | None = None,
     ) -> Room:
         """Open a room owned by controller ``owner``.
 
@@ -400,6 +426,7 @@ class RoomRegistry:
             now: Unix time.
             expires_in: lifetime in seconds (default ``room_default_expires_in``).
             max_human_participants: 0 to ``room_max_humans`` (default ``room_default_max_humans``).
+            interruption: the barge-in rule (default ``auto`` after 200 ms).
 
         Returns:
             The new room.
@@ -418,6 +445,12 @@ class RoomRegistry:
             raise BadRequest(f"expires_in must be 1-{cfg.room_max_expires_in}", code="invalid_field")
         if not 0 <= max_human_participants <= cfg.room_max_humans:
             raise BadRequest(f"max_human_participants must be 0-{cfg.room_max_humans}", code="invalid_field")
+        if interruption is None:
+            interruption = Interruption()
+        if interruption.mode not in INTERRUPTION_MODES:
+            raise BadRequest(f"interruption.mode must be one of {INTERRUPTION_MODES}", code="invalid_field")
+        if not 20 <= interruption.min_speech_ms <= MAX_INTERRUPTION_MS:
+            raise BadRequest(f"interruption.min_speech_ms must be 20-{MAX_INTERRUPTION_MS}", code="invalid_field")
         owned = self._owner_rooms.get(owner, set())
         if len(owned) >= cfg.max_live_rooms_per_controller:
             soonest = min(self._rooms[r].expires_at for r in owned)
@@ -440,6 +473,7 @@ class RoomRegistry:
             max_human_participants=max_human_participants,
             max_bot_participants=cfg.room_max_bots,
             created_by=created_by,
+            interruption=interruption,
         )
         self._rooms[room_id] = room
         self._room_sessions[room_id] = {}
@@ -527,6 +561,7 @@ class RoomRegistry:
             ice_pwd=_random_chars(_ICE_CHARS, 24),
             created_at=now,
             expires_at=expires_at,
+            interruption_ms=room.interruption.after_ms,
         )
         members[session.session_id] = session
         self._sessions[session.session_id] = session

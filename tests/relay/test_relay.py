@@ -13,6 +13,7 @@ from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.ice_lite import CHECK_TIMEOUT, MAX_PENDING_CHECKS, TRANSACTION_MEMORY, UNKNOWN_SOURCE_CHECK_INTERVAL
 from botcall.wire.rtp import parse_rtp_untrusted
+from botcall.audio.vad import SpeechStarted, SpeechStopped
 from botcall.relay.core import MAX_PACKETS_PER_SECOND, MediaRelay
 from botcall.wire.rtcp import ReceiverReport, ReportBlock, Sdes, SdesChunk, SdesItem, SdesItemType, serialize_rtcp_compound
 from botcall.signaling.rooms import Capabilities, Identity, MediaSpec, Session
@@ -257,18 +258,32 @@ def test_malformed_flood_leaves_a_concurrent_call_intact(setup):
     assert wire.to(B_ADDR) == sent
 
 
-def test_speaking_follows_packets_with_sound(setup):
-    relay, wire, a, b = setup
+def test_speaking_follows_packets_with_sound_when_no_decoder_is_left():
+    """With the decoder budget spent, speech detection falls back to packet sizes
+    (silence and DTX frames are a few bytes) through the same hysteresis."""
+    wire = Wire()
+    changes, events = [], []
+    relay = MediaRelay(
+        wire,
+        max_speech_decoders=0,
+        on_speaking=lambda peer, speaking: changes.append((peer.participant_id, speaking)),
+        on_event=lambda peer, event: events.append((peer.participant_id, event)),
+    )
+    a, b = make_bot(relay, wire, "a", 1111), make_bot(relay, wire, "b", 2222)
     latch(relay, wire, a, A_ADDR)
     latch(relay, wire, b, B_ADDR)
-    changes = []
-    relay.on_speaking = lambda peer, speaking: changes.append((peer.participant_id, speaking))  # as the constructor would
-    relay.handle_datagram(rtp(1111, payload=b"\x01" * 80), A_ADDR, 1.0)  # a voiced frame
-    relay.handle_datagram(rtp(2222, payload=b"\xf8"), B_ADDR, 1.0)  # b sends only silence frames
-    relay.handle_timeout(1.05)
+    for k in range(5):  # 100 ms of voiced frames from a; b sends only silence frames
+        relay.handle_datagram(rtp(1111, seq=k, payload=b"\x01" * 80), A_ADDR, 1.0 + 0.02 * k)
+        relay.handle_datagram(rtp(2222, seq=k, payload=b"\xf8"), B_ADDR, 1.0 + 0.02 * k)
+    assert changes == [("p-a", True)]  # confirmed after 60 ms of speech
+    speech = [(who, event) for who, event in events if isinstance(event, (SpeechStarted, SpeechStopped))]
+    assert speech == [("p-a", SpeechStarted(0))]  # the onset, on a's stream clock
+    # a goes quiet (no packets at all): the sweep ends the run after the hangover.
+    relay.handle_timeout(1.2)
     assert changes == [("p-a", True)]
-    relay.handle_timeout(1.5)
+    relay.handle_timeout(1.6)
     assert changes == [("p-a", True), ("p-a", False)]
+    assert [event for who, event in events if isinstance(event, SpeechStopped)] == [SpeechStopped(100, 100)]
 
 
 def test_a_flooding_speaker_is_capped_per_second(setup):
@@ -284,17 +299,20 @@ def test_a_flooding_speaker_is_capped_per_second(setup):
     assert len(wire.to(B_ADDR)) == MAX_PACKETS_PER_SECOND + 1
 
 
-def test_an_idle_relay_has_no_frequent_deadline(setup):
-    relay, wire, a, b = setup
+def test_an_idle_relay_has_no_frequent_deadline():
+    wire = Wire()
+    relay = MediaRelay(wire, max_speech_decoders=0)  # packet sizes decide: deterministic
+    a, b = make_bot(relay, wire, "a", 1111), make_bot(relay, wire, "b", 2222)
     latch(relay, wire, a, A_ADDR)
     latch(relay, wire, b, B_ADDR)
     relay.handle_timeout(10.0)
     assert relay.next_deadline() >= 11.0  # only the once-a-second consent sweep
     woken = []
     relay.wake = lambda: woken.append(True)
-    relay.handle_datagram(rtp(1111, payload=b"\x01" * 80), A_ADDR, 10.2)  # sound after silence
-    assert woken == [True] and relay.next_deadline() <= 10.2
-    relay.handle_datagram(rtp(1111, seq=2, payload=b"\x01" * 80), A_ADDR, 10.22)
+    for k in range(3):  # sound after silence: speech is confirmed at the third frame
+        relay.handle_datagram(rtp(1111, seq=k, payload=b"\x01" * 80), A_ADDR, 10.2 + 0.02 * k)
+    assert woken == [True] and relay.next_deadline() <= 10.4  # the speaking sweep has work
+    relay.handle_datagram(rtp(1111, seq=3, payload=b"\x01" * 80), A_ADDR, 10.26)
     assert woken == [True]  # already pending: no second wake
 
 

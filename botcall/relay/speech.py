@@ -1,0 +1,218 @@
+"""Speech detection per speaker in the relay (sans-IO).
+
+Every peer's forwarded audio goes through a :class:`SpeechTracker`, which
+turns it into ``SpeechStarted``/``SpeechStopped`` events on the speaker's
+stream clock (``stream_ms``, ms since its first packet). Two ways in, the
+cheapest that the stream allows:
+
+- **RFC 6464 levels.** A browser's packets carry the client-to-mixer audio
+  level (``urn:ietf:params:rtp-hdrext:ssrc-audio-level``, negotiated in the
+  answer at the id the offer chose); a bot may send it at one-byte id
+  ``BOT_AUDIO_LEVEL_ID`` (1). The level goes through ``audio.vad.LevelDetector``
+  (noise floor plus hysteresis): no decoding at all.
+- **Decoding.** A packet without the level (ffmpeg, hand-written bots) is
+  decoded and run through the chosen frame detector
+  (``audio.vad.make_speech_detector``: Silero behind an energy pre-gate, by
+  measurement in ``bench/vad_quality.py``). This costs about 50 µs of Opus
+  decoding plus 2 µs (silence) to 90 µs (speech) per 20 ms frame, so the relay
+  allows at most ``max_decoders`` such streams at once (``SpeechBudget``);
+  beyond that a stream falls back to the packet-size rule (Opus frames of
+  silence and DTX are a few bytes, RFC 6716 §2.1.9) through the same gate.
+
+A stream that stops sending (DTX, mute, a dead peer) is ended by ``expire``,
+which the relay calls from its timer with the stream position the silence has
+reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from botcall.audio.opus import OpusDecoder
+from botcall.audio.vad import (
+    FRAME_SAMPLES,
+    LevelDetector,
+    SpeechDetector,
+    SpeechEvent,
+    SpeechGate,
+    SpeechStarted,
+    SpeechStopped,
+    make_speech_detector,
+)
+from botcall.errors import BadPacket
+
+BOT_AUDIO_LEVEL_ID = 1
+"""The one-byte header extension id at which a bot may send RFC 6464 levels."""
+VOICE_MIN_SIZE = 12 + 24
+"""RTP packets at least this large carry sound; silence and DTX frames are a few bytes."""
+MAX_DECODERS = 32
+"""Streams decoded for speech detection at once, per relay process (``Config.speech_max_decoders``)."""
+
+
+def audio_level_untrusted(data: bytes, element_id: int) -> tuple[bool, int] | None:
+    """The RFC 6464 level in an RTP packet's one-byte header extension (RFC 8285 §4.2).
+
+    Returns:
+        ``(voice, level_dbov)`` (level 0 to -127), or None when the packet has
+        no such element (or a two-byte extension, or a malformed one).
+    """
+    if not data[0] & 0x10:
+        return None
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if offset + 4 > len(data) or data[offset] != 0xBE or data[offset + 1] != 0xDE:
+        return None
+    end = offset + 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+    if end > len(data):
+        return None
+    index = offset + 4
+    while index < end:
+        header = data[index]
+        if header == 0:  # padding
+            index += 1
+            continue
+        ident, length = header >> 4, (header & 0x0F) + 1
+        if ident == 15:
+            return None
+        if ident == element_id:
+            if length != 1 or index + 1 >= end:
+                return None
+            value = data[index + 1]
+            return bool(value & 0x80), -(value & 0x7F)
+        index += 1 + length
+    return None
+
+
+class SpeechBudget:
+    """How many streams may be decoded for speech detection at once."""
+
+    __slots__ = ("max_decoders", "decoding", "refused")
+
+    def __init__(self, max_decoders: int = MAX_DECODERS) -> None:
+        self.max_decoders = max_decoders
+        self.decoding = 0
+        self.refused = 0
+
+    def take(self) -> bool:
+        if self.decoding >= self.max_decoders:
+            self.refused += 1
+            return False
+        self.decoding += 1
+        return True
+
+    def give_back(self) -> None:
+        self.decoding -= 1
+
+
+class SpeechTracker:
+    """One speaker's speech detection.
+
+    Args:
+        level_id: the header extension id of RFC 6464 levels in this stream
+            (the browser's negotiated id; ``BOT_AUDIO_LEVEL_ID`` for bots), or None.
+        budget: the relay's decoder budget; None never decodes (packet sizes only).
+        make_detector: builds the decoding detector (the default kind by default).
+    """
+
+    __slots__ = (
+        "level_id", "budget", "_make_detector", "_levels", "_decoded", "_decoder", "_sizes",
+        "_pcm", "onset_ms", "last_ms", "interrupted",
+    )
+
+    def __init__(
+        self,
+        *,
+        level_id: int | None,
+        budget: SpeechBudget | None,
+        make_detector: Callable[[], SpeechDetector] = make_speech_detector,
+    ) -> None:
+        self.level_id = level_id
+        self.budget = budget
+        self._make_detector = make_detector
+        self._levels: LevelDetector | None = None
+        self._decoded: SpeechDetector | None = None
+        self._decoder: OpusDecoder | None = None
+        self._sizes: SpeechGate | None = None
+        self._pcm = b""
+        # The onset of the current speech run (its SpeechStarted.stream_ms), or None.
+        self.onset_ms: int | None = None
+        # The stream position of the newest packet's end.
+        self.last_ms = 0
+        # This run has interrupted the bots already (barge-in fires once per run).
+        self.interrupted = False
+
+    @property
+    def speaking(self) -> bool:
+        return self.onset_ms is not None
+
+    @property
+    def decoding(self) -> bool:
+        return self._decoded is not None
+
+    def on_packet(self, data: bytes, payload_offset: int, stream_ms: int) -> SpeechEvent | None:
+        """One forwarded RTP packet (Opus), starting at ``stream_ms`` of its stream."""
+        self.last_ms = stream_ms + 20
+        level = None if self.level_id is None else audio_level_untrusted(data, self.level_id)
+        if level is None and self.level_id is None and data[0] & 0x10:
+            level = audio_level_untrusted(data, BOT_AUDIO_LEVEL_ID)
+        if level is not None:
+            if self._levels is None:
+                self._levels = LevelDetector()
+            return self._note(self._levels.update(level[0], level[1], stream_ms))
+        if self._decoded is None and self._sizes is None:
+            if self.budget is not None and self.budget.take():
+                self._decoded = self._make_detector()
+                self._decoder = OpusDecoder(48000)
+            else:
+                self._sizes = SpeechGate(onset_ms=60, hangover_ms=400)
+        if self._sizes is not None:
+            return self._note(self._sizes.update(1.0 if len(data) >= VOICE_MIN_SIZE else 0.0, stream_ms))
+        return self._decode(data, payload_offset, stream_ms)
+
+    def _decode(self, data: bytes, payload_offset: int, stream_ms: int) -> SpeechEvent | None:
+        decoder, detector = self._decoder, self._decoded
+        assert decoder is not None and detector is not None
+        try:
+            pcm = decoder.decode_untrusted(data[payload_offset:])
+        except BadPacket:
+            pcm = decoder.conceal()
+        frame_bytes = FRAME_SAMPLES * 2
+        if len(pcm) == frame_bytes and not self._pcm:
+            return self._note(detector.update(pcm, stream_ms))
+        # Packets of 10, 40 or 60 ms: cut into the detector's 20 ms frames.
+        buffered = self._pcm + pcm
+        start_ms = stream_ms - len(self._pcm) // 96
+        event: SpeechEvent | None = None
+        index = 0
+        while index + frame_bytes <= len(buffered):
+            found = self._note(detector.update(buffered[index : index + frame_bytes], start_ms + index // 96))
+            event = found or event
+            index += frame_bytes
+        self._pcm = buffered[index:]
+        return event
+
+    def expire(self, stream_ms: int) -> SpeechStopped | None:
+        """Nothing arrived up to ``stream_ms``: end a run whose hangover ran out."""
+        for detector in (self._levels, self._decoded, self._sizes):
+            if detector is not None:
+                event = detector.expire(stream_ms)
+                if event is not None:
+                    self._note(event)
+                    return event
+        return None
+
+    def _note(self, event: SpeechEvent | None) -> SpeechEvent | None:
+        if isinstance(event, SpeechStarted):
+            self.onset_ms = event.stream_ms
+            self.interrupted = False
+        elif isinstance(event, SpeechStopped):
+            self.onset_ms = None
+        return event
+
+    def close(self) -> None:
+        """The peer left: give its decoder back to the budget."""
+        if self._decoded is not None and self.budget is not None:
+            self.budget.give_back()
+        self._decoded = self._decoder = None
+
+
+__all__ = ["BOT_AUDIO_LEVEL_ID", "SpeechBudget", "SpeechTracker", "audio_level_untrusted"]
