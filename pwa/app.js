@@ -10,7 +10,7 @@
 // carries out the effects it returns and renders each new state (view.js).
 
 import { CallAudio, MIC_CONSTRAINTS, Peer } from './peer.js?v=__BOTCALL_VERSION__';
-import { initialState, parseLocation, reduce } from './session.js?v=__BOTCALL_VERSION__';
+import { initialState, parseLocation, playoutSnapshot, reduce } from './session.js?v=__BOTCALL_VERSION__';
 import { View } from './view.js?v=__BOTCALL_VERSION__';
 
 const VERSION = '__BOTCALL_VERSION__';
@@ -89,6 +89,9 @@ function perform(effect) {
       break;
     case 'apply_answer':
       applyAnswer(effect.peer, effect.sdp);
+      break;
+    case 'read_stats':
+      readStats(effect.peer);
       break;
     case 'open_mic':
       openMic(effect.attempt);
@@ -216,6 +219,18 @@ function applyAnswer(id, sdp) {
   if (applying === null) return;
   dispatch({ type: 'answer_applying', peer: id });
   applying.catch((err) => dispatch({ type: 'answer_failed', peer: id, message: err && err.message }));
+}
+
+async function readStats(id) {
+  if (!peer || peerId !== id) return;
+  let stats;
+  try {
+    stats = await peer.stats();
+  } catch (err) {
+    console.warn('BotCall: getStats failed', err);
+    return; // the next tick tries again
+  }
+  dispatch({ type: 'stats', peer: id, snapshot: playoutSnapshot(stats) });
 }
 
 async function openMic(attempt) {

@@ -46,6 +46,15 @@ export class Peer {
     return this.pc.setRemoteDescription({ type: 'answer', sdp });
   }
 
+  /**
+   * The connection's statistics, as plain objects.
+   * @returns {Promise<object[]>} RTCStatsReport.values(); rejects when the connection is closed
+   */
+  async stats() {
+    const report = await this.pc.getStats();
+    return Array.from(report.values());
+  }
+
   close() {
     this.pc.ontrack = null;
     this.pc.onconnectionstatechange = null;

@@ -13,6 +13,8 @@
 //   start_timer / start_interval {name, ms}, cancel_timer {name}
 //                                timers fire back as {type: 'timer', name}
 //   start_peer {peer}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
+//   read_stats {peer}            read the peer's getStats(); answer {type: 'stats', peer, snapshot}
+//                                with snapshot = playoutSnapshot(report.values())
 //   open_mic {attempt}, use_mic {attempt}, drop_mic {attempt}, stop_mic, mic_enabled {enabled}
 //   prepare_audio, unlock_audio  the AudioContext (ahead of the click; inside it)
 //   announce {text}, focus {screen}, clear_chat_input
@@ -27,6 +29,9 @@ export const PING_INTERVAL_MS = 15000;
 export const RETRY_DELAYS_MS = Object.freeze([1000, 2000, 4000, 8000, 15000]);
 export const MAX_PEER_RESTARTS = 2;
 export const MAX_CHAT_LINES = 200;
+// The playout_delay report: once a second while connected, 0..10000 ms (docs/protocol.md).
+export const STATS_INTERVAL_MS = 1000;
+export const MAX_PLAYOUT_DELAY_MS = 10000;
 const MAX_TEXT = 200;
 const MAX_CHAT_TEXT = 4000;
 
@@ -127,6 +132,43 @@ export function micProblem(errorName) {
 }
 
 /**
+ * The received audio's jitter buffer counters in a getStats() report.
+ * @param {Iterable<object>} stats the report's values (RTCStatsReport.values())
+ * @returns {{delay: number, count: number}|null} jitterBufferDelay (cumulative seconds) and
+ *   jitterBufferEmittedCount (cumulative samples) of the inbound-rtp audio, or null without one
+ */
+export function playoutSnapshot(stats) {
+  for (const s of stats || []) {
+    if (!s || s.type !== 'inbound-rtp' || (s.kind || s.mediaType) !== 'audio') continue;
+    const delay = s.jitterBufferDelay;
+    const count = s.jitterBufferEmittedCount;
+    if (Number.isFinite(delay) && Number.isFinite(count) && delay >= 0 && count >= 0) return { delay, count };
+  }
+  return null;
+}
+
+/**
+ * How long received audio waits in the browser's jitter buffer before it is played.
+ *
+ * The counters are cumulative since the stream began, so the current delay is the
+ * delay added over the samples emitted since the previous snapshot; when no sample
+ * came out since then (or the counters went back: a new stream), the average over
+ * the whole stream.
+ * @param {{delay: number, count: number}|null} previous the snapshot a second ago, or null
+ * @param {{delay: number, count: number}|null} current from playoutSnapshot
+ * @returns {number|null} whole ms in 0..MAX_PLAYOUT_DELAY_MS, or null before any audio was played
+ */
+export function playoutDelayMs(previous, current) {
+  if (!current || !(current.count > 0)) return null;
+  let seconds = current.delay / current.count;
+  if (previous && current.count > previous.count && current.delay >= previous.delay) {
+    seconds = (current.delay - previous.delay) / (current.count - previous.count);
+  }
+  if (!Number.isFinite(seconds)) return null;
+  return Math.min(MAX_PLAYOUT_DELAY_MS, Math.max(0, Math.round(seconds * 1000)));
+}
+
+/**
  * The room and invite of a page address: /join/<room>#invite=<secret>.
  * @returns {{roomId: string|null, invite: string|null}} roomId null off a /join/ path
  */
@@ -194,6 +236,7 @@ export function initialState({ roomId = null, invite = null, online = true, secu
     peerId: null, // the current peer connection, or null
     peerState: null, // its last connectionState
     peerRestarts: 0,
+    playout: null, // the current peer's last playoutSnapshot, or null
     muted: false,
     connectedAt: null,
     retries: 0,
@@ -309,6 +352,9 @@ class Step {
         if (input.peer !== s.peerId || s.peerId === null) break;
         this.leaveAll();
         this.showProblem('failed', input.message);
+        break;
+      case 'stats':
+        if (input.peer === s.peerId && s.peerId !== null) this.onStats(input.snapshot);
         break;
       case 'audio_heard':
         if (s.marks.audio === undefined) s.marks = Object.freeze({ ...s.marks, audio: this.now });
@@ -464,6 +510,8 @@ class Step {
       this.send({ type: 'ping' });
     } else if (name === 'retry') {
       this.connect();
+    } else if (name === 'stats') {
+      if (s.peerId !== null && s.peerState === 'connected' && s.ws === 'open') this.emit({ type: 'read_stats', peer: s.peerId });
     }
   }
 
@@ -513,7 +561,11 @@ class Step {
       case 'muted':
         this.onFlag(text(message.participant_id), 'muted', message.muted === true);
         break;
-      case 'speaking':
+      case 'speech_started':
+      case 'speech_stopped':
+        this.onFlag(text(message.participant_id), 'speaking', message.type === 'speech_started');
+        break;
+      case 'speaking': // the older event, driven by the same detector
         this.onFlag(text(message.participant_id), 'speaking', message.speaking === true);
         break;
       case 'chat':
@@ -527,7 +579,7 @@ class Step {
         this.onError(text(message.code), text(message.message));
         break;
       default:
-        break; // pong, and events this page does not use
+        break; // pong, and events this page does not use (stream_started, mark, cleared…)
     }
   }
 
@@ -714,7 +766,18 @@ class Step {
   stopPeer() {
     this.s.peerId = null;
     this.s.peerState = null;
+    this.s.playout = null;
+    this.emit({ type: 'cancel_timer', name: 'stats' });
     this.emit({ type: 'stop_peer' });
+  }
+
+  /** A getStats() reading of the current peer: report the playout delay. */
+  onStats(snapshot) {
+    const s = this.s;
+    const current = snapshot && Number.isFinite(snapshot.delay) && Number.isFinite(snapshot.count) ? snapshot : null;
+    const ms = playoutDelayMs(s.playout, current);
+    if (current !== null) s.playout = Object.freeze({ delay: current.delay, count: current.count });
+    if (ms !== null && s.peerState === 'connected') this.send({ type: 'playout_delay', ms });
   }
 
   sendOffer() {
@@ -728,6 +791,7 @@ class Step {
       if (s.marks.connected === undefined) s.marks = Object.freeze({ ...s.marks, connected: this.now });
       s.peerRestarts = 0;
       this.setUi('connected');
+      this.emit({ type: 'start_interval', name: 'stats', ms: STATS_INTERVAL_MS });
     } else if (state === 'disconnected') {
       this.setUi('reconnecting');
     } else if (state === 'failed') {

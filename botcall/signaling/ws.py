@@ -563,7 +563,7 @@ class BotChannel(Channel):
 
 
 class HumanChannel(Channel):
-    """A browser's signaling: lobby, join, offer/answer, controls, chat."""
+    """A browser's signaling: lobby, join, offer/answer, controls, chat, playout delay."""
 
     kind = "human"
 
@@ -599,6 +599,14 @@ class HumanChannel(Channel):
             except SdpError as exc:
                 raise SignalingError(f"cannot answer this offer: {exc}", code="bad_offer") from exc
             self.connection.send_event({"type": "answer", "sdp": answer})
+        elif isinstance(message, msg.PlayoutDelay):
+            if self.session is None:
+                raise SignalingError("join the call first", code="not_joined")
+            # The browser's jitter buffer delay (getStats, once a second): bots'
+            # heard_ms subtracts it. Before the offer there is no peer to set.
+            peer = state.started_media().relay.peer(self.session.session_id)
+            if peer is not None:
+                peer.playout_delay_ms = message.ms
         elif isinstance(message, msg.Hello):
             raise SignalingError("hello was already received", code="bad_message")
         else:

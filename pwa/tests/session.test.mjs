@@ -9,12 +9,16 @@ import { describe, test } from 'node:test';
 import {
   CONNECT_TIMEOUT_MS,
   PING_INTERVAL_MS,
+  MAX_PLAYOUT_DELAY_MS,
   PROBLEMS,
   RETRY_DELAYS_MS,
+  STATS_INTERVAL_MS,
   formatDuration,
   initialState,
   inviteTarget,
   parseLocation,
+  playoutDelayMs,
+  playoutSnapshot,
   reduce,
 } from '../session.js';
 
@@ -311,6 +315,67 @@ describe('participants and their lights', () => {
     const flags = Object.fromEntries(call.state.participants.map((p) => [p.participant_id, [p.speaking, p.muted === true]]));
     assert.deepEqual(flags, { 'p-bot': [true, false], 'p-bob': [false, true] });
     assert.equal(call.state.muted, false, "someone else's mute is not mine");
+  });
+
+  test('speech_started and speech_stopped drive the speaking light', () => {
+    const call = new Call().toConnected();
+    call.server({ type: 'speech_started', participant_id: 'p-bot', stream_ms: 1200 });
+    assert.equal(call.state.participants.find((p) => p.participant_id === 'p-bot').speaking, true);
+    call.server({ type: 'speech_started', participant_id: 'p-me', stream_ms: 40 });
+    assert.deepEqual(
+      call.state.participants.map((p) => [p.participant_id, p.speaking]),
+      [
+        ['p-me', true],
+        ['p-bot', true],
+      ],
+    );
+    call.server({ type: 'speech_stopped', participant_id: 'p-bot', stream_ms: 2600, duration_ms: 1400 });
+    assert.deepEqual(
+      call.state.participants.map((p) => p.speaking),
+      [true, false],
+    );
+    // The old alias still works, and both kinds can be mixed (the same detector drives them).
+    call.server({ type: 'speaking', participant_id: 'p-bot', speaking: true });
+    call.server({ type: 'speech_stopped', participant_id: 'p-me', stream_ms: 900, duration_ms: 860 });
+    assert.deepEqual(
+      call.state.participants.map((p) => p.speaking),
+      [false, true],
+    );
+    call.server({ type: 'speech_started', participant_id: 'p-ghost', stream_ms: 0 });
+    assert.deepEqual(call.effects, [], 'an unknown participant is ignored');
+    assert.equal(call.state.participants.length, 2);
+  });
+
+  test('speech events that arrive in the lobby light the list before joining', () => {
+    const call = new Call().toLobby([BOT, BOB]);
+    call.server({ type: 'speech_started', participant_id: 'p-bob', stream_ms: 0 });
+    assert.deepEqual(
+      call.state.participants.map((p) => p.speaking),
+      [false, true],
+    );
+  });
+
+  test('events the page does not use change nothing and throw nothing', () => {
+    const call = new Call().toConnected();
+    call.server({ type: 'speech_started', participant_id: 'p-bot', stream_ms: 10 });
+    const before = call.state;
+    const ignored = [
+      { type: 'stream_started', participant_id: 'p-bot', ssrc: 1234, rtp_timestamp: 0 },
+      { type: 'mark', name: 'end-of-turn', played_ms: 2000 },
+      { type: 'cleared', played_ms: 2000, dropped_ms: 400, marks_dropped: [], heard: [] },
+      { type: 'interrupted', participant_id: 'p-bot', by: 'p-me', played_ms: 2000 },
+      { type: 'brand_new_event', anything: { nested: [1, 2] } },
+      // Malformed speech events: no id, an id that is not a string, a number.
+      { type: 'speech_started' },
+      { type: 'speech_stopped', participant_id: { id: 'p-bot' } },
+      { type: 'speech_stopped', participant_id: 42, stream_ms: 'later' },
+    ];
+    for (const message of ignored) {
+      assert.deepEqual(call.server(message), [], message.type);
+    }
+    assert.deepEqual(call.state.participants, before.participants);
+    assert.equal(call.state.ui, 'connected');
+    assert.equal(call.state.participants.find((p) => p.participant_id === 'p-bot').speaking, true);
   });
 
   test('a new list keeps who is speaking unless it says otherwise', () => {
@@ -672,5 +737,98 @@ describe('pure helpers', () => {
     assert.equal(inviteTarget('/join/r1', base), null);
     assert.equal(inviteTarget('/elsewhere#invite=s', base), null);
     assert.equal(inviteTarget('http://[bad', base), null);
+  });
+});
+
+describe('playout delay reports', () => {
+  const inbound = (delay, count, extra = {}) => ({ type: 'inbound-rtp', kind: 'audio', jitterBufferDelay: delay, jitterBufferEmittedCount: count, ...extra });
+
+  test('playoutSnapshot takes the inbound audio counters of a stats report', () => {
+    const report = [
+      { type: 'codec', mimeType: 'audio/opus' },
+      { type: 'outbound-rtp', kind: 'audio', packetsSent: 50 },
+      { type: 'inbound-rtp', kind: 'video', jitterBufferDelay: 9, jitterBufferEmittedCount: 3 },
+      inbound(4.8, 96000),
+    ];
+    assert.deepEqual(playoutSnapshot(report), { delay: 4.8, count: 96000 });
+    assert.deepEqual(playoutSnapshot(new Map([['a', { type: 'inbound-rtp', mediaType: 'audio', jitterBufferDelay: 1, jitterBufferEmittedCount: 2 }]]).values()), {
+      delay: 1,
+      count: 2,
+    });
+    assert.equal(playoutSnapshot([]), null);
+    assert.equal(playoutSnapshot(null), null);
+    assert.equal(playoutSnapshot([{ type: 'inbound-rtp', kind: 'audio' }]), null, 'no counters yet');
+    assert.equal(playoutSnapshot([inbound('1', 2), inbound(NaN, 2), inbound(1, -1), null]), null);
+  });
+
+  test('playoutDelayMs is the delay over the last interval, else the average', () => {
+    // 48 kHz: 48000 samples a second; 40 ms each, then 100 ms each.
+    const first = { delay: 48000 * 0.04, count: 48000 };
+    const second = { delay: first.delay + 48000 * 0.1, count: 96000 };
+    assert.equal(playoutDelayMs(null, first), 40, 'no previous snapshot: the cumulative ratio');
+    assert.equal(playoutDelayMs(first, second), 100, 'the delta over the last second');
+    assert.equal(playoutDelayMs(second, second), 70, 'nothing played since: the cumulative ratio');
+    assert.equal(playoutDelayMs(second, first), 40, 'counters went back (a new stream): the cumulative ratio');
+    assert.equal(playoutDelayMs(null, { delay: 0.0234, count: 1 }), 23, 'rounded to whole ms');
+    assert.equal(playoutDelayMs(null, { delay: 0.0235, count: 1 }), 24);
+    assert.equal(playoutDelayMs(null, { delay: 60, count: 2 }), MAX_PLAYOUT_DELAY_MS, 'clamped to 10 s');
+    assert.equal(playoutDelayMs({ delay: 5, count: 10 }, { delay: 4, count: 20 }), 200, 'a delay going back is not trusted');
+    assert.equal(playoutDelayMs(null, { delay: 0, count: 0 }), null, 'nothing played yet');
+    assert.equal(playoutDelayMs(first, null), null);
+  });
+
+  test('once connected, a stats timer reads getStats every second and reports the delay', () => {
+    const call = new Call().toConnected();
+    assert.deepEqual(
+      call.of('start_interval').filter((e) => e.name === 'stats'),
+      [{ type: 'start_interval', name: 'stats', ms: STATS_INTERVAL_MS }],
+    );
+    const peer = call.state.peerId;
+    call.step({ type: 'timer', name: 'stats' });
+    assert.deepEqual(call.of('read_stats'), [{ type: 'read_stats', peer }]);
+
+    call.step({ type: 'stats', peer, snapshot: { delay: 0, count: 0 } });
+    assert.deepEqual(call.sent(), [], 'no audio played yet: nothing to report');
+    call.step({ type: 'stats', peer, snapshot: { delay: 960, count: 48000 } }); // 20 ms a sample
+    assert.deepEqual(call.sent(), [{ type: 'playout_delay', ms: 20 }]);
+    call.step({ type: 'stats', peer, snapshot: { delay: 960 + 2400, count: 96000 } });
+    assert.deepEqual(call.sent(), [{ type: 'playout_delay', ms: 50 }]);
+    call.step({ type: 'stats', peer, snapshot: null });
+    assert.deepEqual(call.sent(), [], 'a reading without inbound audio says nothing');
+    call.step({ type: 'stats', peer: peer - 1, snapshot: { delay: 1000, count: 1 } });
+    assert.deepEqual(call.effects, [], 'an old peer connection is ignored');
+  });
+
+  test('no reports while not connected, and the timer stops with the peer', () => {
+    const call = new Call().toConnected();
+    const peer = call.state.peerId;
+    call.step({ type: 'stats', peer, snapshot: { delay: 1, count: 48000 } });
+    call.step({ type: 'peer_state', peer, state: 'disconnected' });
+    call.step({ type: 'timer', name: 'stats' });
+    assert.deepEqual(call.of('read_stats'), [], 'no reading while disconnected');
+    call.step({ type: 'stats', peer, snapshot: { delay: 2, count: 96000 } });
+    assert.deepEqual(call.sent(), [], 'a late reading is not sent while disconnected');
+
+    call.step({ type: 'peer_state', peer, state: 'failed' }); // restart: a new peer
+    assert.ok(call.effects.some((e) => e.type === 'cancel_timer' && e.name === 'stats'));
+    assert.equal(call.state.playout, null, 'the new peer starts from no snapshot');
+    const next = call.state.peerId;
+    call.step({ type: 'stats', peer: next, snapshot: { delay: 0.03, count: 1 } });
+    assert.deepEqual(call.sent(), [], 'the new peer is not connected yet');
+    call.step({ type: 'peer_state', peer: next, state: 'connected' });
+    call.step({ type: 'stats', peer: next, snapshot: { delay: 0.06, count: 2 } });
+    assert.deepEqual(call.sent(), [{ type: 'playout_delay', ms: 30 }]);
+
+    call.step({ type: 'hang_up' });
+    assert.ok(call.effects.some((e) => e.type === 'cancel_timer' && e.name === 'stats'));
+    call.step({ type: 'timer', name: 'stats' });
+    assert.deepEqual(call.effects, []);
+  });
+
+  test('no reading while the signaling socket is down', () => {
+    const call = new Call().toConnected();
+    call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
+    call.step({ type: 'timer', name: 'stats' });
+    assert.deepEqual(call.of('read_stats'), []);
   });
 });

@@ -692,3 +692,78 @@ async def test_network_blip_and_signaling_drop_during_a_call(tmp_path):
     assert result["humans"] == [result["first"]]  # one person, one place: no ghost left behind
     assert result["dtls"] == 1  # the media leg survived the signaling drop; nothing was renegotiated
     assert result["errors"] == []
+
+
+async def test_playout_delay_reports_and_speech_events(tmp_path):
+    """Once in a call with a bot that talks, the page reports its jitter buffer's
+    delay every second (the server sets its relay peer's ``playout_delay_ms``),
+    and a bot's speaking light follows ``speech_started`` / ``speech_stopped``."""
+    async with running_server(tmp_path, media_port=0) as srv:
+        room_id, invite = await open_room(srv)
+        async with connect(srv.url, room_id, srv.token(agent="orion#8f3a")) as talker, connect(
+            srv.url, room_id, srv.token(agent="quiet#1")
+        ) as quiet, trio.open_nursery() as nursery:
+
+            async def speak() -> None:
+                while True:
+                    await talker.say_pcm(tone(440, 10.0))
+
+            nursery.start_soon(speak)
+
+            def human_peer():
+                [human] = [s for s in srv.state.registry.sessions_in_room(room_id) if s.kind == "human"]
+                return srv.state.started_media().relay.peer(human.session_id)
+
+            async def reported_delay(timeout: float = 10.0) -> int:
+                """The human's relay peer's playout_delay_ms once a report set it above 0."""
+                with trio.fail_after(timeout):
+                    while (peer := human_peer()) is None or peer.playout_delay_ms <= 0:
+                        await trio.sleep(0.05)
+                return peer.playout_delay_ms
+
+            def broadcast(event: dict) -> None:
+                trio.from_thread.run_sync(lambda: srv.state.hub.broadcast(room_id, event))
+
+            def drive(context: BrowserContext) -> dict:
+                page = context.pages[0] if context.pages else context.new_page()
+                sockets = []
+                page.on("websocket", lambda ws: sockets.append(ws))
+                errors = PageErrors(page)
+                page.goto(f"{srv.url}{invite}")
+                wait_state(page, "lobby")
+                page.get_by_role("button", name=re.compile("Join")).click()
+                wait_state(page, "connected")
+                page.wait_for_function("() => botcall.marks.audio !== undefined")
+
+                def report(payload: str) -> bool:
+                    return json.loads(payload)["type"] == "playout_delay"
+
+                with sockets[0].expect_event("framesent", predicate=report, timeout=10_000) as sent:
+                    pass
+                first = json.loads(sent.value)
+                delay = trio.from_thread.run(reported_delay)
+
+                quiet_item = page.locator(f'#call-people li[data-participant-id="{quiet.participant_id}"]')
+                expect(quiet_item).to_have_attribute("data-speaking", "false")
+                broadcast({"type": "speech_started", "participant_id": quiet.participant_id, "stream_ms": 0})
+                expect(quiet_item).to_have_attribute("data-speaking", "true")
+                expect(quiet_item.locator(".status")).to_have_text("Speaking")
+                # Events the page does not use change nothing.
+                for event in (
+                    {"type": "interrupted", "participant_id": quiet.participant_id, "played_ms": 10},
+                    {"type": "mark", "name": "x", "played_ms": 10},
+                    {"type": "stream_started", "participant_id": quiet.participant_id, "ssrc": 1, "rtp_timestamp": 0},
+                ):
+                    broadcast(event)
+                broadcast({"type": "speech_stopped", "participant_id": quiet.participant_id, "stream_ms": 1200, "duration_ms": 1200})
+                expect(quiet_item).to_have_attribute("data-speaking", "false")
+                expect(quiet_item.locator(".status")).to_have_text("")
+                assert hooks(page)["state"] == "connected"
+                return {"first": first, "delay": delay, "errors": errors.messages}
+
+            result = await in_browser(drive)
+            nursery.cancel_scope.cancel()
+    print(f"first report {result['first']}, the relay peer's playout_delay_ms {result['delay']}")
+    assert set(result["first"]) == {"type", "ms"} and isinstance(result["first"]["ms"], int)
+    assert 0 < result["delay"] <= 10_000
+    assert result["errors"] == []

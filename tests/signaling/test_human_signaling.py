@@ -6,6 +6,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from botcall.config import RateLimit
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from tests.kit.browser import browser_offer
 from tests.kit.server import running_server
 
 
@@ -136,3 +139,78 @@ async def test_hang_up_removes_the_participant_for_the_bot(tmp_path):
 async def receive_event(events):
     with trio.fail_after(5):
         return await events.__anext__()
+
+
+async def round_trip(ws, nonce):
+    """Send a ping and wait for its pong: everything sent before it has been handled.
+
+    Returns:
+        The events that came before the pong.
+    """
+    await ws.send_message(json.dumps({"type": "ping", "nonce": nonce}))
+    before = []
+    while (event := await receive(ws)) != {"type": "pong", "nonce": nonce}:
+        before.append(event)
+    return before
+
+
+async def offer_media(ws):
+    """Offer a browser's audio (the kit's captured Chrome offer) and take the answer."""
+    await ws.send_message(json.dumps({"type": "offer", "sdp": browser_offer(DtlsCertificate.generate())}))
+    answer = await receive(ws)
+    assert answer["type"] == "answer" and "a=ice-lite" in answer["sdp"]
+
+
+def playout_delay(ms):
+    return json.dumps({"type": "playout_delay", "ms": ms})
+
+
+async def test_a_browsers_playout_delay_sets_its_relay_peers(tmp_path):
+    async with running_server(tmp_path) as srv:
+        room_id, secret = await room_with_invite(srv)
+        relay = srv.state.started_media().relay
+        async with open_websocket_url(signal_url(srv, room_id)) as ws:
+            await ws.send_message(json.dumps({"type": "hello", "invite": secret}))
+            assert (await receive(ws))["type"] == "lobby"
+            await ws.send_message(playout_delay(40))
+            [refused] = await round_trip(ws, "lobby")
+            assert (refused["type"], refused["code"]) == ("error", "not_joined")
+
+            await ws.send_message(json.dumps({"type": "join", "display_name": "Ada"}))
+            joined = await receive(ws)
+            session_id = joined["resume"]
+            # Joined, no offer yet: no relay peer, and the report is dropped quietly.
+            await ws.send_message(playout_delay(40))
+            assert await round_trip(ws, "no offer") == []
+            assert relay.peer(session_id) is None
+
+            await offer_media(ws)
+            assert relay.peer(session_id).playout_delay_ms == 0
+            await ws.send_message(playout_delay(87.4))
+            assert await round_trip(ws, "reported") == []
+            assert relay.peer(session_id).playout_delay_ms == 87
+            await ws.send_message(playout_delay(0))
+            assert await round_trip(ws, "zero") == []
+            assert relay.peer(session_id).playout_delay_ms == 0
+
+            # Out of range, or not a number: refused, the last value stays, the socket stays.
+            await ws.send_message(playout_delay(55))
+            for bad in (10_001, -1, "20", True, None):
+                await ws.send_message(playout_delay(bad))
+            refused = await round_trip(ws, "bad")
+            assert [(e["type"], e["code"]) for e in refused] == [("error", "bad_message")] * 5
+            assert relay.peer(session_id).playout_delay_ms == 55
+
+
+async def test_a_browsers_playout_delay_counts_against_the_message_limit(tmp_path):
+    # join, offer and two reports take the burst of 4; the refill is negligible.
+    async with running_server(tmp_path, ws_message_limit=RateLimit(rate=0.001, burst=4)) as srv:
+        room_id, secret = await room_with_invite(srv)
+        async with open_websocket_url(signal_url(srv, room_id)) as ws:
+            _, joined = await hello_and_join(ws, secret)
+            await offer_media(ws)
+            for ms in (10, 20, 30):
+                await ws.send_message(playout_delay(ms))
+            event = await receive(ws)
+            assert (event["type"], event["code"]) == ("error", "rate_limited")
+            assert srv.state.started_media().relay.peer(joined["resume"]).playout_delay_ms == 20
