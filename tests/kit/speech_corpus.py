@@ -225,3 +225,11 @@ def to_frames(samples: np.ndarray) -> list[bytes]:
     count = samples.size // FRAME
     pcm = np.clip(np.round(samples[: count * FRAME] * 32768.0), -32768, 32767).astype("<i2")
     return [pcm[index * FRAME : (index + 1) * FRAME].tobytes() for index in range(count)]
+
+
+def spoken_pcm(text: str = "Hello, this is the bot speaking to you now.", voice: str = "en-us") -> bytes:
+    """``text`` spoken by espeak-ng as int16 little-endian PCM at 48 kHz, at ``SPEECH_DBFS``."""
+    samples = espeak(text, voice)
+    rms = float(np.sqrt(np.mean(samples**2))) or 1.0
+    scaled = samples * (10 ** (SPEECH_DBFS / 20) / rms)
+    return (np.clip(scaled, -1.0, 1.0) * 32767).astype("<i2").tobytes()

@@ -21,11 +21,15 @@ from botcall.demo.signals import tone
 from botcall.client import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
+from tests.kit.speech_corpus import spoken_pcm
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 WRONG_SECRET = "A" * 24
 HOSTILE_NAME = '<img src=x onerror="window.pwned=1">'
+
+
+SPEECH = spoken_pcm()
 
 
 async def open_room(srv, **body) -> tuple[str, str]:
@@ -439,8 +443,9 @@ async def test_join_mute_hang_up_and_rejoin(tmp_path):
 
 
 async def test_time_from_join_click_to_a_bots_voice(tmp_path):
-    """A bot speaks 440 Hz the whole time; the page's hooks hear it after Join,
-    its speaking light comes on, and its chat shows up as text.
+    """A bot speaks 440 Hz; the page's hooks hear it after Join. Then it talks
+    (espeak-ng speech: a tone is not speech to the relay's detector), its
+    speaking light comes on, and its chat shows up as text.
 
     Prints the time from the click to the first audible remote audio (the
     target is under 300 ms); asserts only the order of events and the tone.
@@ -449,9 +454,11 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
         room_id, invite = await open_room(srv)
         async with connect(srv.url, room_id, srv.token(agent="orion#8f3a")) as bot, trio.open_nursery() as nursery:
 
+            talking = False
+
             async def speak() -> None:
                 while True:
-                    await bot.say_pcm(tone(440, 10.0))
+                    await bot.say_pcm(SPEECH if talking else tone(440, 0.5))
 
             nursery.start_soon(speak)
 
@@ -472,12 +479,15 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
                 heard = {"frequency": page.evaluate("botcall.remoteFrequency()"), "level": page.evaluate("botcall.remoteLevel()")}
                 # Speaking and muted lights follow the server's events about the bot.
                 bot_item = page.locator('#call-people li[data-kind="bot"]')
+                nonlocal talking
+                talking = True
+                expect(bot_item).to_have_attribute("data-speaking", "true")
 
                 def bot_silent(payload: str) -> bool:
                     event = json.loads(payload)
                     return event["type"] == "speaking" and event["participant_id"] == bot.participant_id and not event["speaking"]
 
-                # The relay holds "speaking" for 0.4 s: unmute only once it has said the bot stopped.
+                # The relay's hangover ends "speaking" after silence: unmute only once it has said the bot stopped.
                 with sockets[0].expect_event("framereceived", predicate=bot_silent):
                     trio.from_thread.run(bot.mute)
                 expect(bot_item).to_have_attribute("data-muted", "true")
