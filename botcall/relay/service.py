@@ -16,6 +16,7 @@ from botcall.queues import DropOldestQueue
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MAX_AHEAD_S, MAX_MARKS, BotPlayout
 from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
+from botcall.relay.mixer import MixSink
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 
@@ -49,6 +50,8 @@ class MediaSession(Protocol):
     def ice_pwd(self) -> str: ...
     @property
     def muted(self) -> bool: ...
+    @property
+    def mix_ssrc(self) -> int | None: ...
 
 
 class WsSink:
@@ -162,7 +165,8 @@ class MediaService:
         ufrag: str | None
         pwd: str | None
         if transport == "udp":
-            sink = UdpSink(self.transmit)
+            # A bot receiving the mix gets one stream under its mix SSRC (mixer.py).
+            sink = UdpSink(self.transmit) if session.mix_ssrc is None else MixSink(self.relay, self.transmit, session.mix_ssrc)
             ufrag, pwd, speaks_udp = session.ice_ufrag, session.ice_pwd, True
         elif transport == "websocket":
             sink = WsSink()
