@@ -148,10 +148,10 @@ class Mixer:
             pcm = soft_limit(total)
         if self._origin is None:
             self._origin = now
-            position = 0
+            position, resumed = 0, True
         else:
             position = max(self._position + 1, round((now - self._origin) / FRAME_DURATION))
-        resumed = position != self._position + 1
+            resumed = position != self._position + 1
         self._position = position
         concealed = all(frame.kind is not FrameKind.AUDIO for frame in frames)
         return MixFrame(pcm, position, len(frames), concealed, resumed)
