@@ -123,9 +123,14 @@ class Call:
         self.encoding = encoding
         self.sample_rate = sample_rate
         self.ssrc: int = self.media["ssrc"]
+        # The rate say_pcm sends pcm16 at (the join's send_sample_rate).
+        self.send_sample_rate = sample_rate
         self.participant_id: str | None = None
         self.participants: dict[str, JsonObject] = {}
         self._ssrc_to_participant: dict[int, str] = {}
+        if self.media.get("mix_ssrc") is not None:
+            # The mixed stream (media.receive "mixed") names no participant.
+            self._ssrc_to_participant[self.media["mix_ssrc"]] = "mix"
         self._frames: DropOldestQueue[AudioFrame] = DropOldestQueue(MAX_QUEUED_FRAMES)
         self._events: DropOldestQueue[JsonObject] = DropOldestQueue(MAX_QUEUED_EVENTS)
         self._playout = Playout(sample_rate=sample_rate)
@@ -174,9 +179,9 @@ class Call:
             sample_rate: their rate; resampled to what the session sends.
         """
         if self.encoding == "pcm16":
-            if sample_rate != self.sample_rate:
-                pcm = resample(pcm, sample_rate, self.sample_rate)
-            for frame in pcm_frames(pcm, sample_rate=self.sample_rate):
+            if sample_rate != self.send_sample_rate:
+                pcm = resample(pcm, sample_rate, self.send_sample_rate)
+            for frame in pcm_frames(pcm, sample_rate=self.send_sample_rate):
                 await self._pace()
                 self.counters["sent"] += 1
                 await self._websocket().send_message(frame)
@@ -497,6 +502,8 @@ async def connect(
     transport: str = "udp",
     encoding: str = "opus",
     sample_rate: int = SAMPLE_RATE,
+    send_sample_rate: int | None = None,
+    receive: str = "separate",
     text_chat: bool = True,
 ) -> AsyncIterator[Call]:
     """Join a room as a bot and keep the call up inside the ``async with``.
@@ -509,7 +516,11 @@ async def connect(
         transport: ``"udp"`` (Opus RTP) or ``"websocket"``.
         encoding: ``"opus"``, or ``"pcm16"`` with ``transport="websocket"`` (the
             server does the Opus work).
-        sample_rate: PCM rate of ``call.audio()`` frames (16000, 24000 or 48000).
+        sample_rate: PCM rate of ``call.audio()`` frames (8000, 16000, 24000 or 48000).
+        send_sample_rate: pcm16 only: the rate ``say_pcm`` sends at (default
+            ``sample_rate``); the server encodes from it directly.
+        receive: ``"separate"`` (a stream per speaker) or ``"mixed"`` (one
+            mix-minus stream of everyone else, whose frames name ``"mix"``).
         text_chat: ask to send and receive chat.
 
     Yields:
@@ -524,6 +535,10 @@ async def connect(
         media["encoding"] = encoding
         if encoding == "pcm16":
             media["sample_rate"] = sample_rate
+            if send_sample_rate is not None:
+                media["send_sample_rate"] = send_sample_rate
+    if receive != "separate":
+        media["receive"] = receive
     body = {
         "agent_id": agent_id or agent_id_of(token),
         "room_id": room_id,
@@ -533,6 +548,8 @@ async def connect(
     }
     answer = await request_json("POST", f"{server.rstrip('/')}/v1/join", body)
     call = Call(answer, room_id=room_id, encoding=encoding if transport == "websocket" else "opus", sample_rate=sample_rate)
+    if send_sample_rate is not None and call.encoding == "pcm16":
+        call.send_sample_rate = send_sample_rate
     ws_url = answer["websocket_url"] + ("?audio=binary" if transport == "websocket" else "")
     async with trio.open_nursery() as nursery:
         await nursery.start(call._run_websocket, ws_url)

@@ -22,6 +22,7 @@ __all__ = [
     "align_segments",
     "correlation",
     "dominant_frequency",
+    "energy_fraction",
     "find_delay",
     "rms_dbfs",
     "segmental_correlation",
@@ -150,6 +151,38 @@ def dominant_frequency(pcm: bytes, sample_rate: int, *, channels: int = 1, min_f
     curvature = below - 2 * centre + above
     shift = 0.5 * (below - above) / curvature if curvature < 0 else 0.0
     return float((peak + shift) * sample_rate / size)
+
+
+def energy_fraction(pcm: bytes, sample_rate: int, frequency: float, *, bandwidth: float = 25.0, channels: int = 1) -> float:
+    """The share of a signal's energy within ``bandwidth`` Hz of ``frequency``.
+
+    For checking that a mix holds several tones at once, which
+    ``dominant_frequency`` (the strongest only) cannot: a lone sine gives about
+    1.0, an equal mix of two gives about 0.5 at each, a tone absent about 0.
+
+    Args:
+        pcm: int16 little-endian PCM (channels are averaged).
+        sample_rate: its rate.
+        frequency: the frequency to look at, in Hz.
+        bandwidth: half the width of the band counted, in Hz (a Hann window's
+            main lobe must fit: at least 2 x sample_rate / samples).
+        channels: its channel count.
+
+    Returns:
+        A fraction in [0, 1]; 0.0 for silence.
+
+    Raises:
+        ValueError: ``pcm`` is not whole frames of samples.
+    """
+    x = _mono(pcm, channels)
+    if len(x) < 3:
+        return 0.0
+    power = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(len(x)))) ** 2
+    total = float(power.sum())
+    if total == 0.0:
+        return 0.0
+    bins = np.fft.rfftfreq(len(x), 1.0 / sample_rate)
+    return float(power[np.abs(bins - frequency) <= bandwidth].sum() / total)
 
 
 def rms_dbfs(pcm: bytes, *, channels: int = 1) -> float:

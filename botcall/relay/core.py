@@ -180,6 +180,16 @@ class SecureLeg(Protocol):
         """Give up the datagram kept from ``addr`` (verified, or its check given up), or None."""
 
 
+class Ticker(Protocol):
+    """Work the relay's timer runs while it is started (a UDP bot's mixed stream, ``mixer.py``)."""
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timeout`` has work, or None."""
+
+    def handle_timeout(self, now: float) -> None:
+        """Run what is due at ``now``."""
+
+
 @dataclass(eq=False, slots=True)
 class MediaPeer:
     """One participant's media endpoint in the relay.
@@ -367,6 +377,8 @@ class MediaRelay:
         # DTLS handshake started, a silent relay heard sound), so the shell's
         # timer can sleep until the deadline instead of polling.
         self.wake = wake
+        # Tickers started (start_ticker): the timer runs them at their deadlines.
+        self._tickers: set[Ticker] = set()
 
     # --- membership ----------------------------------------------------------------
 
@@ -416,6 +428,9 @@ class MediaRelay:
         if peer is None:
             return None
         self.timed.discard(peer.secure)
+        if self._tickers:
+            sink: object = peer.sink
+            self._tickers = {ticker for ticker in self._tickers if ticker is not sink}
         self._voiced.discard(peer)
         self._playing.discard(peer)
         if peer.speech is not None:
@@ -460,6 +475,15 @@ class MediaRelay:
 
     def handshakes_in_progress(self) -> int:
         return len(self.timed)
+
+    def start_ticker(self, ticker: Ticker) -> None:
+        """Run ``ticker`` at its deadlines until ``stop_ticker`` (or its peer leaves, if it is the peer's sink)."""
+        self._tickers.add(ticker)
+        if self.wake is not None:
+            self.wake()
+
+    def stop_ticker(self, ticker: Ticker) -> None:
+        self._tickers.discard(ticker)
 
     def timer_started(self, leg: SecureLeg) -> None:
         """A leg has a deadline now (a DTLS handshake began): drive its timer."""
@@ -957,6 +981,10 @@ class MediaRelay:
             leg_deadline = leg.next_deadline()
             if leg_deadline is not None and leg_deadline < deadline:
                 deadline = leg_deadline
+        for ticker in self._tickers:
+            ticker_deadline = ticker.next_deadline()
+            if ticker_deadline is not None and ticker_deadline < deadline:
+                deadline = ticker_deadline
         return deadline
 
     def _sweep_speaking(self, now: float) -> None:
@@ -980,6 +1008,10 @@ class MediaRelay:
             leg.handle_timeout(now)
         if self._playing:
             self._release_due(now)
+        for ticker in list(self._tickers):
+            due = ticker.next_deadline()
+            if due is not None and due <= now:
+                ticker.handle_timeout(now)
         if self._voiced and now >= self._next_speaking_sweep:
             self._next_speaking_sweep = now + SPEAKING_SWEEP
             self._sweep_speaking(now)

@@ -18,6 +18,7 @@ from botcall.audio.vad import AUDIO_LEVEL_URI
 from botcall.relay.bot_playout import MAX_AHEAD_S, MAX_MARKS, BotPlayout
 from botcall.relay.speech import SpeechTracker
 from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
+from botcall.relay.mixer import MixSink
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 
@@ -53,6 +54,8 @@ class MediaSession(Protocol):
     def muted(self) -> bool: ...
     @property
     def interruption_ms(self) -> int | None: ...
+    @property
+    def mix_ssrc(self) -> int | None: ...
 
 
 class WsSink:
@@ -171,7 +174,8 @@ class MediaService:
         ufrag: str | None
         pwd: str | None
         if transport == "udp":
-            sink = UdpSink(self.transmit)
+            # A bot receiving the mix gets one stream under its mix SSRC (mixer.py).
+            sink = UdpSink(self.transmit) if session.mix_ssrc is None else MixSink(self.relay, self.transmit, session.mix_ssrc)
             ufrag, pwd, speaks_udp = session.ice_ufrag, session.ice_pwd, True
         elif transport == "websocket":
             sink = WsSink()

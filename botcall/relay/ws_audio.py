@@ -17,10 +17,17 @@ Audio that would put the bot more than its playout's ``max_ahead`` ahead of
 playback is refused whole (``playout_full``).
 
 Downlink. Opus: each speaker's RTP packet. pcm16: a jitter buffer and decoder
-per speaker (``audio.playout.Playout``) popped every 20 ms. Either way the
-result is an ``AudioOut``: ``binary()`` gives the binary frame (the RTP packet,
-or RTP-framed PCM with payload type 96, 97 when concealed); the signaling
-layer turns the same fields into a JSON ``audio`` event.
+per speaker (``audio.playout.Playout``) popped every 20 ms. A bot receiving the
+mix (``mix_ssrc`` set) gets instead one frame per 20 ms of ``relay.mixer``'s
+mix-minus, as pcm16 or as Opus RTP under the mix SSRC, with participant id
+``"mix"``. Either way the result is an ``AudioOut``: ``binary()`` gives the
+binary frame (the RTP packet, or RTP-framed PCM with payload type 96, 97 when
+concealed); the signaling layer turns the same fields into a JSON ``audio``
+event.
+
+Rates. pcm16 goes up at ``send_sample_rate`` and down at
+``receive_sample_rate``; libopus encodes from and decodes to both directly
+(8/16/24/48 kHz), so no resampler runs here.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from botcall.audio.opus import (
 from botcall.audio.playout import Playout
 from botcall.errors import BadPacket, SignalingError
 from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay, stream_ms
+from botcall.relay.mixer import MIX_PARTICIPANT_ID, Mixer, OpusMix
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
 
 # pcm16 from a bot waiting to be encoded, in seconds of audio.
@@ -101,7 +109,11 @@ class WsAudio:
         relay: where uplink RTP goes (``relay.handle_rtp``).
         peer: the bot's relay peer.
         encoding: ``"opus"`` or ``"pcm16"``.
-        sample_rate: the session's PCM rate (pcm16).
+        sample_rate: the session's PCM rate (pcm16), the default of both directions.
+        send_sample_rate: the rate of the pcm16 the bot sends (None: ``sample_rate``).
+        receive_sample_rate: the rate of the pcm16 the bot receives (None: ``sample_rate``).
+        mix_ssrc: receive one mix-minus stream under this SSRC instead of a
+            stream per speaker (None: separate streams).
         backlog_s: seconds of pcm16 that may wait to be encoded.
     """
 
@@ -112,23 +124,41 @@ class WsAudio:
         *,
         encoding: str,
         sample_rate: int,
+        send_sample_rate: int | None = None,
+        receive_sample_rate: int | None = None,
+        mix_ssrc: int | None = None,
         backlog_s: float = PCM_BACKLOG_S,
     ) -> None:
         self.relay = relay
         self.peer = peer
         self.encoding = encoding
-        self.sample_rate = sample_rate
+        self.send_sample_rate = sample_rate if send_sample_rate is None else send_sample_rate
+        self.receive_sample_rate = sample_rate if receive_sample_rate is None else receive_sample_rate
+        self.mix_ssrc = mix_ssrc
         self.backlog_s = backlog_s
         self._seq = 0
         self._timestamp = 0
         self._pcm = bytearray()
-        self._backlog_bytes = int(backlog_s * sample_rate) * 2
-        self._encoder = OpusEncoder(sample_rate) if encoding == "pcm16" else None
+        self._backlog_bytes = int(backlog_s * self.send_sample_rate) * 2
+        self._encoder = OpusEncoder(self.send_sample_rate) if encoding == "pcm16" else None
         self._playout: Playout | None = None
         self._names: dict[int, str] = {}
         self._origins: dict[int, int | None] = {}
         self._generation = 0
         self._speaker_seq: dict[int, int] = {}
+        self._mixer: Mixer | None = None
+        self._opus_mix: OpusMix | None = None
+        if mix_ssrc is not None:
+            if encoding == "pcm16":
+                self._mixer = Mixer(sample_rate=self.receive_sample_rate)
+            else:
+                self._opus_mix = OpusMix(mix_ssrc)
+        self._mix_frames = 0
+
+    @property
+    def mixed(self) -> bool:
+        """The bot receives one mixed stream, popped every 20 ms (``pcm_push``/``pcm_pop``)."""
+        return self.mix_ssrc is not None
 
     # --- uplink ------------------------------------------------------------------------------
 
@@ -180,7 +210,7 @@ class WsAudio:
                 f"more than {self.backlog_s:g} s of audio waiting to be encoded; wait for it to be read",
                 code="audio_backlog_full",
             )
-        self._check_ahead((len(self._pcm) + len(pcm)) // 2 * SAMPLE_RATE // self.sample_rate)
+        self._check_ahead((len(self._pcm) + len(pcm)) // 2 * SAMPLE_RATE // self.send_sample_rate)
         playout = self.peer.playout
         if playout is not None:
             self._generation = playout.generation
@@ -214,7 +244,7 @@ class WsAudio:
 
     def clear_pending(self) -> int:
         """Drop pcm16 not yet encoded (a ``clear``); returns how many ms were dropped."""
-        dropped = len(self._pcm) // 2 * 1000 // self.sample_rate
+        dropped = len(self._pcm) // 2 * 1000 // self.send_sample_rate
         self._pcm.clear()
         return dropped
 
@@ -260,9 +290,15 @@ class WsAudio:
         )
 
     def pcm_push(self, speaker: Speaker, data: bytes, now: float) -> None:
-        """A speaker's RTP packet into its jitter buffer (pcm16 encoding)."""
+        """A speaker's RTP packet into its jitter buffer (pcm16 encoding, or the mix)."""
+        if self._mixer is not None:
+            self._mixer.push(data, now)
+            return
+        if self._opus_mix is not None:
+            self._opus_mix.push(data, now)
+            return
         if self._playout is None:
-            self._playout = Playout(sample_rate=self.sample_rate)
+            self._playout = Playout(sample_rate=self.receive_sample_rate)
         try:
             self._playout.push(parse_rtp_untrusted(data), now)
         except BadPacket:
@@ -271,11 +307,13 @@ class WsAudio:
         self._origins[speaker.ssrc] = speaker.stream_origin
 
     def pcm_pop(self, now: float) -> list[AudioOut]:
-        """Every speaker's next 20 ms frame due at ``now`` (pcm16 encoding)."""
+        """Every speaker's next 20 ms frame due at ``now`` (pcm16 encoding), or the mix's."""
+        if self.mix_ssrc is not None:
+            return self._mix_pop(self.mix_ssrc, now)
         playout = self._playout
         if playout is None:
             return []
-        rate = self.sample_rate
+        rate = self.receive_sample_rate
         out: list[AudioOut] = []
         for frame in playout.pop(now):
             seq = self._speaker_seq.get(frame.ssrc, 0)
@@ -295,6 +333,33 @@ class WsAudio:
             self._names = {s: self._names[s] for s in playout.speakers if s in self._names}
             self._origins = {s: self._origins[s] for s in playout.speakers if s in self._origins}
         return out
+
+    def _mix_pop(self, mix_ssrc: int, now: float) -> list[AudioOut]:
+        if self._opus_mix is not None:
+            popped = self._opus_mix.pop(now)
+            if popped is None:
+                return []
+            frame, packet = popped
+            header = parse_rtp_untrusted(packet)
+            return [
+                AudioOut(
+                    MIX_PARTICIPANT_ID, mix_ssrc, header.sequence_number, header.timestamp, header.payload,
+                    "opus", SAMPLE_RATE, packet=packet, stream_ms=frame.stream_ms,
+                )
+            ]
+        assert self._mixer is not None  # mixed pcm16
+        mixed = self._mixer.pop(now)
+        if mixed is None:
+            return []
+        rate = self.receive_sample_rate
+        seq = self._mix_frames
+        self._mix_frames += 1
+        return [
+            AudioOut(
+                MIX_PARTICIPANT_ID, mix_ssrc, seq, (mixed.position * rate // 50) & 0xFFFFFFFF, mixed.pcm,
+                "pcm16", rate, concealed=mixed.concealed, stream_ms=mixed.stream_ms,
+            )
+        ]
 
 
 __all__ = ["PCM_BACKLOG_S", "AudioOut", "WsAudio"]

@@ -63,7 +63,7 @@ MAX_ID_CHARS = 256
 _JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", "media"})
 _ATTESTATION_FIELDS = frozenset({"token", "scope", "expiry"})
 _CAPABILITY_FIELDS = ("audio_in", "audio_out", "video", "text_chat")
-_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate"})
+_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate", "send_sample_rate", "receive_sample_rate", "receive"})
 _CREATE_FIELDS = frozenset({"max_human_participants", "expires_in", "interruption"})
 _INTERRUPTION_FIELDS = frozenset({"mode", "min_speech_ms"})
 _BOT_TRANSPORTS = ("udp", "websocket")
@@ -204,12 +204,34 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
             raise BadRequest(f"'media.transport' must be one of {_BOT_TRANSPORTS}", code="invalid_media")
         if not isinstance(encoding, str):
             raise BadRequest("'media.encoding' must be a string", code="invalid_media")
-        sample_rate = _optional_int(raw_media, "sample_rate")
-        if sample_rate is None:
-            sample_rate = OPUS_CLOCK_RATE
-        media = MediaSpec(transport=transport, encoding=encoding, sample_rate=sample_rate)
+        rates = {name: _media_rate(raw_media, name) for name in ("sample_rate", "send_sample_rate", "receive_sample_rate")}
+        receive = raw_media.get("receive", "separate")
+        if not isinstance(receive, str):
+            raise BadRequest("'media.receive' must be a string", code="invalid_media")
+        media = MediaSpec(
+            transport=transport,
+            encoding=encoding,
+            sample_rate=OPUS_CLOCK_RATE if rates["sample_rate"] is None else rates["sample_rate"],
+            send_sample_rate=rates["send_sample_rate"],
+            receive_sample_rate=rates["receive_sample_rate"],
+            receive=receive,
+        )
 
     return JoinRequest(agent_id=agent_id, room_id=room_id, token=token, capabilities=capabilities, media=media)
+
+
+def _media_rate(media: dict[str, Any], name: str) -> int | None:
+    """A sample rate member of ``media`` (None if absent); MediaSpec checks its value.
+
+    Raises:
+        BadRequest: ``invalid_media``: not an integer.
+    """
+    value = media.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'media.{name}' must be an integer", code="invalid_media")
+    return value
 
 
 def parse_create_request_untrusted(data: bytes) -> CreateRoomRequest:
@@ -404,10 +426,15 @@ def join_response(state: AppState, session: Session) -> dict[str, Any]:
             "transport": "websocket",
             "encoding": session.encoding,
             "sample_rate": session.sample_rate,
+            "send_sample_rate": session.send_sample_rate,
+            "receive_sample_rate": session.receive_sample_rate,
             "ssrc": session.ssrc,
             "payload_type": PAYLOAD_TYPE_OPUS,
             "clock_rate": OPUS_CLOCK_RATE,
         }
+    media["receive"] = session.receive
+    if session.mix_ssrc is not None:
+        media["mix_ssrc"] = session.mix_ssrc
     return {
         "session_id": session.session_id,
         "participant_id": session.participant_id,

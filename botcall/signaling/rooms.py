@@ -32,7 +32,8 @@ from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, Rate
 
 TRANSPORTS = ("udp", "websocket", "webrtc")
 ENCODINGS = ("opus", "pcm16")
-PCM_SAMPLE_RATES = (16_000, 24_000, 48_000)
+PCM_SAMPLE_RATES = (8_000, 16_000, 24_000, 48_000)
+RECEIVE_MODES = ("separate", "mixed")
 
 _ICE_CHARS = string.ascii_letters + string.digits  # a subset of RFC 8839 §5.4 ice-char
 _ROOM_ID_CHARS = string.ascii_lowercase + string.digits
@@ -76,7 +77,14 @@ class MediaSpec:
     """How a participant's audio travels.
 
     ``udp`` and ``webrtc`` carry Opus RTP; ``websocket`` carries Opus or 16-bit
-    PCM at 16, 24 or 48 kHz (Opus is always 48 kHz).
+    PCM at 8, 16, 24 or 48 kHz (Opus is always 48 kHz), each direction at its
+    own rate. ``receive`` is ``"separate"`` (a stream per speaker) or
+    ``"mixed"`` (one mix-minus stream of everyone else).
+
+    Attributes:
+        sample_rate: the default of both directions (what the join said).
+        send_sample_rate: the rate of the PCM the participant sends; None = ``sample_rate``.
+        receive_sample_rate: the rate of the PCM it receives; None = ``sample_rate``.
 
     Raises:
         BadRequest: ``invalid_media`` for any other combination.
@@ -85,19 +93,42 @@ class MediaSpec:
     transport: str = "udp"
     encoding: str = "opus"
     sample_rate: int = OPUS_CLOCK_RATE
+    send_sample_rate: int | None = None
+    receive_sample_rate: int | None = None
+    receive: str = "separate"
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise BadRequest(f"transport must be one of {TRANSPORTS}", code="invalid_media")
         if self.encoding not in ENCODINGS:
             raise BadRequest(f"encoding must be one of {ENCODINGS}", code="invalid_media")
+        if self.receive not in RECEIVE_MODES:
+            raise BadRequest(f"receive must be one of {RECEIVE_MODES}", code="invalid_media")
+        if self.receive == "mixed" and self.transport == "webrtc":
+            raise BadRequest("browsers receive one stream already", code="invalid_media")
+        rates = (self.sample_rate, self.send_rate, self.receive_rate)
         if self.encoding == "pcm16":
             if self.transport != "websocket":
                 raise BadRequest("pcm16 is only carried over the websocket transport", code="invalid_media")
-            if self.sample_rate not in PCM_SAMPLE_RATES:
-                raise BadRequest(f"pcm16 sample_rate must be one of {PCM_SAMPLE_RATES}", code="invalid_media")
-        elif self.sample_rate != OPUS_CLOCK_RATE:
+            if any(rate not in PCM_SAMPLE_RATES for rate in rates):
+                raise BadRequest(f"pcm16 sample rates must be among {PCM_SAMPLE_RATES}", code="invalid_media")
+        elif any(rate != OPUS_CLOCK_RATE for rate in rates):
             raise BadRequest("opus runs at sample_rate 48000", code="invalid_media")
+
+    @property
+    def send_rate(self) -> int:
+        """The rate of the PCM the participant sends (pcm16), in Hz."""
+        return self.sample_rate if self.send_sample_rate is None else self.send_sample_rate
+
+    @property
+    def receive_rate(self) -> int:
+        """The rate of the PCM the participant receives (pcm16), in Hz."""
+        return self.sample_rate if self.receive_sample_rate is None else self.receive_sample_rate
+
+    @property
+    def mixed(self) -> bool:
+        """It receives one mix-minus stream instead of a stream per speaker."""
+        return self.receive == "mixed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +240,9 @@ class Session:
     muted: bool = False
     # The room's barge-in rule, copied at join (a room's settings never change).
     interruption_ms: int | None = 200
+    # The SSRC of the mixed stream the participant receives (media.receive
+    # "mixed"), unique in the room like participants' SSRCs; None otherwise.
+    mix_ssrc: int | None = None
 
     @property
     def transport(self) -> str:
@@ -221,6 +255,18 @@ class Session:
     @property
     def sample_rate(self) -> int:
         return self.media.sample_rate
+
+    @property
+    def send_sample_rate(self) -> int:
+        return self.media.send_rate
+
+    @property
+    def receive_sample_rate(self) -> int:
+        return self.media.receive_rate
+
+    @property
+    def receive(self) -> str:
+        return self.media.receive
 
     def public_json(self) -> dict[str, object]:
         """What other participants and the room's owner may see (no secrets)."""
@@ -537,11 +583,17 @@ class RoomRegistry:
         expires_at: float,
     ) -> Session:
         members = self._room_sessions[room.room_id]
-        ssrcs = {s.ssrc for s in members.values()}
+        ssrcs = {s.ssrc for s in members.values()} | {s.mix_ssrc for s in members.values() if s.mix_ssrc is not None}
         participants = {s.participant_id for s in members.values()}
         ssrc = secrets.randbits(32)
         while ssrc in ssrcs:
             ssrc = secrets.randbits(32)
+        mix_ssrc: int | None = None
+        if media.mixed:
+            ssrcs.add(ssrc)
+            mix_ssrc = secrets.randbits(32)
+            while mix_ssrc in ssrcs:
+                mix_ssrc = secrets.randbits(32)
         participant_id = "p-" + secrets.token_hex(4)
         while participant_id in participants:
             participant_id = "p-" + secrets.token_hex(4)
@@ -562,6 +614,7 @@ class RoomRegistry:
             created_at=now,
             expires_at=expires_at,
             interruption_ms=room.interruption.after_ms,
+            mix_ssrc=mix_ssrc,
         )
         members[session.session_id] = session
         self._sessions[session.session_id] = session

@@ -455,14 +455,20 @@ class BotChannel(Channel):
         self.peer = self.media_peer if session.transport == "websocket" else None
         self.encoding = session.encoding
         self.audio = (
-            WsAudio(self.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate)
+            WsAudio(
+                self.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate,
+                send_sample_rate=session.send_sample_rate, receive_sample_rate=session.receive_sample_rate,
+                mix_ssrc=session.mix_ssrc,
+            )
             if self.peer is not None
             else None
         )
 
     def start_media(self, nursery: trio.Nursery) -> None:
-        if self.peer is not None:
-            nursery.start_soon(self._pcm_out if self.encoding == "pcm16" else self._opus_out)
+        if self.audio is not None:
+            # pcm16 and the mix are popped every 20 ms; separate Opus goes out as it comes.
+            ticked = self.encoding == "pcm16" or self.audio.mixed
+            nursery.start_soon(self._pcm_out if ticked else self._opus_out)
 
     async def handle(self, message: msg.ClientMessage) -> None:
         if isinstance(message, msg.Audio):
@@ -544,7 +550,7 @@ class BotChannel(Channel):
                 await self._send_audio(frame)
 
     async def _pcm_out(self) -> None:
-        """Steady 20 ms PCM frames per speaker, through a jitter buffer each."""
+        """Steady 20 ms PCM frames per speaker (or of the mix), through a jitter buffer each."""
         audio = self._media()
         sink = self._sink()
         tick = trio.current_time()

@@ -91,6 +91,7 @@ async def test_udp_join_response(tmp_path):
             "clock_rate": 48000,
             "ice_ufrag": session.ice_ufrag,
             "ice_pwd": session.ice_pwd,
+            "receive": "separate",
         }
         assert len(body["media"]["ice_ufrag"]) >= 4 and len(body["media"]["ice_pwd"]) >= 22
         assert body["participant_id"] == session.participant_id and body["room_id"] == room["room_id"]
@@ -120,11 +121,45 @@ async def test_websocket_join_response(srv, media, encoding, rate):
         "transport": "websocket",
         "encoding": encoding,
         "sample_rate": rate,
+        "send_sample_rate": rate,
+        "receive_sample_rate": rate,
         "ssrc": session.ssrc,
         "payload_type": 111,
         "clock_rate": 48000,
+        "receive": "separate",
     }
     assert (session.transport, session.encoding, session.sample_rate) == ("websocket", encoding, rate)
+    assert session.mix_ssrc is None
+
+
+async def test_pcm16_rates_apart_are_echoed(srv):
+    room = await create(srv)
+    media = {"transport": "websocket", "encoding": "pcm16", "send_sample_rate": 8000, "receive_sample_rate": 16000}
+    body = (await srv.join(srv.token(), room["room_id"], media=media)).json()
+    assert (body["media"]["sample_rate"], body["media"]["send_sample_rate"], body["media"]["receive_sample_rate"]) == (
+        48000, 8000, 16000,
+    )
+    session = srv.state.registry.session_by_id(body["session_id"])
+    assert (session.send_sample_rate, session.receive_sample_rate) == (8000, 16000)
+
+
+@pytest.mark.parametrize(
+    "media",
+    [
+        {"transport": "udp", "receive": "mixed"},
+        {"transport": "websocket", "receive": "mixed"},
+        {"transport": "websocket", "encoding": "pcm16", "sample_rate": 24000, "receive_sample_rate": 16000, "receive": "mixed"},
+    ],
+)
+async def test_mixed_join_gets_a_mix_ssrc_unique_in_the_room(srv, media):
+    room = await create(srv)
+    other = (await srv.join(srv.token(), room["room_id"], media={"transport": "udp"})).json()
+    body = (await srv.join(srv.token(), room["room_id"], media=media)).json()
+    assert body["media"]["receive"] == "mixed"
+    mix_ssrc = body["media"]["mix_ssrc"]
+    session = srv.state.registry.session_by_id(body["session_id"])
+    assert session.mix_ssrc == mix_ssrc and session.receive == "mixed"
+    assert mix_ssrc not in (session.ssrc, other["media"]["ssrc"])
 
 
 @pytest.mark.parametrize(
@@ -133,8 +168,19 @@ async def test_websocket_join_response(srv, media, encoding, rate):
         {"transport": "webrtc"},
         {"transport": "tcp"},
         {"transport": "udp", "encoding": "pcm16", "sample_rate": 16000},
-        {"transport": "websocket", "encoding": "pcm16", "sample_rate": 8000},
+        {"transport": "websocket", "encoding": "pcm16", "sample_rate": 11025},
         {"transport": "websocket", "encoding": "opus", "sample_rate": 16000},
+        {"transport": "websocket", "encoding": "opus", "receive_sample_rate": 16000},
+        {"transport": "udp", "send_sample_rate": 16000},
+        {"transport": "websocket", "encoding": "pcm16", "send_sample_rate": 44100},
+        {"transport": "websocket", "encoding": "pcm16", "receive_sample_rate": 32000},
+        {"transport": "websocket", "encoding": "pcm16", "receive_sample_rate": "16000"},
+        {"transport": "websocket", "encoding": "pcm16", "send_sample_rate": 16000.0},
+        {"transport": "websocket", "encoding": "pcm16", "sample_rate": True},
+        {"transport": "udp", "receive": "mix"},
+        {"transport": "udp", "receive": "MIXED"},
+        {"transport": "websocket", "receive": ["mixed"]},
+        {"transport": "websocket", "receive": None, "sample_rate": 0},
         {"transport": "websocket", "encoding": "flac"},
         {"transport": ["udp"]},
     ],

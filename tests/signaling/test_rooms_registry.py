@@ -248,6 +248,10 @@ def test_closed_rooms_are_remembered_boundedly():
         dict(transport="websocket", encoding="pcm16", sample_rate=44100),
         dict(transport="websocket", encoding="opus", sample_rate=16000),
         dict(transport="websocket", encoding="mp3"),
+        dict(transport="websocket", encoding="pcm16", send_sample_rate=12000),
+        dict(transport="websocket", encoding="opus", receive_sample_rate=24000),
+        dict(transport="udp", receive="both"),
+        dict(transport="webrtc", receive="mixed"),
     ],
 )
 def test_media_spec_validation(spec):
@@ -257,6 +261,9 @@ def test_media_spec_validation(spec):
 
 
 def test_media_spec_accepts_the_websocket_pcm_rates():
-    for rate in (16000, 24000, 48000):
+    for rate in (8000, 16000, 24000, 48000):
         assert MediaSpec("websocket", "pcm16", rate).sample_rate == rate
+    apart = MediaSpec("websocket", "pcm16", 24000, receive_sample_rate=16000)
+    assert (apart.send_rate, apart.receive_rate, apart.mixed) == (24000, 16000, False)
+    assert MediaSpec("udp", receive="mixed").mixed
     assert MediaSpec("websocket").encoding == "opus"
