@@ -84,6 +84,10 @@ class AudioFrame:
         pcm: int16 little-endian mono PCM at ``sample_rate``.
         sample_rate: Hz.
         concealed: the frame was lost and synthesised (PLC or FEC).
+        stream_ms: the frame's position in the speaker's stream, ms since the
+            speaker's first packet: the clock of ``speech_started`` /
+            ``speech_stopped`` events (0 until the speaker's ``stream_started``
+            is known).
     """
 
     participant_id: str | None
@@ -91,6 +95,7 @@ class AudioFrame:
     pcm: bytes
     sample_rate: int
     concealed: bool = False
+    stream_ms: int = 0
 
 
 def agent_id_of(token: str) -> str:
@@ -128,6 +133,8 @@ class Call:
         self.participant_id: str | None = None
         self.participants: dict[str, JsonObject] = {}
         self._ssrc_to_participant: dict[int, str] = {}
+        # Each speaker's first RTP timestamp (stream_started): position 0 of its stream.
+        self._origins: dict[int, int] = {}
         if self.media.get("mix_ssrc") is not None:
             # The mixed stream (media.receive "mixed") names no participant.
             self._ssrc_to_participant[self.media["mix_ssrc"]] = "mix"
@@ -309,7 +316,11 @@ class Call:
             gone = self.participants.pop(participant_id, None) if participant_id is not None else None
             if gone is not None and gone.get("ssrc") is not None:
                 self._ssrc_to_participant.pop(gone["ssrc"], None)
+                self._origins.pop(gone["ssrc"], None)
                 self._playout.forget(gone["ssrc"])
+        elif kind == "stream_started":
+            if isinstance(event.get("ssrc"), int) and isinstance(event.get("rtp_timestamp"), int):
+                self._origins[event["ssrc"]] = event["rtp_timestamp"]
         elif kind == "room_closed":
             self.close_reason = f"room closed: {event.get('reason')}"
         elif kind == "audio":
@@ -325,7 +336,12 @@ class Call:
     def _on_json_audio(self, event: JsonObject) -> None:
         data = base64.b64decode(event["data"])
         if event.get("encoding") == "pcm16":
-            self._frames.put_nowait(AudioFrame(event.get("participant_id"), 0, data, self.sample_rate, bool(event.get("concealed"))))
+            self._frames.put_nowait(
+                AudioFrame(
+                    event.get("participant_id"), 0, data, self.sample_rate, bool(event.get("concealed")),
+                    stream_ms=int(event.get("stream_ms", 0)),
+                )
+            )
             return
         speaker_id = event.get("participant_id")
         speaker = self.participants.get(speaker_id, {}) if speaker_id is not None else {}
@@ -344,7 +360,9 @@ class Call:
             # The server already decoded and buffered it: the payload is PCM.
             participant = self._ssrc_to_participant.get(packet.ssrc)
             concealed = packet.payload_type == PCM16_CONCEALED_PAYLOAD_TYPE
-            self._frames.put_nowait(AudioFrame(participant, packet.ssrc, packet.payload, self.sample_rate, concealed))
+            # Its timestamp is the frame's stream position in samples at our rate.
+            stream_ms = packet.timestamp * 1000 // self.sample_rate
+            self._frames.put_nowait(AudioFrame(participant, packet.ssrc, packet.payload, self.sample_rate, concealed, stream_ms))
         else:
             self._playout.push(packet, now)
 
@@ -361,8 +379,13 @@ class Call:
                         frame.pcm,
                         self.sample_rate,
                         concealed=frame.kind is not FrameKind.AUDIO,
+                        stream_ms=self._stream_ms(frame.ssrc, frame.timestamp),
                     )
                 )
+
+    def _stream_ms(self, ssrc: int, timestamp: int) -> int:
+        origin = self._origins.get(ssrc)
+        return 0 if origin is None else ((timestamp - origin) & 0xFFFFFFFF) // 48
 
     async def _run_udp(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.media["host"], self.media["port"]
