@@ -38,6 +38,7 @@ from botcall.audio.vad import SpeechEvent, SpeechStarted
 from botcall.relay.bot_playout import BotPlayout, Cleared, MarkReached, Push
 from botcall.relay.speech import MAX_DECODERS, SpeechBudget, SpeechTracker
 from botcall.webrtc import ice_lite
+from botcall.wire.rtp import payload_offset_untrusted
 from botcall.wire.demux import RTCP_BY_SECOND_BYTE, PacketKind, classify
 from botcall.wire.stun import PEER_REFLEXIVE_PRIORITY, Class, Message, Method, binding_check, check_size, parse_stun_untrusted
 from botcall.wire.rtcp import (
@@ -57,7 +58,6 @@ Transmit = Callable[[bytes, Address], None]
 
 _SSRC_AT_4 = struct.Struct("!I")
 _U32_AT = struct.Struct("!I").unpack_from
-_U16_AT = struct.Struct("!H").unpack_from
 # classify() answered for every first byte ahead of time: the hot path indexes a
 # tuple instead of calling a function and comparing enums (RFC 7983 §7).
 _IS_RTP = tuple(classify(first) is PacketKind.RTP for first in range(256))
@@ -112,22 +112,6 @@ def stream_ms(origin: int | None, timestamp: int) -> int:
     """A packet's position in its speaker's stream: ms since the speaker's first
     packet (``MediaPeer.stream_origin``), from the 48 kHz RTP clock."""
     return 0 if origin is None else ((timestamp - origin) & 0xFFFFFFFF) // 48
-
-
-def _payload_offset(data: bytes) -> int:
-    """Where a checked RTP packet's payload starts (after CSRCs and the extension).
-
-    Raises:
-        IndexError: a packet too short for the header it announces.
-    """
-    offset = 12 + 4 * (data[0] & 0x0F)
-    if data[0] & 0x10:
-        if offset + 4 > len(data):
-            raise IndexError("truncated extension header")
-        offset += 4 + 4 * _U16_AT(data, offset + 2)[0]
-    if offset >= len(data):
-        raise IndexError("no payload")
-    return offset
 
 
 def rtcp_sender_ssrcs(packet: RtcpPacket) -> tuple[int, ...]:
@@ -584,8 +568,8 @@ class MediaRelay:
 
     def _track_speech(self, peer: MediaPeer, speech: SpeechTracker, data: bytes, now: float) -> None:
         try:
-            offset = _payload_offset(data)
-        except IndexError:
+            offset = payload_offset_untrusted(data)
+        except BadPacket:
             return
         origin = peer.stream_origin
         position = 0 if origin is None else ((_U32_AT(data, 4)[0] - origin) & 0xFFFFFFFF) // 48
@@ -634,8 +618,8 @@ class MediaRelay:
 
     def _push_playout(self, peer: MediaPeer, playout: BotPlayout, data: bytes, now: float) -> None:
         try:
-            samples = packet_samples_untrusted(memoryview(data)[_payload_offset(data) :])
-        except (BadPacket, IndexError):
+            samples = packet_samples_untrusted(memoryview(data)[payload_offset_untrusted(data) :])
+        except BadPacket:
             self.drop(peer, "malformed_rtp")
             return
         timestamp = _U32_AT(data, 4)[0]

@@ -40,6 +40,7 @@ from botcall.audio.vad import (
     make_speech_detector,
 )
 from botcall.errors import BadPacket
+from botcall.wire.rtp import payload_offset_untrusted
 
 BOT_AUDIO_LEVEL_ID = 1
 """The one-byte header extension id at which a bot may send RFC 6464 levels."""
@@ -58,11 +59,12 @@ def audio_level_untrusted(data: bytes, element_id: int) -> tuple[bool, int] | No
     """
     if not data[0] & 0x10:
         return None
-    offset = 12 + 4 * (data[0] & 0x0F)
-    if offset + 4 > len(data) or data[offset] != 0xBE or data[offset + 1] != 0xDE:
+    offset = 12 + 4 * (data[0] & 0x0F)  # the extension block starts after the CSRCs
+    try:
+        end = payload_offset_untrusted(data)
+    except BadPacket:
         return None
-    end = offset + 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
-    if end > len(data):
+    if data[offset] != 0xBE or data[offset + 1] != 0xDE:
         return None
     index = offset + 4
     while index < end:

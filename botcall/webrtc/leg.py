@@ -40,8 +40,9 @@ from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
-from botcall.errors import BadPacket, DtlsError
+from botcall.errors import BadPacket, DtlsError, RtpParseError
 from botcall.wire.demux import RTCP_BY_SECOND_BYTE
+from botcall.wire.rtp import payload_offset_untrusted
 from botcall.wire.stun import Address
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.dtls.endpoint import DtlsEndpoint, DtlsState
@@ -177,14 +178,10 @@ class OutboundStream:
             self._take_floor(speaker_ssrc, seq, timestamp, now)
         if first & 0x1F:
             # CSRCs or a header extension (X set): both are stripped, since the
-            # browser negotiated none with us. Fixed part, CSRCs, then the
-            # extension block (RFC 3550 §5.3.1).
-            size = 12 + 4 * (first & 0x0F)
-            if first & 0x10:
-                if len(data) < size + 4:
-                    return None
-                size += 4 + 4 * int.from_bytes(data[size + 2 : size + 4], "big")
-            if len(data) < size:
+            # browser negotiated none with us.
+            try:
+                size = payload_offset_untrusted(data)
+            except RtpParseError:
                 return None
         else:
             size = 12  # the common case: V=2, no CSRC, no extension

@@ -289,6 +289,28 @@ class RtpPacket:
                 raise ValueError(f"extension data of {len(extension.data)} bytes exceeds the 16-bit word count")
 
 
+def payload_offset_untrusted(data: bytes | memoryview) -> int:
+    """Where an RTP packet's payload starts: after the fixed header, the CSRCs and
+    the header extension (RFC 3550 §5.3.1), read without parsing the rest.
+
+    For the per-packet paths that need only this; it checks no more than it
+    reads (``parse_rtp_untrusted`` checks the whole packet).
+
+    Raises:
+        RtpParseError: a packet shorter than the header it announces (an empty
+            payload is the caller's to judge).
+    """
+    first = data[0] if data else 0
+    offset = 12 + 4 * (first & _CC_MASK)
+    if first & _EXTENSION_BIT:
+        if len(data) < offset + 4:
+            raise RtpParseError("RTP packet shorter than its extension header")
+        offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+    if len(data) < offset:
+        raise RtpParseError("RTP packet shorter than its header")
+    return offset
+
+
 def parse_rtp_untrusted(data: bytes) -> RtpPacket:
     """Parse one RTP packet (RFC 3550 §5.1, §5.3.1).
 
