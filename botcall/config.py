@@ -107,9 +107,9 @@ class Config:
     # Marks a bot may have waiting to fire.
     playout_max_marks: int = 1000
     # Streams without RFC 6464 levels decoded at once for speech detection
-    # (about 0.1 ms of CPU per 20 ms frame each while speaking); beyond this,
+    # (about 0.2 ms of CPU per 20 ms frame each while speaking); beyond this,
     # packet sizes decide (relay/speech.py).
-    speech_max_decoders: int = 32
+    speech_max_decoders: int = 8
 
     # --- attestations ---------------------------------------------------------------
     audience: str = "botcall"

@@ -51,6 +51,7 @@ from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MarkReached
 from botcall.audio.vad import SpeechStarted, SpeechStopped
+from botcall.relay import speech
 from botcall.relay.core import Address, Interrupted, MediaEvent, MediaPeer, MediaRelay, StreamStarted
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
@@ -302,6 +303,8 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         peer = relay.peer(session_id)
         return peer is not None and peer.speaking
 
+    if config.speech_max_decoders:
+        speech.warm_up()  # the detector's model loads now, not on the first packet
     # Callbacks go to the constructors (the relay and the hub each name the
     # other's through these closures, bound before any packet arrives).
     relay = MediaRelay(

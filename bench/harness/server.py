@@ -108,6 +108,12 @@ def bench_config(data_dir: Path, **overrides: Any) -> Config:
         query_limit_per_ip=_UNLIMITED,
         rate_limit_table_max=100_000,
         replay_cache_max=1_000_000,
+        # Every simulated participant comes from 127.0.0.1: the per-address
+        # budgets of the hardening are for strangers, not for the load generator.
+        connection_rate_per_ip=_UNLIMITED,
+        max_connections_per_ip=100_000,
+        max_websockets_per_ip=100_000,
+        max_lobby_sockets_per_room=100_000,
     )
     values.update(overrides)
     return Config(**values)
