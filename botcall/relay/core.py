@@ -65,6 +65,9 @@ RTP_MIN_SIZE = 12
 # A speaker's packets per second beyond which the rest are dropped (counted
 # "rate_limited"): 20 ms Opus is 50/s; browsers may use 10 ms frames (100/s).
 MAX_PACKETS_PER_SECOND = 200
+# How far (48 kHz samples: 100 ms) a bot's released timestamps may stray from the
+# time elapsed between them before the relay re-bases them (MediaRelay._restamp).
+RESTAMP_SLACK = 4800
 # How often speakers whose packets stopped are checked for the end of their speech.
 SPEAKING_SWEEP = 0.1
 RTCP_MIN_SIZE = 8
@@ -245,6 +248,12 @@ class MediaPeer:
     stream_origin: int | None = None
     # When the last "playout_full" was reported (once a second at most).
     playout_full_reported: float = -1e9
+    # A bot's outgoing timestamps as listeners see them: its own plus this
+    # offset, re-based when its audio restarts after a clear or a silence
+    # (see MediaRelay._restamp); and the last one sent, with when.
+    out_ts_offset: int = 0
+    out_last_ts: int = 0
+    out_last_time: float | None = None
     # How long audio waits in this listener's own buffers before it is heard
     # (its playout_delay report, ms): heard_ms is played_ms minus this.
     playout_delay_ms: int = 0
@@ -633,12 +642,42 @@ class MediaRelay:
             return
         playout.note_timestamp(timestamp, position)
         if verdict is Push.RELEASE:
-            self.forward(peer, data, now)
+            self.forward(peer, self._restamp(peer, data, now), now)
             self._report_marks(peer, playout)
         elif peer not in self._playing:
             self._playing.add(peer)
             if self.wake is not None:
                 self.wake()  # a new deadline: the frame's due time
+
+    def _restamp(self, peer: MediaPeer, data: bytes, now: float) -> bytes:
+        """A bot's packet with the timestamp listeners should see.
+
+        A bot's timestamps follow its stream positions, which jump ahead past
+        audio a ``clear`` dropped, and stand still while it is silent. Sent
+        as they are, the first would make a browser's jitter buffer wait for
+        audio that never comes (its delay grows with every interruption), the
+        second would look late. So when a released packet's timestamp strays
+        more than ``RESTAMP_SLACK`` from the time elapsed since the last one,
+        the stream is re-based to the clock and the packet marks a new talk
+        spurt (RFC 3551 §4.1). A real-time sender's jitter stays well inside
+        the slack: its packets go out untouched.
+        """
+        timestamp = _U32_AT(data, 4)[0]
+        out = (timestamp + peer.out_ts_offset) & 0xFFFFFFFF
+        marker = False
+        last_time = peer.out_last_time
+        if last_time is not None:
+            expected = (peer.out_last_ts + int((now - last_time) * 48000)) & 0xFFFFFFFF
+            stray = ((out - expected + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            if abs(stray) > RESTAMP_SLACK:
+                peer.out_ts_offset = (expected - timestamp) & 0xFFFFFFFF
+                out = expected
+                marker = True
+        peer.out_last_ts = out
+        peer.out_last_time = now
+        if out == timestamp and not marker:
+            return data
+        return b"".join((data[:1], bytes((data[1] | 0x80 if marker else data[1],)), _SSRC_AT_4.pack(out), data[8:]))
 
     def _report_marks(self, peer: MediaPeer, playout: BotPlayout) -> None:
         callback = self.on_event
@@ -651,7 +690,7 @@ class MediaRelay:
             playout = peer.playout
             assert playout is not None  # only bots with a playout are playing
             for packet in playout.pop_due(now):
-                self.forward(peer, packet, now)
+                self.forward(peer, self._restamp(peer, packet, now), now)
             self._report_marks(peer, playout)
             if not playout.pending:
                 self._playing.discard(peer)
