@@ -123,7 +123,7 @@ export class Recorder {
    * @param {MediaStream|null} remote the remote stream (already playing in a media element)
    */
   static async start(context, local, remote) {
-    await context.audioWorklet.addModule('/pwa/recorder-worklet.js');
+    await context.audioWorklet.addModule('/pwa/recorder-worklet.js?v=__BOTCALL_VERSION__');
     return new Recorder(context, local, remote);
   }
 

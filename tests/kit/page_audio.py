@@ -205,10 +205,14 @@ def follow(
     index = found
     missed = 0
     end = index
+    wide = rate * 300 // 1000
     while index + block <= recording.size:
         window = recording[index : index + block]
-        lo = max(0, index + lag - search)
-        hi = min(reference.size, index + lag + search + block)
+        # After a miss, look further: a larger time-stretch than one step's
+        # search, or a late burst, moves the lag by more.
+        reach = search if missed == 0 else wide
+        lo = max(0, index + lag - reach)
+        hi = min(reference.size, index + lag + reach + block)
         matched = False
         if hi - lo >= block and float(np.dot(window, window)) > 0.0:
             values = _normalised_xcorr(window, reference[lo:hi])
