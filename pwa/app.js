@@ -287,6 +287,9 @@ const hooks = Object.freeze({
   remoteFrequency: () => (audio.remoteMeter ? audio.remoteMeter.frequency() : null),
   remoteLevel: () => (audio.remoteMeter ? audio.remoteMeter.level() : -Infinity),
   localLevel: () => (audio.localMeter ? audio.localMeter.level() : -Infinity),
+  // Tests and benches: record the microphone and the remote audio (pwa/recorder-worklet.js).
+  startRecording: () => audio.startRecording(stream).then(() => true),
+  recording: () => (audio.recorder ? audio.recorder.take() : null),
 });
 Object.defineProperty(window, 'botcall', { value: hooks, writable: false, configurable: false });
 

@@ -90,3 +90,100 @@ export function meterFraction(dbfs) {
   if (!Number.isFinite(dbfs)) return 0;
   return Math.min(1, Math.max(0, (dbfs + 60) / 60));
 }
+
+/**
+ * Float samples as little-endian int16 PCM, base64-encoded (what the recorder hands out).
+ * @param {Float32Array[]} chunks consecutive pieces of one signal, in [-1, 1]
+ * @returns {string} base64 of the int16 samples
+ */
+export function int16Base64(chunks) {
+  let total = 0;
+  for (const chunk of chunks) total += chunk.length;
+  const pcm = new Int16Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    for (let i = 0; i < chunk.length; i++) pcm[offset + i] = Math.max(-32768, Math.min(32767, Math.round(chunk[i] * 32768)));
+    offset += chunk.length;
+  }
+  const bytes = new Uint8Array(pcm.buffer);
+  let binary = '';
+  // String.fromCharCode takes its arguments on the stack: a slice at a time.
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+/**
+ * Records the microphone and the remote audio on the AudioContext's clock, for
+ * tests and debugging (botcall.startRecording / botcall.recording). Never used by a call.
+ */
+export class Recorder {
+  /**
+   * @param {AudioContext} context a running context
+   * @param {MediaStream|null} local the microphone
+   * @param {MediaStream|null} remote the remote stream (already playing in a media element)
+   */
+  static async start(context, local, remote) {
+    await context.audioWorklet.addModule('/pwa/recorder-worklet.js?v=__BOTCALL_VERSION__');
+    return new Recorder(context, local, remote);
+  }
+
+  constructor(context, local, remote) {
+    this.context = context;
+    this.node = new AudioWorkletNode(context, 'botcall-recorder', { numberOfInputs: 2, numberOfOutputs: 1 });
+    this.sources = [];
+    for (const [index, stream] of [local, remote].entries()) {
+      if (!stream || stream.getAudioTracks().length === 0) continue;
+      const source = context.createMediaStreamSource(stream);
+      source.connect(this.node, 0, index);
+      this.sources.push(source);
+    }
+    this.node.connect(context.destination); // silent: it only makes the graph pull the node
+    this.firstFrame = null;
+    this.local = [];
+    this.remote = [];
+    // [context ms at a chunk's end, performance.now() when it arrived] per chunk:
+    // the page's clock against the context's, which a headless fake output
+    // lets drift (a busy main thread only adds delay).
+    this.arrivals = [];
+    this.node.port.onmessage = (event) => {
+      const end = ((event.data.frame + event.data.remote.length) / context.sampleRate) * 1000;
+      this.arrivals.push([end, performance.now()]);
+      if (this.firstFrame === null) this.firstFrame = event.data.frame;
+      this.local.push(event.data.local);
+      this.remote.push(event.data.remote);
+    };
+  }
+
+  /**
+   * What was recorded since the last take (each take starts a new piece).
+   * @returns {{sampleRate: number, firstFrame: number|null, local: string, remote: string,
+   *   clock: {arrivals: number[][], timeOrigin: number, outputLatency: number}}} int16
+   *   base64 PCM; arrivals pair context ms with performance.now() as chunks
+   *   arrived; a processed sample reaches the output outputLatency seconds later
+   */
+  take() {
+    const context = this.context;
+    const piece = {
+      sampleRate: context.sampleRate,
+      firstFrame: this.firstFrame,
+      local: int16Base64(this.local),
+      remote: int16Base64(this.remote),
+      clock: {
+        arrivals: this.arrivals,
+        timeOrigin: performance.timeOrigin,
+        outputLatency: (context.baseLatency || 0) + (context.outputLatency || 0),
+      },
+    };
+    this.firstFrame = null;
+    this.local = [];
+    this.remote = [];
+    this.arrivals = [];
+    return piece;
+  }
+
+  stop() {
+    for (const source of this.sources) source.disconnect();
+    this.node.disconnect();
+    this.node.port.onmessage = null;
+  }
+}

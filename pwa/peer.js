@@ -3,7 +3,7 @@
 // No call logic here: app.js tells these what to do and forwards their events
 // to the state machine in session.js.
 
-import { Meter } from './audio.js?v=__BOTCALL_VERSION__';
+import { Meter, Recorder } from './audio.js?v=__BOTCALL_VERSION__';
 
 export const MIC_CONSTRAINTS = Object.freeze({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
 
@@ -71,6 +71,7 @@ export class CallAudio {
     this.localMeter = null;
     this.remoteMeter = null;
     this.remoteStream = null;
+    this.recorder = null;
   }
 
   prepare() {
@@ -127,6 +128,18 @@ export class CallAudio {
     this.remoteMeter = null;
     this.remoteStream = null;
     this.element.srcObject = null;
+  }
+
+  /**
+   * Record the microphone and the remote audio (tests and debugging only).
+   * @param {MediaStream|null} local the microphone
+   * @returns {Promise<Recorder>}
+   */
+  async startRecording(local) {
+    if (!this.context) throw new Error('no AudioContext yet');
+    if (this.recorder) this.recorder.stop();
+    this.recorder = await Recorder.start(this.context, local, this.remoteStream);
+    return this.recorder;
   }
 
   /** @returns {{local: number, remote: number}} levels in dBFS */

@@ -252,6 +252,23 @@ class Call:
             except trio_websocket.ConnectionClosed:
                 self.counters["leave_after_close"] = self.counters.get("leave_after_close", 0) + 1
 
+    async def mark(self, name: str) -> None:
+        """Ask for a ``mark`` event when the relay has played what we sent so far.
+
+        Over UDP the mark names the RTP timestamp after our last packet, since
+        the mark (on the WebSocket) may overtake the audio (on UDP); over the
+        WebSocket the messages keep their order and the mark is the end of the
+        queue (docs/protocol.md "Bot speech").
+        """
+        message: JsonObject = {"type": "mark", "name": name}
+        if self._sock is not None:
+            message["rtp_timestamp"] = self._timestamp
+        await self._send_json(message)
+
+    async def clear(self) -> None:
+        """Drop our speech the relay has not played yet (answered by a ``cleared`` event)."""
+        await self._send_json({"type": "clear"})
+
     async def wait_closed(self) -> str | None:
         """Wait until the server ends the call; returns its reason."""
         await self._closed.wait()
