@@ -114,6 +114,7 @@ class BotPlayout:
         "_last_position",
         "_window_start",
         "_window_min_lead",
+        "_window_max_lead",
     )
 
     def __init__(self, *, max_ahead: float = MAX_AHEAD_S, max_marks: int = MAX_MARKS) -> None:
@@ -130,6 +131,7 @@ class BotPlayout:
         self._last_position = 0
         self._window_start = 0.0
         self._window_min_lead = float("inf")
+        self._window_max_lead = float("-inf")
 
     # --- the stream clock ------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class BotPlayout:
             anchor = self._anchor = now - position / SAMPLE_RATE
             self._window_start = now
             self._window_min_lead = float("inf")
+            self._window_max_lead = float("-inf")
         lead = anchor + position / SAMPLE_RATE - now
         self._track_drift(lead, now)
         if end > self.queued:
@@ -215,14 +218,20 @@ class BotPlayout:
     def _track_drift(self, lead: float, now: float) -> None:
         if lead < self._window_min_lead:
             self._window_min_lead = lead
+        if lead > self._window_max_lead:
+            self._window_max_lead = lead
         if now - self._window_start < DRIFT_WINDOW:
             return
-        if LEAD < self._window_min_lead < DRIFT_LIMIT and self._anchor is not None:
-            # Every packet of the last window came early by at least this: a
-            # real-time sender after a delay spike. Catch up.
+        # Every packet of the last window came early by at least the smallest
+        # lead and by less than DRIFT_LIMIT: a real-time sender after a delay
+        # spike. Catch up. The largest lead matters as much as the smallest: a
+        # burst sender's first packet may come barely early, the rest of its
+        # burst far ahead, and it must never be sped up.
+        if LEAD < self._window_min_lead and self._window_max_lead < DRIFT_LIMIT and self._anchor is not None:
             self._anchor -= self._window_min_lead - LEAD
         self._window_start = now
         self._window_min_lead = float("inf")
+        self._window_max_lead = float("-inf")
 
     def next_due(self) -> float | None:
         """When :meth:`pop_due` next releases a frame, or None with nothing queued."""
@@ -236,9 +245,10 @@ class BotPlayout:
         anchor = self._anchor
         if not frames or anchor is None:
             return []
-        limit = (now + LEAD - anchor) * SAMPLE_RATE
+        # The same expression as next_due(): pop_due(next_due()) must release the
+        # frame it promised (rearranged, float rounding can miss it by 1e-16 s).
         count = 0
-        while count < len(frames) and frames[count].position <= limit:
+        while count < len(frames) and anchor + frames[count].position / SAMPLE_RATE - LEAD <= now:
             count += 1
         if count == 0:
             return []
