@@ -362,3 +362,32 @@ def test_property_releases_are_ordered_never_early_and_bounded(arrivals, max_ahe
     assert scheduled == sorted(scheduled)
     assert len(scheduled) == len(set(scheduled))
     assert not playout.pending
+
+
+def test_played_plus_dropped_is_what_was_sent_with_frames_of_2_5ms():
+    playout = BotPlayout()
+    for k in range(10):  # 2.5 ms Opus frames: 120 samples, not whole ms
+        playout.push(packet(k * 120), k * 120, 120, 0.0)
+    playout.pop_due(0.0025)  # LEAD covers 20 ms: everything; push some more ahead
+    for k in range(10, 100):
+        playout.push(packet(k * 120), k * 120, 120, 0.0026)
+    cleared = playout.clear()
+    assert cleared.played_ms + cleared.dropped_ms == 250  # queued_ms: 100 frames of 2.5 ms
+    assert cleared.played_ms == playout.played_ms
+
+
+def test_a_frame_the_catch_up_makes_due_is_released_at_once():
+    # A sender 30 ms early: each frame waits 10 ms, the queue is empty at every
+    # push. The push that closes a second of such leads moves the schedule 10 ms
+    # earlier; that frame is then due and goes at once, as all later ones do.
+    playout = BotPlayout()
+    verdicts = []
+    for k in range(150):
+        now = 0.0 if k == 0 else k * 0.02 - 0.03
+        playout.pop_due(now)
+        assert not playout.pending
+        verdicts.append((now, playout.push(packet(k * FRAME), k * FRAME, FRAME, now)))
+    # The first window (from 0) holds frame 0's lead of 0; the second closes at 2.01.
+    closing = min(now for now, _ in verdicts if now >= 2.0)
+    assert [v for now, v in verdicts if now >= closing] == [Push.RELEASE] * len([now for now, _ in verdicts if now >= closing])
+    assert all(v is Push.QUEUED for now, v in verdicts if 1.1 < now < closing)
