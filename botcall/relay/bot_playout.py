@@ -48,6 +48,9 @@ DRIFT_WINDOW = 1.0
 DRIFT_LIMIT = 0.250
 """A sender whose lead stayed below this for a whole window is treated as real-time."""
 MAX_AHEAD_S = 120.0
+_ROUNDING = 1e-9
+"""Seconds (a twentieth of a sample) a lead may exceed LEAD by float rounding alone:
+a frame due exactly LEAD from now (a caught-up sender's) still goes straight through."""
 MAX_MARKS = 1000
 
 
@@ -115,6 +118,7 @@ class BotPlayout:
         "_window_start",
         "_window_min_lead",
         "generation",
+        "_window_max_lead",
     )
 
     def __init__(self, *, max_ahead: float = MAX_AHEAD_S, max_marks: int = MAX_MARKS) -> None:
@@ -134,6 +138,7 @@ class BotPlayout:
         # Counts clears: audio a sender had in flight before one (pcm16 still
         # being encoded) is dropped, not queued after it.
         self.generation = 0
+        self._window_max_lead = float("-inf")
 
     # --- the stream clock ------------------------------------------------------------------
 
@@ -201,11 +206,13 @@ class BotPlayout:
             anchor = self._anchor = now - position / SAMPLE_RATE
             self._window_start = now
             self._window_min_lead = float("inf")
+            self._window_max_lead = float("-inf")
+        # After the drift check: a catch-up may have made this frame due now.
+        anchor = self._track_drift(anchor, anchor + position / SAMPLE_RATE - now, now)
         lead = anchor + position / SAMPLE_RATE - now
-        self._track_drift(lead, now)
         if end > self.queued:
             self.queued = end
-        if not self._frames and lead <= LEAD:
+        if not self._frames and lead <= LEAD + _ROUNDING:
             self.played = end
             return Push.RELEASE
         frame = _Frame(position, end, packet)
@@ -216,17 +223,25 @@ class BotPlayout:
             bisect.insort(frames, frame)
         return Push.QUEUED
 
-    def _track_drift(self, lead: float, now: float) -> None:
+    def _track_drift(self, anchor: float, lead: float, now: float) -> float:
+        """Note a frame's lead; returns the anchor, moved earlier after a window of small leads."""
         if lead < self._window_min_lead:
             self._window_min_lead = lead
+        if lead > self._window_max_lead:
+            self._window_max_lead = lead
         if now - self._window_start < DRIFT_WINDOW:
-            return
-        if LEAD < self._window_min_lead < DRIFT_LIMIT and self._anchor is not None:
-            # Every packet of the last window came early by at least this: a
-            # real-time sender after a delay spike. Catch up.
-            self._anchor -= self._window_min_lead - LEAD
+            return anchor
+        # Every packet of the last window came early by at least the smallest
+        # lead and by less than DRIFT_LIMIT: a real-time sender after a delay
+        # spike. Catch up. The largest lead matters as much as the smallest: a
+        # burst sender's first packet may come barely early, the rest of its
+        # burst far ahead, and it must never be sped up.
+        if LEAD < self._window_min_lead and self._window_max_lead < DRIFT_LIMIT:
+            anchor = self._anchor = anchor - (self._window_min_lead - LEAD)
         self._window_start = now
         self._window_min_lead = float("inf")
+        self._window_max_lead = float("-inf")
+        return anchor
 
     def next_due(self) -> float | None:
         """When :meth:`pop_due` next releases a frame, or None with nothing queued."""
@@ -240,9 +255,10 @@ class BotPlayout:
         anchor = self._anchor
         if not frames or anchor is None:
             return []
-        limit = (now + LEAD - anchor) * SAMPLE_RATE
+        # The same expression as next_due(): pop_due(next_due()) must release the
+        # frame it promised (rearranged, float rounding can miss it by 1e-16 s).
         count = 0
-        while count < len(frames) and frames[count].position <= limit:
+        while count < len(frames) and anchor + frames[count].position / SAMPLE_RATE - LEAD <= now:
             count += 1
         if count == 0:
             return []
@@ -296,7 +312,10 @@ class BotPlayout:
         self.queued = self.played
         self._anchor = None
         self.generation += 1
-        return Cleared(self.played // SAMPLES_PER_MS, dropped // SAMPLES_PER_MS, marks_dropped)
+        # In whole ms of the two positions, so played_ms + dropped_ms is the
+        # queued_ms the sender was told about (frames need not be whole ms: 2.5 ms Opus).
+        played_ms = self.played // SAMPLES_PER_MS
+        return Cleared(played_ms, (self.played + dropped) // SAMPLES_PER_MS - played_ms, marks_dropped)
 
 
 __all__ = ["BotPlayout", "Cleared", "MarkReached", "Push", "LEAD", "MAX_AHEAD_S", "MAX_MARKS"]

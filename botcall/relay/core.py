@@ -677,7 +677,8 @@ class MediaRelay:
         peer.out_last_time = now
         if out == timestamp and not marker:
             return data
-        return b"".join((data[:1], bytes((data[1] | 0x80 if marker else data[1],)), _SSRC_AT_4.pack(out), data[8:]))
+        second = data[1] | 0x80 if marker else data[1]
+        return b"".join((data[:1], bytes((second,)), data[2:4], _SSRC_AT_4.pack(out), data[8:]))
 
     def _report_marks(self, peer: MediaPeer, playout: BotPlayout) -> None:
         callback = self.on_event
