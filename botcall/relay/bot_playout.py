@@ -118,6 +118,7 @@ class BotPlayout:
         "_window_start",
         "_window_min_lead",
         "generation",
+        "_early_marks",
         "_window_max_lead",
     )
 
@@ -138,6 +139,9 @@ class BotPlayout:
         # Counts clears: audio a sender had in flight before one (pcm16 still
         # being encoded) is dropped, not queued after it.
         self.generation = 0
+        # Marks named by an RTP timestamp before the bot's first packet: no
+        # position yet, so they wait for it (counted against max_marks).
+        self._early_marks: list[tuple[str, int]] = []
         self._window_max_lead = float("-inf")
 
     # --- the stream clock ------------------------------------------------------------------
@@ -175,9 +179,14 @@ class BotPlayout:
 
     def note_timestamp(self, timestamp: int, position: int) -> None:
         """Remember the newest timestamp's position (``position_of`` unwraps against it)."""
-        if self._last_timestamp is None or position >= self._last_position:
+        first = self._last_timestamp is None
+        if first or position >= self._last_position:
             self._last_timestamp = timestamp
             self._last_position = position
+        if first and self._early_marks:
+            early, self._early_marks = self._early_marks, []
+            for name, at in early:
+                self.mark(name, self.position_of(at))
 
     def due(self, position: int) -> float | None:
         anchor = self._anchor
@@ -269,13 +278,27 @@ class BotPlayout:
 
     # --- marks and clear ---------------------------------------------------------------------
 
+    def mark_at_timestamp(self, name: str, timestamp: int) -> bool:
+        """Place a mark at an RTP timestamp of the bot's stream; before the bot's
+        first packet it waits for that packet (a UDP burst may trail its mark).
+
+        Returns:
+            False when ``max_marks`` are already waiting.
+        """
+        if self._last_timestamp is not None:
+            return self.mark(name, self.position_of(timestamp))
+        if len(self._marks) + len(self._early_marks) >= self.max_marks:
+            return False
+        self._early_marks.append((name, timestamp))
+        return True
+
     def mark(self, name: str, position: int | None = None) -> bool:
         """Place a mark at ``position`` (default: the end of the queue).
 
         Returns:
             False when ``max_marks`` are already waiting (the caller refuses it).
         """
-        if len(self._marks) >= self.max_marks:
+        if len(self._marks) + len(self._early_marks) >= self.max_marks:
             return False
         at = self.queued if position is None else position
         marks = self._marks
@@ -306,6 +329,8 @@ class BotPlayout:
         dropped = max(0, self.queued - self.played)
         self._frames.clear()
         marks_dropped = tuple(name for position, name in self._marks if position > self.played)
+        marks_dropped += tuple(name for name, _ in self._early_marks)
+        self._early_marks.clear()
         # Marks at or before the played position were reached: the caller took
         # them with reached() before; any left are reported dropped with the rest.
         self._marks.clear()

@@ -705,8 +705,8 @@ class MediaRelay:
         playout = peer.playout
         if playout is None:
             return False
-        position = None if timestamp is None else playout.position_of(timestamp)
-        if not playout.mark(name, position):
+        placed = playout.mark(name) if timestamp is None else playout.mark_at_timestamp(name, timestamp)
+        if not placed:
             return False
         self._report_marks(peer, playout)
         return True

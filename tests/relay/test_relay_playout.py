@@ -183,3 +183,28 @@ def test_playout_full_is_counted_and_reported_once_a_second():
     # Nothing refused was forwarded; everything accepted was, in order.
     room.advance(5.0)
     assert [seq for _, seq in room.heard] == list(range(1, 54))
+
+
+def test_a_mark_by_timestamp_before_the_first_packet_waits_for_it():
+    """A UDP bot's WebSocket mark can overtake the burst it names: it is held until
+    the first packet gives timestamps a position, then fires with its frame."""
+    room = Room()
+    assert room.relay.mark(room.a, "at-2s", timestamp=100 * 960)  # rtp(seq=k) has timestamp k * 960
+    assert room.marks() == []
+    for seq in range(1, 301):
+        room.send(seq, 0.0)
+    room.advance(10.0)
+    (at, mark), = room.marks()
+    assert mark.name == "at-2s" and mark.played_ms == 99 * 20  # 99 frames after the first one's start
+    # It names the start of frame 100: playback reaches it as frame 99 is released.
+    released = dict((seq, t) for t, seq in room.heard)
+    assert at == released[99]
+
+
+def test_waiting_timestamp_marks_count_against_the_limit_and_are_dropped_by_clear():
+    room = Room(max_marks=2)
+    assert room.relay.mark(room.a, "one", timestamp=960)
+    assert room.relay.mark(room.a, "two", timestamp=1920)
+    assert not room.relay.mark(room.a, "three", timestamp=2880)
+    cleared = room.relay.clear(room.a)
+    assert cleared is not None and cleared.marks_dropped == ("one", "two")
