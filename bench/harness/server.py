@@ -509,25 +509,12 @@ async def _signal_one(base_ws: str, room_id: str, invite: str, offer: str) -> tu
     import trio
     from trio_websocket import open_websocket_url
 
-    async def expect(ws, *kinds: str) -> dict:
-        while True:
-            event = json.loads(await ws.get_message())
-            if event.get("type") in kinds:
-                return event
-            if event.get("type") == "error":
-                raise RuntimeError(f"signaling error: {event}")
+    from tests.kit.browser_udp import signal_browser
 
     with trio.fail_after(SIGNALING_TIMEOUT):
         async with open_websocket_url(f"{base_ws}/v1/signal/{room_id}") as ws:
-            await ws.send_message(json.dumps({"type": "hello", "invite": invite}))
-            await expect(ws, "lobby")
-            await ws.send_message(json.dumps({"type": "join", "display_name": "bench"}))
-            # The server's "joined" event carries welcome_event's fields, and
-            # its "type" too; the PWA accepts both names.
-            joined = await expect(ws, "joined", "welcome")
-            await ws.send_message(json.dumps({"type": "offer", "sdp": offer}))
-            answer = await expect(ws, "answer")
-    return answer["sdp"], joined["you"]["ssrc"]
+            signaled = await signal_browser(ws, invite, offer, display_name="bench")
+    return signaled.answer, signaled.session_ssrc
 
 
 def join_browsers(

@@ -14,8 +14,13 @@ The core is sans-IO; two drivers carry its datagrams:
   :meth:`Browser.ice_check`, :meth:`Browser.handshake`): datagrams go straight
   into ``MediaRelay.handle_datagram`` and the relay's replies are taken off a
   :class:`~tests.kit.relay.Wire`;
-* over a UDP socket, for a relay in another process
+* over a blocking UDP socket, for a relay in another process
   (:meth:`Browser.handshake_udp`, used by the bench harness).
+
+A third, on a Trio UDP socket for a real server in the test's own event loop,
+is :class:`tests.kit.browser_udp.UdpBrowser`; all three feed the relay's
+datagrams to :meth:`Browser.receive_handshake` and end in
+:meth:`Browser.srtp_from_handshake`.
 """
 
 from __future__ import annotations
@@ -197,11 +202,10 @@ class Browser:
                 relay.handle_datagram(datagram, self.addr, now)
             flights = []
             for reply in wire.take(self.addr):
-                if is_dtls(reply):
-                    flights += self.dtls.receive_untrusted(reply, now)
+                flights += self.receive_handshake(reply, now)
             if self.dtls.srtp_keys is not None and not flights:
                 break
-        return self._connected()
+        return self.srtp_from_handshake()
 
     # --- over a UDP socket ----------------------------------------------------------------
 
@@ -228,16 +232,31 @@ class Browser:
                     data = sock.recv(4096)
                 except BlockingIOError:
                     continue
-                if not is_dtls(data):
-                    continue  # a late STUN answer
-                out = dtls.receive_untrusted(data, now())
+                out = self.receive_handshake(data, now())
             else:
                 out = dtls.handle_timeout(now())
             for datagram in out:
                 sock.sendto(datagram, relay_addr)
-        return self._connected()
+        return self.srtp_from_handshake()
 
-    def _connected(self) -> SrtpContext:
+    # --- the handshake, whatever carries it ------------------------------------------------
+
+    def receive_handshake(self, data: bytes, now: float) -> list[bytes]:
+        """The DTLS client's flights in reply to one datagram from the relay.
+
+        Anything but DTLS (a late STUN answer, early media) gets none.
+
+        Raises:
+            DtlsError: the datagram was dropped, or the handshake failed (``dtls.state``).
+        """
+        return self.dtls.receive_untrusted(data, now) if is_dtls(data) else []
+
+    def srtp_from_handshake(self) -> SrtpContext:
+        """The SRTP context of the finished handshake, kept as ``srtp``.
+
+        Raises:
+            RuntimeError: the handshake has not finished.
+        """
         if self.dtls.srtp_keys is None:
             raise RuntimeError(f"DTLS handshake did not complete: {self.dtls.state} {self.dtls.failure_reason}")
         self.srtp = SrtpContext.from_keys(self.dtls.srtp_keys)
