@@ -7,6 +7,11 @@ its limit here.
 
 Times are seconds. Rates are tokens per second with a burst size (see
 ``botcall.auth.ratelimit``).
+
+Every field can also be set from a TOML file (``--config``) and from a
+``BOTCALL_<FIELD>`` environment variable; ``botcall/settings.py`` reads them
+(flags > environment > file > these defaults) and ``botcall config show``
+prints the result with each value's source.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 MAX_LEEWAY_S = 60.0
 
 DATA_DIR_ENV = "BOTCALL_DATA_DIR"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("human", "json")
 
 
 def default_data_dir() -> Path:
@@ -185,7 +192,18 @@ class Config:
     # On SIGTERM/SIGINT: how long clients get to hear room_closed and go.
     shutdown_grace_s: float = 5.0
 
+    # --- operations ---------------------------------------------------------------------
+    log_level: str = "INFO"
+    # "human": timestamped lines; "json": one object per line (botcall/logs.py).
+    log_format: str = "human"
+    # This server's name in JSON logs; None = the host name.
+    node_name: str | None = None
+
     def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         for name in ("http_port", "media_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

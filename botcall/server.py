@@ -27,12 +27,13 @@ import argparse
 import errno
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,10 @@ from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.keys import KeyRing, ensure_dev_issuer
 from botcall.auth.ratelimit import Limiters
 from botcall.auth.replay_journal import ReplayJournal
-from botcall.config import Config, IssuerConfig, RateLimit
+from botcall.config import Config
 from botcall.errors import ConfigError, JwksError, StartupError
-from botcall.logs import install_redaction
+from botcall import settings
+from botcall.logs import human_formatter, install_redaction, json_formatter
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
@@ -554,77 +556,22 @@ async def drain(state: AppState, parts: Parts, grace: float) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``botcall serve`` (defaults come from ``Config``)."""
-    defaults = Config.__dataclass_fields__
-
-    def default(name: str) -> Any:
-        return defaults[name].default
-
-    parser.add_argument("--host", default=default("http_host"), help="HTTP bind address (default %(default)s)")
-    parser.add_argument("--port", type=int, default=default("http_port"), help="HTTP port, 0 = any free (default %(default)s)")
-    parser.add_argument("--media-host", default=default("media_host"), help="UDP media bind address (default %(default)s)")
-    parser.add_argument("--media-port", type=int, default=default("media_port"), help="UDP media port (default %(default)s)")
-    parser.add_argument("--media-advertised-host", default=None, help="host bots are told to send media to (default: --media-host)")
-    parser.add_argument("--public-url", default=None, help="base of invite and WebSocket URLs (default: http://HOST:PORT)")
-    parser.add_argument("--issuer", action="append", default=[], metavar="ISS", help="a trusted issuer (exact iss); pair each with --jwks")
-    parser.add_argument("--jwks", action="append", default=[], metavar="URL_OR_FILE", help="the JWKS of the matching --issuer")
-    parser.add_argument("--audience", default=default("audience"), help="the aud attestations must name (default %(default)s)")
-    dev = parser.add_mutually_exclusive_group()
-    dev.add_argument("--dev-issuer", dest="dev_issuer", action="store_const", const=True, default=None,
-                     help="trust the local dev issuer even with --issuer (default: only when no issuer is given)")
-    dev.add_argument("--no-dev-issuer", dest="dev_issuer", action="store_const", const=False,
-                     help="never create or trust the local dev issuer")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dev issuer key and replay cache (default $BOTCALL_DATA_DIR or ~/.local/share/botcall)")
-    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
-                        help="believe X-Forwarded-For/Forwarded from these addresses (repeatable)")
-    parser.add_argument("--max-connections", type=int, default=default("max_connections"),
-                        help="open HTTP/WebSocket connections at once (default %(default)s; kept below the open-file limit)")
-    parser.add_argument("--max-connections-per-ip", type=int, default=default("max_connections_per_ip"),
-                        help="open connections at once from one address (default %(default)s)")
-    parser.add_argument("--connection-rate-per-ip", type=float, default=default("connection_rate_per_ip").rate,
-                        help="new connections per second from one address, burst 4x (default %(default)s)")
-    parser.add_argument("--header-timeout", type=float, default=default("header_timeout_s"),
-                        help="seconds for a request's headers to arrive (default %(default)s)")
-    parser.add_argument("--body-timeout", type=float, default=default("body_timeout_s"),
-                        help="seconds for a request body to arrive (default %(default)s)")
-    parser.add_argument("--http2", action="store_true", help="allow HTTP/2 (h2 over TLS, h2c); off by default")
-    parser.add_argument("--shutdown-grace", type=float, default=default("shutdown_grace_s"),
-                        help="seconds clients get to close on SIGTERM (default %(default)s)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    """Flags of ``botcall serve`` (``botcall/settings.py``: each overrides the
+    environment and ``--config`` file, which override ``Config``'s defaults)."""
+    settings.add_flags(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build a ``Config`` from parsed ``serve`` flags.
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """The effective ``Config`` for parsed ``serve`` flags, the environment and ``--config``.
+
+    Args:
+        args: from a parser set up by ``add_arguments``.
+        environ: the environment (default ``os.environ``).
 
     Raises:
-        ConfigError: inconsistent flags (unpaired ``--issuer``/``--jwks``, bad values).
+        ConfigError: one line naming the setting and where it was set.
     """
-    if len(args.issuer) != len(args.jwks):
-        raise ConfigError("give exactly one --jwks for each --issuer")
-    # Values straight from argparse (Any); Config's own checks validate them.
-    overrides: dict[str, Any] = {
-        "http_host": args.host,
-        "http_port": args.port,
-        "media_host": args.media_host,
-        "media_port": args.media_port,
-        "media_advertised_host": args.media_advertised_host,
-        "public_url": args.public_url,
-        "audience": args.audience,
-        "dev_issuer": args.dev_issuer,
-        "issuers": tuple(IssuerConfig(issuer=i, jwks=j) for i, j in zip(args.issuer, args.jwks)),
-        "trusted_proxies": tuple(args.trusted_proxy),
-        "max_connections": args.max_connections,
-        "max_connections_per_ip": args.max_connections_per_ip,
-        "connection_rate_per_ip": RateLimit(rate=args.connection_rate_per_ip, burst=max(1, round(4 * args.connection_rate_per_ip))),
-        "header_timeout_s": args.header_timeout,
-        "body_timeout_s": args.body_timeout,
-        "http2": args.http2,
-        "shutdown_grace_s": args.shutdown_grace,
-    }
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    return Config(**overrides)
+    return settings.load_from_args(args, os.environ if environ is None else environ).config
 
 
 async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
@@ -649,10 +596,10 @@ async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``botcall serve``."""
-    configure_logging(args.log_level)
 
     def serve() -> int:
         config = config_from_args(args)
+        configure_logging(config.log_level, config.log_format, node=config.node_name)
         if not config.issuers and not config.dev_issuer_enabled:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")
         trio.run(serve_until_signalled, config)
@@ -676,9 +623,17 @@ def run_command(name: str, body: Callable[[], int]) -> int:
         return 0
 
 
-def configure_logging(level: str) -> None:
-    """Log lines to stderr, with every credential pattern redacted."""
-    logging.basicConfig(level=level, format="botcall: %(message)s", stream=sys.stderr)
+def configure_logging(level: str, log_format: str = "human", *, node: str | None = None) -> None:
+    """Log to stderr, with every credential pattern redacted.
+
+    Args:
+        level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
+        log_format: ``human`` (time, level, logger, message) or ``json`` (one object per line).
+        node: this server's name in JSON lines (default: the host name).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(json_formatter(node or socket.gethostname()) if log_format == "json" else human_formatter())
+    logging.basicConfig(level=level, handlers=[handler])
     install_redaction()
 
 

@@ -191,11 +191,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``botcall demo``: Ctrl-C (or SIGTERM) stops it with one line."""
-    configure_logging("INFO")
-    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
 
     def demo() -> int:
         config = config_from_args(args)
+        configure_logging(config.log_level, config.log_format, node=config.node_name)
+        logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
         return trio.run(_run_until_signalled, config, 660.0 if args.self_test else None)
 
     return run_command("botcall demo", demo)
