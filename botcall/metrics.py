@@ -3,6 +3,12 @@
 Each ``Metrics`` owns its registry (never prometheus-client's global one), so
 several servers in one test process do not collide. Later layers (the relay,
 the WebSocket routes) register their own collectors on ``metrics.registry``.
+
+No ``*_created`` samples: prometheus-client would add a ``_created`` timestamp
+to every counter and histogram (``botcall_rooms_created`` gave the confusing
+``botcall_rooms_created_created``), and Prometheus' text format does not use
+them. ``disable_created_metrics`` is process-wide in prometheus-client; the
+first ``Metrics`` turns it off.
 """
 
 from __future__ import annotations
@@ -11,7 +17,15 @@ import collections
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from botcall import counters
@@ -66,6 +80,11 @@ class PartCounters(Protocol):
     def restarts(self) -> Mapping[str, int]: ...
 
 
+# A join verifies a signature and updates the registry (about a millisecond);
+# a JWKS fetch after key rotation can take seconds.
+JOIN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class Metrics:
     """The API's counters and gauges.
 
@@ -79,9 +98,12 @@ class Metrics:
         rejections: ``botcall_rejections_total{code}``, one per error response.
         rooms_created: ``botcall_rooms_created_total``.
         rooms_closed: ``botcall_rooms_closed_total{reason}``.
+        join_seconds: ``botcall_join_duration_seconds{outcome}``, the time ``POST /v1/join``
+            takes in the server (``joined`` or ``refused``).
     """
 
     def __init__(self, *, live_rooms: Callable[[], int], live_sessions: Callable[[], int]) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
         self.registry = CollectorRegistry()
         self.joins = Counter(
             "botcall_joins", "Successful joins.", ["kind", "transport"], registry=self.registry
@@ -92,6 +114,13 @@ class Metrics:
         self.rooms_created = Counter("botcall_rooms_created", "Rooms created.", registry=self.registry)
         self.rooms_closed = Counter(
             "botcall_rooms_closed", "Rooms closed, by reason.", ["reason"], registry=self.registry
+        )
+        self.join_seconds = Histogram(
+            "botcall_join_duration_seconds",
+            "Time to handle POST /v1/join, from the request read to the response (JWKS fetches included).",
+            ["outcome"],
+            buckets=JOIN_BUCKETS,
+            registry=self.registry,
         )
         self.live_rooms = Gauge("botcall_live_rooms", "Open rooms.", registry=self.registry)
         self.live_rooms.set_function(live_rooms)

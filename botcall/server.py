@@ -538,7 +538,8 @@ async def run_server(
 async def drain(state: AppState, parts: Parts, grace: float) -> None:
     """Graceful shutdown: stop accepting, close every room with ``server_shutdown``
     (each WebSocket hears ``room_closed`` and closes with 1001), and wait up to
-    ``grace`` seconds for the sockets to close."""
+    ``grace`` seconds for the sockets to close. ``/readyz`` answers 503 from the start."""
+    state.draining = True
     if parts.http is not None:
         await parts.http.stop_accepting()
     now = state.clock()

@@ -425,7 +425,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-connections-per-ip", type=int, default=None,
                         help=f"open connections at once from one address {default('max_connections_per_ip')}")
     parser.add_argument("--connection-rate-per-ip", type=float, default=None,
-                        help=f"new connections per second from one address, burst 4x (default {defaults['connection_rate_per_ip'].rate})")
+                        help=f"new connections per second from one address, burst 4x (default {Config.connection_rate_per_ip.rate})")
     parser.add_argument("--header-timeout", type=float, default=None,
                         help=f"seconds for a request's headers to arrive {default('header_timeout_s')}")
     parser.add_argument("--body-timeout", type=float, default=None,

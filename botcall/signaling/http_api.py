@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +26,8 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
+
+from botcall import __version__
 
 from botcall.auth.attestation import (
     SCOPE_CREATE,
@@ -306,6 +309,22 @@ class AppState:
     jwks_lock: trio.Lock = field(default_factory=trio.Lock)
     # Config.trusted_proxies, parsed once.
     trusted_proxies: tuple[Network, ...] = ()
+    # Set when graceful shutdown begins: /readyz answers 503 from then on.
+    draining: bool = False
+
+    def not_ready(self) -> tuple[str, str] | None:
+        """Why this server should get no new rooms now (a machine code and a
+        message), or ``None`` when it is ready: started, not draining, under
+        its room and session budgets."""
+        if self.draining:
+            return "draining", "the server is shutting down"
+        if self.media is None or self.hub is None:
+            return "not_started", "the media relay is not started"
+        if self.registry.live_rooms >= self.config.max_rooms_total:
+            return "server_full", f"the server holds its maximum of {self.config.max_rooms_total} rooms"
+        if self.registry.live_sessions >= self.config.max_sessions_total:
+            return "server_full", f"the server holds its maximum of {self.config.max_sessions_total} sessions"
+        return None
 
     @property
     def websocket_base(self) -> str:
@@ -472,7 +491,7 @@ def create_app(state: AppState) -> QuartTrio:
 
     Routes: ``POST /v1/rooms/create`` (alias ``POST /v1/rooms``), ``GET`` and
     ``DELETE /v1/rooms/<room_id>``, ``POST /v1/join``, ``GET /healthz``,
-    ``GET /metrics``. See docs/protocol.md.
+    ``GET /readyz``, ``GET /v1/version``, ``GET /metrics``. See docs/protocol.md.
     """
     app = QuartTrio("botcall")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
@@ -502,7 +521,7 @@ def create_app(state: AppState) -> QuartTrio:
             interruption=parsed.interruption,
         )
         state.metrics.rooms_created.inc()
-        log.info("room %s created by %s for %s", room.room_id, attestation.agent_id, room.owner)
+        log.info("room %s created by %s for %s", room.room_id, attestation.agent_id, room.owner, extra={"room": room.room_id})
         return _json(
             {
                 "room_id": room.room_id,
@@ -534,12 +553,22 @@ def create_app(state: AppState) -> QuartTrio:
     async def delete_room(room_id: str) -> Response:
         room = await _owned_room(room_id)
         closed = state.registry.close_room(room.room_id, "deleted", now=state.clock())
-        log.info("room %s deleted", room.room_id)
+        log.info("room %s deleted", room.room_id, extra={"room": room.room_id})
         payload = _room_json(state, closed if closed is not None else room)
         return _json(payload)
 
     @app.post("/v1/join")
     async def join() -> Response:
+        started = time.perf_counter()
+        try:
+            response = await join_bot()
+        except Exception:
+            state.metrics.join_seconds.labels(outcome="refused").observe(time.perf_counter() - started)
+            raise
+        state.metrics.join_seconds.labels(outcome="joined").observe(time.perf_counter() - started)
+        return response
+
+    async def join_bot() -> Response:
         state.limiters.check_join(ip=_client_ip(state), now=state.clock())
         parsed = parse_join_request_untrusted(await body())
         attestation = await verify_attestation(state, parsed.token)
@@ -566,7 +595,10 @@ def create_app(state: AppState) -> QuartTrio:
         )
         state.verifier.mark_used(attestation)
         state.metrics.joins.labels(kind="bot", transport=session.transport).inc()
-        log.info("%s joined room %s as %s", attestation.agent_id, session.room_id, session.participant_id)
+        log.info(
+            "%s joined room %s as %s", attestation.agent_id, session.room_id, session.participant_id,
+            extra={"room": session.room_id, "session": session.participant_id},
+        )
         return _json(join_response(state, session))
 
     @app.get("/healthz")
@@ -578,6 +610,19 @@ def create_app(state: AppState) -> QuartTrio:
                 "sessions": state.registry.live_sessions,
             }
         )
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        # Not an ApiError: a probe polling a draining server is not a rejection to count.
+        problem = state.not_ready()
+        if problem is not None:
+            code, message = problem
+            return _json({"error": {"code": code, "message": message}}, status=503)
+        return _json({"status": "ready"})
+
+    @app.get("/v1/version")
+    async def version() -> Response:
+        return _json({"name": "botcall", "version": __version__})
 
     @app.get("/metrics")
     async def metrics() -> Response:
