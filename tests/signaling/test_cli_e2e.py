@@ -171,3 +171,32 @@ def test_serve_reports_a_port_in_use(served, tmp_path):
         capture_output=True, text=True, env={**os.environ, "BOTCALL_DATA_DIR": str(tmp_path)}, timeout=60,
     )
     assert result.returncode == 1 and "in use" in result.stderr
+
+
+def test_serve_refuses_a_bad_environment_value_in_one_line(tmp_path):
+    result = subprocess.run(
+        [str(BOTCALL), "serve", "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "BOTCALL_DATA_DIR": str(tmp_path), "BOTCALL_PLAYOUT_MAX_AHEAD_S": "soon"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == "botcall serve: BOTCALL_PLAYOUT_MAX_AHEAD_S: expected a number, not 'soon'\n"
+
+
+def test_serve_logs_json_lines_from_a_config_file(tmp_path):
+    config = tmp_path / "botcall.toml"
+    config.write_text('log_format = "json"\nnode_name = "node-a"\n')
+    serve = ServeProcess(tmp_path / "data", "--config", str(config))
+    try:
+        base_url = serve.wait_for(LISTENING).group(1)
+        with urllib.request.urlopen(base_url + "/readyz", timeout=30) as response:
+            assert response.status == 200 and json.loads(response.read()) == {"status": "ready"}
+        with urllib.request.urlopen(base_url + "/v1/version", timeout=30) as response:
+            assert json.loads(response.read())["name"] == "botcall"
+    finally:
+        assert serve.stop() == 0, serve.log
+    while not serve.lines.empty():
+        serve.log.append(serve.lines.get())
+    lines = [json.loads(line) for line in serve.log]
+    assert lines and all({"time", "level", "logger", "event"} <= set(line) and line["node"] == "node-a" for line in lines)
+    assert any(line["event"].startswith("listening on http://") and line["level"] == "INFO" for line in lines)
