@@ -384,7 +384,8 @@ def render(loaded: Loaded) -> str:
     The output can be saved and passed back with ``--config`` (redacted values excepted).
     """
     rows = [(name, show_value(name, getattr(loaded.config, name)), str(loaded.origins[name])) for name in FIELD_TYPES]
-    width = max(len(name) + 3 + len(value) for name, value, _ in rows)
+    # Sources line up in a column; a long value pushes only its own comment along.
+    width = min(max(len(name) + 3 + len(value) for name, value, _ in rows), 64)
     return "\n".join(f"{f'{name} = {value}':<{width}}  # {origin}" for name, value, origin in rows) + "\n"
 
 
