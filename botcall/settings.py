@@ -100,43 +100,44 @@ FIELD_TYPES: dict[str, Any] = _field_types()
 # --- parsing one value ---------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """A value of the wrong shape; ``load`` adds the setting's name and source."""
+class BadValue(ConfigError):
+    """A value of the wrong shape for its setting; ``read_env`` and ``read_file``
+    re-raise it as a ``ConfigError`` that names the setting and its source."""
 
 
 def parse_rate_limit(text: str) -> RateLimit:
     """``rate=2,burst=20`` → ``RateLimit(2.0, 20)``.
 
     Raises:
-        _Refused: not that shape, or a value ``RateLimit`` refuses.
+        BadValue: not that shape, or a value ``RateLimit`` refuses.
     """
     parts: dict[str, str] = {}
     for item in text.split(","):
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in ("rate", "burst") or key.strip() in parts:
-            raise _Refused(f"expected 'rate=R,burst=B', not {text!r}")
+            raise BadValue(f"expected 'rate=R,burst=B', not {text!r}")
         parts[key.strip()] = value.strip()
     if set(parts) != {"rate", "burst"}:
-        raise _Refused(f"expected 'rate=R,burst=B', not {text!r}")
+        raise BadValue(f"expected 'rate=R,burst=B', not {text!r}")
     return _rate_limit(_number(parts["rate"], float), _number(parts["burst"], int))
 
 
 def _rate_limit(rate: Any, burst: Any) -> RateLimit:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or isinstance(burst, bool) or not isinstance(burst, int):
-        raise _Refused(f"expected a number rate and an integer burst, not rate={rate!r}, burst={burst!r}")
+        raise BadValue(f"expected a number rate and an integer burst, not rate={rate!r}, burst={burst!r}")
     try:
         return RateLimit(rate=float(rate), burst=burst)
     except ConfigError as exc:
-        raise _Refused(str(exc)) from None
+        raise BadValue(str(exc)) from None
 
 
 def _number(text: str, kind: type) -> Any:
     try:
         value = kind(text.strip())
     except ValueError:
-        raise _Refused(f"expected {'an integer' if kind is int else 'a number'}, not {text!r}") from None
+        raise BadValue(f"expected {'an integer' if kind is int else 'a number'}, not {text!r}") from None
     if kind is float and not math.isfinite(value):
-        raise _Refused(f"expected a finite number, not {text!r}")
+        raise BadValue(f"expected a finite number, not {text!r}")
     return value
 
 
@@ -144,7 +145,7 @@ def parse_text(field_name: str, text: str) -> Any:
     """A field's value from its environment-variable text (see the module docstring).
 
     Raises:
-        _Refused: the text does not have the field's shape.
+        BadValue: the text does not have the field's shape.
     """
     kind = FIELD_TYPES[field_name]
     if kind is int:
@@ -160,7 +161,7 @@ def parse_text(field_name: str, text: str) -> Any:
         if kind != bool and lowered in ("auto", ""):
             return None
         choices = "true or false" + (" or auto" if kind != bool else "")
-        raise _Refused(f"expected {choices}, not {text!r}")
+        raise BadValue(f"expected {choices}, not {text!r}")
     if kind is str:
         return text
     if kind == str | None:
@@ -176,7 +177,7 @@ def parse_text(field_name: str, text: str) -> Any:
         for pair in text.split():
             issuer, sep, jwks = pair.partition("=")
             if not sep or not issuer or not jwks:
-                raise _Refused(f"expected ISSUER=JWKS pairs separated by spaces, not {pair!r}")
+                raise BadValue(f"expected ISSUER=JWKS pairs separated by spaces, not {pair!r}")
             issuers.append(IssuerConfig(issuer=issuer, jwks=jwks))
         return tuple(issuers)
     raise AssertionError(f"no text syntax for {field_name}: {kind}")  # a new field type needs one
@@ -186,7 +187,7 @@ def parse_toml_value(field_name: str, value: Any) -> Any:
     """A field's value from its TOML value (a string goes through ``parse_text``).
 
     Raises:
-        _Refused: the value does not have the field's type.
+        BadValue: the value does not have the field's type.
     """
     kind = FIELD_TYPES[field_name]
     if isinstance(value, str) and kind is not str:
@@ -195,7 +196,7 @@ def parse_toml_value(field_name: str, value: Any) -> Any:
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise _Refused(f"expected a finite number, not {value!r}")
+            raise BadValue(f"expected a finite number, not {value!r}")
         return float(value)
     if kind in (bool, bool | None) and isinstance(value, bool):
         return value
@@ -203,7 +204,7 @@ def parse_toml_value(field_name: str, value: Any) -> Any:
         return value
     if kind is RateLimit and isinstance(value, dict):
         if set(value) != {"rate", "burst"}:
-            raise _Refused(f"expected a table {{ rate = R, burst = B }}, not {value!r}")
+            raise BadValue(f"expected a table {{ rate = R, burst = B }}, not {value!r}")
         return _rate_limit(value["rate"], value["burst"])
     if kind == tuple[str, ...] and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
@@ -212,10 +213,10 @@ def parse_toml_value(field_name: str, value: Any) -> Any:
         for entry in value:
             if not (isinstance(entry, dict) and set(entry) == {"issuer", "jwks"}
                     and all(isinstance(v, str) for v in entry.values())):
-                raise _Refused(f"expected [[issuers]] tables with issuer and jwks strings, not {entry!r}")
+                raise BadValue(f"expected [[issuers]] tables with issuer and jwks strings, not {entry!r}")
             issuers.append(IssuerConfig(issuer=entry["issuer"], jwks=entry["jwks"]))
         return tuple(issuers)
-    raise _Refused(f"expected {_describe(kind)}, not {value!r}")
+    raise BadValue(f"expected {_describe(kind)}, not {value!r}")
 
 
 def _describe(kind: Any) -> str:
@@ -253,7 +254,7 @@ def read_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown setting {name!r} (see `botcall config show`)")
         try:
             values[name] = parse_toml_value(name, value)
-        except _Refused as exc:
+        except BadValue as exc:
             raise ConfigError(f"{path}: {name}: {exc}") from None
     return values
 
@@ -271,7 +272,7 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         try:
             values[name] = parse_text(name, text)
-        except _Refused as exc:
+        except BadValue as exc:
             raise ConfigError(f"{env_name(name)}: {exc}") from None
     return values
 
@@ -494,6 +495,6 @@ def load_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Load
 
 
 __all__ = [
-    "CONFIG_FILE_ENV", "ENV_PREFIX", "Loaded", "Origin", "Source", "add_flags", "env_name", "flags_from_args",
+    "BadValue", "CONFIG_FILE_ENV", "ENV_PREFIX", "Loaded", "Origin", "Source", "add_flags", "env_name", "flags_from_args",
     "is_secret", "load", "load_from_args", "parse_text", "read_env", "read_file", "render", "show_value",
 ]

@@ -26,6 +26,7 @@ from botcall.auth.invites import invite_secret_matches
 from botcall.auth.ratelimit import TokenBucket
 from botcall.config import Config, RateLimit
 from botcall.errors import ApiError, SdpError, SignalingError
+from botcall.logs import log_context
 from botcall.queues import DropOldestQueue
 from botcall.relay.core import MediaPeer
 from botcall.relay.service import MediaService, WsSink
@@ -681,7 +682,9 @@ def register_websocket_routes(app: Quart, state: SignalingState) -> None:
         channel = BotChannel(state, connection, ws, binary_audio=ws.args.get("audio") == "binary")
         try:
             connection.send_event(welcome_event(state, session))
-            await channel.run()
+            # Log lines from this socket's tasks name the room and participant (JSON logs).
+            with log_context(room=session.room_id, session=session.participant_id):
+                await channel.run()
         finally:
             state.started_hub().detach(connection)
             code = connection.close_code or msg.CLOSE_NORMAL
@@ -745,7 +748,8 @@ def register_human_signaling(app: Quart, state: SignalingState) -> None:
             connection.send_event(lobby_event(state, room, resumed=resumed is not None))
             if resumed is not None:
                 connection.send_event(joined_event(state, resumed))
-            await channel.run()
+            with log_context(room=room_id):
+                await channel.run()
         finally:
             state.started_hub().detach(connection)
             with trio.move_on_after(1) as cleanup:
