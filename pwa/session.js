@@ -75,6 +75,11 @@ export const PROBLEMS = deepFreeze({
   insecure: { title: 'This link must use https', detail: 'Browsers only allow the microphone on secure pages. Open the https:// version of the link.' },
   no_webrtc: { title: "This browser can't make calls", detail: 'Open the link in a recent Chrome, Edge, Firefox or Safari.' },
   failed: { title: 'Something went wrong', detail: 'The call could not start.', retry: true },
+  bad_offer: {
+    title: "Your browser's call setup isn't supported",
+    detail: 'BotCall could not use the audio connection this browser proposed. Try again, or use a recent Chrome, Edge, Firefox or Safari.',
+    retry: true,
+  },
 });
 
 // UI state -> the screen that shows it.
@@ -612,8 +617,9 @@ class Step {
       this.s.pendingError = code;
       this.fatal(code);
     } else if (code === 'bad_offer') {
+      // The server says why (its message names what it could not answer).
       this.leaveAll();
-      this.showProblem('failed', message);
+      this.showProblem('bad_offer', message);
     } else if (message) {
       this.announce(message);
       if (code === 'chat_disabled' || code === 'rate_limited') this.appendLine({ note: message });

@@ -503,8 +503,10 @@ describe('closed rooms and errors', () => {
 
     call.server({ type: 'error', code: 'bad_offer', message: 'no audio' });
     assert.equal(call.state.ui, 'error');
-    assert.equal(call.state.problem.code, 'failed');
-    assert.equal(call.state.problem.detail, 'The call could not start. (no audio)');
+    assert.equal(call.state.problem.code, 'bad_offer');
+    assert.equal(call.state.problem.title, "Your browser's call setup isn't supported");
+    assert.match(call.state.problem.detail, /^BotCall could not use the audio connection .* \(no audio\)$/);
+    assert.equal(call.state.problem.retry, true);
     assert.equal(call.state.wantCall, false);
   });
 
