@@ -9,6 +9,10 @@ audio again within 1 s: the page's receiver counts new packets and its analyser
 reads the bot's 440 Hz, and the bot receives the human's packets. At the end
 the bot's audio of the human is checked by frequency, and the relay shows one
 DTLS association, no ``srtp_before_dtls`` drop, and the ICE restart.
+
+Also: a raw video-first ``max-bundle`` peer connection in the page, signaled
+by hand, is answered with the video as an inactive BUNDLE tag, connects, and
+carries audio both ways (the bot hears its 660 Hz).
 """
 
 from __future__ import annotations
@@ -134,3 +138,92 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
     assert counters["dtls_connected"] == 1 and counters["renegotiated"] >= 4 and counters["ice_restart"] == 1
     assert result["state"] == "connected"
     assert result["errors"] == []
+
+
+RAW_VIDEO_FIRST_CALL = """async ([roomId, invite]) => {
+    // A raw max-bundle peer connection whose BUNDLE tag is a video m-section,
+    // signaled by hand over /v1/signal (not the PWA's own peer connection).
+    const ws = new WebSocket(`ws://${location.host}/v1/signal/${roomId}`);
+    const inbox = [];
+    let wake = null;
+    ws.onmessage = (e) => { inbox.push(JSON.parse(e.data)); if (wake) wake(); };
+    await new Promise((resolve) => { ws.onopen = resolve; });
+    const next = async (type) => {
+        for (;;) {
+            const index = inbox.findIndex((m) => m.type === type || m.type === 'error');
+            if (index >= 0) return inbox.splice(index, 1)[0];
+            await new Promise((resolve) => { wake = resolve; });
+        }
+    };
+    ws.send(JSON.stringify({type: 'hello', invite}));
+    await next('lobby');
+    ws.send(JSON.stringify({type: 'join', display_name: 'Raw'}));
+    const joined = await next('joined');
+    const pc = new RTCPeerConnection({bundlePolicy: 'max-bundle'});
+    window.rawPc = pc;
+    pc.addTransceiver('video');
+    const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+    pc.addTrack(mic.getAudioTracks()[0], mic);
+    pc.ontrack = (e) => { const el = new Audio(); el.srcObject = e.streams[0] || new MediaStream([e.track]); el.muted = true; el.play(); };
+    await pc.setLocalDescription(await pc.createOffer());
+    ws.send(JSON.stringify({type: 'offer', sdp: pc.localDescription.sdp}));
+    const answer = await next('answer');
+    if (answer.type === 'error') return {error: answer};
+    await pc.setRemoteDescription({type: 'answer', sdp: answer.sdp});
+    const started = Date.now();
+    while (pc.connectionState !== 'connected' && Date.now() - started < 10000) await new Promise((r) => setTimeout(r, 20));
+    const counts = async () => {
+        const report = await pc.getStats();
+        let received = 0, sent = 0;
+        report.forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio') received += s.packetsReceived;
+            if (s.type === 'outbound-rtp' && s.kind === 'audio') sent += s.packetsSent;
+        });
+        return {received, sent};
+    };
+    while (Date.now() - started < 10000 && (await counts()).received < 25) await new Promise((r) => setTimeout(r, 50));
+    return {
+        participant: joined.participant_id,
+        state: pc.connectionState,
+        group: answer.sdp.match(/a=group:BUNDLE [^\\r\\n]*/)[0],
+        transceivers: pc.getTransceivers().map((t) => [t.mid, t.currentDirection]),
+        counts: await counts(),
+    };
+}"""
+
+
+async def test_a_video_first_max_bundle_offer_gets_audio_both_ways(tmp_path):
+    mic = tmp_path / "mic-660.wav"
+    write_wav(mic, tone(660, 10.0, amplitude=0.4), sample_rate=48000, channels=1)
+    async with running_server(tmp_path) as srv:
+        created = (await srv.create_room(srv.token(agent="creator#1"))).json()
+        invite = urlsplit(created["invite_url"])
+        secret = invite.fragment.removeprefix("invite=")
+        async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
+            speaking = trio.Event()
+
+            async def bot_speaks():
+                speaking.set()
+                while True:
+                    await bot.say_pcm(tone(440, 5.0))
+
+            def human(context: BrowserContext) -> dict:
+                page = context.new_page()
+                page.goto(f"{srv.url}{invite.path}#{invite.fragment}")
+                wait_state(page, "lobby")
+                result = page.evaluate(RAW_VIDEO_FIRST_CALL, [created["room_id"], secret])
+                if "participant" in result:
+                    result["heard"] = trio.from_thread.run(frames_from, bot, result["participant"], 40)
+                return result
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bot_speaks)
+                await speaking.wait()
+                result = await in_browser(human, fake_mic_wav=str(mic))
+                nursery.cancel_scope.cancel()
+    assert "error" not in result, result
+    assert result["group"] == "a=group:BUNDLE 0 1"
+    assert result["state"] == "connected"
+    assert result["transceivers"] == [["0", "inactive"], ["1", "sendrecv"]]
+    assert result["counts"]["received"] >= 25 and result["counts"]["sent"] >= 25
+    assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
