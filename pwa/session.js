@@ -351,7 +351,9 @@ class Step {
         this.showProblem('failed', input.message);
         break;
       case 'answer_applying':
-        if (input.peer === s.peerId) s.marks = Object.freeze({ ...s.marks, answer: this.now });
+        // The join's answer: a later one is a renegotiation (the page offers again
+        // once the microphone's stream is set on the sender, for its msid).
+        if (input.peer === s.peerId && s.marks.answer === undefined) s.marks = Object.freeze({ ...s.marks, answer: this.now });
         break;
       case 'answer_failed':
         if (input.peer !== s.peerId || s.peerId === null) break;

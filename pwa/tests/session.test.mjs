@@ -185,6 +185,22 @@ describe('lobby, join, offer and answer', () => {
     assert.deepEqual(call.announced(), ['Connected']);
   });
 
+  test('a renegotiation mid-call: its offer goes out, its answer is applied, the call stays connected', () => {
+    const call = new Call().toConnected();
+    const peer = call.state.peerId;
+    call.now = 2000;
+    call.step({ type: 'answer_applying', peer });
+    const joinAnswer = call.state.marks.answer;
+    call.now = 9000;
+    call.step({ type: 'offer_ready', peer, sdp: 'v=0 offer again' });
+    assert.deepEqual(call.sent(), [{ type: 'offer', sdp: 'v=0 offer again' }]);
+    call.server({ type: 'answer', sdp: 'v=0 answer again' });
+    assert.deepEqual(call.effects, [{ type: 'apply_answer', peer, sdp: 'v=0 answer again' }]);
+    call.step({ type: 'answer_applying', peer });
+    assert.equal(call.state.marks.answer, joinAnswer, "the join's answer mark is kept");
+    assert.equal(call.state.ui, 'connected');
+  });
+
   test('a join without chat rights hides the chat form', () => {
     const call = new Call().toLobby();
     call.step({ type: 'join', displayName: '' });
