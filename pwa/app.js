@@ -188,6 +188,10 @@ function startPeer(id) {
     onConnectionState: (connectionState) => {
       if (created === peer) dispatch({ type: 'peer_state', peer: id, state: connectionState });
     },
+    // A renegotiation (negotiationneeded, or the renegotiate hook): sent like the first offer.
+    onOffer: (sdp) => {
+      if (created === peer) dispatch({ type: 'offer_ready', peer: id, sdp });
+    },
   });
   peer = created;
   peerId = id;
@@ -289,6 +293,9 @@ const hooks = Object.freeze({
   localLevel: () => (audio.localMeter ? audio.localMeter.level() : -Infinity),
   // Tests and benches: record the microphone and the remote audio (pwa/recorder-worklet.js).
   startRecording: () => audio.startRecording(stream).then(() => true),
+  // Tests: offer again on the live connection through the page's own signaling
+  // (after pc.restartIce() or pc.addTransceiver() negotiationneeded does it too).
+  renegotiate: () => (peer ? peer.renegotiate() : Promise.resolve(false)),
   recording: () => (audio.recorder ? audio.recorder.take() : null),
 });
 Object.defineProperty(window, 'botcall', { value: hooks, writable: false, configurable: false });

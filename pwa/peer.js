@@ -1,4 +1,4 @@
-// BotCall PWA: the media side. One RTCPeerConnection per offer (Peer) and the
+// BotCall PWA: the media side. One RTCPeerConnection per call attempt (Peer) and the
 // page's audio (CallAudio: the AudioContext, the remote <audio> element, meters).
 // No call logic here: app.js tells these what to do and forwards their events
 // to the state machine in session.js.
@@ -7,19 +7,34 @@ import { Meter, Recorder } from './audio.js?v=__BOTCALL_VERSION__';
 
 export const MIC_CONSTRAINTS = Object.freeze({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
 
-/** One RTCPeerConnection with a single sendrecv audio transceiver, offered without trickle. */
+/**
+ * One RTCPeerConnection with a single sendrecv audio transceiver, offered without trickle.
+ *
+ * Once the first answer is applied, whatever makes the connection need a new
+ * offer (negotiationneeded: an added transceiver, restartIce(), a direction
+ * change) is offered again on the same connection through `onOffer`; the
+ * server keeps the DTLS session and the audio (docs/protocol.md, renegotiation).
+ */
 export class Peer {
   /**
    * @param {object} handlers
    * @param {(event: RTCTrackEvent) => void} handlers.onTrack a remote track arrived
    * @param {(state: string) => void} handlers.onConnectionState connectionState changed
+   * @param {(sdp: string) => void} [handlers.onOffer] a renegotiation's offer is ready to send
    */
-  constructor({ onTrack, onConnectionState }) {
+  constructor({ onTrack, onConnectionState, onOffer }) {
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
     this.pc = pc;
+    this.onOffer = onOffer || null;
+    this.answered = false; // the first answer is applied: later offers are renegotiations
     this.sender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
     pc.ontrack = (event) => onTrack(event);
     pc.onconnectionstatechange = () => onConnectionState(pc.connectionState);
+    pc.onnegotiationneeded = () => {
+      // Before the first answer the initial offer covers it; while an offer is
+      // out the browser fires again once the connection is stable, if still needed.
+      if (this.answered && pc.signalingState === 'stable') this.renegotiate();
+    };
     // No trickle: the server is ICE-lite and learns our address from our STUN
     // checks, so the offer goes out as soon as setLocalDescription resolves.
     this.offer = pc
@@ -27,6 +42,24 @@ export class Peer {
       .then((offer) => pc.setLocalDescription(offer))
       .then(() => pc.localDescription.sdp);
     this.offer.catch((err) => console.warn('BotCall: offer failed', err));
+  }
+
+  /**
+   * Offer again on this connection (the same offer when nothing changed) and hand it to `onOffer`.
+   * @returns {Promise<boolean>} whether an offer went to `onOffer`
+   */
+  async renegotiate() {
+    const pc = this.pc;
+    if (!this.answered || pc.signalingState !== 'stable' || !this.onOffer) return false;
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+    } catch (err) {
+      console.warn('BotCall: renegotiation offer failed', err);
+      return false;
+    }
+    if (pc.signalingState !== 'have-local-offer') return false; // closed meanwhile
+    this.onOffer(pc.localDescription.sdp);
+    return true;
   }
 
   /** Send the microphone's first audio track (replaceTrack: no renegotiation, the transceiver is sendrecv). */
@@ -43,7 +76,9 @@ export class Peer {
    */
   applyAnswer(sdp) {
     if (typeof sdp !== 'string' || this.pc.signalingState !== 'have-local-offer') return null;
-    return this.pc.setRemoteDescription({ type: 'answer', sdp });
+    return this.pc.setRemoteDescription({ type: 'answer', sdp }).then(() => {
+      this.answered = true;
+    });
   }
 
   /**
@@ -58,6 +93,7 @@ export class Peer {
   close() {
     this.pc.ontrack = null;
     this.pc.onconnectionstatechange = null;
+    this.pc.onnegotiationneeded = null;
     this.pc.close();
   }
 }

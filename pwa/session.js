@@ -75,6 +75,11 @@ export const PROBLEMS = deepFreeze({
   insecure: { title: 'This link must use https', detail: 'Browsers only allow the microphone on secure pages. Open the https:// version of the link.' },
   no_webrtc: { title: "This browser can't make calls", detail: 'Open the link in a recent Chrome, Edge, Firefox or Safari.' },
   failed: { title: 'Something went wrong', detail: 'The call could not start.', retry: true },
+  bad_offer: {
+    title: "Your browser's call setup isn't supported",
+    detail: 'BotCall could not use the audio connection this browser proposed. Try again, or use a recent Chrome, Edge, Firefox or Safari.',
+    retry: true,
+  },
 });
 
 // UI state -> the screen that shows it.
@@ -346,7 +351,9 @@ class Step {
         this.showProblem('failed', input.message);
         break;
       case 'answer_applying':
-        if (input.peer === s.peerId) s.marks = Object.freeze({ ...s.marks, answer: this.now });
+        // The join's answer: a later one is a renegotiation (the page offers again
+        // once the microphone's stream is set on the sender, for its msid).
+        if (input.peer === s.peerId && s.marks.answer === undefined) s.marks = Object.freeze({ ...s.marks, answer: this.now });
         break;
       case 'answer_failed':
         if (input.peer !== s.peerId || s.peerId === null) break;
@@ -612,8 +619,9 @@ class Step {
       this.s.pendingError = code;
       this.fatal(code);
     } else if (code === 'bad_offer') {
+      // The server says why (its message names what it could not answer).
       this.leaveAll();
-      this.showProblem('failed', message);
+      this.showProblem('bad_offer', message);
     } else if (message) {
       this.announce(message);
       if (code === 'chat_disabled' || code === 'rate_limited') this.appendLine({ note: message });

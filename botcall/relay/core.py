@@ -415,6 +415,33 @@ class MediaRelay:
         self._rebuild_fanout(peer.room_id)
         return peer
 
+    def change_ice_credentials(self, peer: MediaPeer, ice_ufrag: str, ice_pwd: str, remote_ufrag: str, remote_pwd: str) -> None:
+        """A browser's ICE restart (RFC 8445 §9): both sides' credentials change, the peer stays.
+
+        Media goes on to the selected address, and its verified addresses stay
+        verified: the browser checks the same addresses again with the new
+        credentials. An answer to a check the relay sent before the restart
+        is signed with the browser's old password and fails (``check_failed``);
+        the check then times out as any unanswered one.
+
+        Args:
+            peer: a browser's peer in the relay.
+            ice_ufrag, ice_pwd: the relay's new credentials (from the registry).
+            remote_ufrag, remote_pwd: the browser's new ones (from its offer).
+
+        Raises:
+            ValueError: ``ice_ufrag`` belongs to another peer.
+        """
+        holder = self._by_ufrag.get(ice_ufrag)
+        if holder is not None and holder is not peer:
+            raise ValueError("ice_ufrag already in use")
+        if peer.ice_ufrag is not None and self._by_ufrag.get(peer.ice_ufrag) is peer:
+            del self._by_ufrag[peer.ice_ufrag]
+        peer.ice_ufrag, peer.ice_pwd = ice_ufrag, ice_pwd
+        peer.remote_ufrag, peer.remote_pwd = remote_ufrag, remote_pwd
+        self._by_ufrag[ice_ufrag] = peer
+        self.counters["ice_restart"] += 1
+
     def remove_peer(self, session_id: str) -> MediaPeer | None:
         """Forget a peer (leave, kick, expiry). Unknown ids are ignored."""
         peer = self._by_session.pop(session_id, None)

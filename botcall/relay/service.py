@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Protocol
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
@@ -19,8 +20,11 @@ from botcall.relay.bot_playout import MAX_AHEAD_S, MAX_MARKS, BotPlayout
 from botcall.relay.speech import SpeechTracker
 from botcall.relay.core import MediaPeer, MediaRelay, Sink, Transmit, UdpSink
 from botcall.relay.mixer import MixSink
+from botcall.errors import SdpError
+from botcall.webrtc.dtls.endpoint import DtlsState
+from botcall.webrtc.fingerprint import Fingerprint
 from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
-from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
+from botcall.webrtc.sdp import SdpOffer, build_answer, parse_offer_untrusted
 
 log = logging.getLogger("botcall.relay.service")
 
@@ -107,13 +111,28 @@ class MediaService:
         self.certificate = certificate
         self.host = host
         self.port = port
+        # What each browser's last answer settled (renegotiations build on it).
+        self._negotiated: dict[str, _Negotiated] = {}
 
-    def add_browser(self, session: MediaSession, offer_sdp: str) -> str:
-        """Set up (or renegotiate) a human's WebRTC leg from the browser's offer.
+    def add_browser(self, session: MediaSession, offer_sdp: str, *, restart_ice: Callable[[], MediaSession] | None = None) -> str:
+        """Set up, or renegotiate, a human's WebRTC leg from the browser's offer.
+
+        A new offer on the same peer connection (the same DTLS fingerprint as
+        the last one answered, and a leg whose handshake has not failed) is a
+        renegotiation (docs/protocol.md): the leg keeps its DTLS association and
+        SRTP contexts, the browser keeps its outbound stream (one SSRC, sequence
+        numbers and timestamps continuous) and the speech tracker goes on; the
+        answer repeats our credentials, fingerprint and SSRC under the same o=
+        session id with a higher version (RFC 3264 §8). An offer with new ICE
+        credentials is an ICE restart (RFC 8445 §9, RFC 8839 §4.4.1.1.1): the
+        answer carries new credentials of ours as well. Any other offer (a new
+        peer connection: a reload, or the page's own restart) replaces the leg.
 
         Args:
             session: the human's session (its ICE credentials go into the answer).
             offer_sdp: the browser's offer.
+            restart_ice: gives the session new ICE credentials and returns it
+                (``RoomRegistry.restart_ice``); without it an ICE restart is refused.
 
         Returns:
             Our ICE-lite, DTLS-passive answer.
@@ -124,18 +143,13 @@ class MediaService:
         offer = parse_offer_untrusted(offer_sdp)
         if self.certificate is None:
             self.certificate = DtlsCertificate.generate()
+        peer = self.relay.peer(session.session_id)
+        negotiated = self._negotiated.get(session.session_id)
+        if negotiated is not None and peer is not None and negotiated.peer is peer and negotiated.renegotiates(offer):
+            return self._renegotiate(session, peer, negotiated, offer, restart_ice)
         out_ssrc = secrets.randbits(32)
-        answer = build_answer(
-            offer,
-            ice_ufrag=session.ice_ufrag,
-            ice_pwd=session.ice_pwd,
-            fingerprint=str(self.certificate.fingerprint),
-            host=self.host,
-            port=self.port,
-            ssrc=out_ssrc,
-            cname=f"botcall-{session.participant_id}",
-            extmap_uris=(AUDIO_LEVEL_URI,),
-        )
+        sdp_session_id = secrets.randbits(62)
+        answer = self._answer(offer, session.ice_ufrag, session.ice_pwd, out_ssrc, session.participant_id, sdp_session_id, 1)
         old = self.relay.remove_peer(session.session_id)
         # The sink is replaced below, once the leg exists.
         peer = _peer_for(session, UdpSink(self.transmit), session.ice_ufrag, session.ice_pwd, speaks_udp=True)
@@ -145,13 +159,61 @@ class MediaService:
         peer.remote_pwd = offer.ice_pwd
         peer.human = True
         # Speech detection from the RFC 6464 level the browser sends with every packet.
-        level_id = next((extmap.id for extmap in offer.extmaps if extmap.uri == AUDIO_LEVEL_URI), None)
-        peer.speech = SpeechTracker(level_id=level_id, budget=self.relay.speech_budget)
+        peer.speech = SpeechTracker(level_id=_level_id(offer), budget=self.relay.speech_budget)
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
         peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
         self.relay.add_peer(peer, nominate_on="use_candidate", replaces=old)
+        self._negotiated[session.session_id] = _Negotiated(peer, leg, peer.sink, offer.fingerprint, sdp_session_id, 1)
         return answer
+
+    def _renegotiate(
+        self,
+        session: MediaSession,
+        peer: MediaPeer,
+        negotiated: _Negotiated,
+        offer: SdpOffer,
+        restart_ice: Callable[[], MediaSession] | None,
+    ) -> str:
+        """Answer a new offer on a live peer connection, keeping the leg (see ``add_browser``)."""
+        ice_ufrag, ice_pwd = peer.ice_ufrag, peer.ice_pwd
+        assert ice_ufrag is not None and ice_pwd is not None  # a browser's peer has both
+        ice_restart = (offer.ice_ufrag, offer.ice_pwd) != (peer.remote_ufrag, peer.remote_pwd)
+        if ice_restart:
+            if restart_ice is None:
+                raise SdpError("this offer restarts ICE, which this relay cannot do here")
+            restarted = restart_ice()
+            ice_ufrag, ice_pwd = restarted.ice_ufrag, restarted.ice_pwd
+        version = negotiated.version + 1
+        stream = negotiated.sink.stream
+        answer = self._answer(offer, ice_ufrag, ice_pwd, stream.ssrc, session.participant_id, negotiated.sdp_session_id, version)
+        # Only now that the answer exists does anything change.
+        if ice_restart:
+            self.relay.change_ice_credentials(peer, ice_ufrag, ice_pwd, offer.ice_ufrag, offer.ice_pwd)
+        negotiated.version = version
+        # What a renegotiation may change of the audio: its payload type and
+        # the level extension's id. The stream's numbering goes on.
+        stream.payload_type = offer.opus_payload_type
+        if peer.speech is not None:
+            peer.speech.level_id = _level_id(offer)
+        self.relay.counters["renegotiated"] += 1
+        return answer
+
+    def _answer(self, offer: SdpOffer, ice_ufrag: str, ice_pwd: str, ssrc: int, participant_id: str, sdp_session_id: int, version: int) -> str:
+        assert self.certificate is not None
+        return build_answer(
+            offer,
+            ice_ufrag=ice_ufrag,
+            ice_pwd=ice_pwd,
+            fingerprint=self.certificate.fingerprint,
+            host=self.host,
+            port=self.port,
+            ssrc=ssrc,
+            cname=f"botcall-{participant_id}",
+            extmap_uris=(AUDIO_LEVEL_URI,),
+            session_id=sdp_session_id,
+            session_version=version,
+        )
 
     def browser_connected(self, session_id: str) -> bool:
         """Whether a browser's leg has its SRTP keys (DTLS done): a resumed page keeps it."""
@@ -161,6 +223,7 @@ class MediaService:
 
     def remove_session(self, session_id: str) -> None:
         """Forget a session's peer (left, expired, room closed). Unknown ids are ignored."""
+        self._negotiated.pop(session_id, None)
         self.relay.remove_peer(session_id)
 
     def set_muted(self, session_id: str, muted: bool) -> None:
@@ -193,6 +256,40 @@ class MediaService:
             # The registry caps sessions below the relay's own bound; reaching
             # here means the two disagree. The session gets no media.
             log.error("session %s has no media: %s", session.participant_id, exc)
+
+
+class _Negotiated:
+    """What a browser's peer connection and the relay agreed on, for its next offer.
+
+    Attributes:
+        peer, leg, sink: the relay's side of that peer connection.
+        fingerprint: the browser's certificate fingerprint in the offer answered.
+        sdp_session_id, version: our answer's o= line (RFC 3264 §8).
+    """
+
+    __slots__ = ("peer", "leg", "sink", "fingerprint", "sdp_session_id", "version")
+
+    def __init__(self, peer: MediaPeer, leg: WebRtcLeg[MediaPeer], sink: WebRtcSink[MediaPeer], fingerprint: Fingerprint, sdp_session_id: int, version: int) -> None:
+        self.peer = peer
+        self.leg = leg
+        self.sink = sink
+        self.fingerprint = fingerprint
+        self.sdp_session_id = sdp_session_id
+        self.version = version
+
+    def renegotiates(self, offer: SdpOffer) -> bool:
+        """Whether ``offer`` comes from the same peer connection, whose DTLS can go on."""
+        return (
+            self.peer.secure is self.leg
+            and self.peer.sink is self.sink
+            and self.leg.dtls.state is not DtlsState.FAILED
+            and offer.fingerprint == self.fingerprint
+        )
+
+
+def _level_id(offer: SdpOffer) -> int | None:
+    """The offer's RFC 6464 audio-level extension id, or None."""
+    return next((extmap.id for extmap in offer.extmaps if extmap.uri == AUDIO_LEVEL_URI), None)
 
 
 def _peer_for(session: MediaSession, sink: Sink, ice_ufrag: str | None, ice_pwd: str | None, *, speaks_udp: bool) -> MediaPeer:

@@ -352,6 +352,7 @@ class RoomStore(Protocol):
     ) -> Session: ...
     def leave(self, session_id: str, reason: str, *, now: float) -> Session | None: ...
     def set_muted(self, session_id: str, muted: bool) -> Session: ...
+    def restart_ice(self, session_id: str) -> Session: ...
     def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None: ...
     def session_by_id(self, session_id: str) -> Session | None: ...
     def session_by_ufrag(self, ice_ufrag: str) -> Session | None: ...
@@ -761,6 +762,32 @@ class RoomRegistry:
         self._sessions[session_id] = updated
         self._room_sessions[session.room_id][session_id] = updated
         self._emit([SessionUpdated(updated)])
+        return updated
+
+    def restart_ice(self, session_id: str) -> Session:
+        """Give a session new ICE credentials: a browser's ICE restart (RFC 8445 §9).
+
+        Nobody else is told: the credentials only go into the SDP answer, and
+        the relay's index follows in ``MediaService.add_browser``.
+
+        Returns:
+            The session with its new ``ice_ufrag`` and ``ice_pwd``.
+
+        Raises:
+            NotFound: ``session_not_found``.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound("no such session", code="session_not_found")
+        ufrag = _random_chars(_ICE_CHARS, 8)
+        while ufrag in self._by_ufrag:
+            ufrag = _random_chars(_ICE_CHARS, 8)
+        updated = replace(session, ice_ufrag=ufrag, ice_pwd=_random_chars(_ICE_CHARS, 24))
+        if self._by_ufrag.get(session.ice_ufrag) == session_id:
+            del self._by_ufrag[session.ice_ufrag]
+        self._by_ufrag[ufrag] = session_id
+        self._sessions[session_id] = updated
+        self._room_sessions[session.room_id][session_id] = updated
         return updated
 
     # --- time -------------------------------------------------------------------------------------

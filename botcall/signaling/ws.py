@@ -601,8 +601,17 @@ class HumanChannel(Channel):
         elif isinstance(message, msg.Offer):
             if self.session is None:
                 raise SignalingError("join the call first", code="not_joined")
+            session_id = self.session.session_id
+
+            def restart_ice() -> Session:
+                # The answer to an ICE restart carries new credentials of ours
+                # (RFC 8839 §4.4.1.1.1); the registry's ufrag index follows.
+                restarted = state.registry.restart_ice(session_id)
+                self.connection.session = restarted
+                return restarted
+
             try:
-                answer = state.started_media().add_browser(self.session, message.sdp)
+                answer = state.started_media().add_browser(self.session, message.sdp, restart_ice=restart_ice)
             except SdpError as exc:
                 raise SignalingError(f"cannot answer this offer: {exc}", code="bad_offer") from exc
             self.connection.send_event({"type": "answer", "sdp": answer})

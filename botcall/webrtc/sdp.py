@@ -6,6 +6,13 @@ take the first live audio m-section and answer it; every other m-section (video,
 a data channel, a second audio) is answered as rejected, port 0, because an answer
 must list the same m-sections in the same order (RFC 3264 §6).
 
+One exception keeps BUNDLE working: when the offerer's BUNDLE tag (the first mid
+of the group, RFC 8843 §7.2.1) is another RTP m-section, such as the video of a
+video-first ``max-bundle`` offer, it is accepted ``inactive`` with one of its own
+codecs and stays the tag of the answer. A rejected m-section cannot be the tag
+(RFC 8843 §7.3.1), and Chromium refuses an answer that moves the tag to the audio
+section ("Failed to setup RTCP mux"): the tag's transport is the one it set up.
+
 References: RFC 8866 (SDP), RFC 3264 (offer/answer), RFC 9429 (JSEP), RFC 8843
 (BUNDLE), RFC 8839 (ICE attributes), RFC 8842 and RFC 8122 (DTLS setup and
 fingerprints), RFC 7587 (Opus), RFC 8285 (extmap), RFC 5576 (ssrc), RFC 8830 (msid).
@@ -29,6 +36,7 @@ from botcall.errors import SdpError
 
 __all__ = [
     "Direction",
+    "BundleTag",
     "Extmap",
     "Fingerprint",
     "MAX_SDP_CHARS",
@@ -174,6 +182,26 @@ class SessionDescription:
 
 
 @dataclass(frozen=True, slots=True)
+class BundleTag:
+    """The offerer's BUNDLE tag when it is an RTP m-section other than our audio.
+
+    The answer accepts it ``inactive`` with the offer's first codec, so that the
+    tag of the answer is an accepted m-section (RFC 8843 §7.3.1).
+
+    Attributes:
+        index: the m-section's index in ``SdpOffer.media``.
+        mid: its ``a=mid``.
+        payload_type: the first payload type the offer lists for it.
+        encoding: that payload type's ``a=rtpmap`` encoding (``VP8/90000``).
+    """
+
+    index: int
+    mid: str
+    payload_type: str
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
 class SdpOffer:
     """What we need from a browser's offer to answer it.
 
@@ -195,6 +223,9 @@ class SdpOffer:
         ice_options: ``a=ice-options`` tokens (``trickle``...).
         media: every m-section, in order (the answer mirrors them).
         audio_index: the index in ``media`` of the section we answer.
+        bundle_tag: the offerer's BUNDLE tag when it is another RTP m-section
+            we can accept inactive, else None (the audio section is the tag,
+            or there is no BUNDLE).
     """
 
     mid: str
@@ -215,6 +246,7 @@ class SdpOffer:
     ice_options: tuple[str, ...]
     media: tuple[MediaSection, ...]
     audio_index: int
+    bundle_tag: BundleTag | None = None
 
     def opus_fmtp_params(self) -> dict[str, str]:
         """The Opus fmtp as a dict (``{"minptime": "10", "useinbandfec": "1"}``)."""
@@ -487,6 +519,27 @@ def _is_live(media: MediaSection, section: SdpSection) -> bool:
     return media.port != 0 or section.has("bundle-only")
 
 
+def _bundle_tag(bundle: tuple[str, ...], audio_mid: str, sections: list[tuple[MediaSection, SdpSection]]) -> BundleTag | None:
+    """The offerer's BUNDLE tag if it is an RTP m-section other than ``audio_mid`` we can accept inactive."""
+    if not bundle or bundle[0] == audio_mid:
+        return None
+    index, (media, section) = next((i, entry) for i, entry in enumerate(sections) if entry[0].mid == bundle[0])
+    if media.protocol != SUPPORTED_PROTOCOL or not _is_live(media, section) or not section.has("rtcp-mux"):
+        # Not an RTP section we could accept (a data channel): rejected, and
+        # the audio section is the answer's tag. Chromium takes that for a
+        # data channel, which it never ties to the tag's RTCP multiplexing.
+        return None
+    encodings: dict[str, str] = {}
+    for value in section.values("rtpmap"):
+        payload_type, _, encoding = (value or "").partition(" ")
+        encodings.setdefault(payload_type, encoding.strip())
+    for fmt in media.formats:
+        encoding = encodings.get(fmt, "")
+        if _DIGITS.fullmatch(fmt) and int(fmt) <= 127 and encoding and len(encoding) <= 64 and _TOKEN.fullmatch(encoding.replace("/", "-")):
+            return BundleTag(index, bundle[0], fmt, encoding)
+    return None
+
+
 def parse_offer_untrusted(text: str) -> SdpOffer:
     """Parse a browser's SDP offer into what the answer needs.
 
@@ -562,6 +615,7 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
         ice_options=ice_options[:16],
         media=tuple(media for media, _ in sections),
         audio_index=audio_index,
+        bundle_tag=_bundle_tag(bundle, mid, sections),
     )
 
 
@@ -593,7 +647,9 @@ def build_answer(
     """Build our ICE-lite, DTLS-passive answer to a parsed offer.
 
     The audio section answers the offer's Opus payload type on our one host
-    candidate; every other m-section is rejected (port 0) in place. The answered
+    candidate; every other m-section is rejected (port 0) in place, except an
+    offerer's BUNDLE tag that is another RTP section (``SdpOffer.bundle_tag``),
+    accepted ``inactive`` as the answer's tag. The answered
     direction is ``direction`` narrowed by the offer's (RFC 3264 §6.1): an offer
     that only sends gets ``recvonly``, and so on. SSRC and msid lines are written
     only when we send.
@@ -608,8 +664,9 @@ def build_answer(
         ssrc: the SSRC we send with.
         cname: our RTCP CNAME.
         direction: what we would like to do; narrowed by the offer.
-        session_id: the o= session id; random when omitted.
-        session_version: the o= version (raise it for a renegotiation).
+        session_id: the o= session id; random when omitted. Pass the same
+            one for every answer on one peer connection (RFC 3264 §8).
+        session_version: the o= version (raise it for each renegotiation).
         msid_stream, msid_track: our msid (RFC 8830), so the browser creates a
             stream and track for what we send; the track id defaults to
             ``"botcall-<ssrc>"``.
@@ -658,25 +715,37 @@ def build_answer(
         # RFC 8445 §5.3 / RFC 8839 §5.3: we only answer checks, the browser controls.
         "a=ice-lite",
     ]
+    tag = offer.bundle_tag
     if offer.bundle:
-        # Only accepted m-sections may stay in the group (RFC 8843 §7.3.1).
-        lines.append(f"a=group:BUNDLE {offer.mid}")
+        # Only accepted m-sections may stay in the group, and the first one,
+        # the answerer's tag, is the offerer's tag when we accept it (RFC 8843
+        # §7.3.1): the video of a video-first offer, accepted inactive.
+        lines.append(f"a=group:BUNDLE {tag.mid} {offer.mid}" if tag is not None else f"a=group:BUNDLE {offer.mid}")
+    transport = [
+        f"c=IN {address_type} {address}",
+        f"a=candidate:1 1 udp {HOST_CANDIDATE_PRIORITY} {address} {port} typ host",
+        "a=end-of-candidates",
+        f"a=ice-ufrag:{ice_ufrag}",
+        f"a=ice-pwd:{ice_pwd}",
+        f"a=fingerprint:{fingerprint}",
+        # RFC 8842 §5.3: we never start DTLS; the browser is the client.
+        "a=setup:passive",
+    ]
     for index, media in enumerate(offer.media):
+        if tag is not None and index == tag.index:
+            # Accepted so that it can stay the tag; nothing is sent or received.
+            lines += [f"m={media.kind} {port} {SUPPORTED_PROTOCOL} {tag.payload_type}", *transport]
+            lines += [
+                f"a=mid:{tag.mid}",
+                f"a={Direction.INACTIVE.value}",
+                "a=rtcp-mux",
+                f"a=rtpmap:{tag.payload_type} {tag.encoding}",
+            ]
+            continue
         if index != offer.audio_index:
             lines.extend(_rejected_section(media))
             continue
-        lines += [
-            f"m=audio {port} {SUPPORTED_PROTOCOL} {pt}",
-            f"c=IN {address_type} {address}",
-            f"a=candidate:1 1 udp {HOST_CANDIDATE_PRIORITY} {address} {port} typ host",
-            "a=end-of-candidates",
-            f"a=ice-ufrag:{ice_ufrag}",
-            f"a=ice-pwd:{ice_pwd}",
-            f"a=fingerprint:{fingerprint}",
-            # RFC 8842 §5.3: we never start DTLS; the browser is the client.
-            "a=setup:passive",
-            f"a=mid:{offer.mid}",
-        ]
+        lines += [f"m=audio {port} {SUPPORTED_PROTOCOL} {pt}", *transport, f"a=mid:{offer.mid}"]
         lines += [f"a=extmap:{extmap.id} {extmap.uri}" for extmap in offer.extmaps if extmap.uri in extmap_uris]
         lines.append(f"a={answered.value}")
         if answered.sends:

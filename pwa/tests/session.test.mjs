@@ -185,6 +185,22 @@ describe('lobby, join, offer and answer', () => {
     assert.deepEqual(call.announced(), ['Connected']);
   });
 
+  test('a renegotiation mid-call: its offer goes out, its answer is applied, the call stays connected', () => {
+    const call = new Call().toConnected();
+    const peer = call.state.peerId;
+    call.now = 2000;
+    call.step({ type: 'answer_applying', peer });
+    const joinAnswer = call.state.marks.answer;
+    call.now = 9000;
+    call.step({ type: 'offer_ready', peer, sdp: 'v=0 offer again' });
+    assert.deepEqual(call.sent(), [{ type: 'offer', sdp: 'v=0 offer again' }]);
+    call.server({ type: 'answer', sdp: 'v=0 answer again' });
+    assert.deepEqual(call.effects, [{ type: 'apply_answer', peer, sdp: 'v=0 answer again' }]);
+    call.step({ type: 'answer_applying', peer });
+    assert.equal(call.state.marks.answer, joinAnswer, "the join's answer mark is kept");
+    assert.equal(call.state.ui, 'connected');
+  });
+
   test('a join without chat rights hides the chat form', () => {
     const call = new Call().toLobby();
     call.step({ type: 'join', displayName: '' });
@@ -503,8 +519,10 @@ describe('closed rooms and errors', () => {
 
     call.server({ type: 'error', code: 'bad_offer', message: 'no audio' });
     assert.equal(call.state.ui, 'error');
-    assert.equal(call.state.problem.code, 'failed');
-    assert.equal(call.state.problem.detail, 'The call could not start. (no audio)');
+    assert.equal(call.state.problem.code, 'bad_offer');
+    assert.equal(call.state.problem.title, "Your browser's call setup isn't supported");
+    assert.match(call.state.problem.detail, /^BotCall could not use the audio connection .* \(no audio\)$/);
+    assert.equal(call.state.problem.retry, true);
     assert.equal(call.state.wantCall, false);
   });
 

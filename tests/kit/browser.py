@@ -29,6 +29,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from botcall.relay.core import MediaRelay
@@ -116,13 +117,16 @@ class Browser:
         self.wire: Wire | None = None
         self.addr = BROWSER_ADDR
         self.human: Session | None = None
+        # The browser's own ICE credentials (its offer's; an ICE restart changes them).
+        self.ufrag = OFFER_UFRAG
+        self.pwd = OFFER_PWD
 
     # --- ICE ---------------------------------------------------------------------------
 
     def request(self, password: str | None = None, use_candidate: bool = True, transaction_id: bytes | None = None) -> bytes:
         """A Chrome-shaped ICE check (USE-CANDIDATE unless told otherwise), signed with ``password`` or the relay's."""
         return binding_request(
-            f"{self.relay_ufrag}:{OFFER_UFRAG}",
+            f"{self.relay_ufrag}:{self.ufrag}",
             password or self.relay_pwd,
             transaction_id=transaction_id,
             use_candidate=use_candidate,
@@ -142,7 +146,7 @@ class Browser:
         Raises:
             BadPacket: not a check from the relay to this browser.
         """
-        return answer_check_untrusted(check, self.relay_addr, username=f"{OFFER_UFRAG}:{self.relay_ufrag}", password=OFFER_PWD)
+        return answer_check_untrusted(check, self.relay_addr, username=f"{self.ufrag}:{self.relay_ufrag}", password=self.pwd)
 
     # --- in process, against a sans-IO relay ----------------------------------------------
 
@@ -159,6 +163,32 @@ class Browser:
         browser = cls(media.add_browser(human, browser_offer(certificate)), certificate)
         browser.relay, browser.wire, browser.addr, browser.human = media.relay, wire, addr, human
         return browser
+
+    def offer(self, *, ice_restart: bool = False) -> str:
+        """This browser's next offer on the same peer connection (same certificate).
+
+        Args:
+            ice_restart: new ICE credentials of the browser's, as ``restartIce()``
+                makes (RFC 8839 §4.4.1.1.1); they are used from now on.
+        """
+        if ice_restart:
+            self.ufrag, self.pwd = secrets.token_hex(4), secrets.token_hex(12)
+        offer = browser_offer(self.certificate)
+        return offer.replace(f"a=ice-ufrag:{OFFER_UFRAG}", f"a=ice-ufrag:{self.ufrag}").replace(f"a=ice-pwd:{OFFER_PWD}", f"a=ice-pwd:{self.pwd}")
+
+    def renegotiate(self, media: MediaService, offer: str | None = None, *, restart_ice: Callable[[], Session] | None = None) -> str:
+        """Send ``offer`` (default: :meth:`offer`) for this browser's session; adopt the answer's credentials.
+
+        Returns:
+            The relay's answer.
+        """
+        if self.human is None:
+            raise RuntimeError("this browser was not joined in process (Browser.join)")
+        answer = media.add_browser(self.human, offer if offer is not None else self.offer(), restart_ice=restart_ice)
+        self.answer = answer
+        self.relay_ufrag = sdp_value(answer, r"a=ice-ufrag:(\S+)")
+        self.relay_pwd = sdp_value(answer, r"a=ice-pwd:(\S+)")
+        return answer
 
     def _in_process(self) -> tuple[MediaRelay, Wire]:
         if self.relay is None or self.wire is None:

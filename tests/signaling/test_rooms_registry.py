@@ -267,3 +267,19 @@ def test_media_spec_accepts_the_websocket_pcm_rates():
     assert (apart.send_rate, apart.receive_rate, apart.mixed) == (24000, 16000, False)
     assert MediaSpec("udp", receive="mixed").mixed
     assert MediaSpec("websocket").encoding == "opus"
+
+
+def test_restart_ice_gives_new_credentials_and_moves_the_ufrag_index():
+    reg, events = registry()
+    room = reg.create_room(owner="gopi", created_by="a", now=T)
+    human = reg.join_human(room.room_id, room.invite_secret, "Ann", now=T)
+    events.clear()
+    restarted = reg.restart_ice(human.session_id)
+    assert restarted.ice_ufrag != human.ice_ufrag and restarted.ice_pwd != human.ice_pwd
+    assert reg.session_by_ufrag(restarted.ice_ufrag) == restarted
+    assert reg.session_by_ufrag(human.ice_ufrag) is None
+    assert reg.session_by_id(human.session_id) == restarted
+    assert restarted in reg.sessions_in_room(room.room_id)
+    assert events == []  # nobody else is told: the credentials only go into the answer
+    with pytest.raises(NotFound):
+        reg.restart_ice("sess-nobody")

@@ -85,7 +85,9 @@ def check_answer(answer: str, offer, *, direction: str = "sendrecv", host: str =
     ip = "IP6" if ":" in host else "IP4"
     assert session[:4] == ["v=0", f"o=- 4242 2 IN {ip} {host}", "s=-", "t=0 0"]
     assert "a=ice-lite" in session
-    if offer.bundle:
+    if offer.bundle_tag is not None:
+        assert f"a=group:BUNDLE {offer.bundle_tag.mid} {offer.mid}" in session
+    elif offer.bundle:
         assert f"a=group:BUNDLE {offer.mid}" in session
     else:
         assert not any(line.startswith("a=group:") for line in session)
@@ -94,7 +96,7 @@ def check_answer(answer: str, offer, *, direction: str = "sendrecv", host: str =
     for index, (lines, offered) in enumerate(zip(media, offer.media)):
         kind = lines[0].split()[0][2:]
         assert kind == offered.kind
-        if index == offer.audio_index:
+        if index == offer.audio_index or (offer.bundle_tag is not None and index == offer.bundle_tag.index):
             continue
         assert lines[0] == f"m={offered.kind} 0 {offered.protocol} {offered.formats[0]}"
         assert f"a=mid:{offered.mid}" in lines
@@ -274,6 +276,74 @@ def test_firefox_full_answer_rejects_video_and_data_in_place():
     assert sections[2][:3] == ["m=video 0 UDP/TLS/RTP/SAVPF 120", "c=IN IP4 0.0.0.0", "a=mid:1"]
     assert sections[3][:3] == ["m=application 0 UDP/DTLS/SCTP webrtc-datachannel", "c=IN IP4 0.0.0.0", "a=mid:2"]
     assert "a=group:BUNDLE 0" in sections[0]
+
+
+# --- BUNDLE: the answer's tag is always an accepted m-section (RFC 8843 §7.3.1) ---------
+
+
+def test_a_video_first_max_bundle_offer_keeps_the_video_as_an_inactive_tag():
+    offer = parse_offer_untrusted(load("chrome156_video_first_max_bundle.sdp"))
+    assert offer.bundle == ("0", "1") and offer.mid == "1" and offer.audio_index == 1
+    assert (offer.bundle_tag.index, offer.bundle_tag.mid, offer.bundle_tag.payload_type, offer.bundle_tag.encoding) == (0, "0", "96", "VP8/90000")
+    answer = answer_to(offer)
+    check_answer(answer, offer)
+    session, video, audio = raw_sections(answer)
+    assert "a=group:BUNDLE 0 1" in session
+    assert video[0] == f"m=video {PORT} UDP/TLS/RTP/SAVPF 96"
+    # The tag carries the transport: our candidate, credentials, fingerprint, role.
+    for line in (f"a=ice-ufrag:{OUR_UFRAG}", f"a=ice-pwd:{OUR_PWD}", f"a=fingerprint:{OUR_FINGERPRINT}", "a=setup:passive", "a=end-of-candidates"):
+        assert line in video and line in audio
+    assert {"a=mid:0", "a=inactive", "a=rtcp-mux", "a=rtpmap:96 VP8/90000"} <= set(video)
+    assert not any(line.startswith(("a=ssrc", "a=msid")) for line in video)
+    assert "a=sendrecv" in audio and "a=mid:1" in audio
+
+
+def _data_channel_first(text: str) -> str:
+    """A mic offer with a data channel moved in front of the audio (mids swapped: 0 is the data channel)."""
+    head, _, rest = text.partition("m=audio")
+    audio, _, application = rest.partition("m=application")
+    audio = ("m=audio" + audio).replace("a=mid:0", "a=mid:1")
+    application = ("m=application" + application).replace("a=mid:1", "a=mid:0")
+    return head + application + audio
+
+
+def test_a_data_channel_tag_is_rejected_and_the_audio_becomes_the_tag():
+    offer = parse_offer_untrusted(_data_channel_first(load("chrome156_audio_datachannel.sdp")))
+    assert offer.media[0].kind == "application" and offer.bundle == ("0", "1") and offer.bundle_tag is None
+    session, application, _ = raw_sections(answer_to(offer))
+    assert "a=group:BUNDLE 1" in session
+    assert application[0] == "m=application 0 UDP/DTLS/SCTP webrtc-datachannel"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda v: v.replace("a=rtcp-mux\r\n", "", 1), id="no rtcp-mux"),
+        pytest.param(lambda v: v.replace("m=video 9", "m=video 0", 1), id="port 0"),
+        pytest.param(lambda v: re.sub(r"a=rtpmap:[^\r]*\r\n", "", v), id="no rtpmap"),
+    ],
+)
+def test_a_video_tag_we_cannot_accept_is_rejected(change):
+    text = load("chrome156_video_first_max_bundle.sdp")
+    head, _, rest = text.partition("m=video")
+    video, _, audio = rest.partition("m=audio")
+    offer = parse_offer_untrusted(head + change("m=video" + video) + "m=audio" + audio)
+    assert offer.bundle_tag is None
+    session, video_lines, _ = raw_sections(answer_to(offer))
+    assert "a=group:BUNDLE 1" in session and video_lines[0].startswith("m=video 0 ")
+
+
+def test_an_audio_first_offer_has_no_other_tag():
+    offer = parse_offer_untrusted(load("chrome156_audio_video.sdp"))
+    assert offer.bundle == ("0", "1") and offer.bundle_tag is None
+    assert "a=group:BUNDLE 0\r\n" in answer_to(offer)
+
+
+def test_the_same_offer_gets_the_same_answer_for_the_same_session():
+    offer = parse_offer_untrusted(load("chrome156_video_first_max_bundle.sdp"))
+    first = answer_to(offer, session_version=2)
+    again = answer_to(parse_offer_untrusted(load("chrome156_video_first_max_bundle.sdp")), session_version=3)
+    assert again == first.replace("o=- 4242 2 ", "o=- 4242 3 ")
 
 
 # --- Answer options ---------------------------------------------------------------
@@ -668,6 +738,9 @@ OFFER_JS = {
     "mic+camera": "const s = await navigator.mediaDevices.getUserMedia({audio: true, video: true}); s.getTracks().forEach(t => pc.addTrack(t, s));",
     "mic+datachannel": "const s = await navigator.mediaDevices.getUserMedia({audio: true}); s.getTracks().forEach(t => pc.addTrack(t, s)); pc.createDataChannel('chat');",
     "recvonly": "pc.addTransceiver('audio', {direction: 'recvonly'});",
+    # A fresh max-bundle connection whose first m-section (the BUNDLE tag) is video.
+    "video-first max-bundle": "window.pc = new RTCPeerConnection({bundlePolicy: 'max-bundle'}); pc.ontrack = e => trackKinds.push(e.track.kind);"
+    " pc.addTransceiver('video'); const s = await navigator.mediaDevices.getUserMedia({audio: true}); s.getTracks().forEach(t => pc.addTrack(t, s));",
 }
 
 
@@ -682,8 +755,17 @@ def _attribute_types(stun: bytes) -> list[int]:
 
 @pytest.mark.e2e
 @pytest.mark.browser
-@pytest.mark.parametrize("setup, current_direction", [("mic", "sendrecv"), ("mic+camera", "sendrecv"), ("mic+datachannel", "sendrecv"), ("recvonly", "recvonly")])
-def test_chromium_accepts_the_answer_and_completes_ice(chromium_page, setup, current_direction):
+@pytest.mark.parametrize(
+    "setup, transceivers",
+    [
+        ("mic", [["0", "sendrecv"]]),
+        ("mic+camera", [["0", "sendrecv"]]),
+        ("mic+datachannel", [["0", "sendrecv"]]),
+        ("recvonly", [["0", "recvonly"]]),
+        ("video-first max-bundle", [["0", "inactive"], ["1", "sendrecv"]]),
+    ],
+)
+def test_chromium_accepts_the_answer_and_completes_ice(chromium_page, setup, transceivers):
     responder = _Responder(OUR_UFRAG, OUR_PWD)
     try:
         offer_sdp = chromium_page.evaluate(
@@ -704,7 +786,7 @@ def test_chromium_accepts_the_answer_and_completes_ice(chromium_page, setup, cur
                 }
                 const result = {
                     ice: pc.iceConnectionState,
-                    transceivers: pc.getTransceivers().map(t => [t.mid, t.currentDirection]),
+                    transceivers: pc.getTransceivers().filter(t => !t.stopped).map(t => [t.mid, t.currentDirection]),
                     sctp: pc.sctp === null,
                     trackKinds: trackKinds,
                 };
@@ -718,8 +800,9 @@ def test_chromium_accepts_the_answer_and_completes_ice(chromium_page, setup, cur
         chromium_page.evaluate("() => window.pc && window.pc.close()")
         responder.close()
     assert result["ice"] == "connected"
-    # Video and data sections were rejected: only the audio transceiver is left.
-    assert result["transceivers"] == [["0", current_direction]]
+    # Video and data sections were rejected (only the audio transceiver is
+    # left), but for a video BUNDLE tag, accepted inactive.
+    assert result["transceivers"] == transceivers
     assert result["sctp"] is True
     # Our msid/ssrc lines made Chrome create a remote audio track.
     assert result["trackKinds"] == ["audio"]
