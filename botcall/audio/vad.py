@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 __all__ = [
+    "BOT_AUDIO_LEVEL_ID",
     "DEFAULT_DETECTOR",
     "DETECTOR_KINDS",
     "AudioLevel",
@@ -114,6 +115,10 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 _VOICE_BIT = 0x80
 _LEVEL_MASK = 0x7F
 MIN_LEVEL_DBOV = -127
+BOT_AUDIO_LEVEL_ID = 1
+"""The one-byte RFC 8285 header extension id at which bots send RFC 6464 levels
+(docs/protocol.md, "Speech detection"): the SDK writes it, the relay reads it.
+It lives here, below both, because the client may not import the relay."""
 
 
 class AudioLevel(NamedTuple):

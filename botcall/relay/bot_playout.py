@@ -14,8 +14,11 @@ releases it to the listeners at exactly real time, and it keeps the bot's
 
 Scheduling. A position is *due* at ``anchor + position / 48000``. The anchor
 is set when a frame arrives with nothing queued and the frame would otherwise
-be late: a real-time sender's packets go straight through, and playback never
-lies in the past. A frame is released once it is due, or up to ``LEAD`` (20 ms)
+be late by more than ``DRIFT_LIMIT``: the sender paused, and playback never
+lies far in the past. A frame late by less, with nothing queued, plays at
+once and leaves the schedule alone: a real-time sender's packets go straight
+through, and a delay spike (the network's, or this process descheduled) is
+not carried over to the packets after it. A frame is released once it is due, or up to ``LEAD`` (20 ms)
 before, so a real-time sender's scheduling jitter costs no hold. A sender
 whose every packet for a whole second arrived early by less than
 ``DRIFT_LIMIT`` (250 ms) is treated as a real-time sender that suffered a
@@ -210,8 +213,14 @@ class BotPlayout:
         if (end - self.played) > self.max_ahead * SAMPLE_RATE:
             return Push.FULL
         anchor = self._anchor
-        if anchor is None or (not self._frames and anchor + position / SAMPLE_RATE < now):
-            # Idle and late (or the very first frame): playback starts now.
+        if anchor is None or (not self._frames and anchor + position / SAMPLE_RATE < now - DRIFT_LIMIT):
+            # Idle and late by more than a delay spike (or the very first
+            # frame): the sender paused, playback starts now. A frame late by
+            # less is a real-time sender's spike (the network, or this process
+            # descheduled): it plays at once below and the schedule stays, so
+            # the packets after it, on time again, are not held back by the
+            # spike (moving the anchor would hold each of them by the spike,
+            # and spikes less than a DRIFT_WINDOW apart would add up).
             anchor = self._anchor = now - position / SAMPLE_RATE
             self._window_start = now
             self._window_min_lead = float("inf")

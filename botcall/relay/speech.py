@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from botcall.audio.opus import OpusDecoder
 from botcall.audio.vad import (
+    BOT_AUDIO_LEVEL_ID,
     FRAME_SAMPLES,
     LevelDetector,
     SpeechDetector,
@@ -42,8 +43,6 @@ from botcall.audio.vad import (
 from botcall.errors import BadPacket
 from botcall.wire.rtp import payload_offset_untrusted
 
-BOT_AUDIO_LEVEL_ID = 1
-"""The one-byte header extension id at which a bot may send RFC 6464 levels."""
 VOICE_MIN_SIZE = 12 + 24
 """RTP packets at least this large carry sound; silence and DTX frames are a few bytes."""
 MAX_DECODERS = 8

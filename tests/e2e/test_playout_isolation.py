@@ -1,0 +1,137 @@
+"""A 60 s text-to-speech burst from one bot costs another room's real-time call
+nothing audible: the event loop's time budget holds (issue 12).
+
+Room A: a WebSocket pcm16 bot sends 60 s of speech-like audio as fast as the
+socket takes it (the server encodes it, ``ENCODE_BATCH`` frames per scheduler
+pass, and reads the next message only when the last one is encoded), and a UDP
+bot listens. Room B: a UDP bot talks at real time, a 20 ms Opus frame per tick
+of its own clock, to a UDP bot that records when each frame arrives.
+
+Room B runs in a process of its own (``tests/kit/realtime_call.py``). The
+server runs in the test's process and its event loop; a speaker in that loop
+would be held up by every stall exactly as the relay is, and the stall would
+vanish from what we measure. As a separate process it stands for a caller on
+another machine, and both its send times and its arrival times are read from
+one clock (CLOCK_MONOTONIC) that the test shares.
+
+What is asserted, over every packet sent from before the burst starts until
+after the server has encoded all of it:
+
+* the relay-added delay, ``arrival - send`` per packet, spreads by at most
+  20 ms (max - min). This is the contract: on a busy machine the speaker
+  itself may be descheduled and send late, or two frames at once; that moves
+  its send times and its arrivals alike and is not the relay's doing, so the
+  send-to-arrival delay is what we hold the relay to;
+* every gap between two arrivals is at most the gap between the two sends plus
+  20 ms (the same bound seen as the listener hears it);
+* no packet was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from botcall.client import connect
+from botcall.demo.signals import speech_like
+from tests.e2e.test_playout import Channel, Ear, join_websocket, open_room, send_pcm
+from tests.kit.server import running_server
+
+pytestmark = pytest.mark.e2e
+
+RATE = 48000
+BURST_S = 60.0
+ADDED_DELAY_SPREAD = 0.020
+WAIT = 60.0  # a safety net against a hung server or child, not a speed requirement
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RealtimeCall:
+    """Room B's call in its own process (``tests.kit.realtime_call``)."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._buffer = b""
+
+    async def line(self) -> str:
+        assert self.process.stdout is not None
+        with trio.fail_after(WAIT):
+            while b"\n" not in self._buffer:
+                chunk = await self.process.stdout.receive_some(1 << 16)
+                assert chunk, "the real-time call ended early"
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    async def stop(self) -> dict[str, dict[int, float]]:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(b"stop\n")
+        result = json.loads(await self.line())
+        return {name: {int(seq): t for seq, t in times.items()} for name, times in result.items()}
+
+
+async def test_a_tts_burst_in_one_room_adds_no_gap_to_a_call_in_another(tmp_path):
+    burst = speech_like(6.0, seed=7) * int(BURST_S / 6)
+    async with running_server(tmp_path) as srv:
+        room_a, room_b = await open_room(srv), await open_room(srv)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [
+            sys.executable, "-m", "tests.kit.realtime_call", srv.url, room_b,
+            srv.token(agent="caller#1"), srv.token(agent="callee#2"),
+        ]
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                partial(trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env)
+            )
+            call = RealtimeCall(process)
+            assert await call.line() == "ready"
+
+            async with connect(srv.url, room_a, srv.token(agent="ear#3")) as listener:
+                ear = Ear(listener)
+                session = await join_websocket(srv, room_a, "tts#4", encoding="pcm16", sample_rate=RATE)
+                ear.ssrc = session["media"]["ssrc"]
+                async with open_websocket_url(session["websocket_url"]) as ws, trio.open_nursery() as reader:
+                    channel = Channel(ws)
+                    reader.start_soon(channel.read)
+                    await channel.until(lambda: channel.of_type("welcome"))
+                    burst_start = time.monotonic()
+                    await send_pcm(ws, burst)
+                    # The server reads a message only once the one before is encoded:
+                    # when the pong is back, all 60 s are encoded and queued.
+                    await channel.ping("burst-accepted")
+                    burst_end = time.monotonic()
+                    playout = srv.state.media.relay.peer(session["session_id"]).playout
+                    assert playout.queued_ms == BURST_S * 1000
+                    assert not [e for _, e in channel.of_type("error")]
+                    await ear.until(lambda: len(ear.packets) >= 25)  # room A is heard too
+                    result = await call.stop()
+                    reader.cancel_scope.cancel()
+
+    sent, arrived = result["sent"], result["arrived"]
+    order = sorted((t, seq) for seq, t in sent.items() if t <= burst_end)
+    assert order[0][0] < burst_start and order[-1][0] > burst_end - 0.1, "the call did not cover the burst"
+    missing = [seq for _, seq in order if seq not in arrived]
+    assert not missing, f"{len(missing)} packets of the call were lost"
+    delays = [arrived[seq] - t for t, seq in order]
+    spread = max(delays) - min(delays)
+    worst_gap = max(
+        (arrived[b] - arrived[a]) - (tb - ta) for (ta, a), (tb, b) in zip(order, order[1:])
+    )
+    worst = sorted(zip(delays, (t - burst_start for t, _ in order)), reverse=True)[:5]
+    print("worst (relay-added delay s, sent s after the burst started):", [(round(d, 4), round(t, 3)) for d, t in worst])
+    print(
+        f"burst of {BURST_S:g} s accepted in {burst_end - burst_start:.2f} s; call packets {len(order)}; "
+        f"relay-added delay min {min(delays) * 1000:.2f} ms max {max(delays) * 1000:.2f} ms "
+        f"(spread {spread * 1000:.2f} ms); worst gap beyond the sender's {worst_gap * 1000:.2f} ms"
+    )
+    assert spread <= ADDED_DELAY_SPREAD
+    assert worst_gap <= ADDED_DELAY_SPREAD
