@@ -59,7 +59,35 @@ CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
 MAX_REFUSED_IN_A_ROW = 200
 # pcm16 frames encoded per scheduler pass (relay/ws_audio.py keeps the backlog
 # bounded): one large message never holds the event loop for long (docs/security.md).
-ENCODE_BATCH = 5
+ENCODE_BATCH = 2
+# pcm16 a bot sends far ahead of real time (more than AHEAD_FREE_MS queued) is
+# encoded at most ENCODE_AHEAD_RATE frames a second for the whole process
+# (5 s of audio per second, about 10 % of a core): a text-to-speech burst
+# leaves the CPU idle between batches, so the relay is scheduled at once when
+# another call's packet arrives, even on a busy machine. Real-time senders are
+# never paced.
+AHEAD_FREE_MS = 1000
+ENCODE_AHEAD_RATE = 250.0
+ENCODE_AHEAD_BURST = 50.0
+
+
+class EncodePacer:
+    """A process-wide token bucket for encoding audio sent ahead (frames a second)."""
+
+    def __init__(self, rate: float = ENCODE_AHEAD_RATE, burst: float = ENCODE_AHEAD_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated: float | None = None
+
+    def delay(self, frames: int, now: float) -> float:
+        """Charge ``frames``; how long to wait before encoding more (0 when within budget)."""
+        if self.updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= frames
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
 HUMAN_CAPABILITIES = Capabilities(audio_in=True, audio_out=True, video=False, text_chat=True)
 
 _CLOSE_FOR_REASON = {
@@ -146,6 +174,8 @@ class Hub:
         self._all_closed.set()
         self.max_per_ip = max_per_ip
         self.max_lobby_per_room = max_lobby_per_room
+        # Encoding of bots' audio sent ahead, paced for the whole process.
+        self.encode_pacer = EncodePacer()
         # Sessions with no open WebSocket, and since when: after connect_grace
         # they are ended (a bot that joined and vanished, a dropped browser).
         self._unconnected: dict[str, float] = {}
@@ -490,10 +520,16 @@ class BotChannel(Channel):
 
     async def _encode_pcm(self) -> None:
         """Encode queued pcm16 ENCODE_BATCH frames per scheduler pass, before the
-        next message is read: a fast sender is slowed by TCP, not refused."""
+        next message is read: a fast sender is slowed by TCP, not refused. Audio
+        sent far ahead is paced by the process's ``EncodePacer``."""
         audio = self._media()
-        while audio.encode_pending(trio.current_time(), ENCODE_BATCH):
-            await trio.sleep(0)
+        playout = self.peer.playout if self.peer is not None else None
+        pacer = self.state.started_hub().encode_pacer
+        while frames := audio.encode_pending(trio.current_time(), ENCODE_BATCH):
+            wait = 0.0
+            if playout is not None and playout.ahead_ms() > AHEAD_FREE_MS:
+                wait = pacer.delay(frames, trio.current_time())
+            await trio.sleep(wait)
 
     def _playout_peer(self) -> MediaPeer:
         peer = self.media_peer
