@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from botcall.config import Config, IssuerConfig, RateLimit
 from botcall.errors import ConfigError, JwksError, StartupError
 from botcall.logs import install_redaction
 from botcall.metrics import Metrics
+from botcall.relay.addresses import announced_hosts, bot_media_host, check_announced, is_wildcard, local_addresses
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MarkReached
@@ -269,13 +270,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def attach_media(state: AppState, udp: UdpTransport) -> None:
+def media_hosts(config: Config) -> tuple[tuple[str, ...], str]:
+    """The media addresses to announce to browsers (best first) and the one bots get.
+
+    Returns:
+        ``(announced IP literals, host for join responses)``.
+
+    Raises:
+        StartupError: a configured address does not resolve, is neither this
+            machine's nor public, or there is nothing to announce.
+    """
+    configured = config.media_advertised_hosts
+    literals = [_ip_literal(host, "--media-advertised-host") for host in configured]
+    check_announced(list(zip(configured, literals)))
+    bind = config.media_host if is_wildcard(config.media_host) else _ip_literal(config.media_host, "--media-host")
+    local = local_addresses() if is_wildcard(bind) and not literals else []
+    announced = announced_hosts(bind, literals, local)
+    if not announced:
+        raise StartupError(f"no address of this machine to announce for media on {bind}; give one with --media-advertised-host")
+    if configured:
+        # Bots may be told a name (a dynamic DNS name for a NAT); browsers need the literal.
+        return announced, configured[0]
+    return announced, bot_media_host(announced, http_is_loopback=_is_loopback(config.http_host))
+
+
+def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | None = None) -> None:
     """Create the relay, the media service and the WebSocket hub on ``state``, and
     subscribe them to the registry.
 
     Args:
         state: the app state; ``media``, ``hub`` and ``media_port`` are set.
         udp: the bound media transport (its port is what joins advertise).
+        announced: the media addresses for browsers' SDP answers, best first
+            (``media_hosts``); default: ``state.media_host`` alone.
     """
     config = state.config
 
@@ -323,7 +350,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         relay,
         udp.transmit,
         certificate=DtlsCertificate.generate(),
-        host=_ip_literal(state.media_host),
+        hosts=tuple(announced) if announced else (_ip_literal(state.media_host, "--media-advertised-host"),),
         port=state.media_port,
         playout_max_ahead=config.playout_max_ahead_s,
         playout_max_marks=config.playout_max_marks,
@@ -341,10 +368,18 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
     state.metrics.attach_media(relay, udp)
 
 
-def _ip_literal(host: str) -> str:
-    """SDP candidates need an address, not a name: resolve once at start-up."""
+def _ip_literal(host: str, flag: str) -> str:
+    """SDP candidates need an address, not a name: resolve once at start-up.
+
+    Raises:
+        StartupError: the name does not resolve (the message names it and ``flag``).
+    """
+    try:
+        info = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise StartupError(f"media address {host!r} does not resolve ({exc}); change {flag}") from None
     # An IP socket address starts with the host string (typeshed also allows int for other families).
-    return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+    return str(info[0][4][0])
 
 
 # --- supervision -----------------------------------------------------------------------------
@@ -464,8 +499,13 @@ async def run_server(
             raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)")) from None
         cached = state.verifier.replay_cache.journal
         journal = cached if isinstance(cached, ReplayJournal) else None
+        try:
+            announced, state.media_host = media_hosts(config)
+        except StartupError:
+            udp_sock.close()
+            raise
         udp = UdpTransport(udp_sock)
-        attach_media(state, udp)
+        attach_media(state, udp, announced)
         app = create_app(state)
         budget = ConnectionBudget(
             max_total=connection_ceiling(config.max_connections, open_files, config.fd_reserve),
@@ -515,11 +555,12 @@ async def run_server(
             await nursery.start(supervise, "housekeeping", housekeeping_part, parts)
             await nursery.start(supervise, "jwks", jwks_part, parts)
             log.info(
-                "listening on %s (public URL %s); media advertised at udp %s:%d",
+                "listening on %s (public URL %s); media advertised at udp %s:%d (browsers: %s)",
                 http_url,
                 base_url,
                 state.media_host,
                 state.media_port,
+                ", ".join(state.started_media().hosts),
             )
             task_status.started(ServerInfo(http_url=http_url, http_port=bound_port, base_url=base_url, state=state, parts=parts))
             if shutdown is None:
@@ -562,9 +603,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--host", default=default("http_host"), help="HTTP bind address (default %(default)s)")
     parser.add_argument("--port", type=int, default=default("http_port"), help="HTTP port, 0 = any free (default %(default)s)")
-    parser.add_argument("--media-host", default=default("media_host"), help="UDP media bind address (default %(default)s)")
+    parser.add_argument("--media-host", default=default("media_host"),
+                        help="UDP media bind address (default %(default)s: every interface, each local address announced to browsers)")
     parser.add_argument("--media-port", type=int, default=default("media_port"), help="UDP media port (default %(default)s)")
-    parser.add_argument("--media-advertised-host", default=None, help="host bots are told to send media to (default: --media-host)")
+    parser.add_argument("--media-advertised-host", default=None, metavar="HOST[,HOST...]",
+                        help="announce only these media addresses to browsers and bots, e.g. a NAT's public one "
+                        "(default: --media-host, or every local address when that is a wildcard)")
     parser.add_argument("--public-url", default=None, help="base of invite and WebSocket URLs (default: http://HOST:PORT)")
     parser.add_argument("--issuer", action="append", default=[], metavar="ISS", help="a trusted issuer (exact iss); pair each with --jwks")
     parser.add_argument("--jwks", action="append", default=[], metavar="URL_OR_FILE", help="the JWKS of the matching --issuer")

@@ -55,7 +55,7 @@ def answer_to(offer, **overrides) -> str:
         ice_ufrag=OUR_UFRAG,
         ice_pwd=OUR_PWD,
         fingerprint=OUR_FINGERPRINT,
-        host=HOST,
+        hosts=(HOST,),
         port=PORT,
         ssrc=SSRC,
         cname=CNAME,
@@ -312,7 +312,21 @@ def test_accepted_extmaps_are_echoed_with_the_offer_id():
 
 def test_ipv6_host():
     offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
-    check_answer(answer_to(offer, host="2001:db8::10"), offer, host="2001:db8::10")
+    check_answer(answer_to(offer, hosts=("2001:db8::10",)), offer, host="2001:db8::10")
+
+
+def test_one_host_candidate_per_address_in_order_of_priority():
+    offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
+    audio = raw_sections(answer_to(offer, hosts=("192.0.2.2", "fd00::2", "127.0.0.1")))[1]
+    assert audio[1] == "c=IN IP4 192.0.2.2"
+    candidates = [line for line in audio if line.startswith("a=candidate")]
+    # RFC 8445 §5.1.1.3 / §5.1.2.1: a foundation per address, local preference 65535 down.
+    assert candidates == [
+        f"a=candidate:1 1 udp 2130706431 192.0.2.2 {PORT} typ host",
+        f"a=candidate:2 1 udp 2130706175 fd00::2 {PORT} typ host",
+        f"a=candidate:3 1 udp 2130705919 127.0.0.1 {PORT} typ host",
+    ]
+    assert audio[audio.index(candidates[-1]) + 1] == "a=end-of-candidates"
 
 
 def test_fingerprint_argument_forms_agree():
@@ -324,7 +338,7 @@ def test_fingerprint_argument_forms_agree():
 
 def test_random_session_id_when_omitted():
     offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
-    arguments = dict(ice_ufrag=OUR_UFRAG, ice_pwd=OUR_PWD, fingerprint=OUR_FINGERPRINT, host=HOST, port=PORT, ssrc=1, cname="c")
+    arguments = dict(ice_ufrag=OUR_UFRAG, ice_pwd=OUR_PWD, fingerprint=OUR_FINGERPRINT, hosts=(HOST,), port=PORT, ssrc=1, cname="c")
     first = build_answer(offer, **arguments).split("\r\n")[1]
     second = build_answer(offer, **arguments).split("\r\n")[1]
     assert re.fullmatch(r"o=- \d+ 2 IN IP4 127\.0\.0\.1", first) and first != second
@@ -340,7 +354,10 @@ def test_offer_without_bundle_gets_no_group():
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(host="relay.example.com"),
+        dict(hosts=("relay.example.com",)),
+        dict(hosts=()),
+        dict(hosts=("127.0.0.1", "127.0.0.1")),
+        dict(hosts=("127.0.0.1",) * 40),
         dict(cname="evil\r\na=setup:active"),
         dict(cname="two words"),
         dict(ice_ufrag="ab"),
