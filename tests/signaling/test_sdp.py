@@ -1,7 +1,8 @@
 """Browser offers in, ICE-lite answers out.
 
-The Chrome offers in data/ were captured from Chromium 156; the Firefox ones are
-hand-written after Firefox 128's shape (see data/README.md). The last test hands
+The Chrome offers in data/ were captured from Chromium 156, one Firefox offer
+from Firefox ESR 153; the Firefox 128 ones are hand-written after Firefox's
+shape (see data/README.md). The last test hands
 our answers to a real Chromium and checks it accepts them and completes ICE
 against our responder.
 """
@@ -265,6 +266,33 @@ def test_firefox_offer_uses_pt_109_and_session_level_fingerprint(name, kinds):
     audio = check_answer(answer_to(offer), offer)
     # We echo Firefox's payload type, not Chrome's 111.
     assert not any("111" in line for line in audio)
+
+
+def test_captured_firefox153_offer_is_answered_as_firefox_accepted_it():
+    # The PWA's own offer, captured from Firefox ESR 153 (data/README.md): Opus
+    # 109 first, fingerprint at session level, setup in the m-section, no
+    # candidates (trickle), extmaps 1/2/3/7 with extmap-allow-mixed.
+    text = load("firefox153_pwa.sdp")
+    assert "a=candidate" not in text and "a=extmap-allow-mixed" in text
+    offer = parse_offer_untrusted(text)
+    assert offer.opus_payload_type == 109 and offer.media[0].formats == ("109", "9", "0", "8", "101")
+    assert offer.opus_fmtp_params() == {"maxplaybackrate": "48000", "stereo": "1", "useinbandfec": "1"}
+    assert str(offer.fingerprint).startswith("sha-256 D3:8A:5D:B7")
+    assert offer.setup is SetupRole.ACTPASS and offer.ice_options == ("trickle",)
+    assert (offer.ice_ufrag, offer.ice_pwd) == ("07dce1cb", "ddfea830b72276f7fc32045733f90946")
+    assert [extmap.id for extmap in offer.extmaps] == [1, 2, 3, 7]
+    assert offer.extmaps[1].direction is Direction.RECVONLY
+    assert offer.ssrcs == (3039721406,) and offer.bundle == ("0",) and offer.rtcp_mux
+    audio = check_answer(answer_to(offer, extmap_uris={AUDIO_LEVEL}), offer)
+    assert [line for line in audio if line.startswith("a=extmap")] == [f"a=extmap:1 {AUDIO_LEVEL}"]
+    assert not any(line.startswith("a=extmap-allow-mixed") for line in audio)
+    # With every local address announced (the default), Firefox pairs with the first.
+    hosts = ("192.0.2.2", "127.0.0.1")
+    audio = raw_sections(answer_to(offer, hosts=hosts))[1]
+    assert [line for line in audio if line.startswith("a=candidate")] == [
+        f"a=candidate:1 1 udp 2130706431 192.0.2.2 {PORT} typ host",
+        f"a=candidate:2 1 udp 2130706175 127.0.0.1 {PORT} typ host",
+    ]
 
 
 def test_firefox_full_answer_rejects_video_and_data_in_place():
