@@ -57,8 +57,14 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
                 # The bot's 440 Hz reaches the page's analyser on the remote track.
                 wait_for(client, "botcall.remoteLevel() > -50 && Math.abs(botcall.remoteFrequency() - 440) < 8")
                 remote = median_frequency(client)
-                # The page's own meter hears its fake microphone (the meters work in Firefox).
+                # The page's own meter hears its fake microphone, and both meter
+                # bars move (the meters work in Firefox).
                 local_level = wait_for(client, "botcall.localLevel() > -50 && botcall.localLevel()")
+                wait_for(
+                    client,
+                    "['meter-local', 'meter-remote'].every((id) =>"
+                    " parseFloat(document.getElementById(id).style.transform.replace('scaleX(', '')) > 0.1)",
+                )
                 # Firefox's fake microphone reaches the bot.
                 heard = trio.from_thread.run(frames_from, bot, participant, 40)
                 # Mute: the bot stops hearing the human (the relay drops it).

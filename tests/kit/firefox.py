@@ -15,6 +15,7 @@ interface, as mDNS names), which is what a person's Firefox does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -145,10 +146,9 @@ def firefox(prefs: dict[str, Any] | None = None) -> Iterator[Marionette]:
                 # The browser is killed below whatever happens here; nothing to clean up on failure.
                 client.cleanup_ran = True
                 client.session = None
-            try:
+            # Already gone (a crash) is fine: wait() below reaps it.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # already gone (a crash): wait() below reaps it
             process.wait()
 
 
