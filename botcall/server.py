@@ -251,13 +251,13 @@ def _bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_problem(what: str, host: str, port: int, exc: OSError, flag: str) -> str:
+def _bind_problem(what: str, host: str, port: int, exc: OSError, flag: str, host_flag: str = "--host") -> str:
     if exc.errno == errno.EADDRINUSE:
         return f"{what} port {port} on {host} is already in use; choose another with {flag}"
     if exc.errno == errno.EACCES:
         return f"{what} port {port} on {host} needs privileges this process lacks; choose another with {flag}"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{what} address {host} is not an address of this machine; change it ({flag})"
+        return f"{what} address {host} is not an address of this machine; change it ({host_flag})"
     return f"cannot bind the {what} socket to {host} port {port}: {exc.strerror or exc}; see {flag}"
 
 
@@ -496,7 +496,7 @@ async def run_server(
         try:
             udp_sock = open_udp_socket(config.media_host, config.media_port)
         except OSError as exc:
-            raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)")) from None
+            raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)", "--media-host")) from None
         cached = state.verifier.replay_cache.journal
         journal = cached if isinstance(cached, ReplayJournal) else None
         try:

@@ -199,6 +199,11 @@ async def test_an_announced_address_not_on_this_machine_is_refused_by_name(tmp_p
         await run_server(make_config(tmp_path, media_advertised_host=advertised))
 
 
+async def test_a_media_bind_address_not_on_this_machine_is_refused_by_name(tmp_path):
+    with pytest.raises(StartupError, match="198.51.100.77 is not an address of this machine.*--media-host"):
+        await run_server(make_config(tmp_path, media_host="198.51.100.77"))
+
+
 async def test_default_media_announces_every_local_address_loopback_last(tmp_path):
     async with trio.open_nursery() as nursery:
         info = await nursery.start(run_server, make_config(tmp_path))
