@@ -1,7 +1,9 @@
 """The one server configuration: a frozen ``Config`` with embedded defaults.
 
 ``botcall serve`` with no flags runs on these defaults: HTTP on 127.0.0.1:8080,
-media on UDP 127.0.0.1:40000, the local development issuer switched on and its
+media on UDP port 40000 of every interface (announced to browsers as one host
+candidate per local address, so any browser on this machine or the LAN can
+reach it; see ``relay/addresses.py``), the local development issuer switched on and its
 key kept in the data directory. Every table or queue an outsider can grow has
 its limit here.
 
@@ -90,10 +92,16 @@ class Config:
     # --- network ------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    media_host: str = "127.0.0.1"
+    # Media listens on every interface: nothing reaches a peer without ICE
+    # credentials from a join (latching, docs/protocol.md), and browsers other
+    # than Chromium only reach a non-loopback address (Firefox's default ICE
+    # pairs only the default-route interface). The HTTP API stays on loopback
+    # unless told otherwise: it is what hands out those credentials.
+    media_host: str = "0.0.0.0"
     media_port: int = 40000
-    # The host put in join responses for UDP media; defaults to media_host. On a
-    # server bound to 0.0.0.0 this must be the public address bots can reach.
+    # The addresses announced for media (comma-separated), instead of every
+    # local one: a NAT's public address, or one address of many. Each must be
+    # this machine's or a public one (checked at start).
     media_advertised_host: str | None = None
     # Base of invite_url and websocket_url. Default: http://<http_host>:<bound port>.
     public_url: str | None = None
@@ -208,6 +216,8 @@ class Config:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be 0-65535, not {port}")
+        if self.media_advertised_host is not None and not all(self.media_advertised_hosts):
+            raise ConfigError(f"media_advertised_host has an empty entry: {self.media_advertised_host!r}")
         if self.public_url is not None:
             parts = urlsplit(self.public_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -273,9 +283,21 @@ class Config:
         return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
 
     @property
+    def media_advertised_hosts(self) -> tuple[str, ...]:
+        """``media_advertised_host`` split at commas, as written (names or IP literals)."""
+        if self.media_advertised_host is None:
+            return ()
+        return tuple(host.strip() for host in self.media_advertised_host.split(","))
+
+    @property
     def advertised_media_host(self) -> str:
-        """The UDP host bots are told to send media to."""
-        return self.media_advertised_host or self.media_host
+        """The UDP host bots are told before start-up resolves the announced
+        addresses (``server.attach_media`` then sets the one joins carry)."""
+        if self.media_advertised_hosts:
+            return self.media_advertised_hosts[0]
+        if self.media_host in ("0.0.0.0", "::", ""):
+            return "127.0.0.1"
+        return self.media_host
 
     def base_url(self, bound_port: int | None = None) -> str:
         """The public base URL, without a trailing slash.

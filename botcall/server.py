@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from botcall.errors import ConfigError, JwksError, StartupError
 from botcall import settings
 from botcall.logs import human_formatter, install_redaction, json_formatter
 from botcall.metrics import Metrics
+from botcall.relay.addresses import announced_hosts, bot_media_host, check_announced, is_wildcard, local_addresses
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.relay.bot_playout import MarkReached
@@ -252,13 +253,13 @@ def _bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_problem(what: str, host: str, port: int, exc: OSError, flag: str) -> str:
+def _bind_problem(what: str, host: str, port: int, exc: OSError, flag: str, host_flag: str = "--host") -> str:
     if exc.errno == errno.EADDRINUSE:
         return f"{what} port {port} on {host} is already in use; choose another with {flag}"
     if exc.errno == errno.EACCES:
         return f"{what} port {port} on {host} needs privileges this process lacks; choose another with {flag}"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{what} address {host} is not an address of this machine; change it ({flag})"
+        return f"{what} address {host} is not an address of this machine; change it ({host_flag})"
     return f"cannot bind the {what} socket to {host} port {port}: {exc.strerror or exc}; see {flag}"
 
 
@@ -271,13 +272,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def attach_media(state: AppState, udp: UdpTransport) -> None:
+def media_hosts(config: Config) -> tuple[tuple[str, ...], str]:
+    """The media addresses to announce to browsers (best first) and the one bots get.
+
+    Returns:
+        ``(announced IP literals, host for join responses)``.
+
+    Raises:
+        StartupError: a configured address does not resolve, is neither this
+            machine's nor public, or there is nothing to announce.
+    """
+    configured = config.media_advertised_hosts
+    literals = [_ip_literal(host, "--media-advertised-host") for host in configured]
+    check_announced(list(zip(configured, literals)))
+    bind = config.media_host if is_wildcard(config.media_host) else _ip_literal(config.media_host, "--media-host")
+    local = local_addresses() if is_wildcard(bind) and not literals else []
+    announced = announced_hosts(bind, literals, local)
+    if not announced:
+        raise StartupError(f"no address of this machine to announce for media on {bind}; give one with --media-advertised-host")
+    if configured:
+        # Bots may be told a name (a dynamic DNS name for a NAT); browsers need the literal.
+        return announced, configured[0]
+    return announced, bot_media_host(announced, http_is_loopback=_is_loopback(config.http_host))
+
+
+def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | None = None) -> None:
     """Create the relay, the media service and the WebSocket hub on ``state``, and
     subscribe them to the registry.
 
     Args:
         state: the app state; ``media``, ``hub`` and ``media_port`` are set.
         udp: the bound media transport (its port is what joins advertise).
+        announced: the media addresses for browsers' SDP answers, best first
+            (``media_hosts``); default: ``state.media_host`` alone.
     """
     config = state.config
 
@@ -325,7 +352,7 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
         relay,
         udp.transmit,
         certificate=DtlsCertificate.generate(),
-        host=_ip_literal(state.media_host),
+        hosts=tuple(announced) if announced else (_ip_literal(state.media_host, "--media-advertised-host"),),
         port=state.media_port,
         playout_max_ahead=config.playout_max_ahead_s,
         playout_max_marks=config.playout_max_marks,
@@ -343,10 +370,18 @@ def attach_media(state: AppState, udp: UdpTransport) -> None:
     state.metrics.attach_media(relay, udp)
 
 
-def _ip_literal(host: str) -> str:
-    """SDP candidates need an address, not a name: resolve once at start-up."""
+def _ip_literal(host: str, flag: str) -> str:
+    """SDP candidates need an address, not a name: resolve once at start-up.
+
+    Raises:
+        StartupError: the name does not resolve (the message names it and ``flag``).
+    """
+    try:
+        info = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise StartupError(f"media address {host!r} does not resolve ({exc}); change {flag}") from None
     # An IP socket address starts with the host string (typeshed also allows int for other families).
-    return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+    return str(info[0][4][0])
 
 
 # --- supervision -----------------------------------------------------------------------------
@@ -463,11 +498,16 @@ async def run_server(
         try:
             udp_sock = open_udp_socket(config.media_host, config.media_port)
         except OSError as exc:
-            raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)")) from None
+            raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)", "--media-host")) from None
         cached = state.verifier.replay_cache.journal
         journal = cached if isinstance(cached, ReplayJournal) else None
+        try:
+            announced, state.media_host = media_hosts(config)
+        except StartupError:
+            udp_sock.close()
+            raise
         udp = UdpTransport(udp_sock)
-        attach_media(state, udp)
+        attach_media(state, udp, announced)
         app = create_app(state)
         budget = ConnectionBudget(
             max_total=connection_ceiling(config.max_connections, open_files, config.fd_reserve),
@@ -517,11 +557,12 @@ async def run_server(
             await nursery.start(supervise, "housekeeping", housekeeping_part, parts)
             await nursery.start(supervise, "jwks", jwks_part, parts)
             log.info(
-                "listening on %s (public URL %s); media advertised at udp %s:%d",
+                "listening on %s (public URL %s); media advertised at udp %s:%d (browsers: %s)",
                 http_url,
                 base_url,
                 state.media_host,
                 state.media_port,
+                ", ".join(state.started_media().hosts),
             )
             task_status.started(ServerInfo(http_url=http_url, http_port=bound_port, base_url=base_url, state=state, parts=parts))
             if shutdown is None:

@@ -406,9 +406,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"a TOML file of settings, under flags and the environment (default ${CONFIG_FILE_ENV})")
     parser.add_argument("--host", default=None, help=f"HTTP bind address {default('http_host')}")
     parser.add_argument("--port", type=int, default=None, help=f"HTTP port, 0 = any free {default('http_port')}")
-    parser.add_argument("--media-host", default=None, help=f"UDP media bind address {default('media_host')}")
+    parser.add_argument("--media-host", default=None,
+                        help=f"UDP media bind address {default('media_host')}; on a wildcard every local address is announced to browsers")
     parser.add_argument("--media-port", type=int, default=None, help=f"UDP media port {default('media_port')}")
-    parser.add_argument("--media-advertised-host", default=None, help="host bots are told to send media to (default: --media-host)")
+    parser.add_argument("--media-advertised-host", default=None, metavar="HOST[,HOST...]",
+                        help="announce only these media addresses to browsers and bots, e.g. a NAT's public one "
+                        "(default: --media-host, or every local address when that is a wildcard)")
     parser.add_argument("--public-url", default=None, help="base of invite and WebSocket URLs (default: http://HOST:PORT)")
     parser.add_argument("--issuer", action="append", default=[], metavar="ISS", help="a trusted issuer (exact iss); pair each with --jwks")
     parser.add_argument("--jwks", action="append", default=[], metavar="URL_OR_FILE", help="the JWKS of the matching --issuer")

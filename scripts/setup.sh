@@ -19,8 +19,9 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# System libraries. libopus for the codec everywhere; Chromium only for the
-# browser end-to-end tests; ffmpeg as an independent Opus/RTP peer in tests;
+# System libraries. libopus for the codec everywhere; Chromium and Firefox ESR
+# only for the browser end-to-end tests (Firefox is driven over Marionette by
+# the marionette-driver package of the dev extras; tests/kit/firefox.py); ffmpeg as an independent Opus/RTP peer in tests;
 # Node.js for the PWA's unit tests (node --test, no npm packages); espeak-ng
 # speaks the labelled corpus of the speech detection tests and benchmark.
 missing=()
@@ -28,6 +29,7 @@ ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "$purpose" = "test" ]; then
     [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
@@ -89,7 +89,9 @@ class MediaService:
         relay: the routing core.
         transmit: the UDP transport's send function (for bots' sinks).
         certificate: the relay's DTLS certificate (browsers), one per process.
-        host, port: the media address written into SDP answers (an IP literal).
+        hosts: the media addresses written into SDP answers as host candidates,
+            best first (IP literals; ``relay/addresses.py`` chooses them).
+        port: the media port.
         playout_max_ahead, playout_max_marks: each bot's playout bounds (``bot_playout.py``).
     """
 
@@ -99,7 +101,7 @@ class MediaService:
         transmit: Transmit,
         *,
         certificate: DtlsCertificate | None = None,
-        host: str = "127.0.0.1",
+        hosts: Sequence[str] = ("127.0.0.1",),
         port: int = 0,
         playout_max_ahead: float = MAX_AHEAD_S,
         playout_max_marks: int = MAX_MARKS,
@@ -109,7 +111,7 @@ class MediaService:
         self.playout_max_marks = playout_max_marks
         self.transmit = transmit
         self.certificate = certificate
-        self.host = host
+        self.hosts = tuple(hosts)
         self.port = port
         # What each browser's last answer settled (renegotiations build on it).
         self._negotiated: dict[str, _Negotiated] = {}
@@ -206,7 +208,7 @@ class MediaService:
             ice_ufrag=ice_ufrag,
             ice_pwd=ice_pwd,
             fingerprint=self.certificate.fingerprint,
-            host=self.host,
+            hosts=self.hosts,
             port=self.port,
             ssrc=ssrc,
             cname=f"botcall-{participant_id}",

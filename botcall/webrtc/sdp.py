@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -67,6 +67,9 @@ DEFAULT_OPUS_FMTP = "minptime=10;useinbandfec=1"
 # RFC 8445 §5.1.2.1 with type preference 126 (host), local preference 65535,
 # component 1: (126 << 24) | (65535 << 8) | (256 - 1).
 HOST_CANDIDATE_PRIORITY = 2130706431
+# One host candidate per local address: far more than a machine has, few enough
+# that a browser's pairing work stays small.
+MAX_HOST_CANDIDATES = 32
 
 # Digest sizes of the RFC 8122 §5 hash functions we accept (md2/md5 are not).
 _FINGERPRINT_PREFERENCE = ("sha-256", "sha-384", "sha-512", "sha-224", "sha-1")
@@ -633,7 +636,7 @@ def build_answer(
     ice_ufrag: str,
     ice_pwd: str,
     fingerprint: Fingerprint | str,
-    host: str,
+    hosts: Sequence[str],
     port: int,
     ssrc: int,
     cname: str,
@@ -646,10 +649,11 @@ def build_answer(
 ) -> str:
     """Build our ICE-lite, DTLS-passive answer to a parsed offer.
 
-    The audio section answers the offer's Opus payload type on our one host
-    candidate; every other m-section is rejected (port 0) in place, except an
-    offerer's BUNDLE tag that is another RTP section (``SdpOffer.bundle_tag``),
-    accepted ``inactive`` as the answer's tag. The answered
+    The audio section answers the offer's Opus payload type with one host
+    candidate per address in ``hosts``, in that order of priority; every other
+    m-section is rejected (port 0) in place, except an offerer's BUNDLE tag
+    that is another RTP section (``SdpOffer.bundle_tag``), accepted
+    ``inactive`` as the answer's tag. The answered
     direction is ``direction`` narrowed by the offer's (RFC 3264 §6.1): an offer
     that only sends gets ``recvonly``, and so on. SSRC and msid lines are written
     only when we send.
@@ -659,8 +663,9 @@ def build_answer(
         ice_ufrag, ice_pwd: our ICE credentials for this session.
         fingerprint: our DTLS certificate fingerprint (``Fingerprint``, or
             ``"sha-256 AB:..."``, or bare ``"AB:..."`` for SHA-256).
-        host, port: the relay's media address (an IP literal; candidates may not
-            name hosts).
+        hosts: the relay's media addresses, best first (IP literals; candidates
+            may not name hosts). The first also goes into ``c=`` and ``o=``.
+        port: the relay's media port (the same on every address).
         ssrc: the SSRC we send with.
         cname: our RTCP CNAME.
         direction: what we would like to do; narrowed by the offer.
@@ -688,7 +693,12 @@ def build_answer(
         raise ValueError("ice_pwd must be 22-256 ICE characters (RFC 8839 §5.4)")
     if isinstance(fingerprint, str):
         fingerprint = Fingerprint.parse_untrusted(fingerprint, bare_is_sha256=True)  # a ValueError when bad
-    address = ipaddress.ip_address(host)
+    if not 1 <= len(hosts) <= MAX_HOST_CANDIDATES:
+        raise ValueError(f"hosts must name 1-{MAX_HOST_CANDIDATES} addresses, got {len(hosts)}")
+    addresses = [ipaddress.ip_address(host) for host in hosts]
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"hosts repeat an address: {list(hosts)}")
+    address = addresses[0]
     address_type = "IP4" if address.version == 4 else "IP6"
     if not 1 <= port <= 0xFFFF:
         raise ValueError(f"port {port} out of range")
@@ -723,7 +733,7 @@ def build_answer(
         lines.append(f"a=group:BUNDLE {tag.mid} {offer.mid}" if tag is not None else f"a=group:BUNDLE {offer.mid}")
     transport = [
         f"c=IN {address_type} {address}",
-        f"a=candidate:1 1 udp {HOST_CANDIDATE_PRIORITY} {address} {port} typ host",
+        *(_host_candidate(index, candidate, port) for index, candidate in enumerate(addresses)),
         "a=end-of-candidates",
         f"a=ice-ufrag:{ice_ufrag}",
         f"a=ice-pwd:{ice_pwd}",
@@ -761,6 +771,13 @@ def build_answer(
                 f"a=ssrc:{ssrc} msid:{msid_stream} {msid_track}",
             ]
     return "\r\n".join(lines) + "\r\n"
+
+
+def _host_candidate(index: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    # RFC 8445 §5.1.1.3: candidates on different addresses have different
+    # foundations. §5.1.2.1: the local preference orders them (65535 first).
+    priority = HOST_CANDIDATE_PRIORITY - (index << 8)
+    return f"a=candidate:{index + 1} 1 udp {priority} {address} {port} typ host"
 
 
 def _rejected_section(media: MediaSection) -> list[str]:

@@ -57,7 +57,7 @@ class World:
         self.wire = Wire()
         self.relay = MediaRelay(self.wire.transmit, max_handshakes=calls + 1)
         certificate = DtlsCertificate.generate()
-        self.media = MediaService(self.relay, self.wire.transmit, certificate=certificate, host="127.0.0.1", port=40000)
+        self.media = MediaService(self.relay, self.wire.transmit, certificate=certificate, hosts=("127.0.0.1",), port=40000)
         browser_cert = DtlsCertificate.generate()
         self.flows: dict[str, list[Flow]] = {direction: [] for direction in DIRECTIONS}
         self.browser_srtp: dict[tuple[str, int], SrtpContext] = {}

@@ -580,7 +580,7 @@ def test_unverified_senders_never_get_more_than_they_sent(events, rng):
     success); so a browser's credentials get at most twice the bytes."""
     wire = Wire()
     relay = MediaRelay(wire)
-    media = MediaService(relay, wire, certificate=CERTIFICATE, host="127.0.0.1", port=40000)
+    media = MediaService(relay, wire, certificate=CERTIFICATE, hosts=("127.0.0.1",), port=40000)
     a, b = make_bot(relay, wire, "a", 1111), make_bot(relay, wire, "b", 2222)
     latch(relay, wire, a, A_ADDR)
     latch(relay, wire, b, B_ADDR)

@@ -70,7 +70,7 @@ async def test_public_url_shapes_invite_and_websocket_urls(tmp_path):
 
 
 async def test_udp_join_response(tmp_path):
-    async with running_server(tmp_path, media_port=41234, media_advertised_host="203.0.113.7") as srv:
+    async with running_server(tmp_path, media_port=41234, media_advertised_host="127.0.0.2") as srv:
         room = await create(srv, expires_in=7200)
         token = srv.token(ttl=1800)
         response = await srv.join(token, room["room_id"], media={"transport": "udp"})
@@ -84,7 +84,7 @@ async def test_udp_join_response(tmp_path):
         assert body["expires_at"] == rfc3339(T0 + 1800) and RFC3339.fullmatch(body["expires_at"])
         assert body["media"] == {
             "transport": "udp",
-            "host": "203.0.113.7",
+            "host": "127.0.0.2",
             "port": 41234,
             "ssrc": session.ssrc,
             "payload_type": 111,

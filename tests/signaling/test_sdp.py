@@ -1,7 +1,8 @@
 """Browser offers in, ICE-lite answers out.
 
-The Chrome offers in data/ were captured from Chromium 156; the Firefox ones are
-hand-written after Firefox 128's shape (see data/README.md). The last test hands
+The Chrome offers in data/ were captured from Chromium 156, one Firefox offer
+from Firefox ESR 153; the Firefox 128 ones are hand-written after Firefox's
+shape (see data/README.md). The last test hands
 our answers to a real Chromium and checks it accepts them and completes ICE
 against our responder.
 """
@@ -55,7 +56,7 @@ def answer_to(offer, **overrides) -> str:
         ice_ufrag=OUR_UFRAG,
         ice_pwd=OUR_PWD,
         fingerprint=OUR_FINGERPRINT,
-        host=HOST,
+        hosts=(HOST,),
         port=PORT,
         ssrc=SSRC,
         cname=CNAME,
@@ -269,6 +270,33 @@ def test_firefox_offer_uses_pt_109_and_session_level_fingerprint(name, kinds):
     assert not any("111" in line for line in audio)
 
 
+def test_captured_firefox153_offer_is_answered_as_firefox_accepted_it():
+    # The PWA's own offer, captured from Firefox ESR 153 (data/README.md): Opus
+    # 109 first, fingerprint at session level, setup in the m-section, no
+    # candidates (trickle), extmaps 1/2/3/7 with extmap-allow-mixed.
+    text = load("firefox153_pwa.sdp")
+    assert "a=candidate" not in text and "a=extmap-allow-mixed" in text
+    offer = parse_offer_untrusted(text)
+    assert offer.opus_payload_type == 109 and offer.media[0].formats == ("109", "9", "0", "8", "101")
+    assert offer.opus_fmtp_params() == {"maxplaybackrate": "48000", "stereo": "1", "useinbandfec": "1"}
+    assert str(offer.fingerprint).startswith("sha-256 D3:8A:5D:B7")
+    assert offer.setup is SetupRole.ACTPASS and offer.ice_options == ("trickle",)
+    assert (offer.ice_ufrag, offer.ice_pwd) == ("07dce1cb", "ddfea830b72276f7fc32045733f90946")
+    assert [extmap.id for extmap in offer.extmaps] == [1, 2, 3, 7]
+    assert offer.extmaps[1].direction is Direction.RECVONLY
+    assert offer.ssrcs == (3039721406,) and offer.bundle == ("0",) and offer.rtcp_mux
+    audio = check_answer(answer_to(offer, extmap_uris={AUDIO_LEVEL}), offer)
+    assert [line for line in audio if line.startswith("a=extmap")] == [f"a=extmap:1 {AUDIO_LEVEL}"]
+    assert not any(line.startswith("a=extmap-allow-mixed") for line in audio)
+    # With every local address announced (the default), Firefox pairs with the first.
+    hosts = ("192.0.2.2", "127.0.0.1")
+    audio = raw_sections(answer_to(offer, hosts=hosts))[1]
+    assert [line for line in audio if line.startswith("a=candidate")] == [
+        f"a=candidate:1 1 udp 2130706431 192.0.2.2 {PORT} typ host",
+        f"a=candidate:2 1 udp 2130706175 127.0.0.1 {PORT} typ host",
+    ]
+
+
 def test_firefox_full_answer_rejects_video_and_data_in_place():
     offer = parse_offer_untrusted(load("firefox128_audio_video_datachannel.sdp"))
     answer = answer_to(offer)
@@ -382,7 +410,21 @@ def test_accepted_extmaps_are_echoed_with_the_offer_id():
 
 def test_ipv6_host():
     offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
-    check_answer(answer_to(offer, host="2001:db8::10"), offer, host="2001:db8::10")
+    check_answer(answer_to(offer, hosts=("2001:db8::10",)), offer, host="2001:db8::10")
+
+
+def test_one_host_candidate_per_address_in_order_of_priority():
+    offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
+    audio = raw_sections(answer_to(offer, hosts=("192.0.2.2", "fd00::2", "127.0.0.1")))[1]
+    assert audio[1] == "c=IN IP4 192.0.2.2"
+    candidates = [line for line in audio if line.startswith("a=candidate")]
+    # RFC 8445 §5.1.1.3 / §5.1.2.1: a foundation per address, local preference 65535 down.
+    assert candidates == [
+        f"a=candidate:1 1 udp 2130706431 192.0.2.2 {PORT} typ host",
+        f"a=candidate:2 1 udp 2130706175 fd00::2 {PORT} typ host",
+        f"a=candidate:3 1 udp 2130705919 127.0.0.1 {PORT} typ host",
+    ]
+    assert audio[audio.index(candidates[-1]) + 1] == "a=end-of-candidates"
 
 
 def test_fingerprint_argument_forms_agree():
@@ -394,7 +436,7 @@ def test_fingerprint_argument_forms_agree():
 
 def test_random_session_id_when_omitted():
     offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
-    arguments = dict(ice_ufrag=OUR_UFRAG, ice_pwd=OUR_PWD, fingerprint=OUR_FINGERPRINT, host=HOST, port=PORT, ssrc=1, cname="c")
+    arguments = dict(ice_ufrag=OUR_UFRAG, ice_pwd=OUR_PWD, fingerprint=OUR_FINGERPRINT, hosts=(HOST,), port=PORT, ssrc=1, cname="c")
     first = build_answer(offer, **arguments).split("\r\n")[1]
     second = build_answer(offer, **arguments).split("\r\n")[1]
     assert re.fullmatch(r"o=- \d+ 2 IN IP4 127\.0\.0\.1", first) and first != second
@@ -410,7 +452,10 @@ def test_offer_without_bundle_gets_no_group():
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(host="relay.example.com"),
+        dict(hosts=("relay.example.com",)),
+        dict(hosts=()),
+        dict(hosts=("127.0.0.1", "127.0.0.1")),
+        dict(hosts=("127.0.0.1",) * 40),
         dict(cname="evil\r\na=setup:active"),
         dict(cname="two words"),
         dict(ice_ufrag="ab"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -12,6 +13,7 @@ import trio
 
 from botcall.config import Config, IssuerConfig, RateLimit, default_data_dir
 from botcall.errors import ConfigError, StartupError
+from botcall.relay.addresses import is_local_address
 from botcall.server import add_arguments, config_from_args, run_server
 from botcall.signaling.rooms import RoomClosed
 from tests.kit.server import FakeClock, make_config
@@ -67,7 +69,10 @@ def test_base_url():
     assert replace(config, http_host="::1").base_url(80) == "http://[::1]:80"
     assert replace(config, public_url="https://call.example/").base_url(80) == "https://call.example"
     assert replace(config, media_advertised_host="203.0.113.9").advertised_media_host == "203.0.113.9"
-    assert config.advertised_media_host == "127.0.0.1"
+    assert config.advertised_media_host == "127.0.0.1"  # media on every interface; bots on loopback
+    assert replace(config, media_advertised_host="203.0.113.9, 192.0.2.2").media_advertised_hosts == ("203.0.113.9", "192.0.2.2")
+    with pytest.raises(ConfigError, match="empty entry"):
+        replace(config, media_advertised_host="203.0.113.9,")
 
 
 def test_default_data_dir(monkeypatch):
@@ -178,6 +183,42 @@ async def test_a_busy_port_is_a_startup_error_that_names_the_flag(tmp_path):
             await run_server(make_config(tmp_path / "b", http_port=first.http_port))
         with pytest.raises(StartupError, match=f"port {first.state.media_port} .*--media-port"):
             await run_server(make_config(tmp_path / "c", media_port=first.state.media_port))
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("advertised", "named"),
+    [
+        ("198.51.100.77", "198.51.100.77"),  # a private (documentation) address on no interface
+        ("127.0.0.1,198.51.100.78", "198.51.100.78"),
+        ("no-such-host.invalid", "no-such-host.invalid"),
+    ],
+)
+async def test_an_announced_address_not_on_this_machine_is_refused_by_name(tmp_path, advertised, named):
+    with pytest.raises(StartupError, match=f"media address '?{re.escape(named)}'? .*--media-advertised-host"):
+        await run_server(make_config(tmp_path, media_advertised_host=advertised))
+
+
+async def test_a_media_bind_address_not_on_this_machine_is_refused_by_name(tmp_path):
+    with pytest.raises(StartupError, match="198.51.100.77 is not an address of this machine.*--media-host"):
+        await run_server(make_config(tmp_path, media_host="198.51.100.77"))
+
+
+async def test_default_media_announces_every_local_address_loopback_last(tmp_path):
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(run_server, make_config(tmp_path))
+        hosts = info.state.started_media().hosts
+        assert hosts[-1] == "127.0.0.1" and len(set(hosts)) == len(hosts)
+        assert all(is_local_address(host) for host in hosts)
+        # HTTP on loopback: bots are on this machine and get loopback.
+        assert info.state.media_host == "127.0.0.1"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_public_advertised_address_is_taken_as_a_nat_mapping(tmp_path):
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(run_server, make_config(tmp_path, media_advertised_host="1.2.3.4"))
+        assert info.state.started_media().hosts == ("1.2.3.4",) and info.state.media_host == "1.2.3.4"
         nursery.cancel_scope.cancel()
 
 

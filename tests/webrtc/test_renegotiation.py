@@ -37,7 +37,7 @@ class Call:
     def __init__(self) -> None:
         self.wire = Wire()
         self.relay = MediaRelay(self.wire)
-        self.media = MediaService(self.relay, self.wire, certificate=DtlsCertificate.generate(), host="127.0.0.1", port=40000)
+        self.media = MediaService(self.relay, self.wire, certificate=DtlsCertificate.generate(), hosts=("127.0.0.1",), port=40000)
         self.bot = session("bot", "bot", "udp", 1111)
         self.media.add_session(self.bot)
         latch(self.relay, self.wire, self.bot, BOT, 0.0)

@@ -40,7 +40,7 @@ def latch_bot(relay, wire, bot, addr, now=0.0):
 def call():
     wire = Wire()
     relay = MediaRelay(wire)
-    media = MediaService(relay, wire, certificate=DtlsCertificate.generate(), host="127.0.0.1", port=40000)
+    media = MediaService(relay, wire, certificate=DtlsCertificate.generate(), hosts=("127.0.0.1",), port=40000)
     bot = session("bot", "bot", "udp", 1111)
     media.add_session(bot)
     latch_bot(relay, wire, bot, BOT)
