@@ -29,7 +29,7 @@ from botcall.audio.wav import write_wav
 from botcall.client import connect
 from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer
-from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
+from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.server import running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -69,12 +69,7 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
                     await bot.say_pcm(tone(440, 5.0))
 
             def human(context: BrowserContext) -> dict:
-                page = context.new_page()
-                errors = PageErrors(page)
-                page.goto(f"{srv.url}{invite.path}#{invite.fragment}")
-                wait_state(page, "lobby")
-                page.get_by_role("button", name=re.compile("Join")).click()
-                wait_state(page, "connected")
+                page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
                 participant = hooks(page)["participantId"]
                 page.wait_for_function("() => botcall.remoteLevel() > -50 && Math.abs(botcall.remoteFrequency() - 440) < 8")
                 peer = trio.from_thread.run_sync(lambda: relay_peer(srv, created["room_id"], participant))

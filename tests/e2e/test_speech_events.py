@@ -22,7 +22,6 @@ turned on as many times as the bot got ``speech_started``.
 
 from __future__ import annotations
 
-import re
 import time
 from urllib.parse import urlsplit
 
@@ -33,7 +32,7 @@ from playwright.sync_api import BrowserContext
 
 from botcall.audio.wav import write_wav
 from botcall.client import connect
-from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
+from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.server import running_server
 from tests.kit.speech_corpus import speech_track
 
@@ -87,12 +86,7 @@ async def test_speech_events_follow_a_browser_humans_phrases(tmp_path):
                         heard_enough.set()
 
             def human(context: BrowserContext) -> dict:
-                page = context.new_page()
-                errors = PageErrors(page)
-                page.goto(f"{srv.url}{invite.path}#{invite.fragment}")
-                wait_state(page, "lobby")
-                page.get_by_role("button", name=re.compile("Join")).click()
-                wait_state(page, "connected")
+                page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
                 me = hooks(page)["participantId"]
                 # Count the page's own speaking light turning on (its list item's data-speaking).
                 page.evaluate(

@@ -42,7 +42,6 @@ The measures (:func:`measure`), per barge-in, all read off the page:
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from playwright.sync_api import BrowserContext
 from botcall.audio.opus import OpusEncoder
 from botcall.audio.wav import write_wav
 from botcall.client import connect
-from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
+from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.page_audio import PageRecording, block_dbfs, follow, onsets, start_recording, take_recording
 from tests.kit.server import LiveServer
 from tests.kit.speech_corpus import RATE, espeak
@@ -249,12 +248,7 @@ async def run_barge_ins(
         window = [0.0]
 
         def human(context: BrowserContext) -> tuple[list[PageRecording], list[str], float | None]:
-            page = context.new_page()
-            errors = PageErrors(page)
-            page.goto(f"{srv.url}{invite.path}#{invite.fragment}")
-            wait_state(page, "lobby")
-            page.get_by_role("button", name=re.compile("Join")).click()
-            wait_state(page, "connected")
+            page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
             start_recording(page)
             cpu_start = cpu_clock() if cpu_clock is not None else None
             window_start = time.monotonic()

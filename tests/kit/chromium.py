@@ -10,6 +10,8 @@ the server stopping) calls back with ``trio.from_thread``.
 
 from __future__ import annotations
 
+import re
+
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -94,6 +96,18 @@ def run_browser(
 async def in_browser(action: Callable[[BrowserContext], T], **kwargs: Any) -> T:
     """Run :func:`run_browser` in a worker thread, the Trio loop serving meanwhile."""
     return await trio.to_thread.run_sync(partial(run_browser, action, **kwargs))
+
+
+def join_call(context: BrowserContext, url: str) -> tuple[Page, "PageErrors"]:
+    """Open the invite ``url`` in a new page, click Join and wait until the call is
+    connected; returns the page and its error collector."""
+    page = context.new_page()
+    errors = PageErrors(page)
+    page.goto(url)
+    wait_state(page, "lobby")
+    page.get_by_role("button", name=re.compile("Join")).click()
+    wait_state(page, "connected")
+    return page, errors
 
 
 def wait_state(page: Page, *states: str) -> str:
