@@ -68,6 +68,8 @@ CATALOGUE: Mapping[str, Counted] = {
     "latched": Counted(_E, "Peers whose address was latched (first verified address)."),
     "rebound": Counted(_E, "Latched peers that moved to a new verified address."),
     "address_taken_over": Counted(_E, "Addresses handed from one peer to another after verification."),
+    "renegotiated": Counted(_E, "Browser offers answered on a live peer connection (DTLS and SRTP kept)."),
+    "ice_restart": Counted(_E, "Browser ICE restarts: the session got new ICE credentials."),
     "consent_expired": Counted(_E, "Sessions that forgot their address: consent expired (RFC 7675)."),
     "stun_binding_success": Counted(_E, "Authenticated Binding requests answered."),
     "stun_binding_indication": Counted(_E, "Binding indications (keepalives): nothing to answer."),
