@@ -23,8 +23,8 @@ Linux, no ctypes): the transport then reads with ``recvfrom`` and sends with
 ``sendto``, as it did before.
 
 Addresses are exactly what ``socket.recvfrom`` gives: ``(host, port)`` on an
-IPv4 socket, ``(host, port, flowinfo, scope_id)`` on an IPv6 one (host with a
-``%scope`` suffix for a scoped address, as ``getnameinfo`` writes it).
+IPv4 socket, ``(host, port, flowinfo, scope_id)`` on an IPv6 one (the scope in
+the fourth item only, as CPython's ``recvfrom`` gives it).
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ _HEADER = struct.Struct("<QI4xQQ")
 _NAME_SIZE = 32
 # The family is in host order (_FAMILY); the rest in network order.
 _SOCKADDR_IN = struct.Struct("!2xH4s8x")
-_SOCKADDR_IN6 = struct.Struct("!2xHI16sI")
+# sin6_port and sin6_flowinfo are in network order, sin6_scope_id in host order.
+_SOCKADDR_IN6 = struct.Struct("!2xHI16s4x")
+_SCOPE_ID = struct.Struct("=24xI")
 _FAMILY = struct.Struct("=H")
 
 
@@ -119,13 +121,9 @@ def _decode_address(raw: bytes) -> Address:
         port, packed = _SOCKADDR_IN.unpack_from(raw)
         return (socket.inet_ntop(socket.AF_INET, packed), port)
     if family == socket.AF_INET6:
-        port, flowinfo, packed, scope_id = _SOCKADDR_IN6.unpack_from(raw)
+        port, flowinfo, packed = _SOCKADDR_IN6.unpack_from(raw)
+        scope_id = _SCOPE_ID.unpack_from(raw)[0]
         host = socket.inet_ntop(socket.AF_INET6, packed)
-        if scope_id:
-            try:
-                host = f"{host}%{socket.if_indextoname(scope_id)}"
-            except OSError:
-                host = f"{host}%{scope_id}"
         # socket.recvfrom gives a 4-tuple on an IPv6 socket; the relay keys
         # peers by what the socket module gives, so this must match it.
         address: Address = (host, port, flowinfo, scope_id)  # type: ignore[assignment]
@@ -151,7 +149,7 @@ def _encode_address(family: int, addr: Address) -> bytes:
     if ":" not in host:
         host = "::ffff:" + host  # an IPv4 peer of a dual-stack socket
     packed = socket.inet_pton(socket.AF_INET6, host)
-    return _FAMILY.pack(socket.AF_INET6) + _SOCKADDR_IN6.pack(port, flowinfo, packed, scope_id)
+    return _FAMILY.pack(socket.AF_INET6) + _SOCKADDR_IN6.pack(port, flowinfo, packed)[2:24] + _SCOPE_ID.pack(scope_id)[24:]
 
 
 class BatchedUdp:

@@ -179,7 +179,10 @@ class UdpTransport:
             return
         self._pending_data, self._pending_addr = [], []
         batch = self.batch
-        assert batch is not None
+        if batch is None:
+            for data, addr in zip(datagrams, destinations):
+                self._send_one(data, addr)
+            return
         backlog = self._backlog
         encoded = batch.destinations
         start = 0
