@@ -35,7 +35,7 @@ import errno
 import socket
 import struct
 import sys
-from typing import Any, Iterator
+from typing import Any, Container, Iterator
 
 from botcall.relay.core import MAX_DATAGRAM, Address
 
@@ -277,40 +277,68 @@ class BatchedUdp:
             entry = self.destinations[addr] = (buffer, ctypes.addressof(buffer), len(raw))
         return entry
 
-    def send(self, datagrams: list[bytes], destinations: list[Address], start: int, end: int) -> int:
-        """Send ``datagrams[start:end]`` (at most ``SEND_BATCH``) in one ``sendmmsg``.
+    def pack(self, datagrams: list[bytes], destinations: list[Address], start: int, end: int, backlog: Container[Address]) -> int:
+        """Lay ``datagrams[start:end]`` (at most ``SEND_BATCH``) out for :meth:`send_packed`.
 
-        Every datagram must be a ``bytes`` object and every destination must
-        have passed :meth:`destination`.
+        Stops early at a datagram whose destination is in ``backlog`` (it must
+        queue behind it) or has no cached sockaddr yet (see :meth:`destination`).
+        Every datagram must be a ``bytes`` object, kept alive until sent.
 
         Returns:
-            How many were sent, from ``start`` on (at least 1).
-
-        Raises:
-            BlockingIOError: the socket's send buffer is full (none was sent).
-            OSError: the datagram at ``start`` was refused (none was sent).
+            The index of the first datagram not laid out.
         """
         end = min(end, start + SEND_BATCH)
         headers, iov = self._send_headers, self._send_iov
         pack_name, pack_iov = _SEND_NAME.pack_into, _IOVEC.pack_into
-        cached = self.destinations
+        cached = self.destinations.get
         offset = self._bytes_offset
         header_at = 0
         iov_at = 0
-        for index in range(start, end):
+        index = start
+        while index < end:
+            addr = destinations[index]
+            if backlog and addr in backlog:
+                break
+            entry = cached(addr)
+            if entry is None:
+                break
             data = datagrams[index]
-            _, name_at, namelen = cached[destinations[index]]
-            pack_name(headers, header_at, name_at, namelen)
+            pack_name(headers, header_at, entry[1], entry[2])
             if offset is not None:
                 pack_iov(iov, iov_at, id(data) + offset, len(data))
             else:  # pragma: no cover - not CPython
                 pack_iov(iov, iov_at, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0, len(data))
             header_at += _MMSGHDR_SIZE
             iov_at += _IOVEC.size
-        sent: int = self._sendmmsg(self._fd, self._send_headers_at, end - start, MSG_DONTWAIT)
+            index += 1
+        return index
+
+    def send_packed(self, first: int, count: int) -> int:
+        """Send ``count`` datagrams laid out by :meth:`pack`, from its ``first`` slot on.
+
+        Returns:
+            How many were sent (at least 1).
+
+        Raises:
+            BlockingIOError: the socket's send buffer is full (none was sent).
+            OSError: the datagram in slot ``first`` was refused (none was sent).
+        """
+        sent: int = self._sendmmsg(self._fd, self._send_headers_at + first * _MMSGHDR_SIZE, count, MSG_DONTWAIT)
         if sent < 0:
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                 raise BlockingIOError(code, "sendmmsg would block")
             raise OSError(code, f"sendmmsg: {errno.errorcode.get(code, code)}")
         return sent
+
+    def send(self, datagrams: list[bytes], destinations: list[Address], start: int, end: int) -> int:
+        """:meth:`pack` then :meth:`send_packed` (no backlog): one ``sendmmsg``.
+
+        Returns:
+            How many were sent, from ``start`` on (at least 1).
+
+        Raises:
+            BlockingIOError, OSError: as :meth:`send_packed`.
+        """
+        packed = self.pack(datagrams, destinations, start, end, ())
+        return self.send_packed(0, packed - start)

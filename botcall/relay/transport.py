@@ -37,7 +37,7 @@ from typing import Callable
 import trio
 
 from botcall.relay.core import MAX_DATAGRAM, Address, MediaRelay
-from botcall.relay.mmsg import ADDRESS_CACHE_SIZE, RECV_BATCH, SEND_BATCH, BatchedUdp
+from botcall.relay.mmsg import SEND_BATCH, BatchedUdp
 
 # One byte more than the largest datagram the relay takes: recvfrom cuts a
 # longer one to this size, and the extra byte tells it was cut.
@@ -184,36 +184,28 @@ class UdpTransport:
                 self._send_one(data, addr)
             return
         backlog = self._backlog
-        encoded = batch.destinations
+        pack, send_packed = batch.pack, batch.send_packed
         start = 0
         while start < total:
-            # The run of datagrams from `start` that can go in one call: no
-            # backlog for their destination (it would overtake it), and a
-            # destination that encodes as a sockaddr.
-            end = start
-            limit = min(total, start + SEND_BATCH)
-            while end < limit:
-                addr = destinations[end]
-                if backlog and addr in backlog:
-                    break
-                if addr not in encoded:
-                    if end > start and len(encoded) >= ADDRESS_CACHE_SIZE:
-                        # Encoding it would empty the cache under the run's
-                        # sockaddrs: send the run first.
-                        break
+            # The run from `start` that can go in one call: no backlog for
+            # its destinations (they would overtake it), sockaddrs cached.
+            end = pack(datagrams, destinations, start, total, backlog)
+            if end == start:
+                addr = destinations[start]
+                if not (backlog and addr in backlog):
                     try:
                         batch.destination(addr)
+                        continue  # encoded now: lay the run out again
                     except _BAD_DESTINATION:
-                        break
-                end += 1
-            if end == start:
-                # Backlogged, or an address only sendto can judge: one by one.
-                self._send_one(datagrams[start], destinations[start])
+                        pass
+                # Backlogged, or an address only sendto can judge: alone.
+                self._send_one(datagrams[start], addr)
                 start += 1
                 continue
+            slot = 0
             while start < end:
                 try:
-                    start += batch.send(datagrams, destinations, start, end)
+                    sent = send_packed(slot, end - start)
                 except BlockingIOError:
                     # The kernel buffer is full: the rest waits in the
                     # backlogs, each destination's datagrams in order.
@@ -224,7 +216,9 @@ class UdpTransport:
                     # sendmmsg fails only for its first datagram: count that
                     # one, as sendto would, and go on with the next.
                     self.counters[f"send_error_{_errno_name(exc)}"] += 1
-                    start += 1
+                    sent = 1
+                start += sent
+                slot += sent
 
     def _send_one(self, data: bytes, addr: Address) -> None:
         if addr in self._backlog:

@@ -265,20 +265,22 @@ def test_collected_sends_keep_order_and_count_refusals_as_sendto_does(batched):
 def test_a_full_send_buffer_moves_the_rest_to_the_backlog_in_order():
     transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=True)
     receivers = Receivers(2)
-    real_send = transport.batch.send
+    real_send = transport.batch.send_packed
     calls = []
 
-    def send_then_block(datagrams, destinations, start, end):
-        calls.append((start, end))
+    def send_then_block(first, count):
+        calls.append((first, count))
         if len(calls) == 1:
-            return real_send(datagrams, destinations, start, min(end, start + 5))
+            return real_send(first, min(count, 5))
         raise BlockingIOError(errno.EAGAIN, "full")
 
-    transport.batch.send = send_then_block
+    transport.batch.send_packed = send_then_block
     try:
         a, b = receivers.addrs
+        for addr in (a, b):
+            transport.batch.destination(addr)  # known peers: one run of 20
         collect(transport, [(b"%d" % index, (a, b)[index % 2]) for index in range(20)])
-        assert calls == [(0, 20), (5, 20)]
+        assert calls == [(0, 20), (5, 15)]
         assert {addr: len(queue) for addr, queue in transport._backlog.items()} == {a: 7, b: 8}
         # While a destination has a backlog, a new datagram queues behind it.
         collect(transport, [(b"20", a), (b"21", b)])
