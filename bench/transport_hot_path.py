@@ -14,7 +14,8 @@ reads, the same for both variants, so the difference between them is what
 the transport saves. Speech detection is off (``max_speech_decoders=0``):
 this measures forwarding. The variants alternate (A, B, A, B...) in one run.
 
-``--profile`` prints the top of a cProfile of one batched run instead.
+``--profile mmsg`` (or ``recvfrom``) prints the top of a cProfile of one run
+of that variant instead.
 """
 
 from __future__ import annotations
@@ -110,13 +111,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=250)
     parser.add_argument("--bursts", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", choices=("mmsg", "recvfrom"), help="print a cProfile of one run of this variant instead")
     args = parser.parse_args()
     print(machine_description())
     if args.profile:
         profiler = cProfile.Profile()
-        elapsed, received = trio.run(_run, args.pairs, args.bursts, True, profiler, clock=_clock())
-        print(f"batched: {received} forwarded, {elapsed / max(received, 1) * 1e6:.2f} µs CPU per packet (under cProfile)")
+        elapsed, received = trio.run(_run, args.pairs, args.bursts, args.profile == "mmsg", profiler, clock=_clock())
+        print(f"{args.profile}: {received} forwarded, {elapsed / max(received, 1) * 1e6:.2f} µs CPU per packet (under cProfile)")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
         return
     results: dict[str, list[float]] = {"recvfrom/sendto": [], "recvmmsg/sendmmsg": []}

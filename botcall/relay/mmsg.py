@@ -58,7 +58,7 @@ _IOVEC = struct.Struct("<QQ")
 # struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; } on LP64
 # Linux: msg_name(8) msg_namelen(4) pad(4) msg_iov(8) msg_iovlen(8)
 # msg_control(8) msg_controllen(8) msg_flags(4) pad(4) msg_len(4) pad(4).
-_MMSGHDR_SIZE = 64
+MMSGHDR_SIZE = 64
 # The fields the kernel fills on receive: msg_namelen, msg_flags, msg_len.
 _RECEIVED = struct.Struct("<8xI36xi4xI4x")
 # The fields set per datagram on send: msg_name, msg_namelen.
@@ -66,7 +66,7 @@ _SEND_NAME = struct.Struct("<QI")
 # msg_name, msg_namelen, msg_iov, msg_iovlen; control fields stay zero.
 _HEADER = struct.Struct("<QI4xQQ")
 # Big enough for sockaddr_in (16) and sockaddr_in6 (28).
-_NAME_SIZE = 32
+NAME_SIZE = 32
 # The family is in host order (_FAMILY); the rest in network order.
 _SOCKADDR_IN = struct.Struct("!2xH4s8x")
 # sin6_port and sin6_flowinfo are in network order, sin6_scope_id in host order.
@@ -166,34 +166,35 @@ class BatchedUdp:
         # --- receive side: RECV_BATCH slots of MAX_DATAGRAM bytes, their
         # source addresses, their iovecs and headers, all allocated once.
         self._data = ctypes.create_string_buffer(RECV_BATCH * MAX_DATAGRAM)
-        self._names = ctypes.create_string_buffer(RECV_BATCH * _NAME_SIZE)
+        self._names = ctypes.create_string_buffer(RECV_BATCH * NAME_SIZE)
         self._recv_iov = ctypes.create_string_buffer(RECV_BATCH * _IOVEC.size)
-        self._recv_headers = ctypes.create_string_buffer(RECV_BATCH * _MMSGHDR_SIZE)
+        self._recv_headers = ctypes.create_string_buffer(RECV_BATCH * MMSGHDR_SIZE)
         data_at, names_at = ctypes.addressof(self._data), ctypes.addressof(self._names)
         iov_at = ctypes.addressof(self._recv_iov)
         for slot in range(RECV_BATCH):
             _IOVEC.pack_into(self._recv_iov, slot * _IOVEC.size, data_at + slot * MAX_DATAGRAM, MAX_DATAGRAM)
             _HEADER.pack_into(
-                self._recv_headers, slot * _MMSGHDR_SIZE, names_at + slot * _NAME_SIZE, _NAME_SIZE, iov_at + slot * _IOVEC.size, 1
+                self._recv_headers, slot * MMSGHDR_SIZE, names_at + slot * NAME_SIZE, NAME_SIZE, iov_at + slot * _IOVEC.size, 1
             )
         # The kernel overwrites msg_namelen with each address's length:
         # restore every header in one copy before each call.
         self._recv_template = self._recv_headers.raw
         data_view = memoryview(self._data).cast("B")
-        self._slot_views = [data_view[slot * MAX_DATAGRAM : (slot + 1) * MAX_DATAGRAM] for slot in range(RECV_BATCH)]
-        self._headers_view = memoryview(self._recv_headers).cast("B")
-        self._names_view = memoryview(self._names).cast("B")
+        self.slot_views = [data_view[slot * MAX_DATAGRAM : (slot + 1) * MAX_DATAGRAM] for slot in range(RECV_BATCH)]
+        self.headers_view = memoryview(self._recv_headers).cast("B")
+        self.names_view = memoryview(self._names).cast("B")
         # A raw 32-byte name slot as the cache key: on one socket the kernel
         # always writes the same sockaddr size, and the slot's tail beyond it
         # is never written, so equal peers give equal keys.
-        self._name_slots = struct.Struct(f"{_NAME_SIZE}s")
-        self._addresses: dict[bytes, Address] = {}
+        self.iter_names = struct.Struct(f"{NAME_SIZE}s").iter_unpack
+        self.iter_headers = _RECEIVED.iter_unpack
+        self.addresses: dict[bytes, Address] = {}
         # --- send side: SEND_BATCH headers, each with its own iovec.
         self._send_iov = ctypes.create_string_buffer(SEND_BATCH * _IOVEC.size)
-        self._send_headers = ctypes.create_string_buffer(SEND_BATCH * _MMSGHDR_SIZE)
+        self._send_headers = ctypes.create_string_buffer(SEND_BATCH * MMSGHDR_SIZE)
         send_iov_at = ctypes.addressof(self._send_iov)
         for slot in range(SEND_BATCH):
-            _HEADER.pack_into(self._send_headers, slot * _MMSGHDR_SIZE, 0, 0, send_iov_at + slot * _IOVEC.size, 1)
+            _HEADER.pack_into(self._send_headers, slot * MMSGHDR_SIZE, 0, 0, send_iov_at + slot * _IOVEC.size, 1)
         self._recv_headers_at = ctypes.addressof(self._recv_headers)
         self._send_headers_at = ctypes.addressof(self._send_headers)
         # Raw sockaddr per destination: (the bytes, their address, their length).
@@ -221,7 +222,7 @@ class BatchedUdp:
             BlockingIOError: nothing is waiting.
             OSError: the call failed (a pending ICMP error, for instance).
         """
-        self._headers_view[:] = self._recv_template
+        self.headers_view[:] = self._recv_template
         count: int = self._recvmmsg(self._fd, self._recv_headers_at, RECV_BATCH, MSG_DONTWAIT, None)
         if count < 0:
             code = ctypes.get_errno()
@@ -237,26 +238,33 @@ class BatchedUdp:
         kernel, MSG_TRUNC); both are None for a source address of a family the
         relay does not serve (which a UDP socket of ours never reports).
         """
-        addresses = self._addresses
+        addresses = self.addresses
         for (namelen, flags, length), (raw,), view in zip(
-            _RECEIVED.iter_unpack(self._headers_view[: count * _MMSGHDR_SIZE]),
-            self._name_slots.iter_unpack(self._names_view[: count * _NAME_SIZE]),
-            self._slot_views,
+            self.iter_headers(self.headers_view[: count * MMSGHDR_SIZE]),
+            self.iter_names(self.names_view[: count * NAME_SIZE]),
+            self.slot_views,
         ):
             addr = addresses.get(raw)
             if addr is None:
-                try:
-                    addr = _decode_address(raw[:namelen])
-                except (ValueError, struct.error, OSError):
+                addr = self.learn_address(raw, namelen)
+                if addr is None:
                     yield None, None
                     continue
-                if len(addresses) >= ADDRESS_CACHE_SIZE:
-                    addresses.clear()
-                addresses[raw] = addr
             if flags & MSG_TRUNC:
                 yield None, addr
             else:
                 yield view[:length].tobytes(), addr
+
+    def learn_address(self, raw: bytes, namelen: int) -> Address | None:
+        """Decode a raw source address and cache it (bounded); None for a family we do not serve."""
+        try:
+            addr = _decode_address(raw[:namelen])
+        except (ValueError, struct.error, OSError):
+            return None
+        if len(self.addresses) >= ADDRESS_CACHE_SIZE:
+            self.addresses.clear()
+        self.addresses[raw] = addr
+        return addr
 
     # --- send --------------------------------------------------------------------
 
@@ -308,7 +316,7 @@ class BatchedUdp:
                 pack_iov(iov, iov_at, id(data) + offset, len(data))
             else:  # pragma: no cover - not CPython
                 pack_iov(iov, iov_at, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0, len(data))
-            header_at += _MMSGHDR_SIZE
+            header_at += MMSGHDR_SIZE
             iov_at += _IOVEC.size
             index += 1
         return index
@@ -323,7 +331,7 @@ class BatchedUdp:
             BlockingIOError: the socket's send buffer is full (none was sent).
             OSError: the datagram in slot ``first`` was refused (none was sent).
         """
-        sent: int = self._sendmmsg(self._fd, self._send_headers_at + first * _MMSGHDR_SIZE, count, MSG_DONTWAIT)
+        sent: int = self._sendmmsg(self._fd, self._send_headers_at + first * MMSGHDR_SIZE, count, MSG_DONTWAIT)
         if sent < 0:
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):

@@ -37,7 +37,7 @@ from typing import Callable
 import trio
 
 from botcall.relay.core import MAX_DATAGRAM, Address, MediaRelay
-from botcall.relay.mmsg import SEND_BATCH, BatchedUdp
+from botcall.relay.mmsg import MMSGHDR_SIZE, MSG_TRUNC, NAME_SIZE, SEND_BATCH, BatchedUdp
 
 # One byte more than the largest datagram the relay takes: recvfrom cuts a
 # longer one to this size, and the extra byte tells it was cut.
@@ -258,7 +258,10 @@ class UdpTransport:
         """The read loop with ``recvmmsg`` and collected sends (see the module docstring)."""
         sock = self.sock
         receive = batch.receive
-        received_from = batch.received
+        iter_headers, iter_names = batch.iter_headers, batch.iter_names
+        headers_view, names_view, slot_views = batch.headers_view, batch.names_view, batch.slot_views
+        header_size, name_size = MMSGHDR_SIZE, NAME_SIZE
+        addresses = batch.addresses
         flush = self._flush_pending
         wait_readable = trio.lowlevel.wait_readable
         current_time = trio.current_time
@@ -292,11 +295,22 @@ class UdpTransport:
                 received += count
                 self._collecting = True
                 try:
-                    for data, addr in received_from(count):
-                        if data is None:
-                            counters["oversized" if addr is not None else "recv_error_EAFNOSUPPORT"] += 1
+                    # BatchedUdp.received, inlined: one generator frame less per datagram.
+                    for (namelen, flags, length), (raw,), view in zip(
+                        iter_headers(headers_view[: count * header_size]),
+                        iter_names(names_view[: count * name_size]),
+                        slot_views,
+                    ):
+                        addr = addresses.get(raw)
+                        if addr is None:
+                            addr = batch.learn_address(raw, namelen)
+                            if addr is None:
+                                counters["recv_error_EAFNOSUPPORT"] += 1
+                                continue
+                        if flags & MSG_TRUNC:
+                            counters["oversized"] += 1
                             continue
-                        handle(data, addr, now)  # type: ignore[arg-type]
+                        handle(view[:length].tobytes(), addr, now)
                 finally:
                     self._collecting = False
                     flush()

@@ -196,7 +196,7 @@ def test_one_call_reads_at_most_a_batch_and_the_address_cache_is_bounded(monkeyp
         assert len(first) == RECV_BATCH and len(second) == 10
         assert [int.from_bytes(data, "big") for data, _ in first + second] == list(range(RECV_BATCH + 10))
         assert [addr for _, addr in first + second] == [senders[i % 5].getsockname() for i in range(RECV_BATCH + 10)]
-        assert len(batch._addresses) <= 3
+        assert len(batch.addresses) <= 3
     finally:
         receiver.close()
         for sender in senders:
