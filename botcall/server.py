@@ -466,7 +466,8 @@ async def run_server(
             raise StartupError(_bind_problem("media (UDP)", config.media_host, config.media_port, exc, "--media-port (make run MEDIA_PORT=...)")) from None
         cached = state.verifier.replay_cache.journal
         journal = cached if isinstance(cached, ReplayJournal) else None
-        udp = UdpTransport(udp_sock)
+        # None: batched where libc has the calls, recvfrom/sendto elsewhere.
+        udp = UdpTransport(udp_sock, batched=None if config.media_batched_syscalls else False)
         attach_media(state, udp)
         app = create_app(state)
         budget = ConnectionBudget(
