@@ -146,3 +146,14 @@ def test_judge_takes_the_majority_and_flags_the_generator():
     assert judge(10, [FakeCell(True, direct_loss=0.01)], bounds).generator_bound
     assert judge(10, [FakeCell(True, lag=500.0)], bounds).generator_bound
     assert not judge(10, [FakeCell(True)], bounds).generator_bound
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["mmsg", "recvfrom"])
+def test_transport_hot_path_forwards_every_packet(batched):
+    import trio
+
+    from bench.transport_hot_path import _clock, _run
+
+    elapsed, received = trio.run(_run, 5, 4, batched, None, clock=_clock())
+    assert received == 5 * 4
+    assert elapsed > 0
