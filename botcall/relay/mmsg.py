@@ -197,7 +197,6 @@ class BatchedUdp:
             _HEADER.pack_into(self._send_headers, slot * MMSGHDR_SIZE, 0, 0, send_iov_at + slot * _IOVEC.size, 1)
         self._recv_headers_at = ctypes.addressof(self._recv_headers)
         self._send_headers_at = ctypes.addressof(self._send_headers)
-        # Raw sockaddr per destination: (the bytes, their address, their length).
         #: Raw sockaddr per destination: (its buffer, its address, its length).
         self.destinations: dict[Address, tuple[object, int, int]] = {}
         self._bytes_offset = _Bytes.offset
