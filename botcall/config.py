@@ -125,6 +125,12 @@ class Config:
     # (about 0.2 ms of CPU per 20 ms frame each while speaking); beyond this,
     # packet sizes decide (relay/speech.py).
     speech_max_decoders: int = 8
+    # Read the media socket with recvmmsg and send with sendmmsg (ctypes, Linux)
+    # instead of one recvfrom/sendto per datagram. Off by default: on the
+    # benchmark machine it did not lower the relay's CPU per packet (500 bot
+    # legs: 15.4-16.2 against 13.8-15.6 µs; docs/bench-results.md §13).
+    # True where the C library lacks the calls falls back to recvfrom/sendto.
+    media_batched_syscalls: bool = False
 
     # --- attestations ---------------------------------------------------------------
     audience: str = "botcall"

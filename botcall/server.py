@@ -506,7 +506,8 @@ async def run_server(
         except StartupError:
             udp_sock.close()
             raise
-        udp = UdpTransport(udp_sock)
+        # None: batched where libc has the calls, recvfrom/sendto elsewhere.
+        udp = UdpTransport(udp_sock, batched=None if config.media_batched_syscalls else False)
         attach_media(state, udp, announced)
         app = create_app(state)
         budget = ConnectionBudget(

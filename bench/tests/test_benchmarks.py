@@ -12,6 +12,7 @@ import math
 import os
 
 import pytest
+import trio
 
 from bench.capacity import Bounds, Probe, judge, search
 from bench.harness.machine import BENCH_NICE
@@ -19,6 +20,7 @@ from bench.harness.server import RelayProcess
 from bench.memory import format_point, measure_variant
 from bench.relay_latency import format_cell, run_cells
 from bench.time_to_talk import PHASES, run_joins, summarize
+from bench.transport_hot_path import _clock, _run
 
 DURATION = 0.6
 WARMUP = 0.2
@@ -146,3 +148,10 @@ def test_judge_takes_the_majority_and_flags_the_generator():
     assert judge(10, [FakeCell(True, direct_loss=0.01)], bounds).generator_bound
     assert judge(10, [FakeCell(True, lag=500.0)], bounds).generator_bound
     assert not judge(10, [FakeCell(True)], bounds).generator_bound
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["mmsg", "recvfrom"])
+def test_transport_hot_path_forwards_every_packet(batched):
+    elapsed, received = trio.run(_run, 5, 4, batched, None, clock=_clock())
+    assert received == 5 * 4
+    assert elapsed > 0

@@ -11,6 +11,7 @@
 
 import socket
 
+import pytest
 import trio
 
 from botcall.wire.rtp import parse_rtp_untrusted
@@ -92,10 +93,12 @@ async def latch_over_udp(sock, peer, relay_addr):
     parse_binding_response_untrusted(success, peer.ice_pwd, request[8:20])
 
 
-async def forward(packets_per_pause, pauses, pause):
+async def forward(packets_per_pause, pauses, pause, batched):
     """Bot A sends ``pauses`` bursts of ``packets_per_pause`` packets through a
-    real transport to bot B; returns (what B got, the transport)."""
-    transport = UdpTransport(open_udp_socket("127.0.0.1", 0))
+    real transport to bot B; returns (what B got, the transport).
+
+    ``batched``: recvmmsg/sendmmsg, or recvfrom/sendto (the fallback)."""
+    transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=batched)
     # One sender stands for many here: lift the per-speaker rate limit.
     relay = MediaRelay(transport.transmit, max_packets_per_second=10**9)
     a, b = make_bot(relay, transport.transmit, "a", 7), make_bot(relay, transport.transmit, "b", 8)
@@ -129,14 +132,19 @@ async def forward(packets_per_pause, pauses, pause):
     return receiving, transport
 
 
-async def test_a_burst_is_coalesced_and_fully_forwarded(autojump_clock):
+BATCHED = pytest.mark.parametrize("batched", [True, False], ids=["mmsg", "recvfrom"])
+
+
+@BATCHED
+async def test_a_burst_is_coalesced_and_fully_forwarded(autojump_clock, batched):
     burst = int(COALESCE_MIN_RATE * RATE_WINDOW) + DRAIN_BATCH  # above the rate in one window
-    got, transport = await forward(burst, 3, RATE_WINDOW)
+    got, transport = await forward(burst, 3, RATE_WINDOW, batched)
     assert [parse_rtp_untrusted(data).sequence_number for data in got] == list(range(3 * burst))
     assert transport.coalesced >= 1
 
 
-async def test_a_trickle_is_forwarded_without_pauses(autojump_clock):
-    got, transport = await forward(1, 20, 0.02)  # 50 packets/s
+@BATCHED
+async def test_a_trickle_is_forwarded_without_pauses(autojump_clock, batched):
+    got, transport = await forward(1, 20, 0.02, batched)  # 50 packets/s
     assert [parse_rtp_untrusted(data).sequence_number for data in got] == list(range(20))
     assert transport.coalesced == 0
