@@ -101,6 +101,32 @@ def _errno_name(exc: OSError) -> str:
     return "None" if code is None else str(errno.errorcode.get(code, code))
 
 
+class _Coalescing:
+    """When the read loops pause to let packets gather (both loops share it).
+
+    Over each ``RATE_WINDOW`` the loop counts what it read; at
+    ``COALESCE_MIN_RATE`` packets a second or more, a batch that emptied the
+    socket is followed by a ``COALESCE_DELAY`` pause instead of a wakeup per
+    packet.
+    """
+
+    __slots__ = ("window_end", "window_packets", "busy")
+
+    def __init__(self) -> None:
+        self.window_end = 0.0
+        self.window_packets = 0
+        self.busy = False
+
+    def pause_after(self, received: int, emptied: bool, now: float) -> bool:
+        """Whether to pause after a batch of ``received`` datagrams read at ``now``."""
+        self.window_packets += received
+        if now >= self.window_end:
+            self.busy = self.window_packets >= COALESCE_MIN_RATE * RATE_WINDOW
+            self.window_end = now + RATE_WINDOW
+            self.window_packets = 0
+        return self.busy and emptied
+
+
 class UdpTransport:
     """Owns the socket: read loop, bounded send backlog, relay timers.
 
@@ -267,9 +293,7 @@ class UdpTransport:
         current_time = trio.current_time
         counters = self.counters
         sleep = trio.sleep
-        window_end = 0.0
-        window_packets = 0
-        coalesce = False
+        coalescing = _Coalescing()
         paused = False
         while True:
             if not paused:
@@ -314,12 +338,7 @@ class UdpTransport:
                 finally:
                     self._collecting = False
                     flush()
-            window_packets += received
-            if now >= window_end:
-                coalesce = window_packets >= COALESCE_MIN_RATE * RATE_WINDOW
-                window_end = now + RATE_WINDOW
-                window_packets = 0
-            if coalesce and emptied:
+            if coalescing.pause_after(received, emptied, now):
                 self.coalesced += 1
                 await sleep(COALESCE_DELAY)
                 paused = True
@@ -331,9 +350,7 @@ class UdpTransport:
         current_time = trio.current_time
         counters = self.counters
         sleep = trio.sleep
-        window_end = 0.0
-        window_packets = 0
-        coalesce = False
+        coalescing = _Coalescing()
         paused = False
         while True:
             # After a pause the socket almost always holds packets: read them
@@ -360,12 +377,7 @@ class UdpTransport:
                 handle(data, addr, now)
             else:
                 received = DRAIN_BATCH
-            window_packets += received
-            if now >= window_end:
-                coalesce = window_packets >= COALESCE_MIN_RATE * RATE_WINDOW
-                window_end = now + RATE_WINDOW
-                window_packets = 0
-            if coalesce and emptied:
+            if coalescing.pause_after(received, emptied, now):
                 # Busy, and the socket is empty: let the next packets gather
                 # instead of paying a wakeup for each one.
                 self.coalesced += 1
