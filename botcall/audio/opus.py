@@ -50,6 +50,12 @@ MAX_PACKET_DURATION = 0.120
 MAX_PAYLOAD_BYTES = 1275 * 3
 """Upper bound of one encoded 20 ms packet (1275 bytes per frame, RFC 6716 §3.2.1)."""
 
+def stream_ms(origin: int | None, timestamp: int) -> int:
+    """A packet's position in its speaker's stream: ms since the speaker's first
+    packet (whose RTP timestamp is ``origin``), on the 48 kHz Opus RTP clock."""
+    return 0 if origin is None else ((timestamp - origin) & 0xFFFFFFFF) // (SAMPLE_RATE // 1000)
+
+
 # Samples at 48 kHz of one frame, by the TOC byte's configuration number
 # (RFC 6716 §3.1, Table 2): SILK 10/20/40/60 ms, hybrid 10/20 ms, CELT 2.5/5/10/20 ms.
 _FRAME_SAMPLES_BY_CONFIG = tuple(

@@ -38,7 +38,7 @@ from botcall.client.http import BotCallHttpError, request_json
 from botcall.errors import BadPacket
 from botcall.queues import DropOldestQueue
 from botcall.audio.jitter import FrameKind
-from botcall.audio.opus import PAYLOAD_TYPE, PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE, OpusEncoder
+from botcall.audio.opus import PAYLOAD_TYPE, PCM16_CONCEALED_PAYLOAD_TYPE, PCM16_PAYLOAD_TYPE, OpusEncoder, stream_ms
 from botcall.audio.vad import BOT_AUDIO_LEVEL_ID, PreGatedDetector, WebRtcVadDetector, audio_level_dbov, build_audio_level
 from botcall.wire.rtp import RTP_HEADER, RtpHeaderExtension, RtpPacket, parse_rtp_untrusted
 from botcall.audio.playout import Playout
@@ -424,13 +424,9 @@ class Call:
                         frame.pcm,
                         self.sample_rate,
                         concealed=frame.kind is not FrameKind.AUDIO,
-                        stream_ms=self._stream_ms(frame.ssrc, frame.timestamp),
+                        stream_ms=stream_ms(self._origins.get(frame.ssrc), frame.timestamp),
                     )
                 )
-
-    def _stream_ms(self, ssrc: int, timestamp: int) -> int:
-        origin = self._origins.get(ssrc)
-        return 0 if origin is None else ((timestamp - origin) & 0xFFFFFFFF) // 48
 
     async def _run_udp(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.media["host"], self.media["port"]

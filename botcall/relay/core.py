@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, cast
 
-from botcall.audio.opus import packet_samples_untrusted
+from botcall.audio.opus import packet_samples_untrusted, stream_ms
 from botcall.errors import BadPacket
 from botcall.audio.vad import SpeechEvent, SpeechStarted
 from botcall.relay.bot_playout import BotPlayout, Cleared, MarkReached, Push
@@ -109,12 +109,6 @@ class StreamStarted:
 
 
 MediaEvent = MarkReached | PlayoutFull | StreamStarted | Interrupted | SpeechEvent
-
-
-def stream_ms(origin: int | None, timestamp: int) -> int:
-    """A packet's position in its speaker's stream: ms since the speaker's first
-    packet (``MediaPeer.stream_origin``), from the 48 kHz RTP clock."""
-    return 0 if origin is None else ((timestamp - origin) & 0xFFFFFFFF) // 48
 
 
 def rtcp_sender_ssrcs(packet: RtcpPacket) -> tuple[int, ...]:
@@ -607,9 +601,7 @@ class MediaRelay:
             offset = payload_offset_untrusted(data)
         except BadPacket:
             return
-        origin = peer.stream_origin
-        position = 0 if origin is None else ((_U32_AT(data, 4)[0] - origin) & 0xFFFFFFFF) // 48
-        event = speech.on_packet(data, offset, position)
+        event = speech.on_packet(data, offset, stream_ms(peer.stream_origin, _U32_AT(data, 4)[0]))
         peer.last_voice = now
         if event is not None:
             self._speech_event(peer, event)
@@ -708,10 +700,10 @@ class MediaRelay:
         return b"".join((data[:1], bytes((second,)), data[2:4], _SSRC_AT_4.pack(out), data[8:]))
 
     def _report_marks(self, peer: MediaPeer, playout: BotPlayout) -> None:
-        callback = self.on_event
-        for reached in playout.reached():
-            if callback is not None:
-                callback(peer, reached)
+        reached = playout.reached()
+        if reached and self.on_event is not None:
+            for mark in reached:
+                self.on_event(peer, mark)
 
     def _release_due(self, now: float) -> None:
         for peer in list(self._playing):

@@ -37,6 +37,7 @@ from typing import Protocol
 
 from botcall.audio.jitter import FrameKind
 from botcall.audio.opus import (
+    stream_ms,
     FRAME_SAMPLES,
     PAYLOAD_TYPE,
     PCM16_CONCEALED_PAYLOAD_TYPE,
@@ -46,7 +47,7 @@ from botcall.audio.opus import (
 )
 from botcall.audio.playout import Playout
 from botcall.errors import BadPacket, SignalingError
-from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay, stream_ms
+from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay
 from botcall.relay.mixer import MIX_PARTICIPANT_ID, Mixer, OpusMix
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
 
