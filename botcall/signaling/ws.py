@@ -61,33 +61,13 @@ MAX_REFUSED_IN_A_ROW = 200
 # bounded): one large message never holds the event loop for long (docs/security.md).
 ENCODE_BATCH = 2
 # pcm16 a bot sends far ahead of real time (more than AHEAD_FREE_MS queued) is
-# encoded at most ENCODE_AHEAD_RATE frames a second for the whole process
+# encoded at most ENCODE_AHEAD_LIMIT.rate frames a second for the whole process
 # (5 s of audio per second, about 10 % of a core): a text-to-speech burst
 # leaves the CPU idle between batches, so the relay is scheduled at once when
 # another call's packet arrives, even on a busy machine. Real-time senders are
 # never paced.
 AHEAD_FREE_MS = 1000
-ENCODE_AHEAD_RATE = 250.0
-ENCODE_AHEAD_BURST = 50.0
-
-
-class EncodePacer:
-    """A process-wide token bucket for encoding audio sent ahead (frames a second)."""
-
-    def __init__(self, rate: float = ENCODE_AHEAD_RATE, burst: float = ENCODE_AHEAD_BURST) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated: float | None = None
-
-    def delay(self, frames: int, now: float) -> float:
-        """Charge ``frames``; how long to wait before encoding more (0 when within budget)."""
-        if self.updated is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        self.tokens -= frames
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
+ENCODE_AHEAD_LIMIT = RateLimit(rate=250.0, burst=50)
 HUMAN_CAPABILITIES = Capabilities(audio_in=True, audio_out=True, video=False, text_chat=True)
 
 _CLOSE_FOR_REASON = {
@@ -174,8 +154,8 @@ class Hub:
         self._all_closed.set()
         self.max_per_ip = max_per_ip
         self.max_lobby_per_room = max_lobby_per_room
-        # Encoding of bots' audio sent ahead, paced for the whole process.
-        self.encode_pacer = EncodePacer()
+        # Encoding of bots' audio sent ahead, paced for the whole process (frames).
+        self.encode_bucket = TokenBucket(tokens=ENCODE_AHEAD_LIMIT.burst, updated_at=0.0)  # on the Trio clock
         # Sessions with no open WebSocket, and since when: after connect_grace
         # they are ended (a bot that joined and vanished, a dropped browser).
         self._unconnected: dict[str, float] = {}
@@ -521,15 +501,15 @@ class BotChannel(Channel):
     async def _encode_pcm(self) -> None:
         """Encode queued pcm16 ENCODE_BATCH frames per scheduler pass, before the
         next message is read: a fast sender is slowed by TCP, not refused. Audio
-        sent far ahead is paced by the process's ``EncodePacer``."""
+        sent far ahead is paced by the process's ``Hub.encode_bucket``."""
         audio = self._media()
         playout = self.peer.playout if self.peer is not None else None
-        pacer = self.state.started_hub().encode_pacer
+        bucket = self.state.started_hub().encode_bucket
         while frames := audio.encode_pending(trio.current_time(), ENCODE_BATCH):
-            wait = 0.0
             if playout is not None and playout.ahead_ms() > AHEAD_FREE_MS:
-                wait = pacer.delay(frames, trio.current_time())
-            await trio.sleep(wait)
+                while (wait := bucket.take(ENCODE_AHEAD_LIMIT, trio.current_time(), frames)) > 0:
+                    await trio.sleep(wait)
+            await trio.sleep(0)
 
     def _playout_peer(self) -> MediaPeer:
         peer = self.media_peer
