@@ -23,7 +23,8 @@ apt_install() {
 # only for the browser end-to-end tests (Firefox is driven over Marionette by
 # the marionette-driver package of the dev extras; tests/kit/firefox.py); ffmpeg as an independent Opus/RTP peer in tests;
 # Node.js for the PWA's unit tests (node --test, no npm packages); espeak-ng
-# speaks the labelled corpus of the speech detection tests and benchmark.
+# speaks the labelled corpus of the speech detection tests and benchmark;
+# coturn and redis-server are started by the test fixtures.
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
@@ -33,6 +34,10 @@ if [ "$purpose" = "test" ]; then
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+    # Real services the tests start themselves: coturn (TURN for browsers
+    # without UDP) and Redis (the clustered mode). Neither is left running.
+    command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 
