@@ -1,0 +1,86 @@
+"""A real BotCall server for the SDK's tests, in a thread of its own.
+
+The server is Trio; the SDK under test runs on asyncio or Trio in the test's
+own thread, so each test picks its event loop (``asyncio.run`` / ``trio.run``)
+the way a user's program does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.kit.server import LiveServer, running_server
+
+
+class ServerThread:
+    """``running_server`` on 127.0.0.1, run by ``trio.run`` in a daemon thread."""
+
+    def __init__(self, data_dir: Path, **overrides: Any) -> None:
+        self._data_dir = data_dir
+        self._overrides = overrides
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.live: LiveServer | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="botcall-server", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        async with running_server(self._data_dir, **self._overrides) as live:
+            self.live = live
+            self._stop = trio.Event()
+            self._token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(30) or self.live is None:
+            raise RuntimeError(f"the server did not start: {self.error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._token is not None and self._stop is not None:
+            self._token.run_sync_soon(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        assert self.live is not None
+        return self.live.url
+
+    def token(self, **kwargs: Any) -> str:
+        assert self.live is not None
+        return self.live.token(**kwargs)
+
+    def participants(self, room_id: str) -> list[str]:
+        """The room's participant ids, read in the server's own thread."""
+        assert self.live is not None and self._token is not None
+        live = self.live
+
+        def read() -> list[str]:
+            return [session.participant_id for session in live.state.registry.sessions_in_room(room_id)]
+
+        return trio.from_thread.run_sync(read, trio_token=self._token)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    thread = ServerThread(tmp_path).start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
