@@ -241,7 +241,7 @@ class _Speaker:
     # Hold a stream's first packet this long before playing, so that jitter
     # up to it costs nothing (loopback and LAN paths need far less).
     PREFETCH = 0.040
-    MAX_CONCEALED = 5  # 100 ms of loss or silence: the talkspurt is over
+    MAX_WAIT = 5  # 100 ms with nothing to play: the talkspurt is over
     MAX_HELD = 50  # 1 s of packets waiting: we fell behind, skip ahead
 
     def __init__(self, ssrc: int, rate: int) -> None:
@@ -252,7 +252,7 @@ class _Speaker:
         self.last_seq: int | None = None
         self.first_arrival = 0.0
         self.timestamp = 0
-        self.concealed_run = 0
+        self.idle_ticks = 0
 
     def push(self, packet: RtpPacket, now: float) -> None:
         reference = self.last_seq if self.last_seq is not None else packet.seq
@@ -273,22 +273,28 @@ class _Speaker:
             if not self.packets or now - self.first_arrival < self.PREFETCH:
                 return None
             self.next_seq = min(self.packets)
-            self.concealed_run = 0
+            self.idle_ticks = 0
         seq = self.next_seq
         packet = self.packets.pop(seq, None)
         if packet is not None:
             self.next_seq = seq + 1
             self.timestamp = packet.timestamp
-            self.concealed_run = 0
+            self.idle_ticks = 0
             try:
                 return Played(self.ssrc, self.decoder.decode_untrusted(packet.payload), packet.timestamp, False)
             except BadPacket:
                 return Played(self.ssrc, self.decoder.conceal(), packet.timestamp, True)
         if not self.packets:
-            self.concealed_run += 1
-            if self.concealed_run >= self.MAX_CONCEALED:
-                self.next_seq = None  # the stream paused: wait for its next talkspurt
-                return None
+            # Nothing after the gap yet: most often the talkspurt ended. Wait
+            # rather than synthesise audio nobody sent; a late packet then
+            # plays one tick late, and a stream quiet this long starts afresh.
+            self.idle_ticks += 1
+            if self.idle_ticks >= self.MAX_WAIT:
+                self.next_seq = None
+            return None
+        # A later packet is here, so this one is lost (or very late): conceal
+        # it, from the next packet's in-band FEC when it carries some.
+        self.idle_ticks = 0
         self.next_seq = seq + 1
         self.timestamp = (self.timestamp + 960) & 0xFFFFFFFF
         following = self.packets.get(seq + 1)

@@ -310,6 +310,7 @@ class Call:
         self._bind_transaction: bytes | None = None
         self._bound = anyio.Event()
         self._bind_lock = anyio.Lock()
+        self._udp_lock = anyio.Lock()
         self._last_udp_media = 0.0
         self._media_resumed = anyio.Event()
 
@@ -371,9 +372,12 @@ class Call:
         except (ValueError, OSError) as exc:  # the source's fault: unreadable, wrong type
             speech.error = exc
         finally:
-            if speech in self._speeches:
-                self._speeches.remove(speech)
-            speech._finished.set()
+            # Cut short by a clear or a barge-in: the server's answer (Cleared,
+            # Interrupted) finishes it with the offsets; otherwise it is done.
+            if not (speech._scope.cancel_called and speech.error is None and not self._closed.is_set()):
+                if speech in self._speeches:
+                    self._speeches.remove(speech)
+                speech._finished.set()
 
     async def _send_speech_frame(self, speech: Speech, frame: bytes, started: float | None) -> float:
         now = anyio.current_time()
@@ -414,10 +418,7 @@ class Call:
             sock, relay = self._sock, self._relay
             if sock is None or relay is None:
                 raise CallClosed("the call has no UDP socket")
-            try:
-                await sock.sendto(packet, *relay)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self._require_sock().sendto(packet, *relay)  # swapped by rebind_socket
+            await self._udp_send(packet, relay)
         else:
             await self._send_ws(packet)
 
@@ -471,6 +472,7 @@ class Call:
             if end is not None and marks_dropped is not None and end.name not in marks_dropped:
                 continue
             speech._interrupt(played_ms, heard, dropped_ms, by)
+            self._speeches.remove(speech)
         if marks_dropped is not None:
             for name in marks_dropped:
                 mark = self._marks.pop(name, None)
@@ -853,6 +855,19 @@ class Call:
             elif data[0] < 4:
                 await self._on_stun(data, source)
 
+    async def _udp_send(self, data: bytes, address: Address) -> None:
+        """One datagram; one sender at a time (anyio's sockets refuse concurrent sends)."""
+        async with self._udp_lock:
+            sock = self._require_sock()
+            try:
+                await sock.sendto(data, *address)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                if self._sock is sock or self._sock is None:
+                    raise CallClosed("the call's UDP socket is closed", self.close_code) from None
+                await self._sock.sendto(data, *address)  # swapped by rebind_socket
+            except OSError:  # e.g. no route: counted, the keepalive and re-bind recover
+                self.counters["udp_errors"] = self.counters.get("udp_errors", 0) + 1
+
     async def _on_stun(self, data: bytes, source: tuple[str, int]) -> None:
         counters, relay = self.counters, self._relay
         if relay is None or (source[0], source[1]) != relay:
@@ -865,10 +880,9 @@ class Call:
                 counters["stun_ignored"] = counters.get("stun_ignored", 0) + 1
                 return
             counters["checks_answered"] = counters.get("checks_answered", 0) + 1
-            sock = self._require_sock()
-            await sock.sendto(answer, *source)
+            await self._udp_send(answer, (source[0], source[1]))
             if self._bind_request is not None and not self._bound.is_set():
-                await sock.sendto(self._bind_request, *relay)  # verified now: the success comes at once
+                await self._udp_send(self._bind_request, relay)  # verified now: the success comes at once
             return
         if self._bind_transaction is None:
             return
@@ -890,7 +904,7 @@ class Call:
                     interval = BIND_RETRY_FIRST
                     renew = anyio.current_time() + BIND_NEW_TRANSACTION
                     while anyio.current_time() < renew:
-                        await self._require_sock().sendto(self._bind_request, *self._relay)
+                        await self._udp_send(self._bind_request, self._relay)
                         with anyio.move_on_after(interval):
                             await bound.wait()
                         if bound.is_set():

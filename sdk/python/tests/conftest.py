@@ -7,6 +7,7 @@ the way a user's program does.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,17 @@ class ServerThread:
         def read() -> list[str]:
             return [session.participant_id for session in live.state.registry.sessions_in_room(room_id)]
 
-        return trio.from_thread.run_sync(read, trio_token=self._token)
+        # Works from any thread, even one running its own trio.run (the test's).
+        answer: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(read())
+            except BaseException as exc:
+                answer.set_exception(exc)
+
+        self._token.run_sync_soon(run)
+        return answer.result(timeout=5)
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""The SDK's sans-IO parts, checked against the server's own codecs where there is one."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from botcall.wire import stun as server_stun
+from botcall.wire.rtp import parse_rtp_untrusted as server_parse_rtp
+from botcall.audio.vad import BOT_AUDIO_LEVEL_ID, parse_audio_level_untrusted
+from botcall_sdk import _audio, _wire
+from botcall_sdk._errors import BadPacket, InvalidServerUrl, RoomFull, http_error
+from botcall_sdk._events import Interrupted, ParticipantJoined, SpeechStarted, Unknown, parse_event_untrusted
+from botcall_sdk._http import base_url
+
+
+def test_framer_carries_partial_frames_and_pads_only_the_end() -> None:
+    framer = _audio.Framer(48000, 48000)
+    ramp = np.arange(48000 // 10 * 3, dtype=np.int16)  # 300 ms, in 7 uneven chunks
+    frames: list[bytes] = []
+    for chunk in np.array_split(ramp, 7):
+        frames += framer.push(chunk)
+    frames += framer.finish(pad=True)
+    joined = np.frombuffer(b"".join(frames), "<i2")
+    assert len(frames) == 15
+    assert np.array_equal(joined, ramp)  # no sample inserted between chunks
+
+
+def test_framer_resamples_a_stream_to_whole_frames() -> None:
+    framer = _audio.Framer(24000, 48000)
+    chunk = 104 * 24  # 104 ms at 24 kHz
+    tone = (np.sin(2 * np.pi * 440 * np.arange(5 * 24000) / 24000) * 10000).astype(np.int16)
+    frames: list[bytes] = []
+    for start in range(0, tone.size, chunk):
+        frames += framer.push(tone[start : start + chunk])
+    frames += framer.finish(pad=True)
+    assert len(frames) == 250
+    out = np.frombuffer(b"".join(frames), "<i2").astype(np.float64)
+    # Steady level across every chunk boundary: no silence slipped in.
+    rms = [np.sqrt(np.mean(out[i * 960 : (i + 1) * 960] ** 2)) for i in range(2, 248)]
+    assert min(rms) > 0.9 * max(rms)
+
+
+def test_pcm_sources() -> None:
+    assert _audio.to_int16(b"\x01\x00\xff\xff").tolist() == [1, -1]
+    assert _audio.to_int16(np.array([0.5, -1.0])).tolist() == [16384, -32767]
+    with pytest.raises(ValueError):
+        _audio.to_int16(b"\x00")
+    pcm = np.arange(480, dtype=np.int16).tobytes()
+    samples, rate = _audio.read_wav(io.BytesIO(_audio.wav_bytes(pcm, 24000)))
+    assert rate == 24000 and samples.tobytes() == pcm
+
+
+def test_rtp_level_extension_reads_in_the_server() -> None:
+    meter = _audio.LevelMeter()
+    loud = (np.sin(np.arange(960) / 5) * 20000).astype("<i2").tobytes()
+    octet = meter.octet(loud)
+    packet = server_parse_rtp(_wire.build_rtp(111, 7, 960, 1234, b"opus", level=octet))
+    assert packet.payload == b"opus" and packet.sequence_number == 7 and packet.ssrc == 1234
+    assert packet.extension is not None
+    level = dict(packet.extension.elements_untrusted())[BOT_AUDIO_LEVEL_ID]
+    assert parse_audio_level_untrusted(level) == parse_audio_level_untrusted(bytes([octet]))
+    assert _wire.parse_rtp_untrusted(_wire.build_rtp(111, 7, 960, 1234, b"opus", level=octet)).payload == b"opus"
+    with pytest.raises(BadPacket):
+        _wire.parse_rtp_untrusted(b"\x80\x6f\x00")
+
+
+def test_stun_request_verifies_in_the_server_and_answers_its_check() -> None:
+    request, transaction = _wire.binding_request("relayufr:botufrag", "p" * 24)
+    assert len(request) >= 76
+    message = server_stun.parse_stun_untrusted(request)
+    assert message.attributes["USERNAME"] == "relayufr:botufrag"
+    assert message.check_message_integrity(b"p" * 24)
+    # The relay's success to our request, parsed by us.
+    success = server_stun.binding_success(message, ("127.0.0.1", 5000), "p" * 24)
+    assert _wire.parse_binding_response_untrusted(success, "p" * 24, transaction) == ("127.0.0.1", 5000)
+    with pytest.raises(BadPacket):
+        _wire.parse_binding_response_untrusted(success, "q" * 24, transaction)
+    # The relay's check of our address, answered by us and accepted by the server's parser.
+    check = server_stun.binding_check("botufrag:relayufr", "p" * 24, transaction_id=bytes(range(12)))
+    answer = _wire.answer_check_untrusted(check, ("127.0.0.1", 40000), username="botufrag:relayufr", password="p" * 24)
+    assert server_stun.parse_binding_response_untrusted(answer, "p" * 24, check[8:20]) == ("127.0.0.1", 40000)
+    with pytest.raises(BadPacket):
+        _wire.answer_check_untrusted(check, ("127.0.0.1", 40000), username="other:relayufr", password="p" * 24)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\x01", b"\x00\x01\x00\x04" + b"\x21\x12\xa4\x42" + bytes(12) + b"\x00\x06\x00\x09"])
+def test_stun_garbage_raises_bad_packet(data: bytes) -> None:
+    with pytest.raises(BadPacket):
+        _wire.answer_check_untrusted(data, ("127.0.0.1", 1), username="a:b", password="p")
+
+
+def test_events_are_typed_and_forward_compatible() -> None:
+    assert parse_event_untrusted({"type": "speech_started", "participant_id": "p-1", "stream_ms": 40}) == SpeechStarted("p-1", 40)
+    joined = parse_event_untrusted({"type": "participant_joined", "participant": {"participant_id": "p-2", "kind": "human", "new": 1}})
+    assert isinstance(joined, ParticipantJoined) and joined.participant.kind == "human"
+    cut = parse_event_untrusted(
+        {"type": "interrupted", "by": "p-2", "played_ms": 900, "dropped_ms": 100, "marks_dropped": ["m"], "heard": [{"participant_id": "p-2", "heard_ms": 850}]}
+    )
+    assert isinstance(cut, Interrupted) and cut.heard == {"p-2": 850} and cut.marks_dropped == ("m",)
+    future = parse_event_untrusted({"type": "hologram", "x": 1})
+    assert isinstance(future, Unknown) and future.type == "hologram" and future.raw["x"] == 1
+    broken = parse_event_untrusted({"type": "speech_started", "participant_id": 5})
+    assert isinstance(broken, Unknown)
+
+
+def test_server_urls_and_errors() -> None:
+    assert base_url("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    for bad in ("127.0.0.1:8080", "ws://host", "http://", "localhost"):
+        with pytest.raises(InvalidServerUrl, match="http:// or https://"):
+            base_url(bad)
+    error = http_error(409, "room_full", "full")
+    assert isinstance(error, RoomFull) and error.code == "room_full" and error.status == 409
