@@ -14,6 +14,6 @@ run:
 test:
 	./scripts/setup.sh test
 	.venv/bin/lint-imports
-	.venv/bin/mypy --strict botcall
+	.venv/bin/mypy --strict botcall sdk/python/botcall_sdk
 	node --test pwa/tests/
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

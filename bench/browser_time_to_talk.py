@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import trio
 
 from botcall.demo.signals import tone
-from botcall.client import connect
+from botcall_sdk import connect
 from tests.kit.chromium import in_browser, wait_state
 from tests.kit.server import running_server
 
@@ -43,7 +43,7 @@ async def measure(joins: int) -> list[dict]:
 
                 async def talk() -> None:
                     while True:
-                        await bot.say_pcm(tone(440, 10.0))
+                        await (await bot.say(tone(440, 10.0))).done()
 
                 nursery.start_soon(talk)
 

@@ -185,7 +185,7 @@ async def talk_by_hand(relay: RelayProcess, token: str, agent: str, room_id: str
 
 async def talk_with_sdk(relay: RelayProcess, token: str, room_id: str, listener_sock: socket.socket) -> Timeline:
     """``botcall.connect`` then ``send_opus``; the SDK hides the phases, so only the total."""
-    from botcall.client import connect
+    from botcall_sdk import connect
 
     timeline = Timeline()
     with trio.fail_after(STEP_TIMEOUT):

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("botcall.server", "run the BotCall server (HTTP API, signaling, media relay)"),
     "config": ("botcall.config_cli", "show the effective configuration (flags > BOTCALL_* > --config file > defaults)"),
     "token": ("botcall.auth.token_cli", "print a signed attestation from the local dev issuer"),
-    "bot": ("botcall.client.cli", "join a room as a bot: play a WAV, record what it hears"),
+    "bot": ("botcall.bot_cli", "join a room as a bot: play a WAV, record what it hears"),
     "demo": ("botcall.demo.echo", "run the server plus a demo bot and print the invite link"),
     "media-demo": ("botcall.demo.media", "the media core over a simulated lossy network, offline"),
 }

@@ -46,12 +46,16 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     python3 -m venv .venv
 fi
+# The bot SDK (sdk/python, its own MIT distribution botcall-sdk) goes in first:
+# the server package depends on it, and it is not taken from PyPI.
 stamp=".venv/.botcall-installed-$purpose"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ sdk/python/pyproject.toml -nt "$stamp" ]; then
     extras=""
     if [ "$purpose" = "test" ]; then extras="[dev]"; fi
-    echo "setup: pip install -e .$extras"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    echo "setup: pip install -e sdk/python"
+    .venv/bin/python -m pip install -q -e sdk/python
+    echo "setup: pip install -e .$extras"
     .venv/bin/python -m pip install -q -e ".$extras"
     touch "$stamp"
 fi

@@ -21,7 +21,7 @@ import numpy as np
 import trio
 
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
-from botcall.client import Call, connect, create_room
+from botcall_sdk import Call, ParticipantJoined, SpeechStopped, connect, create_room
 from botcall.config import Config
 from botcall.server import ServerInfo, config_from_args, configure_logging, run_command, run_server
 from botcall.server import add_arguments as add_server_arguments
@@ -31,6 +31,8 @@ log = logging.getLogger("botcall.demo.echo")
 DEMO_AGENT = "botcall-demo#0001"
 DEMO_OWNER = "demo-owner"
 SAMPLE_RATE = 48000
+IDLE_TICK = 0.1  # no frame this long: each speaker's turn hears 100 ms of quiet
+SILENT_FRAME = bytes(1920)
 
 
 class EchoTurn:
@@ -90,37 +92,57 @@ async def echo_bot(call: Call, *, greet: bool = True) -> None:
 
     async def greet_newcomers() -> None:
         async for event in call.events():
-            if event["type"] == "participant_joined" and greet:
-                who = event["participant"]
-                log.info("%s joined (%s)", who.get("display_name"), who.get("kind"))
+            if isinstance(event, ParticipantJoined) and greet:
+                who = event.participant
+                log.info("%s joined (%s)", who.display_name, who.kind)
                 async with playing:
-                    await call.say_pcm(chime())
+                    await (await call.say(chime())).done()
+
+    def heard(speaker: str, pcm: bytes) -> None:
+        utterance = turns.setdefault(speaker, EchoTurn()).push(pcm)
+        if utterance is not None:
+            nursery.start_soon(_play, call, playing, utterance)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(greet_newcomers)
-        async for frame in call.audio():
-            if playing.locked() or frame.participant_id is None:
+        frames = call.audio()
+        while True:
+            # A speaker who stops talking stops sending frames: the quiet that
+            # ends an utterance is the time without them.
+            with trio.move_on_after(IDLE_TICK) as idle:
+                try:
+                    frame = await frames.__anext__()
+                except StopAsyncIteration:
+                    break
+            if idle.cancelled_caught:
+                for speaker in list(turns):
+                    for _ in range(round(IDLE_TICK / 0.02)):
+                        heard(speaker, SILENT_FRAME)
                 continue
-            turn = turns.setdefault(frame.participant_id, EchoTurn())
-            utterance = turn.push(frame.pcm)
-            if utterance is not None:
-                nursery.start_soon(_play, call, playing, utterance)
+            if not playing.locked() and frame.speaker is not None:
+                heard(frame.speaker, frame.pcm)
         nursery.cancel_scope.cancel()
 
 
 async def _play(call: Call, lock: trio.Lock, pcm: bytes) -> None:
     async with lock:
-        await call.say_pcm(pcm)
+        await (await call.say(pcm)).done()
 
 
 async def self_test(server_url: str, room_id: str, token: str, *, frequency: float = 660.0) -> float:
     """A stand-in human: play a tone, listen for the demo bot's echo, return its frequency."""
     async with connect(server_url, room_id, token) as human:
-        await human.say_pcm(tone(frequency, 1.0, amplitude=0.3))
+        # Speak after the greeting, as a person would (the bot does not listen while it chimes).
+        with trio.move_on_after(3):
+            async for event in human.events():
+                if isinstance(event, SpeechStopped) and event.participant_id != human.participant_id:
+                    break
+        await (await human.say(tone(frequency, 1.0, amplitude=0.3))).done()
+        said = time.time()  # what came before (the greeting chime) is not the echo
         heard = []
         with trio.fail_after(10):
             async for frame in human.audio():
-                if not frame.concealed and rms_dbfs(frame.pcm) > -40:
+                if frame.time > said and not frame.concealed and rms_dbfs(frame.pcm) > -40:
                     heard.append(frame.pcm)
                 if len(heard) >= 30:
                     break

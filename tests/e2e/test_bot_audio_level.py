@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from botcall.audio.vad import BOT_AUDIO_LEVEL_ID, parse_audio_level_untrusted
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import tone
 from botcall.wire.rtp import parse_rtp_untrusted
 from tests.e2e.test_playout import Ear, open_room
@@ -44,7 +44,7 @@ async def test_say_pcm_packets_carry_the_level_of_a_tone_and_of_silence(tmp_path
             ear = Ear(listener)
             ear.ssrc = speaker.ssrc
             # 0.3 s of a 0.3 full-scale sine (RMS 0.3/sqrt 2: -13.5 dBov), then 0.3 s of digital silence.
-            await speaker.say_pcm(tone(440, 0.3) + bytes(2 * 48000 * 3 // 10))
+            await (await speaker.say(tone(440, 0.3) + bytes(2 * 48000 * 3 // 10))).done()
             await ear.until(lambda: len(ear.packets) == 30)
     heard = levels(ear)
     # -13.5 rounded: a 20 ms frame holds 8.8 periods, so -13 or -14 by the frame.
@@ -78,10 +78,11 @@ async def test_a_bots_speech_is_detected_from_its_levels_without_a_decoder(tmp_p
             srv.url, room_id, srv.token(agent="speaker#1")
         ) as speaker:
             events = listener.events()
-            await speaker.say_pcm(silence + speech + silence)
+            await (await speaker.say(silence + speech + silence)).done()
             seen: list[dict] = []
             with trio.fail_after(WAIT):
-                async for event in events:
+                async for typed in events:
+                    event = dict(typed.raw)
                     if event.get("participant_id") == speaker.participant_id and event["type"].startswith("speech_"):
                         seen.append(event)
                         if event["type"] == "speech_stopped":

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from botcall.demo.signals import dominant_frequency, tone
-from botcall.client import BotCallHttpError, connect
+from botcall_sdk import Chat, HttpError, Muted, ParticipantJoined, ParticipantLeft, connect
 from botcall.wire.rtp import RtpPacket
 from botcall.wire.stun import binding_request
 from tests.kit.server import running_server
@@ -31,7 +31,7 @@ async def hear(call, seconds, *, from_participant=None):
     pcm = []
     need = int(seconds / 0.02)
     async for frame in call.audio():
-        if from_participant is None or frame.participant_id == from_participant:
+        if from_participant is None or frame.speaker == from_participant:
             if not frame.concealed:
                 pcm.append(frame.pcm)
         if len(pcm) >= need:
@@ -41,7 +41,7 @@ async def hear(call, seconds, *, from_participant=None):
 
 async def talk_and_listen(speaker, listener, freq, *, rate=48000):
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(speaker.say_pcm, tone(freq, 2.0))
+        await speaker.say(tone(freq, 2.0))
         with trio.fail_after(15):
             heard = await hear(listener, 1.0, from_participant=speaker.participant_id)
     return dominant_frequency(heard[len(heard) // 4 :], rate)
@@ -119,29 +119,29 @@ async def test_events_mute_chat_and_leave(tmp_path):
                 events = a.events()
                 with trio.fail_after(5):
                     joined = await events.__anext__()
-                assert joined["type"] == "participant_joined"
-                assert joined["participant"]["agent_id"] == "bob#2" and joined["participant"]["ssrc"] == b.ssrc
+                assert isinstance(joined, ParticipantJoined)
+                assert joined.participant.agent_id == "bob#2" and joined.participant.ssrc == b.ssrc
                 await b.chat("hello alice")
                 with trio.fail_after(5):
                     chat = await events.__anext__()
-                assert chat == {"type": "chat", "participant_id": b.participant_id, "text": "hello alice"}
+                assert chat == Chat(b.participant_id, "hello alice")
                 await b.mute()
                 with trio.fail_after(5):
                     muted = await events.__anext__()
-                assert muted == {"type": "muted", "participant_id": b.participant_id, "muted": True}
+                assert muted == Muted(b.participant_id, True)
                 # Muted audio is dropped at the relay and counted.
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(b.say_pcm, tone(440, 0.4))
+                    await b.say(tone(440, 0.4))
                 assert srv.state.media.relay.peer(b.session_id).drops["muted"] > 0
             with trio.fail_after(5):
                 left = await events.__anext__()
-            assert left["type"] == "participant_left" and left["participant_id"] == b.participant_id
+            assert isinstance(left, ParticipantLeft) and left.participant_id == b.participant_id
 
 
 async def test_join_refused_with_the_servers_code(tmp_path):
     async with running_server(tmp_path) as srv:
         room = await open_room(srv, controller="gopi")
-        with pytest.raises(BotCallHttpError) as info:
+        with pytest.raises(HttpError) as info:
             async with connect(srv.url, room, srv.token(agent="intruder#9", controller="mallory")):
                 pass
         assert info.value.status == 403 and info.value.code == "controller_mismatch"

@@ -20,7 +20,7 @@ from playwright.sync_api import BrowserContext, expect
 
 from botcall.audio.wav import write_wav
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
-from botcall.client import connect
+from botcall_sdk import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
 
@@ -31,7 +31,7 @@ async def frames_from(call, participant_id, count, *, loud=True):
     """``count`` decoded frames of one speaker (only audible ones when ``loud``)."""
     pcm = []
     async for frame in call.audio():
-        if frame.participant_id == participant_id and not frame.concealed and (not loud or rms_dbfs(frame.pcm) > -40):
+        if frame.speaker == participant_id and not frame.concealed and (not loud or rms_dbfs(frame.pcm) > -40):
             pcm.append(frame.pcm)
             if len(pcm) >= count:
                 return b"".join(pcm)
@@ -50,7 +50,7 @@ async def test_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_path):
             async def bot_speaks():
                 speaking.set()
                 while True:
-                    await bot.say_pcm(tone(440, 5.0))
+                    await (await bot.say(tone(440, 5.0))).done()
 
             def human(context: BrowserContext) -> dict:
                 page = context.new_page()
@@ -136,5 +136,5 @@ async def wait_until(predicate):
 async def wait_for_event(events, kind):
     with trio.fail_after(10):
         async for event in events:
-            if event["type"] == kind:
-                return event
+            if event.raw["type"] == kind:
+                return dict(event.raw)

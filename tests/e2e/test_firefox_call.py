@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer, wait_for_event, wait_until
 from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
@@ -42,7 +42,7 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
             async def bot_speaks():
                 speaking.set()
                 while True:
-                    await bot.say_pcm(tone(440, 5.0))
+                    await (await bot.say(tone(440, 5.0))).done()
 
             def human(client) -> dict:
                 client.navigate(f"{srv.url}{invite.path}#{invite.fragment}")

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from botcall.demo.signals import tone
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.errors import BadPacket
 from botcall.wire.stun import answer_check_untrusted, binding_request, parse_binding_response_untrusted
 from tests.kit.server import running_server
@@ -98,7 +98,7 @@ async def test_a_replayed_binding_request_gets_nothing_and_moves_nothing(tmp_pat
         try:
             captured = [await latch_by_hand(a_sock, a_media, relay_addr)]
             async with connect(srv.url, room, srv.token(agent="bob#2")) as b, trio.open_nursery() as nursery:
-                nursery.start_soon(b.say_pcm, tone(440, 10.0))
+                await b.say(tone(440, 10.0))
                 for _ in range(3):  # keepalives: new transactions from A's verified address
                     request = binding_request(f"{a_media['ice_ufrag']}:{HAND_UFRAG}", a_media["ice_pwd"])
                     a_sock.sendto(request, relay_addr)
@@ -133,7 +133,7 @@ async def test_a_forged_source_gets_the_check_and_nothing_more(tmp_path):
         victim = udp_socket()  # a third party: only records what arrives
         try:
             async with connect(srv.url, room, srv.token(agent="bob#2")) as b, trio.open_nursery() as nursery:
-                nursery.start_soon(b.say_pcm, tone(440, 10.0))
+                await b.say(tone(440, 10.0))
                 requests = [binding_request(f"{evil_media['ice_ufrag']}:evil", evil_media["ice_pwd"]) for _ in range(3)]
                 for request in requests:
                     if not forge_udp(victim.getsockname()[1], relay_addr, request):
@@ -177,7 +177,7 @@ async def test_an_sdk_bot_that_rebinds_is_followed_within_a_second(tmp_path, who
             moving, other = (a, b) if who == "listener" else (b, a)
             talker = other if who == "listener" else moving
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(talker.say_pcm, tone(440, 10.0))
+                await talker.say(tone(440, 10.0))
                 peer = relay.peer(moving.session_id)
                 await wait_until(lambda: other.counters["received"] + moving.counters["received"] > 10, 5)
                 old = peer.addr

@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, energy_fraction, tone
 from tests.kit.server import running_server
 
@@ -36,8 +36,8 @@ async def test_a_mixed_pcm16_listener_hears_two_bots_in_one_stream(tmp_path):
         ):
             events = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(ws_bot.say_pcm, tone(440, 2.0))
-                nursery.start_soon(udp_bot.say_pcm, tone(1000, 2.0))
+                await ws_bot.say(tone(440, 2.0))
+                await udp_bot.say(tone(1000, 2.0))
                 with trio.fail_after(15):
                     while len(events) < 75:
                         event = json.loads(await ws.get_message())
@@ -66,8 +66,8 @@ async def test_a_udp_bot_receiving_the_mix_gets_one_stream(tmp_path):
             mix_ssrc = listener.media["mix_ssrc"]
             heard = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(ws_bot.say_pcm, tone(440, 2.0))
-                nursery.start_soon(udp_bot.say_pcm, tone(1000, 2.0))
+                await ws_bot.say(tone(440, 2.0))
+                await udp_bot.say(tone(1000, 2.0))
                 with trio.fail_after(15):
                     async for frame in listener.audio():
                         heard.append(frame)
@@ -92,10 +92,10 @@ async def test_pcm16_sent_at_8_khz_is_heard_at_its_pitch_at_48_khz(tmp_path):
             assert speaker.media["send_sample_rate"] == 8000 and speaker.media["receive_sample_rate"] == 48000
             heard = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(speaker.say_pcm, tone(440, 1.5, sample_rate=8000), sample_rate=8000))
+                await speaker.say(tone(440, 1.5, sample_rate=8000), sample_rate=8000)
                 with trio.fail_after(15):
                     async for frame in listener.audio():
-                        if frame.participant_id == speaker.participant_id and not frame.concealed:
+                        if frame.speaker == speaker.participant_id and not frame.concealed:
                             heard.append(frame.pcm)
                         if len(heard) >= 50:
                             break

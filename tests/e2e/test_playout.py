@@ -23,7 +23,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from botcall.audio.opus import OpusDecoder, OpusEncoder
-from botcall.client import connect
+from botcall_sdk import MarkReached, connect
 from botcall.demo.signals import correlation, speech_like, tone
 from botcall.wire.rtp import parse_rtp_untrusted
 from tests.kit.server import running_server
@@ -200,8 +200,8 @@ async def test_udp_rtp_sent_ahead_is_heard_paced(tmp_path):
                 events = speaker.events()
                 with trio.fail_after(WAIT):
                     async for event in events:
-                        if event["type"] == "mark":
-                            mark_at, mark = trio.current_time(), event
+                        if isinstance(event, MarkReached):
+                            mark_at, mark = trio.current_time(), dict(event.raw)
                             break
                 await channel.until(lambda: len(channel.binary) >= 300)
             nursery.cancel_scope.cancel()

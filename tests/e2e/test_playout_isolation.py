@@ -50,7 +50,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import speech_like
 from tests.e2e.test_playout import Channel, Ear, join_websocket, open_room, send_pcm
 from tests.kit.server import running_server

@@ -26,7 +26,7 @@ import trio
 from playwright.sync_api import BrowserContext
 
 from botcall.audio.wav import write_wav
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer
 from tests.kit.chromium import hooks, in_browser, join_call, wait_state
@@ -66,7 +66,7 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
             async def bot_speaks():
                 speaking.set()
                 while True:
-                    await bot.say_pcm(tone(440, 5.0))
+                    await (await bot.say(tone(440, 5.0))).done()
 
             def human(context: BrowserContext) -> dict:
                 page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
@@ -200,7 +200,7 @@ async def test_a_video_first_max_bundle_offer_gets_audio_both_ways(tmp_path):
             async def bot_speaks():
                 speaking.set()
                 while True:
-                    await bot.say_pcm(tone(440, 5.0))
+                    await (await bot.say(tone(440, 5.0))).done()
 
             def human(context: BrowserContext) -> dict:
                 page = context.new_page()

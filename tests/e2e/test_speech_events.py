@@ -31,7 +31,7 @@ import trio
 from playwright.sync_api import BrowserContext
 
 from botcall.audio.wav import write_wav
-from botcall.client import connect
+from botcall_sdk import connect
 from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.server import running_server
 from tests.kit.speech_corpus import speech_track
@@ -71,13 +71,14 @@ async def test_speech_events_follow_a_browser_humans_phrases(tmp_path):
 
             async def listen() -> None:
                 async for frame in bot.audio():
-                    if human_id and frame.participant_id == human_id[0] and not frame.concealed:
+                    if human_id and frame.speaker == human_id[0] and not frame.concealed:
                         pcm = np.frombuffer(frame.pcm, "<i2").astype(np.float64) / 32768
                         level = 10 * np.log10(max(float(np.mean(pcm * pcm)), 1e-14))
                         received.append((frame.stream_ms, level, time.monotonic()))
 
             async def watch() -> None:
-                async for event in bot.events():
+                async for typed in bot.events():
+                    event = dict(typed.raw)
                     events.append((time.monotonic(), event))
                     if event["type"] == "participant_joined" and event["participant"]["kind"] == "human":
                         human_id.append(event["participant"]["participant_id"])

@@ -14,7 +14,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from botcall.demo.signals import dominant_frequency, tone
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.dtls.endpoint import DtlsEndpoint
 from botcall.audio.opus import OpusDecoder, OpusEncoder
@@ -80,7 +80,7 @@ async def test_browser_leg_over_real_udp_survives_a_client_hello_flood(tmp_path)
                 nursery.start_soon(flood_client_hellos, relay_addr, 5000)
                 await browser.connect()
                 # Bot -> browser: 440 Hz arrives as SRTP under the answer's SSRC.
-                nursery.start_soon(bot.say_pcm, tone(440, 2.0))
+                await bot.say(tone(440, 2.0))
                 with trio.fail_after(15):
                     heard, ssrcs = await hear(browser, 60)
                 assert ssrcs == {browser.core.out_ssrc}
@@ -90,7 +90,7 @@ async def test_browser_leg_over_real_udp_survives_a_client_hello_flood(tmp_path)
                 frames = []
                 with trio.fail_after(15):
                     async for frame in bot.audio():
-                        if frame.participant_id == signaled.participant_id and not frame.concealed:
+                        if frame.speaker == signaled.participant_id and not frame.concealed:
                             frames.append(frame.pcm)
                         if len(frames) >= 60:
                             break

@@ -13,7 +13,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from botcall.demo.signals import dominant_frequency, tone
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from tests.kit.server import running_server
 
@@ -47,7 +47,7 @@ async def test_json_audio_both_ways_between_a_websocket_bot_and_a_udp_bot(tmp_pa
                 nursery.start_soon(speak)
                 with trio.fail_after(10):
                     async for frame in udp_bot.audio():
-                        if frame.participant_id == welcome["participant_id"] and not frame.concealed:
+                        if frame.speaker == welcome["participant_id"] and not frame.concealed:
                             heard.append(frame.pcm)
                         if len(heard) >= 40:
                             break
@@ -56,7 +56,7 @@ async def test_json_audio_both_ways_between_a_websocket_bot_and_a_udp_bot(tmp_pa
             # UDP bot -> WebSocket bot: JSON audio events naming the speaker, in sequence.
             events = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(udp_bot.say_pcm, tone(784, 1.0))
+                await udp_bot.say(tone(784, 1.0))
                 with trio.fail_after(10):
                     while len(events) < 40:
                         event = json.loads(await ws.get_message())

@@ -55,7 +55,7 @@ from playwright.sync_api import BrowserContext
 
 from botcall.audio.opus import OpusEncoder
 from botcall.audio.wav import write_wav
-from botcall.client import connect
+from botcall_sdk import connect
 from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.page_audio import PageRecording, block_dbfs, follow, onsets, start_recording, take_recording
 from tests.kit.server import LiveServer
@@ -119,8 +119,8 @@ class EventLog:
         self._changed = trio.Event()
 
     async def collect(self, source: Any) -> None:
-        async for event in source:
-            self.events.append((time.time(), event))
+        async for event in source:  # the SDK's typed events, kept as the server's JSON
+            self.events.append((time.time(), dict(event.raw)))
             self._changed.set()
             self._changed = trio.Event()
 

@@ -28,7 +28,7 @@ import time
 import trio
 
 from botcall.audio.opus import OpusEncoder
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import tone
 from botcall.wire.rtp import parse_rtp_untrusted
 

@@ -18,7 +18,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from trio_websocket import open_websocket_url
 
 from botcall.demo.signals import tone
-from botcall.client import connect
+from botcall_sdk import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
 from tests.kit.speech_corpus import spoken_pcm
@@ -458,7 +458,7 @@ async def test_time_from_join_click_to_a_bots_voice(tmp_path):
 
             async def speak() -> None:
                 while True:
-                    await bot.say_pcm(SPEECH if talking else tone(440, 0.5))
+                    await (await bot.say(SPEECH if talking else tone(440, 0.5))).done()
 
             nursery.start_soon(speak)
 
@@ -716,7 +716,7 @@ async def test_playout_delay_reports_and_speech_events(tmp_path):
 
             async def speak() -> None:
                 while True:
-                    await talker.say_pcm(tone(440, 10.0))
+                    await (await talker.say(tone(440, 10.0))).done()
 
             nursery.start_soon(speak)
 

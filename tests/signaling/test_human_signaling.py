@@ -121,7 +121,7 @@ async def test_a_dropped_browser_resumes_its_place(tmp_path):
 
 
 async def test_hang_up_removes_the_participant_for_the_bot(tmp_path):
-    from botcall.client import connect
+    from botcall_sdk import ParticipantJoined, ParticipantLeft, connect
 
     async with running_server(tmp_path) as srv:
         room_id, secret = await room_with_invite(srv)
@@ -129,11 +129,11 @@ async def test_hang_up_removes_the_participant_for_the_bot(tmp_path):
             events = bot.events()
             async with open_websocket_url(signal_url(srv, room_id)) as ws:
                 _, joined = await hello_and_join(ws, secret)
-                assert (await receive_event(events))["type"] == "participant_joined"
+                assert isinstance(await receive_event(events), ParticipantJoined)
                 await ws.send_message(json.dumps({"type": "control", "action": "leave"}))
                 assert await closed_with(ws) == 1000
             left = await receive_event(events)
-            assert left == {"type": "participant_left", "participant_id": joined["participant_id"], "reason": "left"}
+            assert left == ParticipantLeft(joined["participant_id"], "left")
 
 
 async def receive_event(events):

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from botcall.demo.signals import tone
-from botcall.client.call import connect
+from botcall_sdk import connect
 from botcall.wire.stun import binding_request
 from tests.kit.attack.lab import (
     LEGIT,
@@ -692,7 +692,7 @@ async def speak_tone(call: Any) -> None:
     """Say a tone until cancelled (paced 20 ms frames)."""
     second = tone(523.0, 1.0)
     while True:
-        await call.say_pcm(second)
+        await (await call.say(second)).done()
 
 
 @asynccontextmanager
@@ -802,10 +802,10 @@ async def oversized_rtp(target: Target, *, size: int = 60_000) -> dict:
     async with connect(target.http_url, room["room_id"], target.token("attacker-receiver")) as receiver:
         record_arrivals(receiver, lambda moment, seq, length: sizes.append((moment, length)))
         async with connect(target.http_url, room["room_id"], target.token("attacker-sender")) as sender:
-            await sender.say_pcm(tone(660.0, 0.5))
+            await (await sender.say(tone(660.0, 0.5))).done()
             await sender.send_opus(bytes(size - 12))
             big_sent = time.monotonic()
-            await sender.say_pcm(tone(660.0, 0.5))
+            await (await sender.say(tone(660.0, 0.5))).done()
             await trio.sleep(0.3)
     return {
         "size": size,

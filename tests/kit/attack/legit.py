@@ -34,8 +34,8 @@ import trio
 
 from tests.kit.system import HarnessError, read_proc_stat, set_priority
 from botcall.demo.signals import tone
-from botcall.client.call import Call, connect
-from botcall.client.http import create_room
+from botcall_sdk import Call, connect
+from botcall_sdk import create_room
 from tests.kit.attack.lab import CALL_NICE, HEALTHZ_DEADLINE, LISTENER, PROBE, PROBE_INTERVAL, RSS_SAMPLE_INTERVAL, SPEAKER, record_arrivals, source
 from tests.kit.server import http_request
 
@@ -84,12 +84,12 @@ async def speak(server: str, room_id: str, token: str, record: Recorder) -> None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(report_events, "speaker", call, record)
                 while True:
-                    await call.say_pcm(second_of_tone)
+                    await (await call.say(second_of_tone)).done()
 
 
 async def report_events(who: str, call: Call, record: Recorder) -> None:
     async for event in call.events():
-        record("event", who=who, event=event)
+        record("event", who=who, event=dict(event.raw))
     record("closed", who=who, reason=call.close_reason)
 
 

@@ -7,7 +7,7 @@ import trio
 
 from botcall.audio.wav import read_wav, write_wav
 from botcall.demo.signals import dominant_frequency, tone
-from botcall.client.cli import Recorder, run_bot
+from botcall.bot_cli import Recorder, run_bot
 from tests.kit.server import running_server
 
 
@@ -48,3 +48,19 @@ def test_recorder_mixes_speakers_slot_by_slot():
     pcm = rec.pcm()
     assert len(pcm) == 3 * 1920
     assert pcm[:2] == bytes.fromhex("0200") and pcm[1920:1922] == b"\x00\x00" and pcm[3840:3842] == bytes.fromhex("0100")
+
+
+async def test_play_checks_its_file_before_joining(tmp_path, capsys):
+    missing = bot_args(server="http://127.0.0.1:9", room="r", token="t", play=str(tmp_path / "nope.wav"))
+    assert await run_bot(missing) == 2
+    not_wav = tmp_path / "notes.txt"
+    not_wav.write_text("hello")
+    assert await run_bot(bot_args(server="http://127.0.0.1:9", room="r", token="t", play=str(not_wav))) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("botcall bot: cannot play ") for line in errors), errors
+
+
+async def test_a_server_url_without_a_scheme_is_one_clear_line(capsys):
+    assert await run_bot(bot_args(server="127.0.0.1:8080", room="r", token="a.eyJzdWIiOiJ4In0.b")) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("botcall bot: the server URL must start with http:// or https://"), error

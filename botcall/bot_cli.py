@@ -1,11 +1,12 @@
-"""``botcall bot``: join a room as a bot from the command line.
+"""``botcall bot``: join a room as a bot from the command line (on the Python SDK, ``botcall_sdk``).
 
     botcall bot --server http://127.0.0.1:8080 --room ROOM --token "$TOKEN" \\
         --play hello.wav --record heard.wav --seconds 30
 
-Plays the WAV (if any), records what it hears (every speaker mixed into one
-mono 48 kHz WAV, aligned on the 20 ms play-out clock), prints the room's events,
-and leaves after ``--seconds`` or when the call ends.
+Plays the WAV (if any; checked before joining), records what it hears (every
+speaker mixed into one mono WAV, aligned on the 20 ms play-out clock), prints
+the room's events as the server's JSON, and leaves after ``--seconds`` or when
+the call ends.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import sys
 import numpy as np
 import trio
 
-from botcall.audio.wav import write_wav
-from botcall.client.call import CallError, connect
-from botcall.client.http import BotCallHttpError
+from botcall.audio.wav import read_wav, write_wav
+from botcall_sdk import BotCallError, connect
 
 
 class Recorder:
@@ -50,16 +50,24 @@ class Recorder:
 
 
 async def run_bot(args: argparse.Namespace) -> int:
+    speech_pcm: bytes | None = None
+    if args.play:
+        # Before joining: a missing or unreadable file is a one-line error, not a ghost in the room.
+        try:
+            speech_pcm = await trio.to_thread.run_sync(lambda: read_wav(args.play, sample_rate=48000, channels=1))
+        except (OSError, ValueError) as exc:
+            print(f"botcall bot: cannot play {args.play}: {exc}", file=sys.stderr)
+            return 2
     try:
         async with connect(
             args.server, args.room, args.token, agent_id=args.agent, transport=args.transport, encoding=args.encoding, sample_rate=args.sample_rate
         ) as call:
             print(json.dumps({"joined": call.room_id, "participant_id": call.participant_id, "transport": call.transport}), flush=True)
-            recorder = Recorder(start=trio.current_time(), sample_rate=args.sample_rate) if args.record else None
+            recorder = Recorder(start=trio.current_time(), sample_rate=call.sample_rate) if args.record else None
 
             async def events() -> None:
                 async for event in call.events():
-                    print(json.dumps(event), flush=True)
+                    print(json.dumps(dict(event.raw)), flush=True)
 
             async def listen() -> None:
                 async for frame in call.audio():
@@ -70,17 +78,14 @@ async def run_bot(args: argparse.Namespace) -> int:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(events)
                     nursery.start_soon(listen)
-                    if args.play:
-                        await call.play_wav(args.play)
+                    if speech_pcm is not None:
+                        await (await call.say(speech_pcm, sample_rate=48000)).done()
                     await call.wait_closed()
                     nursery.cancel_scope.cancel()
             if recorder is not None:
-                write_wav(args.record, recorder.pcm(), sample_rate=args.sample_rate, channels=1)
+                write_wav(args.record, recorder.pcm(), sample_rate=call.sample_rate, channels=1)
                 print(json.dumps({"recorded": str(args.record)}), flush=True)
-    except BotCallHttpError as exc:
-        print(f"botcall bot: {exc}", file=sys.stderr)
-        return 1
-    except (CallError, OSError, ValueError) as exc:
+    except (BotCallError, OSError, ValueError) as exc:
         print(f"botcall bot: {exc}", file=sys.stderr)
         return 1
     return 0
