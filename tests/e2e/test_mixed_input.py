@@ -69,7 +69,7 @@ async def test_a_udp_bot_receiving_the_mix_gets_one_stream(tmp_path):
                 await ws_bot.say(tone(440, 2.0))
                 await udp_bot.say(tone(1000, 2.0))
                 with trio.fail_after(15):
-                    async for frame in listener.audio():
+                    async for frame in listener.audio(mixed=True):
                         heard.append(frame)
                         if len(heard) >= 75:
                             break
