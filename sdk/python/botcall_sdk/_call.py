@@ -94,6 +94,7 @@ SEND_AHEAD = 5.0
 MAX_QUEUED_FRAMES = 500  # 10 s of one speaker waiting for the application
 MAX_QUEUED_EVENTS = 1000
 CLEAR_TIMEOUT = 2.0
+MAX_PENDING_MARKS = 1000  # the server's playout_max_marks
 END_MARK_GRACE = 2.0  # past a speech's expected end: it is over, mark or not
 _END_MARK_PREFIX = "botcall-sdk:end:"
 
@@ -442,6 +443,8 @@ class Call:
         """
         if name in self._marks:
             raise ValueError(f"a mark named {name!r} is already waiting")
+        if len(self._marks) >= MAX_PENDING_MARKS:
+            raise BotCallError(f"{MAX_PENDING_MARKS} marks are already waiting (the server's limit)")
         mark = Mark(name)
         self._marks[name] = mark
         message: JsonObject = {"type": "mark", "name": name}
