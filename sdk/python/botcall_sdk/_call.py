@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -986,6 +987,7 @@ async def connect(
     receive: Literal["separate", "mixed"] = "separate",
     text_chat: bool = True,
     http_client: httpx.AsyncClient | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Call]:
     """Join a room as a bot; the call lasts for the ``async with``.
 
@@ -1006,6 +1008,9 @@ async def connect(
         receive: ``"separate"`` (a stream per speaker) or ``"mixed"`` (one mix-minus stream).
         text_chat: ask to send and receive chat.
         http_client: an ``httpx.AsyncClient`` to share (else the call has its own).
+        ssl_context: what an ``https://`` server's certificate (and its
+            ``wss://`` WebSocket's) is checked against; default: the system's
+            trust store (ignored with ``http_client``, which has its own).
 
     Yields:
         The :class:`Call`.
@@ -1036,7 +1041,7 @@ async def connect(
         "capabilities": {"audio_in": True, "audio_out": True, "video": False, "text_chat": text_chat},
         "media": media,
     }
-    http = http_client if http_client is not None else httpx.AsyncClient()
+    http = http_client if http_client is not None else httpx.AsyncClient(verify=ssl_context if ssl_context is not None else True)
     try:
         # Shielded: a join the server granted must be known to us, or we could
         # not leave and a ghost would stay for the reconnect grace.
