@@ -66,7 +66,7 @@ MAX_ID_CHARS = 256
 _JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", "media"})
 _ATTESTATION_FIELDS = frozenset({"token", "scope", "expiry"})
 _CAPABILITY_FIELDS = ("audio_in", "audio_out", "video", "text_chat")
-_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate", "send_sample_rate", "receive_sample_rate", "receive"})
+_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate", "send_sample_rate", "receive_sample_rate", "receive", "delivery"})
 _CREATE_FIELDS = frozenset({"max_human_participants", "expires_in", "interruption"})
 _INTERRUPTION_FIELDS = frozenset({"mode", "min_speech_ms"})
 _BOT_TRANSPORTS = ("udp", "websocket")
@@ -211,6 +211,9 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
         receive = raw_media.get("receive", "separate")
         if not isinstance(receive, str):
             raise BadRequest("'media.receive' must be a string", code="invalid_media")
+        delivery = raw_media.get("delivery", "arrival")
+        if not isinstance(delivery, str):
+            raise BadRequest("'media.delivery' must be a string", code="invalid_media")
         media = MediaSpec(
             transport=transport,
             encoding=encoding,
@@ -218,6 +221,7 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
             send_sample_rate=rates["send_sample_rate"],
             receive_sample_rate=rates["receive_sample_rate"],
             receive=receive,
+            delivery=delivery,
         )
 
     return JoinRequest(agent_id=agent_id, room_id=room_id, token=token, capabilities=capabilities, media=media)
@@ -452,6 +456,8 @@ def join_response(state: AppState, session: Session) -> dict[str, Any]:
             "clock_rate": OPUS_CLOCK_RATE,
         }
     media["receive"] = session.receive
+    if session.transport == "websocket":
+        media["delivery"] = session.delivery
     if session.mix_ssrc is not None:
         media["mix_ssrc"] = session.mix_ssrc
     return {

@@ -469,7 +469,7 @@ class BotChannel(Channel):
             WsAudio(
                 self.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate,
                 send_sample_rate=session.send_sample_rate, receive_sample_rate=session.receive_sample_rate,
-                mix_ssrc=session.mix_ssrc,
+                mix_ssrc=session.mix_ssrc, delivery=session.delivery,
             )
             if self.peer is not None
             else None
@@ -477,9 +477,14 @@ class BotChannel(Channel):
 
     def start_media(self, nursery: trio.Nursery) -> None:
         if self.audio is not None:
-            # pcm16 and the mix are popped every 20 ms; separate Opus goes out as it comes.
-            ticked = self.encoding == "pcm16" or self.audio.mixed
-            nursery.start_soon(self._pcm_out if ticked else self._opus_out)
+            # Paced pcm16 and the mix are popped every 20 ms; Opus and pcm16 on
+            # arrival go out as packets come.
+            if self.audio.ticked:
+                nursery.start_soon(self._pcm_out)
+            elif self.encoding == "pcm16":
+                nursery.start_soon(self._pcm_arrival_out)
+            else:
+                nursery.start_soon(self._opus_out)
 
     async def handle(self, message: msg.ClientMessage) -> None:
         if isinstance(message, msg.Audio):
@@ -564,6 +569,14 @@ class BotChannel(Channel):
         async for speaker, data in sink.queue:
             frame = audio.opus_out(speaker, data)
             if frame is not None:
+                await self._send_audio(frame)
+
+    async def _pcm_arrival_out(self) -> None:
+        """Each speaker's packet decoded and sent the moment it arrives."""
+        audio = self._media()
+        sink = self._sink()
+        async for speaker, data in sink.queue:
+            for frame in audio.pcm_arrived(speaker, data, trio.current_time()):
                 await self._send_audio(frame)
 
     async def _pcm_out(self) -> None:

@@ -127,9 +127,20 @@ async def test_websocket_join_response(srv, media, encoding, rate):
         "payload_type": 111,
         "clock_rate": 48000,
         "receive": "separate",
+        "delivery": "arrival",
     }
     assert (session.transport, session.encoding, session.sample_rate) == ("websocket", encoding, rate)
     assert session.mix_ssrc is None
+
+
+async def test_paced_delivery_is_echoed_and_unknown_delivery_refused(srv):
+    room = await create(srv)
+    paced = {"transport": "websocket", "encoding": "pcm16", "sample_rate": 16000, "delivery": "paced"}
+    body = (await srv.join(srv.token(), room["room_id"], media=paced)).json()
+    assert body["media"]["delivery"] == "paced"
+    assert srv.state.registry.session_by_id(body["session_id"]).delivery == "paced"
+    refused = await srv.join(srv.token(), room["room_id"], media={**paced, "delivery": "soon"})
+    assert (refused.status, refused.error_code) == (400, "invalid_media")
 
 
 async def test_pcm16_rates_apart_are_echoed(srv):
