@@ -26,9 +26,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from trio_websocket import open_websocket_url
 
+from botcall.config import RateLimit
 from botcall.signaling import api_schema
 from botcall.signaling.http_api import create_app
-from botcall.signaling.messages import CLIENT_MESSAGE_FIELDS
+from botcall.signaling.messages import CLIENT_MESSAGE_FIELDS, rfc3339
 from tests.kit.server import LiveServer, running_server
 
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -163,6 +164,10 @@ async def test_live_http_responses_match_the_document(tmp_path, contract):
             assert joined.status == 200, joined.body
         room = await check("GET", f"/v1/rooms/{room_id}", "/v1/rooms/{room_id}", bearer=token)
         assert len(room.json()["participants"]) == 3
+        for body in (created.json(), room.json(), joined.json()):
+            assert body["expires_at"] == body["expires_at_iso"] == rfc3339(body["expires_at_unix"])
+        assert room.json()["created_at_unix"] == srv.clock() and room.json()["created_at"] == rfc3339(srv.clock())
+        assert created.json()["expires_at_unix"] == srv.clock() + 600
         for path in ("/healthz", "/readyz", "/v1/version", "/metrics", "/v1/websocket-schema.json", "/", "/sw.js"):
             assert (await check("GET", path)).status == 200, path
         assert (await check("GET", f"/join/{room_id}", "/join/{room_id}")).status == 200
@@ -178,10 +183,23 @@ async def test_live_http_responses_match_the_document(tmp_path, contract):
             await check("GET", "/pwa/no-such-file.js", "/pwa/{name}"),
         ]
         assert [e.status for e in errors] == [400, 401, 401, 403, 404, 413, 404]
+        # Statuses from outside the routes (wrong method, rate limit) have the same Error shape.
+        error_schema = {"$ref": "urn:openapi#/components/schemas/Error"}
+        wrong_method = await srv.get("/v1/join")
+        assert wrong_method.status == 405 and "POST" in wrong_method.headers["allow"]
+        contract.check(error_schema, wrong_method.json())
         deleted = await check("DELETE", f"/v1/rooms/{room_id}", "/v1/rooms/{room_id}", bearer=token)
         assert deleted.json()["state"] == "closed"
         gone = await check("GET", f"/v1/rooms/{room_id}", "/v1/rooms/{room_id}", bearer=token)
         assert (gone.status, gone.error_code) == (410, "room_closed")
+
+
+async def test_a_rate_limited_response_matches_the_document(tmp_path, contract):
+    async with running_server(tmp_path, join_limit_per_ip=RateLimit(rate=0.01, burst=1)) as srv:
+        await srv.post("/v1/join", body=b"{}")
+        limited = await srv.post("/v1/join", body=b"{}")
+        assert (limited.status, limited.error_code) == (429, "rate_limited") and limited.headers["retry-after"]
+        contract.check_response("/v1/join", "POST", limited)
 
 
 def test_http_timestamps_tell_one_time_three_ways(contract):
