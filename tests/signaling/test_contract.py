@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import openapi_spec_validator
 import pytest
 import trio
 from referencing import Registry, Resource
@@ -105,6 +106,7 @@ def _openapi_path(rule: str) -> str:
 def test_every_schema_in_both_documents_is_valid_json_schema():
     document = api_schema.openapi_document()
     assert document["openapi"].startswith("3.1.")
+    openapi_spec_validator.validate(document)  # the OpenAPI 3.1 specification's own schema
     for name, schema in document["components"]["schemas"].items():
         jsonschema.Draft202012Validator.check_schema(schema), name
     jsonschema.Draft202012Validator.check_schema(api_schema.websocket_schema())
