@@ -17,6 +17,7 @@ from typing import Any
 
 from botcall import __version__
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
+from botcall.relay.ws_audio import DELIVERIES, DELIVERY_ARRIVAL
 from botcall.signaling import messages as msg
 
 Schema = dict[str, Any]
@@ -94,6 +95,8 @@ def _http_schemas() -> dict[str, Schema]:
         "send_sample_rate": {"enum": _RATES},
         "receive_sample_rate": {"enum": _RATES},
         "receive": {"enum": ["separate", "mixed"], "default": "separate"},
+        "delivery": {"enum": list(DELIVERIES), "default": DELIVERY_ARRIVAL,
+                     "description": "pcm16 to websocket bots: decoded on arrival, or paced through a jitter buffer"},
     })
     join_request = _obj(
         {
@@ -115,7 +118,8 @@ def _http_schemas() -> dict[str, Schema]:
     )
     ws_media = _obj(
         {"transport": {"const": "websocket"}, "encoding": {"enum": ["opus", "pcm16"]}, "sample_rate": {"enum": _RATES},
-         "send_sample_rate": {"enum": _RATES}, "receive_sample_rate": {"enum": _RATES}, **common_media},
+         "send_sample_rate": {"enum": _RATES}, "receive_sample_rate": {"enum": _RATES},
+         "delivery": {"enum": list(DELIVERIES)}, **common_media},
         {"mix_ssrc": _UINT32},
     )
     join_response = _obj(
