@@ -142,6 +142,24 @@ def trust_instructions(ca: Path) -> str:
     ])
 
 
+def loopback_client_context(config_cert: Path | None, data_dir: Path) -> ssl.SSLContext:
+    """What an in-process client (``botcall demo``'s bots) trusts when it talks to its
+    own server on loopback: the development CA, or the configured certificate
+    itself (the loopback address is not a name it was issued for, so the host
+    name is not checked; the certificate is).
+
+    Args:
+        config_cert: ``Config.tls_cert``, or None with ``tls_self_signed``.
+        data_dir: where the development CA is.
+    """
+    if config_cert is None:
+        return ssl.create_default_context(cafile=str(data_dir / CA_FILE))
+    context = ssl.create_default_context(cafile=str(config_cert.expanduser()))
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the server's own certificate is the anchor
+    return context
+
+
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
@@ -285,6 +303,6 @@ def _canonical(name: str) -> str:
 
 
 __all__ = [
-    "CA_FILE", "CERT_FILE", "DevCertificate", "KEY_FILE", "ensure_dev_certificate",
+    "CA_FILE", "CERT_FILE", "DevCertificate", "KEY_FILE", "ensure_dev_certificate", "loopback_client_context",
     "server_ssl_context", "trust_instructions",
 ]
