@@ -79,7 +79,7 @@ function perform(effect) {
       cancelTimer(effect.name);
       break;
     case 'start_peer':
-      startPeer(effect.peer);
+      startPeer(effect.peer, effect.iceServers);
       break;
     case 'stop_peer':
       stopPeer();
@@ -179,9 +179,10 @@ function closeSocket(code) {
 
 // --- the peer connection and the microphone ------------------------------------------
 
-function startPeer(id) {
+function startPeer(id, iceServers) {
   stopPeer();
   const created = new Peer({
+    iceServers,
     onTrack: (event) => {
       if (created === peer) audio.playRemote(event, () => view.announce('Tap the page to hear the call'));
     },

@@ -21,9 +21,14 @@ export class Peer {
    * @param {(event: RTCTrackEvent) => void} handlers.onTrack a remote track arrived
    * @param {(state: string) => void} handlers.onConnectionState connectionState changed
    * @param {(sdp: string) => void} [handlers.onOffer] a renegotiation's offer is ready to send
+   * @param {RTCIceServer[]} [handlers.iceServers] TURN servers from the 'joined' event
    */
-  constructor({ onTrack, onConnectionState, onOffer }) {
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+  constructor({ onTrack, onConnectionState, onOffer, iceServers }) {
+    const pc = new RTCPeerConnection({
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+      iceServers: Array.isArray(iceServers) ? iceServers.map((server) => ({ ...server, urls: [...server.urls] })) : [],
+    });
     this.pc = pc;
     this.onOffer = onOffer || null;
     this.answered = false; // the first answer is applied: later offers are renegotiations
