@@ -189,6 +189,9 @@ function startPeer(id, iceServers) {
     onConnectionState: (connectionState) => {
       if (created === peer) dispatch({ type: 'peer_state', peer: id, state: connectionState });
     },
+    onGathered: (count) => {
+      if (created === peer) dispatch({ type: 'ice_gathered', peer: id, count });
+    },
     // A renegotiation (negotiationneeded, or the renegotiate hook): sent like the first offer.
     onOffer: (sdp) => {
       if (created === peer) dispatch({ type: 'offer_ready', peer: id, sdp });

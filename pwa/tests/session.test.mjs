@@ -915,6 +915,18 @@ describe('TURN servers and a network that blocks calls', () => {
     assert.equal(call.of('open_socket').length, 1);
   });
 
+  test('ICE gathering that found no candidate says the network blocks calls at once', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    const peer = call.state.peerId;
+    call.step({ type: 'ice_gathered', peer: peer - 1, count: 0 });
+    assert.equal(call.state.ui, 'joining', 'an old peer is ignored');
+    call.step({ type: 'ice_gathered', peer, count: 2 });
+    assert.equal(call.state.ui, 'joining', 'candidates: wait for the checks');
+    call.step({ type: 'ice_gathered', peer, count: 0 });
+    assert.equal(call.state.problem.code, 'network_blocked');
+  });
+
   test('a connected peer cancels the ICE timeout; a stale one is harmless', () => {
     const call = new Call().toConnected();
     assert.ok(call.of('cancel_timer').some((e) => e.name === 'ice'));

@@ -110,12 +110,17 @@ def _free_range(size: int) -> int:
 
 
 @asynccontextmanager
-async def running_coturn(workdir: Path, *, secret: str | None = None) -> AsyncIterator[Coturn]:
+async def running_coturn(
+    workdir: Path, *, secret: str | None = None, allow_loopback_peers: bool = True
+) -> AsyncIterator[Coturn]:
     """Start ``turnserver``, wait until it serves, yield it; stop it on exit.
 
     Args:
         workdir: holds its pid file and user database.
         secret: its static-auth-secret (default: a random one).
+        allow_loopback_peers: let allocations reach 127.0.0.1 (the relay). ``False``
+            is coturn's default: allocations succeed, but nothing is relayed to
+            or from the relay (a TURN path that never connects).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     first = _free_range(RELAY_PORTS)
@@ -125,7 +130,7 @@ async def running_coturn(workdir: Path, *, secret: str | None = None) -> AsyncIt
         "--listening-ip", HOST, "--relay-ip", HOST, "--listening-port", str(turn.port),
         "--min-port", str(turn.min_port), "--max-port", str(turn.max_port),
         "--use-auth-secret", "--static-auth-secret", turn.secret, "--realm", turn.realm,
-        "--allow-loopback-peers", "--no-multicast-peers", "--no-cli", "--no-tls", "--no-dtls",
+        *(["--allow-loopback-peers"] if allow_loopback_peers else []), "--no-multicast-peers", "--no-cli", "--no-tls", "--no-dtls",
         "--relay-threads", "1", "--log-file", "stdout", "--simple-log",
         "--pidfile", str(workdir / "turnserver.pid"), "--userdb", str(workdir / "turndb"),
     ]
