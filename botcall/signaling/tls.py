@@ -58,12 +58,12 @@ def server_ssl_context(cert: Path, key: Path, *, alpn_protocols: Sequence[str]) 
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except FileNotFoundError as exc:
         raise ConfigError(f"TLS: cannot read {exc.filename or cert}: no such file (see --tls-cert/--tls-key)") from None
-    except OSError as exc:
-        raise ConfigError(f"TLS: cannot read {cert} or {key}: {exc.strerror or exc}") from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # an OSError too: before the next clause
         raise ConfigError(
             f"TLS: {cert} and {key} are not a PEM certificate and its matching private key ({exc.reason or exc})"
         ) from None
+    except OSError as exc:
+        raise ConfigError(f"TLS: cannot read {cert} or {key}: {exc.strerror or exc}") from None
     context.set_alpn_protocols(list(alpn_protocols))
     return context
 
