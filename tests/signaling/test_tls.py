@@ -94,3 +94,15 @@ def test_a_bad_certificate_is_one_config_error(tmp_path):
     other = TestTls.make(tmp_path / "other")
     with pytest.raises(ConfigError, match="not a PEM certificate and its matching private key"):
         tls.server_ssl_context(certs.cert, other.key, alpn_protocols=["http/1.1"])
+
+
+async def test_self_signed_says_how_to_trust_it_and_where_invites_start(tmp_path, caplog):
+    caplog.set_level("INFO", logger="botcall")
+    async with running_server(tmp_path, tls_self_signed=True) as srv:
+        srv.client_ssl = ssl.create_default_context(cafile=str(tmp_path / tls.CA_FILE))
+        created = (await srv.create_room(srv.token(agent="creator#1"))).json()
+    text = "\n".join(record.getMessage() for record in caplog.records if record.name == "botcall")
+    assert f"import the development CA {tmp_path / tls.CA_FILE}" in text
+    assert "certutil" in text and "SSL_CERT_FILE=" in text
+    assert f"Invite links start with {srv.info.base_url}/join/" in text and srv.info.base_url.startswith("https://")
+    assert created["invite_url"].startswith(srv.info.base_url + "/join/")
