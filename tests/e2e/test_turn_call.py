@@ -6,8 +6,9 @@ disable_non_proxied_udp`` leaves it no UDP of its own: only TURN over TCP
 (``--turn-uri``, ``--turn-secret``), the PWA, served over HTTPS from a test CA
 (tests/kit/tls.py) at ``https://botcall.test`` (mapped to 127.0.0.1, so the
 page is a secure context because of TLS, not because it is loopback), talks
-with a UDP bot both ways, checked by tone frequency; the relay sees the
-browser at coturn's relayed address. Without TURN the same browser gets the
+with a UDP bot both ways, checked by tone frequency, over TURN/TCP and, with
+only a ``turns:`` URI, over TURN/TLS; the relay sees the browser at coturn's
+relayed address. Without TURN the same browser gets the
 "network blocks calls" message within 10 s instead of "Connecting…" for ever.
 """
 
@@ -54,17 +55,27 @@ MEDIAN_REMOTE_FREQUENCY = """async () => {
 }"""
 
 
-async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_path):
+@pytest.mark.parametrize(
+    ("transports", "path"),
+    [
+        # UDP and TCP offered: only TCP is possible without UDP, and it is taken.
+        (("udp", "tcp"), "tcp"),
+        # Only TURN over TLS (turns:, coturn with the test CA's certificate).
+        (("tls",), "tls"),
+    ],
+)
+async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_path, transports, path):
     mic = tmp_path / "mic-660.wav"
     write_wav(mic, tone(660, 10.0, amplitude=0.4), sample_rate=48000, channels=1)
     tls = TestTls.make(tmp_path / "tls")
-    async with running_coturn(tmp_path / "coturn") as turn:
+    async with running_coturn(tmp_path / "coturn", tls_files=(tls.cert, tls.key) if "tls" in transports else None) as turn:
+        uris = tuple(turn.uri(transport) for transport in transports)
         async with running_server(
             tmp_path / "server",
             tls_cert=tls.cert,
             tls_key=tls.key,
             client_ssl=tls.client,
-            turn_uris=(turn.uri("udp"), turn.uri("tcp")),
+            turn_uris=uris,
             turn_secret=turn.secret,
         ) as srv:
             assert srv.url.startswith("https://")
@@ -116,9 +127,9 @@ async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_p
                     )
                     nursery.cancel_scope.cancel()
     assert result["secure"] == {"secure": True, "protocol": "https:"}
-    assert result["configured"] == [[turn.uri("udp"), turn.uri("tcp")]]
-    # Only TURN over TCP was possible, and that is the path the call took.
-    assert result["selected"] == {"type": "relay", "relayProtocol": "tcp", "protocol": "udp"}
+    assert result["configured"] == [list(uris)]
+    # No UDP of its own: the call took the TURN path offered (TCP or TLS to coturn).
+    assert result["selected"] == {"type": "relay", "relayProtocol": path, "protocol": "udp"}
     assert turn.relays(result["browser_at"]), result["browser_at"]
     assert result["rx_packets"] > 40
     assert abs(result["remote"] - 440) < 8

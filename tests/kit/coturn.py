@@ -37,7 +37,8 @@ REALM = "botcall.test"
 RELAY_PORTS = 200
 # A safety net against a turnserver that never starts, not a speed requirement.
 START_TIMEOUT = 20.0
-_LISTENER = re.compile(rb"IPv4\. (UDP|TCP) listener opened on ?: ?127\.0\.0\.1:(\d+)")
+# With TLS on, coturn accepts TLS and plain TCP on each TCP port and logs it as TLS/TCP.
+_LISTENER = re.compile(rb"IPv4\. (UDP|TCP|TLS/TCP) listener opened on ?: ?127\.0\.0\.1:(\d+)")
 # RFC 8656 §14.7: REQUESTED-TRANSPORT carries the IP protocol number (17, UDP) in its first byte.
 REQUESTED_TRANSPORT_UDP = 17 << 24
 
@@ -52,6 +53,7 @@ class Coturn:
 
     Attributes:
         port: its TURN port (UDP and TCP) on 127.0.0.1.
+        tls_port: its TURN-over-TLS port, or None without TLS.
         min_port, max_port: the range its relayed addresses come from.
         secret: its static-auth-secret.
         realm: its realm.
@@ -62,11 +64,16 @@ class Coturn:
     min_port: int
     max_port: int
     secret: str
+    tls_port: int | None = None
     realm: str = REALM
     log: list[str] = field(default_factory=list)
 
     def uri(self, transport: str) -> str:
-        """``turn:127.0.0.1:<port>?transport=<udp|tcp>``."""
+        """``turn:127.0.0.1:<port>?transport=<udp|tcp>``, or for ``tls``
+        ``turns:127.0.0.1:<tls_port>?transport=tcp``."""
+        if transport == "tls":
+            assert self.tls_port is not None, "coturn runs without TLS"
+            return f"turns:{HOST}:{self.tls_port}?transport=tcp"
         return f"turn:{HOST}:{self.port}?transport={transport}"
 
     def relays(self, address: tuple[str, int]) -> bool:
@@ -111,7 +118,11 @@ def _free_range(size: int) -> int:
 
 @asynccontextmanager
 async def running_coturn(
-    workdir: Path, *, secret: str | None = None, allow_loopback_peers: bool = True
+    workdir: Path,
+    *,
+    secret: str | None = None,
+    allow_loopback_peers: bool = True,
+    tls_files: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[Coturn]:
     """Start ``turnserver``, wait until it serves, yield it; stop it on exit.
 
@@ -121,20 +132,29 @@ async def running_coturn(
         allow_loopback_peers: let allocations reach 127.0.0.1 (the relay). ``False``
             is coturn's default: allocations succeed, but nothing is relayed to
             or from the relay (a TURN path that never connects).
+        tls_files: a certificate (chain) and key: TURN over TLS on a second port too.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     first = _free_range(RELAY_PORTS)
-    turn = Coturn(port=_free_port(), min_port=first, max_port=first + RELAY_PORTS - 1, secret=secret or secrets.token_urlsafe(16))
+    turn = Coturn(
+        port=_free_port(), min_port=first, max_port=first + RELAY_PORTS - 1, secret=secret or secrets.token_urlsafe(16),
+        tls_port=_free_port() if tls_files is not None else None,
+    )
+    tls_options = (
+        ["--tls-listening-port", str(turn.tls_port), "--cert", str(tls_files[0]), "--pkey", str(tls_files[1])]
+        if tls_files is not None else ["--no-tls"]
+    )
     command = [
         TURNSERVER, "-n", "-v",
         "--listening-ip", HOST, "--relay-ip", HOST, "--listening-port", str(turn.port),
         "--min-port", str(turn.min_port), "--max-port", str(turn.max_port),
         "--use-auth-secret", "--static-auth-secret", turn.secret, "--realm", turn.realm,
-        *(["--allow-loopback-peers"] if allow_loopback_peers else []), "--no-multicast-peers", "--no-cli", "--no-tls", "--no-dtls",
+        *(["--allow-loopback-peers"] if allow_loopback_peers else []), "--no-multicast-peers", "--no-cli", *tls_options, "--no-dtls",
         "--relay-threads", "1", "--log-file", "stdout", "--simple-log",
         "--pidfile", str(workdir / "turnserver.pid"), "--userdb", str(workdir / "turndb"),
     ]
     listening: set[str] = set()
+    wanted = {f"UDP:{turn.port}", f"TCP:{turn.port}"} | ({f"TCP:{turn.tls_port}"} if turn.tls_port else set())
     ready = trio.Event()
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -149,9 +169,10 @@ async def running_coturn(
                 for line in lines:
                     turn.log.append(line.decode("utf-8", "replace"))
                     match = _LISTENER.search(line)
-                    if match and int(match.group(2)) == turn.port:
-                        listening.add(match.group(1).decode())
-                        if listening == {"UDP", "TCP"}:
+                    if match and int(match.group(2)) in (turn.port, turn.tls_port):
+                        kind = "UDP" if match.group(1) == b"UDP" else "TCP"
+                        listening.add(f"{kind}:{match.group(2).decode()}")
+                        if listening >= wanted:
                             ready.set()
 
         nursery.start_soon(read_log)
@@ -174,9 +195,11 @@ async def running_coturn(
 
 
 async def _answers(turn: Coturn) -> None:
-    """Wait until coturn answers a STUN Binding over UDP and accepts a TCP connection."""
-    stream = await trio.open_tcp_stream(HOST, turn.port)
-    await stream.aclose()
+    """Wait until coturn answers a STUN Binding over UDP and accepts TCP connections."""
+    for port in (turn.port, turn.tls_port):
+        if port is not None:
+            stream = await trio.open_tcp_stream(HOST, port)
+            await stream.aclose()
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         await sock.connect((HOST, turn.port))
