@@ -170,21 +170,23 @@ async def _demo_rooms(info: ServerInfo, config: Config, self_test_frequency: flo
             now=time.time(),
         )
 
-    # The bots talk to this server on loopback; over TLS they trust its certificate.
+    # The bots talk to this server on loopback (not on a wildcard address, which no
+    # certificate names); over TLS they trust its certificate.
+    local_url = info.http_url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
     client_ssl = tls.loopback_client_context(config.tls_cert, config.data_dir) if config.tls_enabled else None
     while True:
         room = await create_room(
-            info.http_url, mint(DEMO_AGENT), max_human_participants=config.room_default_max_humans, ssl_context=client_ssl
+            local_url, mint(DEMO_AGENT), max_human_participants=config.room_default_max_humans, ssl_context=client_ssl
         )
         out(banner(room.invite_url, info.http_url))
-        async with connect(info.http_url, room.room_id, mint(DEMO_AGENT), ssl_context=client_ssl) as call:
+        async with connect(local_url, room.room_id, mint(DEMO_AGENT), ssl_context=client_ssl) as call:
             if self_test_frequency is None:
                 await echo_bot(call)
             else:
                 async with trio.open_nursery() as bots:
                     bots.start_soon(echo_bot, call)
                     heard = await self_test(
-                        info.http_url, room.room_id, mint("stand-in-human#0002"), frequency=self_test_frequency, ssl_context=client_ssl
+                        local_url, room.room_id, mint("stand-in-human#0002"), frequency=self_test_frequency, ssl_context=client_ssl
                     )
                     bots.cancel_scope.cancel()
         if self_test_frequency is not None:
