@@ -106,3 +106,18 @@ async def test_self_signed_says_how_to_trust_it_and_where_invites_start(tmp_path
     assert "certutil" in text and "SSL_CERT_FILE=" in text
     assert f"Invite links start with {srv.info.base_url}/join/" in text and srv.info.base_url.startswith("https://")
     assert created["invite_url"].startswith(srv.info.base_url + "/join/")
+
+
+async def test_over_budget_a_tls_connection_is_closed_before_any_handshake(tmp_path):
+    certs = TestTls.make(tmp_path / "tls")
+    async with running_server(
+        tmp_path / "srv", tls_cert=certs.cert, tls_key=certs.key, client_ssl=certs.client, max_connections_per_ip=1
+    ) as srv:
+        held = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", srv.info.http_port), certs.client, server_hostname="127.0.0.1")
+        await held.do_handshake()
+        second = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", srv.info.http_port), certs.client, server_hostname="127.0.0.1")
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            await second.do_handshake()
+        assert srv.info.parts.http is not None and srv.info.parts.http.budget.refused["per_ip"] == 1
+        await trio.aclose_forcefully(second)
+        await held.aclose()
