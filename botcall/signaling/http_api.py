@@ -48,7 +48,7 @@ from botcall.signaling.messages import MAX_REPORTED_FIELDS, timestamp_fields, un
 from botcall.signaling.messages import rfc3339 as rfc3339  # re-exported: its home was here
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
-from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes
+from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes, session_ice_servers
 from botcall.signaling.rooms import (
     Capabilities,
     Identity,
@@ -489,8 +489,9 @@ def join_response(state: AppState, session: Session) -> dict[str, Any]:
         "websocket_url": f"{state.websocket_base}/v1/stream/{session.session_id}",
         "media": media,
         # ICE-lite on a reachable address: bots send to media.host/port directly and
-        # browsers get the host candidate in the SDP answer, so no STUN/TURN is needed.
-        "ice_servers": [],
+        # browsers get the host candidate in the SDP answer; TURN (when configured)
+        # is for clients whose network blocks the direct path.
+        "ice_servers": session_ice_servers(state.config, session),
         **timestamp_fields("expires_at", session.expires_at, legacy="iso"),
     }
 

@@ -34,6 +34,7 @@ from botcall.relay.ws_audio import AudioOut, WsAudio
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling import messages as msg
 from botcall.signaling.strict_json import JsonObject
+from botcall.signaling.turn import ice_servers_json
 from botcall.signaling.rooms import (
     Capabilities,
     Reason,
@@ -713,11 +714,23 @@ def welcome_event(state: SignalingState, session: Session) -> JsonObject:
     }
 
 
+def session_ice_servers(config: Config, session: Session) -> list[JsonObject]:
+    """The session's ``ice_servers``: TURN credentials valid until it expires, or ``[]``."""
+    return ice_servers_json(config.turn_uris, config.turn_secret, session.participant_id, session.expires_at)
+
+
 def joined_event(state: SignalingState, session: Session) -> JsonObject:
     """A browser's welcome: as a bot's, plus the token that resumes its place after a
-    drop and whether its media leg is up (a resumed browser then keeps it)."""
+    drop, whether its media leg is up (a resumed browser then keeps it) and the
+    TURN servers its peer connection may use."""
     connected = state.started_media().browser_connected(session.session_id)
-    return {**welcome_event(state, session), "type": "joined", "resume": session.session_id, "media_connected": connected}
+    return {
+        **welcome_event(state, session),
+        "type": "joined",
+        "resume": session.session_id,
+        "media_connected": connected,
+        "ice_servers": session_ice_servers(state.config, session),
+    }
 
 
 def register_websocket_routes(app: Quart, state: SignalingState) -> None:
