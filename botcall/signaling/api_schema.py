@@ -40,6 +40,17 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _ice_servers() -> Schema:
+    """``ice_servers``: TURN servers with REST credentials valid until ``expires_at`` (RFC 3339), or ``[]``."""
+    server = _obj({
+        "urls": {"type": "array", "items": {"type": "string", "pattern": "^turns?:"}, "minItems": 1},
+        "username": {"type": "string", "description": "<expiry Unix seconds>:<participant id>"},
+        "credential": {"type": "string", "description": "base64(HMAC-SHA1(secret, username))"},
+        "expires_at": {"type": "string", "format": "date-time"},
+    })
+    return {"type": "array", "items": server}
+
+
 def _obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None, description: str = "") -> Schema:
     schema: Schema = {"type": "object", "required": sorted(required), "properties": {**required, **(optional or {})}}
     if description:
@@ -127,7 +138,7 @@ def _http_schemas() -> dict[str, Schema]:
             "session_id": {"type": "string", "description": "a secret: it authenticates the WebSocket"},
             "participant_id": _STRING, "room_id": _STRING, "websocket_url": {"type": "string", "format": "uri"},
             "media": {"oneOf": [udp_media, ws_media]},
-            "ice_servers": {"type": "array", "items": {"type": "object"}},
+            "ice_servers": _ice_servers(),
             **_timestamps("expires_at", _ISO),
         },
         {"warnings": warnings},
@@ -303,7 +314,10 @@ def _server_events() -> dict[str, Schema]:
             "room_id": _STRING, "participants": {"type": "array", "items": _def("WsParticipant")},
             "max_human_participants": _INT, "humans": _INT, "resumed": _BOOL,
         }, description="a browser's answer to hello"),
-        "joined": _message("joined", {**welcome, "resume": _STRING, "media_connected": _BOOL}, description="a browser's answer to join"),
+        "joined": _message(
+            "joined", {**welcome, "resume": _STRING, "media_connected": _BOOL, "ice_servers": _ice_servers()},
+            description="a browser's answer to join",
+        ),
         "answer": _message("answer", {"sdp": _STRING}),
         "participant_joined": _message("participant_joined", {"participant": _def("WsParticipant")}),
         "participant_left": _message("participant_left", {**participant_id, "reason": _STRING}),
