@@ -1,0 +1,153 @@
+// The Node SDK against the real server, with the Python CLI bot in the same
+// room: audio checked by content (tone frequencies), marks, interrupt, chat,
+// reconnect. Waits are on events (the bot's printed events, the SDK's), never
+// on the clock; the timeouts are safety nets.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+
+import { connect, BotCallHttpError } from '../src/index.js';
+import { chunked, dominantFrequency, loudSeconds, loudestRun, pythonBot, readWav, startServer, tempDir, tone, toneAfterSilence, writeWav } from './kit.mjs';
+
+let server;
+let dir;
+
+before(async () => {
+  server = await startServer();
+  dir = tempDir();
+  writeWav(join(dir, 'tone660.wav'), toneAfterSilence(660, 2.0, 48_000), 48_000);
+});
+
+after(async () => {
+  await server?.stop();
+});
+
+/** A room with the Node bot in it; returns what the test needs to clean up. */
+async function nodeBotInRoom(agent, options) {
+  const token = await server.token(agent);
+  const room = await server.createRoom(token);
+  const call = await connect(server.url, room.room_id, token, options);
+  return { token, room, call };
+}
+
+/** Collect `seconds` of loud audio from one speaker out of `call.audio()`. */
+async function hear(call, participantId, seconds) {
+  const parts = [];
+  let loudFrames = 0;
+  for await (const frame of call.audio()) {
+    if (frame.participantId !== participantId) continue;
+    parts.push(frame);
+    if (loudSeconds(frame.pcm, frame.sampleRate) > 0) loudFrames += 1;
+    if (loudFrames >= seconds * 50) break;
+  }
+  const total = parts.reduce((n, f) => n + f.pcm.length, 0);
+  const samples = new Int16Array(total);
+  let offset = 0;
+  for (const frame of parts) {
+    samples.set(frame.pcm, offset);
+    offset += frame.pcm.length;
+  }
+  return { samples, frames: parts };
+}
+
+async function nextEvent(call, predicate) {
+  for await (const event of call.events()) {
+    if (predicate(event)) return event;
+  }
+  throw new Error(`the call ended (${call.closeReason}) before the event came`);
+}
+
+test('Opus both ways: the Python bot hears our 440 Hz, we hear its 660 Hz', { timeout: 120_000 }, async () => {
+  const { token, room, call } = await nodeBotInRoom('node-opus', { encoding: 'opus', sampleRate: 24_000 });
+  const record = join(dir, 'opus-heard.wav');
+  const bot = pythonBot(server, room.room_id, await server.token('py-opus'), { play: join(dir, 'tone660.wav'), record });
+  try {
+    const joined = await nextEvent(call, (e) => e.type === 'participant_joined');
+    const pyId = joined.participant.participantId;
+    assert.equal(joined.participant.kind, 'bot');
+    // A streamed source: 100 ms chunks at 24 kHz (an Opus rate: no resampling).
+    const speech = call.say(chunked(toneAfterSilence(440, 1.5, 24_000), 24_000, 100), { sampleRate: 24_000 });
+    const heard = await hear(call, pyId, 1.0);
+    const result = await speech.done();
+    assert.equal(result.completed, true);
+    assert.equal(result.durationMs, 1700);
+    assert.equal(result.playedMs, 1700);
+
+    assert.equal(heard.frames[0].sampleRate, 24_000);
+    assert.ok(heard.frames.every((f) => f.pcm.length === 480), 'every frame is 20 ms at 24 kHz');
+    const streamMs = heard.frames.map((f) => f.streamMs);
+    // The Python bot paces in real time on a busy machine, so its stream may
+    // have gaps; within a run of frames the clock steps by exactly 20 ms.
+    assert.ok(streamMs.every((ms, i) => i === 0 || ms > streamMs[i - 1]), `stream_ms increases: ${streamMs}`);
+    const steps = streamMs.slice(1).filter((ms, i) => ms === streamMs[i] + 20).length;
+    assert.ok(steps >= 0.8 * (streamMs.length - 1), `stream_ms steps by 20: ${streamMs}`);
+    assert.ok(heard.frames.every((f) => Math.abs(f.wallTime - Date.now()) < 60_000));
+    const { frequency, share } = dominantFrequency(loudestRun(heard.samples, 24_000), 24_000);
+    assert.ok(Math.abs(frequency - 660) <= 6, `we heard ${frequency} Hz`);
+    assert.ok(share > 0.5, `a clean tone (share ${share.toFixed(2)})`);
+
+    // The bot prints the room's events: our speech was detected by the relay.
+    await bot.waitJson((e) => e.type === 'speech_stopped' && e.participant_id === call.participantId);
+    await server.deleteRoom(token, room.room_id);
+    await bot.waitJson((e) => e.recorded);
+    const wav = readWav(record);
+    const tone440 = dominantFrequency(loudestRun(wav.samples, wav.sampleRate), wav.sampleRate);
+    assert.ok(Math.abs(tone440.frequency - 440) <= 6, `the Python bot heard ${tone440.frequency} Hz`);
+    const loud = loudSeconds(wav.samples, wav.sampleRate);
+    assert.ok(loud > 1.3 && loud < 1.8, `the Python bot heard ${loud} s of our 1.5 s`);
+    assert.match(await call.closed, /room closed: deleted/);
+  } finally {
+    await bot.stop();
+    await call.leave();
+  }
+});
+
+test('pcm16 with marks in order and an interrupt that reports played and heard', { timeout: 120_000 }, async () => {
+  const { token, room, call } = await nodeBotInRoom('node-pcm', { encoding: 'pcm16', sampleRate: 16_000, sendSampleRate: 24_000 });
+  const record = join(dir, 'pcm-heard.wav');
+  const bot = pythonBot(server, room.room_id, await server.token('py-pcm'), { play: join(dir, 'tone660.wav'), record });
+  try {
+    const joined = await nextEvent(call, (e) => e.type === 'participant_joined');
+    const pyId = joined.participant.participantId;
+    // 6 s at 44.1 kHz (resampled to the 24 kHz send rate), with marks each second.
+    const marks = { m1: 1000, m2: 2000, m3: 3000, m4: 4000, m5: 5000 };
+    const speech = call.say(chunked(toneAfterSilence(440, 5.8, 44_100), 44_100, 100, marks), { sampleRate: 44_100 });
+    const heard = await hear(call, pyId, 1.0);
+    assert.equal(heard.frames[0].sampleRate, 16_000);
+    assert.ok(heard.frames.every((f) => f.pcm.length === 320));
+    const { frequency } = dominantFrequency(loudestRun(heard.samples, 16_000), 16_000);
+    assert.ok(Math.abs(frequency - 660) <= 6, `we heard ${frequency} Hz over pcm16`);
+
+    const seen = [];
+    for await (const event of call.events()) {
+      if (event.type === 'mark') seen.push(event);
+      if (seen.length === 2) break;
+    }
+    assert.deepEqual(seen.map((m) => m.name), ['m1', 'm2']);
+    assert.ok(seen[0].playedMs >= 1000 && seen[0].playedMs <= 1020 && seen[1].playedMs >= 2000 && seen[1].playedMs <= 2020, JSON.stringify(seen));
+    const result = await speech.interrupt();
+    assert.equal(result.interrupted, true);
+    assert.equal(result.completed, false);
+    assert.ok(result.playedMs >= 2000 && result.playedMs < 4000, `played ${result.playedMs} ms`);
+    assert.ok(result.durationMs >= result.playedMs);
+    const pyHeard = result.heard.find((h) => h.participantId === pyId);
+    assert.ok(pyHeard && pyHeard.heardMs <= result.playedMs && pyHeard.heardMs >= 1000, JSON.stringify(result.heard));
+    assert.deepEqual(await speech.done(), result);
+
+    // (The relay judges a pcm16 bot's speech by decoding it through a voice
+    // detector, which does not take a pure tone for speech: no speech_stopped
+    // to wait for. What played before the interrupt has reached the bot.)
+    await server.deleteRoom(token, room.room_id);
+    await bot.waitJson((e) => e.recorded);
+    const wav = readWav(record);
+    const tone440 = dominantFrequency(loudestRun(wav.samples, wav.sampleRate), wav.sampleRate);
+    assert.ok(Math.abs(tone440.frequency - 440) <= 6, `the Python bot heard ${tone440.frequency} Hz`);
+    // It heard what played until the interrupt, not the whole 6 s.
+    const loud = loudSeconds(wav.samples, wav.sampleRate);
+    assert.ok(loud > 1.6 && loud < result.playedMs / 1000, `the Python bot heard ${loud} s, played ${result.playedMs} ms`);
+  } finally {
+    await bot.stop();
+    await call.leave();
+  }
+});
