@@ -151,3 +151,46 @@ test('pcm16 with marks in order and an interrupt that reports played and heard',
     await call.leave();
   }
 });
+
+test('a dropped WebSocket reconnects and audio continues; chat, mute and leave reach the room', { timeout: 120_000 }, async () => {
+  writeWav(join(dir, 'tone660-long.wav'), toneAfterSilence(660, 8.0, 48_000), 48_000);
+  const { token, room, call } = await nodeBotInRoom('node-resume', { encoding: 'opus' });
+  const bot = pythonBot(server, room.room_id, await server.token('py-resume'), { play: join(dir, 'tone660-long.wav') });
+  try {
+    const joined = await nextEvent(call, (e) => e.type === 'participant_joined');
+    const pyId = joined.participant.participantId;
+    const before = await hear(call, pyId, 0.3);
+    // Drop the TCP connection under the SDK, as a network blip would.
+    call._ws.terminate();
+    await nextEvent(call, (e) => e.type === 'reconnected');
+    assert.equal(call.counters.reconnects, 1);
+    const afterDrop = await hear(call, pyId, 1.0);
+    const lastBefore = before.frames.at(-1).streamMs;
+    assert.ok(afterDrop.frames[0].streamMs > lastBefore, 'the frames after the drop are new ones');
+    const { frequency } = dominantFrequency(loudestRun(afterDrop.samples, 48_000), 48_000);
+    assert.ok(Math.abs(frequency - 660) <= 6, `after the reconnect we heard ${frequency} Hz`);
+
+    await call.chat('hello from node');
+    const chat = await bot.waitJson((e) => e.type === 'chat' && e.participant_id === call.participantId);
+    assert.equal(chat.text, 'hello from node');
+    await call.mute();
+    await bot.waitJson((e) => e.type === 'muted' && e.participant_id === call.participantId && e.muted === true);
+    const leftAt = Date.now();
+    await call.leave();
+    const left = await bot.waitJson((e) => e.type === 'participant_left' && e.participant_id === call.participantId);
+    assert.equal(left.reason, 'left');
+    assert.ok(Date.now() - leftAt < 1000, 'the room hears of the leave within a second');
+    assert.equal(await call.closed, 'left');
+    await assert.rejects(call.chat('too late'), /ended/);
+  } finally {
+    await bot.stop();
+    await call.leave();
+    await server.deleteRoom(token, room.room_id).catch(() => {});
+  }
+});
+
+test('a refused join is a BotCallHttpError with the server code; a URL without http:// is a TypeError', async () => {
+  const token = await server.token('node-refused');
+  await assert.rejects(connect(server.url, 'no-such-room', token), (err) => err instanceof BotCallHttpError && err.status === 404 && err.code === 'room_not_found');
+  await assert.rejects(connect('127.0.0.1:1', 'room', token), TypeError);
+});
