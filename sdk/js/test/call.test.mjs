@@ -5,7 +5,11 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 import { connect, BotCallHttpError } from '../src/index.js';
 import { chunked, dominantFrequency, loudSeconds, loudestRun, pythonBot, readWav, startServer, tempDir, tone, toneAfterSilence, writeWav } from './kit.mjs';
@@ -193,4 +197,25 @@ test('a refused join is a BotCallHttpError with the server code; a URL without h
   const token = await server.token('node-refused');
   await assert.rejects(connect(server.url, 'no-such-room', token), (err) => err instanceof BotCallHttpError && err.status === 404 && err.code === 'room_not_found');
   await assert.rejects(connect('127.0.0.1:1', 'room', token), TypeError);
+});
+
+test('the README example runs as written', { timeout: 60_000 }, async () => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const code = readme.match(/```js\n([\s\S]*?)```/)[1];
+  // Inside the package, `import 'botcall-sdk'` resolves to the package itself.
+  const script = new URL('../.readme-example.mjs', import.meta.url);
+  writeFileSync(script, code);
+  const token = await server.token('readme#1');
+  const room = await server.createRoom(token);
+  try {
+    const { stdout } = await promisify(execFile)(process.execPath, [fileURLToPath(script)], {
+      env: { ...process.env, BOTCALL_SERVER: server.url, BOTCALL_ROOM: room.room_id, BOTCALL_TOKEN: token },
+      timeout: 30_000,
+    });
+    assert.match(stdout, /^joined as p-/m);
+    assert.match(stdout, /^played 1000 ms of 1000$/m);
+  } finally {
+    rmSync(script, { force: true });
+    await server.deleteRoom(token, room.room_id);
+  }
 });
