@@ -2,6 +2,8 @@
 // (docs/protocol.md "Audio over the WebSocket"), speaks through the server's
 // playout ("Bot speech") and hears every speaker, with pcm16 or Opus.
 
+import { endianness } from 'node:os';
+
 import WebSocket from 'ws';
 import OpusScript from 'opusscript';
 
@@ -34,6 +36,13 @@ const HIGH_WATER_BYTES = 256 * 1024;
 /** Close codes after which the session is over and a reconnect is pointless (docs/protocol.md "Close codes"). */
 const FINAL_CLOSE_CODES = new Set([1000, 1001, 1008, 1009, 4400, 4401, 4404, 4408, 4409, 4410, 4411]);
 const INTERNAL_MARK = 'botcall-sdk:';
+/**
+ * The server takes control, chat, ping and mark messages at 20 a second with a
+ * burst of 40, and refuses the rest (docs/protocol.md "WebSocket channel"): a
+ * refused mark would never fire. We stay a little under it, waiting instead.
+ */
+const MESSAGE_RATE = 18;
+const MESSAGE_BURST = 36;
 const FRAME_MS = 20;
 const RTP_CLOCK = 48_000;
 
@@ -71,6 +80,35 @@ function camelize(value) {
 
 function isChunk(item) {
   return ArrayBuffer.isView(item) || item instanceof ArrayBuffer;
+}
+
+// Typed arrays use the machine's byte order; the wire is little-endian.
+const LITTLE_ENDIAN = endianness() === 'LE';
+
+/** Int16 samples from little-endian bytes (a copy). */
+function int16FromLE(bytes) {
+  const samples = new Int16Array(bytes.length >> 1);
+  if (LITTLE_ENDIAN) {
+    new Uint8Array(samples.buffer).set(bytes.subarray(0, samples.length * 2));
+  } else {
+    for (let i = 0; i < samples.length; i++) samples[i] = bytes.readInt16LE(i * 2);
+  }
+  return samples;
+}
+
+/** Little-endian bytes of int16 frames, concatenated. */
+function leFromInt16(frames) {
+  const bytes = Buffer.allocUnsafe(frames.reduce((n, f) => n + f.length * 2, 0));
+  let offset = 0;
+  for (const frame of frames) {
+    if (LITTLE_ENDIAN) {
+      bytes.set(new Uint8Array(frame.buffer, frame.byteOffset, frame.byteLength), offset);
+      offset += frame.byteLength;
+    } else {
+      for (let i = 0; i < frame.length; i++, offset += 2) bytes.writeInt16LE(frame[i], offset);
+    }
+  }
+  return bytes;
 }
 
 function sleep(ms) {
@@ -220,13 +258,18 @@ export class Call {
     });
     this._resolveClosed = resolveClosed;
     this._readyPromise = null;
+    this._tokens = MESSAGE_BURST;
+    this._tokensAt = performance.now();
+    this._messageTurn = Promise.resolve();
   }
 
   // --- the socket ---------------------------------------------------------------------
 
   /** Open the WebSocket and wait for `welcome` (10 s). */
   async _open() {
-    const ws = new WebSocket(this._url, { handshakeTimeout: 10_000, maxPayload: 256 * 1024 });
+    // No permessage-deflate: audio does not compress, and zlib cost more CPU than
+    // everything else in a call (measured with bench/overhead.mjs).
+    const ws = new WebSocket(this._url, { handshakeTimeout: 10_000, maxPayload: 256 * 1024, perMessageDeflate: false });
     ws.binaryType = 'nodebuffer';
     const welcomed = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new CallError('no welcome from the server within 10 s')), 10_000);
@@ -312,7 +355,28 @@ export class Call {
     await this._send(JSON.stringify(message));
   }
 
+  /** Wait for a token of the message budget (a token bucket shared by every JSON message). */
+  async _takeMessageToken() {
+    for (;;) {
+      const now = performance.now();
+      this._tokens = Math.min(MESSAGE_BURST, this._tokens + ((now - this._tokensAt) / 1000) * MESSAGE_RATE);
+      this._tokensAt = now;
+      if (this._tokens >= 1) {
+        this._tokens -= 1;
+        return;
+      }
+      await sleep(((1 - this._tokens) / MESSAGE_RATE) * 1000);
+    }
+  }
+
   async _send(data) {
+    if (typeof data === 'string') {
+      // Messages wait their turn in order, so a mark never overtakes audio sent after it.
+      const turn = this._messageTurn.then(() => this._takeMessageToken());
+      this._messageTurn = turn;
+      await turn;
+      await this._ready();
+    }
     const ws = this._ws;
     if (ws.bufferedAmount > HIGH_WATER_BYTES) {
       // Let TCP slow us down rather than buffering without bound.
@@ -415,8 +479,7 @@ export class Call {
     let concealed = false;
     if (this.encoding === 'pcm16') {
       // The server decoded and buffered it; the timestamp is the stream position at our rate.
-      pcm = new Int16Array(packet.payload.length >> 1);
-      for (let i = 0; i < pcm.length; i++) pcm[i] = packet.payload.readInt16LE(i * 2);
+      pcm = int16FromLE(packet.payload);
       streamMs = Math.floor((packet.timestamp * 1000) / this.sampleRate);
       concealed = packet.payloadType === PCM16_CONCEALED_PAYLOAD_TYPE;
     } else {
@@ -430,9 +493,7 @@ export class Call {
         this._decoders.set(ssrc, decoder);
       }
       try {
-        const decoded = decoder.decode(packet.payload);
-        pcm = new Int16Array(decoded.length >> 1);
-        for (let i = 0; i < pcm.length; i++) pcm[i] = decoded.readInt16LE(i * 2);
+        pcm = int16FromLE(decoder.decode(packet.payload));
       } catch {
         this.counters.decodeErrors += 1;
         return;
@@ -563,12 +624,7 @@ export class Call {
     if (this.encoding === 'pcm16') {
       for (let start = 0; start < frames.length; start += FRAMES_PER_MESSAGE) {
         const batch = frames.slice(start, start + FRAMES_PER_MESSAGE);
-        const bytes = Buffer.allocUnsafe(batch.reduce((n, f) => n + f.length * 2, 0));
-        let offset = 0;
-        for (const frame of batch) {
-          for (let i = 0; i < frame.length; i++, offset += 2) bytes.writeInt16LE(frame[i], offset);
-        }
-        await this._send(bytes);
+        await this._send(leFromInt16(batch));
         this.counters.framesSent += batch.length;
         this._position += batch.length * (RTP_CLOCK / 50);
       }
@@ -576,8 +632,7 @@ export class Call {
     }
     const encoder = this._encoder(rate);
     for (const frame of frames) {
-      const pcm = Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength);
-      const payload = encoder.encode(pcm, frame.length);
+      const payload = encoder.encode(leFromInt16([frame]), frame.length);
       const { level, voice } = audioLevel(frame);
       const packet = buildRtp({ payloadType: OPUS_PAYLOAD_TYPE, seq: this._seq, timestamp: this._timestamp, ssrc: this.ssrc, payload, level, voice });
       this._seq = (this._seq + 1) & 0xffff;
