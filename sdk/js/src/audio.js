@@ -70,29 +70,36 @@ export class Framer {
  */
 export class Resampler {
   constructor(fromRate, toRate) {
-    if (!(fromRate > 0 && toRate > 0)) throw new RangeError('sample rates must be positive');
-    this.step = fromRate / toRate;
-    this._pos = 0; // the next output sample's position in the next chunk (> -1)
+    if (!(Number.isInteger(fromRate) && Number.isInteger(toRate) && fromRate > 0 && toRate > 0)) {
+      throw new RangeError('sample rates must be positive integers');
+    }
+    this.fromRate = fromRate;
+    this.toRate = toRate;
+    // Exact integer positions (output n sits at input n * from / to), so the
+    // output does not depend on how the input was cut into chunks.
+    this._emitted = 0; // output samples so far
+    this._consumed = 0; // input samples before the current chunk
     this._last = 0; // the previous chunk's last sample (position -1)
   }
 
   /** @param {Int16Array} input @returns {Int16Array} */
   push(input) {
     if (!input.length) return new Int16Array(0);
-    // Positions count input samples from this chunk's first (0); -1 is the
-    // previous chunk's last, kept in _last, so interpolation spans chunk edges.
     const out = [];
-    let pos = this._pos;
     const last = input.length - 1;
-    while (pos <= last) {
-      const i = Math.floor(pos);
-      const frac = pos - i;
+    for (;;) {
+      // Position of the next output in this chunk, as whole + frac / toRate.
+      const numerator = this._emitted * this.fromRate - this._consumed * this.toRate;
+      const i = Math.floor(numerator / this.toRate);
+      if (i > last) break;
+      const frac = (numerator - i * this.toRate) / this.toRate;
       const a = i < 0 ? this._last : input[i];
       const b = i < last ? input[i + 1] : a;
+      if (i === last && frac > 0) break; // needs the next chunk's first sample
       out.push(Math.round(a + (b - a) * frac));
-      pos += this.step;
+      this._emitted += 1;
     }
-    this._pos = pos - input.length;
+    this._consumed += input.length;
     this._last = input[last];
     return Int16Array.from(out);
   }

@@ -219,3 +219,34 @@ test('the README example runs as written', { timeout: 60_000 }, async () => {
     await server.deleteRoom(token, room.room_id);
   }
 });
+
+test('two Node bots in one process: 5 s streamed in 104 ms chunks at 24 kHz arrive as 250 frames, no silence inserted', { timeout: 120_000 }, async () => {
+  const tokenA = await server.token('node-a');
+  const room = await server.createRoom(tokenA);
+  const a = await connect(server.url, room.room_id, tokenA, { encoding: 'opus' });
+  const b = await connect(server.url, room.room_id, await server.token('node-b'), { encoding: 'opus', sampleRate: 24_000 });
+  try {
+    assert.ok(b.participants.has(a.participantId), 'B learnt of A from its welcome');
+    const speech = a.say(chunked(tone(440, 5, 24_000), 24_000, 104), { sampleRate: 24_000 });
+    const frames = [];
+    for await (const frame of b.audio()) {
+      if (frame.participantId !== a.participantId) continue;
+      frames.push(frame);
+      if (frames.length === 250) break;
+    }
+    const result = await speech.done();
+    assert.deepEqual([result.completed, result.durationMs, result.playedMs], [true, 5000, 5000]);
+    assert.equal(a.counters.framesSent, 250);
+    // Every frame is the next 20 ms of A's stream, and every one is loud.
+    assert.deepEqual(frames.map((f) => f.streamMs), Array.from({ length: 250 }, (_, i) => i * 20));
+    const quiet = frames.filter((f) => loudSeconds(f.pcm, 24_000) === 0).length;
+    assert.ok(quiet <= 1, `${quiet} quiet frames`);
+    const all = Int16Array.from(frames.flatMap((f) => [...f.pcm]));
+    const { frequency, share } = dominantFrequency(all.subarray(24_000, 48_000), 24_000);
+    assert.ok(Math.abs(frequency - 440) <= 4 && share > 0.8, `${frequency} Hz, share ${share}`);
+  } finally {
+    await a.leave();
+    await b.leave();
+    await server.deleteRoom(tokenA, room.room_id).catch(() => {});
+  }
+});
