@@ -3,6 +3,7 @@
 export const MAX_QUEUED_FRAMES: number;
 export const MAX_QUEUED_EVENTS: number;
 export const DEFAULT_MAX_AHEAD_MS: number;
+export const DEFAULT_PCM16_MAX_AHEAD_MS: number;
 
 export type Pcm = Int16Array | Float32Array | Uint8Array | ArrayBuffer;
 /** A place in a streamed source where a `mark` event should fire. */
@@ -24,7 +25,7 @@ export interface ConnectOptions {
   textChat?: boolean;
   /** Defaults to the token's `sub`. */
   agentId?: string;
-  /** How far ahead of the playout `say()` sends (default 60000; the server takes 120000). */
+  /** How far ahead of the playout `say()` sends (Opus 60000, pcm16 2000 by default; the server takes 120000). */
   maxAheadMs?: number;
   /** Reopen a dropped WebSocket within the server's grace window. Default true. */
   reconnect?: boolean;

@@ -25,8 +25,16 @@ export { BadPacketError } from './wire.js';
 export const MAX_QUEUED_FRAMES = 1500;
 /** Events kept for a slow `events()` reader (the server keeps 256 per socket too). */
 export const MAX_QUEUED_EVENTS = 256;
-/** How far ahead of the playout `say()` sends by default (the server takes up to 120 s). */
+/** How far ahead of the playout `say()` sends Opus by default (the server takes up to 120 s). */
 export const DEFAULT_MAX_AHEAD_MS = 60_000;
+/**
+ * The same for pcm16. The relay reads a bot's next pcm16 message only once the
+ * previous one is encoded (at 5x real time beyond 1 s ahead), so PCM sent far
+ * ahead waits in TCP, and a `clear` sent after it waits behind it: measured, an
+ * interrupt 2 s into 6 s sent at once took effect 2.2 s late. 2 s ahead keeps
+ * that under about 0.2 s.
+ */
+export const DEFAULT_PCM16_MAX_AHEAD_MS = 2_000;
 /** The server keeps a dropped bot's session this long (`ws_connect_grace_s`); we stop trying a bit earlier. */
 const RECONNECT_WINDOW_MS = 25_000;
 /** pcm16 frames per binary message: 50 x 20 ms = 1 s, at most 96 KB (the limit is 128 KiB). */
@@ -137,7 +145,7 @@ export async function connect(server, roomId, token, options = {}) {
     receive = 'separate',
     textChat = true,
     agentId = undefined,
-    maxAheadMs = DEFAULT_MAX_AHEAD_MS,
+    maxAheadMs = encoding === 'pcm16' ? DEFAULT_PCM16_MAX_AHEAD_MS : DEFAULT_MAX_AHEAD_MS,
     reconnect = true,
     signal = undefined,
   } = options;
@@ -595,12 +603,13 @@ export class Call {
     return Math.min(this._position, this._anchor.position + (Date.now() - this._anchor.wall) * (RTP_CLOCK / 1000));
   }
 
-  /** Wait while more than maxAheadMs is queued past our estimate of the server's playout. */
-  async _paceAhead() {
+  /** Wait while more than maxAheadMs is queued past our estimate of the server's playout (or until `aborted`). */
+  async _paceAhead(aborted) {
     for (;;) {
       const aheadMs = (this._position - this._estimatedPlayed()) / (RTP_CLOCK / 1000);
       if (aheadMs <= this._maxAheadMs) return;
-      await sleep(Math.min(1000, aheadMs - this._maxAheadMs + 5));
+      const stop = await Promise.race([sleep(Math.min(1000, aheadMs - this._maxAheadMs + 5)), aborted.then(() => true)]);
+      if (stop) return;
     }
   }
 
@@ -722,6 +731,8 @@ export class Speech {
       settle = { resolve, reject };
     });
     this._settleWith = settle;
+    // A speech nobody awaits must not crash the process with an unhandled rejection.
+    this._done.catch(() => {});
   }
 
   /** Resolves when the speech ended: played to the end, interrupted, or the call closed. */
@@ -853,7 +864,7 @@ export class Speech {
         const frames = framer.push(samples);
         // Send in slices so an interrupt stops a long chunk within a second.
         for (let start = 0; start < frames.length && !this._aborted; start += FRAMES_PER_MESSAGE) {
-          await call._paceAhead();
+          await call._paceAhead(aborted);
           if (this._aborted) break;
           await sendFrames(frames.slice(start, start + FRAMES_PER_MESSAGE));
         }
