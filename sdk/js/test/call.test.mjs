@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 import { connect, BotCallHttpError } from '../src/index.js';
-import { chunked, dominantFrequency, loudSeconds, loudestRun, pythonBot, readWav, startServer, tempDir, tone, toneAfterSilence, writeWav } from './kit.mjs';
+import { chunked, dominantFrequency, human, loudSeconds, loudestRun, pythonBot, readWav, startServer, tempDir, tone, toneAfterSilence, writeWav } from './kit.mjs';
 
 let server;
 let dir;
@@ -257,5 +257,31 @@ test('two Node bots in one process: 5 s streamed in 104 ms chunks at 24 kHz arri
     await a.leave();
     await b.leave();
     await server.deleteRoom(tokenA, room.room_id).catch(() => {});
+  }
+});
+
+test('a human barging in interrupts our speech: done() says by whom, how much played and was heard', { timeout: 120_000 }, async () => {
+  const { token, room, call } = await nodeBotInRoom('node-barge', { encoding: 'opus' });
+  const person = human(server, room);
+  try {
+    const { joined: humanId } = await person.waitJson((e) => e.joined);
+    const speech = call.say(chunked(toneAfterSilence(440, 10, 48_000), 48_000, 100, { m1: 1000 }), { sampleRate: 48_000 });
+    await nextEvent(call, (e) => e.type === 'mark' && e.name === 'm1');
+    person.speak();
+    const result = await speech.done();
+    assert.equal(result.interrupted, true);
+    assert.equal(result.completed, false);
+    assert.equal(result.by, humanId);
+    assert.equal(speech.interruptedBy, humanId);
+    assert.ok(result.playedMs > 1000 && result.playedMs < 9000, `played ${result.playedMs} ms of 10200`);
+    const heard = result.heard.find((h) => h.participantId === humanId);
+    assert.ok(heard && heard.heardMs <= result.playedMs, JSON.stringify(result.heard));
+    const event = await nextEvent(call, (e) => e.type === 'interrupted');
+    assert.equal(event.by, humanId);
+    assert.ok(event.droppedMs > 0);
+  } finally {
+    await person.stop();
+    await call.leave();
+    await server.deleteRoom(token, room.room_id).catch(() => {});
   }
 });

@@ -127,6 +127,7 @@ export async function startServer() {
   }
   return {
     url,
+    mediaPort,
     dataDir,
     child,
     /** A dev-issuer attestation (one per join: a join consumes its jti). */
@@ -158,6 +159,24 @@ export function pythonBot(server, roomId, token, { play = null, record = null, t
   if (play) args.push('--play', play);
   if (record) args.push('--record', record);
   return new Child(spawn(PYTHON, args, { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] }), 'python bot');
+}
+
+/**
+ * A human in the room: the repository's simulated browser (tests/kit, real
+ * DTLS-SRTP over UDP) driven by test/human.py. `speak()` makes it talk for 3 s.
+ */
+export function human(server, room) {
+  const invite = room.invite_url.split('#invite=')[1];
+  const script = fileURLToPath(new URL('./human.py', import.meta.url));
+  const child = new Child(spawn(PYTHON, [script, server.url, room.room_id, invite, String(server.mediaPort)], { env: ENV, stdio: ['pipe', 'pipe', 'pipe'] }), 'human');
+  child.speak = () => child.process.stdin.write('speak\n');
+  const stop = child.stop.bind(child);
+  child.stop = async () => {
+    child.process.stdin.end();
+    await Promise.race([child.exited, new Promise((r) => setTimeout(r, 3000))]);
+    await stop();
+  };
+  return child;
 }
 
 export function tempDir() {
