@@ -257,6 +257,7 @@ export class Call {
     this._speeches = new Set(); // started or queued, not finished
     this._marks = []; // marks sent and not yet reported: {name, resolve}
     this._clearsSent = 0;
+    this._clearsAnswered = 0;
     this._clears = []; // waiting for `cleared`: {resolve, internal}
     this._nextSpeechId = 1;
     let resolveClosed;
@@ -383,9 +384,15 @@ export class Call {
       const turn = this._messageTurn.then(() => this._takeMessageToken());
       this._messageTurn = turn;
       await turn;
-      await this._ready();
     }
-    const ws = this._ws;
+    let ws;
+    for (;;) {
+      await this._ready();
+      ws = this._ws;
+      if (ws.readyState === WebSocket.OPEN) break;
+      // Dropping: its 'close' starts the reconnect that _ready() waits for.
+      if (ws.readyState !== WebSocket.CLOSED) await new Promise((resolve) => ws.once('close', resolve));
+    }
     if (ws.bufferedAmount > HIGH_WATER_BYTES) {
       // Let TCP slow us down rather than buffering without bound.
       await new Promise((resolve) => ws.send(data, () => resolve()));
@@ -533,7 +540,7 @@ export class Call {
     let epoch = Infinity; // an interruption cuts everything we had started
     if (by === null) {
       const clear = this._clears.shift();
-      epoch = this._clearsAnswered = (this._clearsAnswered ?? 0) + 1;
+      epoch = ++this._clearsAnswered;
       clear?.resolve(raw);
     }
     this._anchor = { position: this._position, wall: Date.now() };

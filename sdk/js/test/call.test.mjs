@@ -167,7 +167,10 @@ test('a dropped WebSocket reconnects and audio continues; chat, mute and leave r
     const joined = await nextEvent(call, (e) => e.type === 'participant_joined');
     const pyId = joined.participant.participantId;
     const before = await hear(call, pyId, 0.3);
-    // Drop the TCP connection under the SDK, as a network blip would.
+    // Drop the TCP connection under the SDK, as a network blip would, in the
+    // middle of a streamed speech: its sending waits for the new socket.
+    const speech = call.say(chunked(tone(440, 2, 48_000), 48_000, 100), { sampleRate: 48_000 });
+    await speech.mark('before-drop');
     call._ws.terminate();
     await nextEvent(call, (e) => e.type === 'reconnected');
     assert.equal(call.counters.reconnects, 1);
@@ -176,6 +179,10 @@ test('a dropped WebSocket reconnects and audio continues; chat, mute and leave r
     assert.ok(afterDrop.frames[0].streamMs > lastBefore, 'the frames after the drop are new ones');
     const { frequency } = dominantFrequency(loudestRun(afterDrop.samples, 48_000), 48_000);
     assert.ok(Math.abs(frequency - 660) <= 6, `after the reconnect we heard ${frequency} Hz`);
+
+    const result = await speech.done();
+    assert.equal(result.completed, true, JSON.stringify(result));
+    assert.equal(result.durationMs, 2000);
 
     await call.chat('hello from node');
     const chat = await bot.waitJson((e) => e.type === 'chat' && e.participant_id === call.participantId);
