@@ -66,7 +66,8 @@ if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.fi
 fi
 
 # The Node SDK's dependencies (ws, opusscript: pure JS and wasm, no native
-# build), for its tests (node --test sdk/js/test/). npm ci only when the lock
+# build; typescript to check its shipped types), for its tests (node --test
+# sdk/js/test/). npm ci only when the lock
 # file is newer than the installed tree, so a second run is instant.
 if [ "$purpose" = "test" ]; then
     if [ ! -d sdk/js/node_modules ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
