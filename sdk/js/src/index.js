@@ -733,6 +733,7 @@ export class Speech {
     this._pendingMarks = [];
     this._endMark = `${INTERNAL_MARK}end:${id}`;
     this._endSent = false;
+    this._finishing = false;
     let settle;
     this._done = new Promise((resolve, reject) => {
       settle = { resolve, reject };
@@ -754,7 +755,7 @@ export class Speech {
    */
   mark(name) {
     return new Promise((resolve, reject) => {
-      if (this.result || this._endSent) {
+      if (this.result || this._finishing) {
         this.call._sendMark(String(name)).then(({ played }) => played.then(resolve), reject);
         return;
       }
@@ -877,6 +878,7 @@ export class Speech {
         }
       }
       if (!this._aborted) {
+        this._finishing = true; // marks asked for from now on go straight out
         const tail = framer.flush();
         if (tail) await sendFrames([tail]);
         await this._flushMarks();

@@ -241,13 +241,24 @@ test('two Node bots in one process: 5 s streamed in 104 ms chunks at 24 kHz arri
     const start = speech.mark('start'); // wherever sending has got to: nothing sent yet
     const frames = [];
     let later = null;
-    for await (const frame of b.audio()) {
-      if (frame.participantId !== a.participantId) continue;
-      frames.push(frame);
-      if (frames.length === 50) later = speech.mark('later');
-      if (frames.length === 250) break;
-    }
+    let all250;
+    const got250 = new Promise((resolve) => {
+      all250 = resolve;
+    });
+    const listening = (async () => {
+      for await (const frame of b.audio()) {
+        if (frame.participantId !== a.participantId) continue;
+        frames.push(frame);
+        if (frames.length === 50) later = speech.mark('later');
+        if (frames.length === 250) break;
+      }
+      all250();
+    })();
     const result = await speech.done();
+    // The end mark fires as the last frame leaves for the listeners: it is on its way to B.
+    await Promise.race([got250, new Promise((r) => setTimeout(r, 10_000))]);
+    assert.equal(frames.length, 250, `B heard ${frames.length} of A's frames; streamMs ${frames.map((f) => f.streamMs)}`);
+    await listening;
     assert.deepEqual([result.completed, result.durationMs, result.playedMs], [true, 5000, 5000]);
     assert.equal(a.counters.framesSent, 250);
     assert.deepEqual(await start, { name: 'start', playedMs: 0 });
