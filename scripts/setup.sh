@@ -22,7 +22,7 @@ apt_install() {
 # System libraries. libopus for the codec everywhere; Chromium and Firefox ESR
 # only for the browser end-to-end tests (Firefox is driven over Marionette by
 # the marionette-driver package of the dev extras; tests/kit/firefox.py); ffmpeg as an independent Opus/RTP peer in tests;
-# Node.js for the PWA's unit tests (node --test, no npm packages); espeak-ng
+# Node.js for the PWA's unit tests and the Node SDK's tests (sdk/js); espeak-ng
 # speaks the labelled corpus of the speech detection tests and benchmark;
 # coturn and redis-server are started by the test fixtures.
 missing=()
@@ -81,5 +81,16 @@ if [ "$purpose" = "test" ]; then
     if [ ! -d "$werift_dir/node_modules/werift" ] || [ "$werift_dir/package-lock.json" -nt "$werift_dir/node_modules/.package-lock.json" ]; then
         echo "setup: npm ci in $werift_dir (werift)"
         (cd "$werift_dir" && npm ci --silent --no-audit --no-fund)
+    fi
+fi
+
+# The Node SDK's dependencies (ws, opusscript: pure JS and wasm, no native
+# build; typescript to check its shipped types), for its tests (node --test
+# sdk/js/test/). npm ci only when the lock
+# file is newer than the installed tree, so a second run is instant.
+if [ "$purpose" = "test" ]; then
+    if [ ! -d sdk/js/node_modules ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
+        echo "setup: npm ci in sdk/js"
+        (cd sdk/js && npm ci --no-audit --no-fund --loglevel=error)
     fi
 fi
