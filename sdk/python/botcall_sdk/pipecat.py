@@ -35,6 +35,7 @@ Trio as well.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +58,8 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 import botcall_sdk
 from botcall_sdk._call import Call, Interruption, Speech
 
+log = logging.getLogger(__name__)
+
 # How long the pipeline may pause inside one utterance before it is over.
 UTTERANCE_GAP_S = 0.3
 # Output frames waiting for the SDK (which runs up to SEND_AHEAD seconds ahead
@@ -66,7 +69,7 @@ OUTPUT_QUEUE_FRAMES = 50
 END_DRAIN_S = 30.0
 
 
-class BotCallParams(TransportParams):  # type: ignore[misc]
+class BotCallParams(TransportParams):
     """Transport parameters (Pipecat's ``TransportParams`` plus BotCall's).
 
     Parameters:
@@ -137,11 +140,11 @@ class _Session:
         self._leave.set()
         try:
             await self._task
-        except Exception:  # already reported by whoever started it
-            pass
+        except Exception as exc:
+            log.warning("the call ended with an error: %r", exc)
 
 
-class BotCallInputTransport(BaseInputTransport):  # type: ignore[misc]
+class BotCallInputTransport(BaseInputTransport):
     """The call's mix-minus into the pipeline, and BotCall's events."""
 
     def __init__(self, transport: BotCallTransport, session: _Session, params: BotCallParams, **kwargs: Any) -> None:
@@ -174,7 +177,7 @@ class BotCallInputTransport(BaseInputTransport):  # type: ignore[misc]
                     await self.push_frame(UserStoppedSpeakingFrame())
             elif isinstance(event, botcall_sdk.Interrupted):
                 # The server already cleared our speech; stop the LLM and TTS too.
-                await self.broadcast_interruption()
+                await self.broadcast_interruption()  # type: ignore[no-untyped-call]  # pipecat leaves it unannotated
                 await self._transport._call_event_handler("on_interrupted", event)
             elif isinstance(event, botcall_sdk.ParticipantJoined):
                 await self._transport._call_event_handler("on_participant_joined", event.participant)
@@ -199,7 +202,7 @@ class BotCallInputTransport(BaseInputTransport):  # type: ignore[misc]
         await self._session.stop()
 
 
-class BotCallOutputTransport(BaseOutputTransport):  # type: ignore[misc]
+class BotCallOutputTransport(BaseOutputTransport):
     """The pipeline's audio, streamed to the server's playout one utterance at a time."""
 
     def __init__(self, transport: BotCallTransport, session: _Session, params: BotCallParams, **kwargs: Any) -> None:
@@ -269,7 +272,7 @@ class BotCallOutputTransport(BaseOutputTransport):  # type: ignore[misc]
             try:
                 await asyncio.wait_for(speech.done(), END_DRAIN_S)
             except asyncio.TimeoutError:
-                pass
+                log.warning("leaving with speech still playing after %g s", END_DRAIN_S)
         await self._session.stop()
 
     async def cancel(self, frame: CancelFrame) -> None:
@@ -278,7 +281,7 @@ class BotCallOutputTransport(BaseOutputTransport):  # type: ignore[misc]
         await self._session.stop()
 
 
-class BotCallTransport(BaseTransport):  # type: ignore[misc]
+class BotCallTransport(BaseTransport):
     """A Pipecat transport that joins a BotCall room as a bot.
 
     Args:

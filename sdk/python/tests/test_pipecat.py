@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("pipecat")
-
 from pipecat.frames.frames import (  # noqa: E402
     EndFrame,
     Frame,
