@@ -12,7 +12,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("botcall.server", "run the BotCall server (HTTP API, signaling, media relay)"),
+    "serve": ("botcall.cluster.serve", "run the BotCall server (HTTP API, signaling, media relay)"),
     "config": ("botcall.config_cli", "show the effective configuration (flags > BOTCALL_* > --config file > defaults)"),
     "token": ("botcall.auth.token_cli", "print a signed attestation from the local dev issuer"),
     "bot": ("botcall.client.cli", "join a room as a bot: play a WAV, record what it hears"),

@@ -42,6 +42,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("human", "json")
 
 
+# Worker processes at most (each holds a media port and an HTTP port).
+MAX_WORKERS = 64
+
+
 def default_data_dir() -> Path:
     """Where the dev issuer key lives unless told otherwise.
 
@@ -212,8 +216,18 @@ class Config:
     log_format: str = "human"
     # This server's name in JSON logs; None = the host name.
     node_name: str | None = None
+    # Worker processes of `botcall serve` (botcall/cluster): "1" serves in this
+    # process as always; N > 1 runs a supervisor, a routing front on the HTTP
+    # port and N workers (each its own media port); "auto" = one per core.
+    workers: str = "1"
+
+    def worker_count(self, cores: int) -> int:
+        """The number of worker processes for ``workers`` on a machine of ``cores`` cores."""
+        return max(1, cores) if self.workers == "auto" else int(self.workers)
 
     def __post_init__(self) -> None:
+        if self.workers != "auto" and not (self.workers.isdigit() and 1 <= int(self.workers) <= MAX_WORKERS):
+            raise ConfigError(f"workers must be 'auto' or 1-{MAX_WORKERS}, not {self.workers!r}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

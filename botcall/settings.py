@@ -443,6 +443,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"{default('log_level')}")
     parser.add_argument("--log-format", default=None, choices=("human", "json"),
                         help=f"human lines or one JSON object per line {default('log_format')}")
+    parser.add_argument("--workers", default=None, metavar="N|auto",
+                        help=f"worker processes, each with its own media port (media port + index); auto = one per core {default('workers')}")
 
 
 # Flags that set one field under another name (the rest map --a-b onto a_b).
@@ -454,6 +456,7 @@ _PLAIN_FLAGS = (
     "host", "port", "media_host", "media_port", "media_advertised_host", "public_url", "audience",
     "dev_issuer", "data_dir", "max_connections", "max_connections_per_ip", "header_timeout",
     "body_timeout", "http2", "shutdown_grace", "log_level", "log_format",
+    "workers",
 )
 
 

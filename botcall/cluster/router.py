@@ -1,0 +1,435 @@
+"""The front of ``botcall serve --workers N``: one HTTP port that routes each request
+to the worker owning its room (Trio shell over h11).
+
+Why a routing front (docs/architecture.md, "Workers"): clients keep one URL
+(invite links, ``websocket_url``, a TLS proxy in front see one port), the
+front learns every room's and session's worker from the responses it forwards,
+and answers for a lost worker's rooms itself (``410 room_closed``, reason
+``worker_lost``) — which no ``SO_REUSEPORT`` scheme could, because the kernel
+picks the worker before anyone has read the room id.
+
+Routing (``route``):
+
+* ``POST /v1/rooms/create`` (and ``/v1/rooms``): the least-loaded worker
+  (``Directory.place``); a ``201`` teaches the directory the room.
+* ``GET``/``DELETE /v1/rooms/<room>``, ``/v1/signal/<room>`` (WebSocket): the room's worker.
+* ``POST /v1/join``: the worker of the body's ``room_id``; a ``200`` teaches the
+  directory the session. The attestation's ``(iss, jti)`` is checked against the
+  front's replay cache first and recorded after the worker accepted it, so a
+  token used for a room on one worker is refused for a room on another.
+* ``/v1/stream/<session>`` (WebSocket): the session's worker.
+* everything else (health, version, metrics, the PWA): any running worker.
+
+A room the directory does not know goes to any worker, whose own answer
+(``404 room_not_found``...) is the right one. HTTP requests are read whole
+(bodies up to ``max_body_bytes``), sent to the worker on a fresh loopback
+connection with ``Connection: close`` and answered whole (responses up to
+``MAX_RESPONSE_BYTES``); client connections stay alive between requests. A
+WebSocket upgrade is sent on as it came and the two sockets are then spliced
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+
+from botcall.auth.attestation import ReplayCache
+from botcall.config import Config
+from botcall.errors import ApiError
+from botcall.cluster.directory import Directory, Lost, Worker
+
+log = logging.getLogger("botcall.cluster")
+
+# A worker's whole response is held at most this long (the PWA's largest asset is far smaller).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# Request headers at most (as the workers' own limit, docs/protocol.md).
+MAX_HEADER_BYTES = 16 * 1024
+# Seconds a worker gets to answer (a join may fetch a JWKS first).
+UPSTREAM_TIMEOUT_S = 30.0
+# Seconds a client connection may stay idle between requests.
+IDLE_TIMEOUT_S = 75.0
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length"}
+)
+_ROOM_PATH = re.compile(r"^/v1/rooms/([^/?]+)$")
+_SIGNAL_PATH = re.compile(r"^/v1/signal/([^/?]+)$")
+_STREAM_PATH = re.compile(r"^/v1/stream/([^/?]+)$")
+
+
+class JoinTokenError(Exception):
+    """A join body or its token could not be read (the worker then gives the real error)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: a worker, or an answer of the front's own.
+
+    Attributes:
+        worker: the worker to forward to (``None`` with ``answer``).
+        answer: ``(status, JSON body, extra headers)`` the front sends itself.
+        learn: ``"room"`` or ``"session"``: what a success response teaches the directory.
+        replay_key: ``(iss, jti, exp)`` of a join's attestation.
+    """
+
+    worker: Worker | None = None
+    answer: tuple[int, dict[str, Any], dict[str, str]] | None = None
+    learn: str | None = None
+    replay_key: tuple[str, str, float] | None = None
+
+
+def error_body(code: str, message: str, **extra: str) -> dict[str, Any]:
+    """``{"error": {"code", "message", ...}}`` (docs/protocol.md, "Error codes")."""
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def lost_answer(room_id: str, lost: Lost) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``410 room_closed`` for a room whose worker (or node) was lost, with its ``reason``."""
+    return 410, error_body("room_closed", f"the room was closed ({lost.reason})", reason=lost.reason), {}
+
+
+def join_token_untrusted(body: bytes) -> tuple[str, str, float, str]:
+    """``(iss, jti, exp, room_id)`` read, unverified, from a ``POST /v1/join`` body.
+
+    Only for routing and the shared replay check: the worker verifies the token.
+
+    Raises:
+        JoinTokenError: not a join body with a readable JWT.
+    """
+    try:
+        obj = json.loads(body)
+        room_id = obj["room_id"]
+        token = obj["attestation"]["token"]
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        iss, jti, exp = claims["iss"], claims["jti"], float(claims["exp"])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error, RecursionError) as exc:
+        raise JoinTokenError(str(exc)) from None
+    if not all(isinstance(v, str) for v in (iss, jti, room_id)) or not math.isfinite(exp):
+        raise JoinTokenError("iss, jti and room_id must be strings, exp a number")
+    return iss, jti, exp, room_id
+
+
+def _no_worker() -> tuple[int, dict[str, Any], dict[str, str]]:
+    return 503, error_body("worker_unavailable", "no worker is running; retry shortly"), {"Retry-After": "1"}
+
+
+class Front:
+    """Routes requests to workers (see the module docstring).
+
+    Args:
+        directory: the room directory (shared with the supervisor).
+        config: the supervisor's configuration (limits and timeouts).
+        replay: the replay cache shared by every worker.
+        clock: Unix time.
+    """
+
+    def __init__(self, directory: Directory, config: Config, replay: ReplayCache, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.config = config
+        self.replay = replay
+        self.clock = clock
+        self.in_flight: set[tuple[str, str]] = set()
+        self.connections = 0
+        self.accepting = True
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, body: bytes) -> Route:
+        """Where ``method path`` (with ``body``) goes; see the module docstring."""
+        directory = self.directory
+        if method == "POST" and path in ("/v1/rooms/create", "/v1/rooms"):
+            worker = directory.place()
+            return Route(worker=worker, learn="room") if worker is not None else Route(answer=_no_worker())
+        if method == "GET" and path == "/v1/cluster/workers":
+            return Route(answer=(200, {"workers": [self.worker_json(w) for w in directory.table]}, {}))
+        if method == "POST" and path == "/v1/join":
+            try:
+                iss, jti, exp, room_id = join_token_untrusted(body)
+            except JoinTokenError:
+                return self._any()
+            if (iss, jti) in self.in_flight:
+                return Route(answer=(401, error_body("attestation_replayed", "this attestation was already used to join"), {}))
+            try:
+                self.replay.check(iss, jti, self.clock())
+            except ApiError as exc:
+                return Route(answer=(exc.status, exc.to_json(), exc.headers))
+            return self._room(room_id, learn="session", replay_key=(iss, jti, exp))
+        match = _ROOM_PATH.match(path) or _SIGNAL_PATH.match(path)
+        if match:
+            return self._room(match.group(1))
+        match = _STREAM_PATH.match(path)
+        if match:
+            worker = directory.session(match.group(1))
+            return Route(worker=worker) if worker is not None else self._any()
+        return self._any()
+
+    def _room(self, room_id: str, **kwargs: Any) -> Route:
+        where = self.directory.room(room_id)
+        if isinstance(where, Lost):
+            return Route(answer=lost_answer(room_id, where))
+        if where is None:
+            return self._any(**kwargs)
+        return Route(worker=where, **kwargs)
+
+    def _any(self, **kwargs: Any) -> Route:
+        worker = self.directory.any_running()
+        return Route(worker=worker, **kwargs) if worker is not None else Route(answer=_no_worker())
+
+    @staticmethod
+    def worker_json(worker: Worker) -> dict[str, Any]:
+        return {
+            "index": worker.index,
+            "generation": worker.generation,
+            "running": worker.running,
+            "media_port": worker.media_port,
+            "rooms": worker.rooms,
+            "sessions": worker.sessions,
+            "packets_per_second": round(worker.packets_per_second, 1),
+            "load": round(worker.load, 2),
+        }
+
+    def learn(self, route: Route, status: int, body: bytes) -> None:
+        """Record what a worker's success response says (a new room or session)."""
+        assert route.worker is not None
+        if route.replay_key is not None and status == 200:
+            iss, jti, exp = route.replay_key
+            self.replay.record(iss, jti, exp + self.config.leeway_s)
+        if route.learn is None or status not in (200, 201):
+            return
+        try:
+            payload = json.loads(body)
+            expires_at = _unix(payload["expires_at"])
+            if route.learn == "room":
+                self.directory.room_created(payload["room_id"], route.worker, expires_at)
+            else:
+                self.directory.session_joined(payload["session_id"], route.worker, expires_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("worker %d's %s response was not understood (%s)", route.worker.index, route.learn, exc)
+
+    # --- serving ---------------------------------------------------------------------------
+
+    async def serve(self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until cancelled (or ``accepting`` is cleared)."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while self.accepting:
+                stream = await listener.accept()
+                if self.connections >= self.config.max_connections:
+                    await stream.aclose()
+                    continue
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            peer = stream.socket.getpeername()[0]
+            async with stream:
+                await self._requests(stream, peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError):
+            pass  # the client went away or was too slow: nothing to answer
+        finally:
+            self.connections -= 1
+
+    async def _requests(self, stream: trio.SocketStream, peer: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        while True:
+            try:
+                with trio.fail_after(IDLE_TIMEOUT_S if conn.their_state is h11.IDLE else self.config.header_timeout_s):
+                    request = await _next_event(conn, stream)
+                if not isinstance(request, h11.Request):
+                    return
+                if _is_upgrade(request):
+                    await self._websocket(stream, conn, request, peer)
+                    return
+                with trio.fail_after(self.config.body_timeout_s):
+                    body = await self._body(conn, stream)
+            except h11.RemoteProtocolError as exc:
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = exc.error_status_hint
+                    code = "body_too_large" if status == 413 else "headers_too_large" if status == 431 else "bad_request"
+                    await _respond(conn, stream, status, error_body(code, str(exc) or "malformed request"), {}, close=True)
+                return
+            except _BodyTooLarge:
+                await _respond(conn, stream, 413, error_body("body_too_large", "the body exceeds the limit"), {}, close=True)
+                return
+            method, target = request.method.decode("ascii", "replace"), request.target.decode("ascii", "replace")
+            route = self.route(method, target.partition("?")[0], body)
+            if route.answer is not None:
+                status, payload, headers = route.answer
+                await _respond(conn, stream, status, payload, headers)
+            else:
+                await self._forward(conn, stream, request, body, route, peer)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+    async def _body(self, conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await _next_event(conn, stream)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.config.max_body_bytes:
+                    raise _BodyTooLarge
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:
+                raise h11.RemoteProtocolError("connection closed in the body")
+
+    async def _forward(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes, route: Route, peer: str) -> None:
+        worker = route.worker
+        assert worker is not None
+        key = route.replay_key[:2] if route.replay_key is not None else None
+        if key is not None:
+            self.in_flight.add(key)
+        try:
+            headers = [(k, v) for k, v in request.headers if k not in _HOP_BY_HOP]
+            headers = _forwarded_for(headers, peer) + [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            try:
+                with trio.fail_after(UPSTREAM_TIMEOUT_S):
+                    status, response_headers, response_body = await _exchange(worker.http_port, request.method, request.target, headers, body)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError, _BodyTooLarge) as exc:
+                log.warning("worker %d did not answer %s %s (%s)", worker.index, request.method.decode(), request.target.decode(), type(exc).__name__)
+                room_route = self.route(request.method.decode(), request.target.decode().partition("?")[0], body)
+                answer = room_route.answer if room_route.answer is not None and room_route.answer[0] == 410 else _no_worker()
+                await _respond(conn, stream, *answer)
+                return
+            self.learn(route, status, response_body)
+        finally:
+            if key is not None:
+                self.in_flight.discard(key)
+        kept = [(k, v) for k, v in response_headers if k not in _HOP_BY_HOP]
+        if request.method != b"HEAD":
+            kept.append((b"content-length", str(len(response_body)).encode()))
+        else:
+            kept += [(k, v) for k, v in response_headers if k == b"content-length"]
+        out = conn.send(h11.Response(status_code=status, headers=kept))
+        if request.method != b"HEAD" and response_body:
+            out += conn.send(h11.Data(data=response_body))
+        out += conn.send(h11.EndOfMessage())
+        await stream.send_all(out)
+
+    async def _websocket(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, peer: str) -> None:
+        target = request.target.decode("ascii", "replace")
+        route = self.route(request.method.decode("ascii", "replace"), target.partition("?")[0], b"")
+        if route.answer is not None:
+            status, payload, headers = route.answer
+            await _respond(conn, stream, status, payload, headers, close=True)
+            return
+        assert route.worker is not None
+        while True:  # an upgrade request has no body: its end, then h11 pauses
+            event = await _next_event(conn, stream)
+            if isinstance(event, h11.EndOfMessage):
+                break
+            if not isinstance(event, h11.Data):
+                return
+        leftover = conn.trailing_data[0]
+        head = [request.method + b" " + request.target + b" HTTP/1.1"]
+        head += [k + b": " + v for k, v in _forwarded_for(list(request.headers), peer)]
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", route.worker.http_port)
+        except OSError:
+            await _respond(conn, stream, *_no_worker(), close=True)
+            return
+        async with upstream:
+            await upstream.send_all(b"\r\n".join(head) + b"\r\n\r\n" + leftover)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pipe, stream, upstream, nursery.cancel_scope)
+                nursery.start_soon(_pipe, upstream, stream, nursery.cancel_scope)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _unix(rfc3339: str) -> float:
+    return float(calendar.timegm(time.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def _is_upgrade(request: h11.Request) -> bool:
+    return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
+
+
+def _forwarded_for(headers: list[tuple[bytes, bytes]], peer: str) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``peer`` appended to ``X-Forwarded-For`` (workers trust the front)."""
+    chain = [v for k, v in headers if k == b"x-forwarded-for"]
+    rest = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
+    return rest + [(b"x-forwarded-for", b", ".join([*chain, peer.encode()]))]
+
+
+async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        return event
+
+
+async def _respond(conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any], headers: dict[str, str], *, close: bool = False) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    all_headers = [("content-type", "application/json"), ("content-length", str(len(body))), *headers.items()]
+    if close:
+        all_headers.append(("connection", "close"))
+    try:
+        out = conn.send(h11.Response(status_code=status, headers=all_headers)) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError:
+        return  # h11 cannot answer in this state (the request was not read far enough): just close
+    await stream.send_all(out)
+
+
+async def _exchange(port: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One request to a worker on a fresh connection; its whole response."""
+    client = h11.Connection(h11.CLIENT)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as upstream:
+        out = client.send(h11.Request(method=method, target=target, headers=headers))
+        if body:
+            out += client.send(h11.Data(data=body))
+        out += client.send(h11.EndOfMessage())
+        await upstream.send_all(out)
+        response: h11.Response | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(await upstream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_RESPONSE_BYTES:
+                    raise _BodyTooLarge
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError("the worker closed the connection")
+    assert response is not None
+    return response.status_code, list(response.headers), b"".join(chunks)
+
+
+async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
+    """Copy ``source`` to ``sink`` until either ends; then end both directions."""
+    try:
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # one side went away: the splice is over either way
+    finally:
+        scope.cancel()
