@@ -41,6 +41,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import h11
@@ -49,7 +50,7 @@ import trio
 from botcall.auth.attestation import ReplayCache
 from botcall.config import Config
 from botcall.errors import ApiError
-from botcall.cluster.directory import Directory, Lost, Worker
+from botcall.cluster.directory import WORKER_LOST, Directory, Lost, Worker
 
 log = logging.getLogger("botcall.cluster")
 
@@ -59,6 +60,10 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 # Seconds a worker gets to answer (a join may fetch a JWKS first).
 UPSTREAM_TIMEOUT_S = 30.0
+# Seconds a spliced WebSocket waits, once its worker's socket ended abruptly, to learn the worker died.
+LOST_WAIT_S = 2.0
+# Close code for a closed room (docs/protocol.md, "Close codes").
+CLOSE_ROOM_CLOSED = 4410
 # Seconds a client connection may stay idle between requests.
 IDLE_TIMEOUT_S = 75.0
 _HOP_BY_HOP = frozenset(
@@ -144,6 +149,15 @@ class Front:
         self.in_flight: set[tuple[str, str]] = set()
         self.connections = 0
         self.accepting = True
+        # (worker, generation) -> set when that worker process is gone; spliced
+        # WebSockets wait on it to tell their client why the socket ended.
+        self._lost: dict[tuple[int, int], trio.Event] = {}
+
+    def worker_lost(self, index: int, generation: int) -> None:
+        """The supervisor saw worker ``index`` (``generation``) exit."""
+        self._lost.setdefault((index, generation), trio.Event()).set()
+        for key in [key for key in self._lost if key[0] == index and key[1] < generation]:
+            del self._lost[key]
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -346,15 +360,85 @@ class Front:
         except OSError:
             await _respond(conn, stream, *_no_worker(), close=True)
             return
+        worker = route.worker
+        frames = ServerFrames()
         async with upstream:
             await upstream.send_all(b"\r\n".join(head) + b"\r\n\r\n" + leftover)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pipe, stream, upstream, nursery.cancel_scope)
-                nursery.start_soon(_pipe, upstream, stream, nursery.cancel_scope)
+                nursery.start_soon(partial(_pipe, stream, upstream, nursery.cancel_scope, frames, from_worker=False))
+                nursery.start_soon(partial(_pipe, upstream, stream, nursery.cancel_scope, frames, from_worker=True))
+        log.debug("websocket to worker %d ended: %s", worker.index, vars(frames))
+        if frames.abrupt_end_between_frames:
+            # The worker's socket ended with no close frame: if the worker died, say so.
+            lost = self._lost.setdefault((worker.index, worker.generation), trio.Event())
+            with trio.move_on_after(LOST_WAIT_S):
+                await lost.wait()
+            if lost.is_set():
+                event = json.dumps({"type": "room_closed", "reason": WORKER_LOST}).encode()
+                await stream.send_all(ws_frame(0x1, event) + ws_frame(0x8, CLOSE_ROOM_CLOSED.to_bytes(2, "big") + b"room closed"))
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class ServerFrames:
+    """Follows the frame boundaries of a server-to-client WebSocket stream (RFC 6455
+    §5.2; server frames are unmasked), to know whether it ended cleanly: after a
+    close frame, or abruptly at a frame boundary (where the front may still
+    append frames of its own)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._head = True  # the worker's HTTP response head comes first
+        self._skip = 0  # payload bytes of the current frame still to come
+        self.close_seen = False
+        self.ended = False  # the worker's side ended or failed
+
+    def feed(self, data: bytes) -> None:
+        if self.close_seen:
+            return
+        if self._skip >= len(data):
+            self._skip -= len(data)
+            return
+        self._buffer += data[self._skip:]
+        self._skip = 0
+        if self._head:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self._buffer.startswith(b"HTTP/1.1 101"):
+                self.close_seen = True  # the upgrade was refused: an HTTP answer, not frames
+                return
+            self._head, self._buffer = False, self._buffer[end + 4:]
+        while len(self._buffer) >= 2:
+            opcode, length = self._buffer[0] & 0x0F, self._buffer[1] & 0x7F
+            header = 2 + (2 if length == 126 else 8 if length == 127 else 0)
+            if len(self._buffer) < header:
+                return
+            if length == 126:
+                length = int.from_bytes(self._buffer[2:4], "big")
+            elif length == 127:
+                length = int.from_bytes(self._buffer[2:10], "big")
+            if opcode == 0x8:
+                self.close_seen = True
+                return
+            rest = self._buffer[header:]
+            if len(rest) >= length:
+                self._buffer = rest[length:]
+            else:
+                self._skip, self._buffer = length - len(rest), b""
+
+    @property
+    def abrupt_end_between_frames(self) -> bool:
+        """The worker's side ended (EOF) with no close frame, between two frames."""
+        return self.ended and not self._head and not self.close_seen and self._skip == 0 and not self._buffer
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final WebSocket frame (RFC 6455 §5.2) of a short payload (< 126 bytes)."""
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, len(payload))) + payload
 
 
 def _unix(rfc3339: str) -> float:
@@ -424,12 +508,24 @@ async def _exchange(port: int, method: bytes, target: bytes, headers: list[tuple
     return response.status_code, list(response.headers), b"".join(chunks)
 
 
-async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
-    """Copy ``source`` to ``sink`` until either ends; then end both directions."""
+async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope, frames: ServerFrames, *, from_worker: bool) -> None:
+    """Copy ``source`` to ``sink`` until either ends, then end both directions;
+    ``frames`` follows what the worker sends and learns when its side failed."""
     try:
-        while data := await source.receive_some(65536):
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass  # one side went away: the splice is over either way
+        while True:
+            try:
+                data = await source.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""  # reset: an end like any other
+            if not data:
+                frames.ended = frames.ended or from_worker
+                return
+            if from_worker:
+                frames.feed(data)
+            try:
+                await sink.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                frames.ended = frames.ended or not from_worker
+                return
     finally:
         scope.cancel()

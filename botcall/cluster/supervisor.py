@@ -94,6 +94,7 @@ def worker_command(index: int, front_url: str, serve_argv: Sequence[str]) -> lis
 async def run_worker(
     index: int,
     directory: Directory,
+    front: Front,
     command: list[str],
     stopping: trio.Event,
     clock: Callable[[], float],
@@ -153,13 +154,16 @@ async def run_worker(
                 process.kill()
                 await process.wait()
             raise
+        generation = directory.table[index].generation
         if stopping.is_set():
             directory.worker_lost(index, clock())
+            front.worker_lost(index, generation)
             log.info("worker %d stopped (exit %s)", index, code)
             return
         if first:
             raise StartupError(f"worker {index} failed to start (exit status {code}; its message is above)")
         lost = directory.worker_lost(index, clock())
+        front.worker_lost(index, generation)
         if time.monotonic() - started_at > STABLE_AFTER_S:
             delay = RESTART_DELAY_MIN
         log.error(
@@ -219,7 +223,7 @@ async def run_supervisor(
                 async with trio.open_nursery() as starting:
                     for index in range(count):
                         command = worker_command(index, front_url, serve_argv)
-                        starting.start_soon(workers.start, run_worker, index, directory, command, stopping, clock, config.shutdown_grace_s)
+                        starting.start_soon(workers.start, run_worker, index, directory, front, command, stopping, clock, config.shutdown_grace_s)
 
                 async def housekeeping() -> None:
                     while True:

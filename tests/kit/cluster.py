@@ -132,10 +132,12 @@ class Front:
 
 
 @asynccontextmanager
-async def serving_workers(data_dir: Path, *, workers: int = 2, extra: tuple[str, ...] = ()) -> AsyncIterator[Front]:
+async def serving_workers(
+    data_dir: Path, *, workers: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> AsyncIterator[Front]:
     """Start ``botcall serve --workers N`` on 127.0.0.1 (free ports), yield it once every
-    worker is ready, then SIGTERM it and wait for it to exit."""
-    env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd()}
+    worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings."""
+    env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd(), **(env or {})}
     command = [sys.executable, "-m", "botcall.cli", "serve", "--workers", str(workers), "--port", "0", "--media-port", "0",
                "--media-host", "127.0.0.1", *extra]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE, env=env)
