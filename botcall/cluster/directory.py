@@ -56,7 +56,7 @@ class Worker:
     packets_per_second: float = 0.0
     placed: int = 0
     _last_packets: int | None = None
-    _last_report: float = 0.0
+    last_report: float = 0.0
 
     @property
     def load(self) -> float:
@@ -114,16 +114,16 @@ class Directory:
         worker.http_port, worker.media_port, worker.running = http_port, media_port, True
         worker.sessions = worker.rooms = worker.placed = 0
         worker.packets_per_second = 0.0
-        worker._last_packets, worker._last_report = None, now
+        worker._last_packets, worker.last_report = None, now
         return worker
 
     def worker_report(self, index: int, *, rooms: int, sessions: int, packets: int, now: float) -> None:
         """A load report from worker ``index``: live rooms and sessions, and its
         running total of received RTP packets."""
         worker = self.table[index]
-        if worker._last_packets is not None and now > worker._last_report:
-            worker.packets_per_second = max(0, packets - worker._last_packets) / (now - worker._last_report)
-        worker._last_packets, worker._last_report = packets, now
+        if worker._last_packets is not None and now > worker.last_report:
+            worker.packets_per_second = max(0, packets - worker._last_packets) / (now - worker.last_report)
+        worker._last_packets, worker.last_report = packets, now
         worker.rooms, worker.sessions, worker.placed = rooms, sessions, 0
 
     def worker_lost(self, index: int, now: float) -> list[str]:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import dataclasses
+import hmac
 import json
 import logging
 import math
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import h11
 import trio
@@ -51,6 +54,8 @@ from botcall.auth.attestation import ReplayCache
 from botcall.config import Config
 from botcall.errors import ApiError
 from botcall.cluster.directory import WORKER_LOST, Directory, Lost, Worker
+from botcall.cluster.nodes import NODE_LOST, NodeDirectory
+from botcall.cluster.resp import RedisUnavailable
 
 log = logging.getLogger("botcall.cluster")
 
@@ -60,6 +65,8 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 # Seconds a worker gets to answer (a join may fetch a JWKS first).
 UPSTREAM_TIMEOUT_S = 30.0
+# Carries the cluster's peer secret on requests one node forwards to another.
+PEER_HEADER = b"x-botcall-peer"
 # Seconds a spliced WebSocket waits, once its worker's socket ended abruptly, to learn the worker died.
 LOST_WAIT_S = 2.0
 # Close code for a closed room (docs/protocol.md, "Close codes").
@@ -86,13 +93,17 @@ class Route:
         worker: the worker to forward to (``None`` with ``answer``).
         answer: ``(status, JSON body, extra headers)`` the front sends itself.
         learn: ``"room"`` or ``"session"``: what a success response teaches the directory.
-        replay_key: ``(iss, jti, exp)`` of a join's attestation.
+        replay_key: ``(iss, jti, exp)`` of a join's attestation (checked by this front).
+        remote: ``(host, port)`` of the peer node holding the room (``--redis``).
+        claim: ``(iss, jti)`` claimed in Redis for this join: released if it fails.
     """
 
     worker: Worker | None = None
     answer: tuple[int, dict[str, Any], dict[str, str]] | None = None
     learn: str | None = None
     replay_key: tuple[str, str, float] | None = None
+    remote: tuple[str, int] | None = None
+    claim: tuple[str, str] | None = None
 
 
 def error_body(code: str, message: str, **extra: str) -> dict[str, Any]:
@@ -137,12 +148,22 @@ class Front:
     Args:
         directory: the room directory (shared with the supervisor).
         config: the supervisor's configuration (limits and timeouts).
-        replay: the replay cache shared by every worker.
+        replay: the replay cache shared by every worker (without ``cluster``).
         clock: Unix time.
+        cluster: the node directory in Redis (``--redis``): rooms on other nodes
+            are forwarded there, the replay cache is Redis's.
     """
 
-    def __init__(self, directory: Directory, config: Config, replay: ReplayCache, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        config: Config,
+        replay: ReplayCache,
+        clock: Callable[[], float] = time.time,
+        cluster: NodeDirectory | None = None,
+    ) -> None:
         self.directory = directory
+        self.cluster = cluster
         self.config = config
         self.replay = replay
         self.clock = clock
@@ -161,10 +182,24 @@ class Front:
 
     # --- routing ---------------------------------------------------------------------------
 
-    def route(self, method: str, path: str, body: bytes) -> Route:
-        """Where ``method path`` (with ``body``) goes; see the module docstring."""
+    async def route(self, method: str, path: str, body: bytes, *, from_peer: bool = False) -> Route:
+        """Where ``method path`` (with ``body``) goes; see the module docstring.
+
+        Args:
+            from_peer: the request was forwarded by another node (``--redis``):
+                place a new room here, and its join's token is already claimed.
+        """
         directory = self.directory
         if method == "POST" and path in ("/v1/rooms/create", "/v1/rooms"):
+            if self.cluster is not None and not from_peer:
+                try:
+                    node = await self.cluster.place(sum(w.load for w in directory.table if w.running))
+                except RedisUnavailable:
+                    return Route(answer=_cluster_unavailable())
+                if node is not None and node.node_id != self.cluster.node_id:
+                    return Route(remote=_host_port(node.url))
+                if node is None and self.cluster.draining:
+                    return Route(answer=(503, error_body("draining", "every node is draining; no new rooms"), {"Retry-After": "5"}))
             worker = directory.place()
             return Route(worker=worker, learn="room") if worker is not None else Route(answer=_no_worker())
         if method == "GET" and path == "/v1/cluster/workers":
@@ -174,33 +209,74 @@ class Front:
                 iss, jti, exp, room_id = join_token_untrusted(body)
             except JoinTokenError:
                 return self._any()
+            if self.cluster is not None:
+                if from_peer:
+                    return await self._room(room_id, learn="session")
+                try:
+                    claimed = await self.cluster.claim_token(iss, jti, exp + self.config.leeway_s)
+                except RedisUnavailable:
+                    return Route(answer=_cluster_unavailable())
+                if not claimed:
+                    return Route(answer=_replayed())
+                route = await self._room(room_id, learn="session")
+                if route.answer is not None:
+                    await self._release((iss, jti))
+                    return route
+                return dataclasses.replace(route, claim=(iss, jti))
             if (iss, jti) in self.in_flight:
-                return Route(answer=(401, error_body("attestation_replayed", "this attestation was already used to join"), {}))
+                return Route(answer=_replayed())
             try:
                 self.replay.check(iss, jti, self.clock())
             except ApiError as exc:
                 return Route(answer=(exc.status, exc.to_json(), exc.headers))
-            return self._room(room_id, learn="session", replay_key=(iss, jti, exp))
+            return await self._room(room_id, learn="session", replay_key=(iss, jti, exp))
         match = _ROOM_PATH.match(path) or _SIGNAL_PATH.match(path)
         if match:
-            return self._room(match.group(1))
+            return await self._room(match.group(1))
         match = _STREAM_PATH.match(path)
         if match:
             worker = directory.session(match.group(1))
             return Route(worker=worker) if worker is not None else self._any()
         return self._any()
 
-    def _room(self, room_id: str, **kwargs: Any) -> Route:
+    async def _room(self, room_id: str, **kwargs: Any) -> Route:
         where = self.directory.room(room_id)
         if isinstance(where, Lost):
             return Route(answer=lost_answer(room_id, where))
-        if where is None:
-            return self._any(**kwargs)
-        return Route(worker=where, **kwargs)
+        if where is not None:
+            return Route(worker=where, **kwargs)
+        if self.cluster is not None:
+            try:
+                entry = await self.cluster.room(room_id)
+                if entry is not None and entry.state == "closed" and entry.reason:
+                    return Route(answer=lost_answer(room_id, Lost(entry.reason, 0.0)))
+                if entry is not None and entry.node != self.cluster.node_id:
+                    url = await self.cluster.node_url(entry.node)
+                    if url is None:  # its heartbeat expired; the reaper closes its rooms next
+                        return Route(answer=lost_answer(room_id, Lost(NODE_LOST, 0.0)))
+                    return Route(remote=_host_port(url))
+            except RedisUnavailable:
+                return Route(answer=_cluster_unavailable())
+        return self._any(**kwargs)
 
     def _any(self, **kwargs: Any) -> Route:
         worker = self.directory.any_running()
         return Route(worker=worker, **kwargs) if worker is not None else Route(answer=_no_worker())
+
+    async def _release(self, claim: tuple[str, str] | None) -> None:
+        if claim is None or self.cluster is None:
+            return
+        try:
+            await self.cluster.release_token(*claim)
+        except RedisUnavailable:
+            log.warning("could not release a refused join's token in Redis; it stays used until it expires")
+
+    def is_peer(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a request carries the cluster's peer secret (forwarded by another node)."""
+        if self.cluster is None or not self.cluster.peer_secret:
+            return False
+        given = next((v for k, v in headers if k == PEER_HEADER), None)
+        return given is not None and hmac.compare_digest(given, self.cluster.peer_secret.encode())
 
     @staticmethod
     def worker_json(worker: Worker) -> dict[str, Any]:
@@ -215,7 +291,7 @@ class Front:
             "load": round(worker.load, 2),
         }
 
-    def learn(self, route: Route, status: int, body: bytes) -> None:
+    async def learn(self, route: Route, status: int, body: bytes) -> None:
         """Record what a worker's success response says (a new room or session)."""
         assert route.worker is not None
         if route.replay_key is not None and status == 200:
@@ -228,10 +304,14 @@ class Front:
             expires_at = _unix(payload["expires_at"])
             if route.learn == "room":
                 self.directory.room_created(payload["room_id"], route.worker, expires_at)
+                if self.cluster is not None:
+                    await self.cluster.room_created(payload["room_id"], route.worker.index, expires_at)
             else:
                 self.directory.session_joined(payload["session_id"], route.worker, expires_at)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("worker %d's %s response was not understood (%s)", route.worker.index, route.learn, exc)
+        except RedisUnavailable as exc:
+            log.warning("room not written to Redis (%s); the next heartbeat writes it", exc)
 
     # --- serving ---------------------------------------------------------------------------
 
@@ -280,12 +360,13 @@ class Front:
                 await _respond(conn, stream, 413, error_body("body_too_large", "the body exceeds the limit"), {}, close=True)
                 return
             method, target = request.method.decode("ascii", "replace"), request.target.decode("ascii", "replace")
-            route = self.route(method, target.partition("?")[0], body)
+            from_peer = self.is_peer(list(request.headers))
+            route = await self.route(method, target.partition("?")[0], body, from_peer=from_peer)
             if route.answer is not None:
                 status, payload, headers = route.answer
                 await _respond(conn, stream, status, payload, headers)
             else:
-                await self._forward(conn, stream, request, body, route, peer)
+                await self._forward(conn, stream, request, body, route, peer, from_peer)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
@@ -305,28 +386,34 @@ class Front:
             else:
                 raise h11.RemoteProtocolError("connection closed in the body")
 
-    async def _forward(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes, route: Route, peer: str) -> None:
+    async def _forward(
+        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes, route: Route, peer: str, from_peer: bool
+    ) -> None:
         worker = route.worker
-        assert worker is not None
+        host, port = route.remote if route.remote is not None else ("127.0.0.1", worker.http_port if worker else 0)
         key = route.replay_key[:2] if route.replay_key is not None else None
         if key is not None:
             self.in_flight.add(key)
+        status = 0
         try:
-            headers = [(k, v) for k, v in request.headers if k not in _HOP_BY_HOP]
-            headers = _forwarded_for(headers, peer) + [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            headers = self._upstream_headers(list(request.headers), peer, from_peer, route)
+            headers += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
             try:
                 with trio.fail_after(UPSTREAM_TIMEOUT_S):
-                    status, response_headers, response_body = await _exchange(worker.http_port, request.method, request.target, headers, body)
+                    status, response_headers, response_body = await _exchange(host, port, request.method, request.target, headers, body)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError, _BodyTooLarge) as exc:
-                log.warning("worker %d did not answer %s %s (%s)", worker.index, request.method.decode(), request.target.decode(), type(exc).__name__)
-                room_route = self.route(request.method.decode(), request.target.decode().partition("?")[0], body)
+                log.warning("%s:%d did not answer %s %s (%s)", host, port, request.method.decode(), request.target.decode(), type(exc).__name__)
+                room_route = await self.route(request.method.decode(), request.target.decode().partition("?")[0], body, from_peer=True)
                 answer = room_route.answer if room_route.answer is not None and room_route.answer[0] == 410 else _no_worker()
                 await _respond(conn, stream, *answer)
                 return
-            self.learn(route, status, response_body)
+            if worker is not None:
+                await self.learn(route, status, response_body)
         finally:
             if key is not None:
                 self.in_flight.discard(key)
+            if route.claim is not None and status != 200:
+                await self._release(route.claim)
         kept = [(k, v) for k, v in response_headers if k not in _HOP_BY_HOP]
         if request.method != b"HEAD":
             kept.append((b"content-length", str(len(response_body)).encode()))
@@ -338,14 +425,25 @@ class Front:
         out += conn.send(h11.EndOfMessage())
         await stream.send_all(out)
 
+    def _upstream_headers(self, headers: list[tuple[bytes, bytes]], peer: str, from_peer: bool, route: Route) -> list[tuple[bytes, bytes]]:
+        """The request's end-to-end headers for the next hop: the client appended to
+        ``X-Forwarded-For`` (unless a peer node already did), the peer secret to a peer."""
+        upgrade = _is_upgrade_headers(headers)  # an upgrade keeps its Connection/Upgrade headers
+        kept = [(k, v) for k, v in headers if k != PEER_HEADER and (upgrade or k not in _HOP_BY_HOP)]
+        if not from_peer:
+            kept = _forwarded_for(kept, peer)
+        if route.remote is not None and self.cluster is not None:
+            kept.append((PEER_HEADER, self.cluster.peer_secret.encode()))
+        return kept
+
     async def _websocket(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, peer: str) -> None:
         target = request.target.decode("ascii", "replace")
-        route = self.route(request.method.decode("ascii", "replace"), target.partition("?")[0], b"")
+        from_peer = self.is_peer(list(request.headers))
+        route = await self.route(request.method.decode("ascii", "replace"), target.partition("?")[0], b"", from_peer=from_peer)
         if route.answer is not None:
             status, payload, headers = route.answer
             await _respond(conn, stream, status, payload, headers, close=True)
             return
-        assert route.worker is not None
         while True:  # an upgrade request has no body: its end, then h11 pauses
             event = await _next_event(conn, stream)
             if isinstance(event, h11.EndOfMessage):
@@ -354,14 +452,22 @@ class Front:
                 return
         leftover = conn.trailing_data[0]
         head = [request.method + b" " + request.target + b" HTTP/1.1"]
-        head += [k + b": " + v for k, v in _forwarded_for(list(request.headers), peer)]
+        head += [k + b": " + v for k, v in self._upstream_headers(list(request.headers), peer, from_peer, route)]
+        host, port = route.remote if route.remote is not None else ("127.0.0.1", route.worker.http_port if route.worker else 0)
         try:
-            upstream = await trio.open_tcp_stream("127.0.0.1", route.worker.http_port)
+            upstream = await trio.open_tcp_stream(host, port)
         except OSError:
             await _respond(conn, stream, *_no_worker(), close=True)
             return
         worker = route.worker
         frames = ServerFrames()
+        if worker is None:  # a peer node's socket: spliced as it is, that node speaks for its rooms
+            async with upstream:
+                await upstream.send_all(b"\r\n".join(head) + b"\r\n\r\n" + leftover)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(_pipe, stream, upstream, nursery.cancel_scope, frames, from_worker=False))
+                    nursery.start_soon(partial(_pipe, upstream, stream, nursery.cancel_scope, frames, from_worker=True))
+            return
         async with upstream:
             await upstream.send_all(b"\r\n".join(head) + b"\r\n\r\n" + leftover)
             async with trio.open_nursery() as nursery:
@@ -446,7 +552,24 @@ def _unix(rfc3339: str) -> float:
 
 
 def _is_upgrade(request: h11.Request) -> bool:
-    return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
+    return _is_upgrade_headers(list(request.headers))
+
+
+def _is_upgrade_headers(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in headers)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _replayed() -> tuple[int, dict[str, Any], dict[str, str]]:
+    return 401, error_body("attestation_replayed", "this attestation was already used to join"), {}
+
+
+def _cluster_unavailable() -> tuple[int, dict[str, Any], dict[str, str]]:
+    return 503, error_body("cluster_unavailable", "the cluster directory (Redis) cannot be reached; retry shortly"), {"Retry-After": "2"}
 
 
 def _forwarded_for(headers: list[tuple[bytes, bytes]], peer: str) -> list[tuple[bytes, bytes]]:
@@ -477,10 +600,12 @@ async def _respond(conn: h11.Connection, stream: trio.SocketStream, status: int,
     await stream.send_all(out)
 
 
-async def _exchange(port: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """One request to a worker on a fresh connection; its whole response."""
+async def _exchange(
+    host: str, port: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One request to a worker (or peer node) on a fresh connection; its whole response."""
     client = h11.Connection(h11.CLIENT)
-    async with await trio.open_tcp_stream("127.0.0.1", port) as upstream:
+    async with await trio.open_tcp_stream(host, port) as upstream:
         out = client.send(h11.Request(method=method, target=target, headers=headers))
         if body:
             out += client.send(h11.Data(data=body))

@@ -1,6 +1,6 @@
 """``botcall serve``: one process (``botcall.server``) or, with ``--workers N``
-(N > 1, or ``auto`` on a machine of several cores), the supervisor with its
-routing front and N worker processes (``supervisor.py``)."""
+(N > 1, or ``auto`` on a machine of several cores) or ``--redis``, the
+supervisor with its routing front and N worker processes (``supervisor.py``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         argv: the flags as given (passed on to the workers); default ``sys.argv[2:]``.
     """
     config = server.config_from_args(args) if _valid(args) else None
-    if config is None or config.worker_count(os.cpu_count() or 1) == 1:
+    if config is None or (config.worker_count(os.cpu_count() or 1) == 1 and config.redis_url is None):
         return server.run(args)
     serve_argv = list(sys.argv[2:] if argv is None else argv)
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ from botcall.auth.attestation import ReplayCache
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.auth.replay_journal import ReplayJournal
 from botcall.cluster.directory import Directory
+from botcall.cluster.nodes import NodeDirectory
+from botcall.cluster.resp import Redis, RedisUnavailable
 from botcall.cluster.router import Front
 from botcall.config import Config
 from botcall.errors import StartupError
@@ -111,7 +114,8 @@ async def run_worker(
     first = True
     while True:
         started_at = time.monotonic()
-        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, start_new_session=True)
+        # stdin: a pipe the worker watches; it ends when this process does, however it ends.
+        process = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         ready = False
         try:
             assert process.stdout is not None
@@ -198,9 +202,11 @@ async def run_supervisor(
     count = config.worker_count(os.cpu_count() or 1)
     if config.dev_issuer_enabled:
         ensure_dev_issuer(config.data_dir, config.dev_issuer_name)  # once, before workers race to create it
-    journal = ReplayJournal.in_dir(config.data_dir)
+    # With --redis the replay cache is Redis's (nodes.py); nodes may share a data directory.
+    journal = ReplayJournal.in_dir(config.data_dir) if config.redis_url is None else None
     replay = ReplayCache(config.replay_cache_max, journal=journal)
-    replay.restore(journal.load(clock()))
+    if journal is not None:
+        replay.restore(journal.load(clock()))
     directory = Directory(
         count,
         max_rooms=count * config.max_rooms_total,
@@ -208,14 +214,21 @@ async def run_supervisor(
         max_lost=config.closed_rooms_remembered,
         lost_for=config.closed_rooms_remembered_s,
     )
-    front = Front(directory, config, replay, clock)
     sock = _bind_http(config.http_host, config.http_port)
     stopping = trio.Event()
+    drain = trio.Event()
+    redis: Redis | None = None
     try:
         bound_host, bound_port = sock.getsockname()[:2]
         host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
         http_url = f"http://{host_in_url}:{bound_port}"
         front_url = config.base_url(bound_port)
+        cluster = None
+        if config.redis_url is not None:
+            redis = Redis(config.redis_url, timeout=max(0.2, min(2.0, config.node_ttl_s / 4)))
+            node_id = config.node_name or f"{socket.gethostname()}:{bound_port}"
+            cluster = NodeDirectory(redis, node_id, front_url, ttl=config.node_ttl_s, closed_for=config.closed_rooms_remembered_s)
+        front = Front(directory, config, replay, clock, cluster=cluster)
         sock.listen(1024)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         async with trio.open_nursery() as nursery:
@@ -230,18 +243,27 @@ async def run_supervisor(
                         now = clock()
                         directory.expire(now)
                         replay.prune(now)
-                        if journal.needs_compaction(len(replay)):
+                        if journal is not None and journal.needs_compaction(len(replay)):
                             journal.compact(replay.entries())
                         await trio.sleep(HOUSEKEEPING_INTERVAL_S)
 
+                if cluster is not None:
+                    await nursery.start(heartbeat, cluster, directory, drain, clock)
                 nursery.start_soon(front.serve, listener)
                 nursery.start_soon(housekeeping)
                 log.info("listening on %s (public URL %s) with %d workers", http_url, front_url, count)
                 task_status.started(FrontInfo(http_url=http_url, http_port=bound_port, directory=directory, front=front))
-                if shutdown is None:
-                    await trio.sleep_forever()
-                else:
-                    await shutdown.wait()
+                async with trio.open_nursery() as waiting:  # the first of: shutdown, a drain request
+
+                    async def on_shutdown() -> None:
+                        await (shutdown.wait() if shutdown is not None else trio.sleep_forever())
+                        drain.set()
+
+                    waiting.start_soon(on_shutdown)
+                    await drain.wait()
+                    waiting.cancel_scope.cancel()
+                if cluster is not None:
+                    await drain_node(cluster, directory, config.drain_timeout_s, clock)
                 log.info("shutting down: stopping %d workers", count)
                 front.accepting = False
                 # Each run_worker SIGTERMs its worker and returns once it exited; the
@@ -250,7 +272,69 @@ async def run_supervisor(
             nursery.cancel_scope.cancel()
     finally:
         sock.close()
-        journal.close()
+        if journal is not None:
+            journal.close()
+        if redis is not None:
+            await redis.aclose()
+
+
+async def heartbeat(
+    cluster: NodeDirectory,
+    directory: Directory,
+    drain: trio.Event,
+    clock: Callable[[], float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every third of the node TTL: register this node with its load (and its rooms,
+    should Redis have lost them), close the rooms of nodes whose heartbeat expired
+    (``node_lost``), and notice a ``botcall drain`` request. Redis being away is
+    logged once; calls go on, and new rooms and joins get ``503 cluster_unavailable``."""
+    reachable: bool | None = None
+    started = False
+    while True:
+        try:
+            if not cluster.peer_secret:
+                await cluster.join()
+            rooms = {
+                room_id: (where.worker, where.expires_at)
+                for room_id, where in directory.rooms.items()
+                if directory.table[where.worker].running and directory.table[where.worker].generation == where.generation
+            }
+            await cluster.heartbeat(sum(w.load for w in directory.table if w.running), rooms)
+            for node_id, closed in (await cluster.reap(clock())).items():
+                log.warning("node %s stopped heartbeating: %d room(s) closed with reason node_lost", node_id, closed)
+            if reachable is False:
+                log.info("redis is reachable again: node %s registered", cluster.node_id)
+            reachable = True
+            if cluster.draining and not drain.is_set():
+                log.info("drain requested for node %s", cluster.node_id)
+                drain.set()
+        except RedisUnavailable as exc:
+            if reachable is not False:
+                log.error("redis unreachable (%s): calls go on; new rooms and joins get 503 until it is back", exc)
+            reachable = False
+        if not started:
+            started = True
+            task_status.started()
+        await trio.sleep(cluster.ttl / 3)
+
+
+async def drain_node(cluster: NodeDirectory, directory: Directory, timeout: float, clock: Callable[[], float]) -> None:
+    """Stop placement on this node (its heartbeat says ``draining``), then wait up
+    to ``timeout`` seconds for its rooms to end before the workers close the rest
+    with ``server_shutdown``."""
+    cluster.draining = True
+    try:
+        await cluster.heartbeat(sum(w.load for w in directory.table if w.running), {})
+    except RedisUnavailable:
+        log.warning("draining: redis unreachable, placement stops when the heartbeat expires")
+    log.info("draining node %s: no new rooms; waiting up to %g s for its calls to end", cluster.node_id, timeout)
+    since = clock()
+    with trio.move_on_after(timeout):
+        # Done when every worker has reported, since the drain began, that it holds no room.
+        while any(w.rooms or w.last_report <= since for w in directory.table if w.running):
+            await trio.sleep(0.5)  # the workers' load reports come every 0.5 s
 
 
 async def supervise_until_signalled(config: Config, serve_argv: Sequence[str]) -> None:

@@ -14,14 +14,13 @@ cache). It talks to the supervisor on stdout, one JSON object per line:
 * ``{"event": "load", "rooms": R, "sessions": S, "packets": K}`` every
   ``LOAD_INTERVAL_S`` (``K``: RTP packets received since start).
 
-It dies with its supervisor (``PR_SET_PDEATHSIG``) and drains on SIGTERM as
+It dies with its supervisor (its stdin, a pipe from the supervisor, ends) and drains on SIGTERM as
 ``botcall serve`` does (rooms close with ``server_shutdown``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import os
@@ -39,7 +38,6 @@ from botcall.server import ServerInfo, configure_logging, run_command, run_serve
 LOAD_INTERVAL_S = 0.5
 # The front reaches workers from loopback; they believe its X-Forwarded-For.
 FRONT_NETWORKS = ("127.0.0.1/32", "::1/128")
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_config(config: Config, *, index: int, front_url: str) -> Config:
@@ -57,13 +55,15 @@ def worker_config(config: Config, *, index: int, front_url: str) -> Config:
     )
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when the supervisor dies (even by ``kill -9``)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: an orphaned worker then lives until signalled
+async def _until_supervisor_gone() -> None:
+    """Return when the supervisor is gone: our stdin (its pipe) reaches end of file,
+    which happens however it ended, ``kill -9`` included. (Not ``PR_SET_PDEATHSIG``:
+    that fires when the *thread* that started us exits, and Trio starts processes
+    from a worker thread.)"""
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    async with stdin:
+        while await stdin.receive_some(4096):
+            pass  # the supervisor writes nothing; only the end matters
 
 
 def _say(message: dict[str, Any]) -> None:
@@ -100,7 +100,12 @@ async def serve_worker(config: Config) -> None:
                 await run_server(config, shutdown=shutdown, persist_replay=False, task_status=task_status)
                 nursery.cancel_scope.cancel()  # drained: stop watching signals and reporting
 
+            async def die_with_supervisor() -> None:
+                await _until_supervisor_gone()
+                nursery.cancel_scope.cancel()  # its front is gone: nobody can reach our rooms
+
             nursery.start_soon(watch_signals)
+            nursery.start_soon(die_with_supervisor)
             info: ServerInfo = await nursery.start(server)
             _say({"event": "ready", "http_port": info.http_port, "media_port": info.state.media_port, "pid": os.getpid()})
             nursery.start_soon(report, info)
@@ -120,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         config = worker_config(settings.load_from_args(serve_args, os.environ).config, index=args.index, front_url=args.front_url)
         configure_logging(config.log_level, config.log_format, node=config.node_name)
-        _die_with_parent()
         trio.run(serve_worker, config)
         return 0
 

@@ -85,21 +85,21 @@ def _token(claims: dict) -> str:
     return f"eyJhbGciOiJFZERTQSJ9.{payload}.c2ln"
 
 
-def test_join_routing_reads_the_token_unverified_and_refuses_replays():
+async def test_join_routing_reads_the_token_unverified_and_refuses_replays():
     d = directory()
     d.room_created("r1", d.table[1], expires_at=10**10)
     front = Front(d, Config(), ReplayCache(100), clock=lambda: 1000.0)
     body = json.dumps({"room_id": "r1", "attestation": {"token": _token({"iss": "i", "jti": "j", "exp": 2000})}}).encode()
-    route = front.route("POST", "/v1/join", body)
+    route = await front.route("POST", "/v1/join", body)
     assert route.worker is d.table[1] and route.replay_key == ("i", "j", 2000.0)
-    front.learn(route, 200, json.dumps({"session_id": "s1", "expires_at": "2030-01-01T00:00:00Z"}).encode())
-    again = front.route("POST", "/v1/join", body)
+    await front.learn(route, 200, json.dumps({"session_id": "s1", "expires_at": "2030-01-01T00:00:00Z"}).encode())
+    again = await front.route("POST", "/v1/join", body)
     assert again.answer is not None and again.answer[1]["error"]["code"] == "attestation_replayed"
     assert d.session("s1") is d.table[1]
     for bad in (b"", b"[]", b'{"room_id": "r1", "attestation": {"token": "a.!!!.c"}}', b'{"room_id": 5}'):
         with pytest.raises(JoinTokenError):
             join_token_untrusted(bad)
-        assert front.route("POST", "/v1/join", bad).worker is not None  # the worker gives the real error
+        assert (await front.route("POST", "/v1/join", bad)).worker is not None  # the worker gives the real error
 
 
 from hypothesis import given, strategies as st
