@@ -101,6 +101,8 @@ class NodeDirectory:
         """Register (again) with ``load``; write every local room (``room → (worker,
         expires_at)``) that the directory lacks, so a Redis that lost its data
         learns them back. Reads the drain flag."""
+        # A Redis that restarted empty gets the secret back from the nodes that hold it.
+        await self.redis.execute("SET", PREFIX + "peer_secret", self.peer_secret, "NX")
         self.draining = self.draining or bool(await self.redis.execute("EXISTS", PREFIX + f"drain:{self.node_id}"))
         beat = json.dumps({"url": self.url, "load": load, "draining": self.draining})
         await self.redis.execute("SET", PREFIX + f"node:{self.node_id}", beat, "PX", int(self.ttl * 1000))

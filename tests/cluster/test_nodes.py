@@ -160,3 +160,30 @@ async def test_a_drained_node_takes_no_new_rooms_and_ends_when_its_rooms_do(tmp_
         with trio.fail_after(30):
             await a.process.wait()
         assert a.process.returncode == 0
+
+
+async def test_a_redis_restart_keeps_calls_and_refuses_new_work_clearly_until_it_is_back(tmp_path):
+    async with running_redis(tmp_path) as redis, AsyncExitStack() as stack:
+        nodes = await start_nodes(stack, tmp_path, redis, ["node-a", "node-b"])
+        a, b = nodes["node-a"], nodes["node-b"]
+        creator = a.token(agent="creator#1")
+        room = (await a.create_room(creator)).json()["room_id"]
+        async with connect(a.url, room, a.token(agent="s#1")) as speaker, connect(a.url, room, a.token(agent="l#2")) as listener:
+            await redis.stop()
+            # Media does not depend on Redis: the call goes on while it is down.
+            assert abs(await hear_tone(speaker, listener, 550) - 550) < 5
+            created = await b.create_room(creator)
+            assert created.status == 503 and created.error_code == "cluster_unavailable"
+            assert created.headers["retry-after"] == "2"
+            joined = await b.join(b.token(agent="late#1"), room, agent_id="late#1")
+            assert joined.status == 503 and joined.error_code == "cluster_unavailable"
+            await redis.start()  # empty: the nodes register again and write their rooms back
+            with trio.fail_after(20):
+                while True:
+                    joined = await b.join(b.token(agent="back#1"), room, agent_id="back#1")
+                    if joined.status == 200:
+                        break
+                    assert joined.status in (503, 404), joined.body
+                    await trio.sleep(0.2)
+            assert joined.json()["media"]["port"] == a.workers[0].media_port  # through B, to A's worker
+            assert abs(await hear_tone(listener, speaker, 770) - 770) < 5
