@@ -1,9 +1,11 @@
-"""Scale-out figures: what the routing front of ``botcall serve --workers N`` costs.
+"""Scale-out figures: what the routing front of ``botcall serve --workers N`` costs,
+and what a join through another node of a ``--redis`` cluster costs.
 
 Usage (from the repository root)::
 
     python -m bench.scale_out                 # 300 joins each way, 2 workers
     python -m bench.scale_out --joins 1000 --workers 2
+    python -m bench.scale_out --nodes         # 2 nodes on a redis-server: same node vs the other node
 
 Starts ``botcall serve --workers N`` (real processes on loopback, a temporary
 data directory), creates rooms through the front, then measures ``POST /v1/join``
@@ -63,17 +65,54 @@ async def measure(joins: int, workers: int) -> dict[str, list[float]]:
             return times
 
 
+async def measure_nodes(joins: int) -> dict[str, list[float]]:
+    """Joins to rooms on node A, sent to node A ("same node") or to node B ("other node")."""
+    from contextlib import AsyncExitStack
+
+    from tests.kit.redis import running_redis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        roomy = {"BOTCALL_ROOM_MAX_BOTS": "100000", "BOTCALL_MAX_LIVE_ROOMS_PER_CONTROLLER": "100000"}
+        async with running_redis(Path(tmp)) as redis, AsyncExitStack() as stack:
+            nodes = []
+            for name in ("node-a", "node-b"):
+                nodes.append(await stack.enter_async_context(serving_workers(
+                    Path(tmp), workers=1, env=roomy, extra=("--redis", redis.url, "--node-name", name)
+                )))
+            a, b = nodes
+            room = (await a.create_room(a.token(agent="creator#1"))).json()["room_id"]  # the first room: node A
+            times: dict[str, list[float]] = {"same node": [], "other node": []}
+            for i in range(joins * 2):
+                way = "same node" if i % 2 == 0 else "other node"
+                base = a.url if way == "same node" else b.url
+                agent = f"bot{i}#1"
+                body = {"agent_id": agent, "room_id": room, "attestation": {"token": a.token(agent=agent)}, "media": {"transport": "udp"}}
+                started = time.perf_counter()
+                response = await http_request(base + "/v1/join", "POST", json_body=body)
+                elapsed = time.perf_counter() - started
+                if response.status != 200 or response.json()["media"]["port"] != a.workers[0].media_port:
+                    raise RuntimeError(f"join via {way}: {response.status} {response.body[:200]!r}")
+                times[way].append(elapsed * 1000)
+            return times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scale_out", description=__doc__.splitlines()[0])
     parser.add_argument("--joins", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--nodes", action="store_true", help="two nodes on a redis-server instead of workers")
     args = parser.parse_args(argv)
-    times = trio.run(measure, args.joins, args.workers)
-    print(f"POST /v1/join, {args.joins} each way, {args.workers} workers, fresh connection per join (ms)")
+    if args.nodes:
+        times = trio.run(measure_nodes, args.joins)
+        print(f"POST /v1/join to a room on node A, {args.joins} each way, Redis on loopback, fresh connection per join (ms)")
+    else:
+        times = trio.run(measure, args.joins, args.workers)
+        print(f"POST /v1/join, {args.joins} each way, {args.workers} workers, fresh connection per join (ms)")
     print(f"{'path':<8} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7}")
     for way, values in times.items():
         print(f"{way:<8} {percentile(values, 0.5):7.2f} {percentile(values, 0.95):7.2f} {percentile(values, 0.99):7.2f} {statistics.mean(values):7.2f}")
-    print(f"front's cost (p50 difference): {percentile(times['front'], 0.5) - percentile(times['direct'], 0.5):.2f} ms")
+    first, second = times
+    print(f"difference at p50: {percentile(times[first], 0.5) - percentile(times[second], 0.5):+.2f} ms ({first} - {second})")
 
 
 if __name__ == "__main__":
