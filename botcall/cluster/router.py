@@ -39,6 +39,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ from botcall.auth.attestation import ReplayCache
 from botcall.config import Config
 from botcall.errors import ApiError
 from botcall.cluster.directory import WORKER_LOST, Directory, Lost, Worker
+from botcall.cluster.metrics_merge import merge_expositions
 from botcall.cluster.nodes import NODE_LOST, NodeDirectory
 from botcall.cluster.resp import RedisUnavailable
 
@@ -202,6 +204,8 @@ class Front:
                     return Route(answer=(503, error_body("draining", "every node is draining; no new rooms"), {"Retry-After": "5"}))
             worker = directory.place()
             return Route(worker=worker, learn="room") if worker is not None else Route(answer=_no_worker())
+        if method == "GET" and path == "/metrics":
+            return Route(answer=(200, {}, {}), learn="metrics")
         if method == "GET" and path == "/v1/cluster/workers":
             return Route(answer=(200, {"workers": [self.worker_json(w) for w in directory.table]}, {}))
         if method == "POST" and path == "/v1/join":
@@ -262,6 +266,30 @@ class Front:
     def _any(self, **kwargs: Any) -> Route:
         worker = self.directory.any_running()
         return Route(worker=worker, **kwargs) if worker is not None else Route(answer=_no_worker())
+
+    async def metrics(self) -> str:
+        """Every running worker's ``/metrics``, merged, each series labelled by node and worker."""
+        node = self.cluster.node_id if self.cluster is not None else (self.config.node_name or os.uname().nodename)
+        parts: list[tuple[dict[str, str], str]] = []
+
+        async def scrape(worker: Worker) -> None:
+            try:
+                with trio.fail_after(UPSTREAM_TIMEOUT_S):
+                    status, _, body = await _exchange(
+                        "127.0.0.1", worker.http_port, b"GET", b"/metrics", [(b"host", b"127.0.0.1"), (b"connection", b"close")], b""
+                    )
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError, _BodyTooLarge) as exc:
+                log.warning("worker %d's metrics not read (%s)", worker.index, type(exc).__name__)
+                return
+            if status == 200:
+                parts.append(({"node": node, "worker": str(worker.index)}, body.decode("utf-8", "replace")))
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.directory.table:
+                if worker.running:
+                    nursery.start_soon(scrape, worker)
+        parts.sort(key=lambda part: int(part[0]["worker"]))
+        return merge_expositions(parts)
 
     async def _release(self, claim: tuple[str, str] | None) -> None:
         if claim is None or self.cluster is None:
@@ -362,7 +390,13 @@ class Front:
             method, target = request.method.decode("ascii", "replace"), request.target.decode("ascii", "replace")
             from_peer = self.is_peer(list(request.headers))
             route = await self.route(method, target.partition("?")[0], body, from_peer=from_peer)
-            if route.answer is not None:
+            if route.learn == "metrics":
+                text = (await self.metrics()).encode()
+                out = conn.send(h11.Response(status_code=200, headers=[
+                    ("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("content-length", str(len(text)))
+                ]))
+                await stream.send_all(out + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage()))
+            elif route.answer is not None:
                 status, payload, headers = route.answer
                 await _respond(conn, stream, status, payload, headers)
             else:

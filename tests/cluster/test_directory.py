@@ -120,3 +120,24 @@ def test_server_frames_take_any_bytes(chunks):
         frames.feed(chunk)
     frames.ended = True
     assert isinstance(frames.abrupt_end_between_frames, bool)
+
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from botcall.cluster.metrics_merge import label_sample, merge_expositions
+
+
+def test_metrics_of_workers_merge_into_one_valid_exposition_labelled_by_node_and_worker():
+    worker_text = (
+        "# HELP botcall_joins_total Successful joins.\n# TYPE botcall_joins_total counter\n"
+        'botcall_joins_total{kind="bot",transport="udp"} {n}\n'
+        "# HELP botcall_live_rooms Open rooms.\n# TYPE botcall_live_rooms gauge\nbotcall_live_rooms {n}\n"
+    )
+    merged = merge_expositions([({"node": "n1", "worker": str(i)}, worker_text.replace("{n}", str(i + 1))) for i in range(2)])
+    families = {f.name: f for f in text_string_to_metric_families(merged)}
+    joins = {(s.labels["worker"], s.labels["transport"]): s.value for s in families["botcall_joins"].samples}
+    assert joins == {("0", "udp"): 1.0, ("1", "udp"): 2.0}
+    assert {s.labels["node"] for s in families["botcall_live_rooms"].samples} == {"n1"}
+    assert merged.count("# TYPE botcall_live_rooms gauge") == 1
+    assert label_sample('x{a="}"} 1', 'w="0"') == 'x{w="0",a="}"} 1'
+    assert label_sample("x{} 1", 'w="0"') == 'x{w="0"} 1'

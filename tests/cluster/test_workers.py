@@ -12,6 +12,7 @@ import signal
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from botcall.client import connect
 from botcall.demo.signals import dominant_frequency, tone
@@ -60,6 +61,11 @@ async def test_rooms_go_to_the_least_loaded_worker_and_every_route_reaches_it(tm
         assert deleted.status == 200 and deleted.json()["state"] == "closed"
         unknown = await front.request("GET", "/v1/rooms/no-such-room", bearer=front.token(agent="creator#1"))
         assert unknown.status == 404 and unknown.error_code == "room_not_found"
+        # /metrics through the front: every worker's series, labelled by worker.
+        scraped = await front.request("GET", "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(scraped.body.decode())}
+        created = {s.labels["worker"]: s.value for s in families["botcall_rooms_created"].samples}
+        assert created == {"0": pytest.approx(created["0"]), "1": pytest.approx(created["1"])} and sum(created.values()) == 3
 
 
 async def test_a_token_used_on_one_worker_is_refused_on_the_other(tmp_path):
