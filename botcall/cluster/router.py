@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import collections
 import dataclasses
 import hmac
 import json
@@ -54,6 +55,7 @@ import trio
 from botcall.auth.attestation import ReplayCache
 from botcall.config import Config
 from botcall.errors import ApiError
+from botcall.signaling.serving import ConnectionBudget, _refuse
 from botcall.cluster.directory import WORKER_LOST, Directory, Lost, Worker
 from botcall.cluster.metrics_merge import merge_expositions
 from botcall.cluster.nodes import NODE_LOST, NodeDirectory
@@ -154,6 +156,7 @@ class Front:
         clock: Unix time.
         cluster: the node directory in Redis (``--redis``): rooms on other nodes
             are forwarded there, the replay cache is Redis's.
+        budget: the client connection budget (default: ``config``'s totals, no rate).
     """
 
     def __init__(
@@ -163,8 +166,13 @@ class Front:
         replay: ReplayCache,
         clock: Callable[[], float] = time.time,
         cluster: NodeDirectory | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.directory = directory
+        # The connection budgets a single server applies (total, per address, rate per
+        # address): workers exempt the front, so the front applies them for them.
+        self.budget = budget or ConnectionBudget(max_total=config.max_connections, max_per_ip=config.max_connections_per_ip)
+        self.contained: collections.Counter[str] = collections.Counter()
         self.cluster = cluster
         self.config = config
         self.replay = replay
@@ -349,21 +357,35 @@ class Front:
             task_status.started()
             while self.accepting:
                 stream = await listener.accept()
-                if self.connections >= self.config.max_connections:
-                    await stream.aclose()
-                    continue
                 nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        refusal = self.budget.admit(peer, trio.current_time())
+        if refusal is not None:
+            await _refuse(stream, refusal)
+            await trio.aclose_forcefully(stream)
+            return
         self.connections += 1
         try:
-            peer = stream.socket.getpeername()[0]
             async with stream:
                 await self._requests(stream, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError):
-            pass  # the client went away or was too slow: nothing to answer
+            self.contained["client_gone"] += 1  # the client went away or was too slow: nothing to answer
+        except Exception as exc:  # containment: one connection's failure stays with it
+            name = type(exc).__name__
+            if not self.contained[name]:
+                log.error("a front connection failed and was closed (%s); further ones are counted", name, exc_info=exc)
+            self.contained[name] += 1
         finally:
             self.connections -= 1
+            self.budget.release(peer)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
 
     async def _requests(self, stream: trio.SocketStream, peer: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
@@ -406,6 +428,8 @@ class Front:
             conn.start_next_cycle()
 
     async def _body(self, conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+        if conn.they_are_waiting_for_100_continue:
+            await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -41,6 +41,7 @@ from botcall.cluster.router import Front
 from botcall.config import Config
 from botcall.errors import StartupError
 from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http
+from botcall.signaling.serving import ConnectionBudget, connection_ceiling, raise_open_file_limit
 
 log = logging.getLogger("botcall.cluster")
 
@@ -228,7 +229,13 @@ async def run_supervisor(
             redis = Redis(config.redis_url, timeout=max(0.2, min(2.0, config.node_ttl_s / 4)))
             node_id = config.node_name or f"{socket.gethostname()}:{bound_port}"
             cluster = NodeDirectory(redis, node_id, front_url, ttl=config.node_ttl_s, closed_for=config.closed_rooms_remembered_s)
-        front = Front(directory, config, replay, clock, cluster=cluster)
+        budget = ConnectionBudget(
+            max_total=connection_ceiling(config.max_connections, raise_open_file_limit(), config.fd_reserve),
+            max_per_ip=config.max_connections_per_ip,
+            rate_per_ip=config.connection_rate_per_ip,
+            exempt=config.trusted_proxy_networks,
+        )
+        front = Front(directory, config, replay, clock, cluster=cluster, budget=budget)
         sock.listen(1024)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         async with trio.open_nursery() as nursery:
