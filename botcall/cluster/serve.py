@@ -34,6 +34,11 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     def supervise() -> int:
         server.configure_logging(config.log_level, config.log_format, node=config.node_name)
+        if config.tls_cert is not None or config.tls_self_signed:
+            raise ConfigError(
+                "--workers/--redis do not serve TLS themselves yet: terminate TLS in a proxy in front "
+                "(see --trusted-proxy and --public-url), or serve with --workers 1 and no --redis"
+            )
         if not config.issuers and not config.dev_issuer_enabled:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")
         trio.run(supervise_until_signalled, config, serve_argv)
