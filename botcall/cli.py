@@ -12,8 +12,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("botcall.server", "run the BotCall server (HTTP API, signaling, media relay)"),
+    "serve": ("botcall.cluster.serve", "run the BotCall server (HTTP API, signaling, media relay)"),
     "config": ("botcall.config_cli", "show the effective configuration (flags > BOTCALL_* > --config file > defaults)"),
+    "drain": ("botcall.cluster.drain_cli", "tell a node of a --redis cluster to stop taking rooms and wind down"),
     "token": ("botcall.auth.token_cli", "print a signed attestation from the local dev issuer"),
     "bot": ("botcall.bot_cli", "join a room as a bot: play a WAV, record what it hears"),
     "demo": ("botcall.demo.echo", "run the server plus a demo bot and print the invite link"),

@@ -46,6 +46,10 @@ LOG_FORMATS = ("human", "json")
 TURN_URI = re.compile(r"turns?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?")
 
 
+# Worker processes at most (each holds a media port and an HTTP port).
+MAX_WORKERS = 64
+
+
 def default_data_dir() -> Path:
     """Where the dev issuer key lives unless told otherwise.
 
@@ -232,8 +236,33 @@ class Config:
     log_format: str = "human"
     # This server's name in JSON logs; None = the host name.
     node_name: str | None = None
+    # Worker processes of `botcall serve` (botcall/cluster): "1" serves in this
+    # process as always; N > 1 runs a supervisor, a routing front on the HTTP
+    # port and N workers (each its own media port); "auto" = one per core.
+    workers: str = "1"
+    # Clustered mode (botcall/cluster/nodes.py): redis://host:port/db of the
+    # directory every node shares; None = this machine alone, in memory.
+    redis_url: str | None = None
+    # Seconds a node's heartbeat lives in Redis: a node silent this long is lost
+    # (its rooms close with node_lost). It beats every third of this.
+    node_ttl_s: float = 10.0
+    # Seconds a draining node (SIGTERM, `botcall drain`) lets its rooms run
+    # before closing them with server_shutdown.
+    drain_timeout_s: float = 300.0
+
+    def worker_count(self, cores: int) -> int:
+        """The number of worker processes for ``workers`` on a machine of ``cores`` cores."""
+        return max(1, cores) if self.workers == "auto" else int(self.workers)
 
     def __post_init__(self) -> None:
+        if self.redis_url is not None and not self.redis_url.startswith("redis://"):
+            raise ConfigError(f"redis_url must be redis://host[:port][/db], not {self.redis_url!r}")
+        if not 0.5 <= self.node_ttl_s <= 3600:
+            raise ConfigError(f"node_ttl_s must be 0.5-3600, not {self.node_ttl_s}")
+        if not 0 <= self.drain_timeout_s <= 86400:
+            raise ConfigError(f"drain_timeout_s must be 0-86400, not {self.drain_timeout_s}")
+        if self.workers != "auto" and not (self.workers.isdigit() and 1 <= int(self.workers) <= MAX_WORKERS):
+            raise ConfigError(f"workers must be 'auto' or 1-{MAX_WORKERS}, not {self.workers!r}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

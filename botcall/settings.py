@@ -457,18 +457,30 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"{default('log_level')}")
     parser.add_argument("--log-format", default=None, choices=("human", "json"),
                         help=f"human lines or one JSON object per line {default('log_format')}")
+    parser.add_argument("--redis", default=None, metavar="redis://HOST:PORT/DB",
+                        help="clustered mode: share rooms, nodes and used tokens with every node on this Redis (default: none, in memory)")
+    parser.add_argument("--node-ttl", type=float, default=None,
+                        help=f"seconds of missed heartbeats before a node is lost {default('node_ttl_s')}")
+    parser.add_argument("--drain-timeout", type=float, default=None,
+                        help=f"seconds a draining node lets its calls run {default('drain_timeout_s')}")
+    parser.add_argument("--node-name", default=None,
+                        help="this node's id in the cluster and in logs (default: host name:port)")
+    parser.add_argument("--workers", default=None, metavar="N|auto",
+                        help=f"worker processes, each with its own media port (media port + index); auto = one per core {default('workers')}")
 
 
 # Flags that set one field under another name (the rest map --a-b onto a_b).
 _FLAG_FIELDS = {
     "host": "http_host", "port": "http_port", "header_timeout": "header_timeout_s",
     "body_timeout": "body_timeout_s", "shutdown_grace": "shutdown_grace_s",
+    "redis": "redis_url", "node_ttl": "node_ttl_s", "drain_timeout": "drain_timeout_s",
 }
 _PLAIN_FLAGS = (
     "host", "port", "media_host", "media_port", "media_advertised_host", "public_url", "audience",
     "dev_issuer", "data_dir", "max_connections", "max_connections_per_ip", "header_timeout",
     "body_timeout", "http2", "shutdown_grace", "log_level", "log_format", "tls_cert", "tls_key", "tls_self_signed",
     "turn_secret",
+    "workers", "redis", "node_ttl", "drain_timeout", "node_name",
 )
 
 

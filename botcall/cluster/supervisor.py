@@ -1,0 +1,363 @@
+"""``botcall serve --workers N``: the supervisor, its routing front and N worker processes.
+
+The supervisor binds the public HTTP port and serves it with the front
+(``router.py``); each worker (``worker.py``) is a full ``run_server`` on a private
+loopback HTTP port with its own media UDP port. The supervisor:
+
+* starts the workers and waits for each one's ``ready`` line before accepting;
+* feeds their load reports to the ``Directory`` (placement by measured load);
+* restarts a worker that exits (back-off 0.1 s doubling to 5 s, reset once it
+  has run a minute); the rooms it held are closed with reason ``worker_lost``
+  (the front answers ``410 room_closed`` for them), the other workers and their
+  calls are not touched (separate processes, separate media sockets);
+* keeps the replay cache every worker shares (``<data_dir>/replay-cache.jsonl``);
+* on SIGTERM/SIGINT stops accepting and SIGTERMs the workers, which drain as
+  ``botcall serve`` does (``server_shutdown``), and waits for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from botcall.auth.attestation import ReplayCache
+from botcall.auth.keys import ensure_dev_issuer
+from botcall.auth.replay_journal import ReplayJournal
+from botcall.cluster.directory import Directory
+from botcall.cluster.nodes import NodeDirectory
+from botcall.cluster.resp import Redis, RedisUnavailable
+from botcall.cluster.router import Front
+from botcall.config import Config
+from botcall.errors import StartupError
+from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http
+from botcall.signaling.serving import ConnectionBudget, connection_ceiling, raise_open_file_limit
+
+log = logging.getLogger("botcall.cluster")
+
+# Seconds a worker gets to say it is ready (it may load the speech model first).
+WORKER_START_TIMEOUT_S = 60.0
+# A line from a worker longer than this is a bug: the worker is restarted.
+MAX_LINE_BYTES = 64 * 1024
+# A worker that ran this long is restarted at once after its next exit.
+STABLE_AFTER_S = 60.0
+# Seconds between the directory's and replay cache's housekeeping passes.
+HOUSEKEEPING_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class FrontInfo:
+    """What ``run_supervisor`` reports once it accepts connections."""
+
+    http_url: str
+    http_port: int
+    directory: Directory
+    front: Front
+
+
+class WorkerExited(Exception):
+    """A worker process ended (its exit status in the message)."""
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> Any:
+    """Yield a worker's stdout lines, decoded as JSON objects."""
+    buffer = b""
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buffer += data
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning("a worker wrote a line that is not JSON: %r", line[:200])
+                continue
+            if isinstance(message, dict):
+                yield message
+        if len(buffer) > MAX_LINE_BYTES:
+            raise WorkerExited("a worker wrote an over-long line")
+
+
+def worker_command(index: int, front_url: str, serve_argv: Sequence[str]) -> list[str]:
+    """The command line of worker ``index``."""
+    return [sys.executable, "-m", "botcall.cluster.worker", "--index", str(index), "--front-url", front_url, "--", *serve_argv]
+
+
+async def run_worker(
+    index: int,
+    directory: Directory,
+    front: Front,
+    command: list[str],
+    stopping: trio.Event,
+    clock: Callable[[], float],
+    grace: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep worker ``index`` running until ``stopping`` is set (then SIGTERM it and wait).
+
+    Raises:
+        StartupError: the worker's first start failed (its own message is on stderr).
+    """
+    delay = RESTART_DELAY_MIN
+    first = True
+    while True:
+        started_at = time.monotonic()
+        # stdin: a pipe the worker watches; it ends when this process does, however it ends.
+        process = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        ready = False
+        try:
+            assert process.stdout is not None
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_request() -> None:
+                    await stopping.wait()
+                    process.send_signal(signal.SIGTERM)  # the worker drains (server_shutdown)
+                    await trio.sleep(grace + 5.0)
+                    process.kill()
+
+                nursery.start_soon(stop_on_request)
+                with trio.move_on_after(WORKER_START_TIMEOUT_S) as start_timer:
+                    async for message in _lines(process.stdout):
+                        if message.get("event") == "ready":
+                            ready = True
+                            start_timer.deadline = float("inf")
+                            worker = directory.worker_started(
+                                index, http_port=int(message["http_port"]), media_port=int(message["media_port"]), now=clock()
+                            )
+                            log.info(
+                                "worker %d started (pid %d, http 127.0.0.1:%d, media udp %d, generation %d)",
+                                index, process.pid, worker.http_port, worker.media_port, worker.generation,
+                            )
+                            if first:
+                                first = False
+                                task_status.started()
+                        elif message.get("event") == "load" and ready:
+                            directory.worker_report(
+                                index, rooms=int(message["rooms"]), sessions=int(message["sessions"]),
+                                packets=int(message["packets"]), now=clock(),
+                            )
+                if not ready:
+                    log.error("worker %d did not start within %g s; stopping it", index, WORKER_START_TIMEOUT_S)
+                    process.kill()
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                process.kill()
+                await process.wait()
+            raise
+        generation = directory.table[index].generation
+        if stopping.is_set():
+            directory.worker_lost(index, clock())
+            front.worker_lost(index, generation)
+            log.info("worker %d stopped (exit %s)", index, code)
+            return
+        if first:
+            raise StartupError(f"worker {index} failed to start (exit status {code}; its message is above)")
+        lost = directory.worker_lost(index, clock())
+        front.worker_lost(index, generation)
+        if time.monotonic() - started_at > STABLE_AFTER_S:
+            delay = RESTART_DELAY_MIN
+        log.error(
+            "worker %d (pid %d) exited with status %s; %d room(s) closed with reason worker_lost; restarting it in %.1f s",
+            index, process.pid, code, len(lost), delay,
+        )
+        with trio.move_on_after(delay):
+            await stopping.wait()
+            return
+        delay = min(delay * 2, RESTART_DELAY_MAX)
+
+
+async def run_supervisor(
+    config: Config,
+    serve_argv: Sequence[str],
+    *,
+    shutdown: trio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[FrontInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve with ``config.worker_count`` workers until cancelled or ``shutdown`` is set.
+
+    Args:
+        config: the supervisor's configuration (the workers derive theirs, ``worker.py``).
+        serve_argv: the ``botcall serve`` flags, passed on to every worker.
+        shutdown: set it to stop the workers gracefully and return.
+        clock: Unix time.
+
+    Raises:
+        StartupError: the HTTP port cannot be bound, or a worker failed to start.
+    """
+    count = config.worker_count(os.cpu_count() or 1)
+    if config.dev_issuer_enabled:
+        ensure_dev_issuer(config.data_dir, config.dev_issuer_name)  # once, before workers race to create it
+    # With --redis the replay cache is Redis's (nodes.py); nodes may share a data directory.
+    journal = ReplayJournal.in_dir(config.data_dir) if config.redis_url is None else None
+    replay = ReplayCache(config.replay_cache_max, journal=journal)
+    if journal is not None:
+        replay.restore(journal.load(clock()))
+    directory = Directory(
+        count,
+        max_rooms=count * config.max_rooms_total,
+        max_sessions=count * config.max_sessions_total,
+        max_lost=config.closed_rooms_remembered,
+        lost_for=config.closed_rooms_remembered_s,
+    )
+    sock = _bind_http(config.http_host, config.http_port)
+    stopping = trio.Event()
+    drain = trio.Event()
+    redis: Redis | None = None
+    try:
+        bound_host, bound_port = sock.getsockname()[:2]
+        host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
+        http_url = f"http://{host_in_url}:{bound_port}"
+        front_url = config.base_url(bound_port)
+        cluster = None
+        if config.redis_url is not None:
+            redis = Redis(config.redis_url, timeout=max(0.2, min(2.0, config.node_ttl_s / 4)))
+            node_id = config.node_name or f"{socket.gethostname()}:{bound_port}"
+            cluster = NodeDirectory(redis, node_id, front_url, ttl=config.node_ttl_s, closed_for=config.closed_rooms_remembered_s)
+        budget = ConnectionBudget(
+            max_total=connection_ceiling(config.max_connections, raise_open_file_limit(), config.fd_reserve),
+            max_per_ip=config.max_connections_per_ip,
+            rate_per_ip=config.connection_rate_per_ip,
+            exempt=config.trusted_proxy_networks,
+        )
+        front = Front(directory, config, replay, clock, cluster=cluster, budget=budget)
+        sock.listen(1024)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as workers:
+                async with trio.open_nursery() as starting:
+                    for index in range(count):
+                        command = worker_command(index, front_url, serve_argv)
+                        starting.start_soon(workers.start, run_worker, index, directory, front, command, stopping, clock, config.shutdown_grace_s)
+
+                async def housekeeping() -> None:
+                    while True:
+                        now = clock()
+                        directory.expire(now)
+                        replay.prune(now)
+                        if journal is not None and journal.needs_compaction(len(replay)):
+                            journal.compact(replay.entries())
+                        await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+                if cluster is not None:
+                    await nursery.start(heartbeat, cluster, directory, drain, clock)
+                nursery.start_soon(front.serve, listener)
+                nursery.start_soon(housekeeping)
+                log.info("listening on %s (public URL %s) with %d workers", http_url, front_url, count)
+                task_status.started(FrontInfo(http_url=http_url, http_port=bound_port, directory=directory, front=front))
+                async with trio.open_nursery() as waiting:  # the first of: shutdown, a drain request
+
+                    async def on_shutdown() -> None:
+                        await (shutdown.wait() if shutdown is not None else trio.sleep_forever())
+                        drain.set()
+
+                    waiting.start_soon(on_shutdown)
+                    await drain.wait()
+                    waiting.cancel_scope.cancel()
+                if cluster is not None:
+                    await drain_node(cluster, directory, config.drain_timeout_s, clock)
+                log.info("shutting down: stopping %d workers", count)
+                front.accepting = False
+                # Each run_worker SIGTERMs its worker and returns once it exited; the
+                # front keeps routing meanwhile (draining WebSockets close through it).
+                stopping.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+        if journal is not None:
+            journal.close()
+        if redis is not None:
+            await redis.aclose()
+
+
+async def heartbeat(
+    cluster: NodeDirectory,
+    directory: Directory,
+    drain: trio.Event,
+    clock: Callable[[], float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every third of the node TTL: register this node with its load (and its rooms,
+    should Redis have lost them), close the rooms of nodes whose heartbeat expired
+    (``node_lost``), and notice a ``botcall drain`` request. Redis being away is
+    logged once; calls go on, and new rooms and joins get ``503 cluster_unavailable``."""
+    reachable: bool | None = None
+    started = False
+    while True:
+        try:
+            if not cluster.peer_secret:
+                await cluster.join()
+            rooms = {
+                room_id: (where.worker, where.expires_at)
+                for room_id, where in directory.rooms.items()
+                if directory.table[where.worker].running and directory.table[where.worker].generation == where.generation
+            }
+            await cluster.heartbeat(sum(w.load for w in directory.table if w.running), rooms)
+            for node_id, closed in (await cluster.reap(clock())).items():
+                log.warning("node %s stopped heartbeating: %d room(s) closed with reason node_lost", node_id, closed)
+            if reachable is False:
+                log.info("redis is reachable again: node %s registered", cluster.node_id)
+            reachable = True
+            if cluster.draining and not drain.is_set():
+                log.info("drain requested for node %s", cluster.node_id)
+                drain.set()
+        except RedisUnavailable as exc:
+            if reachable is not False:
+                log.error("redis unreachable (%s): calls go on; new rooms and joins get 503 until it is back", exc)
+            reachable = False
+        if not started:
+            started = True
+            task_status.started()
+        await trio.sleep(cluster.ttl / 3)
+
+
+async def drain_node(cluster: NodeDirectory, directory: Directory, timeout: float, clock: Callable[[], float]) -> None:
+    """Stop placement on this node (its heartbeat says ``draining``), then wait up
+    to ``timeout`` seconds for its rooms to end before the workers close the rest
+    with ``server_shutdown``."""
+    cluster.draining = True
+    try:
+        await cluster.heartbeat(sum(w.load for w in directory.table if w.running), {})
+    except RedisUnavailable:
+        log.warning("draining: redis unreachable, placement stops when the heartbeat expires")
+    log.info("draining node %s: no new rooms; waiting up to %g s for its calls to end", cluster.node_id, timeout)
+    since = clock()
+    with trio.move_on_after(timeout):
+        # Done when every worker has reported, since the drain began, that it holds no room.
+        while any(w.rooms or w.last_report <= since for w in directory.table if w.running):
+            await trio.sleep(0.5)  # the workers' load reports come every 0.5 s
+
+
+async def supervise_until_signalled(config: Config, serve_argv: Sequence[str]) -> None:
+    """``run_supervisor`` until SIGINT or SIGTERM (the first drains, a second stops at once)."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if not shutdown.is_set():
+                        log.info("received %s: shutting down (again to stop at once)", signal.Signals(signum).name)
+                        shutdown.set()
+                    else:
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            await run_supervisor(config, serve_argv, shutdown=shutdown)
+            nursery.cancel_scope.cancel()

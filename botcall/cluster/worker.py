@@ -1,0 +1,135 @@
+"""One worker process of ``botcall serve --workers N`` (started by ``supervisor.py``).
+
+    python -m botcall.cluster.worker --index I --front-url URL -- <the serve flags>
+
+It is an ordinary ``run_server`` with the same settings as the supervisor
+(flags, ``BOTCALL_*``, ``--config``), except: HTTP on 127.0.0.1 port 0 (only the
+front talks to it), media port ``media_port + I`` (or any free one when
+``media_port`` is 0), public URL = the front's (invite and WebSocket URLs name
+the shared port), the front trusted as a proxy (``X-Forwarded-For`` carries the
+client), and no replay journal of its own (the front keeps the shared replay
+cache). It talks to the supervisor on stdout, one JSON object per line:
+
+* ``{"event": "ready", "http_port": P, "media_port": M, "pid": N}`` once serving;
+* ``{"event": "load", "rooms": R, "sessions": S, "packets": K}`` every
+  ``LOAD_INTERVAL_S`` (``K``: RTP packets received since start).
+
+It dies with its supervisor (its stdin, a pipe from the supervisor, ends) and drains on SIGTERM as
+``botcall serve`` does (rooms close with ``server_shutdown``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from botcall import settings
+from botcall.config import Config
+from botcall.server import ServerInfo, configure_logging, run_command, run_server
+
+# Seconds between load reports (the front's placement reads them).
+LOAD_INTERVAL_S = 0.5
+# The front reaches workers from loopback; they believe its X-Forwarded-For.
+FRONT_NETWORKS = ("127.0.0.1/32", "::1/128")
+
+
+def worker_config(config: Config, *, index: int, front_url: str) -> Config:
+    """The worker's ``Config``: the supervisor's with this worker's ports and names."""
+    node = config.node_name or os.uname().nodename
+    return dataclasses.replace(
+        config,
+        http_host="127.0.0.1",
+        http_port=0,
+        media_port=config.media_port + index if config.media_port else 0,
+        public_url=config.public_url or front_url,
+        trusted_proxies=tuple(dict.fromkeys((*config.trusted_proxies, *FRONT_NETWORKS))),
+        node_name=f"{node}/w{index}",
+        workers="1",
+    )
+
+
+async def _until_supervisor_gone() -> None:
+    """Return when the supervisor is gone: our stdin (its pipe) reaches end of file,
+    which happens however it ended, ``kill -9`` included. (Not ``PR_SET_PDEATHSIG``:
+    that fires when the *thread* that started us exits, and Trio starts processes
+    from a worker thread.)"""
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    async with stdin:
+        while await stdin.receive_some(4096):
+            pass  # the supervisor writes nothing; only the end matters
+
+
+def _say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def load_report(info: ServerInfo) -> dict[str, Any]:
+    """This worker's measured load (see the module docstring)."""
+    state = info.state
+    relay = state.started_media().relay
+    packets = relay.retired_rx_packets + sum(peer.rx_packets for peer in relay.all_peers())
+    return {"event": "load", "rooms": state.registry.live_rooms, "sessions": state.registry.live_sessions, "packets": packets}
+
+
+async def serve_worker(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT (then drain), reporting on stdout."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for _ in signals:
+                    if shutdown.is_set():
+                        nursery.cancel_scope.cancel()
+                    shutdown.set()
+
+            async def report(info: ServerInfo) -> None:
+                while True:
+                    _say(load_report(info))
+                    await trio.sleep(LOAD_INTERVAL_S)
+
+            async def server(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
+                await run_server(config, shutdown=shutdown, persist_replay=False, task_status=task_status)
+                nursery.cancel_scope.cancel()  # drained: stop watching signals and reporting
+
+            async def die_with_supervisor() -> None:
+                await _until_supervisor_gone()
+                nursery.cancel_scope.cancel()  # its front is gone: nobody can reach our rooms
+
+            nursery.start_soon(watch_signals)
+            nursery.start_soon(die_with_supervisor)
+            info: ServerInfo = await nursery.start(server)
+            _say({"event": "ready", "http_port": info.http_port, "media_port": info.state.media_port, "pid": os.getpid()})
+            nursery.start_soon(report, info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m botcall.cluster.worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--front-url", required=True)
+    parser.add_argument("serve_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    serve_parser = argparse.ArgumentParser(prog="botcall serve")
+    settings.add_flags(serve_parser)
+    rest = args.serve_args[1:] if args.serve_args[:1] == ["--"] else args.serve_args
+    serve_args = serve_parser.parse_args(rest)
+
+    def body() -> int:
+        config = worker_config(settings.load_from_args(serve_args, os.environ).config, index=args.index, front_url=args.front_url)
+        configure_logging(config.log_level, config.log_format, node=config.node_name)
+        trio.run(serve_worker, config)
+        return 0
+
+    return run_command(f"botcall serve (worker {args.index})", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``botcall serve`` as real processes on loopback: the supervisor with its workers.
+
+    async with serving_workers(tmp_path, workers=2) as front:
+        token = front.token(agent="alice#1")
+        created = await front.create_room(token)
+        pid = front.workers[0].pid          # from the supervisor's "worker N started" lines
+        await front.wait_for(WORKER_STARTED, lambda m: m["generation"] == "2")
+
+Everything waits on events (log lines, the front's ``/v1/cluster/workers``),
+never on the clock; the timeouts are safety nets against a hung process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from botcall.auth.keys import DevIssuer, ensure_dev_issuer
+from botcall.config import Config
+from tests.kit.server import HttpResponse, http_request
+
+WORKER_STARTED = re.compile(
+    r"worker (?P<index>\d+) started \(pid (?P<pid>\d+), http 127\.0\.0\.1:(?P<http>\d+), "
+    r"media udp (?P<media>\d+), generation (?P<generation>\d+)\)"
+)
+FRONT_LISTENING = re.compile(r"listening on (?P<url>http://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
+# Generous limits: tests create and join in bursts from one address.
+GENEROUS_ENV = {
+    f"BOTCALL_{name.upper()}": "rate=1000,burst=1000"
+    for name in ("create_limit_per_agent", "create_limit_per_ip", "join_limit_per_agent", "join_limit_per_ip",
+                 "query_limit_per_ip", "connection_rate_per_ip")
+}
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    pid: int
+    http_port: int
+    media_port: int
+    generation: int
+
+
+@dataclass
+class Front:
+    """A running ``botcall serve --workers N`` and what its log said."""
+
+    process: trio.Process
+    data_dir: Path
+    url: str = ""
+    lines: list[str] = field(default_factory=list)
+    workers: dict[int, WorkerProcess] = field(default_factory=dict)
+    _new_line: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def dev(self) -> DevIssuer:
+        return ensure_dev_issuer(self.data_dir, "botcall-dev")[0]
+
+    def token(self, *, agent: str = "orion#8f3a", controller: str = "gopi", room: str | None = None, ttl: float = 600) -> str:
+        return self.dev.mint(
+            agent=agent, controller=controller, audience=Config.audience, scopes=("call:create", "call:voice", "call:receive"),
+            ttl=ttl, now=time.time(), room=room,
+        )
+
+    async def read_log(self) -> None:
+        assert self.process.stderr is not None
+        buffer = b""
+        while data := await self.process.stderr.receive_some(65536):
+            buffer += data
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                match = WORKER_STARTED.search(line)
+                if match:
+                    index = int(match["index"])
+                    self.workers[index] = WorkerProcess(index, int(match["pid"]), int(match["http"]), int(match["media"]), int(match["generation"]))
+                self._new_line.set()
+                self._new_line = trio.Event()
+
+    async def wait_for(self, pattern: re.Pattern[str], accept: Callable[[re.Match[str]], bool] = lambda m: True, *, since: int = 0, timeout: float = 60.0) -> re.Match[str]:
+        """The first log line from index ``since`` on matching ``pattern`` (and ``accept``)."""
+        with trio.fail_after(timeout):
+            seen = since
+            while True:
+                for line in self.lines[seen:]:
+                    match = pattern.search(line)
+                    if match and accept(match):
+                        return match
+                seen = len(self.lines)
+                await self._new_line.wait()
+
+    async def request(self, method: str, path: str, *, bearer: str | None = None, **kwargs: Any) -> HttpResponse:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        return await http_request(self.url + path, method, headers=headers, **kwargs)
+
+    async def create_room(self, token: str, **body: Any) -> HttpResponse:
+        return await self.request("POST", "/v1/rooms/create", bearer=token, json_body=body)
+
+    async def join(self, token: str, room_id: str, *, agent_id: str = "orion#8f3a") -> HttpResponse:
+        body = {"agent_id": agent_id, "room_id": room_id, "attestation": {"token": token}, "media": {"transport": "udp"}}
+        return await self.request("POST", "/v1/join", json_body=body)
+
+    async def worker_table(self) -> list[dict[str, Any]]:
+        response = await self.request("GET", "/v1/cluster/workers")
+        assert response.status == 200, response.body
+        workers: list[dict[str, Any]] = response.json()["workers"]
+        return workers
+
+    async def wait_workers(self, accept: Callable[[list[dict[str, Any]]], bool], *, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Poll the front's worker table (refreshed by each worker's 0.5 s load report) until ``accept``."""
+        with trio.fail_after(timeout):
+            while True:
+                table = await self.worker_table()
+                if accept(table):
+                    return table
+                await trio.sleep(0.1)
+
+    def worker_with_media_port(self, port: int) -> WorkerProcess:
+        return next(worker for worker in self.workers.values() if worker.media_port == port)
+
+
+@asynccontextmanager
+async def serving_workers(
+    data_dir: Path, *, workers: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> AsyncIterator[Front]:
+    """Start ``botcall serve --workers N`` on 127.0.0.1 (free ports), yield it once every
+    worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings."""
+    env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd(), **(env or {})}
+    command = [sys.executable, "-m", "botcall.cli", "serve", "--workers", str(workers), "--port", "0", "--media-port", "0",
+               "--media-host", "127.0.0.1", *extra]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE, env=env)
+    front = Front(process=process, data_dir=data_dir)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(front.read_log)
+            front.url = (await front.wait_for(FRONT_LISTENING))["url"]
+            try:
+                yield front
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    process.send_signal(signal.SIGTERM)
+                    await process.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
