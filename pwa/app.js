@@ -79,7 +79,7 @@ function perform(effect) {
       cancelTimer(effect.name);
       break;
     case 'start_peer':
-      startPeer(effect.peer);
+      startPeer(effect.peer, effect.receiveTracks);
       break;
     case 'stop_peer':
       stopPeer();
@@ -179,9 +179,10 @@ function closeSocket(code) {
 
 // --- the peer connection and the microphone ------------------------------------------
 
-function startPeer(id) {
+function startPeer(id, receiveTracks) {
   stopPeer();
   const created = new Peer({
+    receiveTracks,
     onTrack: (event) => {
       if (created === peer) audio.playRemote(event, () => view.announce('Tap the page to hear the call'));
     },
@@ -281,6 +282,10 @@ const hooks = Object.freeze({
   },
   get remoteStream() {
     return audio.remoteStream;
+  },
+  // Group calls: how many remote tracks are playing (one <audio> element each).
+  get remoteTracks() {
+    return audio.remoteTracks.length;
   },
   get localStream() {
     return stream;

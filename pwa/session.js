@@ -12,7 +12,7 @@
 //   close_socket {code}          close the current socket (its events are ignored from now)
 //   start_timer / start_interval {name, ms}, cancel_timer {name}
 //                                timers fire back as {type: 'timer', name}
-//   start_peer {peer}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
+//   start_peer {peer, receiveTracks}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
 //   read_stats {peer}            read the peer's getStats(); answer {type: 'stats', peer, snapshot}
 //                                with snapshot = playoutSnapshot(report.values())
 //   open_mic {attempt}, use_mic {attempt}, drop_mic {attempt}, stop_mic, mic_enabled {enabled}
@@ -235,6 +235,8 @@ export function initialState({ roomId = null, invite = null, online = true, secu
     participants: Object.freeze([]),
     participantId: null,
     lobbyMax: null,
+    // Downstream audio tracks to offer (the lobby's receive_tracks; group calls).
+    receiveTracks: 1,
     canChat: true,
     attempt: 0, // the microphone request of the last join
     peerSeq: 0,
@@ -534,6 +536,8 @@ class Step {
         // A rejoin counts as recovered only once the join itself succeeds.
         if (!s.wantCall) s.retries = 0;
         s.lobbyMax = Number.isInteger(message.max_human_participants) ? message.max_human_participants : null;
+        // Bounded here too: a page never offers more than 8 tracks (docs/protocol.md, group calls).
+        s.receiveTracks = Number.isInteger(message.receive_tracks) ? Math.min(8, Math.max(1, message.receive_tracks)) : 1;
         this.setParticipants(message.participants);
         this.emit({ type: 'start_interval', name: 'ping', ms: PING_INTERVAL_MS });
         if (s.wantCall && message.resumed === true) {
@@ -768,7 +772,7 @@ class Step {
     s.peerSeq += 1;
     s.peerId = s.peerSeq;
     s.peerState = 'new';
-    this.emit({ type: 'start_peer', peer: s.peerId });
+    this.emit({ type: 'start_peer', peer: s.peerId, receiveTracks: s.receiveTracks });
   }
 
   stopPeer() {

@@ -516,7 +516,9 @@ class WebRtcSink(Generic[PeerT]):
         ssrc = speaker.ssrc
         stream = self.slots.route(ssrc, speaker.speaking, now, data)
         if stream is None:
-            peer.drops["no_slot"] += 1  # more talkers than this browser has slots
+            # More talkers than this browser has tracks (per peer and in /metrics).
+            peer.drops["no_slot"] += 1
+            self.leg.relay.counters["no_slot"] += 1
             return
         try:
             protected = stream.rewrite(data, ssrc, now, srtp.protect_with_header)
