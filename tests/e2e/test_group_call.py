@@ -10,15 +10,20 @@ Three participants talk over one another, each a different tone:
 * a bot (the Python SDK over UDP) saying 440 Hz.
 
 Chromium's captured remote audio must hold 440 and 550 Hz *at once* (two
-spectral peaks within ±5 Hz, each at least 20 dB above the noise floor, in
-the same window); the simulated browser gets 330 and 440 Hz on two separate
-downstream tracks (its answer's SSRCs); the bot hears both humans as separate
-per-speaker streams. With one downstream track (the old single floor) each
-human would hear only one of the others.
+spectral peaks within ±5 Hz, each at least 40 dB above the noise floor, in
+the same window, while the page's own tone is absent); the simulated browser
+gets 330 and 440 Hz on two separate downstream tracks (its answer's SSRCs);
+the bot hears both humans as separate per-speaker streams. With one
+downstream track (the old single floor) each human would hear only one of the
+others.
+
+The second test is the issue's picture with three Chromium humans (330, 550,
+770 Hz) and the 440 Hz bot: each page hears all three others at once.
 """
 
 from __future__ import annotations
 
+import threading
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -44,9 +49,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 CHROMIUM_HZ, SIMULATED_HZ, BOT_HZ = 330, 550, 440
 RATE = 48000
 # How much of the page's remote audio is analysed (the last of it: the jitter
-# buffers have settled), and the clearance each tone needs over the floor.
+# buffers have settled), and what a tone heard needs: a peak this far over the
+# noise floor (the issue asks 20 dB; Chromium's decoded tones stand 70-90 dB
+# over it, while an absent tone's window leakage reaches ~25 dB), and this share
+# of the energy (measured: humans' tones 0.02-0.06 next to the bot's louder
+# one, after Chromium's microphone processing; an absent tone ~1e-6).
 WINDOW_S = 1.5
-MIN_PEAK_DB = 20.0
+MIN_PEAK_DB = 40.0
+MIN_SHARE = 0.005
+MAX_ABSENT_SHARE = 1e-4
 
 
 async def send_tone_forever(browser: UdpBrowser, frequency: int) -> None:
@@ -156,7 +167,8 @@ async def test_two_humans_and_a_bot_each_hear_both_others_at_once(tmp_path):
     for frequency in (BOT_HZ, SIMULATED_HZ):
         found, above = spectral_peak(pcm, RATE, frequency, tolerance=5.0)
         assert abs(found - frequency) <= 5 and above >= MIN_PEAK_DB, (frequency, found, above)
-        assert energy_fraction(pcm, RATE, frequency) >= 0.1, frequency
+        assert energy_fraction(pcm, RATE, frequency) >= MIN_SHARE, frequency
+    assert energy_fraction(pcm, RATE, CHROMIUM_HZ) < MAX_ABSENT_SHARE  # not its own voice
     assert page["errors"] == []
     # The simulated browser: the two others on two of its answer's tracks, one tone each.
     full = {ssrc: audio for ssrc, audio in tracks.items() if len(audio) >= 100 * 1920}
@@ -166,3 +178,77 @@ async def test_two_humans_and_a_bot_each_hear_both_others_at_once(tmp_path):
     # The bot: each human as a stream of its own.
     assert abs(dominant_frequency(bot_heard[page["participant"]], RATE) - CHROMIUM_HZ) <= 5
     assert abs(dominant_frequency(bot_heard[signaled.participant_id], RATE) - SIMULATED_HZ) <= 5
+
+
+HUMAN_HZ = (330, 550, 770)
+
+
+def page_hears_all(context: BrowserContext, url: str, ready: threading.Barrier, done: threading.Barrier) -> dict:
+    """One of several Chromium humans: join, wait for the others (``ready``), record
+    until WINDOW_S of the call, stay until every page has recorded (``done``)."""
+    page, errors = join_call(context, url)
+    participant = hooks(page)["participantId"]
+    ready.wait(timeout=BARRIER_S)
+    page.wait_for_function("() => botcall.remoteTracks === 3 && botcall.remoteLevel() > -50")
+    start_recording(page)
+    pieces: list[np.ndarray] = []
+    while sum(piece.size for piece in pieces) < RATE * (WINDOW_S + 1.0):
+        page.wait_for_timeout(250)
+        try:
+            pieces.append(take_recording(page, RATE).remote)
+        except AssertionError:
+            continue  # nothing recorded yet
+    done.wait(timeout=BARRIER_S)
+    return {"remote": np.concatenate(pieces), "participant": participant, "errors": errors.unexpected()}
+
+
+BARRIER_S = 60.0
+
+
+async def test_three_chromium_humans_and_a_bot_each_hear_all_three_others_at_once(tmp_path):
+    """The issue's picture: 330, 550 and 770 Hz humans in Chromium and a 440 Hz bot."""
+    mics = []
+    for frequency in HUMAN_HZ:
+        mic = tmp_path / f"mic-{frequency}.wav"
+        write_wav(mic, tone(frequency, 10.0, amplitude=0.4), sample_rate=RATE, channels=1)
+        mics.append(str(mic))
+    ready, done = threading.Barrier(len(mics)), threading.Barrier(len(mics))
+    async with running_server(tmp_path) as srv:
+        created = (await srv.create_room(srv.token(agent="creator#1"), max_human_participants=3)).json()
+        room_id = created["room_id"]
+        invite = urlsplit(created["invite_url"])
+        url = f"{srv.url}{invite.path}#{invite.fragment}"
+        pages: list[dict] = [{} for _ in mics]
+        async with connect(srv.url, room_id, srv.token(agent="orion#8f3a")) as bot, trio.open_nursery() as nursery:
+
+            async def bot_talks():
+                while True:
+                    await bot.say_pcm(tone(BOT_HZ, 5.0))
+
+            async def human(index: int) -> None:
+                pages[index] = await in_browser(lambda context: page_hears_all(context, url, ready, done), fake_mic_wav=mics[index])
+
+            nursery.start_soon(bot_talks)
+            async with trio.open_nursery() as humans:
+                for index in range(len(mics)):
+                    humans.start_soon(human, index)
+                # While all three are in the call: the bot's per-speaker streams.
+                with trio.fail_after(BARRIER_S):
+                    while len([s for s in srv.state.registry.sessions_in_room(room_id) if s.kind == "human"]) < 3:
+                        await trio.sleep(0.05)
+                    ids = {s.participant_id: s for s in srv.state.registry.sessions_in_room(room_id) if s.kind == "human"}
+                    bot_heard = await bot_hears(bot, set(ids), 40)
+            nursery.cancel_scope.cancel()
+
+    heard_by_bot = sorted(round(dominant_frequency(pcm, RATE)) for pcm in bot_heard.values())
+    assert all(abs(h - f) <= 5 for h, f in zip(heard_by_bot, HUMAN_HZ)), heard_by_bot
+    for own, page in zip(HUMAN_HZ, pages):
+        window = page["remote"][-int(RATE * WINDOW_S) :]
+        pcm = (np.clip(window, -1, 1) * 32767).astype("<i2").tobytes()
+        for frequency in (BOT_HZ, *(f for f in HUMAN_HZ if f != own)):
+            found, above = spectral_peak(pcm, RATE, frequency, tolerance=5.0)
+            assert abs(found - frequency) <= 5 and above >= MIN_PEAK_DB, (own, frequency, found, above)
+            assert energy_fraction(pcm, RATE, frequency) >= MIN_SHARE, (own, frequency)
+        # A human does not hear itself: its own tone is absent.
+        assert energy_fraction(pcm, RATE, own) < MAX_ABSENT_SHARE, own
+        assert page["errors"] == []
