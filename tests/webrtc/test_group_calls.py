@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.demo.signals import dominant_frequency, tone
@@ -298,3 +299,78 @@ def test_a_browser_with_fewer_tracks_than_talkers_counts_what_it_could_not_get()
             relay.handle_datagram(packet(bot.ssrc, i + 1), ("127.0.0.1", 54000 + b), 1.0 + i * 0.02)
     assert relay.counters["no_slot"] == 10
     assert relay.peer("sess-h").drops["no_slot"] == 10
+
+
+# --- properties -------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bound=st.integers(1, MAX_RECEIVE_TRACKS),
+    extra=st.lists(st.tuples(st.booleans(), st.sampled_from(["recvonly", "sendrecv", "sendonly", "inactive"])), max_size=8),
+)
+def test_any_offer_gets_at_most_k_tracks_all_bundled_sendonly_and_distinct(bound, extra):
+    """Whatever receive sections an offer has (bundled or not, any direction), the
+    answer accepts at most K-1 of them, each bundled, sendonly, with its own SSRC."""
+    offer = browser_offer(BROWSER_CERT, len(extra) + 1)
+    parts = offer.split("m=audio ")
+    bundled = ["0"]
+    for index, (in_bundle, direction) in enumerate(extra, start=1):
+        parts[index + 1] = parts[index + 1].replace("a=recvonly", f"a={direction}")
+        if in_bundle:
+            bundled.append(str(index))
+    offer = "m=audio ".join(parts)
+    offer = re.sub(r"a=group:BUNDLE [^\r\n]*", "a=group:BUNDLE " + " ".join(bundled), offer)
+    media, wire = media_service(bound)
+    answer = media.add_browser(make_session("h", "human", "webrtc", 2222), offer)
+    eligible = [str(i) for i, (in_bundle, direction) in enumerate(extra, start=1) if in_bundle and direction in ("recvonly", "sendrecv")]
+    accepted = eligible[: bound - 1]
+    assert re.search(r"a=group:BUNDLE ([^\r\n]*)", answer).group(1).split() == ["0", *accepted]
+    answered = sections(answer)
+    for index in range(1, len(extra) + 1):
+        section = answered[index]
+        if str(index) in accepted:
+            assert section.startswith("audio 40000 ") and "a=sendonly" in section
+        else:
+            assert section.startswith("audio 0 ")
+    ssrcs = re.findall(r"a=ssrc:(\d+) cname", answer)
+    assert len(ssrcs) == len(set(ssrcs)) == 1 + len(accepted)
+    # The answer is what the relay's sink sends on, track for track.
+    assert [str(s.ssrc) for s in media.relay.peer("sess-h").sink.slots.streams] == ssrcs
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    steps=st.lists(
+        st.tuples(
+            st.sets(st.integers(1, 6), max_size=6),  # who sends this frame
+            st.sets(st.integers(1, 6), max_size=6),  # who of them is talking
+            st.sampled_from([1, 1, 1, 5, 20]),  # frames until the next step
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_slot_invariants_under_any_traffic(k, steps):
+    """Every track numbers on by exactly one per packet; a speaker is on one track at
+    most; a packet is refused only when no track was free or yieldable."""
+    listener = Listener(k)
+    slots = listener.slots
+    for senders, talking, gap in steps:
+        for ssrc in sorted(senders):
+            holders_before = slots.holders
+            refused_before = slots.no_slot
+            listener.frame((ssrc, ssrc in talking))
+            listener.now -= 0.02  # one frame for all of this step's senders
+            if slots.no_slot > refused_before:
+                # Refused: every track is held, by someone who sent lately...
+                assert None not in holders_before and ssrc not in holders_before
+        listener.now += 0.02 * gap
+        holders = [h for h in slots.holders if h is not None]
+        assert len(holders) == len(set(holders))
+    for packets in listener.out.values():
+        seqs = [p.sequence_number for p in packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+        timestamps = [p.timestamp for p in packets]
+        assert all(0 < (b - a) & 0xFFFFFFFF < 0x80000000 for a, b in zip(timestamps, timestamps[1:]))
