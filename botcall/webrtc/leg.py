@@ -32,8 +32,9 @@ receive on (its first, sendrecv section and up to K-1 ``recvonly`` ones,
 docs/protocol.md "Group calls"). :class:`DownstreamSlots` maps the room's
 speakers onto those K :class:`OutboundStream` s: a speaker keeps its slot while
 it sends, and a speaker that is talking (the relay's speech detector) takes the
-slot of one that has been quiet for ``SLOT_HANGOVER``; with K = 1 this is the
-old floor (whoever spoke first keeps the one stream until they pause).
+slot of one that has been quiet for ``SLOT_HANGOVER``. With K = 1 this is the
+old floor (whoever spoke first keeps the one stream until they pause), except
+that a talker now also takes it from a participant who only sends silence.
 """
 
 from __future__ import annotations
@@ -258,6 +259,10 @@ class DownstreamSlots:
     Args:
         streams: the K outbound streams (slot 0 is the offer's first audio section).
         hangover: how long a slot's speaker keeps it after it stopped talking.
+
+    Attributes:
+        no_slot: packets refused (rule 4).
+        switches: times a slot changed hands (first use included).
     """
 
     __slots__ = ("streams", "hangover", "_holders", "_slot_of", "_last_packet", "_last_voiced", "no_slot", "switches")

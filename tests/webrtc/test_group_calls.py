@@ -188,6 +188,7 @@ def test_a_talker_takes_the_track_of_a_participant_quiet_past_the_hangover_not_b
     for _ in range(3):
         listener.frame((1, True), (2, False), (3, True))
     assert listener.slots.holders == (1, 3)
+    assert listener.slots.switches == 3  # 1 and 2 took the free tracks, then 3 took 2's
     # Track 1's numbering went on across the switch: consecutive seq, timestamps
     # moving forward, the marker on the new speaker's first packet.
     track = listener.out[9001]
