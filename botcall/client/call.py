@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -322,8 +323,12 @@ class Call:
 
     # --- tasks ------------------------------------------------------------------------
 
-    async def _run_websocket(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio_websocket.open_websocket_url(url, connect_timeout=10, disconnect_timeout=2, message_queue_size=64) as ws:
+    async def _run_websocket(
+        self, url: str, ssl_context: ssl.SSLContext | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio_websocket.open_websocket_url(
+            url, ssl_context=ssl_context, connect_timeout=10, disconnect_timeout=2, message_queue_size=64
+        ) as ws:
             self._ws = ws
             task_status.started()
             try:
@@ -569,6 +574,7 @@ async def connect(
     send_sample_rate: int | None = None,
     receive: str = "separate",
     text_chat: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Call]:
     """Join a room as a bot and keep the call up inside the ``async with``.
 
@@ -586,6 +592,8 @@ async def connect(
         receive: ``"separate"`` (a stream per speaker) or ``"mixed"`` (one
             mix-minus stream of everyone else, whose frames name ``"mix"``).
         text_chat: ask to send and receive chat.
+        ssl_context: what an ``https://`` server's certificate (and its ``wss://``
+            WebSocket's) is checked against; default: the system's trust store.
 
     Yields:
         The :class:`Call`.
@@ -610,13 +618,13 @@ async def connect(
         "capabilities": {"audio_in": True, "audio_out": True, "video": False, "text_chat": text_chat},
         "media": media,
     }
-    answer = await request_json("POST", f"{server.rstrip('/')}/v1/join", body)
+    answer = await request_json("POST", f"{server.rstrip('/')}/v1/join", body, ssl_context=ssl_context)
     call = Call(answer, room_id=room_id, encoding=encoding if transport == "websocket" else "opus", sample_rate=sample_rate)
     if send_sample_rate is not None and call.encoding == "pcm16":
         call.send_sample_rate = send_sample_rate
     ws_url = answer["websocket_url"] + ("?audio=binary" if transport == "websocket" else "")
     async with trio.open_nursery() as nursery:
-        await nursery.start(call._run_websocket, ws_url)
+        await nursery.start(call._run_websocket, ws_url, ssl_context)
         with trio.fail_after(10):
             await call._welcome.wait()
         if call._closed.is_set():

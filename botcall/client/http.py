@@ -7,6 +7,7 @@ A bot makes a handful of HTTP requests per call, so the standard library's
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ class Room:
     max_human_participants: int
 
 
-def _request(method: str, url: str, body: dict[str, Any] | None, token: str | None, timeout: float) -> dict[str, Any]:
+def _request(
+    method: str, url: str, body: dict[str, Any] | None, token: str | None, timeout: float, ssl_context: ssl.SSLContext | None
+) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Accept", "application/json")
@@ -52,7 +55,7 @@ def _request(method: str, url: str, body: dict[str, Any] | None, token: str | No
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=ssl_context) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         raw = exc.read()
@@ -68,16 +71,34 @@ def _request(method: str, url: str, body: dict[str, Any] | None, token: str | No
     return json.loads(raw) if raw else {}
 
 
-async def request_json(method: str, url: str, body: dict[str, Any] | None = None, *, token: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+async def request_json(
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
     """Send one JSON request and return the decoded JSON response.
+
+    ``ssl_context`` decides which certificates an ``https://`` server may show
+    (default: the system's trust store; a development CA: ``ssl.create_default_context(cafile=...)``).
 
     Raises:
         BotCallHttpError: a non-2xx answer (with the server's code) or no answer.
     """
-    return await trio.to_thread.run_sync(_request, method, url, body, token, timeout)
+    return await trio.to_thread.run_sync(_request, method, url, body, token, timeout, ssl_context)
 
 
-async def create_room(server: str, token: str, *, max_human_participants: int | None = None, expires_in: int | None = None) -> Room:
+async def create_room(
+    server: str,
+    token: str,
+    *,
+    max_human_participants: int | None = None,
+    expires_in: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Room:
     """Create a room owned by the token's controller (needs scope ``call:create``).
 
     Args:
@@ -85,6 +106,7 @@ async def create_room(server: str, token: str, *, max_human_participants: int | 
         token: a BotAuth attestation.
         max_human_participants: optional limit.
         expires_in: optional lifetime in seconds.
+        ssl_context: what an ``https://`` server's certificate is checked against (default: the system's).
 
     Returns:
         The room, with the invite URL to give to humans.
@@ -97,5 +119,5 @@ async def create_room(server: str, token: str, *, max_human_participants: int | 
         body["max_human_participants"] = max_human_participants
     if expires_in is not None:
         body["expires_in"] = expires_in
-    answer = await request_json("POST", f"{server.rstrip('/')}/v1/rooms/create", body, token=token)
+    answer = await request_json("POST", f"{server.rstrip('/')}/v1/rooms/create", body, token=token, ssl_context=ssl_context)
     return Room(answer["room_id"], answer["invite_url"], answer["expires_in"], answer["max_human_participants"])
