@@ -149,6 +149,10 @@ class Config:
     # (about 0.2 ms of CPU per 20 ms frame each while speaking); beyond this,
     # packet sizes decide (relay/speech.py).
     speech_max_decoders: int = 8
+    # Downstream audio tracks per browser in a group call: it hears up to this
+    # many other participants at once (1 = the old single floor). 1-8
+    # (webrtc/leg.py MAX_RECEIVE_TRACKS); docs/protocol.md "Group calls".
+    max_receive_tracks: int = 3
     # Read the media socket with recvmmsg and send with sendmmsg (ctypes, Linux)
     # instead of one recvfrom/sendto per datagram. Off by default: on the
     # benchmark machine it did not lower the relay's CPU per packet (500 bot
@@ -330,6 +334,9 @@ class Config:
             raise ConfigError("room_default_expires_in exceeds room_max_expires_in")
         if self.room_default_max_humans > self.room_max_humans:
             raise ConfigError("room_default_max_humans exceeds room_max_humans")
+        if not (isinstance(self.max_receive_tracks, int) and 1 <= self.max_receive_tracks <= 8):
+            # 8: webrtc/leg.py MAX_RECEIVE_TRACKS (config sits below webrtc and cannot import it).
+            raise ConfigError(f"max_receive_tracks must be 1-8, not {self.max_receive_tracks!r}")
         for cidr in self.trusted_proxies:
             try:
                 ipaddress.ip_network(cidr, strict=False)

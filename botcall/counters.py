@@ -64,6 +64,7 @@ CATALOGUE: Mapping[str, Counted] = {
     "rtcp_relayed": Counted(_E, "RTCP packets forwarded to the room."),
     "not_latched": Counted(_D, "Packets for a UDP peer with no latched address yet."),
     "not_connected": Counted(_D, "Packets for a browser whose DTLS-SRTP is not up yet."),
+    "no_slot": Counted(_D, "Packets not sent to a browser: every one of its downstream tracks was held by another participant (group calls with more senders than tracks)."),
     # --- latching and ICE-lite (webrtc/ice_lite.py, relay/core.py) ---
     "latched": Counted(_E, "Peers whose address was latched (first verified address)."),
     "rebound": Counted(_E, "Latched peers that moved to a new verified address."),

@@ -359,6 +359,7 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
         port=state.media_port,
         playout_max_ahead=config.playout_max_ahead_s,
         playout_max_marks=config.playout_max_marks,
+        max_receive_tracks=config.max_receive_tracks,
     )
     hub = state.hub = Hub(
         state.clock,

@@ -79,7 +79,7 @@ function perform(effect) {
       cancelTimer(effect.name);
       break;
     case 'start_peer':
-      startPeer(effect.peer, effect.iceServers);
+      startPeer(effect.peer, effect.iceServers, effect.receiveTracks);
       break;
     case 'stop_peer':
       stopPeer();
@@ -179,10 +179,11 @@ function closeSocket(code) {
 
 // --- the peer connection and the microphone ------------------------------------------
 
-function startPeer(id, iceServers) {
+function startPeer(id, iceServers, receiveTracks) {
   stopPeer();
   const created = new Peer({
     iceServers,
+    receiveTracks,
     onTrack: (event) => {
       if (created === peer) audio.playRemote(event, () => view.announce('Tap the page to hear the call'));
     },
@@ -285,6 +286,10 @@ const hooks = Object.freeze({
   },
   get remoteStream() {
     return audio.remoteStream;
+  },
+  // Group calls: how many remote tracks are playing (one <audio> element each).
+  get remoteTracks() {
+    return audio.remoteTracks.length;
   },
   get localStream() {
     return stream;

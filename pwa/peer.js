@@ -8,7 +8,9 @@ import { Meter, Recorder } from './audio.js?v=__BOTCALL_VERSION__';
 export const MIC_CONSTRAINTS = Object.freeze({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
 
 /**
- * One RTCPeerConnection with a single sendrecv audio transceiver, offered without trickle.
+ * One RTCPeerConnection with a sendrecv audio transceiver (the microphone, and the
+ * first remote track) and receiveTracks - 1 recvonly ones (group calls: one remote
+ * track per other participant the server maps onto it), offered without trickle.
  *
  * Once the first answer is applied, whatever makes the connection need a new
  * offer (negotiationneeded: an added transceiver, restartIce(), a direction
@@ -23,8 +25,9 @@ export class Peer {
    * @param {(sdp: string) => void} [handlers.onOffer] a renegotiation's offer is ready to send
    * @param {RTCIceServer[]} [handlers.iceServers] TURN servers from the 'joined' event
    * @param {(count: number) => void} [handlers.onGathered] ICE gathering completed with `count` candidates
+   * @param {number} [handlers.receiveTracks] downstream tracks to offer (the lobby's receive_tracks)
    */
-  constructor({ onTrack, onConnectionState, onOffer, iceServers, onGathered }) {
+  constructor({ onTrack, onConnectionState, onOffer, iceServers, onGathered, receiveTracks = 1 }) {
     const pc = new RTCPeerConnection({
       bundlePolicy: 'max-bundle',
       rtcpMuxPolicy: 'require',
@@ -34,6 +37,9 @@ export class Peer {
     this.onOffer = onOffer || null;
     this.answered = false; // the first answer is applied: later offers are renegotiations
     this.sender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
+    // All in one BUNDLE group (max-bundle): the server answers each sendonly
+    // with an SSRC of its own (docs/protocol.md, group calls).
+    for (let i = 1; i < receiveTracks; i++) pc.addTransceiver('audio', { direction: 'recvonly' });
     pc.ontrack = (event) => onTrack(event);
     pc.onconnectionstatechange = () => onConnectionState(pc.connectionState);
     // Candidates are not signaled (the server learns addresses from our checks), only
@@ -116,7 +122,16 @@ export class Peer {
   }
 }
 
-/** The AudioContext, the remote <audio> element and the level meters. */
+/**
+ * The AudioContext, the remote audio and the level meters.
+ *
+ * Each remote track plays in an <audio> element of its own (the page's
+ * #remote-audio for the first, hidden ones made here for the others): the
+ * browser mixes them natively. For the meter and the recorder the tracks are
+ * also summed in WebAudio into `remoteStream` (a MediaStreamDestination);
+ * Chromium feeds a remote track to WebAudio only while an element plays it
+ * (FACTS.md), which the elements do.
+ */
 export class CallAudio {
   /** @param {HTMLAudioElement} element the page's remote-audio element */
   constructor(element) {
@@ -126,6 +141,10 @@ export class CallAudio {
     this.remoteMeter = null;
     this.remoteStream = null;
     this.recorder = null;
+    /** @type {{track: MediaStreamTrack, element: HTMLAudioElement, source: AudioNode|null}[]} */
+    this.remoteTracks = [];
+    this.bus = null; // GainNode summing the remote tracks
+    this.busOut = null; // its MediaStreamDestination
   }
 
   prepare() {
@@ -159,29 +178,55 @@ export class CallAudio {
   }
 
   /**
-   * Play and meter a remote track.
+   * Play and meter one more remote track (group calls: one per downstream track).
    * @param {RTCTrackEvent} event
    * @param {() => void} onBlocked autoplay was refused; the next tap starts the audio
    */
   playRemote(event, onBlocked) {
-    const stream = event.streams[0] || new MediaStream([event.track]);
-    this.remoteStream = stream;
-    const audio = this.element;
-    audio.srcObject = stream;
-    audio.play().catch(() => {
+    const track = event.track;
+    if (this.remoteTracks.some((entry) => entry.track === track)) return;
+    const element = this.remoteTracks.length === 0 ? this.element : document.createElement('audio');
+    if (element !== this.element) {
+      element.autoplay = true;
+      element.setAttribute('playsinline', '');
+      element.hidden = true;
+      this.element.after(element);
+    }
+    element.srcObject = new MediaStream([track]);
+    element.play().catch(() => {
       onBlocked();
-      document.addEventListener('pointerdown', () => audio.play(), { once: true });
+      document.addEventListener('pointerdown', () => element.play(), { once: true });
     });
-    // Chromium feeds a remote track to WebAudio only while an element plays it (FACTS.md).
-    if (this.remoteMeter) this.remoteMeter.disconnect();
-    this.remoteMeter = this.meter(stream, 8192);
+    let source = null;
+    if (this.context) {
+      if (!this.bus) {
+        this.bus = this.context.createGain();
+        this.busOut = this.context.createMediaStreamDestination();
+        this.bus.connect(this.busOut);
+        this.remoteStream = this.busOut.stream;
+        this.remoteMeter = this.meter(this.remoteStream, 8192);
+      }
+      source = this.context.createMediaStreamSource(element.srcObject);
+      source.connect(this.bus);
+    } else {
+      this.remoteStream = element.srcObject;
+    }
+    this.remoteTracks.push({ track, element, source });
   }
 
   stopRemote() {
     if (this.remoteMeter) this.remoteMeter.disconnect();
     this.remoteMeter = null;
     this.remoteStream = null;
-    this.element.srcObject = null;
+    for (const entry of this.remoteTracks) {
+      if (entry.source) entry.source.disconnect();
+      entry.element.srcObject = null;
+      if (entry.element !== this.element) entry.element.remove();
+    }
+    this.remoteTracks = [];
+    if (this.bus) this.bus.disconnect();
+    this.bus = null;
+    this.busOut = null;
   }
 
   /**

@@ -12,8 +12,9 @@
 //   close_socket {code}          close the current socket (its events are ignored from now)
 //   start_timer / start_interval {name, ms}, cancel_timer {name}
 //                                timers fire back as {type: 'timer', name}
-//   start_peer {peer, iceServers}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
+//   start_peer {peer, iceServers, receiveTracks}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
 //                                iceServers: the RTCIceServer list (TURN) the connection uses
+//                                receiveTracks: downstream audio tracks to offer (group calls)
 //   ({type: 'ice_gathered', peer, count} comes back when the peer's ICE gathering completes)
 //   read_stats {peer}            read the peer's getStats(); answer {type: 'stats', peer, snapshot}
 //                                with snapshot = playoutSnapshot(report.values())
@@ -251,6 +252,8 @@ export function initialState({ roomId = null, invite = null, online = true, secu
     participants: Object.freeze([]),
     participantId: null,
     lobbyMax: null,
+    // Downstream audio tracks to offer (the lobby's receive_tracks; group calls).
+    receiveTracks: 1,
     canChat: true,
     attempt: 0, // the microphone request of the last join
     peerSeq: 0,
@@ -558,6 +561,8 @@ class Step {
         // A rejoin counts as recovered only once the join itself succeeds.
         if (!s.wantCall) s.retries = 0;
         s.lobbyMax = Number.isInteger(message.max_human_participants) ? message.max_human_participants : null;
+        // Bounded here too: a page never offers more than 8 tracks (docs/protocol.md, group calls).
+        s.receiveTracks = Number.isInteger(message.receive_tracks) ? Math.min(8, Math.max(1, message.receive_tracks)) : 1;
         this.setParticipants(message.participants);
         this.emit({ type: 'start_interval', name: 'ping', ms: PING_INTERVAL_MS });
         if (s.wantCall && message.resumed === true) {
@@ -798,7 +803,7 @@ class Step {
     s.peerId = s.peerSeq;
     s.peerState = 'new';
     s.peerIceServers = s.iceServers;
-    this.emit({ type: 'start_peer', peer: s.peerId, iceServers: s.iceServers });
+    this.emit({ type: 'start_peer', peer: s.peerId, iceServers: s.iceServers, receiveTracks: s.receiveTracks });
     this.emit({ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS });
   }
 

@@ -14,6 +14,7 @@ import os
 import pytest
 import trio
 
+from bench import group_calls
 from bench.capacity import Bounds, Probe, judge, search
 from bench.harness.machine import BENCH_NICE
 from bench.harness.server import RelayProcess
@@ -155,3 +156,13 @@ def test_transport_hot_path_forwards_every_packet(batched):
     elapsed, received = trio.run(_run, 5, 4, batched, None, clock=_clock())
     assert received == 5 * 4
     assert elapsed > 0
+
+
+def test_group_calls_fan_out_to_every_listener_within_the_tracks():
+    # 1:1, a room of 4 (3 others fit in 3 tracks) and of 6 (5 others: 3 tracks each).
+    one, four, six = (group_calls.measure(size, rooms=2, seconds=0.1, tracks=3, repeat=1) for size in (2, 4, 6))
+    assert one["out_per_pkt"] == 1.0
+    assert four["out_per_pkt"] == 3.0
+    # Per frame: the bot gets the 5 humans, each of the 5 browsers 3 of its 5 others.
+    assert six["out_per_pkt"] == (5 + 5 * 3) / 6
+    assert all(row["us_in"] > 0 and row["p99"] >= row["p50"] > 0 for row in (one, four, six))

@@ -27,6 +27,7 @@ __all__ = [
     "rms_dbfs",
     "segmental_correlation",
     "snr_db",
+    "spectral_peak",
     "speech_like",
     "tone",
 ]
@@ -183,6 +184,42 @@ def energy_fraction(pcm: bytes, sample_rate: int, frequency: float, *, bandwidth
         return 0.0
     bins = np.fft.rfftfreq(len(x), 1.0 / sample_rate)
     return float(power[np.abs(bins - frequency) <= bandwidth].sum() / total)
+
+
+def spectral_peak(pcm: bytes, sample_rate: int, frequency: float, *, tolerance: float = 5.0, channels: int = 1) -> tuple[float, float]:
+    """The strongest spectral peak near ``frequency`` and how far it stands above the noise floor.
+
+    For checking that several tones are heard *at the same time* in one
+    signal (a group call's mix): each must have its own peak, well above the
+    floor, in the same window.
+
+    Args:
+        pcm: int16 little-endian PCM (channels are averaged).
+        sample_rate: its rate.
+        frequency: where the peak is expected, in Hz.
+        tolerance: how far from ``frequency`` it may be, in Hz.
+        channels: its channel count.
+
+    Returns:
+        (the peak's frequency in Hz, its power in dB above the median power
+        of the spectrum from 50 Hz to 4 kHz); (0.0, 0.0) for silence.
+
+    Raises:
+        ValueError: ``pcm`` is not whole frames of samples.
+    """
+    x = _mono(pcm, channels)
+    if len(x) < 3 or not np.any(x):
+        return 0.0, 0.0
+    size = 1 << max(2, math.ceil(math.log2(4 * len(x))))
+    power = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(len(x)), size)) ** 2
+    bins = np.fft.rfftfreq(size, 1.0 / sample_rate)
+    near = np.flatnonzero(np.abs(bins - frequency) <= tolerance)
+    floor_band = (bins >= 50.0) & (bins <= 4000.0)
+    floor = float(np.median(power[floor_band])) if np.any(floor_band) else float(np.median(power))
+    if near.size == 0:
+        return 0.0, 0.0
+    peak = int(near[np.argmax(power[near])])
+    return float(bins[peak]), float(10 * math.log10(max(float(power[peak]), 1e-300) / max(floor, 1e-300)))
 
 
 def rms_dbfs(pcm: bytes, *, channels: int = 1) -> float:

@@ -23,8 +23,11 @@ from botcall.relay.mixer import MixSink
 from botcall.errors import SdpError
 from botcall.webrtc.dtls.endpoint import DtlsState
 from botcall.webrtc.fingerprint import Fingerprint
-from botcall.webrtc.leg import OutboundStream, WebRtcLeg, WebRtcSink
+from botcall.webrtc.leg import MAX_RECEIVE_TRACKS, DownstreamSlots, OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.sdp import SdpOffer, build_answer, parse_offer_untrusted
+
+# Downstream tracks a browser gets by default (Config.max_receive_tracks).
+DEFAULT_RECEIVE_TRACKS = 3
 
 log = logging.getLogger("botcall.relay.service")
 
@@ -93,6 +96,9 @@ class MediaService:
             best first (IP literals; ``relay/addresses.py`` chooses them).
         port: the media port.
         playout_max_ahead, playout_max_marks: each bot's playout bounds (``bot_playout.py``).
+        max_receive_tracks: the most downstream audio tracks one browser gets
+            (its first audio section and up to this many minus one receive
+            sections; docs/protocol.md "Group calls"), 1 to ``MAX_RECEIVE_TRACKS``.
     """
 
     def __init__(
@@ -105,7 +111,11 @@ class MediaService:
         port: int = 0,
         playout_max_ahead: float = MAX_AHEAD_S,
         playout_max_marks: int = MAX_MARKS,
+        max_receive_tracks: int = DEFAULT_RECEIVE_TRACKS,
     ) -> None:
+        if not 1 <= max_receive_tracks <= MAX_RECEIVE_TRACKS:
+            raise ValueError(f"max_receive_tracks must be 1-{MAX_RECEIVE_TRACKS}, got {max_receive_tracks}")
+        self.max_receive_tracks = max_receive_tracks
         self.relay = relay
         self.playout_max_ahead = playout_max_ahead
         self.playout_max_marks = playout_max_marks
@@ -150,8 +160,18 @@ class MediaService:
         if negotiated is not None and peer is not None and negotiated.peer is peer and negotiated.renegotiates(offer):
             return self._renegotiate(session, peer, negotiated, offer, restart_ice)
         out_ssrc = secrets.randbits(32)
+        # One more downstream track per receive section, up to the bound; each
+        # with an SSRC of its own (distinct, as one transport demultiplexes them).
+        receive_ssrcs: dict[str, int] = {}
+        taken = {out_ssrc}
+        for section in offer.receive_sections[: self.max_receive_tracks - 1]:
+            ssrc = secrets.randbits(32)
+            while ssrc in taken:
+                ssrc = secrets.randbits(32)
+            taken.add(ssrc)
+            receive_ssrcs[section.mid] = ssrc
         sdp_session_id = secrets.randbits(62)
-        answer = self._answer(offer, session.ice_ufrag, session.ice_pwd, out_ssrc, session.participant_id, sdp_session_id, 1)
+        answer = self._answer(offer, session.ice_ufrag, session.ice_pwd, out_ssrc, session.participant_id, sdp_session_id, 1, receive_ssrcs)
         old = self.relay.remove_peer(session.session_id)
         # The sink is replaced below, once the leg exists.
         peer = _peer_for(session, UdpSink(self.transmit), session.ice_ufrag, session.ice_pwd, speaks_udp=True)
@@ -164,9 +184,12 @@ class MediaService:
         peer.speech = SpeechTracker(level_id=_level_id(offer), budget=self.relay.speech_budget)
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
-        peer.sink = WebRtcSink(leg, OutboundStream(out_ssrc, offer.opus_payload_type), self.transmit)
+        pt_of = {section.mid: section.opus_payload_type for section in offer.receive_sections}
+        streams = [OutboundStream(out_ssrc, offer.opus_payload_type)]
+        streams += [OutboundStream(ssrc, pt_of[mid]) for mid, ssrc in receive_ssrcs.items()]
+        peer.sink = WebRtcSink(leg, DownstreamSlots(streams), self.transmit)
         self.relay.add_peer(peer, nominate_on="use_candidate", replaces=old)
-        self._negotiated[session.session_id] = _Negotiated(peer, leg, peer.sink, offer.fingerprint, sdp_session_id, 1)
+        self._negotiated[session.session_id] = _Negotiated(peer, leg, peer.sink, offer.fingerprint, sdp_session_id, 1, receive_ssrcs)
         return answer
 
     def _renegotiate(
@@ -188,7 +211,14 @@ class MediaService:
             ice_ufrag, ice_pwd = restarted.ice_ufrag, restarted.ice_pwd
         version = negotiated.version + 1
         stream = negotiated.sink.stream
-        answer = self._answer(offer, ice_ufrag, ice_pwd, stream.ssrc, session.participant_id, negotiated.sdp_session_id, version)
+        # The downstream tracks were settled by the first answer: a receive
+        # section keeps its SSRC while the offer still has it; one added later
+        # is rejected (the slot count of a leg never grows).
+        offered = {section.mid: section for section in offer.receive_sections}
+        receive_ssrcs = {mid: ssrc for mid, ssrc in negotiated.receive_ssrcs.items() if mid in offered}
+        answer = self._answer(
+            offer, ice_ufrag, ice_pwd, stream.ssrc, session.participant_id, negotiated.sdp_session_id, version, receive_ssrcs
+        )
         # Only now that the answer exists does anything change.
         if ice_restart:
             self.relay.change_ice_credentials(peer, ice_ufrag, ice_pwd, offer.ice_ufrag, offer.ice_pwd)
@@ -196,12 +226,26 @@ class MediaService:
         # What a renegotiation may change of the audio: its payload type and
         # the level extension's id. The stream's numbering goes on.
         stream.payload_type = offer.opus_payload_type
+        for slot_stream in negotiated.sink.slots.streams[1:]:
+            for mid, ssrc in receive_ssrcs.items():
+                if ssrc == slot_stream.ssrc:
+                    slot_stream.payload_type = offered[mid].opus_payload_type
         if peer.speech is not None:
             peer.speech.level_id = _level_id(offer)
         self.relay.counters["renegotiated"] += 1
         return answer
 
-    def _answer(self, offer: SdpOffer, ice_ufrag: str, ice_pwd: str, ssrc: int, participant_id: str, sdp_session_id: int, version: int) -> str:
+    def _answer(
+        self,
+        offer: SdpOffer,
+        ice_ufrag: str,
+        ice_pwd: str,
+        ssrc: int,
+        participant_id: str,
+        sdp_session_id: int,
+        version: int,
+        receive_ssrcs: dict[str, int],
+    ) -> str:
         assert self.certificate is not None
         return build_answer(
             offer,
@@ -215,6 +259,7 @@ class MediaService:
             extmap_uris=(AUDIO_LEVEL_URI,),
             session_id=sdp_session_id,
             session_version=version,
+            receive_ssrcs=receive_ssrcs,
         )
 
     def browser_connected(self, session_id: str) -> bool:
@@ -267,11 +312,22 @@ class _Negotiated:
         peer, leg, sink: the relay's side of that peer connection.
         fingerprint: the browser's certificate fingerprint in the offer answered.
         sdp_session_id, version: our answer's o= line (RFC 3264 §8).
+        receive_ssrcs: mid -> SSRC of each receive section the first answer accepted.
     """
 
-    __slots__ = ("peer", "leg", "sink", "fingerprint", "sdp_session_id", "version")
+    __slots__ = ("peer", "leg", "sink", "fingerprint", "sdp_session_id", "version", "receive_ssrcs")
 
-    def __init__(self, peer: MediaPeer, leg: WebRtcLeg[MediaPeer], sink: WebRtcSink[MediaPeer], fingerprint: Fingerprint, sdp_session_id: int, version: int) -> None:
+    def __init__(
+        self,
+        peer: MediaPeer,
+        leg: WebRtcLeg[MediaPeer],
+        sink: WebRtcSink[MediaPeer],
+        fingerprint: Fingerprint,
+        sdp_session_id: int,
+        version: int,
+        receive_ssrcs: dict[str, int],
+    ) -> None:
+        self.receive_ssrcs = receive_ssrcs
         self.peer = peer
         self.leg = leg
         self.sink = sink

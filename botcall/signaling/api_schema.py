@@ -313,6 +313,8 @@ def _server_events() -> dict[str, Schema]:
         "lobby": _message("lobby", {
             "room_id": _STRING, "participants": {"type": "array", "items": _def("WsParticipant")},
             "max_human_participants": _INT, "humans": _INT, "resumed": _BOOL,
+            # Group calls: downstream audio tracks to offer (docs/protocol.md).
+            "receive_tracks": {"type": "integer", "minimum": 1, "maximum": 8},
         }, description="a browser's answer to hello"),
         "joined": _message(
             "joined", {**welcome, "resume": _STRING, "media_connected": _BOOL, "ice_servers": _ice_servers()},

@@ -697,6 +697,8 @@ def lobby_event(state: SignalingState, room: Room, *, resumed: bool = False) -> 
         "max_human_participants": room.max_human_participants,
         "humans": sum(1 for s in sessions if s.kind == "human"),
         "resumed": resumed,
+        # Group calls: how many downstream audio tracks to offer (docs/protocol.md).
+        "receive_tracks": state.started_media().max_receive_tracks,
     }
 
 

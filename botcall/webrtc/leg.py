@@ -27,8 +27,14 @@ once out: ``OutboundStream.rewrite`` hands its new header to
 put in by ``SrtpContext.unprotect_restamped_untrusted`` (measured with
 ``bench/srtp_hot_path.py``).
 
-A browser plays one incoming stream; when several participants talk, the floor
-goes to whoever spoke first and passes when they pause (``FLOOR_RELEASE``).
+A browser receives up to K streams, one per audio m-section it offered to
+receive on (its first, sendrecv section and up to K-1 ``recvonly`` ones,
+docs/protocol.md "Group calls"). :class:`DownstreamSlots` maps the room's
+speakers onto those K :class:`OutboundStream` s: a speaker keeps its slot while
+it sends, and a speaker that is talking (the relay's speech detector) takes the
+slot of one that has been quiet for ``SLOT_HANGOVER``. With K = 1 this is the
+old floor (whoever spoke first keeps the one stream until they pause), except
+that a talker now also takes it from a participant who only sends silence.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
@@ -58,6 +64,13 @@ SAMPLES_PER_FRAME = 960
 FRAME = 0.020
 # A speaker keeps the floor toward a browser until it has been silent this long.
 FLOOR_RELEASE = 0.25
+# A slot's speaker that stopped talking (speech detector) keeps the slot this
+# long before a talking speaker may take it: a pause between words never
+# hands the track over mid-sentence.
+SLOT_HANGOVER = 0.5
+# The most downstream tracks a browser can be given (docs/protocol.md "Group
+# calls"); Config.max_receive_tracks picks the number under it.
+MAX_RECEIVE_TRACKS = 8
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 Transmit = Callable[[bytes, Address], None]
@@ -73,6 +86,9 @@ class LegPeer(Protocol):
     """What a leg and its sink use of the browser's ``MediaPeer`` (or a bot speaking to it)."""
 
     tx_packets: int
+
+    @property
+    def speaking(self) -> bool: ...
 
     @property
     def participant_id(self) -> str: ...
@@ -198,6 +214,16 @@ class OutboundStream:
             self._switched = False
         return emit(data, size, 0x80 | (first & 0x20), out_second, out_seq, out_ts, self.ssrc)
 
+    def hand_over(self, data: bytes, speaker_ssrc: int, now: float) -> None:
+        """Give this stream to ``speaker_ssrc`` from its packet ``data`` on, whoever held it.
+
+        What :class:`DownstreamSlots` does when it moves a speaker onto this
+        stream: numbering continues where the last speaker stopped (the next
+        :meth:`rewrite` of ``speaker_ssrc`` passes the floor check).
+        """
+        _, _, seq, timestamp = _RTP_HEAD.unpack_from(data)
+        self._take_floor(speaker_ssrc, seq, timestamp, now)
+
     def _take_floor(self, speaker_ssrc: int, seq: int, timestamp: int, now: float) -> None:
         if self._last_seq is None:
             next_seq, next_ts = seq, timestamp
@@ -211,6 +237,94 @@ class OutboundStream:
         self._ts_offset = (next_ts - timestamp) & 0xFFFFFFFF
         self.floor = speaker_ssrc
         self._switched = True
+
+
+class DownstreamSlots:
+    """Which speaker each of a browser's K downstream streams carries (sans-IO).
+
+    The policy, per packet of a speaker (``route``), with no decoding:
+
+    1. A speaker that holds a slot stays on it (its numbering goes on).
+    2. Otherwise it takes a free slot: one nobody holds, or whose speaker sent
+       nothing for ``FLOOR_RELEASE`` (it left, muted, or uses DTX); the one
+       idle longest first.
+    3. Otherwise, if it is talking (the relay's speech detector:
+       RFC 6464 levels from browsers, decoding or packet sizes for others),
+       it takes the slot whose speaker has not talked for ``hangover``, the
+       one quiet longest. Browsers send packets while silent, so this is how a
+       talker displaces a listener when there are more participants than slots.
+    4. Otherwise the packet is not sent to this browser (``no_slot``: the
+       browser's peer counts it too).
+
+    Args:
+        streams: the K outbound streams (slot 0 is the offer's first audio section).
+        hangover: how long a slot's speaker keeps it after it stopped talking.
+
+    Attributes:
+        no_slot: packets refused (rule 4).
+        switches: times a slot changed hands (first use included).
+    """
+
+    __slots__ = ("streams", "hangover", "_holders", "_slot_of", "_last_packet", "_last_voiced", "no_slot", "switches")
+
+    def __init__(self, streams: Sequence[OutboundStream], hangover: float = SLOT_HANGOVER) -> None:
+        if not 1 <= len(streams) <= MAX_RECEIVE_TRACKS:
+            raise ValueError(f"1-{MAX_RECEIVE_TRACKS} downstream streams, got {len(streams)}")
+        self.streams = tuple(streams)
+        self.hangover = hangover
+        count = len(self.streams)
+        self._holders: list[int | None] = [None] * count
+        self._slot_of: dict[int, int] = {}
+        self._last_packet = [-1e9] * count
+        self._last_voiced = [-1e9] * count
+        self.no_slot = 0
+        self.switches = 0
+
+    @property
+    def holders(self) -> tuple[int | None, ...]:
+        """The speaker SSRC on each slot (None: never used)."""
+        return tuple(self._holders)
+
+    def route(self, speaker_ssrc: int, speaking: bool, now: float, data: bytes) -> OutboundStream | None:
+        """The stream ``data`` (a packet of ``speaker_ssrc``) goes on, or None (no slot for it now)."""
+        index = self._slot_of.get(speaker_ssrc)
+        if index is not None:
+            # Per packet toward every browser: the common case is this branch.
+            self._last_packet[index] = now
+            if speaking:
+                self._last_voiced[index] = now
+            return self.streams[index]
+        index = self._choose(speaking, now)
+        if index is None:
+            self.no_slot += 1
+            return None
+        old = self._holders[index]
+        if old is not None:
+            del self._slot_of[old]
+        self._holders[index] = speaker_ssrc
+        self._slot_of[speaker_ssrc] = index
+        self._last_packet[index] = now
+        self._last_voiced[index] = now if speaking else -1e9
+        self.switches += 1
+        stream = self.streams[index]
+        stream.hand_over(data, speaker_ssrc, now)
+        return stream
+
+    def _choose(self, speaking: bool, now: float) -> int | None:
+        free = None
+        for index, holder in enumerate(self._holders):
+            if holder is None:
+                return index
+            idle = now - self._last_packet[index]
+            if idle >= FLOOR_RELEASE and (free is None or self._last_packet[index] < self._last_packet[free]):
+                free = index
+        if free is not None or not speaking:
+            return free
+        quiet = None
+        for index in range(len(self._holders)):
+            if now - self._last_voiced[index] >= self.hangover and (quiet is None or self._last_voiced[index] < self._last_voiced[quiet]):
+                quiet = index
+        return quiet
 
 
 class WebRtcLeg(Generic[PeerT]):
@@ -378,14 +492,21 @@ class WebRtcLeg(Generic[PeerT]):
 
 
 class WebRtcSink(Generic[PeerT]):
-    """Delivers the room's audio to one browser over its SRTP leg."""
+    """Delivers the room's audio to one browser over its SRTP leg, on its K slots.
 
-    __slots__ = ("leg", "peer", "stream", "transmit")
+    Args:
+        leg: the browser's leg.
+        slots: its downstream streams (``slots.streams[0]`` is ``stream``).
+        transmit: the relay's send function.
+    """
 
-    def __init__(self, leg: WebRtcLeg[PeerT], stream: OutboundStream, transmit: Transmit) -> None:
+    __slots__ = ("leg", "peer", "slots", "stream", "transmit")
+
+    def __init__(self, leg: WebRtcLeg[PeerT], slots: DownstreamSlots, transmit: Transmit) -> None:
         self.leg = leg
         self.peer = leg.peer  # fixed for the sink's life, like the leg
-        self.stream = stream
+        self.slots = slots
+        self.stream = slots.streams[0]
         self.transmit = transmit
 
     def deliver_rtp(self, data: bytes, speaker: LegPeer, now: float) -> None:
@@ -397,8 +518,15 @@ class WebRtcSink(Generic[PeerT]):
         if srtp is None or addr is None:
             peer.drops["not_connected"] += 1
             return
+        ssrc = speaker.ssrc
+        stream = self.slots.route(ssrc, speaker.speaking, now, data)
+        if stream is None:
+            # More talkers than this browser has tracks (per peer and in /metrics).
+            peer.drops["no_slot"] += 1
+            self.leg.relay.counters["no_slot"] += 1
+            return
         try:
-            protected = self.stream.rewrite(data, speaker.ssrc, now, srtp.protect_with_header)
+            protected = stream.rewrite(data, ssrc, now, srtp.protect_with_header)
         except BadPacket as exc:
             peer.drops[exc.counter] += 1
             return

@@ -17,6 +17,13 @@ References: RFC 8866 (SDP), RFC 3264 (offer/answer), RFC 9429 (JSEP), RFC 8843
 (BUNDLE), RFC 8839 (ICE attributes), RFC 8842 and RFC 8122 (DTLS setup and
 fingerprints), RFC 7587 (Opus), RFC 8285 (extmap), RFC 5576 (ssrc), RFC 8830 (msid).
 
+Group calls (docs/protocol.md "Group calls"): further live audio m-sections of
+the audio section's BUNDLE group that can receive Opus are *receive sections*
+(``SdpOffer.receive_sections``). The caller picks which of them to accept
+(``build_answer(receive_ssrcs=...)``, bounded by ``Config.max_receive_tracks``);
+each accepted one is answered ``sendonly`` with an SSRC and msid of its own, one
+more downstream track on the same transport. The rest are rejected as before.
+
 ``parse_offer_untrusted`` takes text from a browser and raises only ``SdpError``,
 with a message that says what is wrong; sizes are capped before any work.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,6 +49,7 @@ __all__ = [
     "MAX_SDP_CHARS",
     "MAX_SDP_LINES",
     "MediaSection",
+    "ReceiveSection",
     "SdpOffer",
     "SdpSection",
     "SessionDescription",
@@ -205,6 +213,21 @@ class BundleTag:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiveSection:
+    """A further audio m-section the browser offers to receive on (a downstream track).
+
+    Attributes:
+        index: the m-section's index in ``SdpOffer.media``.
+        mid: its ``a=mid`` (in the audio section's BUNDLE group).
+        opus_payload_type: its Opus payload type.
+    """
+
+    index: int
+    mid: str
+    opus_payload_type: int
+
+
+@dataclass(frozen=True, slots=True)
 class SdpOffer:
     """What we need from a browser's offer to answer it.
 
@@ -229,6 +252,9 @@ class SdpOffer:
         bundle_tag: the offerer's BUNDLE tag when it is another RTP m-section
             we can accept inactive, else None (the audio section is the tag,
             or there is no BUNDLE).
+        receive_sections: the other live audio m-sections of the audio
+            section's BUNDLE group that receive Opus over ``a=rtcp-mux``, in
+            offer order (candidates for downstream tracks; group calls).
     """
 
     mid: str
@@ -250,6 +276,7 @@ class SdpOffer:
     media: tuple[MediaSection, ...]
     audio_index: int
     bundle_tag: BundleTag | None = None
+    receive_sections: tuple[ReceiveSection, ...] = ()
 
     def opus_fmtp_params(self) -> dict[str, str]:
         """The Opus fmtp as a dict (``{"minptime": "10", "useinbandfec": "1"}``)."""
@@ -543,6 +570,32 @@ def _bundle_tag(bundle: tuple[str, ...], audio_mid: str, sections: list[tuple[Me
     return None
 
 
+def _receive_sections(
+    bundle: tuple[str, ...], audio_index: int, sections: list[tuple[MediaSection, SdpSection]], session: SdpSection
+) -> tuple[ReceiveSection, ...]:
+    """The audio m-sections besides ``audio_index`` that could carry a downstream track.
+
+    Each must be bundled with the audio section (one transport: ours is one
+    port), live, ``UDP/TLS/RTP/SAVPF`` with ``a=rtcp-mux``, offer Opus, and
+    receive (``recvonly`` or ``sendrecv``). A section that fails any of these
+    is simply not a candidate (it is rejected in the answer, as before).
+    """
+    found = []
+    for index, (media, section) in enumerate(sections):
+        if index == audio_index or media.kind != "audio" or media.mid is None or media.mid not in bundle:
+            continue
+        if media.protocol != SUPPORTED_PROTOCOL or not _is_live(media, section) or not section.has("rtcp-mux"):
+            continue
+        try:
+            direction = _direction(section) or _direction(session) or Direction.SENDRECV
+            payload_type, _ = _opus(media.formats, section)
+        except SdpError:
+            continue
+        if direction.receives:
+            found.append(ReceiveSection(index, media.mid, payload_type))
+    return tuple(found)
+
+
 def parse_offer_untrusted(text: str) -> SdpOffer:
     """Parse a browser's SDP offer into what the answer needs.
 
@@ -619,6 +672,7 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
         media=tuple(media for media, _ in sections),
         audio_index=audio_index,
         bundle_tag=_bundle_tag(bundle, mid, sections),
+        receive_sections=_receive_sections(bundle, audio_index, sections, session),
     )
 
 
@@ -646,6 +700,7 @@ def build_answer(
     msid_stream: str = "botcall",
     msid_track: str | None = None,
     extmap_uris: Collection[str] = (),
+    receive_ssrcs: Mapping[str, int] | None = None,
 ) -> str:
     """Build our ICE-lite, DTLS-passive answer to a parsed offer.
 
@@ -677,6 +732,11 @@ def build_answer(
             ``"botcall-<ssrc>"``.
         extmap_uris: header extension URIs we accept; each one the offer has is
             echoed with the offer's id.
+        receive_ssrcs: mid -> our SSRC for each receive section
+            (``SdpOffer.receive_sections``) to accept as a downstream track:
+            answered ``sendonly`` with that SSRC and its own msid
+            (stream ``<msid_stream>-<m-section index>``), in the BUNDLE group after the audio
+            section. Other receive sections are rejected.
 
     Returns:
         The answer SDP, CRLF line endings.
@@ -716,6 +776,13 @@ def build_answer(
         direction.sends and offer.direction.receives,
         direction.receives and offer.direction.sends,
     )
+    receive_ssrcs = dict(receive_ssrcs or {})
+    slots = {slot.index: slot for slot in offer.receive_sections if slot.mid in receive_ssrcs}
+    if len(slots) != len(receive_ssrcs):
+        raise ValueError(f"receive_ssrcs names mids the offer has no receive section for: {sorted(receive_ssrcs)}")
+    slot_ssrcs = [ssrc, *receive_ssrcs.values()]
+    if len(set(slot_ssrcs)) != len(slot_ssrcs) or not all(0 <= value <= 0xFFFFFFFF for value in slot_ssrcs):
+        raise ValueError("receive_ssrcs must be distinct 32-bit values, none equal to ssrc")
     pt = offer.opus_payload_type
     lines = [
         "v=0",
@@ -730,7 +797,9 @@ def build_answer(
         # Only accepted m-sections may stay in the group, and the first one,
         # the answerer's tag, is the offerer's tag when we accept it (RFC 8843
         # §7.3.1): the video of a video-first offer, accepted inactive.
-        lines.append(f"a=group:BUNDLE {tag.mid} {offer.mid}" if tag is not None else f"a=group:BUNDLE {offer.mid}")
+        # Accepted receive sections follow the audio section, in offer order.
+        mids = [offer.mid, *(slots[index].mid for index in sorted(slots))]
+        lines.append("a=group:BUNDLE " + " ".join([tag.mid, *mids] if tag is not None else mids))
     transport = [
         f"c=IN {address_type} {address}",
         *(_host_candidate(index, candidate, port) for index, candidate in enumerate(addresses)),
@@ -752,6 +821,10 @@ def build_answer(
                 f"a=rtpmap:{tag.payload_type} {tag.encoding}",
             ]
             continue
+        slot = slots.get(index)
+        if slot is not None:
+            lines += _receive_section(slot, port, transport, receive_ssrcs[slot.mid], cname, f"{msid_stream}-{index}")
+            continue
         if index != offer.audio_index:
             lines.extend(_rejected_section(media))
             continue
@@ -771,6 +844,24 @@ def build_answer(
                 f"a=ssrc:{ssrc} msid:{msid_stream} {msid_track}",
             ]
     return "\r\n".join(lines) + "\r\n"
+
+
+def _receive_section(slot: ReceiveSection, port: int, transport: list[str], ssrc: int, cname: str, stream: str) -> list[str]:
+    """An accepted receive section: one more stream we send, nothing we take (RFC 3264 §6.1)."""
+    pt = slot.opus_payload_type
+    track = f"botcall-{ssrc}"
+    return [
+        f"m=audio {port} {SUPPORTED_PROTOCOL} {pt}",
+        *transport,
+        f"a=mid:{slot.mid}",
+        f"a={Direction.SENDONLY.value}",
+        f"a=msid:{stream} {track}",
+        "a=rtcp-mux",
+        f"a=rtpmap:{pt} opus/{OPUS_CLOCK_RATE}/{OPUS_CHANNELS}",
+        f"a=fmtp:{pt} {DEFAULT_OPUS_FMTP}",
+        f"a=ssrc:{ssrc} cname:{cname}",
+        f"a=ssrc:{ssrc} msid:{stream} {track}",
+    ]
 
 
 def _host_candidate(index: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:

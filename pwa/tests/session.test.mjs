@@ -132,6 +132,16 @@ describe('lobby, join, offer and answer', () => {
     assert.deepEqual(call.effects, []);
   });
 
+  test('the offer asks for the downstream tracks the lobby gave, bounded to 1..8 (group calls)', () => {
+    for (const [given, offered] of [[3, 3], [99, 8], [0, 1], ['3', 1], [undefined, 1]]) {
+      const call = new Call();
+      call.step({ type: 'start' });
+      call.step({ type: 'socket_open', socket: call.state.socketId });
+      call.server({ type: 'lobby', participants: [BOT], max_human_participants: 3, receive_tracks: given });
+      call.step({ type: 'join', displayName: 'Ada' });
+      assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: call.state.peerId, iceServers: [], receiveTracks: offered }], String(given));
+    }
+  });
   test('join sends the name, builds the offer at once and asks for the microphone', () => {
     const call = new Call().toLobby();
     call.now = 5000;
@@ -143,7 +153,7 @@ describe('lobby, join, offer and answer', () => {
       effects.map((e) => e.type).filter((t) => ['send', 'start_peer', 'unlock_audio', 'open_mic'].includes(t)),
       ['send', 'start_peer', 'unlock_audio', 'open_mic'],
     );
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: call.state.peerId, iceServers: [] }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: call.state.peerId, iceServers: [], receiveTracks: 1 }]);
     assert.deepEqual(call.of('open_mic'), [{ type: 'open_mic', attempt: 1 }]);
     assert.deepEqual(call.state.marks, { click: 5000 });
 
@@ -573,7 +583,7 @@ describe('reconnecting after a dropped socket', () => {
     call.server({ type: 'lobby', participants: [], resumed: true });
     const old = call.state.peerId;
     call.server({ type: 'joined', participant_id: 'p-me', you: ME, media_connected: true });
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: old + 1, iceServers: [] }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: old + 1, iceServers: [], receiveTracks: 1 }]);
     assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: old + 1 }]);
   });
 
@@ -678,7 +688,7 @@ describe('reconnecting after a dropped socket', () => {
       const peer = call.state.peerId;
       call.step({ type: 'peer_state', peer, state: 'failed' });
       assert.equal(call.state.ui, 'reconnecting');
-      assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: peer + 1, iceServers: [] }]);
+      assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: peer + 1, iceServers: [], receiveTracks: 1 }]);
       assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: peer + 1 }]);
       call.step({ type: 'peer_state', peer, state: 'failed' });
       assert.deepEqual(call.effects, [], 'the old peer is ignored');
@@ -865,16 +875,16 @@ describe('TURN servers and a network that blocks calls', () => {
     const call = new Call().toLobby();
     call.step({ type: 'join', displayName: 'Ada' });
     const early = call.state.peerId;
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early, iceServers: [] }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early, iceServers: [], receiveTracks: 1 }]);
     assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS }]);
     call.server({ type: 'joined', participant_id: ME.participant_id, you: ME, participants: [BOT], ice_servers: [TURN] });
     const servers = [{ urls: TURN.urls, username: TURN.username, credential: TURN.credential }];
     assert.deepEqual(call.of('stop_peer').length, 1);
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early + 1, iceServers: servers }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early + 1, iceServers: servers, receiveTracks: 1 }]);
     assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: early + 1 }], 'the offer comes from the new connection');
     // A failed connection is made again with the same servers.
     call.step({ type: 'peer_state', peer: early + 1, state: 'failed' });
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early + 2, iceServers: servers }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early + 2, iceServers: servers, receiveTracks: 1 }]);
   });
 
   test('joined without TURN servers keeps the early peer connection', () => {

@@ -124,9 +124,10 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
     assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
     # The same ufrag until restartIce(), then a new one.
     assert result["ufrags"][0] == result["ufrags"][1] == result["ufrags"][2] == result["ufrags"][3] != result["ufrags"][4]
-    # The added transceivers were rejected; the call's audio stays sendrecv.
-    assert result["transceivers"][0] == ["0", "sendrecv"]
-    assert all(direction in (None, "stopped", "inactive") for _, direction in result["transceivers"][1:])
+    # The added transceivers were rejected; the call's audio stays sendrecv, and
+    # the page's two receive tracks (group calls, docs/protocol.md) stay recvonly.
+    assert result["transceivers"][:3] == [["0", "sendrecv"], ["1", "recvonly"], ["2", "recvonly"]]
+    assert all(direction in (None, "stopped", "inactive") for _, direction in result["transceivers"][3:])
     assert result["drops"].get("srtp_before_dtls", 0) == 0
     # At least one answer per step (Chromium offers once more by itself after
     # a transceiver was rejected, to let the stopped one go).

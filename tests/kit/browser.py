@@ -57,9 +57,38 @@ HANDSHAKE_ROUNDS = 20
 HANDSHAKE_TIMEOUT = 10.0
 
 
-def browser_offer(certificate: DtlsCertificate) -> str:
-    """The captured Chrome offer with this browser's certificate fingerprint."""
-    return re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{certificate.fingerprint}", OFFER)
+# Chrome 156's offer for a group call (docs/protocol.md "Group calls"): its
+# sendrecv audio section and two recvonly ones, all bundled (captured from
+# the PWA's Peer with receiveTracks = 3).
+GROUP_OFFER = (OFFER_TEMPLATE.parent / "chrome156_group.sdp").read_text()
+
+
+def _receive_sections(count: int) -> list[str]:
+    """The captured group offer's first ``count`` recvonly sections, with the kit's ICE credentials."""
+    sections = GROUP_OFFER.split("m=audio ")[2:]
+    if count > len(sections):
+        sections = sections * (count // len(sections) + 1)
+    out = []
+    for index, section in enumerate(sections[:count], start=1):
+        section = re.sub(r"a=mid:\S+", f"a=mid:{index}", section)
+        section = re.sub(r"a=ice-ufrag:\S+", f"a=ice-ufrag:{OFFER_UFRAG}", section)
+        section = re.sub(r"a=ice-pwd:\S+", f"a=ice-pwd:{OFFER_PWD}", section)
+        out.append("m=audio " + section)
+    return out
+
+
+def browser_offer(certificate: DtlsCertificate, receive_tracks: int = 1) -> str:
+    """The captured Chrome offer with this browser's certificate fingerprint.
+
+    Args:
+        receive_tracks: downstream tracks to offer: the audio section plus
+            ``receive_tracks - 1`` recvonly ones in its BUNDLE group (group calls).
+    """
+    offer = OFFER
+    if receive_tracks > 1:
+        mids = " ".join(str(index) for index in range(receive_tracks))
+        offer = offer.replace("a=group:BUNDLE 0", f"a=group:BUNDLE {mids}") + "".join(_receive_sections(receive_tracks - 1))
+    return re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{certificate.fingerprint}", offer)
 
 
 def sdp_value(sdp: str, pattern: str) -> str:
@@ -107,6 +136,8 @@ class Browser:
         self.relay_addr = relay_addr
         self.tie_breaker = tie_breaker
         self.out_ssrc = int(sdp_value(answer, r"a=ssrc:(\d+) cname"))
+        # Every downstream track's SSRC, in answer order (group calls: one per accepted section).
+        self.out_ssrcs = tuple(int(value) for value in re.findall(r"a=ssrc:(\d+) cname", answer))
         self.relay_ufrag = sdp_value(answer, r"a=ice-ufrag:(\S+)")
         self.relay_pwd = sdp_value(answer, r"a=ice-pwd:(\S+)")
         self.dtls = DtlsEndpoint(role="client", certificate=certificate, remote_fingerprint=sdp_value(answer, r"a=fingerprint:([^\r\n]+)"))
@@ -120,6 +151,8 @@ class Browser:
         # The browser's own ICE credentials (its offer's; an ICE restart changes them).
         self.ufrag = OFFER_UFRAG
         self.pwd = OFFER_PWD
+        # Downstream tracks its offers ask for (group calls).
+        self.receive_tracks = 1
 
     # --- ICE ---------------------------------------------------------------------------
 
@@ -152,15 +185,24 @@ class Browser:
 
     @classmethod
     def join(
-        cls, media: MediaService, human: Session, wire: Wire, addr: tuple[str, int] = BROWSER_ADDR, *, certificate: DtlsCertificate | None = None
+        cls,
+        media: MediaService,
+        human: Session,
+        wire: Wire,
+        addr: tuple[str, int] = BROWSER_ADDR,
+        *,
+        certificate: DtlsCertificate | None = None,
+        receive_tracks: int = 1,
     ) -> Browser:
         """Offer to ``media`` for ``human`` and keep its answer; the browser then talks to ``media.relay`` from ``addr``.
 
         Args:
             certificate: the browser's (a new one when None; browsers may share one).
+            receive_tracks: downstream tracks to offer (group calls; :func:`browser_offer`).
         """
         certificate = certificate or DtlsCertificate.generate()
-        browser = cls(media.add_browser(human, browser_offer(certificate)), certificate)
+        browser = cls(media.add_browser(human, browser_offer(certificate, receive_tracks)), certificate)
+        browser.receive_tracks = receive_tracks
         browser.relay, browser.wire, browser.addr, browser.human = media.relay, wire, addr, human
         return browser
 
@@ -173,7 +215,7 @@ class Browser:
         """
         if ice_restart:
             self.ufrag, self.pwd = secrets.token_hex(4), secrets.token_hex(12)
-        offer = browser_offer(self.certificate)
+        offer = browser_offer(self.certificate, self.receive_tracks)
         return offer.replace(f"a=ice-ufrag:{OFFER_UFRAG}", f"a=ice-ufrag:{self.ufrag}").replace(f"a=ice-pwd:{OFFER_PWD}", f"a=ice-pwd:{self.pwd}")
 
     def renegotiate(self, media: MediaService, offer: str | None = None, *, restart_ice: Callable[[], Session] | None = None) -> str:

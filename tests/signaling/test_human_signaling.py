@@ -214,3 +214,13 @@ async def test_a_browsers_playout_delay_counts_against_the_message_limit(tmp_pat
             event = await receive(ws)
             assert (event["type"], event["code"]) == ("error", "rate_limited")
             assert srv.state.started_media().relay.peer(joined["resume"]).playout_delay_ms == 20
+
+
+async def test_the_lobby_says_how_many_downstream_tracks_to_offer(tmp_path):
+    """Group calls (docs/protocol.md): the page builds its offer from ``receive_tracks``."""
+    async with running_server(tmp_path, max_receive_tracks=5) as srv:
+        room_id, secret = await room_with_invite(srv)
+        async with open_websocket_url(signal_url(srv, room_id)) as ws:
+            await ws.send_message(json.dumps({"type": "hello", "invite": secret}))
+            lobby = await receive(ws)
+    assert lobby["type"] == "lobby" and lobby["receive_tracks"] == 5
