@@ -125,8 +125,23 @@ export class CallAudio {
       this.context.resume().catch((err) => console.warn('BotCall: AudioContext not resumed', err));
     }
     const audio = this.element;
+    this.elementStream();
+    if (audio.paused) audio.play().catch((err) => console.warn('BotCall: audio element not started yet', err));
+  }
+
+  /**
+   * The one MediaStream the <audio> element plays for the page's whole life.
+   *
+   * Remote tracks are added to it and removed from it; srcObject is never
+   * replaced. Replacing it runs the element's load algorithm again, which
+   * rejects the play() started in the Join click with AbortError ("The play()
+   * request was interrupted by a new load request"), on every join.
+   * @returns {MediaStream}
+   */
+  elementStream() {
+    const audio = this.element;
     if (!audio.srcObject) audio.srcObject = new MediaStream();
-    audio.play().catch((err) => console.warn('BotCall: audio element not started yet', err));
+    return audio.srcObject;
   }
 
   meter(stream, fftSize) {
@@ -149,11 +164,17 @@ export class CallAudio {
     const stream = event.streams[0] || new MediaStream([event.track]);
     this.remoteStream = stream;
     const audio = this.element;
-    audio.srcObject = stream;
-    audio.play().catch(() => {
-      onBlocked();
-      document.addEventListener('pointerdown', () => audio.play(), { once: true });
-    });
+    const playing = this.elementStream();
+    for (const track of playing.getAudioTracks()) if (track !== event.track) playing.removeTrack(track);
+    if (!playing.getTrackById(event.track.id)) playing.addTrack(event.track);
+    // Started already in the Join click (unlock); again only if that was refused.
+    if (audio.paused) {
+      audio.play().catch(() => {
+        onBlocked();
+        const retry = () => audio.play().catch((err) => console.warn('BotCall: audio still blocked', err));
+        document.addEventListener('pointerdown', retry, { once: true });
+      });
+    }
     // Chromium feeds a remote track to WebAudio only while an element plays it (FACTS.md).
     if (this.remoteMeter) this.remoteMeter.disconnect();
     this.remoteMeter = this.meter(stream, 8192);
@@ -163,7 +184,8 @@ export class CallAudio {
     if (this.remoteMeter) this.remoteMeter.disconnect();
     this.remoteMeter = null;
     this.remoteStream = null;
-    this.element.srcObject = null;
+    const playing = this.element.srcObject;
+    for (const track of playing ? playing.getTracks() : []) playing.removeTrack(track);
   }
 
   /**
