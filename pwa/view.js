@@ -42,8 +42,7 @@ function personItem(p, participantId) {
   // screen readers (and people who cannot tell the colours apart) get.
   const light = el('span', 'light');
   light.setAttribute('aria-hidden', 'true');
-  head.append(light);
-  head.append(el('span', 'status'));
+  head.append(el('span', 'status'), light);
   li.append(head);
   if (bot) {
     const identity = el('div', 'identity');
