@@ -219,6 +219,7 @@ async def test_a_call_with_three_people_and_a_bot(tmp_path):
                 page.get_by_label("Your name").fill("Linus")
                 page.get_by_role("button", name="Join call").click()
                 wait_state(page, "connected")
+                assert page.evaluate("window.isSecureContext")  # the microphone needs it (http://127.0.0.1 is one)
                 me = hooks(page)["participantId"]
                 trio.from_thread.run_sync(partial(nursery.start_soon, partial(visitor, srv, invite, "Grace", joined=grace_joined, leave=grace_leaves)))
                 trio.from_thread.run(grace_joined.wait)
