@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from botcall.client import connect
 from botcall.demo.signals import tone
 from tests.kit.firefox import click, in_firefox, page, wait_for, wait_state
 from tests.kit.server import running_server
+from tests.pwa.test_people import connect, say
 
 pytestmark = [pytest.mark.firefox, pytest.mark.e2e]
 
@@ -81,7 +81,7 @@ async def test_firefox_bot_card_mute_label_and_a_quiet_console(tmp_path):
 
                 async def speak() -> None:
                     while True:
-                        await bot.say_pcm(tone(440, 5.0))
+                        await say(bot, tone(440, 5.0))
 
                 nursery.start_soon(speak)
                 result = await in_firefox(human, args=("-remote-allow-system-access",))
