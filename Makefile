@@ -1,7 +1,7 @@
 # The README's two commands: `make run` and `make test`. Each one sets itself up
 # (system libraries, virtualenv, package) through scripts/setup.sh, which is
 # idempotent and fast on a second run.
-.PHONY: run test setup
+.PHONY: run test setup screenshots
 
 # make run PORT=8081 MEDIA_PORT=40001 picks other ports.
 PORT ?= 8080
@@ -18,3 +18,8 @@ test:
 	node --test pwa/tests/
 	node --test sdk/js/test/*.test.mjs
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# The README's pictures of the join page (docs/screenshots/*.png), taken by the tests.
+screenshots:
+	./scripts/setup.sh test
+	BOTCALL_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -q tests/pwa/test_people.py

@@ -162,8 +162,23 @@ export class CallAudio {
       this.context.resume().catch((err) => console.warn('BotCall: AudioContext not resumed', err));
     }
     const audio = this.element;
+    this.elementStream();
+    if (audio.paused) audio.play().catch((err) => console.warn('BotCall: audio element not started yet', err));
+  }
+
+  /**
+   * The one MediaStream the <audio> element plays for the page's whole life.
+   *
+   * Remote tracks are added to it and removed from it; srcObject is never
+   * replaced. Replacing it runs the element's load algorithm again, which
+   * rejects the play() started in the Join click with AbortError ("The play()
+   * request was interrupted by a new load request"), on every join.
+   * @returns {MediaStream}
+   */
+  elementStream() {
+    const audio = this.element;
     if (!audio.srcObject) audio.srcObject = new MediaStream();
-    audio.play().catch((err) => console.warn('BotCall: audio element not started yet', err));
+    return audio.srcObject;
   }
 
   meter(stream, fftSize) {
@@ -185,18 +200,29 @@ export class CallAudio {
   playRemote(event, onBlocked) {
     const track = event.track;
     if (this.remoteTracks.some((entry) => entry.track === track)) return;
-    const element = this.remoteTracks.length === 0 ? this.element : document.createElement('audio');
-    if (element !== this.element) {
+    const first = this.remoteTracks.length === 0;
+    const element = first ? this.element : document.createElement('audio');
+    if (first) {
+      // The page's element keeps the one stream unlock() started it on: a new
+      // srcObject would abort that play() (see elementStream).
+      const playing = this.elementStream();
+      for (const old of playing.getAudioTracks()) playing.removeTrack(old);
+      playing.addTrack(track);
+    } else {
       element.autoplay = true;
       element.setAttribute('playsinline', '');
       element.hidden = true;
       this.element.after(element);
+      element.srcObject = new MediaStream([track]);
     }
-    element.srcObject = new MediaStream([track]);
-    element.play().catch(() => {
-      onBlocked();
-      document.addEventListener('pointerdown', () => element.play(), { once: true });
-    });
+    // The first element was started in the Join click (unlock); again only if that was refused.
+    if (element.paused) {
+      element.play().catch(() => {
+        onBlocked();
+        const retry = () => element.play().catch((err) => console.warn('BotCall: audio still blocked', err));
+        document.addEventListener('pointerdown', retry, { once: true });
+      });
+    }
     let source = null;
     if (this.context) {
       if (!this.bus) {
@@ -206,10 +232,10 @@ export class CallAudio {
         this.remoteStream = this.busOut.stream;
         this.remoteMeter = this.meter(this.remoteStream, 8192);
       }
-      source = this.context.createMediaStreamSource(element.srcObject);
+      source = this.context.createMediaStreamSource(new MediaStream([track]));
       source.connect(this.bus);
     } else {
-      this.remoteStream = element.srcObject;
+      this.remoteStream = new MediaStream([track]);
     }
     this.remoteTracks.push({ track, element, source });
   }
@@ -220,14 +246,20 @@ export class CallAudio {
     this.remoteStream = null;
     for (const entry of this.remoteTracks) {
       if (entry.source) entry.source.disconnect();
-      entry.element.srcObject = null;
-      if (entry.element !== this.element) entry.element.remove();
+      if (entry.element === this.element) {
+        const playing = this.element.srcObject;
+        for (const track of playing ? playing.getTracks() : []) playing.removeTrack(track);
+      } else {
+        entry.element.srcObject = null;
+        entry.element.remove();
+      }
     }
     this.remoteTracks = [];
     if (this.bus) this.bus.disconnect();
     this.bus = null;
     this.busOut = null;
   }
+
 
   /**
    * Record the microphone and the remote audio (tests and debugging only).

@@ -14,6 +14,7 @@ const PRECACHE = [
   `/pwa/session.js?v=${VERSION}`,
   `/pwa/peer.js?v=${VERSION}`,
   `/pwa/view.js?v=${VERSION}`,
+  `/pwa/people.js?v=${VERSION}`,
   `/pwa/recorder-worklet.js?v=${VERSION}`,
   `/pwa/style.css?v=${VERSION}`,
   '/pwa/manifest.webmanifest',

@@ -3,7 +3,8 @@
 // server sends is written with textContent, never as HTML.
 
 import { meterFraction } from './audio.js?v=__BOTCALL_VERSION__';
-import { MAX_CHAT_LINES, SCREEN_OF, formatDuration, inviteTarget, nameOf, text } from './session.js?v=__BOTCALL_VERSION__';
+import { botCard, muteLabel, statusText } from './people.js?v=__BOTCALL_VERSION__';
+import { MAX_CHAT_LINES, SCREEN_OF, formatDuration, inviteTarget, nameOf } from './session.js?v=__BOTCALL_VERSION__';
 
 const SCREENS = ['loading', 'home', 'lobby', 'call', 'ended', 'problem'];
 const PILL_TEXT = { joining: 'Joining…', connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…' };
@@ -18,32 +19,40 @@ function el(tag, className, content) {
 function fillStatus(li, p) {
   li.dataset.speaking = String(p.speaking === true);
   li.dataset.muted = String(p.muted === true);
-  const status = li.querySelector('.status');
-  status.textContent = p.muted === true ? 'Muted' : p.speaking === true ? 'Speaking' : '';
+  li.querySelector('.status').textContent = statusText(p);
 }
 
+// One participant: a head line (avatar, name, tags, the speaking light and its
+// word) and, for a bot, who it is in one sentence with the details folded away.
 function personItem(p, participantId) {
   const bot = p.kind === 'bot';
+  const card = bot ? botCard(p) : null;
+  const name = bot ? card.name : nameOf(p);
   const li = el('li', 'person');
   li.dataset.kind = bot ? 'bot' : 'human';
   li.dataset.participantId = p.participant_id;
   const head = el('div', 'person-head');
-  head.append(el('span', 'avatar', nameOf(p).slice(0, 1).toUpperCase()));
-  head.append(el('span', 'name', nameOf(p)));
+  const avatar = el('span', 'avatar', name.slice(0, 1).toUpperCase());
+  avatar.setAttribute('aria-hidden', 'true');
+  head.append(avatar);
+  head.append(el('span', 'name', name));
   if (p.participant_id === participantId) head.append(el('span', 'tag', 'You'));
   if (bot) head.append(el('span', 'tag verified', 'Verified bot'));
-  head.append(el('span', 'status'));
-  head.firstChild.setAttribute('aria-hidden', 'true');
+  // The light is drawn by CSS from data-speaking; the word beside it is what
+  // screen readers (and people who cannot tell the colours apart) get.
+  const light = el('span', 'light');
+  light.setAttribute('aria-hidden', 'true');
+  head.append(el('span', 'status'), light);
   li.append(head);
   if (bot) {
     const identity = el('div', 'identity');
-    identity.append(el('p', 'agent', text(p.agent_id)));
-    const behalf = el('p', '', 'on behalf of ');
-    behalf.append(el('strong', '', text(p.controller, 'unknown')));
-    identity.append(behalf);
-    identity.append(el('p', 'small', `Issuer: ${text(p.issuer, 'unknown')}`));
-    const scopes = Array.isArray(p.scopes) ? p.scopes.map((s) => text(s)).join(', ') : '';
-    identity.append(el('p', 'small', `Scopes: ${scopes || 'none'}`));
+    identity.append(el('p', 'summary', card.summary));
+    const details = el('details', 'bot-details');
+    details.append(el('summary', '', 'Details'));
+    const list = el('dl');
+    for (const [label, value] of card.details) list.append(el('dt', '', label), el('dd', label === 'Agent ID' ? 'agent' : '', value));
+    details.append(list);
+    identity.append(details);
     li.append(identity);
   }
   fillStatus(li, p);
@@ -129,6 +138,7 @@ export class View {
     $('loading-text').textContent = state.loadingText;
     $('net').hidden = !state.netVisible;
     $('mute').setAttribute('aria-pressed', String(state.muted));
+    $('mute').textContent = muteLabel(state.muted);
     $('chat-form').hidden = !state.canChat;
     this.renderProblem(state.problem);
     this.renderEnded(state.ended);
@@ -173,7 +183,13 @@ export class View {
     // You first, then bots, then the other people.
     const rank = (p) => (p.participant_id === state.participantId ? 0 : p.kind === 'bot' ? 1 : 2);
     people.sort((a, b) => rank(a) - rank(b));
-    for (const id of ['lobby-people', 'call-people']) this.$(id).replaceChildren(...people.map((p) => personItem(p, state.participantId)));
+    for (const id of ['lobby-people', 'call-people']) {
+      const list = this.$(id);
+      // A bot's details someone opened stay open when the list is redrawn.
+      const open = new Set(Array.from(list.querySelectorAll('details[open]'), (d) => d.closest('li').dataset.participantId));
+      list.replaceChildren(...people.map((p) => personItem(p, state.participantId)));
+      for (const li of list.children) if (open.has(li.dataset.participantId)) li.querySelector('details').open = true;
+    }
     const bots = people.filter((p) => p.kind === 'bot').length;
     const humans = people.length - bots;
     let summary = people.length === 0 ? 'Nobody is on the call yet.' : `${bots} ${bots === 1 ? 'bot' : 'bots'} and ${humans} ${humans === 1 ? 'person' : 'people'} on the call.`;

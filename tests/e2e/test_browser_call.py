@@ -5,7 +5,7 @@ The page is the PWA from the invite link; the human's fake microphone plays a
 both directions, then mute and hang up are checked from the bot's side.
 
 Set ``BOTCALL_SCREENSHOT=path.png`` to save a picture of the page mid-call
-(docs/pwa-in-call.png was made this way).
+(the README's pictures come from tests/pwa/test_people.py).
 """
 
 from __future__ import annotations

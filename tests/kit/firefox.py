@@ -114,11 +114,13 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 @contextmanager
-def firefox(prefs: dict[str, Any] | None = None) -> Iterator[Marionette]:
+def firefox(prefs: dict[str, Any] | None = None, args: tuple[str, ...] = ()) -> Iterator[Marionette]:
     """Start headless Firefox with a fresh profile; yield a Marionette session; kill it.
 
     Args:
         prefs: more preferences for ``user.js``.
+        args: more command-line arguments (``-remote-allow-system-access`` lets a
+            test run scripts in the browser's chrome context).
     """
     with tempfile.TemporaryDirectory(prefix="botcall-firefox-") as profile:
         port = free_tcp_port()
@@ -126,7 +128,7 @@ def firefox(prefs: dict[str, Any] | None = None) -> Iterator[Marionette]:
         env = {**os.environ, "MOZ_HEADLESS": "1", "MOZ_CRASHREPORTER_DISABLE": "1"}
         # Its own process group: content processes go with the parent at the end.
         process = subprocess.Popen(
-            [FIREFOX, "--headless", "--marionette", "--profile", profile, "-no-remote"],
+            [FIREFOX, "--headless", "--marionette", "--profile", profile, "-no-remote", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -185,10 +185,12 @@ async def test_lobby_shows_verified_bots_as_text_on_a_phone(tmp_path):
                 bot = page.locator('#lobby-people li[data-kind="bot"]')
                 expect(bot).to_have_count(1)
                 expect(bot).to_contain_text("Verified bot")
-                expect(bot).to_contain_text("orion#8f3a")
-                expect(bot).to_contain_text("on behalf of gopi")
-                expect(bot).to_contain_text(f"Issuer: {srv.state.dev_issuer.issuer}")
-                expect(bot).to_contain_text("call:voice")
+                expect(bot.locator(".summary")).to_have_text(
+                    f"Orion, an AI agent, vouched for by gopi, verified by {srv.state.dev_issuer.issuer}."
+                )
+                expect(bot.locator("details dd.agent")).to_have_text("orion#8f3a")
+                expect(bot.locator("details")).to_contain_text(srv.state.dev_issuer.issuer)
+                expect(bot.locator("details")).to_contain_text("call:voice")
                 person = page.locator('#lobby-people li[data-kind="human"]')
                 expect(person.locator(".name")).to_have_text(HOSTILE_NAME)  # shown as text
                 assert page.locator("#lobby-people img").count() == 0

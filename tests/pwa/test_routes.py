@@ -41,6 +41,7 @@ ASSET_TYPES = {
     "session.js": "text/javascript",
     "peer.js": "text/javascript",
     "view.js": "text/javascript",
+    "people.js": "text/javascript",
     "style.css": "text/css",
     "manifest.webmanifest": "application/manifest+json",
     "icons/icon.svg": "image/svg+xml",
