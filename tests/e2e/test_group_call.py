@@ -34,7 +34,7 @@ from trio_websocket import open_websocket_url
 
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.audio.wav import write_wav
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, energy_fraction, rms_dbfs, spectral_peak, tone
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.wire.rtp import RtpPacket
@@ -88,7 +88,7 @@ async def bot_hears(bot, participants: set[str], frames: int) -> dict[str, bytes
     """Each of ``participants``' audible frames as the bot's per-speaker stream delivers them."""
     pcm: dict[str, list[bytes]] = {p: [] for p in participants}
     async for frame in bot.audio():
-        chunks = pcm.get(frame.participant_id)
+        chunks = pcm.get(frame.speaker)
         if chunks is not None and not frame.concealed and rms_dbfs(frame.pcm) > -40:
             chunks.append(frame.pcm)
             if all(len(c) >= frames for c in pcm.values()):
@@ -141,7 +141,7 @@ async def test_two_humans_and_a_bot_each_hear_both_others_at_once(tmp_path):
 
                 async def bot_talks():
                     while True:
-                        await bot.say_pcm(tone(BOT_HZ, 5.0))
+                        await (await bot.say(tone(BOT_HZ, 5.0))).done()
 
                 nursery.start_soon(bot_talks)
                 nursery.start_soon(send_tone_forever, simulated, SIMULATED_HZ)
@@ -223,7 +223,7 @@ async def test_three_chromium_humans_and_a_bot_each_hear_all_three_others_at_onc
 
             async def bot_talks():
                 while True:
-                    await bot.say_pcm(tone(BOT_HZ, 5.0))
+                    await (await bot.say(tone(BOT_HZ, 5.0))).done()
 
             async def human(index: int) -> None:
                 pages[index] = await in_browser(lambda context: page_hears_all(context, url, ready, done), fake_mic_wav=mics[index])

@@ -33,12 +33,7 @@ from botcall.audio.wav import write_wav
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from tests.kit.chromium import hooks, in_browser, wait_state
 
-# The bot SDK moves from botcall.client to botcall_sdk (branch sdk); these
-# tests run with either, so the merge order does not matter.
-try:
-    from botcall_sdk import connect
-except ImportError:  # before the SDK migration
-    from botcall.client import connect
+from botcall_sdk import connect
 from tests.kit.server import running_server
 from tests.pwa.test_browser import WRONG_SECRET, assert_no_horizontal_scroll, assert_problem_screen, human_in_room, open_room
 
@@ -69,10 +64,7 @@ def speaker_of(frame: Any) -> str | None:
 
 async def say(bot: Any, pcm: bytes) -> None:
     """Queue ``pcm`` (48 kHz mono int16) on the bot; returns once queued, not played."""
-    if hasattr(bot, "say_pcm"):
-        await bot.say_pcm(pcm)
-    else:
-        await bot.say(pcm)
+    await bot.say(pcm)
 
 
 class ConsoleLog:
