@@ -133,6 +133,18 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
                     return relay_peer(srv, room_id, participant)
 
                 steps["joined"] = both_ways(client, ears, peer_of, first, time.monotonic())
+                # Speech in bursts (Firefox's fake microphone is a steady tone, which
+                # the relay's detector takes for the noise floor): the relay hears the
+                # human start speaking from Firefox's audio-level header extension (id 1
+                # in its offer), and the page's speaking light goes on.
+                bursts_at = time.monotonic()
+                page(client, SPEAK_IN_BURSTS)
+                started = trio.from_thread.run(
+                    wait_until,
+                    lambda: next((e for at, e in ears.events if at >= bursts_at and e["type"] == "speech_started" and e["participant_id"] == first), None),
+                )
+                light = wait_for(client, f"document.querySelector('#call-people li[data-participant-id=\"{first}\"]')?.dataset.speaking === 'true'")
+                page(client, "window.wrappedJSObject.__bursts.restore();")
 
                 # Mute: the relay drops the human's audio, the bot hears none of it.
                 muted_at = time.monotonic()
@@ -178,6 +190,8 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
                 return {
                     "first": first,
                     "second": second,
+                    "speech_started": started,
+                    "light": light,
                     "steps": steps,
                     "pressed": pressed,
                     "tracks_off": tracks_off,
@@ -202,6 +216,7 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
     for name, seen in result["steps"].items():
         print(f"{name}: both ways after {seen['seconds'] * 1000:.0f} ms, the bot heard {seen['heard_hz']:.0f} Hz")
         assert_flowing(name, seen)
+    assert result["speech_started"]["stream_ms"] >= 0 and result["light"] is True
     assert result["pressed"] == "true" and result["tracks_off"] is True
     assert result["muted"] == {"type": "muted", "participant_id": result["first"], "muted": True}
     assert result["heard_while_muted"] == 0
@@ -211,6 +226,31 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
     assert result["second"] not in (None, result["first"])
     assert result["humans"] == [result["second"]]  # no ghost of the first visit
 
+
+# Replaces the page's microphone with 300 ms bursts of 1 kHz every 800 ms (an
+# AudioContext's oscillator through a MediaStreamDestination); restore() puts
+# the microphone back.
+SPEAK_IN_BURSTS = """
+const w = window.wrappedJSObject;
+const ctx = new w.AudioContext();
+const oscillator = ctx.createOscillator();
+oscillator.frequency.value = 1000;
+const gain = ctx.createGain();
+gain.gain.value = 0;
+oscillator.connect(gain);
+const out = ctx.createMediaStreamDestination();
+gain.connect(out);
+oscillator.start();
+const now = ctx.currentTime + 0.1;
+for (let k = 0; k < 40; k++) {
+  gain.gain.setValueAtTime(0.3, now + k * 0.8);
+  gain.gain.setValueAtTime(0, now + k * 0.8 + 0.3);
+}
+const sender = botcall.pc.getSenders().find((s) => s.track && s.track.kind === 'audio');
+const mic = sender.track;
+sender.replaceTrack(out.stream.getAudioTracks()[0]);
+w.__bursts = {restore: () => { sender.replaceTrack(mic); ctx.close(); }};
+"""
 
 RENEGOTIATIONS = {
     "same offer": "botcall.renegotiate();",
