@@ -74,6 +74,8 @@ import trio_websocket
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.wire.stun import answer_check_untrusted, binding_request
+from botcall.relay.addresses import local_addresses
+from tests.kit import firefox as kit
 from tests.kit.chromium import in_browser, join_call
 from tests.kit.server import LiveServer, running_server
 
@@ -254,7 +256,7 @@ START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiv
         gain.gain.setValueAtTime(0, t + burst);
         onsets.push(t);
     }
-    window.__m2e = {ctx, rec, receiver};
+    (window.wrappedJSObject || window).__m2e = {ctx, rec, receiver};
     return {onsets, sampleRate: ctx.sampleRate, receiver: {
         jitterBufferTarget: receiver.jitterBufferTarget === undefined ? null : receiver.jitterBufferTarget,
         playoutDelayHint: receiver.playoutDelayHint === undefined ? null : receiver.playoutDelayHint,
@@ -262,7 +264,7 @@ START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiv
 }"""
 
 TAKE_PAGE = """() => {
-    const {ctx, rec} = window.__m2e;
+    const {ctx, rec} = (window.wrappedJSObject || window).__m2e;
     const b64 = (chunks) => {
         let total = 0;
         for (const c of chunks) total += c.length;
@@ -448,6 +450,7 @@ class Bot:
 
 @dataclass
 class PathResult:
+    browser: str
     path: str
     leg: str
     receiver: str
@@ -488,40 +491,84 @@ def analyse(
     return mouth_to_bot, bot_to_graph, float(take["outputLatency"]), max(errors) if errors else None
 
 
-async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: int, period: float) -> PathResult:
+def firefox_script(function: str) -> str:
+    """A page function (``async (args) => …``) as a Marionette async script: it runs
+    in Marionette's sandbox, so the page's hooks and constructors are taken
+    from the page's own window (``wrappedJSObject``)."""
+    return f"""
+        const done = arguments[arguments.length - 1];
+        const page = window.wrappedJSObject;
+        const botcall = page.botcall;
+        const AudioContext = page.AudioContext;
+        const AudioWorkletNode = page.AudioWorkletNode;
+        Promise.resolve(({function})(arguments[0])).then(
+            (value) => done(JSON.parse(JSON.stringify(value === undefined ? null : value))),
+            (err) => done({{error: String(err)}}));
+    """
+
+
+async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: int, period: float, browser: str) -> PathResult:
     created = (await srv.create_room(srv.token(agent="creator#1"), interruption={"mode": "off"})).json()
     invite = urlsplit(created["invite_url"])
+    url = f"{srv.url}{invite.path}#{invite.fragment}"
     bot = Bot(srv, created["room_id"], PATHS[path])
     bot.period_frames = round(period / 0.02)
+    arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver]
+    # The page's last burst, a period for the bot's last one, and a second of slack.
+    run_s = 1.0 + (events + 1) * period + 1.0
+    Four = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
     async with trio.open_nursery() as nursery:
         await nursery.start(bot.run)
 
-        def human(context: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-            page, _ = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
+        def chromium(context: Any) -> Four:
+            page, _ = join_call(context, url)
             page.wait_for_function("() => botcall.remoteStream !== null")
-            started = page.evaluate(
-                START_PAGE, [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver]
-            )
+            started = page.evaluate(START_PAGE, arguments)
             before = page.evaluate(STATS_PAGE)
             trio.from_thread.run_sync(bot.bursting.set)
-            # The page's last burst, a period for the bot's last one, and a second of slack.
-            page.wait_for_timeout(int((1.0 + (events + 1) * period + 1.0) * 1000))
+            page.wait_for_timeout(int(run_s * 1000))
             after = page.evaluate(STATS_PAGE)
             take = page.evaluate(TAKE_PAGE)
             page.get_by_role("button", name="Hang up").click()
             return started, before, after, take
 
-        started, before, after, take = await in_browser(human)
+        def firefox(client: Any) -> Four:
+            client.navigate(url)
+            kit.wait_state(client, "lobby")
+            kit.click(client, "#join")
+            kit.wait_state(client, "connected")
+            kit.wait_for(client, "botcall.remoteStream !== null")
+
+            def run(function: str, args: Any = None) -> dict[str, Any]:
+                value = client.execute_async_script(firefox_script(function), script_args=[args], script_timeout=60_000)
+                if isinstance(value, dict) and "error" in value:
+                    raise RuntimeError(f"page script failed: {value['error']}")
+                return dict(value)
+
+            started = run(START_PAGE, arguments)
+            before = run(STATS_PAGE)
+            trio.from_thread.run_sync(bot.bursting.set)
+            time.sleep(run_s)
+            after = run(STATS_PAGE)
+            take = run(TAKE_PAGE)
+            kit.click(client, "#hangup")
+            return started, before, after, take
+
+        if browser == "firefox":
+            started, before, after, take = await kit.in_firefox(firefox)
+        else:
+            started, before, after, take = await in_browser(chromium)
         nursery.cancel_scope.cancel()
     mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
     if DUMP is not None:
-        with open(DUMP / f"{leg}-{receiver}-{path}.json", "w") as handle:
+        with open(DUMP / f"{browser}-{leg}-{receiver}-{path}.json", "w") as handle:
             frames = [(t, base64.b64encode(to_pcm16(pcm)).decode()) for t, pcm in bot.log.frames]
             json.dump({"started": started, "take": take, "frames": frames, "burst_sends": bot.log.burst_sends}, handle)
     jitter = jitter_buffer_ms(before, after)
     emitted = after["emitted"] - before["emitted"]
     target = (after["target"] - before["target"]) / emitted * 1000 if emitted > 0 else None
     return PathResult(
+        browser=browser,
         path=path,
         leg=leg,
         receiver=receiver,
@@ -538,16 +585,26 @@ async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: 
 
 
 @contextlib.asynccontextmanager
-async def server_for(leg: str, data_dir: Path) -> AsyncIterator[LiveServer]:
-    """The server for a leg; for ``impaired``, with the proxy in front of the relay."""
+async def server_for(leg: str, browser: str, data_dir: Path) -> AsyncIterator[LiveServer]:
+    """The server for a leg and a browser.
+
+    Chromium pairs with loopback: media on 127.0.0.1. Firefox pairs only with
+    the default-route interface's address (FACTS.md): media on every interface,
+    as by default. ``impaired``: the relay listens on 127.0.0.1 and announces
+    the proxy's address (127.0.0.2 for Chromium, the machine's own non-loopback
+    address for Firefox), where ``bench/impaired_link.py`` forwards to it.
+    """
+    generous = {"max_live_rooms_per_controller": 10_000}
     if leg == "loopback":
-        async with running_server(data_dir, media_host="127.0.0.1") as srv:
+        media_host = "127.0.0.1" if browser == "chromium" else "0.0.0.0"
+        async with running_server(data_dir, media_host=media_host, **generous) as srv:
             yield srv
         return
     port = free_udp_port()
-    async with running_server(data_dir, media_host="127.0.0.1", media_port=port, media_advertised_host=IMPAIRED_HOST) as srv:
+    front = IMPAIRED_HOST if browser == "chromium" else machine_address()
+    async with running_server(data_dir, media_host="127.0.0.1", media_port=port, media_advertised_host=front, **generous) as srv:
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "bench.impaired_link", "--listen", f"{IMPAIRED_HOST}:{port}", "--to", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "bench.impaired_link", "--listen", f"{front}:{port}", "--to", f"127.0.0.1:{port}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -560,7 +617,15 @@ async def server_for(leg: str, data_dir: Path) -> AsyncIterator[LiveServer]:
         finally:
             proxy.terminate()
             _, err = proxy.communicate(timeout=10)
-            print(f"  [{leg}] {err.strip()}", file=sys.stderr)
+            print(f"  [{leg} {browser}] {err.strip()}", file=sys.stderr)
+
+
+def machine_address() -> str:
+    """The machine's first non-loopback IPv4 address (where Firefox's ICE looks)."""
+    for address in local_addresses():
+        if "." in address and not address.startswith("127."):
+            return address
+    raise RuntimeError("no non-loopback IPv4 address on this machine for Firefox")
 
 
 def free_udp_port() -> int:
@@ -571,22 +636,27 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def measure(paths: list[str], legs: list[str], receivers: list[str], events: int, period: float, repeats: int) -> list[PathResult]:
+async def measure(
+    browsers: list[str], paths: list[str], legs: list[str], receivers: list[str], events: int, period: float, repeats: int
+) -> list[PathResult]:
     results = []
-    for leg in legs:
-        with tempfile.TemporaryDirectory() as data_dir:
-            async with server_for(leg, Path(data_dir)) as srv:
-                for repeat in range(repeats):
-                    for receiver in receivers:
-                        for path in paths:
-                            result = await one_call(srv, path, leg, receiver, events, period)
-                            print(row(result), flush=True)
-                            results.append(result)
+    for browser in browsers:
+        for leg in legs:
+            with tempfile.TemporaryDirectory() as data_dir:
+                async with server_for(leg, browser, Path(data_dir)) as srv:
+                    for _ in range(repeats):
+                        for receiver in receivers:
+                            if browser == "firefox" and receiver != "default":
+                                continue  # Chromium's receiver settings
+                            for path in paths:
+                                result = await one_call(srv, path, leg, receiver, events, period, browser)
+                                print(row(result), flush=True)
+                                results.append(result)
     return results
 
 
 HEADER = (
-    f"{'leg':9} {'receiver':8} {'path':15} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
+    f"{'browser':8} {'leg':9} {'receiver':8} {'path':15} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
     f" {'n':>5} | {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4}"
 )
 
@@ -598,7 +668,7 @@ def row(r: PathResult) -> str:
     jb = f"{r.jitter_buffer_ms:5.1f}" if r.jitter_buffer_ms is not None else "    -"
     target = f"{r.jitter_target_ms:6.1f}" if r.jitter_target_ms is not None else "     -"
     return (
-        f"{r.leg:9} {r.receiver:8} {r.path:15} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
+        f"{r.browser:8} {r.leg:9} {r.receiver:8} {r.path:15} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
         f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
     )
 
@@ -609,6 +679,7 @@ def main() -> int:
     parser.add_argument("--period", type=float, default=0.5, help="seconds between bursts")
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--legs", default="loopback,impaired")
+    parser.add_argument("--browsers", default="chromium,firefox")
     parser.add_argument("--receiver", default="default", help=f"comma-separated: {', '.join(RECEIVER_SETTINGS)}")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -620,15 +691,16 @@ def main() -> int:
     paths = args.paths.split(",")
     legs = args.legs.split(",")
     receivers = args.receiver.split(",")
-    for name, known in (("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS)):
-        chosen = {"path": paths, "leg": legs, "receiver": receivers}[name]
+    browsers = args.browsers.split(",")
+    for name, known in (("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox"))):
+        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers}[name]
         unknown = [c for c in chosen if c not in known]
         if unknown:
             parser.error(f"unknown {name}: {', '.join(unknown)}")
-    print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one headless Chromium call per row")
+    print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one browser call per row")
     print("NetEq = the browser's mean jitter-buffer delay (getStats), target = its target, out = the AudioContext's reported output latency (included in bot->ear)")
     print(HEADER)
-    results = trio.run(measure, paths, legs, receivers, args.events, args.period, args.repeats)
+    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats)
     data = [asdict(r) for r in results]
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=1, default=float))
