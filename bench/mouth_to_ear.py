@@ -91,6 +91,7 @@ MIN_QUIET_S = 0.15
 IMPAIRED_HOST = "127.0.0.2"
 # Set by --dump: every call's raw data is written there (for checking the analysis).
 DUMP: Path | None = None
+DEBUG_HOLDS = False
 # Safety nets against a hung call, not speed requirements.
 STEP_TIMEOUT = 30.0
 
@@ -463,6 +464,7 @@ class PathResult:
     mouth_check_ms: float | None
     page_stats: dict[str, float]
     events: int
+    playout_hold_ms: Summary
 
 
 def analyse(
@@ -517,8 +519,23 @@ async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: 
     # The page's last burst, a period for the bot's last one, and a second of slack.
     run_s = 1.0 + (events + 1) * period + 1.0
     Four = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+    holds: list[int] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(bot.run)
+
+        async def sample_hold() -> None:
+            # Our buffer on the bot -> ear path: what the bot's playout in the
+            # relay holds (accepted, not yet released), sampled while bursting.
+            await bot.bursting.wait()
+            while True:
+                peer = srv.state.media.relay.peer(bot.join["session_id"])
+                if peer is not None and peer.playout is not None:
+                    holds.append(peer.playout.ahead_ms())
+                    if DEBUG_HOLDS:
+                        print("hold", peer.playout.ahead_ms(), peer.playout.queued_ms, peer.playout.played_ms, file=sys.stderr)
+                await trio.sleep(0.1)
+
+        nursery.start_soon(sample_hold)
 
         def chromium(context: Any) -> Four:
             page, _ = join_call(context, url)
@@ -581,6 +598,7 @@ async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: 
         mouth_check_ms=mouth_check,
         page_stats={**{key: after[key] - before[key] for key in ("lost", "received", "concealed")}, "jitter_ms": after["jitter"] * 1000},
         events=events,
+        playout_hold_ms=Summary.of([h / 1000 for h in holds]),
     )
 
 
@@ -657,7 +675,7 @@ async def measure(
 
 HEADER = (
     f"{'browser':8} {'leg':9} {'receiver':8} {'path':15} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
-    f" {'n':>5} | {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4}"
+    f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4}"
 )
 
 
@@ -669,7 +687,7 @@ def row(r: PathResult) -> str:
     target = f"{r.jitter_target_ms:6.1f}" if r.jitter_target_ms is not None else "     -"
     return (
         f"{r.browser:8} {r.leg:9} {r.receiver:8} {r.path:15} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
-        f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
+        f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {r.playout_hold_ms.p50:4.0f} {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
     )
 
 
@@ -698,7 +716,10 @@ def main() -> int:
         if unknown:
             parser.error(f"unknown {name}: {', '.join(unknown)}")
     print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one browser call per row")
-    print("NetEq = the browser's mean jitter-buffer delay (getStats), target = its target, out = the AudioContext's reported output latency (included in bot->ear)")
+    print(
+        "hold = p50 of what the relay's playout of the bot held (ms), NetEq = the browser's mean jitter-buffer delay (getStats),"
+        " target = its target, out = the AudioContext's reported output latency (included in bot->ear)"
+    )
     print(HEADER)
     results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats)
     data = [asdict(r) for r in results]
