@@ -234,9 +234,10 @@ START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiv
     gain.connect(node, 0, 0);
     ctx.createMediaStreamSource(botcall.remoteStream).connect(node, 0, 1);
     node.connect(ctx.destination);
-    const sender = botcall.pc.getSenders().find((s) => s.track && s.track.kind === 'audio');
-    await sender.replaceTrack(mouth.stream.getAudioTracks()[0]);
-    const receiver = botcall.pc.getReceivers().find((r) => r.track && r.track.kind === 'audio');
+    // The call's audio transceiver (its sender's track may be null for a moment).
+    const transceiver = botcall.pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === 'audio');
+    await transceiver.sender.replaceTrack(mouth.stream.getAudioTracks()[0]);
+    const receiver = transceiver.receiver;
     if (receiverSetting === 'target0') receiver.jitterBufferTarget = 0;
     if (receiverSetting === 'hint0') receiver.playoutDelayHint = 0;
     const rec = {firstFrame: null, local: [], remote: [], arrivals: [], chunks: []};
@@ -667,7 +668,11 @@ async def measure(
                             if browser == "firefox" and receiver != "default":
                                 continue  # Chromium's receiver settings
                             for path in paths:
-                                result = await one_call(srv, path, leg, receiver, events, period, browser)
+                                try:
+                                    result = await one_call(srv, path, leg, receiver, events, period, browser)
+                                except Exception as exc:  # one failed call is reported, the run goes on
+                                    print(f"{browser:8} {leg:9} {receiver:8} {path:15} | failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                                    continue
                                 print(row(result), flush=True)
                                 results.append(result)
     return results
