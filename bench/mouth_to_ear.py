@@ -340,6 +340,13 @@ class Bot:
     def media(self) -> dict[str, Any]:
         return self.join["media"]
 
+    @property
+    def relay_address(self) -> tuple[str, int]:
+        """Where the relay really listens: every leg here has it on 127.0.0.1. Not
+        ``media.host``, which is an announced address (on the impaired leg, the
+        proxy's): the impairment is the browser's leg only."""
+        return ("127.0.0.1", int(self.media["port"]))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         agent = f"m2e#{secrets.token_hex(3)}"
         response = await self.srv.join(self.srv.token(agent=agent), self.room_id, agent_id=agent, media=self.request)
@@ -364,7 +371,7 @@ class Bot:
     async def _bind(self) -> None:
         assert self.sock is not None
         request = binding_request(f"{self.media['ice_ufrag']}:{self._ufrag}", self.media["ice_pwd"])
-        await self.sock.sendto(request, (self.media["host"], self.media["port"]))
+        await self.sock.sendto(request, self.relay_address)
 
     async def _keepalive(self) -> None:
         while True:
@@ -437,7 +444,7 @@ class Bot:
         if media["transport"] == "udp":
             assert self.sock is not None
             packet = RtpPacket(111, sequence, timestamp, media["ssrc"], self.encoder.encode(to_pcm16(samples)), marker=marker)
-            await self.sock.sendto(bytes(packet), (media["host"], media["port"]))
+            await self.sock.sendto(bytes(packet), self.relay_address)
             return
         assert self.ws is not None
         if media["encoding"] == "pcm16":
