@@ -678,6 +678,8 @@ async def measure(
                                 try:
                                     result = await one_call(srv, path, leg, receiver, events, period, browser)
                                 except Exception as exc:  # one failed call is reported, the run goes on
+                                    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                                        exc = exc.exceptions[0]
                                     print(f"{browser:8} {leg:9} {receiver:8} {path:15} | failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                                     continue
                                 print(row(result), flush=True)
