@@ -6,8 +6,9 @@
 This kernel has no netem (FACTS.md), so the impairment is a process of its
 own. It listens on ``--listen`` (the media address the server *advertises*
 to browsers) and forwards to ``--to`` (where the relay really listens); each
-client address gets its own upstream socket, so the relay sees one address
-per browser (as behind a NAT) and its answers go back the same way. Both
+client address gets its own upstream socket on the ``--listen`` address, so
+the relay sees one address per browser (as behind a NAT) and its answers go
+back the same way. Both
 directions go through a seeded ``botcall.demo.netsim.SimLink``: one-way delay
 uniform in ``delay ± jitter`` and i.i.d. loss. ``--fifo`` (the default) keeps
 order, as one queue does: jitter without reordering.
@@ -76,7 +77,10 @@ class Proxy:
                 self.counters["too_many_clients"] += 1
                 return None
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((self.target[0], 0))
+            # From the front's own address: the relay's Binding answers map the
+            # client to it, so a browser never learns a loopback address (Firefox
+            # drops pairs with one).
+            sock.bind((self.front.getsockname()[0], 0))
             sock.setblocking(False)
             self.upstream[client] = sock
             self.client_of[sock] = client
