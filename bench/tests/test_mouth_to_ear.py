@@ -149,3 +149,18 @@ def test_impaired_link_proxy_forwards_both_ways_with_the_delay():
     assert (data, answer, source) == (b"ping", b"pong", front)
     # One way is 20 ± 5 ms; a busy machine only adds.
     assert there >= 0.015 and back >= 0.030
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+async def test_one_chromium_call_measures_both_directions(tmp_path):
+    """The whole benchmark, small: a UDP bot and the PWA in headless Chromium."""
+    async with bench.server_for("loopback", "chromium", tmp_path) as srv:
+        result = await bench.one_call(srv, "udp", "loopback", "default", events=6, period=0.6, browser="chromium")
+    # Every burst found both ways (the bot's train runs on until the page is done).
+    assert result.mouth_to_bot.count >= 5 and result.bot_to_ear.count >= 5, result
+    # The page's recording of its own bursts puts each within a millisecond of
+    # when it was scheduled: the recorder's clock is the one the analysis uses.
+    assert result.mouth_check_ms is not None and result.mouth_check_ms < 1.0
+    assert 0 < result.mouth_to_bot.p50 < 600 and 0 < result.bot_to_ear.p50 < 600
+    assert result.jitter_buffer_ms is not None and result.output_latency_ms >= 0
