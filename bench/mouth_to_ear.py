@@ -55,7 +55,6 @@ import base64
 import contextlib
 import json
 import math
-import re
 import secrets
 import subprocess
 import sys
@@ -91,7 +90,6 @@ MIN_QUIET_S = 0.15
 IMPAIRED_HOST = "127.0.0.2"
 # Set by --dump: every call's raw data is written there (for checking the analysis).
 DUMP: Path | None = None
-DEBUG_HOLDS = False
 # Safety nets against a hung call, not speed requirements.
 STEP_TIMEOUT = 30.0
 
@@ -539,8 +537,6 @@ async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: 
                 peer = srv.state.media.relay.peer(bot.join["session_id"])
                 if peer is not None and peer.playout is not None:
                     holds.append(peer.playout.ahead_ms())
-                    if DEBUG_HOLDS:
-                        print("hold", peer.playout.ahead_ms(), peer.playout.queued_ms, peer.playout.played_ms, file=sys.stderr)
                 await trio.sleep(0.1)
 
         nursery.start_soon(sample_hold)
