@@ -1,13 +1,18 @@
-"""Mouth-to-ear latency between bots and a human in headless Chromium, both ways.
+"""Mouth-to-ear latency between bots and a human in a headless browser, both ways.
 
-    python -m bench.mouth_to_ear [--events 45] [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
+    python -m bench.mouth_to_ear [--events 45] [--period 0.5] [--browsers chromium,firefox]
+                                 [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
-                                 [--json out.json] [--plot docs/bench-mouth-to-ear.png]
+                                 [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
-Starts the real server in-process (``tests.kit.server``), and for each path
-(a bot of one transport) and each browser leg, one call: a fresh room with
-barge-in off (both directions run at once), the bot (raw protocol code below,
-not the SDK), and the PWA in headless Chromium (``tests.kit.chromium``).
+Starts the real server in-process (``tests.kit.server``), and for each browser,
+leg and path (a bot of one transport) one call: a fresh room with barge-in
+off (both directions run at once), the bot (raw protocol code below, not the
+SDK), and the PWA in headless Chromium (``tests.kit.chromium``) or Firefox ESR
+(``tests.kit.firefox``, over Marionette; the server then announces media on
+the machine's own address, the only one Firefox's ICE pairs with). A burst
+latency must stay under ``--period`` to be matched to its own burst: raise it
+on a slow machine (``docs/bench-results.md`` §14 used 1.2 s).
 
 **Method.** Burst trains both ways, one clock on one machine:
 
@@ -28,7 +33,9 @@ not the SDK), and the PWA in headless Chromium (``tests.kit.chromium``).
   context time: a busy main thread only adds), then to Unix time with
   ``performance.timeOrigin`` — the bots' clock.
 
-**The split** printed per path: the browser's jitter buffer (``getStats``:
+**The split** printed per path: what the relay's playout of the bot held
+(``hold``, sampled every 100 ms: our buffer on the bot -> ear path), the
+browser's jitter buffer (``getStats``:
 the change of ``jitterBufferDelay`` over ``jitterBufferEmittedCount`` during
 the run), the reported output latency, and what is left (the relay, our
 buffers, encode/decode and the network). The relay's own forwarding time is
