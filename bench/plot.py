@@ -133,10 +133,51 @@ def plot(results: dict, out: Path) -> Path:
     return out
 
 
+MOUTH_TO_EAR_PATHS = ("udp", "ws-opus", "ws-pcm16", "ws-pcm16-paced")
+MOUTH_TO_EAR_COLORS = {"udp": "#1b7f3b", "ws-opus": "#1f5fbf", "ws-pcm16": "#c05a00", "ws-pcm16-paced": "#9b1c6e"}
+
+
+def plot_mouth_to_ear(rows: list, out: Path) -> Path:
+    """``bench/mouth_to_ear.py --json``'s rows: p50 bars with p95 and max marks,
+    per path, grouped by browser and leg; mouth -> bot above, bot -> ear below.
+    Rows of the same group and path (repeats) are drawn side by side."""
+    groups = []
+    for row in rows:
+        group = f"{row['browser']}\n{row['leg']}" + ("" if row["receiver"] == "default" else f"\n{row['receiver']}")
+        if group not in groups:
+            groups.append(group)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    width = 0.8 / len(MOUTH_TO_EAR_PATHS)
+    for ax, key, title in ((axes[0], "mouth_to_bot", "human's mouth -> bot"), (axes[1], "bot_to_ear", "bot -> human's ear")):
+        for p_index, path in enumerate(MOUTH_TO_EAR_PATHS):
+            for g_index, group in enumerate(groups):
+                cells = [r[key] for r in rows if r["path"] == path and f"{r['browser']}\n{r['leg']}" + ("" if r["receiver"] == "default" else f"\n{r['receiver']}") == group]
+                for c_index, cell in enumerate(cells):
+                    x = g_index + (p_index - (len(MOUTH_TO_EAR_PATHS) - 1) / 2) * width + (c_index - (len(cells) - 1) / 2) * width / max(1, len(cells))
+                    label = path if g_index == 0 and c_index == 0 else None
+                    ax.bar(x, cell["p50"], width / max(1, len(cells)) * 0.9, color=MOUTH_TO_EAR_COLORS[path], label=label)
+                    ax.plot([x, x], [cell["p50"], cell["p95"]], color="black", linewidth=1)
+                    ax.plot(x, cell["max"], marker="_", color="black", markersize=6)
+        ax.set_ylabel("ms (bar p50, line to p95, tick max)")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    axes[1].set_xticks(range(len(groups)))
+    axes[1].set_xticklabels(groups, fontsize=8)
+    fig.suptitle("Mouth-to-ear latency by bot transport (bench/mouth_to_ear.py; a shared, busy machine)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 3 and argv[0] == "--mouth-to-ear":
+        print(plot_mouth_to_ear(json.loads(Path(argv[1]).read_text()), Path(argv[2])))
+        return 0
     if len(argv) != 2:
-        print("usage: plot.py RESULTS.json OUT.png", file=sys.stderr)
+        print("usage: plot.py RESULTS.json OUT.png | plot.py --mouth-to-ear ROWS.json OUT.png", file=sys.stderr)
         return 2
     results = json.loads(Path(argv[0]).read_text())
     print(plot(results, Path(argv[1])))

@@ -24,7 +24,7 @@ from botcall.errors import SdpError
 from botcall.webrtc.dtls.endpoint import DtlsState
 from botcall.webrtc.fingerprint import Fingerprint
 from botcall.webrtc.leg import MAX_RECEIVE_TRACKS, DownstreamSlots, OutboundStream, WebRtcLeg, WebRtcSink
-from botcall.webrtc.sdp import SdpOffer, build_answer, parse_offer_untrusted
+from botcall.webrtc.sdp import SdpOffer, build_answer, check_candidate_pair, parse_offer_untrusted
 
 # Downstream tracks a browser gets by default (Config.max_receive_tracks).
 DEFAULT_RECEIVE_TRACKS = 3
@@ -153,6 +153,7 @@ class MediaService:
             SdpError: an offer we cannot answer (the message says why).
         """
         offer = parse_offer_untrusted(offer_sdp)
+        check_candidate_pair(offer, self.hosts)
         if self.certificate is None:
             self.certificate = DtlsCertificate.generate()
         peer = self.relay.peer(session.session_id)

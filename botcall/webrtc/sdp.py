@@ -75,6 +75,9 @@ DEFAULT_OPUS_FMTP = "minptime=10;useinbandfec=1"
 # RFC 8445 §5.1.2.1 with type preference 126 (host), local preference 65535,
 # component 1: (126 << 24) | (65535 << 8) | (256 - 1).
 HOST_CANDIDATE_PRIORITY = 2130706431
+# Candidates read from an offer: a browser offers a handful per interface; the
+# SDP's own size limits bound the text, this bounds what is kept.
+MAX_OFFERED_CANDIDATES = 64
 # One host candidate per local address: far more than a machine has, few enough
 # that a browser's pairing work stays small.
 MAX_HOST_CANDIDATES = 32
@@ -228,6 +231,29 @@ class ReceiveSection:
 
 
 @dataclass(frozen=True, slots=True)
+class OfferedCandidate:
+    """One ``a=candidate`` of an offer (RFC 8839 §5.1): what pairing needs.
+
+    Attributes:
+        transport: ``udp`` or ``tcp`` (lower case, as written otherwise).
+        address: an IP literal, or a name (an mDNS ``.local`` name hides a host address).
+        kind: ``host``, ``srflx``, ``prflx`` or ``relay``.
+    """
+
+    transport: str
+    address: str
+    kind: str
+
+    @property
+    def family(self) -> int | None:
+        """4 or 6 for an IP literal; None for a name (its family is unknown)."""
+        try:
+            return ipaddress.ip_address(self.address).version
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
 class SdpOffer:
     """What we need from a browser's offer to answer it.
 
@@ -255,6 +281,10 @@ class SdpOffer:
         receive_sections: the other live audio m-sections of the audio
             section's BUNDLE group that receive Opus over ``a=rtcp-mux``, in
             offer order (candidates for downstream tracks; group calls).
+        candidates: the RTP (component 1) candidates offered for the audio's
+            transport (its section and the rest of its BUNDLE group), at most
+            ``MAX_OFFERED_CANDIDATES``; malformed ones are left out.
+        end_of_candidates: ``a=end-of-candidates`` on one of those sections or the session.
     """
 
     mid: str
@@ -277,6 +307,15 @@ class SdpOffer:
     audio_index: int
     bundle_tag: BundleTag | None = None
     receive_sections: tuple[ReceiveSection, ...] = ()
+    candidates: tuple[OfferedCandidate, ...] = ()
+    end_of_candidates: bool = False
+
+    @property
+    def candidates_complete(self) -> bool:
+        """The offer lists every candidate its peer will have: it says
+        ``a=end-of-candidates`` (RFC 8840 §8.2), or it does not trickle
+        (RFC 8838 §3: a non-trickle offer carries all of them)."""
+        return self.end_of_candidates or "trickle" not in self.ice_options
 
     def opus_fmtp_params(self) -> dict[str, str]:
         """The Opus fmtp as a dict (``{"minptime": "10", "useinbandfec": "1"}``)."""
@@ -652,6 +691,11 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
     ice_options = tuple(
         option for value in (audio.values("ice-options") or session.values("ice-options")) for option in (value or "").split()
     )
+    transport_sections = [audio] + [
+        section for media, section in sections if media.mid is not None and media.mid != mid and media.mid in bundle
+    ]
+    candidates = _candidates(transport_sections)
+    end_of_candidates = session.has("end-of-candidates") or any(section.has("end-of-candidates") for section in transport_sections)
     return SdpOffer(
         mid=mid,
         opus_payload_type=opus_payload_type,
@@ -673,6 +717,55 @@ def parse_offer_untrusted(text: str) -> SdpOffer:
         audio_index=audio_index,
         bundle_tag=_bundle_tag(bundle, mid, sections),
         receive_sections=_receive_sections(bundle, audio_index, sections, session),
+        candidates=candidates,
+        end_of_candidates=end_of_candidates,
+    )
+
+
+def _candidates(sections: Sequence[SdpSection]) -> tuple[OfferedCandidate, ...]:
+    """The RTP candidates of ``sections`` (RFC 8839 §5.1 grammar, leniently: a
+    candidate we cannot read is one we cannot pair with, not a broken offer)."""
+    found: list[OfferedCandidate] = []
+    for section in sections:
+        for value in section.values("candidate"):
+            fields = (value or "").split()
+            # <foundation> <component> <transport> <priority> <address> <port> typ <type>
+            if len(fields) < 8 or fields[1] != "1" or fields[6] != "typ":
+                continue
+            found.append(OfferedCandidate(transport=fields[2].lower()[:16], address=fields[4][:256], kind=fields[7][:16]))
+            if len(found) >= MAX_OFFERED_CANDIDATES:
+                return tuple(found)
+    return tuple(found)
+
+
+def check_candidate_pair(offer: SdpOffer, hosts: Sequence[str]) -> None:
+    """Refuse an offer whose complete candidate list cannot pair with ours.
+
+    The relay has one UDP host candidate per address in ``hosts``. A pair needs
+    a UDP candidate of the browser in an address family of ours (RFC 8445
+    §6.1.2.2); a name (an mDNS ``.local`` host) may be either family. An offer
+    that may still trickle more candidates, or whose peer learns of pairs from
+    our checks, is not judged.
+
+    Raises:
+        SdpError: the offer's candidates are complete and none can pair.
+    """
+    if not offer.candidates_complete:
+        return
+    families = set()
+    for host in hosts:
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            families.update((4, 6))
+    usable = [c for c in offer.candidates if c.transport == "udp" and (c.family is None or c.family in families)]
+    if usable:
+        return
+    offered = ", ".join(sorted({f"{c.transport} IPv{c.family}" if c.family else f"{c.transport} {c.kind}" for c in offer.candidates}))
+    ours = ", ".join(f"udp {host}" for host in hosts)
+    raise SdpError(
+        f"no usable candidate pair: the offer's candidates ({offered or 'none'}) cannot reach the relay's ({ours}); "
+        "the relay takes UDP only"
     )
 
 

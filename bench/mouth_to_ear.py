@@ -1,0 +1,756 @@
+"""Mouth-to-ear latency between bots and a human in a headless browser, both ways.
+
+    python -m bench.mouth_to_ear [--events 45] [--period 0.5] [--browsers chromium,firefox]
+                                 [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
+                                 [--legs loopback,impaired] [--receiver default,target0,hint0]
+                                 [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
+
+Starts the real server in-process (``tests.kit.server``), and for each browser,
+leg and path (a bot of one transport) one call: a fresh room with barge-in
+off (both directions run at once), the bot (raw protocol code below, not the
+SDK), and the PWA in headless Chromium (``tests.kit.chromium``) or Firefox ESR
+(``tests.kit.firefox``, over Marionette; the server then announces media on
+the machine's own address, the only one Firefox's ICE pairs with). A burst
+latency must stay under ``--period`` to be matched to its own burst: raise it
+on a slow machine (``docs/bench-results.md`` §14 used 1.2 s).
+
+**Method.** Burst trains both ways, one clock on one machine:
+
+* *mouth → bot*: the page replaces its microphone with a WebAudio graph
+  (oscillator → gain → ``MediaStreamDestination``, sent with
+  ``RTCRtpSender.replaceTrack``) and schedules a 100 ms 1 kHz burst every
+  ``--period`` seconds at known AudioContext times. The bot decodes what it
+  receives and stamps, with ``time.time()``, the arrival of the packet in
+  which each burst's onset appears.
+* *bot → ear*: the bot sends a 100 ms 440 Hz burst every period (half a
+  period out of phase with the page's) inside a continuous 20 ms stream of
+  silence, stamping the send of each burst's first frame. The page records the
+  remote audio in an AudioWorklet (``pwa/recorder-worklet.js``) in the same
+  AudioContext; an onset there is the ear, plus the context's reported
+  ``baseLatency + outputLatency`` to the speaker.
+* The AudioContext's clock is mapped to ``performance.now()`` by the
+  recorder's chunks (the smallest offset of a chunk's arrival over its
+  context time: a busy main thread only adds), then to Unix time with
+  ``performance.timeOrigin`` — the bots' clock.
+
+**The split** printed per path: what the relay's playout of the bot held
+(``hold``, sampled every 100 ms: our buffer on the bot -> ear path), the
+browser's jitter buffer (``getStats``:
+the change of ``jitterBufferDelay`` over ``jitterBufferEmittedCount`` during
+the run), the reported output latency, and what is left (the relay, our
+buffers, encode/decode and the network). The relay's own forwarding time is
+``bench/relay_latency.py``'s subject; here our buffers show up as the
+difference between the paths, measured in the same run.
+
+**Legs.** ``loopback``: straight to the relay. ``impaired``: the server
+advertises 127.0.0.2 to browsers while the relay listens on 127.0.0.1, and
+``bench/impaired_link.py`` on 127.0.0.2 forwards with 20 ± 5 ms one-way delay
+and 1 % loss each way (bots keep talking to 127.0.0.1 directly).
+
+**Receiver settings** (``--receiver``): ``default``; ``target0``: Chromium's
+``RTCRtpReceiver.jitterBufferTarget = 0``; ``hint0``: the older
+``playoutDelayHint = 0``. Applied to the page's audio receiver after connect.
+
+Prints; never asserts. The analysis functions are tested on synthetic audio
+in ``bench/tests/test_mouth_to_ear.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import math
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import trio
+import trio_websocket
+
+from botcall.audio.opus import OpusDecoder, OpusEncoder
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.wire.stun import answer_check_untrusted, binding_request
+from botcall.relay.addresses import local_addresses
+from tests.kit import firefox as kit
+from tests.kit.chromium import in_browser, join_call
+from tests.kit.server import LiveServer, running_server
+
+RATE = 48000
+FRAME = RATE // 50
+BURST_S = 0.1
+MOUTH_HZ = 1000.0
+BOT_HZ = 440.0
+AMPLITUDE = 0.4
+# An onset: the first sample above this after at least MIN_QUIET_S below it.
+ONSET_THRESHOLD = 0.05
+MIN_QUIET_S = 0.15
+IMPAIRED_HOST = "127.0.0.2"
+# Set by --dump: every call's raw data is written there (for checking the analysis).
+DUMP: Path | None = None
+# Safety nets against a hung call, not speed requirements.
+STEP_TIMEOUT = 30.0
+
+PATHS: dict[str, dict[str, Any]] = {
+    "udp": {"transport": "udp"},
+    "ws-opus": {"transport": "websocket", "encoding": "opus"},
+    "ws-pcm16": {"transport": "websocket", "encoding": "pcm16", "sample_rate": 48000, "delivery": "arrival"},
+    "ws-pcm16-paced": {"transport": "websocket", "encoding": "pcm16", "sample_rate": 48000, "delivery": "paced"},
+}
+RECEIVER_SETTINGS = ("default", "target0", "hint0")
+
+
+# --- analysis (pure: tested on synthetic audio) -------------------------------------------
+
+
+def find_onsets(samples: np.ndarray, rate: int, *, threshold: float = ONSET_THRESHOLD, min_quiet_s: float = MIN_QUIET_S) -> list[int]:
+    """Indexes of the samples where a burst starts: the first sample whose magnitude
+    exceeds ``threshold`` after at least ``min_quiet_s`` of samples below it.
+
+    The very start of ``samples`` counts as quiet only if ``min_quiet_s`` of it is.
+    """
+    loud = np.flatnonzero(np.abs(samples) > threshold)
+    quiet = int(min_quiet_s * rate)
+    onsets = []
+    previous = -quiet - 1
+    for index in loud.tolist():
+        if index - previous > quiet and index >= quiet:
+            onsets.append(index)
+        previous = index
+    return onsets
+
+
+def match_latencies(causes: Sequence[float], effects: Sequence[float], period: float) -> list[float]:
+    """For each effect, its delay after the latest cause before it (seconds).
+
+    An effect with no cause within ``period`` before it is left out, and each
+    cause is matched at most once (its first effect).
+    """
+    ordered = sorted(causes)
+    used: set[int] = set()
+    delays = []
+    for effect in sorted(effects):
+        index = int(np.searchsorted(ordered, effect, side="right")) - 1
+        if index < 0 or index in used or effect - ordered[index] >= period:
+            continue
+        used.add(index)
+        delays.append(effect - ordered[index])
+    return delays
+
+
+def context_to_unix(arrivals: np.ndarray, time_origin_ms: float, context_s: float) -> float:
+    """Unix time (s) at which the AudioContext processed context time ``context_s``.
+
+    ``arrivals`` rows are ``(context ms at a recorder chunk's end, performance.now()
+    at its arrival)``. The two clocks drift apart in headless browsers (a fake
+    output renders in bursts), so they are related locally, over the chunks
+    within a second, by the smallest offset (a busy main thread only adds delay).
+    """
+    context_ms = context_s * 1000
+    near = np.abs(arrivals[:, 0] - context_ms) <= 1000
+    chunks = arrivals[near] if near.any() else arrivals
+    offset_ms = float(np.min(chunks[:, 1] - chunks[:, 0]))
+    return (time_origin_ms + offset_ms + context_ms) / 1000
+
+
+def sample_times(chunks: Sequence[Sequence[int]], rate: int) -> np.ndarray:
+    """The context time (s) of every recorded sample, from the recorder's chunks
+    ``(first context frame, length)``: the chunks' samples are concatenated, but
+    the context may have skipped frames between two chunks."""
+    if not chunks:
+        return np.zeros(0)
+    return np.concatenate([np.arange(frame, frame + length) for frame, length in chunks]) / rate
+
+
+def frame_onset_arrivals(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[float]:
+    """The arrival time of each frame in which an onset appears (frames in arrival order)."""
+    if not frames:
+        return []
+    samples = np.concatenate([pcm for _, pcm in frames])
+    ends = np.cumsum([pcm.size for _, pcm in frames])
+    return [frames[int(np.searchsorted(ends, onset, side="right"))][0] for onset in find_onsets(samples, rate)]
+
+
+def jitter_buffer_ms(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Mean time a sample spent in the browser's jitter buffer between two getStats
+    snapshots: Δ jitterBufferDelay / Δ jitterBufferEmittedCount, in ms."""
+    emitted = after.get("emitted", 0.0) - before.get("emitted", 0.0)
+    if emitted <= 0:
+        return None
+    return (after["delay"] - before["delay"]) / emitted * 1000
+
+
+@dataclass(frozen=True)
+class Summary:
+    count: int
+    p50: float
+    p95: float
+    max: float
+
+    @classmethod
+    def of(cls, values_s: Sequence[float]) -> Summary:
+        """Summary in ms (NaN when empty); percentiles by nearest rank."""
+        if not values_s:
+            return cls(0, math.nan, math.nan, math.nan)
+        ordered = sorted(v * 1000 for v in values_s)
+
+        def rank(fraction: float) -> float:
+            return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+        return cls(len(ordered), rank(0.5), rank(0.95), ordered[-1])
+
+
+def tone_burst(frequency: float, seconds: float = BURST_S, rate: int = RATE, amplitude: float = AMPLITUDE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def from_pcm16(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+
+
+# --- the page --------------------------------------------------------------------------------
+
+START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiverSetting]) => {
+    const ctx = new AudioContext({latencyHint: 'interactive'});
+    await ctx.resume();
+    await ctx.audioWorklet.addModule('/pwa/recorder-worklet.js');
+    const node = new AudioWorkletNode(ctx, 'botcall-recorder', {numberOfInputs: 2, numberOfOutputs: 1});
+    const oscillator = ctx.createOscillator();
+    oscillator.frequency.value = frequency;
+    const gain = ctx.createGain();
+    gain.gain.value = 0;
+    oscillator.connect(gain);
+    const mouth = ctx.createMediaStreamDestination();
+    gain.connect(mouth);
+    gain.connect(node, 0, 0);
+    ctx.createMediaStreamSource(botcall.remoteStream).connect(node, 0, 1);
+    node.connect(ctx.destination);
+    // The call's audio transceiver (its sender's track may be null for a moment).
+    const transceiver = botcall.pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === 'audio');
+    await transceiver.sender.replaceTrack(mouth.stream.getAudioTracks()[0]);
+    const receiver = transceiver.receiver;
+    if (receiverSetting === 'target0') receiver.jitterBufferTarget = 0;
+    if (receiverSetting === 'hint0') receiver.playoutDelayHint = 0;
+    const rec = {firstFrame: null, local: [], remote: [], arrivals: [], chunks: []};
+    node.port.onmessage = (event) => {
+        const end = ((event.data.frame + event.data.remote.length) / ctx.sampleRate) * 1000;
+        rec.arrivals.push([end, performance.now()]);
+        if (rec.firstFrame === null) rec.firstFrame = event.data.frame;
+        rec.chunks.push([event.data.frame, event.data.remote.length]);
+        rec.local.push(event.data.local);
+        rec.remote.push(event.data.remote);
+    };
+    oscillator.start();
+    const first = ctx.currentTime + lead;
+    const onsets = [];
+    for (let k = 0; k < count; k++) {
+        const t = first + k * period;
+        gain.gain.setValueAtTime(amplitude, t);
+        gain.gain.setValueAtTime(0, t + burst);
+        onsets.push(t);
+    }
+    (window.wrappedJSObject || window).__m2e = {ctx, rec, receiver};
+    return {onsets, sampleRate: ctx.sampleRate, receiver: {
+        jitterBufferTarget: receiver.jitterBufferTarget === undefined ? null : receiver.jitterBufferTarget,
+        playoutDelayHint: receiver.playoutDelayHint === undefined ? null : receiver.playoutDelayHint,
+    }};
+}"""
+
+TAKE_PAGE = """() => {
+    const {ctx, rec} = (window.wrappedJSObject || window).__m2e;
+    const b64 = (chunks) => {
+        let total = 0;
+        for (const c of chunks) total += c.length;
+        const pcm = new Int16Array(total);
+        let offset = 0;
+        for (const c of chunks) {
+            for (let i = 0; i < c.length; i++) pcm[offset + i] = Math.max(-32768, Math.min(32767, Math.round(c[i] * 32768)));
+            offset += c.length;
+        }
+        const bytes = new Uint8Array(pcm.buffer);
+        let binary = '';
+        for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+        return btoa(binary);
+    };
+    return {
+        sampleRate: ctx.sampleRate, firstFrame: rec.firstFrame, local: b64(rec.local), remote: b64(rec.remote),
+        arrivals: rec.arrivals, chunks: rec.chunks, timeOrigin: performance.timeOrigin,
+        outputLatency: (ctx.baseLatency || 0) + (ctx.outputLatency || 0),
+    };
+}"""
+
+STATS_PAGE = """async () => {
+    const report = await botcall.pc.getStats();
+    const out = {delay: 0, emitted: 0, target: 0, minimum: 0, lost: 0, received: 0, concealed: 0, jitter: 0};
+    report.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+            out.delay += s.jitterBufferDelay || 0;
+            out.emitted += s.jitterBufferEmittedCount || 0;
+            out.target += s.jitterBufferTargetDelay || 0;
+            out.minimum += s.jitterBufferMinimumDelay || 0;
+            out.lost += s.packetsLost || 0;
+            out.received += s.packetsReceived || 0;
+            out.concealed += s.concealedSamples || 0;
+            out.jitter = s.jitter || 0;
+        }
+    });
+    return out;
+}"""
+
+
+# --- the bots (raw protocol) ------------------------------------------------------------------
+
+
+@dataclass
+class BotLog:
+    """What a bot saw: received frames ``(arrival, pcm)`` and its bursts' send times."""
+
+    frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    burst_sends: list[float] = field(default_factory=list)
+    human_ssrc: int | None = None
+
+
+class Bot:
+    """One bot of one path: joins, sends 20 ms frames (silence with bursts), decodes what it hears."""
+
+    def __init__(self, srv: LiveServer, room_id: str, media: dict[str, Any]) -> None:
+        self.srv = srv
+        self.room_id = room_id
+        self.request = media
+        self.log = BotLog()
+        self.encoder = OpusEncoder(bitrate=64000, application="audio", fec=True)
+        self.decoder = OpusDecoder()
+        self.bursting = trio.Event()
+        self.join: dict[str, Any] = {}
+        self.ws: trio_websocket.WebSocketConnection | None = None
+        self.sock: trio.socket.SocketType | None = None
+        self.latched = trio.Event()
+        self._ufrag = secrets.token_hex(4)
+
+    @property
+    def media(self) -> dict[str, Any]:
+        return self.join["media"]
+
+    @property
+    def relay_address(self) -> tuple[str, int]:
+        """Where the relay really listens: every leg here has it on 127.0.0.1. Not
+        ``media.host``, which is an announced address (on the impaired leg, the
+        proxy's): the impairment is the browser's leg only."""
+        return ("127.0.0.1", int(self.media["port"]))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        agent = f"m2e#{secrets.token_hex(3)}"
+        response = await self.srv.join(self.srv.token(agent=agent), self.room_id, agent_id=agent, media=self.request)
+        assert response.status == 200, response.body
+        self.join = response.json()
+        async with trio_websocket.open_websocket_url(self.join["websocket_url"]) as ws, trio.open_nursery() as nursery:
+            self.ws = ws
+            nursery.start_soon(self._read_ws)
+            if self.media["transport"] == "udp":
+                self.sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+                await self.sock.bind(("127.0.0.1", 0))
+                nursery.start_soon(self._read_udp)
+                with trio.fail_after(STEP_TIMEOUT):
+                    while not self.latched.is_set():
+                        await self._bind()
+                        with trio.move_on_after(0.2):
+                            await self.latched.wait()
+                nursery.start_soon(self._keepalive)
+            nursery.start_soon(self._send)
+            task_status.started()
+
+    async def _bind(self) -> None:
+        assert self.sock is not None
+        request = binding_request(f"{self.media['ice_ufrag']}:{self._ufrag}", self.media["ice_pwd"])
+        await self.sock.sendto(request, self.relay_address)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await trio.sleep(5.0)
+            await self._bind()
+
+    async def _read_udp(self) -> None:
+        assert self.sock is not None
+        while True:
+            data, source = await self.sock.recvfrom(2048)
+            now = time.time()
+            if data[:2] == b"\x00\x01":  # the relay's check: answer it
+                answer = answer_check_untrusted(
+                    data, source, username=f"{self._ufrag}:{self.media['ice_ufrag']}", password=self.media["ice_pwd"]
+                )
+                await self.sock.sendto(answer, source)
+            elif data[:2] == b"\x01\x01":  # our Binding success
+                self.latched.set()
+            elif len(data) > 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+                self._on_opus(now, parse_rtp_untrusted(data).payload)
+
+    def _on_opus(self, now: float, payload: bytes) -> None:
+        self.log.frames.append((now, from_pcm16(self.decoder.decode_untrusted(payload))))
+
+    async def _read_ws(self) -> None:
+        assert self.ws is not None
+        while True:
+            message = await self.ws.get_message()
+            now = time.time()
+            if isinstance(message, bytes):
+                continue
+            event = json.loads(message)
+            if event["type"] != "audio":
+                continue
+            data = base64.b64decode(event["data"])
+            if event.get("encoding") == "pcm16":
+                self.log.frames.append((now, from_pcm16(data)))
+            else:
+                self._on_opus(now, data)
+
+    async def _send(self) -> None:
+        """A 20 ms stream: silence, and a burst every ``period`` once ``bursting`` is set."""
+        silence = np.zeros(FRAME, np.float32)
+        burst = tone_burst(BOT_HZ)
+        burst_frames = [burst[i : i + FRAME] for i in range(0, burst.size, FRAME)]
+        period_frames = self.period_frames
+        sequence = secrets.randbelow(1 << 16)
+        timestamp = secrets.randbelow(1 << 32)
+        start = trio.current_time()
+        index = 0
+        burst_start: int | None = None
+        while True:
+            if burst_start is None and self.bursting.is_set():
+                # Half a period out of phase with the page's bursts.
+                burst_start = index + period_frames // 2
+            position = None if burst_start is None or index < burst_start else (index - burst_start) % period_frames
+            samples = burst_frames[position] if position is not None and position < len(burst_frames) else silence
+            if position == 0:
+                self.log.burst_sends.append(time.time())
+            await self._send_frame(samples, sequence, timestamp, marker=index == 0)
+            sequence = (sequence + 1) & 0xFFFF
+            timestamp = (timestamp + FRAME) & 0xFFFFFFFF
+            index += 1
+            await trio.sleep_until(start + index * 0.02)
+
+    period_frames = 25
+
+    async def _send_frame(self, samples: np.ndarray, sequence: int, timestamp: int, *, marker: bool) -> None:
+        media = self.media
+        if media["transport"] == "udp":
+            assert self.sock is not None
+            packet = RtpPacket(111, sequence, timestamp, media["ssrc"], self.encoder.encode(to_pcm16(samples)), marker=marker)
+            await self.sock.sendto(bytes(packet), self.relay_address)
+            return
+        assert self.ws is not None
+        if media["encoding"] == "pcm16":
+            await self.ws.send_message(to_pcm16(samples))
+        else:
+            data = base64.b64encode(self.encoder.encode(to_pcm16(samples))).decode()
+            await self.ws.send_message(json.dumps({"type": "audio", "data": data, "timestamp": 0}))
+
+
+# --- one call -------------------------------------------------------------------------------
+
+
+@dataclass
+class PathResult:
+    browser: str
+    path: str
+    leg: str
+    receiver: str
+    mouth_to_bot: Summary
+    bot_to_ear: Summary
+    bot_to_graph: Summary
+    jitter_buffer_ms: float | None
+    jitter_target_ms: float | None
+    output_latency_ms: float
+    mouth_check_ms: float | None
+    page_stats: dict[str, float]
+    events: int
+    playout_hold_ms: Summary
+
+
+def analyse(
+    page: dict[str, Any], take: dict[str, Any], log: BotLog, period: float
+) -> tuple[list[float], list[float], float, float | None]:
+    """Latencies (s) of mouth → bot and bot → the page's audio graph, the output
+    latency (s), and the largest error of the mouth onsets found in the page's
+    own recording of what it sent against their scheduled times (ms)."""
+    rate = int(take["sampleRate"])
+    arrivals = np.asarray(take["arrivals"], dtype=np.float64).reshape(-1, 2)
+    origin = float(take["timeOrigin"])
+    times = sample_times(take["chunks"], rate)
+
+    def unix(context_s: float) -> float:
+        return context_to_unix(arrivals, origin, context_s)
+
+    local = from_pcm16(base64.b64decode(take["local"]))
+    remote = from_pcm16(base64.b64decode(take["remote"]))
+    scheduled = list(page["onsets"])
+    found = [float(times[index]) for index in find_onsets(local, rate)]
+    errors = [min(abs(f - s) for s in scheduled) * 1000 for f in found]
+    mouths = [unix(t) for t in scheduled]
+    mouth_to_bot = match_latencies(mouths, frame_onset_arrivals(log.frames, RATE), period)
+    ears = [unix(float(times[index])) for index in find_onsets(remote, rate)]
+    bot_to_graph = match_latencies(log.burst_sends, ears, period)
+    return mouth_to_bot, bot_to_graph, float(take["outputLatency"]), max(errors) if errors else None
+
+
+def firefox_script(function: str) -> str:
+    """A page function (``async (args) => …``) as a Marionette async script: it runs
+    in Marionette's sandbox, so the page's hooks and constructors are taken
+    from the page's own window (``wrappedJSObject``)."""
+    return f"""
+        const done = arguments[arguments.length - 1];
+        const page = window.wrappedJSObject;
+        const botcall = page.botcall;
+        const AudioContext = page.AudioContext;
+        const AudioWorkletNode = page.AudioWorkletNode;
+        Promise.resolve(({function})(arguments[0])).then(
+            (value) => done(JSON.parse(JSON.stringify(value === undefined ? null : value))),
+            (err) => done({{error: String(err)}}));
+    """
+
+
+async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: int, period: float, browser: str) -> PathResult:
+    created = (await srv.create_room(srv.token(agent="creator#1"), interruption={"mode": "off"})).json()
+    invite = urlsplit(created["invite_url"])
+    url = f"{srv.url}{invite.path}#{invite.fragment}"
+    bot = Bot(srv, created["room_id"], PATHS[path])
+    bot.period_frames = round(period / 0.02)
+    arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver]
+    # The page's last burst, a period for the bot's last one, and a second of slack.
+    run_s = 1.0 + (events + 1) * period + 1.0
+    Four = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+    holds: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bot.run)
+
+        async def sample_hold() -> None:
+            # Our buffer on the bot -> ear path: what the bot's playout in the
+            # relay holds (accepted, not yet released), sampled while bursting.
+            await bot.bursting.wait()
+            while True:
+                peer = srv.state.media.relay.peer(bot.join["session_id"])
+                if peer is not None and peer.playout is not None:
+                    holds.append(peer.playout.ahead_ms())
+                await trio.sleep(0.1)
+
+        nursery.start_soon(sample_hold)
+
+        def chromium(context: Any) -> Four:
+            page, _ = join_call(context, url)
+            page.wait_for_function("() => botcall.remoteStream !== null")
+            started = page.evaluate(START_PAGE, arguments)
+            before = page.evaluate(STATS_PAGE)
+            trio.from_thread.run_sync(bot.bursting.set)
+            page.wait_for_timeout(int(run_s * 1000))
+            after = page.evaluate(STATS_PAGE)
+            take = page.evaluate(TAKE_PAGE)
+            page.get_by_role("button", name="Hang up").click()
+            return started, before, after, take
+
+        def firefox(client: Any) -> Four:
+            client.navigate(url)
+            kit.wait_state(client, "lobby")
+            kit.click(client, "#join")
+            kit.wait_state(client, "connected")
+            kit.wait_for(client, "botcall.remoteStream !== null")
+
+            def run(function: str, args: Any = None) -> dict[str, Any]:
+                value = client.execute_async_script(firefox_script(function), script_args=[args], script_timeout=60_000)
+                if isinstance(value, dict) and "error" in value:
+                    raise RuntimeError(f"page script failed: {value['error']}")
+                return dict(value)
+
+            started = run(START_PAGE, arguments)
+            before = run(STATS_PAGE)
+            trio.from_thread.run_sync(bot.bursting.set)
+            time.sleep(run_s)
+            after = run(STATS_PAGE)
+            take = run(TAKE_PAGE)
+            kit.click(client, "#hangup")
+            return started, before, after, take
+
+        if browser == "firefox":
+            started, before, after, take = await kit.in_firefox(firefox)
+        else:
+            started, before, after, take = await in_browser(chromium)
+        nursery.cancel_scope.cancel()
+    mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
+    if DUMP is not None:
+        with open(DUMP / f"{browser}-{leg}-{receiver}-{path}.json", "w") as handle:
+            frames = [(t, base64.b64encode(to_pcm16(pcm)).decode()) for t, pcm in bot.log.frames]
+            json.dump({"started": started, "take": take, "frames": frames, "burst_sends": bot.log.burst_sends}, handle)
+    jitter = jitter_buffer_ms(before, after)
+    emitted = after["emitted"] - before["emitted"]
+    target = (after["target"] - before["target"]) / emitted * 1000 if emitted > 0 else None
+    return PathResult(
+        browser=browser,
+        path=path,
+        leg=leg,
+        receiver=receiver,
+        mouth_to_bot=Summary.of(mouth_to_bot),
+        bot_to_ear=Summary.of([d + output_latency for d in bot_to_graph]),
+        bot_to_graph=Summary.of(bot_to_graph),
+        jitter_buffer_ms=jitter,
+        jitter_target_ms=target,
+        output_latency_ms=output_latency * 1000,
+        mouth_check_ms=mouth_check,
+        page_stats={**{key: after[key] - before[key] for key in ("lost", "received", "concealed")}, "jitter_ms": after["jitter"] * 1000},
+        events=events,
+        playout_hold_ms=Summary.of([h / 1000 for h in holds]),
+    )
+
+
+@contextlib.asynccontextmanager
+async def server_for(leg: str, browser: str, data_dir: Path) -> AsyncIterator[LiveServer]:
+    """The server for a leg and a browser.
+
+    Chromium pairs with loopback: media on 127.0.0.1. Firefox pairs only with
+    the default-route interface's address (FACTS.md): media on every interface,
+    as by default. ``impaired``: the relay listens on 127.0.0.1 and announces
+    the proxy's address (127.0.0.2 for Chromium, the machine's own non-loopback
+    address for Firefox), where ``bench/impaired_link.py`` forwards to it.
+    """
+    generous = {"max_live_rooms_per_controller": 10_000}
+    if leg == "loopback":
+        media_host = "127.0.0.1" if browser == "chromium" else "0.0.0.0"
+        async with running_server(data_dir, media_host=media_host, **generous) as srv:
+            yield srv
+        return
+    port = free_udp_port()
+    front = IMPAIRED_HOST if browser == "chromium" else machine_address()
+    async with running_server(data_dir, media_host="127.0.0.1", media_port=port, media_advertised_host=front, **generous) as srv:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "bench.impaired_link", "--listen", f"{front}:{port}", "--to", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proxy.stdout is not None
+            ready = await trio.to_thread.run_sync(proxy.stdout.readline)
+            assert ready.strip() == "ready", ready
+            yield srv
+        finally:
+            proxy.terminate()
+            _, err = proxy.communicate(timeout=10)
+            print(f"  [{leg} {browser}] {err.strip()}", file=sys.stderr)
+
+
+def machine_address() -> str:
+    """The machine's first non-loopback IPv4 address (where Firefox's ICE looks)."""
+    for address in local_addresses():
+        if "." in address and not address.startswith("127."):
+            return address
+    raise RuntimeError("no non-loopback IPv4 address on this machine for Firefox")
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def measure(
+    browsers: list[str], paths: list[str], legs: list[str], receivers: list[str], events: int, period: float, repeats: int
+) -> list[PathResult]:
+    results = []
+    for browser in browsers:
+        for leg in legs:
+            with tempfile.TemporaryDirectory() as data_dir:
+                async with server_for(leg, browser, Path(data_dir)) as srv:
+                    for _ in range(repeats):
+                        for receiver in receivers:
+                            if browser == "firefox" and receiver != "default":
+                                continue  # Chromium's receiver settings
+                            for path in paths:
+                                try:
+                                    result = await one_call(srv, path, leg, receiver, events, period, browser)
+                                except Exception as exc:  # one failed call is reported, the run goes on
+                                    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                                        exc = exc.exceptions[0]
+                                    print(f"{browser:8} {leg:9} {receiver:8} {path:15} | failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                                    continue
+                                print(row(result), flush=True)
+                                results.append(result)
+    return results
+
+
+HEADER = (
+    f"{'browser':8} {'leg':9} {'receiver':8} {'path':15} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
+    f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4}"
+)
+
+
+def row(r: PathResult) -> str:
+    def fmt(s: Summary) -> str:
+        return f"{s.p50:6.1f} {s.p95:6.1f} {s.max:6.1f}"
+
+    jb = f"{r.jitter_buffer_ms:5.1f}" if r.jitter_buffer_ms is not None else "    -"
+    target = f"{r.jitter_target_ms:6.1f}" if r.jitter_target_ms is not None else "     -"
+    return (
+        f"{r.browser:8} {r.leg:9} {r.receiver:8} {r.path:15} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
+        f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {r.playout_hold_ms.p50:4.0f} {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=45, help="bursts each way per call (≥ 40)")
+    parser.add_argument("--period", type=float, default=0.5, help="seconds between bursts")
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--legs", default="loopback,impaired")
+    parser.add_argument("--browsers", default="chromium,firefox")
+    parser.add_argument("--receiver", default="default", help=f"comma-separated: {', '.join(RECEIVER_SETTINGS)}")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
+    parser.add_argument("--dump", type=Path, default=None, help="write each call's raw recordings into this directory")
+    args = parser.parse_args()
+    global DUMP
+    DUMP = args.dump
+    paths = args.paths.split(",")
+    legs = args.legs.split(",")
+    receivers = args.receiver.split(",")
+    browsers = args.browsers.split(",")
+    for name, known in (("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox"))):
+        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers}[name]
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            parser.error(f"unknown {name}: {', '.join(unknown)}")
+    print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one browser call per row")
+    print(
+        "hold = p50 of what the relay's playout of the bot held (ms), NetEq = the browser's mean jitter-buffer delay (getStats),"
+        " target = its target, out = the AudioContext's reported output latency (included in bot->ear)"
+    )
+    print(HEADER)
+    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats)
+    data = [asdict(r) for r in results]
+    if args.json is not None:
+        args.json.write_text(json.dumps(data, indent=1, default=float))
+    if args.plot is not None:
+        from bench.peers.aiortc import ensure_bench_venv
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(data, handle, default=float)
+        python = ensure_bench_venv()
+        subprocess.run([str(python), str(Path(__file__).with_name("plot.py")), "--mouth-to-ear", handle.name, str(args.plot)], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
