@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from botcall.client import connect
+from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from tests.e2e.test_browser_call import relay_peer
 from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
@@ -48,11 +48,11 @@ class BotEars:
     async def hear(self, bot) -> None:
         async for frame in bot.audio():
             if not frame.concealed:
-                self.frames.append((time.monotonic(), frame.participant_id, frame.pcm))
+                self.frames.append((time.monotonic(), frame.speaker, frame.pcm))
 
     async def listen(self, bot) -> None:
         async for event in bot.events():
-            self.events.append((time.monotonic(), event))
+            self.events.append((time.monotonic(), dict(event.raw)))  # the server's JSON
 
     def loud_since(self, since: float, participant_id: str) -> list[bytes]:
         return [pcm for at, who, pcm in self.frames if at >= since and who == participant_id and rms_dbfs(pcm) > -40]
@@ -205,7 +205,7 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
 
             async def bot_speaks():
                 while True:
-                    await bot.say_pcm(tone(440, 5.0))
+                    await (await bot.say(tone(440, 5.0))).done()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bot_speaks)
@@ -299,7 +299,7 @@ async def test_firefox_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path
 
             async def bot_speaks():
                 while True:
-                    await bot.say_pcm(tone(440, 5.0))
+                    await (await bot.say(tone(440, 5.0))).done()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bot_speaks)
@@ -313,9 +313,10 @@ async def test_firefox_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path
         assert_flowing(name, seen)
     # The same ufrag until restartIce(), then a new one.
     assert result["ufrags"][0] == result["ufrags"][1] == result["ufrags"][2] == result["ufrags"][3] != result["ufrags"][4]
-    # The call's audio stays sendrecv; the added transceivers were refused.
-    assert result["transceivers"][0] == ["0", "sendrecv"]
-    assert all(direction in (None, "stopped", "inactive") for _, direction in result["transceivers"][1:])
+    # The call's audio stays sendrecv and the group-call receive tracks recvonly;
+    # the added transceivers were refused.
+    assert result["transceivers"][:3] == [["0", "sendrecv"], ["1", "recvonly"], ["2", "recvonly"]], result["transceivers"]
+    assert all(direction in (None, "stopped", "inactive") for _, direction in result["transceivers"][3:])
     # Firefox kept its DTLS session and the relay kept its side: one association,
     # no SRTP dropped for want of one.
     assert result["drops"].get("srtp_before_dtls", 0) == 0
