@@ -16,4 +16,5 @@ test:
 	.venv/bin/lint-imports
 	.venv/bin/mypy --strict botcall sdk/python/botcall_sdk
 	node --test pwa/tests/
+	node --test sdk/js/test/*.test.mjs
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

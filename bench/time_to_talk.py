@@ -20,7 +20,7 @@ speaker does what every UDP bot must:
 4. ``rtp``: send one Opus RTP packet, which the listener receives.
 
 Two runs: the protocol done by hand here (lean: trio + h11 + trio-websocket,
-nothing else), and the Python SDK (``botcall.connect`` then ``send_opus``),
+nothing else), and the Python SDK (``botcall_sdk.connect`` then ``send_opus``),
 which is what a bot author gets. Printed: median, p95 and max of the total and
 of each phase, in milliseconds. After each join the room is deleted, so the
 server's state stays the same from one join to the next.
@@ -184,7 +184,7 @@ async def talk_by_hand(relay: RelayProcess, token: str, agent: str, room_id: str
 
 
 async def talk_with_sdk(relay: RelayProcess, token: str, room_id: str, listener_sock: socket.socket) -> Timeline:
-    """``botcall.connect`` then ``send_opus``; the SDK hides the phases, so only the total."""
+    """``botcall_sdk.connect`` then ``send_opus``; the SDK hides the phases, so only the total."""
     from botcall_sdk import connect
 
     timeline = Timeline()
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description="Time to talk for a UDP bot, join to first audio at the other side.")
     parser.add_argument("--joins", type=int, default=50, help="measured joins, protocol by hand")
-    parser.add_argument("--sdk-joins", type=int, default=20, help="measured joins through botcall.connect (0: skip)")
+    parser.add_argument("--sdk-joins", type=int, default=20, help="measured joins through botcall_sdk.connect (0: skip)")
     args = parser.parse_args(argv)
     pin_to_core(GENERATOR_CORE)
     print(machine_description())
@@ -258,7 +258,7 @@ def _main(argv: list[str] | None) -> None:
             print(summarize(f"  {phase}", [t.phases[phase] for t in by_hand]))
         if args.sdk_joins:
             with_sdk = run_joins(relay, args.sdk_joins, sdk=True)
-            print(f"\nbotcall.connect + send_opus ({args.sdk_joins} joins)")
+            print(f"\nbotcall_sdk.connect + send_opus ({args.sdk_joins} joins)")
             print(HEADER)
             print(summarize("total", [t.total for t in with_sdk]))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,6 +41,9 @@ MAX_LEEWAY_S = 60.0
 DATA_DIR_ENV = "BOTCALL_DATA_DIR"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("human", "json")
+# RFC 7065 §3.1: turn:/turns: host [":" port] ["?transport=" udp|tcp]; a host is
+# a name, an IPv4 literal or a bracketed IPv6 literal.
+TURN_URI = re.compile(r"turns?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?")
 
 
 def default_data_dir() -> Path:
@@ -106,6 +110,22 @@ class Config:
     # Base of invite_url and websocket_url. Default: http://<http_host>:<bound port>.
     public_url: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
+
+    # --- TLS (docs/deploy.md) -----------------------------------------------------------
+    # Serve HTTPS and WSS on the HTTP port with this PEM certificate (its chain
+    # may follow it in the file) and PEM private key. Both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Serve HTTPS with a development certificate, made once in data_dir by a
+    # development CA there (reused while valid); not with tls_cert.
+    tls_self_signed: bool = False
+
+    # --- TURN (docs/protocol.md, "TURN: ice_servers") -------------------------------------
+    # turn:/turns: URIs handed to every client in ice_servers, with short-lived
+    # credentials (TURN REST scheme) made with turn_secret, the static-auth-secret
+    # the TURN server (coturn: use-auth-secret) shares. Both or neither.
+    turn_uris: tuple[str, ...] = ()
+    turn_secret: str | None = None
 
     # --- media -------------------------------------------------------------------------
     # RFC 7675: a peer's address is forgotten after this long without a valid STUN check.
@@ -230,6 +250,18 @@ class Config:
                 raise ConfigError(f"public_url must be an http(s) URL, not {self.public_url!r}")
             if parts.query or parts.fragment:
                 raise ConfigError("public_url must not carry a query or fragment")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_self_signed and self.tls_cert is not None:
+            raise ConfigError("tls_self_signed and tls_cert exclude each other: give one")
+        for uri in self.turn_uris:
+            if not TURN_URI.fullmatch(uri):
+                raise ConfigError(
+                    f"turn_uris: {uri!r} is not a TURN URI like turn:host:3478?transport=udp "
+                    "or turns:host:5349?transport=tcp (RFC 7065)"
+                )
+        if bool(self.turn_uris) != bool(self.turn_secret):
+            raise ConfigError("turn_uris and turn_secret go together: give both or neither")
         if not self.audience:
             raise ConfigError("audience must not be empty")
         unknown = set(self.algorithms) - ASYMMETRIC_ALGORITHMS
@@ -276,6 +308,11 @@ class Config:
                 raise ConfigError(f"trusted proxy {cidr!r} is not an address or CIDR: {exc}") from None
 
     @property
+    def tls_enabled(self) -> bool:
+        """Whether the HTTP port serves TLS (a configured or a development certificate)."""
+        return self.tls_cert is not None or self.tls_self_signed
+
+    @property
     def dev_issuer_enabled(self) -> bool:
         """Whether the local dev issuer is trusted: as configured, else only when
         no other issuer is (a production set-up never trusts it by accident)."""
@@ -312,7 +349,8 @@ class Config:
             bound_port: the HTTP port actually bound (differs from ``http_port`` when that is 0).
 
         Returns:
-            ``public_url`` when configured, else ``http://<http_host>:<port>``.
+            ``public_url`` when configured, else ``http://<http_host>:<port>``
+            (``https://`` when the server serves TLS itself).
         """
         if self.public_url is not None:
             return self.public_url.rstrip("/")
@@ -321,4 +359,5 @@ class Config:
             host = "127.0.0.1"
         if ":" in host:  # an IPv6 literal needs brackets in a URL (RFC 3986 §3.2.2)
             host = f"[{host}]"
-        return f"http://{host}:{self.http_port if bound_port is None else bound_port}"
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{host}:{self.http_port if bound_port is None else bound_port}"

@@ -123,6 +123,10 @@ CATALOGUE: Mapping[str, Counted] = {
     "opus_decode_failed": Counted(_D, "Opus payloads libopus refused (concealed instead)."),
     "too_many_speakers": Counted(_D, "Packets from a speaker beyond a listener's speaker limit."),
     "speakers_forgotten": Counted(_E, "Speakers dropped from a listener's play-out after falling silent."),
+    # --- pcm16 delivered on arrival (audio/playout.py, ArrivalPlayout) ---
+    "late_dropped": Counted(_D, "Packets that came after a later one of the same speaker was delivered (their place was concealed)."),
+    "concealed": Counted(_E, "Frames synthesised for packets lost before one that arrived (FEC for the last, PLC before)."),
+    "segments_restarted": Counted(_E, "Jumps of more than 5 packets in a speaker's stream, taken as a new segment, not concealed."),
     # --- the UDP socket (relay/transport.py) ---
     "send_backlog_full": Counted(_E, "Times the send backlog filled (the socket would block)."),
     "send_backlog_dropped": Counted(_D, "Datagrams dropped because the send backlog was full."),

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -57,6 +59,7 @@ from botcall.audio.vad import SpeechStarted, SpeechStopped
 from botcall.relay import speech
 from botcall.relay.core import Address, Interrupted, MediaEvent, MediaPeer, MediaRelay, StreamStarted
 from botcall.relay.transport import UdpTransport, open_udp_socket
+from botcall.signaling import tls
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.media_link import media_listener
 from botcall.signaling.messages import cleared_event, playout_full_event, room_media_event
@@ -78,7 +81,7 @@ class ServerInfo:
     """What ``run_server`` reports once it is accepting connections.
 
     Attributes:
-        http_url: where the HTTP socket is bound (``http://127.0.0.1:54321``).
+        http_url: where the HTTP socket is bound (``http://127.0.0.1:54321``; ``https://`` with TLS).
         http_port: the bound port.
         base_url: the public base URL used in invite and WebSocket URLs.
         state: the app state (tests replace ``state.clock``).
@@ -384,6 +387,54 @@ def _ip_literal(host: str, flag: str) -> str:
     return str(info[0][4][0])
 
 
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def tls_names(config: Config) -> list[str]:
+    """What a development certificate must cover: localhost, this machine's name, the
+    HTTP bind address (every local address when it is a wildcard, so a phone on the
+    LAN can open the link) and the public URL's host."""
+    names = ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
+    if is_wildcard(config.http_host):
+        names += [address for address in local_addresses() if not ipaddress.ip_address(address).is_link_local]
+    else:
+        names.append(config.http_host)
+    if config.public_url is not None:
+        names.append(urlsplit(config.public_url).hostname or "")
+    return [name for name in dict.fromkeys(names) if name]
+
+
+def server_tls(config: Config, *, base_url: str) -> ssl.SSLContext | None:
+    """The HTTP port's TLS context, or None for plain HTTP. With ``tls_self_signed`` the
+    development certificate is made or reused, and how to trust it is logged.
+
+    Raises:
+        ConfigError: a certificate or key cannot be used.
+        StartupError: the data directory cannot hold the development certificate.
+    """
+    alpn = ["h2", "http/1.1"] if config.http2 else ["http/1.1"]
+    if config.tls_cert is not None and config.tls_key is not None:
+        context = tls.server_ssl_context(config.tls_cert.expanduser(), config.tls_key.expanduser(), alpn_protocols=alpn)
+        log.info("TLS: serving HTTPS and WSS with %s", config.tls_cert)
+        return context
+    if not config.tls_self_signed:
+        return None
+    try:
+        dev = tls.ensure_dev_certificate(config.data_dir, tls_names(config))
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write the development certificate to {config.data_dir}: {exc.strerror or exc}; "
+            "choose another directory with --data-dir"
+        ) from None
+    made = {"ca": "made a new development CA and certificate", "certificate": "made a new certificate"}.get(dev.created, "reusing the certificate")
+    log.info(
+        "TLS: development certificate (%s) %s for %s, valid until %s\n%s\nInvite links start with %s/join/ "
+        "(botcall demo --tls-self-signed prints one)",
+        made, dev.cert, ", ".join(dev.names), dev.not_after.date().isoformat(), tls.trust_instructions(dev.ca), base_url,
+    )
+    return tls.server_ssl_context(dev.cert, dev.key, alpn_protocols=alpn)
+
+
 # --- supervision -----------------------------------------------------------------------------
 
 RESTART_DELAY_MIN = 0.1
@@ -495,6 +546,7 @@ async def run_server(
                 f"cannot use the data directory {where}: {getattr(exc, 'strerror', None) or exc}; "
                 "choose another with --data-dir (or $BOTCALL_DATA_DIR)"
             ) from None
+        ssl_context = server_tls(config, base_url=base_url)
         try:
             udp_sock = open_udp_socket(config.media_host, config.media_port)
         except OSError as exc:
@@ -519,7 +571,7 @@ async def run_server(
         parts = Parts()
         state.metrics.attach_http(budget, parts)
         host_in_url = f"[{bound_host}]" if ":" in bound_host else bound_host
-        http_url = f"http://{host_in_url}:{bound_port}"
+        http_url = f"{'https' if ssl_context is not None else 'http'}://{host_in_url}:{bound_port}"
 
         async def http_part(*, task_status: trio.TaskStatus[None]) -> None:
             # A fresh server (and a dup of the listening socket) on every
@@ -537,6 +589,7 @@ async def run_server(
                 body_timeout=config.body_timeout_s,
                 allow_http2=config.http2,
                 contained=parts.contained,
+                ssl_context=ssl_context,
             )
             parts.http = server
             await server.run(task_status=task_status)

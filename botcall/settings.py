@@ -168,6 +168,8 @@ def parse_text(field_name: str, text: str) -> Any:
         return text or None
     if kind is Path:
         return Path(text).expanduser()
+    if kind == Path | None:
+        return Path(text).expanduser() if text else None
     if kind is RateLimit:
         return parse_rate_limit(text)
     if kind == tuple[str, ...]:
@@ -228,6 +230,8 @@ def _describe(kind: Any) -> str:
         return "true, false or \"auto\""
     if kind == str | None:
         return "a string"
+    if kind == Path | None:
+        return "a path string"
     return "a list"
 
 
@@ -425,6 +429,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help="dev issuer key and replay cache (default $BOTCALL_DATA_DIR or ~/.local/share/botcall)")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
                         help="believe X-Forwarded-For/Forwarded from these addresses (repeatable)")
+    parser.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                        help="serve HTTPS and WSS with this PEM certificate (chain); needs --tls-key")
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-self-signed", action="store_const", const=True, default=None,
+                        help="serve HTTPS with a development certificate made in the data directory (prints how to trust it)")
+    parser.add_argument("--turn-uri", action="append", default=[], metavar="URI",
+                        help="a TURN server for clients behind strict networks, e.g. turn:host:3478?transport=udp, "
+                        "turns:host:5349?transport=tcp (repeatable; needs --turn-secret)")
+    parser.add_argument("--turn-secret", default=None, metavar="SECRET",
+                        help="the TURN server's static-auth-secret (coturn use-auth-secret); prefer $BOTCALL_TURN_SECRET")
     parser.add_argument("--max-connections", type=int, default=None,
                         help=f"open HTTP/WebSocket connections at once, kept below the open-file limit {default('max_connections')}")
     parser.add_argument("--max-connections-per-ip", type=int, default=None,
@@ -453,7 +467,8 @@ _FLAG_FIELDS = {
 _PLAIN_FLAGS = (
     "host", "port", "media_host", "media_port", "media_advertised_host", "public_url", "audience",
     "dev_issuer", "data_dir", "max_connections", "max_connections_per_ip", "header_timeout",
-    "body_timeout", "http2", "shutdown_grace", "log_level", "log_format",
+    "body_timeout", "http2", "shutdown_grace", "log_level", "log_format", "tls_cert", "tls_key", "tls_self_signed",
+    "turn_secret",
 )
 
 
@@ -477,6 +492,8 @@ def flags_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
         names["issuers"] = "--issuer/--jwks"
     if args.trusted_proxy:
         values["trusted_proxies"], names["trusted_proxies"] = tuple(args.trusted_proxy), "--trusted-proxy"
+    if args.turn_uri:
+        values["turn_uris"], names["turn_uris"] = tuple(args.turn_uri), "--turn-uri"
     if args.connection_rate_per_ip is not None:
         rate = args.connection_rate_per_ip
         try:

@@ -79,7 +79,7 @@ function perform(effect) {
       cancelTimer(effect.name);
       break;
     case 'start_peer':
-      startPeer(effect.peer);
+      startPeer(effect.peer, effect.iceServers);
       break;
     case 'stop_peer':
       stopPeer();
@@ -179,14 +179,18 @@ function closeSocket(code) {
 
 // --- the peer connection and the microphone ------------------------------------------
 
-function startPeer(id) {
+function startPeer(id, iceServers) {
   stopPeer();
   const created = new Peer({
+    iceServers,
     onTrack: (event) => {
       if (created === peer) audio.playRemote(event, () => view.announce('Tap the page to hear the call'));
     },
     onConnectionState: (connectionState) => {
       if (created === peer) dispatch({ type: 'peer_state', peer: id, state: connectionState });
+    },
+    onGathered: (count) => {
+      if (created === peer) dispatch({ type: 'ice_gathered', peer: id, count });
     },
     // A renegotiation (negotiationneeded, or the renegotiate hook): sent like the first offer.
     onOffer: (sdp) => {

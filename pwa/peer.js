@@ -21,15 +21,31 @@ export class Peer {
    * @param {(event: RTCTrackEvent) => void} handlers.onTrack a remote track arrived
    * @param {(state: string) => void} handlers.onConnectionState connectionState changed
    * @param {(sdp: string) => void} [handlers.onOffer] a renegotiation's offer is ready to send
+   * @param {RTCIceServer[]} [handlers.iceServers] TURN servers from the 'joined' event
+   * @param {(count: number) => void} [handlers.onGathered] ICE gathering completed with `count` candidates
    */
-  constructor({ onTrack, onConnectionState, onOffer }) {
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+  constructor({ onTrack, onConnectionState, onOffer, iceServers, onGathered }) {
+    const pc = new RTCPeerConnection({
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+      iceServers: Array.isArray(iceServers) ? iceServers.map((server) => ({ ...server, urls: [...server.urls] })) : [],
+    });
     this.pc = pc;
     this.onOffer = onOffer || null;
     this.answered = false; // the first answer is applied: later offers are renegotiations
     this.sender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
     pc.ontrack = (event) => onTrack(event);
     pc.onconnectionstatechange = () => onConnectionState(pc.connectionState);
+    // Candidates are not signaled (the server learns addresses from our checks), only
+    // counted: none at all means this network leaves no path for a call.
+    let gathered = 0;
+    pc.onicecandidate = (event) => {
+      if (event.candidate && event.candidate.candidate) gathered += 1;
+    };
+    pc.onicegatheringstatechange = () => {
+      if (pc.iceGatheringState === 'gathering') gathered = 0;
+      else if (pc.iceGatheringState === 'complete' && onGathered) onGathered(gathered);
+    };
     pc.onnegotiationneeded = () => {
       // Before the first answer the initial offer covers it; while an offer is
       // out the browser fires again once the connection is stable, if still needed.
@@ -93,6 +109,8 @@ export class Peer {
   close() {
     this.pc.ontrack = null;
     this.pc.onconnectionstatechange = null;
+    this.pc.onicecandidate = null;
+    this.pc.onicegatheringstatechange = null;
     this.pc.onnegotiationneeded = null;
     this.pc.close();
   }

@@ -12,7 +12,9 @@
 //   close_socket {code}          close the current socket (its events are ignored from now)
 //   start_timer / start_interval {name, ms}, cancel_timer {name}
 //                                timers fire back as {type: 'timer', name}
-//   start_peer {peer}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
+//   start_peer {peer, iceServers}, stop_peer, send_offer {peer}, apply_answer {peer, sdp}
+//                                iceServers: the RTCIceServer list (TURN) the connection uses
+//   ({type: 'ice_gathered', peer, count} comes back when the peer's ICE gathering completes)
 //   read_stats {peer}            read the peer's getStats(); answer {type: 'stats', peer, snapshot}
 //                                with snapshot = playoutSnapshot(report.values())
 //   open_mic {attempt}, use_mic {attempt}, drop_mic {attempt}, stop_mic, mic_enabled {enabled}
@@ -28,6 +30,10 @@ export const CONNECT_TIMEOUT_MS = 8000;
 export const PING_INTERVAL_MS = 15000;
 export const RETRY_DELAYS_MS = Object.freeze([1000, 2000, 4000, 8000, 15000]);
 export const MAX_PEER_RESTARTS = 2;
+// A peer connection not connected this long after it was made: the network blocks
+// calls (no check answered; docs/protocol.md). Under the 10 s promised there, with
+// a margin for a busy page. Gathering no candidate at all says so at once.
+export const ICE_TIMEOUT_MS = 9000;
 export const MAX_CHAT_LINES = 200;
 // The playout_delay report: once a second while connected, 0..10000 ms (docs/protocol.md).
 export const STATS_INTERVAL_MS = 1000;
@@ -75,6 +81,16 @@ export const PROBLEMS = deepFreeze({
   insecure: { title: 'This link must use https', detail: 'Browsers only allow the microphone on secure pages. Open the https:// version of the link.' },
   no_webrtc: { title: "This browser can't make calls", detail: 'Open the link in a recent Chrome, Edge, Firefox or Safari.' },
   failed: { title: 'Something went wrong', detail: 'The call could not start.', retry: true },
+  network_blocked: {
+    title: 'Your network blocks calls',
+    detail: 'Your browser could not open an audio connection to BotCall from this network. Some office, school, hotel or public networks block calls.',
+    steps: [
+      'Try another network, for example your phone’s mobile data or a hotspot.',
+      'Or ask whoever runs this BotCall to add a TURN relay over TCP or TLS (port 443): it lets calls through strict networks.',
+      'Then press Try again.',
+    ],
+    retry: true,
+  },
   bad_offer: {
     title: "Your browser's call setup isn't supported",
     detail: 'BotCall could not use the audio connection this browser proposed. Try again, or use a recent Chrome, Edge, Firefox or Safari.',
@@ -241,6 +257,8 @@ export function initialState({ roomId = null, invite = null, online = true, secu
     peerId: null, // the current peer connection, or null
     peerState: null, // its last connectionState
     peerRestarts: 0,
+    iceServers: Object.freeze([]), // TURN servers from 'joined' (RTCIceServer objects)
+    peerIceServers: null, // the list the current peer connection was made with
     playout: null, // the current peer's last playoutSnapshot, or null
     muted: false,
     connectedAt: null,
@@ -341,6 +359,10 @@ class Step {
           s.peerState = input.state;
           this.onPeerState(input.state);
         }
+        break;
+      case 'ice_gathered':
+        // No candidate at all (UDP blocked and no TURN it can reach): nothing can connect.
+        if (input.peer === s.peerId && s.peerId !== null && input.count === 0 && s.peerState !== 'connected') this.networkBlocked();
         break;
       case 'offer_ready':
         if (input.peer === s.peerId && s.peerId !== null) this.send({ type: 'offer', sdp: input.sdp });
@@ -517,6 +539,8 @@ class Step {
       this.send({ type: 'ping' });
     } else if (name === 'retry') {
       this.connect();
+    } else if (name === 'ice') {
+      if (s.peerId !== null && s.peerState !== 'connected') this.networkBlocked();
     } else if (name === 'stats') {
       if (s.peerId !== null && s.peerState === 'connected' && s.ws === 'open') this.emit({ type: 'read_stats', peer: s.peerId });
     }
@@ -600,6 +624,7 @@ class Step {
     s.canChat = !!(message.you && message.you.capabilities && message.you.capabilities.text_chat === true);
     this.setParticipants([message.you, ...(Array.isArray(message.participants) ? message.participants : [])]);
     s.resume = typeof message.resume === 'string' ? message.resume : null;
+    s.iceServers = iceServerList(message.ice_servers);
     if (s.resuming) {
       s.resuming = false;
       // Media kept flowing over UDP while only the socket was down: keep it.
@@ -607,6 +632,10 @@ class Step {
         this.setUi('connected');
         return;
       }
+      this.startPeer();
+    } else if (s.peerId !== null && !sameJson(s.peerIceServers, s.iceServers)) {
+      // The offer was prepared before the TURN servers were known: a peer
+      // connection gathers with the servers it was made with, so make it again.
       this.startPeer();
     }
     this.sendOffer();
@@ -768,14 +797,25 @@ class Step {
     s.peerSeq += 1;
     s.peerId = s.peerSeq;
     s.peerState = 'new';
-    this.emit({ type: 'start_peer', peer: s.peerId });
+    s.peerIceServers = s.iceServers;
+    this.emit({ type: 'start_peer', peer: s.peerId, iceServers: s.iceServers });
+    this.emit({ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS });
+  }
+
+  /** The peer connection did not connect in time: say the network blocks calls, and leave. */
+  networkBlocked() {
+    this.send({ type: 'control', action: 'leave' });
+    this.leaveAll();
+    this.showProblem('network_blocked');
   }
 
   stopPeer() {
     this.s.peerId = null;
     this.s.peerState = null;
     this.s.playout = null;
+    this.s.peerIceServers = null;
     this.emit({ type: 'cancel_timer', name: 'stats' });
+    this.emit({ type: 'cancel_timer', name: 'ice' });
     this.emit({ type: 'stop_peer' });
   }
 
@@ -798,6 +838,7 @@ class Step {
       if (s.connectedAt === null) s.connectedAt = this.now;
       if (s.marks.connected === undefined) s.marks = Object.freeze({ ...s.marks, connected: this.now });
       s.peerRestarts = 0;
+      this.emit({ type: 'cancel_timer', name: 'ice' });
       this.setUi('connected');
       this.emit({ type: 'start_interval', name: 'stats', ms: STATS_INTERVAL_MS });
     } else if (state === 'disconnected') {
@@ -893,6 +934,28 @@ class Step {
       this.onPeerState(s.peerState);
     }
   }
+}
+
+/**
+ * The TURN servers of a 'joined' event as RTCIceServer objects (urls, username,
+ * credential), keeping only well-formed turn:/turns: entries.
+ * @returns {readonly object[]}
+ */
+export function iceServerList(value) {
+  const servers = [];
+  for (const entry of Array.isArray(value) ? value : []) {
+    if (!entry || typeof entry !== 'object') continue;
+    const urls = (Array.isArray(entry.urls) ? entry.urls : [entry.urls]).filter(
+      (url) => typeof url === 'string' && /^turns?:/.test(url),
+    );
+    if (urls.length === 0 || typeof entry.username !== 'string' || typeof entry.credential !== 'string') continue;
+    servers.push(Object.freeze({ urls: Object.freeze(urls), username: entry.username, credential: entry.credential }));
+  }
+  return Object.freeze(servers);
+}
+
+function sameJson(a, b) {
+  return JSON.stringify(a) === JSON.stringify(b);
 }
 
 /** LIST with P added or replaced (in place), or null when P is not a participant. */

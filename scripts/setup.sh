@@ -22,7 +22,7 @@ apt_install() {
 # System libraries. libopus for the codec everywhere; Chromium and Firefox ESR
 # only for the browser end-to-end tests (Firefox is driven over Marionette by
 # the marionette-driver package of the dev extras; tests/kit/firefox.py); ffmpeg as an independent Opus/RTP peer in tests;
-# Node.js for the PWA's unit tests (node --test, no npm packages); espeak-ng
+# Node.js for the PWA's unit tests and the Node SDK's tests (sdk/js); espeak-ng
 # speaks the labelled corpus of the speech detection tests and benchmark;
 # coturn and redis-server are started by the test fixtures.
 missing=()
@@ -33,6 +33,8 @@ if [ "$purpose" = "test" ]; then
     command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    # Debian packages npm apart from Node.js; the werift peer and the Node SDK need it.
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
     # Real services the tests start themselves: coturn (TURN for browsers
     # without UDP) and Redis (the clustered mode). Neither is left running.
@@ -66,4 +68,33 @@ fi
 if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("silero_vad") is None)' 2>/dev/null; then
     echo "setup: pip install --no-deps silero-vad"
     .venv/bin/python -m pip install -q --no-deps "silero-vad==6.2.3"
+fi
+
+# Independent WebRTC humans for the interoperability tests
+# (tests/e2e/test_external_humans.py): aiortc in a virtualenv of its own, never
+# a BotCall dependency, and werift from npm in its own folder.
+if [ "$purpose" = "test" ]; then
+    peers_stamp=".venv-peers/.installed-aiortc-1.16.0"
+    if [ ! -f "$peers_stamp" ]; then
+        echo "setup: creating .venv-peers (aiortc)"
+        python3 -m venv .venv-peers
+        .venv-peers/bin/python -m pip install -q "aiortc==1.16.0" "websockets>=13,<16" "numpy>=1.26"
+        touch "$peers_stamp"
+    fi
+    werift_dir="tests/kit/peers/werift"
+    if [ ! -d "$werift_dir/node_modules/werift" ] || [ "$werift_dir/package-lock.json" -nt "$werift_dir/node_modules/.package-lock.json" ]; then
+        echo "setup: npm ci in $werift_dir (werift)"
+        (cd "$werift_dir" && npm ci --silent --no-audit --no-fund)
+    fi
+fi
+
+# The Node SDK's dependencies (ws, opusscript: pure JS and wasm, no native
+# build; typescript to check its shipped types), for its tests (node --test
+# sdk/js/test/). npm ci only when the lock
+# file is newer than the installed tree, so a second run is instant.
+if [ "$purpose" = "test" ]; then
+    if [ ! -d sdk/js/node_modules ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
+        echo "setup: npm ci in sdk/js"
+        (cd sdk/js && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 fi

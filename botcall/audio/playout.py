@@ -1,4 +1,6 @@
-"""Per-speaker play-out: jitter buffer plus Opus decoder for each SSRC (sans-IO).
+"""Per-speaker play-out: jitter buffer plus Opus decoder for each SSRC (sans-IO),
+or decoding in arrival order (:class:`ArrivalPlayout`) for listeners that want
+each packet's audio the moment it arrives.
 
 Wherever audio is decoded for someone — the bot SDK's ``call.audio()``, the
 relay's ``pcm16`` WebSocket stream — packets from each speaker go through their
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from botcall.errors import OpusDecodeError
 from botcall.audio.jitter import FrameKind, JitterBuffer, JitterOptions, JitterStats, PlayoutFrame
-from botcall.audio.opus import OpusDecoder
+from botcall.audio.opus import FRAME_SAMPLES, OpusDecoder
+from botcall.wire.seq import extend_u16
 from botcall.wire.rtp import RtpPacket
 
 if TYPE_CHECKING:
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 FRAME_DURATION = 0.020
+# ArrivalPlayout: a jump of more than this many packets is a new stream segment
+# (the speaker's sender restarted), not a loss to conceal: 100 ms at most is
+# synthesised for a gap.
+MAX_CONCEALED_RUN = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +186,109 @@ class Playout:
         """The ``JitterStats`` of one speaker, or None."""
         speaker = self._speakers.get(ssrc)
         return None if speaker is None else speaker.buffer.stats
+
+
+class _ArrivalSpeaker:
+    __slots__ = ("decoder", "last_heard", "sequence")
+
+    def __init__(self, decoder: OpusDecoder, now: float) -> None:
+        self.decoder = decoder
+        self.last_heard = now
+        self.sequence: int | None = None  # extended sequence number of the last packet decoded
+
+
+class ArrivalPlayout:
+    """Decode each speaker's packets as they arrive, concealing only real gaps.
+
+    For a listener that takes the audio as fast as it comes (a speech-to-text
+    engine) rather than on a play-out clock: no jitter buffer holds the audio
+    back. A packet in order is decoded at once. A packet after a gap of up to
+    ``MAX_CONCEALED_RUN`` packets first yields the missing frames (the last one
+    rebuilt from this packet's in-band FEC, the others concealed), so the
+    listener's audio stays continuous; a longer jump starts a new segment. A
+    packet older than the last one decoded (reordered past its turn, or a
+    duplicate) has had its place filled already and is dropped
+    (``late_dropped``).
+
+    Args:
+        sample_rate: output rate (8/12/16/24/48 kHz; libopus decodes straight to it).
+        max_speakers: bound on tracked SSRCs; a new one beyond it is dropped
+            (counted ``too_many_speakers``) until a silent one is forgotten.
+        forget_after: seconds without a packet before a speaker's state is freed.
+    """
+
+    def __init__(self, *, sample_rate: int = 48000, max_speakers: int = 32, forget_after: float = 10.0) -> None:
+        self.sample_rate = sample_rate
+        self.max_speakers = max_speakers
+        self.forget_after = forget_after
+        self._speakers: dict[int, _ArrivalSpeaker] = {}
+        self._next_forget = 0.0
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    def push(self, packet: RtpPacket, arrival_time: float) -> list[DecodedFrame]:
+        """One received packet: the frames it completes, in stream order (often one)."""
+        speaker = self._speakers.get(packet.ssrc)
+        if speaker is None:
+            if len(self._speakers) >= self.max_speakers:
+                self._forget_idle(arrival_time)
+                if len(self._speakers) >= self.max_speakers:
+                    self.counters["too_many_speakers"] += 1
+                    return []
+            speaker = self._speakers[packet.ssrc] = _ArrivalSpeaker(OpusDecoder(self.sample_rate), arrival_time)
+        elif arrival_time >= self._next_forget:
+            self._next_forget = arrival_time + 1.0
+            self._forget_idle(arrival_time)
+        speaker.last_heard = arrival_time
+        previous = speaker.sequence
+        sequence = extend_u16(previous, packet.sequence_number)
+        out: list[DecodedFrame] = []
+        if previous is not None:
+            missing = sequence - previous - 1
+            if missing < 0:
+                self.counters["late_dropped"] += 1
+                return out
+            if missing > MAX_CONCEALED_RUN:
+                speaker.decoder.reset()
+                self.counters["segments_restarted"] += 1
+            elif missing:
+                out.extend(self._fill(speaker.decoder, packet, sequence, missing))
+        speaker.sequence = sequence
+        try:
+            pcm = speaker.decoder.decode_untrusted(packet.payload)
+            kind = FrameKind.AUDIO
+        except OpusDecodeError:
+            self.counters["opus_decode_failed"] += 1
+            pcm = speaker.decoder.conceal()
+            kind = FrameKind.CONCEAL
+        out.append(DecodedFrame(packet.ssrc, pcm, kind, sequence, False, packet.timestamp))
+        return out
+
+    def _fill(self, decoder: OpusDecoder, packet: RtpPacket, sequence: int, missing: int) -> list[DecodedFrame]:
+        """The frames of ``missing`` lost packets before ``packet``."""
+        frames: list[DecodedFrame] = []
+        for back in range(missing, 0, -1):
+            timestamp = (packet.timestamp - back * FRAME_SAMPLES) & 0xFFFFFFFF
+            recovered = False
+            if back == 1:
+                try:
+                    pcm, recovered = decoder.recover_untrusted(packet.payload), True
+                except OpusDecodeError:
+                    pcm = decoder.conceal()
+            else:
+                pcm = decoder.conceal()
+            frames.append(DecodedFrame(packet.ssrc, pcm, FrameKind.CONCEAL, sequence - back, recovered, timestamp))
+        self.counters["concealed"] += missing
+        return frames
+
+    def _forget_idle(self, now: float) -> None:
+        for ssrc in [s for s, sp in self._speakers.items() if now - sp.last_heard > self.forget_after]:
+            del self._speakers[ssrc]
+            self.counters["speakers_forgotten"] += 1
+
+    def forget(self, ssrc: int) -> None:
+        """Drop one speaker's state (they left)."""
+        self._speakers.pop(ssrc, None)
+
+    @property
+    def speakers(self) -> tuple[int, ...]:
+        return tuple(self._speakers)

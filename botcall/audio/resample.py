@@ -8,7 +8,7 @@ would restart the filter at every border).
 
 The relay converts no rate: libopus encodes from and decodes to 8/12/16/24/48
 kHz directly (``audio.opus.DECODER_RATES``). These are for audio that arrives at
-another rate: WAV files, the SDK's ``say_pcm`` at a caller's rate.
+another rate: WAV files, the server-side tools at a caller's rate (the SDK resamples with soxr).
 
 soxr's "HQ" quality: a linear-phase filter with its delay compensated, flat
 to about 0.91 of the lower Nyquist frequency and about 120 dB of stopband, so

@@ -321,14 +321,18 @@ class _NoiseFloor:
     without climbing onto speech, which has pauses between words.
     """
 
-    def __init__(self, *, margin_db: float, min_db: float, rise_db_per_s: float, frame_ms: int = FRAME_MS) -> None:
+    def __init__(
+        self, *, margin_db: float, min_db: float, rise_db_per_s: float, frame_ms: int = FRAME_MS,
+        initial_db: float | None = None,
+    ) -> None:
         self.margin_db = margin_db
         self.min_db = min_db
         self._rise = rise_db_per_s * frame_ms / 1000.0
-        self._floor: float | None = None
+        self._initial = initial_db
+        self._floor: float | None = initial_db
 
     def reset(self) -> None:
-        self._floor = None
+        self._floor = self._initial
 
     def is_speech(self, level_db: float) -> bool:
         floor = self._floor
@@ -347,6 +351,11 @@ class LevelDetector:
     noise floor and above ``min_dbov``. The V flag is ignored unless
     ``use_voice_flag``: Chromium sets it from the encoder's speech/comfort-noise
     frame type, which without DTX says "speech" for every packet.
+
+    The floor starts at the stream's first level (a microphone's noise), or,
+    with ``synthetic``, no higher than ``min_dbov``: a bot's synthesised speech
+    has no noise under it and may start loud, and a floor taken from its first
+    word would hide that word (and a stream that never pauses) from the detector.
     """
 
     def __init__(
@@ -357,10 +366,13 @@ class LevelDetector:
         min_dbov: float = -55.0,
         rise_db_per_s: float = 1.0,
         use_voice_flag: bool = False,
+        synthetic: bool = False,
     ) -> None:
         self.gate = gate or SpeechGate(onset_ms=60, hangover_ms=400)
         self.use_voice_flag = use_voice_flag
-        self._floor = _NoiseFloor(margin_db=margin_db, min_db=min_dbov, rise_db_per_s=rise_db_per_s)
+        self._floor = _NoiseFloor(
+            margin_db=margin_db, min_db=min_dbov, rise_db_per_s=rise_db_per_s, initial_db=min_dbov if synthetic else None
+        )
 
     def update(self, voice: bool, level_dbov: int, stream_ms: int) -> SpeechEvent | None:
         """Feed one packet's audio level.

@@ -34,6 +34,8 @@ from botcall.errors import AttestationError, Forbidden, ServiceUnavailable
 SCOPE_CREATE = "call:create"
 SCOPE_VOICE = "call:voice"
 SCOPE_RECEIVE = "call:receive"
+# Every scope BotCall grants meaning to (docs/protocol.md, "Claims").
+SCOPES = (SCOPE_CREATE, SCOPE_VOICE, SCOPE_RECEIVE)
 
 # Claims every attestation must carry. RFC 7519 §4.1 makes all registered claims
 # optional; BotAuth requires these. ``ctl`` is required too because every BotCall

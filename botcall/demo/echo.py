@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from botcall_sdk import Call, ParticipantJoined, SpeechStopped, connect, create_
 from botcall.config import Config
 from botcall.server import ServerInfo, config_from_args, configure_logging, run_command, run_server
 from botcall.server import add_arguments as add_server_arguments
+from botcall.signaling import tls
 
 log = logging.getLogger("botcall.demo.echo")
 
@@ -129,9 +131,11 @@ async def _play(call: Call, lock: trio.Lock, pcm: bytes) -> None:
         await (await call.say(pcm)).done()
 
 
-async def self_test(server_url: str, room_id: str, token: str, *, frequency: float = 660.0) -> float:
+async def self_test(
+    server_url: str, room_id: str, token: str, *, frequency: float = 660.0, ssl_context: ssl.SSLContext | None = None
+) -> float:
     """A stand-in human: play a tone, listen for the demo bot's echo, return its frequency."""
-    async with connect(server_url, room_id, token) as human:
+    async with connect(server_url, room_id, token, ssl_context=ssl_context) as human:
         # Speak after the greeting, as a person would (the bot does not listen while it chimes).
         with trio.move_on_after(3):
             async for event in human.events():
@@ -188,16 +192,24 @@ async def _demo_rooms(info: ServerInfo, config: Config, self_test_frequency: flo
             now=time.time(),
         )
 
+    # The bots talk to this server on loopback (not on a wildcard address, which no
+    # certificate names); over TLS they trust its certificate.
+    local_url = info.http_url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    client_ssl = tls.loopback_client_context(config.tls_cert, config.data_dir) if config.tls_enabled else None
     while True:
-        room = await create_room(info.http_url, mint(DEMO_AGENT), max_human_participants=config.room_default_max_humans)
+        room = await create_room(
+            local_url, mint(DEMO_AGENT), max_human_participants=config.room_default_max_humans, ssl_context=client_ssl
+        )
         out(banner(room.invite_url, info.http_url))
-        async with connect(info.http_url, room.room_id, mint(DEMO_AGENT)) as call:
+        async with connect(local_url, room.room_id, mint(DEMO_AGENT), ssl_context=client_ssl) as call:
             if self_test_frequency is None:
                 await echo_bot(call)
             else:
                 async with trio.open_nursery() as bots:
                     bots.start_soon(echo_bot, call)
-                    heard = await self_test(info.http_url, room.room_id, mint("stand-in-human#0002"), frequency=self_test_frequency)
+                    heard = await self_test(
+                        local_url, room.room_id, mint("stand-in-human#0002"), frequency=self_test_frequency, ssl_context=client_ssl
+                    )
                     bots.cancel_scope.cancel()
         if self_test_frequency is not None:
             ok = abs(heard - self_test_frequency) < 10

@@ -165,7 +165,8 @@ class SpeechTracker:
             level = audio_level_untrusted(data, BOT_AUDIO_LEVEL_ID, payload_offset)
         if level is not None:
             if self._levels is None:
-                self._levels = LevelDetector()
+                # A bot's levels (no browser level id) are of synthesised audio.
+                self._levels = LevelDetector(synthetic=self.level_id is None)
             return self._note(self._levels.update(level[0], level[1], stream_ms))
         if self._decoded is None and self._sizes is None:
             if self.budget is not None and self.budget.take():

@@ -16,8 +16,11 @@ the buffer is encoded). At most ``backlog_s`` seconds may wait to be encoded.
 Audio that would put the bot more than its playout's ``max_ahead`` ahead of
 playback is refused whole (``playout_full``).
 
-Downlink. Opus: each speaker's RTP packet. pcm16: a jitter buffer and decoder
-per speaker (``audio.playout.Playout``) popped every 20 ms. A bot receiving the
+Downlink. Opus: each speaker's RTP packet. pcm16 delivered on arrival (the
+default, ``delivery="arrival"``): each packet decoded the moment it arrives,
+only real gaps concealed (``audio.playout.ArrivalPlayout``); pcm16 ``paced``: a
+jitter buffer and decoder per speaker (``audio.playout.Playout``) popped every
+20 ms. A bot receiving the
 mix (``mix_ssrc`` set) gets instead one frame per 20 ms of ``relay.mixer``'s
 mix-minus, as pcm16 or as Opus RTP under the mix SSRC, with participant id
 ``"mix"``. Either way the result is an ``AudioOut``: ``binary()`` gives the
@@ -45,11 +48,16 @@ from botcall.audio.opus import (
     SAMPLE_RATE,
     OpusEncoder,
 )
-from botcall.audio.playout import Playout
+from botcall.audio.playout import ArrivalPlayout, DecodedFrame, Playout
 from botcall.errors import BadPacket, SignalingError
 from botcall.relay.core import MAX_DATAGRAM, MediaPeer, MediaRelay
 from botcall.relay.mixer import MIX_PARTICIPANT_ID, Mixer, OpusMix
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
+
+# How a pcm16 bot receives speakers' audio (docs/protocol.md, "Audio over the WebSocket").
+DELIVERY_ARRIVAL = "arrival"
+DELIVERY_PACED = "paced"
+DELIVERIES = (DELIVERY_ARRIVAL, DELIVERY_PACED)
 
 # pcm16 from a bot waiting to be encoded, in seconds of audio.
 PCM_BACKLOG_S = 2.0
@@ -116,6 +124,9 @@ class WsAudio:
         mix_ssrc: receive one mix-minus stream under this SSRC instead of a
             stream per speaker (None: separate streams).
         backlog_s: seconds of pcm16 that may wait to be encoded.
+        delivery: pcm16 downlink: ``"arrival"`` (each packet decoded as it
+            arrives, ``pcm_arrived``) or ``"paced"`` (a jitter buffer per
+            speaker, ``pcm_push``/``pcm_pop`` every 20 ms).
     """
 
     def __init__(
@@ -129,7 +140,10 @@ class WsAudio:
         receive_sample_rate: int | None = None,
         mix_ssrc: int | None = None,
         backlog_s: float = PCM_BACKLOG_S,
+        delivery: str = DELIVERY_ARRIVAL,
     ) -> None:
+        if delivery not in DELIVERIES:
+            raise ValueError(f"delivery is one of {DELIVERIES}")
         self.relay = relay
         self.peer = peer
         self.encoding = encoding
@@ -142,7 +156,9 @@ class WsAudio:
         self._pcm = bytearray()
         self._backlog_bytes = int(backlog_s * self.send_sample_rate) * 2
         self._encoder = OpusEncoder(self.send_sample_rate) if encoding == "pcm16" else None
+        self.delivery = delivery
         self._playout: Playout | None = None
+        self._arrival: ArrivalPlayout | None = None
         self._names: dict[int, str] = {}
         self._origins: dict[int, int | None] = {}
         self._generation = 0
@@ -160,6 +176,12 @@ class WsAudio:
     def mixed(self) -> bool:
         """The bot receives one mixed stream, popped every 20 ms (``pcm_push``/``pcm_pop``)."""
         return self.mix_ssrc is not None
+
+    @property
+    def ticked(self) -> bool:
+        """The downlink is popped every 20 ms (``pcm_push``/``pcm_pop``): paced pcm16 or the mix.
+        Otherwise each packet is handed over as it arrives (``opus_out`` or ``pcm_arrived``)."""
+        return self.mixed or (self.encoding == "pcm16" and self.delivery == DELIVERY_PACED)
 
     # --- uplink ------------------------------------------------------------------------------
 
@@ -314,26 +336,45 @@ class WsAudio:
         playout = self._playout
         if playout is None:
             return []
-        rate = self.receive_sample_rate
-        out: list[AudioOut] = []
-        for frame in playout.pop(now):
-            seq = self._speaker_seq.get(frame.ssrc, 0)
-            self._speaker_seq[frame.ssrc] = seq + 1
-            origin = self._origins.get(frame.ssrc)
-            # The timestamp is the frame's stream position in samples at the session rate.
-            position = 0 if origin is None else (frame.timestamp - origin) & 0xFFFFFFFF
-            out.append(
-                AudioOut(
-                    self._names.get(frame.ssrc, ""), frame.ssrc, seq, (position * rate // SAMPLE_RATE) & 0xFFFFFFFF,
-                    frame.pcm, "pcm16", rate, concealed=frame.kind is not FrameKind.AUDIO,
-                    stream_ms=stream_ms(origin, frame.timestamp),
-                )
-            )
+        out = [self._pcm_frame(frame) for frame in playout.pop(now)]
         if len(self._speaker_seq) > playout.max_speakers * 2:
             self._speaker_seq = {s: self._speaker_seq[s] for s in playout.speakers if s in self._speaker_seq}
             self._names = {s: self._names[s] for s in playout.speakers if s in self._names}
             self._origins = {s: self._origins[s] for s in playout.speakers if s in self._origins}
         return out
+
+    def pcm_arrived(self, speaker: Speaker, data: bytes, now: float) -> list[AudioOut]:
+        """A speaker's RTP packet decoded at once (pcm16, ``delivery="arrival"``):
+        its frame, after the frames of any packets lost just before it."""
+        arrival = self._arrival
+        if arrival is None:
+            arrival = self._arrival = ArrivalPlayout(sample_rate=self.receive_sample_rate)
+        try:
+            packet = parse_rtp_untrusted(data)
+        except BadPacket:
+            return []  # the relay already checked it; nothing else can arrive here
+        ssrc = packet.ssrc
+        if ssrc not in self._names and len(self._names) >= arrival.max_speakers:
+            self._names = {s: self._names[s] for s in arrival.speakers if s in self._names}
+            self._origins = {s: self._origins[s] for s in arrival.speakers if s in self._origins}
+            self._speaker_seq = {s: self._speaker_seq[s] for s in arrival.speakers if s in self._speaker_seq}
+        self._names[ssrc] = speaker.participant_id
+        self._origins[ssrc] = speaker.stream_origin
+        return [self._pcm_frame(frame) for frame in arrival.push(packet, now)]
+
+    def _pcm_frame(self, frame: DecodedFrame) -> AudioOut:
+        """One decoded frame as the bot receives it."""
+        rate = self.receive_sample_rate
+        seq = self._speaker_seq.get(frame.ssrc, 0)
+        self._speaker_seq[frame.ssrc] = seq + 1
+        origin = self._origins.get(frame.ssrc)
+        # The timestamp is the frame's stream position in samples at the session rate.
+        position = 0 if origin is None else (frame.timestamp - origin) & 0xFFFFFFFF
+        return AudioOut(
+            self._names.get(frame.ssrc, ""), frame.ssrc, seq, (position * rate // SAMPLE_RATE) & 0xFFFFFFFF,
+            frame.pcm, "pcm16", rate, concealed=frame.kind is not FrameKind.AUDIO,
+            stream_ms=stream_ms(origin, frame.timestamp),
+        )
 
     def _mix_pop(self, mix_ssrc: int, now: float) -> list[AudioOut]:
         if self._opus_mix is not None:
@@ -363,4 +404,4 @@ class WsAudio:
         ]
 
 
-__all__ = ["PCM_BACKLOG_S", "AudioOut", "WsAudio"]
+__all__ = ["DELIVERIES", "DELIVERY_ARRIVAL", "DELIVERY_PACED", "PCM_BACKLOG_S", "AudioOut", "WsAudio"]

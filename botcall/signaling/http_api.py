@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -45,10 +43,12 @@ from botcall.config import Config
 from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError, http_error_json
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
-from botcall.signaling import strict_json
+from botcall.signaling import api_schema, strict_json
+from botcall.signaling.messages import MAX_REPORTED_FIELDS, timestamp_fields, unknown_fields
+from botcall.signaling.messages import rfc3339 as rfc3339  # re-exported: its home was here
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
-from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes
+from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes, session_ice_servers
 from botcall.signaling.rooms import (
     Capabilities,
     Identity,
@@ -66,7 +66,7 @@ MAX_ID_CHARS = 256
 _JOIN_FIELDS = frozenset({"agent_id", "room_id", "attestation", "capabilities", "media"})
 _ATTESTATION_FIELDS = frozenset({"token", "scope", "expiry"})
 _CAPABILITY_FIELDS = ("audio_in", "audio_out", "video", "text_chat")
-_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate", "send_sample_rate", "receive_sample_rate", "receive"})
+_MEDIA_FIELDS = frozenset({"transport", "encoding", "sample_rate", "send_sample_rate", "receive_sample_rate", "receive", "delivery"})
 _CREATE_FIELDS = frozenset({"max_human_participants", "expires_in", "interruption"})
 _INTERRUPTION_FIELDS = frozenset({"mode", "min_speech_ms"})
 _BOT_TRANSPORTS = ("udp", "websocket")
@@ -85,6 +85,8 @@ class JoinRequest:
     token: str
     capabilities: Capabilities
     media: MediaSpec
+    # Members this server does not define, ignored (``messages.unknown_fields``).
+    ignored_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class CreateRoomRequest:
     max_human_participants: int | None = None
     expires_in: int | None = None
     interruption: Interruption | None = None
+    # Members this server does not define, ignored (``messages.unknown_fields``).
+    ignored_fields: tuple[str, ...] = ()
 
 
 def parse_json_object_untrusted(data: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -115,11 +119,12 @@ def parse_json_object_untrusted(data: bytes, *, allow_empty: bool = False) -> di
         raise BadRequest(f"the body is not a valid JSON object: {exc}", code="malformed_json") from exc
 
 
-def _check_fields(obj: dict[str, Any], allowed: frozenset[str] | tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        shown = ", ".join(repr(name[:40]) for name in unknown[:5])
-        raise BadRequest(f"unknown field(s) in {where}: {shown}", code="unknown_field")
+def _note_unknown(obj: dict[str, Any], allowed: frozenset[str] | tuple[str, ...], prefix: str, ignored: list[str]) -> None:
+    """Add the members of ``obj`` not in ``allowed`` to ``ignored`` (as ``prefix + name``):
+    a newer client may send what this server does not know, so they are ignored and
+    reported (``warnings``), never refused."""
+    if len(ignored) < MAX_REPORTED_FIELDS:
+        ignored.extend(unknown_fields(obj, frozenset(allowed), prefix)[: MAX_REPORTED_FIELDS - len(ignored)])
 
 
 def _required_id(obj: dict[str, Any], name: str) -> str:
@@ -159,18 +164,19 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
         The request.
 
     Raises:
-        BadRequest: ``malformed_json``, ``unknown_field``, ``missing_field``,
-            ``invalid_field`` or ``invalid_media``.
+        BadRequest: ``malformed_json``, ``missing_field``, ``invalid_field`` or
+            ``invalid_media``.
     """
     body = parse_json_object_untrusted(data)
-    _check_fields(body, _JOIN_FIELDS, "the join request")
+    ignored: list[str] = []
+    _note_unknown(body, _JOIN_FIELDS, "", ignored)
     agent_id = _required_id(body, "agent_id")
     room_id = _required_id(body, "room_id")
 
     if body.get("attestation") is None:
         raise BadRequest("'attestation' is required", code="missing_field")
     attestation = _object(body["attestation"], "attestation")
-    _check_fields(attestation, _ATTESTATION_FIELDS, "attestation")
+    _note_unknown(attestation, _ATTESTATION_FIELDS, "attestation.", ignored)
     token = attestation.get("token")
     if token is None:
         raise BadRequest("'attestation.token' is required", code="missing_field")
@@ -188,7 +194,7 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
     capabilities = Capabilities()
     if body.get("capabilities") is not None:
         raw_caps = _object(body["capabilities"], "capabilities")
-        _check_fields(raw_caps, _CAPABILITY_FIELDS, "capabilities")
+        _note_unknown(raw_caps, _CAPABILITY_FIELDS, "capabilities.", ignored)
         flags = {}
         for name in _CAPABILITY_FIELDS:
             if name in raw_caps:
@@ -200,7 +206,7 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
     media = MediaSpec()
     if body.get("media") is not None:
         raw_media = _object(body["media"], "media")
-        _check_fields(raw_media, _MEDIA_FIELDS, "media")
+        _note_unknown(raw_media, _MEDIA_FIELDS, "media.", ignored)
         transport = raw_media.get("transport", "udp")
         encoding = raw_media.get("encoding", "opus")
         if transport not in _BOT_TRANSPORTS:
@@ -211,6 +217,9 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
         receive = raw_media.get("receive", "separate")
         if not isinstance(receive, str):
             raise BadRequest("'media.receive' must be a string", code="invalid_media")
+        delivery = raw_media.get("delivery", "arrival")
+        if not isinstance(delivery, str):
+            raise BadRequest("'media.delivery' must be a string", code="invalid_media")
         media = MediaSpec(
             transport=transport,
             encoding=encoding,
@@ -218,9 +227,12 @@ def parse_join_request_untrusted(data: bytes) -> JoinRequest:
             send_sample_rate=rates["send_sample_rate"],
             receive_sample_rate=rates["receive_sample_rate"],
             receive=receive,
+            delivery=delivery,
         )
 
-    return JoinRequest(agent_id=agent_id, room_id=room_id, token=token, capabilities=capabilities, media=media)
+    return JoinRequest(
+        agent_id=agent_id, room_id=room_id, token=token, capabilities=capabilities, media=media, ignored_fields=tuple(ignored)
+    )
 
 
 def _media_rate(media: dict[str, Any], name: str) -> int | None:
@@ -243,16 +255,17 @@ def parse_create_request_untrusted(data: bytes) -> CreateRoomRequest:
     Ranges are checked by the registry, which knows the configured limits.
 
     Raises:
-        BadRequest: ``malformed_json``, ``unknown_field`` or ``invalid_field``.
+        BadRequest: ``malformed_json`` or ``invalid_field``.
     """
     body = parse_json_object_untrusted(data, allow_empty=True)
-    _check_fields(body, _CREATE_FIELDS, "the room request")
+    ignored: list[str] = []
+    _note_unknown(body, _CREATE_FIELDS, "", ignored)
     interruption = None
     raw = body.get("interruption")
     if raw is not None:
         if not isinstance(raw, dict):
             raise BadRequest("'interruption' must be an object", code="invalid_field")
-        _check_fields(raw, _INTERRUPTION_FIELDS, "'interruption'")
+        _note_unknown(raw, _INTERRUPTION_FIELDS, "interruption.", ignored)
         mode = raw.get("mode", "auto")
         if not isinstance(mode, str):
             raise BadRequest("'interruption.mode' must be a string", code="invalid_field")
@@ -262,12 +275,25 @@ def parse_create_request_untrusted(data: bytes) -> CreateRoomRequest:
         max_human_participants=_optional_int(body, "max_human_participants"),
         expires_in=_optional_int(body, "expires_in"),
         interruption=interruption,
+        ignored_fields=tuple(ignored),
     )
 
 
-def rfc3339(unix_seconds: float) -> str:
-    """``2026-02-15T13:00:00Z``, rounded down to the second (never later than the input)."""
-    return datetime.fromtimestamp(math.floor(unix_seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def with_warnings(payload: dict[str, Any], ignored_fields: tuple[str, ...]) -> dict[str, Any]:
+    """``payload`` with a ``warnings`` list naming the ignored request members, if any
+    (docs/protocol.md, "Forward compatibility")."""
+    if not ignored_fields:
+        return payload
+    warnings = [
+        {"code": "unknown_field", "field": name, "message": f"{name!r} is not a member this server knows; it was ignored"}
+        for name in ignored_fields
+    ]
+    return {**payload, "warnings": warnings}
+
+
+def _log_ignored(route: str, ignored_fields: tuple[str, ...]) -> None:
+    if ignored_fields:
+        log.info("%s: ignored unknown member(s) %s (a newer client?)", route, ", ".join(ignored_fields))
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -417,8 +443,8 @@ def _room_json(state: AppState, room: Room) -> dict[str, Any]:
         "state": str(room.state),
         "owner": room.owner,
         "created_by": room.created_by,
-        "created_at": rfc3339(room.created_at),
-        "expires_at": rfc3339(room.expires_at),
+        **timestamp_fields("created_at", room.created_at, legacy="iso"),
+        **timestamp_fields("expires_at", room.expires_at, legacy="iso"),
         "max_human_participants": room.max_human_participants,
         "max_bot_participants": room.max_bot_participants,
         "interruption": room.interruption.to_json(),
@@ -452,6 +478,8 @@ def join_response(state: AppState, session: Session) -> dict[str, Any]:
             "clock_rate": OPUS_CLOCK_RATE,
         }
     media["receive"] = session.receive
+    if session.transport == "websocket":
+        media["delivery"] = session.delivery
     if session.mix_ssrc is not None:
         media["mix_ssrc"] = session.mix_ssrc
     return {
@@ -461,9 +489,10 @@ def join_response(state: AppState, session: Session) -> dict[str, Any]:
         "websocket_url": f"{state.websocket_base}/v1/stream/{session.session_id}",
         "media": media,
         # ICE-lite on a reachable address: bots send to media.host/port directly and
-        # browsers get the host candidate in the SDP answer, so no STUN/TURN is needed.
-        "ice_servers": [],
-        "expires_at": rfc3339(session.expires_at),
+        # browsers get the host candidate in the SDP answer; TURN (when configured)
+        # is for clients whose network blocks the direct path.
+        "ice_servers": session_ice_servers(state.config, session),
+        **timestamp_fields("expires_at", session.expires_at, legacy="iso"),
     }
 
 
@@ -491,7 +520,8 @@ def create_app(state: AppState) -> QuartTrio:
 
     Routes: ``POST /v1/rooms/create`` (alias ``POST /v1/rooms``), ``GET`` and
     ``DELETE /v1/rooms/<room_id>``, ``POST /v1/join``, ``GET /healthz``,
-    ``GET /readyz``, ``GET /v1/version``, ``GET /metrics``. See docs/protocol.md.
+    ``GET /readyz``, ``GET /v1/version``, ``GET /metrics``, and the published contract
+    ``GET /v1/openapi.json`` and ``GET /v1/websocket-schema.json``. See docs/protocol.md.
     """
     app = QuartTrio("botcall")
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
@@ -522,18 +552,17 @@ def create_app(state: AppState) -> QuartTrio:
         )
         state.metrics.rooms_created.inc()
         log.info("room %s created by %s for %s", room.room_id, attestation.agent_id, room.owner, extra={"room": room.room_id})
-        return _json(
-            {
-                "room_id": room.room_id,
-                "invite_url": invite_url(state.base_url, room.room_id, room.invite_secret),
-                "expires_in": round(room.expires_at - room.created_at),
-                "expires_at": rfc3339(room.expires_at),
-                "max_human_participants": room.max_human_participants,
-                "max_bot_participants": room.max_bot_participants,
-                "interruption": room.interruption.to_json(),
-            },
-            status=201,
-        )
+        _log_ignored("POST /v1/rooms/create", parsed.ignored_fields)
+        created = {
+            "room_id": room.room_id,
+            "invite_url": invite_url(state.base_url, room.room_id, room.invite_secret),
+            "expires_in": round(room.expires_at - room.created_at),
+            **timestamp_fields("expires_at", room.expires_at, legacy="iso"),
+            "max_human_participants": room.max_human_participants,
+            "max_bot_participants": room.max_bot_participants,
+            "interruption": room.interruption.to_json(),
+        }
+        return _json(with_warnings(created, parsed.ignored_fields), status=201)
 
     async def _owned_room(room_id: str) -> Room:
         state.limiters.check_query(ip=_client_ip(state), now=state.clock())
@@ -599,7 +628,8 @@ def create_app(state: AppState) -> QuartTrio:
             "%s joined room %s as %s", attestation.agent_id, session.room_id, session.participant_id,
             extra={"room": session.room_id, "session": session.participant_id},
         )
-        return _json(join_response(state, session))
+        _log_ignored("POST /v1/join", parsed.ignored_fields)
+        return _json(with_warnings(join_response(state, session), parsed.ignored_fields))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -623,6 +653,18 @@ def create_app(state: AppState) -> QuartTrio:
     @app.get("/v1/version")
     async def version() -> Response:
         return _json({"name": "botcall", "version": __version__})
+
+    # The published contract (botcall/signaling/api_schema.py), built once.
+    openapi = json.dumps(api_schema.openapi_document(), separators=(",", ":"))
+    ws_schema = json.dumps(api_schema.websocket_schema(), separators=(",", ":"))
+
+    @app.get(api_schema.OPENAPI_PATH)
+    async def openapi_json() -> Response:
+        return Response(openapi, status=200, content_type="application/json")
+
+    @app.get(api_schema.WEBSOCKET_SCHEMA_PATH)
+    async def websocket_schema_json() -> Response:
+        return Response(ws_schema, status=200, content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:

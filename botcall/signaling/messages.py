@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Union
 
 from botcall.audio.vad import SpeechStarted, SpeechStopped
@@ -128,6 +130,27 @@ class PlayoutDelay:
 
 ClientMessage = Union[Control, Chat, Audio, Ping, Offer, Hello, Join, Mark, Clear, PlayoutDelay]
 
+# The members each client message type defines. Any other member is ignored and
+# reported (forward compatibility: a newer client may send more than this server
+# knows); the values of these are checked strictly. docs/protocol.md, "Forward
+# compatibility"; botcall/signaling/api_schema.py publishes the same table.
+CLIENT_MESSAGE_FIELDS: dict[str, frozenset[str]] = {
+    "audio": frozenset({"type", "data", "timestamp"}),
+    "control": frozenset({"type", "action", "value"}),
+    "chat": frozenset({"type", "text"}),
+    "ping": frozenset({"type", "nonce"}),
+    "offer": frozenset({"type", "sdp"}),
+    "hello": frozenset({"type", "invite", "resume"}),
+    "join": frozenset({"type", "display_name"}),
+    "mark": frozenset({"type", "name", "rtp_timestamp"}),
+    "clear": frozenset({"type"}),
+    "playout_delay": frozenset({"type", "ms"}),
+}
+# At most this many unknown member names are reported per message, each cut to
+# MAX_FIELD_NAME characters.
+MAX_REPORTED_FIELDS = 16
+MAX_FIELD_NAME = 64
+
 _CONTROL_ACTIONS = frozenset({"mute", "unmute", "leave"})
 MAX_MARK_NAME = 256
 MAX_PLAYOUT_DELAY_MS = 10_000
@@ -152,8 +175,17 @@ def _string(obj: JsonObject, key: str, limit: int) -> str:
     return value
 
 
+def unknown_fields(obj: JsonObject, known: frozenset[str], prefix: str = "") -> tuple[str, ...]:
+    """The members of ``obj`` not in ``known``, sorted, as ``prefix + name``: at most
+    ``MAX_REPORTED_FIELDS`` of them, each cut to ``MAX_FIELD_NAME`` characters."""
+    if known.issuperset(obj):  # the usual case, on every audio message: nothing to sort
+        return ()
+    names = sorted(name for name in obj if name not in known)[:MAX_REPORTED_FIELDS]
+    return tuple((prefix + name)[:MAX_FIELD_NAME] for name in names)
+
+
 def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
-    """Parse one text frame from a client.
+    """Parse one text frame from a client, ignoring members this server does not know.
 
     Args:
         text: the frame's text.
@@ -161,6 +193,25 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     Returns:
         One of ``Control``, ``Chat``, ``Audio``, ``Ping``, ``Offer``, ``Hello``, ``Join``,
         ``Mark``, ``Clear``, ``PlayoutDelay``.
+
+    Raises:
+        SignalingError: see ``parse_client_message_reporting_untrusted``.
+    """
+    return parse_client_message_reporting_untrusted(text)[0]
+
+
+def parse_client_message_reporting_untrusted(text: str | bytes) -> tuple[ClientMessage, tuple[str, ...]]:
+    """Parse one text frame from a client, and say which of its members were ignored.
+
+    Members the message type does not define (``CLIENT_MESSAGE_FIELDS``) are
+    ignored, not refused: a newer client may send more than this server knows.
+    The values of the defined ones are checked strictly.
+
+    Args:
+        text: the frame's text.
+
+    Returns:
+        The message, and the names of the members it ignored (see ``unknown_fields``).
 
     Raises:
         SignalingError: not JSON, not an object, unknown type, wrong field types,
@@ -172,6 +223,16 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
         obj = parse_json_object_untrusted(text)
     except JsonObjectError as exc:
         raise _bad(f"message is not a JSON object: {exc}") from exc
+    message = _client_message(obj)
+    return message, unknown_fields(obj, CLIENT_MESSAGE_FIELDS[str(obj["type"])])
+
+
+def _client_message(obj: JsonObject) -> ClientMessage:
+    """The message ``obj`` (a JSON object) holds.
+
+    Raises:
+        SignalingError: unknown type, wrong field types, over a size limit (``bad_message``).
+    """
     kind = obj.get("type")
     if kind == "audio":
         data = _string(obj, "data", MAX_AUDIO_BYTES * 4 // 3 + 4)
@@ -224,6 +285,17 @@ def parse_client_message_untrusted(text: str | bytes) -> ClientMessage:
     raise _bad(f"unknown message type {kind!r}")
 
 
+_MESSAGE_TYPES: dict[type, str] = {
+    Control: "control", Chat: "chat", Audio: "audio", Ping: "ping", Offer: "offer", Hello: "hello",
+    Join: "join", Mark: "mark", Clear: "clear", PlayoutDelay: "playout_delay",
+}
+
+
+def message_type(message: ClientMessage) -> str:
+    """The wire ``type`` of a parsed client message (``"playout_delay"``...)."""
+    return _MESSAGE_TYPES[type(message)]
+
+
 def encode(event: JsonObject) -> str:
     """Serialise a server event compactly."""
     return json.dumps(event, separators=(",", ":"))
@@ -252,6 +324,35 @@ def audio_event(
 
 def error_event(code: str, message: str) -> JsonObject:
     return {"type": "error", "code": code, "message": message}
+
+
+def unknown_fields_event(message_type: str, fields: tuple[str, ...]) -> JsonObject:
+    """``warning`` ``unknown_field``: members of a client message this server ignored."""
+    shown = ", ".join(repr(name) for name in fields)
+    return {
+        "type": "warning",
+        "code": "unknown_field",
+        "message": f"ignored member(s) this server does not know in a {message_type!r} message: {shown}",
+        "message_type": message_type,
+        "fields": list(fields),
+    }
+
+
+def rfc3339(unix_seconds: float) -> str:
+    """``2026-02-15T13:00:00Z``, rounded down to the second (never later than the input)."""
+    return datetime.fromtimestamp(math.floor(unix_seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def timestamp_fields(name: str, unix_seconds: float, *, legacy: str) -> JsonObject:
+    """One point in time, as every BotCall message gives it (docs/protocol.md, "Timestamps").
+
+    ``<name>_unix`` (Unix seconds, a number) and ``<name>_iso`` (RFC 3339 UTC,
+    rounded down to the second) everywhere, and ``<name>`` itself in the form
+    that channel has always used: ``legacy="iso"`` over HTTP, ``"unix"`` on the
+    WebSockets.
+    """
+    iso = rfc3339(unix_seconds)
+    return {name: iso if legacy == "iso" else unix_seconds, f"{name}_unix": unix_seconds, f"{name}_iso": iso}
 
 
 def room_media_event(participant_id: str, ssrc: int, event: StreamStarted | SpeechStarted | SpeechStopped) -> JsonObject:

@@ -29,6 +29,7 @@ from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.auth.invites import invite_secret_matches, new_invite_secret
 from botcall.config import Config
 from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited, ServiceUnavailable
+from botcall.relay.ws_audio import DELIVERIES, DELIVERY_ARRIVAL
 
 TRANSPORTS = ("udp", "websocket", "webrtc")
 ENCODINGS = ("opus", "pcm16")
@@ -79,7 +80,9 @@ class MediaSpec:
     ``udp`` and ``webrtc`` carry Opus RTP; ``websocket`` carries Opus or 16-bit
     PCM at 8, 16, 24 or 48 kHz (Opus is always 48 kHz), each direction at its
     own rate. ``receive`` is ``"separate"`` (a stream per speaker) or
-    ``"mixed"`` (one mix-minus stream of everyone else).
+    ``"mixed"`` (one mix-minus stream of everyone else). ``delivery`` is how
+    separate pcm16 streams arrive: ``"arrival"`` (each packet decoded as it
+    comes) or ``"paced"`` (through a jitter buffer, every 20 ms).
 
     Attributes:
         sample_rate: the default of both directions (what the join said).
@@ -96,6 +99,7 @@ class MediaSpec:
     send_sample_rate: int | None = None
     receive_sample_rate: int | None = None
     receive: str = "separate"
+    delivery: str = DELIVERY_ARRIVAL
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -104,6 +108,8 @@ class MediaSpec:
             raise BadRequest(f"encoding must be one of {ENCODINGS}", code="invalid_media")
         if self.receive not in RECEIVE_MODES:
             raise BadRequest(f"receive must be one of {RECEIVE_MODES}", code="invalid_media")
+        if self.delivery not in DELIVERIES:
+            raise BadRequest(f"delivery must be one of {DELIVERIES}", code="invalid_media")
         if self.receive == "mixed" and self.transport == "webrtc":
             raise BadRequest("browsers receive one stream already", code="invalid_media")
         rates = (self.sample_rate, self.send_rate, self.receive_rate)
@@ -267,6 +273,10 @@ class Session:
     @property
     def receive(self) -> str:
         return self.media.receive
+
+    @property
+    def delivery(self) -> str:
+        return self.media.delivery
 
     def public_json(self) -> dict[str, object]:
         """What other participants and the room's owner may see (no secrets)."""

@@ -44,6 +44,7 @@ import logging
 import math
 import resource
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ _ACCEPT_RETRY_DELAY = 0.05
 _REFUSE_SEND_TIMEOUT = 1.0
 # Longest a write to one client may take before the connection is dropped.
 SEND_TIMEOUT = 10.0
+# Longest a TLS handshake may take (docs/protocol.md, Connections).
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def json_error_body(status: int, message: str | None = None, code: str | None = None) -> bytes:
@@ -499,6 +502,7 @@ class HttpServer:
         allow_http2: keep Hypercorn's HTTP/2 (``Config.http2``).
         backlog: the listen backlog.
         contained: where connection failures are counted, by exception type.
+        ssl_context: serve TLS (HTTPS, WSS) with it (``signaling/tls.py``); None: plain HTTP.
     """
 
     def __init__(
@@ -513,8 +517,10 @@ class HttpServer:
         allow_http2: bool = False,
         backlog: int = 1024,
         contained: Counter[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.app = wrap_app(app, hypercorn_config.wsgi_max_body_size, None)
+        self.ssl_context = ssl_context
         self.sock = sock
         self.config = hypercorn_config
         self.budget = budget
@@ -587,11 +593,18 @@ class HttpServer:
             ip = _peer_ip(stream)
             refusal = self.budget.admit(ip, trio.current_time())
             if refusal is not None:
-                await _refuse(stream, refusal)
+                if self.ssl_context is None:
+                    await _refuse(stream, refusal)
+                # Over TLS a plain-text 503 is unreadable, and a handshake is the
+                # CPU a refusal exists to save: the connection is just closed.
                 return
+            served: trio.abc.Stream = stream
+            if self.ssl_context is not None:
+                # ContainedTCPServer.run does the handshake, under the config's timeout.
+                served = trio.SSLStream(stream, self.ssl_context, server_side=True, https_compatible=True)
             try:
                 server = ContainedTCPServer(
-                    self.app, self.config, self._context, ConnectionState(lifespan_state.copy()), stream,
+                    self.app, self.config, self._context, ConnectionState(lifespan_state.copy()), served,
                     header_timeout=self.header_timeout, body_timeout=self.body_timeout, allow_http2=self.allow_http2,
                 )
                 await server.run()
@@ -641,6 +654,8 @@ def hypercorn_config(
     config.keep_alive_timeout = keep_alive_timeout
     config.websocket_max_message_size = ws_max_message_bytes
     config.alpn_protocols = ["h2", "http/1.1"] if allow_http2 else ["http/1.1"]
+    # TLS only: a client that opens a connection and never finishes the handshake.
+    config.ssl_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
     # With HTTP/2 on, few streams per connection (rapid-reset floods cost less).
     config.h2_max_concurrent_streams = 16
     return config

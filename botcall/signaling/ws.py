@@ -34,6 +34,7 @@ from botcall.relay.ws_audio import AudioOut, WsAudio
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling import messages as msg
 from botcall.signaling.strict_json import JsonObject
+from botcall.signaling.turn import ice_servers_json
 from botcall.signaling.rooms import (
     Capabilities,
     Reason,
@@ -57,6 +58,10 @@ CHAT_LIMIT = RateLimit(rate=5.0, burst=10)
 # A connection that keeps sending after this many refused messages in a row
 # (each answered with rate_limited) is closed with 1008: it is not listening.
 MAX_REFUSED_IN_A_ROW = 200
+# A connection is told (``warning`` unknown_field, and one log line) about an
+# ignored member once per (message type, member name); it remembers at most this
+# many pairs, then stops telling.
+MAX_WARNED_FIELDS = 64
 # pcm16 frames encoded per scheduler pass (relay/ws_audio.py keeps the backlog
 # bounded): one large message never holds the event loop for long (docs/security.md).
 ENCODE_BATCH = 2
@@ -340,6 +345,7 @@ class Channel:
         self._message_limit: RateLimit = state.config.ws_message_limit
         self._message_bucket = TokenBucket(tokens=self._message_limit.burst, updated_at=now)
         self._refused_in_a_row = 0
+        self._warned_fields: set[tuple[str, str]] = set()
 
     @property
     def session(self) -> Session | None:
@@ -383,7 +389,9 @@ class Channel:
                 if isinstance(data, bytes):
                     await self.on_binary(data)
                 else:
-                    message = msg.parse_client_message_untrusted(data)
+                    message, ignored = msg.parse_client_message_reporting_untrusted(data)
+                    if ignored:
+                        self.warn_ignored(message, ignored)
                     if not isinstance(message, msg.Audio):
                         self._charge_message()
                     await self.handle(message)
@@ -395,6 +403,20 @@ class Channel:
                 self.connection.send_event(msg.error_event(exc.code, exc.message))
             if self.connection.close_code is not None:
                 return
+
+    def warn_ignored(self, message: msg.ClientMessage, fields: tuple[str, ...]) -> None:
+        """Tell the client (``warning`` event) and the log, once per connection for each
+        (message type, member), which members of its message were ignored."""
+        kind = msg.message_type(message)
+        new = tuple(name for name in fields if (kind, name) not in self._warned_fields)
+        room_left = MAX_WARNED_FIELDS - len(self._warned_fields)
+        new = new[:max(0, room_left)]
+        if not new:
+            return
+        self._warned_fields.update((kind, name) for name in new)
+        who = self.session.participant_id if self.session is not None else "a lobby client"
+        log.info("%s sent %r with member(s) this server ignores: %s", who, kind, ", ".join(new))
+        self.connection.send_event(msg.unknown_fields_event(kind, new))
 
     def _charge_message(self) -> None:
         """Control, chat, ping, offer…: at most ``Config.ws_message_limit`` per connection.
@@ -469,7 +491,7 @@ class BotChannel(Channel):
             WsAudio(
                 self.relay, self.peer, encoding=session.encoding, sample_rate=session.sample_rate,
                 send_sample_rate=session.send_sample_rate, receive_sample_rate=session.receive_sample_rate,
-                mix_ssrc=session.mix_ssrc,
+                mix_ssrc=session.mix_ssrc, delivery=session.delivery,
             )
             if self.peer is not None
             else None
@@ -477,9 +499,14 @@ class BotChannel(Channel):
 
     def start_media(self, nursery: trio.Nursery) -> None:
         if self.audio is not None:
-            # pcm16 and the mix are popped every 20 ms; separate Opus goes out as it comes.
-            ticked = self.encoding == "pcm16" or self.audio.mixed
-            nursery.start_soon(self._pcm_out if ticked else self._opus_out)
+            # Paced pcm16 and the mix are popped every 20 ms; Opus and pcm16 on
+            # arrival go out as packets come.
+            if self.audio.ticked:
+                nursery.start_soon(self._pcm_out)
+            elif self.encoding == "pcm16":
+                nursery.start_soon(self._pcm_arrival_out)
+            else:
+                nursery.start_soon(self._opus_out)
 
     async def handle(self, message: msg.ClientMessage) -> None:
         if isinstance(message, msg.Audio):
@@ -564,6 +591,14 @@ class BotChannel(Channel):
         async for speaker, data in sink.queue:
             frame = audio.opus_out(speaker, data)
             if frame is not None:
+                await self._send_audio(frame)
+
+    async def _pcm_arrival_out(self) -> None:
+        """Each speaker's packet decoded and sent the moment it arrives."""
+        audio = self._media()
+        sink = self._sink()
+        async for speaker, data in sink.queue:
+            for frame in audio.pcm_arrived(speaker, data, trio.current_time()):
                 await self._send_audio(frame)
 
     async def _pcm_out(self) -> None:
@@ -675,15 +710,27 @@ def welcome_event(state: SignalingState, session: Session) -> JsonObject:
         "room_id": session.room_id,
         "you": hub.describe(session),
         "participants": others,
-        "expires_at": session.expires_at,
+        **msg.timestamp_fields("expires_at", session.expires_at, legacy="unix"),
     }
+
+
+def session_ice_servers(config: Config, session: Session) -> list[JsonObject]:
+    """The session's ``ice_servers``: TURN credentials valid until it expires, or ``[]``."""
+    return ice_servers_json(config.turn_uris, config.turn_secret, session.participant_id, session.expires_at)
 
 
 def joined_event(state: SignalingState, session: Session) -> JsonObject:
     """A browser's welcome: as a bot's, plus the token that resumes its place after a
-    drop and whether its media leg is up (a resumed browser then keeps it)."""
+    drop, whether its media leg is up (a resumed browser then keeps it) and the
+    TURN servers its peer connection may use."""
     connected = state.started_media().browser_connected(session.session_id)
-    return {**welcome_event(state, session), "type": "joined", "resume": session.session_id, "media_connected": connected}
+    return {
+        **welcome_event(state, session),
+        "type": "joined",
+        "resume": session.session_id,
+        "media_connected": connected,
+        "ice_servers": session_ice_servers(state.config, session),
+    }
 
 
 def register_websocket_routes(app: Quart, state: SignalingState) -> None:
@@ -743,7 +790,7 @@ def register_human_signaling(app: Quart, state: SignalingState) -> None:
             await _reject(ws, "hello_timeout", "send hello with the invite first", msg.CLOSE_BAD_MESSAGE)
             return
         try:
-            hello = msg.parse_client_message_untrusted(first)
+            hello, ignored = msg.parse_client_message_reporting_untrusted(first)
             if not isinstance(hello, msg.Hello):
                 raise SignalingError("the first message must be hello with the invite", code="bad_message")
             room = state.registry.get_room(room_id, state.clock())
@@ -771,6 +818,8 @@ def register_human_signaling(app: Quart, state: SignalingState) -> None:
         channel = HumanChannel(state, connection, ws, hello.invite)
         try:
             connection.send_event(lobby_event(state, room, resumed=resumed is not None))
+            if ignored:
+                channel.warn_ignored(hello, ignored)
             if resumed is not None:
                 connection.send_event(joined_event(state, resumed))
             with log_context(room=room_id):

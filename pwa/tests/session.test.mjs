@@ -8,6 +8,8 @@ import { describe, test } from 'node:test';
 
 import {
   CONNECT_TIMEOUT_MS,
+  ICE_TIMEOUT_MS,
+  iceServerList,
   PING_INTERVAL_MS,
   MAX_PLAYOUT_DELAY_MS,
   PROBLEMS,
@@ -141,7 +143,7 @@ describe('lobby, join, offer and answer', () => {
       effects.map((e) => e.type).filter((t) => ['send', 'start_peer', 'unlock_audio', 'open_mic'].includes(t)),
       ['send', 'start_peer', 'unlock_audio', 'open_mic'],
     );
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: call.state.peerId }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: call.state.peerId, iceServers: [] }]);
     assert.deepEqual(call.of('open_mic'), [{ type: 'open_mic', attempt: 1 }]);
     assert.deepEqual(call.state.marks, { click: 5000 });
 
@@ -571,7 +573,7 @@ describe('reconnecting after a dropped socket', () => {
     call.server({ type: 'lobby', participants: [], resumed: true });
     const old = call.state.peerId;
     call.server({ type: 'joined', participant_id: 'p-me', you: ME, media_connected: true });
-    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: old + 1 }]);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: old + 1, iceServers: [] }]);
     assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: old + 1 }]);
   });
 
@@ -676,7 +678,7 @@ describe('reconnecting after a dropped socket', () => {
       const peer = call.state.peerId;
       call.step({ type: 'peer_state', peer, state: 'failed' });
       assert.equal(call.state.ui, 'reconnecting');
-      assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: peer + 1 }]);
+      assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: peer + 1, iceServers: [] }]);
       assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: peer + 1 }]);
       call.step({ type: 'peer_state', peer, state: 'failed' });
       assert.deepEqual(call.effects, [], 'the old peer is ignored');
@@ -848,5 +850,88 @@ describe('playout delay reports', () => {
     call.step({ type: 'socket_closed', socket: call.state.socketId, code: 1006 });
     call.step({ type: 'timer', name: 'stats' });
     assert.deepEqual(call.of('read_stats'), []);
+  });
+});
+
+describe('TURN servers and a network that blocks calls', () => {
+  const TURN = {
+    urls: ['turn:turn.example:3478?transport=udp', 'turns:turn.example:5349?transport=tcp'],
+    username: '1771160400:p-me',
+    credential: 'jndfbIpIv/kIZzfzyczCQlTfS24=',
+    expires_at: '2026-02-15T13:00:00Z',
+  };
+
+  test('joined with TURN servers makes the peer connection again with them before offering', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    const early = call.state.peerId;
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early, iceServers: [] }]);
+    assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS }]);
+    call.server({ type: 'joined', participant_id: ME.participant_id, you: ME, participants: [BOT], ice_servers: [TURN] });
+    const servers = [{ urls: TURN.urls, username: TURN.username, credential: TURN.credential }];
+    assert.deepEqual(call.of('stop_peer').length, 1);
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early + 1, iceServers: servers }]);
+    assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: early + 1 }], 'the offer comes from the new connection');
+    // A failed connection is made again with the same servers.
+    call.step({ type: 'peer_state', peer: early + 1, state: 'failed' });
+    assert.deepEqual(call.of('start_peer'), [{ type: 'start_peer', peer: early + 2, iceServers: servers }]);
+  });
+
+  test('joined without TURN servers keeps the early peer connection', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    const early = call.state.peerId;
+    call.server({ type: 'joined', participant_id: ME.participant_id, you: ME, participants: [BOT], ice_servers: [] });
+    assert.deepEqual(call.of('start_peer'), []);
+    assert.deepEqual(call.of('send_offer'), [{ type: 'send_offer', peer: early }]);
+  });
+
+  test('iceServerList keeps only well-formed TURN entries', () => {
+    assert.deepEqual(iceServerList(undefined), []);
+    assert.deepEqual(iceServerList([null, 3, { urls: ['stun:x'] }, { urls: 'turn:a', username: 1, credential: 'c' }]), []);
+    assert.deepEqual(iceServerList([{ urls: 'turn:a:3478', username: 'u', credential: 'c', other: 1 }]), [
+      { urls: ['turn:a:3478'], username: 'u', credential: 'c' },
+    ]);
+  });
+
+  test('a peer connection not connected after the ICE timeout says the network blocks calls and leaves', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    call.server({ type: 'joined', participant_id: ME.participant_id, you: ME, participants: [BOT], ice_servers: [] });
+    call.step({ type: 'offer_ready', peer: call.state.peerId, sdp: 'v=0 offer' });
+    call.server({ type: 'answer', sdp: 'v=0 answer' });
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'connecting' });
+    call.step({ type: 'timer', name: 'ice' });
+    assert.equal(call.state.ui, 'error');
+    assert.equal(call.state.problem.code, 'network_blocked');
+    assert.equal(call.state.problem.title, 'Your network blocks calls');
+    assert.equal(call.state.problem.retry, true);
+    assert.ok(call.state.problem.steps.some((step) => step.includes('TURN')));
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }]);
+    assert.equal(call.of('stop_peer').length, 1);
+    assert.equal(call.state.wantCall, false);
+    // Try again goes back to the lobby.
+    call.step({ type: 'retry', displayName: 'Ada' });
+    assert.equal(call.of('open_socket').length, 1);
+  });
+
+  test('ICE gathering that found no candidate says the network blocks calls at once', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    const peer = call.state.peerId;
+    call.step({ type: 'ice_gathered', peer: peer - 1, count: 0 });
+    assert.equal(call.state.ui, 'joining', 'an old peer is ignored');
+    call.step({ type: 'ice_gathered', peer, count: 2 });
+    assert.equal(call.state.ui, 'joining', 'candidates: wait for the checks');
+    call.step({ type: 'ice_gathered', peer, count: 0 });
+    assert.equal(call.state.problem.code, 'network_blocked');
+  });
+
+  test('a connected peer cancels the ICE timeout; a stale one is harmless', () => {
+    const call = new Call().toConnected();
+    assert.ok(call.of('cancel_timer').some((e) => e.name === 'ice'));
+    call.step({ type: 'timer', name: 'ice' });
+    assert.equal(call.state.ui, 'connected');
+    assert.deepEqual(call.effects, []);
   });
 });

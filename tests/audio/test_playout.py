@@ -1,10 +1,11 @@
-"""Per-speaker play-out: separate streams, ordered frames, FEC on loss, bounded speakers."""
+"""Per-speaker play-out: separate streams, ordered frames, FEC on loss, bounded speakers;
+and decoding in arrival order (no buffer, only real gaps concealed)."""
 
 from botcall.demo.signals import dominant_frequency, tone
 from botcall.audio.jitter import FrameKind
-from botcall.audio.opus import OpusEncoder
+from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket
-from botcall.audio.playout import Playout
+from botcall.audio.playout import ArrivalPlayout, Playout
 
 
 def encode_tone(freq, seconds, ssrc):
@@ -74,3 +75,61 @@ def test_garbage_payload_is_concealed_and_counted():
     heard = run(playout, [bad])
     assert playout.counters["opus_decode_failed"] == 1
     assert all(len(f.pcm) == 1920 for f in heard[9])
+
+
+# --- ArrivalPlayout: decoded the moment a packet arrives -------------------------------------
+
+
+def test_arrival_playout_gives_each_packet_its_frame_at_once_bit_exact():
+    # No buffer: packet i's frame comes out of push(i), and it is exactly what a
+    # decoder fed the same packets in order makes (nothing held, nothing added).
+    packets = encode_tone(440, 0.6, 5)
+    playout = ArrivalPlayout(sample_rate=16000)
+    reference = OpusDecoder(16000)
+    for i, packet in enumerate(packets):
+        frames = playout.push(packet, i * 0.02)
+        assert [(f.kind, f.pcm) for f in frames] == [(FrameKind.AUDIO, reference.decode_untrusted(packet.payload))]
+        assert frames[0].timestamp == packet.timestamp and frames[0].sequence == 65500 + i  # extended past the wrap
+    assert playout.counters == {}
+
+
+def test_arrival_playout_fills_a_real_gap_with_fec_then_plc_and_drops_the_late_packet():
+    packets = encode_tone(440, 0.6, 5)
+    playout = ArrivalPlayout()
+    for i in range(10):
+        playout.push(packets[i], i * 0.02)
+    # 10, 11 and 12 lost (12's audio rebuilt from 13's FEC), then 13 arrives.
+    frames = playout.push(packets[13], 0.26)
+    assert [f.kind for f in frames] == [FrameKind.CONCEAL] * 3 + [FrameKind.AUDIO]
+    assert [f.recovered for f in frames] == [False, False, True, False]
+    assert [f.timestamp for f in frames] == [p.timestamp for p in packets[10:14]]
+    assert all(len(f.pcm) == 1920 for f in frames)
+    # 11 shows up after all: its place is filled, so it is dropped, not played twice.
+    assert playout.push(packets[11], 0.27) == [] and playout.counters["late_dropped"] == 1
+    assert [f.kind for f in playout.push(packets[14], 0.28)] == [FrameKind.AUDIO]
+    assert playout.counters["concealed"] == 3
+
+
+def test_arrival_playout_starts_a_new_segment_after_a_long_jump():
+    packets = encode_tone(440, 1.0, 5)
+    playout = ArrivalPlayout()
+    playout.push(packets[0], 0.0)
+    frames = playout.push(packets[40], 0.8)  # 39 missing: a restart, not 780 ms of concealment
+    assert [f.kind for f in frames] == [FrameKind.AUDIO] and playout.counters["segments_restarted"] == 1
+
+
+def test_arrival_playout_speakers_are_bounded_and_forgotten():
+    playout = ArrivalPlayout(max_speakers=2, forget_after=1.0)
+    silence = b"\xf8\xff\xfe"
+    for ssrc in (1, 2, 3):
+        playout.push(RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=ssrc, payload=silence), 0.0)
+    assert playout.speakers == (1, 2) and playout.counters["too_many_speakers"] == 1
+    assert playout.push(RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=3, payload=silence), 5.0)
+    assert playout.speakers == (3,)
+
+
+def test_arrival_playout_conceals_and_counts_a_garbage_payload():
+    playout = ArrivalPlayout()
+    frames = playout.push(RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=4, payload=b"\xff" * 3), 0.0)
+    assert [f.kind for f in frames] == [FrameKind.CONCEAL] and len(frames[0].pcm) == 1920
+    assert playout.counters["opus_decode_failed"] == 1

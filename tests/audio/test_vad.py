@@ -217,6 +217,19 @@ def test_level_detector_follows_the_noise_floor():
     assert events == [SpeechStarted(1000), SpeechStopped(2000, 1000)]
 
 
+def test_a_synthetic_stream_that_starts_loud_is_speech_from_its_first_packet():
+    # A bot's TTS with no lead-in: a microphone's detector takes the first level
+    # as the noise floor and hears nothing; a synthetic stream's floor starts at
+    # min_dbov, so the first word starts the run.
+    levels = [-20] * 50 + [-127] * 50
+    for synthetic, expected in ((False, []), (True, [SpeechStarted(0), SpeechStopped(1000, 1000)])):
+        detector = LevelDetector(gate=SpeechGate(onset_ms=60, hangover_ms=200), synthetic=synthetic)
+        events = [e for index, level in enumerate(levels) if (e := detector.update(True, level, index * FRAME)) is not None]
+        assert events == expected, synthetic
+    detector.reset()  # back to the synthetic start, not the last floor
+    assert [e for index in range(5) if (e := detector.update(True, -20, index * FRAME)) is not None] == [SpeechStarted(0)]
+
+
 def test_level_detector_can_honour_the_voice_flag():
     detector = LevelDetector(use_voice_flag=True)
     events = [detector.update(False, -60 if index < 50 else -20, index * FRAME) for index in range(100)]

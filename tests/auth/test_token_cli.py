@@ -63,3 +63,47 @@ def test_bad_ttl_and_unwritable_data_dir(tmp_path, capsys):
 def test_required_flags(capsys):
     with pytest.raises(SystemExit):
         run_token(capsys, "--agent", "a")
+
+
+def test_a_ttl_over_the_servers_cap_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    args = ("--agent", "a#1", "--controller", "gopi", "--data-dir", str(tmp_path))
+    code, out, err = run_token(capsys, *args, "--ttl", "3601")
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith("botcall token: --ttl 3601 is over the server's maximum token lifetime of 3600 s")
+    assert run_token(capsys, *args, "--ttl", "3600")[0] == 0
+    # The cap is the server's as configured (environment, or the --config file).
+    monkeypatch.setenv("BOTCALL_MAX_TOKEN_LIFETIME_S", "600")
+    code, _, err = run_token(capsys, *args, "--ttl", "601")
+    assert code == 2 and "600 s" in err and "BOTCALL_MAX_TOKEN_LIFETIME_S" in err
+    code, out, _ = run_token(capsys, *args)
+    claims = verify(tmp_path, out.strip())
+    assert code == 0 and claims["exp"] - claims["iat"] == 600, "the default TTL is the configured cap"
+    monkeypatch.delenv("BOTCALL_MAX_TOKEN_LIFETIME_S")
+    config = tmp_path / "botcall.toml"
+    config.write_text("max_token_lifetime_s = 120\n")
+    code, _, err = run_token(capsys, *args, "--ttl", "121", "--config", str(config))
+    assert code == 2 and "120 s" in err and str(config) in err
+
+
+def test_unknown_scopes_are_refused_in_one_line(tmp_path, capsys):
+    args = ("--agent", "a#1", "--controller", "gopi", "--data-dir", str(tmp_path))
+    code, out, err = run_token(capsys, *args, "--scope", "call:voice call:admin")
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert "call:admin" in err and "call:create call:voice call:receive" in err
+    assert run_token(capsys, *args, "--scope", " ")[0] == 2
+    assert run_token(capsys, *args, "--scope", "call:receive")[0] == 0
+
+
+def test_the_command_line_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "-m", "botcall.cli", "token", "--agent", "a", "--controller", "b", "--ttl", "999999",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and "999999" in result.stderr

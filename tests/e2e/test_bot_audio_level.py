@@ -35,7 +35,7 @@ def levels(ear: Ear) -> list[tuple[bool, int]]:
     return out
 
 
-async def test_say_pcm_packets_carry_the_level_of_a_tone_and_of_silence(tmp_path):
+async def test_said_packets_carry_the_level_of_a_tone_and_of_silence(tmp_path):
     async with running_server(tmp_path) as srv:
         room_id = await open_room(srv)
         async with connect(srv.url, room_id, srv.token(agent="ear#2")) as listener, connect(

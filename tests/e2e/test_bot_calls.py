@@ -83,9 +83,11 @@ async def test_pcm16_bot_gets_every_20ms_slot_under_loss(tmp_path):
 
             async def send():
                 nonlocal lost
+                due = trio.current_time()
                 for i in range(100):
                     payload = encoder.encode(pcm[i * 1920 : (i + 1) * 1920])
-                    await speaker._pace()
+                    await trio.sleep_until(due)  # a real-time sender
+                    due += 0.020
                     if 10 < i < 90 and rng.random() < 0.1:
                         lost += 1
                         speaker._seq = (speaker._seq + 1) & 0xFFFF  # a hole in the numbering
@@ -130,8 +132,7 @@ async def test_events_mute_chat_and_leave(tmp_path):
                     muted = await events.__anext__()
                 assert muted == Muted(b.participant_id, True)
                 # Muted audio is dropped at the relay and counted.
-                async with trio.open_nursery() as nursery:
-                    await b.say(tone(440, 0.4))
+                await (await b.say(tone(440, 0.4))).done()
                 assert srv.state.media.relay.peer(b.session_id).drops["muted"] > 0
             with trio.fail_after(5):
                 left = await events.__anext__()

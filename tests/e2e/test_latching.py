@@ -183,7 +183,7 @@ async def test_an_sdk_bot_that_rebinds_is_followed_within_a_second(tmp_path, who
                 old = peer.addr
                 await moving.rebind_socket()
                 switched = trio.current_time()
-                new_port = moving._sock.getsockname()[1]
+                new_port = moving.local_address[1]
                 await wait_until(lambda: peer.addr is not None and peer.addr[1] == new_port, 1.0)
                 moved_after = trio.current_time() - switched
                 received = (moving if who == "listener" else other).counters["received"]

@@ -69,12 +69,12 @@ async def test_a_udp_bot_receiving_the_mix_gets_one_stream(tmp_path):
                 await ws_bot.say(tone(440, 2.0))
                 await udp_bot.say(tone(1000, 2.0))
                 with trio.fail_after(15):
-                    async for frame in listener.audio():
+                    async for frame in listener.audio(mixed=True):
                         heard.append(frame)
                         if len(heard) >= 75:
                             break
                 nursery.cancel_scope.cancel()
-        assert {(f.participant_id, f.ssrc) for f in heard} == {("mix", mix_ssrc)}
+        assert {(f.speaker, f.ssrc) for f in heard} == {("mix", mix_ssrc)}
         pcm = b"".join(f.pcm for f in heard[25:])
         assert energy_fraction(pcm, 48000, 440) > 0.2 and energy_fraction(pcm, 48000, 1000) > 0.2
 

@@ -94,7 +94,7 @@ async def test_a_tts_burst_in_one_room_adds_no_gap_to_a_call_in_another(tmp_path
     burst = speech_like(6.0, seed=7) * int(BURST_S / 6)
     async with running_server(tmp_path) as srv:
         room_a, room_b = await open_room(srv), await open_room(srv)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
         command = [
             sys.executable, "-m", "tests.kit.realtime_call", srv.url, room_b,
             srv.token(agent="caller#1"), srv.token(agent="callee#2"),

@@ -8,7 +8,8 @@ The scenario:
 * the human's fake microphone plays :func:`mic_track`: ``lead_s`` of silence,
   a spoken phrase, then silence (Chromium loops the file, so every loop is one
   more barge-in);
-* the bot waits for the human's audio to flow (``stream_started``), then sends
+* the bot waits for the human's audio to flow (``stream_started``), for the
+  page to record and for the human to finish a phrase (``speech_stopped``), then sends
   a 10 s reply (:func:`reply`) in a burst, with a mark every second; the relay
   plays it out;
 * the human starts speaking; after ``min_speech_ms`` the relay clears the bot's
@@ -231,7 +232,16 @@ async def run_barge_ins(
         async def speak() -> None:
             _, _, event = await log.wait_for(lambda e: e["type"] == "participant_joined" and e["participant"]["kind"] == "human")
             human = joined["human"] = event["participant"]["participant_id"]
-            index, _, _ = await log.wait_for(lambda e: e["type"] == "stream_started" and e["participant_id"] == human)
+            await log.wait_for(lambda e: e["type"] == "stream_started" and e["participant_id"] == human)
+            # The first reply starts once the page records and the human has just
+            # finished a phrase: the next onset then comes after the microphone's
+            # tail and lead of silence, all of it on the recording. (Starting as
+            # soon as audio flows lost the onset when a busy machine made the
+            # page start recording late, mid-phrase.)
+            await recording.wait()
+            index, _, _ = await log.wait_for(
+                lambda e: e["type"] == "speech_stopped" and e["participant_id"] == human, after=len(log.events)
+            )
             for iteration in range(repeats):
                 for number, payload in enumerate(frames, start=1):
                     await bot.send_opus(payload)
@@ -246,10 +256,12 @@ async def run_barge_ins(
                 )
 
         window = [0.0]
+        recording = trio.Event()
 
         def human(context: BrowserContext) -> tuple[list[PageRecording], list[str], float | None]:
             page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
             start_recording(page)
+            trio.from_thread.run_sync(recording.set)
             cpu_start = cpu_clock() if cpu_clock is not None else None
             window_start = time.monotonic()
             pieces = []

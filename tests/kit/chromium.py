@@ -10,11 +10,12 @@ the server stopping) calls back with ``trio.from_thread``.
 
 from __future__ import annotations
 
+import json
 import re
-
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -63,6 +64,8 @@ def run_browser(
     fake_mic_ui: bool = True,
     viewport: dict | None = None,
     fake_mic_wav: str | None = None,
+    extra_args: Sequence[str] = (),
+    preferences: dict[str, Any] | None = None,
 ) -> T:
     """Start headless Chromium with a fresh profile, run ``action(context)``, close it.
 
@@ -71,6 +74,10 @@ def run_browser(
         fake_mic_ui: auto-accept microphone prompts (``False``: they are refused).
         viewport: page size (default: a 360x640 phone).
         fake_mic_wav: a WAV file the fake microphone plays (looped); default: Chromium's beeps.
+        extra_args: more command-line flags (``TestTls.chromium_args()``...).
+        preferences: profile preferences written to ``Default/Preferences`` before
+            start, nested as Chromium stores them
+            (``{"webrtc": {"ip_handling_policy": "disable_non_proxied_udp"}}``).
 
     Returns:
         What ``action`` returns.
@@ -78,7 +85,12 @@ def run_browser(
     args = [a for a in CHROMIUM_ARGS if fake_mic_ui or a != "--use-fake-ui-for-media-stream"]
     if fake_mic_wav is not None:
         args.append(f"--use-file-for-fake-audio-capture={fake_mic_wav}")
+    args += extra_args
     with tempfile.TemporaryDirectory(prefix="botcall-chromium-") as profile, sync_playwright() as playwright:
+        if preferences is not None:
+            default = Path(profile) / "Default"
+            default.mkdir()
+            (default / "Preferences").write_text(json.dumps(preferences))
         context = playwright.chromium.launch_persistent_context(
             profile,
             executable_path=CHROMIUM,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -84,6 +85,7 @@ async def http_request(
     headers: Mapping[str, str] | None = None,
     chunked: bool = False,
     timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> HttpResponse:
     """Send one request on a fresh connection and read the whole response.
 
@@ -95,6 +97,8 @@ async def http_request(
         headers: extra request headers.
         chunked: send the body with ``Transfer-Encoding: chunked`` (no Content-Length).
         timeout: a safety net against a hung server, not a speed requirement.
+        ssl_context: trusts the server's certificate for an ``https://`` URL
+            (default: the system's trust store).
 
     Returns:
         The response.
@@ -115,7 +119,9 @@ async def http_request(
             request_headers.append(("Content-Length", str(len(body))))
     connection = h11.Connection(h11.CLIENT)
     with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        if parts.scheme == "https":
+            stream = trio.SSLStream(stream, ssl_context or ssl.create_default_context(), server_hostname=parts.hostname)
         async with stream:
             out = connection.send(h11.Request(method=method, target=target, headers=request_headers))
             if body:
@@ -158,6 +164,8 @@ class LiveServer:
     info: ServerInfo
     clock: FakeClock
     config: Config
+    # Trusts the server's certificate when it serves TLS (tests/kit/tls.py).
+    client_ssl: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
@@ -222,7 +230,7 @@ class LiveServer:
         all_headers = dict(headers or {})
         if bearer is not None:
             all_headers["Authorization"] = f"Bearer {bearer}"
-        return await http_request(self.url + path, method, headers=all_headers, **kwargs)
+        return await http_request(self.url + path, method, headers=all_headers, ssl_context=self.client_ssl, **kwargs)
 
     async def get(self, path: str, **kwargs: Any) -> HttpResponse:
         return await self.request("GET", path, **kwargs)
@@ -276,7 +284,12 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
 
 @asynccontextmanager
 async def running_server(
-    data_dir: Path, *, clock: FakeClock | None = None, housekeeping_interval: float = 1.0, **overrides: Any
+    data_dir: Path,
+    *,
+    clock: FakeClock | None = None,
+    housekeeping_interval: float = 1.0,
+    client_ssl: ssl.SSLContext | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[LiveServer]:
     """Start ``run_server`` on 127.0.0.1:0 and yield a ``LiveServer``; stop it on exit.
 
@@ -284,6 +297,7 @@ async def running_server(
         data_dir: a temporary directory for the dev issuer key.
         clock: the fake clock (default: a new one at ``T0``).
         housekeeping_interval: seconds (trio time) between background passes.
+        client_ssl: what ``LiveServer.request`` trusts when the server serves TLS.
         **overrides: ``Config`` fields.
     """
     clock = clock or FakeClock()
@@ -293,6 +307,6 @@ async def running_server(
             partial(run_server, config, clock=clock, housekeeping_interval=housekeeping_interval)
         )
         try:
-            yield LiveServer(info=info, clock=clock, config=config)
+            yield LiveServer(info=info, clock=clock, config=config, client_ssl=client_ssl)
         finally:
             nursery.cancel_scope.cancel()

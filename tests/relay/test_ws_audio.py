@@ -84,3 +84,34 @@ def test_pcm_downlink_decodes_per_speaker_and_frames_binary_and_json_fields():
     first = parse_rtp_untrusted(frames[0].binary())
     assert (first.payload_type, first.ssrc, first.sequence_number) == (96, 2222, 0)
     assert [f.seq for f in frames] == list(range(len(frames)))
+
+
+def test_pcm_downlink_on_arrival_sends_each_packet_at_once_with_stream_positions():
+    relay, bot, listener, audio = room("pcm16", 16000)
+    assert audio.delivery == "arrival" and not audio.ticked
+    speaker = relay.peer("s-l")
+    speaker.stream_origin = 5000
+    encoder = OpusEncoder()
+    pcm = tone(660, 0.2)
+    delivered = []
+    for k in range(10):
+        if k == 6:
+            continue  # lost: comes back concealed just before packet 7
+        payload = encoder.encode(pcm[k * 1920 : (k + 1) * 1920])
+        frames = audio.pcm_arrived(speaker, bytes(RtpPacket(111, 100 + k, 5000 + 960 * k, 2222, payload)), now=k * 0.02)
+        assert len(frames) == (2 if k == 7 else 1)
+        delivered += frames
+    assert [f.concealed for f in delivered] == [False] * 6 + [True] + [False] * 3
+    assert [f.timestamp for f in delivered] == [320 * k for k in range(10)]  # 20 ms at 16 kHz each, no gap
+    assert [f.stream_ms for f in delivered] == [20 * k for k in range(10)]
+    assert [f.seq for f in delivered] == list(range(10))
+    assert all(f.participant_id == "p-l" and len(f.payload) == 640 for f in delivered)
+
+
+def test_paced_delivery_is_ticked_and_unknown_delivery_refused():
+    relay = MediaRelay(lambda data, addr: None)
+    bot = MediaPeer(session_id="s-bot", participant_id="p-bot", room_id="r", ssrc=1111, payload_type=111, sink=WsSink(), speaks_udp=False)
+    assert WsAudio(relay, bot, encoding="pcm16", sample_rate=16000, delivery="paced").ticked
+    assert not WsAudio(relay, bot, encoding="opus", sample_rate=48000).ticked
+    with pytest.raises(ValueError):
+        WsAudio(relay, bot, encoding="pcm16", sample_rate=16000, delivery="soon")

@@ -127,9 +127,20 @@ async def test_websocket_join_response(srv, media, encoding, rate):
         "payload_type": 111,
         "clock_rate": 48000,
         "receive": "separate",
+        "delivery": "arrival",
     }
     assert (session.transport, session.encoding, session.sample_rate) == ("websocket", encoding, rate)
     assert session.mix_ssrc is None
+
+
+async def test_paced_delivery_is_echoed_and_unknown_delivery_refused(srv):
+    room = await create(srv)
+    paced = {"transport": "websocket", "encoding": "pcm16", "sample_rate": 16000, "delivery": "paced"}
+    body = (await srv.join(srv.token(), room["room_id"], media=paced)).json()
+    assert body["media"]["delivery"] == "paced"
+    assert srv.state.registry.session_by_id(body["session_id"]).delivery == "paced"
+    refused = await srv.join(srv.token(), room["room_id"], media={**paced, "delivery": "soon"})
+    assert (refused.status, refused.error_code) == (400, "invalid_media")
 
 
 async def test_pcm16_rates_apart_are_echoed(srv):
@@ -349,10 +360,9 @@ def _join_body(srv, room_id, **changes):
         (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "capabilities": {"video": "yes"}}', "invalid_field"),
         (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "capabilities": []}', "invalid_field"),
         (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "media": "udp"}', "invalid_field"),
-        (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "admin": true}', "unknown_field"),
-        (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t", "kid": "k"}}', "unknown_field"),
-        (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "capabilities": {"smell": true}}', "unknown_field"),
-        (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "media": {"codec": "opus"}}', "unknown_field"),
+        # Unknown members are ignored, but the known ones beside them are still checked.
+        (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "admin": true, "capabilities": {"video": 1}}', "invalid_field"),
+        (b'{"agent_id": "a", "room_id": "r", "attestation": {"token": "t"}, "media": {"codec": "x", "transport": "tcp"}}', "invalid_media"),
     ],
 )
 async def test_malformed_join_bodies(srv, raw, code):
@@ -368,12 +378,59 @@ async def test_malformed_join_bodies(srv, raw, code):
         (b'{"expires_in": "60"}', "invalid_field"),
         (b'{"expires_in": 60.5}', "invalid_field"),
         (b'{"max_human_participants": true}', "invalid_field"),
-        (b'{"max_bot_participants": 3}', "unknown_field"),
+        (b'{"max_bot_participants": 3, "expires_in": "60"}', "invalid_field"),
     ],
 )
 async def test_malformed_create_bodies(srv, raw, code):
     response = await srv.post("/v1/rooms/create", bearer=srv.token(), body=raw)
     assert (response.status, response.error_code) == (400, code)
+
+
+# --- forward compatibility ------------------------------------------------------------------
+
+
+async def test_unknown_members_from_a_newer_client_are_ignored_and_reported(srv, caplog):
+    created = await srv.post(
+        "/v1/rooms/create", bearer=srv.token(), json_body={"expires_in": 600, "max_bot_participants": 3,
+                                                          "interruption": {"mode": "off", "style": "polite"}}
+    )
+    assert created.status == 201, created.body
+    body = created.json()
+    assert body["expires_in"] == 600 and body["interruption"]["mode"] == "off"
+    assert [(w["code"], w["field"]) for w in body["warnings"]] == [
+        ("unknown_field", "max_bot_participants"), ("unknown_field", "interruption.style"),
+    ]
+    assert all(isinstance(w["message"], str) and w["message"] for w in body["warnings"])
+
+    with caplog.at_level("INFO", logger="botcall.http"):
+        joined = await srv.join(
+            srv.token(), body["room_id"],
+            media={"transport": "websocket", "encoding": "pcm16", "sample_rate": 16000, "codec_options": {"dtx": True}},
+            extra={"admin": True, "attestation": {"token": srv.token(), "kid": "k"}, "capabilities": {"smell": True}},
+        )
+    assert joined.status == 200, joined.body
+    answer = joined.json()
+    assert answer["media"]["sample_rate"] == 16000, "the known members beside the unknown ones still apply"
+    assert sorted(w["field"] for w in answer["warnings"]) == [
+        "admin", "attestation.kid", "capabilities.smell", "media.codec_options",
+    ]
+    assert any("ignored unknown member(s)" in r.getMessage() and "media.codec_options" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_request_without_unknown_members_gets_no_warnings(srv):
+    body = await create(srv)
+    assert "warnings" not in body
+    joined = await srv.join(srv.token(), body["room_id"])
+    assert "warnings" not in joined.json()
+
+
+async def test_the_ignored_members_reported_are_bounded(srv):
+    response = await srv.post(
+        "/v1/rooms/create", bearer=srv.token(), json_body={f"x{i:03d}" + "y" * 100: i for i in range(100)}
+    )
+    assert response.status == 201
+    warnings = response.json()["warnings"]
+    assert len(warnings) == 16 and all(len(w["field"]) == 64 for w in warnings)
 
 
 # --- abuse limits ---------------------------------------------------------------------------

@@ -6,7 +6,14 @@ from hypothesis import example, given, strategies as st
 
 from botcall.errors import SignalingError
 from botcall.signaling.messages import (
+    CLIENT_MESSAGE_FIELDS,
+    MAX_FIELD_NAME,
+    MAX_REPORTED_FIELDS,
     Audio,
+    Mark,
+    PlayoutDelay,
+    parse_client_message_reporting_untrusted,
+    timestamp_fields,
     Chat,
     Control,
     Hello,
@@ -82,9 +89,11 @@ def test_audio_event_shape_round_trips_the_payload():
 @example(b"\xff\xfe")
 def test_fuzz_only_signaling_error(text):
     try:
-        parse_client_message_untrusted(text)
+        _, ignored = parse_client_message_reporting_untrusted(text)
     except SignalingError:
         pass
+    else:
+        assert len(ignored) <= MAX_REPORTED_FIELDS
 
 
 json_values = st.recursive(
@@ -101,6 +110,60 @@ json_values = st.recursive(
 )
 def test_fuzz_structured_json_only_signaling_error(kind, fields):
     try:
-        parse_client_message_untrusted(json.dumps({"type": kind, **fields}))
+        _, ignored = parse_client_message_reporting_untrusted(json.dumps({"type": kind, **fields}))
     except SignalingError:
         pass
+    else:
+        assert list(ignored) == sorted(set(fields) - CLIENT_MESSAGE_FIELDS[kind])
+
+
+# --- forward compatibility: unknown members are ignored and named, values stay strict ----------
+
+
+def test_unknown_members_are_ignored_and_named():
+    message, ignored = parse_client_message_reporting_untrusted(
+        '{"type":"mark","name":"m1","rtp_timestamp":960,"priority":"high","meta":{"a":1}}'
+    )
+    assert message == Mark("m1", 960)
+    assert ignored == ("meta", "priority")
+    assert parse_client_message_reporting_untrusted('{"type":"playout_delay","ms":40}') == (PlayoutDelay(40), ())
+
+
+def test_values_stay_strict_beside_unknown_members():
+    with pytest.raises(SignalingError) as caught:
+        parse_client_message_untrusted('{"type":"playout_delay","ms":"40","future":true}')
+    assert caught.value.code == "bad_message" and "'ms'" in caught.value.message
+
+
+def test_every_known_member_of_every_type_is_accepted_without_a_report():
+    samples = {
+        "audio": {"data": "AAA=", "timestamp": 1},
+        "control": {"action": "mute", "value": True},
+        "chat": {"text": "hi"},
+        "ping": {"nonce": "n"},
+        "offer": {"sdp": "v=0"},
+        "hello": {"invite": "i", "resume": "r"},
+        "join": {"display_name": "Ada"},
+        "mark": {"name": "m", "rtp_timestamp": 1},
+        "clear": {},
+        "playout_delay": {"ms": 1},
+    }
+    assert set(samples) == set(CLIENT_MESSAGE_FIELDS)
+    for kind, members in samples.items():
+        assert set(members) | {"type"} == CLIENT_MESSAGE_FIELDS[kind]
+        _, ignored = parse_client_message_reporting_untrusted(json.dumps({"type": kind, **members}))
+        assert ignored == (), kind
+
+
+def test_reported_names_are_bounded():
+    obj = {"type": "clear", **{"z" * 200 + str(i): i for i in range(100)}}
+    _, ignored = parse_client_message_reporting_untrusted(json.dumps(obj))
+    assert len(ignored) == MAX_REPORTED_FIELDS and all(len(name) == MAX_FIELD_NAME for name in ignored)
+
+
+def test_timestamps_carry_both_forms_and_the_legacy_one():
+    assert timestamp_fields("expires_at", 1_800_000_000.75, legacy="unix") == {
+        "expires_at": 1_800_000_000.75, "expires_at_unix": 1_800_000_000.75, "expires_at_iso": "2027-01-15T08:00:00Z",
+    }
+    http = timestamp_fields("expires_at", 1_800_000_000.75, legacy="iso")
+    assert http["expires_at"] == http["expires_at_iso"] == "2027-01-15T08:00:00Z"

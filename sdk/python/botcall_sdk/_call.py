@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -94,6 +95,8 @@ SEND_AHEAD = 5.0
 MAX_QUEUED_FRAMES = 500  # 10 s of one speaker waiting for the application
 MAX_QUEUED_EVENTS = 1000
 CLEAR_TIMEOUT = 2.0
+MAX_PENDING_MARKS = 1000  # the server's playout_max_marks
+END_MARK_GRACE = 2.0  # past a speech's expected end: it is over, mark or not
 _END_MARK_PREFIX = "botcall-sdk:end:"
 
 Transport = Literal["udp", "websocket"]
@@ -291,6 +294,7 @@ class Call:
         self._frames_sent = 0  # our stream clock: every frame we sent is 20 ms
         self._speeches: list[Speech] = []
         self._speech_count = 0
+        self._play_horizon = 0.0  # when the server should have played all we sent (anyio clock)
         self._say_lock = anyio.Lock()
         self._marks: dict[str, Mark] = {}
         self._clear_answer: anyio.Event | None = None
@@ -366,7 +370,16 @@ class Call:
                         started = await self._send_speech_frame(speech, frame, started)
                     speech._end_mark = await self.mark(f"{_END_MARK_PREFIX}{speech.number}", _internal=True)
                     speech._sent_all = True
-                await speech._end_mark.reached()
+                    # When the server should finish playing it: after what was queued before.
+                    now = anyio.current_time()
+                    self._play_horizon = max(self._play_horizon, started if started is not None else now) + speech.sent_ms / 1000
+                # The end mark can fail to come (our audio dropped while muted,
+                # or lost on UDP): then the speech is over when it would have been.
+                with anyio.move_on_after(self._play_horizon - anyio.current_time() + END_MARK_GRACE):
+                    await speech._end_mark.reached()
+                if speech._end_mark.played_ms is None and not speech._end_mark.dropped:
+                    self.counters["end_mark_missing"] = self.counters.get("end_mark_missing", 0) + 1
+                    self._marks.pop(speech._end_mark.name, None)
         except BotCallError as exc:
             speech.error = exc
         except (ValueError, OSError) as exc:  # the source's fault: unreadable, wrong type
@@ -431,6 +444,8 @@ class Call:
         """
         if name in self._marks:
             raise ValueError(f"a mark named {name!r} is already waiting")
+        if len(self._marks) >= MAX_PENDING_MARKS:
+            raise BotCallError(f"{MAX_PENDING_MARKS} marks are already waiting (the server's limit)")
         mark = Mark(name)
         self._marks[name] = mark
         message: JsonObject = {"type": "mark", "name": name}
@@ -821,6 +836,15 @@ class Call:
         ipv6 = ":" in self._relay[0]
         return await anyio.create_udp_socket(socket.AF_INET6 if ipv6 else socket.AF_INET, local_host="::" if ipv6 else "0.0.0.0")
 
+    @property
+    def local_address(self) -> Address | None:
+        """Our UDP socket's local (host, port); None over the WebSocket."""
+        if self._sock is None:
+            return None
+        address = self._sock.extra(anyio.abc.SocketAttribute.local_address)
+        assert isinstance(address, tuple)
+        return str(address[0]), int(address[1])
+
     async def rebind_socket(self) -> None:
         """Carry on from a new local UDP port, as a NAT rebinding looks to the relay.
 
@@ -963,6 +987,7 @@ async def connect(
     receive: Literal["separate", "mixed"] = "separate",
     text_chat: bool = True,
     http_client: httpx.AsyncClient | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Call]:
     """Join a room as a bot; the call lasts for the ``async with``.
 
@@ -983,6 +1008,9 @@ async def connect(
         receive: ``"separate"`` (a stream per speaker) or ``"mixed"`` (one mix-minus stream).
         text_chat: ask to send and receive chat.
         http_client: an ``httpx.AsyncClient`` to share (else the call has its own).
+        ssl_context: what an ``https://`` server's certificate (and its
+            ``wss://`` WebSocket's) is checked against; default: the system's
+            trust store (ignored with ``http_client``, which has its own).
 
     Yields:
         The :class:`Call`.
@@ -1013,7 +1041,7 @@ async def connect(
         "capabilities": {"audio_in": True, "audio_out": True, "video": False, "text_chat": text_chat},
         "media": media,
     }
-    http = http_client if http_client is not None else httpx.AsyncClient()
+    http = http_client if http_client is not None else httpx.AsyncClient(verify=ssl_context if ssl_context is not None else True)
     try:
         # Shielded: a join the server granted must be known to us, or we could
         # not leave and a ghost would stay for the reconnect grace.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,6 +118,7 @@ async def create_room(
     expires_in: int | None = None,
     interruption: JsonObject | None = None,
     http_client: httpx.AsyncClient | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Room:
     """Create a room owned by the token's controller (scope ``call:create``).
 
@@ -127,6 +129,7 @@ async def create_room(
         expires_in: optional lifetime in seconds.
         interruption: optional barge-in setting, e.g. ``{"mode": "off"}``.
         http_client: an ``httpx.AsyncClient`` to reuse.
+        ssl_context: what an ``https://`` server's certificate is checked against (default: the system's).
 
     Raises:
         InvalidServerUrl: ``server`` is not an http(s) URL.
@@ -139,7 +142,11 @@ async def create_room(
         body["expires_in"] = expires_in
     if interruption is not None:
         body["interruption"] = interruption
-    answer = await request_json(http_client, "POST", f"{base_url(server)}/v1/rooms/create", body, token=token)
+    if http_client is None:
+        async with httpx.AsyncClient(verify=ssl_context if ssl_context is not None else True) as own:
+            answer = await request_json(own, "POST", f"{base_url(server)}/v1/rooms/create", body, token=token)
+    else:
+        answer = await request_json(http_client, "POST", f"{base_url(server)}/v1/rooms/create", body, token=token)
     try:
         return Room(str(answer["room_id"]), str(answer["invite_url"]), int(answer["expires_in"]), int(answer["max_human_participants"]))
     except (KeyError, TypeError, ValueError) as exc:

@@ -113,3 +113,29 @@ def test_server_urls_and_errors() -> None:
             base_url(bad)
     error = http_error(409, "room_full", "full")
     assert isinstance(error, RoomFull) and error.code == "room_full" and error.status == 409
+
+
+def _opus_packets(count: int, ssrc: int = 9) -> list[_wire.RtpPacket]:
+    encoder = _audio.OpusEncoder()
+    tone = (np.sin(2 * np.pi * 440 * np.arange(960 * count) / 48000) * 8000).astype("<i2")
+    return [
+        _wire.RtpPacket(111, (65530 + i) & 0xFFFF, (1000 + 960 * i) & 0xFFFFFFFF, ssrc, encoder.encode(tone[i * 960 : (i + 1) * 960].tobytes()))
+        for i in range(count)
+    ]
+
+
+def test_jitter_buffer_plays_in_order_conceals_gaps_and_adds_nothing_at_the_end() -> None:
+    buffers = _audio.JitterBuffers(48000)
+    packets = _opus_packets(12)  # sequence numbers wrap past 65535
+    arrival = packets[:4] + packets[5:] + [packets[2]]  # #4 lost, #2 duplicated
+    arrival[1], arrival[2] = arrival[2], arrival[1]  # reordered
+    for packet in arrival:
+        buffers.push(packet, 0.0)
+    played = []
+    now = 0.040  # past the prefetch
+    for _ in range(20):
+        played += buffers.pop(now)
+        now += 0.02
+    assert [p.timestamp for p in played] == [1000 + 960 * i for i in range(12)]
+    assert [p.concealed for p in played] == [False] * 4 + [True] + [False] * 7  # only the real gap
+    assert all(len(p.pcm) == 1920 for p in played)
