@@ -32,6 +32,7 @@ other processes' load shows as noise in both figures.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -60,8 +61,11 @@ TTS_RATE = 24_000  # a typical text-to-speech engine's output rate
 TTS_CHUNK_S = 0.1
 SETTLE_S = 1.0  # after the speech starts, before the window (the send-ahead burst)
 PACKET_WAIT_S = 2.0
+SAMPLE_INTERVAL_S = 0.1  # 10 say calls a second
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
+SO_ATTACH_FILTER = 26
+WATCH_BUFFER = 4 * 1024 * 1024
 ETH_HEADER = 14
 
 
@@ -111,9 +115,13 @@ class WireWatch:
     returns the earliest matching packet's time (``time.time()`` clock) at or after ``t0``.
     """
 
-    def __init__(self, match: Callable[[int, int, int, bytes], bool]) -> None:
+    def __init__(self, match: Callable[[int, int, int, bytes], bool], protocol: int, dst_port: int) -> None:
         self._match = match
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # The kernel keeps only our packets: the loopback of a shared machine
+        # carries others' load tests, more than a Python reader keeps up with.
+        attach_port_filter(self._sock, protocol, dst_port)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, WATCH_BUFFER)
         self._sock.bind(("lo", 0))
         self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._sock.setblocking(False)
@@ -161,14 +169,59 @@ class WireWatch:
         self._sock.close()
 
 
+def attach_port_filter(sock: socket.socket, protocol: int, dst_port: int) -> None:
+    """A classic BPF program on ``sock``: IPv4 ``protocol`` packets to ``dst_port`` only (SO_ATTACH_FILTER)."""
+    program = [
+        (0x28, 0, 0, 12),  # ldh [12]: the EtherType
+        (0x15, 0, 6, 0x0800),  # IPv4, else drop
+        (0x30, 0, 0, ETH_HEADER + 9),  # ldb: the IP protocol
+        (0x15, 0, 4, protocol),
+        (0xB1, 0, 0, ETH_HEADER),  # ldxb 4*([14]&0xf): the IP header's length
+        (0x48, 0, 0, ETH_HEADER + 2),  # ldh [x+16]: the destination port
+        (0x15, 0, 1, dst_port),
+        (0x06, 0, 0, 0xFFFF),  # accept
+        (0x06, 0, 0, 0),  # drop
+    ]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *instruction) for instruction in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies the program
+
+
 def matcher(call: botcall_sdk.Call, server_port: int, media_port: int) -> Callable[[int, int, int, bytes], bool]:
     """Our speech on the wire: RTP with our SSRC to the relay, or a binary WebSocket frame to the server."""
     ssrc = struct.pack("!I", call.ssrc)
     if call.transport == "udp":
         return lambda protocol, src, dst, body: protocol == socket.IPPROTO_UDP and dst == media_port and len(body) >= 12 and body[8:12] == ssrc
-    # A client's WebSocket frames are masked: 0x82 is FIN + binary; only the bot
-    # under test sends binary frames (the other is silent).
-    return lambda protocol, src, dst, body: protocol == socket.IPPROTO_TCP and dst == server_port and body[0] == 0x82
+    # Only the bot under test sends binary WebSocket frames (the other is silent).
+    return lambda protocol, src, dst, body: protocol == socket.IPPROTO_TCP and dst == server_port and has_binary_frame(body)
+
+
+def has_binary_frame(segment: bytes) -> bool:
+    """Whether a TCP segment of a client's WebSocket stream holds a binary frame.
+
+    Walks the frames from the segment's start: a small frame may share a
+    segment with a ping or a JSON message before it.
+    """
+    offset = 0
+    while offset + 2 <= len(segment):
+        opcode, length = segment[offset] & 0x0F, segment[offset + 1] & 0x7F
+        header = 2
+        if length == 126:
+            if offset + 4 > len(segment):
+                return False
+            (length,) = struct.unpack_from("!H", segment, offset + 2)
+            header = 4
+        elif length == 127:
+            if offset + 10 > len(segment):
+                return False
+            (length,) = struct.unpack_from("!Q", segment, offset + 2)
+            header = 10
+        if segment[offset + 1] & 0x80:
+            header += 4  # the client's mask
+        if opcode == 0x2:
+            return True
+        offset += header + length
+    return False
 
 
 # --- one path on one event loop ------------------------------------------------------------
@@ -237,10 +290,14 @@ async def cpu_per_second(window: float) -> float:
 async def say_to_wire(call: botcall_sdk.Call, relay: RelayProcess, samples: int) -> list[float]:
     frame = tone(550.0, 0.02, 48000).tobytes()
     server_port = int(relay.http_url.rsplit(":", 1)[1].rstrip("/"))
-    watch = WireWatch(matcher(call, server_port, relay.media_addr[1]))
+    if call.transport == "udp":
+        watch = WireWatch(matcher(call, server_port, relay.media_addr[1]), socket.IPPROTO_UDP, relay.media_addr[1])
+    else:
+        watch = WireWatch(matcher(call, server_port, relay.media_addr[1]), socket.IPPROTO_TCP, server_port)
     latencies: list[float] = []
     try:
         for _ in range(samples):
+            started = anyio.current_time()
             t0 = time.time()
             speech = await call.say(frame, sample_rate=48000)
             seen = None
@@ -248,10 +305,14 @@ async def say_to_wire(call: botcall_sdk.Call, relay: RelayProcess, samples: int)
                 while (seen := watch.first_after(t0)) is None:
                     await anyio.sleep(0.002)
             if seen is None:
-                raise RuntimeError(f"no packet of our speech on the wire within {PACKET_WAIT_S} s ({call.transport})")
+                raise RuntimeError(
+                    f"no packet of our speech on the wire within {PACKET_WAIT_S} s ({call.transport}, sample {len(latencies)}, "
+                    f"finished {speech.finished}, counters {call.counters})"
+                )
             latencies.append((seen - t0) * 1000)
             await speech.done()  # played out: the next say is not queued behind it
-            await anyio.sleep(0.02)
+            # Each say sends a mark; the server takes 20 JSON messages a second.
+            await anyio.sleep_until(started + SAMPLE_INTERVAL_S)
     finally:
         watch.close()
     return latencies
