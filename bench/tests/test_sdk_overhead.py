@@ -1,0 +1,32 @@
+"""bench.sdk_overhead at its smallest: both event loops, every media path, self-consistent figures.
+
+It checks what a broken SDK or a broken measurement gets wrong — the two bots
+hear each other for the whole window, a call costs more CPU than sitting idle,
+every ``say`` shows on the wire (or the run raises) within a sane time — never
+speed.
+"""
+
+import os
+
+import pytest
+
+from bench.sdk_overhead import BACKENDS, PATHS, format_table, run
+
+WINDOW = 0.5
+SAMPLES = 3
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket on lo needs root")
+
+
+def test_sdk_overhead_runs_small() -> None:
+    results = run(WINDOW, SAMPLES)
+    assert [(r.backend, r.transport, r.encoding) for r in results] == [(b, t, e) for b in BACKENDS for t, e in PATHS]
+    for r in results:
+        # Both bots heard the other's tone through the window (50 frames/s each), give or take the window's edges.
+        assert 0.7 * 2 * 50 * WINDOW <= r.frames_heard <= 2 * 50 * WINDOW + 6, r
+        assert 0 <= r.idle_cpu_ms_per_s < r.call_cpu_ms_per_s, r
+        assert r.sdk_cpu_ms_per_call_s == pytest.approx(r.call_cpu_ms_per_s - r.idle_cpu_ms_per_s, abs=0.02)
+        assert r.samples == SAMPLES
+        assert 0 < r.say_to_wire_ms_p50 <= r.say_to_wire_ms_p90 <= r.say_to_wire_ms_max < 100, r
+    table = format_table(results)
+    assert table.count("\n") == len(results) + 1 and "trio | websocket pcm16" in table
