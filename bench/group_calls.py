@@ -330,6 +330,9 @@ class LiveRooms:
         self.api = Api(relay.http_url, relay.data_dir)
         self.certificate = DtlsCertificate.generate()
         self.rooms: list[tuple[Any, list[Any]]] = []  # (bot, browsers)
+        # Runs go on numbering where the last one stopped, as a real sender does:
+        # an SRTP context refuses to protect a sequence number twice.
+        self.seq_base = 0
 
     def grow(self, count: int) -> None:
         """Open rooms until there are ``count``."""
@@ -408,6 +411,8 @@ def run_live(world: LiveRooms, rooms: int, *, duration: float, warmup: float, di
     pack_into = LIVE_HEAD.pack_into
     unpack_from = LIVE_HEAD.unpack_from
     cpu_start = machine_start = window_start = None
+    seq_base = world.seq_base
+    world.seq_base += per_sender
     gc.collect()
     gc.disable()
     try:
@@ -425,7 +430,7 @@ def run_live(world: LiveRooms, rooms: int, *, duration: float, warmup: float, di
                     packet_index, sender_index = divmod(next_index, n)
                     sender = senders[sender_index]
                     buffer = sender.buffer
-                    struct.pack_into("!HI", buffer, 2, packet_index & 0xFFFF, (packet_index * 960) & 0xFFFFFFFF)
+                    struct.pack_into("!HI", buffer, 2, (seq_base + packet_index) & 0xFFFF, ((seq_base + packet_index) * 960) & 0xFFFFFFFF)
                     pack_into(buffer, sender.payload_offset, LIVE_MAGIC, clock(), sender_index, packet_index)
                     data = bytes(buffer)
                     sender.send(sender.protect(data) if sender.protect is not None else data)
