@@ -37,6 +37,31 @@ The output is checked after every run (the count of datagrams sent, that
 each browser's tracks carry only SSRCs its answer announced, and a sample
 unprotected back to its payload), so a broken path cannot post a fast number.
 Numbers on a shared machine are indicative; compare rows of one run.
+
+**Live mode** (``--live [--humans 1,3,8] [--tracks 3] [--seconds 5] [--start 4]
+[--bisect 2] [--max-rooms 512] [--quick]``): the real server in a subprocess
+pinned to core 0 (``bench.harness.server.RelayProcess``), this process the
+load generator pinned to core 1. Per ``H`` in ``--humans``, a fresh server
+gets rooms of one latched UDP bot and ``H`` simulated browsers joined over
+the signaling WebSocket with a ``--tracks``-track offer (the PWA's recvonly
+sections), ICE-checked and DTLS-handshaken over UDP. Everyone talks at
+50 packets/s (a voiced RFC 6464 level; the payload starts with a valid Opus
+TOC byte, as the relay reads it), the browsers' packets SRTP-protected.
+Each packet carries its send time, sender and index; a bot must hear every
+other participant, a browser ``min(tracks, H)`` of them, each arrival
+unprotected with the browser's own SRTP context (a damaged packet or one
+from another room counts as ``bad``). Per run: packets sent and expected
+per second, loss (``1 - received / expected``), latency p50/p99 send to
+receive (the last listener included), the direct baseline's p99
+(``bench.harness.loadgen.measure_direct`` with one flow per sender, same
+rate, just before), the relay-added p99 (their difference), the relay's CPU
+(/proc) as a share of one core and per room, and the rest of the machine's
+busy CPU. The number of rooms doubles from ``--start`` while a run stays
+within loss < 0.1 % and added p99 < 5 ms, then bisects ``--bisect`` times;
+``--quick`` is 2 s runs from 2 rooms with one bisection step. The live
+figure is the machine's (generator, scheduler, other load) as much as the
+relay's: compare ``%/room`` across sizes of one run, and read the relay's
+CPU share at the largest passing step for headroom.
 """
 
 from __future__ import annotations
