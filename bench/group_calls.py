@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="live: 2 s runs, from 2 rooms, one bisection step (a few minutes)")
     args = parser.parse_args(argv)
     if args.live:
+        if args.seconds + 1.0 > 20:
+            parser.error("--live: --seconds must stay under 19 (the relay forgets addresses after 30 s without STUN)")
         live_main(args)
         return
     sizes = [int(value) for value in args.sizes.split(",")]
