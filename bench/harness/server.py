@@ -518,7 +518,12 @@ async def _signal_one(base_ws: str, room_id: str, invite: str, offer: str) -> tu
 
 
 def join_browsers(
-    relay: RelayProcess, rooms: list[tuple[str, str]], certificate: DtlsCertificate, *, new_socket: SocketFactory = connected_socket
+    relay: RelayProcess,
+    rooms: list[tuple[str, str]],
+    certificate: DtlsCertificate,
+    *,
+    new_socket: SocketFactory = connected_socket,
+    receive_tracks: int = 1,
 ) -> list[Browser]:
     """Join one simulated browser per ``(room_id, invite)`` over the signaling WebSocket,
     then ICE-check and DTLS-handshake each with the relay.
@@ -530,11 +535,13 @@ def join_browsers(
 
     Args:
         new_socket: makes each browser's socket (see :func:`join_bot`).
+        receive_tracks: downstream tracks each browser offers (group calls:
+            the audio section plus ``receive_tracks - 1`` recvonly ones, as the PWA).
     """
     import trio
 
     base_ws = relay.http_url.replace("http://", "ws://", 1)
-    offer = browser_offer(certificate)
+    offer = browser_offer(certificate, receive_tracks)
     results: list[tuple[str, int] | None] = [None] * len(rooms)
 
     async def signal_all() -> None:
@@ -555,6 +562,7 @@ def join_browsers(
         browser = Browser(answer, certificate, relay_addr=relay.media_addr, tie_breaker=secrets.randbits(64))
         browser.sock = new_socket(relay.media_addr)
         browser.session_ssrc = session_ssrc
+        browser.receive_tracks = receive_tracks
         browsers.append(browser)
     latch(browsers, lambda browser: browser.relay_pwd)
     for browser in browsers:

@@ -166,3 +166,28 @@ def test_group_calls_fan_out_to_every_listener_within_the_tracks():
     # Per frame: the bot gets the 5 humans, each of the 5 browsers 3 of its 5 others.
     assert six["out_per_pkt"] == (5 + 5 * 3) / 6
     assert all(row["us_in"] > 0 and row["p99"] >= row["p50"] > 0 for row in (one, four, six))
+
+
+@pytest.mark.parametrize(("humans", "per_frame"), [(1, 2), (4, 4 + 4 * 3)])
+def test_group_calls_live_delivers_every_expected_packet(humans, per_frame):
+    # The real server: 2 rooms of 1 bot + ``humans`` browsers offering 3 receive
+    # tracks, everyone talking. Per frame a room's bot hears every browser, each
+    # browser min(3, others) participants; with 4 humans a browser has 4 others
+    # and only 3 tracks, so a relay that over- or under-delivers is caught.
+    with RelayProcess(max_humans=humans) as relay:
+        world = group_calls.LiveRooms(relay, humans, tracks=3)
+        try:
+            result = group_calls.run_live(world, 2, duration=DURATION, warmup=WARMUP, direct_p99_ms=0.1)
+        finally:
+            world.close()
+    frames = round(RATE * DURATION)
+    assert result.sent == 2 * (humans + 1) * frames
+    assert result.expected == 2 * per_frame * frames
+    assert result.received == result.expected and result.loss == 0.0
+    assert result.received_by_bots == 2 * humans * frames  # the bot hears each browser
+    assert result.bad == 0 and result.duplicates == 0
+    assert 0 < result.latency_p50_ms <= result.latency_p99_ms
+    assert result.added_p99_ms == pytest.approx(result.latency_p99_ms - 0.1)
+    assert result.relay_cpu_percent > 0 and result.cpu_per_room_percent == pytest.approx(result.relay_cpu_percent / 2)
+    assert result.within(max_loss=0.001, max_added_p99_ms=1e9)
+    assert f"{humans + 1:>5}{2:>6}" in group_calls.format_live(result)
