@@ -101,7 +101,28 @@ class _Speaker:
         self.last_heard = now
 
 
-class Playout:
+class _SpeakerTable:
+    """The per-speaker bookkeeping both play-outs share: forget the silent, forget on leave."""
+
+    _speakers: dict[int, _Speaker] | dict[int, _ArrivalSpeaker]
+    forget_after: float
+    counters: collections.Counter[str]
+
+    def _forget_idle(self, now: float) -> None:
+        for ssrc in [s for s, sp in self._speakers.items() if now - sp.last_heard > self.forget_after]:
+            del self._speakers[ssrc]
+            self.counters["speakers_forgotten"] += 1
+
+    def forget(self, ssrc: int) -> None:
+        """Drop one speaker's state (they left)."""
+        self._speakers.pop(ssrc, None)
+
+    @property
+    def speakers(self) -> tuple[int, ...]:
+        return tuple(self._speakers)
+
+
+class Playout(_SpeakerTable):
     """Jitter buffers and decoders for every speaker one listener hears.
 
     Args:
@@ -169,18 +190,6 @@ class Playout:
             self._forget_idle(now)
         return out
 
-    def _forget_idle(self, now: float) -> None:
-        for ssrc in [s for s, sp in self._speakers.items() if now - sp.last_heard > self.forget_after]:
-            del self._speakers[ssrc]
-            self.counters["speakers_forgotten"] += 1
-
-    def forget(self, ssrc: int) -> None:
-        """Drop one speaker's state (they left)."""
-        self._speakers.pop(ssrc, None)
-
-    @property
-    def speakers(self) -> tuple[int, ...]:
-        return tuple(self._speakers)
 
     def stats(self, ssrc: int) -> JitterStats | None:
         """The ``JitterStats`` of one speaker, or None."""
@@ -197,7 +206,7 @@ class _ArrivalSpeaker:
         self.sequence: int | None = None  # extended sequence number of the last packet decoded
 
 
-class ArrivalPlayout:
+class ArrivalPlayout(_SpeakerTable):
     """Decode each speaker's packets as they arrive, concealing only real gaps.
 
     For a listener that takes the audio as fast as it comes (a speech-to-text
@@ -280,15 +289,3 @@ class ArrivalPlayout:
         self.counters["concealed"] += missing
         return frames
 
-    def _forget_idle(self, now: float) -> None:
-        for ssrc in [s for s, sp in self._speakers.items() if now - sp.last_heard > self.forget_after]:
-            del self._speakers[ssrc]
-            self.counters["speakers_forgotten"] += 1
-
-    def forget(self, ssrc: int) -> None:
-        """Drop one speaker's state (they left)."""
-        self._speakers.pop(ssrc, None)
-
-    @property
-    def speakers(self) -> tuple[int, ...]:
-        return tuple(self._speakers)
