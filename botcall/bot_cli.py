@@ -79,7 +79,14 @@ async def run_bot(args: argparse.Namespace) -> int:
                     nursery.start_soon(events)
                     nursery.start_soon(listen)
                     if speech_pcm is not None:
-                        await (await call.say(speech_pcm, sample_rate=48000)).done()
+                        speech = await call.say(speech_pcm, sample_rate=48000)
+                        try:
+                            await speech.done()
+                        except BotCallError:
+                            # Cut short because the call ended (the room was
+                            # deleted, say): the normal end of a bot, not a failure.
+                            if not call.closed:
+                                raise
                     await call.wait_closed()
                     nursery.cancel_scope.cancel()
             if recorder is not None:
