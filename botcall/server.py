@@ -671,9 +671,9 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     return settings.load_from_args(args, os.environ if environ is None else environ).config
 
 
-async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
-    """``run_server`` until SIGINT or SIGTERM: the first signal drains gracefully,
-    a second one stops at once."""
+async def until_signalled(run: Callable[[trio.Event], Awaitable[None]]) -> None:
+    """``run(shutdown)`` until SIGINT or SIGTERM: the first signal sets ``shutdown``
+    (a graceful drain), a second one stops at once."""
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -687,8 +687,13 @@ async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
-            await run_server(config, shutdown=shutdown, **kwargs)
+            await run(shutdown)
             nursery.cancel_scope.cancel()
+
+
+async def serve_until_signalled(config: Config, **kwargs: Any) -> None:
+    """``run_server`` until SIGINT or SIGTERM (``until_signalled``)."""
+    await until_signalled(lambda shutdown: run_server(config, shutdown=shutdown, **kwargs))
 
 
 def run(args: argparse.Namespace) -> int:

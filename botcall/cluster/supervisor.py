@@ -40,7 +40,7 @@ from botcall.cluster.resp import Redis, RedisUnavailable
 from botcall.cluster.router import Front
 from botcall.config import Config
 from botcall.errors import StartupError
-from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http
+from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http, until_signalled
 from botcall.signaling.serving import ConnectionBudget, connection_ceiling, raise_open_file_limit
 
 log = logging.getLogger("botcall.cluster")
@@ -346,18 +346,4 @@ async def drain_node(cluster: NodeDirectory, directory: Directory, timeout: floa
 
 async def supervise_until_signalled(config: Config, serve_argv: Sequence[str]) -> None:
     """``run_supervisor`` until SIGINT or SIGTERM (the first drains, a second stops at once)."""
-    shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    if not shutdown.is_set():
-                        log.info("received %s: shutting down (again to stop at once)", signal.Signals(signum).name)
-                        shutdown.set()
-                    else:
-                        nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_signals)
-            await run_supervisor(config, serve_argv, shutdown=shutdown)
-            nursery.cancel_scope.cancel()
+    await until_signalled(lambda shutdown: run_supervisor(config, serve_argv, shutdown=shutdown))
