@@ -61,15 +61,18 @@ class Echo(FrameProcessor):  # type: ignore[misc]
 
 
 class Seen(FrameProcessor):  # type: ignore[misc]
-    """Counts the frame types that pass."""
+    """Counts the frame types that pass; ``user_stopped`` is set by the first ``UserStoppedSpeakingFrame``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[str, int] = {}
+        self.user_stopped = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         self.seen[type(frame).__name__] = self.seen.get(type(frame).__name__, 0) + 1
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            self.user_stopped.set()
         await self.push_frame(frame, direction)
 
 
@@ -138,8 +141,7 @@ def test_an_echo_pipeline_hears_the_call_and_is_heard(server: ServerThread) -> N
                 # The speech comes back first (about 1.5 s of loud frames), then the tone.
                 echoed = await frames_of(caller, pipecat_id, 200)
                 results["echo_hz"] = dominant_frequency(echoed[-50 * 1920 :], 48000)
-                while "UserStoppedSpeakingFrame" not in seen.seen:
-                    await asyncio.sleep(0.05)
+                await seen.user_stopped.wait()
                 results["seen"] = dict(seen.seen)
                 await worker.queue_frame(EndFrame())
                 await left(caller, pipecat_id)
@@ -172,16 +174,20 @@ def test_an_interruption_clears_the_servers_queue(server: ServerThread) -> None:
                 # flight included), and then, for half a second more, nothing.
                 played_frames = results["cut"].played_ms // 20
                 rest: list[bytes] = []
+                all_played = asyncio.Event()
+                if 25 >= played_frames - 3:
+                    all_played.set()
 
                 async def count() -> None:
                     async for frame in listener.audio():
                         if frame.speaker == pipecat_id and not frame.concealed and rms_dbfs(frame.pcm) > -40:
                             rest.append(frame.pcm)
+                            if 25 + len(rest) >= played_frames - 3:
+                                all_played.set()
 
                 async with asyncio.TaskGroup() as group:
                     counting = group.create_task(count())
-                    while 25 + len(rest) < played_frames - 3:
-                        await asyncio.sleep(0.02)
+                    await all_played.wait()
                     await asyncio.sleep(0.5)  # a window for audio that should not come
                     counting.cancel()
                 results["heard_ms"] = (25 + len(rest)) * 20
