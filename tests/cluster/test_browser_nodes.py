@@ -20,6 +20,7 @@ from tests.cluster.test_nodes import start_nodes
 from tests.e2e.test_browser_call import frames_from
 from tests.kit.chromium import PageErrors, hooks, in_browser, join_call
 from tests.kit.redis import running_redis
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -39,8 +40,7 @@ async def test_a_browser_and_a_bot_hear_each_other_across_nodes(tmp_path):
             assert bot.join_response["media"]["port"] == b.workers[0].media_port
 
             async def bot_speaks():
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             def human(context: BrowserContext) -> dict:
                 # The invite opened on node A: page and signaling go through A to B.

@@ -23,6 +23,7 @@ from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from botcall_sdk import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -49,8 +50,7 @@ async def test_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_path):
 
             async def bot_speaks():
                 speaking.set()
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             def human(context: BrowserContext) -> dict:
                 page = context.new_page()

@@ -24,6 +24,7 @@ from tests.e2e.test_browser_call import frames_from, relay_peer
 from tests.kit.attack.lab import invite_secret
 from tests.kit.peers.external import AIORTC, RATE, WERIFT, PeerKind, start_human
 from tests.kit.server import running_server
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.e2e]
 
@@ -48,8 +49,7 @@ async def test_an_independent_human_keeps_audio_through_renegotiation(tmp_path, 
         async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
 
             async def bot_speaks() -> None:
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bot_speaks)

@@ -25,6 +25,7 @@ from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer, wait_for_event, wait_until
 from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
 from tests.kit.server import running_server
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.firefox, pytest.mark.e2e]
 
@@ -41,8 +42,7 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
 
             async def bot_speaks():
                 speaking.set()
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             def human(client) -> dict:
                 client.navigate(f"{srv.url}{invite.path}#{invite.fragment}")

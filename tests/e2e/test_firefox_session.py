@@ -27,6 +27,7 @@ from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from tests.e2e.test_browser_call import relay_peer
 from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
 from tests.kit.server import running_server
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.firefox, pytest.mark.e2e]
 
@@ -204,8 +205,7 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
                 }
 
             async def bot_speaks():
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bot_speaks)
@@ -298,8 +298,7 @@ async def test_firefox_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path
                 }
 
             async def bot_speaks():
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bot_speaks)

@@ -43,6 +43,7 @@ from tests.kit.browser_udp import UdpBrowser, signal_browser, udp_browser
 from tests.kit.chromium import hooks, in_browser, join_call
 from tests.kit.page_audio import start_recording, take_recording
 from tests.kit.server import running_server
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -140,8 +141,7 @@ async def test_two_humans_and_a_bot_each_hear_both_others_at_once(tmp_path):
                 await simulated.connect()
 
                 async def bot_talks():
-                    while True:
-                        await (await bot.say(tone(BOT_HZ, 5.0))).done()
+                    await keep_saying(bot, tone(BOT_HZ, 5.0))
 
                 nursery.start_soon(bot_talks)
                 nursery.start_soon(send_tone_forever, simulated, SIMULATED_HZ)
@@ -222,8 +222,7 @@ async def test_three_chromium_humans_and_a_bot_each_hear_all_three_others_at_onc
         async with connect(srv.url, room_id, srv.token(agent="orion#8f3a")) as bot, trio.open_nursery() as nursery:
 
             async def bot_talks():
-                while True:
-                    await (await bot.say(tone(BOT_HZ, 5.0))).done()
+                await keep_saying(bot, tone(BOT_HZ, 5.0))
 
             async def human(index: int) -> None:
                 pages[index] = await in_browser(lambda context: page_hears_all(context, url, ready, done), fake_mic_wav=mics[index])

@@ -31,6 +31,7 @@ from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer
 from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.server import running_server
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -65,8 +66,7 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
 
             async def bot_speaks():
                 speaking.set()
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             def human(context: BrowserContext) -> dict:
                 page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
@@ -200,8 +200,7 @@ async def test_a_video_first_max_bundle_offer_gets_audio_both_ways(tmp_path):
 
             async def bot_speaks():
                 speaking.set()
-                while True:
-                    await (await bot.say(tone(440, 5.0))).done()
+                await keep_saying(bot, tone(440, 5.0))
 
             def human(context: BrowserContext) -> dict:
                 page = context.new_page()

@@ -30,6 +30,7 @@ from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.coturn import running_coturn
 from tests.kit.server import running_server
 from tests.kit.tls import TEST_HOST, TestTls
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -89,8 +90,7 @@ async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_p
 
                 async def bot_speaks():
                     speaking.set()
-                    while True:
-                        await (await bot.say(tone(440, 5.0))).done()
+                    await keep_saying(bot, tone(440, 5.0))
 
                 def human(context: BrowserContext) -> dict:
                     page = context.new_page()

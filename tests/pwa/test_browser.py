@@ -22,6 +22,7 @@ from botcall_sdk import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
 from tests.kit.speech_corpus import spoken_pcm
+from tests.kit.speaking import keep_saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -717,8 +718,7 @@ async def test_playout_delay_reports_and_speech_events(tmp_path):
         ) as quiet, trio.open_nursery() as nursery:
 
             async def speak() -> None:
-                while True:
-                    await (await talker.say(tone(440, 10.0))).done()
+                await keep_saying(talker, tone(440, 10.0))
 
             nursery.start_soon(speak)
 

@@ -42,6 +42,7 @@ from tests.kit.attack.lab import (
     record_arrivals,
     source,
 )
+from tests.kit.speaking import keep_saying
 
 # Issue item 1, byte for byte: a GET with a lying Content-Length and one body
 # byte, then an early close. Hypercorn 0.18's h11 error path raised
@@ -691,8 +692,7 @@ async def udp_socket(address: str) -> trio.socket.SocketType:
 async def speak_tone(call: Any) -> None:
     """Say a tone until cancelled (paced 20 ms frames)."""
     second = tone(523.0, 1.0)
-    while True:
-        await (await call.say(second)).done()
+    await keep_saying(call, second)
 
 
 @asynccontextmanager

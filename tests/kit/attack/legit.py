@@ -38,6 +38,7 @@ from botcall_sdk import Call, connect
 from botcall_sdk import create_room
 from tests.kit.attack.lab import CALL_NICE, HEALTHZ_DEADLINE, LISTENER, PROBE, PROBE_INTERVAL, RSS_SAMPLE_INTERVAL, SPEAKER, record_arrivals, source
 from tests.kit.server import http_request
+from tests.kit.speaking import keep_saying
 
 READY_PACKETS = 10
 
@@ -83,14 +84,7 @@ async def speak(server: str, room_id: str, token: str, record: Recorder) -> None
         async with connect(server, room_id, token) as call:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(report_events, "speaker", call, record)
-                # Always a second queued behind the one playing: the server's
-                # playout never runs dry between two says (a gap the server did
-                # not cause would count against it).
-                previous = await call.say(second_of_tone)
-                while True:
-                    queued = await call.say(second_of_tone)
-                    await previous.done()
-                    previous = queued
+                await keep_saying(call, second_of_tone)
 
 
 async def report_events(who: str, call: Call, record: Recorder) -> None:
