@@ -40,7 +40,9 @@ class PeerKind:
     steps: tuple[str, ...]
 
     def command(self, signal_url: str, invite: str, tone: float, record: Path) -> list[str]:
-        args = ["--signal-url", signal_url, "--invite", invite, "--tone", str(tone), "--record", str(record), "--name", self.name]
+        # "--opt=value": an invite secret is url-safe base64 and may start
+        # with "-", which argparse and node's parseArgs would take for an option.
+        args = [f"--signal-url={signal_url}", f"--invite={invite}", f"--tone={tone}", f"--record={record}", f"--name={self.name}"]
         if self.name == "aiortc":
             return [str(AIORTC_PYTHON), str(PEERS / "aiortc_human.py"), *args]
         return ["node", str(WERIFT_DIR / "human.mjs"), *args]
