@@ -140,6 +140,9 @@ class Config:
     media_max_packets_per_second: int = 200
     # A session with no WebSocket for this long (never connected, or dropped) is ended.
     ws_connect_grace_s: float = 30.0
+    # A bot session's recent events kept for replay after a WebSocket drop
+    # (signaling/event_log.py; also bounded to 128 KiB of text).
+    ws_replay_max_events: int = 256
     # A bot may send its speech this many seconds ahead of real time; the relay
     # holds it (about 4 kB a second of Opus) and plays it out. Beyond: playout_full.
     playout_max_ahead_s: float = 120.0
@@ -320,7 +323,7 @@ class Config:
             "max_live_rooms_per_controller", "max_rooms_total", "max_sessions_total",
             "closed_rooms_remembered", "closed_rooms_remembered_s", "max_display_name_chars",
             "rate_limit_table_max", "max_body_bytes", "media_consent_timeout_s",
-            "max_dtls_handshakes", "media_max_packets_per_second", "ws_connect_grace_s",
+            "max_dtls_handshakes", "media_max_packets_per_second", "ws_connect_grace_s", "ws_replay_max_events",
             "playout_max_ahead_s", "playout_max_marks", "speech_max_decoders",
             "max_connections", "fd_reserve", "max_connections_per_ip", "max_websockets_per_ip",
             "max_lobby_sockets_per_room", "header_timeout_s", "body_timeout_s",

@@ -80,6 +80,13 @@ class PartCounters(Protocol):
     def restarts(self) -> Mapping[str, int]: ...
 
 
+class HubCounters(Protocol):
+    """The bot WebSockets' event replay as the metrics read it (``signaling.ws.Hub``)."""
+
+    @property
+    def events_lost(self) -> int: ...
+
+
 # A join verifies a signature and updates the registry (about a millisecond);
 # a JWKS fetch after key rotation can take seconds.
 JOIN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -144,6 +151,11 @@ class Metrics:
         restarts, read at scrape time (``signaling/serving.py``, ``server.py``)."""
         self.registry.register(_HttpCollector(budget, parts))
 
+    def attach_hub(self, hub: HubCounters) -> None:
+        """Expose ``botcall_ws_events_lost_total``: events bots asked for on resume
+        that had already left their session's replay log (told as ``events_lost``)."""
+        self.registry.register(_HubCollector(hub))
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -201,6 +213,18 @@ def _catalogued_families(counted: list[tuple[str, int]]) -> Iterator[Metric]:
             stray.add_metric([name], value)
     yield from by_errno.values()
     yield stray
+
+
+class _HubCollector:
+    def __init__(self, hub: HubCounters) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        lost = CounterMetricFamily(
+            "botcall_ws_events_lost", "Events a resuming bot asked for that its session's replay log no longer held."
+        )
+        lost.add_metric([], self.hub.events_lost)
+        yield lost
 
 
 class _HttpCollector:

@@ -318,18 +318,18 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
         if isinstance(event, (StreamStarted, SpeechStarted, SpeechStopped)):
             hub.broadcast(peer.room_id, room_media_event(peer.participant_id, peer.ssrc, event))
             return
-        connection = hub.connection(peer.session_id)
-        if connection is None:
-            return  # no WebSocket now: a bot that reconnects reads the stream clock from its next events
+        # A bot's own playout events: kept in its event log even while its
+        # WebSocket is down, and replayed when it resumes.
         if isinstance(event, MarkReached):
-            connection.send_event({"type": "mark", "name": event.name, "played_ms": event.played_ms})
+            hub.send(peer.session_id, {"type": "mark", "name": event.name, "played_ms": event.played_ms})
         elif isinstance(event, Interrupted):
             cleared = event.cleared
-            connection.send_event(
-                cleared_event("interrupted", cleared.played_ms, cleared.dropped_ms, cleared.marks_dropped, event.heard, by=event.by)
+            hub.send(
+                peer.session_id,
+                cleared_event("interrupted", cleared.played_ms, cleared.dropped_ms, cleared.marks_dropped, event.heard, by=event.by),
             )
         else:
-            connection.send_event(playout_full_event(event.ahead_ms, event.max_ahead_ms))
+            hub.send(peer.session_id, playout_full_event(event.ahead_ms, event.max_ahead_ms))
 
     def is_speaking(session_id: str) -> bool:
         peer = relay.peer(session_id)
@@ -368,10 +368,12 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
         connect_grace=config.ws_connect_grace_s,
         max_per_ip=config.max_websockets_per_ip,
         max_lobby_per_room=config.max_lobby_sockets_per_room,
+        replay_max_events=config.ws_replay_max_events,
     )
     state.registry.add_listener(media_listener(state.media))
     state.registry.add_listener(hub.on_registry_event)
     state.metrics.attach_media(relay, udp)
+    state.metrics.attach_hub(hub)
 
 
 def _ip_literal(host: str, flag: str) -> str:

@@ -33,6 +33,7 @@ from botcall.relay.service import MediaService, WsSink
 from botcall.relay.ws_audio import AudioOut, WsAudio
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling import messages as msg
+from botcall.signaling.event_log import MAX_EVENTS, EventLog, ResumeError, parse_last_seq_untrusted
 from botcall.signaling.strict_json import JsonObject
 from botcall.signaling.turn import ice_servers_json
 from botcall.signaling.rooms import (
@@ -121,8 +122,19 @@ class Connection:
     joining: bool = False
     # Counted against its room's lobby (no session yet).
     in_lobby: bool = False
+    # A bot session's numbered events (``seq``, kept for replay): set by ``Hub.attach``.
+    log: EventLog | None = None
 
     def send_event(self, event: JsonObject) -> None:
+        """Queue an event; a bot's is numbered and kept in its session's log."""
+        self.send_encoded(msg.encode(event))
+
+    def send_encoded(self, text: str) -> None:
+        self.outbox.put_nowait(self.log.record(text) if self.log is not None else text)
+
+    def send_unnumbered(self, event: JsonObject) -> None:
+        """Queue an event that is about this connection only (``welcome``,
+        ``events_lost``): no ``seq``, never replayed."""
         self.outbox.put_nowait(msg.encode(event))
 
     def request_close(self, code: int, reason: str) -> None:
@@ -148,9 +160,17 @@ class Hub:
         max_per_ip: int = 32,
         max_lobby_per_room: int = 32,
         is_speaking: Callable[[str], bool] | None = None,
+        replay_max_events: int = MAX_EVENTS,
     ) -> None:
         self._clock = clock
         self._by_session: dict[str, Connection] = {}
+        # Every bot session's event log, connected or not (bounded: one per
+        # session, and sessions are bounded by max_sessions_total).
+        self._logs: dict[str, EventLog] = {}
+        self._logs_by_room: dict[str, dict[str, EventLog]] = {}
+        self.replay_max_events = replay_max_events
+        # Events bots missed for good: asked for on resume, already evicted (events_lost).
+        self.events_lost = 0
         self._by_room: dict[str, set[Connection]] = {}
         self._per_ip: dict[str, int] = {}
         self._lobby: dict[str, int] = {}
@@ -239,6 +259,7 @@ class Hub:
         self.watch(connection)
         self._leave_lobby(connection)
         self._by_session[session.session_id] = connection
+        connection.log = self._logs.get(session.session_id)
         self._unconnected.pop(session.session_id, None)
 
     def detach(self, connection: Connection) -> None:
@@ -272,28 +293,91 @@ class Hub:
     def connection(self, session_id: str) -> Connection | None:
         return self._by_session.get(session_id)
 
+    def event_log(self, session_id: str) -> EventLog | None:
+        """A bot session's numbered events (None for a human or an ended session)."""
+        return self._logs.get(session_id)
+
+    def send(self, session_id: str, event: JsonObject) -> None:
+        """An event for one session: a bot's is kept in its log even while its
+        WebSocket is down (replayed on resume); a human's goes only to an open socket."""
+        log = self._logs.get(session_id)
+        connection = self._by_session.get(session_id)
+        if log is None:
+            if connection is not None:
+                connection.send_event(event)
+            return
+        stamped = log.record(msg.encode(event))
+        if connection is not None:
+            connection.outbox.put_nowait(stamped)
+
+    def resume(self, connection: Connection, last_seq: int) -> None:
+        """Queue, after ``welcome``, what a bot that saw events up to ``last_seq``
+        missed: ``events_lost`` for a range no longer held, then the held events in
+        order. Call it in the same step as ``attach`` (nothing live comes between).
+
+        Raises:
+            ResumeError: ``last_seq`` is beyond the session's newest event.
+        """
+        log = connection.log
+        if log is None:
+            return
+        lost, held = log.since(last_seq)
+        if lost is not None:
+            self.events_lost += lost.count
+            connection.send_unnumbered(
+                {"type": "events_lost", "first_seq": lost.first_seq, "last_seq": lost.last_seq, "count": lost.count}
+            )
+        for text in held:
+            connection.outbox.put_nowait(text)
+
     def broadcast(self, room_id: str, event: JsonObject, *, exclude: str | None = None, chat_only: bool = False) -> None:
         text = msg.encode(event)
         for connection in self._by_room.get(room_id, ()):
             session = connection.session
-            if connection.joining:
-                continue
+            if connection.joining or connection.log is not None:
+                continue  # a bot's: through its log, below
             if session is not None:
                 if session.session_id == exclude:
                     continue
                 if chat_only and session.kind == "bot" and not session.capabilities.text_chat:
                     continue
             connection.outbox.put_nowait(text)
+        # Every bot in the room, its WebSocket open or not: the log numbers the
+        # event and keeps it for a resume.
+        for session_id, log in self._logs_by_room.get(room_id, {}).items():
+            if session_id == exclude or (chat_only and not log.text_chat):
+                continue
+            stamped = log.record(text)
+            bot = self._by_session.get(session_id)
+            if bot is not None:
+                bot.outbox.put_nowait(stamped)
+
+    def _open_log(self, session: Session) -> None:
+        log = EventLog(session.session_id, session.room_id, session.capabilities.text_chat, max_events=self.replay_max_events)
+        self._logs[session.session_id] = log
+        self._logs_by_room.setdefault(session.room_id, {})[session.session_id] = log
+
+    def _close_log(self, session: Session) -> None:
+        if self._logs.pop(session.session_id, None) is None:
+            return
+        logs = self._logs_by_room.get(session.room_id)
+        if logs is not None:
+            logs.pop(session.session_id, None)
+            if not logs:
+                del self._logs_by_room[session.room_id]
 
     def on_registry_event(self, event: RegistryEvent) -> None:
         """Registry listener."""
         if isinstance(event, SessionAdded):
             session = event.session
             self._unconnected[session.session_id] = self._clock()
+            if session.kind == "bot":
+                self._open_log(session)
             self.broadcast(session.room_id, {"type": "participant_joined", "participant": self.describe(session)}, exclude=session.session_id)
         elif isinstance(event, SessionRemoved):
             session = event.session
             self._unconnected.pop(session.session_id, None)
+            self._close_log(session)
             if session.room_id not in self._closed_rooms:
                 # (When the whole room closes, room_closed already said it all.)
                 self.broadcast(
@@ -747,15 +831,36 @@ def register_websocket_routes(app: Quart, state: SignalingState) -> None:
         if session is None or session.kind != "bot":
             await _reject(ws, "session_not_found", "no such session (it may have ended)", msg.CLOSE_NOT_FOUND)
             return
-        connection = Connection(session.room_id, session, client_ip=websocket_client_ip(state, ws))
+        hub = state.started_hub()
+        raw_last_seq = ws.args.get("last_seq")
         try:
-            state.started_hub().attach(connection)
+            # A resume: the seq of the last event the bot saw (docs/protocol.md "Resuming").
+            last_seq = parse_last_seq_untrusted(raw_last_seq) if raw_last_seq is not None else None
+            log = hub.event_log(session.session_id)
+            if last_seq is not None and log is not None:
+                log.since(last_seq)  # checks the range before the older connection is replaced
+        except ResumeError as exc:
+            await _reject(ws, "bad_last_seq", str(exc), msg.CLOSE_BAD_MESSAGE)
+            return
+        # The outbox takes a whole replay besides live events.
+        connection = Connection(
+            session.room_id, session, client_ip=websocket_client_ip(state, ws),
+            outbox=DropOldestQueue(EVENT_QUEUE + hub.replay_max_events),
+        )
+        try:
+            hub.attach(connection)
         except SignalingError as exc:
             await _reject(ws, exc.code, exc.message, exc.close_code)
             return
         channel = BotChannel(state, connection, ws, binary_audio=ws.args.get("audio") == "binary")
         try:
-            connection.send_event(welcome_event(state, session))
+            # welcome, then what a resuming bot missed, then live events: all
+            # queued in this one step, so nothing live can come between.
+            welcome = welcome_event(state, session)
+            welcome["last_seq"] = connection.log.seq if connection.log is not None else 0
+            connection.send_unnumbered(welcome)
+            if last_seq is not None:
+                hub.resume(connection, last_seq)
             # Log lines from this socket's tasks name the room and participant (JSON logs).
             with log_context(room=session.room_id, session=session.participant_id):
                 await channel.run()

@@ -36,7 +36,8 @@ async def test_control_flood_is_refused_then_closed(tmp_path):
             for k in range(5):
                 await ws.send_message(json.dumps({"type": "ping", "nonce": str(k)}))
             for k in range(5):
-                assert (await receive(ws)) == {"type": "pong", "nonce": str(k)}
+                # Numbered after the welcome (docs/protocol.md "Resuming"): seq 1, 2, ...
+                assert (await receive(ws)) == {"type": "pong", "nonce": str(k), "seq": k + 1}
             # Beyond the burst: each message is refused with rate_limited...
             for _ in range(3):
                 await ws.send_message(json.dumps({"type": "control", "action": "mute", "value": True}))
