@@ -308,8 +308,13 @@ def _server_events() -> dict[str, Schema]:
     }
     audio_common = {**participant_id, "seq": _INT, "timestamp": _INT, "stream_ms": _INT, "sample_rate": {"enum": _RATES},
                     "data": {"type": "string", "contentEncoding": "base64"}}
-    return {
-        "welcome": _message("welcome", welcome, description="first event on a bot's channel"),
+    events = {
+        "welcome": _message("welcome", welcome, {"last_seq": _SEQ_OR_ZERO}, description=(
+            "first event on a bot's channel; last_seq: the newest event's seq so far (bots only)"
+        )),
+        "events_lost": _message("events_lost", {"first_seq": _SEQ, "last_seq": _SEQ, "count": _SEQ}, description=(
+            "on a resume: these events had left the session's replay log (bots only, no seq of its own)"
+        )),
         "lobby": _message("lobby", {
             "room_id": _STRING, "participants": {"type": "array", "items": _def("WsParticipant")},
             "max_human_participants": _INT, "humans": _INT, "resumed": _BOOL,
@@ -345,6 +350,17 @@ def _server_events() -> dict[str, Schema]:
             _message("audio", {**audio_common, "encoding": {"const": "pcm16"}, "concealed": _BOOL}),
         ]},
     }
+    # A bot's events are numbered for replay (docs/protocol.md "Resuming"); the
+    # ones about one connection only, and audio, are not.
+    for kind in set(events) - _UNNUMBERED_EVENTS:
+        events[kind]["properties"]["seq"] = _SEQ
+    return events
+
+
+# Events that never carry the bot channel's seq.
+_UNNUMBERED_EVENTS = {"welcome", "events_lost", "lobby", "joined", "answer", "audio"}
+_SEQ: Schema = {"type": "integer", "minimum": 1}
+_SEQ_OR_ZERO: Schema = {"type": "integer", "minimum": 0}
 
 
 def websocket_schema() -> Schema:
@@ -361,7 +377,7 @@ def websocket_schema() -> Schema:
     participant["properties"] = {**participant["properties"], "ssrc": _UINT32, "speaking": _BOOL}
     participant["required"] = sorted([*participant["required"], "ssrc", "speaking"])
     bot_events = sorted(set(events) - {"lobby", "joined", "answer"})
-    browser_events = sorted(set(events) - {"welcome", "mark", "cleared", "interrupted", "audio", "stream_started"})
+    browser_events = sorted(set(events) - {"welcome", "events_lost", "mark", "cleared", "interrupted", "audio", "stream_started"})
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": WEBSOCKET_SCHEMA_PATH,
