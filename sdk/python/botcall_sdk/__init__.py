@@ -37,6 +37,7 @@ from botcall_sdk._events import (
     Chat,
     Cleared,
     Event,
+    EventsLost,
     Interrupted,
     MarkReached,
     Muted,
@@ -58,7 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AudioFrame", "AuthError", "BadRequest", "BotCallError", "Call", "CallClosed", "CallError", "Chat", "Cleared",
-    "Event", "HttpError", "Interrupted", "Interruption", "InvalidServerUrl", "Mark", "MarkReached", "Muted",
+    "Event", "EventsLost", "HttpError", "Interrupted", "Interruption", "InvalidServerUrl", "Mark", "MarkReached", "Muted",
     "Participant", "ParticipantJoined", "ParticipantLeft", "Pong", "RateLimited", "Room", "RoomClosed", "RoomFull",
     "RoomUnavailable", "ServerBusy", "ServerError", "ServerFault", "Speaking", "Speech", "SpeechStarted",
     "SpeechStopped", "StreamStarted", "Unknown", "Unreachable", "connect", "create_room", "events",

@@ -45,6 +45,7 @@ from botcall_sdk._errors import BadPacket, BotCallError, CallClosed, CallError
 from botcall_sdk._events import (
     Cleared,
     Event,
+    EventsLost,
     Interrupted,
     MarkReached,
     Participant,
@@ -277,9 +278,17 @@ class Call:
         self.mapped_address: Address | None = None
         self.close_reason: str | None = None
         self.close_code: int | None = None
-        self.counters: dict[str, int] = {"sent": 0, "received": 0, "malformed": 0, "reconnects": 0}
+        self.counters: dict[str, int] = {
+            "sent": 0, "received": 0, "malformed": 0, "reconnects": 0, "replayed": 0, "duplicates": 0, "events_lost": 0,
+        }
         self._http = http
         self._ws_url = join["websocket_url"] + ("?audio=binary" if self.transport == "websocket" else "")
+        # The highest event seq seen (docs/protocol.md "Resuming"): sent as
+        # ?last_seq= on a reconnect; events at or below it are duplicates. None
+        # until the first welcome (or for a server that does not number events).
+        self._last_seq: int | None = None
+        # While a resume's replay is read: events up to this seq are replays.
+        self._replay_until = 0
         self._ssrc_to_participant: dict[int, str] = {}
         self._origins: dict[int, int] = {}
         if self.media.get("mix_ssrc") is not None:
@@ -635,9 +644,13 @@ class Call:
         backoff = 0.05
         while not self._closed.is_set():
             ws: AsyncWebSocketSession
+            url = self._ws_url
+            if self._last_seq is not None:
+                # A resume: the server replays what came after (or says events_lost).
+                url += ("&" if "?" in url else "?") + f"last_seq={self._last_seq}"
             try:
                 async with aconnect_ws(
-                    self._ws_url,
+                    url,
                     self._http,
                     max_message_size_bytes=MAX_WS_MESSAGE,
                     keepalive_ping_interval_seconds=WS_PING_INTERVAL,
@@ -714,12 +727,20 @@ class Call:
                     self._learn(parse_participant_untrusted(item))
                 except ValueError:
                     self.counters["malformed"] += 1
+            newest = obj.get("last_seq")
+            if isinstance(newest, int) and not isinstance(newest, bool):
+                if self._last_seq is None:
+                    # A first connection: nothing is replayed, so we are at the newest.
+                    self._last_seq = newest
+                self._replay_until = newest
             self._welcome.set()
             return
         if kind == "audio":
             self._on_json_audio(obj)
             return
         event = parse_event_untrusted(obj)
+        if not self._in_sequence(event):
+            return
         if isinstance(event, ParticipantJoined):
             self._learn(event.participant)
         elif isinstance(event, ParticipantLeft):
@@ -749,6 +770,29 @@ class Call:
                 speech._scope.cancel()
             self._interrupt_speeches(event.played_ms, event.heard, event.dropped_ms, event.by, marks_dropped=event.marks_dropped)
         self._events.put_nowait(event)
+
+    def _in_sequence(self, event: Event) -> bool:
+        """Track the event numbering: False for a duplicate (already seen before a
+        drop); an ``EventsLost`` is queued for a gap on a live socket."""
+        if isinstance(event, EventsLost):
+            self.counters["events_lost"] += event.count
+            if self._last_seq is not None:
+                self._last_seq = max(self._last_seq, event.last_seq)
+            return True
+        seq = event.raw.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or self._last_seq is None:
+            return True
+        if seq <= self._last_seq:
+            self.counters["duplicates"] += 1
+            return False
+        if seq > self._last_seq + 1:
+            first = self._last_seq + 1
+            self.counters["events_lost"] += seq - first
+            self._events.put_nowait(EventsLost(first, seq - 1, seq - first))
+        if seq <= self._replay_until:
+            self.counters["replayed"] += 1
+        self._last_seq = seq
+        return True
 
     def _learn(self, participant: Participant) -> None:
         self.participants[participant.participant_id] = participant

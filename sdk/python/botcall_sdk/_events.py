@@ -142,6 +142,21 @@ class StreamStarted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class EventsLost(Event):
+    """Events ``first_seq`` to ``last_seq`` (``count`` of them) will never arrive.
+
+    After a WebSocket drop the SDK resumes and the server replays what it still
+    holds (256 recent events per session); this says what it no longer held. It
+    is also raised by the SDK itself when the numbering skips on a live socket
+    (the server dropped events this bot read too slowly): then ``raw`` is empty.
+    """
+
+    first_seq: int
+    last_seq: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown(Event):
     """An event this SDK does not know (or could not read): see ``raw``."""
 
@@ -249,6 +264,8 @@ def parse_event_untrusted(obj: JsonObject) -> Event:
             return Cleared(_int(obj, "played_ms"), _int(obj, "dropped_ms"), _marks(obj), _heard(obj), raw=obj)
         if kind == "interrupted":
             return Interrupted(_opt_str(obj, "by"), _int(obj, "played_ms"), _int(obj, "dropped_ms"), _marks(obj), _heard(obj), raw=obj)
+        if kind == "events_lost":
+            return EventsLost(_int(obj, "first_seq"), _int(obj, "last_seq"), _int(obj, "count"), raw=obj)
         if kind == "stream_started":
             return StreamStarted(_opt_str(obj, "participant_id"), _int(obj, "ssrc"), _int(obj, "rtp_timestamp"), raw=obj)
     except (_Bad, ValueError):
@@ -257,7 +274,7 @@ def parse_event_untrusted(obj: JsonObject) -> Event:
 
 
 __all__ = [
-    "Chat", "Cleared", "Event", "Interrupted", "MarkReached", "Muted", "Participant", "ParticipantJoined",
+    "Chat", "Cleared", "Event", "EventsLost", "Interrupted", "MarkReached", "Muted", "Participant", "ParticipantJoined",
     "ParticipantLeft", "Pong", "RoomClosed", "ServerError", "Speaking", "SpeechStarted", "SpeechStopped",
     "StreamStarted", "Unknown", "parse_event_untrusted",
 ]

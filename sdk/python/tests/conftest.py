@@ -8,15 +8,18 @@ the way a user's program does.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
 
 from tests.kit.server import LiveServer, running_server
+
+T = TypeVar("T")
 
 
 class ServerThread:
@@ -69,14 +72,26 @@ class ServerThread:
 
     def participants(self, room_id: str) -> list[str]:
         """The room's participant ids, read in the server's own thread."""
-        assert self.live is not None and self._token is not None
+        assert self.live is not None
+        live = self.live
+        return self.read(lambda: [session.participant_id for session in live.state.registry.sessions_in_room(room_id)])
+
+    def event_types(self, session_id: str) -> list[str]:
+        """The types of the events a bot session's replay log holds (docs/protocol.md "Resuming")."""
+        assert self.live is not None
         live = self.live
 
         def read() -> list[str]:
-            return [session.participant_id for session in live.state.registry.sessions_in_room(room_id)]
+            log = live.state.started_hub().event_log(session_id)
+            return [] if log is None else [json.loads(text)["type"] for text in log.since(log.oldest_held - 1)[1]]
 
+        return self.read(read)
+
+    def read(self, read: Callable[[], T]) -> T:
+        """``read()`` run in the server's own thread, its answer returned here."""
+        assert self._token is not None
         # Works from any thread, even one running its own trio.run (the test's).
-        answer: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        answer: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
             try:

@@ -149,6 +149,10 @@ class DroppingProxy:
         self.port = 0
         self.cut = 0
         self._groups: list[anyio.abc.TaskGroup] = []
+        # While set, new connections whose request names _held_path wait here
+        # before reaching the server (that client's network is down).
+        self._held: anyio.Event | None = None
+        self._held_path = b""
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
@@ -157,7 +161,16 @@ class DroppingProxy:
         await listener.serve(self._handle)
 
     async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        try:
+            first = await client.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            await client.aclose()
+            return
+        held = self._held
+        if held is not None and self._held_path in first:
+            await held.wait()
         async with client, await anyio.connect_tcp("127.0.0.1", self.target_port) as upstream:
+            await upstream.send(first)
             async with anyio.create_task_group() as group:
                 self._groups.append(group)
 
@@ -177,6 +190,17 @@ class DroppingProxy:
         self.cut += len(self._groups)
         for group in list(self._groups):
             group.cancel_scope.cancel()
+
+    def go_down(self, path: str) -> None:
+        """Cut every connection, and hold new ones to ``path`` (a session's
+        WebSocket) until ``come_back``; others pass (another bot's join)."""
+        self._held, self._held_path = anyio.Event(), path.encode()
+        self.drop_all()
+
+    def come_back(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.set()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -222,6 +246,149 @@ def test_a_dropped_websocket_resumes_and_audio_continues(tmp_path: Path, backend
     assert outcome["present"] is True
     before_hz, after_hz = outcome["frequencies"]  # type: ignore[misc]
     assert abs(before_hz - 700) < 10 and abs(after_hz - 700) < 10, outcome
+
+
+def proxied_server(tmp_path: Path, **overrides: object) -> tuple[DroppingProxy, ServerThread, str]:
+    """A server whose public URL is a DroppingProxy in front of it (the proxy is served by the test)."""
+    proxy = DroppingProxy()
+    # The proxy port must be known before the server starts (its public URL);
+    # it learns the server's port afterwards.
+    proxy.port = anyio.run(_free_port)
+    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    server = ServerThread(tmp_path, public_url=proxy_url, **overrides).start()
+    proxy.target_port = int(server.url.rsplit(":", 1)[1])
+    return proxy, server, proxy_url
+
+
+async def collect(call: botcall_sdk.Call, into: list[botcall_sdk.Event]) -> None:
+    async for event in call.events():
+        into.append(event)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (the caller's fail_after bounds it)."""
+    while not condition():
+        await anyio.sleep(0.01)
+
+
+def pong(events: list[botcall_sdk.Event], nonce: str) -> bool:
+    return any(isinstance(e, botcall_sdk.Pong) and e.nonce == nonce for e in events)
+
+
+async def visit(server: ServerThread, room: str, chats: list[str]) -> str:
+    """Another bot joins, chats and leaves (its leave is sent after the chats)."""
+    async with botcall_sdk.connect(server.url, room, server.token(agent="visitor#1")) as visitor:
+        for text in chats:
+            await visitor.chat(text)
+        assert visitor.participant_id is not None
+        return visitor.participant_id
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_events_during_a_drop_arrive_once_and_in_order(tmp_path: Path, backend: str) -> None:
+    proxy, server, proxy_url = proxied_server(tmp_path)
+    outcome: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=proxy.port)
+            group.start_soon(listener.serve, proxy._handle)
+            room = await new_room(server)
+            async with botcall_sdk.connect(proxy_url, room, server.token(agent="far#1")) as far:
+                events: list[botcall_sdk.Event] = []
+                group.start_soon(collect, far, events)
+                with anyio.fail_after(WAIT):
+                    # A mark at the end of 3 s of speech: it fires while the socket is down.
+                    speech = await far.say(tone(500.0, 3.0))
+                    await until(lambda: speech.sent_ms >= 3000)
+                    await far.mark("during")
+                    await far.ping("before")
+                    await until(lambda: pong(events, "before"))
+                    assert "mark" not in server.event_types(far.session_id)
+                    before = len(events)
+                    proxy.go_down(f"/v1/stream/{far.session_id}")
+                    visitor = await visit(server, room, ["one", "two", "three"])
+                    await until(lambda: server.event_types(far.session_id).count("mark") >= 2)  # ours and the SDK's end mark
+                    assert far.counters["reconnects"] == 0
+                    proxy.come_back()
+                    await until(lambda: far.counters["reconnects"] >= 1)
+                    outcome["done"] = await speech.done()  # its end mark came in the replay
+                    await far.ping("after")
+                    await until(lambda: pong(events, "after"))
+                    outcome["before"], outcome["events"], outcome["visitor"] = events[:before], events[before:], visitor
+                    outcome["counters"] = dict(far.counters)
+                    outcome["knows_visitor"] = visitor in far.participants
+            group.cancel_scope.cancel()
+
+    try:
+        run_on(backend, scenario)
+    finally:
+        server.stop()
+    after: list[botcall_sdk.Event] = outcome["events"]  # type: ignore[assignment]
+    visitor = outcome["visitor"]
+    print("after the drop:", [type(e).__name__ for e in after], outcome["counters"])
+    numbered = [e.raw["seq"] for e in [*outcome["before"], *after] if "seq" in e.raw]  # type: ignore[misc]
+    # Each once, in order (the SDK's own end marks are not shown, so not every number is).
+    assert numbered == sorted(set(numbered))
+    # No gap: the SDK would have shown one as EventsLost.
+    assert not any(isinstance(e, botcall_sdk.EventsLost) for e in after)
+    about_visitor = [
+        (type(e).__name__, getattr(e, "text", None))
+        for e in after
+        if getattr(e, "participant_id", None) == visitor
+        or isinstance(e, botcall_sdk.ParticipantJoined) and e.participant.participant_id == visitor
+    ]
+    assert about_visitor == [
+        ("ParticipantJoined", None), ("Chat", "one"), ("Chat", "two"), ("Chat", "three"), ("ParticipantLeft", None),
+    ]
+    assert [e.name for e in after if isinstance(e, botcall_sdk.MarkReached)] == ["during"]
+    # It arrived before the pong sent after the resume: the replay came first.
+    assert isinstance(after[-1], botcall_sdk.Pong) and after[-1].nonce == "after"
+    counters: dict[str, int] = outcome["counters"]  # type: ignore[assignment]
+    assert counters["replayed"] >= 6 and counters["duplicates"] == 0 and counters["events_lost"] == 0
+    assert outcome["done"] is None and outcome["knows_visitor"] is False
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_drop_longer_than_the_servers_log_gives_events_lost(tmp_path: Path, backend: str) -> None:
+    proxy, server, proxy_url = proxied_server(tmp_path, ws_replay_max_events=4)
+    outcome: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=proxy.port)
+            group.start_soon(listener.serve, proxy._handle)
+            room = await new_room(server)
+            async with botcall_sdk.connect(proxy_url, room, server.token(agent="far#1")) as far:
+                events: list[botcall_sdk.Event] = []
+                group.start_soon(collect, far, events)
+                with anyio.fail_after(WAIT):
+                    await far.ping("before")
+                    await until(lambda: pong(events, "before"))
+                    before = len(events)
+                    proxy.go_down(f"/v1/stream/{far.session_id}")
+                    # joined, six chats, left: eight events, the log holds four.
+                    await visit(server, room, [f"c{n}" for n in range(1, 7)])
+                    await until(lambda: "participant_left" in server.event_types(far.session_id))
+                    proxy.come_back()
+                    await until(lambda: any(isinstance(e, botcall_sdk.ParticipantLeft) for e in events))
+                    outcome["pong_seq"] = events[before - 1].raw["seq"]
+                    outcome["events"] = events[before:]
+                    outcome["counters"] = dict(far.counters)
+            group.cancel_scope.cancel()
+
+    try:
+        run_on(backend, scenario)
+    finally:
+        server.stop()
+    after: list[botcall_sdk.Event] = outcome["events"]  # type: ignore[assignment]
+    b: int = outcome["pong_seq"]  # type: ignore[assignment]
+    print("after the drop:", after, outcome["counters"])
+    assert after[0] == botcall_sdk.EventsLost(b + 1, b + 4, 4)
+    assert [(type(e).__name__, getattr(e, "text", None), e.raw["seq"]) for e in after[1:]] == [
+        ("Chat", "c4", b + 5), ("Chat", "c5", b + 6), ("Chat", "c6", b + 7), ("ParticipantLeft", None, b + 8),
+    ]
+    assert outcome["counters"]["events_lost"] == 4  # type: ignore[index]
 
 
 async def _free_port() -> int:

@@ -139,3 +139,39 @@ def test_jitter_buffer_plays_in_order_conceals_gaps_and_adds_nothing_at_the_end(
     assert [p.timestamp for p in played] == [1000 + 960 * i for i in range(12)]
     assert [p.concealed for p in played] == [False] * 4 + [True] + [False] * 7  # only the real gap
     assert all(len(p.pcm) == 1920 for p in played)
+
+
+def test_numbered_events_are_deduplicated_and_gaps_reported() -> None:
+    import anyio
+    import httpx
+
+    from botcall_sdk._call import Call
+    from botcall_sdk._events import Chat, EventsLost
+
+    async def scenario() -> list[object]:
+        async with httpx.AsyncClient() as http:
+            join = {"session_id": "s", "media": {"transport": "websocket", "ssrc": 1}, "websocket_url": "ws://h/v1/stream/s"}
+            call = Call(join, room_id="r", sample_rate=48000, http=http)
+
+            def chat(seq: int) -> dict[str, object]:
+                return {"type": "chat", "participant_id": "p-2", "text": str(seq), "seq": seq}
+
+            call._on_json({"type": "welcome", "participant_id": "p-1", "participants": [], "last_seq": 2})
+            for seq in (3, 4):
+                call._on_json(chat(seq))
+            # A resume from 4: the server replays from 5, one already seen is dropped.
+            call._on_json({"type": "welcome", "participant_id": "p-1", "participants": [], "last_seq": 7})
+            for seq in (4, 5, 6, 7, 7):
+                call._on_json(chat(seq))
+            call._on_json(chat(10))  # 8 and 9 skipped on a live socket
+            call._on_json({"type": "events_lost", "first_seq": 11, "last_seq": 12, "count": 2})
+            call._on_json(chat(13))
+            call._events.close()
+            assert call.counters["duplicates"] == 2 and call.counters["replayed"] == 3
+            assert call.counters["events_lost"] == 4 and call._last_seq == 13
+            return [event async for event in call.events()]
+
+    events = anyio.run(scenario)
+    described = [(e.text if isinstance(e, Chat) else (e.first_seq, e.last_seq, e.count)) for e in events]  # type: ignore[union-attr]
+    assert described == ["3", "4", "5", "6", "7", (8, 9, 2), "10", (11, 12, 2), "13"]
+    assert all(isinstance(e, (Chat, EventsLost)) for e in events)
