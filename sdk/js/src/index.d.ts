@@ -52,7 +52,8 @@ export interface Heard {
   heardMs: number;
 }
 
-export type CallEvent =
+/** An event from the server; `seq` is its number in the session (docs/protocol.md "Resuming"). */
+export type ServerEvent = { seq?: number } & (
   | { type: 'participant_joined'; participant: Participant }
   | { type: 'participant_left'; participantId: string; reason: string }
   | { type: 'muted'; participantId: string; muted: boolean }
@@ -67,7 +68,17 @@ export type CallEvent =
   | { type: 'cleared'; playedMs: number; droppedMs: number; marksDropped: string[]; heard: Heard[] }
   | { type: 'interrupted'; by: string; playedMs: number; droppedMs: number; marksDropped: string[]; heard: Heard[] }
   | { type: 'stream_started'; participantId: string; ssrc: number; rtpTimestamp: number }
-  /** SDK events: the WebSocket dropped, and was reopened. */
+);
+
+export type CallEvent =
+  | ServerEvent
+  /**
+   * Events `firstSeq`..`lastSeq` will never arrive: after a drop, the server no
+   * longer held them (it keeps 256 per session); or, on a live socket, the
+   * numbering skipped (the server dropped events we read too slowly).
+   */
+  | { type: 'events_lost'; firstSeq: number; lastSeq: number; count: number }
+  /** SDK events: the WebSocket dropped, and was reopened (held events replayed, duplicates dropped). */
   | { type: 'disconnected'; code: number; reason: string }
   | { type: 'reconnected' };
 
@@ -145,7 +156,11 @@ export class Call {
   readonly media: Record<string, unknown>;
   readonly participants: Map<string, Participant>;
   closeReason: string | null;
-  readonly counters: { framesSent: number; framesReceived: number; malformed: number; decodeErrors: number; reconnects: number };
+  readonly counters: {
+    framesSent: number; framesReceived: number; malformed: number; decodeErrors: number; reconnects: number;
+    /** Events the server replayed after a reconnect; duplicates dropped; events lost for good (events_lost). */
+    replayed: number; duplicates: number; eventsLost: number;
+  };
   /** Resolves with the reason when the call ends. */
   readonly closed: Promise<string>;
   /** Every speaker's 20 ms frames, until the call ends (one reader; a slow one loses the oldest). */
@@ -159,6 +174,8 @@ export class Call {
   mute(muted?: boolean): Promise<void>;
   unmute(): Promise<void>;
   chat(text: string): Promise<void>;
+  /** Ask for a `pong` event with this nonce: everything sent before it has been handled. */
+  ping(nonce?: string): Promise<void>;
   playoutDelay(ms: number): Promise<void>;
   /** Leave at once (the room hears `participant_left`); safe to call twice. */
   leave(): Promise<void>;

@@ -232,8 +232,14 @@ export class Call {
     /** @type {Map<string, object>} participantId -> participant, as the events tell. */
     this.participants = new Map();
     this.closeReason = null;
-    this.counters = { framesSent: 0, framesReceived: 0, malformed: 0, decodeErrors: 0, reconnects: 0 };
+    this.counters = { framesSent: 0, framesReceived: 0, malformed: 0, decodeErrors: 0, reconnects: 0, replayed: 0, duplicates: 0, eventsLost: 0 };
     this._url = `${answer.websocket_url}?audio=binary`;
+    // The highest event seq seen (docs/protocol.md "Resuming"): sent as last_seq
+    // on a reconnect; events at or below it are duplicates. null until the first
+    // welcome (or with a server that does not number events).
+    this._lastSeq = null;
+    // While a resume's replay is read: events up to this seq are replays.
+    this._replayUntil = 0;
     this._maxAheadMs = maxAheadMs;
     this._reconnect = reconnect;
     this._ws = null;
@@ -278,7 +284,9 @@ export class Call {
   async _open() {
     // No permessage-deflate: audio does not compress, and zlib cost more CPU than
     // everything else in a call (measured with bench/overhead.mjs).
-    const ws = new WebSocket(this._url, { handshakeTimeout: 10_000, maxPayload: 256 * 1024, perMessageDeflate: false });
+    // A resume names the last event seen: the server replays what came after.
+    const url = this._lastSeq === null ? this._url : `${this._url}&last_seq=${this._lastSeq}`;
+    const ws = new WebSocket(url, { handshakeTimeout: 10_000, maxPayload: 256 * 1024, perMessageDeflate: false });
     ws.binaryType = 'nodebuffer';
     const welcomed = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new CallError('no welcome from the server within 10 s')), 10_000);
@@ -428,9 +436,41 @@ export class Call {
     if (Number.isInteger(participant.ssrc)) this._ssrcToParticipant.set(participant.ssrc >>> 0, participant.participant_id);
   }
 
+  /**
+   * Track the event numbering: false for a duplicate (seen before a drop); a
+   * gap on a live socket is reported as `events_lost`, like the server's own.
+   */
+  _inSequence(raw) {
+    if (raw.type === 'events_lost') {
+      if (Number.isInteger(raw.count)) this.counters.eventsLost += raw.count;
+      if (this._lastSeq !== null && Number.isInteger(raw.last_seq)) this._lastSeq = Math.max(this._lastSeq, raw.last_seq);
+      return true;
+    }
+    const seq = raw.seq;
+    if (!Number.isInteger(seq) || this._lastSeq === null) return true;
+    if (seq <= this._lastSeq) {
+      this.counters.duplicates += 1;
+      return false;
+    }
+    if (seq > this._lastSeq + 1) {
+      const firstSeq = this._lastSeq + 1;
+      this.counters.eventsLost += seq - firstSeq;
+      this._events.put({ type: 'events_lost', firstSeq, lastSeq: seq - 1, count: seq - firstSeq });
+    }
+    if (seq <= this._replayUntil) this.counters.replayed += 1;
+    this._lastSeq = seq;
+    return true;
+  }
+
   _onEvent(raw) {
+    if (raw.type !== 'welcome' && raw.type !== 'audio' && !this._inSequence(raw)) return;
     switch (raw.type) {
       case 'welcome':
+        if (Number.isInteger(raw.last_seq)) {
+          // A first connection is at the newest event (nothing is replayed to it).
+          if (this._lastSeq === null) this._lastSeq = raw.last_seq;
+          this._replayUntil = raw.last_seq;
+        }
         for (const participant of raw.participants ?? []) this._learn(participant);
         if (this._onWelcome) {
           const onWelcome = this._onWelcome;
@@ -684,6 +724,11 @@ export class Call {
   /** Send a chat message to the room (needs `textChat`, on by default). */
   async chat(text) {
     await this._sendJson({ type: 'chat', text: String(text) });
+  }
+
+  /** Ask for a `pong` event with this nonce: everything sent before it has been handled. */
+  async ping(nonce = '') {
+    await this._sendJson({ type: 'ping', nonce: String(nonce) });
   }
 
   /** Tell the server how long audio we receive waits in our buffers before it is heard (for `heardMs`). */

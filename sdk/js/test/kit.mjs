@@ -4,7 +4,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect as tcpConnect, createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -105,13 +105,17 @@ class Child {
   }
 }
 
-/** Start `botcall serve` on free loopback ports with its own data directory (and dev issuer). */
-export async function startServer() {
+/**
+ * Start `botcall serve` on free loopback ports with its own data directory (and dev issuer).
+ * `publicUrl`: the base of its WebSocket URLs (a proxy in front of it); `env`: BOTCALL_* settings.
+ */
+export async function startServer({ publicUrl = null, env = {} } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'botcall-sdkjs-'));
   const port = await freeTcpPort();
   const mediaPort = await freeUdpPort();
   const args = ['-m', 'botcall.cli', 'serve', '--host', '127.0.0.1', '--port', String(port), '--media-host', '127.0.0.1', '--media-port', String(mediaPort), '--data-dir', dataDir, '--log-level', 'WARNING'];
-  const child = new Child(spawn(PYTHON, args, { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] }), 'server');
+  if (publicUrl) args.push(`--public-url=${publicUrl}`);
+  const child = new Child(spawn(PYTHON, args, { env: { ...ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }), 'server');
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
@@ -127,6 +131,7 @@ export async function startServer() {
   }
   return {
     url,
+    port,
     mediaPort,
     dataDir,
     child,
@@ -318,5 +323,75 @@ export async function* chunked(samples, sampleRate, chunkMs, marks = {}) {
     }
     yield samples.subarray(start, start + size);
     await new Promise((r) => setImmediate(r));
+  }
+}
+
+/**
+ * A TCP proxy in front of the server that can take one client's network down:
+ * `goDown(path)` cuts every connection and holds new ones whose request names
+ * `path` (a session's WebSocket) until `comeBack()`; others pass.
+ */
+export class HoldingProxy {
+  constructor() {
+    this.targetPort = 0;
+    this.cut = 0;
+    this._pairs = new Set();
+    this._held = null;
+    this._heldPath = '';
+    this._server = createServer((client) => this._handle(client));
+  }
+
+  async listen() {
+    this._server.listen(0, '127.0.0.1');
+    await once(this._server, 'listening');
+    return this._server.address().port;
+  }
+
+  _handle(client) {
+    client.on('error', () => {});
+    client.once('data', async (first) => {
+      client.pause();
+      if (this._held && first.includes(this._heldPath)) await this._held.promise;
+      if (client.destroyed) return;
+      const upstream = tcpConnect(this.targetPort, '127.0.0.1');
+      upstream.on('error', () => {});
+      const pair = [client, upstream];
+      this._pairs.add(pair);
+      const close = () => {
+        this._pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('close', close);
+      upstream.on('close', close);
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+  }
+
+  goDown(path) {
+    let release;
+    const promise = new Promise((resolve) => {
+      release = resolve;
+    });
+    this._held = { promise, release };
+    this._heldPath = path;
+    for (const pair of [...this._pairs]) {
+      this.cut += 1;
+      for (const socket of pair) socket.destroy();
+    }
+  }
+
+  comeBack() {
+    const held = this._held;
+    this._held = null;
+    held?.release();
+  }
+
+  async close() {
+    this.comeBack();
+    for (const pair of [...this._pairs]) for (const socket of pair) socket.destroy();
+    this._server.close();
   }
 }

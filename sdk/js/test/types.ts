@@ -24,7 +24,8 @@ async function main(): Promise<void> {
     const e: CallEvent = event;
     if (e.type === 'speech_started') console.log(e.participantId, e.streamMs);
     if (e.type === 'interrupted') console.log(e.by, e.playedMs, e.heard[0]?.heardMs);
-    if (e.type === 'chat') console.log(e.text);
+    if (e.type === 'chat') console.log(e.text, e.seq);
+    if (e.type === 'events_lost') console.log(e.firstSeq, e.lastSeq, e.count);
     break;
   }
   await call.chat('hi');
