@@ -1,4 +1,4 @@
-"""What the Python SDK costs a bot: CPU per second of a two-way call, and the latency ``say`` adds.
+"""What the Python and Node SDKs cost a bot: CPU per second of a two-way call, and the latency ``say`` adds.
 
 Run from the repository root::
 
@@ -25,6 +25,14 @@ subprocess pinned to core 0 (this process runs on core 1):
   mouth-to-ear on the sending side: task start, resampling, framing, Opus,
   RTP, the socket call.
 
+Then the **Node SDK** (``sdk/js``) in the same run, against the same server: its
+two WebSocket paths (Opus, pcm16), the same two-bot call in one Node process
+(``sdk/js/bench/sdk_overhead_peer.mjs``, on this process's core), its CPU over
+the same windows (``process.cpuUsage``, all threads), and the same say → wire
+latency: that script reports the wall-clock time of each ``say`` call and the
+packet socket here finds the first binary WebSocket frame after it. Skipped
+(with a line saying so) when ``node`` or ``sdk/js/node_modules`` is missing.
+
 The server's own CPU is not counted (another process). The machine is shared:
 other processes' load shows as noise in both figures.
 """
@@ -37,8 +45,10 @@ import json
 import math
 import os
 import select
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -54,6 +64,7 @@ from bench.harness.machine import GENERATOR_CORE, machine_description, pin_to_co
 from bench.harness.server import Api, RelayProcess
 
 REPO = Path(__file__).resolve().parents[1]
+JS = REPO / "sdk" / "js"
 BACKENDS = ("asyncio", "trio")
 # (transport, encoding): the SDK's three media paths.
 PATHS = (("udp", "opus"), ("websocket", "opus"), ("websocket", "pcm16"))
@@ -321,7 +332,10 @@ async def say_to_wire(call: botcall_sdk.Call, relay: RelayProcess, samples: int)
 # --- the run -------------------------------------------------------------------------------
 
 
-def run(window: float, samples: int, backends: tuple[str, ...] = BACKENDS, paths: tuple[tuple[str, str], ...] = PATHS) -> list[PathResult]:
+def run(
+    window: float, samples: int, backends: tuple[str, ...] = BACKENDS, paths: tuple[tuple[str, str], ...] = PATHS, *, node: bool = True
+) -> list[PathResult]:
+    """Every path on every Python event loop, then the Node SDK's WebSocket paths, on one server."""
     results = []
     with RelayProcess() as relay:
         api = Api(relay.http_url, relay.data_dir)
@@ -329,23 +343,78 @@ def run(window: float, samples: int, backends: tuple[str, ...] = BACKENDS, paths
             for backend in backends:
                 for transport, encoding in paths:
                     results.append(anyio.run(measure_path, relay, api, backend, transport, encoding, window, samples, backend=backend))
+            if node:
+                for transport, encoding in paths:
+                    if transport == "websocket":  # the Node SDK's only transport
+                        results.append(measure_node_path(relay, api, encoding, window, samples))
         finally:
             api.close()
     return results
 
 
-def node_sdk(seconds: float) -> list[dict[str, object]]:
-    """The Node SDK's own benchmark (sdk/js/bench/overhead.mjs), when Node and its packages are here."""
-    import shutil
-    import subprocess
+def node_available() -> bool:
+    """Whether the Node SDK can run here (node, and sdk/js's packages installed)."""
+    return shutil.which("node") is not None and (JS / "node_modules").is_dir()
 
-    js = REPO / "sdk" / "js"
-    if shutil.which("node") is None or not (js / "node_modules").is_dir():
-        return []
-    done = subprocess.run(["node", "bench/overhead.mjs", str(max(1, round(seconds)))], cwd=js, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"sdk/js/bench/overhead.mjs failed: {done.stderr[-2000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+def measure_node_path(relay: RelayProcess, api: Api, encoding: str, window: float, samples: int) -> PathResult:
+    """The same call and the same say → wire measurement for the Node SDK.
+
+    ``sdk/js/bench/sdk_overhead_peer.mjs`` holds the two bots (one Node process,
+    on this process's core: the affinity is inherited) and reports its CPU
+    windows and each ``say`` call's wall-clock time; the packet socket here
+    finds the first binary WebSocket frame on the wire after each.
+    """
+    room, _ = api.create_room("creator")
+    tokens = [api.token(f"{voice}-node-{encoding}") for voice in ("alto", "bass")]
+    server_port = int(relay.http_url.rsplit(":", 1)[1].rstrip("/"))
+    script = JS / "bench" / "sdk_overhead_peer.mjs"
+    args = ["node", str(script), relay.http_url, room, *tokens, encoding, str(window), str(samples)]
+    node = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert node.stdin is not None and node.stdout is not None
+
+    def report() -> dict[str, float]:
+        line = node.stdout.readline() if node.stdout is not None else ""
+        if not line:
+            node.wait(5)
+            raise RuntimeError(f"{script.name} exited {node.returncode}: {node.stderr.read()[-2000:] if node.stderr else ''}")
+        parsed: dict[str, float] = json.loads(line)
+        return parsed
+
+    try:
+        report()  # ready
+        idle = report()["idle_cpu_ms_per_s"]
+        busy = report()
+        if report().get("latency") != "armed":
+            raise RuntimeError(f"{script.name}: unexpected output")
+        watch = WireWatch(
+            lambda protocol, src, dst, body: protocol == socket.IPPROTO_TCP and dst == server_port and has_binary_frame(body),
+            socket.IPPROTO_TCP, server_port,
+        )
+        try:
+            node.stdin.write("go\n")
+            node.stdin.flush()
+            starts: list[float] = []
+            while "t0" in (line := report()):
+                starts.append(line["t0"] / 1000)
+            latencies = []
+            for index, t0 in enumerate(starts):
+                seen = watch.first_after(t0)
+                following = starts[index + 1] if index + 1 < len(starts) else math.inf
+                if seen is None or seen >= following:
+                    raise RuntimeError(f"no packet of the Node bot's speech on the wire for sample {index}")
+                latencies.append((seen - t0) * 1000)
+        finally:
+            watch.close()
+    finally:
+        if node.poll() is None:
+            node.kill()
+        node.wait(10)
+    return PathResult(
+        "node", "websocket", encoding, window, round(idle, 2), round(busy["call_cpu_ms_per_s"], 2),
+        round(busy["call_cpu_ms_per_s"] - idle, 2), int(busy["frames_heard"]),
+        round(percentile(latencies, 0.5), 3), round(percentile(latencies, 0.9), 3), round(max(latencies), 3), len(latencies),
+    )
 
 
 def format_table(results: list[PathResult]) -> str:
@@ -373,21 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.sdk_overhead reads the wire with a packet socket: run it as root", file=sys.stderr)
         return 2
     pin_to_core(GENERATOR_CORE)
-    results = run(args.seconds, args.samples)
-    node = [] if args.no_node else node_sdk(args.seconds)
+    node = not args.no_node and node_available()
+    results = run(args.seconds, args.samples, node=node)
     if args.json:
         for result in results:
-            print(json.dumps({"sdk": "python", **asdict(result)}))
-        for line in node:
-            print(json.dumps({"sdk": "node", **line}))
+            print(json.dumps({"sdk": "node" if result.backend == "node" else "python", **asdict(result)}))
         return 0
     print(machine_description())
     print(format_table(results))
-    if node:
-        print("\nNode SDK (sdk/js/bench/overhead.mjs: say → ws.send call, one bot against the Python CLI bot):")
-        for line in node:
-            print(json.dumps(line))
-    elif not args.no_node:
+    if not node and not args.no_node:
         print("\nNode SDK: not measured (no node or no sdk/js/node_modules)")
     return 0
 
