@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 import { connect, BotCallHttpError } from '../src/index.js';
-import { chunked, dominantFrequency, human, loudSeconds, loudestRun, pythonBot, readWav, startServer, tempDir, tone, toneAfterSilence, writeWav } from './kit.mjs';
+import { chunked, dominantFrequency, human, loudSeconds, loudestRun, power, pythonBot, readWav, startServer, tempDir, tone, toneAfterSilence, writeWav } from './kit.mjs';
 
 let server;
 let dir;
@@ -302,5 +302,59 @@ test('a human barging in interrupts our speech: done() says by whom, how much pl
     await person.stop();
     await call.leave();
     await server.deleteRoom(token, room.room_id).catch(() => {});
+  }
+});
+
+test('the mixed stream: one mix-minus of the others (a Python bot at 660 Hz, a Node bot at 990 Hz), never our own 440 Hz', { timeout: 180_000 }, async () => {
+  writeWav(join(dir, 'tone660-mix.wav'), toneAfterSilence(660, 30, 48_000), 48_000);
+  for (const [encoding, rate] of [['opus', 48_000], ['pcm16', 16_000]]) {
+    const { token, room, call } = await nodeBotInRoom(`node-mix-${encoding}`, { encoding, sampleRate: rate, receive: 'mixed' });
+    const other = await connect(server.url, room.room_id, await server.token(`node-990-${encoding}`), { encoding: 'opus' });
+    const bot = pythonBot(server, room.room_id, await server.token(`py-mix-${encoding}`), { play: join(dir, 'tone660-mix.wav') });
+    try {
+      assert.equal(call.join.media.receive, 'mixed');
+      await nextEvent(call, (e) => e.type === 'participant_joined' && e.participant.kind === 'bot' && e.participant.participantId !== other.participantId);
+      // All three talk at once; we listen to the mix until the last second of it holds both others.
+      const ours = call.say(tone(440, 30, rate), { sampleRate: rate });
+      const theirs = other.say(tone(990, 30, 48_000), { sampleRate: 48_000 });
+      const window = [];
+      let verdict = null;
+      let frames = 0;
+      for await (const frame of call.audio()) {
+        assert.equal(frame.participantId, 'mix', 'a mixed call hears only the mix');
+        assert.equal(frame.sampleRate, rate);
+        frames += 1;
+        window.push(frame.pcm);
+        if (window.length > 50) window.shift();
+        if (window.length < 50) continue;
+        const samples = Int16Array.from(window.flatMap((pcm) => [...pcm]));
+        const [p440, p660, p990] = [440, 660, 990].map((f) => power(samples, rate, f));
+        const energy = samples.reduce((sum, s) => sum + s * s, 0) / samples.length;
+        // A sine of amplitude A has mean energy A^2/2 and bin power N*A^2/4; shares of the mix's energy:
+        const share = (p) => (2 * p) / (energy * samples.length);
+        verdict = { s440: share(p440), s660: share(p660), s990: share(p990) };
+        if ((verdict.s660 > 0.2 && verdict.s990 > 0.2) || frames > 50 * 20) break;
+      }
+      console.log(`mix (${encoding}), shares of its energy after ${frames} frames:`, JSON.stringify(verdict));
+      assert.ok(verdict && verdict.s660 > 0.2 && verdict.s990 > 0.2, `both others in the mix (${encoding}): ${JSON.stringify(verdict)}`);
+      assert.ok(verdict.s440 < 0.01, `our own 440 Hz is not in our mix (${encoding}): ${JSON.stringify(verdict)}`);
+      // And the others do hear us: the Node bot's own stream has our 440 Hz.
+      const ofUs = [];
+      for await (const frame of other.audio()) {
+        if (frame.participantId !== call.participantId || loudSeconds(frame.pcm, frame.sampleRate) === 0) continue;
+        ofUs.push(...frame.pcm);
+        if (ofUs.length >= 10 * 960) break;
+      }
+      const heard = dominantFrequency(Int16Array.from(ofUs), 48_000);
+      assert.ok(Math.abs(heard.frequency - 440) <= 6 && heard.share > 0.8, `the other bot heard ${JSON.stringify(heard)}`);
+      await call.clear();
+      await other.clear();
+      await Promise.all([ours.done(), theirs.done()]);
+    } finally {
+      await bot.stop();
+      await other.leave();
+      await call.leave();
+      await server.deleteRoom(token, room.room_id).catch(() => {});
+    }
   }
 });

@@ -245,7 +245,8 @@ export function readWav(path) {
   throw new Error(`${path}: no data chunk`);
 }
 
-function power(samples, sampleRate, frequency) {
+/** The DFT power of `samples` at `frequency` (one bin, any frequency). */
+export function power(samples, sampleRate, frequency) {
   let re = 0;
   let im = 0;
   const w = (2 * Math.PI * frequency) / sampleRate;
