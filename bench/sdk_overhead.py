@@ -55,6 +55,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -373,12 +374,12 @@ def measure_node_path(relay: RelayProcess, api: Api, encoding: str, window: floa
     node = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert node.stdin is not None and node.stdout is not None
 
-    def report() -> dict[str, float]:
+    def report() -> dict[str, Any]:
         line = node.stdout.readline() if node.stdout is not None else ""
         if not line:
             node.wait(5)
             raise RuntimeError(f"{script.name} exited {node.returncode}: {node.stderr.read()[-2000:] if node.stderr else ''}")
-        parsed: dict[str, float] = json.loads(line)
+        parsed: dict[str, Any] = json.loads(line)
         return parsed
 
     try:
