@@ -122,15 +122,19 @@ class Connection:
     joining: bool = False
     # Counted against its room's lobby (no session yet).
     in_lobby: bool = False
-    # A bot session's numbered events (``seq``, kept for replay): set by ``Hub.attach``.
+    # A bot session's numbered events (``seq``, kept for replay): set by ``Hub.attach``,
+    # with ``deliver``, which numbers an event, keeps it and hands it to the
+    # session's current connection (this one, or a newer one that replaced it).
     log: EventLog | None = None
+    deliver: Callable[[str], None] | None = None
 
     def send_event(self, event: JsonObject) -> None:
         """Queue an event; a bot's is numbered and kept in its session's log."""
-        self.send_encoded(msg.encode(event))
-
-    def send_encoded(self, text: str) -> None:
-        self.outbox.put_nowait(self.log.record(text) if self.log is not None else text)
+        text = msg.encode(event)
+        if self.deliver is not None:
+            self.deliver(text)
+        else:
+            self.outbox.put_nowait(text)
 
     def send_unnumbered(self, event: JsonObject) -> None:
         """Queue an event that is about this connection only (``welcome``,
@@ -260,6 +264,9 @@ class Hub:
         self._leave_lobby(connection)
         self._by_session[session.session_id] = connection
         connection.log = self._logs.get(session.session_id)
+        if connection.log is not None:
+            session_id = session.session_id
+            connection.deliver = lambda text: self._deliver(session_id, text)
         self._unconnected.pop(session.session_id, None)
 
     def detach(self, connection: Connection) -> None:
@@ -300,15 +307,15 @@ class Hub:
     def send(self, session_id: str, event: JsonObject) -> None:
         """An event for one session: a bot's is kept in its log even while its
         WebSocket is down (replayed on resume); a human's goes only to an open socket."""
+        self._deliver(session_id, msg.encode(event))
+
+    def _deliver(self, session_id: str, text: str) -> None:
         log = self._logs.get(session_id)
         connection = self._by_session.get(session_id)
-        if log is None:
-            if connection is not None:
-                connection.send_event(event)
-            return
-        stamped = log.record(msg.encode(event))
+        if log is not None:
+            text = log.record(text)
         if connection is not None:
-            connection.outbox.put_nowait(stamped)
+            connection.outbox.put_nowait(text)
 
     def resume(self, connection: Connection, last_seq: int) -> None:
         """Queue, after ``welcome``, what a bot that saw events up to ``last_seq``
