@@ -115,7 +115,8 @@ async def test_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_path):
                 nursery.cancel_scope.cancel()
     assert abs(result["remote"] - 440) < 8
     assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
-    assert result["muted"] == {"type": "muted", "participant_id": result["participant"], "muted": True}
+    # The bot's events are numbered (docs/protocol.md "Resuming").
+    assert result["muted"] == {"type": "muted", "participant_id": result["participant"], "muted": True, "seq": result["muted"]["seq"]}
     assert result["forwarded_after_mute"] == 0  # muted: nothing of the human's reached the bot
     assert result["left"]["participant_id"] == result["participant"] and result["left"]["reason"] == "left"
     assert result["errors"] == []

@@ -109,7 +109,8 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
     assert result["local_level"] > -50
     assert abs(dominant_frequency(result["heard"], 48000) - FAKE_MIC_HZ) < 5
     assert result["pressed"] == "true"
-    assert result["muted"] == {"type": "muted", "participant_id": result["participant"], "muted": True}
+    # The bot's events are numbered (docs/protocol.md "Resuming").
+    assert result["muted"] == {"type": "muted", "participant_id": result["participant"], "muted": True, "seq": result["muted"]["seq"]}
     assert result["forwarded_after_mute"] == 0
     assert result["left"]["participant_id"] == result["participant"] and result["left"]["reason"] == "left"
     # Told by the page's leave message, not found out by a timeout (ws grace, consent: 30 s).

@@ -218,7 +218,8 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
         assert_flowing(name, seen)
     assert result["speech_started"]["stream_ms"] >= 0 and result["light"] is True
     assert result["pressed"] == "true" and result["tracks_off"] is True
-    assert result["muted"] == {"type": "muted", "participant_id": result["first"], "muted": True}
+    # The bot's events are numbered (docs/protocol.md "Resuming").
+    assert result["muted"] == {"type": "muted", "participant_id": result["first"], "muted": True, "seq": result["muted"]["seq"]}
     assert result["heard_while_muted"] == 0
     assert result["resumed_as"] == result["first"]  # the same place in the call after the drop
     assert result["left"]["participant_id"] == result["first"] and result["left"]["reason"] == "left"
