@@ -34,6 +34,8 @@ import trio
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
 
+from tests.kit.page_audio import PageRecording, recording_from
+
 T = TypeVar("T")
 
 FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
@@ -215,3 +217,23 @@ def click(client: Marionette, selector: str) -> None:
     """Click an element as a person would (Marionette sends real pointer events,
     so the page gets a user activation, as autoplay and audio unlock need)."""
     client.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def start_recording(client: Marionette) -> None:
+    """Start the PWA's recorder (``botcall.startRecording``, after the call connected)
+    and wait until it runs."""
+    page(client, "botcall.startRecording();")
+    wait_for(client, "botcall.recording() !== null")
+
+
+def take_recording(client: Marionette, rate: int = 48000) -> PageRecording:
+    """What the page recorded since the last take (see ``tests.kit.page_audio``).
+
+    The page's object crosses Marionette's sandbox as JSON (its Xray view hides
+    the page's own properties).
+
+    Raises:
+        AssertionError: nothing was recorded yet.
+    """
+    raw = page(client, "const piece = botcall.recording(); return piece === null ? null : JSON.stringify(piece);")
+    return recording_from(None if raw is None else json.loads(raw), rate)
