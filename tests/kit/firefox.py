@@ -237,3 +237,39 @@ def take_recording(client: Marionette, rate: int = 48000) -> PageRecording:
     """
     raw = page(client, "const piece = botcall.recording(); return piece === null ? null : JSON.stringify(piece);")
     return recording_from(None if raw is None else json.loads(raw), rate)
+
+
+# A microphone the test switches on and off. Firefox's fake one is a steady
+# sine from the first packet, so a relay's speech detector takes it for the
+# noise floor and never hears it start (Chromium's fake microphone plays a WAV
+# file with pauses instead). This one is an oscillator in the page's own
+# AudioContext behind a gain the test sets, handed to the PWA by its
+# getUserMedia: a page-side function made by binding the page's own
+# Promise.resolve (the page's CSP forbids eval; Marionette's sandbox functions
+# cannot be called by the page). Installed before Join, which opens the microphone.
+TEST_MIC_JS = """
+const w = window.wrappedJSObject;
+const context = new w.AudioContext();
+const oscillator = context.createOscillator();
+oscillator.frequency.value = arguments[0];
+const gain = context.createGain();
+gain.gain.value = 0;
+const destination = context.createMediaStreamDestination();
+oscillator.connect(gain);
+gain.connect(destination);
+oscillator.start();
+context.resume();
+w.botcallTestMic = gain;
+w.navigator.mediaDevices.getUserMedia = w.Promise.resolve.bind(w.Promise, destination.stream);
+return context.state;
+"""
+
+
+def install_test_microphone(client: Marionette, frequency: float) -> None:
+    """Give the page a silent microphone that :func:`speak` turns into a ``frequency`` Hz tone."""
+    client.execute_script(TEST_MIC_JS, script_args=[frequency])
+
+
+def speak(client: Marionette, amplitude: float) -> None:
+    """Set the test microphone's tone to ``amplitude`` (0: silence)."""
+    client.execute_script("window.wrappedJSObject.botcallTestMic.gain.value = arguments[0];", script_args=[amplitude])
