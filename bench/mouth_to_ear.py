@@ -3,6 +3,7 @@
     python -m bench.mouth_to_ear [--events 45] [--period 0.5] [--browsers chromium,firefox]
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
+                                 [--playout new,old] [--bot-stall 0.3]
                                  [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -51,6 +52,15 @@ and 1 % loss each way (bots keep talking to 127.0.0.1 directly).
 ``RTCRtpReceiver.jitterBufferTarget = 0``; ``hint0``: the older
 ``playoutDelayHint = 0``. Applied to the page's audio receiver after connect.
 
+**The relay's bot playout** (``--playout``): ``new`` is ``bot_playout.py`` as it
+is; ``old`` sets ``bot_playout.STALL_LIMIT = 0``, which turns off the stall
+recovery and gives back its behaviour before it (a real-time bot stalled by
+more than 250 ms stayed that late for the rest of the call). With both, every
+path is measured with each in turn, one call after the other.
+``--bot-stall S``: the bot holds its frames for S seconds once, ``STALL_AFTER_S``
+into its bursts, then sends them at once and carries on at real time (a
+descheduled sender, or a stuck path), so both playouts meet the same stall.
+
 Prints; never asserts. The analysis functions are tested on synthetic audio
 in ``bench/tests/test_mouth_to_ear.py``.
 """
@@ -80,6 +90,7 @@ import trio_websocket
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.wire.stun import answer_check_untrusted, binding_request
+from botcall.relay import bot_playout
 from botcall.relay.addresses import local_addresses
 from tests.kit import firefox as kit
 from tests.kit.chromium import in_browser, join_call
@@ -107,6 +118,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "ws-pcm16-paced": {"transport": "websocket", "encoding": "pcm16", "sample_rate": 48000, "delivery": "paced"},
 }
 RECEIVER_SETTINGS = ("default", "target0", "hint0")
+PLAYOUTS = {"new": bot_playout.STALL_LIMIT, "old": 0.0}  # bot_playout.STALL_LIMIT for each
+STALL_AFTER_S = 3.0
 
 
 # --- analysis (pure: tested on synthetic audio) -------------------------------------------
@@ -340,6 +353,7 @@ class Bot:
         self.sock: trio.socket.SocketType | None = None
         self.latched = trio.Event()
         self._ufrag = secrets.token_hex(4)
+        self.stall_s = 0.0
 
     @property
     def media(self) -> dict[str, Any]:
@@ -428,6 +442,7 @@ class Bot:
         start = trio.current_time()
         index = 0
         burst_start: int | None = None
+        held: list[tuple[np.ndarray, int, int]] = []  # frames a --bot-stall holds back
         while True:
             if burst_start is None and self.bursting.is_set():
                 # Half a period out of phase with the page's bursts.
@@ -436,7 +451,14 @@ class Bot:
             samples = burst_frames[position] if position is not None and position < len(burst_frames) else silence
             if position == 0:
                 self.log.burst_sends.append(time.time())
-            await self._send_frame(samples, sequence, timestamp, marker=index == 0)
+            stall_from = None if burst_start is None else burst_start + round(STALL_AFTER_S / 0.02)
+            if stall_from is not None and stall_from <= index < stall_from + round(self.stall_s / 0.02):
+                held.append((samples, sequence, timestamp))
+            else:
+                for frame in held:  # the stall is over: what it held goes at once
+                    await self._send_frame(*frame, marker=False)
+                held.clear()
+                await self._send_frame(samples, sequence, timestamp, marker=index == 0)
             sequence = (sequence + 1) & 0xFFFF
             timestamp = (timestamp + FRAME) & 0xFFFFFFFF
             index += 1
@@ -468,6 +490,7 @@ class PathResult:
     path: str
     leg: str
     receiver: str
+    playout: str
     mouth_to_bot: Summary
     bot_to_ear: Summary
     bot_to_graph: Summary
@@ -522,12 +545,16 @@ def firefox_script(function: str) -> str:
     """
 
 
-async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: int, period: float, browser: str) -> PathResult:
+async def one_call(
+    srv: LiveServer, path: str, leg: str, receiver: str, events: int, period: float, browser: str, playout: str = "new", stall_s: float = 0.0
+) -> PathResult:
+    bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
     created = (await srv.create_room(srv.token(agent="creator#1"), interruption={"mode": "off"})).json()
     invite = urlsplit(created["invite_url"])
     url = f"{srv.url}{invite.path}#{invite.fragment}"
     bot = Bot(srv, created["room_id"], PATHS[path])
     bot.period_frames = round(period / 0.02)
+    bot.stall_s = stall_s
     arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver]
     # The page's last burst, a period for the bot's last one, and a second of slack.
     run_s = 1.0 + (events + 1) * period + 1.0
@@ -589,7 +616,7 @@ async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: 
         nursery.cancel_scope.cancel()
     mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
     if DUMP is not None:
-        with open(DUMP / f"{browser}-{leg}-{receiver}-{path}.json", "w") as handle:
+        with open(DUMP / f"{browser}-{leg}-{receiver}-{path}-{playout}.json", "w") as handle:
             frames = [(t, base64.b64encode(to_pcm16(pcm)).decode()) for t, pcm in bot.log.frames]
             json.dump({"started": started, "take": take, "frames": frames, "burst_sends": bot.log.burst_sends}, handle)
     jitter = jitter_buffer_ms(before, after)
@@ -600,6 +627,7 @@ async def one_call(srv: LiveServer, path: str, leg: str, receiver: str, events: 
         path=path,
         leg=leg,
         receiver=receiver,
+        playout=playout,
         mouth_to_bot=Summary.of(mouth_to_bot),
         bot_to_ear=Summary.of([d + output_latency for d in bot_to_graph]),
         bot_to_graph=Summary.of(bot_to_graph),
@@ -666,7 +694,15 @@ def free_udp_port() -> int:
 
 
 async def measure(
-    browsers: list[str], paths: list[str], legs: list[str], receivers: list[str], events: int, period: float, repeats: int
+    browsers: list[str],
+    paths: list[str],
+    legs: list[str],
+    receivers: list[str],
+    events: int,
+    period: float,
+    repeats: int,
+    playouts: Sequence[str] = ("new",),
+    stall_s: float = 0.0,
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -678,20 +714,25 @@ async def measure(
                             if browser == "firefox" and receiver != "default":
                                 continue  # Chromium's receiver settings
                             for path in paths:
-                                try:
-                                    result = await one_call(srv, path, leg, receiver, events, period, browser)
-                                except Exception as exc:  # one failed call is reported, the run goes on
-                                    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                                        exc = exc.exceptions[0]
-                                    print(f"{browser:8} {leg:9} {receiver:8} {path:15} | failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-                                    continue
-                                print(row(result), flush=True)
-                                results.append(result)
+                                for playout in playouts:
+                                    try:
+                                        result = await one_call(srv, path, leg, receiver, events, period, browser, playout, stall_s)
+                                    except Exception as exc:  # one failed call is reported, the run goes on
+                                        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                                            exc = exc.exceptions[0]
+                                        print(
+                                            f"{browser:8} {leg:9} {receiver:8} {path:15} {playout:3} | failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                            flush=True,
+                                        )
+                                        continue
+                                    print(row(result), flush=True)
+                                    results.append(result)
+    bot_playout.STALL_LIMIT = PLAYOUTS["new"]
     return results
 
 
 HEADER = (
-    f"{'browser':8} {'leg':9} {'receiver':8} {'path':15} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
+    f"{'browser':8} {'leg':9} {'receiver':8} {'path':15} {'play':3} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
     f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4}"
 )
 
@@ -703,7 +744,7 @@ def row(r: PathResult) -> str:
     jb = f"{r.jitter_buffer_ms:5.1f}" if r.jitter_buffer_ms is not None else "    -"
     target = f"{r.jitter_target_ms:6.1f}" if r.jitter_target_ms is not None else "     -"
     return (
-        f"{r.browser:8} {r.leg:9} {r.receiver:8} {r.path:15} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
+        f"{r.browser:8} {r.leg:9} {r.receiver:8} {r.path:15} {r.playout:3} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
         f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {r.playout_hold_ms.p50:4.0f} {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
     )
 
@@ -716,6 +757,8 @@ def main() -> int:
     parser.add_argument("--legs", default="loopback,impaired")
     parser.add_argument("--browsers", default="chromium,firefox")
     parser.add_argument("--receiver", default="default", help=f"comma-separated: {', '.join(RECEIVER_SETTINGS)}")
+    parser.add_argument("--playout", default="new", help="comma-separated: new (bot_playout.py as it is), old (no stall recovery)")
+    parser.add_argument("--bot-stall", type=float, default=0.0, help="seconds the bot holds its frames once, then sends them at once")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
@@ -727,18 +770,22 @@ def main() -> int:
     legs = args.legs.split(",")
     receivers = args.receiver.split(",")
     browsers = args.browsers.split(",")
-    for name, known in (("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox"))):
-        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers}[name]
+    playouts = args.playout.split(",")
+    for name, known in (
+        ("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox")), ("playout", PLAYOUTS)
+    ):
+        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers, "playout": playouts}[name]
         unknown = [c for c in chosen if c not in known]
         if unknown:
             parser.error(f"unknown {name}: {', '.join(unknown)}")
-    print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one browser call per row")
+    stall = f"; the bot stalls {args.bot_stall:g} s once, {STALL_AFTER_S:g} s into its bursts" if args.bot_stall else ""
+    print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one browser call per row{stall}")
     print(
         "hold = p50 of what the relay's playout of the bot held (ms), NetEq = the browser's mean jitter-buffer delay (getStats),"
         " target = its target, out = the AudioContext's reported output latency (included in bot->ear)"
     )
     print(HEADER)
-    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats)
+    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall)
     data = [asdict(r) for r in results]
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=1, default=float))

@@ -26,6 +26,32 @@ delay spike: its schedule moves earlier by that much, so a spike does not
 leave its delay behind for the rest of the call. A bot sending ahead by more
 (a burst of text-to-speech) is paced exactly.
 
+Stalls. A frame late by more than ``DRIFT_LIMIT`` is either a sender that
+*paused* (a WebSocket bot that had nothing to say: its positions carry on
+where they stopped) or a real-time sender whose packets were *stalled* (by the
+network, or its own process descheduled) and now arrive in a burst. Both
+re-anchor: a pause must not be skipped or truncated, and the burst after it
+(text-to-speech) must be paced. But a stalled real-time sender then keeps a
+steady lead of the stall's length, which the catch-up above would never take
+back (it exceeds ``DRIFT_LIMIT``): the delay would stay for the whole call.
+So a re-anchor remembers how far it moved the schedule later (the *stall*,
+summed over re-anchors, when at most ``STALL_LIMIT``), and for the next
+``STALL_WINDOWS`` windows the catch-up also accepts a sender that is back on
+its old schedule: every lead of the window within ``STALL_JITTER`` of the
+stall (its packets arrive when they were due before the stall, give or take
+its jitter). The first window holds the stalled burst itself (leads from 0 to
+the stall); the second shows the sender on its old clock, and the schedule
+moves back. So after a stall of up to ``STALL_LIMIT`` a real-time sender has
+at most its own jitter of added delay again from the first push two windows
+after the re-anchor (about 2 s). What was queued is then due and released at
+once: the listeners' jitter buffers take the burst (its timestamps are
+contiguous) and play it out a little faster, as they do after a spike.
+What arrivals cannot tell apart: a sender that pauses for P (at most
+``STALL_LIMIT``) and then keeps a steady lead within ``STALL_JITTER`` of P
+looks exactly like a stall of P, and is caught up (its queue goes at once,
+nothing is dropped). A bot that pauses longer, or keeps any other lead (the
+SDK keeps 5 s ahead), or sends in bursts, is paced exactly and never loses audio.
+
 Marks name a stream position (the current end of the queue, or an RTP
 timestamp): one fires when playback passes it. ``clear`` drops everything not
 yet released, at once, and says how much played and how much was dropped.
@@ -50,6 +76,12 @@ DRIFT_WINDOW = 1.0
 """Seconds over which a sender's smallest lead is measured."""
 DRIFT_LIMIT = 0.250
 """A sender whose lead stayed below this for a whole window is treated as real-time."""
+STALL_LIMIT = 1.0
+"""Seconds a late re-anchor may move the schedule and still be taken back (a stall, not a pause)."""
+STALL_JITTER = 0.100
+"""Seconds a sender back from a stall may stray from its old schedule (its jitter)."""
+STALL_WINDOWS = 3
+"""Windows after a re-anchor in which a sender back on its old schedule is caught up."""
 MAX_AHEAD_S = 120.0
 _ROUNDING = 1e-9
 """Seconds (a twentieth of a sample) a lead may exceed LEAD by float rounding alone:
@@ -123,6 +155,8 @@ class BotPlayout:
         "generation",
         "_early_marks",
         "_window_max_lead",
+        "_stall",
+        "_stall_windows",
     )
 
     def __init__(self, *, max_ahead: float = MAX_AHEAD_S, max_marks: int = MAX_MARKS) -> None:
@@ -146,6 +180,10 @@ class BotPlayout:
         # position yet, so they wait for it (counted against max_marks).
         self._early_marks: list[tuple[str, int]] = []
         self._window_max_lead = float("-inf")
+        # Seconds late re-anchors moved the schedule (see "Stalls"), and for how
+        # many more windows the catch-up may take that back.
+        self._stall = 0.0
+        self._stall_windows = 0
 
     # --- the stream clock ------------------------------------------------------------------
 
@@ -221,6 +259,10 @@ class BotPlayout:
             # the packets after it, on time again, are not held back by the
             # spike (moving the anchor would hold each of them by the spike,
             # and spikes less than a DRIFT_WINDOW apart would add up).
+            # The schedule moves later by the frame's lateness: a stall, if the
+            # moves since the sender was last on time stay within STALL_LIMIT.
+            stall = 0.0 if anchor is None else self._stall + now - (anchor + position / SAMPLE_RATE)
+            self._stall, self._stall_windows = (stall, STALL_WINDOWS) if 0.0 < stall <= STALL_LIMIT else (0.0, 0)
             anchor = self._anchor = now - position / SAMPLE_RATE
             self._window_start = now
             self._window_min_lead = float("inf")
@@ -253,9 +295,20 @@ class BotPlayout:
         # lead and by less than DRIFT_LIMIT: a real-time sender after a delay
         # spike. Catch up. The largest lead matters as much as the smallest: a
         # burst sender's first packet may come barely early, the rest of its
-        # burst far ahead, and it must never be sped up.
-        if LEAD < self._window_min_lead and self._window_max_lead < DRIFT_LIMIT:
-            anchor = self._anchor = anchor - (self._window_min_lead - LEAD)
+        # burst far ahead, and it must never be sped up. After a stall (see
+        # "Stalls"): every lead within STALL_JITTER of the stall, the sender is
+        # back on its old clock; catch up the same way.
+        stall = self._stall
+        low, high = self._window_min_lead, self._window_max_lead
+        spike = LEAD < low and high < DRIFT_LIMIT
+        stalled = stall > 0.0 and max(LEAD, stall - STALL_JITTER) < low and high < stall + STALL_JITTER
+        if spike or stalled:
+            anchor = self._anchor = anchor - (low - LEAD)
+            self._stall_windows = 0
+        elif self._stall_windows:
+            self._stall_windows -= 1
+        if not self._stall_windows:
+            self._stall = 0.0
         self._window_start = now
         self._window_min_lead = float("inf")
         self._window_max_lead = float("-inf")
@@ -345,6 +398,7 @@ class BotPlayout:
         self._marks.clear()
         self.queued = self.played
         self._anchor = None
+        self._stall, self._stall_windows = 0.0, 0
         self.generation += 1
         # In whole ms of the two positions, so played_ms + dropped_ms is the
         # queued_ms the sender was told about (frames need not be whole ms: 2.5 ms Opus).
@@ -352,4 +406,4 @@ class BotPlayout:
         return Cleared(played_ms, (self.played + dropped) // SAMPLES_PER_MS - played_ms, marks_dropped)
 
 
-__all__ = ["BotPlayout", "Cleared", "MarkReached", "Push", "LEAD", "MAX_AHEAD_S", "MAX_MARKS"]
+__all__ = ["BotPlayout", "Cleared", "MarkReached", "Push", "LEAD", "MAX_AHEAD_S", "MAX_MARKS", "STALL_JITTER", "STALL_LIMIT", "STALL_WINDOWS"]

@@ -74,6 +74,9 @@ REPLY_TEXT = (
 HUMAN_TEXT = "Wait, stop please, I have a question about that"
 # A safety net against a hung call, not a speed requirement.
 STEP_TIMEOUT = 30.0
+# The Firefox human's voice: the kit's test microphone (a tone, about -16 dBFS).
+HUMAN_HZ = 700
+HUMAN_AMPLITUDE = 0.2
 
 
 def reply(seconds: float = REPLY_S) -> np.ndarray:
@@ -293,3 +296,74 @@ async def run_barge_ins(
         ]
         barge_ins.append(measure(piece, samples, event, human_id, start_ms, marks))
     return Run(human_id, bot.participant_id or "", barge_ins, page_errors, cpu, window[0])
+
+
+async def run_firefox_barge_in(srv: LiveServer) -> Run:
+    """One barge-in by a human in headless Firefox (``tests.kit.firefox``).
+
+    Firefox's fake microphone is a steady sine from the first packet, which a
+    speech detector takes for the noise floor; so the page gets the kit's test
+    microphone (``firefox.install_test_microphone``): silent from Join, like
+    the silence that leads Chromium's WAV. The bot sends its reply (a burst,
+    marks every second); once the relay has played a second of it (the first
+    mark) and it sounds at the page, the human starts talking (the test
+    microphone's tone, ``HUMAN_HZ``). Everything else (the reply, the
+    measures) is as in :func:`run_barge_ins`; the page's recorder gives the
+    onset (the first loud block of its microphone) and where the reply stops
+    at its ear.
+    """
+    from tests.kit import firefox
+
+    samples = reply()
+    frames = opus_frames(samples)
+    reply_ms = len(frames) * 20
+    created = (await srv.create_room(srv.token(agent="creator#1"))).json()
+    invite = urlsplit(created["invite_url"])
+    url = f"{srv.url}{invite.path}#{invite.fragment}"
+    async with connect(srv.url, created["room_id"], srv.token(agent="talker#1")) as bot:
+        log = EventLog()
+        ready = trio.Event()  # the page records, muted
+        interrupted = trio.Event()
+        found: dict[str, Any] = {}
+
+        async def speak() -> None:
+            await ready.wait()
+            index = len(log.events)
+            for number, payload in enumerate(frames, start=1):
+                await bot.send_opus(payload)
+                if number % (MARK_EVERY_MS // 20) == 0:
+                    await bot.mark(f"r0-{number * 20}")
+            _, _, event = await log.wait_for(lambda e: e["type"] == "interrupted", after=index)
+            found["interrupted"] = event
+            found["start_ms"] = event["played_ms"] + event["dropped_ms"] - reply_ms
+            interrupted.set()
+
+        def human(client: Any) -> tuple[PageRecording, str]:
+            client.navigate(url)
+            firefox.wait_state(client, "lobby")
+            firefox.install_test_microphone(client, HUMAN_HZ)
+            firefox.click(client, "#join")
+            firefox.wait_state(client, "connected")
+            participant = str(firefox.page(client, "return botcall.participantId"))
+            firefox.start_recording(client)
+            trio.from_thread.run_sync(ready.set)
+            # A second of the reply has played (the relay released its first mark).
+            trio.from_thread.run(log.wait_for, lambda e: e["type"] == "mark" and e["name"] == f"r0-{MARK_EVERY_MS}")
+            firefox.wait_for(client, "botcall.remoteLevel() > -50")
+            firefox.speak(client, HUMAN_AMPLITUDE)  # the human talks over the bot
+            trio.from_thread.run(interrupted.wait)
+            # The tail already sent plays out, then the jitter buffer conceals and goes quiet.
+            firefox.wait_for(client, "botcall.remoteLevel() < -60")
+            piece = firefox.take_recording(client)
+            firefox.click(client, "#hangup")
+            firefox.wait_state(client, "ended")
+            return piece, participant
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log.collect, bot.events())
+            nursery.start_soon(speak)
+            piece, human_id = await firefox.in_firefox(human)
+            nursery.cancel_scope.cancel()
+    marks = [(arrived, e) for arrived, e in log.events if e["type"] == "mark" and e["name"].startswith("r0-")]
+    barge_in = measure(piece, samples, found["interrupted"], human_id, found["start_ms"], marks)
+    return Run(human_id, bot.participant_id or "", [barge_in], [])

@@ -34,6 +34,8 @@ import trio
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
 
+from tests.kit.page_audio import PageRecording, recording_from
+
 T = TypeVar("T")
 
 FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
@@ -215,3 +217,59 @@ def click(client: Marionette, selector: str) -> None:
     """Click an element as a person would (Marionette sends real pointer events,
     so the page gets a user activation, as autoplay and audio unlock need)."""
     client.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def start_recording(client: Marionette) -> None:
+    """Start the PWA's recorder (``botcall.startRecording``, after the call connected)
+    and wait until it runs."""
+    page(client, "botcall.startRecording();")
+    wait_for(client, "botcall.recording() !== null")
+
+
+def take_recording(client: Marionette, rate: int = 48000) -> PageRecording:
+    """What the page recorded since the last take (see ``tests.kit.page_audio``).
+
+    The page's object crosses Marionette's sandbox as JSON (its Xray view hides
+    the page's own properties).
+
+    Raises:
+        AssertionError: nothing was recorded yet.
+    """
+    raw = page(client, "const piece = botcall.recording(); return piece === null ? null : JSON.stringify(piece);")
+    return recording_from(None if raw is None else json.loads(raw), rate)
+
+
+# A microphone the test switches on and off. Firefox's fake one is a steady
+# sine from the first packet, so a relay's speech detector takes it for the
+# noise floor and never hears it start (Chromium's fake microphone plays a WAV
+# file with pauses instead). This one is an oscillator in the page's own
+# AudioContext behind a gain the test sets, handed to the PWA by its
+# getUserMedia: a page-side function made by binding the page's own
+# Promise.resolve (the page's CSP forbids eval; Marionette's sandbox functions
+# cannot be called by the page). Installed before Join, which opens the microphone.
+TEST_MIC_JS = """
+const w = window.wrappedJSObject;
+const context = new w.AudioContext();
+const oscillator = context.createOscillator();
+oscillator.frequency.value = arguments[0];
+const gain = context.createGain();
+gain.gain.value = 0;
+const destination = context.createMediaStreamDestination();
+oscillator.connect(gain);
+gain.connect(destination);
+oscillator.start();
+context.resume();
+w.botcallTestMic = gain;
+w.navigator.mediaDevices.getUserMedia = w.Promise.resolve.bind(w.Promise, destination.stream);
+return context.state;
+"""
+
+
+def install_test_microphone(client: Marionette, frequency: float) -> None:
+    """Give the page a silent microphone that :func:`speak` turns into a ``frequency`` Hz tone."""
+    client.execute_script(TEST_MIC_JS, script_args=[frequency])
+
+
+def speak(client: Marionette, amplitude: float) -> None:
+    """Set the test microphone's tone to ``amplitude`` (0: silence)."""
+    client.execute_script("window.wrappedJSObject.botcallTestMic.gain.value = arguments[0];", script_args=[amplitude])

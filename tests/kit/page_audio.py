@@ -1,4 +1,4 @@
-"""What a Chromium page heard and said, on one clock: the PWA's recorder, read from Python.
+"""What a page (Chromium, or Firefox through ``tests.kit.firefox``) heard and said, on one clock: the PWA's recorder, read from Python.
 
 ``botcall.startRecording()`` (pwa/recorder-worklet.js) records the page's
 microphone and the remote audio it plays, sample by sample, on the
@@ -81,7 +81,15 @@ def start_recording(page: Page) -> None:
 
 def take_recording(page: Page, rate: int = 48000) -> PageRecording:
     """What the page recorded since the last take, at ``rate``."""
-    raw: dict[str, Any] = page.evaluate("botcall.recording()")
+    return recording_from(page.evaluate("botcall.recording()"), rate)
+
+
+def recording_from(raw: dict[str, Any] | None, rate: int = 48000) -> PageRecording:
+    """A ``PageRecording`` from what ``botcall.recording()`` returned (from any browser).
+
+    Raises:
+        AssertionError: nothing was recorded yet.
+    """
     assert raw is not None and raw["firstFrame"] is not None, "nothing recorded yet"
     clock = raw["clock"]
     context_rate = int(raw["sampleRate"])
