@@ -44,7 +44,7 @@ import trio
 
 from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.keys import KeyRing, ensure_dev_issuer
-from botcall.auth.ratelimit import Limiters
+from botcall.auth.ratelimit import Limiters, SharedBuckets
 from botcall.auth.replay_journal import ReplayJournal
 from botcall.config import Config
 from botcall.errors import ConfigError, JwksError, StartupError
@@ -517,6 +517,7 @@ async def run_server(
     housekeeping_interval: float = 1.0,
     shutdown: trio.Event | None = None,
     persist_replay: bool = True,
+    shared_limits: SharedBuckets | None = None,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled, or until ``shutdown`` is set (then drain and return).
@@ -527,6 +528,7 @@ async def run_server(
         housekeeping_interval: seconds between housekeeping passes.
         shutdown: set it to shut down gracefully (see the module docstring).
         persist_replay: keep the replay cache in the data directory.
+        shared_limits: the cluster's per-agent buckets (a worker of a ``--redis`` node).
         task_status: receives a ``ServerInfo`` once the socket accepts connections.
 
     Raises:
@@ -541,6 +543,7 @@ async def run_server(
         base_url = config.base_url(bound_port)
         try:
             state = build_state(config, base_url=base_url, clock=clock, persist_replay=persist_replay)
+            state.shared_limits = shared_limits
         except (OSError, JwksError) as exc:
             where = getattr(exc, "filename", None) or config.data_dir
             raise StartupError(

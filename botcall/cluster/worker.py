@@ -45,6 +45,8 @@ from typing import Any
 import trio
 
 from botcall import settings
+from botcall.cluster.buckets import RedisBuckets
+from botcall.cluster.resp import Redis
 from botcall.config import Config
 from botcall.errors import RoomRecordError
 from botcall.server import ServerInfo, configure_logging, run_command, run_server
@@ -153,6 +155,17 @@ def load_report(info: ServerInfo) -> dict[str, Any]:
 async def serve_worker(config: Config) -> None:
     """Serve until SIGTERM/SIGINT (then drain), reporting on stdout."""
     shutdown = trio.Event()
+    # --redis: the per-agent create and join limits hold across the cluster (buckets.py).
+    redis = Redis(config.redis_url, timeout=max(0.2, min(2.0, config.node_ttl_s / 4))) if config.redis_url else None
+    shared = RedisBuckets(redis) if redis is not None else None
+    try:
+        await _serve_worker(config, shutdown, shared)
+    finally:
+        if redis is not None:
+            await redis.aclose()
+
+
+async def _serve_worker(config: Config, shutdown: trio.Event, shared: RedisBuckets | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -168,7 +181,7 @@ async def serve_worker(config: Config) -> None:
                     await trio.sleep(LOAD_INTERVAL_S)
 
             async def server(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
-                await run_server(config, shutdown=shutdown, persist_replay=False, task_status=task_status)
+                await run_server(config, shutdown=shutdown, persist_replay=False, shared_limits=shared, task_status=task_status)
                 nursery.cancel_scope.cancel()  # drained: stop watching signals and reporting
 
             started: list[ServerInfo] = []
