@@ -734,10 +734,12 @@ def configure_logging(level: str, log_format: str = "human", *, node: str | None
     Args:
         level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
         log_format: ``human`` (time, level, logger, message) or ``json`` (one object per line).
-        node: this server's name in JSON lines (default: the host name).
+        node: this server's name in JSON lines (default: the host name) and, when
+            given, in human lines (the supervisor and workers of ``--workers N`` /
+            ``--redis`` give theirs: ``node`` and ``node/w<index>``).
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(json_formatter(node or socket.gethostname()) if log_format == "json" else human_formatter())
+    handler.setFormatter(json_formatter(node or socket.gethostname()) if log_format == "json" else human_formatter(node))
     logging.basicConfig(level=level, handlers=[handler])
     install_redaction()
 

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     serve_argv = list(sys.argv[2:] if argv is None else argv)
 
     def supervise() -> int:
-        server.configure_logging(config.log_level, config.log_format, node=config.node_name)
+        # The workers call themselves <node>/w<i> (worker.py): the supervisor is <node>.
+        server.configure_logging(config.log_level, config.log_format, node=config.node_name or os.uname().nodename)
         if config.tls_cert is not None or config.tls_self_signed:
             raise ConfigError(
                 "--workers/--redis do not serve TLS themselves yet: terminate TLS in a proxy in front "

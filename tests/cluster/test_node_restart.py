@@ -169,6 +169,9 @@ async def test_a_node_back_after_its_ttl_finds_its_rooms_closed_node_lost(tmp_pa
         joined = await a.join(a.token(agent="late#1"), room, agent_id="late#1")
         assert joined.status == 410 and joined.json()["error"]["reason"] == "node_lost"
         assert not any(RESTORED.search(line) for line in a.lines)
+        # Human log lines say which process wrote them: the supervisor, the worker.
+        assert any(" [node-a] botcall.cluster: " in line for line in a.lines)
+        assert any(" [node-a/w0] botcall" in line for line in a.lines)
         nursery.cancel_scope.cancel()
 
 
