@@ -20,6 +20,7 @@ loopback HTTP port with its own media UDP port. The supervisor:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from botcall.cluster.resp import Redis, RedisUnavailable
 from botcall.cluster.router import Front
 from botcall.config import Config
 from botcall.errors import StartupError
-from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http, until_signalled
+from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http, server_tls, until_signalled
 from botcall.signaling.serving import ConnectionBudget, connection_ceiling, raise_open_file_limit
 
 log = logging.getLogger("botcall.cluster")
@@ -319,8 +320,14 @@ async def run_supervisor(
             exempt=config.trusted_proxy_networks,
         )
         front = Front(directory, config, replay, clock, cluster=cluster, budget=budget)
+        # TLS (--tls-cert/--tls-self-signed) ends at the front: h11 speaks HTTP/1.1 only.
+        ssl_context = server_tls(dataclasses.replace(config, http2=False), base_url=front_url)
+        if ssl_context is not None:
+            http_url = "https" + http_url.removeprefix("http")
         sock.listen(1024)
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listener: trio.abc.Listener[trio.abc.Stream] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        if ssl_context is not None:
+            listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
         wake_writer = Wakeup()
         # Rooms to hold again, by worker index: filled by the first heartbeat (resume).
         restore: dict[int, list[dict[str, str]]] = {}

@@ -74,6 +74,11 @@ def worker_config(config: Config, *, index: int, front_url: str) -> Config:
         trusted_proxies=tuple(dict.fromkeys((*config.trusted_proxies, *FRONT_NETWORKS))),
         node_name=f"{node}/w{index}",
         workers="1",
+        # The front terminates TLS (its listener is an SSLListener); behind it, on
+        # loopback, workers speak plain HTTP. Their URLs are the front's https:// ones.
+        tls_cert=None,
+        tls_key=None,
+        tls_self_signed=False,
     )
 
 
