@@ -213,3 +213,10 @@ class SignalingError(BotCallError):
         self.message = message
         self.code = code
         self.close_code = close_code
+
+
+# --- clustered mode ------------------------------------------------------------------
+
+
+class RoomRecordError(BotCallError):
+    """A room's stored record (Redis, ``rooms.room_from_record_untrusted``) is not a room."""

@@ -94,10 +94,18 @@ def _utc_time(record: logging.LogRecord) -> str:
 
 
 class HumanFormatter(logging.Formatter):
-    """``2026-02-15T13:00:00.123Z INFO botcall: room ds2u-p71i-uxd6 created ...``"""
+    """``2026-02-15T13:00:00.123Z INFO botcall: room ds2u-p71i-uxd6 created ...``;
+    with a ``node`` (a supervisor, a worker: ``node-a/w1``), it follows the level in
+    brackets: ``... INFO [node-a/w1] botcall: ...``, so the lines of the processes
+    of ``--workers N`` / ``--redis``, interleaved on one terminal, say whose they are.
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Args:
+        node: the process's name, or ``None`` (a single server: no bracket).
+    """
+
+    def __init__(self, node: str | None = None) -> None:
+        label = "" if not node else "[" + node.replace("%", "%%") + "] "
+        super().__init__(f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc_time(record)
@@ -134,9 +142,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps({key: redact(value) for key, value in line.items()}, ensure_ascii=False)
 
 
-def human_formatter() -> logging.Formatter:
-    """The default format: timestamp, level, logger, message."""
-    return HumanFormatter()
+def human_formatter(node: str | None = None) -> logging.Formatter:
+    """The default format: timestamp, level, the process's name (``node``, when
+    given), logger, message."""
+    return HumanFormatter(node)
 
 
 def json_formatter(node: str) -> logging.Formatter:

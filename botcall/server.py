@@ -44,7 +44,7 @@ import trio
 
 from botcall.auth.attestation import AttestationVerifier, ReplayCache
 from botcall.auth.keys import KeyRing, ensure_dev_issuer
-from botcall.auth.ratelimit import Limiters
+from botcall.auth.ratelimit import Limiters, SharedBuckets
 from botcall.auth.replay_journal import ReplayJournal
 from botcall.config import Config
 from botcall.errors import ConfigError, JwksError, StartupError
@@ -519,6 +519,7 @@ async def run_server(
     housekeeping_interval: float = 1.0,
     shutdown: trio.Event | None = None,
     persist_replay: bool = True,
+    shared_limits: SharedBuckets | None = None,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled, or until ``shutdown`` is set (then drain and return).
@@ -529,6 +530,7 @@ async def run_server(
         housekeeping_interval: seconds between housekeeping passes.
         shutdown: set it to shut down gracefully (see the module docstring).
         persist_replay: keep the replay cache in the data directory.
+        shared_limits: the cluster's per-agent buckets (a worker of a ``--redis`` node).
         task_status: receives a ``ServerInfo`` once the socket accepts connections.
 
     Raises:
@@ -543,6 +545,7 @@ async def run_server(
         base_url = config.base_url(bound_port)
         try:
             state = build_state(config, base_url=base_url, clock=clock, persist_replay=persist_replay)
+            state.shared_limits = shared_limits
         except (OSError, JwksError) as exc:
             where = getattr(exc, "filename", None) or config.data_dir
             raise StartupError(
@@ -733,10 +736,12 @@ def configure_logging(level: str, log_format: str = "human", *, node: str | None
     Args:
         level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
         log_format: ``human`` (time, level, logger, message) or ``json`` (one object per line).
-        node: this server's name in JSON lines (default: the host name).
+        node: this server's name in JSON lines (default: the host name) and, when
+            given, in human lines (the supervisor and workers of ``--workers N`` /
+            ``--redis`` give theirs: ``node`` and ``node/w<index>``).
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(json_formatter(node or socket.gethostname()) if log_format == "json" else human_formatter())
+    handler.setFormatter(json_formatter(node or socket.gethostname()) if log_format == "json" else human_formatter(node))
     logging.basicConfig(level=level, handlers=[handler])
     install_redaction()
 

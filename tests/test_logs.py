@@ -108,3 +108,15 @@ def test_log_context_takes_room_and_session_only():
     with pytest.raises(TypeError, match="token"):
         with log_context(token="x"):
             pass
+
+
+def test_human_lines_name_the_process_when_it_has_a_name():
+    logger, stream, handler = _capture(human_formatter("node-a/w1"))
+    try:
+        logger.info("room %s created", "ds2u-p71i-uxd6")
+    finally:
+        logger.removeHandler(handler)
+    line = stream.getvalue().strip()
+    assert re.fullmatch(
+        rf"\S+Z INFO \[node-a/w1\] {re.escape(logger.name)}: room ds2u-p71i-uxd6 created", line
+    ), line

@@ -5,10 +5,17 @@ An invite URL is ``<public_url>/join/<room_id>#invite=<secret>``. The secret
 a server, so it stays out of access logs and ``Referer`` headers; the PWA reads
 it from ``location.hash`` and presents it over the signaling WebSocket, where
 ``RoomRegistry.join_human`` compares it in constant time.
+
+Servers keep only the secret's SHA-256 (``invite_digest``) once the create
+response has gone out: that is what a clustered node stores in Redis so an
+invite link outlives a restart (docs/architecture.md, "Rooms survive a node
+restart"). A plain hash is enough: the secret is 144 random bits, so there is
+no dictionary to precompute and nothing a salt or a slow hash would add.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -90,3 +97,21 @@ def invite_secret_matches(expected: str, presented: object) -> bool:
     if not isinstance(presented, str):
         return False
     return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8", "surrogatepass"))
+
+
+def invite_digest(secret: str) -> str:
+    """The hex SHA-256 of an invite secret: what a server keeps to check it later."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def invite_matches_digest(digest: str, presented: object) -> bool:
+    """Whether ``presented`` is the secret whose ``invite_digest`` is ``digest``
+    (constant-time comparison of the digests).
+
+    Args:
+        digest: the room's ``invite_digest``.
+        presented: what the client sent (anything; non-strings never match).
+    """
+    if not isinstance(presented, str) or not digest:
+        return False
+    return hmac.compare_digest(digest.encode("ascii", "replace"), invite_digest(presented).encode("ascii"))

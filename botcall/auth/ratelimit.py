@@ -15,7 +15,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from botcall.config import Config, RateLimit
 from botcall.errors import RateLimited
@@ -106,6 +106,19 @@ class BucketTable(Generic[K]):
         for key in full:
             del self._buckets[key]
         return len(full)
+
+
+class SharedBuckets(Protocol):
+    """Buckets every node of a cluster shares (``--redis``: ``cluster/buckets.py``).
+
+    ``take`` charges one request to bucket ``name`` of ``key`` (both plain text),
+    refilled by ``limit``; it returns 0.0 when granted, else the seconds to wait,
+    and raises ``ServiceUnavailable`` (``cluster_unavailable``) when the shared
+    store cannot be reached: a limit that must be global is not silently
+    loosened to a per-worker one.
+    """
+
+    async def take(self, name: str, key: str, limit: RateLimit) -> float: ...
 
 
 @dataclass(frozen=True)

@@ -351,7 +351,7 @@ class Front:
 
     # --- serving ---------------------------------------------------------------------------
 
-    async def serve(self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, listener: trio.abc.Listener[trio.abc.Stream], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until cancelled (or ``accepting`` is cleared)."""
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -359,9 +359,11 @@ class Front:
                 stream = await listener.accept()
                 nursery.start_soon(self._connection, stream)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            peer = str(stream.socket.getpeername()[0])
+            assert isinstance(transport, trio.SocketStream)
+            peer = str(transport.socket.getpeername()[0])
         except OSError:
             await trio.aclose_forcefully(stream)
             return
@@ -387,7 +389,7 @@ class Front:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _requests(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _requests(self, stream: trio.abc.Stream, peer: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         while True:
             try:
@@ -427,7 +429,7 @@ class Front:
                 return
             conn.start_next_cycle()
 
-    async def _body(self, conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+    async def _body(self, conn: h11.Connection, stream: trio.abc.Stream) -> bytes:
         if conn.they_are_waiting_for_100_continue:
             await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks: list[bytes] = []
@@ -445,7 +447,7 @@ class Front:
                 raise h11.RemoteProtocolError("connection closed in the body")
 
     async def _forward(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes, route: Route, peer: str, from_peer: bool
+        self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, body: bytes, route: Route, peer: str, from_peer: bool
     ) -> None:
         worker = route.worker
         host, port = route.remote if route.remote is not None else ("127.0.0.1", worker.http_port if worker else 0)
@@ -494,7 +496,7 @@ class Front:
             kept.append((PEER_HEADER, self.cluster.peer_secret.encode()))
         return kept
 
-    async def _websocket(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, peer: str) -> None:
+    async def _websocket(self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, peer: str) -> None:
         target = request.target.decode("ascii", "replace")
         from_peer = self.is_peer(list(request.headers))
         route = await self.route(request.method.decode("ascii", "replace"), target.partition("?")[0], b"", from_peer=from_peer)
@@ -637,16 +639,16 @@ def _forwarded_for(headers: list[tuple[bytes, bytes]], peer: str) -> list[tuple[
     return rest + [(b"x-forwarded-for", b", ".join([*chain, peer.encode()]))]
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
+            conn.receive_data(bytes(await stream.receive_some(65536)))
             continue
         return event
 
 
-async def _respond(conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any], headers: dict[str, str], *, close: bool = False) -> None:
+async def _respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, payload: dict[str, Any], headers: dict[str, str], *, close: bool = False) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
     all_headers = [("content-type", "application/json"), ("content-length", str(len(body))), *headers.items()]
     if close:
@@ -691,13 +693,13 @@ async def _exchange(
     return response.status_code, list(response.headers), b"".join(chunks)
 
 
-async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope, frames: ServerFrames, *, from_worker: bool) -> None:
+async def _pipe(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope, frames: ServerFrames, *, from_worker: bool) -> None:
     """Copy ``source`` to ``sink`` until either ends, then end both directions;
     ``frames`` follows what the worker sends and learns when its side failed."""
     try:
         while True:
             try:
-                data = await source.receive_some(65536)
+                data = bytes(await source.receive_some(65536))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 data = b""  # reset: an end like any other
             if not data:

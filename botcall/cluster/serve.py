@@ -1,6 +1,8 @@
 """``botcall serve``: one process (``botcall.server``) or, with ``--workers N``
 (N > 1, or ``auto`` on a machine of several cores) or ``--redis``, the
-supervisor with its routing front and N worker processes (``supervisor.py``)."""
+supervisor with its routing front and N worker processes (``supervisor.py``).
+TLS ends at the front with ``--workers N``; with ``--redis`` it is refused
+(nodes forward to each other over plain HTTP)."""
 
 from __future__ import annotations
 
@@ -33,11 +35,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     serve_argv = list(sys.argv[2:] if argv is None else argv)
 
     def supervise() -> int:
-        server.configure_logging(config.log_level, config.log_format, node=config.node_name)
-        if config.tls_cert is not None or config.tls_self_signed:
+        # The workers call themselves <node>/w<i> (worker.py): the supervisor is <node>.
+        server.configure_logging(config.log_level, config.log_format, node=config.node_name or os.uname().nodename)
+        if (config.tls_cert is not None or config.tls_self_signed) and config.redis_url is not None:
             raise ConfigError(
-                "--workers/--redis do not serve TLS themselves yet: terminate TLS in a proxy in front "
-                "(see --trusted-proxy and --public-url), or serve with --workers 1 and no --redis"
+                "--redis does not serve TLS itself yet (nodes forward to each other over plain HTTP): terminate "
+                "TLS in a proxy in front (see --trusted-proxy and --public-url), or serve TLS without --redis"
             )
         if not config.issuers and not config.dev_issuer_enabled:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")

@@ -11,12 +11,16 @@ loopback HTTP port with its own media UDP port. The supervisor:
   (the front answers ``410 room_closed`` for them), the other workers and their
   calls are not touched (separate processes, separate media sockets);
 * keeps the replay cache every worker shares (``<data_dir>/replay-cache.jsonl``);
+* with ``--redis``: writes the rooms its workers open and close to Redis, and
+  at start hands each worker the rooms Redis says this node held before a
+  restart (``NodeDirectory.resume``; the worker's stdin carries them);
 * on SIGTERM/SIGINT stops accepting and SIGTERMs the workers, which drain as
   ``botcall serve`` does (``server_shutdown``), and waits for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -34,13 +39,13 @@ import trio
 from botcall.auth.attestation import ReplayCache
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.auth.replay_journal import ReplayJournal
-from botcall.cluster.directory import Directory
-from botcall.cluster.nodes import NodeDirectory
+from botcall.cluster.directory import WORKER_LOST, Directory
+from botcall.cluster.nodes import NODE_LOST, NodeDirectory
 from botcall.cluster.resp import Redis, RedisUnavailable
 from botcall.cluster.router import Front
 from botcall.config import Config
 from botcall.errors import StartupError
-from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http, until_signalled
+from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http, server_tls, until_signalled
 from botcall.signaling.serving import ConnectionBudget, connection_ceiling, raise_open_file_limit
 
 log = logging.getLogger("botcall.cluster")
@@ -67,6 +72,46 @@ class FrontInfo:
 
 class WorkerExited(Exception):
     """A worker process ended (its exit status in the message)."""
+
+
+class Wakeup:
+    """Wakes one waiting task; wakes that came while it was busy are kept (as one)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+async def write_rooms(cluster: NodeDirectory, wake: Wakeup) -> None:
+    """Write the rooms the workers opened and closed to Redis as they come (the
+    heartbeat retries what an outage left unwritten)."""
+    while True:
+        await wake.wait()
+        try:
+            await cluster.flush()
+        except RedisUnavailable:
+            pass  # noted, not lost: the next heartbeat that reaches Redis writes it
+
+
+def note_closed_live(cluster: NodeDirectory | None, rooms: Sequence[str], reason: str, now: float) -> None:
+    """Rooms of a worker that is gone: those still live (not reported closed) close with ``reason``."""
+    if cluster is not None:
+        for room_id in rooms:
+            if room_id in cluster.records:
+                cluster.note_closed(room_id, reason, now)
+
+
+async def _send_restore(stdin: trio.abc.SendStream, rooms: list[dict[str, str]]) -> None:
+    """The rooms a worker is to hold again, one ``restore`` line each, then ``restore_end``."""
+    for room in rooms:
+        await stdin.send_all(json.dumps({"event": "restore", "room": room}, separators=(",", ":")).encode() + b"\n")
+    await stdin.send_all(b'{"event":"restore_end"}\n')
 
 
 async def _lines(stream: trio.abc.ReceiveStream) -> Any:
@@ -104,15 +149,25 @@ async def run_worker(
     clock: Callable[[], float],
     grace: float,
     *,
+    cluster: NodeDirectory | None = None,
+    restore: list[dict[str, str]] | None = None,
+    wake_writer: Wakeup | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep worker ``index`` running until ``stopping`` is set (then SIGTERM it and wait).
+
+    Args:
+        cluster: with ``--redis``: the rooms the worker opens and closes are noted
+            there (and ``wake_writer`` set to write them).
+        restore: rooms (Redis's hashes) the worker's first start is to hold again;
+            it counts as started once it has answered for all of them.
 
     Raises:
         StartupError: the worker's first start failed (its own message is on stderr).
     """
     delay = RESTART_DELAY_MIN
     first = True
+    restored = 0
     while True:
         started_at = time.monotonic()
         # stdin: a pipe the worker watches; it ends when this process does, however it ends.
@@ -141,7 +196,10 @@ async def run_worker(
                                 "worker %d started (pid %d, http 127.0.0.1:%d, media udp %d, generation %d)",
                                 index, process.pid, worker.http_port, worker.media_port, worker.generation,
                             )
-                            if first:
+                            if first and restore:
+                                assert process.stdin is not None
+                                nursery.start_soon(_send_restore, process.stdin, restore)
+                            elif first:
                                 first = False
                                 task_status.started()
                         elif message.get("event") == "load" and ready:
@@ -149,6 +207,26 @@ async def run_worker(
                                 index, rooms=int(message["rooms"]), sessions=int(message["sessions"]),
                                 packets=int(message["packets"]), now=clock(),
                             )
+                        elif message.get("event") == "room_created" and cluster is not None and isinstance(message.get("room"), dict):
+                            cluster.note_room({str(k): str(v) for k, v in message["room"].items()}, index)
+                            if wake_writer is not None:
+                                wake_writer.set()
+                        elif message.get("event") == "room_closed" and cluster is not None:
+                            cluster.note_closed(str(message.get("room_id")), str(message.get("reason")), clock())
+                            if wake_writer is not None:
+                                wake_writer.set()
+                        elif message.get("event") == "restored" and ready:
+                            worker = directory.table[index]
+                            directory.room_created(str(message["room_id"]), worker, float(message["expires_at"]))
+                            restored += 1
+                        elif message.get("event") == "restore_refused":
+                            log.warning("worker %d could not restore room %s (%s)", index, message.get("room_id"), message.get("why"))
+                            if cluster is not None and message.get("room_id"):
+                                cluster.note_closed(str(message["room_id"]), NODE_LOST, clock())
+                        elif message.get("event") == "restore_done" and first:
+                            log.info("worker %d holds %d room(s) again from before the restart (%d refused)", index, restored, len(restore or ()) - restored)
+                            first = False
+                            task_status.started()
                 if not ready:
                     log.error("worker %d did not start within %g s; stopping it", index, WORKER_START_TIMEOUT_S)
                     process.kill()
@@ -161,13 +239,16 @@ async def run_worker(
             raise
         generation = directory.table[index].generation
         if stopping.is_set():
-            directory.worker_lost(index, clock())
+            note_closed_live(cluster, directory.worker_lost(index, clock()), "server_shutdown", clock())
             front.worker_lost(index, generation)
             log.info("worker %d stopped (exit %s)", index, code)
             return
         if first:
             raise StartupError(f"worker {index} failed to start (exit status {code}; its message is above)")
         lost = directory.worker_lost(index, clock())
+        note_closed_live(cluster, lost, WORKER_LOST, clock())
+        if wake_writer is not None:
+            wake_writer.set()
         front.worker_lost(index, generation)
         if time.monotonic() - started_at > STABLE_AFTER_S:
             delay = RESTART_DELAY_MIN
@@ -228,7 +309,10 @@ async def run_supervisor(
         if config.redis_url is not None:
             redis = Redis(config.redis_url, timeout=max(0.2, min(2.0, config.node_ttl_s / 4)))
             node_id = config.node_name or f"{socket.gethostname()}:{bound_port}"
-            cluster = NodeDirectory(redis, node_id, front_url, ttl=config.node_ttl_s, closed_for=config.closed_rooms_remembered_s)
+            cluster = NodeDirectory(
+                redis, node_id, front_url, ttl=config.node_ttl_s, closed_for=config.closed_rooms_remembered_s,
+                max_rooms=count * config.max_rooms_total,
+            )
         budget = ConnectionBudget(
             max_total=connection_ceiling(config.max_connections, raise_open_file_limit(), config.fd_reserve),
             max_per_ip=config.max_connections_per_ip,
@@ -236,14 +320,31 @@ async def run_supervisor(
             exempt=config.trusted_proxy_networks,
         )
         front = Front(directory, config, replay, clock, cluster=cluster, budget=budget)
+        # TLS (--tls-cert/--tls-self-signed) ends at the front: h11 speaks HTTP/1.1 only.
+        ssl_context = server_tls(dataclasses.replace(config, http2=False), base_url=front_url)
+        if ssl_context is not None:
+            http_url = "https" + http_url.removeprefix("http")
         sock.listen(1024)
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listener: trio.abc.Listener[trio.abc.Stream] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        if ssl_context is not None:
+            listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+        wake_writer = Wakeup()
+        # Rooms to hold again, by worker index: filled by the first heartbeat (resume).
+        restore: dict[int, list[dict[str, str]]] = {}
         async with trio.open_nursery() as nursery:
+            if cluster is not None:
+                # Before the workers: a restarted node keeps its heartbeat (and so its
+                # rooms) alive while they start, and learns which rooms to restore.
+                await nursery.start(heartbeat, cluster, directory, drain, clock, restore, count)
+                nursery.start_soon(write_rooms, cluster, wake_writer)
             async with trio.open_nursery() as workers:
                 async with trio.open_nursery() as starting:
                     for index in range(count):
                         command = worker_command(index, front_url, serve_argv)
-                        starting.start_soon(workers.start, run_worker, index, directory, front, command, stopping, clock, config.shutdown_grace_s)
+                        starting.start_soon(workers.start, partial(
+                            run_worker, index, directory, front, command, stopping, clock, config.shutdown_grace_s,
+                            cluster=cluster, restore=restore.pop(index, None), wake_writer=wake_writer,
+                        ))
 
                 async def housekeeping() -> None:
                     while True:
@@ -255,7 +356,11 @@ async def run_supervisor(
                         await trio.sleep(HOUSEKEEPING_INTERVAL_S)
 
                 if cluster is not None:
-                    await nursery.start(heartbeat, cluster, directory, drain, clock)
+                    cluster.starting = False  # say so now: placement may choose this node
+                    try:
+                        await cluster.heartbeat(sum(w.load for w in directory.table if w.running), {})
+                    except RedisUnavailable:
+                        pass  # the heartbeat loop says it
                 nursery.start_soon(front.serve, listener)
                 nursery.start_soon(housekeeping)
                 log.info("listening on %s (public URL %s) with %d workers", http_url, front_url, count)
@@ -276,6 +381,13 @@ async def run_supervisor(
                 # Each run_worker SIGTERMs its worker and returns once it exited; the
                 # front keeps routing meanwhile (draining WebSockets close through it).
                 stopping.set()
+            if cluster is not None:
+                # The rooms the workers closed on their way out: never to be restored.
+                with trio.move_on_after(2.0):
+                    try:
+                        await cluster.flush()
+                    except RedisUnavailable as exc:
+                        log.warning("the rooms closed at shutdown were not all written to Redis (%s)", exc)
             nursery.cancel_scope.cancel()
     finally:
         sock.close()
@@ -290,25 +402,48 @@ async def heartbeat(
     directory: Directory,
     drain: trio.Event,
     clock: Callable[[], float],
+    restore: dict[int, list[dict[str, str]]],
+    workers: int,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Every third of the node TTL: register this node with its load (and its rooms,
-    should Redis have lost them), close the rooms of nodes whose heartbeat expired
-    (``node_lost``), and notice a ``botcall drain`` request. Redis being away is
-    logged once; calls go on, and new rooms and joins get ``503 cluster_unavailable``."""
+    should Redis have lost them), write what the workers reported and is still
+    unwritten, close the rooms of nodes whose heartbeat expired (``node_lost``),
+    and notice a ``botcall drain`` request. Redis being away is logged once;
+    calls go on, and new rooms and joins get ``503 cluster_unavailable``.
+
+    The first pass that reaches Redis settles the rooms this node held before a
+    restart (``NodeDirectory.resume``): on the first pass (before the workers
+    start), ``restore`` receives them by worker index (``workers`` of them);
+    later (Redis was away at start), they are closed ``node_lost``.
+    """
     reachable: bool | None = None
     started = False
+    resumed = False
     while True:
         try:
             if not cluster.peer_secret:
                 await cluster.join()
-            rooms = {
+            if not resumed:
+                rooms_before = await cluster.resume(clock(), restore=not started, held=tuple(directory.rooms))
+                resumed = True
+                for fields in rooms_before:
+                    try:
+                        index = int(fields.get("worker", "0")) % workers
+                    except ValueError:
+                        index = 0
+                    restore.setdefault(index, []).append(fields)
+                if rooms_before:
+                    log.info("node %s restarted within its TTL: restoring %d room(s)", cluster.node_id, len(rooms_before))
+            live = {
                 room_id: (where.worker, where.expires_at)
                 for room_id, where in directory.rooms.items()
-                if directory.table[where.worker].running and directory.table[where.worker].generation == where.generation
+                if room_id in cluster.records
+                and directory.table[where.worker].running and directory.table[where.worker].generation == where.generation
             }
-            await cluster.heartbeat(sum(w.load for w in directory.table if w.running), rooms)
+            await cluster.heartbeat(sum(w.load for w in directory.table if w.running), live)
+            await cluster.flush()
             for node_id, closed in (await cluster.reap(clock())).items():
                 log.warning("node %s stopped heartbeating: %d room(s) closed with reason node_lost", node_id, closed)
             if reachable is False:

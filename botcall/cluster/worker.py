@@ -12,7 +12,18 @@ cache). It talks to the supervisor on stdout, one JSON object per line:
 
 * ``{"event": "ready", "http_port": P, "media_port": M, "pid": N}`` once serving;
 * ``{"event": "load", "rooms": R, "sessions": S, "packets": K}`` every
-  ``LOAD_INTERVAL_S`` (``K``: RTP packets received since start).
+  ``LOAD_INTERVAL_S`` (``K``: RTP packets received since start);
+* with ``--redis``, every room opened or closed here:
+  ``{"event": "room_created", "room": <Room.record()>}`` and
+  ``{"event": "room_closed", "room_id": ID, "reason": R}`` (the supervisor keeps
+  Redis's copy, from which a restarted node restores its rooms);
+* ``{"event": "restored", "room_id": ID, "expires_at": T}`` or
+  ``{"event": "restore_refused", "room_id": ID, "why": TEXT}`` for each room the
+  supervisor asked it to restore, then ``{"event": "restore_done"}``.
+
+The supervisor writes to its stdin, one JSON object per line,
+``{"event": "restore", "room": <Room.record()>}`` for each room of this node
+found open in Redis at a restart, then ``{"event": "restore_end"}``.
 
 It dies with its supervisor (its stdin, a pipe from the supervisor, ends) and drains on SIGTERM as
 ``botcall serve`` does (rooms close with ``server_shutdown``).
@@ -23,19 +34,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from botcall import settings
+from botcall.cluster.buckets import RedisBuckets
+from botcall.cluster.resp import Redis
 from botcall.config import Config
+from botcall.errors import RoomRecordError
 from botcall.server import ServerInfo, configure_logging, run_command, run_server
+from botcall.signaling.rooms import RegistryEvent, RoomClosed, RoomCreated, RoomStore, room_from_record_untrusted
+
+log = logging.getLogger("botcall.cluster")
 
 # Seconds between load reports (the front's placement reads them).
 LOAD_INTERVAL_S = 0.5
+# A line from the supervisor longer than this is dropped (a room record is far shorter).
+MAX_LINE_BYTES = 64 * 1024
 # The front reaches workers from loopback; they believe its X-Forwarded-For.
 FRONT_NETWORKS = ("127.0.0.1/32", "::1/128")
 
@@ -52,18 +74,74 @@ def worker_config(config: Config, *, index: int, front_url: str) -> Config:
         trusted_proxies=tuple(dict.fromkeys((*config.trusted_proxies, *FRONT_NETWORKS))),
         node_name=f"{node}/w{index}",
         workers="1",
+        # The front terminates TLS (its listener is an SSLListener); behind it, on
+        # loopback, workers speak plain HTTP. Their URLs are the front's https:// ones.
+        tls_cert=None,
+        tls_key=None,
+        tls_self_signed=False,
     )
 
 
-async def _until_supervisor_gone() -> None:
-    """Return when the supervisor is gone: our stdin (its pipe) reaches end of file,
-    which happens however it ended, ``kill -9`` included. (Not ``PR_SET_PDEATHSIG``:
+async def _from_supervisor(handle: Callable[[dict[str, Any]], None]) -> None:
+    """Read the supervisor's lines on stdin (``handle`` each JSON object) and return
+    when the supervisor is gone: stdin (its pipe) reaches end of file, which
+    happens however it ended, ``kill -9`` included. (Not ``PR_SET_PDEATHSIG``:
     that fires when the *thread* that started us exits, and Trio starts processes
     from a worker thread.)"""
     stdin = trio.lowlevel.FdStream(os.dup(0))
+    buffer = b""
     async with stdin:
-        while await stdin.receive_some(4096):
-            pass  # the supervisor writes nothing; only the end matters
+        while data := await stdin.receive_some(65536):
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.warning("the supervisor wrote a line that is not JSON: %r", line[:200])
+                    continue
+                if isinstance(message, dict):
+                    handle(message)
+            if len(buffer) > MAX_LINE_BYTES:
+                log.warning("the supervisor wrote an over-long line; dropped")
+                buffer = b""
+
+
+def restore_handler(registry: Callable[[], RoomStore | None], say: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """What the worker does with the supervisor's restore lines (see the module docstring)."""
+
+    def handle(message: dict[str, Any]) -> None:
+        store = registry()
+        if message.get("event") == "restore_end":
+            say({"event": "restore_done"})
+            return
+        if message.get("event") != "restore":
+            return
+        record = message.get("room")
+        room_id = record.get("room_id") if isinstance(record, dict) else None
+        try:
+            room = room_from_record_untrusted(record)
+        except RoomRecordError as exc:
+            say({"event": "restore_refused", "room_id": room_id if isinstance(room_id, str) else "", "why": str(exc)})
+            return
+        if store is None or not store.restore_room(room, now=time.time()):
+            say({"event": "restore_refused", "room_id": room.room_id, "why": "expired, already known here, or the server is full"})
+            return
+        say({"event": "restored", "room_id": room.room_id, "expires_at": room.expires_at})
+
+    return handle
+
+
+def room_events(say: Callable[[dict[str, Any]], None]) -> Callable[[RegistryEvent], None]:
+    """A registry listener telling the supervisor every room opened and closed (``--redis``)."""
+
+    def on_event(event: RegistryEvent) -> None:
+        if isinstance(event, RoomCreated):
+            say({"event": "room_created", "room": event.room.record()})
+        elif isinstance(event, RoomClosed):
+            say({"event": "room_closed", "room_id": event.room.room_id, "reason": event.reason})
+
+    return on_event
 
 
 def _say(message: dict[str, Any]) -> None:
@@ -82,6 +160,17 @@ def load_report(info: ServerInfo) -> dict[str, Any]:
 async def serve_worker(config: Config) -> None:
     """Serve until SIGTERM/SIGINT (then drain), reporting on stdout."""
     shutdown = trio.Event()
+    # --redis: the per-agent create and join limits hold across the cluster (buckets.py).
+    redis = Redis(config.redis_url, timeout=max(0.2, min(2.0, config.node_ttl_s / 4))) if config.redis_url else None
+    shared = RedisBuckets(redis) if redis is not None else None
+    try:
+        await _serve_worker(config, shutdown, shared)
+    finally:
+        if redis is not None:
+            await redis.aclose()
+
+
+async def _serve_worker(config: Config, shutdown: trio.Event, shared: RedisBuckets | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -97,16 +186,21 @@ async def serve_worker(config: Config) -> None:
                     await trio.sleep(LOAD_INTERVAL_S)
 
             async def server(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
-                await run_server(config, shutdown=shutdown, persist_replay=False, task_status=task_status)
+                await run_server(config, shutdown=shutdown, persist_replay=False, shared_limits=shared, task_status=task_status)
                 nursery.cancel_scope.cancel()  # drained: stop watching signals and reporting
 
+            started: list[ServerInfo] = []
+
             async def die_with_supervisor() -> None:
-                await _until_supervisor_gone()
+                await _from_supervisor(restore_handler(lambda: started[0].state.registry if started else None, _say))
                 nursery.cancel_scope.cancel()  # its front is gone: nobody can reach our rooms
 
             nursery.start_soon(watch_signals)
             nursery.start_soon(die_with_supervisor)
             info: ServerInfo = await nursery.start(server)
+            started.append(info)
+            if config.redis_url is not None:
+                info.state.registry.add_listener(room_events(_say))
             _say({"event": "ready", "http_port": info.http_port, "media_port": info.state.media_port, "pid": os.getpid()})
             nursery.start_soon(report, info)
 

@@ -23,6 +23,8 @@ from botcall.signaling import messages as msg
 Schema = dict[str, Any]
 
 OPENAPI_PATH = "/v1/openapi.json"
+# An operation the routing front answers itself (present only with --workers N > 1 or --redis).
+FRONT_ONLY = "x-botcall-front-only"
 WEBSOCKET_SCHEMA_PATH = "/v1/websocket-schema.json"
 
 _STRING: Schema = {"type": "string"}
@@ -96,7 +98,13 @@ def _http_schemas() -> dict[str, Schema]:
     )
     warnings: Schema = {"type": "array", "items": _ref("Warning"), "maxItems": msg.MAX_REPORTED_FIELDS}
     error = _obj(
-        {"error": _obj({"code": {"type": "string", "pattern": "^[a-z0-9_]+$"}, "message": _STRING})},
+        {"error": _obj(
+            {"code": {"type": "string", "pattern": "^[a-z0-9_]+$"}, "message": _STRING},
+            {"reason": {"type": "string", "pattern": "^[a-z0-9_]+$", "description": (
+                "with 410 room_closed: why the room ended (deleted, expired, empty, server_shutdown, "
+                "worker_lost, node_lost); see docs/protocol.md, Workers and Nodes"
+            )}},
+        )},
         description="Every error response, whatever the status. Branch on code, never on message.",
     )
     media_request = _obj({}, {
@@ -174,6 +182,12 @@ def _http_schemas() -> dict[str, Schema]:
         "Health": _obj({"status": {"const": "ok"}, "rooms": _INT, "sessions": _INT}),
         "Ready": _obj({"status": {"const": "ready"}}),
         "Version": _obj({"name": {"const": "botcall"}, "version": _STRING}),
+        "ClusterWorkers": _obj({"workers": {"type": "array", "items": _obj({
+            "index": {"type": "integer", "minimum": 0}, "generation": {"type": "integer", "minimum": 0},
+            "running": _BOOL, "media_port": {"type": "integer", "minimum": 0, "maximum": 65535},
+            "rooms": _INT, "sessions": _INT, "packets_per_second": _NUMBER,
+            "load": {"type": "number", "description": "sessions + packets_per_second / 50 + 2 × rooms placed since its last report"},
+        })}}, description="The front's view of its workers, as placement reads it"),
     }
 
 
@@ -248,6 +262,13 @@ def openapi_document() -> Schema:
         )},
         "/sw.js": {"get": _operation("serviceWorker", "The web app's service worker", 200, text,
                                      content_type="text/javascript")},
+        # Answered by the routing front of `botcall serve --workers N` (N > 1) or `--redis`
+        # (botcall/cluster/router.py), not by a worker's routes: FRONT_ONLY marks it.
+        "/v1/cluster/workers": {"get": {
+            **_operation("clusterWorkers", "The front's workers and their measured load (--workers N, --redis)", 200,
+                         _ref("ClusterWorkers")),
+            FRONT_ONLY: True,
+        }},
     }
     return {
         "openapi": "3.1.0",

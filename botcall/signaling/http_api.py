@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +39,9 @@ from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
 from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
 from botcall.auth.invites import invite_url
 from botcall.auth.keys import DevIssuer, KeyRing, download_jwks
-from botcall.auth.ratelimit import Limiters
+from botcall.auth.ratelimit import Limiters, SharedBuckets
 from botcall.config import Config
-from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError, http_error_json
+from botcall.errors import ApiError, AttestationError, BadRequest, Forbidden, JwksError, RateLimited, http_error_json
 from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.signaling import api_schema, strict_json
@@ -317,6 +318,8 @@ class AppState:
         dev_issuer: the local development issuer, when enabled.
         media: the media service (relay, browser legs), set by ``run_server``.
         hub: the WebSocket hub (who is connected, what they are told).
+        shared_limits: with ``--redis``, the per-agent create and join buckets every
+            node shares (instead of this process's own).
     """
 
     config: Config
@@ -337,6 +340,7 @@ class AppState:
     trusted_proxies: tuple[Network, ...] = ()
     # Set when graceful shutdown begins: /readyz answers 503 from then on.
     draining: bool = False
+    shared_limits: SharedBuckets | None = None
 
     def not_ready(self) -> tuple[str, str] | None:
         """Why this server should get no new rooms now (a machine code and a
@@ -426,6 +430,25 @@ async def verify_attestation(state: AppState, token: Any) -> Attestation:
 
 
 # --- responses ------------------------------------------------------------------------------
+
+
+async def charge_agent(state: AppState, what: str, attestation: Attestation, now: float) -> None:
+    """Charge one room creation (``what="create"``) or join to the attestation's agent:
+    in the cluster's shared bucket with ``--redis``, else in this process's.
+
+    Raises:
+        RateLimited: the agent's bucket is empty.
+        ServiceUnavailable: ``cluster_unavailable``: the shared buckets cannot be reached.
+    """
+    agent = (attestation.issuer, attestation.agent_id)
+    if state.shared_limits is None:
+        (state.limiters.check_create if what == "create" else state.limiters.check_join)(agent=agent, now=now)
+        return
+    limit = state.config.create_limit_per_agent if what == "create" else state.config.join_limit_per_agent
+    wait = await state.shared_limits.take(f"{what}_per_agent", f"{attestation.issuer}\0{attestation.agent_id}", limit)
+    if wait > 0:
+        noun = "room creations" if what == "create" else "joins"
+        raise RateLimited(f"too many {noun} by this agent (across the cluster); retry in {math.ceil(wait)} s", retry_after=wait)
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -540,7 +563,7 @@ def create_app(state: AppState) -> QuartTrio:
         parsed = parse_create_request_untrusted(await body())
         attestation = await verify_attestation(state, token)
         now = state.clock()
-        state.limiters.check_create(agent=(attestation.issuer, attestation.agent_id), now=now)
+        await charge_agent(state, "create", attestation, now)
         attestation.require_scope(SCOPE_CREATE)
         room = state.registry.create_room(
             owner=attestation.controller,
@@ -603,7 +626,7 @@ def create_app(state: AppState) -> QuartTrio:
         attestation = await verify_attestation(state, parsed.token)
         now = state.clock()
         state.verifier.check_not_replayed(attestation, now)
-        state.limiters.check_join(agent=(attestation.issuer, attestation.agent_id), now=now)
+        await charge_agent(state, "join", attestation, now)
         attestation.require_agent(parsed.agent_id)
         attestation.require_scope(SCOPE_VOICE)
         attestation.require_room(parsed.room_id)

@@ -17,6 +17,7 @@ block. The relay and WebSocket layers use them to tear down media and sockets.
 
 from __future__ import annotations
 
+import math
 import secrets
 import string
 from collections import OrderedDict
@@ -26,9 +27,9 @@ from enum import StrEnum
 from typing import Protocol, Union
 
 from botcall.audio.opus import SAMPLE_RATE as OPUS_CLOCK_RATE
-from botcall.auth.invites import invite_secret_matches, new_invite_secret
+from botcall.auth.invites import invite_digest, invite_matches_digest, new_invite_secret
 from botcall.config import Config
-from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited, ServiceUnavailable
+from botcall.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RateLimited, RoomRecordError, ServiceUnavailable
 from botcall.relay.ws_audio import DELIVERIES, DELIVERY_ARRIVAL
 
 TRANSPORTS = ("udp", "websocket", "webrtc")
@@ -208,7 +209,13 @@ class Interruption:
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """One call. ``owner`` is the controller (``ctl``) of the bot that created it."""
+    """One call. ``owner`` is the controller (``ctl``) of the bot that created it.
+
+    ``invite_secret`` is known only to the process that created the room (it goes
+    out once, in the create response's ``invite_url``); a room restored from its
+    record (``room_from_record_untrusted``) has ``""`` there. Invites are checked
+    against ``invite_digest``, which both have.
+    """
 
     room_id: str
     owner: str
@@ -220,6 +227,63 @@ class Room:
     state: RoomState = RoomState.OPEN
     created_by: str = ""
     interruption: Interruption = Interruption()
+    invite_digest: str = field(default="", repr=False)
+
+    def record(self) -> dict[str, str]:
+        """What a clustered node stores about the room so it outlives a restart
+        (docs/architecture.md): everything but the invite secret, which only its
+        digest stands for."""
+        return {
+            "room_id": self.room_id,
+            "owner": self.owner,
+            "created_by": self.created_by,
+            "created_at": repr(self.created_at),
+            "expires_at": repr(self.expires_at),
+            "max_humans": str(self.max_human_participants),
+            "max_bots": str(self.max_bot_participants),
+            "interruption": self.interruption.mode,
+            "interruption_ms": str(self.interruption.min_speech_ms),
+            "invite_digest": self.invite_digest,
+        }
+
+
+# The fields of ``Room.record()``; a record lacking one is refused.
+ROOM_RECORD_FIELDS = frozenset(Room("", "", "", 0.0, 0.0, 0, 0).record())
+_DIGEST_CHARS = frozenset("0123456789abcdef")
+
+
+def room_from_record_untrusted(record: object) -> Room:
+    """The open room a ``Room.record()`` describes (read back from Redis).
+
+    Raises:
+        RoomRecordError: not such a record (a field missing, of the wrong type or out of range).
+    """
+    if not isinstance(record, dict) or not all(isinstance(record.get(name), str) for name in ROOM_RECORD_FIELDS):
+        raise RoomRecordError("a room record needs every field of Room.record() as a string")
+    try:
+        room = Room(
+            room_id=record["room_id"],
+            owner=record["owner"],
+            invite_secret="",
+            created_at=float(record["created_at"]),
+            expires_at=float(record["expires_at"]),
+            max_human_participants=int(record["max_humans"]),
+            max_bot_participants=int(record["max_bots"]),
+            created_by=record["created_by"],
+            interruption=Interruption(record["interruption"], int(record["interruption_ms"])),
+            invite_digest=record["invite_digest"],
+        )
+    except ValueError as exc:
+        raise RoomRecordError(f"a room record has a malformed number ({exc})") from None
+    if not (room.room_id and room.owner and len(room.invite_digest) == 64 and set(room.invite_digest) <= _DIGEST_CHARS):
+        raise RoomRecordError("a room record needs a room id, an owner and a SHA-256 invite digest")
+    if not (0 <= room.max_human_participants <= 1000 and 0 <= room.max_bot_participants <= 1000):
+        raise RoomRecordError("a room record's participant limits are out of range")
+    if room.interruption.mode not in INTERRUPTION_MODES or not 20 <= room.interruption.min_speech_ms <= MAX_INTERRUPTION_MS:
+        raise RoomRecordError("a room record's interruption rule is out of range")
+    if not (math.isfinite(room.created_at) and math.isfinite(room.expires_at)):
+        raise RoomRecordError("a room record's times are not numbers")
+    return room
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +428,7 @@ class RoomStore(Protocol):
     def set_muted(self, session_id: str, muted: bool) -> Session: ...
     def restart_ice(self, session_id: str) -> Session: ...
     def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None: ...
+    def restore_room(self, room: Room, *, now: float) -> bool: ...
     def session_by_id(self, session_id: str) -> Session | None: ...
     def session_by_ufrag(self, ice_ufrag: str) -> Session | None: ...
     def rooms(self) -> Iterator[Room]: ...
@@ -521,10 +586,12 @@ class RoomRegistry:
         room_id = _new_room_id()
         while room_id in self._rooms or room_id in self._closed:
             room_id = _new_room_id()
+        secret = new_invite_secret()
         room = Room(
             room_id=room_id,
             owner=owner,
-            invite_secret=new_invite_secret(),
+            invite_secret=secret,
+            invite_digest=invite_digest(secret),
             created_at=now,
             expires_at=now + expires_in,
             max_human_participants=max_human_participants,
@@ -538,6 +605,27 @@ class RoomRegistry:
         self._empty_since[room_id] = now
         self._emit([RoomCreated(room)])
         return room
+
+    def restore_room(self, room: Room, *, now: float) -> bool:
+        """Hold ``room`` again, as its record in Redis describes it (a clustered node
+        restarted, docs/architecture.md): open, with no sessions (participants join
+        again), its empty timeout counted from ``now``. Emits ``RoomCreated``.
+
+        Returns:
+            Whether it was restored: not when it has expired, its id is already
+            known here, or the server holds ``max_rooms_total`` rooms.
+        """
+        if room.expires_at <= now or room.room_id in self._rooms or room.room_id in self._closed:
+            return False
+        if len(self._rooms) >= self.config.max_rooms_total:
+            return False
+        room = replace(room, state=RoomState.OPEN)
+        self._rooms[room.room_id] = room
+        self._room_sessions[room.room_id] = {}
+        self._owner_rooms.setdefault(room.owner, set()).add(room.room_id)
+        self._empty_since[room.room_id] = now
+        self._emit([RoomCreated(room)])
+        return True
 
     def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None:
         """Close a room for everyone: every session is removed with ``reason``.
@@ -711,7 +799,7 @@ class RoomRegistry:
             ServiceUnavailable: ``server_full`` (503).
         """
         room = self.get_room(room_id, now)
-        if not invite_secret_matches(room.invite_secret, invite_secret):
+        if not invite_matches_digest(room.invite_digest, invite_secret):
             raise Forbidden("the invite is not valid for this room", code="invite_invalid")
         if not isinstance(display_name, str):
             raise BadRequest("display_name must be a string", code="invalid_display_name")

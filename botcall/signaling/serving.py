@@ -631,7 +631,7 @@ def _peer_ip(stream: trio.SocketStream) -> str:
     return str(address[0]) if isinstance(address, tuple) else "unix"
 
 
-async def _refuse(stream: trio.SocketStream, refusal: Refusal) -> None:
+async def _refuse(stream: trio.abc.SendStream, refusal: Refusal) -> None:
     """Tell a client over budget why, in one write, and close (no request is read)."""
     response = raw_json_response(503, "Service Unavailable", refusal.message, code=refusal.code, headers=(("Retry-After", "1"),))
     with trio.move_on_after(_REFUSE_SEND_TIMEOUT):

@@ -22,7 +22,7 @@ import trio
 from quart import Quart, websocket
 from quart.wrappers import Websocket
 
-from botcall.auth.invites import invite_secret_matches
+from botcall.auth.invites import invite_matches_digest
 from botcall.auth.ratelimit import TokenBucket
 from botcall.config import Config, RateLimit
 from botcall.errors import ApiError, SdpError, SignalingError
@@ -908,7 +908,7 @@ def register_human_signaling(app: Quart, state: SignalingState) -> None:
             if not isinstance(hello, msg.Hello):
                 raise SignalingError("the first message must be hello with the invite", code="bad_message")
             room = state.registry.get_room(room_id, state.clock())
-            if not invite_secret_matches(room.invite_secret, hello.invite):
+            if not invite_matches_digest(room.invite_digest, hello.invite):
                 raise ApiError("this invite link is not valid for this call", code="invite_invalid", status=401)
         except SignalingError as exc:
             await _reject(ws, exc.code, exc.message, exc.close_code)

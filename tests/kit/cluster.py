@@ -34,7 +34,7 @@ WORKER_STARTED = re.compile(
     r"worker (?P<index>\d+) started \(pid (?P<pid>\d+), http 127\.0\.0\.1:(?P<http>\d+), "
     r"media udp (?P<media>\d+), generation (?P<generation>\d+)\)"
 )
-FRONT_LISTENING = re.compile(r"listening on (?P<url>http://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
+FRONT_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
 # Generous limits: tests create and join in bursts from one address.
 GENEROUS_ENV = {
     f"BOTCALL_{name.upper()}": "rate=1000,burst=1000"
