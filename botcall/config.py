@@ -159,6 +159,19 @@ class Config:
     # legs: 15.4-16.2 against 13.8-15.6 µs; docs/bench-results.md §13).
     # True where the C library lacks the calls falls back to recvfrom/sendto.
     media_batched_syscalls: bool = False
+    # Forward plain RTP between latched UDP bots in C (botcall/relay/_fastpath.c,
+    # built by `pip install`; without it the relay forwards in Python as before).
+    # It takes only speakers whose packets need nothing but forwarding: no
+    # playout (see media_bot_playout), not muted, every listener a latched UDP
+    # bot. Off by default: measured in docs/bench-results.md §18.
+    media_fast_path: bool = False
+    # Pace each UDP bot's speech through its playout (marks, clear, barge-in,
+    # TTS sent ahead of time played at real time). Off, a UDP bot's packets go
+    # to the room as they arrive (a plain relay, as coturn): marks, clear and
+    # barge-in do nothing for it. WebSocket bots always have a playout.
+    media_bot_playout: bool = True
+    # Speech detection on every peer's audio (speaking events, barge-in).
+    speech_detection: bool = True
 
     # --- attestations ---------------------------------------------------------------
     audience: str = "botcall"

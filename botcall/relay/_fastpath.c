@@ -14,9 +14,10 @@
  *     shorter than an RTP header, with another SSRC or payload type: Python's
  *     handle_datagram decides (and counts the drop) as without the helper;
  *   - once one datagram of a batch went to Python, every later one of that
- *     batch does too, so Python handles them in order after its state may
- *     have changed (a re-latch, a mute) -- the helper never acts on a
- *     datagram Python would see in a different state;
+ *     batch does too and drain() returns after the batch, so Python handles
+ *     them in order and its state may change (a re-latch, a mute) before the
+ *     helper reads again -- it never acts on a datagram Python would see in
+ *     a different state;
  *   - a route flagged "mirror" (the speaker's speech is tracked) is forwarded
  *     here and a copy goes to Python for speech detection only.
  *
@@ -155,7 +156,8 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwds) {
 PyDoc_STRVAR(set_routes_doc,
 "set_routes(routes) -> None\n\n"
 "Replace the whole route table. Each route is a tuple\n"
-"(route_id, (host, port), ssrc, payload_type, max_pps, mirror, destinations)\n"
+"(route_id, (host, port), ssrc, payload_type, max_pps, mirror, destinations,\n"
+" window_start, window_packets): the rate window carries on from the relay's.\n"
 "with destinations a sequence of (host, port); IPv4 only, at most 16\n"
 "destinations and 65536 routes (ValueError otherwise; the old table stays).\n"
 "Counts of the old table not yet taken are lost: call take_stats() first.");
@@ -184,8 +186,11 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
         PyObject *source, *destinations;
         unsigned long ssrc, payload_type, max_pps;
         int mirror;
+        double window_start;
+        unsigned long window_packets;
         struct sockaddr_in src;
-        if (!PyArg_ParseTuple(item, "nOkkkpO", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations))
+        if (!PyArg_ParseTuple(item, "nOkkkpOdk", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations,
+                              &window_start, &window_packets))
             goto fail;
         if (parse_ipv4(source, &src) < 0)
             goto fail;
@@ -226,7 +231,8 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
         route->mirror = (uint8_t)mirror;
         route->route_id = route_id;
         route->ndest = (int)ndest;
-        route->window_start = -1e9;
+        route->window_start = window_start;
+        route->window_packets = (uint32_t)window_packets;
     }
     Py_DECREF(seq);
     PyMem_Free(self->index);
@@ -245,7 +251,8 @@ fail:
 PyDoc_STRVAR(take_stats_doc,
 "take_stats() -> (routes, counters)\n\n"
 "What happened since the last call, and reset: routes is a list of\n"
-"(route_id, packets, bytes, rate_limited) for routes with any count;\n"
+"(route_id, packets, bytes, rate_limited, window_start, window_packets) for\n"
+"routes with any count (the rate window to carry back into the relay);\n"
 "counters a dict of the helper's own drops ('oversized', 'send_error_<ERRNO>').");
 
 static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
@@ -257,7 +264,8 @@ static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
         Route *route = &self->routes[at];
         if (route->packets == 0 && route->rate_limited == 0)
             continue;
-        PyObject *row = Py_BuildValue("nKKK", route->route_id, route->packets, route->bytes, route->rate_limited);
+        PyObject *row = Py_BuildValue("nKKKdk", route->route_id, route->packets, route->bytes, route->rate_limited,
+                                      route->window_start, (unsigned long)route->window_packets);
         if (row == NULL || PyList_Append(routes, row) < 0) {
             Py_XDECREF(row);
             goto fail;
@@ -345,14 +353,15 @@ static int append_sockaddr(PyObject *list, const unsigned char *data, size_t len
 }
 
 PyDoc_STRVAR(drain_doc,
-"drain(now, forward, limit) -> (received, emptied, to_python, mirrored, unsent)\n\n"
+"drain(now, forward, limit) -> (received, emptied, to_python, mirrored, unsent, error)\n\n"
 "Read up to `limit` datagrams (in recvmmsg batches of 64) without blocking.\n"
 "With `forward` false nothing is forwarded (the transport has a send backlog\n"
 "that forwarded datagrams would overtake). received: datagrams read; emptied:\n"
 "the socket said EAGAIN; to_python: [(data, addr)] for MediaRelay.handle_datagram,\n"
 "in arrival order; mirrored: [(data, route_id)] forwarded here, for speech\n"
-"detection; unsent: [(data, addr)] the kernel refused with EAGAIN, in order.\n"
-"Raises OSError for a receive error other than EAGAIN (after what was read).");
+"detection; unsent: [(data, addr)] the kernel refused with EAGAIN, in order;\n"
+"error: the errno of a receive that failed otherwise than EAGAIN (it ends\n"
+"the call; what was read before stands), or 0.");
 
 static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
     double now;
@@ -485,15 +494,10 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
             }
             start += sent;
         }
+        if (slow)
+            break; /* Python handles those first: its state may change before the next batch */
     }
-    if (recv_errno) {
-        Py_DECREF(to_python);
-        Py_DECREF(mirrored);
-        Py_DECREF(unsent);
-        errno = recv_errno;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return Py_BuildValue("(nNNNN)", received, PyBool_FromLong(emptied), to_python, mirrored, unsent);
+    return Py_BuildValue("(nNNNNi)", received, PyBool_FromLong(emptied), to_python, mirrored, unsent, recv_errno);
 fail:
     Py_XDECREF(to_python);
     Py_XDECREF(mirrored);

@@ -25,6 +25,13 @@ of it goes to the backlogs in order: per-destination order always holds.
 Outside a batch (WebSocket tasks, signaling) ``transmit`` sends at once.
 Without the batched calls, or with ``batched=False``, the transport reads
 with ``recvfrom`` and sends with ``sendto`` as described above.
+
+The compiled fast path (``fast_path=True`` where ``_fastpath.c`` is built,
+see ``fastpath.py``): the drain reads through the helper, which forwards the
+plain RTP of the routes the relay programs in C and returns the rest, in
+arrival order, to ``handle_datagram``; what it could not send (EAGAIN) joins
+the backlogs in order, and while any backlog exists it forwards nothing
+(everything goes through Python and the backlogs, as without it).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Callable
 
 import trio
 
+from botcall.relay import fastpath
 from botcall.relay.core import MAX_DATAGRAM, Address, MediaRelay
 from botcall.relay.mmsg import MMSGHDR_SIZE, MSG_TRUNC, NAME_SIZE, SEND_BATCH, BatchedUdp
 
@@ -137,6 +145,8 @@ class UdpTransport:
         max_backlog_destinations: bound on destinations with a backlog.
         batched: use ``recvmmsg``/``sendmmsg``; None (the default) uses them
             where the C library has them, False never.
+        fast_path: forward plain RTP in the compiled helper where it is built
+            (``fastpath.available()``); otherwise, or False, in Python.
     """
 
     def __init__(
@@ -146,8 +156,12 @@ class UdpTransport:
         backlog_per_destination: int = 64,
         max_backlog_destinations: int = 4096,
         batched: bool | None = None,
+        fast_path: bool = False,
     ) -> None:
         self.sock = sock
+        #: The compiled helper in use once ``run`` started, or None.
+        self.fast: fastpath.FastForwarder | None = None
+        self._fast_path = fast_path and fastpath.available()
         self.counters: collections.Counter[str] = collections.Counter()
         self._backlog: dict[Address, collections.deque[bytes]] = {}
         self._backlog_size = backlog_per_destination
@@ -275,7 +289,10 @@ class UdpTransport:
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._timer_loop, relay)
             task_status.started(self.local_address)
-            if self.batch is not None:
+            if self._fast_path:
+                self.fast = fastpath.FastForwarder(self.sock, relay, self.counters)
+                await self._read_loop_fast(relay.handle_datagram, self.fast)
+            elif self.batch is not None:
                 await self._read_loop_batched(relay.handle_datagram, self.batch)
             else:
                 await self._read_loop(relay.handle_datagram)
@@ -338,6 +355,42 @@ class UdpTransport:
                 finally:
                     self._collecting = False
                     flush()
+            if coalescing.pause_after(received, emptied, now):
+                self.coalesced += 1
+                await sleep(COALESCE_DELAY)
+                paused = True
+
+    async def _read_loop_fast(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
+        """The read loop through the compiled helper (see the module docstring)."""
+        sock = self.sock
+        drain = fast.drain
+        wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
+        counters = self.counters
+        backlog = self._backlog
+        enqueue = self._enqueue
+        sleep = trio.sleep
+        coalescing = _Coalescing()
+        paused = False
+        while True:
+            if not paused:
+                await wait_readable(sock)
+            paused = False
+            now = current_time()
+            emptied = False
+            received = 0
+            while received < DRAIN_BATCH:
+                count, emptied, to_python, unsent, error = drain(now, not backlog, DRAIN_BATCH - received)
+                received += count
+                for data, addr in to_python:
+                    handle(data, addr, now)
+                for data, addr in unsent:
+                    enqueue(data, addr)
+                if error:
+                    counters[f"recv_error_{errno.errorcode.get(error, error)}"] += 1
+                    received += 1
+                elif emptied:
+                    break
             if coalescing.pause_after(received, emptied, now):
                 self.coalesced += 1
                 await sleep(COALESCE_DELAY)
