@@ -160,11 +160,13 @@ class Config:
     # True where the C library lacks the calls falls back to recvfrom/sendto.
     media_batched_syscalls: bool = False
     # Forward plain RTP between latched UDP bots in C (botcall/relay/_fastpath.c,
-    # built by `pip install`; without it the relay forwards in Python as before).
-    # It takes only speakers whose packets need nothing but forwarding: no
-    # playout (see media_bot_playout), not muted, every listener a latched UDP
-    # bot. Off by default: measured in docs/bench-results.md §18.
-    media_fast_path: bool = False
+    # built by `pip install`; without it the relay forwards in Python as before):
+    # "inline" (after each wakeup of the read loop) or "thread" (the helper's
+    # own thread blocks on the socket without the GIL). It takes only speakers
+    # whose packets need nothing but forwarding: no playout (see
+    # media_bot_playout), not muted, every listener a latched UDP bot.
+    # "off" by default: measured in docs/bench-results.md §18.
+    media_fast_path: str = "off"
     # Pace each UDP bot's speech through its playout (marks, clear, barge-in,
     # TTS sent ahead of time played at real time). Off, a UDP bot's packets go
     # to the room as they arrive (a plain relay, as coturn): marks, clear and
@@ -347,6 +349,8 @@ class Config:
             raise ConfigError("room_default_expires_in exceeds room_max_expires_in")
         if self.room_default_max_humans > self.room_max_humans:
             raise ConfigError("room_default_max_humans exceeds room_max_humans")
+        if self.media_fast_path not in ("off", "inline", "thread"):
+            raise ConfigError(f"media_fast_path must be off, inline or thread, not {self.media_fast_path!r}")
         if not (isinstance(self.max_receive_tracks, int) and 1 <= self.max_receive_tracks <= 8):
             # 8: webrtc/leg.py MAX_RECEIVE_TRACKS (config sits below webrtc and cannot import it).
             raise ConfigError(f"max_receive_tracks must be 1-8, not {self.max_receive_tracks!r}")

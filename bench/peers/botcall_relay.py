@@ -41,7 +41,8 @@ DEFAULT_MAX_HUMANS = 1000
 # old-against-new runs in one process: issue 17's compiled fast path
 # (docs/bench-results.md §18).
 VARIANT_TOKENS: dict[str, dict[str, object]] = {
-    "fast": {"media_fast_path": True},
+    "fast": {"media_fast_path": "inline"},
+    "fastthread": {"media_fast_path": "thread"},
     "noplayout": {"media_bot_playout": False},
     "nospeech": {"speech_detection": False},
     "plain": {"media_bot_playout": False, "speech_detection": False},

@@ -39,9 +39,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #define BATCH 64
 #define MAX_DATAGRAM 1500
@@ -52,6 +58,20 @@
 #define SEND_BATCH (BATCH * MAX_FANOUT)
 #define RTP_HEADER 12
 #define ERRNO_SLOTS 160
+/* The forwarding thread's hand-over to Python: at most this many datagrams
+ * wait (each a copy); with fewer than BATCH free the thread stops reading. */
+#define QUEUE_SLOTS 1024
+
+enum { TO_PYTHON = 0, MIRRORED = 1, UNSENT = 2 };
+
+typedef struct {
+    int kind;
+    Py_ssize_t route_id;
+    size_t length;
+    socklen_t namelen;
+    struct sockaddr_storage name;
+    unsigned char data[RECV_SIZE];
+} Entry;
 
 typedef struct {
     uint32_t ip;     /* network order */
@@ -82,7 +102,35 @@ typedef struct {
     struct iovec siov[SEND_BATCH];
     int sslot[SEND_BATCH];  /* which received datagram each send carries */
     unsigned long long oversized, bad_family, send_errors[ERRNO_SLOTS];
+    /* The forwarding thread (start/stop): everything above that the thread
+     * touches (the table, the counters, the queue, the flags) is guarded by
+     * `lock`; the thread never holds the GIL, Python never waits for the
+     * thread while holding `lock`. */
+    int threaded;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int notify_fd, stop_pipe[2];
+    int stopping, paused, blocked;
+    double clock_offset; /* the thread's clock minus the relay's */
+    Entry *queue;
+    int queued;
+    struct sockaddr_in sname[SEND_BATCH]; /* the thread's copies of destinations */
+    unsigned long long recv_errors[ERRNO_SLOTS], backlog_dropped;
 } FastPath;
+
+static void lock_table(FastPath *self) {
+    if (self->threaded) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->lock);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static void unlock_table(FastPath *self) {
+    if (self->threaded)
+        pthread_mutex_unlock(&self->lock);
+}
 
 static inline uint32_t hash_key(uint32_t ip, uint16_t port) {
     uint64_t key = ((uint64_t)ip << 16) ^ port;
@@ -122,7 +170,11 @@ static int parse_ipv4(PyObject *addr, struct sockaddr_in *out) {
     return 0;
 }
 
+static void stop_thread(FastPath *self);
+
 static void FastPath_dealloc(FastPath *self) {
+    stop_thread(self);
+    PyMem_Free(self->queue);
     PyMem_Free(self->index);
     PyMem_Free(self->routes);
     PyMem_Free(self->buffers);
@@ -235,11 +287,15 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
         route->window_packets = (uint32_t)window_packets;
     }
     Py_DECREF(seq);
-    PyMem_Free(self->index);
-    PyMem_Free(self->routes);
+    lock_table(self);
+    int32_t *old_index = self->index;
+    Route *old_routes = self->routes;
     self->index = index;
     self->routes = table;
     self->nroutes = count;
+    unlock_table(self);
+    PyMem_Free(old_index);
+    PyMem_Free(old_routes);
     Py_RETURN_NONE;
 fail:
     Py_DECREF(seq);
@@ -253,13 +309,19 @@ PyDoc_STRVAR(take_stats_doc,
 "What happened since the last call, and reset: routes is a list of\n"
 "(route_id, packets, bytes, rate_limited, window_start, window_packets) for\n"
 "routes with any count (the rate window to carry back into the relay);\n"
-"counters a dict of the helper's own drops ('oversized', 'send_error_<ERRNO>').");
+"counters a dict of the helper's own drops: 'oversized', 'send_backlog_dropped',\n"
+"'recv_error_EAFNOSUPPORT', 'send_error_<n>' and 'recv_error_<n>' (n an errno number).");
 
 static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
     PyObject *routes = PyList_New(0);
     PyObject *counters = PyDict_New();
-    if (routes == NULL || counters == NULL)
-        goto fail;
+    PyObject *result = NULL;
+    if (routes == NULL || counters == NULL) {
+        Py_XDECREF(routes);
+        Py_XDECREF(counters);
+        return NULL;
+    }
+    lock_table(self);
     for (Py_ssize_t at = 0; at < self->nroutes; at++) {
         Route *route = &self->routes[at];
         if (route->packets == 0 && route->rate_limited == 0)
@@ -268,7 +330,7 @@ static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
                                       route->window_start, (unsigned long)route->window_packets);
         if (row == NULL || PyList_Append(routes, row) < 0) {
             Py_XDECREF(row);
-            goto fail;
+            goto done;
         }
         Py_DECREF(row);
         route->packets = route->bytes = route->rate_limited = 0;
@@ -277,7 +339,7 @@ static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
         PyObject *value = PyLong_FromUnsignedLongLong(self->oversized);
         if (value == NULL || PyDict_SetItemString(counters, "oversized", value) < 0) {
             Py_XDECREF(value);
-            goto fail;
+            goto done;
         }
         Py_DECREF(value);
         self->oversized = 0;
@@ -286,30 +348,43 @@ static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
         PyObject *value = PyLong_FromUnsignedLongLong(self->bad_family);
         if (value == NULL || PyDict_SetItemString(counters, "recv_error_EAFNOSUPPORT", value) < 0) {
             Py_XDECREF(value);
-            goto fail;
+            goto done;
         }
         Py_DECREF(value);
         self->bad_family = 0;
     }
-    for (int code = 0; code < ERRNO_SLOTS; code++) {
-        if (!self->send_errors[code])
-            continue;
-        PyObject *value = PyLong_FromUnsignedLongLong(self->send_errors[code]);
-        PyObject *key = PyUnicode_FromFormat("%d", code);
-        if (value == NULL || key == NULL || PyDict_SetItem(counters, key, value) < 0) {
+    if (self->backlog_dropped) {
+        PyObject *value = PyLong_FromUnsignedLongLong(self->backlog_dropped);
+        if (value == NULL || PyDict_SetItemString(counters, "send_backlog_dropped", value) < 0) {
             Py_XDECREF(value);
-            Py_XDECREF(key);
-            goto fail;
+            goto done;
         }
         Py_DECREF(value);
-        Py_DECREF(key);
-        self->send_errors[code] = 0;
+        self->backlog_dropped = 0;
     }
-    return Py_BuildValue("(NN)", routes, counters);
-fail:
+    for (int side = 0; side < 2; side++) {
+        unsigned long long *errors = side ? self->recv_errors : self->send_errors;
+        for (int code = 0; code < ERRNO_SLOTS; code++) {
+            if (!errors[code])
+                continue;
+            PyObject *value = PyLong_FromUnsignedLongLong(errors[code]);
+            PyObject *key = PyUnicode_FromFormat(side ? "recv_error_%d" : "send_error_%d", code);
+            if (value == NULL || key == NULL || PyDict_SetItem(counters, key, value) < 0) {
+                Py_XDECREF(value);
+                Py_XDECREF(key);
+                goto done;
+            }
+            Py_DECREF(value);
+            Py_DECREF(key);
+            errors[code] = 0;
+        }
+    }
+    result = Py_BuildValue("(OO)", routes, counters);
+done:
+    unlock_table(self);
     Py_XDECREF(routes);
     Py_XDECREF(counters);
-    return NULL;
+    return result;
 }
 
 /* (host, port) as recvfrom gives it: IPv4 (str, int), IPv6 (str, int, flowinfo, scope_id). */
@@ -369,6 +444,10 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
     Py_ssize_t limit;
     if (!PyArg_ParseTuple(args, "dpn", &now, &forward, &limit))
         return NULL;
+    if (self->threaded) {
+        PyErr_SetString(PyExc_RuntimeError, "the forwarding thread reads the socket: use collect()");
+        return NULL;
+    }
     PyObject *to_python = PyList_New(0), *mirrored = PyList_New(0), *unsent = PyList_New(0);
     if (to_python == NULL || mirrored == NULL || unsent == NULL)
         goto fail;
@@ -505,6 +584,333 @@ fail:
     return NULL;
 }
 
+
+/* --- the forwarding thread ------------------------------------------------------- */
+
+static double monotonic_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Under `lock`: keep one datagram for Python. */
+static void push_entry(FastPath *self, int kind, Py_ssize_t route_id, const unsigned char *data, size_t length,
+                       const void *name, socklen_t namelen) {
+    Entry *entry = &self->queue[self->queued++];
+    entry->kind = kind;
+    entry->route_id = route_id;
+    entry->length = length;
+    entry->namelen = namelen;
+    memcpy(&entry->name, name, namelen);
+    memcpy(entry->data, data, length);
+}
+
+static void notify(FastPath *self) {
+    uint64_t one = 1;
+    ssize_t rc = write(self->notify_fd, &one, sizeof(one));
+    (void)rc; /* a full eventfd counter still wakes the reader */
+}
+
+static void *forward_thread(void *arg) {
+    FastPath *self = arg;
+    struct pollfd fds[2] = {{.fd = self->fd, .events = POLLIN}, {.fd = self->stop_pipe[0], .events = POLLIN}};
+    for (;;) {
+        pthread_mutex_lock(&self->lock);
+        while (!self->stopping && (self->paused || QUEUE_SLOTS - self->queued < BATCH))
+            pthread_cond_wait(&self->cond, &self->lock);
+        int stopping = self->stopping;
+        pthread_mutex_unlock(&self->lock);
+        if (stopping)
+            break;
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (fds[1].revents)
+            break;
+        for (int i = 0; i < BATCH; i++) {
+            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+            memset(hdr, 0, sizeof(*hdr));
+            hdr->msg_name = &self->rname[i];
+            hdr->msg_namelen = sizeof(self->rname[i]);
+            hdr->msg_iov = &self->riov[i];
+            hdr->msg_iovlen = 1;
+        }
+        int count = recvmmsg(self->fd, self->rmsg, BATCH, MSG_DONTWAIT, NULL);
+        if (count <= 0) {
+            if (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                pthread_mutex_lock(&self->lock);
+                self->recv_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                pthread_mutex_unlock(&self->lock);
+            }
+            continue;
+        }
+        double now = monotonic_now() - self->clock_offset; /* the relay's clock */
+        int nsend = 0, slow = 0, handed = 0;
+        pthread_mutex_lock(&self->lock);
+        /* Paused meanwhile (the relay changed: the table is stale), or a send
+         * backlog: this batch goes to Python, all of it. */
+        int blocked = self->blocked || self->paused;
+        for (int i = 0; i < count; i++) {
+            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+            unsigned char *data = self->riov[i].iov_base;
+            size_t length = self->rmsg[i].msg_len;
+            if ((hdr->msg_flags & MSG_TRUNC) || length > MAX_DATAGRAM) {
+                self->oversized++;
+                continue;
+            }
+            Route *route = NULL;
+            if (!slow && !blocked && length >= RTP_HEADER && hdr->msg_namelen >= sizeof(struct sockaddr_in) &&
+                self->rname[i].ss_family == AF_INET && data[0] >= 128 && data[0] <= 191 && !(data[1] >= 192 && data[1] <= 223)) {
+                const struct sockaddr_in *sin = (const struct sockaddr_in *)&self->rname[i];
+                route = lookup(self, sin->sin_addr.s_addr, sin->sin_port);
+                if (route != NULL) {
+                    uint32_t ssrc = ((uint32_t)data[8] << 24) | ((uint32_t)data[9] << 16) | ((uint32_t)data[10] << 8) | data[11];
+                    if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
+                        route = NULL;
+                }
+            }
+            if (route == NULL) {
+                slow = 1;
+                push_entry(self, TO_PYTHON, -1, data, length, &self->rname[i], hdr->msg_namelen);
+                handed++;
+                continue;
+            }
+            if (now - route->window_start >= 1.0) {
+                route->window_start = now;
+                route->window_packets = 0;
+            }
+            route->window_packets++;
+            if (route->window_packets > route->max_pps) {
+                route->rate_limited++;
+                continue;
+            }
+            route->packets++;
+            route->bytes += length;
+            if (route->mirror) {
+                push_entry(self, MIRRORED, route->route_id, data, length, &self->rname[i], hdr->msg_namelen);
+                handed++;
+            }
+            for (int d = 0; d < route->ndest; d++) {
+                struct msghdr *out = &self->smsg[nsend].msg_hdr;
+                memset(out, 0, sizeof(*out));
+                self->sname[nsend] = route->dest[d]; /* the table may change once unlocked */
+                self->siov[nsend].iov_base = data;
+                self->siov[nsend].iov_len = length;
+                out->msg_name = &self->sname[nsend];
+                out->msg_namelen = sizeof(struct sockaddr_in);
+                out->msg_iov = &self->siov[nsend];
+                out->msg_iovlen = 1;
+                nsend++;
+            }
+        }
+        if (slow)
+            self->paused = 1; /* Python handles those first; it resumes the thread */
+        pthread_mutex_unlock(&self->lock);
+        int start = 0;
+        while (start < nsend) {
+            int sent = sendmmsg(self->fd, self->smsg + start, (unsigned)(nsend - start), MSG_DONTWAIT);
+            if (sent < 0) {
+                if (errno == EINTR)
+                    continue;
+                pthread_mutex_lock(&self->lock);
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    for (int k = start; k < nsend; k++) {
+                        if (self->queued < QUEUE_SLOTS) {
+                            push_entry(self, UNSENT, -1, self->siov[k].iov_base, self->siov[k].iov_len, &self->sname[k],
+                                       sizeof(struct sockaddr_in));
+                            handed++;
+                        } else {
+                            self->backlog_dropped++;
+                        }
+                    }
+                    self->paused = 1;
+                    self->blocked = 1;
+                    pthread_mutex_unlock(&self->lock);
+                    break;
+                }
+                self->send_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                pthread_mutex_unlock(&self->lock);
+                sent = 1;
+            }
+            start += sent;
+        }
+        if (handed)
+            notify(self);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(start_doc,
+"start(notify_fd, now) -> None\n\n"
+"Start the forwarding thread: it blocks in poll() without the GIL, forwards\n"
+"what the table routes, and keeps the rest for collect(), writing 1 to the\n"
+"eventfd `notify_fd` when it did. `now` is the relay's clock at this moment\n"
+"(the rate windows stay on it). After a datagram for Python (or EAGAIN) the\n"
+"thread waits for resume().");
+
+static PyObject *FastPath_start(FastPath *self, PyObject *args) {
+    int notify_fd;
+    double now;
+    if (!PyArg_ParseTuple(args, "id", &notify_fd, &now))
+        return NULL;
+    if (self->threaded) {
+        PyErr_SetString(PyExc_RuntimeError, "already started");
+        return NULL;
+    }
+    if (self->queue == NULL) {
+        self->queue = PyMem_Malloc(sizeof(Entry) * QUEUE_SLOTS);
+        if (self->queue == NULL)
+            return PyErr_NoMemory();
+    }
+    if (pipe2(self->stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->cond, NULL);
+    self->notify_fd = notify_fd;
+    self->stopping = self->paused = self->blocked = 0;
+    self->queued = 0;
+    self->clock_offset = monotonic_now() - now;
+    self->threaded = 1;
+    int rc = pthread_create(&self->thread, NULL, forward_thread, self);
+    if (rc != 0) {
+        self->threaded = 0;
+        close(self->stop_pipe[0]);
+        close(self->stop_pipe[1]);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static void stop_thread(FastPath *self) {
+    if (!self->threaded)
+        return;
+    pthread_mutex_lock(&self->lock);
+    self->stopping = 1;
+    pthread_cond_signal(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+    char byte = 1;
+    ssize_t rc = write(self->stop_pipe[1], &byte, 1);
+    (void)rc;
+    pthread_join(self->thread, NULL);
+    close(self->stop_pipe[0]);
+    close(self->stop_pipe[1]);
+    pthread_cond_destroy(&self->cond);
+    pthread_mutex_destroy(&self->lock);
+    self->threaded = 0;
+}
+
+static PyObject *FastPath_stop(FastPath *self, PyObject *unused) {
+    if (self->threaded) {
+        Py_BEGIN_ALLOW_THREADS
+        stop_thread(self);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(collect_doc,
+"collect() -> (to_python, mirrored, unsent)\n\n"
+"What the thread kept, in order: [(data, addr)] for handle_datagram,\n"
+"[(data, route_id)] forwarded for speech detection, [(data, addr)] the\n"
+"kernel refused (EAGAIN) for the backlog.");
+
+static PyObject *FastPath_collect(FastPath *self, PyObject *unused) {
+    if (!self->threaded) {
+        PyErr_SetString(PyExc_RuntimeError, "not started");
+        return NULL;
+    }
+    PyObject *lists[3] = {PyList_New(0), PyList_New(0), PyList_New(0)};
+    PyObject *result = NULL;
+    if (lists[0] == NULL || lists[1] == NULL || lists[2] == NULL)
+        goto done;
+    lock_table(self);
+    int failed = 0;
+    for (int i = 0; i < self->queued && !failed; i++) {
+        Entry *entry = &self->queue[i];
+        PyObject *tag = entry->kind == MIRRORED ? PyLong_FromSsize_t(entry->route_id) : address_of(&entry->name, entry->namelen);
+        if (tag == NULL) {
+            PyErr_Clear();
+            self->bad_family++;
+            continue;
+        }
+        failed = append_datagram(lists[entry->kind], entry->data, entry->length, tag) < 0;
+        Py_DECREF(tag);
+    }
+    self->queued = 0;
+    pthread_cond_signal(&self->cond);
+    unlock_table(self);
+    if (!failed)
+        result = Py_BuildValue("(OOO)", lists[0], lists[1], lists[2]);
+done:
+    for (int k = 0; k < 3; k++)
+        Py_XDECREF(lists[k]);
+    return result;
+}
+
+static PyObject *FastPath_resume(FastPath *self, PyObject *args) {
+    int forward;
+    if (!PyArg_ParseTuple(args, "p", &forward))
+        return NULL;
+    if (self->threaded) {
+        lock_table(self);
+        self->paused = 0;
+        self->blocked = !forward;
+        pthread_cond_signal(&self->cond);
+        unlock_table(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_pause(FastPath *self, PyObject *unused) {
+    if (self->threaded) {
+        lock_table(self);
+        self->paused = 1;
+        unlock_table(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static Route *route_by_id(FastPath *self, Py_ssize_t route_id) {
+    /* fastpath.py numbers routes in table order */
+    if (route_id < 0 || route_id >= self->nroutes || self->routes[route_id].route_id != route_id) {
+        PyErr_SetString(PyExc_KeyError, "no such route");
+        return NULL;
+    }
+    return &self->routes[route_id];
+}
+
+static PyObject *FastPath_window(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    if (!PyArg_ParseTuple(args, "n", &route_id))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    PyObject *result = route == NULL ? NULL : Py_BuildValue("(dk)", route->window_start, (unsigned long)route->window_packets);
+    unlock_table(self);
+    return result;
+}
+
+static PyObject *FastPath_set_window(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    double start;
+    unsigned long packets;
+    if (!PyArg_ParseTuple(args, "ndk", &route_id, &start, &packets))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    if (route != NULL) {
+        route->window_start = start;
+        route->window_packets = (uint32_t)packets;
+    }
+    unlock_table(self);
+    if (route == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *FastPath_route_count(FastPath *self, PyObject *unused) {
     return PyLong_FromSsize_t(self->nroutes);
 }
@@ -514,6 +920,13 @@ static PyMethodDef FastPath_methods[] = {
     {"take_stats", (PyCFunction)FastPath_take_stats, METH_NOARGS, take_stats_doc},
     {"drain", (PyCFunction)FastPath_drain, METH_VARARGS, drain_doc},
     {"route_count", (PyCFunction)FastPath_route_count, METH_NOARGS, "Routes in the table."},
+    {"start", (PyCFunction)FastPath_start, METH_VARARGS, start_doc},
+    {"window", (PyCFunction)FastPath_window, METH_VARARGS, "window(route_id) -> (start, packets): the route's rate window."},
+    {"set_window", (PyCFunction)FastPath_set_window, METH_VARARGS, "set_window(route_id, start, packets): the relay counted meanwhile."},
+    {"stop", (PyCFunction)FastPath_stop, METH_NOARGS, "Stop the forwarding thread and wait for it (idempotent)."},
+    {"collect", (PyCFunction)FastPath_collect, METH_NOARGS, collect_doc},
+    {"resume", (PyCFunction)FastPath_resume, METH_VARARGS, "resume(forward): the thread reads again; forwards only if `forward`."},
+    {"pause", (PyCFunction)FastPath_pause, METH_NOARGS, "The thread stops after its current batch until resume() (the table is stale)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -375,6 +375,9 @@ class MediaRelay:
         #: packet): the compiled fast path reprograms its table before it
         #: forwards another datagram (transport.py, fastpath.py).
         self.routes_generation = 0
+        #: Called at each such change (the fast path's thread pauses until
+        #: its table is reprogrammed).
+        self.on_routes_changed: Callable[[], None] | None = None
 
     # --- membership ----------------------------------------------------------------
 
@@ -480,7 +483,7 @@ class MediaRelay:
         return peer
 
     def _rebuild_fanout(self, room_id: str) -> None:
-        self.routes_generation += 1
+        self._routes_changed()
         room = self._rooms.get(room_id, ())
         for peer in room:
             peer.fanout = tuple(other.sink for other in room if other is not peer)
@@ -521,7 +524,7 @@ class MediaRelay:
         peer = self._by_session.get(session_id)
         if peer is not None:
             peer.muted = muted
-            self.routes_generation += 1
+            self._routes_changed()
 
     # --- the datagram path -----------------------------------------------------------
 
@@ -580,7 +583,7 @@ class MediaRelay:
             return
         if peer.stream_origin is None:
             peer.stream_origin = _U32_AT(data, 4)[0]
-            self.routes_generation += 1
+            self._routes_changed()
             if self.on_event is not None:
                 self.on_event(peer, StreamStarted(peer.stream_origin))
         if peer.playout is not None:
@@ -976,7 +979,7 @@ class MediaRelay:
                 if self._bots_by_ssrc.get(holder.ssrc_bytes) is holder:
                     del self._bots_by_ssrc[holder.ssrc_bytes]
             self.counters["address_taken_over"] += 1
-        self.routes_generation += 1
+        self._routes_changed()
         self._by_addr[addr] = peer
         peer.bound_addrs.add(addr)
         if peer.ice is not None and len(peer.bound_addrs) > len(peer.ice.candidates) + 1:
@@ -1002,7 +1005,7 @@ class MediaRelay:
         self.counters["latched"] += 1
 
     def _unlatch(self, peer: MediaPeer) -> None:
-        self.routes_generation += 1
+        self._routes_changed()
         for addr in peer.bound_addrs:
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
@@ -1012,6 +1015,11 @@ class MediaRelay:
             del self._bots_by_ssrc[peer.ssrc_bytes]
 
     # --- the compiled fast path's share (fastpath.py) -------------------------------
+
+    def _routes_changed(self) -> None:
+        self.routes_generation += 1
+        if self.on_routes_changed is not None:
+            self.on_routes_changed()
 
     def fast_routes(self, max_fanout: int) -> list[tuple[MediaPeer, tuple[MediaPeer, ...]]]:
         """The speakers whose RTP needs nothing from the relay but forwarding, with their listeners.

@@ -18,6 +18,19 @@ the rate window (it goes to the helper with the route and comes back, so a
 reprogramming never restarts a speaker's window). Each forwarded packet of a
 speaker with a speech tracker goes to :meth:`MediaRelay.track_forwarded`.
 
+Two ways to run it (``Config.media_fast_path``):
+
+* ``"inline"``: the transport's read loop calls :meth:`FastForwarder.drain`
+  after each Trio wakeup; the helper reads, forwards and returns in that call.
+* ``"thread"``: :meth:`FastForwarder.start` starts the helper's own thread,
+  which blocks in ``poll`` without the GIL and forwards routed packets with
+  no Python at all (no Trio wakeup per packet). What it cannot route it keeps
+  (a bounded queue of copies) and signals on an eventfd; it then stops
+  reading until the transport has handled them in order (:meth:`collect`,
+  then :meth:`resume`). A change of the relay's routes pauses it at once
+  (``MediaRelay.on_routes_changed``) until its table is reprogrammed; a
+  batch it was already forwarding finishes with the old table.
+
 Bounds (the helper's): ``MAX_ROUTES`` routes (beyond, the rest stay on the
 Python path), ``MAX_FANOUT`` listeners a route, IPv4 only.
 
@@ -29,8 +42,10 @@ from __future__ import annotations
 
 import collections
 import errno
+import os
 import socket
 from types import ModuleType
+from typing import Callable
 
 from botcall.relay.core import Address, MediaPeer, MediaRelay
 
@@ -76,8 +91,17 @@ class FastForwarder:
         self.max_routes: int = _helper_module.MAX_ROUTES
         self._generation = -1
         self._routes: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        # A routed speaker's source address -> its route: a packet of it that
+        # comes to Python anyway (after another datagram of its batch, or
+        # while paused) is counted against the same rate window.
+        self._route_of: dict[Address, int] = {}
         self._next_stats = 0.0
         self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
+
+    @property
+    def next_stats(self) -> float:
+        """When the counts are next due to be folded (the transport's timer checks)."""
+        return self._next_stats
 
     @property
     def route_count(self) -> int:
@@ -111,6 +135,31 @@ class FastForwarder:
                 track(routes[route_id][0], data, now)
         return received, emptied, to_python, unsent, error
 
+    def handle_returned(self, handle: Callable[[bytes, Address, float], None], datagrams: list[tuple[bytes, Address]], now: float) -> None:
+        """Hand the datagrams the helper returned to ``handle`` (``MediaRelay.handle_datagram``), in order.
+
+        A routed speaker's packet among them is counted against the rate
+        window the helper keeps for it: the window comes over before, and
+        goes back after.
+        """
+        route_of = self._route_of
+        if not route_of:
+            for data, addr in datagrams:
+                handle(data, addr, now)
+            return
+        helper, routes = self._helper, self._routes
+        for data, addr in datagrams:
+            route_id = route_of.get(addr)
+            if route_id is None:
+                handle(data, addr, now)
+                continue
+            # The helper's table is still the one route_of describes (even if
+            # the relay changed meanwhile: it is reprogrammed after this).
+            peer = routes[route_id][0]
+            peer.window_start, peer.window_packets = helper.window(route_id)
+            handle(data, addr, now)
+            helper.set_window(route_id, peer.window_start, peer.window_packets)
+
     def take_stats(self, now: float = 0.0) -> None:
         """Fold what the helper counted since the last call into the relay and ``counters``."""
         self._next_stats = now + STATS_INTERVAL
@@ -121,16 +170,64 @@ class FastForwarder:
             count(peer, listeners, packets, size, rate_limited)
             peer.window_start, peer.window_packets = window_start, window_packets
         for name, value in counters.items():
-            if name.isdigit():
-                code = int(name)
-                name = f"send_error_{errno.errorcode.get(code, code)}"
+            prefix, _, number = name.rpartition("_")
+            if number.isdigit():
+                code = int(number)
+                name = f"{prefix}_{errno.errorcode.get(code, code)}"
             self.counters[name] += value
+
+    # --- with the helper's thread ("thread") -------------------------------------------
+
+    def start(self, notify_fd: int, now: float) -> None:
+        """Start the forwarding thread; it writes to the eventfd ``notify_fd`` when it kept datagrams."""
+        self._reprogram()
+        helper = self._helper
+        self._notify_fd = notify_fd
+
+        def changed() -> None:
+            helper.pause()
+            os.eventfd_write(notify_fd, 1)  # wake the read loop to reprogram
+
+        self.relay.on_routes_changed = changed
+        helper.start(notify_fd, now)
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it; fold its last counts (idempotent)."""
+        self.relay.on_routes_changed = None
+        self._helper.stop()
+        self.take_stats()
+
+    def collect(self, now: float) -> tuple[list[tuple[bytes, Address]], list[tuple[bytes, Address]]]:
+        """What the thread kept: (for ``handle_datagram``, for the backlog), in arrival order.
+
+        Forwarded packets of a speaker with a speech tracker go to it here.
+        """
+        to_python, mirrored, unsent = self._helper.collect()
+        if mirrored:
+            routes, track = self._routes, self.relay.track_forwarded
+            for data, route_id in mirrored:
+                track(routes[route_id][0], data, now)
+        if now >= self._next_stats:
+            self.take_stats(now)
+        return to_python, unsent
+
+    def resume(self, forward: bool, now: float) -> None:
+        """Let the thread read again, with a table reprogrammed if the relay changed meanwhile.
+
+        Args:
+            forward: False while the transport has a send backlog.
+            now: the relay's clock.
+        """
+        if self.relay.routes_generation != self._generation:
+            self._reprogram()
+        self._helper.resume(forward)
 
     def _reprogram(self) -> None:
         """Fold the old table's counts, then give the helper the relay's current routes."""
         self.take_stats(self._next_stats - STATS_INTERVAL)
         generation = self.relay.routes_generation
         kept: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        route_of: dict[Address, int] = {}
         table = []
         for peer, listeners in self.relay.fast_routes(self.max_fanout):
             if len(kept) >= self.max_routes:
@@ -153,7 +250,9 @@ class FastForwarder:
                     peer.window_packets,
                 )
             )
+            route_of[source[0], source[1]] = len(kept)
             kept.append((peer, listeners))
         self._helper.set_routes(table)
         self._routes = kept
+        self._route_of = route_of
         self._generation = generation
