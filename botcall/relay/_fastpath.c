@@ -60,7 +60,7 @@
 #define ERRNO_SLOTS 160
 /* The forwarding thread's hand-over to Python: at most this many datagrams
  * wait (each a copy); with fewer than BATCH free the thread stops reading. */
-#define QUEUE_SLOTS 1024
+#define QUEUE_SLOTS 512 /* = transport.DRAIN_BATCH: what Python handles per wakeup stays bounded as before */
 
 enum { TO_PYTHON = 0, MIRRORED = 1, UNSENT = 2 };
 
@@ -623,9 +623,12 @@ static void *forward_thread(void *arg) {
         if (stopping)
             break;
         if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
+            if (errno != EINTR) { /* never seen; counted, and the thread goes on */
+                pthread_mutex_lock(&self->lock);
+                self->recv_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                pthread_mutex_unlock(&self->lock);
+            }
+            continue;
         }
         if (fds[1].revents)
             break;
