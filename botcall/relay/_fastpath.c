@@ -151,6 +151,27 @@ static Route *lookup(FastPath *self, uint32_t ip, uint16_t port) {
     }
 }
 
+/* The route that forwards this untrusted datagram as it is, or NULL for Python:
+ * RTP by its first byte (RFC 7983 §7: 128-191) and not RTCP by its second (RFC
+ * 5761 §4: 192-223), a whole RTP header, from a routed IPv4 source, with the
+ * route's SSRC and payload type (anything else Python judges and counts:
+ * malformed_rtp, wrong_ssrc, wrong_payload_type, unknown_source...). */
+static Route *route_for(FastPath *self, const unsigned char *data, size_t length, const struct sockaddr_storage *name,
+                        socklen_t namelen) {
+    if (length < RTP_HEADER || namelen < sizeof(struct sockaddr_in) || name->ss_family != AF_INET)
+        return NULL;
+    if (data[0] < 128 || data[0] > 191 || (data[1] >= 192 && data[1] <= 223))
+        return NULL;
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)name;
+    Route *route = lookup(self, sin->sin_addr.s_addr, sin->sin_port);
+    if (route == NULL)
+        return NULL;
+    uint32_t ssrc = ((uint32_t)data[8] << 24) | ((uint32_t)data[9] << 16) | ((uint32_t)data[10] << 8) | data[11];
+    if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
+        return NULL;
+    return route;
+}
+
 static int parse_ipv4(PyObject *addr, struct sockaddr_in *out) {
     const char *host;
     int port;
@@ -490,17 +511,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
                 self->oversized++;
                 continue;
             }
-            Route *route = NULL;
-            if (!slow && !blocked && length >= RTP_HEADER && hdr->msg_namelen >= sizeof(struct sockaddr_in) &&
-                self->rname[i].ss_family == AF_INET && data[0] >= 128 && data[0] <= 191 && !(data[1] >= 192 && data[1] <= 223)) {
-                const struct sockaddr_in *sin = (const struct sockaddr_in *)&self->rname[i];
-                route = lookup(self, sin->sin_addr.s_addr, sin->sin_port);
-                if (route != NULL) {
-                    uint32_t ssrc = ((uint32_t)data[8] << 24) | ((uint32_t)data[9] << 16) | ((uint32_t)data[10] << 8) | data[11];
-                    if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
-                                route = NULL; /* Python counts wrong_ssrc / wrong_payload_type */
-                }
-            }
+            Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
             if (route == NULL) {
                 slow = 1;
                 PyObject *addr = address_of(&self->rname[i], hdr->msg_namelen);
@@ -663,17 +674,7 @@ static void *forward_thread(void *arg) {
                 self->oversized++;
                 continue;
             }
-            Route *route = NULL;
-            if (!slow && !blocked && length >= RTP_HEADER && hdr->msg_namelen >= sizeof(struct sockaddr_in) &&
-                self->rname[i].ss_family == AF_INET && data[0] >= 128 && data[0] <= 191 && !(data[1] >= 192 && data[1] <= 223)) {
-                const struct sockaddr_in *sin = (const struct sockaddr_in *)&self->rname[i];
-                route = lookup(self, sin->sin_addr.s_addr, sin->sin_port);
-                if (route != NULL) {
-                    uint32_t ssrc = ((uint32_t)data[8] << 24) | ((uint32_t)data[9] << 16) | ((uint32_t)data[10] << 8) | data[11];
-                    if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
-                        route = NULL;
-                }
-            }
+            Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
             if (route == NULL) {
                 slow = 1;
                 push_entry(self, TO_PYTHON, -1, data, length, &self->rname[i], hdr->msg_namelen);

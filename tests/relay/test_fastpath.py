@@ -13,6 +13,7 @@
   Python path; the helper's table follows the relay's state.
 """
 
+import os
 import socket
 import time
 
@@ -70,6 +71,16 @@ def rtp_like():
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.booleans(), rtp_like()), max_size=80), st.integers(1, 130))
 def test_fuzz_every_datagram_is_forwarded_returned_or_counted_once(datagrams, limit):
+    fuzz_once(datagrams, limit, threaded=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), rtp_like()), max_size=80))
+def test_fuzz_the_thread_likewise(datagrams):
+    fuzz_once(datagrams, 0, threaded=True)
+
+
+def fuzz_once(datagrams, limit, *, threaded):
     relay_sock = open_udp_socket("127.0.0.1", 0)
     routed, stranger, listener = client_socket(), client_socket(), client_socket()
     helper = helper_for(relay_sock)
@@ -79,34 +90,57 @@ def test_fuzz_every_datagram_is_forwarded_returned_or_counted_once(datagrams, li
         target = relay_sock.getsockname()
         for from_routed, data in datagrams:
             (routed if from_routed else stranger).sendto(data, target)
-        returned, received, oversized = [], 0, 0
+        returned, received, forwarded = [], 0, []
+        expected_oversized = sum(len(data) > MAX_DATAGRAM for _, data in datagrams)
         deadline = time.monotonic() + 5
-        while received < len(datagrams) and time.monotonic() < deadline:
-            count, emptied, to_python, mirrored, unsent, error = helper.drain(1.0, True, limit)
-            assert 0 <= count <= limit and error == 0 and mirrored == [] and unsent == []
-            received += count
-            returned += to_python
-        assert received == len(datagrams)
-        forwarded = []
-        while True:
+        if threaded:
+            notify = os.eventfd(0, os.EFD_NONBLOCK)
+            helper.start(notify, 1.0)
+            oversized = 0
             try:
-                forwarded.append(listener.recv(4096))
-            except BlockingIOError:
-                break
-        routes, counters = helper.take_stats()
-        oversized = counters.get("oversized", 0)
+                while len(forwarded) + len(returned) + oversized < len(datagrams) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                    to_python, mirrored, unsent = helper.collect()
+                    assert mirrored == [] and unsent == []
+                    returned += to_python
+                    helper.resume(True)
+                    forwarded += drain_socket(listener)
+                    oversized += helper.take_stats()[1].get("oversized", 0)
+            finally:
+                helper.stop()
+                os.close(notify)
+            routes = []
+        else:
+            while received < len(datagrams) and time.monotonic() < deadline:
+                count, emptied, to_python, mirrored, unsent, error = helper.drain(1.0, True, limit)
+                assert 0 <= count <= limit and error == 0 and mirrored == [] and unsent == []
+                received += count
+                returned += to_python
+            assert received == len(datagrams)
+            forwarded = drain_socket(listener)
+            routes, counters = helper.take_stats()
+            oversized = counters.get("oversized", 0)
     finally:
         for sock in (relay_sock, routed, stranger, listener):
             sock.close()
-    expected_oversized = sum(len(data) > MAX_DATAGRAM for _, data in datagrams)
     assert oversized == expected_oversized
     assert all(forwardable(data) for data in forwarded)
-    assert sum(row[1] for row in routes) == len(forwarded)
+    if not threaded:
+        assert sum(row[1] for row in routes) == len(forwarded)
     # Forwarded and returned interleave into the arrival order: each datagram
     # exactly once, the returned ones with the address they came from.
     addresses = {True: routed_addr, False: stranger_addr}
     kept = [(addresses[from_routed], data) for from_routed, data in datagrams if len(data) <= MAX_DATAGRAM]
     assert interleaves(kept, forwarded, returned, routed_addr)
+
+
+def drain_socket(sock):
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(4096))
+        except BlockingIOError:
+            return got
 
 
 def interleaves(kept, forwarded, returned, routed_addr):
