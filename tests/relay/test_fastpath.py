@@ -358,3 +358,35 @@ async def test_a_leaver_hears_nothing_and_a_moved_bot_is_followed(autojump_clock
 
 async def test_a_leaver_hears_nothing_and_a_moved_bot_is_followed_with_the_thread():
     await check_a_leaver_hears_nothing_and_a_moved_bot_is_followed("thread")  # real time: the thread forwards while Trio sleeps
+
+
+def test_the_switches_and_which_speakers_qualify():
+    from botcall.config import Config
+    from botcall.errors import ConfigError
+    from botcall.relay.service import MediaService
+    from botcall.webrtc.dtls.certificate import DtlsCertificate
+    from tests.kit.relay import Wire, latch, make_session
+
+    with pytest.raises(ConfigError):
+        Config(media_fast_path="turbo")
+    assert Config().media_fast_path == "off" and Config().media_bot_playout and Config().speech_detection
+    with pytest.raises(ValueError):
+        UdpTransport(open_udp_socket("127.0.0.1", 0), fast_path="on")
+    wire = Wire()
+    relay = MediaRelay(wire, speech_detection=False)
+    media = MediaService(relay, wire, certificate=DtlsCertificate.generate(), hosts=("127.0.0.1",), port=40000, bot_playout=False)
+    for name, transport, ssrc in (("u1", "udp", 11), ("u2", "udp", 12), ("w", "websocket", 13)):
+        media.add_session(make_session(name, "bot", transport, ssrc, room_id="r"))
+    u1, u2, w = (relay.peer(f"sess-{name}") for name in ("u1", "u2", "w"))
+    assert u1.playout is None and u1.speech is None and w.playout is not None  # WebSocket bots keep their playout
+    latch(relay, wire, u1, ("127.0.0.1", 5001), bot_ufrag="x")
+    latch(relay, wire, u2, ("127.0.0.1", 5002), bot_ufrag="x")
+    assert relay.fast_routes(16) == []  # no first packet yet; and a WebSocket listener
+    relay.remove_peer(w.session_id)
+    for peer, port in ((u1, 5001), (u2, 5002)):
+        relay.handle_datagram(rtp(peer.ssrc, 1), ("127.0.0.1", port), 1.0)
+    assert relay.fast_routes(16) == [(u1, (u2,)), (u2, (u1,))]
+    assert relay.fast_routes(0) == []  # more listeners than the helper holds
+    generation = relay.routes_generation
+    relay.set_muted(u1.session_id, True)
+    assert relay.routes_generation > generation and relay.fast_routes(16) == [(u2, (u1,))]
