@@ -164,8 +164,9 @@ class Config:
     # "inline" (after each wakeup of the read loop) or "thread" (the helper's
     # own thread blocks on the socket without the GIL). It takes only speakers
     # whose packets need nothing but forwarding: no playout (see
-    # media_bot_playout), not muted, every listener a latched UDP bot.
-    # "off" by default: measured in docs/bench-results.md §18.
+    # media_bot_playout), not muted, every listener a latched UDP bot; so
+    # "thread" is refused unless media_bot_playout is false. "off" by default:
+    # measured in docs/bench-results.md §18.
     media_fast_path: str = "off"
     # Pace each UDP bot's speech through its playout (marks, clear, barge-in,
     # TTS sent ahead of time played at real time). Off, a UDP bot's packets go
@@ -351,6 +352,10 @@ class Config:
             raise ConfigError("room_default_max_humans exceeds room_max_humans")
         if self.media_fast_path not in ("off", "inline", "thread"):
             raise ConfigError(f"media_fast_path must be off, inline or thread, not {self.media_fast_path!r}")
+        if self.media_fast_path == "thread" and self.media_bot_playout:
+            # With playouts no speaker qualifies, and every datagram would cross
+            # the thread to Python: 2-3x the CPU per packet (bench-results §18).
+            raise ConfigError("media_fast_path = thread needs media_bot_playout = false (with playouts it only adds cost)")
         if not (isinstance(self.max_receive_tracks, int) and 1 <= self.max_receive_tracks <= 8):
             # 8: webrtc/leg.py MAX_RECEIVE_TRACKS (config sits below webrtc and cannot import it).
             raise ConfigError(f"max_receive_tracks must be 1-8, not {self.max_receive_tracks!r}")
