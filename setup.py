@@ -12,7 +12,8 @@ setup(
         Extension(
             "botcall.relay._fastpath",
             ["botcall/relay/_fastpath.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            extra_compile_args=["-O2", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ]
