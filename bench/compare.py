@@ -65,7 +65,7 @@ from bench.harness.machine import cpu_model
 from bench.harness.loadgen import LoadResult, measure_direct, run_load
 from bench.harness.machine import machine_busy_seconds
 from bench.peers.aiortc import AiortcFanout, ensure_bench_venv
-from bench.peers.botcall_relay import BotCallRelay
+from bench.peers.botcall_relay import BotCallRelay, variant_config
 from bench.peers.coturn import CoturnRelay
 from bench.harness.fanout import drive_fanout, FanoutResult, packets_per_run
 from bench.harness.machine import cores, pin_current_process
@@ -299,7 +299,11 @@ def run_plain(args, skipped: dict[str, str], relay_core: int) -> list[PlainCell]
     cells: list[PlainCell] = []
     most = max(args.flows)
     factories = {
-        "botcall": lambda: BotCallRelay(core=relay_core, workdir=_workdir(args, "botcall")),
+        **{
+            name: (lambda name=name: BotCallRelay(core=relay_core, workdir=_workdir(args, name), variant=name))
+            for name in args.relays
+            if name.startswith("botcall")
+        },
         "coturn": lambda: CoturnRelay(core=relay_core, workdir=_workdir(args, "coturn"), max_flows=most),
         "rtpengine": lambda: RtpengineRelay(core=relay_core, workdir=_workdir(args, "rtpengine"), max_flows=most),
     }
@@ -414,20 +418,26 @@ def plain_table(cells: list[PlainCell], flows: tuple[int, ...]) -> list[str]:
     """The plain-forwarding table, one row per (load, relay)."""
     lines = [
         "Plain forwarding: N flows x 50 packets/s of 172-byte RTP; median [min..max] over repeats",
-        f"{'flows':>6} {'offered/s':>9} {'relay':<10} {'delivered/s':>11} {'loss %':>18} {'added p50 ms':>22} "
+        f"{'flows':>6} {'offered/s':>9} {'relay':<22} {'delivered/s':>11} {'loss %':>18} {'added p50 ms':>22} "
         f"{'added p99 ms':>24} {'CPU us/pkt':>22} {'relay CPU%':>10} {'other%':>7} {'BotCall CPU ratio':>17}",
     ]
-    relays = [r for r in ("direct", *PLAIN_RELAYS) if any(c.relay == r for c in cells)]
+    variants = sorted({c.relay for c in cells if c.relay.startswith("botcall+")})
+    relays = [r for r in ("direct", *PLAIN_RELAYS, *variants) if any(c.relay == r for c in cells)]
     for n in flows:
         botcall_cost = median(c.cpu_us_per_packet for c in cells if c.relay == "botcall" and c.flows == n)
+        coturn_cost = median(c.cpu_us_per_packet for c in cells if c.relay == "coturn" and c.flows == n)
         for relay in relays:
             mine = [c for c in cells if c.relay == relay and c.flows == n]
             if not mine:
                 continue
             cost = median(c.cpu_us_per_packet for c in mine)
-            ratio = botcall_cost / cost if relay not in ("botcall", "direct") and cost and math.isfinite(cost) else math.nan
+            if relay.startswith("botcall+"):
+                # A variant's row: its own cost against coturn's.
+                ratio = cost / coturn_cost if coturn_cost and math.isfinite(coturn_cost) else math.nan
+            else:
+                ratio = botcall_cost / cost if relay not in ("botcall", "direct") and cost and math.isfinite(cost) else math.nan
             lines.append(
-                f"{n:>6} {median(c.offered_pps for c in mine):>9.0f} {relay:<10} {median(c.delivered_pps for c in mine):>11.0f} "
+                f"{n:>6} {median(c.offered_pps for c in mine):>9.0f} {relay:<22} {median(c.delivered_pps for c in mine):>11.0f} "
                 f"{spread([c.loss * 100 for c in mine], '{:.3f}'):>18} "
                 f"{spread([c.latency_p50_ms if relay == 'direct' else c.added_p50_ms for c in mine], '{:.3f}'):>22} "
                 f"{spread([c.latency_p99_ms if relay == 'direct' else c.added_p99_ms for c in mine], '{:.2f}'):>24} "
@@ -555,15 +565,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny loads and short windows, to try the command")
     args = parser.parse_args(argv)
     args.relays = tuple(name for name in args.relays.split(",") if name)
-    unknown = set(args.relays) - set(PLAIN_RELAYS)
+    unknown = {name for name in args.relays if name not in PLAIN_RELAYS and not _is_variant(name)}
     if unknown:
-        parser.error(f"unknown relays {sorted(unknown)}; choose from {PLAIN_RELAYS}")
+        parser.error(f"unknown relays {sorted(unknown)}; choose from {PLAIN_RELAYS} or botcall+TOKEN... (bench/peers/botcall_relay.py)")
     if args.quick:
         args.flows, args.duration, args.warmup, args.repeat = (20, 100), 2.0, 0.5, 1
         args.fanout, args.botcall_fanout, args.fanout_duration, args.quiet_wait = (1, 5), (20,), 2.0, 0.0
     if args.repeat < 1 or args.duration <= 0 or args.fanout_duration <= 0 or args.warmup < 0:
         parser.error("repeat, durations and warm-up must be positive")
     return args
+
+
+def _is_variant(name: str) -> bool:
+    """``botcall+TOKEN...``: the BotCall server with configuration changes (``bench/peers/botcall_relay.py``)."""
+    try:
+        variant_config(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _json_safe(value):

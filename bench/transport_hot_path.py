@@ -1,6 +1,6 @@
 """The UDP shell's cost per forwarded packet, batched system calls or not, in one process.
 
-``python -m bench.transport_hot_path [--pairs 250] [--bursts 400] [--repeat 3] [--profile]``
+``python -m bench.transport_hot_path [--pairs 250] [--bursts 400] [--repeat 3] [--variants ...] [--profile VARIANT]``
 
 One process, one core, no load generator on another core: the real
 ``UdpTransport.run`` (its read loop, collected sends, timers) under Trio, a
@@ -12,10 +12,15 @@ each packet at its due time), and drains the listeners' sockets. The figure is C
 per forwarded packet: it includes the producer's sends and the listeners'
 reads, the same for both variants, so the difference between them is what
 the transport saves. Speech detection is off (``max_speech_decoders=0``):
-this measures forwarding. The variants alternate (A, B, A, B...) in one run.
+this measures forwarding. The variants alternate (A, B, A, B...) in one run:
+``recvfrom`` (recvfrom/sendto), ``mmsg`` (recvmmsg/sendmmsg through ctypes),
+``fast`` (the compiled fast path inline, issue 17: the relay still tracks
+speech on every packet it forwards; its thread mode forwards in real time
+beside Trio and cannot run on this virtual clock), and ``recvfrom-nospeech`` / ``fast-nospeech``
+with no speech tracker at all (``speech_detection=False``: forwarding only).
 
-``--profile mmsg`` (or ``recvfrom``) prints the top of a cProfile of one run
-of that variant instead.
+``--profile VARIANT`` prints the top of a cProfile of one run of that variant
+instead.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import trio
 import trio.testing
 
 from bench.harness.machine import machine_description
+from botcall.relay import fastpath
 from botcall.relay.core import MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from tests.kit.relay import Wire, latch, make_bot, rtp
@@ -48,9 +54,22 @@ def _client() -> socket.socket:
     return sock
 
 
-async def _run(pairs: int, bursts: int, batched: bool, profiler: cProfile.Profile | None) -> tuple[float, int]:
-    transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=batched)
-    relay = MediaRelay(transport.transmit, max_packets_per_second=10**9, max_speech_decoders=0, max_peers=4 * pairs + 10)
+# name: (batched system calls, compiled fast path, speech detection)
+VARIANTS = {
+    "recvfrom": (False, "off", True),
+    "mmsg": (True, "off", True),
+    "fast": (False, "inline", True),
+    "recvfrom-nospeech": (False, "off", False),
+    "fast-nospeech": (False, "inline", False),
+}
+
+
+async def _run(pairs: int, bursts: int, variant: str, profiler: cProfile.Profile | None) -> tuple[float, int]:
+    batched, fast_path, speech = VARIANTS[variant]
+    transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=batched, fast_path=fast_path)
+    relay = MediaRelay(
+        transport.transmit, max_packets_per_second=10**9, max_speech_decoders=0, max_peers=4 * pairs + 10, speech_detection=speech
+    )
     wire = Wire()
     relay.transmit = wire  # latching's checks and successes go to the record, not the sockets
     speakers, listeners = [], []
@@ -111,19 +130,25 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=250)
     parser.add_argument("--bursts", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--profile", choices=("mmsg", "recvfrom"), help="print a cProfile of one run of this variant instead")
+    parser.add_argument("--variants", default="recvfrom,mmsg,fast", help="comma-separated, from " + ",".join(VARIANTS))
+    parser.add_argument("--profile", choices=tuple(VARIANTS), help="print a cProfile of one run of this variant instead")
     args = parser.parse_args()
+    variants = [name for name in args.variants.split(",") if name]
+    if set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants; choose from {', '.join(VARIANTS)}")
+    if "fast" in "".join(variants + [args.profile or ""]) and not fastpath.available():
+        parser.error("the compiled fast path is not built (pip install -e .)")
     print(machine_description())
     if args.profile:
         profiler = cProfile.Profile()
-        elapsed, received = trio.run(_run, args.pairs, args.bursts, args.profile == "mmsg", profiler, clock=_clock())
+        elapsed, received = trio.run(_run, args.pairs, args.bursts, args.profile, profiler, clock=_clock())
         print(f"{args.profile}: {received} forwarded, {elapsed / max(received, 1) * 1e6:.2f} µs CPU per packet (under cProfile)")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
         return
-    results: dict[str, list[float]] = {"recvfrom/sendto": [], "recvmmsg/sendmmsg": []}
+    results: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeat):
-        for name, batched in (("recvfrom/sendto", False), ("recvmmsg/sendmmsg", True)):
-            elapsed, received = trio.run(_run, args.pairs, args.bursts, batched, None, clock=_clock())
+        for name in variants:
+            elapsed, received = trio.run(_run, args.pairs, args.bursts, name, None, clock=_clock())
             expected = args.pairs * args.bursts
             per_packet = elapsed / max(received, 1) * 1e6
             results[name].append(per_packet)

@@ -162,6 +162,22 @@ class Config:
     # legs: 15.4-16.2 against 13.8-15.6 µs; docs/bench-results.md §13).
     # True where the C library lacks the calls falls back to recvfrom/sendto.
     media_batched_syscalls: bool = False
+    # Forward plain RTP between latched UDP bots in C (botcall/relay/_fastpath.c,
+    # built by `pip install`; without it the relay forwards in Python as before):
+    # "inline" (after each wakeup of the read loop) or "thread" (the helper's
+    # own thread blocks on the socket without the GIL). It takes only speakers
+    # whose packets need nothing but forwarding: no playout (see
+    # media_bot_playout), not muted, every listener a latched UDP bot; so
+    # "thread" is refused unless media_bot_playout is false. "off" by default:
+    # measured in docs/bench-results.md §18.
+    media_fast_path: str = "off"
+    # Pace each UDP bot's speech through its playout (marks, clear, barge-in,
+    # TTS sent ahead of time played at real time). Off, a UDP bot's packets go
+    # to the room as they arrive (a plain relay, as coturn): marks, clear and
+    # barge-in do nothing for it. WebSocket bots always have a playout.
+    media_bot_playout: bool = True
+    # Speech detection on every peer's audio (speaking events, barge-in).
+    speech_detection: bool = True
 
     # --- attestations ---------------------------------------------------------------
     audience: str = "botcall"
@@ -337,6 +353,12 @@ class Config:
             raise ConfigError("room_default_expires_in exceeds room_max_expires_in")
         if self.room_default_max_humans > self.room_max_humans:
             raise ConfigError("room_default_max_humans exceeds room_max_humans")
+        if self.media_fast_path not in ("off", "inline", "thread"):
+            raise ConfigError(f"media_fast_path must be off, inline or thread, not {self.media_fast_path!r}")
+        if self.media_fast_path == "thread" and self.media_bot_playout:
+            # With playouts no speaker qualifies, and every datagram would cross
+            # the thread to Python: 2-3x the CPU per packet (bench-results §18).
+            raise ConfigError("media_fast_path = thread needs media_bot_playout = false (with playouts it only adds cost)")
         if not (isinstance(self.max_receive_tracks, int) and 1 <= self.max_receive_tracks <= 8):
             # 8: webrtc/leg.py MAX_RECEIVE_TRACKS (config sits below webrtc and cannot import it).
             raise ConfigError(f"max_receive_tracks must be 1-8, not {self.max_receive_tracks!r}")

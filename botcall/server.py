@@ -349,6 +349,7 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
         max_speech_decoders=config.speech_max_decoders,
         on_event=media_event,
         wake=udp.wake,
+        speech_detection=config.speech_detection,
     )
     state.media_port = udp.local_address[1]
     state.media = MediaService(
@@ -359,6 +360,7 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
         port=state.media_port,
         playout_max_ahead=config.playout_max_ahead_s,
         playout_max_marks=config.playout_max_marks,
+        bot_playout=config.media_bot_playout,
         max_receive_tracks=config.max_receive_tracks,
     )
     hub = state.hub = Hub(
@@ -565,7 +567,7 @@ async def run_server(
             udp_sock.close()
             raise
         # None: batched where libc has the calls, recvfrom/sendto elsewhere.
-        udp = UdpTransport(udp_sock, batched=None if config.media_batched_syscalls else False)
+        udp = UdpTransport(udp_sock, batched=None if config.media_batched_syscalls else False, fast_path=config.media_fast_path)
         attach_media(state, udp, announced)
         app = create_app(state)
         budget = ConnectionBudget(

@@ -28,6 +28,10 @@ apt_install() {
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# A C compiler and Python's headers build the relay's optional compiled fast
+# path (botcall/relay/_fastpath.c, setup.py); without them pip goes on without it.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || missing+=(python3-dev)
 if [ "$purpose" = "test" ]; then
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
@@ -43,7 +47,8 @@ if [ "$purpose" = "test" ]; then
 fi
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 
-# Virtualenv and the package (editable), reinstalled only when pyproject changes.
+# Virtualenv and the package (editable), reinstalled only when pyproject, setup.py
+# or the compiled fast path's source changes (an editable install builds it in place).
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     python3 -m venv .venv
@@ -51,7 +56,8 @@ fi
 # The bot SDK (sdk/python, its own MIT distribution botcall-sdk) goes in first:
 # the server package depends on it, and it is not taken from PyPI.
 stamp=".venv/.botcall-installed-$purpose"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ sdk/python/pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ sdk/python/pyproject.toml -nt "$stamp" ] \
+    || [ setup.py -nt "$stamp" ] || [ botcall/relay/_fastpath.c -nt "$stamp" ]; then
     extras=""
     if [ "$purpose" = "test" ]; then extras="[dev]"; fi
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null

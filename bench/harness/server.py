@@ -174,6 +174,7 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("--max-humans", type=int, default=None, help="browsers one room may hold (default: the server's)")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--tracemalloc", action="store_true", help="trace allocations; SIGUSR1 writes a snapshot to the data directory")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a further Config field (repeatable), e.g. media_fast_path=true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="botcall: %(message)s", stream=sys.stderr)
     if args.tracemalloc:
@@ -183,6 +184,9 @@ def serve_main(argv: list[str]) -> None:
     overrides: dict[str, Any] = {"media_consent_timeout_s": args.consent_timeout}
     if args.max_humans is not None:
         overrides["room_max_humans"] = args.max_humans
+    for item in args.set:
+        field_name, _, value = item.partition("=")
+        overrides[field_name] = json.loads(value)
     config = bench_config(args.data_dir, **overrides)
     trio.run(_serve, config, args.data_dir if args.tracemalloc else None)
 
@@ -202,6 +206,7 @@ class RelayProcess(PinnedProcess):
         trace_allocations: run under tracemalloc (see :meth:`snapshot`).
         nice: the server's niceness, its session's autogroup included
             (:data:`BENCH_NICE` by default; None inherits this process's).
+        config: further ``Config`` fields for the server (``--set``).
 
     Raises:
         HarnessError: the server did not start (the message ends with its log).
@@ -216,6 +221,7 @@ class RelayProcess(PinnedProcess):
         max_humans: int | None = None,
         trace_allocations: bool = False,
         nice: int | None = BENCH_NICE,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="botcall-bench-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name) if self._tmp is not None else data_dir
@@ -225,6 +231,8 @@ class RelayProcess(PinnedProcess):
             command += ["--max-humans", str(max_humans)]
         if trace_allocations:
             command.append("--tracemalloc")
+        for field_name, value in (config or {}).items():
+            command += ["--set", f"{field_name}={json.dumps(value)}"]
         super().__init__("server", command, core=core, log_dir=self.data_dir, cwd=REPO, pipes=True, nice=nice, stop_timeout=STOP_TIMEOUT)
         self._snapshots = 0
         try:

@@ -37,6 +37,32 @@ from tests.kit.browser import Browser
 # A whole benchmark run fits well inside this; latched addresses must survive it.
 BENCH_IDLE_S = 24 * 3600.0
 DEFAULT_MAX_HUMANS = 1000
+# Configuration changes a variant's name may carry (``botcall+fast+plain``), for
+# old-against-new runs in one process: issue 17's compiled fast path
+# (docs/bench-results.md §18).
+VARIANT_TOKENS: dict[str, dict[str, object]] = {
+    "fast": {"media_fast_path": "inline"},
+    "fastthread": {"media_fast_path": "thread"},
+    "noplayout": {"media_bot_playout": False},
+    "nospeech": {"speech_detection": False},
+    "plain": {"media_bot_playout": False, "speech_detection": False},
+    "mmsg": {"media_batched_syscalls": True},
+}
+
+
+def variant_config(name: str) -> dict[str, object]:
+    """The configuration changes of a variant name (``botcall`` alone: none).
+
+    Raises:
+        ValueError: not ``botcall`` followed by known ``+TOKEN`` parts.
+    """
+    head, *tokens = name.split("+")
+    if head != "botcall" or any(token not in VARIANT_TOKENS for token in tokens):
+        raise ValueError(f"not a BotCall variant: {name!r} (botcall[+{'|'.join(VARIANT_TOKENS)}]...)")
+    config: dict[str, object] = {}
+    for token in tokens:
+        config.update(VARIANT_TOKENS[token])
+    return config
 
 
 class BotCallRelay(Harness):
@@ -51,13 +77,20 @@ class BotCallRelay(Harness):
         core: CPU to pin the server to (None: unpinned).
         workdir: the server's data directory and log (default: a new temp dir).
         max_humans: the most browsers one room may hold.
+        variant: a name ``botcall+TOKEN+...`` (see :data:`VARIANT_TOKENS`):
+            the same server with those configuration changes, compared side
+            by side with the default one.
     """
 
     name = "botcall"
 
-    def __init__(self, *, core: int | None = 0, workdir: Path | None = None, max_humans: int = DEFAULT_MAX_HUMANS) -> None:
+    def __init__(
+        self, *, core: int | None = 0, workdir: Path | None = None, max_humans: int = DEFAULT_MAX_HUMANS, variant: str = "botcall"
+    ) -> None:
         super().__init__(core=core, workdir=workdir)
         self.max_humans = max_humans
+        self.name = variant
+        self.config = variant_config(variant)
         self.api: Api | None = None
         self._certificate: DtlsCertificate | None = None
         self._speakers = 0
@@ -69,7 +102,9 @@ class BotCallRelay(Harness):
             HarnessError: the server exits or never becomes ready.
         """
         self.process = self._stack.enter_context(
-            RelayProcess(core=self.core, data_dir=self.workdir, consent_timeout=BENCH_IDLE_S, max_humans=self.max_humans, nice=None)
+            RelayProcess(
+                core=self.core, data_dir=self.workdir, consent_timeout=BENCH_IDLE_S, max_humans=self.max_humans, nice=None, config=self.config
+            )
         )
         self.api = Api(self.process.http_url, self.process.data_dir)
         self._stack.callback(self.api.close)

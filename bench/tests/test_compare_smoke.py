@@ -292,6 +292,20 @@ def test_tables_show_spread_and_ratio():
     assert "15.0x" in fan
 
 
+def test_a_botcall_variant_gets_its_own_rows_and_its_ratio_to_coturn():
+    from bench.peers.botcall_relay import variant_config
+
+    plain = [plain_cell("botcall", 100, 12.0), plain_cell("coturn", 100, 8.0), plain_cell("botcall+plain+fast", 100, 7.0)]
+    rows = [line for line in compare.plain_table(plain, (100,)) if "botcall+plain+fast" in line]
+    assert len(rows) == 1 and rows[0].rstrip().endswith("0.88x")  # 7 / 8: the variant against coturn
+    assert variant_config("botcall") == {}
+    assert variant_config("botcall+plain+fast") == {"media_bot_playout": False, "speech_detection": False, "media_fast_path": "inline"}
+    for bad in ("botcall+turbo", "coturn+fast", "botcallfast"):
+        with pytest.raises(ValueError):
+            variant_config(bad)
+    assert compare.parse_args(["--relays", "botcall,botcall+fast,coturn"]).relays == ("botcall", "botcall+fast", "coturn")
+
+
 # --- bencode (the ng protocol) -----------------------------------------------------------------
 
 

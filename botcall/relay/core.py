@@ -304,6 +304,8 @@ class MediaRelay:
             second at most).
         wake: called when ``next_deadline()`` moved earlier outside
             ``handle_timeout`` (the shell's timer then wakes instead of polling).
+        speech_detection: give every peer without its own a speech tracker
+            (False: peers added without one detect no speech).
     """
 
     def __init__(
@@ -318,6 +320,7 @@ class MediaRelay:
         max_speech_decoders: int = MAX_DECODERS,
         on_event: Callable[[MediaPeer, MediaEvent], None] | None = None,
         wake: Callable[[], None] | None = None,
+        speech_detection: bool = True,
     ) -> None:
         self.transmit = transmit
         self.max_packets_per_second = max_packets_per_second
@@ -366,6 +369,15 @@ class MediaRelay:
         self.wake = wake
         # Tickers started (start_ticker): the timer runs them at their deadlines.
         self._tickers: set[Ticker] = set()
+        self.speech_detection = speech_detection
+        #: Bumped whenever what ``fast_routes`` returns may have changed (a
+        #: peer joined, left, latched, moved, was muted, sent its first
+        #: packet): the compiled fast path reprograms its table before it
+        #: forwards another datagram (transport.py, fastpath.py).
+        self.routes_generation = 0
+        #: Called at each such change (the fast path's thread pauses until
+        #: its table is reprogrammed).
+        self.on_routes_changed: Callable[[], None] | None = None
 
     # --- membership ----------------------------------------------------------------
 
@@ -401,7 +413,7 @@ class MediaRelay:
                 peer.ice.inherit(replaces.ice)
             self._by_ufrag[peer.ice_ufrag] = peer
         self._by_session[peer.session_id] = peer
-        if peer.speech is None:
+        if peer.speech is None and self.speech_detection:
             peer.speech = SpeechTracker(level_id=None, budget=self.speech_budget)
         self._rooms.setdefault(peer.room_id, []).append(peer)
         if isinstance(peer.sink, UdpSink):
@@ -471,6 +483,7 @@ class MediaRelay:
         return peer
 
     def _rebuild_fanout(self, room_id: str) -> None:
+        self._routes_changed()
         room = self._rooms.get(room_id, ())
         for peer in room:
             peer.fanout = tuple(other.sink for other in room if other is not peer)
@@ -511,6 +524,7 @@ class MediaRelay:
         peer = self._by_session.get(session_id)
         if peer is not None:
             peer.muted = muted
+            self._routes_changed()
 
     # --- the datagram path -----------------------------------------------------------
 
@@ -569,6 +583,7 @@ class MediaRelay:
             return
         if peer.stream_origin is None:
             peer.stream_origin = _U32_AT(data, 4)[0]
+            self._routes_changed()
             if self.on_event is not None:
                 self.on_event(peer, StreamStarted(peer.stream_origin))
         if peer.playout is not None:
@@ -964,6 +979,7 @@ class MediaRelay:
                 if self._bots_by_ssrc.get(holder.ssrc_bytes) is holder:
                     del self._bots_by_ssrc[holder.ssrc_bytes]
             self.counters["address_taken_over"] += 1
+        self._routes_changed()
         self._by_addr[addr] = peer
         peer.bound_addrs.add(addr)
         if peer.ice is not None and len(peer.bound_addrs) > len(peer.ice.candidates) + 1:
@@ -989,6 +1005,7 @@ class MediaRelay:
         self.counters["latched"] += 1
 
     def _unlatch(self, peer: MediaPeer) -> None:
+        self._routes_changed()
         for addr in peer.bound_addrs:
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
@@ -996,6 +1013,67 @@ class MediaRelay:
         peer.addr = None
         if self._bots_by_ssrc.get(peer.ssrc_bytes) is peer:
             del self._bots_by_ssrc[peer.ssrc_bytes]
+
+    # --- the compiled fast path's share (fastpath.py) -------------------------------
+
+    def _routes_changed(self) -> None:
+        self.routes_generation += 1
+        if self.on_routes_changed is not None:
+            self.on_routes_changed()
+
+    def fast_routes(self, max_fanout: int) -> list[tuple[MediaPeer, tuple[MediaPeer, ...]]]:
+        """The speakers whose RTP needs nothing from the relay but forwarding, with their listeners.
+
+        A speaker qualifies when it is a latched UDP peer with no secure leg,
+        not muted, with no playout (its packets go out as they arrive) and
+        its first packet seen (``StreamStarted`` went out); and each of its
+        listeners is a latched UDP bot with a plain :class:`UdpSink`. Its
+        speech tracker, if any, still gets every packet
+        (:meth:`track_forwarded`). Anything else stays on the Python path.
+
+        Args:
+            max_fanout: listeners a route may have (the helper's bound).
+
+        Returns:
+            (speaker, listeners) pairs; valid until ``routes_generation`` changes.
+        """
+        routes: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        for peer in self._by_session.values():
+            if (
+                peer.addr is None
+                or peer.secure is not None
+                or not peer.speaks_udp
+                or peer.muted
+                or peer.playout is not None
+                or peer.stream_origin is None
+                or len(peer.fanout) > max_fanout
+                or self._by_addr.get(peer.addr) is not peer
+            ):
+                continue
+            listeners: list[MediaPeer] = []
+            for sink in peer.fanout:
+                if type(sink) is not UdpSink or sink.peer.addr is None:
+                    break
+                listeners.append(sink.peer)
+            else:
+                routes.append((peer, tuple(listeners)))
+        return routes
+
+    def count_forwarded(self, peer: MediaPeer, listeners: tuple[MediaPeer, ...], packets: int, size: int, rate_limited: int) -> None:
+        """Fold what the fast path forwarded for ``peer`` into its counters (as ``forward`` counts)."""
+        peer.rx_packets += packets
+        peer.rx_bytes += size
+        for listener in listeners:
+            listener.tx_packets += packets
+        if rate_limited:
+            peer.drops["rate_limited"] += rate_limited
+            self.counters["rate_limited"] += rate_limited
+
+    def track_forwarded(self, peer: MediaPeer, data: bytes, now: float) -> None:
+        """Speech detection for a packet the fast path forwarded (what ``forward`` does after sending)."""
+        speech = peer.speech
+        if speech is not None:
+            self._track_speech(peer, speech, data, now)
 
     def drop(self, peer: MediaPeer, reason: str) -> None:
         peer.drops[reason] += 1

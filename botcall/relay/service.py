@@ -96,6 +96,8 @@ class MediaService:
             best first (IP literals; ``relay/addresses.py`` chooses them).
         port: the media port.
         playout_max_ahead, playout_max_marks: each bot's playout bounds (``bot_playout.py``).
+        bot_playout: give UDP bots a playout (False: their packets go out as
+            they arrive; WebSocket bots always have one).
         max_receive_tracks: the most downstream audio tracks one browser gets
             (its first audio section and up to this many minus one receive
             sections; docs/protocol.md "Group calls"), 1 to ``MAX_RECEIVE_TRACKS``.
@@ -111,6 +113,7 @@ class MediaService:
         port: int = 0,
         playout_max_ahead: float = MAX_AHEAD_S,
         playout_max_marks: int = MAX_MARKS,
+        bot_playout: bool = True,
         max_receive_tracks: int = DEFAULT_RECEIVE_TRACKS,
     ) -> None:
         if not 1 <= max_receive_tracks <= MAX_RECEIVE_TRACKS:
@@ -119,6 +122,7 @@ class MediaService:
         self.relay = relay
         self.playout_max_ahead = playout_max_ahead
         self.playout_max_marks = playout_max_marks
+        self.bot_playout = bot_playout
         self.transmit = transmit
         self.certificate = certificate
         self.hosts = tuple(hosts)
@@ -295,7 +299,8 @@ class MediaService:
             # WebRTC peers are added by the bridge once the browser's offer arrives.
             return
         peer = _peer_for(session, sink, ufrag, pwd, speaks_udp=speaks_udp)
-        peer.playout = BotPlayout(max_ahead=self.playout_max_ahead, max_marks=self.playout_max_marks)
+        if self.bot_playout or transport != "udp":
+            peer.playout = BotPlayout(max_ahead=self.playout_max_ahead, max_marks=self.playout_max_marks)
         if isinstance(sink, WsSink):
             sink.peer = peer
         try:

@@ -25,17 +25,29 @@ of it goes to the backlogs in order: per-destination order always holds.
 Outside a batch (WebSocket tasks, signaling) ``transmit`` sends at once.
 Without the batched calls, or with ``batched=False``, the transport reads
 with ``recvfrom`` and sends with ``sendto`` as described above.
+
+The compiled fast path (``fast_path="inline"`` or ``"thread"`` where
+``_fastpath.c`` is built, see ``fastpath.py``): the helper forwards the plain
+RTP of the routes the relay programs in C and returns the rest, in arrival
+order, to ``handle_datagram``; what it could not send (EAGAIN) joins the
+backlogs in order, and while any backlog exists it forwards nothing
+(everything goes through Python and the backlogs, as without it). Inline,
+the drain reads through the helper after each Trio wakeup; with its thread,
+the read loop waits on an eventfd the thread signals when it kept datagrams
+for Python.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
+import os
 import socket
 from typing import Callable
 
 import trio
 
+from botcall.relay import fastpath
 from botcall.relay.core import MAX_DATAGRAM, Address, MediaRelay
 from botcall.relay.mmsg import MMSGHDR_SIZE, MSG_TRUNC, NAME_SIZE, SEND_BATCH, BatchedUdp
 
@@ -137,6 +149,9 @@ class UdpTransport:
         max_backlog_destinations: bound on destinations with a backlog.
         batched: use ``recvmmsg``/``sendmmsg``; None (the default) uses them
             where the C library has them, False never.
+        fast_path: ``"inline"`` or ``"thread"``: forward plain RTP in the
+            compiled helper where it is built (``fastpath.available()``);
+            otherwise, or ``"off"``, in Python.
     """
 
     def __init__(
@@ -146,8 +161,14 @@ class UdpTransport:
         backlog_per_destination: int = 64,
         max_backlog_destinations: int = 4096,
         batched: bool | None = None,
+        fast_path: str = "off",
     ) -> None:
         self.sock = sock
+        #: The compiled helper in use once ``run`` started, or None.
+        self.fast: fastpath.FastForwarder | None = None
+        if fast_path not in ("off", "inline", "thread"):
+            raise ValueError(f"fast_path must be off, inline or thread, not {fast_path!r}")
+        self._fast_path = fast_path if fastpath.available() else "off"
         self.counters: collections.Counter[str] = collections.Counter()
         self._backlog: dict[Address, collections.deque[bytes]] = {}
         self._backlog_size = backlog_per_destination
@@ -275,7 +296,13 @@ class UdpTransport:
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._timer_loop, relay)
             task_status.started(self.local_address)
-            if self.batch is not None:
+            if self._fast_path != "off":
+                self.fast = fastpath.FastForwarder(self.sock, relay, self.counters)
+                if self._fast_path == "thread":
+                    await self._read_loop_thread(relay.handle_datagram, self.fast)
+                else:
+                    await self._read_loop_fast(relay.handle_datagram, self.fast)
+            elif self.batch is not None:
                 await self._read_loop_batched(relay.handle_datagram, self.batch)
             else:
                 await self._read_loop(relay.handle_datagram)
@@ -342,6 +369,68 @@ class UdpTransport:
                 self.coalesced += 1
                 await sleep(COALESCE_DELAY)
                 paused = True
+
+    async def _read_loop_fast(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
+        """The read loop through the compiled helper (see the module docstring)."""
+        sock = self.sock
+        drain, handle_returned = fast.drain, fast.handle_returned
+        wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
+        counters = self.counters
+        backlog = self._backlog
+        enqueue = self._enqueue
+        sleep = trio.sleep
+        coalescing = _Coalescing()
+        paused = False
+        while True:
+            if not paused:
+                await wait_readable(sock)
+            paused = False
+            now = current_time()
+            emptied = False
+            received = 0
+            while received < DRAIN_BATCH:
+                count, emptied, to_python, unsent, error = drain(now, not backlog, DRAIN_BATCH - received)
+                received += count
+                if to_python:
+                    handle_returned(handle, to_python, now)
+                for data, addr in unsent:
+                    enqueue(data, addr)
+                if error:
+                    counters[f"recv_error_{errno.errorcode.get(error, error)}"] += 1
+                    received += 1
+                elif emptied:
+                    break
+            if coalescing.pause_after(received, emptied, now):
+                self.coalesced += 1
+                await sleep(COALESCE_DELAY)
+                paused = True
+
+    async def _read_loop_thread(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
+        """The read loop when the helper's thread reads the socket (see the module docstring)."""
+        notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
+        backlog = self._backlog
+        enqueue = self._enqueue
+        fast.start(notify_fd, current_time())
+        try:
+            while True:
+                await wait_readable(notify_fd)
+                try:
+                    os.eventfd_read(notify_fd)
+                except BlockingIOError:
+                    pass
+                now = current_time()
+                to_python, unsent = fast.collect(now)
+                if to_python:
+                    fast.handle_returned(handle, to_python, now)
+                for data, addr in unsent:
+                    enqueue(data, addr)
+                fast.resume(not backlog, now)
+        finally:
+            fast.stop()
+            os.close(notify_fd)
 
     async def _read_loop(self, handle: Callable[[bytes, Address, float], None]) -> None:
         sock = self.sock
@@ -413,6 +502,11 @@ class UdpTransport:
         """
         while True:
             now = trio.current_time()
+            fast = self.fast
+            if fast is not None and now >= fast.next_stats:
+                # The helper's counts reach the peers (metrics) at least once a
+                # second, even when no datagram wakes the read loop.
+                fast.take_stats(now)
             if self.batch is not None:
                 # Timers send too (bot playout, DTLS retransmissions): batch them.
                 self._collecting = True

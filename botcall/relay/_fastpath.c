@@ -1,0 +1,970 @@
+/* The relay's compiled fast path (issue 17): plain RTP forwarding in C.
+ *
+ * The Python relay (core.py) owns every piece of state. It programs this
+ * helper with a route table (fastpath.py builds it): for each latched UDP bot
+ * whose packets need nothing but forwarding, its source address, SSRC,
+ * payload type, rate limit and the latched addresses of the others in its
+ * room. FastPath.drain() reads the media socket with recvmmsg (GIL released,
+ * MSG_DONTWAIT), forwards with sendmmsg every datagram it can route itself,
+ * counts what it forwarded per route, and hands everything else back to
+ * Python unchanged, in arrival order:
+ *
+ *   - anything not from a routed IPv4 source, not RTP by its first byte
+ *     (RFC 7983 §7: 128-191) or RTCP by its second (RFC 5761 §4: 192-223),
+ *     shorter than an RTP header, with another SSRC or payload type: Python's
+ *     handle_datagram decides (and counts the drop) as without the helper;
+ *   - once one datagram of a batch went to Python, every later one of that
+ *     batch does too and drain() returns after the batch, so Python handles
+ *     them in order and its state may change (a re-latch, a mute) before the
+ *     helper reads again -- it never acts on a datagram Python would see in
+ *     a different state;
+ *   - a route flagged "mirror" (the speaker's speech is tracked) is forwarded
+ *     here and a copy goes to Python for speech detection only.
+ *
+ * Drops the helper decides itself: a datagram longer than MAX_DATAGRAM
+ * (counted "oversized", as the transport does) and a route's packets beyond
+ * its rate (counted per route as "rate_limited", as MediaRelay.forward does).
+ * When the kernel refuses a send (EAGAIN) the helper stops forwarding for the
+ * rest of the call and returns the datagrams it could not send, in order, for
+ * the transport's bounded backlog; any other send error is counted by errno
+ * name and that one datagram skipped, as sendto's caller does.
+ *
+ * Bounds: MAX_ROUTES routes, MAX_FANOUT destinations per route, BATCH
+ * datagrams per recvmmsg; all memory is allocated when the object is made.
+ * Every byte read from the socket is untrusted: the only reads are of the
+ * first two bytes and the 4..12 header bytes, each after a length check.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH 64
+#define MAX_DATAGRAM 1500
+#define RECV_SIZE (MAX_DATAGRAM + 1)
+#define MAX_FANOUT 16
+#define MAX_ROUTES 65536
+#define TABLE_SIZE (2 * MAX_ROUTES) /* open addressing, load <= 1/2 */
+#define SEND_BATCH (BATCH * MAX_FANOUT)
+#define RTP_HEADER 12
+#define ERRNO_SLOTS 160
+/* The forwarding thread's hand-over to Python: at most this many datagrams
+ * wait (each a copy); with fewer than BATCH free the thread stops reading. */
+#define QUEUE_SLOTS 512 /* = transport.DRAIN_BATCH: what Python handles per wakeup stays bounded as before */
+
+enum { TO_PYTHON = 0, MIRRORED = 1, UNSENT = 2 };
+
+typedef struct {
+    int kind;
+    Py_ssize_t route_id;
+    size_t length;
+    socklen_t namelen;
+    struct sockaddr_storage name;
+    unsigned char data[RECV_SIZE];
+} Entry;
+
+typedef struct {
+    uint32_t ip;     /* network order */
+    uint16_t port;   /* network order */
+    uint8_t mirror;
+    uint32_t ssrc;   /* host order */
+    uint32_t payload_type;
+    uint32_t max_pps;
+    uint32_t window_packets;
+    double window_start;
+    Py_ssize_t route_id;
+    int ndest;
+    struct sockaddr_in dest[MAX_FANOUT];
+    unsigned long long packets, bytes, rate_limited;
+} Route;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int32_t *index;        /* TABLE_SIZE slots: a route's position + 1, 0 empty */
+    Route *routes;
+    Py_ssize_t nroutes;
+    unsigned char *buffers; /* BATCH * RECV_SIZE */
+    struct mmsghdr rmsg[BATCH];
+    struct iovec riov[BATCH];
+    struct sockaddr_storage rname[BATCH];
+    struct mmsghdr smsg[SEND_BATCH];
+    struct iovec siov[SEND_BATCH];
+    int sslot[SEND_BATCH];  /* which received datagram each send carries */
+    unsigned long long oversized, bad_family, send_errors[ERRNO_SLOTS];
+    /* The forwarding thread (start/stop): everything above that the thread
+     * touches (the table, the counters, the queue, the flags) is guarded by
+     * `lock`; the thread never holds the GIL, Python never waits for the
+     * thread while holding `lock`. */
+    int threaded;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int notify_fd, stop_pipe[2];
+    int stopping, paused, blocked;
+    double clock_offset; /* the thread's clock minus the relay's */
+    Entry *queue;
+    int queued;
+    struct sockaddr_in sname[SEND_BATCH]; /* the thread's copies of destinations */
+    unsigned long long recv_errors[ERRNO_SLOTS], backlog_dropped;
+} FastPath;
+
+static void lock_table(FastPath *self) {
+    if (self->threaded) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->lock);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static void unlock_table(FastPath *self) {
+    if (self->threaded)
+        pthread_mutex_unlock(&self->lock);
+}
+
+static inline uint32_t hash_key(uint32_t ip, uint16_t port) {
+    uint64_t key = ((uint64_t)ip << 16) ^ port;
+    key *= 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(key >> 40) & (TABLE_SIZE - 1);
+}
+
+static Route *lookup(FastPath *self, uint32_t ip, uint16_t port) {
+    uint32_t slot = hash_key(ip, port);
+    for (;;) {
+        int32_t at = self->index[slot];
+        if (at == 0)
+            return NULL;
+        Route *route = &self->routes[at - 1];
+        if (route->ip == ip && route->port == port)
+            return route;
+        slot = (slot + 1) & (TABLE_SIZE - 1);
+    }
+}
+
+/* The route that forwards this untrusted datagram as it is, or NULL for Python:
+ * RTP by its first byte (RFC 7983 §7: 128-191) and not RTCP by its second (RFC
+ * 5761 §4: 192-223), a whole RTP header, from a routed IPv4 source, with the
+ * route's SSRC and payload type (anything else Python judges and counts:
+ * malformed_rtp, wrong_ssrc, wrong_payload_type, unknown_source...). */
+static Route *route_for(FastPath *self, const unsigned char *data, size_t length, const struct sockaddr_storage *name,
+                        socklen_t namelen) {
+    if (length < RTP_HEADER || namelen < sizeof(struct sockaddr_in) || name->ss_family != AF_INET)
+        return NULL;
+    if (data[0] < 128 || data[0] > 191 || (data[1] >= 192 && data[1] <= 223))
+        return NULL;
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)name;
+    Route *route = lookup(self, sin->sin_addr.s_addr, sin->sin_port);
+    if (route == NULL)
+        return NULL;
+    uint32_t ssrc = ((uint32_t)data[8] << 24) | ((uint32_t)data[9] << 16) | ((uint32_t)data[10] << 8) | data[11];
+    if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
+        return NULL;
+    return route;
+}
+
+static int parse_ipv4(PyObject *addr, struct sockaddr_in *out) {
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(addr, "si", &host, &port))
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return -1;
+    }
+    memset(out, 0, sizeof(*out));
+    out->sin_family = AF_INET;
+    out->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &out->sin_addr) != 1) {
+        PyErr_SetString(PyExc_ValueError, "not an IPv4 address");
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_thread(FastPath *self);
+
+static void FastPath_dealloc(FastPath *self) {
+    stop_thread(self);
+    PyMem_Free(self->queue);
+    PyMem_Free(self->index);
+    PyMem_Free(self->routes);
+    PyMem_Free(self->buffers);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", NULL};
+    int fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &fd))
+        return -1;
+    self->fd = fd;
+    PyMem_Free(self->index);
+    PyMem_Free(self->routes);
+    PyMem_Free(self->buffers);
+    self->index = PyMem_Calloc(TABLE_SIZE, sizeof(int32_t));
+    self->routes = PyMem_Calloc(1, sizeof(Route));
+    self->buffers = PyMem_Malloc((size_t)BATCH * RECV_SIZE);
+    if (self->index == NULL || self->routes == NULL || self->buffers == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->nroutes = 0;
+    for (int i = 0; i < BATCH; i++) {
+        self->riov[i].iov_base = self->buffers + (size_t)i * RECV_SIZE;
+        self->riov[i].iov_len = RECV_SIZE;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(set_routes_doc,
+"set_routes(routes) -> None\n\n"
+"Replace the whole route table. Each route is a tuple\n"
+"(route_id, (host, port), ssrc, payload_type, max_pps, mirror, destinations,\n"
+" window_start, window_packets): the rate window carries on from the relay's.\n"
+"with destinations a sequence of (host, port); IPv4 only, at most 16\n"
+"destinations and 65536 routes (ValueError otherwise; the old table stays).\n"
+"Counts of the old table not yet taken are lost: call take_stats() first.");
+
+static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
+    PyObject *seq = PySequence_Fast(routes, "routes must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (count > MAX_ROUTES) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many routes");
+        return NULL;
+    }
+    int32_t *index = PyMem_Calloc(TABLE_SIZE, sizeof(int32_t));
+    Route *table = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Route));
+    if (index == NULL || table == NULL) {
+        Py_DECREF(seq);
+        PyMem_Free(index);
+        PyMem_Free(table);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t route_id;
+        PyObject *source, *destinations;
+        unsigned long ssrc, payload_type, max_pps;
+        int mirror;
+        double window_start;
+        unsigned long window_packets;
+        struct sockaddr_in src;
+        if (!PyArg_ParseTuple(item, "nOkkkpOdk", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations,
+                              &window_start, &window_packets))
+            goto fail;
+        if (parse_ipv4(source, &src) < 0)
+            goto fail;
+        PyObject *dseq = PySequence_Fast(destinations, "destinations must be a sequence");
+        if (dseq == NULL)
+            goto fail;
+        Py_ssize_t ndest = PySequence_Fast_GET_SIZE(dseq);
+        if (ndest > MAX_FANOUT) {
+            Py_DECREF(dseq);
+            PyErr_SetString(PyExc_ValueError, "too many destinations");
+            goto fail;
+        }
+        uint32_t slot = hash_key(src.sin_addr.s_addr, src.sin_port);
+        while (index[slot]) {
+            Route *other = &table[index[slot] - 1];
+            if (other->ip == src.sin_addr.s_addr && other->port == src.sin_port) {
+                Py_DECREF(dseq);
+                PyErr_SetString(PyExc_ValueError, "duplicate source");
+                goto fail;
+            }
+            slot = (slot + 1) & (TABLE_SIZE - 1);
+        }
+        Route *route = &table[i];
+        for (Py_ssize_t d = 0; d < ndest; d++) {
+            if (parse_ipv4(PySequence_Fast_GET_ITEM(dseq, d), &route->dest[d]) < 0) {
+                Py_DECREF(dseq);
+                memset(route, 0, sizeof(*route));
+                goto fail;
+            }
+        }
+        Py_DECREF(dseq);
+        index[slot] = (int32_t)(i + 1);
+        route->ip = src.sin_addr.s_addr;
+        route->port = src.sin_port;
+        route->ssrc = (uint32_t)ssrc;
+        route->payload_type = (uint32_t)payload_type;
+        route->max_pps = (uint32_t)max_pps;
+        route->mirror = (uint8_t)mirror;
+        route->route_id = route_id;
+        route->ndest = (int)ndest;
+        route->window_start = window_start;
+        route->window_packets = (uint32_t)window_packets;
+    }
+    Py_DECREF(seq);
+    lock_table(self);
+    int32_t *old_index = self->index;
+    Route *old_routes = self->routes;
+    self->index = index;
+    self->routes = table;
+    self->nroutes = count;
+    unlock_table(self);
+    PyMem_Free(old_index);
+    PyMem_Free(old_routes);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(seq);
+    PyMem_Free(index);
+    PyMem_Free(table);
+    return NULL;
+}
+
+PyDoc_STRVAR(take_stats_doc,
+"take_stats() -> (routes, counters)\n\n"
+"What happened since the last call, and reset: routes is a list of\n"
+"(route_id, packets, bytes, rate_limited, window_start, window_packets) for\n"
+"routes with any count (the rate window to carry back into the relay);\n"
+"counters a dict of the helper's own drops: 'oversized', 'send_backlog_dropped',\n"
+"'recv_error_EAFNOSUPPORT', 'send_error_<n>' and 'recv_error_<n>' (n an errno number).");
+
+static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
+    PyObject *routes = PyList_New(0);
+    PyObject *counters = PyDict_New();
+    PyObject *result = NULL;
+    if (routes == NULL || counters == NULL) {
+        Py_XDECREF(routes);
+        Py_XDECREF(counters);
+        return NULL;
+    }
+    lock_table(self);
+    for (Py_ssize_t at = 0; at < self->nroutes; at++) {
+        Route *route = &self->routes[at];
+        if (route->packets == 0 && route->rate_limited == 0)
+            continue;
+        PyObject *row = Py_BuildValue("nKKKdk", route->route_id, route->packets, route->bytes, route->rate_limited,
+                                      route->window_start, (unsigned long)route->window_packets);
+        if (row == NULL || PyList_Append(routes, row) < 0) {
+            Py_XDECREF(row);
+            goto done;
+        }
+        Py_DECREF(row);
+        route->packets = route->bytes = route->rate_limited = 0;
+    }
+    if (self->oversized) {
+        PyObject *value = PyLong_FromUnsignedLongLong(self->oversized);
+        if (value == NULL || PyDict_SetItemString(counters, "oversized", value) < 0) {
+            Py_XDECREF(value);
+            goto done;
+        }
+        Py_DECREF(value);
+        self->oversized = 0;
+    }
+    if (self->bad_family) {
+        PyObject *value = PyLong_FromUnsignedLongLong(self->bad_family);
+        if (value == NULL || PyDict_SetItemString(counters, "recv_error_EAFNOSUPPORT", value) < 0) {
+            Py_XDECREF(value);
+            goto done;
+        }
+        Py_DECREF(value);
+        self->bad_family = 0;
+    }
+    if (self->backlog_dropped) {
+        PyObject *value = PyLong_FromUnsignedLongLong(self->backlog_dropped);
+        if (value == NULL || PyDict_SetItemString(counters, "send_backlog_dropped", value) < 0) {
+            Py_XDECREF(value);
+            goto done;
+        }
+        Py_DECREF(value);
+        self->backlog_dropped = 0;
+    }
+    for (int side = 0; side < 2; side++) {
+        unsigned long long *errors = side ? self->recv_errors : self->send_errors;
+        for (int code = 0; code < ERRNO_SLOTS; code++) {
+            if (!errors[code])
+                continue;
+            PyObject *value = PyLong_FromUnsignedLongLong(errors[code]);
+            PyObject *key = PyUnicode_FromFormat(side ? "recv_error_%d" : "send_error_%d", code);
+            if (value == NULL || key == NULL || PyDict_SetItem(counters, key, value) < 0) {
+                Py_XDECREF(value);
+                Py_XDECREF(key);
+                goto done;
+            }
+            Py_DECREF(value);
+            Py_DECREF(key);
+            errors[code] = 0;
+        }
+    }
+    result = Py_BuildValue("(OO)", routes, counters);
+done:
+    unlock_table(self);
+    Py_XDECREF(routes);
+    Py_XDECREF(counters);
+    return result;
+}
+
+/* (host, port) as recvfrom gives it: IPv4 (str, int), IPv6 (str, int, flowinfo, scope_id). */
+static PyObject *address_of(const struct sockaddr_storage *name, socklen_t namelen) {
+    char host[INET6_ADDRSTRLEN];
+    if (name->ss_family == AF_INET && namelen >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)name;
+        inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, (int)ntohs(sin->sin_port));
+    }
+    if (name->ss_family == AF_INET6 && namelen >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)name;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(siII)", host, (int)ntohs(sin6->sin6_port), (unsigned)ntohl(sin6->sin6_flowinfo),
+                             (unsigned)sin6->sin6_scope_id);
+    }
+    PyErr_SetString(PyExc_OSError, "unsupported address family");
+    return NULL;
+}
+
+static int append_datagram(PyObject *list, const unsigned char *data, size_t length, PyObject *addr) {
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length);
+    if (bytes == NULL)
+        return -1;
+    PyObject *pair = PyTuple_Pack(2, bytes, addr);
+    Py_DECREF(bytes);
+    if (pair == NULL)
+        return -1;
+    int rc = PyList_Append(list, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+static int append_sockaddr(PyObject *list, const unsigned char *data, size_t length, const struct sockaddr_in *dest) {
+    PyObject *addr = address_of((const struct sockaddr_storage *)dest, sizeof(*dest));
+    if (addr == NULL)
+        return -1;
+    int rc = append_datagram(list, data, length, addr);
+    Py_DECREF(addr);
+    return rc;
+}
+
+PyDoc_STRVAR(drain_doc,
+"drain(now, forward, limit) -> (received, emptied, to_python, mirrored, unsent, error)\n\n"
+"Read up to `limit` datagrams (in recvmmsg batches of 64) without blocking.\n"
+"With `forward` false nothing is forwarded (the transport has a send backlog\n"
+"that forwarded datagrams would overtake). received: datagrams read; emptied:\n"
+"the socket said EAGAIN; to_python: [(data, addr)] for MediaRelay.handle_datagram,\n"
+"in arrival order; mirrored: [(data, route_id)] forwarded here, for speech\n"
+"detection; unsent: [(data, addr)] the kernel refused with EAGAIN, in order;\n"
+"error: the errno of a receive that failed otherwise than EAGAIN (it ends\n"
+"the call; what was read before stands), or 0.");
+
+static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
+    double now;
+    int forward;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "dpn", &now, &forward, &limit))
+        return NULL;
+    if (self->threaded) {
+        PyErr_SetString(PyExc_RuntimeError, "the forwarding thread reads the socket: use collect()");
+        return NULL;
+    }
+    PyObject *to_python = PyList_New(0), *mirrored = PyList_New(0), *unsent = PyList_New(0);
+    if (to_python == NULL || mirrored == NULL || unsent == NULL)
+        goto fail;
+    Py_ssize_t received = 0;
+    int emptied = 0, recv_errno = 0;
+    int blocked = !forward; /* a send said EAGAIN: forward nothing more */
+    while (received < limit) {
+        int want = limit - received < BATCH ? (int)(limit - received) : BATCH;
+        for (int i = 0; i < want; i++) {
+            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+            memset(hdr, 0, sizeof(*hdr));
+            hdr->msg_name = &self->rname[i];
+            hdr->msg_namelen = sizeof(self->rname[i]);
+            hdr->msg_iov = &self->riov[i];
+            hdr->msg_iovlen = 1;
+        }
+        int count;
+        Py_BEGIN_ALLOW_THREADS
+        count = recvmmsg(self->fd, self->rmsg, (unsigned)want, MSG_DONTWAIT, NULL);
+        Py_END_ALLOW_THREADS
+        if (count < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                emptied = 1;
+            else if (errno != EINTR)
+                recv_errno = errno;
+            break;
+        }
+        if (count == 0) {
+            emptied = 1;
+            break;
+        }
+        received += count;
+        int nsend = 0;
+        int slow = 0; /* a datagram of this batch went to Python: so do the rest */
+        for (int i = 0; i < count; i++) {
+            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+            unsigned char *data = self->riov[i].iov_base;
+            size_t length = self->rmsg[i].msg_len;
+            if ((hdr->msg_flags & MSG_TRUNC) || length > MAX_DATAGRAM) {
+                self->oversized++;
+                continue;
+            }
+            Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
+            if (route == NULL) {
+                slow = 1;
+                PyObject *addr = address_of(&self->rname[i], hdr->msg_namelen);
+                if (addr == NULL) {
+                    PyErr_Clear();
+                    self->bad_family++; /* never: the socket is AF_INET/AF_INET6 */
+                    continue;
+                }
+                int rc = append_datagram(to_python, data, length, addr);
+                Py_DECREF(addr);
+                if (rc < 0)
+                    goto fail;
+                continue;
+            }
+            /* MediaRelay.forward's rate limit, on the same clock. */
+            if (now - route->window_start >= 1.0) {
+                route->window_start = now;
+                route->window_packets = 0;
+            }
+            route->window_packets++;
+            if (route->window_packets > route->max_pps) {
+                route->rate_limited++;
+                continue;
+            }
+            route->packets++;
+            route->bytes += length;
+            if (route->mirror) {
+                PyObject *id = PyLong_FromSsize_t(route->route_id);
+                if (id == NULL)
+                    goto fail;
+                int rc = append_datagram(mirrored, data, length, id);
+                Py_DECREF(id);
+                if (rc < 0)
+                    goto fail;
+            }
+            for (int d = 0; d < route->ndest; d++) {
+                struct msghdr *out = &self->smsg[nsend].msg_hdr;
+                memset(out, 0, sizeof(*out));
+                self->siov[nsend].iov_base = data;
+                self->siov[nsend].iov_len = length;
+                out->msg_name = &route->dest[d];
+                out->msg_namelen = sizeof(struct sockaddr_in);
+                out->msg_iov = &self->siov[nsend];
+                out->msg_iovlen = 1;
+                self->sslot[nsend] = i;
+                nsend++;
+            }
+        }
+        int start = 0;
+        while (start < nsend) {
+            int sent;
+            Py_BEGIN_ALLOW_THREADS
+            sent = sendmmsg(self->fd, self->smsg + start, (unsigned)(nsend - start), MSG_DONTWAIT);
+            Py_END_ALLOW_THREADS
+            if (sent < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    blocked = 1;
+                    for (int k = start; k < nsend; k++) {
+                        if (append_sockaddr(unsent, self->siov[k].iov_base, self->siov[k].iov_len,
+                                            (const struct sockaddr_in *)self->smsg[k].msg_hdr.msg_name) < 0)
+                            goto fail;
+                    }
+                    break;
+                }
+                /* sendmmsg fails only for its first datagram: count it, skip it. */
+                self->send_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                sent = 1;
+            }
+            start += sent;
+        }
+        if (slow)
+            break; /* Python handles those first: its state may change before the next batch */
+    }
+    return Py_BuildValue("(nNNNNi)", received, PyBool_FromLong(emptied), to_python, mirrored, unsent, recv_errno);
+fail:
+    Py_XDECREF(to_python);
+    Py_XDECREF(mirrored);
+    Py_XDECREF(unsent);
+    return NULL;
+}
+
+
+/* --- the forwarding thread ------------------------------------------------------- */
+
+static double monotonic_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Under `lock`: keep one datagram for Python. */
+static void push_entry(FastPath *self, int kind, Py_ssize_t route_id, const unsigned char *data, size_t length,
+                       const void *name, socklen_t namelen) {
+    Entry *entry = &self->queue[self->queued++];
+    entry->kind = kind;
+    entry->route_id = route_id;
+    entry->length = length;
+    entry->namelen = namelen;
+    memcpy(&entry->name, name, namelen);
+    memcpy(entry->data, data, length);
+}
+
+static void notify(FastPath *self) {
+    uint64_t one = 1;
+    ssize_t rc = write(self->notify_fd, &one, sizeof(one));
+    (void)rc; /* a full eventfd counter still wakes the reader */
+}
+
+static void *forward_thread(void *arg) {
+    FastPath *self = arg;
+    struct pollfd fds[2] = {{.fd = self->fd, .events = POLLIN}, {.fd = self->stop_pipe[0], .events = POLLIN}};
+    for (;;) {
+        pthread_mutex_lock(&self->lock);
+        while (!self->stopping && (self->paused || QUEUE_SLOTS - self->queued < BATCH))
+            pthread_cond_wait(&self->cond, &self->lock);
+        int stopping = self->stopping;
+        pthread_mutex_unlock(&self->lock);
+        if (stopping)
+            break;
+        if (poll(fds, 2, -1) < 0) {
+            if (errno != EINTR) { /* never seen; counted, and the thread goes on */
+                pthread_mutex_lock(&self->lock);
+                self->recv_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                pthread_mutex_unlock(&self->lock);
+            }
+            continue;
+        }
+        if (fds[1].revents)
+            break;
+        for (int i = 0; i < BATCH; i++) {
+            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+            memset(hdr, 0, sizeof(*hdr));
+            hdr->msg_name = &self->rname[i];
+            hdr->msg_namelen = sizeof(self->rname[i]);
+            hdr->msg_iov = &self->riov[i];
+            hdr->msg_iovlen = 1;
+        }
+        int count = recvmmsg(self->fd, self->rmsg, BATCH, MSG_DONTWAIT, NULL);
+        if (count <= 0) {
+            if (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                pthread_mutex_lock(&self->lock);
+                self->recv_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                pthread_mutex_unlock(&self->lock);
+            }
+            continue;
+        }
+        double now = monotonic_now() - self->clock_offset; /* the relay's clock */
+        int nsend = 0, slow = 0, handed = 0;
+        pthread_mutex_lock(&self->lock);
+        /* Paused meanwhile (the relay changed: the table is stale), or a send
+         * backlog: this batch goes to Python, all of it. */
+        int blocked = self->blocked || self->paused;
+        for (int i = 0; i < count; i++) {
+            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+            unsigned char *data = self->riov[i].iov_base;
+            size_t length = self->rmsg[i].msg_len;
+            if ((hdr->msg_flags & MSG_TRUNC) || length > MAX_DATAGRAM) {
+                self->oversized++;
+                continue;
+            }
+            Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
+            if (route == NULL) {
+                slow = 1;
+                push_entry(self, TO_PYTHON, -1, data, length, &self->rname[i], hdr->msg_namelen);
+                handed++;
+                continue;
+            }
+            if (now - route->window_start >= 1.0) {
+                route->window_start = now;
+                route->window_packets = 0;
+            }
+            route->window_packets++;
+            if (route->window_packets > route->max_pps) {
+                route->rate_limited++;
+                continue;
+            }
+            route->packets++;
+            route->bytes += length;
+            if (route->mirror) {
+                push_entry(self, MIRRORED, route->route_id, data, length, &self->rname[i], hdr->msg_namelen);
+                handed++;
+            }
+            for (int d = 0; d < route->ndest; d++) {
+                struct msghdr *out = &self->smsg[nsend].msg_hdr;
+                memset(out, 0, sizeof(*out));
+                self->sname[nsend] = route->dest[d]; /* the table may change once unlocked */
+                self->siov[nsend].iov_base = data;
+                self->siov[nsend].iov_len = length;
+                out->msg_name = &self->sname[nsend];
+                out->msg_namelen = sizeof(struct sockaddr_in);
+                out->msg_iov = &self->siov[nsend];
+                out->msg_iovlen = 1;
+                nsend++;
+            }
+        }
+        if (slow)
+            self->paused = 1; /* Python handles those first; it resumes the thread */
+        pthread_mutex_unlock(&self->lock);
+        int start = 0;
+        while (start < nsend) {
+            int sent = sendmmsg(self->fd, self->smsg + start, (unsigned)(nsend - start), MSG_DONTWAIT);
+            if (sent < 0) {
+                if (errno == EINTR)
+                    continue;
+                pthread_mutex_lock(&self->lock);
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    for (int k = start; k < nsend; k++) {
+                        if (self->queued < QUEUE_SLOTS) {
+                            push_entry(self, UNSENT, -1, self->siov[k].iov_base, self->siov[k].iov_len, &self->sname[k],
+                                       sizeof(struct sockaddr_in));
+                            handed++;
+                        } else {
+                            self->backlog_dropped++;
+                        }
+                    }
+                    self->paused = 1;
+                    self->blocked = 1;
+                    pthread_mutex_unlock(&self->lock);
+                    break;
+                }
+                self->send_errors[errno < ERRNO_SLOTS ? errno : 0]++;
+                pthread_mutex_unlock(&self->lock);
+                sent = 1;
+            }
+            start += sent;
+        }
+        if (handed)
+            notify(self);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(start_doc,
+"start(notify_fd, now) -> None\n\n"
+"Start the forwarding thread: it blocks in poll() without the GIL, forwards\n"
+"what the table routes, and keeps the rest for collect(), writing 1 to the\n"
+"eventfd `notify_fd` when it did. `now` is the relay's clock at this moment\n"
+"(the rate windows stay on it). After a datagram for Python (or EAGAIN) the\n"
+"thread waits for resume().");
+
+static PyObject *FastPath_start(FastPath *self, PyObject *args) {
+    int notify_fd;
+    double now;
+    if (!PyArg_ParseTuple(args, "id", &notify_fd, &now))
+        return NULL;
+    if (self->threaded) {
+        PyErr_SetString(PyExc_RuntimeError, "already started");
+        return NULL;
+    }
+    if (self->queue == NULL) {
+        self->queue = PyMem_Malloc(sizeof(Entry) * QUEUE_SLOTS);
+        if (self->queue == NULL)
+            return PyErr_NoMemory();
+    }
+    if (pipe2(self->stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->cond, NULL);
+    self->notify_fd = notify_fd;
+    self->stopping = self->paused = self->blocked = 0;
+    self->queued = 0;
+    self->clock_offset = monotonic_now() - now;
+    self->threaded = 1;
+    int rc = pthread_create(&self->thread, NULL, forward_thread, self);
+    if (rc != 0) {
+        self->threaded = 0;
+        close(self->stop_pipe[0]);
+        close(self->stop_pipe[1]);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static void stop_thread(FastPath *self) {
+    if (!self->threaded)
+        return;
+    pthread_mutex_lock(&self->lock);
+    self->stopping = 1;
+    pthread_cond_signal(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+    char byte = 1;
+    ssize_t rc = write(self->stop_pipe[1], &byte, 1);
+    (void)rc;
+    pthread_join(self->thread, NULL);
+    close(self->stop_pipe[0]);
+    close(self->stop_pipe[1]);
+    pthread_cond_destroy(&self->cond);
+    pthread_mutex_destroy(&self->lock);
+    self->threaded = 0;
+}
+
+static PyObject *FastPath_stop(FastPath *self, PyObject *unused) {
+    if (self->threaded) {
+        Py_BEGIN_ALLOW_THREADS
+        stop_thread(self);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(collect_doc,
+"collect() -> (to_python, mirrored, unsent)\n\n"
+"What the thread kept, in order: [(data, addr)] for handle_datagram,\n"
+"[(data, route_id)] forwarded for speech detection, [(data, addr)] the\n"
+"kernel refused (EAGAIN) for the backlog.");
+
+static PyObject *FastPath_collect(FastPath *self, PyObject *unused) {
+    if (!self->threaded) {
+        PyErr_SetString(PyExc_RuntimeError, "not started");
+        return NULL;
+    }
+    PyObject *lists[3] = {PyList_New(0), PyList_New(0), PyList_New(0)};
+    PyObject *result = NULL;
+    if (lists[0] == NULL || lists[1] == NULL || lists[2] == NULL)
+        goto done;
+    lock_table(self);
+    int failed = 0;
+    for (int i = 0; i < self->queued && !failed; i++) {
+        Entry *entry = &self->queue[i];
+        PyObject *tag = entry->kind == MIRRORED ? PyLong_FromSsize_t(entry->route_id) : address_of(&entry->name, entry->namelen);
+        if (tag == NULL) {
+            PyErr_Clear();
+            self->bad_family++;
+            continue;
+        }
+        failed = append_datagram(lists[entry->kind], entry->data, entry->length, tag) < 0;
+        Py_DECREF(tag);
+    }
+    self->queued = 0;
+    pthread_cond_signal(&self->cond);
+    unlock_table(self);
+    if (!failed)
+        result = Py_BuildValue("(OOO)", lists[0], lists[1], lists[2]);
+done:
+    for (int k = 0; k < 3; k++)
+        Py_XDECREF(lists[k]);
+    return result;
+}
+
+static PyObject *FastPath_resume(FastPath *self, PyObject *args) {
+    int forward;
+    if (!PyArg_ParseTuple(args, "p", &forward))
+        return NULL;
+    if (self->threaded) {
+        lock_table(self);
+        self->paused = 0;
+        self->blocked = !forward;
+        pthread_cond_signal(&self->cond);
+        unlock_table(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_pause(FastPath *self, PyObject *unused) {
+    if (self->threaded) {
+        lock_table(self);
+        self->paused = 1;
+        unlock_table(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static Route *route_by_id(FastPath *self, Py_ssize_t route_id) {
+    /* fastpath.py numbers routes in table order */
+    if (route_id < 0 || route_id >= self->nroutes || self->routes[route_id].route_id != route_id) {
+        PyErr_SetString(PyExc_KeyError, "no such route");
+        return NULL;
+    }
+    return &self->routes[route_id];
+}
+
+static PyObject *FastPath_window(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    if (!PyArg_ParseTuple(args, "n", &route_id))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    PyObject *result = route == NULL ? NULL : Py_BuildValue("(dk)", route->window_start, (unsigned long)route->window_packets);
+    unlock_table(self);
+    return result;
+}
+
+static PyObject *FastPath_set_window(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    double start;
+    unsigned long packets;
+    if (!PyArg_ParseTuple(args, "ndk", &route_id, &start, &packets))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    if (route != NULL) {
+        route->window_start = start;
+        route->window_packets = (uint32_t)packets;
+    }
+    unlock_table(self);
+    if (route == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_route_count(FastPath *self, PyObject *unused) {
+    return PyLong_FromSsize_t(self->nroutes);
+}
+
+static PyMethodDef FastPath_methods[] = {
+    {"set_routes", (PyCFunction)FastPath_set_routes, METH_O, set_routes_doc},
+    {"take_stats", (PyCFunction)FastPath_take_stats, METH_NOARGS, take_stats_doc},
+    {"drain", (PyCFunction)FastPath_drain, METH_VARARGS, drain_doc},
+    {"route_count", (PyCFunction)FastPath_route_count, METH_NOARGS, "Routes in the table."},
+    {"start", (PyCFunction)FastPath_start, METH_VARARGS, start_doc},
+    {"window", (PyCFunction)FastPath_window, METH_VARARGS, "window(route_id) -> (start, packets): the route's rate window."},
+    {"set_window", (PyCFunction)FastPath_set_window, METH_VARARGS, "set_window(route_id, start, packets): the relay counted meanwhile."},
+    {"stop", (PyCFunction)FastPath_stop, METH_NOARGS, "Stop the forwarding thread and wait for it (idempotent)."},
+    {"collect", (PyCFunction)FastPath_collect, METH_NOARGS, collect_doc},
+    {"resume", (PyCFunction)FastPath_resume, METH_VARARGS, "resume(forward): the thread reads again; forwards only if `forward`."},
+    {"pause", (PyCFunction)FastPath_pause, METH_NOARGS, "The thread stops after its current batch until resume() (the table is stale)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FastPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "botcall.relay._fastpath.FastPath",
+    .tp_doc = PyDoc_STR("FastPath(fd): plain RTP forwarding for the routes the relay programs."),
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastPath_init,
+    .tp_dealloc = (destructor)FastPath_dealloc,
+    .tp_methods = FastPath_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "The relay's compiled fast path (see fastpath.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (PyType_Ready(&FastPathType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FastPathType);
+    if (PyModule_AddObject(m, "FastPath", (PyObject *)&FastPathType) < 0) {
+        Py_DECREF(&FastPathType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "MAX_FANOUT", MAX_FANOUT);
+    PyModule_AddIntConstant(m, "MAX_ROUTES", MAX_ROUTES);
+    PyModule_AddIntConstant(m, "BATCH", BATCH);
+    PyModule_AddIntConstant(m, "MAX_DATAGRAM", MAX_DATAGRAM);
+    return m;
+}

@@ -1,0 +1,258 @@
+"""The compiled fast path's Python side (issue 17): its table, its counts.
+
+``_fastpath.c`` reads the media socket with ``recvmmsg`` and forwards with
+``sendmmsg``, in C, the RTP of the speakers :meth:`MediaRelay.fast_routes`
+names: latched UDP peers whose packets need nothing but forwarding (no
+playout, not muted, listeners all latched UDP bots). Everything else, and
+every datagram after the first one it does not route in a batch, comes back
+to :meth:`MediaRelay.handle_datagram` in arrival order, so the relay sees
+exactly what it would without the helper.
+
+The relay owns the state. :class:`FastForwarder` reprograms the helper's
+whole table whenever ``MediaRelay.routes_generation`` moved (before the next
+datagram is read: a peer that left, moved or was muted is never forwarded
+from a stale route). At each reprogramming and at least every
+``STATS_INTERVAL`` it folds the helper's per-route counts into the peers'
+``rx_packets``/``rx_bytes``/``tx_packets`` and ``rate_limited`` drops, with
+the rate window (it goes to the helper with the route and comes back, so a
+reprogramming never restarts a speaker's window). Each forwarded packet of a
+speaker with a speech tracker goes to :meth:`MediaRelay.track_forwarded`.
+
+Two ways to run it (``Config.media_fast_path``):
+
+* ``"inline"``: the transport's read loop calls :meth:`FastForwarder.drain`
+  after each Trio wakeup; the helper reads, forwards and returns in that call.
+* ``"thread"``: :meth:`FastForwarder.start` starts the helper's own thread,
+  which blocks in ``poll`` without the GIL and forwards routed packets with
+  no Python at all (no Trio wakeup per packet). What it cannot route it keeps
+  (a bounded queue of copies) and signals on an eventfd; it then stops
+  reading until the transport has handled them in order (:meth:`collect`,
+  then :meth:`resume`). A change of the relay's routes pauses it at once
+  (``MediaRelay.on_routes_changed``) until its table is reprogrammed; a
+  batch it was already forwarding finishes with the old table.
+
+Bounds (the helper's): ``MAX_ROUTES`` routes (beyond, the rest stay on the
+Python path), ``MAX_FANOUT`` listeners a route, IPv4 only.
+
+Without the compiled module (not built: no compiler or headers at install),
+:func:`available` is False and the transport keeps its Python read loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import socket
+from types import ModuleType
+from typing import Callable
+
+from botcall.relay.core import Address, MediaPeer, MediaRelay
+
+_helper_module: ModuleType | None
+try:
+    from botcall.relay import _fastpath as _helper_module
+except ImportError:  # not built: the Python path serves
+    _helper_module = None
+
+# How often the helper's counts reach the peers when nothing else makes them.
+STATS_INTERVAL = 1.0
+
+
+def available() -> bool:
+    """Whether the compiled helper is built and importable here."""
+    return _helper_module is not None
+
+
+def _ipv4(addr: Address) -> bool:
+    return ":" not in addr[0]
+
+
+class FastForwarder:
+    """The helper for one socket and one relay.
+
+    Args:
+        sock: the relay's bound non-blocking UDP socket.
+        relay: the relay whose routes it forwards.
+        counters: where the helper's own drops are counted (``oversized``,
+            ``send_error_<ERRNO>``): the transport's counters; a new one if None.
+
+    Raises:
+        RuntimeError: the helper is not built (see :func:`available`).
+    """
+
+    def __init__(self, sock: socket.socket, relay: MediaRelay, counters: collections.Counter[str] | None = None) -> None:
+        if _helper_module is None:
+            raise RuntimeError("the compiled fast path (botcall.relay._fastpath) is not built")
+        self._module = _helper_module
+        self._helper = _helper_module.FastPath(sock.fileno())
+        self.relay = relay
+        self.max_fanout: int = _helper_module.MAX_FANOUT
+        self.max_routes: int = _helper_module.MAX_ROUTES
+        self._generation = -1
+        self._routes: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        # A routed speaker's source address -> its route: a packet of it that
+        # comes to Python anyway (after another datagram of its batch, or
+        # while paused) is counted against the same rate window.
+        self._route_of: dict[Address, int] = {}
+        self._next_stats = 0.0
+        self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
+
+    @property
+    def next_stats(self) -> float:
+        """When the counts are next due to be folded (the transport's timer checks)."""
+        return self._next_stats
+
+    @property
+    def route_count(self) -> int:
+        return len(self._routes)
+
+    def drain(
+        self, now: float, forward: bool, limit: int
+    ) -> tuple[int, bool, list[tuple[bytes, Address]], list[tuple[bytes, Address]], int]:
+        """Read up to ``limit`` datagrams; forward what the table routes.
+
+        Args:
+            now: the time the batch is read at (the rate limit's clock).
+            forward: False while the transport has a send backlog (forwarded
+                datagrams would overtake it): everything goes to Python.
+            limit: datagrams to read at most.
+
+        Returns:
+            (received, emptied, to_python, unsent, receive errno): the
+            datagrams for ``handle_datagram`` in arrival order, those the
+            kernel refused (EAGAIN) for the transport's backlog, and the errno
+            of a failed receive (0 if none).
+        """
+        if self.relay.routes_generation != self._generation:
+            self._reprogram()
+        elif now >= self._next_stats:
+            self.take_stats(now)
+        received, emptied, to_python, mirrored, unsent, error = self._helper.drain(now, forward, limit)
+        if mirrored:
+            routes, track = self._routes, self.relay.track_forwarded
+            for data, route_id in mirrored:
+                track(routes[route_id][0], data, now)
+        return received, emptied, to_python, unsent, error
+
+    def handle_returned(self, handle: Callable[[bytes, Address, float], None], datagrams: list[tuple[bytes, Address]], now: float) -> None:
+        """Hand the datagrams the helper returned to ``handle`` (``MediaRelay.handle_datagram``), in order.
+
+        A routed speaker's packet among them is counted against the rate
+        window the helper keeps for it: the window comes over before, and
+        goes back after.
+        """
+        route_of = self._route_of
+        if not route_of:
+            for data, addr in datagrams:
+                handle(data, addr, now)
+            return
+        helper, routes = self._helper, self._routes
+        for data, addr in datagrams:
+            route_id = route_of.get(addr)
+            if route_id is None:
+                handle(data, addr, now)
+                continue
+            # The helper's table is still the one route_of describes (even if
+            # the relay changed meanwhile: it is reprogrammed after this).
+            peer = routes[route_id][0]
+            peer.window_start, peer.window_packets = helper.window(route_id)
+            handle(data, addr, now)
+            helper.set_window(route_id, peer.window_start, peer.window_packets)
+
+    def take_stats(self, now: float = 0.0) -> None:
+        """Fold what the helper counted since the last call into the relay and ``counters``."""
+        self._next_stats = now + STATS_INTERVAL
+        rows, counters = self._helper.take_stats()
+        routes, count = self._routes, self.relay.count_forwarded
+        for route_id, packets, size, rate_limited, window_start, window_packets in rows:
+            peer, listeners = routes[route_id]
+            count(peer, listeners, packets, size, rate_limited)
+            peer.window_start, peer.window_packets = window_start, window_packets
+        for name, value in counters.items():
+            prefix, _, number = name.rpartition("_")
+            if number.isdigit():
+                code = int(number)
+                name = f"{prefix}_{errno.errorcode.get(code, code)}"
+            self.counters[name] += value
+
+    # --- with the helper's thread ("thread") -------------------------------------------
+
+    def start(self, notify_fd: int, now: float) -> None:
+        """Start the forwarding thread; it writes to the eventfd ``notify_fd`` when it kept datagrams."""
+        self._reprogram()
+        helper = self._helper
+        self._notify_fd = notify_fd
+
+        def changed() -> None:
+            helper.pause()
+            os.eventfd_write(notify_fd, 1)  # wake the read loop to reprogram
+
+        self.relay.on_routes_changed = changed
+        helper.start(notify_fd, now)
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it; fold its last counts (idempotent)."""
+        self.relay.on_routes_changed = None
+        self._helper.stop()
+        self.take_stats()
+
+    def collect(self, now: float) -> tuple[list[tuple[bytes, Address]], list[tuple[bytes, Address]]]:
+        """What the thread kept: (for ``handle_datagram``, for the backlog), in arrival order.
+
+        Forwarded packets of a speaker with a speech tracker go to it here.
+        """
+        to_python, mirrored, unsent = self._helper.collect()
+        if mirrored:
+            routes, track = self._routes, self.relay.track_forwarded
+            for data, route_id in mirrored:
+                track(routes[route_id][0], data, now)
+        if now >= self._next_stats:
+            self.take_stats(now)
+        return to_python, unsent
+
+    def resume(self, forward: bool, now: float) -> None:
+        """Let the thread read again, with a table reprogrammed if the relay changed meanwhile.
+
+        Args:
+            forward: False while the transport has a send backlog.
+            now: the relay's clock.
+        """
+        if self.relay.routes_generation != self._generation:
+            self._reprogram()
+        self._helper.resume(forward)
+
+    def _reprogram(self) -> None:
+        """Fold the old table's counts, then give the helper the relay's current routes."""
+        self.take_stats(self._next_stats - STATS_INTERVAL)
+        generation = self.relay.routes_generation
+        kept: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        route_of: dict[Address, int] = {}
+        table = []
+        for peer, listeners in self.relay.fast_routes(self.max_fanout):
+            if len(kept) >= self.max_routes:
+                break
+            source = peer.addr
+            assert source is not None  # fast_routes gives latched peers only
+            destinations = [listener.addr[:2] for listener in listeners if listener.addr is not None]
+            if not _ipv4(source) or len(destinations) != len(listeners) or not all(map(_ipv4, destinations)):
+                continue
+            table.append(
+                (
+                    len(kept),
+                    (source[0], source[1]),
+                    peer.ssrc,
+                    peer.payload_type,
+                    self.relay.max_packets_per_second,
+                    peer.speech is not None,
+                    [(host, port) for host, port in destinations],
+                    peer.window_start,
+                    peer.window_packets,
+                )
+            )
+            route_of[source[0], source[1]] = len(kept)
+            kept.append((peer, listeners))
+        self._helper.set_routes(table)
+        self._routes = kept
+        self._route_of = route_of
+        self._generation = generation
