@@ -333,6 +333,20 @@ PyDoc_STRVAR(take_stats_doc,
 "counters a dict of the helper's own drops: 'oversized', 'send_backlog_dropped',\n"
 "'recv_error_EAFNOSUPPORT', 'send_error_<n>' and 'recv_error_<n>' (n an errno number).");
 
+/* Move a nonzero count into counters[name] and reset it; -1 with an exception set on failure. */
+static int take_counter(PyObject *counters, const char *name, unsigned long long *count) {
+    if (*count == 0)
+        return 0;
+    PyObject *value = PyLong_FromUnsignedLongLong(*count);
+    if (value == NULL || PyDict_SetItemString(counters, name, value) < 0) {
+        Py_XDECREF(value);
+        return -1;
+    }
+    Py_DECREF(value);
+    *count = 0;
+    return 0;
+}
+
 static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
     PyObject *routes = PyList_New(0);
     PyObject *counters = PyDict_New();
@@ -356,48 +370,19 @@ static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
         Py_DECREF(row);
         route->packets = route->bytes = route->rate_limited = 0;
     }
-    if (self->oversized) {
-        PyObject *value = PyLong_FromUnsignedLongLong(self->oversized);
-        if (value == NULL || PyDict_SetItemString(counters, "oversized", value) < 0) {
-            Py_XDECREF(value);
-            goto done;
-        }
-        Py_DECREF(value);
-        self->oversized = 0;
-    }
-    if (self->bad_family) {
-        PyObject *value = PyLong_FromUnsignedLongLong(self->bad_family);
-        if (value == NULL || PyDict_SetItemString(counters, "recv_error_EAFNOSUPPORT", value) < 0) {
-            Py_XDECREF(value);
-            goto done;
-        }
-        Py_DECREF(value);
-        self->bad_family = 0;
-    }
-    if (self->backlog_dropped) {
-        PyObject *value = PyLong_FromUnsignedLongLong(self->backlog_dropped);
-        if (value == NULL || PyDict_SetItemString(counters, "send_backlog_dropped", value) < 0) {
-            Py_XDECREF(value);
-            goto done;
-        }
-        Py_DECREF(value);
-        self->backlog_dropped = 0;
-    }
+    if (take_counter(counters, "oversized", &self->oversized) < 0)
+        goto done;
+    if (take_counter(counters, "recv_error_EAFNOSUPPORT", &self->bad_family) < 0)
+        goto done;
+    if (take_counter(counters, "send_backlog_dropped", &self->backlog_dropped) < 0)
+        goto done;
     for (int side = 0; side < 2; side++) {
         unsigned long long *errors = side ? self->recv_errors : self->send_errors;
         for (int code = 0; code < ERRNO_SLOTS; code++) {
-            if (!errors[code])
-                continue;
-            PyObject *value = PyLong_FromUnsignedLongLong(errors[code]);
-            PyObject *key = PyUnicode_FromFormat(side ? "recv_error_%d" : "send_error_%d", code);
-            if (value == NULL || key == NULL || PyDict_SetItem(counters, key, value) < 0) {
-                Py_XDECREF(value);
-                Py_XDECREF(key);
+            char name[32];
+            snprintf(name, sizeof(name), side ? "recv_error_%d" : "send_error_%d", code);
+            if (take_counter(counters, name, &errors[code]) < 0)
                 goto done;
-            }
-            Py_DECREF(value);
-            Py_DECREF(key);
-            errors[code] = 0;
         }
     }
     result = Py_BuildValue("(OO)", routes, counters);
