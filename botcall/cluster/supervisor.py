@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -40,6 +40,7 @@ from botcall.auth.attestation import ReplayCache
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.auth.replay_journal import ReplayJournal
 from botcall.cluster.directory import WORKER_LOST, Directory
+from botcall.cluster.lines import LineTooLong, json_lines
 from botcall.cluster.nodes import NODE_LOST, NodeDirectory
 from botcall.cluster.resp import Redis, RedisUnavailable
 from botcall.cluster.router import Front
@@ -52,8 +53,6 @@ log = logging.getLogger("botcall.cluster")
 
 # Seconds a worker gets to say it is ready (it may load the speech model first).
 WORKER_START_TIMEOUT_S = 60.0
-# A line from a worker longer than this is a bug: the worker is restarted.
-MAX_LINE_BYTES = 64 * 1024
 # A worker that ran this long is restarted at once after its next exit.
 STABLE_AFTER_S = 60.0
 # Seconds between the directory's and replay cache's housekeeping passes.
@@ -68,10 +67,6 @@ class FrontInfo:
     http_port: int
     directory: Directory
     front: Front
-
-
-class WorkerExited(Exception):
-    """A worker process ended (its exit status in the message)."""
 
 
 class Wakeup:
@@ -107,6 +102,17 @@ def note_closed_live(cluster: NodeDirectory | None, rooms: Sequence[str], reason
                 cluster.note_closed(room_id, reason, now)
 
 
+async def _worker_lines(process: trio.Process, index: int) -> AsyncIterator[dict[str, Any]]:
+    """A worker's stdout as JSON objects; an over-long line (a bug) kills it, and it is restarted."""
+    assert process.stdout is not None
+    try:
+        async for message in json_lines(process.stdout, writer=f"worker {index}", log=log):
+            yield message
+    except LineTooLong:
+        log.error("worker %d wrote an over-long line; restarting it", index)
+        process.kill()
+
+
 async def _send_restore(stdin: trio.abc.SendStream, rooms: list[dict[str, str]]) -> None:
     """The rooms a worker is to hold again, one ``restore`` line each, then ``restore_end``."""
     for room in rooms:
@@ -114,25 +120,6 @@ async def _send_restore(stdin: trio.abc.SendStream, rooms: list[dict[str, str]])
     await stdin.send_all(b'{"event":"restore_end"}\n')
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> Any:
-    """Yield a worker's stdout lines, decoded as JSON objects."""
-    buffer = b""
-    while True:
-        data = await stream.receive_some(65536)
-        if not data:
-            return
-        buffer += data
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            try:
-                message = json.loads(line)
-            except ValueError:
-                log.warning("a worker wrote a line that is not JSON: %r", line[:200])
-                continue
-            if isinstance(message, dict):
-                yield message
-        if len(buffer) > MAX_LINE_BYTES:
-            raise WorkerExited("a worker wrote an over-long line")
 
 
 def worker_command(index: int, front_url: str, serve_argv: Sequence[str]) -> list[str]:
@@ -185,7 +172,7 @@ async def run_worker(
 
                 nursery.start_soon(stop_on_request)
                 with trio.move_on_after(WORKER_START_TIMEOUT_S) as start_timer:
-                    async for message in _lines(process.stdout):
+                    async for message in _worker_lines(process, index):
                         if message.get("event") == "ready":
                             ready = True
                             start_timer.deadline = float("inf")

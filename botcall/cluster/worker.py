@@ -47,6 +47,7 @@ import trio
 from botcall import settings
 from botcall.cluster.buckets import RedisBuckets
 from botcall.cluster.resp import Redis
+from botcall.cluster.lines import LineTooLong, json_lines
 from botcall.config import Config
 from botcall.errors import RoomRecordError
 from botcall.server import ServerInfo, configure_logging, run_command, run_server
@@ -56,8 +57,6 @@ log = logging.getLogger("botcall.cluster")
 
 # Seconds between load reports (the front's placement reads them).
 LOAD_INTERVAL_S = 0.5
-# A line from the supervisor longer than this is dropped (a room record is far shorter).
-MAX_LINE_BYTES = 64 * 1024
 # The front reaches workers from loopback; they believe its X-Forwarded-For.
 FRONT_NETWORKS = ("127.0.0.1/32", "::1/128")
 
@@ -89,22 +88,14 @@ async def _from_supervisor(handle: Callable[[dict[str, Any]], None]) -> None:
     that fires when the *thread* that started us exits, and Trio starts processes
     from a worker thread.)"""
     stdin = trio.lowlevel.FdStream(os.dup(0))
-    buffer = b""
     async with stdin:
-        while data := await stdin.receive_some(65536):
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.warning("the supervisor wrote a line that is not JSON: %r", line[:200])
-                    continue
-                if isinstance(message, dict):
-                    handle(message)
-            if len(buffer) > MAX_LINE_BYTES:
-                log.warning("the supervisor wrote an over-long line; dropped")
-                buffer = b""
+        try:
+            async for message in json_lines(stdin, writer="the supervisor", log=log):
+                handle(message)
+        except LineTooLong:
+            # The supervisor is ours; a broken pipe protocol ends the worker
+            # as the supervisor's end of file would.
+            log.error("the supervisor wrote an over-long line; stopping")
 
 
 def restore_handler(registry: Callable[[], RoomStore | None], say: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
