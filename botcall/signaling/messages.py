@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Union
 
 from botcall.audio.vad import SpeechStarted, SpeechStopped
 from botcall.relay.core import StreamStarted

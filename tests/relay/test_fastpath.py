@@ -15,7 +15,6 @@
 
 import os
 import shutil
-import socket
 import time
 
 import pytest
@@ -319,7 +318,7 @@ async def check_the_rate_limit_holds_across_reprogramming(fast_path):
 
 async def check_a_leaver_hears_nothing_and_a_moved_bot_is_followed(fast_path):
     async def script(ctx):
-        relay, a, b = ctx["relay"], ctx["a"], ctx["b"]
+        relay, b = ctx["relay"], ctx["b"]
         ctx["before"] = await send_and_collect(ctx, [rtp(7, 1), rtp(7, 2)], 2)
         # b moves to another socket (a NAT rebinding): latching follows, the route too.
         moved = client_socket()
