@@ -14,8 +14,10 @@ CPU is sampled from /proc around each whole run (warm-up and drain included,
 so the shares are slightly diluted; the same for every configuration): each
 worker, the front (the supervisor process), the generator (this process) and
 the rest of the machine (``other``), as shares of one core; the 1-minute
-load average is taken at the end of the run. Nothing is pinned: on this
-two-core machine the workers and the generator share both cores.
+load average is taken at the end of the run. Nothing is pinned by default:
+on this two-core machine the workers and the generator share both cores
+(``pin=True``, ``--pin``: worker i on core i, and with one worker the generator
+on the other core, as ``bench.capacity`` runs).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
-from bench.harness.machine import BENCH_NICE, machine_busy_seconds, wait_for_quiet
+from bench.harness.machine import BENCH_NICE, GENERATOR_CORE, machine_busy_seconds, wait_for_quiet
 from bench.harness.process import HarnessError, PinnedProcess
 from bench.harness.server import REPO, Api, Bot, connected_socket, drain, join_browsers, latch_bots, refresh_browsers
 from bench.relay_latency import Cell, DirectFlows
@@ -193,9 +195,14 @@ def _own_cpu() -> float:
 
 
 def measure_calls(
-    workers: int, calls: int, *, duration: float, warmup: float, repeat: int, quiet_wait: float = 60.0, log=print
+    workers: int, calls: int, *, duration: float, warmup: float, repeat: int, quiet_wait: float = 60.0, log=print,
+    pin: bool = False,
 ) -> list[WorkersRun]:
     """``repeat`` runs of ``calls`` bot <-> browser calls on a fresh ``botcall serve --workers N``.
+
+    Args:
+        pin: worker i on core i (modulo the cores), the generator on the other
+            core with one worker (as ``bench.capacity``), unpinned with several.
 
     Raises:
         HarnessError: the server did not start, or calls landed on a media port no worker announced.
@@ -203,6 +210,11 @@ def measure_calls(
     with tempfile.TemporaryDirectory(prefix="botcall-bench-workers-") as tmp:
         serve = ServeProcess(Path(tmp), workers)
         try:
+            cores = os.cpu_count() or 1
+            if pin:
+                for index, pid in serve.worker_pids.items():
+                    os.sched_setaffinity(pid, {index % cores})
+                os.sched_setaffinity(0, {GENERATOR_CORE % cores} if workers == 1 else set(range(cores)))
             started = time.monotonic()
             pairs, per_port = worker_calls(serve.url, Path(tmp), calls)
             if workers == 1:

@@ -116,13 +116,14 @@ def capacity(args: argparse.Namespace, workers_list: list[int]) -> dict[int, int
 
     bounds = Bounds()
     print(machine_description())
-    print(f"capacity, bot <-> human calls: loss < 0.1 %, added p99 < 5 ms, a majority of {args.repeat} runs of {args.duration:g} s; nothing pinned")
+    pinning = "worker i on core i, a lone worker's generator on the other core" if args.pin else "nothing pinned"
+    print(f"capacity, bot <-> human calls: loss < 0.1 %, added p99 < 5 ms, a majority of {args.repeat} runs of {args.duration:g} s; {pinning}")
     print(HEADER, flush=True)
     figures: dict[int, int | None] = {}
     for workers in workers_list:
         def probe(n: int, workers: int = workers):
             runs = measure_calls(workers, n, duration=args.duration, warmup=args.warmup, repeat=args.repeat,
-                                 quiet_wait=args.quiet_wait, log=lambda line: print(line, flush=True))
+                                 quiet_wait=args.quiet_wait, log=lambda line: print(line, flush=True), pin=args.pin)
             for run in runs:
                 ok = run.cell.within(bounds.max_loss, bounds.max_added_p99_ms)
                 print(format_run(workers, run) + ("  ok" if ok else "  out"), flush=True)
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="--capacity: seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3, help="--capacity: runs per probe; a majority must pass")
+    parser.add_argument("--pin", action="store_true", help="--capacity: worker i on core i (one worker: the generator on the other core)")
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="--capacity: wait this long at most for a quiet machine")
     args = parser.parse_args(argv)
     try:
