@@ -6,6 +6,18 @@ Usage (from the repository root)::
     python -m bench.scale_out                 # 300 joins each way, 2 workers
     python -m bench.scale_out --joins 1000 --workers 2
     python -m bench.scale_out --nodes         # 2 nodes on a redis-server: same node vs the other node
+    python -m bench.scale_out --capacity --workers 1,2 --start 200 --step 100 --max 900
+
+``--capacity``: bot <-> human call capacity (loss < 0.1 %, relay-added p99 <
+5 ms, a majority of ``--repeat`` runs) of ``botcall serve --workers N`` for
+each N given, searched as ``bench.capacity`` does (step up, then bisect); every
+probe starts a fresh server, creates its rooms through the front and aims each
+call's load at its own worker's media port (``bench/scale_calls.py``). Each
+run prints the calls per worker, loss, added p50/p99, each worker's CPU, the
+front's, the load generator's own, the rest of the machine's and the load
+average. A probe whose direct baseline is out of bounds, or whose generator
+lagged its schedule, is marked generator-bound and ends that search (the
+figure is then a lower bound set by the generator, not by the server).
 
 Starts ``botcall serve --workers N`` (real processes on loopback, a temporary
 data directory), creates rooms through the front, then measures ``POST /v1/join``
@@ -96,12 +108,69 @@ async def measure_nodes(joins: int) -> dict[str, list[float]]:
             return times
 
 
+def capacity(args: argparse.Namespace, workers_list: list[int]) -> dict[int, int | None]:
+    """The ``--capacity`` search for each worker count; prints every run. Returns the figures."""
+    from bench.capacity import Bounds, judge, search
+    from bench.harness.machine import machine_description
+    from bench.scale_calls import HEADER, format_run, measure_calls
+
+    bounds = Bounds()
+    print(machine_description())
+    pinning = "worker i on core i, a lone worker's generator on the other core" if args.pin else "nothing pinned"
+    print(f"capacity, bot <-> human calls: loss < 0.1 %, added p99 < 5 ms, a majority of {args.repeat} runs of {args.duration:g} s; {pinning}")
+    print(HEADER, flush=True)
+    figures: dict[int, int | None] = {}
+    for workers in workers_list:
+        def probe(n: int, workers: int = workers):
+            runs = measure_calls(workers, n, duration=args.duration, warmup=args.warmup, repeat=args.repeat,
+                                 quiet_wait=args.quiet_wait, log=lambda line: print(line, flush=True), pin=args.pin)
+            for run in runs:
+                ok = run.cell.within(bounds.max_loss, bounds.max_added_p99_ms)
+                print(format_run(workers, run) + ("  ok" if ok else "  out"), flush=True)
+            result = judge(n, [run.cell for run in runs], bounds)
+            print(f"# {workers} worker(s), N={n}: {'PASS' if result.passed else 'FAIL'}{' (generator-bound)' if result.generator_bound else ''}", flush=True)
+            return result
+
+        best, probes = search(probe, start=args.start, step=args.step, maximum=args.max, resolution=args.resolution)
+        bound = any(p.generator_bound for p in probes)
+        figures[workers] = best
+        qualifier = "at least " if best is not None and (bound or best == args.max) else ""
+        print(f"# capacity with {workers} worker(s): {qualifier}{best}" + (" (the load generator was the limit)" if bound else ""), flush=True)
+    if len(figures) == 2 and all(figures.values()):
+        one, two = (figures[w] for w in sorted(figures))
+        print(f"# ratio {max(figures)}/{min(figures)} workers: {two / one:.2f}x")  # type: ignore[operator]
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scale_out", description=__doc__.splitlines()[0])
     parser.add_argument("--joins", type=int, default=300)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="2", help="workers; with --capacity a comma-separated list (1,2)")
     parser.add_argument("--nodes", action="store_true", help="two nodes on a redis-server instead of workers")
+    parser.add_argument("--capacity", action="store_true", help="call capacity with each --workers count")
+    parser.add_argument("--start", type=int, default=200, help="--capacity: first probe (calls)")
+    parser.add_argument("--step", type=int, default=100)
+    parser.add_argument("--max", type=int, default=1000)
+    parser.add_argument("--resolution", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=5.0, help="--capacity: seconds per run")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3, help="--capacity: runs per probe; a majority must pass")
+    parser.add_argument("--pin", action="store_true", help="--capacity: worker i on core i (one worker: the generator on the other core)")
+    parser.add_argument("--quiet-wait", type=float, default=20.0, help="--capacity: wait this long at most for a quiet machine")
     args = parser.parse_args(argv)
+    try:
+        workers_list = [int(part) for part in args.workers.split(",")]
+    except ValueError:
+        parser.error("--workers: integers, comma-separated")
+    if args.capacity:
+        if args.duration + args.warmup > 20:
+            parser.error("warmup + duration must stay under 20 s (consent lasts 30 s)")
+        from bench.harness.machine import run_isolated
+
+        sys.exit(run_isolated(lambda: capacity(args, workers_list)))
+    if len(workers_list) != 1:
+        parser.error("--workers takes one count without --capacity")
+    args.workers = workers_list[0]
     if args.nodes:
         times = trio.run(measure_nodes, args.joins)
         print(f"POST /v1/join to a room on node A, {args.joins} each way, Redis on loopback, fresh connection per join (ms)")
