@@ -34,7 +34,8 @@ def test_a_record_round_trips_without_the_invite_secret():
     restored = room_from_record_untrusted(record)
     assert restored == replace(room, invite_secret="")
     assert invite_matches_digest(restored.invite_digest, room.invite_secret)
-    assert not invite_matches_digest(restored.invite_digest, room.invite_secret[:-1] + "x")
+    other = room.invite_secret[:-1] + ("y" if room.invite_secret.endswith("x") else "x")
+    assert not invite_matches_digest(restored.invite_digest, other)
 
 
 def test_a_restored_room_takes_its_invite_and_bots_and_an_expired_one_is_refused():
