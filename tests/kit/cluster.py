@@ -34,6 +34,8 @@ WORKER_STARTED = re.compile(
     r"worker (?P<index>\d+) started \(pid (?P<pid>\d+), http 127\.0\.0\.1:(?P<http>\d+), "
     r"media udp (?P<media>\d+), generation (?P<generation>\d+)\)"
 )
+# Log lines of a server shown when a test using it fails.
+LOG_TAIL = 80
 FRONT_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
 # Generous limits: tests create and join in bursts from one address.
 GENEROUS_ENV = {
@@ -153,6 +155,10 @@ async def serving_workers(
                     process.send_signal(signal.SIGTERM)
                     await process.wait()
                 nursery.cancel_scope.cancel()
+    except BaseException:
+        # A failing test (or start) shows what the server said: pytest prints captured output.
+        print(f"--- the last {LOG_TAIL} log lines of botcall serve {' '.join(extra)} ---", *front.lines[-LOG_TAIL:], sep="\n")
+        raise
     finally:
         if process.returncode is None:
             process.kill()
