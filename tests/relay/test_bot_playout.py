@@ -561,7 +561,8 @@ def test_property_text_to_speech_sent_ahead_is_never_sped_up_or_lost(says):
     arrivals: list[tuple[float, int]] = []
     groups: list[list[int]] = []
     start = first = 0
-    audio_end = gap = 0.0
+    audio_end = 0.0
+    gaps: list[float] = []
     for frames, pause, ahead in says:
         start = max(start, audio_end + pause) if arrivals else 0.0
         if arrivals:
@@ -569,8 +570,11 @@ def test_property_text_to_speech_sent_ahead_is_never_sped_up_or_lost(says):
             steady_lead = ahead + max(0.0, audio_end - start)
             assume(steady_lead == 0.0 or steady_lead >= DRIFT_LIMIT + 0.01)
             if pause > 0:
-                gap = pause  # the say re-anchors: a stall of `gap`, as far as arrivals show
-            assume(not (0 < gap <= STALL_LIMIT and abs(steady_lead - gap) <= STALL_JITTER + 0.01))
+                gaps.append(pause)  # the say re-anchors: a stall of `pause`, as far as arrivals show
+            # Stalls sum over re-anchors (see "Stalls" in bot_playout): any run
+            # of the latest pauses may be the stall the lead is taken for.
+            stalls = [sum(gaps[k:]) for k in range(len(gaps))]
+            assume(not any(0 < s <= STALL_LIMIT and abs(steady_lead - s) <= STALL_JITTER + 0.01 for s in stalls))
         # One sender: a say's frames go out after the last say's.
         floor = arrivals[-1][0] if arrivals else 0.0
         arrivals += [(max(t, floor + 1e-7), p) for t, p in sdk_say(first, frames, start, ahead)]
@@ -582,6 +586,22 @@ def test_property_text_to_speech_sent_ahead_is_never_sped_up_or_lost(says):
     run = drive(BotPlayout(), arrivals)
     assert [p for _, p, _ in run.released] == [k * FRAME for k in range(first)]
     assert_never_sped_up(run, groups)
+
+
+def test_documented_two_pauses_then_a_lead_of_their_sum_is_taken_for_one_stall():
+    # Found by the property above: pauses of 0.5 s and 0.27 s between short
+    # says, then a 4 s say sent 0.3 s ahead of a 0.38 s one still playing (a lead of
+    # 0.68 s, within STALL_JITTER of the summed 0.77 s): a real-time sender
+    # stalled twice looks the same. The lead is taken back, nothing is lost.
+    arrivals = [(0.0, 0), (0.52, FRAME), (0.8056, 2 * FRAME)]
+    arrivals += [(0.8256 + k * 0.02, (3 + k) * FRAME) for k in range(19)]
+    arrivals += [(max(1.1857, 0.5256 + k * 0.02) + k * 1e-7, (22 + k) * FRAME) for k in range(200)]
+    run = drive(BotPlayout(), arrivals)
+    assert [p for _, p, _ in run.released] == [k * FRAME for k in range(222)]
+    arrived = {p: t for t, p in arrivals}
+    assert all(t >= arrived[p] for t, p, _ in run.released)
+    late = [t - arrived[p] for t, p, _ in run.released if arrived[p] > 0.8256 + 2 * DRIFT_WINDOW + 0.1]
+    assert late and max(late) <= 1e-6
 
 
 def test_documented_a_pause_then_a_steady_lead_of_the_same_length_is_taken_for_a_stall():
