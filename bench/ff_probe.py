@@ -64,7 +64,6 @@ def _logging_deliver(self: WebRtcSink[Any], data: bytes, speaker: Any, now: floa
     _original(self, data, speaker, now)
 
 
-WebRtcSink.deliver_rtp = _logging_deliver  # type: ignore[method-assign]
 
 
 async def probe(variants: list[str], seconds: float, dump: Path | None) -> None:
@@ -165,6 +164,7 @@ def main() -> None:
     parser.add_argument("--audio", default="mock")
     parser.add_argument("--dump", type=Path, default=None)
     args = parser.parse_args()
+    WebRtcSink.deliver_rtp = _logging_deliver  # type: ignore[method-assign]  # this process's server only
     global AUDIO
     AUDIO = args.audio
     trio.run(probe, args.variants.split(","), args.seconds, args.dump)

@@ -174,7 +174,8 @@ def plot_mouth_to_ear(rows: list, out: Path) -> Path:
                     ax.bar(x, cell["p50"], bar, color=MOUTH_TO_EAR_COLORS[path], label=label)
                     if key == "bot_to_ear":
                         hold = row.get("playout_hold_ms", {}).get("p50") or 0.0
-                        neteq = row.get("jitter_buffer_ms") or 0.0
+                        # A mean over the call can exceed the p50 latency: drawn up to the bar's top.
+                        neteq = min(row.get("jitter_buffer_ms") or 0.0, max(0.0, cell["p50"] - hold))
                         first = "split" not in labelled
                         labelled.add("split")
                         ax.bar(x, hold, bar, color="black", label="relay's playout held (p50)" if first else None)
