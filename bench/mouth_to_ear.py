@@ -3,7 +3,7 @@
     python -m bench.mouth_to_ear [--events 45] [--period 0.5] [--browsers chromium,firefox]
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
-                                 [--playout new,old] [--bot-stall 0.3]
+                                 [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
                                  [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -60,6 +60,16 @@ path is measured with each in turn, one call after the other.
 ``--bot-stall S``: the bot holds its frames for S seconds once, ``STALL_AFTER_S``
 into its bursts, then sends them at once and carries on at real time (a
 descheduled sender, or a stuck path), so both playouts meet the same stall.
+
+**Firefox's audio clock** (``--firefox-audio``): ``mock`` is the mock audio
+back-end that headless Firefox needs on a machine without a sound device
+(``media.cubeb.force_mock_context``); its fake audio thread sleeps 10 ms after
+each 10 ms it renders, so it plays slower than real time (0.90-0.96 on a busy
+machine) and the surplus piles up in Firefox's jitter buffer. ``pulse`` plays
+through a private PulseAudio null sink (``tests.kit.firefox.pulse_null_sink``),
+a real-time clock. With both, every Firefox path is measured with each in turn.
+``rate`` in the output is the page's playback rate against the wall clock
+(``getStats`` ``totalSamplesReceived`` over the call, 1.00 = real time).
 
 Prints; never asserts. The analysis functions are tested on synthetic audio
 in ``bench/tests/test_mouth_to_ear.py``.
@@ -120,6 +130,7 @@ PATHS: dict[str, dict[str, Any]] = {
 RECEIVER_SETTINGS = ("default", "target0", "hint0")
 PLAYOUTS = {"new": bot_playout.STALL_LIMIT, "old": 0.0}  # bot_playout.STALL_LIMIT for each
 STALL_AFTER_S = 3.0
+FIREFOX_AUDIO = ("mock", "pulse")
 
 
 # --- analysis (pure: tested on synthetic audio) -------------------------------------------
@@ -308,7 +319,8 @@ TAKE_PAGE = """() => {
 
 STATS_PAGE = """async () => {
     const report = await botcall.pc.getStats();
-    const out = {delay: 0, emitted: 0, target: 0, minimum: 0, lost: 0, received: 0, concealed: 0, jitter: 0};
+    const out = {delay: 0, emitted: 0, target: 0, minimum: 0, lost: 0, received: 0, concealed: 0, jitter: 0,
+                 played: 0, removed: 0, now: performance.now()};
     report.forEach((s) => {
         if (s.type === 'inbound-rtp' && s.kind === 'audio') {
             out.delay += s.jitterBufferDelay || 0;
@@ -318,6 +330,8 @@ STATS_PAGE = """async () => {
             out.lost += s.packetsLost || 0;
             out.received += s.packetsReceived || 0;
             out.concealed += s.concealedSamples || 0;
+            out.played += s.totalSamplesReceived || 0;
+            out.removed += s.removedSamplesForAcceleration || 0;
             out.jitter = s.jitter || 0;
         }
     });
@@ -501,6 +515,9 @@ class PathResult:
     page_stats: dict[str, float]
     events: int
     playout_hold_ms: Summary
+    audio: str = "mock"
+    playback_rate: float | None = None
+    load_average: float | None = None
 
 
 def analyse(
@@ -546,7 +563,16 @@ def firefox_script(function: str) -> str:
 
 
 async def one_call(
-    srv: LiveServer, path: str, leg: str, receiver: str, events: int, period: float, browser: str, playout: str = "new", stall_s: float = 0.0
+    srv: LiveServer,
+    path: str,
+    leg: str,
+    receiver: str,
+    events: int,
+    period: float,
+    browser: str,
+    playout: str = "new",
+    stall_s: float = 0.0,
+    pulse_server: str | None = None,
 ) -> PathResult:
     bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
     created = (await srv.create_room(srv.token(agent="creator#1"), interruption={"mode": "off"})).json()
@@ -610,18 +636,21 @@ async def one_call(
             return started, before, after, take
 
         if browser == "firefox":
-            started, before, after, take = await kit.in_firefox(firefox)
+            started, before, after, take = await kit.in_firefox(firefox, pulse_server=pulse_server)
         else:
             started, before, after, take = await in_browser(chromium)
         nursery.cancel_scope.cancel()
     mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
     if DUMP is not None:
-        with open(DUMP / f"{browser}-{leg}-{receiver}-{path}-{playout}.json", "w") as handle:
+        audio = "pulse" if pulse_server is not None else "mock"
+        with open(DUMP / f"{browser}-{audio}-{leg}-{receiver}-{path}-{playout}.json", "w") as handle:
             frames = [(t, base64.b64encode(to_pcm16(pcm)).decode()) for t, pcm in bot.log.frames]
             json.dump({"started": started, "take": take, "frames": frames, "burst_sends": bot.log.burst_sends}, handle)
     jitter = jitter_buffer_ms(before, after)
     emitted = after["emitted"] - before["emitted"]
     target = (after["target"] - before["target"]) / emitted * 1000 if emitted > 0 else None
+    elapsed_s = (after["now"] - before["now"]) / 1000
+    rate = (after["played"] - before["played"]) / (elapsed_s * RATE) if elapsed_s > 0 and after["played"] > 0 else None
     return PathResult(
         browser=browser,
         path=path,
@@ -638,6 +667,9 @@ async def one_call(
         page_stats={**{key: after[key] - before[key] for key in ("lost", "received", "concealed")}, "jitter_ms": after["jitter"] * 1000},
         events=events,
         playout_hold_ms=Summary.of([h / 1000 for h in holds]),
+        audio=("pulse" if pulse_server is not None else "mock") if browser == "firefox" else "-",
+        playback_rate=rate,
+        load_average=load_average(),
     )
 
 
@@ -677,6 +709,14 @@ async def server_for(leg: str, browser: str, data_dir: Path) -> AsyncIterator[Li
             print(f"  [{leg} {browser}] {err.strip()}", file=sys.stderr)
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (shared machines: printed beside every row)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def machine_address() -> str:
     """The machine's first non-loopback IPv4 address (where Firefox's ICE looks)."""
     for address in local_addresses():
@@ -703,6 +743,25 @@ async def measure(
     repeats: int,
     playouts: Sequence[str] = ("new",),
     stall_s: float = 0.0,
+    firefox_audio: Sequence[str] = ("mock",),
+) -> list[PathResult]:
+    with contextlib.ExitStack() as stack:
+        pulse = stack.enter_context(kit.pulse_null_sink()) if "firefox" in browsers and "pulse" in firefox_audio else None
+        return await _measure(browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse)
+
+
+async def _measure(
+    browsers: list[str],
+    paths: list[str],
+    legs: list[str],
+    receivers: list[str],
+    events: int,
+    period: float,
+    repeats: int,
+    playouts: Sequence[str],
+    stall_s: float,
+    firefox_audio: Sequence[str],
+    pulse: str | None,
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -714,14 +773,15 @@ async def measure(
                             if browser == "firefox" and receiver != "default":
                                 continue  # Chromium's receiver settings
                             for path in paths:
-                                for playout in playouts:
+                                for playout, audio in [(p, a) for p in playouts for a in (firefox_audio if browser == "firefox" else ("-",))]:
+                                    server = pulse if audio == "pulse" else None
                                     try:
-                                        result = await one_call(srv, path, leg, receiver, events, period, browser, playout, stall_s)
+                                        result = await one_call(srv, path, leg, receiver, events, period, browser, playout, stall_s, server)
                                     except Exception as exc:  # one failed call is reported, the run goes on
                                         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
                                             exc = exc.exceptions[0]
                                         print(
-                                            f"{browser:8} {leg:9} {receiver:8} {path:15} {playout:3} | failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                            f"{browser:8} {audio:5} {leg:9} {receiver:8} {path:15} {playout:3} | failed: {type(exc).__name__}: {str(exc)[:200]}",
                                             flush=True,
                                         )
                                         continue
@@ -732,8 +792,8 @@ async def measure(
 
 
 HEADER = (
-    f"{'browser':8} {'leg':9} {'receiver':8} {'path':15} {'play':3} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
-    f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4}"
+    f"{'browser':8} {'audio':5} {'leg':9} {'receiver':8} {'path':15} {'play':3} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
+    f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4} {'rate':>5} {'load':>5}"
 )
 
 
@@ -743,9 +803,12 @@ def row(r: PathResult) -> str:
 
     jb = f"{r.jitter_buffer_ms:5.1f}" if r.jitter_buffer_ms is not None else "    -"
     target = f"{r.jitter_target_ms:6.1f}" if r.jitter_target_ms is not None else "     -"
+    rate = f"{r.playback_rate:5.3f}" if r.playback_rate is not None else "    -"
+    load = f"{r.load_average:5.1f}" if r.load_average is not None else "    -"
     return (
-        f"{r.browser:8} {r.leg:9} {r.receiver:8} {r.path:15} {r.playout:3} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
+        f"{r.browser:8} {r.audio:5} {r.leg:9} {r.receiver:8} {r.path:15} {r.playout:3} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
         f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {r.playout_hold_ms.p50:4.0f} {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
+        f" {rate} {load}"
     )
 
 
@@ -759,6 +822,7 @@ def main() -> int:
     parser.add_argument("--receiver", default="default", help=f"comma-separated: {', '.join(RECEIVER_SETTINGS)}")
     parser.add_argument("--playout", default="new", help="comma-separated: new (bot_playout.py as it is), old (no stall recovery)")
     parser.add_argument("--bot-stall", type=float, default=0.0, help="seconds the bot holds its frames once, then sends them at once")
+    parser.add_argument("--firefox-audio", default="mock", help="comma-separated: mock (Firefox's mock audio back-end), pulse (a PulseAudio null sink)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
@@ -771,10 +835,12 @@ def main() -> int:
     receivers = args.receiver.split(",")
     browsers = args.browsers.split(",")
     playouts = args.playout.split(",")
+    firefox_audio = args.firefox_audio.split(",")
     for name, known in (
-        ("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox")), ("playout", PLAYOUTS)
+        ("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox")), ("playout", PLAYOUTS),
+        ("firefox-audio", FIREFOX_AUDIO),
     ):
-        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers, "playout": playouts}[name]
+        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers, "playout": playouts, "firefox-audio": firefox_audio}[name]
         unknown = [c for c in chosen if c not in known]
         if unknown:
             parser.error(f"unknown {name}: {', '.join(unknown)}")
@@ -782,10 +848,11 @@ def main() -> int:
     print(f"mouth_to_ear: {args.events} bursts each way per call, every {args.period:g} s; one browser call per row{stall}")
     print(
         "hold = p50 of what the relay's playout of the bot held (ms), NetEq = the browser's mean jitter-buffer delay (getStats),"
-        " target = its target, out = the AudioContext's reported output latency (included in bot->ear)"
+        " target = its target, out = the AudioContext's reported output latency (included in bot->ear),"
+        " rate = the page's playback rate against the wall clock, load = the 1-minute load average"
     )
     print(HEADER)
-    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall)
+    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio)
     data = [asdict(r) for r in results]
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=1, default=float))

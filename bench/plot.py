@@ -137,34 +137,66 @@ MOUTH_TO_EAR_PATHS = ("udp", "ws-opus", "ws-pcm16", "ws-pcm16-paced")
 MOUTH_TO_EAR_COLORS = {"udp": "#1b7f3b", "ws-opus": "#1f5fbf", "ws-pcm16": "#c05a00", "ws-pcm16-paced": "#9b1c6e"}
 
 
+def _mouth_to_ear_group(row: dict) -> str:
+    """A row's group on the x axis: browser (and Firefox's audio clock), leg, receiver setting."""
+    browser = row["browser"]
+    if browser == "firefox":
+        browser += " (" + {"pulse": "real-time audio", "mock": "mock audio"}.get(row.get("audio", "mock"), row.get("audio", "mock")) + ")"
+    return f"{browser}\n{row['leg']}" + ("" if row["receiver"] == "default" else f"\n{row['receiver']}")
+
+
 def plot_mouth_to_ear(rows: list, out: Path) -> Path:
     """``bench/mouth_to_ear.py --json``'s rows: p50 bars with p95 and max marks,
-    per path, grouped by browser and leg; mouth -> bot above, bot -> ear below.
-    Rows of the same group and path (repeats) are drawn side by side."""
-    groups = []
+    per path, grouped by browser (Firefox by audio clock) and leg; mouth -> bot
+    above, bot -> ear below. Rows of the same group and path (repeats) are drawn
+    side by side. Inside each bot -> ear bar, the split: what the relay's playout
+    held (our buffer, p50, solid black) and the browser's jitter buffer (its
+    mean from getStats, hatched) from the bottom; the rest is decoding, output
+    latency and the network."""
+    groups: list[str] = []
     for row in rows:
-        group = f"{row['browser']}\n{row['leg']}" + ("" if row["receiver"] == "default" else f"\n{row['receiver']}")
-        if group not in groups:
-            groups.append(group)
-    fig, axes = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
-    width = 0.8 / len(MOUTH_TO_EAR_PATHS)
+        if _mouth_to_ear_group(row) not in groups:
+            groups.append(_mouth_to_ear_group(row))
+    paths = [p for p in MOUTH_TO_EAR_PATHS if any(r["path"] == p for r in rows)]
+    fig, axes = plt.subplots(2, 1, figsize=(12, 8.5), sharex=True)
+    width = 0.8 / len(paths)
     for ax, key, title in ((axes[0], "mouth_to_bot", "human's mouth -> bot"), (axes[1], "bot_to_ear", "bot -> human's ear")):
-        for p_index, path in enumerate(MOUTH_TO_EAR_PATHS):
+        labelled: set[str] = set()
+        for p_index, path in enumerate(paths):
             for g_index, group in enumerate(groups):
-                cells = [r[key] for r in rows if r["path"] == path and f"{r['browser']}\n{r['leg']}" + ("" if r["receiver"] == "default" else f"\n{r['receiver']}") == group]
-                for c_index, cell in enumerate(cells):
-                    x = g_index + (p_index - (len(MOUTH_TO_EAR_PATHS) - 1) / 2) * width + (c_index - (len(cells) - 1) / 2) * width / max(1, len(cells))
-                    label = path if g_index == 0 and c_index == 0 else None
-                    ax.bar(x, cell["p50"], width / max(1, len(cells)) * 0.9, color=MOUTH_TO_EAR_COLORS[path], label=label)
+                cells = [r for r in rows if r["path"] == path and _mouth_to_ear_group(r) == group]
+                for c_index, row in enumerate(cells):
+                    cell = row[key]
+                    x = g_index + (p_index - (len(paths) - 1) / 2) * width + (c_index - (len(cells) - 1) / 2) * width / max(1, len(cells))
+                    label = None if path in labelled else path
+                    labelled.add(path)
+                    bar = width / max(1, len(cells)) * 0.9
+                    ax.bar(x, cell["p50"], bar, color=MOUTH_TO_EAR_COLORS[path], label=label)
+                    if key == "bot_to_ear":
+                        hold = row.get("playout_hold_ms", {}).get("p50") or 0.0
+                        # A mean over the call can exceed the p50 latency: drawn up to the bar's top.
+                        neteq = min(row.get("jitter_buffer_ms") or 0.0, max(0.0, cell["p50"] - hold))
+                        first = "split" not in labelled
+                        labelled.add("split")
+                        ax.bar(x, hold, bar, color="black", label="relay's playout held (p50)" if first else None)
+                        ax.bar(x, neteq, bar, bottom=hold, fill=False, hatch="///", edgecolor="white", linewidth=0,
+                               label="browser's jitter buffer (mean)" if first else None)
                     ax.plot([x, x], [cell["p50"], cell["p95"]], color="black", linewidth=1)
                     ax.plot(x, cell["max"], marker="_", color="black", markersize=6)
         ax.set_ylabel("ms (bar p50, line to p95, tick max)")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
+    handles, labels = axes[1].get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labels) if l not in paths]
+    if keep:
+        legend = axes[1].legend(*zip(*keep), loc="upper left", fontsize=8)
+        for patch in legend.get_patches():
+            if patch.get_hatch():
+                patch.set_edgecolor("black")
     axes[1].set_xticks(range(len(groups)))
     axes[1].set_xticklabels(groups, fontsize=8)
-    fig.suptitle("Mouth-to-ear latency by bot transport (bench/mouth_to_ear.py; a shared, busy machine)")
+    fig.suptitle("Mouth-to-ear latency by bot transport (bench/mouth_to_ear.py; a shared machine, load in docs/bench-results.md)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

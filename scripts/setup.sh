@@ -35,6 +35,9 @@ python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(
 if [ "$purpose" = "test" ]; then
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
+    # A real-time audio clock for headless Firefox in bench.mouth_to_ear --firefox-audio pulse
+    # (tests.kit.firefox.pulse_null_sink: a private daemon with a null sink; its mock back-end runs slow).
+    command -v pulseaudio >/dev/null 2>&1 || missing+=(pulseaudio)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     # Debian packages npm apart from Node.js; the werift peer and the Node SDK need it.

@@ -115,19 +115,78 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
             time.sleep(0.05)
 
 
+PULSEAUDIO = shutil.which("pulseaudio")
+# A real-time audio clock for headless Firefox. The mock back-end's fake audio
+# thread renders 10 ms and then sleeps 10 ms (Firefox's MockCubeb.cpp), so every
+# pass costs 10 ms plus the work plus the sleep's overshoot: on this busy machine
+# the page consumed its received audio at 0.90-0.96 of real time, and the surplus
+# piled up in the jitter buffer (docs/bench-results.md §16c). A PulseAudio null
+# sink is timer-driven against absolute deadlines: it plays at 0.99-1.00.
+PULSE_START_S = 10.0
+
+
 @contextmanager
-def firefox(prefs: dict[str, Any] | None = None, args: tuple[str, ...] = ()) -> Iterator[Marionette]:
+def pulse_null_sink() -> Iterator[str]:
+    """A private PulseAudio daemon whose only sink is a null sink at 48 kHz; yields
+    its server string (``unix:…``) for ``firefox(pulse_server=...)``; stops it.
+
+    Raises:
+        RuntimeError: ``pulseaudio`` is not installed, or did not answer in time.
+    """
+    if PULSEAUDIO is None:
+        raise RuntimeError("pulseaudio is not installed (apt-get install pulseaudio)")
+    with tempfile.TemporaryDirectory(prefix="botcall-pulse-") as home:
+        socket_path = Path(home) / "native"
+        env = {**os.environ, "HOME": home, "XDG_RUNTIME_DIR": home, "XDG_CONFIG_HOME": home}
+        process = subprocess.Popen(
+            [
+                PULSEAUDIO, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--log-target=stderr",
+                "-L", "module-null-sink sink_name=botcall_null rate=48000",
+                "-L", f"module-native-protocol-unix socket={socket_path} auth-anonymous=1",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + PULSE_START_S
+            while not socket_path.exists():
+                if process.poll() is not None:
+                    raise RuntimeError(f"pulseaudio exited with {process.returncode} before it listened")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"pulseaudio did not listen within {PULSE_START_S:g} s")
+                time.sleep(0.05)
+            yield f"unix:{socket_path}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def firefox(prefs: dict[str, Any] | None = None, args: tuple[str, ...] = (), pulse_server: str | None = None) -> Iterator[Marionette]:
     """Start headless Firefox with a fresh profile; yield a Marionette session; kill it.
 
     Args:
         prefs: more preferences for ``user.js``.
         args: more command-line arguments (``-remote-allow-system-access`` lets a
             test run scripts in the browser's chrome context).
+        pulse_server: play through this PulseAudio server (``pulse_null_sink``)
+            instead of the mock audio back-end, whose clock runs slow.
     """
+    if pulse_server is not None:
+        prefs = {**(prefs or {}), "media.cubeb.force_mock_context": False}
     with tempfile.TemporaryDirectory(prefix="botcall-firefox-") as profile:
         port = free_tcp_port()
         write_profile(Path(profile), port, prefs)
         env = {**os.environ, "MOZ_HEADLESS": "1", "MOZ_CRASHREPORTER_DISABLE": "1"}
+        if pulse_server is not None:
+            env["PULSE_SERVER"] = pulse_server
         # Its own process group: content processes go with the parent at the end.
         process = subprocess.Popen(
             [FIREFOX, "--headless", "--marionette", "--profile", profile, "-no-remote", *args],

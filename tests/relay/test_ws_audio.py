@@ -115,3 +115,53 @@ def test_paced_delivery_is_ticked_and_unknown_delivery_refused():
     assert not WsAudio(relay, bot, encoding="opus", sample_rate=48000).ticked
     with pytest.raises(ValueError):
         WsAudio(relay, bot, encoding="pcm16", sample_rate=16000, delivery="soon")
+
+
+class TimedRecorder(Recorder):
+    """A listener that keeps when each packet reached it, too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def deliver_rtp(self, data, speaker, now):
+        self.packets.append(data)
+        self.times.append(now)
+
+
+@pytest.mark.parametrize("encoding", ["pcm16", "opus"])
+def test_a_real_time_bot_reaches_listeners_as_a_clean_real_time_rtp_stream(encoding):
+    """What a browser's jitter buffer gets from a WebSocket bot that sends 20 ms of
+    speech and silence every 20 ms (docs/bench-results.md §16c): one packet per
+    frame, forwarded the moment it arrives (the bot's playout holds nothing), with
+    sequence +1 and timestamp +960 exactly as the clock advances, no marker, and
+    one 20 ms Opus frame per packet, whether the relay encodes (pcm16) or the bot
+    does (opus). Firefox's large buffer on the pcm16 path was its own slow audio
+    clock, not this stream: the test pins the stream it was shown to be."""
+    from botcall.audio.opus import packet_samples_untrusted
+    from botcall.relay.bot_playout import BotPlayout
+
+    relay, bot, _, audio = room(encoding, 48000)
+    bot.playout = BotPlayout()
+    listener = TimedRecorder()
+    relay.remove_peer("s-l")
+    relay.add_peer(MediaPeer(session_id="s-l", participant_id="p-l", room_id="r", ssrc=2222, payload_type=111, sink=listener, speaks_udp=False))
+    encoder = OpusEncoder(48000, bitrate=64000, application="audio")
+    speech, silence = tone(440, 0.1, sample_rate=48000), bytes(1920)
+    frames = [speech[i : i + 1920] for i in range(0, len(speech), 1920)] + [silence] * 20
+    for k in range(250):  # 5 s: bursts of 100 ms inside silence
+        now = 10.0 + k * 0.020
+        pcm = frames[k % len(frames)]
+        if encoding == "pcm16":
+            audio.binary_message(pcm, now)
+            assert audio.encode_pending(now, 50) == 1
+        else:
+            audio.audio_message(encoder.encode(pcm), now)
+        relay.handle_timeout(now)
+        assert len(listener.packets) == k + 1 and listener.times[-1] == now  # forwarded at once, none held
+    packets = [parse_rtp_untrusted(p) for p in listener.packets]
+    assert {(b.sequence_number - a.sequence_number) & 0xFFFF for a, b in zip(packets, packets[1:])} == {1}
+    assert {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(packets, packets[1:])} == {960}
+    assert not any(p.marker for p in packets)
+    assert {packet_samples_untrusted(p.payload) for p in packets} == {960}
+    assert {p.payload[0] & 0x03 for p in packets} == {0}  # one frame per packet (RFC 6716 §3.2.2)
