@@ -24,7 +24,9 @@ whose every packet for a whole second arrived early by less than
 ``DRIFT_LIMIT`` (250 ms) is treated as a real-time sender that suffered a
 delay spike: its schedule moves earlier by that much, so a spike does not
 leave its delay behind for the rest of the call. A bot sending ahead by more
-(a burst of text-to-speech) is paced exactly.
+(a burst of text-to-speech) is paced exactly. Only a window in which the
+sender delivered at least half the window's length in audio is judged: a
+short say queued behind a long one, after a silence, is not a clock.
 
 Stalls. A frame late by more than ``DRIFT_LIMIT`` is either a sender that
 *paused* (a WebSocket bot that had nothing to say: its positions carry on
@@ -155,6 +157,7 @@ class BotPlayout:
         "generation",
         "_early_marks",
         "_window_max_lead",
+        "_window_samples",
         "_stall",
         "_stall_windows",
     )
@@ -180,6 +183,7 @@ class BotPlayout:
         # position yet, so they wait for it (counted against max_marks).
         self._early_marks: list[tuple[str, int]] = []
         self._window_max_lead = float("-inf")
+        self._window_samples = 0  # audio pushed in the window (a real-time sender's ~ its length)
         # Seconds late re-anchors moved the schedule (see "Stalls"), and for how
         # many more windows the catch-up may take that back.
         self._stall = 0.0
@@ -267,8 +271,9 @@ class BotPlayout:
             self._window_start = now
             self._window_min_lead = float("inf")
             self._window_max_lead = float("-inf")
+            self._window_samples = 0
         # After the drift check: a catch-up may have made this frame due now.
-        anchor = self._track_drift(anchor, anchor + position / SAMPLE_RATE - now, now)
+        anchor = self._track_drift(anchor, anchor + position / SAMPLE_RATE - now, now, samples)
         lead = anchor + position / SAMPLE_RATE - now
         if end > self.queued:
             self.queued = end
@@ -283,13 +288,15 @@ class BotPlayout:
             bisect.insort(frames, frame)
         return Push.QUEUED
 
-    def _track_drift(self, anchor: float, lead: float, now: float) -> float:
+    def _track_drift(self, anchor: float, lead: float, now: float, samples: int) -> float:
         """Note a frame's lead; returns the anchor, moved earlier after a window of small leads."""
         if lead < self._window_min_lead:
             self._window_min_lead = lead
         if lead > self._window_max_lead:
             self._window_max_lead = lead
-        if now - self._window_start < DRIFT_WINDOW:
+        self._window_samples += samples
+        elapsed = now - self._window_start
+        if elapsed < DRIFT_WINDOW:
             return anchor
         # Every packet of the last window came early by at least the smallest
         # lead and by less than DRIFT_LIMIT: a real-time sender after a delay
@@ -298,10 +305,15 @@ class BotPlayout:
         # burst far ahead, and it must never be sped up. After a stall (see
         # "Stalls"): every lead within STALL_JITTER of the stall, the sender is
         # back on its old clock; catch up the same way.
+        # Only a sender that kept sending through the window is judged: at least
+        # half its length in audio. A few frames after a silence (a short say
+        # queued behind a long one) say nothing about a clock, and catching up
+        # on them would speed up what is queued.
         stall = self._stall
         low, high = self._window_min_lead, self._window_max_lead
-        spike = LEAD < low and high < DRIFT_LIMIT
-        stalled = stall > 0.0 and max(LEAD, stall - STALL_JITTER) < low and high < stall + STALL_JITTER
+        steady = self._window_samples >= elapsed * SAMPLE_RATE / 2
+        spike = steady and LEAD < low and high < DRIFT_LIMIT
+        stalled = steady and stall > 0.0 and max(LEAD, stall - STALL_JITTER) < low and high < stall + STALL_JITTER
         if spike or stalled:
             anchor = self._anchor = anchor - (low - LEAD)
             self._stall_windows = 0
@@ -312,6 +324,7 @@ class BotPlayout:
         self._window_start = now
         self._window_min_lead = float("inf")
         self._window_max_lead = float("-inf")
+        self._window_samples = 0
         return anchor
 
     def next_due(self) -> float | None:
