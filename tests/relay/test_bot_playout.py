@@ -588,6 +588,19 @@ def test_property_text_to_speech_sent_ahead_is_never_sped_up_or_lost(says):
     assert_never_sped_up(run, groups)
 
 
+def test_a_short_say_queued_behind_a_long_one_does_not_speed_it_up():
+    # Found by the property above: 4.1 s sent 0.3 s ahead, 1.2 s sent 1 s ahead
+    # behind it, then nothing for 1.2 s, then one 20 ms say 125 ms before the
+    # queue ends. That window holds one small lead: not a clock to catch up on
+    # (it released the queue's last 105 ms early).
+    arrivals = sdk_say(0, 207, 0.0, ahead=0.3)
+    arrivals += [(max(arrivals[-1][0] + 1e-7, t), p) for t, p in sdk_say(207, 60, 3.8275, ahead=1.0)]
+    arrivals += [(5.215, 267 * FRAME)]
+    run = drive(BotPlayout(), arrivals)
+    assert [p for _, p, _ in run.released] == [k * FRAME for k in range(268)]
+    assert_never_sped_up(run, [[k * FRAME for k in range(268)]])
+
+
 def test_documented_two_pauses_then_a_lead_of_their_sum_is_taken_for_one_stall():
     # Found by the property above: pauses of 0.5 s and 0.27 s between short
     # says, then a 4 s say sent 0.3 s ahead of a 0.38 s one still playing (a lead of
