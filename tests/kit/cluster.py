@@ -1,10 +1,15 @@
-"""``botcall serve`` as real processes on loopback: the supervisor with its workers.
+"""``botcall serve`` as real processes on loopback: the supervisor with its workers,
+or (``workers=1`` without ``--redis``) the single process.
 
     async with serving_workers(tmp_path, workers=2) as front:
         token = front.token(agent="alice#1")
         created = await front.create_room(token)
         pid = front.workers[0].pid          # from the supervisor's "worker N started" lines
         await front.wait_for(WORKER_STARTED, lambda m: m["generation"] == "2")
+
+    servers = Servers(nursery, data_dir)    # start, crash (kill -9) and stop (SIGTERM) in any order
+    a = await servers.start("--port", str(port))
+    await servers.crash(a)
 
 Everything waits on events (log lines, the front's ``/v1/cluster/workers``),
 never on the clock; the timeouts are safety nets against a hung process.
@@ -36,7 +41,10 @@ WORKER_STARTED = re.compile(
 )
 # Log lines of a server shown when a test using it fails.
 LOG_TAIL = 80
-FRONT_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
+# The supervisor's line ("with N workers"), or a single process's (its media port).
+FRONT_LISTENING = re.compile(
+    r"listening on (?P<url>https?://\S+) \(public URL \S+\)(?: with (?P<count>\d+) workers|; media advertised at udp \S+:(?P<media>\d+))"
+)
 # Generous limits: tests create and join in bursts from one address.
 GENEROUS_ENV = {
     f"BOTCALL_{name.upper()}": "rate=1000,burst=1000"
@@ -147,7 +155,11 @@ async def serving_workers(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(front.read_log)
-            front.url = (await front.wait_for(FRONT_LISTENING))["url"]
+            listening = await front.wait_for(FRONT_LISTENING)
+            front.url = listening["url"]
+            if listening["media"] is not None:  # a single process: it is its own worker 0
+                port = int(front.url.rsplit(":", 1)[1])
+                front.workers[0] = WorkerProcess(0, process.pid, port, int(listening["media"]), 1)
             try:
                 yield front
             finally:
@@ -164,3 +176,39 @@ async def serving_workers(
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+
+class Servers:
+    """``botcall serve`` processes (``serving_workers``) on one data directory, started,
+    crashed and stopped in any order, each in a task of ``nursery``: what restart
+    tests need (the Redis nodes' and the embedded default's)."""
+
+    def __init__(self, nursery: trio.Nursery, data_dir: Path, *, workers: int = 1) -> None:
+        self.nursery, self.data_dir, self.workers = nursery, data_dir, workers
+        self._stops: dict[int, trio.Event] = {}
+
+    async def start(self, *flags: str) -> Front:
+        """Start one with ``flags`` (after the kit's own: a later ``--port`` wins)."""
+        stop = trio.Event()
+
+        async def run(*, task_status: trio.TaskStatus[Front]) -> None:
+            async with serving_workers(self.data_dir, workers=self.workers, extra=flags) as front:
+                task_status.started(front)
+                await stop.wait()
+
+        front: Front = await self.nursery.start(run)
+        self._stops[front.process.pid] = stop
+        return front
+
+    async def crash(self, server: Front) -> None:
+        """``kill -9`` it (a supervisor's workers follow: their stdin ends) and wait for it."""
+        os.kill(server.process.pid, signal.SIGKILL)
+        await server.process.wait()
+        self._stops[server.process.pid].set()
+
+    async def stop(self, server: Front) -> None:
+        """SIGTERM (a drain) and wait for it to exit."""
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            await server.process.wait()
+        self._stops[server.process.pid].set()
