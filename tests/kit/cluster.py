@@ -41,10 +41,9 @@ WORKER_STARTED = re.compile(
 )
 # Log lines of a server shown when a test using it fails.
 LOG_TAIL = 80
-# The supervisor's line ("with N workers"), or a single process's (its media port).
-FRONT_LISTENING = re.compile(
-    r"listening on (?P<url>https?://\S+) \(public URL \S+\)(?: with (?P<count>\d+) workers|; media advertised at udp \S+:(?P<media>\d+))"
-)
+FRONT_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
+# A single process's line (workers say it too, on their private ports: not to be taken for the front's).
+SINGLE_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\); media advertised at udp \S+:(?P<media>\d+)")
 # Generous limits: tests create and join in bursts from one address.
 GENEROUS_ENV = {
     f"BOTCALL_{name.upper()}": "rate=1000,burst=1000"
@@ -146,7 +145,8 @@ async def serving_workers(
     data_dir: Path, *, workers: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> AsyncIterator[Front]:
     """Start ``botcall serve --workers N`` on 127.0.0.1 (free ports), yield it once every
-    worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings."""
+    worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings.
+    ``workers=1`` without ``--redis`` is the single process (``workers[0]`` is that process)."""
     env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd(), **(env or {})}
     command = [sys.executable, "-m", "botcall.cli", "serve", "--workers", str(workers), "--port", "0", "--media-port", "0",
                "--media-host", "127.0.0.1", *extra]
@@ -155,11 +155,13 @@ async def serving_workers(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(front.read_log)
-            listening = await front.wait_for(FRONT_LISTENING)
-            front.url = listening["url"]
-            if listening["media"] is not None:  # a single process: it is its own worker 0
+            if workers == 1 and "--redis" not in extra:  # botcall serve runs as one process
+                listening = await front.wait_for(SINGLE_LISTENING)
+                front.url = listening["url"]
                 port = int(front.url.rsplit(":", 1)[1])
-                front.workers[0] = WorkerProcess(0, process.pid, port, int(listening["media"]), 1)
+                front.workers[0] = WorkerProcess(0, process.pid, port, int(listening["media"]), 1)  # its own worker 0
+            else:
+                front.url = (await front.wait_for(FRONT_LISTENING))["url"]
             try:
                 yield front
             finally:
