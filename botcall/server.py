@@ -183,10 +183,11 @@ def build_state(
     registry.add_listener(count_closed)
     room_journal = None
     if persist_rooms:
-        room_journal = RoomJournal.in_dir(
+        room_journal = RoomJournal.open_in_dir(
             config.data_dir, max_rooms=config.max_rooms_total,
             max_closed=config.closed_rooms_remembered, closed_for=config.closed_rooms_remembered_s,
         )
+    if room_journal is not None:
         restore_into(registry, room_journal, clock())
         registry.add_listener(journal_listener(room_journal, clock))
     return AppState(

@@ -303,10 +303,11 @@ async def run_supervisor(
     # supervisor that crashed holds its unexpired rooms again; a drained one none.
     rooms_journal = None
     if config.redis_url is None:
-        rooms_journal = RoomJournal.in_dir(
+        rooms_journal = RoomJournal.open_in_dir(
             config.data_dir, max_rooms=count * config.max_rooms_total,
             max_closed=config.closed_rooms_remembered, closed_for=config.closed_rooms_remembered_s,
         )
+    if rooms_journal is not None:
         loaded = rooms_journal.load(clock())
         for worker_index, room in loaded.rooms:
             restore.setdefault(worker_index % count, []).append(room.record())
@@ -317,7 +318,12 @@ async def run_supervisor(
                 "rooms journal %s: restoring %d room(s) from before the restart (%d expired meanwhile)",
                 rooms_journal.path, len(loaded.rooms), loaded.expired,
             )
-    sock = _bind_http(config.http_host, config.http_port)
+    try:
+        sock = _bind_http(config.http_host, config.http_port)
+    except StartupError:
+        if rooms_journal is not None:
+            rooms_journal.close()
+        raise
     stopping = trio.Event()
     drain = trio.Event()
     redis: Redis | None = None

@@ -29,10 +29,16 @@ beside the replay cache (``auth/replay_journal.py``), in the same style:
 Bounded: at most ``max_rooms`` open rooms and ``max_closed`` closed ones are
 kept (oldest dropped first), so the file holds at most about
 ``2 × (max_rooms + max_closed) + COMPACT_SLACK`` lines. The file is mode 0600.
+
+One server per journal: ``rooms.lock`` beside it is held (``flock``) while the
+journal is open. A second server started on the same data directory (without
+``--redis``) would otherwise restore the first one's rooms and lose its own
+lines at the first's compaction; it runs without a journal instead, and says so.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -165,7 +171,13 @@ class RoomJournal:
         self.max_closed = max_closed
         self.closed_for = closed_for
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._lock = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError:
+            os.close(self._lock)
+            raise
         os.fchmod(self._fd, 0o600)  # a file another tool created keeps no wider mode
         # Live rooms by id (worker, room), and closed ones (reason, at); oldest first.
         self.open: OrderedDict[str, tuple[int, Room]] = OrderedDict()
@@ -176,7 +188,29 @@ class RoomJournal:
 
     @classmethod
     def in_dir(cls, data_dir: Path, *, max_rooms: int, max_closed: int, closed_for: float) -> "RoomJournal":
+        """The journal of ``data_dir``.
+
+        Raises:
+            BlockingIOError: another server holds it (``open_in_dir`` says so and goes on).
+            OSError: the data directory cannot be written.
+        """
         return cls(data_dir / FILENAME, max_rooms=max_rooms, max_closed=max_closed, closed_for=closed_for)
+
+    @classmethod
+    def open_in_dir(cls, data_dir: Path, *, max_rooms: int, max_closed: int, closed_for: float) -> "RoomJournal | None":
+        """``in_dir``, or ``None`` (logged) when another server holds the journal.
+
+        Raises:
+            OSError: the data directory cannot be written.
+        """
+        try:
+            return cls.in_dir(data_dir, max_rooms=max_rooms, max_closed=max_closed, closed_for=closed_for)
+        except BlockingIOError:
+            log.warning(
+                "another botcall serve holds the rooms journal in %s: this one's rooms will not survive a restart "
+                "(give each server its own --data-dir, or use --redis)", data_dir,
+            )
+            return None
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -320,6 +354,7 @@ class RoomJournal:
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            os.close(self._lock)  # releases the flock
             self._fd = -1
 
 

@@ -90,7 +90,9 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(tmp_path, caplog
         + good.splitlines(keepends=True)[1][:-9]  # torn by a crash mid-write
     )
     again = RoomRegistry(Config())
-    loaded = restore_into(again, RoomJournal.in_dir(tmp_path, **LIMITS), T0 + 1)
+    reopened = RoomJournal.in_dir(tmp_path, **LIMITS)
+    loaded = restore_into(again, reopened, T0 + 1)
+    reopened.close()
     assert [room.room_id for _, room in loaded.rooms] == [rooms[0].room_id]
     assert loaded.skipped == 6
     assert "6 unreadable line(s) skipped" in caplog.text
@@ -127,6 +129,7 @@ def test_open_rooms_are_bounded(tmp_path):
     for _ in range(5):
         journal.note_room(registry.create_room(owner="o", created_by="a", now=T0).record(), 0)
     assert len(journal.open) == 3
+    journal.close()
     assert len(RoomJournal.in_dir(tmp_path, max_rooms=3, max_closed=3, closed_for=60).load(T0).rooms) == 3
 
 
@@ -187,3 +190,14 @@ def test_any_json_value_parses_or_raises_the_record_error(value):
         parse_room_line_untrusted(raw)
     except RoomRecordError:
         pass
+
+
+def test_a_second_server_on_the_same_data_dir_runs_without_a_journal(tmp_path, caplog):
+    first = RoomJournal.open_in_dir(tmp_path, **LIMITS)
+    assert first is not None
+    first.note_room(_room().record(), 0)
+    assert RoomJournal.open_in_dir(tmp_path, **LIMITS) is None
+    assert "another botcall serve holds the rooms journal" in caplog.text
+    first.close()
+    again = RoomJournal.open_in_dir(tmp_path, **LIMITS)  # released with the first one
+    assert again is not None and len(again.load(T0).rooms) == 1
