@@ -219,12 +219,15 @@ class RoomJournal:
 
     def load(self, now: float) -> Loaded:
         """Replay the file into the tables, settle them at ``now``, and rewrite the
-        file from them (compaction: unreadable lines go). Never raises for the
-        file's content; a file that cannot be read is logged and treated as empty."""
+        file from them (compaction: unreadable lines go, and a line torn by a crash
+        is not left for the next append to extend). Never raises for the file's
+        content; a file that cannot be read is logged and treated as empty (and
+        not rewritten)."""
         self.open.clear()
         self.closed.clear()
         self._encoded.clear()
         self.lines = self.skipped = 0
+        readable = True
         try:
             with open(self.path, "rb") as file:
                 for raw in _raw_lines(file):
@@ -236,6 +239,7 @@ class RoomJournal:
                         continue
                     self._apply(line, raw)
         except OSError as exc:
+            readable = False
             log.error("cannot read the rooms journal %s (%s): starting without the rooms it held", self.path, exc)
         expired = 0
         for room_id, (_, room) in list(self.open.items()):
@@ -250,7 +254,8 @@ class RoomJournal:
                 "rooms journal %s: %d unreadable line(s) skipped (a torn write or a corrupt file); starting with the rest",
                 self.path, self.skipped,
             )
-        self.compact()
+        if readable:  # an unreadable file is left for its owner to look at, not overwritten
+            self.compact()
         return Loaded(
             rooms=[(worker, room) for worker, room in self.open.values()],
             closed=dict(self.closed),

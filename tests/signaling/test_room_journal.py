@@ -201,3 +201,20 @@ def test_a_second_server_on_the_same_data_dir_runs_without_a_journal(tmp_path, c
     first.close()
     again = RoomJournal.open_in_dir(tmp_path, **LIMITS)  # released with the first one
     assert again is not None and len(again.load(T0).rooms) == 1
+
+
+def test_a_journal_that_cannot_be_read_is_logged_and_left_alone(tmp_path, caplog, monkeypatch):
+    registry, journal = journalled_registry(tmp_path)
+    registry.create_room(owner="gopi", created_by="a", now=T0)
+    journal.close()
+    before = journal.path.read_bytes()
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    again = RoomJournal.in_dir(tmp_path, **LIMITS)
+    monkeypatch.setattr("builtins.open", unreadable)  # root reads any mode: fail the read itself
+    assert again.load(T0).rooms == []
+    monkeypatch.undo()
+    assert "cannot read the rooms journal" in caplog.text
+    assert journal.path.read_bytes() == before  # not overwritten by an empty compaction
