@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import platform
 import queue
-import statistics
 import tempfile
 import threading
 import time

@@ -75,7 +75,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
@@ -86,6 +86,9 @@ from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.leg import DownstreamSlots, OutboundStream
 from botcall.webrtc.srtp import SrtpContext
+
+if TYPE_CHECKING:
+    from bench.harness.server import RelayProcess
 from botcall.wire.rtp import RtpHeaderExtension, RtpPacket, parse_rtp_untrusted
 from tests.kit.browser import BROWSER_SEND_SSRC, Browser
 from tests.kit.relay import Wire, latch, make_session
@@ -348,7 +351,7 @@ def _rtp_payload_offset(data: bytes) -> int:
 class LiveRooms:
     """Rooms of 1 UDP bot + ``humans`` simulated browsers on a :class:`RelayProcess`; grown on demand."""
 
-    def __init__(self, relay: "RelayProcess", humans: int, tracks: int) -> None:
+    def __init__(self, relay: RelayProcess, humans: int, tracks: int) -> None:
         from bench.harness.server import Api
 
         self.relay = relay

@@ -269,6 +269,9 @@ class Config:
     # Seconds a node's heartbeat lives in Redis: a node silent this long is lost
     # (its rooms close with node_lost). It beats every third of this.
     node_ttl_s: float = 10.0
+    # PEM CA bundle a node verifies other nodes' HTTPS with when it forwards to
+    # an https:// public URL; None = the system's trusted CAs.
+    cluster_ca: Path | None = None
     # Seconds a draining node (SIGTERM, `botcall drain`) lets its rooms run
     # before closing them with server_shutdown.
     drain_timeout_s: float = 300.0

@@ -463,6 +463,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds of missed heartbeats before a node is lost {default('node_ttl_s')}")
     parser.add_argument("--drain-timeout", type=float, default=None,
                         help=f"seconds a draining node lets its calls run {default('drain_timeout_s')}")
+    parser.add_argument("--cluster-ca", type=Path, default=None, metavar="FILE",
+                        help="with --redis: the PEM CA bundle other nodes' HTTPS certificates are checked with (default: the system's)")
     parser.add_argument("--node-name", default=None,
                         help="this node's id in the cluster and in logs (default: host name:port)")
     parser.add_argument("--workers", default=None, metavar="N|auto",
@@ -480,7 +482,7 @@ _PLAIN_FLAGS = (
     "dev_issuer", "data_dir", "max_connections", "max_connections_per_ip", "header_timeout",
     "body_timeout", "http2", "shutdown_grace", "log_level", "log_format", "tls_cert", "tls_key", "tls_self_signed",
     "turn_secret",
-    "workers", "redis", "node_ttl", "drain_timeout", "node_name",
+    "workers", "redis", "node_ttl", "drain_timeout", "node_name", "cluster_ca",
 )
 
 

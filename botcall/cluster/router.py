@@ -55,6 +55,7 @@ import trio
 from botcall.auth.attestation import ReplayCache
 from botcall.config import Config
 from botcall.errors import ApiError
+from botcall.signaling import tls
 from botcall.signaling.serving import ConnectionBudget, _refuse
 from botcall.cluster.directory import WORKER_LOST, Directory, Lost, Worker
 from botcall.cluster.metrics_merge import merge_expositions
@@ -98,7 +99,8 @@ class Route:
         answer: ``(status, JSON body, extra headers)`` the front sends itself.
         learn: ``"room"`` or ``"session"``: what a success response teaches the directory.
         replay_key: ``(iss, jti, exp)`` of a join's attestation (checked by this front).
-        remote: ``(host, port)`` of the peer node holding the room (``--redis``).
+        remote: the public URL of the peer node holding the room (``--redis``):
+            spoken to over TLS when it is ``https://``.
         claim: ``(iss, jti)`` claimed in Redis for this join: released if it fails.
     """
 
@@ -106,7 +108,7 @@ class Route:
     answer: tuple[int, dict[str, Any], dict[str, str]] | None = None
     learn: str | None = None
     replay_key: tuple[str, str, float] | None = None
-    remote: tuple[str, int] | None = None
+    remote: str | None = None
     claim: tuple[str, str] | None = None
 
 
@@ -178,6 +180,8 @@ class Front:
         self.replay = replay
         self.clock = clock
         self.in_flight: set[tuple[str, str]] = set()
+        # How peers' https:// URLs are verified (--cluster-ca, else the system's CAs).
+        self.peer_tls = tls.peer_client_context(config.cluster_ca) if cluster is not None else None
         self.connections = 0
         self.accepting = True
         # (worker, generation) -> set when that worker process is gone; spliced
@@ -207,7 +211,7 @@ class Front:
                 except RedisUnavailable:
                     return Route(answer=_cluster_unavailable())
                 if node is not None and node.node_id != self.cluster.node_id:
-                    return Route(remote=_host_port(node.url))
+                    return Route(remote=node.url)
                 if node is None and self.cluster.draining:
                     return Route(answer=(503, error_body("draining", "every node is draining; no new rooms"), {"Retry-After": "5"}))
             worker = directory.place()
@@ -266,7 +270,7 @@ class Front:
                     url = await self.cluster.node_url(entry.node)
                     if url is None:  # its heartbeat expired; the reaper closes its rooms next
                         return Route(answer=lost_answer(room_id, Lost(NODE_LOST, 0.0)))
-                    return Route(remote=_host_port(url))
+                    return Route(remote=url)
             except RedisUnavailable:
                 return Route(answer=_cluster_unavailable())
         return self._any(**kwargs)
@@ -283,8 +287,9 @@ class Front:
         async def scrape(worker: Worker) -> None:
             try:
                 with trio.fail_after(UPSTREAM_TIMEOUT_S):
+                    upstream = await trio.open_tcp_stream("127.0.0.1", worker.http_port)
                     status, _, body = await _exchange(
-                        "127.0.0.1", worker.http_port, b"GET", b"/metrics", [(b"host", b"127.0.0.1"), (b"connection", b"close")], b""
+                        upstream, b"GET", b"/metrics", [(b"host", b"127.0.0.1"), (b"connection", b"close")], b""
                     )
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError, _BodyTooLarge) as exc:
                 log.warning("worker %d's metrics not read (%s)", worker.index, type(exc).__name__)
@@ -450,7 +455,6 @@ class Front:
         self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, body: bytes, route: Route, peer: str, from_peer: bool
     ) -> None:
         worker = route.worker
-        host, port = route.remote if route.remote is not None else ("127.0.0.1", worker.http_port if worker else 0)
         key = route.replay_key[:2] if route.replay_key is not None else None
         if key is not None:
             self.in_flight.add(key)
@@ -460,9 +464,10 @@ class Front:
             headers += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
             try:
                 with trio.fail_after(UPSTREAM_TIMEOUT_S):
-                    status, response_headers, response_body = await _exchange(host, port, request.method, request.target, headers, body)
+                    upstream = await self._connect(route)
+                    status, response_headers, response_body = await _exchange(upstream, request.method, request.target, headers, body)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError, _BodyTooLarge) as exc:
-                log.warning("%s:%d did not answer %s %s (%s)", host, port, request.method.decode(), request.target.decode(), type(exc).__name__)
+                log.warning("%s did not answer %s %s (%s)", _where(route), request.method.decode(), request.target.decode(), _reason(exc))
                 room_route = await self.route(request.method.decode(), request.target.decode().partition("?")[0], body, from_peer=True)
                 answer = room_route.answer if room_route.answer is not None and room_route.answer[0] == 410 else _no_worker()
                 await _respond(conn, stream, *answer)
@@ -484,6 +489,32 @@ class Front:
             out += conn.send(h11.Data(data=response_body))
         out += conn.send(h11.EndOfMessage())
         await stream.send_all(out)
+
+    async def _connect(self, route: Route) -> trio.abc.Stream:
+        """A fresh connection to the route's worker (plain, on loopback) or peer
+        node (TLS, verified with ``peer_tls``, when its URL is ``https://``).
+
+        Raises:
+            OSError: no connection.
+            trio.BrokenResourceError: the TLS handshake failed (a certificate
+                the cluster CA does not vouch for, or not TLS at all).
+        """
+        if route.remote is None:
+            return await trio.open_tcp_stream("127.0.0.1", route.worker.http_port if route.worker else 0)
+        parts = urlsplit(route.remote)
+        https = parts.scheme == "https"
+        host = parts.hostname or "127.0.0.1"
+        stream = await trio.open_tcp_stream(host, parts.port or (443 if https else 80))
+        if not https:
+            return stream
+        assert self.peer_tls is not None  # remote routes exist only with a cluster
+        secure = trio.SSLStream(stream, self.peer_tls, server_hostname=host, https_compatible=True)
+        try:
+            await secure.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return secure
 
     def _upstream_headers(self, headers: list[tuple[bytes, bytes]], peer: str, from_peer: bool, route: Route) -> list[tuple[bytes, bytes]]:
         """The request's end-to-end headers for the next hop: the client appended to
@@ -513,10 +544,11 @@ class Front:
         leftover = conn.trailing_data[0]
         head = [request.method + b" " + request.target + b" HTTP/1.1"]
         head += [k + b": " + v for k, v in self._upstream_headers(list(request.headers), peer, from_peer, route)]
-        host, port = route.remote if route.remote is not None else ("127.0.0.1", route.worker.http_port if route.worker else 0)
         try:
-            upstream = await trio.open_tcp_stream(host, port)
-        except OSError:
+            with trio.fail_after(UPSTREAM_TIMEOUT_S):
+                upstream = await self._connect(route)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.warning("%s did not accept a WebSocket (%s)", _where(route), _reason(exc))
             await _respond(conn, stream, *_no_worker(), close=True)
             return
         worker = route.worker
@@ -619,9 +651,15 @@ def _is_upgrade_headers(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in headers)
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+def _where(route: Route) -> str:
+    """The next hop of ``route``, for a log line."""
+    return route.remote if route.remote is not None else f"worker {route.worker.index if route.worker else '?'}"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a hop failed, for a log line: the TLS error under a broken handshake."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
+    return f"{type(cause).__name__}: {cause}" if cause is not exc else type(exc).__name__
 
 
 def _replayed() -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -661,11 +699,12 @@ async def _respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, p
 
 
 async def _exchange(
-    host: str, port: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    upstream: trio.abc.Stream, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """One request to a worker (or peer node) on a fresh connection; its whole response."""
+    """One request to a worker (or peer node) on ``upstream``, a fresh connection
+    closed after; the whole response."""
     client = h11.Connection(h11.CLIENT)
-    async with await trio.open_tcp_stream(host, port) as upstream:
+    async with upstream:
         out = client.send(h11.Request(method=method, target=target, headers=headers))
         if body:
             out += client.send(h11.Data(data=body))
@@ -677,7 +716,7 @@ async def _exchange(
         while True:
             event = client.next_event()
             if event is h11.NEED_DATA:
-                client.receive_data(await upstream.receive_some(65536))
+                client.receive_data(bytes(await upstream.receive_some(65536)))
             elif isinstance(event, h11.Response):
                 response = event
             elif isinstance(event, h11.Data):

@@ -1,8 +1,9 @@
 """``botcall serve``: one process (``botcall.server``) or, with ``--workers N``
 (N > 1, or ``auto`` on a machine of several cores) or ``--redis``, the
 supervisor with its routing front and N worker processes (``supervisor.py``).
-TLS ends at the front with ``--workers N``; with ``--redis`` it is refused
-(nodes forward to each other over plain HTTP)."""
+TLS (``--tls-cert``/``--tls-self-signed``) ends at the front, with workers
+and with ``--redis``: a node forwards to another node's ``https://`` public URL
+over TLS, checked with ``--cluster-ca`` (or the system's CAs)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     def supervise() -> int:
         # The workers call themselves <node>/w<i> (worker.py): the supervisor is <node>.
         server.configure_logging(config.log_level, config.log_format, node=config.node_name or os.uname().nodename)
-        if (config.tls_cert is not None or config.tls_self_signed) and config.redis_url is not None:
-            raise ConfigError(
-                "--redis does not serve TLS itself yet (nodes forward to each other over plain HTTP): terminate "
-                "TLS in a proxy in front (see --trusted-proxy and --public-url), or serve TLS without --redis"
-            )
         if not config.issuers and not config.dev_issuer_enabled:
             raise ConfigError("no trusted issuer: give --issuer/--jwks or keep the dev issuer")
         trio.run(supervise_until_signalled, config, serve_argv)

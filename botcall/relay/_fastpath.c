@@ -100,7 +100,6 @@ typedef struct {
     struct sockaddr_storage rname[BATCH];
     struct mmsghdr smsg[SEND_BATCH];
     struct iovec siov[SEND_BATCH];
-    int sslot[SEND_BATCH];  /* which received datagram each send carries */
     unsigned long long oversized, bad_family, send_errors[ERRNO_SLOTS];
     /* The forwarding thread (start/stop): everything above that the thread
      * touches (the table, the counters, the queue, the flags) is guarded by
@@ -115,7 +114,7 @@ typedef struct {
     double clock_offset; /* the thread's clock minus the relay's */
     Entry *queue;
     int queued;
-    struct sockaddr_in sname[SEND_BATCH]; /* the thread's copies of destinations */
+    struct sockaddr_in sname[SEND_BATCH]; /* copies of destinations: the table may change before the send */
     unsigned long long recv_errors[ERRNO_SLOTS], backlog_dropped;
 } FastPath;
 
@@ -170,6 +169,53 @@ static Route *route_for(FastPath *self, const unsigned char *data, size_t length
     if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
         return NULL;
     return route;
+}
+
+/* Point the receive headers at the buffers, for a recvmmsg of `want`. */
+static void prepare_receive(FastPath *self, int want) {
+    for (int i = 0; i < want; i++) {
+        struct msghdr *hdr = &self->rmsg[i].msg_hdr;
+        memset(hdr, 0, sizeof(*hdr));
+        hdr->msg_name = &self->rname[i];
+        hdr->msg_namelen = sizeof(self->rname[i]);
+        hdr->msg_iov = &self->riov[i];
+        hdr->msg_iovlen = 1;
+    }
+}
+
+/* MediaRelay.forward's per-speaker rate limit, on the relay's clock, and the
+ * route's counters: 1 if the datagram is forwarded, 0 if rate-limited. */
+static int admit(Route *route, double now, size_t length) {
+    if (now - route->window_start >= 1.0) {
+        route->window_start = now;
+        route->window_packets = 0;
+    }
+    route->window_packets++;
+    if (route->window_packets > route->max_pps) {
+        route->rate_limited++;
+        return 0;
+    }
+    route->packets++;
+    route->bytes += length;
+    return 1;
+}
+
+/* Queue one send of `data` to each of the route's listeners from slot `nsend`;
+ * returns the next free slot. */
+static int queue_sends(FastPath *self, const Route *route, unsigned char *data, size_t length, int nsend) {
+    for (int d = 0; d < route->ndest; d++) {
+        struct msghdr *out = &self->smsg[nsend].msg_hdr;
+        memset(out, 0, sizeof(*out));
+        self->sname[nsend] = route->dest[d];
+        self->siov[nsend].iov_base = data;
+        self->siov[nsend].iov_len = length;
+        out->msg_name = &self->sname[nsend];
+        out->msg_namelen = sizeof(struct sockaddr_in);
+        out->msg_iov = &self->siov[nsend];
+        out->msg_iovlen = 1;
+        nsend++;
+    }
+    return nsend;
 }
 
 static int parse_ipv4(PyObject *addr, struct sockaddr_in *out) {
@@ -462,14 +508,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
     int blocked = !forward; /* a send said EAGAIN: forward nothing more */
     while (received < limit) {
         int want = limit - received < BATCH ? (int)(limit - received) : BATCH;
-        for (int i = 0; i < want; i++) {
-            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
-            memset(hdr, 0, sizeof(*hdr));
-            hdr->msg_name = &self->rname[i];
-            hdr->msg_namelen = sizeof(self->rname[i]);
-            hdr->msg_iov = &self->riov[i];
-            hdr->msg_iovlen = 1;
-        }
+        prepare_receive(self, want);
         int count;
         Py_BEGIN_ALLOW_THREADS
         count = recvmmsg(self->fd, self->rmsg, (unsigned)want, MSG_DONTWAIT, NULL);
@@ -511,18 +550,8 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
                     goto fail;
                 continue;
             }
-            /* MediaRelay.forward's rate limit, on the same clock. */
-            if (now - route->window_start >= 1.0) {
-                route->window_start = now;
-                route->window_packets = 0;
-            }
-            route->window_packets++;
-            if (route->window_packets > route->max_pps) {
-                route->rate_limited++;
+            if (!admit(route, now, length))
                 continue;
-            }
-            route->packets++;
-            route->bytes += length;
             if (route->mirror) {
                 PyObject *id = PyLong_FromSsize_t(route->route_id);
                 if (id == NULL)
@@ -532,18 +561,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
                 if (rc < 0)
                     goto fail;
             }
-            for (int d = 0; d < route->ndest; d++) {
-                struct msghdr *out = &self->smsg[nsend].msg_hdr;
-                memset(out, 0, sizeof(*out));
-                self->siov[nsend].iov_base = data;
-                self->siov[nsend].iov_len = length;
-                out->msg_name = &route->dest[d];
-                out->msg_namelen = sizeof(struct sockaddr_in);
-                out->msg_iov = &self->siov[nsend];
-                out->msg_iovlen = 1;
-                self->sslot[nsend] = i;
-                nsend++;
-            }
+            nsend = queue_sends(self, route, data, length, nsend);
         }
         int start = 0;
         while (start < nsend) {
@@ -628,14 +646,7 @@ static void *forward_thread(void *arg) {
         }
         if (fds[1].revents)
             break;
-        for (int i = 0; i < BATCH; i++) {
-            struct msghdr *hdr = &self->rmsg[i].msg_hdr;
-            memset(hdr, 0, sizeof(*hdr));
-            hdr->msg_name = &self->rname[i];
-            hdr->msg_namelen = sizeof(self->rname[i]);
-            hdr->msg_iov = &self->riov[i];
-            hdr->msg_iovlen = 1;
-        }
+        prepare_receive(self, BATCH);
         int count = recvmmsg(self->fd, self->rmsg, BATCH, MSG_DONTWAIT, NULL);
         if (count <= 0) {
             if (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -666,33 +677,13 @@ static void *forward_thread(void *arg) {
                 handed++;
                 continue;
             }
-            if (now - route->window_start >= 1.0) {
-                route->window_start = now;
-                route->window_packets = 0;
-            }
-            route->window_packets++;
-            if (route->window_packets > route->max_pps) {
-                route->rate_limited++;
+            if (!admit(route, now, length))
                 continue;
-            }
-            route->packets++;
-            route->bytes += length;
             if (route->mirror) {
                 push_entry(self, MIRRORED, route->route_id, data, length, &self->rname[i], hdr->msg_namelen);
                 handed++;
             }
-            for (int d = 0; d < route->ndest; d++) {
-                struct msghdr *out = &self->smsg[nsend].msg_hdr;
-                memset(out, 0, sizeof(*out));
-                self->sname[nsend] = route->dest[d]; /* the table may change once unlocked */
-                self->siov[nsend].iov_base = data;
-                self->siov[nsend].iov_len = length;
-                out->msg_name = &self->sname[nsend];
-                out->msg_namelen = sizeof(struct sockaddr_in);
-                out->msg_iov = &self->siov[nsend];
-                out->msg_iovlen = 1;
-                nsend++;
-            }
+            nsend = queue_sends(self, route, data, length, nsend); /* copies: the table may change once unlocked */
         }
         if (slow)
             self->paused = 1; /* Python handles those first; it resumes the thread */

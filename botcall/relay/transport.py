@@ -307,27 +307,43 @@ class UdpTransport:
             else:
                 await self._read_loop(relay.handle_datagram)
 
+    async def _drain_loop(self, drain: Callable[[float], tuple[int, bool]]) -> None:
+        """Wait for the socket, ``drain(now) -> (received, emptied)`` it, and
+        when busy pause ``COALESCE_DELAY`` so packets gather (every read loop)."""
+        sock = self.sock
+        wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
+        sleep = trio.sleep
+        coalescing = _Coalescing()
+        paused = False
+        while True:
+            # After a pause the socket almost always holds packets: read them
+            # straight away instead of paying a scheduler pass to be told so.
+            if not paused:
+                await wait_readable(sock)
+            paused = False
+            # One clock read per batch: packets drained together arrived within
+            # microseconds of each other.
+            now = current_time()
+            received, emptied = drain(now)
+            if coalescing.pause_after(received, emptied, now):
+                # Busy, and the socket is empty: let the next packets gather
+                # instead of paying a wakeup for each one.
+                self.coalesced += 1
+                await sleep(COALESCE_DELAY)
+                paused = True
+
     async def _read_loop_batched(self, handle: Callable[[bytes, Address, float], None], batch: BatchedUdp) -> None:
         """The read loop with ``recvmmsg`` and collected sends (see the module docstring)."""
-        sock = self.sock
         receive = batch.receive
         iter_headers, iter_names = batch.iter_headers, batch.iter_names
         headers_view, names_view, slot_views = batch.headers_view, batch.names_view, batch.slot_views
         header_size, name_size = MMSGHDR_SIZE, NAME_SIZE
         addresses = batch.addresses
         flush = self._flush_pending
-        wait_readable = trio.lowlevel.wait_readable
-        current_time = trio.current_time
         counters = self.counters
-        sleep = trio.sleep
-        coalescing = _Coalescing()
-        paused = False
-        while True:
-            if not paused:
-                await wait_readable(sock)
-            paused = False
-            now = current_time()
-            emptied = False
+
+        def drain(now: float) -> tuple[int, bool]:
             received = 0
             # Read until the kernel says the socket is empty, even after a
             # short batch: stopping at a short batch (one call fewer) made
@@ -337,8 +353,7 @@ class UdpTransport:
                 try:
                     count = receive()
                 except BlockingIOError:
-                    emptied = True
-                    break
+                    return received, True
                 except OSError as exc:
                     counters[f"recv_error_{_errno_name(exc)}"] += 1
                     received += 1
@@ -365,32 +380,22 @@ class UdpTransport:
                 finally:
                     self._collecting = False
                     flush()
-            if coalescing.pause_after(received, emptied, now):
-                self.coalesced += 1
-                await sleep(COALESCE_DELAY)
-                paused = True
+            return received, False
+
+        await self._drain_loop(drain)
 
     async def _read_loop_fast(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
         """The read loop through the compiled helper (see the module docstring)."""
-        sock = self.sock
-        drain, handle_returned = fast.drain, fast.handle_returned
-        wait_readable = trio.lowlevel.wait_readable
-        current_time = trio.current_time
+        fast_drain, handle_returned = fast.drain, fast.handle_returned
         counters = self.counters
         backlog = self._backlog
         enqueue = self._enqueue
-        sleep = trio.sleep
-        coalescing = _Coalescing()
-        paused = False
-        while True:
-            if not paused:
-                await wait_readable(sock)
-            paused = False
-            now = current_time()
-            emptied = False
+
+        def drain(now: float) -> tuple[int, bool]:
             received = 0
+            emptied = False
             while received < DRAIN_BATCH:
-                count, emptied, to_python, unsent, error = drain(now, not backlog, DRAIN_BATCH - received)
+                count, emptied, to_python, unsent, error = fast_drain(now, not backlog, DRAIN_BATCH - received)
                 received += count
                 if to_python:
                     handle_returned(handle, to_python, now)
@@ -401,10 +406,9 @@ class UdpTransport:
                     received += 1
                 elif emptied:
                     break
-            if coalescing.pause_after(received, emptied, now):
-                self.coalesced += 1
-                await sleep(COALESCE_DELAY)
-                paused = True
+            return received, emptied
+
+        await self._drain_loop(drain)
 
     async def _read_loop_thread(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
         """The read loop when the helper's thread reads the socket (see the module docstring)."""
@@ -433,30 +437,15 @@ class UdpTransport:
             os.close(notify_fd)
 
     async def _read_loop(self, handle: Callable[[bytes, Address, float], None]) -> None:
-        sock = self.sock
-        recvfrom = sock.recvfrom
-        wait_readable = trio.lowlevel.wait_readable
-        current_time = trio.current_time
+        recvfrom = self.sock.recvfrom
         counters = self.counters
-        sleep = trio.sleep
-        coalescing = _Coalescing()
-        paused = False
-        while True:
-            # After a pause the socket almost always holds packets: read them
-            # straight away instead of paying a scheduler pass to be told so.
-            if not paused:
-                await wait_readable(sock)
-            paused = False
-            # One clock read per batch: packets drained together arrived within
-            # microseconds of each other.
-            now = current_time()
-            emptied = False
+
+        def drain(now: float) -> tuple[int, bool]:
             for received in range(DRAIN_BATCH):
                 try:
                     data, addr = recvfrom(RECV_SIZE)
                 except BlockingIOError:
-                    emptied = True
-                    break
+                    return received, True
                 except OSError as exc:
                     counters[f"recv_error_{_errno_name(exc)}"] += 1
                     continue
@@ -464,14 +453,9 @@ class UdpTransport:
                     counters["oversized"] += 1
                     continue
                 handle(data, addr, now)
-            else:
-                received = DRAIN_BATCH
-            if coalescing.pause_after(received, emptied, now):
-                # Busy, and the socket is empty: let the next packets gather
-                # instead of paying a wakeup for each one.
-                self.coalesced += 1
-                await sleep(COALESCE_DELAY)
-                paused = True
+            return DRAIN_BATCH, False
+
+        await self._drain_loop(drain)
 
     async def _flush_loop(self) -> None:
         while True:

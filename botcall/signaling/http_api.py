@@ -46,7 +46,6 @@ from botcall.metrics import Metrics
 from botcall.relay.service import MediaService
 from botcall.signaling import api_schema, strict_json
 from botcall.signaling.messages import MAX_REPORTED_FIELDS, timestamp_fields, unknown_fields
-from botcall.signaling.messages import rfc3339 as rfc3339  # re-exported: its home was here
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
 from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes, session_ice_servers

@@ -160,6 +160,27 @@ def loopback_client_context(config_cert: Path | None, data_dir: Path) -> ssl.SSL
     return context
 
 
+def peer_client_context(cafile: Path | None) -> ssl.SSLContext:
+    """How a node checks another node's HTTPS (``--cluster-ca``): the certificate
+    must chain to ``cafile`` (PEM), or to the system's CAs without one, and name
+    the host of the peer's public URL. TLS 1.2+.
+
+    Raises:
+        ConfigError: ``cafile`` cannot be read or holds no PEM certificate.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(cafile.expanduser()) if cafile is not None else None)
+    except FileNotFoundError:
+        raise ConfigError(f"cluster_ca: cannot read {cafile}: no such file") from None
+    except ssl.SSLError as exc:  # an OSError too: before the next clause
+        raise ConfigError(f"cluster_ca: {cafile} holds no PEM CA certificate ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"cluster_ca: cannot read {cafile}: {exc.strerror or exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 

@@ -369,7 +369,7 @@ def test_streaming_in_chunks_equals_one_shot_without_clicks(from_rate, to_rate):
     no step at the chunk borders (a fresh one-shot filter per chunk would click)."""
     pcm = tone(440, 1.0, sample_rate=from_rate)
     stream = StreamResampler(from_rate, to_rate)
-    pieces, borders, start = [], [], 0
+    pieces, start = [], 0
     sizes = [37, 160, 1, 999, 320, 2048]  # samples: never a frame multiple
     k = 0
     while start < len(pcm) // 2:

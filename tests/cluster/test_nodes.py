@@ -31,14 +31,14 @@ async def say_through(call, pcm) -> None:
 NODE_TTL = "2"
 
 
-async def start_nodes(stack: AsyncExitStack, tmp_path, redis, names):
+async def start_nodes(stack: AsyncExitStack, tmp_path, redis, names, extra=lambda name: ()):
+    """Start ``names`` as nodes on ``redis``; ``extra(name)``: more flags for that node."""
     data = tmp_path / "data"  # one dev issuer trusted by every node
     data.mkdir(exist_ok=True)
     nodes = {}
     for name in names:
-        nodes[name] = await stack.enter_async_context(
-            serving_workers(data, workers=1, extra=("--redis", redis.url, "--node-ttl", NODE_TTL, "--node-name", name))
-        )
+        flags = ("--redis", redis.url, "--node-ttl", NODE_TTL, "--node-name", name, *extra(name))
+        nodes[name] = await stack.enter_async_context(serving_workers(data, workers=1, extra=flags))
     # Every node sees every other one in the registry before the test starts.
     client = Redis(redis.url)
     stack.push_async_callback(client.aclose)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import pytest
+import trio
 
 from botcall.cluster.buckets import RedisBuckets
 from botcall.cluster.resp import Redis
@@ -50,11 +51,14 @@ async def test_an_agents_budget_is_one_for_the_whole_cluster(tmp_path):
 async def test_the_bucket_refills_and_fails_closed_without_redis(tmp_path):
     async with running_redis(tmp_path) as redis:
         buckets = RedisBuckets(Redis(redis.url, timeout=0.5))
-        limit = RateLimit(rate=1000.0, burst=2)
+        # One token a second: a busy machine's delays between the calls (ms) cannot refill it.
+        limit = RateLimit(rate=1.0, burst=2)
         assert [await buckets.take("t", "agent", limit) for _ in range(2)] == [0.0, 0.0]
         wait = await buckets.take("t", "agent", limit)
-        assert 0 < wait <= 0.001
+        assert 0.5 < wait <= 1.0
         assert await buckets.take("t", "someone else", limit) == 0.0
+        await trio.sleep(wait)  # Redis's clock refills one token in `wait`
+        assert await buckets.take("t", "agent", limit) == 0.0
         await redis.stop()
         with pytest.raises(ServiceUnavailable) as refused:
             await buckets.take("t", "agent", limit)

@@ -40,10 +40,9 @@ async def hear(call, seconds, *, from_participant=None):
 
 
 async def talk_and_listen(speaker, listener, freq, *, rate=48000):
-    async with trio.open_nursery() as nursery:
-        await speaker.say(tone(freq, 2.0))
-        with trio.fail_after(15):
-            heard = await hear(listener, 1.0, from_participant=speaker.participant_id)
+    await speaker.say(tone(freq, 2.0))
+    with trio.fail_after(15):
+        heard = await hear(listener, 1.0, from_participant=speaker.participant_id)
     return dominant_frequency(heard[len(heard) // 4 :], rate)
 
 

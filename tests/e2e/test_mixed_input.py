@@ -8,7 +8,6 @@ listener.
 
 import base64
 import json
-from functools import partial
 
 import pytest
 import trio

@@ -4,7 +4,7 @@ Also: generated compounds round-trip, and mutated valid compounds fail only
 with RtcpParseError.
 """
 
-from hypothesis import example, given, strategies as st
+from hypothesis import given, strategies as st
 
 from botcall.errors import RtcpParseError
 from botcall.wire.rtcp import (

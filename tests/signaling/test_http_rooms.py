@@ -12,7 +12,7 @@ import pytest
 
 from botcall.config import RateLimit
 from botcall.errors import Conflict
-from botcall.signaling.http_api import rfc3339
+from botcall.signaling.messages import rfc3339
 from botcall.signaling.rooms import SessionRemoved
 from tests.kit.server import T0, LiveServer, running_server
 

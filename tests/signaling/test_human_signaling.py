@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 

@@ -220,7 +220,7 @@ def test_expire_rooms_sessions_and_empty_rooms():
 
 def test_a_room_nobody_joins_closes_after_the_empty_timeout():
     reg, _ = registry(room_empty_timeout_s=120)
-    room = reg.create_room(owner="gopi", created_by="a", now=T)
+    reg.create_room(owner="gopi", created_by="a", now=T)
     assert reg.expire(T + 119) == []
     assert [e.reason for e in reg.expire(T + 120)] == [Reason.EMPTY]
     assert reg.live_rooms == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ssl
 
@@ -94,6 +95,34 @@ def test_a_bad_certificate_is_one_config_error(tmp_path):
     other = TestTls.make(tmp_path / "other")
     with pytest.raises(ConfigError, match="not a PEM certificate and its matching private key"):
         tls.server_ssl_context(certs.cert, other.key, alpn_protocols=["http/1.1"])
+
+
+async def test_the_cluster_ca_verifies_peers_and_a_bad_one_is_one_config_error(tmp_path):
+    certs = TestTls.make(tmp_path)
+    with pytest.raises(ConfigError, match="cluster_ca: cannot read .*no such file"):
+        tls.peer_client_context(tmp_path / "absent.pem")
+    with pytest.raises(ConfigError, match="cluster_ca: .* holds no PEM CA certificate"):
+        tls.peer_client_context(certs.key)  # a key, not a certificate
+    server = tls.server_ssl_context(certs.cert, certs.key, alpn_protocols=["http/1.1"])
+    listeners = await trio.open_ssl_over_tcp_listeners(0, server, host="127.0.0.1")
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+
+    async def serve(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):  # the refusing client hangs up
+            await stream.do_handshake()
+
+    async def handshake(context: ssl.SSLContext) -> None:
+        stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context, https_compatible=True)
+        async with stream:
+            await stream.do_handshake()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, serve, listeners)
+        await handshake(tls.peer_client_context(certs.ca_pem))  # the certificate names 127.0.0.1
+        with pytest.raises(trio.BrokenResourceError) as refused:  # the system's CAs do not know the test CA
+            await handshake(tls.peer_client_context(None))
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value.__cause__)
+        nursery.cancel_scope.cancel()
 
 
 async def test_self_signed_says_how_to_trust_it_and_where_invites_start(tmp_path, caplog):

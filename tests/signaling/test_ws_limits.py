@@ -4,10 +4,9 @@ the message size cap, pcm16 in linear time, and graceful shutdown."""
 from __future__ import annotations
 
 import json
-from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import open_websocket_url
 
 from botcall.config import RateLimit
 from botcall.server import run_server

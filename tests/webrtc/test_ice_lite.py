@@ -3,12 +3,11 @@ verification by our own checks, at-most-once transaction ids, rates, consent."""
 
 import hashlib
 import hmac
-import random
 import struct
 import zlib
 
 import pytest
-from aioice.stun import Class, Message, Method
+from aioice.stun import Class
 from hypothesis import given, strategies as st
 
 from botcall.errors import StunParseError

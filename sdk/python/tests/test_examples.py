@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import wave
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -129,8 +130,18 @@ async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 40
     return np.array(levels)
 
 
-def run_scenario(server: ServerThread, scenario: object) -> None:
-    asyncio.run(scenario())  # type: ignore[operator]
+def call_example(server: ServerThread, room: str, example: Example, caller_agent: str, body: Callable[[botcall_sdk.Call, str], Awaitable[None]]) -> None:
+    """Run ``example`` while a caller in ``room`` does ``body(caller, example's participant id)``; the example must exit 0."""
+
+    async def scenario() -> None:
+        async with botcall_sdk.connect(server.url, room, server.token(agent=caller_agent)) as caller:
+            with anyio.fail_after(WAIT):
+                async with anyio.create_task_group() as group:
+                    await group.start(example.run)
+                    await body(caller, await joined(caller))
+
+    asyncio.run(scenario())
+    assert example.returncode == 0, example.stderr
 
 
 def new_room(server: ServerThread) -> str:
@@ -142,20 +153,14 @@ def test_echo_bot_says_back_what_it_hears(server: ServerThread) -> None:
     example = Example("echo_bot.py", example_env(server, room, "echo#1"), "--replies", "1")
     results: dict[str, float] = {}
 
-    async def scenario() -> None:
-        async with botcall_sdk.connect(server.url, room, server.token(agent="caller#1")) as caller:
-            with anyio.fail_after(WAIT):
-                async with anyio.create_task_group() as group:
-                    await group.start(example.run)
-                    echo_id = await joined(caller)
-                    await example.printed("echo bot joined")
-                    await caller.say(HELLO)
-                    heard = await hear_utterance(caller, echo_id)
-                    results["match"] = envelope_match(hello_envelope(), heard)
-                    results["loud_ms"] = float(np.sum(heard > -40) * 20)
+    async def body(caller: botcall_sdk.Call, echo_id: str) -> None:
+        await example.printed("echo bot joined")
+        await caller.say(HELLO)
+        heard = await hear_utterance(caller, echo_id)
+        results["match"] = envelope_match(hello_envelope(), heard)
+        results["loud_ms"] = float(np.sum(heard > -40) * 20)
 
-    run_scenario(server, scenario)
-    assert example.returncode == 0, example.stderr
+    call_example(server, room, example, "caller#1", body)
     assert "saying it back" in example.stdout and "echo bot leaves" in example.stdout, example.stdout
     reference_loud_ms = float(np.sum(hello_envelope() > -40) * 20)
     assert results["match"] > 0.8, results
@@ -167,18 +172,12 @@ def test_echo_bot_runs_under_trio_too(server: ServerThread) -> None:
     example = Example("echo_bot.py", example_env(server, room, "echo#2"), "--replies", "1", "--backend", "trio")
     results: dict[str, float] = {}
 
-    async def scenario() -> None:
-        async with botcall_sdk.connect(server.url, room, server.token(agent="caller#2")) as caller:
-            with anyio.fail_after(WAIT):
-                async with anyio.create_task_group() as group:
-                    await group.start(example.run)
-                    echo_id = await joined(caller)
-                    await example.printed("echo bot joined")
-                    await caller.say(HELLO)
-                    results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, echo_id))
+    async def body(caller: botcall_sdk.Call, echo_id: str) -> None:
+        await example.printed("echo bot joined")
+        await caller.say(HELLO)
+        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, echo_id))
 
-    run_scenario(server, scenario)
-    assert example.returncode == 0, example.stderr
+    call_example(server, room, example, "caller#2", body)
     assert results["match"] > 0.8, results
 
 
@@ -188,18 +187,12 @@ def test_espeak_bot_speaks_its_text_and_reports_speech(server: ServerThread) -> 
     example = Example("espeak_bot.py", example_env(server, room, "espeak#1"), "--text", "Hello from BotCall", "--utterances", "1")
     results: dict[str, object] = {}
 
-    async def scenario() -> None:
-        async with botcall_sdk.connect(server.url, room, server.token(agent="caller#3")) as caller:
-            with anyio.fail_after(WAIT):
-                async with anyio.create_task_group() as group:
-                    await group.start(example.run)
-                    bot_id = await joined(caller)
-                    results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
-                    await caller.say(HELLO)
-                    results["caller"] = caller.participant_id
+    async def body(caller: botcall_sdk.Call, bot_id: str) -> None:
+        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
+        await caller.say(HELLO)
+        results["caller"] = caller.participant_id
 
-    run_scenario(server, scenario)
-    assert example.returncode == 0, example.stderr
+    call_example(server, room, example, "caller#3", body)
     assert float(results["match"]) > 0.8, results  # type: ignore[arg-type]
     out = example.stdout
     assert "speaking 'Hello from BotCall' (22050 Hz, streamed)" in out, out
@@ -214,17 +207,11 @@ def test_an_asyncio_bot_uses_httpx_while_it_talks(server: ServerThread) -> None:
     example = Example("asyncio_with_httpx.py", example_env(server, room, "httpx#1"))
     results: dict[str, float] = {}
 
-    async def scenario() -> None:
-        async with botcall_sdk.connect(server.url, room, server.token(agent="caller#4")) as caller:
-            with anyio.fail_after(WAIT):
-                async with anyio.create_task_group() as group:
-                    await group.start(example.run)
-                    bot_id = await joined(caller)
-                    results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
-                    await example.printed("speech finished")
+    async def body(caller: botcall_sdk.Call, bot_id: str) -> None:
+        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
+        await example.printed("speech finished")
 
-    run_scenario(server, scenario)
-    assert example.returncode == 0, example.stderr
+    call_example(server, room, example, "caller#4", body)
     assert results["match"] > 0.8, results
     lines = example.stdout.splitlines()
     polls = [line for line in lines if line.startswith("healthz while speaking: ok, 2 sessions")]
@@ -240,16 +227,10 @@ def test_pipecat_echo_pipeline(server: ServerThread) -> None:
     example = Example("pipecat_echo.py", example_env(server, room, "pipecat#1"), "--seconds", "8")
     results: dict[str, float] = {}
 
-    async def scenario() -> None:
-        async with botcall_sdk.connect(server.url, room, server.token(agent="caller#5")) as caller:
-            with anyio.fail_after(WAIT):
-                async with anyio.create_task_group() as group:
-                    await group.start(example.run)
-                    bot_id = await joined(caller)
-                    await caller.say(HELLO)
-                    results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
+    async def body(caller: botcall_sdk.Call, bot_id: str) -> None:
+        await caller.say(HELLO)
+        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
 
-    run_scenario(server, scenario)
-    assert example.returncode == 0, example.stderr
+    call_example(server, room, example, "caller#5", body)
     assert results["match"] > 0.8, results
     assert "someone started speaking" in example.stdout and "pipeline ended, left the room" in example.stdout, example.stdout
