@@ -219,4 +219,5 @@ class SignalingError(BotCallError):
 
 
 class RoomRecordError(BotCallError):
-    """A room's stored record (Redis, ``rooms.room_from_record_untrusted``) is not a room."""
+    """A room's stored record (Redis, ``rooms.room_from_record_untrusted``) or a line of
+    the rooms journal (``room_journal.parse_room_line_untrusted``) is not a room."""

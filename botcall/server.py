@@ -7,7 +7,7 @@ beside each other:
 * the media relay: the UDP transport and its ``MediaRelay`` (``AppState.media``);
 * the HTTP/WebSocket server (``signaling/serving.py``): our accept loop with
   connection budgets around Hypercorn, serving the quart-trio app;
-* housekeeping: expiring rooms and sessions, compacting the replay journal,
+* housekeeping: expiring rooms and sessions, compacting the replay and rooms journals,
   re-reading JWKS files, refreshing JWKS URLs.
 
 A part that raises is logged once with its cause and restarted after a short
@@ -18,7 +18,11 @@ configuration problem, reported as one line by the command line.
 Graceful shutdown (SIGTERM/SIGINT, or ``shutdown.set()`` for an embedder):
 stop accepting, close every room with reason ``server_shutdown`` (every
 WebSocket hears ``room_closed`` and closes with 1001), wait up to
-``Config.shutdown_grace_s`` for the sockets to close, then return.
+``Config.shutdown_grace_s`` for the sockets to close, then return. The rooms
+journal (``<data_dir>/rooms.jsonl``, ``signaling/room_journal.py``) records
+those closes, so a restart after a drain holds no room; after a crash or
+``kill -9`` it holds every unexpired room again (same id, owner, expiry and
+invite link; participants join again).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from botcall.signaling import tls
 from botcall.signaling.http_api import AppState, create_app, fetch_issuer_keys
 from botcall.signaling.media_link import media_listener
 from botcall.signaling.messages import cleared_event, playout_full_event, room_media_event
+from botcall.signaling.room_journal import RoomJournal, journal_listener, restore_into
 from botcall.signaling.rooms import Reason, RegistryEvent, RoomClosed, RoomRegistry, SessionRemoved
 from botcall.signaling.serving import (
     ConnectionBudget,
@@ -95,7 +100,12 @@ class ServerInfo:
 
 
 def build_state(
-    config: Config, *, base_url: str, clock: Callable[[], float] = time.time, persist_replay: bool = True
+    config: Config,
+    *,
+    base_url: str,
+    clock: Callable[[], float] = time.time,
+    persist_replay: bool = True,
+    persist_rooms: bool = True,
 ) -> AppState:
     """Create the registry, key ring, verifier, limiters and metrics for ``config``.
 
@@ -108,6 +118,9 @@ def build_state(
         clock: returns Unix time.
         persist_replay: keep the replay cache in ``<data_dir>/replay-cache.jsonl``
             so used tokens stay used across restarts.
+        persist_rooms: keep the rooms in ``<data_dir>/rooms.jsonl`` and hold the
+            ones found there again (``room_journal.py``): rooms survive a crash
+            or ``kill -9`` (a drain closes them, so they do not come back).
 
     Returns:
         The state the routes read.
@@ -168,6 +181,15 @@ def build_state(
             metrics.rooms_closed.labels(reason=event.reason).inc()
 
     registry.add_listener(count_closed)
+    room_journal = None
+    if persist_rooms:
+        room_journal = RoomJournal.open_in_dir(
+            config.data_dir, max_rooms=config.max_rooms_total,
+            max_closed=config.closed_rooms_remembered, closed_for=config.closed_rooms_remembered_s,
+        )
+    if room_journal is not None:
+        restore_into(registry, room_journal, clock())
+        registry.add_listener(journal_listener(room_journal, clock))
     return AppState(
         config=config,
         registry=registry,
@@ -181,6 +203,7 @@ def build_state(
         clock=clock,
         dev_issuer=dev_issuer,
         trusted_proxies=config.trusted_proxy_networks,
+        room_journal=room_journal,
     )
 
 
@@ -204,6 +227,10 @@ def housekeep(state: AppState) -> tuple[list[RegistryEvent], list[str]]:
     journal = cache.journal
     if isinstance(journal, ReplayJournal) and journal.needs_compaction(len(cache)):
         journal.compact(cache.entries())
+    if state.room_journal is not None:
+        state.room_journal.prune(now)
+        if state.room_journal.needs_compaction():
+            state.room_journal.compact()
     state.limiters.prune(now)
     return events, state.keyring.reload_files()
 
@@ -521,6 +548,7 @@ async def run_server(
     housekeeping_interval: float = 1.0,
     shutdown: trio.Event | None = None,
     persist_replay: bool = True,
+    persist_rooms: bool = True,
     shared_limits: SharedBuckets | None = None,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -532,6 +560,7 @@ async def run_server(
         housekeeping_interval: seconds between housekeeping passes.
         shutdown: set it to shut down gracefully (see the module docstring).
         persist_replay: keep the replay cache in the data directory.
+        persist_rooms: keep the rooms in the data directory (``build_state``).
         shared_limits: the cluster's per-agent buckets (a worker of a ``--redis`` node).
         task_status: receives a ``ServerInfo`` once the socket accepts connections.
 
@@ -542,11 +571,12 @@ async def run_server(
     open_files = raise_open_file_limit()
     sock = _bind_http(config.http_host, config.http_port)
     journal: ReplayJournal | None = None
+    state: AppState | None = None
     try:
         bound_host, bound_port = sock.getsockname()[:2]
         base_url = config.base_url(bound_port)
         try:
-            state = build_state(config, base_url=base_url, clock=clock, persist_replay=persist_replay)
+            state = build_state(config, base_url=base_url, clock=clock, persist_replay=persist_replay, persist_rooms=persist_rooms)
             state.shared_limits = shared_limits
         except (OSError, JwksError) as exc:
             where = getattr(exc, "filename", None) or config.data_dir
@@ -636,6 +666,8 @@ async def run_server(
         sock.close()
         if journal is not None:
             journal.close()
+        if state is not None and state.room_journal is not None:
+            state.room_journal.close()
 
 
 async def drain(state: AppState, parts: Parts, grace: float) -> None:

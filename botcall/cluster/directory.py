@@ -201,6 +201,11 @@ class Directory:
                 break
             del self.lost[room_id]
 
+    def remember_lost(self, room_id: str, lost: Lost) -> None:
+        """``room_id`` is gone for ``lost.reason`` (a worker died, or it closed before
+        the supervisor restarted): requests for it are answered ``410``."""
+        self._remember_lost(room_id, lost)
+
     def _remember_lost(self, room_id: str, lost: Lost) -> None:
         self.lost[room_id] = lost
         self.lost.move_to_end(room_id)

@@ -193,6 +193,14 @@ class NodeDirectory:
         while len(self.unwritten_closes) > self.max_rooms:
             self.unwritten_closes.popitem(last=False)
 
+    def holds(self, room_id: str) -> bool:
+        """Whether ``room_id`` is one of this node's live rooms (reported open, not closed)."""
+        return room_id in self.records
+
+    def restore_refused(self, room_id: str, now: float) -> None:
+        """A worker could not hold ``room_id`` again: it is lost (``node_lost``)."""
+        self.note_closed(room_id, NODE_LOST, now)
+
     @property
     def unwritten(self) -> bool:
         return bool(self.unwritten_rooms or self.unwritten_closes)

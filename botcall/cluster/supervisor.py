@@ -11,9 +11,10 @@ loopback HTTP port with its own media UDP port. The supervisor:
   (the front answers ``410 room_closed`` for them), the other workers and their
   calls are not touched (separate processes, separate media sockets);
 * keeps the replay cache every worker shares (``<data_dir>/replay-cache.jsonl``);
-* with ``--redis``: writes the rooms its workers open and close to Redis, and
-  at start hands each worker the rooms Redis says this node held before a
-  restart (``NodeDirectory.resume``; the worker's stdin carries them);
+* keeps the rooms its workers open and close — in Redis with ``--redis``,
+  else in the rooms journal (``<data_dir>/rooms.jsonl``) — and at start hands
+  each worker the rooms this node held before a crash (``NodeDirectory.resume``,
+  ``RoomJournal.load``; the worker's stdin carries them), before the front accepts;
 * on SIGTERM/SIGINT stops accepting and SIGTERMs the workers, which drain as
   ``botcall serve`` does (``server_shutdown``), and waits for them.
 """
@@ -32,21 +33,22 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from botcall.auth.attestation import ReplayCache
 from botcall.auth.keys import ensure_dev_issuer
 from botcall.auth.replay_journal import ReplayJournal
-from botcall.cluster.directory import WORKER_LOST, Directory
+from botcall.cluster.directory import WORKER_LOST, Directory, Lost
 from botcall.cluster.lines import LineTooLong, json_lines
-from botcall.cluster.nodes import NODE_LOST, NodeDirectory
+from botcall.cluster.nodes import NodeDirectory
 from botcall.cluster.resp import Redis, RedisUnavailable
 from botcall.cluster.router import Front
 from botcall.config import Config
 from botcall.errors import StartupError
 from botcall.server import RESTART_DELAY_MAX, RESTART_DELAY_MIN, _bind_http, server_tls, until_signalled
+from botcall.signaling.room_journal import RoomJournal
 from botcall.signaling.serving import ConnectionBudget, connection_ceiling, raise_open_file_limit
 
 log = logging.getLogger("botcall.cluster")
@@ -94,12 +96,23 @@ async def write_rooms(cluster: NodeDirectory, wake: Wakeup) -> None:
             pass  # noted, not lost: the next heartbeat that reaches Redis writes it
 
 
-def note_closed_live(cluster: NodeDirectory | None, rooms: Sequence[str], reason: str, now: float) -> None:
+class RoomNotes(Protocol):
+    """Where the supervisor keeps the rooms its workers open and close, so a
+    restart can hold them again: Redis (``NodeDirectory``, ``--redis``) or the
+    rooms journal in the data directory (``RoomJournal``)."""
+
+    def note_room(self, record: dict[str, str], worker: int) -> None: ...
+    def note_closed(self, room_id: str, reason: str, now: float) -> None: ...
+    def holds(self, room_id: str) -> bool: ...
+    def restore_refused(self, room_id: str, now: float) -> None: ...
+
+
+def note_closed_live(notes: RoomNotes | None, rooms: Sequence[str], reason: str, now: float) -> None:
     """Rooms of a worker that is gone: those still live (not reported closed) close with ``reason``."""
-    if cluster is not None:
+    if notes is not None:
         for room_id in rooms:
-            if room_id in cluster.records:
-                cluster.note_closed(room_id, reason, now)
+            if notes.holds(room_id):
+                notes.note_closed(room_id, reason, now)
 
 
 async def _worker_lines(process: trio.Process, index: int) -> AsyncIterator[dict[str, Any]]:
@@ -136,7 +149,7 @@ async def run_worker(
     clock: Callable[[], float],
     grace: float,
     *,
-    cluster: NodeDirectory | None = None,
+    notes: RoomNotes | None = None,
     restore: list[dict[str, str]] | None = None,
     wake_writer: Wakeup | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -144,9 +157,9 @@ async def run_worker(
     """Keep worker ``index`` running until ``stopping`` is set (then SIGTERM it and wait).
 
     Args:
-        cluster: with ``--redis``: the rooms the worker opens and closes are noted
-            there (and ``wake_writer`` set to write them).
-        restore: rooms (Redis's hashes) the worker's first start is to hold again;
+        notes: where the rooms the worker opens and closes are noted (Redis, with
+            ``wake_writer`` set to write them; or the rooms journal).
+        restore: rooms (``Room.record()``, or Redis's hashes that hold one) the worker's first start is to hold again;
             it counts as started once it has answered for all of them.
 
     Raises:
@@ -194,12 +207,12 @@ async def run_worker(
                                 index, rooms=int(message["rooms"]), sessions=int(message["sessions"]),
                                 packets=int(message["packets"]), now=clock(),
                             )
-                        elif message.get("event") == "room_created" and cluster is not None and isinstance(message.get("room"), dict):
-                            cluster.note_room({str(k): str(v) for k, v in message["room"].items()}, index)
+                        elif message.get("event") == "room_created" and notes is not None and isinstance(message.get("room"), dict):
+                            notes.note_room({str(k): str(v) for k, v in message["room"].items()}, index)
                             if wake_writer is not None:
                                 wake_writer.set()
-                        elif message.get("event") == "room_closed" and cluster is not None:
-                            cluster.note_closed(str(message.get("room_id")), str(message.get("reason")), clock())
+                        elif message.get("event") == "room_closed" and notes is not None:
+                            notes.note_closed(str(message.get("room_id")), str(message.get("reason")), clock())
                             if wake_writer is not None:
                                 wake_writer.set()
                         elif message.get("event") == "restored" and ready:
@@ -208,8 +221,8 @@ async def run_worker(
                             restored += 1
                         elif message.get("event") == "restore_refused":
                             log.warning("worker %d could not restore room %s (%s)", index, message.get("room_id"), message.get("why"))
-                            if cluster is not None and message.get("room_id"):
-                                cluster.note_closed(str(message["room_id"]), NODE_LOST, clock())
+                            if notes is not None and message.get("room_id"):
+                                notes.restore_refused(str(message["room_id"]), clock())
                         elif message.get("event") == "restore_done" and first:
                             log.info("worker %d holds %d room(s) again from before the restart (%d refused)", index, restored, len(restore or ()) - restored)
                             first = False
@@ -226,14 +239,14 @@ async def run_worker(
             raise
         generation = directory.table[index].generation
         if stopping.is_set():
-            note_closed_live(cluster, directory.worker_lost(index, clock()), "server_shutdown", clock())
+            note_closed_live(notes, directory.worker_lost(index, clock()), "server_shutdown", clock())
             front.worker_lost(index, generation)
             log.info("worker %d stopped (exit %s)", index, code)
             return
         if first:
             raise StartupError(f"worker {index} failed to start (exit status {code}; its message is above)")
         lost = directory.worker_lost(index, clock())
-        note_closed_live(cluster, lost, WORKER_LOST, clock())
+        note_closed_live(notes, lost, WORKER_LOST, clock())
         if wake_writer is not None:
             wake_writer.set()
         front.worker_lost(index, generation)
@@ -283,7 +296,34 @@ async def run_supervisor(
         max_lost=config.closed_rooms_remembered,
         lost_for=config.closed_rooms_remembered_s,
     )
-    sock = _bind_http(config.http_host, config.http_port)
+    # Rooms to hold again, by worker index: from the rooms journal here, or (--redis)
+    # filled by the first heartbeat (resume).
+    restore: dict[int, list[dict[str, str]]] = {}
+    # Without --redis the rooms live in the data directory (room_journal.py): a
+    # supervisor that crashed holds its unexpired rooms again; a drained one none.
+    rooms_journal = None
+    if config.redis_url is None:
+        rooms_journal = RoomJournal.open_in_dir(
+            config.data_dir, max_rooms=count * config.max_rooms_total,
+            max_closed=config.closed_rooms_remembered, closed_for=config.closed_rooms_remembered_s,
+        )
+    if rooms_journal is not None:
+        loaded = rooms_journal.load(clock())
+        for worker_index, room in loaded.rooms:
+            restore.setdefault(worker_index % count, []).append(room.record())
+        for room_id, (reason, at) in loaded.closed.items():
+            directory.remember_lost(room_id, Lost(reason, at))  # they answer 410 with their reason
+        if loaded.rooms or loaded.expired:
+            log.info(
+                "rooms journal %s: restoring %d room(s) from before the restart (%d expired meanwhile)",
+                rooms_journal.path, len(loaded.rooms), loaded.expired,
+            )
+    try:
+        sock = _bind_http(config.http_host, config.http_port)
+    except StartupError:
+        if rooms_journal is not None:
+            rooms_journal.close()
+        raise
     stopping = trio.Event()
     drain = trio.Event()
     redis: Redis | None = None
@@ -316,8 +356,6 @@ async def run_supervisor(
         if ssl_context is not None:
             listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
         wake_writer = Wakeup()
-        # Rooms to hold again, by worker index: filled by the first heartbeat (resume).
-        restore: dict[int, list[dict[str, str]]] = {}
         async with trio.open_nursery() as nursery:
             if cluster is not None:
                 # Before the workers: a restarted node keeps its heartbeat (and so its
@@ -330,7 +368,7 @@ async def run_supervisor(
                         command = worker_command(index, front_url, serve_argv)
                         starting.start_soon(workers.start, partial(
                             run_worker, index, directory, front, command, stopping, clock, config.shutdown_grace_s,
-                            cluster=cluster, restore=restore.pop(index, None), wake_writer=wake_writer,
+                            notes=cluster or rooms_journal, restore=restore.pop(index, None), wake_writer=wake_writer,
                         ))
 
                 async def housekeeping() -> None:
@@ -340,6 +378,10 @@ async def run_supervisor(
                         replay.prune(now)
                         if journal is not None and journal.needs_compaction(len(replay)):
                             journal.compact(replay.entries())
+                        if rooms_journal is not None:
+                            rooms_journal.prune(now)
+                            if rooms_journal.needs_compaction():
+                                rooms_journal.compact()
                         await trio.sleep(HOUSEKEEPING_INTERVAL_S)
 
                 if cluster is not None:
@@ -380,6 +422,8 @@ async def run_supervisor(
         sock.close()
         if journal is not None:
             journal.close()
+        if rooms_journal is not None:
+            rooms_journal.close()
         if redis is not None:
             await redis.aclose()
 

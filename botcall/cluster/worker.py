@@ -7,23 +7,24 @@ It is an ordinary ``run_server`` with the same settings as the supervisor
 front talks to it), media port ``media_port + I`` (or any free one when
 ``media_port`` is 0), public URL = the front's (invite and WebSocket URLs name
 the shared port), the front trusted as a proxy (``X-Forwarded-For`` carries the
-client), and no replay journal of its own (the front keeps the shared replay
-cache). It talks to the supervisor on stdout, one JSON object per line:
+client), and no replay or rooms journal of its own (the supervisor keeps the
+shared replay cache and the rooms). It talks to the supervisor on stdout, one JSON object per line:
 
 * ``{"event": "ready", "http_port": P, "media_port": M, "pid": N}`` once serving;
 * ``{"event": "load", "rooms": R, "sessions": S, "packets": K}`` every
   ``LOAD_INTERVAL_S`` (``K``: RTP packets received since start);
-* with ``--redis``, every room opened or closed here:
+* every room opened or closed here:
   ``{"event": "room_created", "room": <Room.record()>}`` and
   ``{"event": "room_closed", "room_id": ID, "reason": R}`` (the supervisor keeps
-  Redis's copy, from which a restarted node restores its rooms);
+  them, in Redis with ``--redis``, else in ``<data_dir>/rooms.jsonl``: a
+  restarted node or supervisor restores its rooms from there);
 * ``{"event": "restored", "room_id": ID, "expires_at": T}`` or
   ``{"event": "restore_refused", "room_id": ID, "why": TEXT}`` for each room the
   supervisor asked it to restore, then ``{"event": "restore_done"}``.
 
 The supervisor writes to its stdin, one JSON object per line,
 ``{"event": "restore", "room": <Room.record()>}`` for each room of this node
-found open in Redis at a restart, then ``{"event": "restore_end"}``.
+found open (in Redis, or its rooms journal) at a restart, then ``{"event": "restore_end"}``.
 
 It dies with its supervisor (its stdin, a pipe from the supervisor, ends) and drains on SIGTERM as
 ``botcall serve`` does (rooms close with ``server_shutdown``).
@@ -124,7 +125,7 @@ def restore_handler(registry: Callable[[], RoomStore | None], say: Callable[[dic
 
 
 def room_events(say: Callable[[dict[str, Any]], None]) -> Callable[[RegistryEvent], None]:
-    """A registry listener telling the supervisor every room opened and closed (``--redis``)."""
+    """A registry listener telling the supervisor every room opened and closed."""
 
     def on_event(event: RegistryEvent) -> None:
         if isinstance(event, RoomCreated):
@@ -177,7 +178,9 @@ async def _serve_worker(config: Config, shutdown: trio.Event, shared: RedisBucke
                     await trio.sleep(LOAD_INTERVAL_S)
 
             async def server(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
-                await run_server(config, shutdown=shutdown, persist_replay=False, shared_limits=shared, task_status=task_status)
+                await run_server(
+                    config, shutdown=shutdown, persist_replay=False, persist_rooms=False, shared_limits=shared, task_status=task_status
+                )
                 nursery.cancel_scope.cancel()  # drained: stop watching signals and reporting
 
             started: list[ServerInfo] = []
@@ -190,8 +193,7 @@ async def _serve_worker(config: Config, shutdown: trio.Event, shared: RedisBucke
             nursery.start_soon(die_with_supervisor)
             info: ServerInfo = await nursery.start(server)
             started.append(info)
-            if config.redis_url is not None:
-                info.state.registry.add_listener(room_events(_say))
+            info.state.registry.add_listener(room_events(_say))
             _say({"event": "ready", "http_port": info.http_port, "media_port": info.state.media_port, "pid": os.getpid()})
             nursery.start_soon(report, info)
 

@@ -49,6 +49,7 @@ from botcall.signaling.messages import MAX_REPORTED_FIELDS, timestamp_fields, un
 from botcall.signaling.forwarded import Network, client_address
 from botcall.signaling.static import register_pwa_routes
 from botcall.signaling.ws import Hub, register_human_signaling, register_websocket_routes, session_ice_servers
+from botcall.signaling.room_journal import RoomJournal
 from botcall.signaling.rooms import (
     Capabilities,
     Identity,
@@ -319,6 +320,8 @@ class AppState:
         hub: the WebSocket hub (who is connected, what they are told).
         shared_limits: with ``--redis``, the per-agent create and join buckets every
             node shares (instead of this process's own).
+        room_journal: the rooms kept on disk across a restart (a single server;
+            ``room_journal.py``), or ``None``.
     """
 
     config: Config
@@ -340,6 +343,7 @@ class AppState:
     # Set when graceful shutdown begins: /readyz answers 503 from then on.
     draining: bool = False
     shared_limits: SharedBuckets | None = None
+    room_journal: RoomJournal | None = None
 
     def not_ready(self) -> tuple[str, str] | None:
         """Why this server should get no new rooms now (a machine code and a

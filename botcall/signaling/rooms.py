@@ -429,6 +429,7 @@ class RoomStore(Protocol):
     def restart_ice(self, session_id: str) -> Session: ...
     def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None: ...
     def restore_room(self, room: Room, *, now: float) -> bool: ...
+    def remember_closed(self, room_id: str, reason: str, at: float) -> None: ...
     def session_by_id(self, session_id: str) -> Session | None: ...
     def session_by_ufrag(self, ice_ufrag: str) -> Session | None: ...
     def rooms(self) -> Iterator[Room]: ...
@@ -607,8 +608,8 @@ class RoomRegistry:
         return room
 
     def restore_room(self, room: Room, *, now: float) -> bool:
-        """Hold ``room`` again, as its record in Redis describes it (a clustered node
-        restarted, docs/architecture.md): open, with no sessions (participants join
+        """Hold ``room`` again, as its record in Redis or the rooms journal describes
+        it (the node or server restarted, docs/architecture.md): open, with no sessions (participants join
         again), its empty timeout counted from ``now``. Emits ``RoomCreated``.
 
         Returns:
@@ -626,6 +627,17 @@ class RoomRegistry:
         self._empty_since[room.room_id] = now
         self._emit([RoomCreated(room)])
         return True
+
+    def remember_closed(self, room_id: str, reason: str, at: float) -> None:
+        """Remember that ``room_id`` closed with ``reason`` at ``at`` before a restart
+        (the rooms journal, ``room_journal.py``): it answers ``410`` as if it had
+        closed here, for ``closed_rooms_remembered_s`` after ``at``."""
+        if room_id in self._rooms:
+            return
+        self._closed[room_id] = (reason, at)
+        self._closed.move_to_end(room_id)
+        while len(self._closed) > self.config.closed_rooms_remembered:
+            self._closed.popitem(last=False)
 
     def close_room(self, room_id: str, reason: str, *, now: float) -> Room | None:
         """Close a room for everyone: every session is removed with ``reason``.

@@ -65,5 +65,5 @@ async def test_a_token_used_before_a_restart_is_refused_after_it(tmp_path):
         assert (await srv.join(token, room_id)).status == 200
     async with running_server(tmp_path) as srv:
         response = await srv.join(token, room_id)
-        # The room lived in memory and is gone, but the token is refused first.
+        # The token is refused first (the room is back too: the rooms journal).
         assert (response.status, response.error_code) == (401, "attestation_replayed")

@@ -10,65 +10,29 @@ the crash names it.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
 import pytest
 import trio
-from playwright.sync_api import BrowserContext
 
-from botcall.audio.wav import write_wav
 from botcall.cluster.nodes import PREFIX
 from botcall.cluster.resp import Redis
-from botcall.demo.signals import dominant_frequency, tone
 from botcall_sdk import connect
-from tests.e2e.test_browser_call import frames_from
-from tests.kit.chromium import hooks, in_browser, join_call
-from tests.kit.cluster import Front, serving_workers
+from tests.kit.cluster import Servers
+from tests.kit.invite_call import HUMAN_HZ, bot_and_invited_human
 from tests.kit.redis import free_port, running_redis
-from tests.kit.speaking import keep_saying
 
 pytestmark = pytest.mark.e2e
 
 RESTORED = re.compile(r"node node-a restarted within its TTL: restoring (?P<count>\d+) room\(s\)")
 
 
-class Nodes:
-    """Nodes started and stopped in any order (each runs in a task of ``nursery``)."""
-
-    def __init__(self, nursery: trio.Nursery, data, redis_url: str) -> None:
-        self.nursery, self.data, self.redis_url = nursery, data, redis_url
-        self._stops: dict[int, trio.Event] = {}
-
-    async def start(self, name: str, port: int, ttl: str, *extra: str) -> Front:
-        flags = ("--redis", self.redis_url, "--node-ttl", ttl, "--node-name", name, "--port", str(port), *extra)
-        stop = trio.Event()
-
-        async def run(*, task_status: trio.TaskStatus[Front]) -> None:
-            async with serving_workers(self.data, workers=1, extra=flags) as front:
-                task_status.started(front)
-                await stop.wait()
-
-        front: Front = await self.nursery.start(run)
-        self._stops[front.process.pid] = stop
-        return front
-
-    async def crash(self, node: Front) -> None:
-        """``kill -9`` the node's supervisor (its worker follows: its stdin ends) and wait for it."""
-        os.kill(node.process.pid, signal.SIGKILL)
-        await node.process.wait()
-        self._stops[node.process.pid].set()
-
-    async def stop(self, node: Front) -> None:
-        """SIGTERM (a drain) and wait for the node to exit."""
-        node.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(60):
-            await node.process.wait()
-        self._stops[node.process.pid].set()
+def node_flags(name: str, port: int, ttl: str, redis_url: str, *extra: str) -> tuple[str, ...]:
+    """The flags of a node named ``name`` on ``port`` (``Servers.start``)."""
+    return ("--redis", redis_url, "--node-ttl", ttl, "--node-name", name, "--port", str(port), *extra)
 
 
 async def room_record_written(client: Redis, room_id: str) -> None:
@@ -80,8 +44,6 @@ async def room_record_written(client: Redis, room_id: str) -> None:
 
 @pytest.mark.browser
 async def test_a_restarted_node_keeps_its_rooms_and_the_old_invite_link_still_works(tmp_path):
-    mic = tmp_path / "mic-660.wav"
-    write_wav(mic, tone(660, 10.0, amplitude=0.4), sample_rate=48000, channels=1)
     data = tmp_path / "data"
     data.mkdir()
     port = free_port()
@@ -89,10 +51,10 @@ async def test_a_restarted_node_keeps_its_rooms_and_the_old_invite_link_still_wo
         client = Redis(redis.url)
         stack.push_async_callback(client.aclose)
         nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes = Nodes(nursery, data, redis.url)
+        nodes = Servers(nursery, data)
         # A TTL long enough for a crash and a restart on a busy machine (15 s); node B
         # would reap A if A were not back by then.
-        a = await nodes.start("node-a", port, "15")
+        a = await nodes.start(*node_flags("node-a", port, "15", redis.url))
         creator = a.token(agent="creator#1")
         kept = (await a.create_room(creator, max_human_participants=2, expires_in=600)).json()
         short = (await a.create_room(creator, expires_in=2)).json()  # expires while A is down
@@ -101,7 +63,7 @@ async def test_a_restarted_node_keeps_its_rooms_and_the_old_invite_link_still_wo
         await room_record_written(client, kept["room_id"])
         secret = urlsplit(kept["invite_url"]).fragment.removeprefix("invite=")
         assert secret.encode() not in b"".join(await client.execute("HGETALL", PREFIX + f"room:{kept['room_id']}"))
-        b = await nodes.start("node-b", free_port(), "15")
+        b = await nodes.start(*node_flags("node-b", free_port(), "15", redis.url))
         async with connect(b.url, kept["room_id"], a.token(agent="before#1")) as before:
             assert before.join_response["media"]["port"] == a.workers[0].media_port
 
@@ -109,7 +71,7 @@ async def test_a_restarted_node_keeps_its_rooms_and_the_old_invite_link_still_wo
         with trio.fail_after(10):
             while time.time() < short["expires_at_unix"] + 0.5:  # the short room's own deadline passes
                 await trio.sleep(0.1)
-        a = await nodes.start("node-a", port, "15")
+        a = await nodes.start(*node_flags("node-a", port, "15", redis.url))
         assert int((await a.wait_for(RESTORED))["count"]) == 1  # the expired room is not among them
 
         # The expired room stays gone, on both nodes.
@@ -122,23 +84,11 @@ async def test_a_restarted_node_keeps_its_rooms_and_the_old_invite_link_still_wo
         assert (got.json()["owner"], got.json()["max_human_participants"], got.json()["participants"]) == ("gopi", 2, [])
         # A bot joins again (through B), and a human opens the invite link from before the crash.
         invite = urlsplit(kept["invite_url"])
-        async with connect(b.url, kept["room_id"], a.token(agent="orion#8f3a")) as bot:
-            assert bot.join_response["media"]["port"] == a.workers[0].media_port
-
-            def human(context: BrowserContext) -> dict:
-                page, errors = join_call(context, kept["invite_url"])
-                participant = hooks(page)["participantId"]
-                page.wait_for_function("() => botcall.remoteLevel() > -50 && Math.abs(botcall.remoteFrequency() - 440) < 8")
-                heard = trio.from_thread.run(frames_from, bot, participant, 40)
-                return {"heard": heard, "errors": errors.unexpected()}
-
-            async with trio.open_nursery() as speaking:
-                speaking.start_soon(keep_saying, bot, tone(440, 5.0))
-                result = await in_browser(human, fake_mic_wav=str(mic))
-                speaking.cancel_scope.cancel()
+        call = await bot_and_invited_human(b.url, kept["room_id"], kept["invite_url"], a.token(agent="orion#8f3a"), tmp_path)
+        assert call.bot_join["media"]["port"] == a.workers[0].media_port
         assert invite.netloc == urlsplit(a.url).netloc
-        assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
-        assert result["errors"] == []
+        assert abs(call.bot_heard_hz - HUMAN_HZ) < 5
+        assert call.page_errors == []
         nursery.cancel_scope.cancel()
 
 
@@ -153,8 +103,8 @@ async def test_a_node_back_after_its_ttl_finds_its_rooms_closed_node_lost(tmp_pa
         client = Redis(redis.url)
         stack.push_async_callback(client.aclose)
         nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes = Nodes(nursery, data, redis.url)
-        a = await nodes.start("node-a", port, "1")
+        nodes = Servers(nursery, data)
+        a = await nodes.start(*node_flags("node-a", port, "1", redis.url))
         creator = a.token(agent="creator#1")
         room = (await a.create_room(creator)).json()["room_id"]
         await room_record_written(client, room)
@@ -163,7 +113,7 @@ async def test_a_node_back_after_its_ttl_finds_its_rooms_closed_node_lost(tmp_pa
             while await client.execute("EXISTS", PREFIX + "node:node-a"):  # the heartbeat expires
                 await trio.sleep(0.1)
         assert (await client.execute("HGET", PREFIX + f"room:{room}", "state")) == b"open"  # nobody reaped it
-        a = await nodes.start("node-a", port, "1")
+        a = await nodes.start(*node_flags("node-a", port, "1", redis.url))
         got = await a.request("GET", f"/v1/rooms/{room}", bearer=creator)
         assert got.status == 410 and got.json()["error"]["reason"] == "node_lost", got.body
         joined = await a.join(a.token(agent="late#1"), room, agent_id="late#1")
@@ -183,12 +133,12 @@ async def test_a_drained_node_does_not_restore_the_rooms_it_closed(tmp_path):
     port = free_port()
     async with running_redis(tmp_path) as redis, AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes = Nodes(nursery, data, redis.url)
-        a = await nodes.start("node-a", port, "15", "--drain-timeout", "0.5")
+        nodes = Servers(nursery, data)
+        a = await nodes.start(*node_flags("node-a", port, "15", redis.url, "--drain-timeout", "0.5"))
         creator = a.token(agent="creator#1")
         room = (await a.create_room(creator)).json()["room_id"]
         await nodes.stop(a)  # the drain times out and closes the room (server_shutdown)
-        a = await nodes.start("node-a", port, "15")
+        a = await nodes.start(*node_flags("node-a", port, "15", redis.url))
         got = await a.request("GET", f"/v1/rooms/{room}", bearer=creator)
         assert got.status == 410 and got.json()["error"]["reason"] == "server_shutdown", got.body
         assert not any(RESTORED.search(line) for line in a.lines)

@@ -19,23 +19,13 @@ import trio
 from playwright.sync_api import BrowserContext, expect
 
 from botcall.audio.wav import write_wav
-from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
+from botcall.demo.signals import dominant_frequency, tone
 from botcall_sdk import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
-from tests.kit.speaking import keep_saying
+from tests.kit.speaking import frames_from, keep_saying  # frames_from: other tests import it from here
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-
-
-async def frames_from(call, participant_id, count, *, loud=True):
-    """``count`` decoded frames of one speaker (only audible ones when ``loud``)."""
-    pcm = []
-    async for frame in call.audio():
-        if frame.speaker == participant_id and not frame.concealed and (not loud or rms_dbfs(frame.pcm) > -40):
-            pcm.append(frame.pcm)
-            if len(pcm) >= count:
-                return b"".join(pcm)
 
 
 async def test_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_path):

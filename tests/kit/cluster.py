@@ -1,10 +1,15 @@
-"""``botcall serve`` as real processes on loopback: the supervisor with its workers.
+"""``botcall serve`` as real processes on loopback: the supervisor with its workers,
+or (``workers=1`` without ``--redis``) the single process.
 
     async with serving_workers(tmp_path, workers=2) as front:
         token = front.token(agent="alice#1")
         created = await front.create_room(token)
         pid = front.workers[0].pid          # from the supervisor's "worker N started" lines
         await front.wait_for(WORKER_STARTED, lambda m: m["generation"] == "2")
+
+    servers = Servers(nursery, data_dir)    # start, crash (kill -9) and stop (SIGTERM) in any order
+    a = await servers.start("--port", str(port))
+    await servers.crash(a)
 
 Everything waits on events (log lines, the front's ``/v1/cluster/workers``),
 never on the clock; the timeouts are safety nets against a hung process.
@@ -37,6 +42,8 @@ WORKER_STARTED = re.compile(
 # Log lines of a server shown when a test using it fails.
 LOG_TAIL = 80
 FRONT_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
+# A single process's line (workers say it too, on their private ports: not to be taken for the front's).
+SINGLE_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\); media advertised at udp \S+:(?P<media>\d+)")
 # Generous limits: tests create and join in bursts from one address.
 GENEROUS_ENV = {
     f"BOTCALL_{name.upper()}": "rate=1000,burst=1000"
@@ -138,7 +145,8 @@ async def serving_workers(
     data_dir: Path, *, workers: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> AsyncIterator[Front]:
     """Start ``botcall serve --workers N`` on 127.0.0.1 (free ports), yield it once every
-    worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings."""
+    worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings.
+    ``workers=1`` without ``--redis`` is the single process (``workers[0]`` is that process)."""
     env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd(), **(env or {})}
     command = [sys.executable, "-m", "botcall.cli", "serve", "--workers", str(workers), "--port", "0", "--media-port", "0",
                "--media-host", "127.0.0.1", *extra]
@@ -147,7 +155,13 @@ async def serving_workers(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(front.read_log)
-            front.url = (await front.wait_for(FRONT_LISTENING))["url"]
+            if workers == 1 and "--redis" not in extra:  # botcall serve runs as one process
+                listening = await front.wait_for(SINGLE_LISTENING)
+                front.url = listening["url"]
+                port = int(front.url.rsplit(":", 1)[1])
+                front.workers[0] = WorkerProcess(0, process.pid, port, int(listening["media"]), 1)  # its own worker 0
+            else:
+                front.url = (await front.wait_for(FRONT_LISTENING))["url"]
             try:
                 yield front
             finally:
@@ -164,3 +178,39 @@ async def serving_workers(
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+
+class Servers:
+    """``botcall serve`` processes (``serving_workers``) on one data directory, started,
+    crashed and stopped in any order, each in a task of ``nursery``: what restart
+    tests need (the Redis nodes' and the embedded default's)."""
+
+    def __init__(self, nursery: trio.Nursery, data_dir: Path, *, workers: int = 1) -> None:
+        self.nursery, self.data_dir, self.workers = nursery, data_dir, workers
+        self._stops: dict[int, trio.Event] = {}
+
+    async def start(self, *flags: str) -> Front:
+        """Start one with ``flags`` (after the kit's own: a later ``--port`` wins)."""
+        stop = trio.Event()
+
+        async def run(*, task_status: trio.TaskStatus[Front]) -> None:
+            async with serving_workers(self.data_dir, workers=self.workers, extra=flags) as front:
+                task_status.started(front)
+                await stop.wait()
+
+        front: Front = await self.nursery.start(run)
+        self._stops[front.process.pid] = stop
+        return front
+
+    async def crash(self, server: Front) -> None:
+        """``kill -9`` it (a supervisor's workers follow: their stdin ends) and wait for it."""
+        os.kill(server.process.pid, signal.SIGKILL)
+        await server.process.wait()
+        self._stops[server.process.pid].set()
+
+    async def stop(self, server: Front) -> None:
+        """SIGTERM (a drain) and wait for it to exit."""
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            await server.process.wait()
+        self._stops[server.process.pid].set()
