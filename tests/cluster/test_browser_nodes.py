@@ -18,7 +18,7 @@ from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, tone
 from tests.cluster.test_nodes import start_nodes
 from tests.e2e.test_browser_call import frames_from
-from tests.kit.chromium import PageErrors, hooks, in_browser, join_call
+from tests.kit.chromium import hooks, in_browser, join_call
 from tests.kit.redis import running_redis
 from tests.kit.speaking import keep_saying
 
