@@ -37,6 +37,7 @@ WORKER_STARTED = re.compile(
 # Log lines of a server shown when a test using it fails.
 LOG_TAIL = 80
 FRONT_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\) with (?P<count>\d+) workers")
+ONE_PROCESS_LISTENING = re.compile(r"listening on (?P<url>https?://\S+) \(public URL \S+\); media advertised")
 # Generous limits: tests create and join in bursts from one address.
 GENEROUS_ENV = {
     f"BOTCALL_{name.upper()}": "rate=1000,burst=1000"
@@ -139,15 +140,31 @@ async def serving_workers(
 ) -> AsyncIterator[Front]:
     """Start ``botcall serve --workers N`` on 127.0.0.1 (free ports), yield it once every
     worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings."""
+    async with _serving(data_dir, ("--workers", str(workers), *extra), FRONT_LISTENING, env) as front:
+        yield front
+
+
+@asynccontextmanager
+async def serving_one_process(data_dir: Path, *, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> AsyncIterator[Front]:
+    """Plain ``botcall serve`` (one process: no front, no workers) on 127.0.0.1, as
+    ``serving_workers`` does it: a server the test's own event loop does not run."""
+    async with _serving(data_dir, extra, ONE_PROCESS_LISTENING, env) as front:
+        yield front
+
+
+@asynccontextmanager
+async def _serving(
+    data_dir: Path, arguments: tuple[str, ...], listening: re.Pattern[str], env: dict[str, str] | None
+) -> AsyncIterator[Front]:
     env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd(), **(env or {})}
-    command = [sys.executable, "-m", "botcall.cli", "serve", "--workers", str(workers), "--port", "0", "--media-port", "0",
-               "--media-host", "127.0.0.1", *extra]
+    command = [sys.executable, "-m", "botcall.cli", "serve", "--port", "0", "--media-port", "0",
+               "--media-host", "127.0.0.1", *arguments]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE, env=env)
     front = Front(process=process, data_dir=data_dir)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(front.read_log)
-            front.url = (await front.wait_for(FRONT_LISTENING))["url"]
+            front.url = (await front.wait_for(listening))["url"]
             try:
                 yield front
             finally:
@@ -157,7 +174,7 @@ async def serving_workers(
                 nursery.cancel_scope.cancel()
     except BaseException:
         # A failing test (or start) shows what the server said: pytest prints captured output.
-        print(f"--- the last {LOG_TAIL} log lines of botcall serve {' '.join(extra)} ---", *front.lines[-LOG_TAIL:], sep="\n")
+        print(f"--- the last {LOG_TAIL} log lines of botcall serve {' '.join(arguments)} ---", *front.lines[-LOG_TAIL:], sep="\n")
         raise
     finally:
         if process.returncode is None:
