@@ -566,9 +566,18 @@ def test_property_text_to_speech_sent_ahead_is_never_sped_up_or_lost(says):
     for frames, pause, ahead in says:
         start = max(start, audio_end + pause) if arrivals else 0.0
         if arrivals:
-            # The lead it keeps once it sends at real time (see the docstring).
-            steady_lead = ahead + max(0.0, audio_end - start)
+            # The lead it keeps once it sends at real time (see the docstring);
+            # a say short enough to go out at once never gets there: its
+            # largest lead is its last frame's (see
+            # test_documented_a_short_say_queued_after_a_quiet_second_is_taken_for_a_spike).
+            steady_lead = min(ahead, (frames - 1) * 0.02) + max(0.0, audio_end - start)
             assume(steady_lead == 0.0 or steady_lead >= DRIFT_LIMIT + 0.01)
+            # After a quiet DRIFT_WINDOW the drift window may hold this say's
+            # first frame alone: its lead (the time left of the queue) under
+            # DRIFT_LIMIT is a spike, by design (the same documented test).
+            first_lead = max(0.0, audio_end - start)
+            quiet = start - arrivals[-1][0]
+            assume(not (quiet >= DRIFT_WINDOW - 0.01 and 0.0 < first_lead < DRIFT_LIMIT + 0.01))
             if pause > 0:
                 gaps.append(pause)  # the say re-anchors: a stall of `pause`, as far as arrivals show
             # Stalls sum over re-anchors (see "Stalls" in bot_playout): any run
@@ -602,6 +611,30 @@ def test_documented_two_pauses_then_a_lead_of_their_sum_is_taken_for_one_stall()
     assert all(t >= arrived[p] for t, p, _ in run.released)
     late = [t - arrived[p] for t, p, _ in run.released if arrived[p] > 0.8256 + 2 * DRIFT_WINDOW + 0.1]
     assert late and max(late) <= 1e-6
+
+
+def test_documented_a_short_say_queued_after_a_quiet_second_is_taken_for_a_spike():
+    # Found by a Hypothesis soak (2000 examples, seed 1) of the property above:
+    # a 6.52 s say sent 1.5 s ahead (its last packet at 5.0 s), then nothing for
+    # 1.4 s, then a one-frame say arriving 125 ms before the first one ends.
+    # The only packet of the last DRIFT_WINDOW came 125 ms early (under
+    # DRIFT_LIMIT): "every packet for a whole second early by less than
+    # DRIFT_LIMIT" is a real-time sender after a delay spike, by design, so the
+    # schedule moves 105 ms earlier and the queued tail goes that much early.
+    # The property's model took the say's lead for 0.3 s + 0.125 s, as if it
+    # sent beyond its ahead burst and as if the window held more than its first
+    # frame; it did neither. (The soak found it again with an 8-frame say: after
+    # a quiet second the window may hold the first frame alone.) Nothing is lost
+    # or reordered, and nothing leaves more than DRIFT_LIMIT early.
+    arrivals = sdk_say(0, 326, 0.0, ahead=1.5) + [(6.395, 326 * FRAME)]
+    run = drive(BotPlayout(), arrivals)
+    assert [p for _, p, _ in run.released] == [k * FRAME for k in range(327)]
+    assert run.release_time(321 * FRAME) < 321 * 0.02 - LEAD  # caught up: early
+    assert all(t >= p / FRAME * 0.02 - DRIFT_LIMIT for t, p, _ in run.released)
+    # The same say arriving 300 ms before the first ends (a lead past
+    # DRIFT_LIMIT): no spike, the queue is paced exactly.
+    paced = drive(BotPlayout(), sdk_say(0, 326, 0.0, ahead=1.5) + [(6.22, 326 * FRAME)])
+    assert_never_sped_up(paced, [[k * FRAME for k in range(327)]])
 
 
 def test_documented_a_pause_then_a_steady_lead_of_the_same_length_is_taken_for_a_stall():
