@@ -24,14 +24,14 @@ asserted, over every packet sent while the server accepts and encodes the burst:
 
 * the relay-added delay, ``arrival - send`` per packet, spreads (max - min) by
   at most 20 ms more than the larger of the baseline window's spread and the
-  control call's spread in the same window (times 3: see BUSY_PROCESS_FACTOR). On a busy machine the speaker
+  control call's spread in the same window (times 4: see BUSY_PROCESS_FACTOR). On a busy machine the speaker
   itself may be descheduled and send late, or two frames at once; that moves
   its send times and its arrivals alike and is not the relay's doing, so the
   send-to-arrival delay is what we hold the relay to. A machine that other work
   keeps busy delays any process's wakeups by itself, burst or not: the baseline
   and the control measure that, and the burst may add 20 ms to it;
 * every gap between two arrivals is at most the gap between the two sends plus
-  the same margin beyond the baseline's (or 3 times the control's) worst;
+  the same margin beyond the baseline's (or 4 times the control's) worst;
 * the margin is 20 ms for 99 % of the packets, and 100 ms for the single worst
   one (see the comment at the assertions: a CPU hog per core makes the kernel
   itself hold a wakeup that long now and then).
@@ -71,14 +71,16 @@ RATE = 48000
 BURST_S = 60.0
 ADDED_DELAY_SPREAD = 0.020
 # On a machine whose cores are all taken the kernel wakes a process that has
-# been working (the server pacing the burst's encoding) later than one that has
-# been asleep (the control server): under stress-ng --cpu 2 beside other test
-# suites, the burst server's p99 was up to 3x the control's (88 ms against
-# 30 ms), and that with or without the encoding's pacing (ENCODE_AHEAD_LIMIT):
-# on a shared 2-core machine this test cannot tell the two apart, bench can.
-# What it does catch is an event loop held behind the burst: 150 ms every
-# 50 messages failed it with the control at 17 ms and a noisy baseline (80 ms).
-BUSY_PROCESS_FACTOR = 2.0
+# been working later than one that has been asleep (the control server). The
+# burst's server works: it paces the encoding, and it shares this test's process
+# and event loop with the TTS sender and room A's listener. Under stress-ng
+# --cpu 2 beside other test suites its p99 reached 5x the control's (66 ms
+# against 13 ms; 88 against 30), with or without the encoding's pacing
+# (ENCODE_AHEAD_LIMIT): on a shared 2-core machine this test cannot tell those
+# two apart, bench can. What it does catch is an event loop held behind the
+# burst: 150 ms every 50 messages failed it in 4 runs of 4, the control's p99
+# at 17 to 99 ms (153 ms against a bound of 100; 169/150; 447/200; 509/416).
+BUSY_PROCESS_FACTOR = 3.0
 SCHEDULER_OUTLIER = 0.100
 BASELINE_S = 4.0  # a measurement window, not a wait for something to happen
 WAIT = 60.0  # a safety net against a hung server or child, not a speed requirement
