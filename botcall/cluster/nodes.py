@@ -37,6 +37,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from botcall.cluster.resp import Redis
 
 log = logging.getLogger("botcall.cluster")
@@ -140,6 +142,9 @@ class NodeDirectory:
         self.records: OrderedDict[str, dict[str, str]] = OrderedDict()
         self.unwritten_rooms: OrderedDict[str, int] = OrderedDict()
         self.unwritten_closes: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # The supervisor's room writer and its heartbeat both flush: one at a time,
+        # or both would write (and then forget) the same oldest entry.
+        self._flushing = trio.Lock()
 
     def _beat(self, load: float) -> str:
         return json.dumps({"url": self.url, "load": load, "draining": self.draining, "starting": self.starting})
@@ -209,19 +214,26 @@ class NodeDirectory:
         """Write the noted rooms and closes to Redis, oldest first (opens before
         closes: a room's close always follows its opening).
 
+        Concurrent calls take turns (the room writer and the heartbeat both
+        flush). A room noted again while its write is under way stays noted,
+        to be written again: the newer note wins.
+
         Raises:
             RedisUnavailable: what is not written yet stays noted.
         """
-        while self.unwritten_rooms:
-            room_id, worker = next(iter(self.unwritten_rooms.items()))
-            record = self.records.get(room_id)
-            if record is not None:
-                await self.room_created(room_id, worker, float(record["expires_at"]))
-            del self.unwritten_rooms[room_id]
-        while self.unwritten_closes:
-            room_id, (reason, at) = next(iter(self.unwritten_closes.items()))
-            await self.room_closed(room_id, reason, at)
-            del self.unwritten_closes[room_id]
+        async with self._flushing:
+            while self.unwritten_rooms:
+                room_id, worker = next(iter(self.unwritten_rooms.items()))
+                record = self.records.get(room_id)
+                if record is not None:
+                    await self.room_created(room_id, worker, float(record["expires_at"]))
+                if self.unwritten_rooms.get(room_id) == worker and self.records.get(room_id) is record:
+                    del self.unwritten_rooms[room_id]
+            while self.unwritten_closes:
+                room_id, close = next(iter(self.unwritten_closes.items()))
+                await self.room_closed(room_id, *close)
+                if self.unwritten_closes.get(room_id) is close:
+                    del self.unwritten_closes[room_id]
 
     async def join(self) -> None:
         """Read (or create) the peer secret. Raises ``RedisUnavailable``."""

@@ -28,16 +28,20 @@ async def say_through(call, pcm) -> None:
     """Say ``pcm`` and wait until the server has played it all."""
     await (await call.say(pcm)).done()
 
-NODE_TTL = "2"
+# The product's node TTL (10 s) unless a test is about losing a node: a short
+# TTL also shortens the Redis timeout (TTL / 4), which a CPU-starved machine may
+# miss, and the heartbeat's period (TTL / 3).
+LOST_NODE_TTL = "2"
 
 
-async def start_nodes(stack: AsyncExitStack, tmp_path, redis, names, extra=lambda name: ()):
+async def start_nodes(stack: AsyncExitStack, tmp_path, redis, names, *, node_ttl: str | None = None, extra=lambda name: ()):
     """Start ``names`` as nodes on ``redis``; ``extra(name)``: more flags for that node."""
     data = tmp_path / "data"  # one dev issuer trusted by every node
     data.mkdir(exist_ok=True)
+    ttl = ("--node-ttl", node_ttl) if node_ttl is not None else ()
     nodes = {}
     for name in names:
-        flags = ("--redis", redis.url, "--node-ttl", NODE_TTL, "--node-name", name, *extra(name))
+        flags = ("--redis", redis.url, *ttl, "--node-name", name, *extra(name))
         nodes[name] = await stack.enter_async_context(serving_workers(data, workers=1, extra=flags))
     # Every node sees every other one in the registry before the test starts.
     client = Redis(redis.url)
@@ -94,7 +98,7 @@ async def test_any_node_accepts_any_request_and_tokens_are_single_use_across_nod
 
 async def test_a_dead_node_loses_its_rooms_and_the_other_nodes_call_goes_on(tmp_path):
     async with running_redis(tmp_path) as redis, AsyncExitStack() as stack:
-        nodes = await start_nodes(stack, tmp_path, redis, ["node-a", "node-b"])
+        nodes = await start_nodes(stack, tmp_path, redis, ["node-a", "node-b"], node_ttl=LOST_NODE_TTL)
         a, b = nodes["node-a"], nodes["node-b"]
         creator = a.token(agent="creator#1")
         doomed = (await a.create_room(creator)).json()["room_id"]  # on A

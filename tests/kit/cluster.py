@@ -147,15 +147,32 @@ async def serving_workers(
     """Start ``botcall serve --workers N`` on 127.0.0.1 (free ports), yield it once every
     worker is ready, then SIGTERM it and wait for it to exit. ``env``: more ``BOTCALL_*`` settings.
     ``workers=1`` without ``--redis`` is the single process (``workers[0]`` is that process)."""
+    single = workers == 1 and "--redis" not in extra  # botcall serve runs as one process
+    async with _serving(data_dir, ("--workers", str(workers), *extra), single, env) as front:
+        yield front
+
+
+@asynccontextmanager
+async def serving_one_process(data_dir: Path, *, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> AsyncIterator[Front]:
+    """Plain ``botcall serve`` (one process: no front, no workers) on 127.0.0.1, as
+    ``serving_workers`` does it: a server the test's own event loop does not run."""
+    async with _serving(data_dir, extra, True, env) as front:
+        yield front
+
+
+@asynccontextmanager
+async def _serving(
+    data_dir: Path, arguments: tuple[str, ...], single: bool, env: dict[str, str] | None
+) -> AsyncIterator[Front]:
     env = {**os.environ, "BOTCALL_DATA_DIR": str(data_dir), **GENEROUS_ENV, "PYTHONPATH": os.getcwd(), **(env or {})}
-    command = [sys.executable, "-m", "botcall.cli", "serve", "--workers", str(workers), "--port", "0", "--media-port", "0",
-               "--media-host", "127.0.0.1", *extra]
+    command = [sys.executable, "-m", "botcall.cli", "serve", "--port", "0", "--media-port", "0",
+               "--media-host", "127.0.0.1", *arguments]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE, env=env)
     front = Front(process=process, data_dir=data_dir)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(front.read_log)
-            if workers == 1 and "--redis" not in extra:  # botcall serve runs as one process
+            if single:
                 listening = await front.wait_for(SINGLE_LISTENING)
                 front.url = listening["url"]
                 port = int(front.url.rsplit(":", 1)[1])
@@ -171,7 +188,7 @@ async def serving_workers(
                 nursery.cancel_scope.cancel()
     except BaseException:
         # A failing test (or start) shows what the server said: pytest prints captured output.
-        print(f"--- the last {LOG_TAIL} log lines of botcall serve {' '.join(extra)} ---", *front.lines[-LOG_TAIL:], sep="\n")
+        print(f"--- the last {LOG_TAIL} log lines of botcall serve {' '.join(arguments)} ---", *front.lines[-LOG_TAIL:], sep="\n")
         raise
     finally:
         if process.returncode is None:

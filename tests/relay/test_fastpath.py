@@ -14,6 +14,7 @@
 """
 
 import os
+import select
 import shutil
 import time
 
@@ -26,7 +27,8 @@ from botcall.relay import fastpath
 from botcall.relay.core import MAX_DATAGRAM, MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.wire.rtp import parse_rtp_untrusted
-from tests.kit.relay import make_bot, rtp
+from botcall.wire.stun import binding_request, parse_binding_response_untrusted
+from tests.kit.relay import BOT_UFRAG, make_bot, rtp
 from tests.relay.test_hot_path import client_socket, latch_over_udp, receive
 
 # The test command's set-up installs gcc and Python's headers, so there the
@@ -43,6 +45,8 @@ def test_the_compiled_helper_is_built_where_a_compiler_is() -> None:
 
 SSRC = 0x11223344
 PT = 111
+# A datagram the helper always hands to Python (a STUN-range first byte).
+BARRIER = b"\x00\x01\x00\x00ordering-barrier"
 
 
 def helper_for(sock):
@@ -102,20 +106,26 @@ def fuzz_once(datagrams, limit, *, threaded):
             (routed if from_routed else stranger).sendto(data, target)
         returned, received, forwarded = [], 0, []
         expected_oversized = sum(len(data) > MAX_DATAGRAM for _, data in datagrams)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a safety net against a hung helper, not a speed requirement
         if threaded:
+            # An ordering barrier: a last datagram for Python from the stranger.
+            # The thread hands it over after everything before it was forwarded
+            # (sendmmsg, then the eventfd), counted or handed over too.
+            stranger.sendto(BARRIER, target)
             notify = os.eventfd(0, os.EFD_NONBLOCK)
             helper.start(notify, 1.0)
-            oversized = 0
             try:
-                while len(forwarded) + len(returned) + oversized < len(datagrams) and time.monotonic() < deadline:
-                    time.sleep(0.002)
+                while (BARRIER, stranger_addr) not in returned:
+                    ready, _, _ = select.select([notify], [], [], max(0.0, deadline - time.monotonic()))
+                    assert ready, f"the barrier never came back: {len(returned)} datagrams returned"
+                    os.eventfd_read(notify)
                     to_python, mirrored, unsent = helper.collect()
                     assert mirrored == [] and unsent == []
                     returned += to_python
                     helper.resume(True)
-                    forwarded += drain_socket(listener)
-                    oversized += helper.take_stats()[1].get("oversized", 0)
+                assert returned.pop() == (BARRIER, stranger_addr)  # the last one, alone behind everything
+                forwarded = drain_socket(listener)
+                oversized = helper.take_stats()[1].get("oversized", 0)
             finally:
                 helper.stop()
                 os.close(notify)
@@ -248,15 +258,40 @@ async def run_call(fast_path, script, *, max_packets_per_second=200):
     return ctx
 
 
+async def barrier(ctx):
+    """Wait until the relay has handled everything sent to it so far.
+
+    a's binding request queues behind every datagram sent before it on the
+    relay's socket, and each path keeps that order: the helper hands it and
+    everything after it in its batch to Python, and its thread stops until
+    Python resumes it. Once the answer is back, every earlier datagram was
+    forwarded or dropped, and a forwarded one is already in the listener's
+    socket (loopback delivers within ``sendto``): no waiting for "nothing more".
+    """
+    a, sock = ctx["a"], ctx["sock_a"]
+    request = binding_request(f"{a.ice_ufrag}:{BOT_UFRAG}", a.ice_pwd)
+    sock.sendto(request, ctx["addr"])
+    with trio.fail_after(10):  # a safety net against a hung relay, not a speed requirement
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(2048)
+            except BlockingIOError:
+                continue
+            if data[:2] == b"\x01\x01" and data[8:20] == request[8:20]:  # its success response
+                parse_binding_response_untrusted(data, a.ice_pwd, request[8:20])
+                return
+
+
 async def send_and_collect(ctx, packets, expect):
-    """Send ``packets`` from a, one trio checkpoint apart; what b gets (``expect`` of them, then 50 ms of nothing)."""
+    """Send ``packets`` from a, one trio checkpoint apart; what b got once the relay
+    handled them all (see ``barrier``): exactly ``expect`` packets."""
     for data in packets:
         ctx["sock_a"].sendto(data, ctx["addr"])
         await trio.sleep(0.001)
-    got = await receive(ctx["sock_b"], expect) if expect else []
-    await trio.sleep(0.05)
-    with pytest.raises(BlockingIOError):
-        ctx["sock_b"].recv(2048)
+    await barrier(ctx)
+    got = drain_socket(ctx["sock_b"])
+    assert len(got) == expect, [parse_rtp_untrusted(data).sequence_number for data in got]
     return got
 
 
@@ -307,10 +342,11 @@ async def check_the_rate_limit_holds_across_reprogramming(fast_path):
         make_bot(relay, ctx["transport"].transmit, "c", 9, room="another")
         for seq in range(30, 80):
             ctx["sock_a"].sendto(rtp(7, seq), ctx["addr"])
-        ctx["got"] = await receive(ctx["sock_b"], 20)
-        await trio.sleep(0.05)
+        await barrier(ctx)
+        ctx["got"] = drain_socket(ctx["sock_b"])
 
     ctx = await run_call(fast_path, script, max_packets_per_second=50)
+    assert len(ctx["got"]) == 20
     assert ctx["a"].rx_packets == 50
     assert ctx["a"].drops["rate_limited"] == 30
     assert ctx["relay"].counters["rate_limited"] == 30
