@@ -8,10 +8,13 @@ lost. No trio, no sockets, no clock: ``now`` (Unix seconds) is an argument.
 Load is each worker's own measurement (``worker.py`` reports live sessions and
 received RTP packets every ``LOAD_INTERVAL_S``), not a count of placements:
 
-    load = sessions + packets_per_second / PACKETS_PER_SESSION + PLACED_WEIGHT × rooms placed since its last report
+    load = max(sessions, PLACED_WEIGHT × rooms) + packets_per_second / PACKETS_PER_SESSION
+           + PLACED_WEIGHT × rooms placed since its last report
 
-The last term keeps a burst of creates between two reports from all landing on
-one worker (each new room will bring about two sessions).
+Each new room will bring about two sessions: a room nobody joined yet counts
+as two (else two creates with a report between them, before anyone joins, both
+land on the same worker), and the last term keeps a burst of creates between
+two reports from all landing on one worker.
 
 Every table has a limit (docs/architecture.md): rooms and sessions at most
 ``max_rooms`` / ``max_sessions`` (the workers' own budgets times their number;
@@ -60,7 +63,8 @@ class Worker:
 
     @property
     def load(self) -> float:
-        return self.sessions + self.packets_per_second / PACKETS_PER_SESSION + PLACED_WEIGHT * self.placed
+        expected = max(self.sessions, PLACED_WEIGHT * self.rooms)
+        return expected + self.packets_per_second / PACKETS_PER_SESSION + PLACED_WEIGHT * self.placed
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,18 @@ def test_placement_follows_reported_load_not_turns():
     assert d.place().index == 1
 
 
+def test_a_room_nobody_joined_yet_counts_as_its_two_sessions():
+    # Found under load: a report between two creates reset the "placed" guess,
+    # and an empty room added nothing, so both rooms went to worker 0.
+    d = directory()
+    assert d.place().index == 0
+    d.worker_report(0, rooms=1, sessions=0, packets=0, now=1)
+    assert d.table[0].load == 2
+    assert d.place().index == 1
+    d.worker_report(0, rooms=1, sessions=5, packets=0, now=2)  # joined: the sessions count
+    assert d.table[0].load == 5
+
+
 def test_a_lost_worker_loses_its_rooms_and_only_its_own():
     d = directory()
     d.room_created("r0", d.table[0], expires_at=100)
