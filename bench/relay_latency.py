@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated, wait_for_quiet
 from bench.harness.server import Api, bot_browser_calls, bot_pairs, drain, latch_bots, refresh_browsers, RelayProcess
+from bench.harness.lightgen import run_light
 from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
 from bench.harness.machine import open_socket, pin_to_core
 from bench.srtp_cost import handshake
@@ -48,6 +49,11 @@ from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext
 
 MODES = ("bots", "bot-to-browser", "browser-to-bot", "calls")
+# The load generators (``--generator``): the classic one works per packet inside
+# the window; the light one builds and protects before it and checks after it
+# (bench/harness/lightgen.py). Both measure the same things the same way.
+GENERATORS = {"light": run_light, "classic": run_load}
+DEFAULT_GENERATOR = "light"
 
 
 @dataclass
@@ -195,15 +201,22 @@ def run_cells(
     packet_size: int = 172,
     quiet_wait: float = 60.0,
     log=print,
+    generator: str = DEFAULT_GENERATOR,
+    config: dict | None = None,
 ) -> list[Cell]:
     """Measure ``repeat`` relay runs of ``legs`` legs of ``mode`` on a fresh server.
+
+    Args:
+        generator: a key of :data:`GENERATORS` (the direct baseline uses the same one).
+        config: further ``Config`` fields for the server (``RelayProcess(config=...)``).
 
     Returns:
         One :class:`Cell` per run, each beside the same direct baseline.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    with RelayProcess() as relay:
+    run_gen = GENERATORS[generator]
+    with RelayProcess(config=config) as relay:
         api = Api(relay.http_url, relay.data_dir)
         started = time.monotonic()
         flows, bots, browsers = relay_flows(mode, relay, api, legs)
@@ -213,7 +226,7 @@ def run_cells(
         direct_flows = DirectFlows(flows)
         try:
             wait_for_quiet(max_wait=quiet_wait)
-            direct = run_load(direct_flows.flows, **kwargs)
+            direct = run_gen(direct_flows.flows, **kwargs)
         finally:
             direct_flows.close()
         cells = []
@@ -224,7 +237,7 @@ def run_cells(
             if browsers:
                 refresh_browsers(browsers)
             drain({flow.recv_sock for flow in flows})
-            result = run_load(flows, cpu_pid=relay.pid, seq_base=run * per_flow, **kwargs)
+            result = run_gen(flows, cpu_pid=relay.pid, seq_base=run * per_flow, **kwargs)
             cells.append(Cell(mode=mode, legs=legs, relay=result, direct=direct))
         for sock in {flow.send_sock for flow in flows} | {flow.recv_sock for flow in flows}:
             sock.close()

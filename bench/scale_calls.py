@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
+from bench.harness.loadgen import Flow, LoadResult, packets_per_flow
 from bench.harness.machine import BENCH_NICE, GENERATOR_CORE, machine_busy_seconds, wait_for_quiet
 from bench.harness.process import HarnessError, PinnedProcess
 from bench.harness.server import REPO, Api, Bot, connected_socket, drain, join_browsers, latch_bots, refresh_browsers
-from bench.relay_latency import Cell, DirectFlows
+from bench.relay_latency import DEFAULT_GENERATOR, GENERATORS, Cell, DirectFlows
 from botcall.webrtc.dtls.certificate import DtlsCertificate
 from tests.kit.system import read_proc_stat
 
@@ -196,7 +196,7 @@ def _own_cpu() -> float:
 
 def measure_calls(
     workers: int, calls: int, *, duration: float, warmup: float, repeat: int, quiet_wait: float = 60.0, log=print,
-    pin: bool = False,
+    pin: bool = False, generator: str = DEFAULT_GENERATOR,
 ) -> list[WorkersRun]:
     """``repeat`` runs of ``calls`` bot <-> browser calls on a fresh ``botcall serve --workers N``.
 
@@ -207,6 +207,7 @@ def measure_calls(
     Raises:
         HarnessError: the server did not start, or calls landed on a media port no worker announced.
     """
+    run_gen = GENERATORS[generator]
     with tempfile.TemporaryDirectory(prefix="botcall-bench-workers-") as tmp:
         serve = ServeProcess(Path(tmp), workers)
         try:
@@ -232,7 +233,7 @@ def measure_calls(
             direct_flows = DirectFlows(flows)
             try:
                 wait_for_quiet(max_wait=quiet_wait)
-                direct = run_load(direct_flows.flows, **kwargs)
+                direct = run_gen(direct_flows.flows, **kwargs)
             finally:
                 direct_flows.close()
             per_flow = packets_per_flow(50.0, duration, warmup)
@@ -246,7 +247,7 @@ def measure_calls(
                 before = {index: _cpu(pid) for index, pid in pids.items()}
                 front_before, own_before, machine_before = _cpu(serve.front_pid), _own_cpu(), machine_busy_seconds()
                 wall = time.monotonic()
-                result = run_load(flows, seq_base=run * per_flow, **kwargs)
+                result = run_gen(flows, seq_base=run * per_flow, **kwargs)
                 wall = time.monotonic() - wall
                 after = {index: _cpu(pid) for index, pid in pids.items()}
                 front_used = _cpu(serve.front_pid) - front_before
@@ -258,9 +259,12 @@ def measure_calls(
                     calls_per_worker=per_worker,
                     worker_cpu_percent={index: used / wall * 100 for index, used in worker_used.items()},
                     front_cpu_percent=front_used / wall * 100,
-                    generator_cpu_percent=own_used / wall * 100,
+                    generator_cpu_percent=result.generator_cpu_percent,
                     other_cpu_percent=max(0.0, machine_used - known) / wall * 100,
                     load_average=os.getloadavg()[0],
+                    extra={"generator_run_cpu_percent": own_used / wall * 100,
+                           "generator_before_s": getattr(result, "prepare_cpu_s", math.nan),
+                           "generator_after_s": getattr(result, "verify_cpu_s", math.nan)},
                 ))
             for bot, browser in pairs:
                 bot.sock.close()
@@ -272,7 +276,7 @@ def measure_calls(
 
 HEADER = (
     f"{'workers':>7}{'calls':>6} {'per worker':<12}{'loss%':>7}{'+p50':>7}{'+p99':>7}{'d.p99':>7}"
-    f"  {'worker CPU %':<14}{'front%':>7}{'gen%':>6}{'other%':>7}{'load1':>6}{'lag ms':>7}"
+    f"  {'worker CPU %':<14}{'front%':>7}{'gen%':>6}{'g.run%':>7}{'other%':>7}{'load1':>6}{'lag ms':>7}"
 )
 
 
@@ -284,5 +288,5 @@ def format_run(workers: int, run: WorkersRun) -> str:
     return (
         f"{workers:>7}{run.cell.legs:>6} {per_worker:<12}{run.relay.loss * 100:>7.3f}{run.cell.added_p50_ms:>7.2f}"
         f"{run.cell.added_p99_ms:>7.2f}{run.cell.direct.latency_p99_ms:>7.2f}  {cpu:<14}{front:>7}"
-        f"{run.generator_cpu_percent:>6.1f}{run.other_cpu_percent:>7.1f}{run.load_average:>6.1f}{run.relay.max_send_lag_ms:>7.1f}"
+        f"{run.generator_cpu_percent:>6.1f}{run.extra.get('generator_run_cpu_percent', math.nan):>7.1f}{run.other_cpu_percent:>7.1f}{run.load_average:>6.1f}{run.relay.max_send_lag_ms:>7.1f}"
     )
