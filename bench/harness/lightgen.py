@@ -14,20 +14,33 @@ the work is done:
 * **The send time is not in the payload** (it could not be: the packet is
   protected ahead of time). It is kept per packet in an array; the payload's
   flow and packet indexes find it when the packet comes back.
-* **Inside the window** each received datagram is read (one ``recv`` per
-  readiness, as the classic generator) and kept, as it arrived, in its
-  socket's list with its arrival time; nothing is parsed or unprotected.
+* **Inside the window** the generator wakes once a tick (``SEND_TICK_S``, 1 ms),
+  whatever the load: it sends what is due, reads what has arrived (one
+  ``recvmsg`` per ready socket, ``epoll`` polled without waiting) and sleeps
+  out the tick. The classic generator woke for every datagram the relay sent
+  it (tens of thousands of wakeups a second, each dear on this virtual
+  machine). Each datagram is kept, as it arrived, in its socket's list with
+  the kernel's receive time (``SO_TIMESTAMPNS``); nothing is parsed or
+  unprotected. Because the arrival time is the kernel's, reading up to a tick
+  late adds nothing to the latency; send times are taken on the same clock
+  (``time.time_ns``, CLOCK_REALTIME) just before each ``send``.
 * **After the window** every kept datagram goes through exactly the classic
   checks, in arrival order per socket: the flow's ``unprotect`` (libsrtp: the
   relay's SRTP is authenticated and replay-checked, packet by packet, as a
   browser would), the RTP version, the SSRC the flow expects, the flow and
-  packet indexes, duplicates. Latency = arrival time - send time, one clock.
+  packet indexes, duplicates. Latency = kernel receive time - send time.
 
 What it does not change: loss, duplicates, strangers and latency are counted
 per packet, both directions of every call, every SRTP packet authenticated.
 What it moves: the SRTP protect of what is sent (before the window) and the
-unprotect and parsing of what is received (after it). Their CPU is reported
-apart (``prepare_cpu_s``, ``verify_cpu_s`` of :class:`LightResult`), so the
+unprotect and parsing of what is received (after it). What differs: the
+latency ends when the kernel queued the datagram on the generator's socket,
+not when the generator read it (the classic figure also held the generator's
+own delay in reading, in the relay runs and the direct baseline alike), and
+sends go out in bursts of one tick's worth (at most 1 ms late, each stamped
+when it is really sent), as the classic generator's did whenever it slept.
+The CPU before and after the window is reported apart (``prepare_cpu_s``,
+``verify_cpu_s`` of :class:`LightResult`), so the
 generator's whole cost stays visible; only its share *inside the window*,
 which is what competes with the relay, is ``generator_cpu_percent``.
 
@@ -42,6 +55,8 @@ from __future__ import annotations
 import gc
 import math
 import select
+import socket
+import struct
 import time
 from array import array
 from dataclasses import dataclass
@@ -52,7 +67,6 @@ from bench.harness.loadgen import (
     DRAIN_S,
     MAX_LAG_FRACTION,
     MAX_PACKETS,
-    MAX_SENDS_PER_PASS,
     MIN_PACKET_SIZE,
     PACKET_HEAD,
     RECV_BUFFER,
@@ -74,9 +88,17 @@ from tests.kit.system import read_proc_stat
 # Datagrams kept per run, over all sockets: the packets of the run plus room
 # for strangers (STUN, RTCP) before the rest is dropped and counted bad.
 MAX_KEPT = MAX_PACKETS + 100_000
-# After the last send and once every sent packet may be in, the run ends at
-# the first quiet poll of this length (strangers may have made up the count).
-QUIET_END_S = 0.005
+# Once as many datagrams came as were sent, the run ends after this long without one
+# (strangers and duplicates count in that number, so it may be reached early).
+QUIET_END_NS = 20_000_000
+# Sends per tick at most, when the generator has fallen behind (reading must not starve).
+MAX_SENDS_PER_TICK = 4096
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; the Python module does not name
+# it): recvmsg then carries the kernel's receive time as SCM_TIMESTAMPNS (same
+# value), a struct timespec (CLOCK_REALTIME).
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@qq")
+TIMESTAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 
 
 @dataclass
@@ -130,23 +152,30 @@ def run_light(
     sharing: dict[int, int] = {}
     for flow in flows:
         sharing[flow.recv_sock.fileno()] = sharing.get(flow.recv_sock.fileno(), 0) + 1
-    kept: dict[int, tuple[list[bytes], array, Flow]] = {}
+    kept: dict[int, tuple[list[bytes], list, Flow]] = {}
     receivers: dict[int, tuple] = {}
     for flow in flows:
         fd = flow.recv_sock.fileno()
         if fd in kept:
             continue
         datagrams: list[bytes] = []
-        arrivals = array("q")
+        arrivals: list = []  # each datagram's ancillary data: its kernel receive time
         kept[fd] = (datagrams, arrivals, flow)
         reads = range(1 if sharing[fd] == 1 else RECV_PER_SOCKET)
-        receivers[fd] = (flow.recv_sock.recv, datagrams.append, arrivals.append, reads)
+        receivers[fd] = (flow.recv_sock.recvmsg, datagrams.append, arrivals.append, reads)
     poller = select.epoll(len(receivers))
     for fd in receivers:
         poller.register(fd, select.EPOLLIN)
     prepare_cpu = _own_cpu() - prepare_started
 
-    now_ns = time.perf_counter_ns
+    # Send times and arrival times on one clock: the kernel stamps each datagram as
+    # it reaches the socket (SO_TIMESTAMPNS, CLOCK_REALTIME), so the generator reads
+    # them once a tick instead of waking for every datagram, and the latency does
+    # not include how late it read.
+    now_ns = time.time_ns
+    for fd in receivers:
+        kept[fd][2].recv_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    tick_ns = SEND_TICK_S * 1e9
     raw_received = overflow = 0
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -158,11 +187,12 @@ def run_light(
     cpu_at_start = cpu_at_end = math.nan
     own_at_start = own_at_end = machine_at_start = machine_at_end = 0.0
     end_ns = 0
+    last_arrival_ns = t0
     try:
         while True:
-            now = now_ns()
+            tick_start = now = now_ns()
             if next_index < total:
-                due = min(total, int((now - t0) / interval_ns) + 1, next_index + MAX_SENDS_PER_PASS)
+                due = min(total, int((now - t0) / interval_ns) + 1, next_index + MAX_SENDS_PER_TICK)
                 if now > send_deadline_ns:
                     due = total  # out of time: the rest is never sent (offered_pps shows it)
                     sent_through = next_index
@@ -198,35 +228,38 @@ def run_light(
                     own_at_end = _own_cpu()
                     machine_at_end = machine_busy_seconds()
                     end_ns = now_ns() + DRAIN_S * 1e9
-                wait_ns = t0 + next_index * interval_ns - now_ns()
-                timeout = 0 if next_index >= total or wait_ns <= 0 else min(wait_ns / 1e9, SEND_TICK_S)
-                ending = False
-            else:
-                left = (end_ns - now_ns()) / 1e9
-                if left <= 0:
-                    break
-                ending = raw_received >= sent_through
-                timeout = min(left, QUIET_END_S) if ending else left
-            ready = poller.poll(timeout)
-            if ending and not ready:
+            elif now > end_ns:
                 break
+            # Read what has arrived, without waiting: one read per ready socket
+            # (epoll is level-triggered: the next tick reads the rest).
+            ready = poller.poll(0)
             for fd, _ in ready:
                 recv, store, arrive, reads = receivers[fd]
                 for _ in reads:
                     try:
-                        data = recv(RECV_BUFFER)
+                        data, ancillary, _, _ = recv(RECV_BUFFER, TIMESTAMP_SPACE)
                     except BlockingIOError:
                         break
-                    arrive(now_ns())
                     raw_received += 1
                     if raw_received <= MAX_KEPT:
                         store(data)
+                        arrive(ancillary)
                     else:
                         overflow += 1
+            if ready:
+                last_arrival_ns = tick_start
+            elif next_index >= total and raw_received >= sent_through and tick_start - last_arrival_ns > QUIET_END_NS:
+                break  # everything sent may be in (strangers and duplicates count too), and a while passed quietly
+            # Sleep out the tick: the generator wakes at most once a tick, whatever the load.
+            rest = (tick_start + tick_ns - now_ns()) / 1e9
+            if rest > 0:
+                time.sleep(rest)
     finally:
         poller.close()
         if gc_was_enabled:
             gc.enable()
+        for fd in receivers:
+            kept[fd][2].recv_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
     if end_ns == 0:  # left by an exception before the last send
         own_at_end = _own_cpu()
         machine_at_end = machine_busy_seconds()
@@ -243,7 +276,11 @@ def run_light(
     unpack_from = PACKET_HEAD.unpack_from
     for datagrams, arrivals, flow in kept.values():
         strip, unprotect = flow.strip, flow.unprotect
-        for data, arrived in zip(datagrams, arrivals):
+        for data, ancillary in zip(datagrams, arrivals):
+            arrived = _kernel_time(ancillary)
+            if arrived == 0:
+                bad += 1  # no receive time from the kernel: cannot be measured
+                continue
             try:
                 plain = data[strip:] if unprotect is None else unprotect(data[strip:])
                 if len(plain) < MIN_PACKET_SIZE:
@@ -304,6 +341,15 @@ def run_light(
         prepare_cpu_s=prepare_cpu,
         verify_cpu_s=verify_cpu,
     )
+
+
+def _kernel_time(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The SCM_TIMESTAMPNS receive time (ns since the epoch) in ``recvmsg``'s ancillary data, or 0."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            seconds, nanoseconds = TIMESPEC.unpack_from(data)
+            return seconds * 1_000_000_000 + nanoseconds
+    return 0
 
 
 def _build_packets(flows: list[Flow], per_flow: int, packet_size: int, seq_base: int, ts_step: int) -> list[bytes]:
