@@ -24,13 +24,14 @@ a faster generator.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated
 from bench.harness.machine import pin_to_core
-from bench.relay_latency import HEADER, MODES, Cell, format_cell, run_cells
+from bench.relay_latency import DEFAULT_GENERATOR, GENERATORS, HEADER, MODES, Cell, format_cell, run_cells
 
 # The generator is behind when its sends lag their schedule by more than this.
 GENERATOR_MAX_LAG_MS = 50.0
@@ -115,6 +116,16 @@ def search(probe: Callable[[int], Probe], *, start: int, step: int, maximum: int
     return best, probes
 
 
+def _generator_extra(cell: Cell) -> str:
+    """The light generator's CPU before and after the window, and the load's lag (ms), for a row's end."""
+    before = getattr(cell.relay, "prepare_cpu_s", None)
+    after = getattr(cell.relay, "verify_cpu_s", None)
+    extra = f"  lag {cell.relay.max_send_lag_ms:.1f} ms"
+    if before is not None:
+        extra += f"; gen CPU before {before:.2f} s, after {after:.2f} s"
+    return extra
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run_isolated(lambda: _main(argv)))
 
@@ -132,7 +143,18 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--max-loss", type=float, default=0.001)
     parser.add_argument("--max-added-p99", type=float, default=5.0, help="milliseconds")
     parser.add_argument("--quiet-wait", type=float, default=60.0)
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,
+                        help="light: packets built and protected before the window, checked after it (bench/harness/lightgen.py)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="a server Config field (repeatable), e.g. media_fast_path='\"thread\"'")
     args = parser.parse_args(argv)
+    config = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        try:
+            config[name] = json.loads(value)
+        except ValueError:
+            parser.error(f"--set {item}: the value must be JSON")
     if args.duration + args.warmup > 20:
         parser.error("warmup + duration must stay under 20 s (consent lasts 30 s)")
     pin_to_core(GENERATOR_CORE)
@@ -140,7 +162,7 @@ def _main(argv: list[str] | None) -> None:
     print(machine_description())
     print(
         f"capacity search, mode {args.mode}: loss < {bounds.max_loss * 100:g} %, relay-added p99 < {bounds.max_added_p99_ms:g} ms,"
-        f" a majority of {args.repeat} runs of {args.duration:g} s per probe"
+        f" a majority of {args.repeat} runs of {args.duration:g} s per probe; {args.generator} generator; server config {config or 'default'}"
     )
     print(HEADER + "  verdict", flush=True)
 
@@ -153,10 +175,13 @@ def _main(argv: list[str] | None) -> None:
             repeat=args.repeat,
             quiet_wait=args.quiet_wait,
             log=lambda line: print(line, flush=True),
+            generator=args.generator,
+            config=config,
         )
         result = judge(n, cells, bounds)
         for cell in cells:
-            print(format_cell(cell) + ("  ok" if cell.within(bounds.max_loss, bounds.max_added_p99_ms) else "  out"), flush=True)
+            print(format_cell(cell) + ("  ok" if cell.within(bounds.max_loss, bounds.max_added_p99_ms) else "  out")
+                  + _generator_extra(cell), flush=True)
         verdict = "PASS" if result.passed else "FAIL"
         print(f"# N={n}: {verdict}{' (generator-bound)' if result.generator_bound else ''}", flush=True)
         return result

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from bench.harness.machine import GENERATOR_CORE, machine_description, run_isolated, wait_for_quiet
 from bench.harness.server import Api, bot_browser_calls, bot_pairs, drain, latch_bots, refresh_browsers, RelayProcess
+from bench.harness.lightgen import run_light
 from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
 from bench.harness.machine import open_socket, pin_to_core
 from bench.srtp_cost import handshake
@@ -48,6 +49,11 @@ from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext
 
 MODES = ("bots", "bot-to-browser", "browser-to-bot", "calls")
+# The load generators (``--generator``): the classic one works per packet inside
+# the window; the light one builds and protects before it and checks after it
+# (bench/harness/lightgen.py). Both measure the same things the same way.
+GENERATORS = {"light": run_light, "classic": run_load}
+DEFAULT_GENERATOR = "light"
 
 
 @dataclass
@@ -73,7 +79,7 @@ class Cell:
 
 
 HEADER = (
-    f"{'mode':<15}{'legs':>6}{'offered':>9}{'deliv.':>9}{'loss%':>8}{'p50':>7}{'p99':>7}"
+    f"{'mode':<16}{'legs':>6}{'offered':>9}{'deliv.':>9}{'loss%':>8}{'p50':>7}{'p99':>7}"
     f"{'d.p50':>7}{'d.p99':>7}{'+p50':>7}{'+p99':>7}{'µs/pkt':>8}{'relay%':>7}{'gen%':>6}{'other%':>7}"
 )
 
@@ -82,7 +88,7 @@ def format_cell(cell: Cell) -> str:
     """One row under :data:`HEADER`; latencies in milliseconds."""
     relay, direct = cell.relay, cell.direct
     return (
-        f"{cell.mode:<15}{cell.legs:>6}{relay.offered_pps:>9.0f}{relay.delivered_pps:>9.0f}{relay.loss * 100:>8.3f}"
+        f"{cell.mode:<16}{cell.legs:>6}{relay.offered_pps:>9.0f}{relay.delivered_pps:>9.0f}{relay.loss * 100:>8.3f}"
         f"{relay.latency_p50_ms:>7.2f}{relay.latency_p99_ms:>7.2f}{direct.latency_p50_ms:>7.2f}{direct.latency_p99_ms:>7.2f}"
         f"{cell.added_p50_ms:>7.2f}{cell.added_p99_ms:>7.2f}{relay.relay_cpu_us_per_packet:>8.1f}{relay.relay_cpu_percent:>7.1f}"
         f"{relay.generator_cpu_percent:>6.1f}{relay.other_cpu_percent:>7.1f}"
@@ -195,15 +201,26 @@ def run_cells(
     packet_size: int = 172,
     quiet_wait: float = 60.0,
     log=print,
+    generator: str = DEFAULT_GENERATOR,
+    config: dict | None = None,
 ) -> list[Cell]:
     """Measure ``repeat`` relay runs of ``legs`` legs of ``mode`` on a fresh server.
+
+    Args:
+        generator: a key of :data:`GENERATORS` (the direct baseline uses the same one),
+            or several, comma-separated: each run of the repeat then measures each
+            generator in turn on the same calls, each beside its own baseline.
+        config: further ``Config`` fields for the server (``RelayProcess(config=...)``).
 
     Returns:
         One :class:`Cell` per run, each beside the same direct baseline.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    with RelayProcess() as relay:
+    names = generator.split(",")
+    if not set(names) <= set(GENERATORS):
+        raise ValueError(f"generator must be one of {sorted(GENERATORS)}, comma-separated")
+    with RelayProcess(config=config) as relay:
         api = Api(relay.http_url, relay.data_dir)
         started = time.monotonic()
         flows, bots, browsers = relay_flows(mode, relay, api, legs)
@@ -211,21 +228,27 @@ def run_cells(
         log(f"# {mode} x {legs}: {len(flows)} flows set up in {time.monotonic() - started:.1f} s")
         kwargs = dict(rate_per_flow=rate, duration=duration, warmup=warmup, packet_size=packet_size)
         direct_flows = DirectFlows(flows)
+        directs = {}
         try:
-            wait_for_quiet(max_wait=quiet_wait)
-            direct = run_load(direct_flows.flows, **kwargs)
+            for index, name in enumerate(names):
+                wait_for_quiet(max_wait=quiet_wait)
+                directs[name] = GENERATORS[name](direct_flows.flows, seq_base=index * packets_per_flow(rate, duration, warmup), **kwargs)
         finally:
             direct_flows.close()
         cells = []
         per_flow = packets_per_flow(rate, duration, warmup)
-        for run in range(repeat):
-            wait_for_quiet(max_wait=quiet_wait)
-            latch_bots(bots)
-            if browsers:
-                refresh_browsers(browsers)
-            drain({flow.recv_sock for flow in flows})
-            result = run_load(flows, cpu_pid=relay.pid, seq_base=run * per_flow, **kwargs)
-            cells.append(Cell(mode=mode, legs=legs, relay=result, direct=direct))
+        run = 0
+        for _ in range(repeat):
+            for name in names:  # several generators: alternating, on the same calls
+                wait_for_quiet(max_wait=quiet_wait)
+                latch_bots(bots)
+                if browsers:
+                    refresh_browsers(browsers)
+                drain({flow.recv_sock for flow in flows})
+                result = GENERATORS[name](flows, cpu_pid=relay.pid, seq_base=run * per_flow, **kwargs)
+                run += 1
+                label = mode if len(names) == 1 else f"{mode}/{name}"
+                cells.append(Cell(mode=label, legs=legs, relay=result, direct=directs[name]))
         for sock in {flow.send_sock for flow in flows} | {flow.recv_sock for flow in flows}:
             sock.close()
     return cells
@@ -245,6 +268,8 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--packet-size", type=int, default=172)
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine before each run")
+    parser.add_argument("--generator", default=DEFAULT_GENERATOR,
+                        help="light or classic (bench/harness/lightgen.py, loadgen.py); 'classic,light' alternates them")
     args = parser.parse_args(argv)
     if args.duration + args.warmup > 20:
         parser.error("warmup + duration must stay under 20 s (the relay forgets addresses after 30 s without STUN)")
@@ -264,6 +289,7 @@ def _main(argv: list[str] | None) -> None:
             packet_size=args.packet_size,
             quiet_wait=args.quiet_wait,
             log=lambda line: print(line, flush=True),
+            generator=args.generator,
         ):
             print(format_cell(cell), flush=True)
 

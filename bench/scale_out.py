@@ -117,13 +117,15 @@ def capacity(args: argparse.Namespace, workers_list: list[int]) -> dict[int, int
     bounds = Bounds()
     print(machine_description())
     pinning = "worker i on core i, a lone worker's generator on the other core" if args.pin else "nothing pinned"
-    print(f"capacity, bot <-> human calls: loss < 0.1 %, added p99 < 5 ms, a majority of {args.repeat} runs of {args.duration:g} s; {pinning}")
+    print(f"capacity, bot <-> human calls: loss < 0.1 %, added p99 < 5 ms, a majority of {args.repeat} runs of {args.duration:g} s; {pinning};"
+          f" {args.generator} generator (gen% = its CPU inside the window, g.run% = over the whole run, set-up excluded)")
     print(HEADER, flush=True)
     figures: dict[int, int | None] = {}
     for workers in workers_list:
         def probe(n: int, workers: int = workers):
             runs = measure_calls(workers, n, duration=args.duration, warmup=args.warmup, repeat=args.repeat,
-                                 quiet_wait=args.quiet_wait, log=lambda line: print(line, flush=True), pin=args.pin)
+                                 quiet_wait=args.quiet_wait, log=lambda line: print(line, flush=True), pin=args.pin,
+                                 generator=args.generator)
             for run in runs:
                 ok = run.cell.within(bounds.max_loss, bounds.max_added_p99_ms)
                 print(format_run(workers, run) + ("  ok" if ok else "  out"), flush=True)
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="--capacity: runs per probe; a majority must pass")
     parser.add_argument("--pin", action="store_true", help="--capacity: worker i on core i (one worker: the generator on the other core)")
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="--capacity: wait this long at most for a quiet machine")
+    parser.add_argument("--generator", choices=("light", "classic"), default="light",
+                        help="--capacity: the load generator (bench/harness/lightgen.py or bench/harness/loadgen.py)")
     args = parser.parse_args(argv)
     try:
         workers_list = [int(part) for part in args.workers.split(",")]

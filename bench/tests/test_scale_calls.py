@@ -4,8 +4,12 @@ front and aimed at each room's own worker. Checks the report's shape and that
 both workers carried calls; never speed."""
 
 import math
+import os
 
-from bench.scale_calls import HEADER, format_run, measure_calls
+import pytest
+
+from bench.harness.machine import BENCH_NICE
+from bench.scale_calls import HEADER, ServeProcess, format_run, measure_calls
 
 CALLS = 6
 DURATION = 0.6
@@ -41,3 +45,25 @@ def test_one_worker_is_one_process_without_a_front():
     assert run.calls_per_worker == {0: 2}
     assert run.cell.relay.received == run.cell.relay.sent == 2 * 2 * round(50 * DURATION)
     assert math.isnan(run.front_cpu_percent) and "  -" in format_run(1, run)
+
+
+def autogroup_nice(pid: int) -> int:
+    # "/autogroup-<id> nice <n>" (sched(7)).
+    with open(f"/proc/{pid}/autogroup") as autogroup:
+        return int(autogroup.read().split()[-1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs root")
+def test_workers_run_at_the_same_priority_as_a_single_server(tmp_path):
+    # The supervisor starts each worker in a session (autogroup) of its own; left
+    # at nice 0 there, the workers would compete with every other session while a
+    # one-process server runs at the bench's -20, and 1 vs 2 workers would compare
+    # priorities, not workers.
+    serve = ServeProcess(tmp_path, 2)
+    try:
+        assert serve.worker_priority == {0: True, 1: True}
+        for pid in serve.worker_pids.values():
+            assert autogroup_nice(pid) == BENCH_NICE
+            assert os.getpriority(os.PRIO_PROCESS, pid) == BENCH_NICE
+    finally:
+        serve.stop()
