@@ -118,14 +118,16 @@ class ServeProcess(PinnedProcess):
 def _raise_worker_priority(pid: int) -> bool:
     """Give a worker process the bench's priority, as the server process has.
 
-    The supervisor starts each worker in a session of its own
+    The supervisor used to start each worker in a session of its own
     (``start_new_session``), and the kernel's autogroup scheduler shares the
-    CPU between sessions before it applies nice: a worker inherits nice -20
-    but sits in a new autogroup at nice 0, level with every other session on
+    CPU between sessions before it applies nice: a worker inherited nice -20
+    but sat in a new autogroup at nice 0, level with every other session on
     the machine (see :func:`tests.kit.system.set_priority`). Measured before
     this (6 December 2026, 06:37 UTC, other sessions at ~150 % of a core):
     2 workers failed at 50 calls with stalls of 0.45-0.69 s while one worker
-    (in the bench's own autogroup at -20) passed 100-150.
+    (in the bench's own autogroup at -20) passed 100-150. Workers now stay in
+    the supervisor's session (``process_group=0``), so this only confirms it
+    (and still helps against an older server).
 
     Returns:
         Whether the worker's autogroup and the worker got :data:`BENCH_NICE` (needs root).

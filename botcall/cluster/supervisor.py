@@ -171,7 +171,11 @@ async def run_worker(
     while True:
         started_at = time.monotonic()
         # stdin: a pipe the worker watches; it ends when this process does, however it ends.
-        process = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        # Its own process group (a terminal's Ctrl-C reaches the supervisor, which
+        # drains the workers), but this session: the kernel's autogroup scheduler
+        # shares CPU between sessions before nice, so a new session would drop
+        # the priority the operator gave `botcall serve` (found by bench.scale_out).
+        process = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0)
         ready = False
         try:
             assert process.stdout is not None

@@ -84,6 +84,12 @@ async def test_a_token_used_on_one_worker_is_refused_on_the_other(tmp_path):
         assert len(ports) == 2  # the two rooms are on different workers
         again = await front.join(once, rooms[1], agent_id="bot#1")
         assert again.status == 401 and again.error_code == "attestation_replayed"
+        # The workers share the supervisor's session (its autogroup, so its priority),
+        # each in a process group of its own (a terminal's Ctrl-C goes to the supervisor).
+        supervisor = front.process.pid
+        for worker in front.workers.values():
+            assert os.getsid(worker.pid) == os.getsid(supervisor)
+            assert os.getpgid(worker.pid) == worker.pid != os.getpgid(supervisor)
 
 
 async def test_a_killed_worker_is_restarted_and_the_other_workers_call_goes_on(tmp_path):
