@@ -34,6 +34,24 @@ COMPACT_SLACK = 1024
 MAX_LINE = 2048
 
 
+def rewrite_journal(path: Path, data: bytes) -> int:
+    """Replace the journal at ``path`` with ``data`` atomically (a temporary file,
+    mode 0600, fsynced, renamed over it); returns an append descriptor of the new file.
+
+    Raises:
+        OSError: nothing was replaced (the old file stands).
+    """
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
 class ReplayJournal:
     """An append-only journal of ``(issuer, jti, until)``.
 
@@ -91,21 +109,10 @@ class ReplayJournal:
 
     def compact(self, entries: Iterable[tuple[str, str, float]]) -> None:
         """Rewrite the journal to hold exactly ``entries`` (atomic: temp file, fsync, rename)."""
-        temporary = self.path.with_suffix(".tmp")
-        count = 0
+        chunks = [json.dumps([until, issuer, jti], separators=(",", ":")).encode() + b"\n" for issuer, jti, until in entries]
+        count = len(chunks)
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                chunks = []
-                for issuer, jti, until in entries:
-                    chunks.append(json.dumps([until, issuer, jti], separators=(",", ":")).encode() + b"\n")
-                    count += 1
-                os.write(fd, b"".join(chunks))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
-            new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            new_fd = rewrite_journal(self.path, b"".join(chunks))
         except OSError as exc:
             self.failed_writes += 1
             log.warning("cannot compact the replay cache %s: %s", self.path, exc)

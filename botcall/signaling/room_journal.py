@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
 
+from botcall.auth.replay_journal import rewrite_journal
 from botcall.errors import RoomRecordError
 from botcall.signaling.rooms import RegistryEvent, Room, RoomClosed, RoomCreated, RoomStore, room_from_record_untrusted
 
@@ -347,17 +348,8 @@ class RoomJournal:
         """Rewrite the file to hold exactly the tables (atomic: temp file, fsync, rename)."""
         lines = [self._encoded[room_id] for room_id in self.open]
         lines += [self._encoded[room_id] for room_id in self.closed]
-        temporary = self.path.with_suffix(".tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                os.write(fd, b"".join(lines))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
-            new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            new_fd = rewrite_journal(self.path, b"".join(lines))
         except OSError as exc:
             self.failed_writes += 1
             log.warning("cannot compact the rooms journal %s: %s", self.path, exc)
