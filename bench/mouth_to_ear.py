@@ -20,9 +20,12 @@ on a slow machine (``docs/bench-results.md`` §14 used 1.2 s).
 * *mouth → bot*: the page replaces its microphone with a WebAudio graph
   (oscillator → gain → ``MediaStreamDestination``, sent with
   ``RTCRtpSender.replaceTrack``) and schedules a 100 ms 1 kHz burst every
-  ``--period`` seconds at known AudioContext times. The bot decodes what it
-  receives and stamps, with ``time.time()``, the arrival of the packet in
-  which each burst's onset appears.
+  ``--period`` seconds at known AudioContext times, each shifted by 0, 2, …
+  18 ms in turn so the bursts of one call fall at every phase of the browser's
+  20 ms packets (the packetization wait, 0-20 ms, is then in every call's
+  distribution, not a constant that differs from call to call). The bot
+  decodes what it receives and stamps, with ``time.time()``, the arrival of
+  the packet in which each burst's onset appears.
 * *bot → ear*: the bot sends a 100 ms 440 Hz burst every period (half a
   period out of phase with the page's) inside a continuous 20 ms stream of
   silence, stamping the send of each burst's first frame. The page records the
@@ -282,7 +285,10 @@ START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiv
     const first = ctx.currentTime + lead;
     const onsets = [];
     for (let k = 0; k < count; k++) {
-        const t = first + k * period;
+        // Spread over one 20 ms packet (0, 2, ... 18 ms): a period that is a
+        // whole number of packets would give every burst of a call the same
+        // packetization wait (0-20 ms, fixed per call), and calls would differ by it.
+        const t = first + k * period + (k % 10) * 0.002;
         gain.gain.setValueAtTime(amplitude, t);
         gain.gain.setValueAtTime(0, t + burst);
         onsets.push(t);
