@@ -14,7 +14,9 @@ received RTP packets every ``LOAD_INTERVAL_S``), not a count of placements:
 Each new room will bring about two sessions: a room nobody joined yet counts
 as two (else two creates with a report between them, before anyone joins, both
 land on the same worker), and the last term keeps a burst of creates between
-two reports from all landing on one worker.
+two reports from all landing on one worker. A placement counts until a report
+shows the worker's rooms grown by it (a report written before the room reached
+the worker does not), or for ``PLACED_HOLD_S`` at most.
 
 Every table has a limit (docs/architecture.md): rooms and sessions at most
 ``max_rooms`` / ``max_sessions`` (the workers' own budgets times their number;
@@ -30,6 +32,10 @@ from dataclasses import dataclass, field
 PACKETS_PER_SESSION = 50.0
 # A room placed since the worker's last load report counts as two sessions.
 PLACED_WEIGHT = 2.0
+# Seconds a placement counts at most (reports come every 0.5 s), and how many
+# a worker holds at once (more in that time: the oldest are forgotten).
+PLACED_HOLD_S = 2.0
+MAX_PLACEMENTS = 1024
 # Why a room whose worker died is closed (docs/protocol.md).
 WORKER_LOST = "worker_lost"
 
@@ -46,7 +52,7 @@ class Worker:
         running: started and not yet exited.
         sessions: live sessions at its last report.
         packets_per_second: RTP packets received per second over its last report interval.
-        placed: rooms placed on it since its last report.
+        placements: when each room placed on it and not yet in a report was placed.
     """
 
     index: int
@@ -57,9 +63,14 @@ class Worker:
     sessions: int = 0
     rooms: int = 0
     packets_per_second: float = 0.0
-    placed: int = 0
+    placements: list[float] = field(default_factory=list)
     _last_packets: int | None = None
     last_report: float = 0.0
+
+    @property
+    def placed(self) -> int:
+        """Rooms placed on it that its reports do not show yet."""
+        return len(self.placements)
 
     @property
     def load(self) -> float:
@@ -116,7 +127,8 @@ class Directory:
         worker = self.table[index]
         worker.generation += 1
         worker.http_port, worker.media_port, worker.running = http_port, media_port, True
-        worker.sessions = worker.rooms = worker.placed = 0
+        worker.sessions = worker.rooms = 0
+        worker.placements.clear()
         worker.packets_per_second = 0.0
         worker._last_packets, worker.last_report = None, now
         return worker
@@ -128,7 +140,10 @@ class Directory:
         if worker._last_packets is not None and now > worker.last_report:
             worker.packets_per_second = max(0, packets - worker._last_packets) / (now - worker.last_report)
         worker._last_packets, worker.last_report = packets, now
-        worker.rooms, worker.sessions, worker.placed = rooms, sessions, 0
+        # The rooms this report shows beyond the last one are the oldest placements.
+        del worker.placements[: max(0, rooms - worker.rooms)]
+        worker.placements[:] = [at for at in worker.placements if at > now - PLACED_HOLD_S]
+        worker.rooms, worker.sessions = rooms, sessions
 
     def worker_lost(self, index: int, now: float) -> list[str]:
         """Worker ``index`` exited: every room it held is lost (``worker_lost``), its
@@ -144,14 +159,16 @@ class Directory:
             del self.sessions[session_id]
         return gone
 
-    def place(self) -> Worker | None:
+    def place(self, now: float) -> Worker | None:
         """The least-loaded running worker for a new room (lowest index on a tie),
-        counted as placed on; ``None`` when no worker runs."""
+        counted as placed on at ``now``; ``None`` when no worker runs."""
         running = [worker for worker in self.table if worker.running]
         if not running:
             return None
         chosen = min(running, key=lambda worker: (worker.load, worker.index))
-        chosen.placed += 1
+        if len(chosen.placements) >= MAX_PLACEMENTS:
+            del chosen.placements[0]
+        chosen.placements.append(now)
         return chosen
 
     def any_running(self) -> Worker | None:

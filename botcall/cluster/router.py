@@ -214,7 +214,7 @@ class Front:
                     return Route(remote=node.url)
                 if node is None and self.cluster.draining:
                     return Route(answer=(503, error_body("draining", "every node is draining; no new rooms"), {"Retry-After": "5"}))
-            worker = directory.place()
+            worker = directory.place(self.clock())
             return Route(worker=worker, learn="room") if worker is not None else Route(answer=_no_worker())
         if method == "GET" and path == "/metrics":
             return Route(answer=(200, {}, {}), learn="metrics")

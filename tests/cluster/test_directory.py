@@ -25,21 +25,35 @@ def test_placement_follows_reported_load_not_turns():
     d.worker_report(0, rooms=1, sessions=2, packets=0, now=1)
     d.worker_report(0, rooms=1, sessions=2, packets=100, now=2)  # 100 packets/s: two talking sessions
     assert d.table[0].load == 2 + 2
-    assert d.place().index == 1  # load 0 -> placed once counts 2
-    assert d.place().index == 1  # 2 < 4: round robin would have gone back to 0
-    assert d.place().index == 0  # 4 vs 4: the lower index
+    assert d.place(0).index == 1  # load 0 -> placed once counts 2
+    assert d.place(0).index == 1  # 2 < 4: round robin would have gone back to 0
+    assert d.place(0).index == 0  # 4 vs 4: the lower index
     d.worker_report(1, rooms=2, sessions=0, packets=0, now=3)  # the reports replace the guesses
-    assert d.place().index == 1
+    assert d.place(0).index == 1
+
+
+def test_a_placement_counts_until_a_report_shows_its_room():
+    # Under load a worker's report may be written before the new room reaches it:
+    # that report must not wipe the placement (both creates went to worker 0).
+    d = directory()
+    assert d.place(10).index == 0
+    d.worker_report(0, rooms=0, sessions=0, packets=0, now=10.1)  # written before the room arrived
+    assert d.table[0].placed == 1 and d.place(10.2).index == 1
+    d.worker_report(0, rooms=1, sessions=0, packets=0, now=10.6)  # now it shows the room
+    assert d.table[0].placed == 0 and d.table[0].load == 2
+    assert d.place(11).index == 0  # 2 + 2 placed on 1 vs 2 on 0: the lower index on a tie
+    d.worker_report(0, rooms=1, sessions=0, packets=0, now=13.1)  # a room closed meanwhile: no growth
+    assert d.table[0].placed == 0  # held PLACED_HOLD_S at most
 
 
 def test_a_room_nobody_joined_yet_counts_as_its_two_sessions():
     # Found under load: a report between two creates reset the "placed" guess,
     # and an empty room added nothing, so both rooms went to worker 0.
     d = directory()
-    assert d.place().index == 0
+    assert d.place(0).index == 0
     d.worker_report(0, rooms=1, sessions=0, packets=0, now=1)
     assert d.table[0].load == 2
-    assert d.place().index == 1
+    assert d.place(0).index == 1
     d.worker_report(0, rooms=1, sessions=5, packets=0, now=2)  # joined: the sessions count
     assert d.table[0].load == 5
 
@@ -53,7 +67,7 @@ def test_a_lost_worker_loses_its_rooms_and_only_its_own():
     assert d.room("r0") == Lost(WORKER_LOST, 5)
     assert d.room("r1") is d.table[1]
     assert d.session("s0") is None
-    assert d.place().index == 1  # a stopped worker gets nothing
+    assert d.place(0).index == 1  # a stopped worker gets nothing
     d.worker_started(0, http_port=1100, media_port=2000, now=6)
     assert d.table[0].generation == 2
     assert d.room("r0") == Lost(WORKER_LOST, 5)  # a new generation does not bring it back
