@@ -331,7 +331,9 @@ async def test_a_call_with_three_people_and_a_bot(tmp_path):
     assert timing["audio_on"] - LIGHT_EARLY_MS <= timing["light_on"] < timing["audio_off"]
     assert timing["audio_off"] - LIGHT_LATE_AUDIO_MS <= timing["light_off"] <= timing["audio_off"] + LIGHT_OFF_WITHIN_MS
     assert light_log["light"][-1][0] is False  # and stayed off
-    assert timing["audio_off"] - timing["audio_on"] > 2000  # the page played the 3 s tone (a starved page only stretches it)
+    # How long the page's meter saw the tone is not asserted: under a full CPU
+    # hog the page's frames starve and it saw 0.5 s of the 3 s once. What it
+    # heard is the bot's tone (the frequency below), and the light follows it.
     # The light and its word are the bot's: "Speaking" when lit; the two people
     # without media (Ada, Grace) never lit up. Linus's own microphone plays a tone.
     lights = light_log["lights"]
