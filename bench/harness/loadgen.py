@@ -45,7 +45,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy
 
@@ -391,7 +391,15 @@ def run_load(
     relay_cpu = cpu_at_end - cpu_at_start
     own_cpu = own_at_end - own_at_start
     others = machine_at_end - machine_at_start - own_cpu - (relay_cpu if cpu_pid is not None else 0.0)
-    return LoadResult(
+    return LoadResult(**window_figures(sent, received, window_s, latencies_ms, relay_cpu, own_cpu, others, max_lag_ns, duplicates, bad))
+
+
+def window_figures(
+    sent: int, received: int, window_s: float, latencies_ms: numpy.ndarray, relay_cpu: float, own_cpu: float,
+    others: float, max_lag_ns: float, duplicates: int, bad: int,
+) -> dict[str, Any]:
+    """A :class:`LoadResult`'s fields from what a run counted over its window (every generator's)."""
+    return dict(
         offered_pps=sent / window_s,
         delivered_pps=received / window_s,
         sent=sent,
@@ -406,7 +414,7 @@ def run_load(
         relay_cpu_percent=relay_cpu / window_s * 100,
         generator_cpu_percent=own_cpu / window_s * 100,
         other_cpu_percent=max(0.0, others) / window_s * 100,
-        max_send_lag_ms=max_lag_ns / 1e6,
+        max_send_lag_ms=max(0.0, max_lag_ns) / 1e6,
         duplicates=duplicates,
         bad=bad,
         latencies_ms=latencies_ms,
