@@ -10,12 +10,12 @@ envelope of ``examples/hello.wav``, aligned) and what it printed.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import sys
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -24,11 +24,18 @@ import pytest
 import botcall_sdk
 from conftest import ServerThread
 
+T = TypeVar("T")
+
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 HELLO = EXAMPLES / "hello.wav"
-WAIT = 45.0  # a safety net against a hang, not a speed requirement
+# The last resort against a hang, not a speed requirement: every step waits on
+# an event (a line printed, a participant joined, the server's end of speech,
+# the process's exit) and fails at once, with the example's output, when the
+# example exits first. About 5 s quiet, 11 s beside `stress-ng --cpu 2`.
+WAIT = 120.0
 FLOOR_DB = -60.0
+FRAME_MS = 20
 pytestmark = pytest.mark.e2e
 
 
@@ -66,8 +73,16 @@ def example_env(server: ServerThread, room: str, agent: str) -> dict[str, str]:
     }
 
 
+class ExampleExited(AssertionError):
+    """The example exited while the test waited for something from it."""
+
+
 class Example:
-    """``python examples/<name>`` as a subprocess; its output is collected as it comes."""
+    """``python examples/<name>`` as a subprocess; its output is collected as it comes.
+
+    ``printed`` and ``unless_exited`` wait on events (output arriving, the
+    process exiting), never on the clock.
+    """
 
     def __init__(self, name: str, env: dict[str, str], *args: str) -> None:
         self.command = [sys.executable, str(EXAMPLES / name), *args]
@@ -75,26 +90,69 @@ class Example:
         self.stdout = ""
         self.stderr = ""
         self.returncode: int | None = None
+        # Made in run(), on the test's event loop: set (and replaced) at every chunk of output.
+        self._output: anyio.Event | None = None
+        self._exited: anyio.Event | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with await anyio.open_process(self.command, env=self.env, cwd=str(REPO)) as process:
-            task_status.started()
+        self._output = anyio.Event()
+        self._exited = anyio.Event()
+        try:
+            async with await anyio.open_process(self.command, env=self.env, cwd=str(REPO)) as process:
+                task_status.started()
 
-            async def read(stream: anyio.abc.ByteReceiveStream, name: str) -> None:
-                async for chunk in stream:
-                    setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+                async def read(stream: anyio.abc.ByteReceiveStream, name: str) -> None:
+                    async for chunk in stream:
+                        setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+                        self._wake()
 
-            assert process.stdout is not None and process.stderr is not None
-            async with anyio.create_task_group() as group:
-                group.start_soon(read, process.stdout, "stdout")
-                group.start_soon(read, process.stderr, "stderr")
-                self.returncode = await process.wait()
+                assert process.stdout is not None and process.stderr is not None
+                async with anyio.create_task_group() as group:
+                    group.start_soon(read, process.stdout, "stdout")
+                    group.start_soon(read, process.stderr, "stderr")
+                    self.returncode = await process.wait()
+        finally:
+            self._exited.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        assert self._output is not None
+        output, self._output = self._output, anyio.Event()
+        output.set()
+
+    def report(self, what: str) -> str:
+        """``what`` with the example's exit status and output so far, for a failure's message."""
+        status = "still running" if self.returncode is None else f"exit status {self.returncode}"
+        return f"{self.command[1]} ({status}): {what}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
 
     async def printed(self, text: str) -> None:
+        """Until the example has printed ``text``; ExampleExited if it exits without."""
         while text not in self.stdout:
-            if self.returncode is not None:
-                raise AssertionError(f"{self.command[1]} exited {self.returncode} without printing {text!r}:\n{self.stdout}\n{self.stderr}")
-            await anyio.sleep(0.05)
+            assert self._output is not None and self._exited is not None, "run() first"
+            if self._exited.is_set():
+                raise ExampleExited(self.report(f"exited without printing {text!r}"))
+            await self._output.wait()
+
+    async def unless_exited(self, step: Callable[[], Awaitable[T]], what: str) -> T:
+        """``await step()``; ExampleExited at once if the example exits before it returns."""
+        assert self._exited is not None, "run() first"
+        result: list[T] = []
+        async with anyio.create_task_group() as group:
+
+            async def take_step() -> None:
+                result.append(await step())
+                group.cancel_scope.cancel()
+
+            async def watch_exit() -> None:
+                assert self._exited is not None
+                await self._exited.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(take_step)
+            group.start_soon(watch_exit)
+        if not result:
+            raise ExampleExited(self.report(f"exited while the test waited for it to {what}"))
+        return result[0]
 
 
 async def joined(call: botcall_sdk.Call) -> str:
@@ -105,28 +163,65 @@ async def joined(call: botcall_sdk.Call) -> str:
     raise AssertionError("the call ended")
 
 
-async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 400, quiet_after: int = 25) -> np.ndarray:
-    """``speaker``'s level envelope from now until, after a loud frame, ``quiet_after`` frames' time of quiet.
+async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 400) -> np.ndarray:
+    """``speaker``'s level envelope (one dBFS value per 20 ms frame) from now to the end of their utterance.
 
-    Quiet is quiet frames or no frames at all (a talkspurt's end sends nothing).
+    The end is an event, not a time without frames (which a test process held
+    up by a busy machine would take for the end): the server's
+    ``speech_stopped`` for ``speaker`` gives the stream position of their last
+    speech frame, and frames are read until that one has come; or ``speaker``
+    leaves (a bot that leaves as its speech ends may go before its
+    ``speech_stopped``), after which no frame of theirs comes, and the ones
+    already queued are taken.
+
+    Raises:
+        AssertionError: more than ``most`` frames without an end of speech, or the call ended.
     """
     levels: list[float] = []
-    quiet = -1
+    stop_ms: list[int] = []  # the speaker's speech_stopped, once it comes
+    last_ms = -1  # the newest stream position heard from the speaker
     frames = aiter(call.audio())
-    while quiet < quiet_after and len(levels) < most:
-        frame = None
-        with anyio.move_on_after(0.02 * quiet_after if quiet >= 0 else math.inf):
-            frame = await anext(frames)
-            while frame.speaker != speaker:
-                frame = await anext(frames)
-        if frame is None:
-            break  # nothing from the speaker for quiet_after frames' time
-        level = float(envelope_db(frame.samples, frame.sample_rate)[0])
-        levels.append(level)
-        if level > -40:
-            quiet = 0
-        elif quiet >= 0:
-            quiet += 1
+
+    def take(frame: botcall_sdk.AudioFrame) -> None:
+        nonlocal last_ms
+        if frame.speaker != speaker:
+            return
+        levels.append(float(envelope_db(frame.samples, frame.sample_rate)[0]))
+        last_ms = max(last_ms, frame.stream_ms)
+        assert len(levels) <= most, f"{speaker} spoke for more than {most} frames without a speech_stopped"
+
+    def heard_to_the_stop() -> bool:
+        return bool(stop_ms) and last_ms >= stop_ms[0] - FRAME_MS
+
+    async with anyio.create_task_group() as group:
+
+        async def read_frames() -> None:
+            async for frame in frames:
+                take(frame)
+                if heard_to_the_stop():
+                    group.cancel_scope.cancel()
+            raise AssertionError("the call ended")
+
+        async def follow_events() -> None:
+            async for event in call.events():
+                if isinstance(event, botcall_sdk.SpeechStopped) and event.participant_id == speaker and not stop_ms:
+                    stop_ms.append(event.stream_ms)
+                    if heard_to_the_stop():
+                        group.cancel_scope.cancel()
+                elif isinstance(event, botcall_sdk.ParticipantLeft) and event.participant_id == speaker:
+                    group.cancel_scope.cancel()
+            raise AssertionError("the call ended")
+
+        group.start_soon(read_frames)
+        group.start_soon(follow_events)
+    if not heard_to_the_stop():
+        # The speaker left. Take the frames already queued (the inbox hands
+        # out what it holds without waiting; the cancelled scope ends the
+        # first wait for more).
+        with anyio.CancelScope() as drain:
+            drain.cancel()
+            async for frame in frames:
+                take(frame)
     return np.array(levels)
 
 
@@ -135,13 +230,17 @@ def call_example(server: ServerThread, room: str, example: Example, caller_agent
 
     async def scenario() -> None:
         async with botcall_sdk.connect(server.url, room, server.token(agent=caller_agent)) as caller:
-            with anyio.fail_after(WAIT):
-                async with anyio.create_task_group() as group:
-                    await group.start(example.run)
-                    await body(caller, await joined(caller))
+            try:
+                with anyio.fail_after(WAIT):
+                    async with anyio.create_task_group() as group:
+                        await group.start(example.run)
+                        example_id = await example.unless_exited(lambda: joined(caller), "join the room")
+                        await body(caller, example_id)
+            except TimeoutError as exc:
+                raise AssertionError(example.report(f"not done after {WAIT} s (the traceback above shows the step)")) from exc
 
     asyncio.run(scenario())
-    assert example.returncode == 0, example.stderr
+    assert example.returncode == 0, example.report("failed")
 
 
 def new_room(server: ServerThread) -> str:
