@@ -15,7 +15,7 @@ import sys
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -63,6 +63,11 @@ def envelope_match(reference: np.ndarray, heard: np.ndarray) -> float:
         if window.std() > 0:
             best = max(best, float(np.corrcoef(reference, window)[0, 1]))
     return best
+
+
+def hello_match(heard: np.ndarray) -> dict[str, Any]:
+    """How well ``heard`` matches hello.wav (``match``), with the envelope itself (``heard_db``) for a failure's message."""
+    return {"match": envelope_match(hello_envelope(), heard), "heard_db": np.round(heard).astype(int).tolist()}
 
 
 def example_env(server: ServerThread, room: str, agent: str) -> dict[str, str]:
@@ -250,13 +255,13 @@ def new_room(server: ServerThread) -> str:
 def test_echo_bot_says_back_what_it_hears(server: ServerThread) -> None:
     room = new_room(server)
     example = Example("echo_bot.py", example_env(server, room, "echo#1"), "--replies", "1")
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
 
     async def body(caller: botcall_sdk.Call, echo_id: str) -> None:
         await example.printed("echo bot joined")
         await caller.say(HELLO)
         heard = await hear_utterance(caller, echo_id)
-        results["match"] = envelope_match(hello_envelope(), heard)
+        results.update(hello_match(heard))
         results["loud_ms"] = float(np.sum(heard > -40) * 20)
 
     call_example(server, room, example, "caller#1", body)
@@ -269,12 +274,12 @@ def test_echo_bot_says_back_what_it_hears(server: ServerThread) -> None:
 def test_echo_bot_runs_under_trio_too(server: ServerThread) -> None:
     room = new_room(server)
     example = Example("echo_bot.py", example_env(server, room, "echo#2"), "--replies", "1", "--backend", "trio")
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
 
     async def body(caller: botcall_sdk.Call, echo_id: str) -> None:
         await example.printed("echo bot joined")
         await caller.say(HELLO)
-        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, echo_id))
+        results.update(hello_match(await hear_utterance(caller, echo_id)))
 
     call_example(server, room, example, "caller#2", body)
     assert results["match"] > 0.8, results
@@ -284,15 +289,15 @@ def test_espeak_bot_speaks_its_text_and_reports_speech(server: ServerThread) -> 
     room = new_room(server)
     # The same words as hello.wav, synthesised by the same espeak-ng voice: the envelopes match.
     example = Example("espeak_bot.py", example_env(server, room, "espeak#1"), "--text", "Hello from BotCall", "--utterances", "1")
-    results: dict[str, object] = {}
+    results: dict[str, Any] = {}
 
     async def body(caller: botcall_sdk.Call, bot_id: str) -> None:
-        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
+        results.update(hello_match(await hear_utterance(caller, bot_id)))
         await caller.say(HELLO)
         results["caller"] = caller.participant_id
 
     call_example(server, room, example, "caller#3", body)
-    assert float(results["match"]) > 0.8, results  # type: ignore[arg-type]
+    assert results["match"] > 0.8, results
     out = example.stdout
     assert "speaking 'Hello from BotCall' (22050 Hz, streamed)" in out, out
     started = out.index(f"{results['caller']} started speaking")
@@ -304,10 +309,10 @@ def test_espeak_bot_speaks_its_text_and_reports_speech(server: ServerThread) -> 
 def test_an_asyncio_bot_uses_httpx_while_it_talks(server: ServerThread) -> None:
     room = new_room(server)
     example = Example("asyncio_with_httpx.py", example_env(server, room, "httpx#1"))
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
 
     async def body(caller: botcall_sdk.Call, bot_id: str) -> None:
-        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
+        results.update(hello_match(await hear_utterance(caller, bot_id)))
         await example.printed("speech finished")
 
     call_example(server, room, example, "caller#4", body)
@@ -324,11 +329,11 @@ def test_pipecat_echo_pipeline(server: ServerThread) -> None:
     pytest.importorskip("pipecat")
     room = new_room(server)
     example = Example("pipecat_echo.py", example_env(server, room, "pipecat#1"), "--seconds", "8")
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
 
     async def body(caller: botcall_sdk.Call, bot_id: str) -> None:
         await caller.say(HELLO)
-        results["match"] = envelope_match(hello_envelope(), await hear_utterance(caller, bot_id))
+        results.update(hello_match(await hear_utterance(caller, bot_id)))
 
     call_example(server, room, example, "caller#5", body)
     assert results["match"] > 0.8, results
