@@ -10,11 +10,15 @@ envelope of ``examples/hello.wav``, aligned) and what it printed.
 from __future__ import annotations
 
 import asyncio
+import collections
+import importlib.util
 import os
+import shutil
 import sys
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import anyio
@@ -76,6 +80,21 @@ def example_env(server: ServerThread, room: str, agent: str) -> dict[str, str]:
         **os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1",
         "BOTCALL_SERVER": server.url, "BOTCALL_ROOM": room, "BOTCALL_TOKEN": server.token(agent=agent),
     }
+
+
+class Progress:
+    """What the running scenario waits for and what it has seen so far, for the
+    message of a guard that runs out (the tests of this file run one at a time)."""
+
+    def __init__(self) -> None:
+        self.step = "starting"
+        self.seen: dict[str, Any] = {}
+
+    def __str__(self) -> str:
+        return f"while {self.step}; seen: {self.seen}"
+
+
+PROGRESS = Progress()
 
 
 class ExampleExited(AssertionError):
@@ -162,6 +181,7 @@ class Example:
 
 async def joined(call: botcall_sdk.Call) -> str:
     """The participant id of the next one to join."""
+    PROGRESS.step = "waiting for the example to join"
     async for event in call.events():
         if isinstance(event, botcall_sdk.ParticipantJoined):
             return event.participant.participant_id
@@ -186,9 +206,15 @@ async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 40
     stop_ms: list[int] = []  # the speaker's speech_stopped, once it comes
     last_ms = -1  # the newest stream position heard from the speaker
     frames = aiter(call.audio())
+    PROGRESS.step = f"hearing {speaker}'s utterance"
+    by_speaker: collections.Counter[str | None] = collections.Counter()
+    events_seen: list[str] = []
+    PROGRESS.seen.update(frames_by_speaker=by_speaker, events=events_seen, stop_ms=stop_ms)
 
     def take(frame: botcall_sdk.AudioFrame) -> None:
         nonlocal last_ms
+        by_speaker[frame.speaker] += 1
+        PROGRESS.seen["last_frame_ms"] = frame.stream_ms
         if frame.speaker != speaker:
             return
         levels.append(float(envelope_db(frame.samples, frame.sample_rate)[0]))
@@ -209,6 +235,7 @@ async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 40
 
         async def follow_events() -> None:
             async for event in call.events():
+                events_seen.append(type(event).__name__)
                 if isinstance(event, botcall_sdk.SpeechStopped) and event.participant_id == speaker and not stop_ms:
                     stop_ms.append(event.stream_ms)
                     if heard_to_the_stop():
@@ -234,6 +261,7 @@ def call_example(server: ServerThread, room: str, example: Example, caller_agent
     """Run ``example`` while a caller in ``room`` does ``body(caller, example's participant id)``; the example must exit 0."""
 
     async def scenario() -> None:
+        PROGRESS.__init__()  # type: ignore[misc]
         async with botcall_sdk.connect(server.url, room, server.token(agent=caller_agent)) as caller:
             try:
                 with anyio.fail_after(WAIT):
@@ -241,11 +269,39 @@ def call_example(server: ServerThread, room: str, example: Example, caller_agent
                         await group.start(example.run)
                         example_id = await example.unless_exited(lambda: joined(caller), "join the room")
                         await body(caller, example_id)
+                        PROGRESS.step = "waiting for the example to exit"
             except TimeoutError as exc:
-                raise AssertionError(example.report(f"not done after {WAIT} s (the traceback above shows the step)")) from exc
+                raise AssertionError(
+                    example.report(f"not done after {WAIT} s {PROGRESS}")
+                    + f"\n--- the caller counted: {caller.counters}\n--- the relay: {relay_state(server, room)}"
+                ) from exc
 
     asyncio.run(scenario())
     assert example.returncode == 0, example.report("failed")
+
+
+def relay_state(server: ServerThread, room: str) -> list[dict[str, Any]]:
+    """The relay's view of ``room``'s peers (packets, drops, speech, playout), read in the server's thread."""
+    assert server.live is not None
+    live = server.live
+
+    def read() -> list[dict[str, Any]]:
+        peers = []
+        for session in live.state.registry.sessions_in_room(room):
+            peer = live.state.media.relay.peer(session.session_id)
+            if peer is None:
+                peers.append({"participant": session.participant_id, "peer": None})
+                continue
+            speech = peer.speech
+            peers.append({
+                "participant": peer.participant_id, "ssrc": peer.ssrc, "addr": peer.addr, "rx": peer.rx_packets, "tx": peer.tx_packets,
+                "drops": dict(peer.drops), "speech_onset_ms": None if speech is None else speech.onset_ms,
+                "speech_last_ms": None if speech is None else speech.last_ms,
+                "playout_pending": None if peer.playout is None else peer.playout.pending,
+            })
+        return peers
+
+    return server.read(read)
 
 
 def new_room(server: ServerThread) -> str:
@@ -304,6 +360,41 @@ def test_espeak_bot_speaks_its_text_and_reports_speech(server: ServerThread) -> 
     stopped = out.index(f"{results['caller']} stopped speaking after")
     assert started < stopped, out
     assert "my speech played to the end" in out, out
+
+
+def load_example(name: str) -> ModuleType:
+    """``examples/<name>`` imported as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{Path(name).stem}", EXAMPLES / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_stream_keeps_what_came_with_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late reader gets espeak-ng's whole output in its first read (it fits the
+    64 KiB pipe): the PCM after the header must still come out. It did not: the
+    bot said nothing, and its test waited for speech until its guard ran out
+    (under `stress-ng --cpu 2`, about 1 run in 10)."""
+    espeak_bot = load_example("espeak_bot.py")
+    open_process = anyio.open_process
+
+    async def read_late(*args: Any, **kwargs: Any) -> anyio.abc.Process:
+        process = await open_process(*args, **kwargs)
+        await process.wait()  # espeak-ng has written everything before our first read
+        return process
+
+    async def pcm_bytes(late: bool) -> tuple[int, int]:
+        monkeypatch.setattr(anyio, "open_process", read_late if late else open_process)
+        rate, pcm = await espeak_bot.espeak_stream("Hello from BotCall")
+        return rate, sum([len(chunk) async for chunk in pcm])
+
+    prompt = anyio.run(pcm_bytes, False)
+    late = anyio.run(pcm_bytes, True)
+    assert prompt[0] == late[0] == 22050
+    assert late[1] == prompt[1] > 22050  # over half a second of 16-bit audio, all of it
+    assert late[1] % 2 == 0
 
 
 def test_an_asyncio_bot_uses_httpx_while_it_talks(server: ServerThread) -> None:
