@@ -246,6 +246,7 @@ async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 40
 
         group.start_soon(read_frames)
         group.start_soon(follow_events)
+    PROGRESS.seen["ended"] = f"at {speaker}'s speech_stopped" if heard_to_the_stop() else f"{speaker} left"
     if not heard_to_the_stop():
         # The speaker left. Take the frames already queued (the inbox hands
         # out what it holds without waiting; the cancelled scope ends the
@@ -323,7 +324,7 @@ def test_echo_bot_says_back_what_it_hears(server: ServerThread) -> None:
     call_example(server, room, example, "caller#1", body)
     assert "saying it back" in example.stdout and "echo bot leaves" in example.stdout, example.stdout
     reference_loud_ms = float(np.sum(hello_envelope() > -40) * 20)
-    assert results["match"] > 0.8, results
+    assert results["match"] > 0.8, f"{results} {PROGRESS}"
     assert abs(results["loud_ms"] - reference_loud_ms) <= 300, (results, reference_loud_ms)
 
 
@@ -338,7 +339,7 @@ def test_echo_bot_runs_under_trio_too(server: ServerThread) -> None:
         results.update(hello_match(await hear_utterance(caller, echo_id)))
 
     call_example(server, room, example, "caller#2", body)
-    assert results["match"] > 0.8, results
+    assert results["match"] > 0.8, f"{results} {PROGRESS}"
 
 
 def test_espeak_bot_speaks_its_text_and_reports_speech(server: ServerThread) -> None:
@@ -353,7 +354,7 @@ def test_espeak_bot_speaks_its_text_and_reports_speech(server: ServerThread) -> 
         results["caller"] = caller.participant_id
 
     call_example(server, room, example, "caller#3", body)
-    assert results["match"] > 0.8, results
+    assert results["match"] > 0.8, f"{results} {PROGRESS}"
     out = example.stdout
     assert "speaking 'Hello from BotCall' (22050 Hz, streamed)" in out, out
     started = out.index(f"{results['caller']} started speaking")
@@ -407,7 +408,7 @@ def test_an_asyncio_bot_uses_httpx_while_it_talks(server: ServerThread) -> None:
         await example.printed("speech finished")
 
     call_example(server, room, example, "caller#4", body)
-    assert results["match"] > 0.8, results
+    assert results["match"] > 0.8, f"{results} {PROGRESS}"
     lines = example.stdout.splitlines()
     polls = [line for line in lines if line.startswith("healthz while speaking: ok, 2 sessions")]
     assert len(polls) >= 2, example.stdout  # more than once during the 1.5 s speech: concurrent with it
@@ -427,5 +428,5 @@ def test_pipecat_echo_pipeline(server: ServerThread) -> None:
         results.update(hello_match(await hear_utterance(caller, bot_id)))
 
     call_example(server, room, example, "caller#5", body)
-    assert results["match"] > 0.8, results
+    assert results["match"] > 0.8, f"{results} {PROGRESS}"
     assert "someone started speaking" in example.stdout and "pipeline ended, left the room" in example.stdout, example.stdout
