@@ -746,9 +746,13 @@ class Call:
         elif isinstance(event, ParticipantLeft):
             gone = self.participants.pop(event.participant_id, None)
             if gone is not None and gone.ssrc is not None:
-                self._ssrc_to_participant.pop(gone.ssrc, None)
-                self._origins.pop(gone.ssrc, None)
-                self._jitter.forget(gone.ssrc)
+                if self.encoding == "opus":
+                    # What they said before leaving may still be in the jitter
+                    # buffer: it plays out (as theirs), then _play_out forgets them.
+                    self._jitter.retire(gone.ssrc)
+                else:  # pcm16: their frames went to the application as they came
+                    self._ssrc_to_participant.pop(gone.ssrc, None)
+                    self._origins.pop(gone.ssrc, None)
         elif isinstance(event, StreamStarted):
             self._origins[event.ssrc] = event.rtp_timestamp
         elif isinstance(event, RoomClosed):
@@ -798,6 +802,7 @@ class Call:
         self.participants[participant.participant_id] = participant
         if participant.ssrc is not None:
             self._ssrc_to_participant[participant.ssrc] = participant.participant_id
+            self._jitter.welcome_back(participant.ssrc)
 
     def _on_json_audio(self, obj: JsonObject) -> None:
         """Audio as JSON (a server that does not send binary frames): pcm16 only is decoded here."""
@@ -855,6 +860,9 @@ class Call:
                 self._frames.put_nowait(
                     AudioFrame(self._ssrc_to_participant.get(played.ssrc), played.ssrc, played.pcm, self.sample_rate, stream_ms, wall, played.concealed)
                 )
+            for ssrc in self._jitter.take_drained():
+                self._ssrc_to_participant.pop(ssrc, None)
+                self._origins.pop(ssrc, None)
 
     # --- UDP: latching, keepalive, rebinding ---------------------------------------------
 
