@@ -346,11 +346,19 @@ class JitterBuffers:
             self._drained.append(ssrc)
         return out
 
-    def retire(self, ssrc: int) -> None:
+    def retire(self, ssrc: int) -> bool:
         """The speaker left: the packets already here still play (their last
-        words), none is taken after, and once they have played the speaker is
-        gone (``take_drained`` says so)."""
+        words), none is taken after, and in the ``pop`` that plays the last of
+        them the speaker goes (``take_drained`` says so).
+
+        Returns:
+            False when nothing of theirs is held: they are gone at once.
+        """
+        if not self._holds(ssrc):
+            self._speakers.pop(ssrc, None)
+            return False
         self._retired.add(ssrc)
+        return True
 
     def welcome_back(self, ssrc: int) -> None:
         """``ssrc`` is someone's again (back before its old audio had played): not retired."""

@@ -745,14 +745,12 @@ class Call:
             self._learn(event.participant)
         elif isinstance(event, ParticipantLeft):
             gone = self.participants.pop(event.participant_id, None)
-            if gone is not None and gone.ssrc is not None:
-                if self.encoding == "opus":
-                    # What they said before leaving may still be in the jitter
-                    # buffer: it plays out (as theirs), then _play_out forgets them.
-                    self._jitter.retire(gone.ssrc)
-                else:  # pcm16: their frames went to the application as they came
-                    self._ssrc_to_participant.pop(gone.ssrc, None)
-                    self._origins.pop(gone.ssrc, None)
+            # What they said before leaving may still be in the jitter buffer
+            # (Opus): it plays out as theirs, and _play_out forgets them in the
+            # tick of their last frame. pcm16 frames went to the application as they came.
+            if gone is not None and gone.ssrc is not None and not (self.encoding == "opus" and self._jitter.retire(gone.ssrc)):
+                self._ssrc_to_participant.pop(gone.ssrc, None)
+                self._origins.pop(gone.ssrc, None)
         elif isinstance(event, StreamStarted):
             self._origins[event.ssrc] = event.rtp_timestamp
         elif isinstance(event, RoomClosed):

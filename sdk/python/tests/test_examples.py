@@ -247,14 +247,19 @@ async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 40
         group.start_soon(read_frames)
         group.start_soon(follow_events)
     PROGRESS.seen["ended"] = f"at {speaker}'s speech_stopped" if heard_to_the_stop() else f"{speaker} left"
-    if not heard_to_the_stop():
+    while not heard_to_the_stop():
         # The speaker left. Take the frames already queued (the inbox hands
         # out what it holds without waiting; the cancelled scope ends the
-        # first wait for more).
+        # first wait for more). The SDK still plays what it had received of
+        # theirs, and forgets their SSRC in the tick of their last frame:
+        # while it knows it, another frame is on its way.
         with anyio.CancelScope() as drain:
             drain.cancel()
             async for frame in frames:
                 take(frame)
+        if speaker not in call._ssrc_to_participant.values():
+            break
+        take(await anext(frames))
     return np.array(levels)
 
 

@@ -178,12 +178,18 @@ def test_participant_left_keeps_the_speaker_until_their_audio_has_played() -> No
             assert "p-2" not in call.participants and call._ssrc_to_participant[ssrc] == "p-2"  # still theirs
             played = call._jitter.pop(0.04) + call._jitter.pop(0.06) + call._jitter.pop(0.08) + call._jitter.pop(0.10)
             assert len(played) == 3 and call._jitter.take_drained() == [ssrc]
-            # Back with the same SSRC before the old audio drained: not retired.
+            # Nothing of theirs held when they leave: forgotten at once.
             call._on_json({"type": "participant_joined", "participant": bot, "seq": 3})
             call._on_json({"type": "participant_left", "participant_id": "p-2", "reason": "left", "seq": 4})
+            assert ssrc not in call._ssrc_to_participant
+            # Back with the same SSRC while their old audio still plays: not retired.
             call._on_json({"type": "participant_joined", "participant": bot, "seq": 5})
-            call._jitter.push(_opus_packets(1)[0], 1.0)
-            assert call._jitter.pop(1.05) != [] and call._jitter.take_drained() == []
+            for packet in _opus_packets(2):
+                call._jitter.push(packet, 1.0)
+            call._on_json({"type": "participant_left", "participant_id": "p-2", "reason": "left", "seq": 6})
+            call._on_json({"type": "participant_joined", "participant": bot, "seq": 7})
+            assert len(call._jitter.pop(1.04) + call._jitter.pop(1.06) + call._jitter.pop(1.08)) == 2
+            assert call._jitter.take_drained() == [] and call._ssrc_to_participant[ssrc] == "p-2"
 
     anyio.run(scenario)
 
