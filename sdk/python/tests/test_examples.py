@@ -87,6 +87,9 @@ class Progress:
     message of a guard that runs out (the tests of this file run one at a time)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.step = "starting"
         self.seen: dict[str, Any] = {}
 
@@ -196,8 +199,8 @@ async def hear_utterance(call: botcall_sdk.Call, speaker: str, *, most: int = 40
     ``speech_stopped`` for ``speaker`` gives the stream position of their last
     speech frame, and frames are read until that one has come; or ``speaker``
     leaves (a bot that leaves as its speech ends may go before its
-    ``speech_stopped``), after which no frame of theirs comes, and the ones
-    already queued are taken.
+    ``speech_stopped``), and frames are read until the SDK has played the last
+    of what it had received from them (it then forgets their SSRC).
 
     Raises:
         AssertionError: more than ``most`` frames without an end of speech, or the call ended.
@@ -267,7 +270,7 @@ def call_example(server: ServerThread, room: str, example: Example, caller_agent
     """Run ``example`` while a caller in ``room`` does ``body(caller, example's participant id)``; the example must exit 0."""
 
     async def scenario() -> None:
-        PROGRESS.__init__()  # type: ignore[misc]
+        PROGRESS.reset()
         async with botcall_sdk.connect(server.url, room, server.token(agent=caller_agent)) as caller:
             try:
                 with anyio.fail_after(WAIT):
