@@ -43,15 +43,21 @@ async def espeak_stream(text: str) -> tuple[int, AsyncIterator[bytes]]:
     (rate,) = struct.unpack_from("<I", header, 24)
 
     async def pcm() -> AsyncIterator[bytes]:
-        rest = header[WAV_HEADER:]
+        # What came with the header first: when we read late (a busy machine),
+        # espeak-ng may have written all of its output already, and then no
+        # chunk follows it.
+        pending = header[WAV_HEADER:]
         async with process:
             assert process.stdout is not None
-            async for chunk in process.stdout:
-                rest += chunk
-                whole = len(rest) & ~1  # whole 16-bit samples only
+            while True:
+                whole = len(pending) & ~1  # whole 16-bit samples only
                 if whole:
-                    yield rest[:whole]
-                    rest = rest[whole:]
+                    yield pending[:whole]
+                    pending = pending[whole:]
+                try:
+                    pending += await process.stdout.receive()
+                except anyio.EndOfStream:
+                    return
 
     return rate, pcm()
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger("botcall.auth")
 
@@ -52,6 +53,82 @@ def rewrite_journal(path: Path, data: bytes) -> int:
     os.replace(temporary, path)
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
+
+def bounded_lines(file: IO[bytes], max_line: int) -> Iterator[bytes]:
+    """The file's lines, each at most ``max_line + 1`` bytes: a longer one comes
+    out as its first ``max_line + 1`` bytes (for the parser to refuse), and the
+    rest of it is skipped without holding it in memory."""
+    while raw := file.readline(max_line + 1):
+        if len(raw) > max_line and not raw.endswith(b"\n"):
+            while (rest := file.readline(max_line + 1)) and not rest.endswith(b"\n"):
+                pass
+        yield raw
+
+
+class JournalFile:
+    """One journal's file: appends of one line each with a single ``write`` on an
+    ``O_APPEND`` descriptor, the count of lines, failed writes counted and logged
+    once, and the atomic rewrite (``rewrite_journal``) of compaction. Shared by
+    the replay cache and the rooms journal (``signaling/room_journal.py``).
+
+    Args:
+        path: the file (created with mode 0600 if missing).
+        what: its name in log lines ("replay cache").
+        loss: what a failed write costs, for the log ("used tokens will be forgotten on restart").
+        logger: where to log.
+
+    Raises:
+        OSError: the file cannot be opened for appending (unwritable data directory).
+    """
+
+    def __init__(self, path: Path, *, what: str, loss: str, logger: logging.Logger) -> None:
+        self.path = path
+        self.what, self.loss, self.log = what, loss, logger
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.lines = 0
+        self.failed_writes = 0
+
+    def append(self, line: bytes) -> None:
+        """Write one line; a failure is counted (and logged the first time), not raised."""
+        try:
+            os.write(self.fd, line)
+            self.lines += 1
+        except OSError as exc:
+            self.failed_writes += 1
+            if self.failed_writes == 1:
+                self.log.warning("cannot write the %s %s (%s): %s", self.what, self.path, exc, self.loss)
+
+    def rewrite(self, lines: list[bytes]) -> None:
+        """Replace the file with ``lines`` (atomic); a failure is logged and the old file stands."""
+        try:
+            new_fd = rewrite_journal(self.path, b"".join(lines))
+        except OSError as exc:
+            self.failed_writes += 1
+            self.log.warning("cannot compact the %s %s: %s", self.what, self.path, exc)
+            return
+        os.close(self.fd)
+        self.fd = new_fd
+        self.lines = len(lines)
+
+    def read_untrusted(self, max_line: int) -> Iterator[bytes]:
+        """The file's lines as ``bounded_lines`` gives them, counted into ``lines`` (from 0).
+
+        Raises:
+            FileNotFoundError: there is no file.
+            OSError: it cannot be read.
+        """
+        self.lines = 0
+        with open(self.path, "rb") as file:
+            for raw in bounded_lines(file, max_line):
+                self.lines += 1
+                yield raw
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
 class ReplayJournal:
     """An append-only journal of ``(issuer, jti, until)``.
 
@@ -63,11 +140,12 @@ class ReplayJournal:
     """
 
     def __init__(self, path: Path) -> None:
+        self.file = JournalFile(path, what="replay cache", loss="used tokens will be forgotten on restart", logger=log)
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.lines = 0
-        self.failed_writes = 0
+
+    @property
+    def lines(self) -> int:
+        return self.file.lines
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> "ReplayJournal":
@@ -76,18 +154,15 @@ class ReplayJournal:
     def load(self, now: float) -> list[tuple[str, str, float]]:
         """The entries still valid at ``now`` (expired, torn or foreign lines skipped)."""
         entries: dict[tuple[str, str], float] = {}
-        self.lines = 0
         try:
-            with open(self.path, "rb") as file:
-                for raw in file:
-                    self.lines += 1
-                    entry = _parse_line(raw)
-                    if entry is None:
-                        continue
-                    until, issuer, jti = entry
-                    if until > now:
-                        key = (issuer, jti)
-                        entries[key] = max(until, entries.get(key, until))
+            for raw in self.file.read_untrusted(MAX_LINE):
+                entry = _parse_line(raw)
+                if entry is None:
+                    continue
+                until, issuer, jti = entry
+                if until > now:
+                    key = (issuer, jti)
+                    entries[key] = max(until, entries.get(key, until))
         except FileNotFoundError:
             return []
         return [(issuer, jti, until) for (issuer, jti), until in entries.items()]
@@ -95,36 +170,21 @@ class ReplayJournal:
     def append(self, issuer: str, jti: str, until: float) -> None:
         """Record one used token. A failed write is logged once and counted; the
         in-memory cache still refuses the token until this process ends."""
-        line = json.dumps([until, issuer, jti], separators=(",", ":")).encode() + b"\n"
-        try:
-            os.write(self._fd, line)
-            self.lines += 1
-        except OSError as exc:
-            self.failed_writes += 1
-            if self.failed_writes == 1:
-                log.warning("cannot write the replay cache %s (%s): used tokens will be forgotten on restart", self.path, exc)
+        self.file.append(_encode(issuer, jti, until))
 
     def needs_compaction(self, live: int) -> bool:
-        return self.lines > 2 * live + COMPACT_SLACK
+        return self.file.lines > 2 * live + COMPACT_SLACK
 
     def compact(self, entries: Iterable[tuple[str, str, float]]) -> None:
         """Rewrite the journal to hold exactly ``entries`` (atomic: temp file, fsync, rename)."""
-        chunks = [json.dumps([until, issuer, jti], separators=(",", ":")).encode() + b"\n" for issuer, jti, until in entries]
-        count = len(chunks)
-        try:
-            new_fd = rewrite_journal(self.path, b"".join(chunks))
-        except OSError as exc:
-            self.failed_writes += 1
-            log.warning("cannot compact the replay cache %s: %s", self.path, exc)
-            return
-        os.close(self._fd)
-        self._fd = new_fd
-        self.lines = count
+        self.file.rewrite([_encode(issuer, jti, until) for issuer, jti, until in entries])
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.file.close()
+
+
+def _encode(issuer: str, jti: str, until: float) -> bytes:
+    return json.dumps([until, issuer, jti], separators=(",", ":")).encode() + b"\n"
 
 
 def _parse_line(raw: bytes) -> tuple[float, str, str] | None:
@@ -142,4 +202,4 @@ def _parse_line(raw: bytes) -> tuple[float, str, str] | None:
     return float(until), issuer, jti
 
 
-__all__ = ["FILENAME", "ReplayJournal"]
+__all__ = ["FILENAME", "JournalFile", "ReplayJournal", "bounded_lines", "rewrite_journal"]

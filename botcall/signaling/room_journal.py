@@ -44,12 +44,12 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import Union
 
-from botcall.auth.replay_journal import rewrite_journal
+from botcall.auth.replay_journal import JournalFile
 from botcall.errors import RoomRecordError
 from botcall.signaling.rooms import RegistryEvent, Room, RoomClosed, RoomCreated, RoomStore, room_from_record_untrusted
 
@@ -125,17 +125,6 @@ def parse_room_line_untrusted(raw: bytes) -> JournalLine:
     raise RoomRecordError("a journal line of an unknown kind")
 
 
-def _raw_lines(file: IO[bytes]) -> Iterator[bytes]:
-    """The file's lines, each at most ``MAX_LINE + 1`` bytes: a longer one comes
-    out as its first ``MAX_LINE + 1`` bytes (refused by the parser), and the rest
-    of it is skipped without holding it in memory."""
-    while raw := file.readline(MAX_LINE + 1):
-        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            while (rest := file.readline(MAX_LINE + 1)) and not rest.endswith(b"\n"):
-                pass
-        yield raw
-
-
 @dataclass(frozen=True)
 class Loaded:
     """What ``RoomJournal.load`` found.
@@ -175,20 +164,22 @@ class RoomJournal:
         self._lock = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.file = JournalFile(path, what="rooms journal", loss="rooms will be forgotten on restart", logger=log)
         except OSError:
             os.close(self._lock)
             raise
-        os.fchmod(self._fd, 0o600)  # a file another tool created keeps no wider mode
+        os.fchmod(self.file.fd, 0o600)  # a file another tool created keeps no wider mode
         # Live rooms by id (worker, room), and closed ones (reason, at); oldest first.
         self.open: OrderedDict[str, tuple[int, Room]] = OrderedDict()
         self.closed: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Each kept room's line, as written: compaction joins them without encoding
         # (10 000 rooms re-encoded would hold the event loop ~80 ms).
         self._encoded: dict[str, bytes] = {}
-        self.lines = 0
         self.skipped = 0
-        self.failed_writes = 0
+
+    @property
+    def lines(self) -> int:
+        return self.file.lines
 
     @classmethod
     def in_dir(cls, data_dir: Path, *, max_rooms: int, max_closed: int, closed_for: float) -> "RoomJournal":
@@ -227,18 +218,16 @@ class RoomJournal:
         self.open.clear()
         self.closed.clear()
         self._encoded.clear()
-        self.lines = self.skipped = 0
+        self.skipped = 0
         readable = True
         try:
-            with open(self.path, "rb") as file:
-                for raw in _raw_lines(file):
-                    self.lines += 1
-                    try:
-                        line = parse_room_line_untrusted(raw)
-                    except RoomRecordError:
-                        self.skipped += 1
-                        continue
-                    self._apply(line, raw)
+            for raw in self.file.read_untrusted(MAX_LINE):
+                try:
+                    line = parse_room_line_untrusted(raw)
+                except RoomRecordError:
+                    self.skipped += 1
+                    continue
+                self._apply(line, raw)
         except OSError as exc:
             readable = False
             log.error("cannot read the rooms journal %s (%s): starting without the rooms it held", self.path, exc)
@@ -321,16 +310,7 @@ class RoomJournal:
     def _write(self, line: JournalLine) -> None:
         raw = encode_line(line)
         self._apply(line, raw)
-        self._write_raw(raw)
-
-    def _write_raw(self, data: bytes) -> None:
-        try:
-            os.write(self._fd, data)
-            self.lines += 1
-        except OSError as exc:
-            self.failed_writes += 1
-            if self.failed_writes == 1:
-                log.warning("cannot write the rooms journal %s (%s): rooms will be forgotten on restart", self.path, exc)
+        self.file.append(raw)
 
     # --- housekeeping ---------------------------------------------------------------------------
 
@@ -348,21 +328,12 @@ class RoomJournal:
         """Rewrite the file to hold exactly the tables (atomic: temp file, fsync, rename)."""
         lines = [self._encoded[room_id] for room_id in self.open]
         lines += [self._encoded[room_id] for room_id in self.closed]
-        try:
-            new_fd = rewrite_journal(self.path, b"".join(lines))
-        except OSError as exc:
-            self.failed_writes += 1
-            log.warning("cannot compact the rooms journal %s: %s", self.path, exc)
-            return
-        os.close(self._fd)
-        self._fd = new_fd
-        self.lines = len(lines)
+        self.file.rewrite(lines)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        if self.file.fd >= 0:
+            self.file.close()
             os.close(self._lock)  # releases the flock
-            self._fd = -1
 
 
 def restore_into(registry: RoomStore, journal: RoomJournal, now: float) -> Loaded:

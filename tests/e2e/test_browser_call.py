@@ -23,7 +23,7 @@ from botcall.demo.signals import dominant_frequency, tone
 from botcall_sdk import connect
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.server import running_server
-from tests.kit.speaking import frames_from, keep_saying  # frames_from: other tests import it from here
+from tests.kit.speaking import frames_from, saying  # frames_from: other tests import it from here
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -36,12 +36,6 @@ async def test_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_path):
         invite = urlsplit(created["invite_url"])
         async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
             events = bot.events()
-            speaking = trio.Event()
-
-            async def bot_speaks():
-                speaking.set()
-                await keep_saying(bot, tone(440, 5.0))
-
             def human(context: BrowserContext) -> dict:
                 page = context.new_page()
                 errors = PageErrors(page)
@@ -98,11 +92,8 @@ async def test_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_path):
                     "errors": errors.unexpected(),
                 }
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(bot_speaks)
-                await speaking.wait()
+            async with saying(bot, tone(440, 5.0)):
                 result = await in_browser(human, fake_mic_wav=str(mic))
-                nursery.cancel_scope.cancel()
     assert abs(result["remote"] - 440) < 8
     assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
     # The bot's events are numbered (docs/protocol.md "Resuming").

@@ -25,7 +25,7 @@ from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer, wait_for_event, wait_until
 from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
 from tests.kit.server import running_server
-from tests.kit.speaking import keep_saying
+from tests.kit.speaking import saying
 
 pytestmark = [pytest.mark.firefox, pytest.mark.e2e]
 
@@ -38,11 +38,6 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
         invite = urlsplit(created["invite_url"])
         async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
             events = bot.events()
-            speaking = trio.Event()
-
-            async def bot_speaks():
-                speaking.set()
-                await keep_saying(bot, tone(440, 5.0))
 
             def human(client) -> dict:
                 client.navigate(f"{srv.url}{invite.path}#{invite.fragment}")
@@ -95,11 +90,8 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
                     "left_after": left_after,
                 }
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(bot_speaks)
-                await speaking.wait()
+            async with saying(bot, tone(440, 5.0)):
                 result = await in_firefox(human)
-                nursery.cancel_scope.cancel()
     assert "orion#8f3a" in result["lobby"] and "Verified" in result["lobby"]
     # It was Firefox's own offer (Opus 109, trickle), answered by the relay.
     assert "a=rtpmap:109 opus/48000/2" in result["offer"] and "a=ice-options:trickle" in result["offer"]

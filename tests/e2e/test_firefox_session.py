@@ -25,7 +25,7 @@ import trio
 from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from tests.e2e.test_browser_call import relay_peer
-from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
+from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, join_call, page, wait_for, wait_state
 from tests.kit.server import running_server
 from tests.kit.speaking import keep_saying
 
@@ -124,11 +124,7 @@ async def test_firefox_mute_signaling_drop_hang_up_and_rejoin_keep_audio_both_wa
 
             def human(client) -> dict:
                 steps = {}
-                client.navigate(f"{srv.url}{invite.path}#{invite.fragment}")
-                wait_state(client, "lobby")
-                click(client, "#join")
-                wait_state(client, "connected")
-                first = page(client, "return botcall.participantId")
+                first = join_call(client, f"{srv.url}{invite.path}#{invite.fragment}")
 
                 def peer_of(participant=first):
                     return relay_peer(srv, room_id, participant)
@@ -270,11 +266,7 @@ async def test_firefox_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path
             ears = BotEars()
 
             def human(client) -> dict:
-                client.navigate(f"{srv.url}{invite.path}#{invite.fragment}")
-                wait_state(client, "lobby")
-                click(client, "#join")
-                wait_state(client, "connected")
-                participant = page(client, "return botcall.participantId")
+                participant = join_call(client, f"{srv.url}{invite.path}#{invite.fragment}")
                 peer = trio.from_thread.run_sync(lambda: relay_peer(srv, room_id, participant))
                 steps = {"joined": both_ways(client, ears, lambda: peer, participant, time.monotonic())}
                 ufrags = [re.search(r"a=ice-ufrag:(\S+)", page(client, "return botcall.pc.remoteDescription.sdp")).group(1)]

@@ -31,7 +31,7 @@ from botcall.demo.signals import dominant_frequency, tone
 from tests.e2e.test_browser_call import frames_from, relay_peer
 from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.server import running_server
-from tests.kit.speaking import keep_saying
+from tests.kit.speaking import saying
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -62,12 +62,6 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
         created = (await srv.create_room(srv.token(agent="creator#1"))).json()
         invite = urlsplit(created["invite_url"])
         async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
-            speaking = trio.Event()
-
-            async def bot_speaks():
-                speaking.set()
-                await keep_saying(bot, tone(440, 5.0))
-
             def human(context: BrowserContext) -> dict:
                 page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
                 participant = hooks(page)["participantId"]
@@ -111,11 +105,8 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
                     "errors": errors.unexpected(),
                 }
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(bot_speaks)
-                await speaking.wait()
+            async with saying(bot, tone(440, 5.0)):
                 result = await in_browser(human, fake_mic_wav=str(mic))
-                nursery.cancel_scope.cancel()
         counters = srv.state.media.relay.counters
     for name, resumed in result["resumed"].items():
         print(f"{name}: both ways again after {resumed['seconds'] * 1000:.0f} ms")
@@ -196,12 +187,6 @@ async def test_a_video_first_max_bundle_offer_gets_audio_both_ways(tmp_path):
         invite = urlsplit(created["invite_url"])
         secret = invite.fragment.removeprefix("invite=")
         async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
-            speaking = trio.Event()
-
-            async def bot_speaks():
-                speaking.set()
-                await keep_saying(bot, tone(440, 5.0))
-
             def human(context: BrowserContext) -> dict:
                 page = context.new_page()
                 page.goto(f"{srv.url}{invite.path}#{invite.fragment}")
@@ -211,11 +196,8 @@ async def test_a_video_first_max_bundle_offer_gets_audio_both_ways(tmp_path):
                     result["heard"] = trio.from_thread.run(frames_from, bot, result["participant"], 40)
                 return result
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(bot_speaks)
-                await speaking.wait()
+            async with saying(bot, tone(440, 5.0)):
                 result = await in_browser(human, fake_mic_wav=str(mic))
-                nursery.cancel_scope.cancel()
     assert "error" not in result, result
     assert result["group"] == "a=group:BUNDLE 0 1"
     assert result["state"] == "connected"

@@ -11,6 +11,9 @@ or (``workers=1`` without ``--redis``) the single process.
     a = await servers.start("--port", str(port))
     await servers.crash(a)
 
+    async with restartable(tmp_path) as servers:   # the same, on one port and tmp_path/data
+        a = await servers.start()
+
 Everything waits on events (log lines, the front's ``/v1/cluster/workers``),
 never on the clock; the timeouts are safety nets against a hung process.
 """
@@ -33,6 +36,7 @@ import trio
 
 from botcall.auth.keys import DevIssuer, ensure_dev_issuer
 from botcall.config import Config
+from tests.kit.redis import free_port
 from tests.kit.server import HttpResponse, http_request
 
 WORKER_STARTED = re.compile(
@@ -202,12 +206,14 @@ class Servers:
     crashed and stopped in any order, each in a task of ``nursery``: what restart
     tests need (the Redis nodes' and the embedded default's)."""
 
-    def __init__(self, nursery: trio.Nursery, data_dir: Path, *, workers: int = 1) -> None:
-        self.nursery, self.data_dir, self.workers = nursery, data_dir, workers
+    def __init__(self, nursery: trio.Nursery, data_dir: Path, *, workers: int = 1, port: int | None = None) -> None:
+        self.nursery, self.data_dir, self.workers, self.port = nursery, data_dir, workers, port
         self._stops: dict[int, trio.Event] = {}
 
     async def start(self, *flags: str) -> Front:
-        """Start one with ``flags`` (after the kit's own: a later ``--port`` wins)."""
+        """Start one with ``flags`` (after the kit's own and ``--port port``: a later ``--port`` wins)."""
+        if self.port is not None:
+            flags = ("--port", str(self.port), *flags)
         stop = trio.Event()
 
         async def run(*, task_status: trio.TaskStatus[Front]) -> None:
@@ -231,3 +237,15 @@ class Servers:
         with trio.fail_after(60):
             await server.process.wait()
         self._stops[server.process.pid].set()
+
+
+@asynccontextmanager
+async def restartable(tmp_path: Path, *, workers: int = 1) -> AsyncIterator[Servers]:
+    """:class:`Servers` on a new data directory ``tmp_path/data`` and one free HTTP
+    port that every start reuses (invite links name it), in a nursery cancelled
+    when the block ends: the restart tests' set-up."""
+    data = tmp_path / "data"
+    data.mkdir()
+    async with trio.open_nursery() as nursery:
+        yield Servers(nursery, data, workers=workers, port=free_port())
+        nursery.cancel_scope.cancel()

@@ -35,6 +35,7 @@ from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
 
 from tests.kit.page_audio import PageRecording, recording_from
+from tests.kit.system import HarnessError, wait_for_unix_socket, wait_readable
 
 T = TypeVar("T")
 
@@ -122,7 +123,7 @@ PULSEAUDIO = shutil.which("pulseaudio")
 # the page consumed its received audio at 0.90-0.96 of real time, and the surplus
 # piled up in the jitter buffer (docs/bench-results.md §16c). A PulseAudio null
 # sink is timer-driven against absolute deadlines: it plays at 0.99-1.00.
-PULSE_START_S = 10.0
+PULSE_START_S = 30.0  # a last resort: the wait ends on the socket listening or the daemon exiting
 
 
 @contextmanager
@@ -151,13 +152,7 @@ def pulse_null_sink() -> Iterator[str]:
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + PULSE_START_S
-            while not socket_path.exists():
-                if process.poll() is not None:
-                    raise RuntimeError(f"pulseaudio exited with {process.returncode} before it listened")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"pulseaudio did not listen within {PULSE_START_S:g} s")
-                time.sleep(0.05)
+            wait_for_unix_socket(socket_path, process, PULSE_START_S)
             yield f"unix:{socket_path}"
         finally:
             process.terminate()
@@ -166,6 +161,67 @@ def pulse_null_sink() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def pulse_events(server: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``pactl subscribe`` on the PulseAudio daemon at ``server``: a line per event
+    (``Event 'new' on sink-input #3``) as it happens, on the process's stdout; stopped at the end.
+
+    Start it before whatever makes the events (the browser), so none is missed.
+    """
+    process = subprocess.Popen(
+        ["pactl", "subscribe"], env={**os.environ, "PULSE_SERVER": server}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def pactl(server: str, *args: str) -> str:
+    """``pactl ARGS`` against the daemon at ``server``; its output."""
+    return subprocess.run(
+        ["pactl", *args], env={**os.environ, "PULSE_SERVER": server}, capture_output=True, text=True, timeout=PULSE_START_S, check=True
+    ).stdout
+
+
+def wait_for_sink_input(server: str, events: subprocess.Popen[bytes], name: str, timeout: float = PULSE_START_S) -> str:
+    """``pactl list sink-inputs`` of the daemon at ``server`` once it shows ``name``
+    (or, after ``timeout`` seconds, as it is: the caller asserts on it).
+
+    Listed now, and again at each sink-input event of ``events`` (``pulse_events``):
+    no polling. Other events (our own ``pactl`` clients come and go) are skipped.
+
+    Raises:
+        HarnessError: ``pactl subscribe`` ended.
+    """
+    deadline = time.monotonic() + timeout
+    pending = b""
+    while True:
+        inputs = pactl(server, "list", "sink-inputs")
+        if name in inputs:
+            return inputs
+        while b"on sink-input" not in pending:
+            left = deadline - time.monotonic()
+            assert events.stdout is not None
+            if left <= 0 or not wait_readable(events.stdout, left):
+                return inputs
+            chunk = os.read(events.stdout.fileno(), 4096)
+            if not chunk:
+                raise HarnessError(f"pactl subscribe ended with {events.wait()}")
+            pending += chunk
+        pending = b""
+
+
+def join_call(client: Marionette, url: str) -> str:
+    """Open the invite ``url``, join from the lobby, wait until connected; the page's participant id."""
+    client.navigate(url)
+    wait_state(client, "lobby")
+    click(client, "#join")
+    wait_state(client, "connected")
+    return str(page(client, "return botcall.participantId"))
 
 
 @contextmanager

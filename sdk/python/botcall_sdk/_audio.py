@@ -310,7 +310,8 @@ class JitterBuffers:
     """Opus RTP from every speaker in, one decoded 20 ms frame per talking speaker per tick out.
 
     Bounded: at most ``MAX_SPEAKERS`` streams (the oldest-silent is dropped)
-    and ``_Speaker.MAX_HELD`` packets each.
+    and ``_Speaker.MAX_HELD`` packets each; a retired speaker (one who left)
+    goes at the first ``pop`` that finds nothing of theirs held.
     """
 
     MAX_SPEAKERS = 64
@@ -318,8 +319,13 @@ class JitterBuffers:
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._speakers: dict[int, _Speaker] = {}
+        # Speakers who left: what they sent before still plays, then they go.
+        self._retired: set[int] = set()
+        self._drained: list[int] = []
 
     def push(self, packet: RtpPacket, now: float) -> None:
+        if packet.ssrc in self._retired:
+            return
         speaker = self._speakers.get(packet.ssrc)
         if speaker is None:
             if len(self._speakers) >= self.MAX_SPEAKERS:
@@ -334,7 +340,35 @@ class JitterBuffers:
             played = speaker.pop(now)
             if played is not None:
                 out.append(played)
+        for ssrc in [ssrc for ssrc in self._retired if not self._holds(ssrc)]:
+            self._retired.discard(ssrc)
+            self._speakers.pop(ssrc, None)
+            self._drained.append(ssrc)
         return out
 
-    def forget(self, ssrc: int) -> None:
-        self._speakers.pop(ssrc, None)
+    def retire(self, ssrc: int) -> bool:
+        """The speaker left: the packets already here still play (their last
+        words), none is taken after, and in the ``pop`` that plays the last of
+        them the speaker goes (``take_drained`` says so).
+
+        Returns:
+            False when nothing of theirs is held: they are gone at once.
+        """
+        if not self._holds(ssrc):
+            self._speakers.pop(ssrc, None)
+            return False
+        self._retired.add(ssrc)
+        return True
+
+    def welcome_back(self, ssrc: int) -> None:
+        """``ssrc`` is someone's again (back before its old audio had played): not retired."""
+        self._retired.discard(ssrc)
+
+    def take_drained(self) -> list[int]:
+        """The retired speakers whose audio has all played since the last call."""
+        drained, self._drained = self._drained, []
+        return drained
+
+    def _holds(self, ssrc: int) -> bool:
+        speaker = self._speakers.get(ssrc)
+        return speaker is not None and bool(speaker.packets)

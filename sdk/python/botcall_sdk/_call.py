@@ -745,10 +745,12 @@ class Call:
             self._learn(event.participant)
         elif isinstance(event, ParticipantLeft):
             gone = self.participants.pop(event.participant_id, None)
-            if gone is not None and gone.ssrc is not None:
+            # What they said before leaving may still be in the jitter buffer
+            # (Opus): it plays out as theirs, and _play_out forgets them in the
+            # tick of their last frame. pcm16 frames went to the application as they came.
+            if gone is not None and gone.ssrc is not None and not (self.encoding == "opus" and self._jitter.retire(gone.ssrc)):
                 self._ssrc_to_participant.pop(gone.ssrc, None)
                 self._origins.pop(gone.ssrc, None)
-                self._jitter.forget(gone.ssrc)
         elif isinstance(event, StreamStarted):
             self._origins[event.ssrc] = event.rtp_timestamp
         elif isinstance(event, RoomClosed):
@@ -798,6 +800,7 @@ class Call:
         self.participants[participant.participant_id] = participant
         if participant.ssrc is not None:
             self._ssrc_to_participant[participant.ssrc] = participant.participant_id
+            self._jitter.welcome_back(participant.ssrc)
 
     def _on_json_audio(self, obj: JsonObject) -> None:
         """Audio as JSON (a server that does not send binary frames): pcm16 only is decoded here."""
@@ -855,6 +858,9 @@ class Call:
                 self._frames.put_nowait(
                     AudioFrame(self._ssrc_to_participant.get(played.ssrc), played.ssrc, played.pcm, self.sample_rate, stream_ms, wall, played.concealed)
                 )
+            for ssrc in self._jitter.take_drained():
+                self._ssrc_to_participant.pop(ssrc, None)
+                self._origins.pop(ssrc, None)
 
     # --- UDP: latching, keepalive, rebinding ---------------------------------------------
 

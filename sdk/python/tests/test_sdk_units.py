@@ -141,6 +141,59 @@ def test_jitter_buffer_plays_in_order_conceals_gaps_and_adds_nothing_at_the_end(
     assert all(len(p.pcm) == 1920 for p in played)
 
 
+def test_a_speaker_who_left_is_heard_to_the_end_then_forgotten() -> None:
+    """Someone who leaves right after speaking (a bot whose speech just played
+    out) still has packets in the jitter buffer: they play, then the SSRC goes."""
+    buffers = _audio.JitterBuffers(48000)
+    packets = _opus_packets(7)
+    for packet in packets[:6]:
+        buffers.push(packet, 0.0)
+    buffers.retire(packets[0].ssrc)
+    buffers.push(packets[6], 0.0)  # after the leave: not taken
+    played = []
+    now = 0.040
+    for _ in range(10):
+        played += buffers.pop(now)
+        now += 0.02
+    assert [p.timestamp for p in played] == [1000 + 960 * i for i in range(6)]
+    assert buffers.take_drained() == [packets[0].ssrc] and buffers.take_drained() == []
+
+
+def test_participant_left_keeps_the_speaker_until_their_audio_has_played() -> None:
+    import anyio
+    import httpx
+
+    from botcall_sdk._call import Call
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as http:
+            join = {"session_id": "s", "media": {"transport": "websocket", "ssrc": 1}, "websocket_url": "ws://h/v1/stream/s"}
+            call = Call(join, room_id="r", sample_rate=48000, http=http)
+            ssrc = _opus_packets(1)[0].ssrc
+            bot = {"participant_id": "p-2", "kind": "bot", "ssrc": ssrc}
+            call._on_json({"type": "welcome", "participant_id": "p-1", "participants": [bot], "last_seq": 1})
+            for packet in _opus_packets(3):
+                call._jitter.push(packet, 0.0)
+            call._on_json({"type": "participant_left", "participant_id": "p-2", "reason": "left", "seq": 2})
+            assert "p-2" not in call.participants and call._ssrc_to_participant[ssrc] == "p-2"  # still theirs
+            played = call._jitter.pop(0.04) + call._jitter.pop(0.06) + call._jitter.pop(0.08) + call._jitter.pop(0.10)
+            assert len(played) == 3 and call._jitter.take_drained() == [ssrc]
+            # Nothing of theirs held when they leave: forgotten at once.
+            call._on_json({"type": "participant_joined", "participant": bot, "seq": 3})
+            call._on_json({"type": "participant_left", "participant_id": "p-2", "reason": "left", "seq": 4})
+            assert ssrc not in call._ssrc_to_participant
+            # Back with the same SSRC while their old audio still plays: not retired.
+            call._on_json({"type": "participant_joined", "participant": bot, "seq": 5})
+            for packet in _opus_packets(2):
+                call._jitter.push(packet, 1.0)
+            call._on_json({"type": "participant_left", "participant_id": "p-2", "reason": "left", "seq": 6})
+            call._on_json({"type": "participant_joined", "participant": bot, "seq": 7})
+            assert len(call._jitter.pop(1.04) + call._jitter.pop(1.06) + call._jitter.pop(1.08)) == 2
+            assert call._jitter.take_drained() == [] and call._ssrc_to_participant[ssrc] == "p-2"
+
+    anyio.run(scenario)
+
+
 def test_numbered_events_are_deduplicated_and_gaps_reported() -> None:
     import anyio
     import httpx
