@@ -10,10 +10,13 @@ load aimed at each room's own worker media port, as the join responses name it).
 With ``--workers 1`` ``botcall serve`` runs one process and no front (what a
 user gets); its front CPU is then reported as absent (NaN).
 
-CPU is sampled from /proc around each whole run (warm-up and drain included,
-so the shares are slightly diluted; the same for every configuration): each
-worker, the front (the supervisor process), the generator (this process) and
-the rest of the machine (``other``), as shares of one core; the 1-minute
+CPU is sampled from /proc around each whole run (warm-up, drain and the
+generator's building and checking included, so the shares are slightly
+diluted): each worker, the front (the supervisor process), the generator
+(this process) and the rest of the machine (``other``), as shares of one core;
+the workers' CPU together is also read over the measured window alone
+(``w.win%``, the generator's ``cpu_pid``), which is what calls per worker core
+(``bench.scale_out``'s summary) divide by; the 1-minute
 load average is taken at the end of the run. Nothing is pinned by default:
 on this two-core machine the workers and the generator share both cores
 (``pin=True``, ``--pin``: worker i on core i, and with one worker the generator
@@ -276,7 +279,7 @@ def measure_calls(
                 before = {index: _cpu(pid) for index, pid in pids.items()}
                 front_before, own_before, machine_before = _cpu(serve.front_pid), _own_cpu(), machine_busy_seconds()
                 wall = time.monotonic()
-                result = run_gen(flows, seq_base=run * per_flow, **kwargs)
+                result = run_gen(flows, seq_base=run * per_flow, cpu_pid=tuple(pids.values()), **kwargs)
                 wall = time.monotonic() - wall
                 after = {index: _cpu(pid) for index, pid in pids.items()}
                 front_used = _cpu(serve.front_pid) - front_before
@@ -292,6 +295,7 @@ def measure_calls(
                     other_cpu_percent=max(0.0, machine_used - known) / wall * 100,
                     load_average=os.getloadavg()[0],
                     extra={"generator_run_cpu_percent": own_used / wall * 100,
+                           "workers_window_percent": result.relay_cpu_percent,
                            "generator_before_s": getattr(result, "prepare_cpu_s", math.nan),
                            "generator_after_s": getattr(result, "verify_cpu_s", math.nan)},
                 ))
@@ -305,7 +309,7 @@ def measure_calls(
 
 HEADER = (
     f"{'workers':>7}{'calls':>6} {'per worker':<12}{'loss%':>7}{'+p50':>7}{'+p99':>7}{'d.p99':>7}"
-    f"  {'worker CPU %':<14}{'front%':>7}{'gen%':>6}{'g.run%':>7}{'other%':>7}{'load1':>6}{'lag ms':>7}"
+    f"  {'worker CPU %':<14}{'w.win%':>7}{'front%':>7}{'gen%':>6}{'g.run%':>7}{'other%':>7}{'load1':>6}{'lag ms':>7}"
 )
 
 
@@ -316,6 +320,6 @@ def format_run(workers: int, run: WorkersRun) -> str:
     front = "-" if math.isnan(run.front_cpu_percent) else f"{run.front_cpu_percent:.1f}"
     return (
         f"{workers:>7}{run.cell.legs:>6} {per_worker:<12}{run.relay.loss * 100:>7.3f}{run.cell.added_p50_ms:>7.2f}"
-        f"{run.cell.added_p99_ms:>7.2f}{run.cell.direct.latency_p99_ms:>7.2f}  {cpu:<14}{front:>7}"
+        f"{run.cell.added_p99_ms:>7.2f}{run.cell.direct.latency_p99_ms:>7.2f}  {cpu:<14}{run.extra.get('workers_window_percent', math.nan):>7.1f}{front:>7}"
         f"{run.generator_cpu_percent:>6.1f}{run.extra.get('generator_run_cpu_percent', math.nan):>7.1f}{run.other_cpu_percent:>7.1f}{run.load_average:>6.1f}{run.relay.max_send_lag_ms:>7.1f}"
     )

@@ -142,8 +142,9 @@ class Limit:
 
     @property
     def worker_cores(self) -> float:
-        """The workers' CPU at the limit, all workers together, in cores (median of the runs)."""
-        return self.median(lambda run: sum(run.worker_cpu_percent.values()) / 100)
+        """The workers' CPU at the limit over the measured window, all workers together,
+        in cores (median of the runs)."""
+        return self.median(lambda run: run.extra["workers_window_percent"] / 100)
 
     @property
     def calls_per_worker_core(self) -> float:

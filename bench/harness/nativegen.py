@@ -79,12 +79,12 @@ from bench.harness.loadgen import (
     RTP_VERSION_BITS,
     Flow,
     _own_cpu,
+    processes_cpu,
     _validate,
     packets_per_flow,
     window_figures,
 )
 from bench.harness.machine import machine_busy_seconds
-from tests.kit.system import read_proc_stat
 
 SOURCE = Path(__file__).with_name("_native_window.c")
 BUILD_DIR = Path(__file__).with_name("build")
@@ -148,7 +148,7 @@ def run_native(
     duration: float = 10.0,
     packet_size: int = 172,
     warmup: float = 1.0,
-    cpu_pid: int | None = None,
+    cpu_pid: int | tuple[int, ...] | None = None,
     seq_base: int = 0,
 ) -> LightResult:
     """:func:`~bench.harness.lightgen.run_light`, its window in C (see the module docstring).
@@ -202,13 +202,13 @@ def run_native(
 
     def window_started() -> None:
         if cpu_pid is not None:
-            marks["cpu_start"] = read_proc_stat(cpu_pid).cpu_s
+            marks["cpu_start"] = processes_cpu(cpu_pid)
         marks["own_start"] = _own_cpu()
         marks["machine_start"] = machine_busy_seconds()
 
     def window_ended() -> None:
         if cpu_pid is not None:
-            marks["cpu_end"] = read_proc_stat(cpu_pid).cpu_s
+            marks["cpu_end"] = processes_cpu(cpu_pid)
         marks["own_end"] = _own_cpu()
         marks["machine_end"] = machine_busy_seconds()
 
