@@ -24,7 +24,9 @@ the light generator's window in C, about half its CPU). ``--rounds R``
 repeats the searches in turn (1, 2, 1, 2, ...) and ends with each worker
 count's median and spread, the ratio of the medians and of each round's pair,
 and, labelled apart (it is not the goal), the workers' own scaling: calls
-carried per core the workers used at their limit.
+carried per core the workers used at their limit. ``--realtime`` runs the
+workers' and the generator's main threads under ``SCHED_FIFO``, out of the
+way of other sessions' CPU hogs on a shared machine (both worker counts alike).
 
 Starts ``botcall serve --workers N`` (real processes on loopback, a temporary
 data directory), creates rooms through the front, then measures ``POST /v1/join``
@@ -175,6 +177,8 @@ def capacity(args: argparse.Namespace, workers_list: list[int]) -> list[Limit]:
     starts = parse_starts(args.start, workers_list)
     print(machine_description())
     pinning = "worker i on core i, a lone worker's generator on the other core" if args.pin else "nothing pinned"
+    if args.realtime:
+        pinning += "; workers and generator under SCHED_FIFO"
     print(f"capacity, bot <-> human calls: loss < 0.1 %, added p99 < 5 ms, a majority of {args.repeat} runs of {args.duration:g} s; {pinning};"
           f" {args.generator} generator (gen% = its CPU inside the window, g.run% = over the whole run, set-up excluded);"
           f" {args.rounds} round(s) of {','.join(map(str, workers_list))} worker(s)")
@@ -187,7 +191,7 @@ def capacity(args: argparse.Namespace, workers_list: list[int]) -> list[Limit]:
             def probe(n: int, workers: int = workers, runs_at: dict[int, list] = runs_at):
                 runs = measure_calls(workers, n, duration=args.duration, warmup=args.warmup, repeat=args.repeat,
                                      quiet_wait=args.quiet_wait, log=lambda line: print(line, flush=True), pin=args.pin,
-                                     generator=args.generator)
+                                     generator=args.generator, realtime=args.realtime)
                 for run in runs:
                     ok = run.cell.within(bounds.max_loss, bounds.max_added_p99_ms)
                     print(format_run(workers, run) + ("  ok" if ok else "  out"), flush=True)
@@ -263,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="--capacity: runs per probe; a majority must pass")
     parser.add_argument("--pin", action="store_true", help="--capacity: worker i on core i (one worker: the generator on the other core)")
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="--capacity: wait this long at most for a quiet machine")
+    parser.add_argument("--realtime", action="store_true",
+                        help="--capacity: the workers' and the generator's main threads under SCHED_FIFO (root; see bench.scale_calls.realtime_scheduling)")
     parser.add_argument("--rounds", type=int, default=1, help="--capacity: search every worker count this many times, in turn (1,2,1,2...)")
     parser.add_argument("--generator", choices=sorted(GENERATORS), default="native",
                         help="--capacity: the load generator (bench/harness/nativegen.py, lightgen.py or loadgen.py)")

@@ -81,7 +81,7 @@ def test_rounds_alternate_worker_counts_and_the_summary_keeps_the_goal_apart(cap
     from bench.scale_out import capacity
 
     args = argparse.Namespace(start="4", step=4, max=4, resolution=4, duration=DURATION, warmup=WARMUP, repeat=1,
-                              quiet_wait=0, pin=False, generator="native", rounds=2)
+                              quiet_wait=0, pin=False, generator="native", rounds=2, realtime=False)
     limits = capacity(args, [1, 2])
     assert [limit.workers for limit in limits] == [1, 2, 1, 2]
     for limit in limits:
@@ -110,3 +110,35 @@ def test_the_summary_counts_a_search_with_no_pass_as_zero_and_takes_medians():
     assert parse_starts("1:300,2:600", [1, 2]) == {1: 300, 2: 600}
     with pytest.raises(ValueError):
         parse_starts("1:300", [1, 2])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+def test_realtime_runs_the_workers_and_the_generator_under_sched_fifo_then_restores_the_generator():
+    # --realtime: the measurement itself is unchanged (every packet arrives), the
+    # workers run under SCHED_FIFO while it runs, and the bench process is back
+    # to fair sharing afterwards (it goes on to build, check and start servers).
+    from bench.scale_calls import REALTIME_PRIORITY, realtime_scheduling
+
+    seen: dict[int, tuple[int, int]] = {}
+
+    def log(line: str) -> None:
+        # The set-up line is logged once the calls are up: the workers are real-time by then.
+        if "set up in" in line:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit() and pid != str(os.getpid()):
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                            if b"botcall.cluster.worker" in cmdline.read():
+                                seen[int(pid)] = (os.sched_getscheduler(int(pid)), os.sched_getparam(int(pid)).sched_priority)
+                    except OSError:
+                        continue
+            seen[0] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+
+    runs = measure_calls(2, 4, duration=DURATION, warmup=WARMUP, repeat=1, quiet_wait=0, log=log, realtime=True)
+    assert runs[0].cell.relay.received == runs[0].cell.relay.sent > 0
+    fifo = (os.SCHED_FIFO, REALTIME_PRIORITY)
+    assert seen[0] == fifo
+    # Both workers (botcall.cluster.worker processes) are real-time.
+    assert sorted(policy for pid, policy in seen.items() if pid != 0).count(fifo) == 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert callable(realtime_scheduling)
