@@ -88,7 +88,7 @@ from bench.harness.machine import machine_busy_seconds
 
 SOURCE = Path(__file__).with_name("_native_window.c")
 BUILD_DIR = Path(__file__).with_name("build")
-CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-missing-field-initializers")
+CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers")
 BUILD_TIMEOUT_S = 120.0
 # Received datagrams kept: the run's packets, half as many again (duplicates,
 # strangers), and room for a short run's STUN and RTCP.
