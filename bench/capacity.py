@@ -144,7 +144,7 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--max-added-p99", type=float, default=5.0, help="milliseconds")
     parser.add_argument("--quiet-wait", type=float, default=60.0)
     parser.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,
-                        help="light: packets built and protected before the window, checked after it (bench/harness/lightgen.py)")
+                        help="light: packets built and protected before the window, checked after it (bench/harness/lightgen.py); native: the same, its window in C (nativegen.py)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a server Config field (repeatable), e.g. media_fast_path='\"thread\"'")
     args = parser.parse_args(argv)

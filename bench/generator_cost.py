@@ -8,8 +8,9 @@ For each N: the shape of N calls of ``bench.relay_latency``'s calls mode (a
 bot's plain RTP toward a browser that unprotects SRTP, a browser's SRTP toward
 a bot), sent socket to socket as the direct baseline does
 (``bench.relay_latency.DirectFlows``: the same SRTP work in the generator as
-through a relay), by the classic generator (``bench.harness.loadgen.run_load``)
-and the light one (``bench.harness.lightgen.run_light``), alternating,
+through a relay), by the classic generator (``bench.harness.loadgen.run_load``),
+the light one (``bench.harness.lightgen.run_light``) and the native one
+(``bench.harness.nativegen.run_native``, ``--generators classic,light,native``), alternating,
 ``--repeat`` times each. Printed per run: loss, p50/p99, the generator's CPU
 inside the window (share of one core, and per call), and for the light one
 the CPU it spent before (building, protecting) and after (unprotecting,
@@ -23,10 +24,11 @@ import sys
 
 from bench.harness.lightgen import run_light
 from bench.harness.loadgen import Flow, packets_per_flow, run_load
+from bench.harness.nativegen import run_native
 from bench.harness.machine import GENERATOR_CORE, machine_description, pin_to_core, run_isolated, wait_for_quiet
 from bench.relay_latency import DirectFlows
 
-GENERATORS = {"classic": run_load, "light": run_light}
+GENERATORS = {"classic": run_load, "light": run_light, "native": run_native}
 
 
 def call_shapes(calls: int) -> list[Flow]:
@@ -52,7 +54,7 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--generators", default="classic,light")
+    parser.add_argument("--generators", default="classic,light,native")
     parser.add_argument("--quiet-wait", type=float, default=10.0)
     args = parser.parse_args(argv)
     pin_to_core(GENERATOR_CORE)

@@ -43,6 +43,7 @@ from bench.harness.machine import GENERATOR_CORE, machine_description, run_isola
 from bench.harness.server import Api, bot_browser_calls, bot_pairs, drain, latch_bots, refresh_browsers, RelayProcess
 from bench.harness.lightgen import run_light
 from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
+from bench.harness.nativegen import run_native
 from bench.harness.machine import open_socket, pin_to_core
 from bench.srtp_cost import handshake
 from botcall.webrtc.dtls.certificate import DtlsCertificate
@@ -51,8 +52,9 @@ from botcall.webrtc.srtp import SrtpContext
 MODES = ("bots", "bot-to-browser", "browser-to-bot", "calls")
 # The load generators (``--generator``): the classic one works per packet inside
 # the window; the light one builds and protects before it and checks after it
-# (bench/harness/lightgen.py). Both measure the same things the same way.
-GENERATORS = {"light": run_light, "classic": run_load}
+# (bench/harness/lightgen.py); the native one is the light one with its window
+# in C (bench/harness/nativegen.py). All measure the same things the same way.
+GENERATORS = {"light": run_light, "classic": run_load, "native": run_native}
 DEFAULT_GENERATOR = "light"
 
 
@@ -269,7 +271,7 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--packet-size", type=int, default=172)
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine before each run")
     parser.add_argument("--generator", default=DEFAULT_GENERATOR,
-                        help="light or classic (bench/harness/lightgen.py, loadgen.py); 'classic,light' alternates them")
+                        help="light, native or classic (bench/harness/lightgen.py, nativegen.py, loadgen.py); 'classic,light' alternates them")
     args = parser.parse_args(argv)
     if args.duration + args.warmup > 20:
         parser.error("warmup + duration must stay under 20 s (the relay forgets addresses after 30 s without STUN)")

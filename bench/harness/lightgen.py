@@ -77,13 +77,13 @@ from bench.harness.loadgen import (
     Flow,
     LoadResult,
     _own_cpu,
+    processes_cpu,
     window_figures,
     _sender,
     _validate,
     packets_per_flow,
 )
 from bench.harness.machine import machine_busy_seconds
-from tests.kit.system import read_proc_stat
 
 # Datagrams kept per run, over all sockets: the packets of the run plus room
 # for strangers (STUN, RTCP) before the rest is dropped and counted bad.
@@ -133,7 +133,7 @@ def run_light(
     duration: float = 10.0,
     packet_size: int = 172,
     warmup: float = 1.0,
-    cpu_pid: int | None = None,
+    cpu_pid: int | tuple[int, ...] | None = None,
     seq_base: int = 0,
 ) -> LightResult:
     """:func:`~bench.harness.loadgen.run_load`'s contract, lighter inside the window (see the module docstring).
@@ -222,7 +222,7 @@ def run_light(
                         next_index += 1
                     window_started = True
                     if cpu_pid is not None:
-                        cpu_at_start = read_proc_stat(cpu_pid).cpu_s
+                        cpu_at_start = processes_cpu(cpu_pid)
                     own_at_start = _own_cpu()
                     machine_at_start = machine_busy_seconds()
                 while next_index < due:
@@ -237,7 +237,7 @@ def run_light(
                     if sent_through == 0:
                         sent_through = total
                     if cpu_pid is not None:
-                        cpu_at_end = read_proc_stat(cpu_pid).cpu_s
+                        cpu_at_end = processes_cpu(cpu_pid)
                     own_at_end = _own_cpu()
                     machine_at_end = machine_busy_seconds()
                     end_ns = now_ns() + DRAIN_S * 1e9
@@ -278,7 +278,7 @@ def run_light(
         own_at_end = _own_cpu()
         machine_at_end = machine_busy_seconds()
         if cpu_pid is not None:
-            cpu_at_end = read_proc_stat(cpu_pid).cpu_s
+            cpu_at_end = processes_cpu(cpu_pid)
     del packets
 
     verify_started = _own_cpu()

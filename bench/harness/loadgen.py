@@ -181,7 +181,7 @@ def run_load(
     duration: float = 10.0,
     packet_size: int = 172,
     warmup: float = 1.0,
-    cpu_pid: int | None = None,
+    cpu_pid: int | tuple[int, ...] | None = None,
     seq_base: int = 0,
 ) -> LoadResult:
     """Send every flow's packets on schedule and measure what comes back.
@@ -192,7 +192,8 @@ def run_load(
         duration: seconds of the measured window, after the warm-up.
         packet_size: RTP packet size in bytes (header included, framing excluded).
         warmup: seconds sent before the window opens (not measured).
-        cpu_pid: a process whose CPU time over the window is reported (the relay).
+        cpu_pid: a process whose CPU time over the window is reported (the relay), or
+            several (a server's workers), reported together.
         seq_base: the first RTP sequence number of every flow (and, times the
             frame size, its first timestamp). Runs repeated over the same flows
             continue where the last one stopped, as a real sender does: an SRTP
@@ -283,7 +284,7 @@ def run_load(
                     if next_index == window_first and not window_started:
                         window_started = True
                         if cpu_pid is not None:
-                            cpu_at_start = read_proc_stat(cpu_pid).cpu_s
+                            cpu_at_start = processes_cpu(cpu_pid)
                         own_at_start = _own_cpu()
                         machine_at_start = machine_busy_seconds()
                     packet_index, index = divmod(next_index, n)
@@ -321,7 +322,7 @@ def run_load(
                 if next_index >= total and end_ns == 0:
                     # The window closes with the last send.
                     if cpu_pid is not None:
-                        cpu_at_end = read_proc_stat(cpu_pid).cpu_s
+                        cpu_at_end = processes_cpu(cpu_pid)
                     own_at_end = _own_cpu()
                     machine_at_end = machine_busy_seconds()
                     end_ns = now_ns() + DRAIN_S * 1e9
@@ -381,7 +382,7 @@ def run_load(
         own_at_end = _own_cpu()
         machine_at_end = machine_busy_seconds()
         if cpu_pid is not None:
-            cpu_at_end = read_proc_stat(cpu_pid).cpu_s
+            cpu_at_end = processes_cpu(cpu_pid)
     sent = sent_in_window
     window_s = max((window_last_send_ns - window_first_send_ns) / 1e9, 1e-9) if sent > 1 else duration
     # A window of s packets spans s - 1 intervals; scale to whole intervals.
@@ -432,6 +433,13 @@ def _sender(flow: Flow) -> Callable[[bytes], int]:
         return sock.send
     sendto, dest = sock.sendto, flow.dest
     return lambda data: sendto(data, dest)
+
+
+def processes_cpu(cpu_pid: int | tuple[int, ...]) -> float:
+    """CPU seconds (user + system) so far of a process, or of several together."""
+    if isinstance(cpu_pid, int):
+        return read_proc_stat(cpu_pid).cpu_s
+    return sum(read_proc_stat(pid).cpu_s for pid in cpu_pid)
 
 
 def _own_cpu() -> float:

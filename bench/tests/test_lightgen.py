@@ -1,10 +1,10 @@
-"""The light generator counts what the classic one counts: through a relay that
+"""The light and native generators count what the classic one counts: through a relay that
 drops, duplicates or corrupts every k-th datagram, loss, duplicates and bad
 packets come out exact, SRTP is authenticated packet by packet, and the
 latency is one per received packet.
 
 The "relay" is a thread forwarding UDP on loopback by source address; every
-test runs both generators on the same flows, so a generator that mis-counts
+test runs each generator on the same flows, so a generator that mis-counts
 (or stops checking the SRTP tag) fails beside one that does not.
 """
 
@@ -17,6 +17,7 @@ import pytest
 
 from bench.harness.lightgen import LightResult, run_light
 from bench.harness.loadgen import Flow, run_load
+from bench.harness.nativegen import run_native
 from bench.harness.machine import open_socket
 from bench.srtp_cost import handshake
 from botcall.webrtc.dtls.certificate import DtlsCertificate
@@ -26,7 +27,7 @@ RATE = 50.0
 DURATION = 0.6
 WARMUP = 0.2
 FLOWS = 4
-GENERATORS = {"classic": run_load, "light": run_light}
+GENERATORS = {"classic": run_load, "light": run_light, "native": run_native}
 
 
 class ForwardingRelay:
@@ -154,20 +155,22 @@ def test_a_corrupted_srtp_packet_fails_authentication_and_counts_as_lost(generat
     assert abs((result.sent - result.received) - window_count() / 5) <= 1
 
 
-def test_the_light_generator_reports_its_cpu_before_and_after_the_window(sockets):
+@pytest.mark.parametrize("generator", ["light", "native"])
+def test_the_light_generators_report_their_cpu_before_and_after_the_window(generator, sockets):
     with ForwardingRelay("drop", 1_000_000) as relay:
-        result = run_light(call_flows(relay, sockets, srtp=True), rate_per_flow=RATE, duration=DURATION, warmup=WARMUP)
+        result = run(generator, call_flows(relay, sockets, srtp=True))
     assert isinstance(result, LightResult)
     assert result.received == result.sent and result.bad == 0
     assert result.prepare_cpu_s >= 0 and result.verify_cpu_s >= 0
     assert 0 <= result.generator_cpu_percent < 100
 
 
-def test_the_light_generator_times_packets_by_their_own_send_times(sockets):
+@pytest.mark.parametrize("generator", ["light", "native"])
+def test_the_light_generators_time_packets_by_their_own_send_times(generator, sockets):
     # A relay that holds nothing adds ~nothing: every latency is far below the
     # 20 ms between a flow's packets (a latency taken from the wrong packet's
     # send time, e.g. off by one packet index, would be ~20 ms or negative).
     with ForwardingRelay("drop", 1_000_000) as relay:
-        result = run_light(call_flows(relay, sockets, srtp=False), rate_per_flow=RATE, duration=DURATION, warmup=WARMUP)
+        result = run(generator, call_flows(relay, sockets, srtp=False))
     assert result.received == result.sent
     assert 0 < result.latencies_ms.min() and result.latency_p50_ms < 10.0
