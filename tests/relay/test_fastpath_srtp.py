@@ -1,0 +1,302 @@
+"""SRTP legs on the compiled fast path (issue 17): a bot <-> browser call through the real transport.
+
+A UDP bot (no playout, no speech detection: the plain-relay profile) and the
+kit's simulated browser (its own DTLS client and SRTP context) on real UDP
+sockets, through a real ``UdpTransport`` and ``MediaService``, with the
+helper inline, in its thread, and without SRTP routes (the Python path) as the
+reference. Each case checks what a broken C path gets wrong:
+
+* bot -> browser: what the browser gets decrypts with an *independent*
+  pylibsrtp session (``pylibsrtp.Session`` on the browser's DTLS keys, not our
+  ``SrtpContext``) to the bot's payloads, under the answer's SSRC, numbered
+  without a gap across a packet Python had to rewrite (a CSRC to strip);
+* browser -> bot: the bot gets the browser's payloads, restamped with the
+  human session's SSRC and payload type 111;
+* replayed and forged SRTP from the browser never reaches the bot and is
+  counted (``srtp_replay``, ``srtp_auth_failed``) exactly as in Python; a
+  repeated bot packet is refused by libsrtp and counted
+  ``srtp_protect_failed`` on the browser's peer, as in Python;
+* the counters of both peers are those of the Python path, and with the helper
+  almost no RTP reaches Python (the fast path is really taken).
+"""
+
+import shutil
+import socket
+
+import pylibsrtp
+import pytest
+import trio
+
+from botcall.relay import fastpath
+from botcall.relay.core import MediaRelay
+from botcall.relay.service import MediaService
+from botcall.relay.transport import UdpTransport, open_udp_socket
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.wire.stun import binding_request, parse_binding_response_untrusted
+from tests.kit.browser import BROWSER_SEND_SSRC, Browser, browser_offer
+from tests.kit.browser_udp import udp_browser
+from tests.kit.relay import BOT_UFRAG, make_session
+from tests.relay.test_hot_path import client_socket, latch_over_udp
+
+pytestmark = pytest.mark.skipif(
+    not fastpath.available() and shutil.which("gcc") is None,
+    reason="botcall.relay._fastpath is not built and there is no gcc to build it",
+)
+
+BOT_SSRC, HUMAN_SSRC = 1111, 2222
+PACKETS = 120
+MODES = pytest.mark.parametrize("mode", ["inline", "thread", "python"])
+
+
+def bot_rtp(seq, payload, csrc=()):
+    return bytes(RtpPacket(payload_type=111, sequence_number=seq & 0xFFFF, timestamp=seq * 960 & 0xFFFFFFFF, ssrc=BOT_SSRC, payload=payload, csrc=tuple(csrc)))
+
+
+def human_rtp(seq, payload):
+    return bytes(RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960, ssrc=BROWSER_SEND_SSRC, payload=payload))
+
+
+async def recv_some(sock, count, keep=None):
+    """``count`` datagrams from a non-blocking socket (a safety-net timeout, not a speed requirement)."""
+    got = []
+    with trio.fail_after(10):
+        while len(got) < count:
+            await trio.lowlevel.wait_readable(sock)
+            while len(got) < count:
+                try:
+                    got.append(sock.recv(2048))
+                except BlockingIOError:
+                    break
+    return got
+
+
+async def barrier(ctx):
+    """Wait until the relay has handled every datagram sent to it so far (see test_fastpath.barrier).
+
+    The bot's binding request queues behind them on the relay's one socket and
+    goes to Python; its answer comes back once everything before it was
+    forwarded or dropped. What else the bot received meanwhile is kept.
+    """
+    bot, sock = ctx["bot"], ctx["bot_sock"]
+    request = binding_request(f"{bot.ice_ufrag}:{BOT_UFRAG}", bot.ice_pwd)
+    sock.sendto(request, ctx["addr"])
+    with trio.fail_after(10):
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(2048)
+            except BlockingIOError:
+                continue
+            if data[:2] == b"\x01\x01" and data[8:20] == request[8:20]:
+                parse_binding_response_untrusted(data, bot.ice_pwd, request[8:20])
+                return
+            ctx["bot_got"].append(data)
+
+
+def browser_drain(browser_sock):
+    got = []
+    while True:
+        try:
+            got.append(browser_sock.recv(2048))
+        except BlockingIOError:
+            return got
+
+
+async def run_call(mode, script):
+    fast_path = "off" if mode == "python" else mode
+    transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=False, fast_path="inline" if mode == "python" else fast_path, fast_srtp=mode != "python")
+    relay = MediaRelay(transport.transmit, speech_detection=False, max_packets_per_second=10**6)
+    seen_by_python = []
+    handle = relay.handle_datagram
+
+    def count_python(data, addr, now):
+        seen_by_python.append(data)
+        handle(data, addr, now)
+
+    relay.handle_datagram = count_python
+    bot_sock = client_socket()
+    ctx = {"relay": relay, "transport": transport, "python": seen_by_python, "bot_sock": bot_sock, "bot_got": []}
+    try:
+        async with trio.open_nursery() as nursery:
+            addr = ctx["addr"] = await nursery.start(transport.run, relay)
+            media = ctx["media"] = MediaService(relay, transport.transmit, certificate=DtlsCertificate.generate(), hosts=("127.0.0.1",), port=addr[1], bot_playout=False)
+            bot_session = make_session("bot", "bot", "udp", BOT_SSRC)
+            media.add_session(bot_session)
+            bot = ctx["bot"] = relay.peer(bot_session.session_id)
+            await latch_over_udp(bot_sock, bot, addr)
+            human_session = make_session("human", "human", "webrtc", HUMAN_SSRC)
+            certificate = DtlsCertificate.generate()
+            core = Browser(media.add_browser(human_session, browser_offer(certificate)), certificate, relay_addr=addr)
+            async with udp_browser(core) as browser:
+                await browser.connect()
+                ctx["browser"], ctx["human"] = browser, relay.peer(human_session.session_id)
+                raw = browser.sock
+                ctx["browser_sock"] = socket.socket(fileno=raw.dup().detach())  # a plain non-blocking view for draining
+                ctx["browser_sock"].setblocking(False)
+                try:
+                    await script(ctx)
+                finally:
+                    ctx["browser_sock"].close()
+            if transport.fast is not None:
+                transport.fast.take_stats()
+            nursery.cancel_scope.cancel()
+    finally:
+        bot_sock.close()
+        transport.sock.close()
+    return ctx
+
+
+def independent_session(browser):
+    """A pylibsrtp session of its own on the browser's DTLS keys: checks the relay's SRTP without our SrtpContext."""
+    keys = browser.core.dtls.srtp_keys
+    policy = pylibsrtp.Policy(key=keys.remote_key_salt, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=keys.profile.libsrtp_profile)
+    return pylibsrtp.Session(policy)
+
+
+async def call_script(ctx):
+    browser, bot_sock, addr = ctx["browser"], ctx["bot_sock"], ctx["addr"]
+    srtp = browser.srtp
+    # Browser -> bot, ahead of the bot's first packet (its DTLS is released by the first).
+    sent = [srtp.protect(human_rtp(seq, b"human%03d" % seq)) for seq in range(PACKETS)]
+    for data in sent:
+        await browser.sock.sendto(data, addr)
+        await trio.sleep(0)
+    ctx["bot_got"] += await recv_some(bot_sock, PACKETS)
+    # Replays (the last ten again) and forgeries (a tag byte flipped): dropped and counted.
+    for data in sent[-10:]:
+        await browser.sock.sendto(data, addr)
+    for seq in range(PACKETS, PACKETS + 5):
+        forged = bytearray(srtp.protect(human_rtp(seq, b"forged")))
+        forged[-1] ^= 0x01
+        await browser.sock.sendto(bytes(forged), addr)
+    await trio.sleep(0)
+    await barrier(ctx)
+    # One more genuine packet after the attack still goes through.
+    await browser.sock.sendto(srtp.protect(human_rtp(PACKETS + 10, b"after")), addr)
+    # Bot -> browser, over a sequence-number wrap; #40 carries a CSRC (Python strips it:
+    # the numbering must go on across it); #80 is sent twice (libsrtp refuses the repeat).
+    start = 65536 - 60
+    for i in range(PACKETS):
+        seq = start + i
+        data = bot_rtp(seq, b"bot%03d" % i, csrc=(0x5555,) if i == 40 else ())
+        bot_sock.sendto(data, addr)
+        if i == 80:
+            bot_sock.sendto(data, addr)
+        await trio.sleep(0)
+    await barrier(ctx)
+    ctx["browser_got"] = browser_drain(ctx["browser_sock"])
+
+
+@MODES
+async def test_a_call_both_ways_on_the_fast_path_is_what_python_does(mode):
+    ctx = await run_call(mode, call_script)
+    relay, bot, human, browser = ctx["relay"], ctx["bot"], ctx["human"], ctx["browser"]
+    # Browser -> bot: the payloads, in order, under the human session's SSRC and payload type 111.
+    heard = [parse_rtp_untrusted(data) for data in ctx["bot_got"] if data[0] == 0x80]
+    assert [packet.payload for packet in heard] == [b"human%03d" % seq for seq in range(PACKETS)] + [b"after"]
+    assert {(packet.ssrc, packet.payload_type) for packet in heard} == {(HUMAN_SSRC, 111)}
+    assert human.drops["srtp_replay"] == 10 and human.drops["srtp_auth_failed"] == 5
+    assert relay.counters["srtp_replay"] == 10 and relay.counters["srtp_auth_failed"] == 5
+    assert human.rx_packets == PACKETS + 1 and bot.tx_packets == PACKETS + 1
+    # Bot -> browser: decrypted by an independent libsrtp session, the bot's payloads under the answer's SSRC.
+    checker = independent_session(browser)
+    got = [parse_rtp_untrusted(checker.unprotect(data)) for data in ctx["browser_got"] if data[0] == 0x80 and not 192 <= data[1] <= 223]
+    assert [packet.payload for packet in got] == [b"bot%03d" % i for i in range(PACKETS)]
+    assert {packet.ssrc for packet in got} == {browser.core.out_ssrc}
+    assert all(not packet.csrc for packet in got)
+    first = got[0].sequence_number
+    assert [packet.sequence_number for packet in got] == [(first + i) & 0xFFFF for i in range(PACKETS)]
+    assert [packet.timestamp for packet in got] == [(got[0].timestamp + i * 960) & 0xFFFFFFFF for i in range(PACKETS)]
+    assert human.drops["srtp_protect_failed"] == 1  # the repeated packet, refused by libsrtp
+    assert human.tx_packets == PACKETS and bot.rx_packets == PACKETS + 1
+    rtp_in_python = [data for data in ctx["python"] if 128 <= data[0] <= 191]
+    if mode == "python":
+        assert len(rtp_in_python) == 2 * PACKETS + 1 + 10 + 5 + 1  # both ways, the repeat, the attacks, "after"
+    else:
+        routes = ctx["transport"].fast.route_count
+        assert routes == 2, routes
+        # The first packets of each direction set the routes up in Python (the
+        # browser's releases its DTLS, the bot's takes the browser's slot); the
+        # 15 attack packets, the CSRC packet (and, inline, what shared its
+        # batch) come back; everything else was decrypted / protected in C.
+        assert len(rtp_in_python) < 40, len(rtp_in_python)
+
+
+async def test_the_helper_holds_the_contexts_it_names_until_reprogrammed():
+    """A browser that leaves: its route goes; the table's SRTP contexts stay referenced until it no longer names them."""
+
+    async def script(ctx):
+        await call_script(ctx)
+        fast = ctx["transport"].fast
+        leg_srtp = ctx["human"].secure.srtp
+        assert fast.route_count == 2
+        assert all(context is leg_srtp for route in fast._routes for context in route.contexts)
+        ctx["relay"].remove_peer(ctx.pop("human").session_id)
+        # Until the next read reprograms it, the table names the sessions: the forwarder keeps them.
+        assert any(context is leg_srtp for route in fast._routes for context in route.contexts)
+        ctx["bot_sock"].sendto(bot_rtp(500, b"late"), ctx["addr"])
+        await barrier(ctx)  # that read reprogrammed the table first
+        ctx["routes_after"] = fast.route_count
+        ctx["kept_after"] = any(context is leg_srtp for route in fast._routes for context in route.contexts)
+        ctx["late"] = browser_drain(ctx["browser_sock"])
+
+    ctx = await run_call("inline", script)
+    assert ctx["late"] == []
+    assert ctx["routes_after"] == 1 and not ctx["kept_after"]  # the bot alone: a route to nobody
+
+
+def test_the_table_refuses_srtp_without_the_functions():
+    from botcall.relay import _fastpath
+
+    sock = open_udp_socket("127.0.0.1", 0)
+    try:
+        helper = _fastpath.FastPath(sock.fileno())
+        route = (0, ("127.0.0.1", 5000), 1, 111, 50, False, [("127.0.0.1", 5001, 1, 2, 111, 0, 0, 0, 0, 0.0)], -1e9, 0)
+        with pytest.raises(ValueError):
+            helper.set_routes([route])  # a browser destination before set_srtp
+        with pytest.raises(ValueError):
+            helper.set_routes([(*route[:6], [], *route[7:], (1, 28, 111, 2))])  # an SRTP source before set_srtp
+        assert helper.route_count() == 0
+    finally:
+        sock.close()
+
+
+
+@MODES
+async def test_a_second_speaker_continues_the_numbering_the_helper_reached(mode):
+    """The helper's numbering of the browser's stream goes back to Python: a bot that joins
+    later and takes the floor continues right after the last packet the helper sent."""
+
+    async def script(ctx):
+        addr, bot_sock = ctx["addr"], ctx["bot_sock"]
+        await ctx["browser"].sock.sendto(ctx["browser"].srtp.protect(human_rtp(0, b"hello")), addr)  # releases its DTLS
+        for i in range(PACKETS):
+            bot_sock.sendto(bot_rtp(1000 + i, b"bot%03d" % i), addr)
+            await trio.sleep(0)
+        await barrier(ctx)
+        first = browser_drain(ctx["browser_sock"])
+        relay = ctx["relay"]
+        second = make_session("bot2", "bot", "udp", 3333)
+        ctx["media"].add_session(second)
+        other_sock = client_socket()
+        try:
+            await latch_over_udp(other_sock, relay.peer(second.session_id), addr)
+            await trio.sleep(0.3)  # at least FLOOR_RELEASE of silence: the floor is free (longer is as good)
+            for i in range(5):
+                other_sock.sendto(bytes(RtpPacket(111, 7000 + i, 123456 + i * 960, 3333, payload=b"two%d" % i)), addr)
+            await barrier(ctx)
+        finally:
+            other_sock.close()
+        ctx["first"], ctx["second"] = first, browser_drain(ctx["browser_sock"])
+
+    ctx = await run_call(mode, script)
+    checker = independent_session(ctx["browser"])
+    first = [parse_rtp_untrusted(checker.unprotect(data)) for data in ctx["first"] if data[0] == 0x80 and not 192 <= data[1] <= 223]
+    second = [parse_rtp_untrusted(checker.unprotect(data)) for data in ctx["second"] if data[0] == 0x80 and not 192 <= data[1] <= 223]
+    assert [packet.payload for packet in first] == [b"bot%03d" % i for i in range(PACKETS)]
+    assert [packet.payload for packet in second] == [b"two%d" % i for i in range(5)]
+    assert second[0].sequence_number == (first[-1].sequence_number + 1) & 0xFFFF
+    gap = (second[0].timestamp - first[-1].timestamp) & 0xFFFFFFFF
+    assert gap >= 960 * 15 and gap % 960 == 0  # the silence stays in the timestamps (>= 0.3 s)
+    assert second[0].marker  # a new talk spurt
