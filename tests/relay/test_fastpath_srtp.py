@@ -300,3 +300,112 @@ async def test_a_second_speaker_continues_the_numbering_the_helper_reached(mode)
     gap = (second[0].timestamp - first[-1].timestamp) & 0xFFFFFFFF
     assert gap >= 960 * 15 and gap % 960 == 0  # the silence stays in the timestamps (>= 0.3 s)
     assert second[0].marker  # a new talk spurt
+
+
+# --- the helper alone: fuzzed SRTP from a routed browser ---------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from botcall.webrtc.srtp import SrtpContext, SrtpProfile, libsrtp_function_addresses  # noqa: E402
+from botcall.errors import SrtpError  # noqa: E402
+
+KEY_RELAY, KEY_BROWSER = bytes(range(28)), bytes(range(100, 128))
+PROFILE = SrtpProfile.AEAD_AES_128_GCM
+
+# What the browser sends, one op each: a genuine packet, a replay of an earlier one,
+# a genuine packet with one byte flipped, one cut short, random bytes under its SSRC.
+srtp_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("valid"), st.integers(0, 0)),
+        st.tuples(st.just("replay"), st.integers(0, 200)),
+        st.tuples(st.just("flip"), st.integers(0, 400)),
+        st.tuples(st.just("cut"), st.integers(0, 40)),
+        st.tuples(st.just("random"), st.integers(0, 2**32 - 1)),
+    ),
+    max_size=60,
+)
+
+
+def browser_datagrams(ops):
+    """The datagrams ``ops`` describe; a genuine packet's payload names its index in the list."""
+    sender = SrtpContext(PROFILE, KEY_BROWSER, KEY_RELAY)
+    sent, genuine, seq = [], [], 0
+    for index, (kind, value) in enumerate(ops):
+        if kind == "replay" and genuine:
+            sent.append(genuine[value % len(genuine)])
+            continue
+        seq += 1
+        data = sender.protect(human_rtp(seq, b"op%04d" % index + bytes(20)))
+        if kind == "flip":
+            mutable = bytearray(data)
+            mutable[value % len(data)] ^= 1 << (value % 8)
+            data = bytes(mutable)
+        elif kind == "cut":
+            data = data[: value % len(data)]
+        elif kind == "random":
+            data = data[:12] + value.to_bytes(4, "big") * 8
+        else:
+            genuine.append(data)
+        sent.append(data)
+    return sent
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(srtp_ops, st.integers(1, 70))
+def test_fuzz_routed_srtp_is_decrypted_only_when_libsrtp_would_and_the_rest_returned_untouched(ops, limit):
+    from botcall.relay import _fastpath
+
+    datagrams = browser_datagrams(ops)
+    # The reference: the relay's Python path, one context, every datagram in order.
+    reference = SrtpContext(PROFILE, KEY_RELAY, KEY_BROWSER)
+    outcomes = []
+    for data in datagrams:
+        try:
+            outcomes.append(reference.unprotect_restamped_untrusted(data, 111, HUMAN_SSRC.to_bytes(4, "big")))
+        except SrtpError:
+            outcomes.append(None)
+    expected = [plain for plain in outcomes if plain is not None]
+    relay_sock = open_udp_socket("127.0.0.1", 0)
+    browser, listener = client_socket(), client_socket()
+    context = SrtpContext(PROFILE, KEY_RELAY, KEY_BROWSER)  # the leg's: C and "Python" below share it
+    try:
+        helper = _fastpath.FastPath(relay_sock.fileno())
+        helper.set_srtp(*libsrtp_function_addresses())
+        srtp_in = (context.session_addresses()[1], context.min_srtp_size, 111, HUMAN_SSRC)
+        helper.set_routes([(0, browser.getsockname(), BROWSER_SEND_SSRC, 111, 10**6, False, [listener.getsockname()], -1e9, 0, srtp_in)])
+        for data in datagrams:
+            browser.sendto(data, relay_sock.getsockname())
+        received, returned, in_python = 0, [], []
+        while received < len(datagrams):
+            count, _, to_python, mirrored, unsent, error = helper.drain(1.0, True, limit)
+            assert error == 0 and mirrored == [] and unsent == []
+            received += count
+            for data, addr in to_python:  # what handle_media does with them, on the same session
+                assert addr == browser.getsockname()
+                returned.append(data)
+                try:
+                    in_python.append(context.unprotect_restamped_untrusted(data, 111, HUMAN_SSRC.to_bytes(4, "big")))
+                except SrtpError:
+                    pass
+        forwarded = []
+        while True:
+            try:
+                forwarded.append(listener.recv(2048))
+            except BlockingIOError:
+                break
+    finally:
+        for sock in (relay_sock, browser, listener):
+            sock.close()
+    # Walk the arrival order: each datagram was forwarded decrypted (only if the
+    # reference decrypted it at that point, to the same bytes) or returned untouched.
+    forwarded_at = returned_at = 0
+    for data, plain in zip(datagrams, outcomes):
+        if plain is not None and forwarded_at < len(forwarded) and forwarded[forwarded_at] == plain:
+            forwarded_at += 1
+        else:
+            assert returned_at < len(returned) and returned[returned_at] == data
+            returned_at += 1
+    assert (forwarded_at, returned_at) == (len(forwarded), len(returned))
+    # With what Python then decrypted from the returned ones, it is all the reference decrypted, in order.
+    assert sorted(forwarded + in_python, key=expected.index) == expected
