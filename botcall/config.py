@@ -181,7 +181,8 @@ class Config:
     # to the room as they arrive (a plain relay, as coturn): marks, clear and
     # barge-in do nothing for it. WebSocket bots always have a playout.
     media_bot_playout: bool = True
-    # Speech detection on every peer's audio (speaking events, barge-in).
+    # Speech detection on every peer's audio, browsers' included (speaking
+    # events, barge-in); off, no peer has a speech tracker.
     speech_detection: bool = True
 
     # --- attestations ---------------------------------------------------------------

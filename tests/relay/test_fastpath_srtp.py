@@ -103,10 +103,10 @@ def browser_drain(browser_sock):
             return got
 
 
-async def run_call(mode, script):
+async def run_call(mode, script, *, speech=False):
     fast_path = "off" if mode == "python" else mode
     transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=False, fast_path="inline" if mode == "python" else fast_path, fast_srtp=mode != "python")
-    relay = MediaRelay(transport.transmit, speech_detection=False, max_packets_per_second=10**6)
+    relay = MediaRelay(transport.transmit, speech_detection=speech, max_packets_per_second=10**6)
     seen_by_python = []
     handle = relay.handle_datagram
 
@@ -409,3 +409,34 @@ def test_fuzz_routed_srtp_is_decrypted_only_when_libsrtp_would_and_the_rest_retu
     assert (forwarded_at, returned_at) == (len(forwarded), len(returned))
     # With what Python then decrypted from the returned ones, it is all the reference decrypted, in order.
     assert sorted(forwarded + in_python, key=expected.index) == expected
+
+
+@pytest.mark.parametrize("mode", ["inline", "thread"])
+async def test_with_speech_detection_the_browser_is_decrypted_in_c_and_tracked_in_python(mode):
+    """Speech detection on: the browser's route is mirrored (decrypted in C, a copy of the
+    plain packet to its speech tracker); the bot, tracked too, reaches the browser through Python."""
+
+    async def script(ctx):
+        browser, addr = ctx["browser"], ctx["addr"]
+        for seq in range(PACKETS):
+            await browser.sock.sendto(browser.srtp.protect(human_rtp(seq, b"\xfc" + bytes(40))), addr)
+            await trio.sleep(0)
+        ctx["bot_got"] += await recv_some(ctx["bot_sock"], PACKETS)
+        for i in range(20):
+            ctx["bot_sock"].sendto(bot_rtp(i, b"bot%03d" % i), addr)
+        await barrier(ctx)
+        ctx["browser_got"] = browser_drain(ctx["browser_sock"])
+
+    ctx = await run_call(mode, script, speech=True)
+    human, bot = ctx["human"], ctx["bot"]
+    assert human.speech is not None and bot.speech is not None
+    assert human.speech.last_ms > 0  # the tracker saw the packets C decrypted
+    assert [parse_rtp_untrusted(data).ssrc for data in ctx["bot_got"]] == [HUMAN_SSRC] * PACKETS
+    assert human.rx_packets == PACKETS
+    checker = independent_session(ctx["browser"])
+    got = [parse_rtp_untrusted(checker.unprotect(data)).payload for data in ctx["browser_got"] if data[0] == 0x80 and not 192 <= data[1] <= 223]
+    assert got == [b"bot%03d" % i for i in range(20)]
+    routed = {route.peer.human: route.browsers for route in ctx["transport"].fast._routes}
+    assert routed == {True: ()}  # the bot's route is refused: its speaker is tracked
+    rtp_in_python = [data for data in ctx["python"] if 128 <= data[0] <= 191]
+    assert len(rtp_in_python) < 20 + 10, len(rtp_in_python)
