@@ -196,6 +196,19 @@ static Route *lookup(FastPath *self, uint32_t ip, uint16_t port) {
     }
 }
 
+/* Where the payload starts: after the fixed header, the CSRCs and the header
+ * extension (RFC 3550 §5.3.1), as wire/rtp.py's payload_offset_untrusted; 0 if
+ * they overrun the datagram. */
+static size_t payload_offset(const unsigned char *data, size_t length) {
+    size_t offset = RTP_HEADER + 4 * (size_t)(data[0] & 0x0F);
+    if (data[0] & 0x10) {
+        if (length < offset + 4)
+            return 0;
+        offset += 4 + 4 * (((size_t)data[offset + 2] << 8) | data[offset + 3]);
+    }
+    return length < offset ? 0 : offset;
+}
+
 /* The route that forwards this untrusted datagram as it is, or NULL for Python:
  * RTP by its first byte (RFC 7983 §7: 128-191) and not RTCP by its second (RFC
  * 5761 §4: 192-223), a whole RTP header, from a routed IPv4 source, with the
@@ -220,8 +233,8 @@ static Route *route_for(FastPath *self, const unsigned char *data, size_t length
             return NULL;
     } else if ((uint32_t)(data[1] & 0x7F) != route->payload_type) {
         return NULL;
-    } else if (route->secure_dests && (data[0] & 0x1F)) {
-        return NULL; /* CSRCs or an extension to strip toward a browser: Python does it */
+    } else if (route->secure_dests && payload_offset(data, length) == 0) {
+        return NULL; /* CSRCs or an extension that overrun it: Python judges (OutboundStream.rewrite) */
     }
     return route;
 }
@@ -239,8 +252,9 @@ static size_t open_srtp(FastPath *self, const Route *route, const unsigned char 
     return (size_t)len;
 }
 
-/* A plain RTP packet (no CSRC, no extension: route_for made sure) renumbered
- * onto a browser's outbound stream and protected into `out`, as
+/* A plain RTP packet (its header checked by route_for) renumbered onto a
+ * browser's outbound stream, its CSRCs and header extension stripped (the
+ * browser negotiated none with us), and protected into `out`, as
  * OutboundStream.rewrite + SrtpContext.protect_with_header: its length, or 0
  * (counted) if libsrtp refused it. The stream's state moves first, as there. */
 static size_t seal_srtp(FastPath *self, SecureDest *sd, const unsigned char *data, size_t length, double now, unsigned char *out) {
@@ -253,7 +267,9 @@ static size_t seal_srtp(FastPath *self, SecureDest *sd, const unsigned char *dat
         sd->last_ts = out_ts;
     }
     sd->last_time = now;
-    if (length > MAX_RTP_TO_PROTECT) {
+    size_t offset = payload_offset(data, length); /* >= 12: route_for checked it */
+    size_t size = length - offset + RTP_HEADER;
+    if (size > MAX_RTP_TO_PROTECT) {
         sd->failed++;
         return 0;
     }
@@ -269,8 +285,8 @@ static size_t seal_srtp(FastPath *self, SecureDest *sd, const unsigned char *dat
     out[9] = (unsigned char)(sd->ssrc >> 16);
     out[10] = (unsigned char)(sd->ssrc >> 8);
     out[11] = (unsigned char)sd->ssrc;
-    memcpy(out + RTP_HEADER, data + RTP_HEADER, length - RTP_HEADER);
-    int len = (int)length;
+    memcpy(out + RTP_HEADER, data + offset, length - offset);
+    int len = (int)size;
     if (self->protect(sd->session, out, &len) != 0) {
         sd->failed++;
         return 0;

@@ -29,20 +29,26 @@ pytestmark = [
 
 
 async def test_a_chromium_call_hears_both_tones_with_srtp_on_the_fast_path(tmp_path, monkeypatch):
-    forwarders: list[fastpath.FastForwarder] = []
-    original_init = fastpath.FastForwarder.__init__
+    humans = set()  # kept: the helper's counts are folded into them when their routes go
+    tables = []
+    forwarders = set()
+    both_routed = [False]  # the table routes both directions with SRTP now  # each table the helper was given: (speaker is human, SRTP contexts named, browser destinations)
+    original_reprogram = fastpath.FastForwarder._reprogram
 
-    def recording_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        forwarders.append(self)
+    def recording_reprogram(self):
+        original_reprogram(self)
+        tables.append(sorted((route.peer.human, bool(route.contexts), len(route.browsers)) for route in self._routes))
+        both_routed[0] = tables[-1] == [(False, True, 1), (True, True, 0)]
+        humans.update(route.peer for route in self._routes if route.peer.human)
+        forwarders.add(self)
 
-    monkeypatch.setattr(fastpath.FastForwarder, "__init__", recording_init)
+    monkeypatch.setattr(fastpath.FastForwarder, "_reprogram", recording_reprogram)
     rtp_in_python = []
     original_handle = MediaRelay.handle_datagram
 
     def counting_handle(self, data, addr, now):
         if len(data) > 1 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:  # RTP, not RTCP
-            rtp_in_python.append(len(data))
+            rtp_in_python.append(both_routed[0])
         original_handle(self, data, addr, now)
 
     monkeypatch.setattr(MediaRelay, "handle_datagram", counting_handle)
@@ -51,16 +57,18 @@ async def test_a_chromium_call_hears_both_tones_with_srtp_on_the_fast_path(tmp_p
     ) as srv:
         room = (await srv.create_room(srv.token(agent="creator#1"))).json()
         call = await bot_and_invited_human(srv.url, room["room_id"], room["invite_url"], srv.token(agent="orion#8f3a"), tmp_path)
-        relay = srv.state.media.relay
-        human = next(peer for peer in relay.all_peers() if peer.human)
-        bot = next(peer for peer in relay.all_peers() if not peer.human)
         [forwarder] = forwarders
-        forwarder.take_stats()
-        routes = [(route.peer.human, bool(route.contexts)) for route in forwarder._routes]
+        forwarder.take_stats()  # the counts of routes still in the table (those that went were folded then)
+    [human] = humans
+    forwarded = human.rx_packets + human.tx_packets  # page -> bot and bot -> page
     assert call.page_errors == []
-    assert abs(call.bot_heard_hz - HUMAN_HZ) < 5
-    # Both directions were routed with SRTP: the human's (decrypt) and the bot's (protect toward the page).
-    assert sorted(routes) == [(False, True), (True, True)]
-    forwarded = human.rx_packets + bot.rx_packets
+    assert abs(call.bot_heard_hz - HUMAN_HZ) < 5  # the page's 660 Hz, decrypted in C, at the bot
+    # The page heard the bot's 440 Hz (bot_and_invited_human waits for it), protected in C:
+    # both directions were routed with the legs' SRTP at once.
+    assert [(False, True, 1), (True, True, 0)] in tables, tables
     assert forwarded > 100
-    assert len(rtp_in_python) < forwarded / 4, (len(rtp_in_python), forwarded)
+    # While both directions were routed, RTP reached Python only beside what C cannot
+    # route (STUN consent checks, RTCP: the rest of such a batch comes to Python too).
+    # Before (the page loading, DTLS) and after (one side gone), Python had it all.
+    in_python_while_routed = sum(rtp_in_python)
+    assert in_python_while_routed < max(20, forwarded / 10), (in_python_while_routed, len(rtp_in_python), forwarded)
