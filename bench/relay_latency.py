@@ -35,6 +35,7 @@ the machine (a disturbed run shows there).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -272,28 +273,62 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine before each run")
     parser.add_argument("--generator", default=DEFAULT_GENERATOR,
                         help="light, native or classic (bench/harness/lightgen.py, nativegen.py, loadgen.py); 'classic,light' alternates them")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="a server Config field for every run (repeatable), e.g. media_fast_path='\"thread\"'")
+    parser.add_argument("--variants", default="",
+                        help="server configurations to alternate, ';'-separated, each ','-separated FIELD=JSON "
+                             "(e.g. 'media_fast_srtp=false;media_fast_srtp=true'): every repeat runs each on a fresh server in turn")
     args = parser.parse_args(argv)
     if args.duration + args.warmup > 20:
         parser.error("warmup + duration must stay under 20 s (the relay forgets addresses after 30 s without STUN)")
+    try:
+        base = parse_fields(args.set)
+        variants = [parse_fields(part.split(",")) for part in args.variants.split(";") if part.strip()] or [{}]
+    except ValueError as exc:
+        parser.error(str(exc))
     pin_to_core(GENERATOR_CORE)
     print(machine_description())
     print(f"relay on core 0, generator on core {GENERATOR_CORE}; {args.rate:g} packets/s per leg, {args.packet_size}-byte RTP")
     print("latencies in ms (d. = direct baseline, + = relay-added); µs/pkt = relay CPU per forwarded packet")
     print(HEADER, flush=True)
     for legs in (int(value) for value in args.legs.split(",")):
-        for cell in run_cells(
-            args.mode,
-            legs,
-            duration=args.duration,
-            warmup=args.warmup,
-            repeat=args.repeat,
-            rate=args.rate,
-            packet_size=args.packet_size,
-            quiet_wait=args.quiet_wait,
-            log=lambda line: print(line, flush=True),
-            generator=args.generator,
-        ):
-            print(format_cell(cell), flush=True)
+        # With variants, each repeat runs every variant in turn (old and new alternate).
+        for _ in range(args.repeat if len(variants) > 1 else 1):
+            for variant in variants:
+                if len(variants) > 1:
+                    print(f"# variant {variant}", flush=True)
+                for cell in run_cells(
+                    args.mode,
+                    legs,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    repeat=1 if len(variants) > 1 else args.repeat,
+                    rate=args.rate,
+                    packet_size=args.packet_size,
+                    quiet_wait=args.quiet_wait,
+                    log=lambda line: print(line, flush=True),
+                    generator=args.generator,
+                    config={**base, **variant},
+                ):
+                    print(format_cell(cell) + (f"  {variant}" if len(variants) > 1 else ""), flush=True)
+
+
+def parse_fields(items: list[str]) -> dict:
+    """``FIELD=JSON`` strings as a dict of Config fields.
+
+    Raises:
+        ValueError: an item without ``=`` or whose value is not JSON.
+    """
+    fields = {}
+    for item in items:
+        name, sep, value = item.strip().partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: expected FIELD=JSON")
+        try:
+            fields[name] = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: the value must be JSON") from None
+    return fields
 
 
 if __name__ == "__main__":

@@ -171,12 +171,18 @@ class Config:
     # "thread" is refused unless media_bot_playout is false. "off" by default:
     # measured in docs/bench-results.md §18.
     media_fast_path: str = "off"
+    # With media_fast_path on: established browser legs' SRTP takes the fast
+    # path too (decrypted, renumbered and protected in C with the legs' own
+    # libsrtp sessions; 1:1 calls, docs/bench-results.md §18). False keeps
+    # every packet to or from a browser on the Python path.
+    media_fast_srtp: bool = True
     # Pace each UDP bot's speech through its playout (marks, clear, barge-in,
     # TTS sent ahead of time played at real time). Off, a UDP bot's packets go
     # to the room as they arrive (a plain relay, as coturn): marks, clear and
     # barge-in do nothing for it. WebSocket bots always have a playout.
     media_bot_playout: bool = True
-    # Speech detection on every peer's audio (speaking events, barge-in).
+    # Speech detection on every peer's audio, browsers' included (speaking
+    # events, barge-in); off, no peer has a speech tracker.
     speech_detection: bool = True
 
     # --- attestations ---------------------------------------------------------------

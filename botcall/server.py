@@ -597,7 +597,7 @@ async def run_server(
             udp_sock.close()
             raise
         # None: batched where libc has the calls, recvfrom/sendto elsewhere.
-        udp = UdpTransport(udp_sock, batched=None if config.media_batched_syscalls else False, fast_path=config.media_fast_path)
+        udp = UdpTransport(udp_sock, batched=None if config.media_batched_syscalls else False, fast_path=config.media_fast_path, fast_srtp=config.media_fast_srtp)
         attach_media(state, udp, announced)
         app = create_app(state)
         budget = ConnectionBudget(

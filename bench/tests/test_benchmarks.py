@@ -19,7 +19,7 @@ from bench.capacity import Bounds, Probe, judge, search
 from bench.harness.machine import BENCH_NICE
 from bench.harness.server import RelayProcess
 from bench.memory import format_point, measure_variant
-from bench.relay_latency import format_cell, run_cells
+from bench.relay_latency import format_cell, parse_fields, run_cells
 from bench.time_to_talk import PHASES, run_joins, summarize
 from bench.transport_hot_path import VARIANTS, _clock, _run
 from botcall.relay import fastpath
@@ -54,6 +54,24 @@ def test_relay_latency_bot_browser_calls_over_srtp():
     cells = run_cells("calls", 2, duration=DURATION, warmup=WARMUP, repeat=2, quiet_wait=0, log=lambda line: None)
     for cell in cells:
         check_cell(cell, flows=4)  # two calls, both directions
+
+
+@pytest.mark.skipif(not fastpath.available(), reason="the compiled fast path is not built")
+def test_relay_latency_calls_with_srtp_on_the_fast_path():
+    """The plain-relay profile with browsers' SRTP in C (issue 17): every packet still arrives and checks."""
+    plain = {"media_fast_path": "thread", "media_bot_playout": False, "speech_detection": False}
+    for srtp in (False, True):
+        cells = run_cells("calls", 2, duration=DURATION, warmup=WARMUP, quiet_wait=0, log=lambda line: None,
+                          config={**plain, "media_fast_srtp": srtp})
+        for cell in cells:
+            check_cell(cell, flows=4)
+
+
+def test_variants_parse_as_config_fields():
+    assert parse_fields(["media_fast_srtp=false", ' media_fast_path="thread"']) == {"media_fast_srtp": False, "media_fast_path": "thread"}
+    for bad in (["media_fast_srtp"], ["media_fast_path=thread"]):
+        with pytest.raises(ValueError):
+            parse_fields(bad)
 
 
 def test_memory_per_session_is_measured():

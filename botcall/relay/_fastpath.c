@@ -29,6 +29,22 @@
  * the transport's bounded backlog; any other send error is counted by errno
  * name and that one datagram skipped, as sendto's caller does.
  *
+ * SRTP legs (a browser's DTLS-SRTP leg, webrtc/leg.py): a route may come from
+ * a browser (its SRTP is authenticated, decrypted and restamped with the
+ * session's payload type and SSRC, as WebRtcLeg.handle_media does) and a
+ * destination may be a browser (the packet is renumbered onto its outbound
+ * stream and protected, as WebRtcSink.deliver_rtp does). libsrtp is the one
+ * inside pylibsrtp's own compiled module: Python gives the addresses of its
+ * srtp_protect/srtp_unprotect (set_srtp) and of each leg's srtp_t, and keeps
+ * the SrtpContext owning them alive while a table names them. A datagram that
+ * does not authenticate (forged, replayed, too old) goes to Python untouched
+ * (it was decrypted in a copy; libsrtp changes no state on a failure), which
+ * refuses it again and counts it as without the helper. A protect that fails
+ * is counted per destination (srtp_protect_failed) as the sink counts it.
+ * libsrtp sessions are not thread-safe: the thread calls them only under
+ * `lock`, and Python touches a routed leg's sessions only while the thread is
+ * paused (a hand-over, or a route change, which pauses it first).
+ *
  * Bounds: MAX_ROUTES routes, MAX_FANOUT destinations per route, BATCH
  * datagrams per recvmmsg; all memory is allocated when the object is made.
  * Every byte read from the socket is untrusted: the only reads are of the
@@ -64,6 +80,23 @@
 
 enum { TO_PYTHON = 0, MIRRORED = 1, UNSENT = 2 };
 
+/* libsrtp 2.x's srtp_protect / srtp_unprotect: (srtp_t, buffer, int *length) -> srtp_err_status_t. */
+typedef int (*srtp_call)(void *session, void *buffer, int *length);
+#define SRTP_MAX_TRAILER (16 + 128) /* SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN: as webrtc/srtp.py */
+#define MAX_RTP_TO_PROTECT (MAX_DATAGRAM - SRTP_MAX_TRAILER)
+#define SEND_SIZE MAX_DATAGRAM
+
+/* A browser destination: its outbound stream's numbering (OutboundStream) and SRTP session. */
+typedef struct {
+    void *session; /* NULL: a plain destination */
+    uint32_t ssrc;
+    uint8_t payload_type;
+    uint16_t seq_offset, last_seq;
+    uint32_t ts_offset, last_ts;
+    double last_time;
+    unsigned long long failed; /* protects that failed: not sent */
+} SecureDest;
+
 typedef struct {
     int kind;
     Py_ssize_t route_id;
@@ -86,6 +119,14 @@ typedef struct {
     int ndest;
     struct sockaddr_in dest[MAX_FANOUT];
     unsigned long long packets, bytes, rate_limited;
+    /* A browser source: its inbound session, the smallest plausible SRTP
+     * packet, and what its header is restamped with (network order). */
+    void *in_session;
+    uint32_t min_length;
+    uint8_t restamp_pt;
+    unsigned char restamp_ssrc[4];
+    int secure_dests; /* any destination with a session */
+    SecureDest sdest[MAX_FANOUT];
 } Route;
 
 typedef struct {
@@ -116,6 +157,11 @@ typedef struct {
     int queued;
     struct sockaddr_in sname[SEND_BATCH]; /* copies of destinations: the table may change before the send */
     unsigned long long recv_errors[ERRNO_SLOTS], backlog_dropped;
+    /* SRTP: libsrtp's functions, a decrypted copy per received datagram, a
+     * protected copy per send. */
+    srtp_call protect, unprotect;
+    unsigned char *plain;   /* BATCH * RECV_SIZE */
+    unsigned char *sealed;  /* SEND_BATCH * SEND_SIZE, allocated with the first SRTP route */
 } FastPath;
 
 static void lock_table(FastPath *self) {
@@ -150,6 +196,19 @@ static Route *lookup(FastPath *self, uint32_t ip, uint16_t port) {
     }
 }
 
+/* Where the payload starts: after the fixed header, the CSRCs and the header
+ * extension (RFC 3550 §5.3.1), as wire/rtp.py's payload_offset_untrusted; 0 if
+ * they overrun the datagram. */
+static size_t payload_offset(const unsigned char *data, size_t length) {
+    size_t offset = RTP_HEADER + 4 * (size_t)(data[0] & 0x0F);
+    if (data[0] & 0x10) {
+        if (length < offset + 4)
+            return 0;
+        offset += 4 + 4 * (((size_t)data[offset + 2] << 8) | data[offset + 3]);
+    }
+    return length < offset ? 0 : offset;
+}
+
 /* The route that forwards this untrusted datagram as it is, or NULL for Python:
  * RTP by its first byte (RFC 7983 §7: 128-191) and not RTCP by its second (RFC
  * 5761 §4: 192-223), a whole RTP header, from a routed IPv4 source, with the
@@ -166,9 +225,73 @@ static Route *route_for(FastPath *self, const unsigned char *data, size_t length
     if (route == NULL)
         return NULL;
     uint32_t ssrc = ((uint32_t)data[8] << 24) | ((uint32_t)data[9] << 16) | ((uint32_t)data[10] << 8) | data[11];
-    if (ssrc != route->ssrc || (uint32_t)(data[1] & 0x7F) != route->payload_type)
+    if (ssrc != route->ssrc)
         return NULL;
+    if (route->in_session != NULL) {
+        /* SRTP: any payload type (the leg restamps it); too short for its tag: Python counts it. */
+        if (length < route->min_length)
+            return NULL;
+    } else if ((uint32_t)(data[1] & 0x7F) != route->payload_type) {
+        return NULL;
+    } else if (route->secure_dests && payload_offset(data, length) == 0) {
+        return NULL; /* CSRCs or an extension that overrun it: Python judges (OutboundStream.rewrite) */
+    }
     return route;
+}
+
+/* A browser's SRTP datagram, authenticated and decrypted into `out` and
+ * restamped (WebRtcLeg.handle_media): its new length, or 0 if libsrtp refused
+ * it (Python then sees the untouched original and counts why). */
+static size_t open_srtp(FastPath *self, const Route *route, const unsigned char *data, size_t length, unsigned char *out) {
+    memcpy(out, data, length);
+    int len = (int)length;
+    if (self->unprotect(route->in_session, out, &len) != 0 || len < RTP_HEADER)
+        return 0;
+    out[1] = (unsigned char)((out[1] & 0x80) | route->restamp_pt);
+    memcpy(out + 8, route->restamp_ssrc, 4);
+    return (size_t)len;
+}
+
+/* A plain RTP packet (its header checked by route_for) renumbered onto a
+ * browser's outbound stream, its CSRCs and header extension stripped (the
+ * browser negotiated none with us), and protected into `out`, as
+ * OutboundStream.rewrite + SrtpContext.protect_with_header: its length, or 0
+ * (counted) if libsrtp refused it. The stream's state moves first, as there. */
+static size_t seal_srtp(FastPath *self, SecureDest *sd, const unsigned char *data, size_t length, double now, unsigned char *out) {
+    uint16_t seq = (uint16_t)((data[2] << 8) | data[3]);
+    uint32_t ts = ((uint32_t)data[4] << 24) | ((uint32_t)data[5] << 16) | ((uint32_t)data[6] << 8) | data[7];
+    uint16_t out_seq = (uint16_t)(seq + sd->seq_offset);
+    uint32_t out_ts = ts + sd->ts_offset;
+    if ((uint16_t)(out_seq - sd->last_seq) < 0x8000) {
+        sd->last_seq = out_seq;
+        sd->last_ts = out_ts;
+    }
+    sd->last_time = now;
+    size_t offset = payload_offset(data, length); /* >= 12: route_for checked it */
+    size_t size = length - offset + RTP_HEADER;
+    if (size > MAX_RTP_TO_PROTECT) {
+        sd->failed++;
+        return 0;
+    }
+    out[0] = (unsigned char)(0x80 | (data[0] & 0x20));
+    out[1] = (unsigned char)((data[1] & 0x80) | sd->payload_type);
+    out[2] = (unsigned char)(out_seq >> 8);
+    out[3] = (unsigned char)out_seq;
+    out[4] = (unsigned char)(out_ts >> 24);
+    out[5] = (unsigned char)(out_ts >> 16);
+    out[6] = (unsigned char)(out_ts >> 8);
+    out[7] = (unsigned char)out_ts;
+    out[8] = (unsigned char)(sd->ssrc >> 24);
+    out[9] = (unsigned char)(sd->ssrc >> 16);
+    out[10] = (unsigned char)(sd->ssrc >> 8);
+    out[11] = (unsigned char)sd->ssrc;
+    memcpy(out + RTP_HEADER, data + offset, length - offset);
+    int len = (int)size;
+    if (self->protect(sd->session, out, &len) != 0) {
+        sd->failed++;
+        return 0;
+    }
+    return (size_t)len;
 }
 
 /* Point the receive headers at the buffers, for a recvmmsg of `want`. */
@@ -202,13 +325,21 @@ static int admit(Route *route, double now, size_t length) {
 
 /* Queue one send of `data` to each of the route's listeners from slot `nsend`;
  * returns the next free slot. */
-static int queue_sends(FastPath *self, const Route *route, unsigned char *data, size_t length, int nsend) {
+static int queue_sends(FastPath *self, Route *route, unsigned char *data, size_t length, int nsend, double now) {
     for (int d = 0; d < route->ndest; d++) {
         struct msghdr *out = &self->smsg[nsend].msg_hdr;
+        unsigned char *payload = data;
+        size_t size = length;
+        if (route->sdest[d].session != NULL) {
+            payload = self->sealed + (size_t)nsend * SEND_SIZE;
+            size = seal_srtp(self, &route->sdest[d], data, length, now, payload);
+            if (size == 0)
+                continue;
+        }
         memset(out, 0, sizeof(*out));
         self->sname[nsend] = route->dest[d];
-        self->siov[nsend].iov_base = data;
-        self->siov[nsend].iov_len = length;
+        self->siov[nsend].iov_base = payload;
+        self->siov[nsend].iov_len = size;
         out->msg_name = &self->sname[nsend];
         out->msg_namelen = sizeof(struct sockaddr_in);
         out->msg_iov = &self->siov[nsend];
@@ -237,6 +368,66 @@ static int parse_ipv4(PyObject *addr, struct sockaddr_in *out) {
     return 0;
 }
 
+/* One destination: (host, port), or a browser's (host, port, session, ssrc,
+ * payload_type, seq_offset, ts_offset, last_seq, last_ts, last_time). */
+static int parse_destination(FastPath *self, PyObject *item, struct sockaddr_in *out, SecureDest *sd) {
+    memset(sd, 0, sizeof(*sd));
+    if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2)
+        return parse_ipv4(item, out);
+    const char *host;
+    int port;
+    unsigned long long session;
+    unsigned long ssrc, payload_type, seq_offset, ts_offset, last_seq, last_ts;
+    double last_time;
+    if (!PyArg_ParseTuple(item, "siKkkkkkkd", &host, &port, &session, &ssrc, &payload_type, &seq_offset, &ts_offset, &last_seq,
+                          &last_ts, &last_time))
+        return -1;
+    if (session == 0 || self->protect == NULL || payload_type > 127 || seq_offset > 0xFFFF || last_seq > 0xFFFF ||
+        ssrc > 0xFFFFFFFFUL || ts_offset > 0xFFFFFFFFUL || last_ts > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_ValueError, "a browser destination needs set_srtp() first, a session and fields in range");
+        return -1;
+    }
+    PyObject *addr = Py_BuildValue("(si)", host, port);
+    if (addr == NULL)
+        return -1;
+    int rc = parse_ipv4(addr, out);
+    Py_DECREF(addr);
+    if (rc < 0)
+        return -1;
+    sd->session = (void *)(uintptr_t)session;
+    sd->ssrc = (uint32_t)ssrc;
+    sd->payload_type = (uint8_t)payload_type;
+    sd->seq_offset = (uint16_t)seq_offset;
+    sd->ts_offset = (uint32_t)ts_offset;
+    sd->last_seq = (uint16_t)last_seq;
+    sd->last_ts = (uint32_t)last_ts;
+    sd->last_time = last_time;
+    return 0;
+}
+
+/* The browser destinations' state, [(index, failed, last_seq, last_ts, last_time)];
+ * with `reset`, the failure counts start again. */
+static PyObject *secure_states(Route *route, int reset) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (int d = 0; d < route->ndest; d++) {
+        SecureDest *sd = &route->sdest[d];
+        if (sd->session == NULL)
+            continue;
+        PyObject *row = Py_BuildValue("(iKkkd)", d, sd->failed, (unsigned long)sd->last_seq, (unsigned long)sd->last_ts, sd->last_time);
+        if (row == NULL || PyList_Append(list, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(row);
+        if (reset)
+            sd->failed = 0;
+    }
+    return list;
+}
+
 static void stop_thread(FastPath *self);
 
 static void FastPath_dealloc(FastPath *self) {
@@ -245,6 +436,8 @@ static void FastPath_dealloc(FastPath *self) {
     PyMem_Free(self->index);
     PyMem_Free(self->routes);
     PyMem_Free(self->buffers);
+    PyMem_Free(self->plain);
+    PyMem_Free(self->sealed);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -260,7 +453,9 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwds) {
     self->index = PyMem_Calloc(TABLE_SIZE, sizeof(int32_t));
     self->routes = PyMem_Calloc(1, sizeof(Route));
     self->buffers = PyMem_Malloc((size_t)BATCH * RECV_SIZE);
-    if (self->index == NULL || self->routes == NULL || self->buffers == NULL) {
+    PyMem_Free(self->plain);
+    self->plain = PyMem_Malloc((size_t)BATCH * RECV_SIZE);
+    if (self->index == NULL || self->routes == NULL || self->buffers == NULL || self->plain == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -276,8 +471,12 @@ PyDoc_STRVAR(set_routes_doc,
 "set_routes(routes) -> None\n\n"
 "Replace the whole route table. Each route is a tuple\n"
 "(route_id, (host, port), ssrc, payload_type, max_pps, mirror, destinations,\n"
-" window_start, window_packets): the rate window carries on from the relay's.\n"
-"with destinations a sequence of (host, port); IPv4 only, at most 16\n"
+" window_start, window_packets, srtp_in): the rate window carries on from the relay's.\n"
+"srtp_in is None (plain RTP) or (session, min_length, restamp_pt, restamp_ssrc) for a\n"
+"browser's SRTP (session: the address of its inbound srtp_t; ssrc is then the SSRC\n"
+"of its stream). destinations is a sequence of (host, port) or, for a browser,\n"
+"(host, port, session, ssrc, payload_type, seq_offset, ts_offset, last_seq,\n"
+" last_ts, last_time): its outbound srtp_t and stream (OutboundStream). IPv4 only, at most 16\n"
 "destinations and 65536 routes (ValueError otherwise; the old table stays).\n"
 "Counts of the old table not yet taken are lost: call take_stats() first.");
 
@@ -302,15 +501,35 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         Py_ssize_t route_id;
-        PyObject *source, *destinations;
+        PyObject *source, *destinations, *srtp_in;
         unsigned long ssrc, payload_type, max_pps;
         int mirror;
         double window_start;
         unsigned long window_packets;
         struct sockaddr_in src;
-        if (!PyArg_ParseTuple(item, "nOkkkpOdk", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations,
-                              &window_start, &window_packets))
+        srtp_in = Py_None; /* optional: plain RTP */
+        if (!PyArg_ParseTuple(item, "nOkkkpOdk|O", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations,
+                              &window_start, &window_packets, &srtp_in))
             goto fail;
+        Route *route = &table[i];
+        if (srtp_in != Py_None) {
+            unsigned long long session;
+            unsigned long min_length, restamp_ssrc;
+            unsigned char restamp_pt;
+            if (!PyArg_ParseTuple(srtp_in, "Kkbk", &session, &min_length, &restamp_pt, &restamp_ssrc))
+                goto fail;
+            if (session == 0 || self->unprotect == NULL || restamp_pt > 127 || min_length < RTP_HEADER) {
+                PyErr_SetString(PyExc_ValueError, "an SRTP source needs set_srtp() first, a session, payload type 0-127");
+                goto fail;
+            }
+            route->in_session = (void *)(uintptr_t)session;
+            route->min_length = (uint32_t)min_length;
+            route->restamp_pt = restamp_pt;
+            route->restamp_ssrc[0] = (unsigned char)(restamp_ssrc >> 24);
+            route->restamp_ssrc[1] = (unsigned char)(restamp_ssrc >> 16);
+            route->restamp_ssrc[2] = (unsigned char)(restamp_ssrc >> 8);
+            route->restamp_ssrc[3] = (unsigned char)restamp_ssrc;
+        }
         if (parse_ipv4(source, &src) < 0)
             goto fail;
         PyObject *dseq = PySequence_Fast(destinations, "destinations must be a sequence");
@@ -332,13 +551,13 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
             }
             slot = (slot + 1) & (TABLE_SIZE - 1);
         }
-        Route *route = &table[i];
         for (Py_ssize_t d = 0; d < ndest; d++) {
-            if (parse_ipv4(PySequence_Fast_GET_ITEM(dseq, d), &route->dest[d]) < 0) {
+            if (parse_destination(self, PySequence_Fast_GET_ITEM(dseq, d), &route->dest[d], &route->sdest[d]) < 0) {
                 Py_DECREF(dseq);
-                memset(route, 0, sizeof(*route));
                 goto fail;
             }
+            if (route->sdest[d].session != NULL)
+                route->secure_dests = 1;
         }
         Py_DECREF(dseq);
         index[slot] = (int32_t)(i + 1);
@@ -354,6 +573,19 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
         route->window_packets = (uint32_t)window_packets;
     }
     Py_DECREF(seq);
+    if (self->sealed == NULL) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (table[i].secure_dests) {
+                self->sealed = PyMem_Malloc((size_t)SEND_BATCH * SEND_SIZE);
+                if (self->sealed == NULL) {
+                    PyMem_Free(index);
+                    PyMem_Free(table);
+                    return PyErr_NoMemory();
+                }
+                break;
+            }
+        }
+    }
     lock_table(self);
     int32_t *old_index = self->index;
     Route *old_routes = self->routes;
@@ -374,8 +606,9 @@ fail:
 PyDoc_STRVAR(take_stats_doc,
 "take_stats() -> (routes, counters)\n\n"
 "What happened since the last call, and reset: routes is a list of\n"
-"(route_id, packets, bytes, rate_limited, window_start, window_packets) for\n"
-"routes with any count (the rate window to carry back into the relay);\n"
+"(route_id, packets, bytes, rate_limited, window_start, window_packets, streams) for\n"
+"routes with any count (the rate window to carry back into the relay; streams:\n"
+"[(destination index, failed protects, last_seq, last_ts, last_time)] of its browsers);\n"
 "counters a dict of the helper's own drops: 'oversized', 'send_backlog_dropped',\n"
 "'recv_error_EAFNOSUPPORT', 'send_error_<n>' and 'recv_error_<n>' (n an errno number).");
 
@@ -407,8 +640,11 @@ static PyObject *FastPath_take_stats(FastPath *self, PyObject *unused) {
         Route *route = &self->routes[at];
         if (route->packets == 0 && route->rate_limited == 0)
             continue;
-        PyObject *row = Py_BuildValue("nKKKdk", route->route_id, route->packets, route->bytes, route->rate_limited,
-                                      route->window_start, (unsigned long)route->window_packets);
+        PyObject *streams = secure_states(route, 1);
+        if (streams == NULL)
+            goto done;
+        PyObject *row = Py_BuildValue("nKKKdkN", route->route_id, route->packets, route->bytes, route->rate_limited,
+                                      route->window_start, (unsigned long)route->window_packets, streams);
         if (row == NULL || PyList_Append(routes, row) < 0) {
             Py_XDECREF(row);
             goto done;
@@ -536,6 +772,14 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
                 continue;
             }
             Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
+            if (route != NULL && route->in_session != NULL) {
+                unsigned char *plain = self->plain + (size_t)i * RECV_SIZE;
+                size_t opened = open_srtp(self, route, data, length, plain);
+                if (opened == 0)
+                    route = NULL;
+                else
+                    data = plain, length = opened;
+            }
             if (route == NULL) {
                 slow = 1;
                 PyObject *addr = address_of(&self->rname[i], hdr->msg_namelen);
@@ -561,7 +805,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
                 if (rc < 0)
                     goto fail;
             }
-            nsend = queue_sends(self, route, data, length, nsend);
+            nsend = queue_sends(self, route, data, length, nsend, now);
         }
         int start = 0;
         while (start < nsend) {
@@ -671,6 +915,14 @@ static void *forward_thread(void *arg) {
                 continue;
             }
             Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
+            if (route != NULL && route->in_session != NULL) {
+                unsigned char *plain = self->plain + (size_t)i * RECV_SIZE;
+                size_t opened = open_srtp(self, route, data, length, plain);
+                if (opened == 0)
+                    route = NULL;
+                else
+                    data = plain, length = opened;
+            }
             if (route == NULL) {
                 slow = 1;
                 push_entry(self, TO_PYTHON, -1, data, length, &self->rname[i], hdr->msg_namelen);
@@ -683,7 +935,7 @@ static void *forward_thread(void *arg) {
                 push_entry(self, MIRRORED, route->route_id, data, length, &self->rname[i], hdr->msg_namelen);
                 handed++;
             }
-            nsend = queue_sends(self, route, data, length, nsend); /* copies: the table may change once unlocked */
+            nsend = queue_sends(self, route, data, length, nsend, now); /* copies: the table may change once unlocked */
         }
         if (slow)
             self->paused = 1; /* Python handles those first; it resumes the thread */
@@ -891,6 +1143,70 @@ static PyObject *FastPath_set_window(FastPath *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(set_srtp_doc,
+"set_srtp(protect, unprotect) -> None\n\n"
+"The addresses of libsrtp 2.x's srtp_protect and srtp_unprotect, from the\n"
+"library that made the sessions routes name (pylibsrtp's: webrtc/srtp.py).");
+
+static PyObject *FastPath_set_srtp(FastPath *self, PyObject *args) {
+    unsigned long long protect, unprotect;
+    if (!PyArg_ParseTuple(args, "KK", &protect, &unprotect))
+        return NULL;
+    if (protect == 0 || unprotect == 0) {
+        PyErr_SetString(PyExc_ValueError, "null function");
+        return NULL;
+    }
+    lock_table(self);
+    self->protect = (srtp_call)(uintptr_t)protect;
+    self->unprotect = (srtp_call)(uintptr_t)unprotect;
+    unlock_table(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_streams(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    if (!PyArg_ParseTuple(args, "n", &route_id))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    PyObject *result = route == NULL ? NULL : secure_states(route, 1);
+    unlock_table(self);
+    return result;
+}
+
+static PyObject *FastPath_set_streams(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    PyObject *states;
+    if (!PyArg_ParseTuple(args, "nO", &route_id, &states))
+        return NULL;
+    PyObject *seq = PySequence_Fast(states, "states must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    int ok = route != NULL;
+    for (Py_ssize_t k = 0; ok && k < PySequence_Fast_GET_SIZE(seq); k++) {
+        int d;
+        unsigned long last_seq, last_ts;
+        double last_time;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "ikkd", &d, &last_seq, &last_ts, &last_time)) {
+            ok = 0;
+        } else if (d < 0 || d >= route->ndest || route->sdest[d].session == NULL) {
+            PyErr_SetString(PyExc_KeyError, "no such browser destination");
+            ok = 0;
+        } else {
+            route->sdest[d].last_seq = (uint16_t)last_seq;
+            route->sdest[d].last_ts = (uint32_t)last_ts;
+            route->sdest[d].last_time = last_time;
+        }
+    }
+    unlock_table(self);
+    Py_DECREF(seq);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *FastPath_route_count(FastPath *self, PyObject *unused) {
     return PyLong_FromSsize_t(self->nroutes);
 }
@@ -900,6 +1216,11 @@ static PyMethodDef FastPath_methods[] = {
     {"take_stats", (PyCFunction)FastPath_take_stats, METH_NOARGS, take_stats_doc},
     {"drain", (PyCFunction)FastPath_drain, METH_VARARGS, drain_doc},
     {"route_count", (PyCFunction)FastPath_route_count, METH_NOARGS, "Routes in the table."},
+    {"set_srtp", (PyCFunction)FastPath_set_srtp, METH_VARARGS, set_srtp_doc},
+    {"streams", (PyCFunction)FastPath_streams, METH_VARARGS,
+     "streams(route_id) -> [(index, failed, last_seq, last_ts, last_time)]: its browser destinations (failures reset)."},
+    {"set_streams", (PyCFunction)FastPath_set_streams, METH_VARARGS,
+     "set_streams(route_id, [(index, last_seq, last_ts, last_time)]): the relay numbered meanwhile."},
     {"start", (PyCFunction)FastPath_start, METH_VARARGS, start_doc},
     {"window", (PyCFunction)FastPath_window, METH_VARARGS, "window(route_id) -> (start, packets): the route's rate window."},
     {"set_window", (PyCFunction)FastPath_set_window, METH_VARARGS, "set_window(route_id, start, packets): the relay counted meanwhile."},

@@ -1,9 +1,20 @@
 """Types of the compiled fast path (``_fastpath.c``); see ``fastpath.py``."""
 
-from typing import Sequence
+from typing import Sequence, Union
 
 Address = tuple[str, int]
-Route = tuple[int, Address, int, int, int, bool, Sequence[Address], float, int]
+# A browser destination: (host, port, outbound srtp_t address, SSRC, payload type,
+# seq offset, timestamp offset, last seq, last timestamp, last time).
+BrowserDestination = tuple[str, int, int, int, int, int, int, int, int, float]
+# A browser source: (inbound srtp_t address, shortest SRTP packet, restamp payload type, restamp SSRC).
+SrtpSource = tuple[int, int, int, int]
+PlainRoute = tuple[int, Address, int, int, int, bool, Sequence[Address], float, int]
+Route = Union[
+    PlainRoute,
+    tuple[int, Address, int, int, int, bool, Sequence[Union[Address, BrowserDestination]], float, int, SrtpSource | None],
+]
+# (destination index, failed protects, last seq, last timestamp, last time)
+StreamState = tuple[int, int, int, int, float]
 
 MAX_FANOUT: int
 MAX_ROUTES: int
@@ -13,7 +24,8 @@ MAX_DATAGRAM: int
 class FastPath:
     def __init__(self, fd: int) -> None: ...
     def set_routes(self, routes: Sequence[Route], /) -> None: ...
-    def take_stats(self) -> tuple[list[tuple[int, int, int, int, float, int]], dict[str, int]]: ...
+    def set_srtp(self, protect: int, unprotect: int, /) -> None: ...
+    def take_stats(self) -> tuple[list[tuple[int, int, int, int, float, int, list[StreamState]]], dict[str, int]]: ...
     def drain(
         self, now: float, forward: bool, limit: int, /
     ) -> tuple[int, bool, list[tuple[bytes, Address]], list[tuple[bytes, int]], list[tuple[bytes, Address]], int]: ...
@@ -25,3 +37,5 @@ class FastPath:
     def pause(self) -> None: ...
     def window(self, route_id: int, /) -> tuple[float, int]: ...
     def set_window(self, route_id: int, start: float, packets: int, /) -> None: ...
+    def streams(self, route_id: int, /) -> list[StreamState]: ...
+    def set_streams(self, route_id: int, states: Sequence[tuple[int, int, int, float]], /) -> None: ...

@@ -1021,7 +1021,11 @@ class MediaRelay:
         if self.on_routes_changed is not None:
             self.on_routes_changed()
 
-    def fast_routes(self, max_fanout: int) -> list[tuple[MediaPeer, tuple[MediaPeer, ...]]]:
+    def routes_changed(self) -> None:
+        """A browser leg's state that the fast path routes by changed (``LegRelay``)."""
+        self._routes_changed()
+
+    def fast_routes(self, max_fanout: int, *, secure: bool = False) -> list[tuple[MediaPeer, tuple[MediaPeer, ...]]]:
         """The speakers whose RTP needs nothing from the relay but forwarding, with their listeners.
 
         A speaker qualifies when it is a latched UDP peer with no secure leg,
@@ -1030,9 +1034,12 @@ class MediaRelay:
         listeners is a latched UDP bot with a plain :class:`UdpSink`. Its
         speech tracker, if any, still gets every packet
         (:meth:`track_forwarded`). Anything else stays on the Python path.
+        With ``secure``, a speaker with a secure leg (a browser) and listeners
+        with one are candidates too: the caller checks their legs' state.
 
         Args:
             max_fanout: listeners a route may have (the helper's bound).
+            secure: include browsers (SRTP legs) as speakers and listeners.
 
         Returns:
             (speaker, listeners) pairs; valid until ``routes_generation`` changes.
@@ -1041,7 +1048,7 @@ class MediaRelay:
         for peer in self._by_session.values():
             if (
                 peer.addr is None
-                or peer.secure is not None
+                or (peer.secure is not None and not secure)
                 or not peer.speaks_udp
                 or peer.muted
                 or peer.playout is not None
@@ -1051,6 +1058,17 @@ class MediaRelay:
             ):
                 continue
             listeners: list[MediaPeer] = []
+            if secure:
+                # The room's order is the fanout's (_rebuild_fanout).
+                for other in self._rooms.get(peer.room_id, ()):
+                    if other is peer:
+                        continue
+                    if other.addr is None or (type(other.sink) is not UdpSink and other.secure is None):
+                        break
+                    listeners.append(other)
+                else:
+                    routes.append((peer, tuple(listeners)))
+                continue
             for sink in peer.fanout:
                 if type(sink) is not UdpSink or sink.peer.addr is None:
                     break

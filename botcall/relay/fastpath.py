@@ -31,6 +31,25 @@ Two ways to run it (``Config.media_fast_path``):
   (``MediaRelay.on_routes_changed``) until its table is reprogrammed; a
   batch it was already forwarding finishes with the old table.
 
+SRTP legs (``secure=True``, ``Config.media_fast_srtp``): a browser's leg is
+routed too, once it is established. As a speaker: its DTLS is released (its
+first SRTP authenticated in Python), its inbound session has exactly one SSRC
+and it sends with the session's payload type; the helper authenticates and
+decrypts each packet with the leg's own libsrtp session (pylibsrtp's library,
+called through the addresses :func:`botcall.webrtc.srtp.libsrtp_function_addresses`
+and :meth:`SrtpContext.session_addresses` give) and restamps it as
+``WebRtcLeg.handle_media`` does; one that does not authenticate (forged,
+replayed) comes back to Python untouched and is refused and counted there.
+As a listener: the browser is in a room of two (its speaker is the only one
+that reaches its :class:`~botcall.webrtc.leg.DownstreamSlots`), the speaker
+holds a slot whose stream has numbered at least one packet, the speaker has
+no speech tracker (its ``speaking`` never moves the slots), and the stream's
+SSRC has an outbound libsrtp stream; the helper renumbers and protects each
+packet as ``WebRtcSink.deliver_rtp`` does and the stream's numbering comes
+back with the counts (and around any packet of the speaker that Python
+handles, as the rate window does). A table keeps a reference to every
+``SrtpContext`` it names, so no session is freed while C may use it.
+
 Bounds (the helper's): ``MAX_ROUTES`` routes (beyond, the rest stay on the
 Python path), ``MAX_FANOUT`` listeners a route, IPv4 only.
 
@@ -47,7 +66,10 @@ import socket
 from types import ModuleType
 from typing import Callable
 
-from botcall.relay.core import Address, MediaPeer, MediaRelay
+from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
+from botcall.relay.core import Address, MediaPeer, MediaRelay, UdpSink
+from botcall.webrtc.leg import DownstreamSlots, OutboundStream, WebRtcLeg, WebRtcSink
+from botcall.webrtc.srtp import SrtpContext, libsrtp_function_addresses
 
 _helper_module: ModuleType | None
 try:
@@ -68,6 +90,31 @@ def _ipv4(addr: Address) -> bool:
     return ":" not in addr[0]
 
 
+class _BrowserStream:
+    """A routed browser destination: where the helper's numbering of it goes back."""
+
+    __slots__ = ("index", "listener", "stream", "slots", "slot")
+
+    def __init__(self, index: int, listener: MediaPeer, stream: OutboundStream, slots: DownstreamSlots, slot: int) -> None:
+        self.index = index
+        self.listener = listener
+        self.stream = stream
+        self.slots = slots
+        self.slot = slot
+
+
+class _Route:
+    """One programmed route: its speaker, listeners, browser streams, and the SRTP contexts C uses."""
+
+    __slots__ = ("peer", "listeners", "browsers", "contexts")
+
+    def __init__(self, peer: MediaPeer, listeners: tuple[MediaPeer, ...], browsers: tuple[_BrowserStream, ...], contexts: tuple[SrtpContext, ...]) -> None:
+        self.peer = peer
+        self.listeners = listeners
+        self.browsers = browsers
+        self.contexts = contexts  # kept alive while the helper's table names their sessions
+
+
 class FastForwarder:
     """The helper for one socket and one relay.
 
@@ -76,12 +123,13 @@ class FastForwarder:
         relay: the relay whose routes it forwards.
         counters: where the helper's own drops are counted (``oversized``,
             ``send_error_<ERRNO>``): the transport's counters; a new one if None.
+        secure: route established browser legs (SRTP) too.
 
     Raises:
         RuntimeError: the helper is not built (see :func:`available`).
     """
 
-    def __init__(self, sock: socket.socket, relay: MediaRelay, counters: collections.Counter[str] | None = None) -> None:
+    def __init__(self, sock: socket.socket, relay: MediaRelay, counters: collections.Counter[str] | None = None, *, secure: bool = True) -> None:
         if _helper_module is None:
             raise RuntimeError("the compiled fast path (botcall.relay._fastpath) is not built")
         self._module = _helper_module
@@ -90,7 +138,10 @@ class FastForwarder:
         self.max_fanout: int = _helper_module.MAX_FANOUT
         self.max_routes: int = _helper_module.MAX_ROUTES
         self._generation = -1
-        self._routes: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        self.secure = secure
+        if secure:
+            self._helper.set_srtp(*libsrtp_function_addresses())
+        self._routes: list[_Route] = []
         # A routed speaker's source address -> its route: a packet of it that
         # comes to Python anyway (after another datagram of its batch, or
         # while paused) is counted against the same rate window.
@@ -132,7 +183,7 @@ class FastForwarder:
         if mirrored:
             routes, track = self._routes, self.relay.track_forwarded
             for data, route_id in mirrored:
-                track(routes[route_id][0], data, now)
+                track(routes[route_id].peer, data, now)
         return received, emptied, to_python, unsent, error
 
     def handle_returned(self, handle: Callable[[bytes, Address, float], None], datagrams: list[tuple[bytes, Address]], now: float) -> None:
@@ -155,20 +206,28 @@ class FastForwarder:
                 continue
             # The helper's table is still the one route_of describes (even if
             # the relay changed meanwhile: it is reprogrammed after this).
-            peer = routes[route_id][0]
+            route = routes[route_id]
+            peer = route.peer
             peer.window_start, peer.window_packets = helper.window(route_id)
+            if route.browsers:
+                self._fold_streams(route, helper.streams(route_id))
             handle(data, addr, now)
             helper.set_window(route_id, peer.window_start, peer.window_packets)
+            if route.browsers:
+                helper.set_streams(route_id, [_numbering(browser) for browser in route.browsers])
 
     def take_stats(self, now: float = 0.0) -> None:
         """Fold what the helper counted since the last call into the relay and ``counters``."""
         self._next_stats = now + STATS_INTERVAL
         rows, counters = self._helper.take_stats()
         routes, count = self._routes, self.relay.count_forwarded
-        for route_id, packets, size, rate_limited, window_start, window_packets in rows:
-            peer, listeners = routes[route_id]
-            count(peer, listeners, packets, size, rate_limited)
+        for route_id, packets, size, rate_limited, window_start, window_packets, streams in rows:
+            route = routes[route_id]
+            peer = route.peer
+            count(peer, route.listeners, packets, size, rate_limited)
             peer.window_start, peer.window_packets = window_start, window_packets
+            if streams:
+                self._fold_streams(route, streams)
         for name, value in counters.items():
             prefix, _, number = name.rpartition("_")
             if number.isdigit():
@@ -206,7 +265,7 @@ class FastForwarder:
         if mirrored:
             routes, track = self._routes, self.relay.track_forwarded
             for data, route_id in mirrored:
-                track(routes[route_id][0], data, now)
+                track(routes[route_id].peer, data, now)
         if now >= self._next_stats:
             self.take_stats(now)
         return to_python, unsent
@@ -222,37 +281,131 @@ class FastForwarder:
             self._reprogram()
         self._helper.resume(forward)
 
+    def _fold_streams(self, route: _Route, streams: list[tuple[int, int, int, int, float]]) -> None:
+        """Take the helper's numbering of a route's browser streams, and its failed protects."""
+        by_index = {browser.index: browser for browser in route.browsers}
+        for index, failed, last_seq, last_ts, last_time in streams:
+            browser = by_index[index]
+            browser.stream.continue_numbering(last_seq, last_ts, last_time)
+            browser.slots.touch(browser.slot, last_time)
+            if failed:
+                # WebRtcSink.deliver_rtp counts a refused protect on the peer only, and sends nothing.
+                listener = browser.listener
+                listener.tx_packets -= failed
+                listener.drops["srtp_protect_failed"] += failed
+
     def _reprogram(self) -> None:
         """Fold the old table's counts, then give the helper the relay's current routes."""
         self.take_stats(self._next_stats - STATS_INTERVAL)
         generation = self.relay.routes_generation
-        kept: list[tuple[MediaPeer, tuple[MediaPeer, ...]]] = []
+        kept: list[_Route] = []
         route_of: dict[Address, int] = {}
         table = []
-        for peer, listeners in self.relay.fast_routes(self.max_fanout):
+        for peer, listeners in self.relay.fast_routes(self.max_fanout, secure=self.secure):
             if len(kept) >= self.max_routes:
                 break
             source = peer.addr
             assert source is not None  # fast_routes gives latched peers only
-            destinations = [listener.addr[:2] for listener in listeners if listener.addr is not None]
-            if not _ipv4(source) or len(destinations) != len(listeners) or not all(map(_ipv4, destinations)):
+            if not _ipv4(source):
+                continue
+            contexts: list[SrtpContext] = []
+            ssrc = peer.ssrc
+            srtp_in: tuple[int, int, int, int] | None = None
+            if peer.secure is not None:
+                opened = _secure_source(peer)
+                if opened is None:
+                    continue
+                srtp, ssrc = opened
+                srtp_in = (srtp.session_addresses()[1], srtp.min_srtp_size, PAYLOAD_TYPE_OPUS, peer.ssrc)
+                contexts.append(srtp)
+            destinations: list[tuple[object, ...]] = []
+            browsers: list[_BrowserStream] = []
+            for index, listener in enumerate(listeners):
+                addr = listener.addr
+                if addr is None or not _ipv4(addr):
+                    break
+                if type(listener.sink) is UdpSink:
+                    destinations.append((addr[0], addr[1]))
+                    continue
+                browser = _secure_destination(peer, listener, index)
+                if browser is None:
+                    break
+                leg_srtp = browser.stream_context
+                seq_offset, ts_offset, last_seq, last_ts, last_time, _ = browser.stream.numbering()
+                assert last_seq is not None  # _secure_destination checked
+                destinations.append(
+                    (addr[0], addr[1], leg_srtp.session_addresses()[0], browser.stream.ssrc, browser.stream.payload_type,
+                     seq_offset, ts_offset, last_seq, last_ts, last_time)
+                )
+                browsers.append(browser.record)
+                contexts.append(leg_srtp)
+            if len(destinations) != len(listeners):
                 continue
             table.append(
                 (
                     len(kept),
                     (source[0], source[1]),
-                    peer.ssrc,
+                    ssrc,
                     peer.payload_type,
                     self.relay.max_packets_per_second,
                     peer.speech is not None,
-                    [(host, port) for host, port in destinations],
+                    destinations,
                     peer.window_start,
                     peer.window_packets,
+                    srtp_in,
                 )
             )
             route_of[source[0], source[1]] = len(kept)
-            kept.append((peer, listeners))
+            kept.append(_Route(peer, listeners, tuple(browsers), tuple(contexts)))
         self._helper.set_routes(table)
-        self._routes = kept
+        self._routes = kept  # the old table's contexts are released only now: the helper no longer names them
         self._route_of = route_of
         self._generation = generation
+
+
+def _numbering(browser: _BrowserStream) -> tuple[int, int, int, float]:
+    """(index, last seq, last timestamp, last time) of a routed browser stream, for ``set_streams``."""
+    _, _, last_seq, last_ts, last_time, _ = browser.stream.numbering()
+    return browser.index, 0 if last_seq is None else last_seq, last_ts, last_time
+
+
+def _secure_source(peer: MediaPeer) -> tuple[SrtpContext, int] | None:
+    """A browser speaker's SRTP context and the one SSRC it sends, if its leg can be routed."""
+    leg = peer.secure
+    if not isinstance(leg, WebRtcLeg):
+        return None
+    srtp = leg.srtp
+    if srtp is None or leg.holding_dtls or peer.payload_type != PAYLOAD_TYPE_OPUS:
+        return None
+    inbound = srtp.inbound_ssrcs
+    if len(inbound) != 1:
+        return None
+    (ssrc,) = inbound
+    return srtp, ssrc
+
+
+class _SecureDestination:
+    __slots__ = ("record", "stream", "stream_context")
+
+    def __init__(self, record: _BrowserStream, stream_context: SrtpContext) -> None:
+        self.record = record
+        self.stream = record.stream
+        self.stream_context = stream_context
+
+
+def _secure_destination(speaker: MediaPeer, listener: MediaPeer, index: int) -> _SecureDestination | None:
+    """A browser listener the helper may renumber and protect ``speaker``'s packets for, or None."""
+    sink = listener.sink
+    if not isinstance(sink, WebRtcSink) or speaker.speech is not None or len(listener.fanout) != 1:
+        return None
+    srtp = sink.leg.srtp
+    if srtp is None:
+        return None
+    slot = sink.slots.slot_of(speaker.ssrc)
+    if slot is None:
+        return None
+    stream = sink.slots.streams[slot]
+    _, _, last_seq, _, _, switched = stream.numbering()
+    if stream.floor != speaker.ssrc or last_seq is None or switched or stream.ssrc not in srtp.outbound_ssrcs:
+        return None
+    return _SecureDestination(_BrowserStream(index, listener, stream, sink.slots, slot), srtp)

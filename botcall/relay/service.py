@@ -185,8 +185,12 @@ class MediaService:
         peer.remote_ufrag = offer.ice_ufrag
         peer.remote_pwd = offer.ice_pwd
         peer.human = True
-        # Speech detection from the RFC 6464 level the browser sends with every packet.
-        peer.speech = SpeechTracker(level_id=_level_id(offer), budget=self.relay.speech_budget)
+        # Speech detection from the RFC 6464 level the browser sends with every
+        # packet; none when the relay's speech detection is off (Config.speech_detection
+        # covers every peer: without this the plain-relay profile still tracked
+        # browsers, and their packets came to Python one by one off the fast path).
+        if self.relay.speech_detection:
+            peer.speech = SpeechTracker(level_id=_level_id(offer), budget=self.relay.speech_budget)
         leg = WebRtcLeg(self.relay, peer, self.certificate, str(offer.fingerprint))
         peer.secure = leg
         pt_of = {section.mid: section.opus_payload_type for section in offer.receive_sections}

@@ -152,6 +152,7 @@ class UdpTransport:
         fast_path: ``"inline"`` or ``"thread"``: forward plain RTP in the
             compiled helper where it is built (``fastpath.available()``);
             otherwise, or ``"off"``, in Python.
+        fast_srtp: let the helper route established browser legs (SRTP) too.
     """
 
     def __init__(
@@ -162,6 +163,7 @@ class UdpTransport:
         max_backlog_destinations: int = 4096,
         batched: bool | None = None,
         fast_path: str = "off",
+        fast_srtp: bool = True,
     ) -> None:
         self.sock = sock
         #: The compiled helper in use once ``run`` started, or None.
@@ -169,6 +171,7 @@ class UdpTransport:
         if fast_path not in ("off", "inline", "thread"):
             raise ValueError(f"fast_path must be off, inline or thread, not {fast_path!r}")
         self._fast_path = fast_path if fastpath.available() else "off"
+        self._fast_srtp = fast_srtp
         self.counters: collections.Counter[str] = collections.Counter()
         self._backlog: dict[Address, collections.deque[bytes]] = {}
         self._backlog_size = backlog_per_destination
@@ -297,7 +300,7 @@ class UdpTransport:
             nursery.start_soon(self._timer_loop, relay)
             task_status.started(self.local_address)
             if self._fast_path != "off":
-                self.fast = fastpath.FastForwarder(self.sock, relay, self.counters)
+                self.fast = fastpath.FastForwarder(self.sock, relay, self.counters, secure=self._fast_srtp)
                 if self._fast_path == "thread":
                     await self._read_loop_thread(relay.handle_datagram, self.fast)
                 else:

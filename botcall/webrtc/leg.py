@@ -131,6 +131,9 @@ class LegRelay(Protocol[PeerT]):
 
     def handle_rtp(self, peer: PeerT, data: bytes, now: float) -> None: ...
 
+    def routes_changed(self) -> None:
+        """What the compiled fast path may route changed (a leg connected, a slot changed hands)."""
+
 
 def plain_packet(data: bytes, header_size: int, first: int, second: int, seq: int, timestamp: int, ssrc: int) -> bytes:
     """``data`` with its first ``header_size`` bytes replaced by a fixed RTP header.
@@ -213,6 +216,21 @@ class OutboundStream:
             out_second |= 0x80  # a new talk spurt: marker set (RFC 3551 §4.1)
             self._switched = False
         return emit(data, size, 0x80 | (first & 0x20), out_second, out_seq, out_ts, self.ssrc)
+
+    def numbering(self) -> tuple[int, int, int | None, int, float, bool]:
+        """(seq offset, timestamp offset, last seq, last timestamp, last time, switched): what ``rewrite`` uses.
+
+        For the compiled fast path (``relay/fastpath.py``), which renumbers a
+        routed speaker's packets the same way and hands the last three back
+        through :meth:`continue_numbering`.
+        """
+        return self._seq_offset, self._ts_offset, self._last_seq, self._last_ts, self._last_time, self._switched
+
+    def continue_numbering(self, last_seq: int, last_ts: int, last_time: float) -> None:
+        """Take the numbering the fast path reached for the floor's speaker (see :meth:`numbering`)."""
+        self._last_seq = last_seq
+        self._last_ts = last_ts
+        self._last_time = last_time
 
     def hand_over(self, data: bytes, speaker_ssrc: int, now: float) -> None:
         """Give this stream to ``speaker_ssrc`` from its packet ``data`` on, whoever held it.
@@ -309,6 +327,14 @@ class DownstreamSlots:
         stream = self.streams[index]
         stream.hand_over(data, speaker_ssrc, now)
         return stream
+
+    def slot_of(self, speaker_ssrc: int) -> int | None:
+        """The slot ``speaker_ssrc`` holds, or None."""
+        return self._slot_of.get(speaker_ssrc)
+
+    def touch(self, index: int, now: float) -> None:
+        """A packet of slot ``index``'s (silent) speaker went out at ``now`` elsewhere (the fast path)."""
+        self._last_packet[index] = now
 
     def _choose(self, speaking: bool, now: float) -> int | None:
         free = None
@@ -436,6 +462,7 @@ class WebRtcLeg(Generic[PeerT]):
             self._holding_dtls = True
             self.relay.counters["dtls_connected"] += 1
             self.relay.timer_stopped(self)
+            self.relay.routes_changed()
 
     def _release_dtls(self) -> None:
         """The browser's SRTP authenticated, so it has our Finished: free OpenSSL's state.
@@ -447,6 +474,12 @@ class WebRtcLeg(Generic[PeerT]):
         self._holding_dtls = False
         self.dtls.release()
         self.relay.counters["dtls_released"] += 1
+        self.relay.routes_changed()  # its SRTP may take the fast path now
+
+    @property
+    def holding_dtls(self) -> bool:
+        """Connected, but the browser's first SRTP has not yet authenticated (OpenSSL's state kept)."""
+        return self._holding_dtls
 
     def _dtls_error(self, exc: DtlsError, addr: Address | None) -> None:
         self.relay.counters[exc.counter] += 1
@@ -519,7 +552,11 @@ class WebRtcSink(Generic[PeerT]):
             peer.drops["not_connected"] += 1
             return
         ssrc = speaker.ssrc
-        stream = self.slots.route(ssrc, speaker.speaking, now, data)
+        slots = self.slots
+        switches = slots.switches
+        stream = slots.route(ssrc, speaker.speaking, now, data)
+        if slots.switches != switches:
+            self.leg.relay.routes_changed()  # a new speaker on a slot: the fast path may route it
         if stream is None:
             # More talkers than this browser has tracks (per peer and in /metrics).
             peer.drops["no_slot"] += 1

@@ -70,6 +70,7 @@ from botcall.errors import SrtpError
 
 __all__ = [
     "DEFAULT_MAX_STREAMS",
+    "libsrtp_function_addresses",
     "LibsrtpStatus",
     "SrtpContext",
     "SrtpKeys",
@@ -395,6 +396,21 @@ class SrtpContext:
         """
         return cls(keys.profile, keys.local_key_salt, keys.remote_key_salt, max_streams=max_streams)
 
+    def session_addresses(self) -> tuple[int, int]:
+        """The addresses of the outbound and inbound ``srtp_t`` (for ``relay/_fastpath.c``).
+
+        Valid while this context lives: the sessions are freed with it (``ffi.gc``)
+        and never moved or replaced before, so whoever hands the addresses to C
+        keeps a reference to the context for as long as C may use them. Not
+        thread-safe, as every other call: see the module docstring.
+        """
+        return int(_ffi.cast("uintptr_t", self._outbound)), int(_ffi.cast("uintptr_t", self._inbound))
+
+    @property
+    def min_srtp_size(self) -> int:
+        """The shortest datagram ``unprotect_untrusted`` tries (an RTP header and the tag)."""
+        return self._min_srtp
+
     @property
     def outbound_ssrcs(self) -> frozenset[int]:
         """SSRCs that have an outbound stream."""
@@ -609,3 +625,16 @@ class SrtpContext:
             raise SrtpError(f"{length}-byte datagram is not a plausible SRTCP packet")
         _buffer_in[:length] = srtcp
         return _buffer_out[: self._unprotect_in_buffer(_srtp_unprotect_rtcp, _RTCP_SSRC.unpack_from(srtcp)[0], length, "unprotect_rtcp")]
+
+
+def libsrtp_function_addresses() -> tuple[int, int]:
+    """The addresses of ``srtp_protect`` and ``srtp_unprotect`` in pylibsrtp's own libsrtp.
+
+    For a compiled caller (``relay/_fastpath.c``) that runs the same library's
+    functions on this module's sessions (:meth:`SrtpContext.session_addresses`)
+    without linking libsrtp itself. Both live in pylibsrtp's loaded extension
+    module, so they stay valid for the process's life.
+    """
+    protect = int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "srtp_protect")))
+    unprotect = int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "srtp_unprotect")))
+    return protect, unprotect

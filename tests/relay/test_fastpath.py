@@ -197,8 +197,8 @@ def test_after_a_datagram_for_python_the_batch_goes_to_python_in_order():
         assert mirrored == [(sequence[0], 0), (sequence[1], 0)]  # copies for speech detection
         assert [listener.recv(2048), listener.recv(2048)] == sequence[:2]
         assert helper.drain(1.0, True, 512)[:2] == (0, True)
-        [(route_id, packets, size, limited, window_start, window_packets)], counters = helper.take_stats()
-        assert (route_id, packets, size, limited, window_start, window_packets) == (0, 2, len(sequence[0]) * 2, 0, 1.0, 2)
+        [(route_id, packets, size, limited, window_start, window_packets, streams)], counters = helper.take_stats()
+        assert (route_id, packets, size, limited, window_start, window_packets, streams) == (0, 2, len(sequence[0]) * 2, 0, 1.0, 2, [])
         assert helper.take_stats() == ([], {})
     finally:
         for sock in (relay_sock, routed, listener):
