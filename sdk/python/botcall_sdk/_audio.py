@@ -283,6 +283,10 @@ class _Speaker:
         self.idle_ticks = 0
         self.samples = 960  # the last packet's duration (48 kHz), for concealing the next lost one
         self.frame_bytes = 2 * frame_samples(rate)
+        # Part of a tick's 20 ms (short packets) waiting for the rest, with its timestamp.
+        self.carry = b""
+        self.carry_timestamp = 0
+        self.carry_concealed = False
 
     def push(self, packet: RtpPacket, now: float) -> None:
         reference = self.last_seq if self.last_seq is not None else packet.seq
@@ -299,20 +303,28 @@ class _Speaker:
             self.next_seq = min(self.packets)
 
     def pop(self, now: float) -> Played | None:
-        """20 ms of the speaker, or None: packets shorter than 20 ms are joined
-        (a tick's second 10 ms is left for the next tick when nothing later has
-        arrived; a lost one is concealed for its own length)."""
-        first = self._pop_packet(now)
-        if first is None or len(first.pcm) >= self.frame_bytes:
-            return first
-        pcm, concealed = first.pcm, first.concealed
-        while len(pcm) < self.frame_bytes and self.next_seq is not None and self.packets:
+        """20 ms of the speaker, or None. Packets shorter than 20 ms are joined;
+        when a tick finds only part of its 20 ms, that part waits for the rest
+        (the buffer grows by it, as for any late packet), and is played padded
+        with silence if the talkspurt ends there. A lost packet is concealed for
+        its own length."""
+        pcm, timestamp, concealed = self.carry, self.carry_timestamp, self.carry_concealed
+        while len(pcm) < self.frame_bytes:
             more = self._pop_packet(now)
             if more is None:
                 break
+            if not pcm:
+                timestamp = more.timestamp
             pcm += more.pcm
             concealed = concealed or more.concealed
-        return Played(self.ssrc, pcm, first.timestamp, concealed)
+        if not pcm:
+            return None
+        if len(pcm) < self.frame_bytes and self.next_seq is not None:
+            self.carry, self.carry_timestamp, self.carry_concealed = pcm, timestamp, concealed
+            return None
+        self.carry, self.carry_concealed = pcm[self.frame_bytes :], False
+        self.carry_timestamp = (timestamp + OPUS_RATE // 50) & 0xFFFFFFFF
+        return Played(self.ssrc, pcm[: self.frame_bytes].ljust(self.frame_bytes, b"\0"), timestamp, concealed)
 
     def _pop_packet(self, now: float) -> Played | None:
         """The next packet's audio (or a lost one's concealment), or None."""

@@ -216,3 +216,22 @@ def test_numbered_events_are_deduplicated_and_gaps_reported() -> None:
     described = [(e.text if isinstance(e, Chat) else (e.first_seq, e.last_seq, e.count)) for e in events]  # type: ignore[union-attr]
     assert described == ["3", "4", "5", "6", "7", (8, 9, 2), "10", (11, 12, 2), "13"]
     assert all(isinstance(e, (Chat, EventsLost)) for e in events)
+
+
+def test_jitter_buffer_keeps_20ms_ticks_when_10ms_packets_arrive_late_and_flushes_the_end() -> None:
+    buffers = _audio.JitterBuffers(48000)
+    packets = _opus_10ms_packets(21)  # an odd count: the talkspurt ends mid-tick
+    played = []
+    now = 0.0
+    for index, packet in enumerate(packets):
+        # Each tick comes when only the first half of its 20 ms has arrived.
+        buffers.push(packet, now)
+        if index % 2 == 0:
+            played += buffers.pop(now)
+        now += 0.01
+    for _ in range(10):
+        now += 0.02
+        played += buffers.pop(now)
+    assert all(len(p.pcm) == 1920 for p in played)
+    assert sum(len(p.pcm) for p in played) == 22 * 960  # 21 packets, the last padded to a whole tick
+    assert [p.timestamp for p in played] == [(1000 + 960 * i) & 0xFFFFFFFF for i in range(11)]
