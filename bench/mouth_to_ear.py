@@ -206,13 +206,18 @@ def sample_times(chunks: Sequence[Sequence[int]], rate: int) -> np.ndarray:
     return np.concatenate([np.arange(frame, frame + length) for frame, length in chunks]) / rate
 
 
-def frame_onset_arrivals(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[float]:
-    """The arrival time of each frame in which an onset appears (frames in arrival order)."""
+def frame_onset_indexes(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[int]:
+    """The index of each frame in which an onset appears (frames in arrival order)."""
     if not frames:
         return []
     samples = np.concatenate([pcm for _, pcm in frames])
     ends = np.cumsum([pcm.size for _, pcm in frames])
-    return [frames[int(np.searchsorted(ends, onset, side="right"))][0] for onset in find_onsets(samples, rate)]
+    return [int(np.searchsorted(ends, onset, side="right")) for onset in find_onsets(samples, rate)]
+
+
+def frame_onset_arrivals(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[float]:
+    """The arrival time of each frame in which an onset appears (frames in arrival order)."""
+    return [frames[index][0] for index in frame_onset_indexes(frames, rate)]
 
 
 def jitter_buffer_ms(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -281,6 +286,7 @@ class Trace:
     def __init__(self) -> None:
         self.stamps: dict[str, dict[int, float]] = {stage: {} for stage in TRACE_STAGES}
         self.by_timestamp: dict[int, int] = {}  # RTP timestamp -> stream ms (UDP bots see only the former)
+        self.mouth_to_relay: list[float] = []  # each burst: the page's mouth -> the relay has its onset packet
         self._current: int | None = None
 
     def reset(self) -> None:
@@ -297,6 +303,9 @@ class Trace:
     def split(self) -> dict[str, float]:
         """Median ms between consecutive stages present for the same packets, and in all."""
         out: dict[str, float] = {}
+        if self.mouth_to_relay:
+            mouth = Summary.of(self.mouth_to_relay)
+            out["mouth->relay"], out["mouth->relay_p95"] = mouth.p50, mouth.p95
         present = [stage for stage in TRACE_STAGES if self.stamps[stage]]
         for first, second in zip(present, present[1:]):
             keys = self.stamps[first].keys() & self.stamps[second].keys()
@@ -479,6 +488,8 @@ class BotLog:
     """What a bot saw: received frames ``(arrival, pcm)`` and its bursts' send times."""
 
     frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    # Each frame's position in the human's stream (ms), where known (--trace).
+    keys: list[int | None] = field(default_factory=list)
     burst_sends: list[float] = field(default_factory=list)
     human_ssrc: int | None = None
 
@@ -557,12 +568,15 @@ class Bot:
                 self.latched.set()
             elif len(data) > 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
                 packet = parse_rtp_untrusted(data)
+                key = None
                 if TRACE is not None:
                     TRACE.bot_udp(packet.timestamp, now)
-                self._on_opus(now, packet.payload)
+                    key = TRACE.by_timestamp.get(packet.timestamp)
+                self._on_opus(now, packet.payload, key)
 
-    def _on_opus(self, now: float, payload: bytes) -> None:
+    def _on_opus(self, now: float, payload: bytes, key: int | None = None) -> None:
         self.log.frames.append((now, from_pcm16(self.decoder.decode_untrusted(payload))))
+        self.log.keys.append(key)
 
     async def _read_ws(self) -> None:
         assert self.ws is not None
@@ -577,10 +591,12 @@ class Bot:
             if TRACE is not None:
                 TRACE.stamp("bot", int(event.get("stream_ms", 0)), now)
             data = base64.b64decode(event["data"])
+            key = int(event.get("stream_ms", 0))
             if event.get("encoding") == "pcm16":
                 self.log.frames.append((now, from_pcm16(data)))
+                self.log.keys.append(key)
             else:
-                self._on_opus(now, data)
+                self._on_opus(now, data, key)
 
     async def _send(self) -> None:
         """A 20 ms stream: silence, and a burst every ``period`` once ``bursting`` is set."""
@@ -681,6 +697,11 @@ def analyse(
     errors = [min(abs(f - s) for s in scheduled) * 1000 for f in found]
     mouths = [unix(t) for t in scheduled]
     mouth_to_bot = match_latencies(mouths, frame_onset_arrivals(log.frames, RATE), period)
+    if TRACE is not None and len(log.keys) == len(log.frames):
+        # The same onsets when the relay had their packets: the browser's and the network's share.
+        relay = TRACE.stamps["relay"]
+        keys = [log.keys[index] for index in frame_onset_indexes(log.frames, RATE)]
+        TRACE.mouth_to_relay = match_latencies(mouths, [relay[k] for k in keys if k is not None and k in relay], period)
     ears = [unix(float(times[index])) for index in find_onsets(remote, rate)]
     bot_to_graph = match_latencies(log.burst_sends, ears, period)
     return mouth_to_bot, bot_to_graph, float(take["outputLatency"]), max(errors) if errors else None
