@@ -197,3 +197,18 @@ def test_arrival_playout_conceals_a_lost_10ms_packet_for_10ms():
     assert [f.kind for f in frames] == [FrameKind.CONCEAL] * 2 + [FrameKind.AUDIO]
     assert [len(f.pcm) for f in frames] == [960] * 3  # not 20 ms for each lost 10 ms
     assert [f.timestamp for f in frames] == [p.timestamp for p in packets[10:13]]
+
+
+def test_a_speaker_that_changes_its_packet_duration_starts_afresh_on_the_new_clock():
+    playout = Playout()
+    long, short = encode_tone(440, 0.4, 6), encode_tone_10ms(440, 0.4, 6)
+    frames = []
+    for i, packet in enumerate(long):
+        playout.push(packet, i * 0.02)
+        frames += playout.pop(i * 0.02)
+    for i, packet in enumerate(short):
+        playout.push(RtpPacket(111, (long[-1].sequence_number + 1 + i) & 0xFFFF, (long[-1].timestamp + 960 + 480 * i) & 0xFFFFFFFF, 6, packet.payload), 0.4 + i * 0.01)
+        if i % 2:
+            frames += playout.pop(0.4 + i * 0.01)
+    assert playout.counters["packet_duration_changed"] == 1
+    assert {len(f.pcm) for f in frames} == {1920}
