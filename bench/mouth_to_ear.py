@@ -4,7 +4,7 @@
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
                                  [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
-                                 [--ptime 20,10]
+                                 [--ptime 20,10] [--trace]
                                  [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -80,6 +80,13 @@ answer asks the browser for (``MediaService.ptime_ms``, ``Config.browser_ptime_m
 ``20`` (no ``a=ptime``, what browsers send unasked) or ``10`` (``a=ptime:10``).
 With both, every path is measured with each in turn, one call after the
 other. ``pkt/s`` in the output is the page's ``outbound-rtp`` packets a second.
+
+**Where the human's packets spend their time** (``--trace``): the server runs
+in this process on the bots' clock, so ``Trace`` wraps its methods and stamps
+every packet of the human's stream at the relay, the bot's WebSocket audio
+task, the decode, the JSON send and the bot's read, and each burst's onset
+when the relay had it (``mouth->relay``: the browser's share). Printed under
+each row as medians.
 
 Prints; never asserts. The analysis functions are tested on synthetic audio
 in ``bench/tests/test_mouth_to_ear.py``.
