@@ -232,7 +232,8 @@ class Playout(_SpeakerTable):
             pcm, how = render(frame, speaker.decoder, samples=out_samples)
             if how is Rendering.REFUSED:
                 self.counters["opus_decode_failed"] += 1
-            first = first or frame
+            if first is None:
+                first = frame
             audio = audio or frame.kind is FrameKind.AUDIO
             recovered = recovered or how is Rendering.RECOVERED
             parts.append(pcm)
