@@ -4,6 +4,7 @@
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
                                  [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
+                                 [--ptime 20,10] [--trace]
                                  [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -74,6 +75,19 @@ a real-time clock. With both, every Firefox path is measured with each in turn.
 ``rate`` in the output is the page's playback rate against the wall clock
 (``getStats`` ``totalSamplesReceived`` over the call, 1.00 = real time).
 
+**The browser's packets** (``--ptime``): the packet duration the server's
+answer asks the browser for (``MediaService.ptime_ms``, ``Config.browser_ptime_ms``):
+``20`` (no ``a=ptime``, what browsers send unasked) or ``10`` (``a=ptime:10``).
+With both, every path is measured with each in turn, one call after the
+other. ``pkt/s`` in the output is the page's ``outbound-rtp`` packets a second.
+
+**Where the human's packets spend their time** (``--trace``): the server runs
+in this process on the bots' clock, so ``Trace`` wraps its methods and stamps
+every packet of the human's stream at the relay, the bot's WebSocket audio
+task, the decode, the JSON send and the bot's read, and each burst's onset
+when the relay had it (``mouth->relay``: the browser's share). Printed under
+each row as medians.
+
 Prints; never asserts. The analysis functions are tested on synthetic audio
 in ``bench/tests/test_mouth_to_ear.py``.
 """
@@ -104,6 +118,7 @@ from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from botcall.wire.stun import answer_check_untrusted, binding_request
 from botcall.relay import bot_playout
+from botcall.webrtc.sdp import PTIMES_MS
 from botcall.relay.addresses import local_addresses
 from tests.kit import firefox as kit
 from tests.kit.chromium import in_browser, join_call
@@ -198,13 +213,18 @@ def sample_times(chunks: Sequence[Sequence[int]], rate: int) -> np.ndarray:
     return np.concatenate([np.arange(frame, frame + length) for frame, length in chunks]) / rate
 
 
-def frame_onset_arrivals(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[float]:
-    """The arrival time of each frame in which an onset appears (frames in arrival order)."""
+def frame_onset_indexes(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[int]:
+    """The index of each frame in which an onset appears (frames in arrival order)."""
     if not frames:
         return []
     samples = np.concatenate([pcm for _, pcm in frames])
     ends = np.cumsum([pcm.size for _, pcm in frames])
-    return [frames[int(np.searchsorted(ends, onset, side="right"))][0] for onset in find_onsets(samples, rate)]
+    return [int(np.searchsorted(ends, onset, side="right")) for onset in find_onsets(samples, rate)]
+
+
+def frame_onset_arrivals(frames: Sequence[tuple[float, np.ndarray]], rate: int) -> list[float]:
+    """The arrival time of each frame in which an onset appears (frames in arrival order)."""
+    return [frames[index][0] for index in frame_onset_indexes(frames, rate)]
 
 
 def jitter_buffer_ms(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -247,6 +267,127 @@ def to_pcm16(samples: np.ndarray) -> bytes:
 
 def from_pcm16(data: bytes) -> np.ndarray:
     return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+
+
+# --- the split of mouth -> bot on the server (--trace) --------------------------------------
+
+TRACE_STAGES = ("relay", "picked", "decoded", "ws_send", "ws_sent", "bot")
+
+
+class Trace:
+    """Where the human's packets spend their time between the relay and the bot (``--trace``).
+
+    The server runs in this process, on the bots' clock (``time.time()``), so
+    its methods are wrapped to stamp each packet of the human's stream, keyed
+    by its position in the stream (ms since its first packet):
+
+    * ``relay``: ``MediaRelay.forward`` got it (decrypted, before any sink);
+    * ``picked``: the bot's WebSocket audio task took it from its queue
+      (``WsAudio.pcm_arrived`` / ``WsAudio.opus_out`` entered);
+    * ``decoded``: that returned (pcm16: the Opus decoded; Opus: the header parsed);
+    * ``ws_send``: the JSON event is built, ``Channel.send`` entered;
+    * ``ws_sent``: ``Channel.send`` returned (the frame is with Hypercorn's stream);
+    * ``bot``: the bot read the message (WebSocket) or the datagram (UDP).
+    """
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, dict[int, float]] = {stage: {} for stage in TRACE_STAGES}
+        self.by_timestamp: dict[int, int] = {}  # RTP timestamp -> stream ms (UDP bots see only the former)
+        self.mouth_to_relay: list[float] = []  # each burst: the page's mouth -> the relay has its onset packet
+        self._current: int | None = None
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def stamp(self, stage: str, key: int, when: float | None = None) -> None:
+        self.stamps[stage].setdefault(key, time.time() if when is None else when)
+
+    def bot_udp(self, timestamp: int, when: float) -> None:
+        key = self.by_timestamp.get(timestamp)
+        if key is not None:
+            self.stamp("bot", key, when)
+
+    def split(self) -> dict[str, float]:
+        """Median ms between consecutive stages present for the same packets, and in all."""
+        out: dict[str, float] = {}
+        if self.mouth_to_relay:
+            mouth = Summary.of(self.mouth_to_relay)
+            out["mouth->relay"], out["mouth->relay_p95"] = mouth.p50, mouth.p95
+        present = [stage for stage in TRACE_STAGES if self.stamps[stage]]
+        for first, second in zip(present, present[1:]):
+            keys = self.stamps[first].keys() & self.stamps[second].keys()
+            if keys:
+                out[f"{first}->{second}"] = float(np.median([self.stamps[second][k] - self.stamps[first][k] for k in keys])) * 1000
+        if len(present) >= 2:
+            keys = self.stamps[present[0]].keys() & self.stamps[present[-1]].keys()
+            if keys:
+                delays = sorted(self.stamps[present[-1]][k] - self.stamps[present[0]][k] for k in keys)
+                out["total"] = float(np.median(delays)) * 1000
+                out["total_p95"] = delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)] * 1000
+        return out
+
+    def install(self) -> None:
+        """Wrap the server's methods (once per process)."""
+        from botcall.audio.opus import stream_ms
+        from botcall.relay.core import MediaRelay
+        from botcall.relay.ws_audio import WsAudio
+        from botcall.signaling.ws import BotChannel, Channel
+
+        trace = self
+        forward = MediaRelay.forward
+
+        def traced_forward(relay: MediaRelay, peer: Any, data: bytes, now: float) -> None:
+            if peer.human and len(data) >= 12:
+                timestamp = int.from_bytes(data[4:8], "big")
+                key = stream_ms(peer.stream_origin, timestamp)
+                trace.by_timestamp[timestamp] = key
+                trace.stamp("relay", key)
+            forward(relay, peer, data, now)
+
+        pcm_arrived, opus_out = WsAudio.pcm_arrived, WsAudio.opus_out
+
+        def traced_pcm_arrived(audio: WsAudio, speaker: Any, data: bytes, now: float) -> Any:
+            picked = time.time()
+            frames = pcm_arrived(audio, speaker, data, now)
+            for frame in frames:
+                trace.stamp("picked", frame.stream_ms, picked)
+                trace.stamp("decoded", frame.stream_ms)
+            return frames
+
+        def traced_opus_out(audio: WsAudio, speaker: Any, data: bytes) -> Any:
+            picked = time.time()
+            frame = opus_out(audio, speaker, data)
+            if frame is not None:
+                trace.stamp("picked", frame.stream_ms, picked)
+                trace.stamp("decoded", frame.stream_ms)
+            return frame
+
+        send_audio, send = BotChannel._send_audio, Channel.send
+
+        async def traced_send_audio(channel: BotChannel, frame: Any) -> None:
+            trace._current = frame.stream_ms
+            try:
+                await send_audio(channel, frame)
+            finally:
+                trace._current = None
+
+        async def traced_send(channel: Channel, data: str | bytes) -> None:
+            key = trace._current
+            if key is not None:
+                trace.stamp("ws_send", key)
+            await send(channel, data)
+            if key is not None:
+                trace.stamp("ws_sent", key)
+
+        MediaRelay.forward = traced_forward  # type: ignore[method-assign]
+        WsAudio.pcm_arrived = traced_pcm_arrived  # type: ignore[method-assign]
+        WsAudio.opus_out = traced_opus_out  # type: ignore[method-assign]
+        BotChannel._send_audio = traced_send_audio  # type: ignore[method-assign]
+        Channel.send = traced_send  # type: ignore[method-assign]
+
+
+# Set by --trace.
+TRACE: Trace | None = None
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -326,7 +467,7 @@ TAKE_PAGE = """() => {
 STATS_PAGE = """async () => {
     const report = await botcall.pc.getStats();
     const out = {delay: 0, emitted: 0, target: 0, minimum: 0, lost: 0, received: 0, concealed: 0, jitter: 0,
-                 played: 0, removed: 0, now: performance.now()};
+                 played: 0, removed: 0, sent: 0, now: performance.now()};
     report.forEach((s) => {
         if (s.type === 'inbound-rtp' && s.kind === 'audio') {
             out.delay += s.jitterBufferDelay || 0;
@@ -340,6 +481,7 @@ STATS_PAGE = """async () => {
             out.removed += s.removedSamplesForAcceleration || 0;
             out.jitter = s.jitter || 0;
         }
+        if (s.type === 'outbound-rtp' && s.kind === 'audio') out.sent += s.packetsSent || 0;
     });
     return out;
 }"""
@@ -353,6 +495,8 @@ class BotLog:
     """What a bot saw: received frames ``(arrival, pcm)`` and its bursts' send times."""
 
     frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    # Each frame's position in the human's stream (ms), where known (--trace).
+    keys: list[int | None] = field(default_factory=list)
     burst_sends: list[float] = field(default_factory=list)
     human_ssrc: int | None = None
 
@@ -430,10 +574,16 @@ class Bot:
             elif data[:2] == b"\x01\x01":  # our Binding success
                 self.latched.set()
             elif len(data) > 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
-                self._on_opus(now, parse_rtp_untrusted(data).payload)
+                packet = parse_rtp_untrusted(data)
+                key = None
+                if TRACE is not None:
+                    TRACE.bot_udp(packet.timestamp, now)
+                    key = TRACE.by_timestamp.get(packet.timestamp)
+                self._on_opus(now, packet.payload, key)
 
-    def _on_opus(self, now: float, payload: bytes) -> None:
+    def _on_opus(self, now: float, payload: bytes, key: int | None = None) -> None:
         self.log.frames.append((now, from_pcm16(self.decoder.decode_untrusted(payload))))
+        self.log.keys.append(key)
 
     async def _read_ws(self) -> None:
         assert self.ws is not None
@@ -445,11 +595,15 @@ class Bot:
             event = json.loads(message)
             if event["type"] != "audio":
                 continue
+            if TRACE is not None:
+                TRACE.stamp("bot", int(event.get("stream_ms", 0)), now)
             data = base64.b64decode(event["data"])
+            key = int(event.get("stream_ms", 0))
             if event.get("encoding") == "pcm16":
                 self.log.frames.append((now, from_pcm16(data)))
+                self.log.keys.append(key)
             else:
-                self._on_opus(now, data)
+                self._on_opus(now, data, key)
 
     async def _send(self) -> None:
         """A 20 ms stream: silence, and a burst every ``period`` once ``bursting`` is set."""
@@ -524,6 +678,9 @@ class PathResult:
     audio: str = "mock"
     playback_rate: float | None = None
     load_average: float | None = None
+    ptime_ms: int = 20
+    sent_per_s: float | None = None
+    split_ms: dict[str, float] | None = None
 
 
 def analyse(
@@ -547,6 +704,11 @@ def analyse(
     errors = [min(abs(f - s) for s in scheduled) * 1000 for f in found]
     mouths = [unix(t) for t in scheduled]
     mouth_to_bot = match_latencies(mouths, frame_onset_arrivals(log.frames, RATE), period)
+    if TRACE is not None and len(log.keys) == len(log.frames):
+        # The same onsets when the relay had their packets: the browser's and the network's share.
+        relay = TRACE.stamps["relay"]
+        keys = [log.keys[index] for index in frame_onset_indexes(log.frames, RATE)]
+        TRACE.mouth_to_relay = match_latencies(mouths, [relay[k] for k in keys if k is not None and k in relay], period)
     ears = [unix(float(times[index])) for index in find_onsets(remote, rate)]
     bot_to_graph = match_latencies(log.burst_sends, ears, period)
     return mouth_to_bot, bot_to_graph, float(take["outputLatency"]), max(errors) if errors else None
@@ -579,8 +741,12 @@ async def one_call(
     playout: str = "new",
     stall_s: float = 0.0,
     pulse_server: str | None = None,
+    ptime_ms: int = 20,
 ) -> PathResult:
     bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
+    srv.state.media.ptime_ms = ptime_ms  # read at each answer: this call's browser gets it
+    if TRACE is not None:
+        TRACE.reset()
     created = (await srv.create_room(srv.token(agent="creator#1"), interruption={"mode": "off"})).json()
     invite = urlsplit(created["invite_url"])
     url = f"{srv.url}{invite.path}#{invite.fragment}"
@@ -676,6 +842,9 @@ async def one_call(
         audio=("pulse" if pulse_server is not None else "mock") if browser == "firefox" else "-",
         playback_rate=rate,
         load_average=load_average(),
+        ptime_ms=ptime_ms,
+        sent_per_s=(after["sent"] - before["sent"]) / elapsed_s if elapsed_s > 0 else None,
+        split_ms=TRACE.split() if TRACE is not None else None,
     )
 
 
@@ -750,10 +919,11 @@ async def measure(
     playouts: Sequence[str] = ("new",),
     stall_s: float = 0.0,
     firefox_audio: Sequence[str] = ("mock",),
+    ptimes: Sequence[int] = (20,),
 ) -> list[PathResult]:
     with contextlib.ExitStack() as stack:
         pulse = stack.enter_context(kit.pulse_null_sink()) if "firefox" in browsers and "pulse" in firefox_audio else None
-        return await _measure(browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse)
+        return await _measure(browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes)
 
 
 async def _measure(
@@ -768,6 +938,7 @@ async def _measure(
     stall_s: float,
     firefox_audio: Sequence[str],
     pulse: str | None,
+    ptimes: Sequence[int] = (20,),
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -779,27 +950,30 @@ async def _measure(
                             if browser == "firefox" and receiver != "default":
                                 continue  # Chromium's receiver settings
                             for path in paths:
-                                for playout, audio in [(p, a) for p in playouts for a in (firefox_audio if browser == "firefox" else ("-",))]:
+                                variants = [(p, a, t) for p in playouts for a in (firefox_audio if browser == "firefox" else ("-",)) for t in ptimes]
+                                for playout, audio, ptime in variants:
                                     server = pulse if audio == "pulse" else None
                                     try:
-                                        result = await one_call(srv, path, leg, receiver, events, period, browser, playout, stall_s, server)
+                                        result = await one_call(srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime)
                                     except Exception as exc:  # one failed call is reported, the run goes on
                                         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
                                             exc = exc.exceptions[0]
                                         print(
-                                            f"{browser:8} {audio:5} {leg:9} {receiver:8} {path:15} {playout:3} | failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                            f"{browser:8} {audio:5} {leg:9} {receiver:8} {path:15} {playout:3} {ptime:2d} | failed: {type(exc).__name__}: {str(exc)[:200]}",
                                             flush=True,
                                         )
                                         continue
                                     print(row(result), flush=True)
+                                    if result.split_ms:
+                                        print("    split (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in result.split_ms.items()), flush=True)
                                     results.append(result)
     bot_playout.STALL_LIMIT = PLAYOUTS["new"]
     return results
 
 
 HEADER = (
-    f"{'browser':8} {'audio':5} {'leg':9} {'receiver':8} {'path':15} {'play':3} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
-    f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4} {'rate':>5} {'load':>5}"
+    f"{'browser':8} {'audio':5} {'leg':9} {'receiver':8} {'path':15} {'play':3} {'pt':>2} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
+    f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4} {'rate':>5} {'pkt/s':>5} {'load':>5}"
 )
 
 
@@ -811,10 +985,11 @@ def row(r: PathResult) -> str:
     target = f"{r.jitter_target_ms:6.1f}" if r.jitter_target_ms is not None else "     -"
     rate = f"{r.playback_rate:5.3f}" if r.playback_rate is not None else "    -"
     load = f"{r.load_average:5.1f}" if r.load_average is not None else "    -"
+    sent = f"{r.sent_per_s:5.1f}" if r.sent_per_s is not None else "    -"
     return (
-        f"{r.browser:8} {r.audio:5} {r.leg:9} {r.receiver:8} {r.path:15} {r.playout:3} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
+        f"{r.browser:8} {r.audio:5} {r.leg:9} {r.receiver:8} {r.path:15} {r.playout:3} {r.ptime_ms:2d} | {fmt(r.mouth_to_bot):>26} | {fmt(r.bot_to_ear):>24} |"
         f" {r.mouth_to_bot.count:2d}/{r.bot_to_ear.count:2d} | {r.playout_hold_ms.p50:4.0f} {jb} {target} {r.output_latency_ms:4.0f} {r.page_stats['lost']:4.0f}"
-        f" {rate} {load}"
+        f" {rate} {sent} {load}"
     )
 
 
@@ -829,19 +1004,30 @@ def main() -> int:
     parser.add_argument("--playout", default="new", help="comma-separated: new (bot_playout.py as it is), old (no stall recovery)")
     parser.add_argument("--bot-stall", type=float, default=0.0, help="seconds the bot holds its frames once, then sends them at once")
     parser.add_argument("--firefox-audio", default="mock", help="comma-separated: mock (Firefox's mock audio back-end), pulse (a PulseAudio null sink)")
+    parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
+    parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
     parser.add_argument("--dump", type=Path, default=None, help="write each call's raw recordings into this directory")
     args = parser.parse_args()
-    global DUMP
+    global DUMP, TRACE
     DUMP = args.dump
+    if args.trace:
+        TRACE = Trace()
+        TRACE.install()
     paths = args.paths.split(",")
     legs = args.legs.split(",")
     receivers = args.receiver.split(",")
     browsers = args.browsers.split(",")
     playouts = args.playout.split(",")
     firefox_audio = args.firefox_audio.split(",")
+    try:
+        ptimes = [int(value) for value in args.ptime.split(",")]
+    except ValueError:
+        parser.error(f"--ptime takes comma-separated integers, not {args.ptime!r}")
+    if any(value not in PTIMES_MS for value in ptimes):
+        parser.error(f"--ptime values must be among {PTIMES_MS}")
     for name, known in (
         ("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox")), ("playout", PLAYOUTS),
         ("firefox-audio", FIREFOX_AUDIO),
@@ -858,7 +1044,9 @@ def main() -> int:
         " rate = the page's playback rate against the wall clock, load = the 1-minute load average"
     )
     print(HEADER)
-    results = trio.run(measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio)
+    results = trio.run(
+        measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio, ptimes
+    )
     data = [asdict(r) for r in results]
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=1, default=float))

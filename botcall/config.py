@@ -156,6 +156,12 @@ class Config:
     # many other participants at once (1 = the old single floor). 1-8
     # (webrtc/leg.py MAX_RECEIVE_TRACKS); docs/protocol.md "Group calls".
     max_receive_tracks: int = 3
+    # The packet duration (ms) each answer asks a browser to send its voice in:
+    # 20 (no a=ptime: what browsers send unasked) or 10 (a=ptime:10, followed
+    # by Chromium and Firefox; twice the packets on each human's uplink, and a
+    # bot hears the human up to 10 ms sooner). docs/protocol.md "Browser packets";
+    # figures in docs/bench-results.md §16e.
+    browser_ptime_ms: int = 20
     # Read the media socket with recvmmsg and send with sendmmsg (ctypes, Linux)
     # instead of one recvfrom/sendto per datagram. Off by default: on the
     # benchmark machine it did not lower the relay's CPU per packet (500 bot
@@ -371,6 +377,9 @@ class Config:
         if not (isinstance(self.max_receive_tracks, int) and 1 <= self.max_receive_tracks <= 8):
             # 8: webrtc/leg.py MAX_RECEIVE_TRACKS (config sits below webrtc and cannot import it).
             raise ConfigError(f"max_receive_tracks must be 1-8, not {self.max_receive_tracks!r}")
+        if self.browser_ptime_ms not in (10, 20):
+            # webrtc/sdp.py PTIMES_MS (config sits below webrtc and cannot import it).
+            raise ConfigError(f"browser_ptime_ms must be 10 or 20, not {self.browser_ptime_ms!r}")
         for cidr in self.trusted_proxies:
             try:
                 ipaddress.ip_network(cidr, strict=False)

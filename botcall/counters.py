@@ -124,6 +124,7 @@ CATALOGUE: Mapping[str, Counted] = {
     "opus_decode_failed": Counted(_D, "Opus payloads libopus refused (concealed instead)."),
     "too_many_speakers": Counted(_D, "Packets from a speaker beyond a listener's speaker limit."),
     "speakers_forgotten": Counted(_E, "Speakers dropped from a listener's play-out after falling silent."),
+    "packet_duration_changed": Counted(_E, "Speakers whose packet duration changed (a renegotiated ptime): their play-out started afresh."),
     # --- pcm16 delivered on arrival (audio/playout.py, ArrivalPlayout) ---
     "late_dropped": Counted(_D, "Packets that came after a later one of the same speaker was delivered (their place was concealed)."),
     "concealed": Counted(_E, "Frames synthesised for packets lost before one that arrived (FEC for the last, PLC before)."),

@@ -389,6 +389,7 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
         playout_max_marks=config.playout_max_marks,
         bot_playout=config.media_bot_playout,
         max_receive_tracks=config.max_receive_tracks,
+        ptime_ms=config.browser_ptime_ms,
     )
     hub = state.hub = Hub(
         state.clock,

@@ -275,31 +275,39 @@ class OpusDecoder:
             raise OpusDecodeError("empty Opus payload")
         return self._run(payload, self._max_samples, 0)
 
-    def conceal(self) -> bytes:
-        """Synthesize one lost 20 ms frame (packet loss concealment).
+    def conceal(self, samples: int | None = None) -> bytes:
+        """Synthesize one lost frame (packet loss concealment).
+
+        Args:
+            samples: the lost packet's duration in samples per channel at
+                ``sample_rate`` (a multiple of 2.5 ms); None: 20 ms.
 
         Returns:
-            20 ms of int16 PCM continuing the previous audio (silence before any packet).
+            That much int16 PCM continuing the previous audio (silence before any packet).
         """
-        return self._run(None, self.frame_samples, 0)
+        return self._run(None, self.frame_samples if samples is None else samples, 0)
 
-    def recover_untrusted(self, next_payload: bytes) -> bytes:
-        """Rebuild one lost 20 ms frame from the FEC data in the packet after it.
+    def recover_untrusted(self, next_payload: bytes, samples: int | None = None) -> bytes:
+        """Rebuild one lost frame from the FEC data in the packet after it.
 
         Does not consume ``next_payload``: decode it with ``decode_untrusted`` next.
 
         Args:
             next_payload: the RTP payload of the packet that followed the lost one.
+            samples: the lost packet's duration in samples per channel at
+                ``sample_rate`` (a multiple of 2.5 ms); None: 20 ms. libopus
+                rebuilds the last ``samples`` from the FEC data and conceals
+                what the FEC does not cover.
 
         Returns:
-            20 ms of int16 PCM for the lost frame (concealment if the packet has no FEC).
+            ``samples`` of int16 PCM for the lost frame (concealment if the packet has no FEC).
 
         Raises:
             OpusDecodeError: an empty or malformed packet.
         """
         if not next_payload:
             raise OpusDecodeError("empty Opus payload")
-        return self._run(next_payload, self.frame_samples, 1)
+        return self._run(next_payload, self.frame_samples if samples is None else samples, 1)
 
     def reset(self) -> None:
         """Forget all history, as if freshly created (e.g. after an SSRC change)."""

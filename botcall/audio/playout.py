@@ -6,7 +6,10 @@ Wherever audio is decoded for someone — the bot SDK's ``call.audio()``, the
 relay's ``pcm16`` WebSocket stream — packets from each speaker go through their
 own :class:`~botcall.audio.jitter.JitterBuffer`, and a 20 ms play-out clock pulls
 one frame per active speaker: decoded audio, FEC-recovered audio, or
-concealment. Speakers that fall silent go idle (nothing emitted); speakers
+concealment. A speaker whose packets are shorter than 20 ms (a browser asked
+for ``a=ptime:10``) gets a buffer on its own packet clock, popped as many
+times per tick as make 20 ms, so every frame of a tick lasts 20 ms (the mix
+adds them sample by sample). Speakers that fall silent go idle (nothing emitted); speakers
 unheard for ``forget_after`` seconds are forgotten, and at most
 ``max_speakers`` are tracked, so memory stays bounded whatever arrives.
 """
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from botcall.errors import OpusDecodeError
 from botcall.audio.jitter import FrameKind, JitterBuffer, JitterOptions, JitterStats, PlayoutFrame
-from botcall.audio.opus import FRAME_SAMPLES, OpusDecoder
+from botcall.audio.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder, packet_samples_untrusted
 from botcall.wire.seq import extend_u16
 from botcall.wire.rtp import RtpPacket
 
@@ -70,7 +73,7 @@ class Rendering(enum.Enum):
     """libopus refused the payload (or the FEC data); concealed instead."""
 
 
-def render(frame: PlayoutFrame, decoder: OpusDecoder, *, use_fec: bool = True) -> tuple[bytes, Rendering]:
+def render(frame: PlayoutFrame, decoder: OpusDecoder, *, use_fec: bool = True, samples: int | None = None) -> tuple[bytes, Rendering]:
     """Decode one jitter-buffer frame: its packet, its FEC, or concealment.
 
     Args:
@@ -78,6 +81,8 @@ def render(frame: PlayoutFrame, decoder: OpusDecoder, *, use_fec: bool = True) -
         decoder: the speaker's decoder (its state follows every frame rendered).
         use_fec: rebuild a lost frame from the next packet's FEC when the
             buffer offers it (otherwise conceal).
+        samples: a synthesised frame's length at the decoder's rate (the
+            speaker's packet duration); None: 20 ms.
 
     Returns:
         One frame of int16 PCM at the decoder's rate, and how it was made.
@@ -86,19 +91,22 @@ def render(frame: PlayoutFrame, decoder: OpusDecoder, *, use_fec: bool = True) -
         if frame.kind is FrameKind.AUDIO:
             return decoder.decode_untrusted(frame.payload), Rendering.DECODED
         if use_fec and frame.kind is FrameKind.CONCEAL and frame.fec_payload:
-            return decoder.recover_untrusted(frame.fec_payload), Rendering.RECOVERED
+            return decoder.recover_untrusted(frame.fec_payload, samples), Rendering.RECOVERED
     except OpusDecodeError:
-        return decoder.conceal(), Rendering.REFUSED
-    return decoder.conceal(), Rendering.CONCEALED
+        return decoder.conceal(samples), Rendering.REFUSED
+    return decoder.conceal(samples), Rendering.CONCEALED
 
 
 class _Speaker:
-    __slots__ = ("buffer", "decoder", "last_heard")
+    __slots__ = ("buffer", "decoder", "last_heard", "packet_samples", "pops")
 
-    def __init__(self, buffer: JitterBuffer, decoder: OpusDecoder, now: float) -> None:
+    def __init__(self, buffer: JitterBuffer, decoder: OpusDecoder, now: float, packet_samples: int) -> None:
         self.buffer = buffer
         self.decoder = decoder
         self.last_heard = now
+        # The speaker's packet duration (48 kHz samples) and the buffer's pops per 20 ms tick.
+        self.packet_samples = packet_samples
+        self.pops = FRAME_SAMPLES // packet_samples
 
 
 class _SpeakerTable:
@@ -155,16 +163,27 @@ class Playout(_SpeakerTable):
     def push(self, packet: RtpPacket, arrival_time: float) -> None:
         """Queue one received RTP packet."""
         speaker = self._speakers.get(packet.ssrc)
+        samples = _sub_frame_samples(packet.payload)
+        if speaker is not None and samples != speaker.packet_samples:
+            # The sender changed its packet duration (a renegotiated ptime):
+            # its buffer runs on the old packet clock; start afresh.
+            del self._speakers[packet.ssrc]
+            self.counters["packet_duration_changed"] += 1
+            speaker = None
         if speaker is None:
             if len(self._speakers) >= self.max_speakers:
                 self._forget_idle(arrival_time)
                 if len(self._speakers) >= self.max_speakers:
                     self.counters["too_many_speakers"] += 1
                     return
+            options: JitterOptions = {**self._jitter_options}
+            if samples != FRAME_SAMPLES:
+                options["frame_duration"] = samples / SAMPLE_RATE
             speaker = self._speakers[packet.ssrc] = _Speaker(
-                JitterBuffer(**self._jitter_options),
+                JitterBuffer(**options),
                 OpusDecoder(self.sample_rate, self.channels),
                 arrival_time,
+                samples,
             )
         speaker.last_heard = arrival_time
         speaker.buffer.push(packet, arrival_time)
@@ -176,25 +195,68 @@ class Playout(_SpeakerTable):
         """
         out: list[DecodedFrame] = []
         for ssrc, speaker in self._speakers.items():
-            frame = speaker.buffer.pop(now)
-            if frame is None:
+            if speaker.pops == 1:
+                frame = speaker.buffer.pop(now)
+                if frame is None:
+                    continue
+                pcm, how = render(frame, speaker.decoder)
+                if how is Rendering.REFUSED:
+                    self.counters["opus_decode_failed"] += 1
+                out.append(
+                    DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, how is Rendering.RECOVERED, frame.timestamp & 0xFFFFFFFF)
+                )
                 continue
-            pcm, how = render(frame, speaker.decoder)
-            if how is Rendering.REFUSED:
-                self.counters["opus_decode_failed"] += 1
-            out.append(
-                DecodedFrame(ssrc, pcm, frame.kind, frame.sequence, how is Rendering.RECOVERED, frame.timestamp & 0xFFFFFFFF)
-            )
+            joined = self._pop_short(speaker, ssrc, now)
+            if joined is not None:
+                out.append(joined)
         if now >= self._next_forget:
             self._next_forget = now + 1.0
             self._forget_idle(now)
         return out
 
 
+    def _pop_short(self, speaker: _Speaker, ssrc: int, now: float) -> DecodedFrame | None:
+        """20 ms of a speaker whose packets are shorter: its buffer popped on its
+        own packet clock (``pops`` times, the last at ``now``), the frames joined;
+        the parts the buffer had nothing for (idle) are silence."""
+        step = speaker.packet_samples / SAMPLE_RATE
+        out_samples = speaker.decoder.frame_samples * speaker.packet_samples // FRAME_SAMPLES
+        parts: list[bytes] = []
+        first: PlayoutFrame | None = None
+        audio = recovered = False
+        for index in range(speaker.pops):
+            frame = speaker.buffer.pop(now - (speaker.pops - 1 - index) * step)
+            if frame is None:
+                parts.append(bytes(out_samples * 2 * self.channels))
+                continue
+            pcm, how = render(frame, speaker.decoder, samples=out_samples)
+            if how is Rendering.REFUSED:
+                self.counters["opus_decode_failed"] += 1
+            if first is None:
+                first = frame
+            audio = audio or frame.kind is FrameKind.AUDIO
+            recovered = recovered or how is Rendering.RECOVERED
+            parts.append(pcm)
+        if first is None:
+            return None
+        kind = FrameKind.AUDIO if audio else first.kind
+        return DecodedFrame(ssrc, b"".join(parts), kind, first.sequence, recovered, first.timestamp & 0xFFFFFFFF)
+
     def stats(self, ssrc: int) -> JitterStats | None:
         """The ``JitterStats`` of one speaker, or None."""
         speaker = self._speakers.get(ssrc)
         return None if speaker is None else speaker.buffer.stats
+
+
+def _sub_frame_samples(payload: bytes) -> int:
+    """The packet's duration (48 kHz samples) when it divides 20 ms into whole
+    packets (2.5, 5, 10 ms), else 20 ms: longer or odd packets are played one
+    per tick as before (the jitter buffer trims the excess)."""
+    try:
+        samples = packet_samples_untrusted(payload)
+    except OpusDecodeError:
+        return FRAME_SAMPLES
+    return samples if samples < FRAME_SAMPLES and FRAME_SAMPLES % samples == 0 else FRAME_SAMPLES
 
 
 class _ArrivalSpeaker:
@@ -273,18 +335,24 @@ class ArrivalPlayout(_SpeakerTable):
         return out
 
     def _fill(self, decoder: OpusDecoder, packet: RtpPacket, sequence: int, missing: int) -> list[DecodedFrame]:
-        """The frames of ``missing`` lost packets before ``packet``."""
+        """The frames of ``missing`` lost packets before ``packet``, each as long as
+        ``packet`` (a speaker keeps its packet duration: 10 or 20 ms from browsers)."""
         frames: list[DecodedFrame] = []
+        try:
+            step = packet_samples_untrusted(packet.payload)
+        except OpusDecodeError:
+            step = FRAME_SAMPLES
+        samples = decoder.frame_samples * step // FRAME_SAMPLES
         for back in range(missing, 0, -1):
-            timestamp = (packet.timestamp - back * FRAME_SAMPLES) & 0xFFFFFFFF
+            timestamp = (packet.timestamp - back * step) & 0xFFFFFFFF
             recovered = False
             if back == 1:
                 try:
-                    pcm, recovered = decoder.recover_untrusted(packet.payload), True
+                    pcm, recovered = decoder.recover_untrusted(packet.payload, samples), True
                 except OpusDecodeError:
-                    pcm = decoder.conceal()
+                    pcm = decoder.conceal(samples)
             else:
-                pcm = decoder.conceal()
+                pcm = decoder.conceal(samples)
             frames.append(DecodedFrame(packet.ssrc, pcm, FrameKind.CONCEAL, sequence - back, recovered, timestamp))
         self.counters["concealed"] += missing
         return frames

@@ -367,11 +367,15 @@ class LevelDetector:
         rise_db_per_s: float = 1.0,
         use_voice_flag: bool = False,
         synthetic: bool = False,
+        frame_ms: int = FRAME_MS,
     ) -> None:
-        self.gate = gate or SpeechGate(onset_ms=60, hangover_ms=400)
+        # frame_ms: the stream's packet duration (10 ms from a browser asked
+        # for a=ptime:10): each update stands for that much audio.
+        self.gate = gate or SpeechGate(onset_ms=60, hangover_ms=400, frame_ms=frame_ms)
         self.use_voice_flag = use_voice_flag
         self._floor = _NoiseFloor(
-            margin_db=margin_db, min_db=min_dbov, rise_db_per_s=rise_db_per_s, initial_db=min_dbov if synthetic else None
+            margin_db=margin_db, min_db=min_dbov, rise_db_per_s=rise_db_per_s, frame_ms=frame_ms,
+            initial_db=min_dbov if synthetic else None,
         )
 
     def update(self, voice: bool, level_dbov: int, stream_ms: int) -> SpeechEvent | None:

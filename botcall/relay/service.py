@@ -24,10 +24,12 @@ from botcall.errors import SdpError
 from botcall.webrtc.dtls.endpoint import DtlsState
 from botcall.webrtc.fingerprint import Fingerprint
 from botcall.webrtc.leg import MAX_RECEIVE_TRACKS, DownstreamSlots, OutboundStream, WebRtcLeg, WebRtcSink
-from botcall.webrtc.sdp import SdpOffer, build_answer, check_candidate_pair, parse_offer_untrusted
+from botcall.webrtc.sdp import PTIMES_MS, SdpOffer, build_answer, check_candidate_pair, parse_offer_untrusted
 
 # Downstream tracks a browser gets by default (Config.max_receive_tracks).
 DEFAULT_RECEIVE_TRACKS = 3
+# The packet duration browsers are asked for by default (Config.browser_ptime_ms).
+DEFAULT_PTIME_MS = 20
 
 log = logging.getLogger("botcall.relay.service")
 
@@ -101,6 +103,9 @@ class MediaService:
         max_receive_tracks: the most downstream audio tracks one browser gets
             (its first audio section and up to this many minus one receive
             sections; docs/protocol.md "Group calls"), 1 to ``MAX_RECEIVE_TRACKS``.
+        ptime_ms: the packet duration asked of browsers in each answer
+            (``Config.browser_ptime_ms``, one of ``PTIMES_MS``); read at each
+            answer, so a change reaches the next peer connection.
     """
 
     def __init__(
@@ -115,10 +120,14 @@ class MediaService:
         playout_max_marks: int = MAX_MARKS,
         bot_playout: bool = True,
         max_receive_tracks: int = DEFAULT_RECEIVE_TRACKS,
+        ptime_ms: int = DEFAULT_PTIME_MS,
     ) -> None:
         if not 1 <= max_receive_tracks <= MAX_RECEIVE_TRACKS:
             raise ValueError(f"max_receive_tracks must be 1-{MAX_RECEIVE_TRACKS}, got {max_receive_tracks}")
         self.max_receive_tracks = max_receive_tracks
+        if ptime_ms not in PTIMES_MS:
+            raise ValueError(f"ptime_ms must be one of {PTIMES_MS}, got {ptime_ms}")
+        self.ptime_ms = ptime_ms
         self.relay = relay
         self.playout_max_ahead = playout_max_ahead
         self.playout_max_marks = playout_max_marks
@@ -269,6 +278,8 @@ class MediaService:
             session_id=sdp_session_id,
             session_version=version,
             receive_ssrcs=receive_ssrcs,
+            # 20 ms is what browsers send unasked: the answer stays as it was.
+            ptime_ms=None if self.ptime_ms == DEFAULT_PTIME_MS else self.ptime_ms,
         )
 
     def browser_connected(self, session_id: str) -> bool:

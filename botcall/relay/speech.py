@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from botcall.audio.opus import OpusDecoder
+from botcall.audio.opus import OpusDecoder, packet_samples_untrusted
 from botcall.audio.vad import (
     BOT_AUDIO_LEVEL_ID,
     FRAME_SAMPLES,
@@ -124,7 +124,7 @@ class SpeechTracker:
 
     __slots__ = (
         "level_id", "budget", "_make_detector", "_levels", "_decoded", "_decoder", "_sizes",
-        "_pcm", "onset_ms", "last_ms", "interrupted",
+        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms",
     )
 
     def __init__(
@@ -148,6 +148,9 @@ class SpeechTracker:
         self.last_ms = 0
         # This run has interrupted the bots already (barge-in fires once per run).
         self.interrupted = False
+        # The stream's packet duration, read from its first packet (20 ms, or 10
+        # from a browser asked for a=ptime:10): what one packet stands for.
+        self.packet_ms: int | None = None
 
     @property
     def speaking(self) -> bool:
@@ -159,21 +162,24 @@ class SpeechTracker:
 
     def on_packet(self, data: bytes, payload_offset: int, stream_ms: int) -> SpeechEvent | None:
         """One forwarded RTP packet (Opus), starting at ``stream_ms`` of its stream."""
-        self.last_ms = stream_ms + 20
+        packet_ms = self.packet_ms
+        if packet_ms is None:
+            packet_ms = self.packet_ms = _packet_ms(data, payload_offset)
+        self.last_ms = stream_ms + packet_ms
         level = None if self.level_id is None else audio_level_untrusted(data, self.level_id, payload_offset)
         if level is None and self.level_id is None and data[0] & 0x10:
             level = audio_level_untrusted(data, BOT_AUDIO_LEVEL_ID, payload_offset)
         if level is not None:
             if self._levels is None:
                 # A bot's levels (no browser level id) are of synthesised audio.
-                self._levels = LevelDetector(synthetic=self.level_id is None)
+                self._levels = LevelDetector(synthetic=self.level_id is None, frame_ms=packet_ms)
             return self._note(self._levels.update(level[0], level[1], stream_ms))
         if self._decoded is None and self._sizes is None:
             if self.budget is not None and self.budget.take():
                 self._decoded = self._make_detector()
                 self._decoder = OpusDecoder(48000)
             else:
-                self._sizes = SpeechGate(onset_ms=60, hangover_ms=400)
+                self._sizes = SpeechGate(onset_ms=60, hangover_ms=400, frame_ms=packet_ms)
         if self._sizes is not None:
             return self._note(self._sizes.update(1.0 if len(data) >= VOICE_MIN_SIZE else 0.0, stream_ms))
         return self._decode(data, payload_offset, stream_ms)
@@ -223,6 +229,14 @@ class SpeechTracker:
         if self._decoded is not None and self.budget is not None:
             self.budget.give_back()
         self._decoded = self._decoder = None
+
+
+def _packet_ms(data: bytes, payload_offset: int) -> int:
+    """A packet's duration in whole ms (10 or 20 from browsers), 20 when its TOC is unreadable."""
+    try:
+        return max(1, packet_samples_untrusted(data[payload_offset:]) // 48)
+    except BadPacket:
+        return 20
 
 
 __all__ = ["BOT_AUDIO_LEVEL_ID", "SpeechBudget", "SpeechTracker", "audio_level_untrusted", "warm_up"]

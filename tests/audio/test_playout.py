@@ -133,3 +133,82 @@ def test_arrival_playout_conceals_and_counts_a_garbage_payload():
     frames = playout.push(RtpPacket(payload_type=111, sequence_number=1, timestamp=0, ssrc=4, payload=b"\xff" * 3), 0.0)
     assert [f.kind for f in frames] == [FrameKind.CONCEAL] and len(frames[0].pcm) == 1920
     assert playout.counters["opus_decode_failed"] == 1
+
+
+def encode_tone_10ms(freq, seconds, ssrc):
+    """10 ms packets, as a browser sends them when the answer says ``a=ptime:10``."""
+    import opuslib
+
+    enc = opuslib.Encoder(48000, 1, opuslib.APPLICATION_VOIP)
+    pcm = tone(freq, seconds)
+    return [
+        RtpPacket(payload_type=111, sequence_number=(65500 + i) & 0xFFFF, timestamp=(i * 480) & 0xFFFFFFFF, ssrc=ssrc,
+                  payload=enc.encode(pcm[i * 960:(i + 1) * 960], 480))
+        for i in range(len(pcm) // 960)
+    ]
+
+
+def test_10ms_packets_play_as_20ms_frames_every_tick_nothing_dropped():
+    # Before: one 10 ms packet per 20 ms tick, half of them discarded.
+    packets = encode_tone_10ms(440, 2.0, 4)
+    playout = Playout()
+    frames = []
+    for i in range(len(packets) + 20):
+        if i < len(packets) and i != 101:  # one lost
+            playout.push(packets[i], i * 0.01 + 0.001)
+        if i % 2:
+            frames += playout.pop(i * 0.01)
+    stats = playout.stats(4)
+    assert all(len(f.pcm) == 1920 for f in frames)
+    assert stats.discarded <= 3 and stats.played >= len(packets) - 5  # the start's trim at most
+    assert stats.lost == 1
+    audio = b"".join(f.pcm for f in frames)
+    assert abs(dominant_frequency(audio[9600:], 48000) - 440) < 3
+    assert len(audio) // 2 >= (len(packets) - 6) * 480
+
+
+def test_a_mix_of_a_10ms_speaker_and_a_20ms_one_sums_them():
+    # Before: the two speakers' frames differed in length and the sum raised.
+    from botcall.relay.mixer import Mixer
+
+    short, long = encode_tone_10ms(440, 1.0, 1), encode_tone(1000, 1.0, 2)
+    mixer = Mixer()
+    out = []
+    for i in range(len(short)):
+        mixer.push(bytes(short[i]), i * 0.01)
+        if i % 2:
+            mixer.push(bytes(long[i // 2]), i * 0.01)
+            frame = mixer.pop(i * 0.01)
+            if frame is not None:
+                out.append(frame)
+    assert {len(f.pcm) for f in out} == {1920} and max(f.speakers for f in out) == 2
+    mixed = b"".join(f.pcm for f in out)[9600:]
+    from botcall.demo.signals import energy_fraction
+
+    assert energy_fraction(mixed, 48000, 440) > 0.3 and energy_fraction(mixed, 48000, 1000) > 0.3
+
+
+def test_arrival_playout_conceals_a_lost_10ms_packet_for_10ms():
+    packets = encode_tone_10ms(440, 0.3, 5)
+    playout = ArrivalPlayout()
+    for i in range(10):
+        assert [len(f.pcm) for f in playout.push(packets[i], i * 0.01)] == [960]
+    frames = playout.push(packets[12], 0.12)  # 10 and 11 lost
+    assert [f.kind for f in frames] == [FrameKind.CONCEAL] * 2 + [FrameKind.AUDIO]
+    assert [len(f.pcm) for f in frames] == [960] * 3  # not 20 ms for each lost 10 ms
+    assert [f.timestamp for f in frames] == [p.timestamp for p in packets[10:13]]
+
+
+def test_a_speaker_that_changes_its_packet_duration_starts_afresh_on_the_new_clock():
+    playout = Playout()
+    long, short = encode_tone(440, 0.4, 6), encode_tone_10ms(440, 0.4, 6)
+    frames = []
+    for i, packet in enumerate(long):
+        playout.push(packet, i * 0.02)
+        frames += playout.pop(i * 0.02)
+    for i, packet in enumerate(short):
+        playout.push(RtpPacket(111, (long[-1].sequence_number + 1 + i) & 0xFFFF, (long[-1].timestamp + 960 + 480 * i) & 0xFFFFFFFF, 6, packet.payload), 0.4 + i * 0.01)
+        if i % 2:
+            frames += playout.pop(0.4 + i * 0.01)
+    assert playout.counters["packet_duration_changed"] == 1
+    assert {len(f.pcm) for f in frames} == {1920}

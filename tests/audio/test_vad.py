@@ -320,3 +320,30 @@ def test_speech_with_pauses_gives_one_start_and_stop_per_phrase(spoken, noise):
 def test_no_false_start_in_ten_seconds_of_noise(kind):
     track = corpus.noise_only(kind, 10.0, 20)
     assert run(make_speech_detector(), track.samples) == []
+
+
+def test_level_detector_with_10ms_packets_counts_10ms_each():
+    # A browser asked for a=ptime:10: each level stands for 10 ms, so the 60 ms
+    # onset is confirmed by the sixth loud packet, not the fourth (20 ms each).
+    detector = LevelDetector(gate=None, frame_ms=10)
+    events = [e for index in range(200) if (e := detector.update(True, -60 if index < 100 else -30, index * 10)) is not None]
+    assert events == [SpeechStarted(1000)]
+    assert detector.gate.frame_ms == 10
+
+
+def test_speech_tracker_reads_the_packet_duration_from_the_first_packet():
+    import opuslib
+
+    from botcall.relay.speech import SpeechTracker
+
+    encoder = opuslib.Encoder(48000, 1, opuslib.APPLICATION_VOIP)
+    loud = (np.sin(2 * np.pi * 300 * np.arange(480) / 48000) * 12000).astype("<i2").tobytes()
+    tracker = SpeechTracker(level_id=None, budget=None)  # packet sizes decide
+    started = None
+    for index in range(20):
+        packet = bytes(12) + encoder.encode(loud, 480)
+        event = tracker.on_packet(packet, 12, index * 10)
+        if isinstance(event, SpeechStarted) and started is None:
+            started = index
+    assert tracker.packet_ms == 10 and tracker.last_ms == 19 * 10 + 10
+    assert started == 5  # 60 ms of 10 ms packets (with 20 ms assumed: the fourth, 20 ms early)

@@ -408,6 +408,22 @@ def test_accepted_extmaps_are_echoed_with_the_offer_id():
     assert [line for line in audio if line.startswith("a=extmap")] == [f"a=extmap:1 {AUDIO_LEVEL}"]
 
 
+@pytest.mark.parametrize("name", ["chrome156_mic.sdp", "firefox153_pwa.sdp"])
+def test_ptime_asks_for_10ms_packets_in_the_audio_section_only(name):
+    # Chromium 156 and Firefox ESR 153 send 10 ms packets for this a=ptime
+    # (tests/e2e/test_browser_ptime.py); Firefox ignores a ptime fmtp parameter.
+    offer = parse_offer_untrusted(load(name))
+    sections = raw_sections(answer_to(offer, ptime_ms=10))
+    audio = sections[1 + offer.audio_index]
+    assert "a=ptime:10" in audio
+    assert audio.index("a=ptime:10") > audio.index(f"a=rtpmap:{offer.opus_payload_type} opus/48000/2")
+    assert sum(line.startswith("a=ptime") for section in sections for line in section) == 1
+    assert f"a=fmtp:{offer.opus_payload_type} minptime=10;useinbandfec=1" in audio
+    assert not any(line.startswith("a=ptime") for line in raw_sections(answer_to(offer))[1 + offer.audio_index])
+    with pytest.raises(ValueError, match="ptime_ms"):
+        answer_to(offer, ptime_ms=15)
+
+
 def test_ipv6_host():
     offer = parse_offer_untrusted(load("chrome156_mic.sdp"))
     check_answer(answer_to(offer, hosts=("2001:db8::10",)), offer, host="2001:db8::10")

@@ -211,11 +211,39 @@ class OpusDecoder:
         except opuslib.OpusError as exc:
             raise BadPacket(f"Opus: {exc}") from exc
 
-    def conceal(self) -> bytes:
+    def conceal(self, samples: int | None = None) -> bytes:
+        """One lost packet's audio: ``samples`` at our rate (None: 20 ms)."""
+        size = frame_samples(self.rate) if samples is None else samples
         try:
-            return bytes(self._opus.decode(b"", frame_samples(self.rate)))
+            return bytes(self._opus.decode(b"", size))
         except opuslib.OpusError:
-            return bytes(2 * frame_samples(self.rate))
+            return bytes(2 * size)
+
+    def recover_untrusted(self, next_payload: bytes, samples: int) -> bytes:
+        """A lost packet of ``samples`` (at our rate) rebuilt from the next packet's in-band FEC."""
+        try:
+            return bytes(self._opus.decode(next_payload, samples, decode_fec=True))
+        except opuslib.OpusError as exc:
+            raise BadPacket(f"Opus: {exc}") from exc
+
+
+# Samples at 48 kHz of one Opus frame by the TOC byte's configuration (RFC 6716 §3.1, Table 2).
+_TOC_SAMPLES = tuple(
+    (480, 960, 1920, 2880)[c % 4] if c < 12 else (480, 960)[c % 2] if c < 16 else (120, 240, 480, 960)[c % 4] for c in range(32)
+)
+
+
+def opus_samples(payload: bytes) -> int:
+    """A packet's duration in 48 kHz samples, from its TOC byte (RFC 6716 §3.1); 960 (20 ms) when unreadable.
+
+    Browsers send 20 ms packets, or 10 ms when the server asks (``a=ptime:10``).
+    """
+    if not payload:
+        return 960
+    code = payload[0] & 0x03
+    frames = 1 if code == 0 else 2 if code < 3 else (payload[1] & 0x3F if len(payload) > 1 else 0)
+    samples = _TOC_SAMPLES[payload[0] >> 3] * frames
+    return samples if 0 < samples <= 5760 else 960
 
 
 # --- receiving: a jitter buffer per speaker ------------------------------------------------
@@ -223,7 +251,7 @@ class OpusDecoder:
 
 @dataclass(frozen=True, slots=True)
 class Played:
-    """One speaker's 20 ms at one tick."""
+    """One speaker's 20 ms at one tick (two 10 ms packets joined when the speaker sends those)."""
 
     ssrc: int
     pcm: bytes
@@ -253,6 +281,12 @@ class _Speaker:
         self.first_arrival = 0.0
         self.timestamp = 0
         self.idle_ticks = 0
+        self.samples = 960  # the last packet's duration (48 kHz), for concealing the next lost one
+        self.frame_bytes = 2 * frame_samples(rate)
+        # Part of a tick's 20 ms (short packets) waiting for the rest, with its timestamp.
+        self.carry = b""
+        self.carry_timestamp = 0
+        self.carry_concealed = False
 
     def push(self, packet: RtpPacket, now: float) -> None:
         reference = self.last_seq if self.last_seq is not None else packet.seq
@@ -269,6 +303,31 @@ class _Speaker:
             self.next_seq = min(self.packets)
 
     def pop(self, now: float) -> Played | None:
+        """20 ms of the speaker, or None. Packets shorter than 20 ms are joined;
+        when a tick finds only part of its 20 ms, that part waits for the rest
+        (the buffer grows by it, as for any late packet), and is played padded
+        with silence if the talkspurt ends there. A lost packet is concealed for
+        its own length."""
+        pcm, timestamp, concealed = self.carry, self.carry_timestamp, self.carry_concealed
+        while len(pcm) < self.frame_bytes:
+            more = self._pop_packet(now)
+            if more is None:
+                break
+            if not pcm:
+                timestamp = more.timestamp
+            pcm += more.pcm
+            concealed = concealed or more.concealed
+        if not pcm:
+            return None
+        if len(pcm) < self.frame_bytes and self.next_seq is not None:
+            self.carry, self.carry_timestamp, self.carry_concealed = pcm, timestamp, concealed
+            return None
+        self.carry, self.carry_concealed = pcm[self.frame_bytes :], False
+        self.carry_timestamp = (timestamp + OPUS_RATE // 50) & 0xFFFFFFFF
+        return Played(self.ssrc, pcm[: self.frame_bytes].ljust(self.frame_bytes, b"\0"), timestamp, concealed)
+
+    def _pop_packet(self, now: float) -> Played | None:
+        """The next packet's audio (or a lost one's concealment), or None."""
         if self.next_seq is None:
             if not self.packets or now - self.first_arrival < self.PREFETCH:
                 return None
@@ -279,6 +338,7 @@ class _Speaker:
         if packet is not None:
             self.next_seq = seq + 1
             self.timestamp = packet.timestamp
+            self.samples = opus_samples(packet.payload)
             self.idle_ticks = 0
             try:
                 return Played(self.ssrc, self.decoder.decode_untrusted(packet.payload), packet.timestamp, False)
@@ -296,14 +356,15 @@ class _Speaker:
         # it, from the next packet's in-band FEC when it carries some.
         self.idle_ticks = 0
         self.next_seq = seq + 1
-        self.timestamp = (self.timestamp + 960) & 0xFFFFFFFF
+        self.timestamp = (self.timestamp + self.samples) & 0xFFFFFFFF
+        lost = self.samples * self.decoder.rate // OPUS_RATE
         following = self.packets.get(seq + 1)
         if following is not None:
             try:
-                return Played(self.ssrc, self.decoder.decode_untrusted(following.payload, fec=True), self.timestamp, True)
+                return Played(self.ssrc, self.decoder.recover_untrusted(following.payload, lost), self.timestamp, True)
             except BadPacket:
                 pass
-        return Played(self.ssrc, self.decoder.conceal(), self.timestamp, True)
+        return Played(self.ssrc, self.decoder.conceal(lost), self.timestamp, True)
 
 
 class JitterBuffers:

@@ -194,6 +194,47 @@ def test_participant_left_keeps_the_speaker_until_their_audio_has_played() -> No
     anyio.run(scenario)
 
 
+def _opus_10ms_packets(count: int, frequency: float = 440.0, ssrc: int = 9) -> list[_wire.RtpPacket]:
+    """10 ms packets, as a browser sends them when the server's answer says ``a=ptime:10``."""
+    import opuslib
+
+    encoder = opuslib.Encoder(48000, 1, opuslib.APPLICATION_VOIP)
+    tone = (np.sin(2 * np.pi * frequency * np.arange(480 * count) / 48000) * 8000).astype("<i2")
+    return [
+        _wire.RtpPacket(111, (65530 + i) & 0xFFFF, (1000 + 480 * i) & 0xFFFFFFFF, ssrc, encoder.encode(tone[i * 480 : (i + 1) * 480].tobytes(), 480))
+        for i in range(count)
+    ]
+
+
+def test_opus_samples_reads_the_packet_duration_from_its_toc() -> None:
+    assert _audio.opus_samples(_opus_packets(1)[0].payload) == 960
+    assert _audio.opus_samples(_opus_10ms_packets(1)[0].payload) == 480
+    assert _audio.opus_samples(b"") == 960  # unreadable: 20 ms
+
+
+def test_jitter_buffer_joins_10ms_packets_into_20ms_ticks_and_conceals_a_lost_one_for_10ms() -> None:
+    # Before, each 20 ms tick played one 10 ms packet: half the audio, the rest piling up.
+    buffers = _audio.JitterBuffers(48000)
+    packets = _opus_10ms_packets(200)
+    played = []
+    now = 0.0
+    for index, packet in enumerate(packets):
+        if index != 101:  # one lost
+            buffers.push(packet, now)
+        if index % 2 == 1:
+            played += buffers.pop(now)
+        now += 0.01
+    for _ in range(5):
+        played += buffers.pop(now)
+        now += 0.02
+    assert all(len(p.pcm) == 1920 for p in played)  # every tick 20 ms
+    assert sum(len(p.pcm) for p in played) == 200 * 960  # all of it, the lost 10 ms concealed as 10 ms
+    assert sum(p.concealed for p in played) == 1
+    pcm = np.frombuffer(b"".join(p.pcm for p in played[10:90]), "<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    assert abs(np.argmax(spectrum) * 48000 / len(pcm) - 440) < 5
+
+
 def test_numbered_events_are_deduplicated_and_gaps_reported() -> None:
     import anyio
     import httpx
@@ -228,3 +269,22 @@ def test_numbered_events_are_deduplicated_and_gaps_reported() -> None:
     described = [(e.text if isinstance(e, Chat) else (e.first_seq, e.last_seq, e.count)) for e in events]  # type: ignore[union-attr]
     assert described == ["3", "4", "5", "6", "7", (8, 9, 2), "10", (11, 12, 2), "13"]
     assert all(isinstance(e, (Chat, EventsLost)) for e in events)
+
+
+def test_jitter_buffer_keeps_20ms_ticks_when_10ms_packets_arrive_late_and_flushes_the_end() -> None:
+    buffers = _audio.JitterBuffers(48000)
+    packets = _opus_10ms_packets(21)  # an odd count: the talkspurt ends mid-tick
+    played = []
+    now = 0.0
+    for index, packet in enumerate(packets):
+        # Each tick comes when only the first half of its 20 ms has arrived.
+        buffers.push(packet, now)
+        if index % 2 == 0:
+            played += buffers.pop(now)
+        now += 0.01
+    for _ in range(10):
+        now += 0.02
+        played += buffers.pop(now)
+    assert all(len(p.pcm) == 1920 for p in played)
+    assert sum(len(p.pcm) for p in played) == 22 * 960  # 21 packets, the last padded to a whole tick
+    assert [p.timestamp for p in played] == [(1000 + 960 * i) & 0xFFFFFFFF for i in range(11)]
