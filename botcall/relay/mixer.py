@@ -51,6 +51,14 @@ _HEADROOM = FULL_SCALE - KNEE
 # longer than any jitter buffer's target delay, so a speaker filling up again
 # is not missed); the next packet starts it again.
 IDLE_TICKS = 50
+MIX_CATCHUP_MARGIN = 0.250
+"""Seconds a speaker's jitter buffer in a mix may run behind its target before it
+discards frames at once to catch up (``JitterBuffer``'s ``catchup_margin``; 20 ms
+by default). A mix goes to a bot, most often a speech-to-text engine: after a
+stall (the relay's loop or the sender held up on a busy machine) the frames
+that piled up are played, late, rather than dropped (a lost syllable), and the
+delay is shed a frame per ``shrink_interval`` (1 s) instead. Up to this much;
+a longer stall still catches up at once, so the delay stays bounded."""
 _MARKER = 0x80
 
 
@@ -112,7 +120,7 @@ class Mixer:
 
     def __init__(self, *, sample_rate: int = SAMPLE_RATE, max_speakers: int = 32) -> None:
         self.sample_rate = sample_rate
-        self._playout = Playout(sample_rate=sample_rate, max_speakers=max_speakers)
+        self._playout = Playout(sample_rate=sample_rate, max_speakers=max_speakers, catchup_margin=MIX_CATCHUP_MARGIN)
         self._origin: float | None = None
         self._position = -1
         self.counters: collections.Counter[str] = collections.Counter()
