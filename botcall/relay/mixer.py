@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from botcall.audio.jitter import FrameKind
+from botcall.audio.jitter import FrameKind, JitterStats
 from botcall.audio.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusEncoder
 from botcall.audio.playout import Playout
 from botcall.errors import BadPacket
@@ -141,6 +141,10 @@ class Mixer:
     @property
     def speakers(self) -> tuple[int, ...]:
         return self._playout.speakers
+
+    def stats(self, ssrc: int) -> JitterStats | None:
+        """One speaker's jitter-buffer counters (``discarded``: frames dropped to cut the delay), or None if not tracked."""
+        return self._playout.stats(ssrc)
 
     def pop(self, now: float) -> MixFrame | None:
         """The mix's next 20 ms at ``now`` (call every 20 ms), or None while nobody talks."""

@@ -8,7 +8,7 @@ import pytest
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.demo.signals import energy_fraction, tone
 from botcall.relay.core import MediaPeer, MediaRelay
-from botcall.relay.mixer import IDLE_TICKS, KNEE, MIX_PARTICIPANT_ID, Mixer, MixSink, OpusMix, soft_limit
+from botcall.relay.mixer import IDLE_TICKS, KNEE, MIX_PARTICIPANT_ID, Mixer, MixFrame, MixSink, OpusMix, soft_limit
 from botcall.relay.service import WsSink
 from botcall.relay.ws_audio import WsAudio
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
@@ -196,11 +196,11 @@ def test_opus_mix_numbers_its_own_packets():
     assert {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(out, out[1:])} == {960}
 
 
-def _stalled_consumer(mixer: Mixer, packets: list[bytes], stall_at: int, stall: float) -> list:
+def _stalled_consumer(mixer: Mixer, packets: list[bytes], stall_at: int, stall: float) -> list[MixFrame]:
     """Packets arrive every 20 ms; the consumer's pops do too, except one that comes
     ``stall`` late (its process descheduled), after which it catches up at once
     (``_pcm_out``'s loop: pops back to back until its schedule is current)."""
-    out = []
+    out: list[MixFrame] = []
     clock = 0.0
     pushed = 0
     for k in range(len(packets) + 40):
@@ -226,7 +226,7 @@ def test_a_stalled_mix_consumer_loses_none_of_the_speech(stall):
     mixer = Mixer(sample_rate=16000)
     packets = rtp_tone(7, 440, 75)
     out = _stalled_consumer(mixer, packets, 40, stall)
-    stats = mixer._playout.stats(7)
+    stats = mixer.stats(7)
     assert stats is not None
     assert stats.discarded == 0 and stats.played == len(packets), stats
     assert sum(1 for f in out if not f.concealed) == len(packets)
@@ -237,6 +237,6 @@ def test_a_mix_behind_after_a_stall_sheds_the_delay_slowly():
     mixer = Mixer(sample_rate=16000)
     packets = rtp_tone(7, 440, 400)
     _stalled_consumer(mixer, packets, 40, 0.15)
-    stats = mixer._playout.stats(7)
+    stats = mixer.stats(7)
     assert stats is not None
     assert 1 <= stats.discarded <= 8, stats
