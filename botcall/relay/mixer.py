@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from botcall.audio.jitter import FrameKind
+from botcall.audio.jitter import FrameKind, JitterStats
 from botcall.audio.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusEncoder
 from botcall.audio.playout import Playout
 from botcall.errors import BadPacket
@@ -51,6 +51,14 @@ _HEADROOM = FULL_SCALE - KNEE
 # longer than any jitter buffer's target delay, so a speaker filling up again
 # is not missed); the next packet starts it again.
 IDLE_TICKS = 50
+MIX_CATCHUP_MARGIN = 0.250
+"""Seconds a speaker's jitter buffer in a mix may run behind its target before it
+discards frames at once to catch up (``JitterBuffer``'s ``catchup_margin``; 20 ms
+by default). A mix goes to a bot, most often a speech-to-text engine: after a
+stall (the relay's loop or the sender held up on a busy machine) the frames
+that piled up are played, late, rather than dropped (a lost syllable), and the
+delay is shed a frame per ``shrink_interval`` (1 s) instead. Up to this much;
+a longer stall still catches up at once, so the delay stays bounded."""
 _MARKER = 0x80
 
 
@@ -112,7 +120,7 @@ class Mixer:
 
     def __init__(self, *, sample_rate: int = SAMPLE_RATE, max_speakers: int = 32) -> None:
         self.sample_rate = sample_rate
-        self._playout = Playout(sample_rate=sample_rate, max_speakers=max_speakers)
+        self._playout = Playout(sample_rate=sample_rate, max_speakers=max_speakers, catchup_margin=MIX_CATCHUP_MARGIN)
         self._origin: float | None = None
         self._position = -1
         self.counters: collections.Counter[str] = collections.Counter()
@@ -133,6 +141,10 @@ class Mixer:
     @property
     def speakers(self) -> tuple[int, ...]:
         return self._playout.speakers
+
+    def stats(self, ssrc: int) -> JitterStats | None:
+        """One speaker's jitter-buffer counters (``discarded``: frames dropped to cut the delay), or None if not tracked."""
+        return self._playout.stats(ssrc)
 
     def pop(self, now: float) -> MixFrame | None:
         """The mix's next 20 ms at ``now`` (call every 20 ms), or None while nobody talks."""

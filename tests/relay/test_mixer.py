@@ -8,7 +8,7 @@ import pytest
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.demo.signals import energy_fraction, tone
 from botcall.relay.core import MediaPeer, MediaRelay
-from botcall.relay.mixer import IDLE_TICKS, KNEE, MIX_PARTICIPANT_ID, Mixer, MixSink, OpusMix, soft_limit
+from botcall.relay.mixer import IDLE_TICKS, KNEE, MIX_PARTICIPANT_ID, Mixer, MixFrame, MixSink, OpusMix, soft_limit
 from botcall.relay.service import WsSink
 from botcall.relay.ws_audio import WsAudio
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
@@ -194,3 +194,49 @@ def test_opus_mix_numbers_its_own_packets():
             out.append(parse_rtp_untrusted(popped[1]))
     assert out and all(p.ssrc == MIX_SSRC for p in out)
     assert {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(out, out[1:])} == {960}
+
+
+def _stalled_consumer(mixer: Mixer, packets: list[bytes], stall_at: int, stall: float) -> list[MixFrame]:
+    """Packets arrive every 20 ms; the consumer's pops do too, except one that comes
+    ``stall`` late (its process descheduled), after which it catches up at once
+    (``_pcm_out``'s loop: pops back to back until its schedule is current)."""
+    out: list[MixFrame] = []
+    clock = 0.0
+    pushed = 0
+    for k in range(len(packets) + 40):
+        due = k * FRAME
+        now = max(due, clock)
+        if k == stall_at:
+            now = due + stall
+        while pushed < len(packets) and pushed * FRAME <= now:
+            mixer.push(packets[pushed], pushed * FRAME)
+            pushed += 1
+        clock = now
+        frame = mixer.pop(now)
+        if frame is not None:
+            out.append(frame)
+    return out
+
+
+@pytest.mark.parametrize("stall", [0.06, 0.1, 0.15])
+def test_a_stalled_mix_consumer_loses_none_of_the_speech(stall):
+    """A late tick (the relay's loop held up on a busy machine) finds several frames
+    buffered; the mix plays them all, late, rather than discarding what arrived to
+    catch up (a bot's speech-to-text would lose a syllable: the Pipecat echo's flake)."""
+    mixer = Mixer(sample_rate=16000)
+    packets = rtp_tone(7, 440, 75)
+    out = _stalled_consumer(mixer, packets, 40, stall)
+    stats = mixer.stats(7)
+    assert stats is not None
+    assert stats.discarded == 0 and stats.played == len(packets), stats
+    assert sum(1 for f in out if not f.concealed) == len(packets)
+
+
+def test_a_mix_behind_after_a_stall_sheds_the_delay_slowly():
+    """The delay a stall added is not kept for the call: one frame a shrink interval."""
+    mixer = Mixer(sample_rate=16000)
+    packets = rtp_tone(7, 440, 400)
+    _stalled_consumer(mixer, packets, 40, 0.15)
+    stats = mixer.stats(7)
+    assert stats is not None
+    assert 1 <= stats.discarded <= 8, stats
