@@ -60,6 +60,7 @@ import socket
 import struct
 import time
 from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy
@@ -282,43 +283,13 @@ def run_light(
     del packets
 
     verify_started = _own_cpu()
-    seen = bytearray(total)
-    latencies_ns = array("q")
-    received = duplicates = 0
-    bad = overflow
-    expected_ssrc = [(flow.ssrc if flow.recv_ssrc is None else flow.recv_ssrc) & 0xFFFFFFFF for flow in flows]
-    unpack_from = PACKET_HEAD.unpack_from
-    for datagrams, arrivals, flow in kept.values():
-        strip, unprotect = flow.strip, flow.unprotect
-        for data, ancillary in zip(datagrams, arrivals):
-            arrived = _kernel_time(ancillary)
-            if arrived == 0:
-                bad += 1  # no receive time from the kernel: cannot be measured
-                continue
-            try:
-                plain = data[strip:] if unprotect is None else unprotect(data[strip:])
-                if len(plain) < MIN_PACKET_SIZE:
-                    bad += 1
-                    continue
-                first, _, _, _, ssrc, _, index, packet_index = unpack_from(plain)
-            except Exception:  # noqa: BLE001 - any unprotect failure is a bad packet, as in run_load
-                bad += 1
-                continue
-            if first & 0xC0 != RTP_VERSION_BITS or index >= n or packet_index >= per_flow or ssrc != expected_ssrc[index]:
-                bad += 1
-                continue
-            slot = packet_index * n + index
-            sent_at = stamps[slot] if slot < sent_through else 0
-            if sent_at == 0:
-                bad += 1  # a packet the generator never sent
-                continue
-            if seen[slot]:
-                duplicates += 1
-                continue
-            seen[slot] = 1
-            if slot >= window_first:
-                received += 1
-                latencies_ns.append(arrived - sent_at)
+    arrivals = (
+        (_kernel_time(ancillary), data[flow.strip :], flow.unprotect)
+        for datagrams, times, flow in kept.values()
+        for data, ancillary in zip(datagrams, times)
+    )
+    received, duplicates, bad, latencies_ns = check_arrivals(arrivals, flows, per_flow, stamps, sent_through, window_first)
+    bad += overflow
     verify_cpu = _own_cpu() - verify_started
 
     sent = max(0, sent_through - window_first)
@@ -338,6 +309,65 @@ def run_light(
         prepare_cpu_s=prepare_cpu,
         verify_cpu_s=verify_cpu,
     )
+
+
+def check_arrivals(
+    arrivals: Iterable[tuple[int, bytes, Callable[[bytes], bytes] | None]],
+    flows: Sequence[Flow],
+    per_flow: int,
+    stamps: Sequence[int],
+    sent_through: int,
+    window_first: int,
+) -> tuple[int, int, int, array]:
+    """Check what came back after the window, as ``run_load`` does (both light generators).
+
+    Args:
+        arrivals: ``(kernel receive time in ns or 0, datagram after the flow's strip,
+            the flow's unprotect or None)`` for every datagram kept.
+        flows, per_flow: the run's flows and packets per flow.
+        stamps: the send time (ns) of every packet slot; 0 for one never sent.
+        sent_through, window_first: slots sent, and the first slot of the measured window.
+
+    Returns:
+        ``(received, duplicates, bad, latencies_ns)``: packets of the window received
+        once, repeats, datagrams that are not the generator's (or carry no receive
+        time), and each received window packet's latency.
+    """
+    n = len(flows)
+    seen = bytearray(per_flow * n)
+    latencies_ns = array("q")
+    received = duplicates = bad = 0
+    expected_ssrc = [(flow.ssrc if flow.recv_ssrc is None else flow.recv_ssrc) & 0xFFFFFFFF for flow in flows]
+    unpack_from = PACKET_HEAD.unpack_from
+    for arrived, data, unprotect in arrivals:
+        if arrived == 0:
+            bad += 1  # no receive time from the kernel: cannot be measured
+            continue
+        try:
+            plain = data if unprotect is None else unprotect(data)
+            if len(plain) < MIN_PACKET_SIZE:
+                bad += 1
+                continue
+            first, _, _, _, ssrc, _, index, packet_index = unpack_from(plain)
+        except Exception:  # noqa: BLE001 - any unprotect failure is a bad packet, as in run_load
+            bad += 1
+            continue
+        if first & 0xC0 != RTP_VERSION_BITS or index >= n or packet_index >= per_flow or ssrc != expected_ssrc[index]:
+            bad += 1
+            continue
+        slot = packet_index * n + index
+        sent_at = stamps[slot] if slot < sent_through else 0
+        if sent_at == 0:
+            bad += 1  # a packet the generator never sent
+            continue
+        if seen[slot]:
+            duplicates += 1
+            continue
+        seen[slot] = 1
+        if slot >= window_first:
+            received += 1
+            latencies_ns.append(arrived - sent_at)
+    return received, duplicates, bad, latencies_ns
 
 
 class _TimerSlack:

@@ -67,16 +67,14 @@ from bench.harness.lightgen import (
     LightResult,
     _build_packets,
     _TimerSlack,
+    check_arrivals,
 )
 from bench.harness.loadgen import (
     DRAIN_S,
     MAX_LAG_FRACTION,
     MAX_PACKETS,
-    MIN_PACKET_SIZE,
-    PACKET_HEAD,
     RECV_PER_SOCKET,
     RTP_CLOCK,
-    RTP_VERSION_BITS,
     Flow,
     _own_cpu,
     processes_cpu,
@@ -228,49 +226,17 @@ def run_native(
     del packets
 
     verify_started = _own_cpu()
-    seen = bytearray(total)
-    latencies_ns = array("q")
-    received = duplicates = 0
-    bad = overflow
-    expected_ssrc = [(flow.ssrc if flow.recv_ssrc is None else flow.recv_ssrc) & 0xFFFFFFFF for flow in flows]
-    unpack_from = PACKET_HEAD.unpack_from
     checks = [(receive_flows[fd].strip, receive_flows[fd].unprotect) for fd in recv_fds]
     arena_bytes = arena[: int(kept_offsets[kept])].tobytes()
     starts = kept_offsets[: kept + 1].tolist()
     sources = kept_source[:kept].tolist()
-    arrivals = kept_arrival[:kept].tolist()
     stamp_list = stamps.tolist()
-    for j in range(kept):
-        arrived = arrivals[j]
-        if arrived == 0:
-            bad += 1  # no receive time from the kernel: cannot be measured
-            continue
-        strip, unprotect = checks[sources[j]]
-        data = arena_bytes[starts[j] + strip : starts[j + 1]]
-        try:
-            plain = data if unprotect is None else unprotect(data)
-            if len(plain) < MIN_PACKET_SIZE:
-                bad += 1
-                continue
-            first, _, _, _, ssrc, _, index, packet_index = unpack_from(plain)
-        except Exception:  # noqa: BLE001 - any unprotect failure is a bad packet, as in run_load
-            bad += 1
-            continue
-        if first & 0xC0 != RTP_VERSION_BITS or index >= n or packet_index >= per_flow or ssrc != expected_ssrc[index]:
-            bad += 1
-            continue
-        slot = packet_index * n + index
-        sent_at = stamp_list[slot] if slot < sent_through else 0
-        if sent_at == 0:
-            bad += 1  # a packet the generator never sent
-            continue
-        if seen[slot]:
-            duplicates += 1
-            continue
-        seen[slot] = 1
-        if slot >= window_first:
-            received += 1
-            latencies_ns.append(arrived - sent_at)
+    arrivals = (
+        (arrived, arena_bytes[starts[j] + checks[source][0] : starts[j + 1]], checks[source][1])
+        for j, (arrived, source) in enumerate(zip(kept_arrival[:kept].tolist(), sources))
+    )
+    received, duplicates, bad, latencies_ns = check_arrivals(arrivals, flows, per_flow, stamp_list, sent_through, window_first)
+    bad += overflow
     verify_cpu = _own_cpu() - verify_started
 
     sent = max(0, sent_through - window_first)
