@@ -252,6 +252,22 @@ static size_t open_srtp(FastPath *self, const Route *route, const unsigned char 
     return (size_t)len;
 }
 
+/* The route of received datagram ``i`` (NULL: it goes to Python). A browser's
+ * SRTP is authenticated and decrypted into the batch's plain buffer, and
+ * ``data``/``length`` then name the plain packet; SRTP that fails goes to
+ * Python untouched, which refuses and counts it. */
+static Route *route_datagram(FastPath *self, int i, unsigned char **data, size_t *length) {
+    Route *route = route_for(self, *data, *length, &self->rname[i], self->rmsg[i].msg_hdr.msg_namelen);
+    if (route != NULL && route->in_session != NULL) {
+        unsigned char *plain = self->plain + (size_t)i * RECV_SIZE;
+        size_t opened = open_srtp(self, route, *data, *length, plain);
+        if (opened == 0)
+            return NULL;
+        *data = plain, *length = opened;
+    }
+    return route;
+}
+
 /* A plain RTP packet (its header checked by route_for) renumbered onto a
  * browser's outbound stream, its CSRCs and header extension stripped (the
  * browser negotiated none with us), and protected into `out`, as
@@ -771,15 +787,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
                 self->oversized++;
                 continue;
             }
-            Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
-            if (route != NULL && route->in_session != NULL) {
-                unsigned char *plain = self->plain + (size_t)i * RECV_SIZE;
-                size_t opened = open_srtp(self, route, data, length, plain);
-                if (opened == 0)
-                    route = NULL;
-                else
-                    data = plain, length = opened;
-            }
+            Route *route = slow || blocked ? NULL : route_datagram(self, i, &data, &length);
             if (route == NULL) {
                 slow = 1;
                 PyObject *addr = address_of(&self->rname[i], hdr->msg_namelen);
@@ -914,15 +922,7 @@ static void *forward_thread(void *arg) {
                 self->oversized++;
                 continue;
             }
-            Route *route = slow || blocked ? NULL : route_for(self, data, length, &self->rname[i], hdr->msg_namelen);
-            if (route != NULL && route->in_session != NULL) {
-                unsigned char *plain = self->plain + (size_t)i * RECV_SIZE;
-                size_t opened = open_srtp(self, route, data, length, plain);
-                if (opened == 0)
-                    route = NULL;
-                else
-                    data = plain, length = opened;
-            }
+            Route *route = slow || blocked ? NULL : route_datagram(self, i, &data, &length);
             if (route == NULL) {
                 slow = 1;
                 push_entry(self, TO_PYTHON, -1, data, length, &self->rname[i], hdr->msg_namelen);
