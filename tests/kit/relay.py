@@ -108,3 +108,16 @@ def latch(relay, wire, peer, addr, now=0.0, password=None, bot_ufrag=BOT_UFRAG):
 
 def rtp(ssrc, seq=1, pt=111, payload=b"\xfc\x01\x02"):
     return bytes(RtpPacket(payload_type=pt, sequence_number=seq, timestamp=seq * 960, ssrc=ssrc, payload=payload))
+
+
+def record_python(relay) -> list[bytes]:
+    """Every datagram that reaches ``relay``'s Python from now on (what a fast path handed back), in order."""
+    seen: list[bytes] = []
+    handle = relay.handle_datagram
+
+    def count_python(data, addr, now):
+        seen.append(data)
+        handle(data, addr, now)
+
+    relay.handle_datagram = count_python
+    return seen

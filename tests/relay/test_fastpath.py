@@ -28,7 +28,7 @@ from botcall.relay.core import MAX_DATAGRAM, MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from botcall.wire.rtp import parse_rtp_untrusted
 from botcall.wire.stun import binding_request, parse_binding_response_untrusted
-from tests.kit.relay import BOT_UFRAG, make_bot, rtp
+from tests.kit.relay import BOT_UFRAG, make_bot, record_python, rtp
 from tests.relay.test_hot_path import client_socket, latch_over_udp, receive
 
 # The test command's set-up installs gcc and Python's headers, so there the
@@ -234,14 +234,7 @@ async def run_call(fast_path, script, *, max_packets_per_second=200):
     relay = MediaRelay(transport.transmit, max_packets_per_second=max_packets_per_second)
     a, b = make_bot(relay, transport.transmit, "a", 7), make_bot(relay, transport.transmit, "b", 8)
     sock_a, sock_b = client_socket(), client_socket()
-    seen_by_python = []
-    handle = relay.handle_datagram
-
-    def count_python(data, addr, now):
-        seen_by_python.append(data)
-        handle(data, addr, now)
-
-    relay.handle_datagram = count_python
+    seen_by_python = record_python(relay)
     ctx = {"relay": relay, "transport": transport, "a": a, "b": b, "sock_a": sock_a, "sock_b": sock_b, "python": seen_by_python}
     try:
         async with trio.open_nursery() as nursery:
