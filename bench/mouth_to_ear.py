@@ -121,6 +121,7 @@ from botcall.relay import bot_playout
 from botcall.webrtc.sdp import PTIMES_MS
 from botcall.relay.addresses import local_addresses
 from tests.kit import firefox as kit
+from tests.kit import pulse as devices_kit
 from tests.kit.chromium import in_browser, join_call
 from tests.kit.server import LiveServer, running_server
 
@@ -149,6 +150,19 @@ RECEIVER_SETTINGS = ("default", "target0", "hint0")
 PLAYOUTS = {"new": bot_playout.STALL_LIMIT, "old": 0.0}  # bot_playout.STALL_LIMIT for each
 STALL_AFTER_S = 3.0
 FIREFOX_AUDIO = ("mock", "pulse")
+AUDIO_DEVICES = ("page", "pulse")
+
+
+def device_mouth_signal(events: int, period: float, lead_s: float = 1.0) -> np.ndarray:
+    """What the writer plays into the microphone's sink (--audio-device pulse): silence,
+    then ``events`` 1 kHz bursts every ``period``, shifted by 0, 2, … 18 ms in turn
+    as the page's (every phase of the browser's packets), and a period of silence."""
+    signal = np.zeros(int((lead_s + (events + 1) * period) * RATE), np.float32)
+    burst = tone_burst(MOUTH_HZ)
+    for k in range(events):
+        start = int((lead_s + k * period + (k % 10) * 0.002) * RATE)
+        signal[start : start + burst.size] = burst
+    return signal
 
 
 # --- analysis (pure: tested on synthetic audio) -------------------------------------------
@@ -392,7 +406,7 @@ TRACE: Trace | None = None
 
 # --- the page --------------------------------------------------------------------------------
 
-START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiverSetting]) => {
+START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiverSetting, device]) => {
     const ctx = new AudioContext({latencyHint: 'interactive'});
     await ctx.resume();
     await ctx.audioWorklet.addModule('/pwa/recorder-worklet.js');
@@ -409,7 +423,8 @@ START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiv
     node.connect(ctx.destination);
     // The call's audio transceiver (its sender's track may be null for a moment).
     const transceiver = botcall.pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === 'audio');
-    await transceiver.sender.replaceTrack(mouth.stream.getAudioTracks()[0]);
+    // At the device (--audio-device pulse) the PWA's own microphone track is sent.
+    if (!device) await transceiver.sender.replaceTrack(mouth.stream.getAudioTracks()[0]);
     const receiver = transceiver.receiver;
     if (receiverSetting === 'target0') receiver.jitterBufferTarget = 0;
     if (receiverSetting === 'hint0') receiver.playoutDelayHint = 0;
@@ -681,6 +696,11 @@ class PathResult:
     ptime_ms: int = 20
     sent_per_s: float | None = None
     split_ms: dict[str, float] | None = None
+    # --audio-device pulse: measured at the sound devices (then mouth_to_bot and
+    # bot_to_ear are these; the page-graph values stay in the *_page fields).
+    device: str = "page"
+    mouth_to_bot_page: Summary | None = None
+    bot_to_ear_page: Summary | None = None
 
 
 def analyse(
@@ -714,6 +734,19 @@ def analyse(
     return mouth_to_bot, bot_to_graph, float(take["outputLatency"]), max(errors) if errors else None
 
 
+def analyse_devices(
+    ear: tuple[np.ndarray, np.ndarray], mouth: tuple[np.ndarray, np.ndarray], log: BotLog, period: float
+) -> tuple[list[float], list[float]]:
+    """Latencies (s) of mouth → bot and bot → ear at the sound devices: ``ear`` and
+    ``mouth`` are the samples and Unix times read from the ear sink's monitor and the
+    microphone's (the mouth sink's monitor, which the browser records)."""
+    samples, times = mouth
+    mouths = [float(times[index]) for index in find_onsets(samples, RATE)]
+    samples, times = ear
+    ears = [float(times[index]) for index in find_onsets(samples, RATE)]
+    return match_latencies(mouths, frame_onset_arrivals(log.frames, RATE), period), match_latencies(log.burst_sends, ears, period)
+
+
 def firefox_script(function: str) -> str:
     """A page function (``async (args) => …``) as a Marionette async script: it runs
     in Marionette's sandbox, so the page's hooks and constructors are taken
@@ -742,6 +775,7 @@ async def one_call(
     stall_s: float = 0.0,
     pulse_server: str | None = None,
     ptime_ms: int = 20,
+    devices: devices_kit.PulseDevices | None = None,
 ) -> PathResult:
     bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
     srv.state.media.ptime_ms = ptime_ms  # read at each answer: this call's browser gets it
@@ -753,11 +787,13 @@ async def one_call(
     bot = Bot(srv, created["room_id"], PATHS[path])
     bot.period_frames = round(period / 0.02)
     bot.stall_s = stall_s
-    arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver]
+    arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver, devices is not None]
     # The page's last burst, a period for the bot's last one, and a second of slack.
     run_s = 1.0 + (events + 1) * period + 1.0
     Four = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
     holds: list[int] = []
+    recorders: list[devices_kit.DeviceRecorder] = []  # --audio-device pulse: the ear's sink, the mouth's sink
+    writers: list[devices_kit.DeviceWriter] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(bot.run)
 
@@ -778,6 +814,11 @@ async def one_call(
             page.wait_for_function("() => botcall.remoteStream !== null")
             started = page.evaluate(START_PAGE, arguments)
             before = page.evaluate(STATS_PAGE)
+            if devices is not None:
+                recorders.extend(
+                    [devices_kit.DeviceRecorder(devices, f"{devices.ear_sink}.monitor"), devices_kit.DeviceRecorder(devices, devices.mic_source)]
+                )
+                writers.append(devices_kit.DeviceWriter(devices, devices.mouth_sink, device_mouth_signal(events, period)))
             trio.from_thread.run_sync(bot.bursting.set)
             page.wait_for_timeout(int(run_s * 1000))
             after = page.evaluate(STATS_PAGE)
@@ -810,9 +851,19 @@ async def one_call(
         if browser == "firefox":
             started, before, after, take = await kit.in_firefox(firefox, pulse_server=pulse_server)
         else:
-            started, before, after, take = await in_browser(chromium)
+            try:
+                started, before, after, take = await in_browser(chromium, pulse_server=devices.server if devices is not None else None)
+            finally:
+                for writer in writers:
+                    writer.stop()
         nursery.cancel_scope.cancel()
     mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
+    mouth_to_bot_page: list[float] | None = None
+    bot_to_ear_page: list[float] | None = None
+    if devices is not None:
+        ear, mouth = (recorder.stop() for recorder in recorders)
+        mouth_to_bot_page, bot_to_ear_page = mouth_to_bot, [d + output_latency for d in bot_to_graph]
+        mouth_to_bot, bot_to_device = analyse_devices(ear, mouth, bot.log, period)
     if DUMP is not None:
         audio = "pulse" if pulse_server is not None else "mock"
         with open(DUMP / f"{browser}-{audio}-{leg}-{receiver}-{path}-{playout}.json", "w") as handle:
@@ -830,7 +881,7 @@ async def one_call(
         receiver=receiver,
         playout=playout,
         mouth_to_bot=Summary.of(mouth_to_bot),
-        bot_to_ear=Summary.of([d + output_latency for d in bot_to_graph]),
+        bot_to_ear=Summary.of([d + output_latency for d in bot_to_graph] if devices is None else bot_to_device),
         bot_to_graph=Summary.of(bot_to_graph),
         jitter_buffer_ms=jitter,
         jitter_target_ms=target,
@@ -839,12 +890,15 @@ async def one_call(
         page_stats={**{key: after[key] - before[key] for key in ("lost", "received", "concealed")}, "jitter_ms": after["jitter"] * 1000},
         events=events,
         playout_hold_ms=Summary.of([h / 1000 for h in holds]),
-        audio=("pulse" if pulse_server is not None else "mock") if browser == "firefox" else "-",
+        audio=("pulse" if pulse_server is not None else "mock") if browser == "firefox" else ("pulse" if devices is not None else "page"),
         playback_rate=rate,
         load_average=load_average(),
         ptime_ms=ptime_ms,
         sent_per_s=(after["sent"] - before["sent"]) / elapsed_s if elapsed_s > 0 else None,
         split_ms=TRACE.split() if TRACE is not None else None,
+        device="pulse" if devices is not None else "page",
+        mouth_to_bot_page=Summary.of(mouth_to_bot_page) if mouth_to_bot_page is not None else None,
+        bot_to_ear_page=Summary.of(bot_to_ear_page) if bot_to_ear_page is not None else None,
     )
 
 
@@ -920,10 +974,14 @@ async def measure(
     stall_s: float = 0.0,
     firefox_audio: Sequence[str] = ("mock",),
     ptimes: Sequence[int] = (20,),
+    audio_devices: Sequence[str] = ("page",),
 ) -> list[PathResult]:
     with contextlib.ExitStack() as stack:
         pulse = stack.enter_context(kit.pulse_null_sink()) if "firefox" in browsers and "pulse" in firefox_audio else None
-        return await _measure(browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes)
+        devices = stack.enter_context(devices_kit.pulse_devices()) if "chromium" in browsers and "pulse" in audio_devices else None
+        return await _measure(
+            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices
+        )
 
 
 async def _measure(
@@ -939,6 +997,8 @@ async def _measure(
     firefox_audio: Sequence[str],
     pulse: str | None,
     ptimes: Sequence[int] = (20,),
+    audio_devices: Sequence[str] = ("page",),
+    devices: devices_kit.PulseDevices | None = None,
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -950,11 +1010,14 @@ async def _measure(
                             if browser == "firefox" and receiver != "default":
                                 continue  # Chromium's receiver settings
                             for path in paths:
-                                variants = [(p, a, t) for p in playouts for a in (firefox_audio if browser == "firefox" else ("-",)) for t in ptimes]
+                                variants = [(p, a, t) for p in playouts for a in (firefox_audio if browser == "firefox" else audio_devices) for t in ptimes]
                                 for playout, audio, ptime in variants:
-                                    server = pulse if audio == "pulse" else None
+                                    server = pulse if audio == "pulse" and browser == "firefox" else None
+                                    chromium_devices = devices if audio == "pulse" and browser == "chromium" else None
                                     try:
-                                        result = await one_call(srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime)
+                                        result = await one_call(
+                                            srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime, chromium_devices
+                                        )
                                     except Exception as exc:  # one failed call is reported, the run goes on
                                         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
                                             exc = exc.exceptions[0]
@@ -964,6 +1027,8 @@ async def _measure(
                                         )
                                         continue
                                     print(row(result), flush=True)
+                                    if result.device == "pulse":
+                                        print("    " + device_split(result), flush=True)
                                     if result.split_ms:
                                         print("    split (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in result.split_ms.items()), flush=True)
                                     results.append(result)
@@ -975,6 +1040,19 @@ HEADER = (
     f"{'browser':8} {'audio':5} {'leg':9} {'receiver':8} {'path':15} {'play':3} {'pt':>2} | {'mouth->bot p50/p95/max ms':>26} | {'bot->ear p50/p95/max ms':>24} |"
     f" {'n':>5} | {'hold':>4} {'NetEq':>5} {'target':>6} {'out':>4} {'lost':>4} {'rate':>5} {'pkt/s':>5} {'load':>5}"
 )
+
+
+def device_split(r: PathResult) -> str:
+    """The page-graph method beside the device one, and bot -> ear at the device split
+    into the relay's hold, NetEq and the rest (p50s)."""
+    assert r.mouth_to_bot_page is not None and r.bot_to_ear_page is not None
+    neteq = r.jitter_buffer_ms or 0.0
+    rest = r.bot_to_ear.p50 - r.playout_hold_ms.p50 - neteq
+    return (
+        f"page graph: mouth->bot {r.mouth_to_bot_page.p50:.1f}/{r.mouth_to_bot_page.p95:.1f}, bot->ear (graph + out) "
+        f"{r.bot_to_ear_page.p50:.1f}/{r.bot_to_ear_page.p95:.1f} | bot->ear at the sink p50 {r.bot_to_ear.p50:.1f} ="
+        f" hold {r.playout_hold_ms.p50:.1f} + NetEq {neteq:.1f} + rest {rest:.1f}"
+    )
 
 
 def row(r: PathResult) -> str:
@@ -1004,6 +1082,9 @@ def main() -> int:
     parser.add_argument("--playout", default="new", help="comma-separated: new (bot_playout.py as it is), old (no stall recovery)")
     parser.add_argument("--bot-stall", type=float, default=0.0, help="seconds the bot holds its frames once, then sends them at once")
     parser.add_argument("--firefox-audio", default="mock", help="comma-separated: mock (Firefox's mock audio back-end), pulse (a PulseAudio null sink)")
+    parser.add_argument(
+        "--audio-device", default="page", help="comma-separated, Chromium: page (the page's WebAudio graph), pulse (at PulseAudio null sinks)"
+    )
     parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
     parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)
@@ -1022,6 +1103,7 @@ def main() -> int:
     browsers = args.browsers.split(",")
     playouts = args.playout.split(",")
     firefox_audio = args.firefox_audio.split(",")
+    audio_devices = args.audio_device.split(",")
     try:
         ptimes = [int(value) for value in args.ptime.split(",")]
     except ValueError:
@@ -1030,9 +1112,12 @@ def main() -> int:
         parser.error(f"--ptime values must be among {PTIMES_MS}")
     for name, known in (
         ("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox")), ("playout", PLAYOUTS),
-        ("firefox-audio", FIREFOX_AUDIO),
+        ("firefox-audio", FIREFOX_AUDIO), ("audio-device", AUDIO_DEVICES),
     ):
-        chosen = {"path": paths, "leg": legs, "receiver": receivers, "browser": browsers, "playout": playouts, "firefox-audio": firefox_audio}[name]
+        chosen = {
+            "path": paths, "leg": legs, "receiver": receivers, "browser": browsers, "playout": playouts, "firefox-audio": firefox_audio,
+            "audio-device": audio_devices,
+        }[name]
         unknown = [c for c in chosen if c not in known]
         if unknown:
             parser.error(f"unknown {name}: {', '.join(unknown)}")
@@ -1045,7 +1130,8 @@ def main() -> int:
     )
     print(HEADER)
     results = trio.run(
-        measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio, ptimes
+        measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio, ptimes,
+        audio_devices,
     )
     data = [asdict(r) for r in results]
     if args.json is not None:

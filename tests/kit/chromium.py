@@ -11,6 +11,7 @@ the server stopping) calls back with ``trio.from_thread``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ def run_browser(
     fake_mic_wav: str | None = None,
     extra_args: Sequence[str] = (),
     preferences: dict[str, Any] | None = None,
+    pulse_server: str | None = None,
 ) -> T:
     """Start headless Chromium with a fresh profile, run ``action(context)``, close it.
 
@@ -78,12 +80,17 @@ def run_browser(
         preferences: profile preferences written to ``Default/Preferences`` before
             start, nested as Chromium stores them
             (``{"webrtc": {"ip_handling_policy": "disable_non_proxied_udp"}}``).
+        pulse_server: play and record through this PulseAudio daemon
+            (``tests.kit.pulse.pulse_devices``): no fake microphone, and
+            Playwright's ``--mute-audio`` dropped (``fake_mic_wav`` is then ignored).
 
     Returns:
         What ``action`` returns.
     """
     args = [a for a in CHROMIUM_ARGS if fake_mic_ui or a != "--use-fake-ui-for-media-stream"]
-    if fake_mic_wav is not None:
+    if pulse_server is not None:
+        args.remove("--use-fake-device-for-media-stream")
+    elif fake_mic_wav is not None:
         args.append(f"--use-file-for-fake-audio-capture={fake_mic_wav}")
     args += extra_args
     with tempfile.TemporaryDirectory(prefix="botcall-chromium-") as profile, sync_playwright() as playwright:
@@ -97,6 +104,11 @@ def run_browser(
             headless=True,
             args=args,
             viewport=viewport or PHONE,
+            **(
+                {"env": {**os.environ, "PULSE_SERVER": pulse_server}, "ignore_default_args": ["--mute-audio"]}
+                if pulse_server is not None
+                else {}
+            ),
         )
         context.set_default_timeout(BROWSER_TIMEOUT_MS)
         try:

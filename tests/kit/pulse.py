@@ -1,0 +1,244 @@
+"""A private PulseAudio daemon as headless Chromium's sound devices: an ear and a mouth.
+
+Headless Chromium plays and records through PulseAudio when ``PULSE_SERVER``
+names a daemon, Playwright's default ``--mute-audio`` is dropped and
+``--use-fake-device-for-media-stream`` is not given (the fake-UI flag may stay:
+it only answers the permission prompt). :func:`pulse_devices` starts a daemon with
+two null sinks at 48 kHz:
+
+* ``botcall_ear``, the default sink: what the page plays (its remote
+  ``<audio>`` elements) ends up there; its monitor is read by :class:`DeviceRecorder`.
+* ``botcall_mouth``, a sink :class:`DeviceWriter` plays into, and
+  ``botcall_mic``, the default source, a remap of its monitor (Chromium lists
+  no monitor source as a microphone): the page's microphone. A second
+  :class:`DeviceRecorder` on that source records what the page records.
+
+Samples are stamped on the bots' clock (``time.time()``) as they are read from
+``parec`` (:func:`device_times`); the reader's own buffering is what
+``pactl list source-outputs`` reports as its latency (:func:`reader_latency_ms`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tests.kit.system import wait_for_unix_socket
+
+PULSEAUDIO = shutil.which("pulseaudio")
+RATE = 48000
+EAR_SINK = "botcall_ear"
+MOUTH_SINK = "botcall_mouth"
+MIC_SOURCE = "botcall_mic"
+# The latency asked of parec and pacat: small fragments, so a sample is read
+# soon after the sink renders it (the daemon reports what it really gives).
+DEVICE_LATENCY_MSEC = 20
+START_S = 30.0  # a last resort: the wait ends on the socket listening or the daemon exiting
+READ_BYTES = 960  # 10 ms of mono s16le at 48 kHz; os.read returns what is there, up to this
+# The Chromium flags that make it use the daemon's devices (with PULSE_SERVER in its environment).
+CHROMIUM_IGNORE_DEFAULT_ARGS = ("--mute-audio",)
+
+
+@dataclass(frozen=True)
+class PulseDevices:
+    """A running daemon: its server string (``unix:…``) and its two sinks."""
+
+    server: str
+    ear_sink: str = EAR_SINK
+    mouth_sink: str = MOUTH_SINK
+    mic_source: str = MIC_SOURCE
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PULSE_SERVER": self.server}
+
+
+def pactl(server: str, *args: str) -> str:
+    """``pactl ARGS`` against the daemon at ``server``; its output."""
+    return subprocess.run(
+        ["pactl", *args], env={**os.environ, "PULSE_SERVER": server}, capture_output=True, text=True, timeout=START_S, check=True
+    ).stdout
+
+
+@contextmanager
+def pulse_devices() -> Iterator[PulseDevices]:
+    """A private PulseAudio daemon with the ear sink (the default sink), the mouth
+    sink and the microphone (the default source: the mouth sink's monitor, remapped
+    to mono); null sinks at 48 kHz.
+
+    Raises:
+        RuntimeError: ``pulseaudio`` is not installed, or did not answer in time.
+    """
+    if PULSEAUDIO is None:
+        raise RuntimeError("pulseaudio is not installed (apt-get install pulseaudio)")
+    with tempfile.TemporaryDirectory(prefix="botcall-pulse-") as home:
+        socket_path = Path(home) / "native"
+        # Clients (Chromium) open streams at the daemon's default rate: 48 kHz, as the sinks.
+        (Path(home) / "pulse").mkdir()
+        (Path(home) / "pulse" / "daemon.conf").write_text("default-sample-rate = 48000\nalternate-sample-rate = 48000\n")
+        env = {**os.environ, "HOME": home, "XDG_RUNTIME_DIR": home, "XDG_CONFIG_HOME": home}
+        process = subprocess.Popen(
+            [
+                PULSEAUDIO, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--log-target=stderr",
+                "-L", f"module-null-sink sink_name={EAR_SINK} rate={RATE}",
+                "-L", f"module-null-sink sink_name={MOUTH_SINK} rate={RATE}",
+                # Chromium lists no monitor source as a microphone: a remap of the mouth's monitor is one.
+                "-L", f"module-remap-source master={MOUTH_SINK}.monitor source_name={MIC_SOURCE} channels=1 channel_map=mono",
+                "-L", f"module-native-protocol-unix socket={socket_path} auth-anonymous=1",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_for_unix_socket(socket_path, process, START_S)
+            server = f"unix:{socket_path}"
+            pactl(server, "set-default-sink", EAR_SINK)
+            pactl(server, "set-default-source", MIC_SOURCE)
+            yield PulseDevices(server)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def device_times(reads: np.ndarray, count: int, rate: int = RATE, bin_s: float = 1.0) -> np.ndarray:
+    """The Unix time of each of ``count`` samples read from a device, from the reads.
+
+    ``reads`` rows are ``(time.time() when a read returned, samples read in all
+    by then)``. A sample cannot be read before it exists, and a busy reader only
+    adds delay, so each read gives an upper bound of ``read time - end / rate``
+    on the time of sample 0. The smallest bound in each ``bin_s`` of audio
+    gives the device's clock against ours; a straight line through those
+    minima (the two clocks may drift apart slowly), lowered onto the lowest of
+    them, maps every sample.
+
+    Returns:
+        ``count`` times (s); all zero when there are no reads.
+    """
+    if reads.size == 0 or count == 0:
+        return np.zeros(count)
+    ends = reads[:, 1] / rate
+    offsets = reads[:, 0] - ends
+    bins = np.floor(ends / bin_s)
+    keys = np.unique(bins)
+    centres = np.array([float(np.mean(ends[bins == key])) for key in keys])
+    minima = np.array([float(np.min(offsets[bins == key])) for key in keys])
+    slope = float(np.polyfit(centres, minima, 1)[0]) if keys.size >= 3 else 0.0
+    intercept = float(np.min(minima - slope * centres))
+    positions = np.arange(count) / rate
+    return positions + intercept + slope * positions
+
+
+class DeviceRecorder:
+    """``parec`` on a source (a sink's monitor), mono s16le at 48 kHz, read in a thread
+    that stamps each read with ``time.time()``."""
+
+    def __init__(self, devices: PulseDevices, source: str, latency_msec: int = DEVICE_LATENCY_MSEC) -> None:
+        self.devices = devices
+        self.source = source
+        self.name = f"botcall-rec-{source}"
+        self._process = subprocess.Popen(
+            [
+                "parec", "-d", source, "--format=s16le", f"--rate={RATE}", "--channels=1", "--raw",
+                f"--latency-msec={latency_msec}", f"--client-name={self.name}", f"--stream-name={self.name}",
+            ],
+            env=devices.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._chunks: list[bytes] = []
+        self._reads: list[tuple[float, int]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        fd = self._process.stdout.fileno()
+        total = 0
+        pending = b""
+        while True:
+            data = os.read(fd, READ_BYTES)
+            now = time.time()
+            if not data:
+                return
+            data = pending + data
+            whole = len(data) - len(data) % 2
+            pending = data[whole:]
+            total += whole // 2
+            self._chunks.append(data[:whole])
+            self._reads.append((now, total))
+
+    def stop(self) -> tuple[np.ndarray, np.ndarray]:
+        """Stop ``parec``; the samples (floats) and their Unix times."""
+        self._process.terminate()
+        self._process.wait(timeout=5)
+        self._thread.join(timeout=5)
+        samples = np.frombuffer(b"".join(self._chunks), "<i2").astype(np.float32) / 32768.0
+        reads = np.asarray(self._reads, dtype=np.float64).reshape(-1, 2)
+        return samples, device_times(reads, samples.size)
+
+
+class DeviceWriter:
+    """``pacat --playback`` into a sink: ``signal`` (floats, mono, 48 kHz) written in a
+    thread as fast as the stream takes it (it plays at real time). Where its
+    onsets really were is measured at the sink's monitor, not assumed."""
+
+    def __init__(self, devices: PulseDevices, sink: str, signal: np.ndarray, latency_msec: int = DEVICE_LATENCY_MSEC) -> None:
+        name = f"botcall-play-{sink}"
+        self._process = subprocess.Popen(
+            [
+                "pacat", "--playback", "-d", sink, "--format=s16le", f"--rate={RATE}", "--channels=1", "--raw",
+                f"--latency-msec={latency_msec}", f"--client-name={name}", f"--stream-name={name}",
+            ],
+            env=devices.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._data = (np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(self._data)
+            self._process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return  # stopped before the end: what was played is what the monitor saw
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=5)
+        self._thread.join(timeout=5)
+
+
+def reader_latency_ms(server: str, name: str) -> float | None:
+    """The latency the daemon reports for the source output (a recorder) called ``name``:
+    how long a sample waits in its buffer before the reader gets it (ms)."""
+    listing = pactl(server, "list", "source-outputs")
+    for block in listing.split("\n\n"):
+        if name in block:
+            found = re.search(r"Buffer Latency: (\d+) usec", block)
+            source = re.search(r"Source Latency: (\d+) usec", block)
+            if found:
+                return (int(found.group(1)) + (int(source.group(1)) if source else 0)) / 1000
+    return None
