@@ -701,6 +701,11 @@ class PathResult:
     device: str = "page"
     mouth_to_bot_page: Summary | None = None
     bot_to_ear_page: Summary | None = None
+    # --audio-device pulse: medians of what the daemon reported for the page's stream
+    # into the ear sink: written, not yet rendered (inside bot_to_ear), and rendered
+    # ahead of the sink's clock (outside it: a real device would play that much later).
+    ear_buffer_ms: float | None = None
+    ear_sink_ms: float | None = None
 
 
 def analyse(
@@ -808,6 +813,17 @@ async def one_call(
                 await trio.sleep(0.1)
 
         nursery.start_soon(sample_hold)
+        sink_latencies: list[tuple[float, float]] = []
+
+        async def sample_sink() -> None:
+            assert devices is not None
+            await bot.bursting.wait()
+            while True:
+                sink_latencies.extend(await trio.to_thread.run_sync(devices_kit.sink_input_latencies_ms, devices.server, devices.ear_sink))
+                await trio.sleep(0.5)
+
+        if devices is not None:
+            nursery.start_soon(sample_sink)
 
         def chromium(context: Any) -> Four:
             page, _ = join_call(context, url)
@@ -862,7 +878,9 @@ async def one_call(
     bot_to_ear_page: list[float] | None = None
     if devices is not None:
         ear, mouth = (recorder.stop() for recorder in recorders)
-        mouth_to_bot_page, bot_to_ear_page = mouth_to_bot, [d + output_latency for d in bot_to_graph]
+        # The page's own mouth graph is not sent at the device (the PWA's microphone is):
+        # its mouth -> bot is measured in the page rows only.
+        bot_to_ear_page = [d + output_latency for d in bot_to_graph]
         mouth_to_bot, bot_to_device = analyse_devices(ear, mouth, bot.log, period)
     if DUMP is not None:
         audio = "pulse" if pulse_server is not None else "mock"
@@ -899,6 +917,8 @@ async def one_call(
         device="pulse" if devices is not None else "page",
         mouth_to_bot_page=Summary.of(mouth_to_bot_page) if mouth_to_bot_page is not None else None,
         bot_to_ear_page=Summary.of(bot_to_ear_page) if bot_to_ear_page is not None else None,
+        ear_buffer_ms=float(np.median([b for b, _ in sink_latencies])) if sink_latencies else None,
+        ear_sink_ms=float(np.median([k for _, k in sink_latencies])) if sink_latencies else None,
     )
 
 
@@ -1045,14 +1065,20 @@ HEADER = (
 def device_split(r: PathResult) -> str:
     """The page-graph method beside the device one, and bot -> ear at the device split
     into the relay's hold, NetEq and the rest (p50s)."""
-    assert r.mouth_to_bot_page is not None and r.bot_to_ear_page is not None
+    assert r.bot_to_ear_page is not None
     neteq = r.jitter_buffer_ms or 0.0
     rest = r.bot_to_ear.p50 - r.playout_hold_ms.p50 - neteq
     return (
-        f"page graph: mouth->bot {r.mouth_to_bot_page.p50:.1f}/{r.mouth_to_bot_page.p95:.1f}, bot->ear (graph + out) "
+        f"same call, page graph: bot->ear (graph + out) "
         f"{r.bot_to_ear_page.p50:.1f}/{r.bot_to_ear_page.p95:.1f} | bot->ear at the sink p50 {r.bot_to_ear.p50:.1f} ="
         f" hold {r.playout_hold_ms.p50:.1f} + NetEq {neteq:.1f} + rest {rest:.1f}"
+        f" (of which the page's Pulse stream buffer {fmt_ms(r.ear_buffer_ms)}); the sink rendered ahead {fmt_ms(r.ear_sink_ms)}"
+        " (outside: a real device plays it that much later)"
     )
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def row(r: PathResult) -> str:

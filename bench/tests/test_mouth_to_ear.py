@@ -164,3 +164,29 @@ async def test_one_chromium_call_measures_both_directions(tmp_path):
     assert result.mouth_check_ms is not None and result.mouth_check_ms < 1.0
     assert 0 < result.mouth_to_bot.p50 < 600 and 0 < result.bot_to_ear.p50 < 600
     assert result.jitter_buffer_ms is not None and result.output_latency_ms >= 0
+
+
+def test_device_times_take_the_earliest_reads_and_follow_a_drifting_clock():
+    from tests.kit.pulse import device_times
+
+    # A device that started at Unix 1000.0 and runs 100 ppm fast against our clock;
+    # reads of 10 ms blocks come 1-15 ms late, and 2 ms late at best in every second.
+    rng = np.random.default_rng(3)
+    ends = np.arange(480, 10 * RATE + 1, 480)
+    true = 1000.0 + ends / RATE * (1 - 1e-4)
+    late = rng.uniform(0.003, 0.015, ends.size)
+    late[::50] = 0.002
+    reads = np.column_stack([true + late, ends]).astype(np.float64)
+    times = device_times(reads, 10 * RATE)
+    truth = 1000.0 + np.arange(10 * RATE) / RATE * (1 - 1e-4)
+    error = times - truth
+    # Late by the best read's 2 ms (a reader cannot know it), never early, no drift left.
+    assert np.all(error > 0.0015) and np.all(error < 0.0025)
+
+
+def test_device_mouth_signal_steps_its_bursts_through_a_packet():
+    signal = bench.device_mouth_signal(12, 0.5, lead_s=1.0)
+    onsets = bench.find_onsets(signal, RATE)
+    expected = [int((1.0 + k * 0.5 + (k % 10) * 0.002) * RATE) for k in range(12)]
+    assert len(onsets) == len(expected)
+    assert all(0 <= found - want <= 2 for found, want in zip(onsets, expected))  # a sine starts at 0

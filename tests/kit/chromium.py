@@ -104,11 +104,8 @@ def run_browser(
             headless=True,
             args=args,
             viewport=viewport or PHONE,
-            **(
-                {"env": {**os.environ, "PULSE_SERVER": pulse_server}, "ignore_default_args": ["--mute-audio"]}
-                if pulse_server is not None
-                else {}
-            ),
+            env={**os.environ, "PULSE_SERVER": pulse_server} if pulse_server is not None else None,
+            ignore_default_args=["--mute-audio"] if pulse_server is not None else None,
         )
         context.set_default_timeout(BROWSER_TIMEOUT_MS)
         try:

@@ -46,6 +46,7 @@ MIC_SOURCE = "botcall_mic"
 DEVICE_LATENCY_MSEC = 20
 START_S = 30.0  # a last resort: the wait ends on the socket listening or the daemon exiting
 READ_BYTES = 960  # 10 ms of mono s16le at 48 kHz; os.read returns what is there, up to this
+LOUD = 0.02  # a sample above this (of full scale) is sound, for wait_loud
 # The Chromium flags that make it use the daemon's devices (with PULSE_SERVER in its environment).
 CHROMIUM_IGNORE_DEFAULT_ARGS = ("--mute-audio",)
 
@@ -127,7 +128,8 @@ def device_times(reads: np.ndarray, count: int, rate: int = RATE, bin_s: float =
     on the time of sample 0. The smallest bound in each ``bin_s`` of audio
     gives the device's clock against ours; a straight line through those
     minima (the two clocks may drift apart slowly), lowered onto the lowest of
-    them, maps every sample.
+    them, maps every sample. What the reader lags even at its most prompt
+    read stays in (it cannot be seen from here): the times are late by that.
 
     Returns:
         ``count`` times (s); all zero when there are no reads.
@@ -138,9 +140,13 @@ def device_times(reads: np.ndarray, count: int, rate: int = RATE, bin_s: float =
     offsets = reads[:, 0] - ends
     bins = np.floor(ends / bin_s)
     keys = np.unique(bins)
-    centres = np.array([float(np.mean(ends[bins == key])) for key in keys])
-    minima = np.array([float(np.min(offsets[bins == key])) for key in keys])
-    slope = float(np.polyfit(centres, minima, 1)[0]) if keys.size >= 3 else 0.0
+    lowest = [int(np.flatnonzero(bins == key)[np.argmin(offsets[bins == key])]) for key in keys]
+    centres, minima = ends[lowest], offsets[lowest]
+    # Theil-Sen (the median of the pairwise slopes): a bin without a prompt read
+    # (a descheduled reader, a last bin of one read) does not tilt the line.
+    first, second = np.triu_indices(keys.size, 1)
+    spans = centres[second] - centres[first]
+    slope = float(np.median((minima[second] - minima[first])[spans > 0] / spans[spans > 0])) if np.any(spans > 0) else 0.0
     intercept = float(np.min(minima - slope * centres))
     positions = np.arange(count) / rate
     return positions + intercept + slope * positions
@@ -166,6 +172,8 @@ class DeviceRecorder:
         )
         self._chunks: list[bytes] = []
         self._reads: list[tuple[float, int]] = []
+        self._loud = 0  # samples above LOUD so far (wait_loud)
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -183,8 +191,27 @@ class DeviceRecorder:
             whole = len(data) - len(data) % 2
             pending = data[whole:]
             total += whole // 2
-            self._chunks.append(data[:whole])
-            self._reads.append((now, total))
+            chunk = data[:whole]
+            with self._changed:
+                self._chunks.append(chunk)
+                self._reads.append((now, total))
+                self._loud += int(np.count_nonzero(np.abs(np.frombuffer(chunk, "<i2")) > LOUD * 32768))
+                self._changed.notify_all()
+
+    def wait_loud(self, seconds: float, timeout: float = START_S) -> bytes:
+        """Wait until ``seconds`` of loud samples were read; the pcm16 read from
+        the first loud read on (the caller checks what it is).
+
+        Raises:
+            TimeoutError: not in ``timeout`` seconds (a safety net).
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._loud >= seconds * RATE, timeout=timeout):
+                raise TimeoutError(f"{self.source}: {self._loud / RATE:.2f} s loud after {timeout} s")
+            pcm = b"".join(self._chunks)
+        samples = np.frombuffer(pcm, "<i2")
+        first = int(np.flatnonzero(np.abs(samples) > LOUD * 32768)[0])
+        return samples[first:].tobytes()
 
     def stop(self) -> tuple[np.ndarray, np.ndarray]:
         """Stop ``parec``; the samples (floats) and their Unix times."""
@@ -229,6 +256,23 @@ class DeviceWriter:
         self._process.terminate()
         self._process.wait(timeout=5)
         self._thread.join(timeout=5)
+
+
+def sink_input_latencies_ms(server: str, sink: str) -> list[tuple[float, float]]:
+    """``(buffer, sink)`` latencies (ms) the daemon reports for each stream playing into
+    the sink called ``sink``. The buffer is what the player has written and the sink has
+    not yet rendered (inside a measurement at the monitor); the sink latency is how far
+    ahead the sink has rendered (a null sink renders in blocks ahead of its clock, and
+    its monitor gets each block at once): a real device would play that much later."""
+    index = next((line.split()[0] for line in pactl(server, "list", "short", "sinks").splitlines() if line.split()[1:2] == [sink]), None)
+    out = []
+    for block in pactl(server, "list", "sink-inputs").split("\n\n"):
+        owner = re.search(r"Sink: (\d+)", block)
+        buffer = re.search(r"Buffer Latency: (\d+) usec", block)
+        rendered = re.search(r"Sink Latency: (\d+) usec", block)
+        if owner and buffer and rendered and owner.group(1) == index:
+            out.append((int(buffer.group(1)) / 1000, int(rendered.group(1)) / 1000))
+    return out
 
 
 def reader_latency_ms(server: str, name: str) -> float | None:
