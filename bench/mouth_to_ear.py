@@ -4,7 +4,7 @@
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
                                  [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
-                                 [--ptime 20,10] [--trace]
+                                 [--ptime 20,10] [--audio-device page,pulse] [--mic dsp,raw] [--trace]
                                  [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -81,6 +81,33 @@ answer asks the browser for (``MediaService.ptime_ms``, ``Config.browser_ptime_m
 With both, every path is measured with each in turn, one call after the
 other. ``pkt/s`` in the output is the page's ``outbound-rtp`` packets a second.
 
+**At the sound device** (``--audio-device``, Chromium): ``page`` is the method
+above (the page's WebAudio graph is the mouth and the ear). ``pulse`` runs
+Chromium on a private PulseAudio daemon (``tests.kit.pulse``), no fake
+microphone, Playwright's ``--mute-audio`` dropped, and measures where a
+person's ear and mouth are:
+
+* *ear at the sink*: the PWA plays the bot through its ``<audio>`` element
+  into the default sink, a null sink; ``parec`` reads its monitor (20 ms
+  latency asked), each read stamped with ``time.time()``, and the device's
+  clock is tied to ours by the most prompt reads (``tests.kit.pulse.device_times``).
+  The null sink renders in blocks ahead of its clock and its monitor gets a
+  block at once: what the daemon reports as the sink's latency is printed
+  (``the sink rendered ahead``), not added — a real device plays that much later.
+* *mouth at the source*: the PWA's own ``getUserMedia`` track (its
+  constraints, Chromium's audio processing) records the default source, a
+  remap of a second null sink's monitor; ``pacat`` plays the 1 kHz bursts
+  into that sink, and a second ``parec`` on the same source finds the onsets
+  when the microphone had them.
+* the page graph runs as well in the same call: its bot → ear (graph +
+  reported output latency) is printed beside the sink's, with the sink's
+  split: the relay's hold, NetEq (``getStats``), and the rest. The page
+  graph's own mouth is not sent at the device (the microphone is): its
+  mouth → bot is in the ``page`` rows.
+
+``--mic raw`` (an experiment) makes the PWA's ``getUserMedia`` ask for no echo
+cancellation, noise suppression or gain control (an init script); ``dsp`` is the PWA as it is.
+
 **Where the human's packets spend their time** (``--trace``): the server runs
 in this process on the bots' clock, so ``Trace`` wraps its methods and stamps
 every packet of the human's stream at the relay, the bot's WebSocket audio
@@ -151,6 +178,14 @@ PLAYOUTS = {"new": bot_playout.STALL_LIMIT, "old": 0.0}  # bot_playout.STALL_LIM
 STALL_AFTER_S = 3.0
 FIREFOX_AUDIO = ("mock", "pulse")
 AUDIO_DEVICES = ("page", "pulse")
+MICS = ("dsp", "raw")
+# --mic raw: the PWA's getUserMedia without Chromium's audio processing (an experiment;
+# the PWA asks for echoCancellation, noiseSuppression and autoGainControl).
+RAW_MIC_SCRIPT = """(() => {
+    const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = (constraints) => original(
+        {...constraints, audio: {echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
+})();"""
 
 
 def device_mouth_signal(events: int, period: float, lead_s: float = 1.0) -> np.ndarray:
@@ -706,6 +741,7 @@ class PathResult:
     # ahead of the sink's clock (outside it: a real device would play that much later).
     ear_buffer_ms: float | None = None
     ear_sink_ms: float | None = None
+    mic: str = "dsp"
 
 
 def analyse(
@@ -781,6 +817,7 @@ async def one_call(
     pulse_server: str | None = None,
     ptime_ms: int = 20,
     devices: devices_kit.PulseDevices | None = None,
+    mic: str = "dsp",
 ) -> PathResult:
     bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
     srv.state.media.ptime_ms = ptime_ms  # read at each answer: this call's browser gets it
@@ -826,6 +863,8 @@ async def one_call(
             nursery.start_soon(sample_sink)
 
         def chromium(context: Any) -> Four:
+            if mic == "raw":
+                context.add_init_script(RAW_MIC_SCRIPT)
             page, _ = join_call(context, url)
             page.wait_for_function("() => botcall.remoteStream !== null")
             started = page.evaluate(START_PAGE, arguments)
@@ -919,6 +958,7 @@ async def one_call(
         bot_to_ear_page=Summary.of(bot_to_ear_page) if bot_to_ear_page is not None else None,
         ear_buffer_ms=float(np.median([b for b, _ in sink_latencies])) if sink_latencies else None,
         ear_sink_ms=float(np.median([k for _, k in sink_latencies])) if sink_latencies else None,
+        mic=mic,
     )
 
 
@@ -995,12 +1035,13 @@ async def measure(
     firefox_audio: Sequence[str] = ("mock",),
     ptimes: Sequence[int] = (20,),
     audio_devices: Sequence[str] = ("page",),
+    mics: Sequence[str] = ("dsp",),
 ) -> list[PathResult]:
     with contextlib.ExitStack() as stack:
         pulse = stack.enter_context(kit.pulse_null_sink()) if "firefox" in browsers and "pulse" in firefox_audio else None
         devices = stack.enter_context(devices_kit.pulse_devices()) if "chromium" in browsers and "pulse" in audio_devices else None
         return await _measure(
-            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices
+            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices, mics
         )
 
 
@@ -1019,6 +1060,7 @@ async def _measure(
     ptimes: Sequence[int] = (20,),
     audio_devices: Sequence[str] = ("page",),
     devices: devices_kit.PulseDevices | None = None,
+    mics: Sequence[str] = ("dsp",),
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -1030,13 +1072,19 @@ async def _measure(
                             if browser == "firefox" and receiver != "default":
                                 continue  # Chromium's receiver settings
                             for path in paths:
-                                variants = [(p, a, t) for p in playouts for a in (firefox_audio if browser == "firefox" else audio_devices) for t in ptimes]
-                                for playout, audio, ptime in variants:
+                                variants = [
+                                    (p, a, t, m)
+                                    for p in playouts
+                                    for a in (firefox_audio if browser == "firefox" else audio_devices)
+                                    for t in ptimes
+                                    for m in (mics if browser == "chromium" else ("dsp",))
+                                ]
+                                for playout, audio, ptime, mic in variants:
                                     server = pulse if audio == "pulse" and browser == "firefox" else None
                                     chromium_devices = devices if audio == "pulse" and browser == "chromium" else None
                                     try:
                                         result = await one_call(
-                                            srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime, chromium_devices
+                                            srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime, chromium_devices, mic
                                         )
                                     except Exception as exc:  # one failed call is reported, the run goes on
                                         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -1046,7 +1094,7 @@ async def _measure(
                                             flush=True,
                                         )
                                         continue
-                                    print(row(result), flush=True)
+                                    print(row(result) + ("" if result.mic == "dsp" else f" mic={result.mic}"), flush=True)
                                     if result.device == "pulse":
                                         print("    " + device_split(result), flush=True)
                                     if result.split_ms:
@@ -1111,6 +1159,7 @@ def main() -> int:
     parser.add_argument(
         "--audio-device", default="page", help="comma-separated, Chromium: page (the page's WebAudio graph), pulse (at PulseAudio null sinks)"
     )
+    parser.add_argument("--mic", default="dsp", help="comma-separated, Chromium: dsp (the PWA's constraints), raw (no echo cancellation, noise suppression or gain control)")
     parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
     parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)
@@ -1130,6 +1179,7 @@ def main() -> int:
     playouts = args.playout.split(",")
     firefox_audio = args.firefox_audio.split(",")
     audio_devices = args.audio_device.split(",")
+    mics = args.mic.split(",")
     try:
         ptimes = [int(value) for value in args.ptime.split(",")]
     except ValueError:
@@ -1138,11 +1188,11 @@ def main() -> int:
         parser.error(f"--ptime values must be among {PTIMES_MS}")
     for name, known in (
         ("path", PATHS), ("leg", ("loopback", "impaired")), ("receiver", RECEIVER_SETTINGS), ("browser", ("chromium", "firefox")), ("playout", PLAYOUTS),
-        ("firefox-audio", FIREFOX_AUDIO), ("audio-device", AUDIO_DEVICES),
+        ("firefox-audio", FIREFOX_AUDIO), ("audio-device", AUDIO_DEVICES), ("mic", MICS),
     ):
         chosen = {
             "path": paths, "leg": legs, "receiver": receivers, "browser": browsers, "playout": playouts, "firefox-audio": firefox_audio,
-            "audio-device": audio_devices,
+            "audio-device": audio_devices, "mic": mics,
         }[name]
         unknown = [c for c in chosen if c not in known]
         if unknown:
@@ -1157,7 +1207,7 @@ def main() -> int:
     print(HEADER)
     results = trio.run(
         measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio, ptimes,
-        audio_devices,
+        audio_devices, mics,
     )
     data = [asdict(r) for r in results]
     if args.json is not None:
