@@ -1077,7 +1077,7 @@ async def _measure(
                                     for p in playouts
                                     for a in (firefox_audio if browser == "firefox" else audio_devices)
                                     for t in ptimes
-                                    for m in (mics if browser == "chromium" else ("dsp",))
+                                    for m in (mics if browser == "chromium" and a == "pulse" else ("dsp",))
                                 ]
                                 for playout, audio, ptime, mic in variants:
                                     server = pulse if audio == "pulse" and browser == "firefox" else None

@@ -38,6 +38,9 @@ if [ "$purpose" = "test" ]; then
     # A real-time audio clock for headless Firefox in bench.mouth_to_ear --firefox-audio pulse
     # (tests.kit.firefox.pulse_null_sink: a private daemon with a null sink; its mock back-end runs slow).
     command -v pulseaudio >/dev/null 2>&1 || missing+=(pulseaudio)
+    # pactl, parec and pacat: Chromium's sound devices in tests.kit.pulse (bench.mouth_to_ear
+    # --audio-device pulse, tests/e2e/test_pulse_devices.py) read and feed the daemon's null sinks.
+    command -v parec >/dev/null 2>&1 && command -v pacat >/dev/null 2>&1 && command -v pactl >/dev/null 2>&1 || missing+=(pulseaudio-utils)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     # Debian packages npm apart from Node.js; the werift peer and the Node SDK need it.
