@@ -20,7 +20,7 @@ from playwright.sync_api import BrowserContext
 from botcall.demo.signals import dominant_frequency, tone
 from botcall_sdk import connect
 from tests.kit import pulse
-from tests.kit.chromium import PageErrors, hooks, in_browser, join_call
+from tests.kit.chromium import hooks, in_browser, join_call
 from tests.kit.server import running_server
 from tests.kit.speaking import frames_from, saying
 
@@ -44,7 +44,6 @@ async def test_chromium_hears_at_the_sink_and_speaks_from_the_source(tmp_path):
                     writer = pulse.DeviceWriter(devices, devices.mouth_sink, mouth)
                     try:
                         page, errors = join_call(context, f"{srv.url}{invite.path}#{invite.fragment}")
-                        PageErrors(page)
                         participant = hooks(page)["participantId"]
                         heard_at_sink = ear.wait_loud(1.0)
                         heard_by_bot = trio.from_thread.run(frames_from, bot, participant, 50)
