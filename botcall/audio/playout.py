@@ -36,6 +36,16 @@ FRAME_DURATION = 0.020
 # (the speaker's sender restarted), not a loss to conceal: 100 ms at most is
 # synthesised for a gap.
 MAX_CONCEALED_RUN = 5
+BOT_CATCHUP_MARGIN = 0.250
+"""Seconds a speaker's jitter buffer may run behind its target before it discards
+frames at once to catch up (``JitterBuffer``'s ``catchup_margin``; 20 ms by
+default), for the play-outs that feed a bot: the mix (``relay.mixer``) and paced
+pcm16 per speaker (``relay.ws_audio``). A bot is most often a speech-to-text
+engine: after a stall (the relay's loop or the sender held up on a busy machine)
+the frames that piled up are played, late, rather than dropped (a lost
+syllable), and the delay is shed a frame per ``shrink_interval`` (1 s) instead.
+Up to this much; a longer stall still catches up at once, so the delay stays
+bounded. An in-order stream never runs behind, so its latency is unchanged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +143,9 @@ class _SpeakerTable:
 class Playout(_SpeakerTable):
     """Jitter buffers and decoders for every speaker one listener hears.
 
+    ``Playout.for_bot`` is the one a bot's play-out clock pops (the mix, paced
+    pcm16): it plays a stall's backlog late (``BOT_CATCHUP_MARGIN``).
+
     Args:
         sample_rate: output rate (8/12/16/24/48 kHz; libopus decodes straight to it).
         channels: output channels.
@@ -159,6 +172,12 @@ class Playout(_SpeakerTable):
         self._speakers: dict[int, _Speaker] = {}
         self._next_forget = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def for_bot(cls, *, sample_rate: int, max_speakers: int = 32) -> Playout:
+        """The play-out of a bot's per-speaker or mixed stream: a stall's backlog
+        is played late, up to ``BOT_CATCHUP_MARGIN``, then shed slowly."""
+        return cls(sample_rate=sample_rate, max_speakers=max_speakers, catchup_margin=BOT_CATCHUP_MARGIN)
 
     def push(self, packet: RtpPacket, arrival_time: float) -> None:
         """Queue one received RTP packet."""

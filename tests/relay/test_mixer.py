@@ -118,7 +118,7 @@ def test_mix_minus_over_the_websocket(encoding):
                 relay.handle_rtp(peer, packets[k], now)
         while True:
             try:
-                speaker, data = sink.queue.get_nowait()
+                speaker, data, _arrived = sink.queue.get_nowait()
             except Exception:
                 break
             audio.pcm_push(speaker, data, now)

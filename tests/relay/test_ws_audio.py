@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from botcall.audio.opus import OpusEncoder
-from botcall.demo.signals import tone
+from botcall.demo.signals import energy_fraction, tone
 from botcall.errors import SignalingError
 from botcall.relay.core import MediaPeer, MediaRelay
 from botcall.relay.service import WsSink
 from botcall.relay.ws_audio import WsAudio
-from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
+from botcall.wire.rtp import RTP_HEADER, RtpPacket, parse_rtp_untrusted
 
 
 class Recorder:
@@ -165,3 +165,112 @@ def test_a_real_time_bot_reaches_listeners_as_a_clean_real_time_rtp_stream(encod
     assert not any(p.marker for p in packets)
     assert {packet_samples_untrusted(p.payload) for p in packets} == {960}
     assert {p.payload[0] & 0x03 for p in packets} == {0}  # one frame per packet (RFC 6716 §3.2.2)
+
+
+# --- paced pcm16 after a stall, and the arrival stamp (issue 18/12 leftovers) ----------------
+
+SPEAKER_SSRC = 2222
+
+
+def _paced_bot():
+    relay, bot, listener, _ = room("pcm16")
+    speaker = relay.peer("s-l")
+    assert speaker is not None
+    return speaker, WsAudio(relay, bot, encoding="pcm16", sample_rate=16000, delivery="paced")
+
+
+def _tone_packets(frames: int, frequency: float = 440.0) -> list[bytes]:
+    encoder = OpusEncoder()
+    pcm = tone(frequency, frames * 0.02, amplitude=0.3)
+    return [
+        RTP_HEADER.pack(0x80, 111, k, k * 960, SPEAKER_SSRC) + encoder.encode(pcm[k * 1920 : (k + 1) * 1920])
+        for k in range(frames)
+    ]
+
+
+def _stalled_paced_bot(packets: list[bytes], stall_at: int, stall: float, tail: int = 40):
+    """Packets arrive every 20 ms (pushed with their own arrival time); the bot's
+    20 ms tick (``_pcm_out``) comes ``stall`` late once, then pops back to back
+    until its schedule is current, as a trio loop held up on a busy machine does."""
+    speaker, audio = _paced_bot()
+    out = []
+    clock = 0.0
+    pushed = 0
+    for k in range(len(packets) + tail):
+        due = k * 0.02
+        now = due + stall if k == stall_at else max(due, clock)
+        while pushed < len(packets) and pushed * 0.02 <= now:
+            audio.pcm_push(speaker, packets[pushed], pushed * 0.02)
+            pushed += 1
+        clock = now
+        out.extend(audio.pcm_pop(now))
+    return audio, out
+
+
+@pytest.mark.parametrize("stall", [0.06, 0.1, 0.15])
+def test_a_stalled_paced_pcm16_bot_loses_none_of_the_speech(stall):
+    """The backlog a held-up tick finds is played late, not discarded (it was with
+    the 20 ms catch-up margin: a per-speaker pcm16 bot lost a syllable)."""
+    packets = _tone_packets(75)
+    audio, out = _stalled_paced_bot(packets, 40, stall)
+    stats = audio.jitter_stats(SPEAKER_SSRC)
+    assert stats is not None
+    assert stats.discarded == 0 and stats.played == len(packets), stats
+    heard = [f for f in out if not f.concealed]
+    assert len(heard) == len(packets)
+    # Content, not just bytes: the tone throughout.
+    pcm = b"".join(f.payload for f in heard[2:])
+    assert energy_fraction(pcm, 16000, 440) > 0.9
+
+
+def test_a_paced_pcm16_bot_behind_after_a_stall_sheds_the_delay_slowly():
+    """The stall's delay is not kept for the call: shed a frame per shrink interval."""
+    packets = _tone_packets(400)
+    audio, _ = _stalled_paced_bot(packets, 40, 0.15, tail=0)
+    stats = audio.jitter_stats(SPEAKER_SSRC)
+    assert stats is not None
+    assert 1 <= stats.discarded <= 8, stats
+    assert stats.current_delay <= stats.target_delay + 0.04, stats
+
+
+def test_websocket_sink_carries_each_packets_arrival_time():
+    """``_pcm_out`` drains the sink on its 20 ms tick; the relay's arrival time
+    rides along so the jitter buffer sees the real arrival, not the tick."""
+    relay, bot, _, _ = room("pcm16")
+    speaker = relay.peer("s-l")
+    assert speaker is not None
+    for k, packet in enumerate(_tone_packets(3)):
+        relay.handle_rtp(speaker, packet, 5.0 + k * 0.02 + 0.003)
+    sink = bot.sink
+    assert isinstance(sink, WsSink)
+    arrivals = [sink.queue.get_nowait()[2] for _ in range(3)]
+    assert arrivals == pytest.approx([5.003, 5.023, 5.043])
+
+
+def _paced_delay(stamp_with_tick: bool) -> tuple[float, float]:
+    """Target delay and RFC 3550 jitter of a steady stream whose packets arrive
+    within ±3 ms of the bot's tick phase (an evenly paced sender)."""
+    speaker, audio = _paced_bot()
+    packets = _tone_packets(250)
+    offsets = [0.003 * ((k * 7919) % 7 - 3) / 3 for k in range(len(packets))]  # deterministic ±3 ms
+    pushed = 0
+    for k in range(1, len(packets) + 10):
+        tick = k * 0.02
+        while pushed < len(packets) and pushed * 0.02 + offsets[pushed] <= tick:
+            arrival = pushed * 0.02 + offsets[pushed]
+            audio.pcm_push(speaker, packets[pushed], tick if stamp_with_tick else arrival)
+            pushed += 1
+        audio.pcm_pop(tick)
+    stats = audio.jitter_stats(SPEAKER_SSRC)
+    assert stats is not None
+    return stats.target_delay, stats.jitter
+
+
+def test_arrival_stamps_keep_the_tick_out_of_the_jitter_estimate():
+    """Stamped with the tick, ±3 ms of real jitter around the tick's phase reads as
+    20 ms jumps; the packets' own arrival times keep the estimate near the truth."""
+    real_target, real_jitter = _paced_delay(stamp_with_tick=False)
+    tick_target, tick_jitter = _paced_delay(stamp_with_tick=True)
+    assert real_jitter < 0.004
+    assert tick_jitter > 2 * real_jitter
+    assert real_target <= tick_target
