@@ -47,7 +47,10 @@ or above the target, and acts where it costs least:
 * **Discard** (shrink at a cost): the delay has been a whole frame above the
   target for ``shrink_interval``, or ``catchup_margin`` beyond that (after a
   delay spike released a burst, or a consumer stall): the due frame is dropped
-  and counted as ``discarded``.
+  and counted as ``discarded``. With ``stall_margin`` (a bot's paced play-out),
+  a delay that jumped a frame or more above where it last sat on target keeps
+  up to that much backlog, played late and shed a frame per ``shrink_interval``;
+  an excess that came from the target falling is cut at ``catchup_margin``.
 * **Conceal**: the due frame is missing, later frames are buffered and the delay
   is on target: ``CONCEAL``, carrying the next packet's payload when it is the
   very next frame so the decoder can rebuild the lost one from Opus in-band FEC.
