@@ -19,10 +19,11 @@ playback is refused whole (``playout_full``).
 Downlink. Opus: each speaker's RTP packet. pcm16 delivered on arrival (the
 default, ``delivery="arrival"``): each packet decoded the moment it arrives,
 only real gaps concealed (``audio.playout.ArrivalPlayout``); pcm16 ``paced``: a
-jitter buffer and decoder per speaker (``audio.playout.Playout.for_bot``, as
-the mix's) popped every 20 ms: after a stall (a held-up tick) the backlog is
-played late, up to ``BOT_CATCHUP_MARGIN`` (0.25 s), and the added delay shed a
-frame a second, rather than discarded; packets carry their arrival time (the
+jitter buffer and decoder per speaker (``audio.playout.Playout.for_bot``)
+popped every 20 ms: after a stall (a held-up tick) the backlog is played late,
+up to ``BOT_CATCHUP_MARGIN`` (0.25 s, as the mix), and the added delay shed a
+frame a second, rather than discarded, while an in-order stream's latency is
+as before (the jitter buffer's ``stall_margin``); packets carry their arrival time (the
 sink's ``now``), not the tick's, into the jitter estimate. A bot receiving the
 mix (``mix_ssrc`` set) gets instead one frame per 20 ms of ``relay.mixer``'s
 mix-minus, as pcm16 or as Opus RTP under the mix SSRC, with participant id
