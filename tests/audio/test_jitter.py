@@ -12,6 +12,7 @@ import pytest
 from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
 from botcall.wire.rtp import RtpPacket
 from botcall.demo.netsim import merge_schedule
+from tests.kit.held_up import held_up_ticks
 
 FRAME = 0.020
 SPF = 960
@@ -446,13 +447,9 @@ def test_buffered_delay_while_idle_is_the_span_of_what_is_held():
 def _held_up_consumer(buffer: JitterBuffer, frames: int, stall_at: int, stall: float) -> list[PlayoutFrame]:
     """Packets every 20 ms; pops every 20 ms except one ``stall`` late, then back to back."""
     out: list[PlayoutFrame] = []
-    clock, pushed = 0.0, 0
-    for k in range(frames + 20):
-        now = k * 0.02 + stall if k == stall_at else max(k * 0.02, clock)
-        while pushed < frames and pushed * 0.02 <= now:
-            buffer.push(packet(pushed), pushed * 0.02)
-            pushed += 1
-        clock = now
+    for now, arrived in held_up_ticks(frames, frames + 20, stall_at, stall):
+        for k in arrived:
+            buffer.push(packet(k), k * 0.02)
         frame = buffer.pop(now)
         if frame is not None:
             out.append(frame)

@@ -11,6 +11,7 @@ from botcall.relay.core import MediaPeer, MediaRelay
 from botcall.relay.service import WsSink
 from botcall.relay.ws_audio import WsAudio
 from botcall.wire.rtp import RTP_HEADER, RtpPacket, parse_rtp_untrusted
+from tests.kit.held_up import held_up_ticks
 
 
 class Recorder:
@@ -194,15 +195,9 @@ def _stalled_paced_bot(packets: list[bytes], stall_at: int, stall: float, tail: 
     until its schedule is current, as a trio loop held up on a busy machine does."""
     speaker, audio = _paced_bot()
     out = []
-    clock = 0.0
-    pushed = 0
-    for k in range(len(packets) + tail):
-        due = k * 0.02
-        now = due + stall if k == stall_at else max(due, clock)
-        while pushed < len(packets) and pushed * 0.02 <= now:
-            audio.pcm_push(speaker, packets[pushed], pushed * 0.02)
-            pushed += 1
-        clock = now
+    for now, arrived in held_up_ticks(len(packets), len(packets) + tail, stall_at, stall):
+        for k in arrived:
+            audio.pcm_push(speaker, packets[k], k * 0.02)
         out.extend(audio.pcm_pop(now))
     return audio, out
 
