@@ -47,7 +47,10 @@ or above the target, and acts where it costs least:
 * **Discard** (shrink at a cost): the delay has been a whole frame above the
   target for ``shrink_interval``, or ``catchup_margin`` beyond that (after a
   delay spike released a burst, or a consumer stall): the due frame is dropped
-  and counted as ``discarded``.
+  and counted as ``discarded``. With ``stall_margin`` (a bot's paced play-out),
+  a delay that jumped a frame or more above where it last sat on target keeps
+  up to that much backlog, played late and shed a frame per ``shrink_interval``;
+  an excess that came from the target falling is cut at ``catchup_margin``.
 * **Conceal**: the due frame is missing, later frames are buffered and the delay
   is on target: ``CONCEAL``, carrying the next packet's payload when it is the
   very next frame so the decoder can rebuild the lost one from Opus in-band FEC.
@@ -232,6 +235,7 @@ class JitterOptions(TypedDict, total=False):
     recent_window: float
     shrink_interval: float
     catchup_margin: float
+    stall_margin: float | None
     wait_margin: float
     idle_after: float
     jump_threshold: float
@@ -257,6 +261,12 @@ class JitterBuffer:
             before a buffered frame is discarded to cut it.
         catchup_margin: beyond ``target + frame + catchup_margin`` frames are
             discarded at once.
+        stall_margin: the same bound while the delay sits a frame or more above
+            where it last was within ``catchup_margin`` of the target (a stall: a
+            pop held up, or a sender's held-up packets arriving at once): up to
+            this much of the backlog is played late, then shed a frame per
+            ``shrink_interval``. An excess that did not come from a jump (the
+            target fell) is still cut at ``catchup_margin``. None: ``catchup_margin``.
         wait_margin: a missing frame whose successor is missing too is waited
             for (once) while the delay is below ``target + wait_margin``.
         idle_after: seconds of expansion with nothing buffered before going idle.
@@ -284,6 +294,8 @@ class JitterBuffer:
         "_recent_window",
         "_shrink_interval",
         "_catchup",
+        "_stall",
+        "_settled",
         "_wait_margin",
         "_idle_frames",
         "_quiet",
@@ -372,6 +384,7 @@ class JitterBuffer:
         recent_window: float = 10.0,
         shrink_interval: float = 1.0,
         catchup_margin: float = 0.020,
+        stall_margin: float | None = None,
         wait_margin: float = 0.020,
         idle_after: float = 0.100,
         jump_threshold: float = 3.0,
@@ -401,6 +414,8 @@ class JitterBuffer:
         self._recent_window = recent_window
         self._shrink_interval = shrink_interval
         self._catchup = catchup_margin
+        self._stall = catchup_margin if stall_margin is None else max(stall_margin, catchup_margin)
+        self._settled: float | None = None  # the delay when it last sat within catchup_margin
         self._wait_margin = wait_margin
         self._idle_frames = max(1, int(round(idle_after / frame_duration)))
         self._quiet = self._idle_frames * frame_duration
@@ -599,6 +614,7 @@ class JitterBuffer:
         self._far_run = 0
         self._missing_run = 0
         self._above_since = None
+        self._settled = None
 
     def _resync(self) -> None:
         """Forget the stream (flushing what it buffered); keep the counters."""
@@ -635,6 +651,7 @@ class JitterBuffer:
         self._missing_run = 0
         self._waited = -1
         self._above_since = None
+        self._settled = None
         self._history = bytearray(_HISTORY)
 
     def _sample(self, x: float, arrival: float) -> None:
@@ -752,6 +769,7 @@ class JitterBuffer:
         self._cursor = ts
         self._missing_run = 0
         self._above_since = None
+        self._settled = None
         return self._pop_playing(now)
 
     def _pop_playing(self, now: float) -> PlayoutFrame | None:
@@ -775,17 +793,23 @@ class JitterBuffer:
                 self._floor = seq
                 return self._pop_filling(now)
             excess = delay - frame - target
+            margin = self._catchup
+            if excess < margin:
+                self._settled = delay
+            elif (settled := self._settled) is not None and delay - settled >= frame:
+                # The delay jumped (a stall): play its backlog late, up to the stall margin.
+                margin = self._stall
             if excess >= 0.0 and seq + 1 in buf:
                 since = self._above_since
                 if since is None:
                     self._above_since = since = now
-                if excess >= self._catchup or now - since >= self._shrink_interval:
+                if excess >= margin or now - since >= self._shrink_interval:
                     del buf[seq]
                     self._discarded += 1
                     self._mark(seq, seen=True)
                     self._next_seq = seq + 1
                     self._cursor = ts + spf
-                    if excess < self._catchup:
+                    if excess < margin:
                         self._above_since = now
                     continue
             elif excess < 0.0:

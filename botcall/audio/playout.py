@@ -36,6 +36,17 @@ FRAME_DURATION = 0.020
 # (the speaker's sender restarted), not a loss to conceal: 100 ms at most is
 # synthesised for a gap.
 MAX_CONCEALED_RUN = 5
+BOT_CATCHUP_MARGIN = 0.250
+"""Seconds of backlog a bot's play-out plays late rather than discarding at once
+(``JitterBuffer``'s default catch-up is 20 ms). A bot is most often a
+speech-to-text engine: after a stall (the relay's loop or the sender held up on
+a busy machine) the frames that piled up are played, late, rather than dropped
+(a lost syllable), and the delay is shed a frame per ``shrink_interval`` (1 s).
+Up to this much; a longer stall still catches up at once, so the delay stays
+bounded. Paced pcm16 (``Playout.for_bot``) uses it as ``stall_margin``: only a
+delay that jumped is kept, so an in-order stream's latency is as before. The
+mix (``relay.mixer``) uses it as ``catchup_margin``: any excess, a falling
+target's too, is shed slowly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,9 @@ class _SpeakerTable:
 class Playout(_SpeakerTable):
     """Jitter buffers and decoders for every speaker one listener hears.
 
+    ``Playout.for_bot`` is the one a paced pcm16 bot's clock pops: it plays a
+    stall's backlog late (``BOT_CATCHUP_MARGIN``).
+
     Args:
         sample_rate: output rate (8/12/16/24/48 kHz; libopus decodes straight to it).
         channels: output channels.
@@ -159,6 +173,14 @@ class Playout(_SpeakerTable):
         self._speakers: dict[int, _Speaker] = {}
         self._next_forget = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def for_bot(cls, *, sample_rate: int, max_speakers: int = 32) -> Playout:
+        """The play-out of a bot's paced per-speaker stream: a stall's backlog
+        (the delay jumped a frame or more) is played late, up to
+        ``BOT_CATCHUP_MARGIN``, then shed slowly; any other excess over the
+        target is cut as before, so an in-order stream's latency is unchanged."""
+        return cls(sample_rate=sample_rate, max_speakers=max_speakers, stall_margin=BOT_CATCHUP_MARGIN)
 
     def push(self, packet: RtpPacket, arrival_time: float) -> None:
         """Queue one received RTP packet."""

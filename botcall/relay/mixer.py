@@ -8,9 +8,12 @@ listener's mixer is "everyone else": mix-minus comes for free.
 
 ``Mixer`` decodes every speaker through its own jitter buffer and decoder
 (``audio.playout.Playout``, straight to the output rate: libopus decodes to
-8/12/16/24/48 kHz, so no resampler), adds the 20 ms frames of everyone talking
-in int32 and bounds the sum with a soft knee (``soft_limit``): identity below
--2.5 dBFS, a tanh curve above that never reaches full scale, so loud overlaps
+8/12/16/24/48 kHz, so no resampler; a backlog, after a stall or when the
+target delay falls, is played late up to ``audio.playout.BOT_CATCHUP_MARGIN``
+and shed a frame a second rather than dropped), adds the 20 ms frames of
+everyone talking in int32 and bounds the sum with a soft knee
+(``soft_limit``): identity below -2.5 dBFS, a tanh curve above that never
+reaches full scale, so loud overlaps
 are compressed instead of wrapping around or hard-clipping.
 
 ``OpusMix`` encodes the mix and frames it as RTP under the listener's mix SSRC
@@ -33,7 +36,7 @@ import numpy as np
 
 from botcall.audio.jitter import FrameKind, JitterStats
 from botcall.audio.opus import FRAME_DURATION, FRAME_SAMPLES, PAYLOAD_TYPE, SAMPLE_RATE, OpusEncoder
-from botcall.audio.playout import Playout
+from botcall.audio.playout import BOT_CATCHUP_MARGIN, Playout
 from botcall.errors import BadPacket
 from botcall.relay.core import MediaPeer, MediaRelay, Transmit, UdpSink
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
@@ -51,14 +54,6 @@ _HEADROOM = FULL_SCALE - KNEE
 # longer than any jitter buffer's target delay, so a speaker filling up again
 # is not missed); the next packet starts it again.
 IDLE_TICKS = 50
-MIX_CATCHUP_MARGIN = 0.250
-"""Seconds a speaker's jitter buffer in a mix may run behind its target before it
-discards frames at once to catch up (``JitterBuffer``'s ``catchup_margin``; 20 ms
-by default). A mix goes to a bot, most often a speech-to-text engine: after a
-stall (the relay's loop or the sender held up on a busy machine) the frames
-that piled up are played, late, rather than dropped (a lost syllable), and the
-delay is shed a frame per ``shrink_interval`` (1 s) instead. Up to this much;
-a longer stall still catches up at once, so the delay stays bounded."""
 _MARKER = 0x80
 
 
@@ -120,7 +115,11 @@ class Mixer:
 
     def __init__(self, *, sample_rate: int = SAMPLE_RATE, max_speakers: int = 32) -> None:
         self.sample_rate = sample_rate
-        self._playout = Playout(sample_rate=sample_rate, max_speakers=max_speakers, catchup_margin=MIX_CATCHUP_MARGIN)
+        # Any delay above the target, not only a stall's, is shed slowly (the
+        # in-order stream keeps its start-up delay ~1 s longer, losing no frame
+        # when the target first falls); paced pcm16 (Playout.for_bot) keeps a
+        # stall's backlog only and an in-order stream's latency as before.
+        self._playout = Playout(sample_rate=sample_rate, max_speakers=max_speakers, catchup_margin=BOT_CATCHUP_MARGIN)
         self._origin: float | None = None
         self._position = -1
         self.counters: collections.Counter[str] = collections.Counter()

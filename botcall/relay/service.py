@@ -71,17 +71,19 @@ class WsSink:
     """Audio for a WebSocket bot: queued for the connection's sender task.
 
     The queue exists from the join on, so nothing is lost between the join and
-    the WebSocket connecting beyond what the bound allows.
+    the WebSocket connecting beyond what the bound allows. Each entry carries
+    the packet's arrival time (the relay's ``now``): a paced pcm16 bot's jitter
+    buffers estimate jitter from it, not from the 20 ms tick that drains the queue.
     """
 
     __slots__ = ("queue", "peer")
 
     def __init__(self, maxlen: int = WS_AUDIO_QUEUE) -> None:
-        self.queue: DropOldestQueue[tuple[MediaPeer, bytes]] = DropOldestQueue(maxlen)
+        self.queue: DropOldestQueue[tuple[MediaPeer, bytes, float]] = DropOldestQueue(maxlen)
         self.peer: MediaPeer | None = None
 
     def deliver_rtp(self, data: bytes, speaker: MediaPeer, now: float) -> None:
-        self.queue.put_nowait((speaker, data))
+        self.queue.put_nowait((speaker, data, now))
 
     def deliver_rtcp(self, data: bytes, speaker: MediaPeer, now: float) -> None:
         """WebSocket bots get no RTCP: the relay's pcm16/JSON framing has no use for it."""

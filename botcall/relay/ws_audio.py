@@ -19,8 +19,12 @@ playback is refused whole (``playout_full``).
 Downlink. Opus: each speaker's RTP packet. pcm16 delivered on arrival (the
 default, ``delivery="arrival"``): each packet decoded the moment it arrives,
 only real gaps concealed (``audio.playout.ArrivalPlayout``); pcm16 ``paced``: a
-jitter buffer and decoder per speaker (``audio.playout.Playout``) popped every
-20 ms. A bot receiving the
+jitter buffer and decoder per speaker (``audio.playout.Playout.for_bot``)
+popped every 20 ms: after a stall (a held-up tick) the backlog is played late,
+up to ``BOT_CATCHUP_MARGIN`` (0.25 s, as the mix), and the added delay shed a
+frame a second, rather than discarded, while an in-order stream's latency is
+as before (the jitter buffer's ``stall_margin``); packets carry their arrival time (the
+sink's ``now``), not the tick's, into the jitter estimate. A bot receiving the
 mix (``mix_ssrc`` set) gets instead one frame per 20 ms of ``relay.mixer``'s
 mix-minus, as pcm16 or as Opus RTP under the mix SSRC, with participant id
 ``"mix"``. Either way the result is an ``AudioOut``: ``binary()`` gives the
@@ -38,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from botcall.audio.jitter import FrameKind
+from botcall.audio.jitter import FrameKind, JitterStats
 from botcall.audio.opus import (
     stream_ms,
     FRAME_SAMPLES,
@@ -321,13 +325,17 @@ class WsAudio:
             self._opus_mix.push(data, now)
             return
         if self._playout is None:
-            self._playout = Playout(sample_rate=self.receive_sample_rate)
+            self._playout = Playout.for_bot(sample_rate=self.receive_sample_rate)
         try:
             self._playout.push(parse_rtp_untrusted(data), now)
         except BadPacket:
             return
         self._names[speaker.ssrc] = speaker.participant_id
         self._origins[speaker.ssrc] = speaker.stream_origin
+
+    def jitter_stats(self, ssrc: int) -> JitterStats | None:
+        """A speaker's jitter-buffer counters (paced pcm16), or None if not tracked."""
+        return None if self._playout is None else self._playout.stats(ssrc)
 
     def pcm_pop(self, now: float) -> list[AudioOut]:
         """Every speaker's next 20 ms frame due at ``now`` (pcm16 encoding), or the mix's."""

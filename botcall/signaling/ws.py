@@ -679,7 +679,7 @@ class BotChannel(Channel):
     async def _opus_out(self) -> None:
         audio = self._media()
         sink = self._sink()
-        async for speaker, data in sink.queue:
+        async for speaker, data, _arrived in sink.queue:
             frame = audio.opus_out(speaker, data)
             if frame is not None:
                 await self._send_audio(frame)
@@ -688,8 +688,8 @@ class BotChannel(Channel):
         """Each speaker's packet decoded and sent the moment it arrives."""
         audio = self._media()
         sink = self._sink()
-        async for speaker, data in sink.queue:
-            for frame in audio.pcm_arrived(speaker, data, trio.current_time()):
+        async for speaker, data, arrived in sink.queue:
+            for frame in audio.pcm_arrived(speaker, data, arrived):
                 await self._send_audio(frame)
 
     async def _pcm_out(self) -> None:
@@ -703,10 +703,12 @@ class BotChannel(Channel):
             now = trio.current_time()
             while True:
                 try:
-                    speaker, data = sink.queue.get_nowait()
+                    speaker, data, arrived = sink.queue.get_nowait()
                 except trio.WouldBlock:
                     break
-                audio.pcm_push(speaker, data, now)
+                # The packet's own arrival time, not the tick's: the jitter buffer
+                # measures jitter from it (a tick's stamp adds up to 20 ms of its own).
+                audio.pcm_push(speaker, data, arrived)
             for frame in audio.pcm_pop(now):
                 await self._send_audio(frame)
 

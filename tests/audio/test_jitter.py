@@ -12,6 +12,7 @@ import pytest
 from botcall.audio.jitter import FrameKind, JitterBuffer, PlayoutFrame
 from botcall.wire.rtp import RtpPacket
 from botcall.demo.netsim import merge_schedule
+from tests.kit.held_up import held_up_ticks
 
 FRAME = 0.020
 SPF = 960
@@ -441,3 +442,31 @@ def test_buffered_delay_while_idle_is_the_span_of_what_is_held():
     for i in (40, 42):  # the stream comes back; nothing popped yet
         jb.push(packet(i), 2.0 + (i - 40) * FRAME)
     assert jb.stats.buffered_delay == pytest.approx(3 * FRAME)
+
+
+def _held_up_consumer(buffer: JitterBuffer, frames: int, stall_at: int, stall: float) -> list[PlayoutFrame]:
+    """Packets every 20 ms; pops every 20 ms except one ``stall`` late, then back to back."""
+    out: list[PlayoutFrame] = []
+    for now, arrived in held_up_ticks(frames, frames + 20, stall_at, stall):
+        for k in arrived:
+            buffer.push(packet(k), k * 0.02)
+        frame = buffer.pop(now)
+        if frame is not None:
+            out.append(frame)
+    return out
+
+
+def test_stall_margin_plays_a_held_up_pops_backlog_and_only_that():
+    """``stall_margin`` keeps what a stall piled up (the default cuts it at 20 ms);
+    an excess that did not jump (the start-up target falling) is cut as before."""
+    steady = JitterBuffer(stall_margin=0.25)
+    _held_up_consumer(steady, 200, 60, 0.0)
+    stalled = JitterBuffer(stall_margin=0.25)
+    _held_up_consumer(stalled, 200, 60, 0.15)
+    old = JitterBuffer()
+    _held_up_consumer(old, 200, 60, 0.15)
+    assert stalled.stats.discarded == steady.stats.discarded  # nothing lost to the stall
+    assert old.stats.discarded >= steady.stats.discarded + 3  # the default drops the backlog
+    unstalled_default = JitterBuffer()
+    _held_up_consumer(unstalled_default, 200, 60, 0.0)
+    assert steady.stats.discarded == unstalled_default.stats.discarded  # in-order: as before

@@ -12,6 +12,7 @@ from botcall.relay.mixer import IDLE_TICKS, KNEE, MIX_PARTICIPANT_ID, Mixer, Mix
 from botcall.relay.service import WsSink
 from botcall.relay.ws_audio import WsAudio
 from botcall.wire.rtp import RTP_HEADER, parse_rtp_untrusted
+from tests.kit.held_up import held_up_ticks
 
 FRAME = 0.02
 MIX_SSRC = 0xABCDEF01
@@ -118,7 +119,7 @@ def test_mix_minus_over_the_websocket(encoding):
                 relay.handle_rtp(peer, packets[k], now)
         while True:
             try:
-                speaker, data = sink.queue.get_nowait()
+                speaker, data, _arrived = sink.queue.get_nowait()
             except Exception:
                 break
             audio.pcm_push(speaker, data, now)
@@ -201,17 +202,9 @@ def _stalled_consumer(mixer: Mixer, packets: list[bytes], stall_at: int, stall: 
     ``stall`` late (its process descheduled), after which it catches up at once
     (``_pcm_out``'s loop: pops back to back until its schedule is current)."""
     out: list[MixFrame] = []
-    clock = 0.0
-    pushed = 0
-    for k in range(len(packets) + 40):
-        due = k * FRAME
-        now = max(due, clock)
-        if k == stall_at:
-            now = due + stall
-        while pushed < len(packets) and pushed * FRAME <= now:
-            mixer.push(packets[pushed], pushed * FRAME)
-            pushed += 1
-        clock = now
+    for now, arrived in held_up_ticks(len(packets), len(packets) + 40, stall_at, stall):
+        for k in arrived:
+            mixer.push(packets[k], k * FRAME)
         frame = mixer.pop(now)
         if frame is not None:
             out.append(frame)
