@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit.firefox import PULSEAUDIO, pulse_events, pulse_null_sink, wait_for_sink_input
+from tests.kit.firefox import pulse_events, pulse_null_sink, wait_for_sink_input
+from tests.kit.pulse import PULSEAUDIO
 from tests.kit.system import HarnessError, wait_for_unix_socket
 
 # Binds at its first stdin line (and says "bound"), listens at the second, holds until stdin ends.

@@ -35,7 +35,8 @@ from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
 
 from tests.kit.page_audio import PageRecording, recording_from
-from tests.kit.system import HarnessError, wait_for_unix_socket, wait_readable
+from tests.kit.pulse import pulse_daemon
+from tests.kit.system import HarnessError, wait_readable
 
 T = TypeVar("T")
 
@@ -116,7 +117,6 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
             time.sleep(0.05)
 
 
-PULSEAUDIO = shutil.which("pulseaudio")
 # A real-time audio clock for headless Firefox. The mock back-end's fake audio
 # thread renders 10 ms and then sleeps 10 ms (Firefox's MockCubeb.cpp), so every
 # pass costs 10 ms plus the work plus the sleep's overshoot: on this busy machine
@@ -134,33 +134,8 @@ def pulse_null_sink() -> Iterator[str]:
     Raises:
         RuntimeError: ``pulseaudio`` is not installed, or did not answer in time.
     """
-    if PULSEAUDIO is None:
-        raise RuntimeError("pulseaudio is not installed (apt-get install pulseaudio)")
-    with tempfile.TemporaryDirectory(prefix="botcall-pulse-") as home:
-        socket_path = Path(home) / "native"
-        env = {**os.environ, "HOME": home, "XDG_RUNTIME_DIR": home, "XDG_CONFIG_HOME": home}
-        process = subprocess.Popen(
-            [
-                PULSEAUDIO, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--log-target=stderr",
-                "-L", "module-null-sink sink_name=botcall_null rate=48000",
-                "-L", f"module-native-protocol-unix socket={socket_path} auth-anonymous=1",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_for_unix_socket(socket_path, process, PULSE_START_S)
-            yield f"unix:{socket_path}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with pulse_daemon(("module-null-sink sink_name=botcall_null rate=48000",)) as server:
+        yield server
 
 
 @contextmanager

@@ -73,10 +73,11 @@ def pactl(server: str, *args: str) -> str:
 
 
 @contextmanager
-def pulse_devices() -> Iterator[PulseDevices]:
-    """A private PulseAudio daemon with the ear sink (the default sink), the mouth
-    sink and the microphone (the default source: the mouth sink's monitor, remapped
-    to mono); null sinks at 48 kHz.
+def pulse_daemon(modules: tuple[str, ...], *, rate: int = RATE) -> Iterator[str]:
+    """A private PulseAudio daemon (``pulseaudio -n``: no default modules) that loads
+    ``modules`` (``module-null-sink sink_name=...``...) and the native protocol on a
+    socket of its own; clients open streams at ``rate``. Yields its server string
+    (``unix:…``); stops it.
 
     Raises:
         RuntimeError: ``pulseaudio`` is not installed, or did not answer in time.
@@ -85,17 +86,15 @@ def pulse_devices() -> Iterator[PulseDevices]:
         raise RuntimeError("pulseaudio is not installed (apt-get install pulseaudio)")
     with tempfile.TemporaryDirectory(prefix="botcall-pulse-") as home:
         socket_path = Path(home) / "native"
-        # Clients (Chromium) open streams at the daemon's default rate: 48 kHz, as the sinks.
+        # Clients (Chromium) open streams at the daemon's default rate: the sinks'.
         (Path(home) / "pulse").mkdir()
-        (Path(home) / "pulse" / "daemon.conf").write_text("default-sample-rate = 48000\nalternate-sample-rate = 48000\n")
+        (Path(home) / "pulse" / "daemon.conf").write_text(f"default-sample-rate = {rate}\nalternate-sample-rate = {rate}\n")
         env = {**os.environ, "HOME": home, "XDG_RUNTIME_DIR": home, "XDG_CONFIG_HOME": home}
+        loads = [arg for module in modules for arg in ("-L", module)]
         process = subprocess.Popen(
             [
                 PULSEAUDIO, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--log-target=stderr",
-                "-L", f"module-null-sink sink_name={EAR_SINK} rate={RATE}",
-                "-L", f"module-null-sink sink_name={MOUTH_SINK} rate={RATE}",
-                # Chromium lists no monitor source as a microphone: a remap of the mouth's monitor is one.
-                "-L", f"module-remap-source master={MOUTH_SINK}.monitor source_name={MIC_SOURCE} channels=1 channel_map=mono",
+                *loads,
                 "-L", f"module-native-protocol-unix socket={socket_path} auth-anonymous=1",
             ],
             env=env,
@@ -106,10 +105,7 @@ def pulse_devices() -> Iterator[PulseDevices]:
         )
         try:
             wait_for_unix_socket(socket_path, process, START_S)
-            server = f"unix:{socket_path}"
-            pactl(server, "set-default-sink", EAR_SINK)
-            pactl(server, "set-default-source", MIC_SOURCE)
-            yield PulseDevices(server)
+            yield f"unix:{socket_path}"
         finally:
             process.terminate()
             try:
@@ -117,6 +113,27 @@ def pulse_devices() -> Iterator[PulseDevices]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def pulse_devices() -> Iterator[PulseDevices]:
+    """A private PulseAudio daemon with the ear sink (the default sink), the mouth
+    sink and the microphone (the default source: the mouth sink's monitor, remapped
+    to mono); null sinks at 48 kHz.
+
+    Raises:
+        RuntimeError: ``pulseaudio`` is not installed, or did not answer in time.
+    """
+    modules = (
+        f"module-null-sink sink_name={EAR_SINK} rate={RATE}",
+        f"module-null-sink sink_name={MOUTH_SINK} rate={RATE}",
+        # Chromium lists no monitor source as a microphone: a remap of the mouth's monitor is one.
+        f"module-remap-source master={MOUTH_SINK}.monitor source_name={MIC_SOURCE} channels=1 channel_map=mono",
+    )
+    with pulse_daemon(modules) as server:
+        pactl(server, "set-default-sink", EAR_SINK)
+        pactl(server, "set-default-source", MIC_SOURCE)
+        yield PulseDevices(server)
 
 
 def device_times(reads: np.ndarray, count: int, rate: int = RATE, bin_s: float = 1.0) -> np.ndarray:
