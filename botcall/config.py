@@ -174,9 +174,13 @@ class Config:
     # own thread blocks on the socket without the GIL). It takes only speakers
     # whose packets need nothing but forwarding: no playout (see
     # media_bot_playout), not muted, every listener a latched UDP bot; so
-    # "thread" is refused unless media_bot_playout is false. "off" by default:
-    # measured in docs/bench-results.md §18.
-    media_fast_path: str = "off"
+    # "thread" is refused unless media_bot_playout is false. "inline" by
+    # default: in the default configuration it takes established browser legs'
+    # SRTP toward bots (their speech still reaches Python's trackers) and cut
+    # the relay's CPU per packet by ~20 % (docs/bench-results.md §18c); "off"
+    # keeps every packet in Python. Where the extension is not built, "inline"
+    # acts as "off".
+    media_fast_path: str = "inline"
     # With media_fast_path on: established browser legs' SRTP takes the fast
     # path too (decrypted, renumbered and protected in C with the legs' own
     # libsrtp sessions; 1:1 calls, docs/bench-results.md §18). False keeps

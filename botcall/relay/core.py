@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, cast
 
-from botcall.audio.opus import packet_samples_untrusted, stream_ms
+from botcall.audio.opus import packet_samples_untrusted
 from botcall.errors import BadPacket
 from botcall.audio.vad import SpeechEvent, SpeechStarted
 from botcall.relay.bot_playout import BotPlayout, Cleared, MarkReached, Push
@@ -58,6 +58,10 @@ Transmit = Callable[[bytes, Address], None]
 
 _SSRC_AT_4 = struct.Struct("!I")
 _U32_AT = struct.Struct("!I").unpack_from
+
+# Samples at 48 kHz of an Opus packet by its TOC byte, for codes 0-2 (one or two
+# frames: the TOC alone says); 0 for code 3, whose frame count byte must be read.
+_SAMPLES_BY_TOC = tuple(0 if toc & 0x03 == 3 else packet_samples_untrusted(bytes((toc, 0, 0))) for toc in range(256))
 # classify() answered for every first byte ahead of time: the hot path indexes a
 # tuple instead of calling a function and comparing enums (RFC 7983 §7).
 _IS_RTP = tuple(classify(first) is PacketKind.RTP for first in range(256))
@@ -483,7 +487,7 @@ class MediaRelay:
         return peer
 
     def _rebuild_fanout(self, room_id: str) -> None:
-        self._routes_changed()
+        self.routes_changed()
         room = self._rooms.get(room_id, ())
         for peer in room:
             peer.fanout = tuple(other.sink for other in room if other is not peer)
@@ -524,7 +528,7 @@ class MediaRelay:
         peer = self._by_session.get(session_id)
         if peer is not None:
             peer.muted = muted
-            self._routes_changed()
+            self.routes_changed()
 
     # --- the datagram path -----------------------------------------------------------
 
@@ -583,7 +587,7 @@ class MediaRelay:
             return
         if peer.stream_origin is None:
             peer.stream_origin = _U32_AT(data, 4)[0]
-            self._routes_changed()
+            self.routes_changed()
             if self.on_event is not None:
                 self.on_event(peer, StreamStarted(peer.stream_origin))
         if peer.playout is not None:
@@ -612,11 +616,18 @@ class MediaRelay:
     # --- speech detection and barge-in ---------------------------------------------------
 
     def _track_speech(self, peer: MediaPeer, speech: SpeechTracker, data: bytes, now: float) -> None:
-        try:
-            offset = payload_offset_untrusted(data)
-        except BadPacket:
-            return
-        event = speech.on_packet(data, offset, stream_ms(peer.stream_origin, _U32_AT(data, 4)[0]))
+        # Per speaker packet: the common header (no CSRC, no extension) and the
+        # stream position (stream_ms) without calls.
+        if data[0] & 0x1F == 0 and len(data) >= 12:
+            offset = 12
+        else:
+            try:
+                offset = payload_offset_untrusted(data)
+            except BadPacket:
+                return
+        origin = peer.stream_origin
+        position_ms = 0 if origin is None else ((_U32_AT(data, 4)[0] - origin) & 0xFFFFFFFF) // 48
+        event = speech.on_packet(data, offset, position_ms)
         peer.last_voice = now
         if event is not None:
             self._speech_event(peer, event)
@@ -660,11 +671,15 @@ class MediaRelay:
     # --- a bot's speech: played out at real time ----------------------------------------
 
     def _push_playout(self, peer: MediaPeer, playout: BotPlayout, data: bytes, now: float) -> None:
-        try:
-            samples = packet_samples_untrusted(memoryview(data)[payload_offset_untrusted(data) :])
-        except BadPacket:
-            self.drop(peer, "malformed_rtp")
-            return
+        # Per bot packet: a 12-byte header and a one-byte TOC's duration come
+        # from a table; anything else (CSRCs, an extension, code 3) is parsed.
+        samples = _SAMPLES_BY_TOC[data[12]] if len(data) > 12 and data[0] & 0x1F == 0 else 0
+        if not samples:
+            try:
+                samples = packet_samples_untrusted(memoryview(data)[payload_offset_untrusted(data) :])
+            except BadPacket:
+                self.drop(peer, "malformed_rtp")
+                return
         timestamp = _U32_AT(data, 4)[0]
         position = playout.position_of(timestamp)
         verdict = playout.push(data, position, samples, now)
@@ -711,8 +726,11 @@ class MediaRelay:
         peer.out_last_time = now
         if out == timestamp and not marker:
             return data
-        second = data[1] | 0x80 if marker else data[1]
-        return b"".join((data[:1], bytes((second,)), data[2:4], _SSRC_AT_4.pack(out), data[8:]))
+        packet = bytearray(data)
+        _SSRC_AT_4.pack_into(packet, 4, out)
+        if marker:
+            packet[1] |= 0x80
+        return bytes(packet)
 
     def _report_marks(self, peer: MediaPeer, playout: BotPlayout) -> None:
         reached = playout.reached()
@@ -979,7 +997,7 @@ class MediaRelay:
                 if self._bots_by_ssrc.get(holder.ssrc_bytes) is holder:
                     del self._bots_by_ssrc[holder.ssrc_bytes]
             self.counters["address_taken_over"] += 1
-        self._routes_changed()
+        self.routes_changed()
         self._by_addr[addr] = peer
         peer.bound_addrs.add(addr)
         if peer.ice is not None and len(peer.bound_addrs) > len(peer.ice.candidates) + 1:
@@ -1005,7 +1023,7 @@ class MediaRelay:
         self.counters["latched"] += 1
 
     def _unlatch(self, peer: MediaPeer) -> None:
-        self._routes_changed()
+        self.routes_changed()
         for addr in peer.bound_addrs:
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
@@ -1016,14 +1034,11 @@ class MediaRelay:
 
     # --- the compiled fast path's share (fastpath.py) -------------------------------
 
-    def _routes_changed(self) -> None:
+    def routes_changed(self) -> None:
+        """State the fast path routes by changed (here, or a browser leg's: ``LegRelay``)."""
         self.routes_generation += 1
         if self.on_routes_changed is not None:
             self.on_routes_changed()
-
-    def routes_changed(self) -> None:
-        """A browser leg's state that the fast path routes by changed (``LegRelay``)."""
-        self._routes_changed()
 
     def fast_routes(self, max_fanout: int, *, secure: bool = False) -> list[tuple[MediaPeer, tuple[MediaPeer, ...]]]:
         """The speakers whose RTP needs nothing from the relay but forwarding, with their listeners.

@@ -281,9 +281,21 @@ class DownstreamSlots:
     Attributes:
         no_slot: packets refused (rule 4).
         switches: times a slot changed hands (first use included).
+        on_switch: called after a slot changed hands (the owner's fast path
+            may route the new speaker), so no one compares ``switches`` per packet.
     """
 
-    __slots__ = ("streams", "hangover", "_holders", "_slot_of", "_last_packet", "_last_voiced", "no_slot", "switches")
+    __slots__ = (
+        "streams",
+        "hangover",
+        "_holders",
+        "_slot_of",
+        "_last_packet",
+        "_last_voiced",
+        "no_slot",
+        "switches",
+        "on_switch",
+    )
 
     def __init__(self, streams: Sequence[OutboundStream], hangover: float = SLOT_HANGOVER) -> None:
         if not 1 <= len(streams) <= MAX_RECEIVE_TRACKS:
@@ -297,6 +309,7 @@ class DownstreamSlots:
         self._last_voiced = [-1e9] * count
         self.no_slot = 0
         self.switches = 0
+        self.on_switch: Callable[[], None] | None = None
 
     @property
     def holders(self) -> tuple[int | None, ...]:
@@ -326,6 +339,8 @@ class DownstreamSlots:
         self.switches += 1
         stream = self.streams[index]
         stream.hand_over(data, speaker_ssrc, now)
+        if self.on_switch is not None:
+            self.on_switch()
         return stream
 
     def slot_of(self, speaker_ssrc: int) -> int | None:
@@ -541,6 +556,8 @@ class WebRtcSink(Generic[PeerT]):
         self.slots = slots
         self.stream = slots.streams[0]
         self.transmit = transmit
+        # A new speaker on a slot: the fast path may route it now.
+        slots.on_switch = leg.relay.routes_changed
 
     def deliver_rtp(self, data: bytes, speaker: LegPeer, now: float) -> None:
         # Per packet toward every browser: rewrite and protect in one step
@@ -552,11 +569,7 @@ class WebRtcSink(Generic[PeerT]):
             peer.drops["not_connected"] += 1
             return
         ssrc = speaker.ssrc
-        slots = self.slots
-        switches = slots.switches
-        stream = slots.route(ssrc, speaker.speaking, now, data)
-        if slots.switches != switches:
-            self.leg.relay.routes_changed()  # a new speaker on a slot: the fast path may route it
+        stream = self.slots.route(ssrc, speaker.speaking, now, data)
         if stream is None:
             # More talkers than this browser has tracks (per peer and in /metrics).
             peer.drops["no_slot"] += 1

@@ -411,7 +411,7 @@ def test_the_switches_and_which_speakers_qualify():
     with pytest.raises(ConfigError):
         Config(media_fast_path="thread")  # with playouts nothing qualifies: only cost
     assert Config(media_fast_path="thread", media_bot_playout=False).media_fast_path == "thread"
-    assert Config().media_fast_path == "off" and Config().media_bot_playout and Config().speech_detection
+    assert Config().media_fast_path == "inline" and Config().media_bot_playout and Config().speech_detection
     with pytest.raises(ValueError):
         UdpTransport(open_udp_socket("127.0.0.1", 0), fast_path="on")
     wire = Wire()

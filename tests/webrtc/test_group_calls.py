@@ -22,7 +22,7 @@ from botcall.errors import SdpError
 from botcall.relay.core import MediaRelay
 from botcall.relay.service import MediaService
 from botcall.webrtc.dtls.certificate import DtlsCertificate
-from botcall.webrtc.leg import FLOOR_RELEASE, MAX_RECEIVE_TRACKS, DownstreamSlots, OutboundStream, plain_packet
+from botcall.webrtc.leg import FLOOR_RELEASE, MAX_RECEIVE_TRACKS, DownstreamSlots, OutboundStream, WebRtcSink, plain_packet
 from botcall.webrtc.sdp import build_answer, parse_offer_untrusted
 from botcall.wire.rtp import RtpPacket, parse_rtp_untrusted
 from tests.kit.browser import BROWSER_SEND_SSRC, Browser, browser_offer
@@ -202,6 +202,19 @@ def test_a_talker_takes_the_track_of_a_participant_quiet_past_the_hangover_not_b
     assert not any(p.marker for p in listener.out[9000][1:])
 
 
+def test_on_switch_fires_once_per_hand_over_after_the_new_speakers_stream_took_it():
+    listener = Listener(2)
+    seen: list[tuple[tuple[int | None, ...], int]] = []
+    listener.slots.on_switch = lambda: seen.append((listener.slots.holders, listener.slots.switches))
+    for _ in range(10):
+        listener.frame((1, True), (2, True))
+    assert seen == [((1, None), 1), ((1, 2), 2)]  # first use of each track, then nothing per packet
+    hangover_frames = round(listener.slots.hangover / 0.02) + 3
+    for _ in range(hangover_frames):
+        listener.frame((1, True), (2, False), (3, True))
+    assert seen[2:] == [((1, 3), 3)] and listener.slots.switches == 3
+
+
 def test_a_silent_participant_never_displaces_a_talker_and_a_stopped_sender_frees_its_track():
     listener = Listener(1)
     for _ in range(20):
@@ -278,6 +291,32 @@ def test_two_browsers_and_a_bot_each_hear_both_others_on_separate_streams():
         decoded = b"".join(decoder.decode_untrusted(p) for p in bot_got[ssrc])
         assert abs(dominant_frequency(decoded[len(decoded) // 3 :], 48000) - freq) < 3
     assert relay.counters["no_slot"] == 0 and sum(p.drops["no_slot"] for p in relay.all_peers()) == 0
+
+
+def test_a_browser_sink_tells_the_relay_of_each_hand_over_and_nothing_per_packet():
+    # The compiled fast path reprograms its table on routes_changed: a slot that
+    # changed hands must bump the relay's generation; packets on a held slot must not.
+    media, wire = media_service(2)
+    relay = media.relay
+    bots = [make_session(f"bot{i}", "bot", "udp", 1111 + i) for i in range(2)]
+    for i, bot in enumerate(bots):
+        media.add_session(bot)
+        latch(relay, wire, bot, ("127.0.0.1", 54000 + i), 0.0)
+    browser = Browser.join(media, make_session("h", "human", "webrtc", 2222), wire, ALICE_ADDR, certificate=BROWSER_CERT, receive_tracks=2)
+    browser.ice_check(ALICE_ADDR)
+    browser.handshake()
+    human = relay.peer("sess-h")
+    assert human is not None and isinstance(human.sink, WebRtcSink)
+    before = relay.routes_generation
+    generations = []
+    for i in range(10):
+        for b, bot in enumerate(bots):
+            relay.handle_datagram(packet(bot.ssrc, i + 1), ("127.0.0.1", 54000 + b), 1.0 + i * 0.02)
+        generations.append(relay.routes_generation)
+    # Packet 1: each bot's stream starts (one bump each) and takes a track (one each).
+    assert human.sink.slots.switches == 2
+    assert generations == [before + 4] * 10
+    assert len(wire.to(ALICE_ADDR)) == 20
 
 
 def test_an_offer_without_opus_in_its_audio_section_is_still_refused():
