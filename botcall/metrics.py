@@ -53,6 +53,7 @@ class MediaCounters(Protocol):
     @property
     def retired_tx_packets(self) -> int: ...
     def all_peers(self) -> Sequence[_PeerPackets]: ...
+    def refresh_counts(self) -> None: ...
 
 
 class TransportCounters(Protocol):
@@ -167,6 +168,7 @@ class _MediaCollector:
         self.udp = udp
 
     def collect(self) -> Iterator[Metric]:
+        self.relay.refresh_counts()  # the fast path's counts, folded now rather than within a second
         events = CounterMetricFamily(
             "botcall_media_events", "Relay events and drops, by name (help: botcall_media_<name>_total).", labels=["event"]
         )

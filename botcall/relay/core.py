@@ -348,6 +348,9 @@ class MediaRelay:
         # Addresses a browser sent an authenticated request from and the relay
         # is checking: the one early DTLS datagram it may keep comes from these.
         self._unverified: dict[Address, MediaPeer] = {}
+        # Set by the UDP transport while its fast path runs: folds what the
+        # helper counted into the peers (it does so by itself once a second).
+        self.count_source: Callable[[], None] | None = None
         # Packet totals of peers that left (metrics are counters: they never go down).
         self.retired_rx_packets = 0
         self.retired_tx_packets = 0
@@ -1091,6 +1094,12 @@ class MediaRelay:
             else:
                 routes.append((peer, tuple(listeners)))
         return routes
+
+    def refresh_counts(self) -> None:
+        """Bring the peers' packet counts up to date now (a metrics scrape, a test):
+        with the fast path they otherwise lag by up to a second."""
+        if self.count_source is not None:
+            self.count_source()
 
     def count_forwarded(self, peer: MediaPeer, listeners: tuple[MediaPeer, ...], packets: int, size: int, rate_limited: int) -> None:
         """Fold what the fast path forwarded for ``peer`` into its counters (as ``forward`` counts)."""

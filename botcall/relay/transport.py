@@ -300,11 +300,15 @@ class UdpTransport:
             nursery.start_soon(self._timer_loop, relay)
             task_status.started(self.local_address)
             if self._fast_path != "off":
-                self.fast = fastpath.FastForwarder(self.sock, relay, self.counters, secure=self._fast_srtp)
-                if self._fast_path == "thread":
-                    await self._read_loop_thread(relay.handle_datagram, self.fast)
-                else:
-                    await self._read_loop_fast(relay.handle_datagram, self.fast)
+                fast = self.fast = fastpath.FastForwarder(self.sock, relay, self.counters, secure=self._fast_srtp)
+                relay.count_source = lambda: fast.take_stats(trio.current_time())
+                try:
+                    if self._fast_path == "thread":
+                        await self._read_loop_thread(relay.handle_datagram, fast)
+                    else:
+                        await self._read_loop_fast(relay.handle_datagram, fast)
+                finally:
+                    relay.count_source = None
             elif self.batch is not None:
                 await self._read_loop_batched(relay.handle_datagram, self.batch)
             else:

@@ -22,7 +22,7 @@ import trio
 
 from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, tone
-from tests.e2e.test_browser_call import frames_from, relay_peer, wait_for_event, wait_until
+from tests.e2e.test_browser_call import current_rx, frames_from, relay_peer, wait_for_event, wait_until
 from tests.kit.firefox import FAKE_MIC_HZ, HOOKS, click, in_firefox, page, wait_for, wait_state
 from tests.kit.server import running_server
 from tests.kit.speaking import saying
@@ -68,7 +68,7 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
                 muted = trio.from_thread.run(wait_for_event, events, "muted")
                 peer = trio.from_thread.run_sync(lambda: relay_peer(srv, created["room_id"], participant))
                 trio.from_thread.run(wait_until, lambda: peer.drops["muted"] >= 10)
-                received_while_muted = peer.rx_packets
+                received_while_muted = trio.from_thread.run_sync(current_rx, srv, peer)
                 # Hang up: the participant leaves and the bot is told at once.
                 hung_up = time.monotonic()
                 click(client, "#hangup")
@@ -85,7 +85,7 @@ async def test_firefox_human_and_bot_hear_each_other_then_mute_and_hang_up(tmp_p
                     "heard": heard,
                     "pressed": pressed,
                     "muted": muted,
-                    "forwarded_after_mute": peer.rx_packets - received_while_muted,
+                    "forwarded_after_mute": trio.from_thread.run_sync(current_rx, srv, peer) - received_while_muted,
                     "left": left,
                     "left_after": left_after,
                 }

@@ -28,7 +28,7 @@ from playwright.sync_api import BrowserContext
 from botcall.audio.wav import write_wav
 from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, tone
-from tests.e2e.test_browser_call import frames_from, relay_peer
+from tests.e2e.test_browser_call import current_rx, frames_from, relay_peer
 from tests.kit.chromium import hooks, in_browser, join_call, wait_state
 from tests.kit.server import running_server
 from tests.kit.speaking import saying
@@ -79,10 +79,10 @@ async def test_renegotiations_mid_call_keep_the_tones_both_ways(tmp_path):
                     )
                     applied = time.monotonic()
                     page_before = page.evaluate(INBOUND_PACKETS)
-                    relay_before = peer.rx_packets
+                    relay_before = trio.from_thread.run_sync(current_rx, srv, peer)
                     while True:
                         page_packets = page.evaluate(INBOUND_PACKETS) - page_before
-                        relay_packets = peer.rx_packets - relay_before
+                        relay_packets = trio.from_thread.run_sync(current_rx, srv, peer) - relay_before
                         tone_ok = page.evaluate("() => botcall.remoteLevel() > -50 && Math.abs(botcall.remoteFrequency() - 440) < 8")
                         elapsed = time.monotonic() - applied
                         if page_packets >= RESUMED_PACKETS and relay_packets >= RESUMED_PACKETS and tone_ok:

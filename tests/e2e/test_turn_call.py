@@ -25,7 +25,7 @@ from playwright.sync_api import BrowserContext
 from botcall.audio.wav import write_wav
 from botcall_sdk import connect
 from botcall.demo.signals import dominant_frequency, tone
-from tests.e2e.test_browser_call import frames_from, relay_peer
+from tests.e2e.test_browser_call import current_rx, frames_from, relay_peer
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
 from tests.kit.coturn import running_coturn
 from tests.kit.server import running_server
@@ -115,7 +115,7 @@ async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_p
                         "remote": remote,
                         "heard": heard,
                         "browser_at": peer.addr,
-                        "rx_packets": peer.rx_packets,
+                        "rx_packets": trio.from_thread.run_sync(current_rx, srv, peer),
                         "errors": errors.unexpected(),
                     }
 

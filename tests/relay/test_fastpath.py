@@ -432,3 +432,25 @@ def test_the_switches_and_which_speakers_qualify():
     generation = relay.routes_generation
     relay.set_muted(u1.session_id, True)
     assert relay.routes_generation > generation and relay.fast_routes(16) == [(u2, (u1,))]
+
+
+async def check_counts_are_current_on_demand(fast_path):
+    async def script(ctx):
+        fast = ctx["transport"].fast
+        fast.take_stats(trio.current_time())  # the next fold by the timer is a second away
+        await send_and_collect(ctx, [rtp(7, seq) for seq in range(50)], 50)
+        # Forwarded in C and not folded yet; a metrics scrape (or a test) asks for them now.
+        ctx["relay"].refresh_counts()
+        ctx["counts"] = (ctx["a"].rx_packets, ctx["b"].tx_packets)
+
+    ctx = await run_call(fast_path, script, max_packets_per_second=10**6)
+    assert ctx["counts"] == (50, 50)
+    assert ctx["relay"].count_source is None  # the transport stopped: nothing to fold
+
+
+async def test_counts_are_current_on_demand():
+    await check_counts_are_current_on_demand("inline")  # real time: the timer's fold is a second away
+
+
+async def test_counts_are_current_on_demand_with_the_thread():
+    await check_counts_are_current_on_demand("thread")
