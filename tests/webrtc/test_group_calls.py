@@ -293,25 +293,39 @@ def test_two_browsers_and_a_bot_each_hear_both_others_on_separate_streams():
     assert relay.counters["no_slot"] == 0 and sum(p.drops["no_slot"] for p in relay.all_peers()) == 0
 
 
-def test_a_browser_sink_tells_the_relay_of_each_hand_over_and_nothing_per_packet():
-    # The compiled fast path reprograms its table on routes_changed: a slot that
-    # changed hands must bump the relay's generation; packets on a held slot must not.
-    media, wire = media_service(2)
-    relay = media.relay
+def two_bots_and_a_browser(slots, *, receive_tracks):
+    """A media service (``slots`` tracks per browser) with two latched UDP bots and a
+    connected browser asking for ``receive_tracks``; the service, the wire and the bots."""
+    media, wire = media_service(slots)
     bots = [make_session(f"bot{i}", "bot", "udp", 1111 + i) for i in range(2)]
     for i, bot in enumerate(bots):
         media.add_session(bot)
-        latch(relay, wire, bot, ("127.0.0.1", 54000 + i), 0.0)
-    browser = Browser.join(media, make_session("h", "human", "webrtc", 2222), wire, ALICE_ADDR, certificate=BROWSER_CERT, receive_tracks=2)
+        latch(media.relay, wire, bot, ("127.0.0.1", 54000 + i), 0.0)
+    browser = Browser.join(
+        media, make_session("h", "human", "webrtc", 2222), wire, ALICE_ADDR, certificate=BROWSER_CERT, receive_tracks=receive_tracks
+    )
     browser.ice_check(ALICE_ADDR)
     browser.handshake()
+    return media, wire, bots
+
+
+def bots_speak(relay, bots, i):
+    """Packet ``i + 1`` of each bot, at its 20 ms time."""
+    for b, bot in enumerate(bots):
+        relay.handle_datagram(packet(bot.ssrc, i + 1), ("127.0.0.1", 54000 + b), 1.0 + i * 0.02)
+
+
+def test_a_browser_sink_tells_the_relay_of_each_hand_over_and_nothing_per_packet():
+    # The compiled fast path reprograms its table on routes_changed: a slot that
+    # changed hands must bump the relay's generation; packets on a held slot must not.
+    media, wire, bots = two_bots_and_a_browser(2, receive_tracks=2)
+    relay = media.relay
     human = relay.peer("sess-h")
     assert human is not None and isinstance(human.sink, WebRtcSink)
     before = relay.routes_generation
     generations = []
     for i in range(10):
-        for b, bot in enumerate(bots):
-            relay.handle_datagram(packet(bot.ssrc, i + 1), ("127.0.0.1", 54000 + b), 1.0 + i * 0.02)
+        bots_speak(relay, bots, i)
         generations.append(relay.routes_generation)
     # Packet 1: each bot's stream starts (one bump each) and takes a track (one each).
     assert human.sink.slots.switches == 2
@@ -325,18 +339,10 @@ def test_an_offer_without_opus_in_its_audio_section_is_still_refused():
 
 
 def test_a_browser_with_fewer_tracks_than_talkers_counts_what_it_could_not_get():
-    media, wire = media_service(1)
+    media, wire, bots = two_bots_and_a_browser(1, receive_tracks=3)
     relay = media.relay
-    bots = [make_session(f"bot{i}", "bot", "udp", 1111 + i) for i in range(2)]
-    for i, bot in enumerate(bots):
-        media.add_session(bot)
-        latch(relay, wire, bot, ("127.0.0.1", 54000 + i), 0.0)
-    browser = Browser.join(media, make_session("h", "human", "webrtc", 2222), wire, ALICE_ADDR, certificate=BROWSER_CERT, receive_tracks=3)
-    browser.ice_check(ALICE_ADDR)
-    browser.handshake()
     for i in range(10):
-        for b, bot in enumerate(bots):
-            relay.handle_datagram(packet(bot.ssrc, i + 1), ("127.0.0.1", 54000 + b), 1.0 + i * 0.02)
+        bots_speak(relay, bots, i)
     assert relay.counters["no_slot"] == 10
     assert relay.peer("sess-h").drops["no_slot"] == 10
 
