@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, cast
 
-from botcall.audio.opus import packet_samples_untrusted
+from botcall.audio.opus import packet_samples_untrusted, stream_ms
 from botcall.errors import BadPacket
 from botcall.audio.vad import SpeechEvent, SpeechStarted
 from botcall.relay.bot_playout import BotPlayout, Cleared, MarkReached, Push
@@ -619,8 +619,7 @@ class MediaRelay:
     # --- speech detection and barge-in ---------------------------------------------------
 
     def _track_speech(self, peer: MediaPeer, speech: SpeechTracker, data: bytes, now: float) -> None:
-        # Per speaker packet: the common header (no CSRC, no extension) and the
-        # stream position (stream_ms) without calls.
+        # Per speaker packet: the common header (no CSRC, no extension) needs no parse.
         if data[0] & 0x1F == 0 and len(data) >= 12:
             offset = 12
         else:
@@ -628,9 +627,7 @@ class MediaRelay:
                 offset = payload_offset_untrusted(data)
             except BadPacket:
                 return
-        origin = peer.stream_origin
-        position_ms = 0 if origin is None else ((_U32_AT(data, 4)[0] - origin) & 0xFFFFFFFF) // 48
-        event = speech.on_packet(data, offset, position_ms)
+        event = speech.on_packet(data, offset, stream_ms(peer.stream_origin, _U32_AT(data, 4)[0]))
         peer.last_voice = now
         if event is not None:
             self._speech_event(peer, event)
