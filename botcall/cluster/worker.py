@@ -145,6 +145,7 @@ def load_report(info: ServerInfo) -> dict[str, Any]:
     """This worker's measured load (see the module docstring)."""
     state = info.state
     relay = state.started_media().relay
+    relay.refresh_counts()  # the fast path's counts, current for placement
     packets = relay.retired_rx_packets + sum(peer.rx_packets for peer in relay.all_peers())
     return {"event": "load", "rooms": state.registry.live_rooms, "sessions": state.registry.live_sessions, "packets": packets}
 
