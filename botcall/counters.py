@@ -61,6 +61,7 @@ CATALOGUE: Mapping[str, Counted] = {
     "rate_limited": Counted(_D, "RTP over a peer's packets-per-second budget."),
     "playout_full": Counted(_D, "A bot's audio refused: more than max_ahead seconds ahead of playback."),
     "barge_in": Counted(_E, "Bots whose speech a human interrupted (their queue cleared)."),
+    "interrupted_tail": Counted(_D, "A bot's RTP after a barge-in, before the marker bit of its next utterance (at most 1 s): the interrupted speech's tail."),
     "rtcp_relayed": Counted(_E, "RTCP packets forwarded to the room."),
     "not_latched": Counted(_D, "Packets for a UDP peer with no latched address yet."),
     "not_connected": Counted(_D, "Packets for a browser whose DTLS-SRTP is not up yet."),

@@ -72,6 +72,10 @@ MAX_PACKETS_PER_SECOND = 200
 # How far (48 kHz samples: 100 ms) a bot's released timestamps may stray from the
 # time elapsed between them before the relay re-bases them (MediaRelay._restamp).
 RESTAMP_SLACK = 4800
+# After a barge-in, how long at most a bot that marks its talk spurts has its
+# packets dropped as the interrupted speech's tail, waiting for the marker bit
+# of its next utterance (docs/protocol.md "Barge-in").
+INTERRUPTED_TAIL_LIMIT = 1.0
 # How often speakers whose packets stopped are checked for the end of their speech.
 SPEAKING_SWEEP = 0.1
 RTCP_MIN_SIZE = 8
@@ -252,6 +256,12 @@ class MediaPeer:
     out_ts_offset: int = 0
     out_last_ts: int = 0
     out_last_time: float | None = None
+    # A bot that has sent an RTP packet with the marker bit marks the start of
+    # each utterance; after a barge-in its packets are dropped as the
+    # interrupted speech's tail until the next marked one, or until
+    # ``tail_until`` (0.0: no tail being dropped).
+    marks_spurts: bool = False
+    tail_until: float = 0.0
     # How long audio waits in this listener's own buffers before it is heard
     # (its playout_delay report, ms): heard_ms is played_ms minus this.
     playout_delay_ms: int = 0
@@ -638,7 +648,7 @@ class MediaRelay:
         limit = peer.interruption_ms
         if peer.human and limit is not None and not speech.interrupted and speech.last_ms - speech.onset_ms >= limit:
             speech.interrupted = True
-            self._barge_in(peer)
+            self._barge_in(peer, now)
 
     def _speech_event(self, peer: MediaPeer, event: SpeechEvent) -> None:
         speaking = isinstance(event, SpeechStarted)
@@ -649,11 +659,13 @@ class MediaRelay:
         if self.on_event is not None:
             self.on_event(peer, event)
 
-    def _barge_in(self, human: MediaPeer) -> None:
+    def _barge_in(self, human: MediaPeer, now: float) -> None:
         """A human has spoken long enough: every bot of the room that is talking stops.
 
         Humans first: only a human's speech interrupts, and it interrupts every
-        bot (bots never interrupt each other or a human).
+        bot (bots never interrupt each other or a human). A bot that marks its
+        talk spurts has what it still sends of the interrupted speech dropped
+        until its next utterance (see ``_push_playout``).
         """
         for bot in list(self._rooms.get(human.room_id, ())):
             playout = bot.playout
@@ -664,6 +676,8 @@ class MediaRelay:
                 continue
             cleared = self.clear(bot)
             assert cleared is not None
+            if bot.marks_spurts:
+                bot.tail_until = now + INTERRUPTED_TAIL_LIMIT
             self.counters["barge_in"] += 1
             if self.on_event is not None:
                 self.on_event(bot, Interrupted(human.participant_id, cleared, self.heard(bot, cleared.played_ms)))
@@ -671,6 +685,16 @@ class MediaRelay:
     # --- a bot's speech: played out at real time ----------------------------------------
 
     def _push_playout(self, peer: MediaPeer, playout: BotPlayout, data: bytes, now: float) -> None:
+        if data[1] & 0x80:
+            # The marker bit: the first packet of an utterance.
+            peer.marks_spurts = True
+            peer.tail_until = 0.0
+        elif peer.tail_until:
+            if now < peer.tail_until:
+                # Still the speech a barge-in interrupted, sent before the bot knew.
+                self.drop(peer, "interrupted_tail")
+                return
+            peer.tail_until = 0.0
         # Per bot packet: a 12-byte header and a one-byte TOC's duration come
         # from a table; anything else (CSRCs, an extension, code 3) is parsed.
         samples = _SAMPLES_BY_TOC[data[12]] if len(data) > 12 and data[0] & 0x1F == 0 else 0

@@ -215,6 +215,35 @@ async def test_udp_rtp_sent_ahead_is_heard_paced(tmp_path):
     assert correlation(pcm, b"".join(decoder.decode_untrusted(p.payload) for _, p in packets)) >= 0.9
 
 
+async def test_each_say_starts_a_talk_spurt(tmp_path):
+    """The SDK marks the first packet of every ``say`` (the RTP marker bit): after
+    a barge-in the relay drops the interrupted speech's tail until it
+    (tests/relay/test_relay_playout.py). Two says queued back to back keep
+    contiguous timestamps, so the relay's own re-basing marks nothing here."""
+    async with running_server(tmp_path) as srv:
+        room_id = await open_room(srv)
+        session = await join_websocket(srv, room_id, "ear#2", encoding="opus")
+        async with open_websocket_url(session["websocket_url"] + "?audio=binary") as ws, trio.open_nursery() as nursery:
+            channel = Channel(ws)
+            nursery.start_soon(channel.read)
+            await channel.until(lambda: channel.of_type("welcome"))
+            async with connect(srv.url, room_id, srv.token(agent="talker#1")) as speaker:
+                first = await speaker.say(tone(440, 0.2))
+                second = await speaker.say(tone(660, 0.2))
+                with trio.fail_after(WAIT):
+                    await first.done()
+                    await second.done()
+                await channel.until(lambda: len(channel.binary) >= 20)
+                peer = srv.state.media.relay.peer(speaker.session_id)
+                assert peer.marks_spurts
+            nursery.cancel_scope.cancel()
+
+    packets = sorted((parse_rtp_untrusted(data) for _, data in channel.binary), key=lambda p: p.sequence_number)
+    assert len(packets) == 20
+    assert [index for index, p in enumerate(packets) if p.marker] == [0, 10]
+    assert all((b.timestamp - a.timestamp) & 0xFFFFFFFF == 960 for a, b in zip(packets, packets[1:]))
+
+
 async def test_clear_stops_the_audio_at_once(tmp_path):
     async with running_server(tmp_path) as srv:
         room_id = await open_room(srv)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from botcall.relay.bot_playout import LEAD, BotPlayout, Cleared, MarkReached
-from botcall.relay.core import MediaRelay, PlayoutFull, StreamStarted
-from botcall.wire.rtp import parse_rtp_untrusted
+from botcall.relay.core import INTERRUPTED_TAIL_LIMIT, Interrupted, MediaRelay, PlayoutFull, StreamStarted
+from botcall.relay.speech import SpeechTracker
+from botcall.wire.rtp import RtpHeaderExtension, RtpPacket, parse_rtp_untrusted
 from tests.kit.relay import Wire, latch, make_bot, rtp
 
 A_ADDR = ("127.0.0.1", 50001)
@@ -208,3 +209,89 @@ def test_waiting_timestamp_marks_count_against_the_limit_and_are_dropped_by_clea
     assert not room.relay.mark(room.a, "three", timestamp=2880)
     cleared = room.relay.clear(room.a)
     assert cleared is not None and cleared.marks_dropped == ("one", "two")
+
+
+# --- barge-in: the interrupted speech's tail (docs/protocol.md "Barge-in") ---------------
+
+# RFC 6464 levels as a browser sends them (one-byte header, id 1): V set and
+# -5 dBov; silence (-127 dBov).
+LOUD = RtpHeaderExtension(0xBEDE, b"\x10\x85\x00\x00")
+QUIET = RtpHeaderExtension(0xBEDE, b"\x10\x7f\x00\x00")
+
+
+class BargeIn(Room):
+    """``b`` is a human whose speech (RFC 6464 levels) interrupts ``a`` after 200 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b.human = True
+        self.b.interruption_ms = 200
+        self.b.speech = SpeechTracker(level_id=1, budget=None)
+        self.sent_a = 0
+
+    def bot_says(self, frames: int, at: float, *, marker: bool) -> None:
+        """``a`` sends ``frames`` frames at once, the first with the marker bit if asked."""
+        self.advance(at)
+        for index in range(frames):
+            self.sent_a += 1
+            packet = RtpPacket(111, self.sent_a, self.sent_a * 960, 1111, b"\xfc\x01\x02", marker=marker and index == 0)
+            self.relay.handle_datagram(bytes(packet), A_ADDR, at)
+        self._collect()
+
+    def human_talks_until_interrupted(self, start: float) -> float:
+        """``b`` is quiet for 0.5 s, then speaks loudly in 20 ms packets until ``a`` is interrupted; returns when."""
+        for seq in range(1, 200):
+            at = start + seq * FRAME_S
+            self.advance(at)
+            packet = RtpPacket(111, seq, seq * 960, 2222, b"\xfc\x01\x02", extension=LOUD if seq > 25 else QUIET)
+            self.relay.handle_datagram(bytes(packet), B_ADDR, at)
+            self._collect()
+            if self.interruptions():
+                return at
+        raise AssertionError("no barge-in")
+
+    def interruptions(self) -> list[Interrupted]:
+        return [e for _, e in self.events if isinstance(e, Interrupted)]
+
+    def heard_since(self, since: float) -> list[int]:
+        return [seq for t, seq in self.heard if t >= since]
+
+
+def test_after_a_barge_in_the_tail_of_a_marking_bot_is_dropped_until_its_next_speech():
+    room = BargeIn()
+    room.bot_says(500, 1.0, marker=True)  # a 10 s reply, sent ahead
+    interrupted_at = room.human_talks_until_interrupted(2.0)
+    [interrupted] = room.interruptions()
+    assert interrupted.by == room.b.participant_id
+    # Sent before the bot read `interrupted`: the rest of the interrupted reply.
+    room.bot_says(4, interrupted_at + 0.03, marker=False)
+    room.advance(interrupted_at + 0.5)
+    assert room.heard_since(interrupted_at + 0.001) == []
+    assert room.a.drops["interrupted_tail"] == 4 and room.relay.counters["interrupted_tail"] == 4
+    # The bot's next speech starts with the marker bit: it plays at once, in full.
+    room.bot_says(10, interrupted_at + 0.6, marker=True)
+    room.advance(interrupted_at + 2.0)
+    assert room.heard_since(interrupted_at + 0.6) == list(range(505, 515))
+    assert room.a.drops["interrupted_tail"] == 4
+
+
+def test_a_bot_that_never_marks_its_speech_is_not_held_back():
+    room = BargeIn()
+    room.bot_says(500, 1.0, marker=False)
+    interrupted_at = room.human_talks_until_interrupted(2.0)
+    room.bot_says(4, interrupted_at + 0.03, marker=False)
+    room.advance(interrupted_at + 0.5)
+    assert room.heard_since(interrupted_at + 0.001) == [501, 502, 503, 504]
+    assert room.a.drops["interrupted_tail"] == 0
+
+
+def test_the_tail_is_dropped_for_at_most_its_limit():
+    room = BargeIn()
+    room.bot_says(500, 1.0, marker=True)
+    interrupted_at = room.human_talks_until_interrupted(2.0)
+    room.bot_says(1, interrupted_at + INTERRUPTED_TAIL_LIMIT - 0.01, marker=False)
+    room.bot_says(1, interrupted_at + INTERRUPTED_TAIL_LIMIT + 0.01, marker=False)
+    room.advance(interrupted_at + 3.0)
+    # A bot that ignored `interrupted` is heard again after the limit, without a marker.
+    assert room.heard_since(interrupted_at + 0.001) == [502]
+    assert room.a.drops["interrupted_tail"] == 1

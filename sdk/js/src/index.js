@@ -669,8 +669,11 @@ export class Call {
     return encoder;
   }
 
-  /** Send whole 20 ms frames at `rate` (the Speech made sure it is one the session takes). */
-  async _sendFrames(frames, rate) {
+  /**
+   * Send whole 20 ms frames at `rate` (the Speech made sure it is one the session takes);
+   * with `marker`, the first packet has the RTP marker bit (a speech's first packet).
+   */
+  async _sendFrames(frames, rate, marker = false) {
     if (!frames.length) return;
     await this._ready();
     if (this._estimatedPlayed() >= this._position) {
@@ -687,10 +690,12 @@ export class Call {
       return;
     }
     const encoder = this._encoder(rate);
+    let first = marker;
     for (const frame of frames) {
       const payload = encoder.encode(leFromInt16([frame]), frame.length);
       const { level, voice } = audioLevel(frame);
-      const packet = buildRtp({ payloadType: OPUS_PAYLOAD_TYPE, seq: this._seq, timestamp: this._timestamp, ssrc: this.ssrc, payload, level, voice });
+      const packet = buildRtp({ payloadType: OPUS_PAYLOAD_TYPE, seq: this._seq, timestamp: this._timestamp, ssrc: this.ssrc, payload, level, voice, marker: first });
+      first = false;
       this._seq = (this._seq + 1) & 0xffff;
       this._timestamp = (this._timestamp + RTP_CLOCK / 50) >>> 0;
       await this._send(packet);
@@ -884,7 +889,9 @@ export class Speech {
     this.startMs = call._positionMs();
     this._sending = true;
     const sendFrames = async (frames) => {
-      await call._sendFrames(frames, rate);
+      // The speech's first packet carries the marker bit (a new talk spurt): after a
+      // barge-in the server drops the interrupted speech's tail until it.
+      await call._sendFrames(frames, rate, this.sentMs === 0);
       this.sentMs += frames.length * FRAME_MS;
     };
     const aborted = new Promise((resolve) => {

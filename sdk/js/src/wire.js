@@ -24,14 +24,15 @@ export class BadPacketError extends Error {
 /**
  * An RTP packet: 12-byte header, then the one-byte-header extension carrying
  * the audio level (RFC 8285 §4.2: profile 0xBEDE, one 32-bit word), then the payload.
- * @param {{payloadType:number, seq:number, timestamp:number, ssrc:number, payload:Uint8Array, level?:number|null, voice?:boolean}} p
+ * `marker` sets the marker bit: the first packet of a talk spurt (RFC 3551 §4.1).
+ * @param {{payloadType:number, seq:number, timestamp:number, ssrc:number, payload:Uint8Array, level?:number|null, voice?:boolean, marker?:boolean}} p
  * @returns {Buffer}
  */
-export function buildRtp({ payloadType, seq, timestamp, ssrc, payload, level = null, voice = false }) {
+export function buildRtp({ payloadType, seq, timestamp, ssrc, payload, level = null, voice = false, marker = false }) {
   const extension = level === null ? 0 : 8;
   const packet = Buffer.allocUnsafe(12 + extension + payload.length);
   packet[0] = 0x80 | (extension ? 0x10 : 0);
-  packet[1] = payloadType & 0x7f;
+  packet[1] = (payloadType & 0x7f) | (marker ? 0x80 : 0);
   packet.writeUInt16BE(seq & 0xffff, 2);
   packet.writeUInt32BE(timestamp >>> 0, 4);
   packet.writeUInt32BE(ssrc >>> 0, 8);

@@ -17,6 +17,15 @@ test('RTP round-trips, with and without the audio level extension', () => {
   }
 });
 
+test('the marker bit marks a talk spurt and leaves the payload type alone', () => {
+  const payload = Buffer.from([1, 2, 3]);
+  const marked = buildRtp({ payloadType: 111, seq: 1, timestamp: 2, ssrc: 3, payload, level: 20, marker: true });
+  const plain = buildRtp({ payloadType: 111, seq: 1, timestamp: 2, ssrc: 3, payload, level: 20 });
+  assert.equal(marked[1], 0x80 | 111);
+  assert.equal(plain[1], 111);
+  assert.equal(parseRtpUntrusted(marked).payloadType, 111);
+});
+
 test('untrusted RTP either parses or raises BadPacketError, whole or truncated', () => {
   const good = buildRtp({ payloadType: 96, seq: 1, timestamp: 2, ssrc: 3, payload: Buffer.alloc(40), level: 10 });
   const inputs = [];

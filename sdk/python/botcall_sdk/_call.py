@@ -409,12 +409,15 @@ class Call:
         due = started + speech.sent_ms / 1000 - SEND_AHEAD
         if due > now:
             await anyio.sleep_until(due)
-        await self._send_frame(frame)
+        # The first packet of each speech carries the marker bit: after a
+        # barge-in the server drops the interrupted speech's tail until it.
+        await self._send_frame(frame, marker=not speech.sent_ms)
         speech.sent_ms += FRAME_MS
         return started
 
-    async def _send_frame(self, pcm: bytes) -> None:
-        """One 20 ms frame of our speech at ``send_sample_rate``: Opus RTP with its level, or pcm16."""
+    async def _send_frame(self, pcm: bytes, *, marker: bool = False) -> None:
+        """One 20 ms frame of our speech at ``send_sample_rate``: Opus RTP with its level (and the
+        marker bit if asked: a speech's first packet), or pcm16."""
         if self.encoding == "pcm16":
             await self._send_ws(pcm)
             self._frames_sent += 1
@@ -423,13 +426,22 @@ class Call:
         if self._encoder is None:
             self._encoder, self._meter = OpusEncoder(), LevelMeter()
         assert self._meter is not None
-        packet = build_rtp(OPUS_PAYLOAD_TYPE, self._seq, self._timestamp, self.ssrc, self._encoder.encode(pcm), level=self._meter.octet(pcm))
+        packet = build_rtp(
+            OPUS_PAYLOAD_TYPE, self._seq, self._timestamp, self.ssrc, self._encoder.encode(pcm), level=self._meter.octet(pcm), marker=marker
+        )
         await self._send_rtp(packet)
 
-    async def send_opus(self, payload: bytes) -> None:
-        """Send one 20 ms Opus frame as it is: no level, no pacing (for codecs of your own; see :meth:`say`)."""
+    async def send_opus(self, payload: bytes, *, marker: bool = False) -> None:
+        """Send one 20 ms Opus frame as it is: no level, no pacing (for codecs of your own; see :meth:`say`).
+
+        Args:
+            marker: set the RTP marker bit: the first frame of an utterance. A
+                bot that marks its utterances has, after a barge-in, what it
+                still sends of the interrupted one dropped until the next marked
+                frame (docs/protocol.md "Barge-in").
+        """
         self._check_open()
-        await self._send_rtp(build_rtp(OPUS_PAYLOAD_TYPE, self._seq, self._timestamp, self.ssrc, payload))
+        await self._send_rtp(build_rtp(OPUS_PAYLOAD_TYPE, self._seq, self._timestamp, self.ssrc, payload, marker=marker))
 
     async def _send_rtp(self, packet: bytes) -> None:
         self._seq = (self._seq + 1) & 0xFFFF

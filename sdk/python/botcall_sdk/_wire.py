@@ -40,13 +40,17 @@ class RtpPacket:
     marker: bool = False
 
 
-def build_rtp(payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes, *, level: int | None = None) -> bytes:
-    """An RTP packet; with ``level`` (the RFC 6464 octet) a one-byte extension element at id 1."""
+def build_rtp(
+    payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes, *, level: int | None = None, marker: bool = False
+) -> bytes:
+    """An RTP packet; with ``level`` (the RFC 6464 octet) a one-byte extension element at id 1;
+    ``marker`` sets the marker bit (the first packet of a talk spurt, RFC 3551 §4.1)."""
+    second = payload_type | 0x80 if marker else payload_type
     if level is None:
-        return RTP_HEADER.pack(0x80, payload_type, seq, timestamp, ssrc) + payload
+        return RTP_HEADER.pack(0x80, second, seq, timestamp, ssrc) + payload
     # One element (id 1, length 1 → L field 0) padded to a 32-bit word.
     extension = struct.pack("!HHBBxx", _ONE_BYTE_PROFILE, 1, AUDIO_LEVEL_ID << 4, level)
-    return RTP_HEADER.pack(0x90, payload_type, seq, timestamp, ssrc) + extension + payload
+    return RTP_HEADER.pack(0x90, second, seq, timestamp, ssrc) + extension + payload
 
 
 def parse_rtp_untrusted(data: bytes) -> RtpPacket:

@@ -67,6 +67,14 @@ def test_rtp_level_extension_reads_in_the_server() -> None:
         _wire.parse_rtp_untrusted(b"\x80\x6f\x00")
 
 
+def test_the_marker_bit_marks_a_talk_spurt_in_the_servers_parse() -> None:
+    for level in (None, 30):
+        marked = server_parse_rtp(_wire.build_rtp(111, 7, 960, 1234, b"opus", level=level, marker=True))
+        plain = server_parse_rtp(_wire.build_rtp(111, 7, 960, 1234, b"opus", level=level))
+        assert marked.marker and not plain.marker
+        assert marked.payload_type == plain.payload_type == 111 and marked.payload == b"opus"
+
+
 def test_stun_request_verifies_in_the_server_and_answers_its_check() -> None:
     request, transaction = _wire.binding_request("relayufr:botufrag", "p" * 24)
     assert len(request) >= 76
