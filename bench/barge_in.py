@@ -1,12 +1,17 @@
 """Barge-in in real headless Chromium, repeated: how fast the bot stops, how right ``heard_ms`` is.
 
-    python -m bench.barge_in [--repeats 10]
+    python -m bench.barge_in [--repeats 10] [--senders burst,stream,stream-unmarked]
 
 The scenario of ``tests.kit.barge_in``: a bot sends a 10 s reply in a burst
 with a mark every second; a Chromium human (the PWA from the invite link) whose
 fake microphone loops "4 s of silence, a phrase, 4.5 s of silence" talks over
 it; the relay interrupts the bot; the bot sends its next reply when the human
-stops. One call, ``--repeats`` barge-ins. Prints, per barge-in and as p50/p95:
+stops. One call, ``--repeats`` barge-ins, per ``--senders`` entry: ``burst``
+(as above), ``stream`` (the reply sent as the SDK's ``say`` sends streamed
+text-to-speech: 0.5 s ahead, then at real time, its first frame marked, stopping when
+``interrupted`` arrives) and ``stream-unmarked`` (the same without the marker
+bit, so the tail sent before the bot read ``interrupted`` plays). Prints, per
+barge-in and as p50/p95:
 
 * **latency**: the human's speech onset to the bot's last sample at the
   human's ear, both read off the page's own recording (microphone and remote
@@ -30,6 +35,7 @@ Prints; never asserts.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import queue
 import tempfile
@@ -41,7 +47,7 @@ from pathlib import Path
 
 import trio
 
-from tests.kit.barge_in import mic_track, run_barge_ins
+from tests.kit.barge_in import Run, mic_track, run_barge_ins
 from tests.kit.server import LiveServer, running_server
 
 
@@ -82,12 +88,24 @@ def describe(name: str, values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--senders", default="burst",
+        help="comma-separated, one call each: burst (the reply sent at once), stream (0.5 s ahead then at real time, "
+        "as the SDK's say sends streamed text-to-speech, marking its first frame), stream-unmarked (the same without the marker bit)",
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data_dir, server_thread(Path(data_dir)) as (srv, cpu):
-        mic = Path(data_dir) / "mic.wav"
-        mic_track(mic)
-        run = trio.run(lambda: run_barge_ins(srv, mic, repeats=args.repeats, cpu_clock=cpu))
     print(f"{time.strftime('%Y-%m-%d')}  {platform.node()}  {platform.processor() or platform.machine()}")
+    for sender in args.senders.split(","):
+        with tempfile.TemporaryDirectory() as data_dir, server_thread(Path(data_dir)) as (srv, cpu):
+            mic = Path(data_dir) / "mic.wav"
+            mic_track(mic)
+            run = trio.run(lambda: run_barge_ins(srv, mic, repeats=args.repeats, cpu_clock=cpu, sender=sender))
+            tail = srv.state.media.relay.counters["interrupted_tail"]
+        report(sender, run, tail)
+
+
+def report(sender: str, run: Run, tail: int) -> None:
+    print(f"\nsender: {sender}; the bot's packets dropped as an interrupted tail: {tail}; load {os.getloadavg()[0]:.1f}")
     print(f"{'#':>3} {'latency ms':>10} {'heard_ms':>9} {'truth ms':>9} {'error':>7} {'played_ms':>9}  marks (event - ear, ms)")
     for number, b in enumerate(run.barge_ins, start=1):
         marks = " ".join(f"{m:+.0f}" for m in b.mark_errors_ms)
@@ -102,7 +120,6 @@ def main() -> None:
         share = run.relay_cpu_s / run.cpu_window_s
         print(f"relay CPU over the call: {run.relay_cpu_s:.3f} s in {run.cpu_window_s:.1f} s = {100 * share:.2f} % of a core"
               f" ({1000 * share:.1f} ms per second of call)")
-
 
 if __name__ == "__main__":
     main()

@@ -65,6 +65,10 @@ from tests.kit.speech_corpus import RATE, espeak
 FRAME = RATE // 50
 REPLY_S = 10.0
 MARK_EVERY_MS = 1000
+# How far ahead of real time a streaming sender keeps: text-to-speech that
+# streams at real time, a little ahead (the SDK's say sends what it gets, up to
+# 5 s ahead).
+STREAM_AHEAD = 0.5
 REPLY_TEXT = (
     "Thank you for calling. I can certainly help you with your booking today. "
     "We have tables available at seven, at half past seven and at eight o'clock, "
@@ -210,6 +214,7 @@ async def run_barge_ins(
     *,
     repeats: int = 1,
     cpu_clock: Callable[[], float] | None = None,
+    sender: str = "burst",
 ) -> Run:
     """The scenario of the module docstring, ``repeats`` times in one call.
 
@@ -217,6 +222,13 @@ async def run_barge_ins(
         srv: a running server (the room is created with the default interruption setting).
         mic_wav: the file of :func:`mic_track` (Chromium's fake microphone).
         repeats: barge-ins to measure.
+        sender: how the bot sends each reply. ``"burst"``: all of it at once
+            (nothing is in flight at the barge-in). ``"stream"``: as the SDK's
+            ``say`` sends streamed text-to-speech, ``STREAM_AHEAD`` ahead of
+            real time and then at real time, the first frame with the RTP marker bit, stopping when
+            ``interrupted`` arrives (what it sent meanwhile is the tail the
+            relay drops). ``"stream-unmarked"``: the same without the marker
+            bit (the tail plays, as before the relay dropped it).
         cpu_clock: called (in the browser's worker thread) when the page is
             connected and when the last barge-in is recorded (the bench passes
             the relay thread's CPU clock); the difference is ``relay_cpu_s``.
@@ -246,12 +258,19 @@ async def run_barge_ins(
                 lambda e: e["type"] == "speech_stopped" and e["participant_id"] == human, after=len(log.events)
             )
             for iteration in range(repeats):
+                start = trio.current_time()
+                first_ms = bot._frames_sent * 20  # the reply's start on the bot's stream clock
                 for number, payload in enumerate(frames, start=1):
-                    await bot.send_opus(payload)
+                    if sender != "burst":
+                        if any(e["type"] == "interrupted" for _, e in log.events[index:]):
+                            break  # a bot stops sending when it reads `interrupted`
+                        await trio.sleep_until(start + (number - 1) * 0.02 - STREAM_AHEAD)
+                    await bot.send_opus(payload, marker=sender == "stream" and number == 1)
                     if number % (MARK_EVERY_MS // 20) == 0:
                         await bot.mark(f"r{iteration}-{number * 20}")
                 index, _, event = await log.wait_for(lambda e: e["type"] == "interrupted", after=index)
-                start_ms = event["played_ms"] + event["dropped_ms"] - reply_ms
+                # A burst queued the whole reply; a stream only what it sent.
+                start_ms = event["played_ms"] + event["dropped_ms"] - reply_ms if sender == "burst" else first_ms
                 interrupted_at.append((index, event, start_ms))
                 iteration_done[iteration].set()
                 index, _, _ = await log.wait_for(
