@@ -17,6 +17,7 @@ scheduler pass delayed by other processes on a busy machine.
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -123,6 +124,19 @@ async def join_websocket(srv, room_id, agent, **media):
     return joined.json()
 
 
+@asynccontextmanager
+async def rtp_listener(srv):
+    """A fresh room with a WebSocket bot ("ear#2") receiving each speaker's RTP in binary frames: yields (room_id, channel)."""
+    room_id = await open_room(srv)
+    session = await join_websocket(srv, room_id, "ear#2", encoding="opus")
+    async with open_websocket_url(session["websocket_url"] + "?audio=binary") as ws, trio.open_nursery() as nursery:
+        channel = Channel(ws)
+        nursery.start_soon(channel.read)
+        await channel.until(lambda: channel.of_type("welcome"))
+        yield room_id, channel
+        nursery.cancel_scope.cancel()
+
+
 async def send_pcm(ws, pcm: bytes, chunk: int = CHUNK_BYTES) -> None:
     """pcm16 as text-to-speech delivers it: ``chunk`` bytes a message, as fast as the socket takes them."""
     for start in range(0, len(pcm), chunk):
@@ -180,12 +194,7 @@ async def test_a_websocket_pcm16_burst_is_played_at_real_time_with_marks(tmp_pat
 
 async def test_udp_rtp_sent_ahead_is_heard_paced(tmp_path):
     async with running_server(tmp_path) as srv:
-        room_id = await open_room(srv)
-        session = await join_websocket(srv, room_id, "ear#2", encoding="opus")
-        async with open_websocket_url(session["websocket_url"] + "?audio=binary") as ws, trio.open_nursery() as nursery:
-            channel = Channel(ws)  # the listener: a WebSocket bot receiving RTP in binary frames
-            nursery.start_soon(channel.read)
-            await channel.until(lambda: channel.of_type("welcome"))
+        async with rtp_listener(srv) as (room_id, channel):
             async with connect(srv.url, room_id, srv.token(agent="ahead#1")) as speaker:
                 pcm = speech_like(6.0, seed=2)
                 encoder = OpusEncoder()
@@ -204,7 +213,6 @@ async def test_udp_rtp_sent_ahead_is_heard_paced(tmp_path):
                             mark_at, mark = trio.current_time(), dict(event.raw)
                             break
                 await channel.until(lambda: len(channel.binary) >= 300)
-            nursery.cancel_scope.cancel()
 
     packets = sorted(((t, parse_rtp_untrusted(data)) for t, data in channel.binary), key=lambda item: item[1].sequence_number)
     assert [p.payload for _, p in packets] == payloads
@@ -221,12 +229,7 @@ async def test_each_say_starts_a_talk_spurt(tmp_path):
     (tests/relay/test_relay_playout.py). Two says queued back to back keep
     contiguous timestamps, so the relay's own re-basing marks nothing here."""
     async with running_server(tmp_path) as srv:
-        room_id = await open_room(srv)
-        session = await join_websocket(srv, room_id, "ear#2", encoding="opus")
-        async with open_websocket_url(session["websocket_url"] + "?audio=binary") as ws, trio.open_nursery() as nursery:
-            channel = Channel(ws)
-            nursery.start_soon(channel.read)
-            await channel.until(lambda: channel.of_type("welcome"))
+        async with rtp_listener(srv) as (room_id, channel):
             async with connect(srv.url, room_id, srv.token(agent="talker#1")) as speaker:
                 first = await speaker.say(tone(440, 0.2))
                 second = await speaker.say(tone(660, 0.2))
@@ -236,7 +239,6 @@ async def test_each_say_starts_a_talk_spurt(tmp_path):
                 await channel.until(lambda: len(channel.binary) >= 20)
                 peer = srv.state.media.relay.peer(speaker.session_id)
                 assert peer.marks_spurts
-            nursery.cancel_scope.cancel()
 
     packets = sorted((parse_rtp_untrusted(data) for _, data in channel.binary), key=lambda p: p.sequence_number)
     assert len(packets) == 20

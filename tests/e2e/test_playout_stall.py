@@ -27,14 +27,13 @@ import statistics
 
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
 from botcall.audio.opus import OpusDecoder, OpusEncoder
 from botcall.demo.signals import dominant_frequency, tone
 from botcall.relay.bot_playout import DRIFT_WINDOW
 from botcall.wire.rtp import parse_rtp_untrusted
 from botcall_sdk import connect
-from tests.e2e.test_playout import Channel, join_websocket, open_room
+from tests.e2e.test_playout import rtp_listener
 from tests.kit.server import running_server
 
 pytestmark = pytest.mark.e2e
@@ -55,12 +54,7 @@ async def test_a_300ms_stall_of_a_real_time_udp_bot_is_not_kept_for_the_call(tmp
     payloads = [encoder.encode(pcm[k * FRAME_BYTES : (k + 1) * FRAME_BYTES]) for k in range(frames)]
     sent: dict[int, float] = {}  # frame index -> when the sender meant it (its real-time clock)
     async with running_server(tmp_path) as srv:
-        room_id = await open_room(srv)
-        session = await join_websocket(srv, room_id, "ear#2", encoding="opus")
-        async with open_websocket_url(session["websocket_url"] + "?audio=binary") as ws, trio.open_nursery() as nursery:
-            channel = Channel(ws)
-            nursery.start_soon(channel.read)
-            await channel.until(lambda: channel.of_type("welcome"))
+        async with rtp_listener(srv) as (room_id, channel):
             async with connect(srv.url, room_id, srv.token(agent="talker#1")) as speaker:
                 first_seq = speaker._seq  # the number of the first frame it sends
                 start = trio.current_time()
@@ -77,7 +71,6 @@ async def test_a_300ms_stall_of_a_real_time_udp_bot_is_not_kept_for_the_call(tmp
                     held.clear()
                     await speaker.send_opus(payloads[k])
                 await channel.until(lambda: len(channel.binary) >= frames)
-            nursery.cancel_scope.cancel()
 
     packets = [(t, parse_rtp_untrusted(data)) for t, data in channel.binary]
     # By sequence number: the relay re-bases the timestamps of a stream that
