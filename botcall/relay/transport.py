@@ -31,7 +31,11 @@ The compiled fast path (``fast_path="inline"`` or ``"thread"`` where
 RTP of the routes the relay programs in C and returns the rest, in arrival
 order, to ``handle_datagram``; what it could not send (EAGAIN) joins the
 backlogs in order, and while any backlog exists it forwards nothing
-(everything goes through Python and the backlogs, as without it). Inline,
+(everything goes through Python and the backlogs, as without it). What
+Python transmits while it handles the returned datagrams (in a 1:1 call, the
+bot's audio to its browser) is collected and sent with ``sendmmsg`` as in the
+batched loop, after the helper's refused sends have joined the backlogs and
+before the helper reads again (``_hand_back``). Inline,
 the drain reads through the helper after each Trio wakeup; with its thread,
 the read loop waits on an eventfd the thread signals when it kept datagrams
 for Python.
@@ -393,10 +397,10 @@ class UdpTransport:
 
     async def _read_loop_fast(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
         """The read loop through the compiled helper (see the module docstring)."""
-        fast_drain, handle_returned = fast.drain, fast.handle_returned
+        fast_drain = fast.drain
+        hand_back = self._hand_back
         counters = self.counters
         backlog = self._backlog
-        enqueue = self._enqueue
 
         def drain(now: float) -> tuple[int, bool]:
             received = 0
@@ -404,10 +408,8 @@ class UdpTransport:
             while received < DRAIN_BATCH:
                 count, emptied, to_python, unsent, error = fast_drain(now, not backlog, DRAIN_BATCH - received)
                 received += count
-                if to_python:
-                    handle_returned(handle, to_python, now)
-                for data, addr in unsent:
-                    enqueue(data, addr)
+                if to_python or unsent:
+                    hand_back(handle, fast, to_python, unsent, now)
                 if error:
                     counters[f"recv_error_{errno.errorcode.get(error, error)}"] += 1
                     received += 1
@@ -417,13 +419,44 @@ class UdpTransport:
 
         await self._drain_loop(drain)
 
+    def _hand_back(
+        self,
+        handle: Callable[[bytes, Address, float], None],
+        fast: fastpath.FastForwarder,
+        to_python: list[tuple[bytes, Address]],
+        unsent: list[tuple[bytes, Address]],
+        now: float,
+    ) -> None:
+        """Take what the helper gave back: its refused sends, then the datagrams for Python.
+
+        The helper's refused sends (EAGAIN) join the backlogs first: it sent
+        them before anything it returned arrived (it forwards nothing of a
+        batch after the first datagram it returns). What Python transmits
+        while it handles the returned datagrams (a bot's audio to its
+        browser, restamped and protected) is collected and sent with
+        ``sendmmsg`` once they are handled, behind any backlog of its
+        destination, as in the batched read loop; before the helper reads
+        again, so nothing it forwards next overtakes it.
+        """
+        enqueue = self._enqueue
+        for data, addr in unsent:
+            enqueue(data, addr)
+        if not to_python:
+            return
+        self._collecting = True
+        try:
+            fast.handle_returned(handle, to_python, now)
+        finally:
+            self._collecting = False
+            self._flush_pending()
+
     async def _read_loop_thread(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
         """The read loop when the helper's thread reads the socket (see the module docstring)."""
         notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         wait_readable = trio.lowlevel.wait_readable
         current_time = trio.current_time
         backlog = self._backlog
-        enqueue = self._enqueue
+        hand_back = self._hand_back
         fast.start(notify_fd, current_time())
         try:
             while True:
@@ -434,10 +467,8 @@ class UdpTransport:
                     pass
                 now = current_time()
                 to_python, unsent = fast.collect(now)
-                if to_python:
-                    fast.handle_returned(handle, to_python, now)
-                for data, addr in unsent:
-                    enqueue(data, addr)
+                if to_python or unsent:
+                    hand_back(handle, fast, to_python, unsent, now)
                 fast.resume(not backlog, now)
         finally:
             fast.stop()
