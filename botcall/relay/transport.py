@@ -35,7 +35,11 @@ backlogs in order, and while any backlog exists it forwards nothing
 Python transmits while it handles the returned datagrams (in a 1:1 call, the
 bot's audio to its browser) is collected and sent with ``sendmmsg`` as in the
 batched loop, after the helper's refused sends have joined the backlogs and
-before the helper reads again (``_hand_back``). Inline,
+before the helper reads again (``_hand_back``); so is what the timers send.
+On an IPv4 socket the helper's own ``sendmmsg`` sends them (``send_list``:
+C lays out the batch, ~0.75 µs a datagram against ~1.0 for ``sendto`` and
+~1.15 for ``BatchedUdp``'s Python layout, measured here at 25 a batch), with
+or without ``batched``. Inline,
 the drain reads through the helper after each Trio wakeup; with its thread,
 the read loop waits on an eventfd the thread signals when it kept datagrams
 for Python.
@@ -193,6 +197,8 @@ class UdpTransport:
         self._collecting = False
         self._pending_data: list[bytes] = []
         self._pending_addr: list[Address] = []
+        # The compiled helper's sendmmsg for collected sends, while it runs on an IPv4 socket.
+        self._send_list: Callable[[list[bytes], list[Address], int, int], tuple[int, int]] | None = None
 
     @property
     def local_address(self) -> Address:
@@ -232,6 +238,9 @@ class UdpTransport:
         if not total:
             return
         self._pending_data, self._pending_addr = [], []
+        if self._send_list is not None:
+            self._flush_through_helper(self._send_list, datagrams, destinations)
+            return
         batch = self.batch
         if batch is None:
             for data, addr in zip(datagrams, destinations):
@@ -274,6 +283,37 @@ class UdpTransport:
                 start += sent
                 slot += sent
 
+    def _flush_through_helper(
+        self, send_list: Callable[[list[bytes], list[Address], int, int], tuple[int, int]], datagrams: list[bytes], destinations: list[Address]
+    ) -> None:
+        """Send what was collected with the compiled helper's ``sendmmsg`` (IPv4), in order.
+
+        While any destination has a backlog (rare: the kernel's buffer was
+        full), the rest goes one by one, so none overtakes its backlog.
+        """
+        total = len(datagrams)
+        start = 0
+        while start < total:
+            if self._backlog:
+                for index in range(start, total):
+                    self._send_one(datagrams[index], destinations[index])
+                return
+            start, error = send_list(datagrams, destinations, start, total)
+            if not error:
+                continue
+            if error == errno.EAGAIN:
+                # The kernel buffer is full: the rest waits in the backlogs, in order.
+                for index in range(start, total):
+                    self._enqueue(datagrams[index], destinations[index])
+                return
+            if error < 0:
+                # Not an IPv4 address the helper encodes: sendto decides.
+                self._send_one(datagrams[start], destinations[start])
+            else:
+                # That one datagram refused, as sendto's would be: counted, skipped.
+                self.counters[f"send_error_{errno.errorcode.get(error, error)}"] += 1
+            start += 1
+
     def _send_one(self, data: bytes, addr: Address) -> None:
         if addr in self._backlog:
             self._enqueue(data, addr)
@@ -306,6 +346,8 @@ class UdpTransport:
             if self._fast_path != "off":
                 fast = self.fast = fastpath.FastForwarder(self.sock, relay, self.counters, secure=self._fast_srtp)
                 relay.count_source = lambda: fast.take_stats(trio.current_time())
+                if self.sock.family == socket.AF_INET:
+                    self._send_list = fast.send_list
                 try:
                     if self._fast_path == "thread":
                         await self._read_loop_thread(relay.handle_datagram, fast)
@@ -313,6 +355,7 @@ class UdpTransport:
                         await self._read_loop_fast(relay.handle_datagram, fast)
                 finally:
                     relay.count_source = None
+                    self._send_list = None
             elif self.batch is not None:
                 await self._read_loop_batched(relay.handle_datagram, self.batch)
             else:
@@ -529,7 +572,7 @@ class UdpTransport:
                 # The helper's counts reach the peers (metrics) at least once a
                 # second, even when no datagram wakes the read loop.
                 fast.take_stats(now)
-            if self.batch is not None:
+            if self.batch is not None or self._send_list is not None:
                 # Timers send too (bot playout, DTLS retransmissions): batch them.
                 self._collecting = True
                 try:

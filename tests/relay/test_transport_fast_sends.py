@@ -13,6 +13,7 @@ with ``sendmmsg`` once they are handled, not with one ``sendto`` each.
   calls than datagrams.
 """
 
+import errno
 import shutil
 
 import pytest
@@ -22,7 +23,7 @@ from botcall.relay import fastpath
 from botcall.relay.core import MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
 from tests.relay.test_hot_path import client_socket
-from tests.relay.test_transport import Receivers
+from tests.relay.test_transport import Receivers, collect
 
 pytestmark = pytest.mark.skipif(
     not fastpath.available() and shutil.which("gcc") is None,
@@ -30,12 +31,29 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# How collected sends leave: the helper's sendmmsg (what run() uses on an
+# IPv4 socket), or BatchedUdp's (ctypes) where the transport has no helper.
+SENDERS = pytest.mark.parametrize("sender", ["helper", "ctypes"])
+
+
 class SendmmsgCalls:
     """Counts the transport's ``sendmmsg`` calls and the datagrams they sent (the real call runs)."""
 
-    def __init__(self, transport):
+    def __init__(self, transport, sender):
         self.calls = 0
         self.sent = 0
+        if sender == "helper":
+            real_list = transport._send_list
+
+            def send_list(datagrams, addresses, start, end):
+                next_index, error = real_list(datagrams, addresses, start, end)
+                self.calls += 1  # at most 64 a call: counted once per 64 below
+                self.calls += max(0, (next_index - start - 1) // 64)
+                self.sent += next_index - start
+                return next_index, error
+
+            transport._send_list = send_list
+            return
         real = transport.batch.send_packed
 
         def send_packed(first, count):
@@ -47,16 +65,20 @@ class SendmmsgCalls:
         transport.batch.send_packed = send_packed
 
 
-def fast_transport():
+def fast_transport(sender):
     transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=True, fast_path="inline")
     relay = MediaRelay(transport.transmit)
-    return transport, fastpath.FastForwarder(transport.sock, relay, transport.counters)
+    fast = fastpath.FastForwarder(transport.sock, relay, transport.counters)
+    if sender == "helper":
+        transport._send_list = fast.send_list  # as run() sets it on an IPv4 socket
+    return transport, fast
 
 
-def test_the_helpers_refused_sends_go_before_what_python_sends_meanwhile():
-    transport, fast = fast_transport()
+@SENDERS
+def test_the_helpers_refused_sends_go_before_what_python_sends_meanwhile(sender):
+    transport, fast = fast_transport(sender)
     receivers = Receivers(2)
-    spy = SendmmsgCalls(transport)
+    spy = SendmmsgCalls(transport, sender)
     browser, other = receivers.addrs
     try:
         # Python answers each returned datagram with a packet to the browser
@@ -69,10 +91,11 @@ def test_the_helpers_refused_sends_go_before_what_python_sends_meanwhile():
         returned = [(b"%d" % index, ("127.0.0.1", 9)) for index in range(5)]
         transport._hand_back(handle, fast, returned, unsent, 1.0)
         # The browser has a backlog now: Python's packets for it queue behind
-        # the helper's; the other peer's go at once (a backlogged datagram
-        # ends a sendmmsg run, so here one a call).
+        # the helper's; the other peer's go at once (one a sendmmsg: a
+        # backlogged datagram ends a run; by sendto through the helper's path,
+        # which sends one by one while any backlog exists).
         assert list(transport._backlog[browser]) == [b"c-1", b"c-2"] + [b"py-%d" % index for index in range(5)]
-        assert spy.sent == 5
+        assert spy.sent == (5 if sender == "ctypes" else 0)
         assert receivers.drain() == [[], [b"py-%d" % index for index in range(5)]]
         transport._flush_once()
         assert receivers.drain() == [[b"c-1", b"c-2"] + [b"py-%d" % index for index in range(5)], []]
@@ -82,10 +105,11 @@ def test_the_helpers_refused_sends_go_before_what_python_sends_meanwhile():
         transport.sock.close()
 
 
-def test_a_collected_send_never_overtakes_its_destinations_backlog():
-    transport, fast = fast_transport()
+@SENDERS
+def test_a_collected_send_never_overtakes_its_destinations_backlog(sender):
+    transport, fast = fast_transport(sender)
     receivers = Receivers(2)
-    spy = SendmmsgCalls(transport)
+    spy = SendmmsgCalls(transport, sender)
     browser, other = receivers.addrs
     try:
         transport._enqueue(b"old", browser)  # a send the kernel refused earlier
@@ -95,7 +119,7 @@ def test_a_collected_send_never_overtakes_its_destinations_backlog():
 
         transport._hand_back(handle, fast, [(b"0", ("127.0.0.1", 9)), (b"1", ("127.0.0.1", 9))], [], 1.0)
         assert list(transport._backlog[browser]) == [b"old", b"py-0"]
-        assert (spy.calls, spy.sent) == (1, 1)
+        assert (spy.calls, spy.sent) == ((1, 1) if sender == "ctypes" else (0, 0))
         assert transport._collecting is False and transport._pending_data == []
         transport._flush_once()
         assert receivers.drain() == [[b"old", b"py-0"], [b"py-1"]]
@@ -104,8 +128,9 @@ def test_a_collected_send_never_overtakes_its_destinations_backlog():
         transport.sock.close()
 
 
-def test_python_raising_still_sends_what_it_collected_and_stops_collecting():
-    transport, fast = fast_transport()
+@SENDERS
+def test_python_raising_still_sends_what_it_collected_and_stops_collecting(sender):
+    transport, fast = fast_transport(sender)
     receivers = Receivers(1)
     try:
 
@@ -126,12 +151,84 @@ def test_python_raising_still_sends_what_it_collected_and_stops_collecting():
         transport.sock.close()
 
 
+@SENDERS
+def test_the_helpers_sendmmsg_counts_refusals_and_leaves_odd_addresses_to_sendto(sender):
+    transport, fast = fast_transport(sender)
+    receivers = Receivers(3)
+    try:
+        sends = []
+        for index in range(200):  # more than one sendmmsg of 64
+            sends.append((b"%d" % index, receivers.addrs[index % 3]))
+            if index % 50 == 7:
+                sends.append((b"refused", ("127.0.0.1", 0)))  # EINVAL from the kernel
+            if index == 100:
+                sends.append((b"odd", ("not-an-address", 1)))  # only sendto can judge it
+        collect(transport, sends)
+        got = receivers.drain()
+    finally:
+        receivers.close()
+        transport.sock.close()
+    for which in range(3):
+        assert got[which] == [b"%d" % index for index in range(200) if index % 3 == which]
+    assert transport.counters["send_error_EINVAL"] == 4
+    assert sum(transport.counters.values()) == 5  # and the odd one's, by whatever errno sendto gave
+
+
+def test_a_full_buffer_in_the_helpers_sendmmsg_moves_the_rest_to_the_backlogs_in_order():
+    transport, fast = fast_transport("helper")
+    receivers = Receivers(2)
+    real = transport._send_list
+    calls = []
+
+    def send_then_block(datagrams, addresses, start, end):
+        calls.append((start, end))
+        if len(calls) == 1:
+            sent, error = real(datagrams, addresses, start, start + 5)
+            assert (sent, error) == (start + 5, 0)
+            return sent, errno.EAGAIN
+        raise AssertionError("no second call: the rest waits in the backlogs")
+
+    transport._send_list = send_then_block
+    try:
+        a, b = receivers.addrs
+        collect(transport, [(b"%d" % index, (a, b)[index % 2]) for index in range(20)])
+        assert calls == [(0, 20)]
+        assert {addr: len(queue) for addr, queue in transport._backlog.items()} == {a: 7, b: 8}
+        # While a destination has a backlog, new datagrams go one by one: behind it, or at once.
+        collect(transport, [(b"20", a), (b"21", b)])
+        assert len(calls) == 1
+        assert receivers.drain() == [[b"0", b"2", b"4"], [b"1", b"3"]]
+        transport._flush_once()
+        got = receivers.drain()
+    finally:
+        receivers.close()
+        transport.sock.close()
+    assert got == [[b"%d" % i for i in range(6, 22, 2)], [b"%d" % i for i in range(5, 22, 2)]]
+    assert not transport._backlog
+
+
+async def test_the_transport_sends_through_the_helper_while_it_runs_on_ipv4():
+    transport = UdpTransport(open_udp_socket("127.0.0.1", 0), fast_path="inline")
+    relay = MediaRelay(transport.transmit)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.run, relay)
+            assert transport._send_list is not None and transport._send_list == transport.fast.send_list
+            nursery.cancel_scope.cancel()
+        assert transport._send_list is None
+    finally:
+        transport.sock.close()
+
+
+@SENDERS
 @pytest.mark.parametrize("mode", ["inline", "thread"])
-async def test_the_read_loops_send_what_python_transmits_in_batches_in_order(mode):
+async def test_the_read_loops_send_what_python_transmits_in_batches_in_order(mode, sender):
     transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=True, fast_path=mode)
     relay = MediaRelay(transport.transmit)
     fast = fastpath.FastForwarder(transport.sock, relay, transport.counters)
-    spy = SendmmsgCalls(transport)
+    if sender == "helper":
+        transport._send_list = fast.send_list  # as run() sets it
+    spy = SendmmsgCalls(transport, sender)
     sender, listener = client_socket(), client_socket()
     listener_addr = listener.getsockname()
     total = 400
