@@ -1211,6 +1211,109 @@ static PyObject *FastPath_route_count(FastPath *self, PyObject *unused) {
     return PyLong_FromSsize_t(self->nroutes);
 }
 
+/* --- Python's own sends (send_list): the bot -> browser half of a call -------------------- */
+
+#define SEND_LIST_BATCH 64 /* datagrams per sendmmsg call; the buffers are on the stack */
+
+/* An (IPv4 host, port) tuple as sockaddr_in; 0 if it is none (Python's sendto decides then). */
+static int ipv4_destination(PyObject *addr, struct sockaddr_in *out) {
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
+        return 0;
+    PyObject *host = PyTuple_GET_ITEM(addr, 0), *port = PyTuple_GET_ITEM(addr, 1);
+    if (!PyUnicode_Check(host) || !PyLong_Check(port))
+        return 0;
+    const char *text = PyUnicode_AsUTF8(host);
+    if (text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    long number = PyLong_AsLong(port);
+    if (number < 0 || number > 65535) {
+        PyErr_Clear();
+        return 0;
+    }
+    memset(out, 0, sizeof(*out));
+    out->sin_family = AF_INET;
+    out->sin_port = htons((uint16_t)number);
+    return inet_pton(AF_INET, text, &out->sin_addr) == 1;
+}
+
+PyDoc_STRVAR(send_list_doc,
+"send_list(datagrams, addresses, start, end) -> (next, errno)\n\n"
+"Send datagrams[start:end] (bytes) to addresses[start:end] ((IPv4 host, port)\n"
+"tuples) in order with sendmmsg, SEND_LIST_BATCH a call, GIL released. Stops\n"
+"at the first one it cannot send: next is its index (end when all went) and\n"
+"errno says why: 0 all sent; EAGAIN the kernel's buffer is full (it and the\n"
+"rest are unsent); another errno the kernel refused that one datagram (the\n"
+"caller counts and skips it, as for sendto); -1 not bytes or not an IPv4\n"
+"address (the caller sends it with sendto, which decides). Uses its own\n"
+"buffers: safe beside the forwarding thread.");
+
+static PyObject *FastPath_send_list(FastPath *self, PyObject *args) {
+    PyObject *datagrams, *addresses;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "O!O!nn", &PyList_Type, &datagrams, &PyList_Type, &addresses, &start, &end))
+        return NULL;
+    if (end > PyList_GET_SIZE(datagrams))
+        end = PyList_GET_SIZE(datagrams);
+    if (end > PyList_GET_SIZE(addresses))
+        end = PyList_GET_SIZE(addresses);
+    if (start < 0)
+        start = 0;
+    struct mmsghdr msgs[SEND_LIST_BATCH];
+    struct iovec iovs[SEND_LIST_BATCH];
+    struct sockaddr_in names[SEND_LIST_BATCH];
+    int code = 0;
+    while (start < end) {
+        int count = 0;
+        PyObject *last_addr = NULL;
+        while (count < SEND_LIST_BATCH && start + count < end) {
+            PyObject *data = PyList_GET_ITEM(datagrams, start + count);
+            PyObject *addr = PyList_GET_ITEM(addresses, start + count);
+            if (!PyBytes_CheckExact(data))
+                break;
+            if (addr == last_addr) {
+                names[count] = names[count - 1]; /* one peer's packets share one tuple */
+            } else if (!ipv4_destination(addr, &names[count])) {
+                break;
+            }
+            last_addr = addr;
+            iovs[count].iov_base = PyBytes_AS_STRING(data);
+            iovs[count].iov_len = (size_t)PyBytes_GET_SIZE(data);
+            memset(&msgs[count], 0, sizeof(msgs[count]));
+            msgs[count].msg_hdr.msg_name = &names[count];
+            msgs[count].msg_hdr.msg_namelen = sizeof(names[count]);
+            msgs[count].msg_hdr.msg_iov = &iovs[count];
+            msgs[count].msg_hdr.msg_iovlen = 1;
+            count++;
+        }
+        if (count == 0) {
+            code = -1;
+            break;
+        }
+        /* The lists and their bytes stay alive and unchanged: the caller owns
+         * them and holds them across this call. */
+        int first = 0;
+        while (first < count) {
+            int sent;
+            Py_BEGIN_ALLOW_THREADS
+            sent = sendmmsg(self->fd, msgs + first, (unsigned)(count - first), MSG_DONTWAIT);
+            Py_END_ALLOW_THREADS
+            if (sent < 0) {
+                if (errno == EINTR)
+                    continue;
+                code = errno == EWOULDBLOCK ? EAGAIN : errno;
+                break;
+            }
+            first += sent;
+        }
+        start += first;
+        if (code != 0)
+            break;
+    }
+    return Py_BuildValue("(ni)", start, code);
+}
+
 static PyMethodDef FastPath_methods[] = {
     {"set_routes", (PyCFunction)FastPath_set_routes, METH_O, set_routes_doc},
     {"take_stats", (PyCFunction)FastPath_take_stats, METH_NOARGS, take_stats_doc},
@@ -1228,6 +1331,7 @@ static PyMethodDef FastPath_methods[] = {
     {"collect", (PyCFunction)FastPath_collect, METH_NOARGS, collect_doc},
     {"resume", (PyCFunction)FastPath_resume, METH_VARARGS, "resume(forward): the thread reads again; forwards only if `forward`."},
     {"pause", (PyCFunction)FastPath_pause, METH_NOARGS, "The thread stops after its current batch until resume() (the table is stale)."},
+    {"send_list", (PyCFunction)FastPath_send_list, METH_VARARGS, send_list_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -134,6 +134,9 @@ class FastForwarder:
             raise RuntimeError("the compiled fast path (botcall.relay._fastpath) is not built")
         self._module = _helper_module
         self._helper = _helper_module.FastPath(sock.fileno())
+        #: ``send_list(datagrams, addresses, start, end) -> (next, errno)``: the
+        #: transport's collected sends through one ``sendmmsg`` per 64 (see ``_fastpath.c``).
+        self.send_list: Callable[[list[bytes], list[Address], int, int], tuple[int, int]] = self._helper.send_list
         self.relay = relay
         self.max_fanout: int = _helper_module.MAX_FANOUT
         self.max_routes: int = _helper_module.MAX_ROUTES

@@ -31,7 +31,15 @@ The compiled fast path (``fast_path="inline"`` or ``"thread"`` where
 RTP of the routes the relay programs in C and returns the rest, in arrival
 order, to ``handle_datagram``; what it could not send (EAGAIN) joins the
 backlogs in order, and while any backlog exists it forwards nothing
-(everything goes through Python and the backlogs, as without it). Inline,
+(everything goes through Python and the backlogs, as without it). What
+Python transmits while it handles the returned datagrams (in a 1:1 call, the
+bot's audio to its browser) is collected and sent with ``sendmmsg`` as in the
+batched loop, after the helper's refused sends have joined the backlogs and
+before the helper reads again (``_hand_back``); so is what the timers send.
+On an IPv4 socket the helper's own ``sendmmsg`` sends them (``send_list``:
+C lays out the batch, ~0.75 µs a datagram against ~1.0 for ``sendto`` and
+~1.15 for ``BatchedUdp``'s Python layout, measured here at 25 a batch), with
+or without ``batched``. Inline,
 the drain reads through the helper after each Trio wakeup; with its thread,
 the read loop waits on an eventfd the thread signals when it kept datagrams
 for Python.
@@ -189,6 +197,8 @@ class UdpTransport:
         self._collecting = False
         self._pending_data: list[bytes] = []
         self._pending_addr: list[Address] = []
+        # The compiled helper's sendmmsg for collected sends, while it runs on an IPv4 socket.
+        self._send_list: Callable[[list[bytes], list[Address], int, int], tuple[int, int]] | None = None
 
     @property
     def local_address(self) -> Address:
@@ -228,6 +238,9 @@ class UdpTransport:
         if not total:
             return
         self._pending_data, self._pending_addr = [], []
+        if self._send_list is not None:
+            self._flush_through_helper(self._send_list, datagrams, destinations)
+            return
         batch = self.batch
         if batch is None:
             for data, addr in zip(datagrams, destinations):
@@ -270,6 +283,37 @@ class UdpTransport:
                 start += sent
                 slot += sent
 
+    def _flush_through_helper(
+        self, send_list: Callable[[list[bytes], list[Address], int, int], tuple[int, int]], datagrams: list[bytes], destinations: list[Address]
+    ) -> None:
+        """Send what was collected with the compiled helper's ``sendmmsg`` (IPv4), in order.
+
+        While any destination has a backlog (rare: the kernel's buffer was
+        full), the rest goes one by one, so none overtakes its backlog.
+        """
+        total = len(datagrams)
+        start = 0
+        while start < total:
+            if self._backlog:
+                for index in range(start, total):
+                    self._send_one(datagrams[index], destinations[index])
+                return
+            start, error = send_list(datagrams, destinations, start, total)
+            if not error:
+                continue
+            if error == errno.EAGAIN:
+                # The kernel buffer is full: the rest waits in the backlogs, in order.
+                for index in range(start, total):
+                    self._enqueue(datagrams[index], destinations[index])
+                return
+            if error < 0:
+                # Not an IPv4 address the helper encodes: sendto decides.
+                self._send_one(datagrams[start], destinations[start])
+            else:
+                # That one datagram refused, as sendto's would be: counted, skipped.
+                self.counters[f"send_error_{errno.errorcode.get(error, error)}"] += 1
+            start += 1
+
     def _send_one(self, data: bytes, addr: Address) -> None:
         if addr in self._backlog:
             self._enqueue(data, addr)
@@ -302,6 +346,8 @@ class UdpTransport:
             if self._fast_path != "off":
                 fast = self.fast = fastpath.FastForwarder(self.sock, relay, self.counters, secure=self._fast_srtp)
                 relay.count_source = lambda: fast.take_stats(trio.current_time())
+                if self.sock.family == socket.AF_INET:
+                    self._send_list = fast.send_list
                 try:
                     if self._fast_path == "thread":
                         await self._read_loop_thread(relay.handle_datagram, fast)
@@ -309,6 +355,7 @@ class UdpTransport:
                         await self._read_loop_fast(relay.handle_datagram, fast)
                 finally:
                     relay.count_source = None
+                    self._send_list = None
             elif self.batch is not None:
                 await self._read_loop_batched(relay.handle_datagram, self.batch)
             else:
@@ -393,10 +440,10 @@ class UdpTransport:
 
     async def _read_loop_fast(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
         """The read loop through the compiled helper (see the module docstring)."""
-        fast_drain, handle_returned = fast.drain, fast.handle_returned
+        fast_drain = fast.drain
+        hand_back = self._hand_back
         counters = self.counters
         backlog = self._backlog
-        enqueue = self._enqueue
 
         def drain(now: float) -> tuple[int, bool]:
             received = 0
@@ -404,10 +451,8 @@ class UdpTransport:
             while received < DRAIN_BATCH:
                 count, emptied, to_python, unsent, error = fast_drain(now, not backlog, DRAIN_BATCH - received)
                 received += count
-                if to_python:
-                    handle_returned(handle, to_python, now)
-                for data, addr in unsent:
-                    enqueue(data, addr)
+                if to_python or unsent:
+                    hand_back(handle, fast, to_python, unsent, now)
                 if error:
                     counters[f"recv_error_{errno.errorcode.get(error, error)}"] += 1
                     received += 1
@@ -417,13 +462,44 @@ class UdpTransport:
 
         await self._drain_loop(drain)
 
+    def _hand_back(
+        self,
+        handle: Callable[[bytes, Address, float], None],
+        fast: fastpath.FastForwarder,
+        to_python: list[tuple[bytes, Address]],
+        unsent: list[tuple[bytes, Address]],
+        now: float,
+    ) -> None:
+        """Take what the helper gave back: its refused sends, then the datagrams for Python.
+
+        The helper's refused sends (EAGAIN) join the backlogs first: it sent
+        them before anything it returned arrived (it forwards nothing of a
+        batch after the first datagram it returns). What Python transmits
+        while it handles the returned datagrams (a bot's audio to its
+        browser, restamped and protected) is collected and sent with
+        ``sendmmsg`` once they are handled, behind any backlog of its
+        destination, as in the batched read loop; before the helper reads
+        again, so nothing it forwards next overtakes it.
+        """
+        enqueue = self._enqueue
+        for data, addr in unsent:
+            enqueue(data, addr)
+        if not to_python:
+            return
+        self._collecting = True
+        try:
+            fast.handle_returned(handle, to_python, now)
+        finally:
+            self._collecting = False
+            self._flush_pending()
+
     async def _read_loop_thread(self, handle: Callable[[bytes, Address, float], None], fast: fastpath.FastForwarder) -> None:
         """The read loop when the helper's thread reads the socket (see the module docstring)."""
         notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         wait_readable = trio.lowlevel.wait_readable
         current_time = trio.current_time
         backlog = self._backlog
-        enqueue = self._enqueue
+        hand_back = self._hand_back
         fast.start(notify_fd, current_time())
         try:
             while True:
@@ -434,10 +510,8 @@ class UdpTransport:
                     pass
                 now = current_time()
                 to_python, unsent = fast.collect(now)
-                if to_python:
-                    fast.handle_returned(handle, to_python, now)
-                for data, addr in unsent:
-                    enqueue(data, addr)
+                if to_python or unsent:
+                    hand_back(handle, fast, to_python, unsent, now)
                 fast.resume(not backlog, now)
         finally:
             fast.stop()
@@ -498,7 +572,7 @@ class UdpTransport:
                 # The helper's counts reach the peers (metrics) at least once a
                 # second, even when no datagram wakes the read loop.
                 fast.take_stats(now)
-            if self.batch is not None:
+            if self.batch is not None or self._send_list is not None:
                 # Timers send too (bot playout, DTLS retransmissions): batch them.
                 self._collecting = True
                 try:
