@@ -851,6 +851,252 @@ fail:
 }
 
 
+/* --- RFC 6464 speech levels (issue 17): a C copy of audio.vad.LevelDetector --------
+ *
+ * The same arithmetic in the same order as _NoiseFloor.is_speech and
+ * SpeechGate.update/expire (IEEE doubles both sides), so a run here gives the
+ * events and final state a Python run gives. The state comes from
+ * LevelDetector.state() and goes back through LevelDetector.restore(): it has
+ * one owner at a time. Not yet wired into the routes (see fastpath.py). */
+
+#define BOT_AUDIO_LEVEL_ID 1 /* audio.vad.BOT_AUDIO_LEVEL_ID */
+
+typedef struct {
+    /* LevelDetector.config() */
+    double margin, min_db, rise, threshold, release;
+    int use_voice;
+    long long onset_ms, hangover_ms, frame_ms;
+    /* LevelDetector.state() */
+    int has_floor, speaking, has_run, has_last;
+    double floor;
+    long long started_ms, run_start, speech_end, last_ms;
+} LevelState;
+
+enum { LEVEL_NONE = 0, LEVEL_STARTED = 1, LEVEL_STOPPED = 2 };
+
+/* The level octet of element `element_id` in a packet whose payload starts at
+ * `end` (checked by the caller, as payload_offset_untrusted does): -1 when there
+ * is none, as speech.audio_level_untrusted returns None. */
+static int level_octet(const unsigned char *data, size_t end, int element_id) {
+    if (end < RTP_HEADER || !(data[0] & 0x10))
+        return -1;
+    size_t offset = RTP_HEADER + 4 * (size_t)(data[0] & 0x0F);
+    if (offset + 4 > end || data[offset] != 0xBE || data[offset + 1] != 0xDE)
+        return -1;
+    size_t index = offset + 4;
+    while (index < end) {
+        unsigned header = data[index];
+        if (header == 0) {
+            index++;
+            continue;
+        }
+        unsigned ident = header >> 4, length = (header & 0x0F) + 1;
+        if (ident == 15)
+            return -1;
+        if ((int)ident == element_id) {
+            if (length != 1 || index + 1 >= end)
+                return -1;
+            return data[index + 1];
+        }
+        index += 1 + length;
+    }
+    return -1;
+}
+
+static int level_stop(LevelState *st, long long *ms, long long *duration) {
+    st->speaking = 0;
+    st->has_run = 0;
+    *ms = st->speech_end;
+    *duration = st->speech_end - st->started_ms;
+    return LEVEL_STOPPED;
+}
+
+/* SpeechGate.update with a probability of 1.0 or 0.0. */
+static int gate_update(LevelState *st, double probability, long long stream_ms, long long *ms, long long *duration) {
+    if (st->has_last && stream_ms < st->last_ms)
+        return LEVEL_NONE;
+    st->has_last = 1;
+    st->last_ms = stream_ms;
+    int stopped = LEVEL_NONE;
+    long long stop_ms = 0, stop_duration = 0;
+    if (st->speaking && stream_ms - st->speech_end >= st->hangover_ms)
+        stopped = level_stop(st, &stop_ms, &stop_duration);
+    if (st->speaking) {
+        if (probability >= st->release)
+            st->speech_end = stream_ms + st->frame_ms;
+        else if (stream_ms + st->frame_ms - st->speech_end >= st->hangover_ms)
+            return level_stop(st, ms, duration);
+        return LEVEL_NONE;
+    }
+    *ms = stop_ms;
+    *duration = stop_duration;
+    if (probability < st->threshold) {
+        st->has_run = 0;
+        return stopped;
+    }
+    if (!st->has_run || stream_ms > st->speech_end) {
+        st->has_run = 1;
+        st->run_start = stream_ms;
+    }
+    st->speech_end = stream_ms + st->frame_ms;
+    if (stopped == LEVEL_NONE && st->speech_end - st->run_start >= st->onset_ms) {
+        st->speaking = 1;
+        st->started_ms = st->run_start;
+        st->has_run = 0;
+        *ms = st->started_ms;
+        return LEVEL_STARTED;
+    }
+    return stopped;
+}
+
+/* LevelDetector.update from one level octet (RFC 6464 §3: V flag, -dBov). */
+static int level_update(LevelState *st, int octet, long long stream_ms, long long *ms, long long *duration) {
+    double level_db = -(double)(octet & 0x7F);
+    double floor = st->floor;
+    if (!st->has_floor || level_db < floor)
+        floor = level_db;
+    else
+        floor += st->rise;
+    st->has_floor = 1;
+    st->floor = floor;
+    int speech = level_db >= st->min_db && level_db >= floor + st->margin;
+    if (st->use_voice && !(octet & 0x80))
+        speech = 0;
+    return gate_update(st, speech ? 1.0 : 0.0, stream_ms, ms, duration);
+}
+
+/* SpeechGate.expire. */
+static int level_expire(LevelState *st, long long stream_ms, long long *ms, long long *duration) {
+    if (st->speaking && stream_ms - st->speech_end >= st->hangover_ms)
+        return level_stop(st, ms, duration);
+    return LEVEL_NONE;
+}
+
+/* An optional int (None or int) into has and value; -1 with an exception set on failure. */
+static int optional_ll(PyObject *obj, int *has, long long *value) {
+    if (obj == Py_None) {
+        *has = 0;
+        *value = 0;
+        return 0;
+    }
+    *has = 1;
+    *value = PyLong_AsLongLong(obj);
+    return *value == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int level_parse(PyObject *config, PyObject *state, LevelState *st) {
+    PyObject *floor, *run_start, *last_ms;
+    memset(st, 0, sizeof(*st));
+    if (!PyArg_ParseTuple(config, "dddpLLddL", &st->margin, &st->min_db, &st->rise, &st->use_voice, &st->onset_ms,
+                          &st->hangover_ms, &st->threshold, &st->release, &st->frame_ms))
+        return -1;
+    if (!PyArg_ParseTuple(state, "OpLOLO", &floor, &st->speaking, &st->started_ms, &run_start, &st->speech_end, &last_ms))
+        return -1;
+    if (floor != Py_None) {
+        st->has_floor = 1;
+        st->floor = PyFloat_AsDouble(floor);
+        if (st->floor == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    if (optional_ll(run_start, &st->has_run, &st->run_start) < 0 || optional_ll(last_ms, &st->has_last, &st->last_ms) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *optional_value(int has, long long value) {
+    if (!has)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(value);
+}
+
+static PyObject *level_state_tuple(const LevelState *st) {
+    PyObject *floor = st->has_floor ? PyFloat_FromDouble(st->floor) : (Py_INCREF(Py_None), Py_None);
+    return Py_BuildValue("(NOLNLN)", floor, st->speaking ? Py_True : Py_False, st->started_ms,
+                         optional_value(st->has_run, st->run_start), st->speech_end, optional_value(st->has_last, st->last_ms));
+}
+
+PyDoc_STRVAR(level_feed_doc,
+"level_feed(config, state, level_id, items) -> (events, state)\n\n"
+"Run the compiled LevelDetector over `items` from LevelDetector.config()/state().\n"
+"An item is (packet, payload_offset, stream_ms) or an int (expire at that stream\n"
+"position). `level_id` is the stream's RFC 6464 element id, or -1 for a bot's\n"
+"(BOT_AUDIO_LEVEL_ID when the packet has an extension), as SpeechTracker reads it.\n"
+"events: ('started', ms), ('stopped', ms, duration), ('unlevelled', item index)\n"
+"for a packet without a level (the tracker's other paths take it).");
+
+static PyObject *level_feed(PyObject *module, PyObject *args) {
+    PyObject *config, *state, *items;
+    int level_id;
+    if (!PyArg_ParseTuple(args, "OOiO", &config, &state, &level_id, &items))
+        return NULL;
+    LevelState st;
+    if (level_parse(config, state, &st) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(items, "items must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    PyObject *events = PyList_New(0);
+    if (events == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        long long ms = 0, duration = 0;
+        int kind;
+        PyObject *event = NULL;
+        if (PyLong_Check(item)) {
+            long long at = PyLong_AsLongLong(item);
+            if (at == -1 && PyErr_Occurred())
+                goto fail;
+            kind = level_expire(&st, at, &ms, &duration);
+        } else {
+            Py_buffer packet;
+            Py_ssize_t offset;
+            long long at;
+            if (!PyArg_ParseTuple(item, "y*nL", &packet, &offset, &at))
+                goto fail;
+            if (offset < 0 || offset > packet.len) {
+                PyBuffer_Release(&packet);
+                PyErr_SetString(PyExc_ValueError, "payload_offset outside the packet");
+                goto fail;
+            }
+            const unsigned char *data = packet.buf;
+            int octet = level_id >= 0 ? level_octet(data, (size_t)offset, level_id) : -1;
+            if (octet < 0 && level_id < 0 && packet.len > 0 && (data[0] & 0x10))
+                octet = level_octet(data, (size_t)offset, BOT_AUDIO_LEVEL_ID);
+            PyBuffer_Release(&packet);
+            if (octet < 0) {
+                event = Py_BuildValue("(sn)", "unlevelled", i);
+                kind = LEVEL_NONE;
+            } else {
+                kind = level_update(&st, octet, at, &ms, &duration);
+            }
+        }
+        if (kind == LEVEL_STARTED)
+            event = Py_BuildValue("(sL)", "started", ms);
+        else if (kind == LEVEL_STOPPED)
+            event = Py_BuildValue("(sLL)", "stopped", ms, duration);
+        else if (event == NULL)
+            continue;
+        if (event == NULL || PyList_Append(events, event) < 0) {
+            Py_XDECREF(event);
+            goto fail;
+        }
+        Py_DECREF(event);
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(NN)", events, level_state_tuple(&st));
+fail:
+    Py_DECREF(seq);
+    Py_XDECREF(events);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"level_feed", level_feed, METH_VARARGS, level_feed_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+
 /* --- the forwarding thread ------------------------------------------------------- */
 
 static double monotonic_now(void) {
@@ -1244,7 +1490,7 @@ static PyTypeObject FastPathType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastpath", "The relay's compiled fast path (see fastpath.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_fastpath", "The relay's compiled fast path (see fastpath.py).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

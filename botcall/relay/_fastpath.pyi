@@ -16,6 +16,12 @@ Route = Union[
 # (destination index, failed protects, last seq, last timestamp, last time)
 StreamState = tuple[int, int, int, int, float]
 
+# LevelDetector.config() / .state() (botcall/audio/vad.py)
+LevelConfig = tuple[float, float, float, bool, int, int, float, float, int]
+LevelState = tuple[float | None, bool, int, int | None, int, int | None]
+# ('started', ms) | ('stopped', ms, duration) | ('unlevelled', item index)
+LevelEvent = tuple[str, int] | tuple[str, int, int]
+
 MAX_FANOUT: int
 MAX_ROUTES: int
 BATCH: int
@@ -39,3 +45,7 @@ class FastPath:
     def set_window(self, route_id: int, start: float, packets: int, /) -> None: ...
     def streams(self, route_id: int, /) -> list[StreamState]: ...
     def set_streams(self, route_id: int, states: Sequence[tuple[int, int, int, float]], /) -> None: ...
+
+def level_feed(
+    config: LevelConfig, state: LevelState, level_id: int, items: Sequence[tuple[bytes, int, int] | int], /
+) -> tuple[list[LevelEvent], LevelState]: ...
