@@ -33,7 +33,9 @@ from botcall.audio.vad import (
     BOT_AUDIO_LEVEL_ID,
     FRAME_SAMPLES,
     AudioLevel,
+    LevelConfig,
     LevelDetector,
+    LevelState,
     SpeechDetector,
     SpeechEvent,
     SpeechGate,
@@ -223,6 +225,32 @@ class SpeechTracker:
         elif isinstance(event, SpeechStopped):
             self.onset_ms = None
         return event
+
+    def level_handover(self) -> tuple[int, LevelConfig, LevelState] | None:
+        """What the compiled fast path needs to run this tracker's level path in C
+        (``_fastpath.level_feed``): (level id, or -1 for a bot's
+        ``BOT_AUDIO_LEVEL_ID``; the detector's config; its state), or None while
+        the tracker is not on the level path (no level seen yet, or decoding).
+
+        The state passes, it is not shared: until :meth:`level_takeback` the
+        caller owns it, and this tracker's detector must not be fed.
+        """
+        levels = self._levels
+        if levels is None or self.packet_ms is None or self._decoded is not None or self._sizes is not None:
+            return None
+        return (-1 if self.level_id is None else self.level_id), levels.config(), levels.state()
+
+    def level_takeback(self, events: list[SpeechEvent], state: LevelState, last_ms: int | None) -> None:
+        """Take the level path back from C: the events it found (in order), its
+        detector state, and the end of the newest packet it read (None if none),
+        so ``onset_ms``, ``interrupted`` and ``last_ms`` are what a run in
+        Python would have left."""
+        assert self._levels is not None, "level_handover() first"
+        self._levels.restore(state)
+        for event in events:
+            self._note(event)
+        if last_ms is not None:
+            self.last_ms = last_ms
 
     def close(self) -> None:
         """The peer left: give its decoder back to the budget."""

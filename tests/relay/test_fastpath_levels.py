@@ -145,3 +145,33 @@ def test_level_path_detects_speech_in_c() -> None:
     events, state = fastpath.level_feed(detector.config(), detector.state(), 3, items)
     assert events == [("started", 200), ("stopped", 400, 200)]
     assert state[1] is False and state[0] is not None and state[0] <= -70.0 + 0.02 * 20
+
+
+def test_tracker_hands_its_level_path_to_c_and_back() -> None:
+    """``SpeechTracker.level_handover``/``level_takeback``: half a stream in Python,
+    the middle in C, the end in Python again, against a tracker that ran it all in Python."""
+    from botcall.relay.speech import SpeechTracker
+
+    def packet(level: int, at: int) -> tuple[bytes, int, int]:
+        data = rtp(one_byte_block(bytes([BOT_AUDIO_LEVEL_ID << 4, 0x80 | level])), at * 48)
+        return data, payload_offset_untrusted(data), at
+
+    levels = [90] * 10 + [15] * 30 + [90] * 40 + [10] * 20
+    stream = [packet(level, 20 * i) for i, level in enumerate(levels)]
+    reference, handed = SpeechTracker(level_id=None, budget=None), SpeechTracker(level_id=None, budget=None)
+    expected = [reference.on_packet(*item) for item in stream]
+    got = [handed.on_packet(*item) for item in stream[:5]]
+    handover = handed.level_handover()
+    assert handover is not None
+    level_id, config, state = handover
+    assert level_id == -1
+    raw, state = fastpath.level_feed(config, state, level_id, stream[5:95])
+    events = [SpeechStarted(value[0]) if kind == "started" else SpeechStopped(*value) for kind, *value in raw]
+    handed.level_takeback(events, state, stream[94][2] + 20)
+    got += [handed.on_packet(*item) for item in stream[95:]]
+    assert [e for e in expected if e is not None] == events + [e for e in got if e is not None]
+    # A broken detector gets these wrong (the floor stays at -90 dBov under the speech).
+    assert events == [SpeechStarted(200), SpeechStopped(800, 600), SpeechStarted(1600)]
+    for name in ("onset_ms", "last_ms", "interrupted", "packet_ms", "speaking"):
+        assert getattr(handed, name) == getattr(reference, name), name
+    assert handed.expire(10**6) == reference.expire(10**6)
