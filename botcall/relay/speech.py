@@ -126,7 +126,7 @@ class SpeechTracker:
 
     __slots__ = (
         "level_id", "budget", "_make_detector", "_levels", "_decoded", "_decoder", "_sizes",
-        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms",
+        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms", "fast_expire",
     )
 
     def __init__(
@@ -153,6 +153,11 @@ class SpeechTracker:
         # The stream's packet duration, read from its first packet (20 ms, or 10
         # from a browser asked for a=ptime:10): what one packet stands for.
         self.packet_ms: int | None = None
+        # While the compiled fast path owns this tracker's level path (between
+        # level_handover and level_takeback): the relay's speaking sweep asks it
+        # instead, as (now, sweep interval) -> the SpeechStopped it found (noted
+        # here already), or None. It keeps last_ms and the peer's last_voice.
+        self.fast_expire: Callable[[float, float], SpeechStopped | None] | None = None
 
     @property
     def speaking(self) -> bool:
@@ -225,6 +230,12 @@ class SpeechTracker:
         elif isinstance(event, SpeechStopped):
             self.onset_ms = None
         return event
+
+    def level_event(self, event: SpeechEvent) -> None:
+        """An event the compiled fast path found on this tracker's level path (after
+        :meth:`level_handover`): ``onset_ms`` and ``interrupted`` move as
+        :meth:`on_packet` moves them."""
+        self._note(event)
 
     def level_handover(self) -> tuple[int, LevelConfig, LevelState] | None:
         """What the compiled fast path needs to run this tracker's level path in C
