@@ -313,7 +313,7 @@ static PyObject *route_level_tuple(const RouteLevel *lv) {
     if (!lv->on)
         Py_RETURN_NONE;
     const LevelState *st = &lv->st;
-    return Py_BuildValue("(i(dddpLLddL)NkLLdNOL)", lv->level_id, st->margin, st->min_db, st->rise, st->use_voice, st->onset_ms,
+    return Py_BuildValue("(i(dddOLLddL)NkLLdNOL)", lv->level_id, st->margin, st->min_db, st->rise, st->use_voice ? Py_True : Py_False, st->onset_ms,
                          st->hangover_ms, st->threshold, st->release, st->frame_ms, level_state_tuple(st),
                          (unsigned long)lv->origin, lv->packet_ms, lv->last_ms, lv->last_voice,
                          optional_value(lv->has_onset, lv->onset_ms), lv->interrupted ? Py_True : Py_False, lv->limit);
