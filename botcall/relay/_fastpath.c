@@ -19,7 +19,13 @@
  *     helper reads again -- it never acts on a datagram Python would see in
  *     a different state;
  *   - a route flagged "mirror" (the speaker's speech is tracked) is forwarded
- *     here and a copy goes to Python for speech detection only.
+ *     here and a copy goes to Python for speech detection only;
+ *   - a route with a level tracker (RouteLevel: the speaker's tracker is on
+ *     the RFC 6464 level path) runs the level detector here on each forwarded
+ *     packet and hands Python only its events (SPEECH entries, in order among
+ *     the mirrored copies); a packet without a level is forwarded, mirrored,
+ *     and the rest of its batch goes to Python, which takes the tracker back
+ *     around it (level, set_level).
  *
  * Drops the helper decides itself: a datagram longer than MAX_DATAGRAM
  * (counted "oversized", as the transport does) and a route's packets beyond
