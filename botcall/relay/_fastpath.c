@@ -1492,6 +1492,13 @@ static PyObject *FastPath_resume(FastPath *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *FastPath_pending(FastPath *self, PyObject *unused) {
+    lock_table(self);
+    int queued = self->threaded ? self->queued : 0;
+    unlock_table(self);
+    return PyLong_FromLong(queued);
+}
+
 static PyObject *FastPath_pause(FastPath *self, PyObject *unused) {
     if (self->threaded) {
         lock_table(self);
@@ -1700,6 +1707,7 @@ static PyMethodDef FastPath_methods[] = {
     {"level", (PyCFunction)FastPath_level, METH_VARARGS, level_doc},
     {"set_level", (PyCFunction)FastPath_set_level, METH_VARARGS, set_level_doc},
     {"level_expire", (PyCFunction)FastPath_level_expire, METH_VARARGS, level_expire_doc},
+    {"pending", (PyCFunction)FastPath_pending, METH_NOARGS, "Entries the thread kept that collect() has not taken yet (0 without the thread)."},
     {"pause", (PyCFunction)FastPath_pause, METH_NOARGS, "The thread stops after its current batch until resume() (the table is stale)."},
     {NULL, NULL, 0, NULL},
 };

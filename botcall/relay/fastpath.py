@@ -318,6 +318,13 @@ class FastForwarder:
             now: the relay's clock.
         """
         if self.relay.routes_generation != self._generation:
+            if self._helper.pending():
+                # The thread kept datagrams or events after the last collect and
+                # before the change paused it (a speech event that moved a
+                # group call's slots): they name routes of the current table.
+                # It stays paused; the read loop collects them first.
+                os.eventfd_write(self._notify_fd, 1)
+                return
             self._reprogram()
         self._helper.resume(forward)
 
