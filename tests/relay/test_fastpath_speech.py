@@ -18,6 +18,8 @@ import struct
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from botcall.audio.vad import BOT_AUDIO_LEVEL_ID, SpeechStarted, SpeechStopped
 from botcall.relay import fastpath
@@ -176,3 +178,99 @@ async def test_the_fast_path_gives_the_same_speech_as_python(fast_path, python_r
     assert got_by_b == python_run[4]
     # Only the packets from the one without a level on were mirrored to Python's tracker.
     assert [data[0] for data in tracked][:1] == [0x80] and len(tracked) == 6, len(tracked)
+
+
+# --- the same, random: the helper drained by hand on the relay's own clock ---------------
+
+OCTETS = st.sampled_from([SPEECH, SPEECH, SILENCE, SILENCE, 0x80 | 45, 20])  # 20: loud, V clear
+
+
+@st.composite
+def scenarios(draw):
+    steps = []
+    for _ in range(draw(st.integers(1, 140))):
+        kind = draw(st.sampled_from(["level"] * 12 + ["gap", "back", "wait", "after-python", "bare"]))
+        if kind in ("level", "after-python"):
+            steps.append((kind, draw(OCTETS)))
+        elif kind in ("gap", "back"):
+            steps.append((kind, draw(st.integers(1, 40))))
+        elif kind == "wait":
+            steps.append((kind, draw(st.integers(1, 1500))))
+        else:
+            steps.append((kind, None))
+    return steps
+
+
+def run_by_hand(steps, fast):
+    """Speaker a (a human, barge-in after 200 ms) and bots b and c (c with 3 s queued),
+    latched on real loopback sockets; ``steps`` through ``MediaRelay.handle_datagram``
+    or through ``FastForwarder.drain`` on the same explicit clock."""
+    from tests.kit.relay import Wire, latch
+
+    wire = Wire()
+    relay = MediaRelay(wire, max_speech_decoders=0)
+    relay_sock = open_udp_socket("127.0.0.1", 0)
+    sockets = {name: client_socket() for name in ("a", "b", "c", "stranger")}
+    peers = {name: make_bot(relay, wire, name, ssrc) for name, ssrc in (("a", HUMAN_SSRC), ("b", BOT_SSRC), ("c", 9))}
+    a = peers["a"]
+    a.human, a.interruption_ms = True, INTERRUPTION_MS
+    peers["c"].playout = BotPlayout()
+    events, lights = [], []
+    relay.on_event = lambda peer, event: events.append((peer.participant_id, type(event).__name__, getattr(event, "stream_ms", None), getattr(event, "duration_ms", None)))
+    relay.on_speaking = lambda peer, speaking: lights.append((peer.participant_id, speaking))
+    helper = fastpath.FastForwarder(relay_sock, relay) if fast else None
+    target = relay_sock.getsockname()
+    now = 1.0
+    try:
+        for name, peer in peers.items():
+            latch(relay, wire, peer, sockets[name].getsockname(), now)
+        for seq in range(150):
+            relay.handle_datagram(rtp(9, seq), sockets["c"].getsockname(), now)
+
+        def deliver(datagrams):
+            if helper is None:
+                for data, name in datagrams:
+                    relay.handle_datagram(data, sockets[name].getsockname(), now)
+                return
+            for data, name in datagrams:
+                sockets[name].sendto(data, target)
+            received = 0
+            while received < len(datagrams):  # loopback queued them within sendto
+                count, _, to_python, _, error = helper.drain(now, True, 64)
+                assert error == 0
+                received += count
+                helper.handle_returned(relay.handle_datagram, to_python, now)
+
+        position = 0
+        for kind, value in steps:
+            if kind == "wait":
+                now += value / 1000
+                relay.handle_timeout(now)
+                continue
+            if kind == "gap":
+                position += value
+                continue
+            now += 0.02
+            if kind == "back":
+                deliver([(level_packet(max(0, position - value), SPEECH), "a")])
+                continue
+            packet = level_packet(position, value if kind != "bare" else None)
+            position += 1
+            if kind == "after-python":  # one batch: a datagram for Python first
+                deliver([(b"\x00\x01junk-for-python", "stranger"), (packet, "a")])
+            else:
+                deliver([(packet, "a")])
+        relay.routes_changed()  # the tracker comes back to Python
+        if helper is not None:
+            helper.drain(now, True, 64)
+        return events, lights, tracker_state(a), a.last_voice, relay.counters["barge_in"]
+    finally:
+        relay_sock.close()
+        for sock in sockets.values():
+            sock.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(scenarios())
+def test_random_level_streams_give_the_same_speech_through_the_helper(steps):
+    assert run_by_hand(steps, fast=True) == run_by_hand(steps, fast=False)
