@@ -629,6 +629,10 @@ class MediaRelay:
     # --- speech detection and barge-in ---------------------------------------------------
 
     def _track_speech(self, peer: MediaPeer, speech: SpeechTracker, data: bytes, now: float) -> None:
+        fast_track = speech.fast_track
+        if fast_track is not None:  # the fast path owns its level path: it tracks this one too
+            fast_track(data, now)
+            return
         # Per speaker packet: the common header (no CSRC, no extension) needs no parse.
         if data[0] & 0x1F == 0 and len(data) >= 12:
             offset = 12
