@@ -1559,6 +1559,43 @@ static PyObject *FastPath_set_level(FastPath *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(level_track_doc,
+"level_track(route_id, packet, now) -> [event] or None\n\n"
+"The route's tracker on one plain RTP packet of its speaker that Python\n"
+"forwarded (it came to Python after another datagram of its batch): the\n"
+"events, as a forwarded packet's; None when the packet carries no level (the\n"
+"tracker is unchanged: Python takes it back for that packet).");
+
+static PyObject *FastPath_level_track(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    Py_buffer packet;
+    double now;
+    if (!PyArg_ParseTuple(args, "ny*d", &route_id, &packet, &now))
+        return NULL;
+    LevelEvent events[2];
+    int n = 0;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    if (route != NULL && route->level.on && packet.len >= RTP_HEADER)
+        n = track_level(&route->level, packet.buf, (size_t)packet.len, now, events);
+    unlock_table(self);
+    PyBuffer_Release(&packet);
+    if (route == NULL)
+        return NULL;
+    if (n < 0 || !route->level.on)
+        Py_RETURN_NONE;
+    PyObject *list = PyList_New(n);
+    for (int e = 0; list != NULL && e < n; e++) {
+        PyObject *event = level_event_tuple(&events[e]);
+        if (event == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, e, event);
+    }
+    return list;
+}
+
 PyDoc_STRVAR(level_expire_doc,
 "level_expire(route_id, now, sweep) -> ('stopped', ms, duration) or None\n\n"
 "MediaRelay._sweep_speaking for a level route: if its speaker is speaking and\n"
@@ -1707,6 +1744,7 @@ static PyMethodDef FastPath_methods[] = {
     {"level", (PyCFunction)FastPath_level, METH_VARARGS, level_doc},
     {"set_level", (PyCFunction)FastPath_set_level, METH_VARARGS, set_level_doc},
     {"level_expire", (PyCFunction)FastPath_level_expire, METH_VARARGS, level_expire_doc},
+    {"level_track", (PyCFunction)FastPath_level_track, METH_VARARGS, level_track_doc},
     {"pending", (PyCFunction)FastPath_pending, METH_NOARGS, "Entries the thread kept that collect() has not taken yet (0 without the thread)."},
     {"pause", (PyCFunction)FastPath_pause, METH_NOARGS, "The thread stops after its current batch until resume() (the table is stale)."},
     {NULL, NULL, 0, NULL},

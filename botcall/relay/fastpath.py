@@ -31,9 +31,11 @@ packets, which :meth:`MediaRelay.speech_from_fast_path` applies as
 (``SpeechTracker.fast_expire``), which keeps ``last_voice`` and ``last_ms``. A
 packet of the route without a level is forwarded and mirrored, and the rest of
 its batch goes to Python (the thread pauses): the tracker comes back around it
-(``level``/``set_level``), as the rate window does around a routed speaker's
-packet Python handles; a tracker that left the level path (it now decodes or
-counts sizes) stays in Python and the route mirrors again. The state comes back
+(``level``/``set_level``); a tracker that left the level path (it now decodes
+or counts sizes) stays in Python and the route mirrors again. A packet of the
+route that Python forwards itself (after another datagram of its batch: in
+the default configuration, after a bot's packet) is tracked by the route too
+(``SpeechTracker.fast_track`` → ``level_track``): the state stays in C. The state comes back
 at every reprogramming and when the thread stops: it passes, it is never shared.
 
 Two ways to run it (``Config.media_fast_path``):
@@ -248,11 +250,7 @@ class FastForwarder:
             peer.window_start, peer.window_packets = helper.window(route_id)
             if route.browsers:
                 self._fold_streams(route, helper.streams(route_id))
-            if route.level:
-                self._level_back(route_id, route)
-            handle(data, addr, now)
-            if route.level:
-                self._level_out(route_id, route)
+            handle(data, addr, now)  # a level route's tracker stays in C: SpeechTracker.fast_track
             helper.set_window(route_id, peer.window_start, peer.window_packets)
             if route.browsers:
                 helper.set_streams(route_id, [_numbering(browser) for browser in route.browsers])
@@ -352,7 +350,7 @@ class FastForwarder:
         _, _, state, _, _, last_ms, last_voice, _, _, _ = found
         # onset_ms and interrupted moved with the events as they came.
         speech.level_takeback([], state, last_ms)
-        speech.fast_expire = None
+        speech.fast_expire = speech.fast_track = None
         route.peer.last_voice = last_voice
 
     def _level_out(self, route_id: int, route: _Route) -> None:
@@ -361,7 +359,7 @@ class FastForwarder:
         self._helper.set_level(route_id, level)
         route.level = level is not None
         if level is not None:
-            self._expire_through(route_id, route.peer)
+            self._expire_through(route_id, route)
 
     def _levels_back(self) -> None:
         """Take every tracker back (the table is about to change, or the thread stopped)."""
@@ -371,10 +369,12 @@ class FastForwarder:
                 self._helper.set_level(route_id, None)
                 route.level = False
 
-    def _expire_through(self, route_id: int, peer: MediaPeer) -> None:
+    def _expire_through(self, route_id: int, route: _Route) -> None:
+        """Point the tracker's sweep and Python's packets of it at the route while it owns the level path."""
+        peer = route.peer
         speech = peer.speech
         assert speech is not None
-        helper = self._helper
+        helper, relay = self._helper, self.relay
 
         def fast_expire(now: float, sweep: float) -> SpeechStopped | None:
             found = helper.level_expire(route_id, now, sweep)
@@ -386,7 +386,18 @@ class FastForwarder:
             tracker.level_event(event)
             return event
 
+        def fast_track(data: bytes, now: float) -> None:
+            found = helper.level_track(route_id, data, now)
+            if found is None:  # no level: the tracker comes back around this packet
+                self._level_back(route_id, route)
+                relay.track_forwarded(peer, data, now)
+                self._level_out(route_id, route)
+                return
+            for event in found:
+                relay.speech_from_fast_path(peer, _speech_event(event), now)
+
         speech.fast_expire = fast_expire
+        speech.fast_track = fast_track
 
     def _reprogram(self) -> None:
         """Fold the old table's counts, then give the helper the relay's current routes."""
@@ -459,7 +470,7 @@ class FastForwarder:
         self._helper.set_routes(table)
         for route_id, route in enumerate(kept):
             if route.level:
-                self._expire_through(route_id, route.peer)
+                self._expire_through(route_id, route)
         self._routes = kept  # the old table's contexts are released only now: the helper no longer names them
         self._route_of = route_of
         self._generation = generation

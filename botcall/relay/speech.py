@@ -126,7 +126,7 @@ class SpeechTracker:
 
     __slots__ = (
         "level_id", "budget", "_make_detector", "_levels", "_decoded", "_decoder", "_sizes",
-        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms", "fast_expire",
+        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms", "fast_expire", "fast_track",
     )
 
     def __init__(
@@ -158,6 +158,10 @@ class SpeechTracker:
         # instead, as (now, sweep interval) -> the SpeechStopped it found (noted
         # here already), or None. It keeps last_ms and the peer's last_voice.
         self.fast_expire: Callable[[float, float], SpeechStopped | None] | None = None
+        # ... and a packet of this speaker that Python forwards meanwhile (after
+        # another datagram of its batch) goes to it too, as (packet, now): the
+        # state stays where it is.
+        self.fast_track: Callable[[bytes, float], None] | None = None
 
     @property
     def speaking(self) -> bool:

@@ -146,9 +146,9 @@ async def run(fast_path):
 
 def tracker_state(peer):
     speech = peer.speech
-    assert speech is not None and speech._levels is not None
+    assert speech is not None
     return (
-        speech.onset_ms, speech.last_ms, speech.interrupted, speech.packet_ms, speech._levels.state(),
+        speech.onset_ms, speech.last_ms, speech.interrupted, speech.packet_ms, speech._levels and speech._levels.state(),
         speech._sizes is not None, peer.speaking,
     )
 
@@ -190,8 +190,10 @@ def scenarios(draw):
     steps = []
     for _ in range(draw(st.integers(1, 140))):
         kind = draw(st.sampled_from(["level"] * 12 + ["gap", "back", "wait", "after-python", "bare"]))
-        if kind in ("level", "after-python"):
+        if kind == "level":
             steps.append((kind, draw(OCTETS)))
+        elif kind == "after-python":
+            steps.append((kind, (draw(OCTETS), draw(st.integers(1, 8)))))
         elif kind in ("gap", "back"):
             steps.append((kind, draw(st.integers(1, 40))))
         elif kind == "wait":
@@ -254,12 +256,15 @@ def run_by_hand(steps, fast):
             if kind == "back":
                 deliver([(level_packet(max(0, position - value), SPEECH), "a")])
                 continue
+            if kind == "after-python":  # one batch: a datagram for Python first, then a's packets
+                octet, count = value
+                packets = [(level_packet(position + k, octet), "a") for k in range(count)]
+                position += count
+                deliver([(b"\x00\x01junk-for-python", "stranger")] + packets)
+                continue
             packet = level_packet(position, value if kind != "bare" else None)
             position += 1
-            if kind == "after-python":  # one batch: a datagram for Python first
-                deliver([(b"\x00\x01junk-for-python", "stranger"), (packet, "a")])
-            else:
-                deliver([(packet, "a")])
+            deliver([(packet, "a")])
         relay.routes_changed()  # the tracker comes back to Python
         if helper is not None:
             helper.drain(now, True, 64)
