@@ -147,6 +147,8 @@ def _main(argv: list[str] | None) -> None:
                         help="light: packets built and protected before the window, checked after it (bench/harness/lightgen.py); native: the same, its window in C (nativegen.py)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a server Config field (repeatable), e.g. media_fast_path='\"thread\"'")
+    parser.add_argument("--audio-level", action=argparse.BooleanOptionalAction, default=None,
+                        help="packets carry RFC 6464 audio levels (see bench.relay_latency); default: on in 'calls' mode")
     args = parser.parse_args(argv)
     config = {}
     for item in args.set:
@@ -177,6 +179,7 @@ def _main(argv: list[str] | None) -> None:
             log=lambda line: print(line, flush=True),
             generator=args.generator,
             config=config,
+            audio_levels=args.audio_level,
         )
         result = judge(n, cells, bounds)
         for cell in cells:

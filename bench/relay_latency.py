@@ -25,6 +25,17 @@ Modes (every flow is 50 packets/s of 172-byte RTP unless told otherwise):
 * ``browser-to-bot``: N legs, browser -> relay (SRTP in, plain out) -> bot;
 * ``calls``: N bot <-> browser calls, both directions: 2N legs.
 
+RFC 6464 audio levels (``--audio-level``, the default in ``calls`` mode): each
+packet carries a one-byte header extension with its level, as real callers
+send it: the simulated browsers at the id the captured Chromium offer
+negotiates (1), the bots at ``BOT_AUDIO_LEVEL_ID`` (1, as the SDK's bots), in a
+talk-spurt pattern (2 s at -20 dBov, 1 s at -70). The relay's speech detection
+then takes the level path, as with Chromium and SDK bots; ``--no-audio-level``
+sends bare 12-byte headers (ffmpeg, hand-written bots: the relay decodes the
+first ``speech_max_decoders`` streams and counts packet sizes for the rest), as
+every mode did before 6 December 2026 (§18d of docs/bench-results.md). Packets
+keep ``--packet-size`` either way.
+
 Printed per run: offered and delivered packets/s, loss, latency p50/p99 through
 the relay, the direct baseline's, their difference (relay-added), the relay's
 CPU per forwarded packet (user + system from /proc over the window) and as a
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +56,8 @@ from bench.harness.machine import GENERATOR_CORE, machine_description, run_isola
 from bench.harness.server import Api, bot_browser_calls, bot_pairs, drain, latch_bots, refresh_browsers, RelayProcess
 from bench.harness.lightgen import run_light
 from bench.harness.loadgen import Flow, LoadResult, packets_per_flow, run_load
+from botcall.audio.vad import BOT_AUDIO_LEVEL_ID
+from tests.kit.browser import OFFER
 from bench.harness.nativegen import run_native
 from bench.harness.machine import open_socket, pin_to_core
 from bench.srtp_cost import handshake
@@ -51,6 +65,10 @@ from botcall.webrtc.dtls.certificate import DtlsCertificate
 from botcall.webrtc.srtp import SrtpContext
 
 MODES = ("bots", "bot-to-browser", "browser-to-bot", "calls")
+# The RFC 6464 level's extension id in the captured Chromium offer the simulated browsers send.
+BROWSER_AUDIO_LEVEL_ID = int(re.search(r"a=extmap:(\d+) urn:ietf:params:rtp-hdrext:ssrc-audio-level", OFFER).group(1))  # type: ignore[union-attr]
+# Modes whose packets carry audio levels unless told otherwise: what real callers send.
+LEVELS_BY_DEFAULT = ("calls",)
 # The load generators (``--generator``): the classic one works per packet inside
 # the window; the light one builds and protects before it and checks after it
 # (bench/harness/lightgen.py); the native one is the light one with its window
@@ -98,15 +116,21 @@ def format_cell(cell: Cell) -> str:
     )
 
 
-def relay_flows(mode: str, relay: RelayProcess, api: Api, legs: int) -> tuple[list[Flow], list, list]:
+def relay_flows(mode: str, relay: RelayProcess, api: Api, legs: int, *, audio_levels: bool = False) -> tuple[list[Flow], list, list]:
     """Set up ``legs`` legs (or calls) of ``mode`` on ``relay``.
+
+    Args:
+        audio_levels: bots' and browsers' packets carry RFC 6464 levels (see the module docstring).
 
     Returns:
         ``(flows, bots, browsers)``; bots and browsers for consent refreshes.
     """
     if mode == "bots":
         pairs = bot_pairs(relay, api, legs)
-        flows = [Flow(send_sock=a.sock, dest=relay.media_addr, recv_sock=b.sock, ssrc=a.ssrc) for a, b in pairs]
+        flows = [
+            Flow(send_sock=a.sock, dest=relay.media_addr, recv_sock=b.sock, ssrc=a.ssrc, audio_level_id=BOT_AUDIO_LEVEL_ID if audio_levels else None)
+            for a, b in pairs
+        ]
         return flows, [bot for pair in pairs for bot in pair], []
     calls = bot_browser_calls(relay, api, legs)
     flows = []
@@ -119,6 +143,7 @@ def relay_flows(mode: str, relay: RelayProcess, api: Api, legs: int) -> tuple[li
                 ssrc=bot.ssrc,
                 recv_ssrc=browser.out_ssrc,
                 unprotect=browser.srtp.unprotect_untrusted,
+                audio_level_id=BOT_AUDIO_LEVEL_ID if audio_levels else None,
             )
             for bot, browser in calls
         ]
@@ -131,6 +156,7 @@ def relay_flows(mode: str, relay: RelayProcess, api: Api, legs: int) -> tuple[li
                 ssrc=browser.send_ssrc,
                 recv_ssrc=browser.session_ssrc,
                 protect=browser.srtp.protect,
+                audio_level_id=BROWSER_AUDIO_LEVEL_ID if audio_levels else None,
             )
             for bot, browser in calls
         ]
@@ -172,6 +198,7 @@ class DirectFlows:
                     ssrc=index + 1,
                     protect=protect,
                     unprotect=unprotect,
+                    audio_level_id=flow.audio_level_id,  # the same packets as through the relay
                 )
             )
 
@@ -206,6 +233,7 @@ def run_cells(
     log=print,
     generator: str = DEFAULT_GENERATOR,
     config: dict | None = None,
+    audio_levels: bool | None = None,
 ) -> list[Cell]:
     """Measure ``repeat`` relay runs of ``legs`` legs of ``mode`` on a fresh server.
 
@@ -214,6 +242,8 @@ def run_cells(
             or several, comma-separated: each run of the repeat then measures each
             generator in turn on the same calls, each beside its own baseline.
         config: further ``Config`` fields for the server (``RelayProcess(config=...)``).
+        audio_levels: packets carry RFC 6464 levels; None: in the modes of
+            :data:`LEVELS_BY_DEFAULT` (``calls``), as real callers send them.
 
     Returns:
         One :class:`Cell` per run, each beside the same direct baseline.
@@ -226,9 +256,10 @@ def run_cells(
     with RelayProcess(config=config) as relay:
         api = Api(relay.http_url, relay.data_dir)
         started = time.monotonic()
-        flows, bots, browsers = relay_flows(mode, relay, api, legs)
+        levels = mode in LEVELS_BY_DEFAULT if audio_levels is None else audio_levels
+        flows, bots, browsers = relay_flows(mode, relay, api, legs, audio_levels=levels)
         api.close()
-        log(f"# {mode} x {legs}: {len(flows)} flows set up in {time.monotonic() - started:.1f} s")
+        log(f"# {mode} x {legs}: {len(flows)} flows set up in {time.monotonic() - started:.1f} s; audio levels {'on' if levels else 'off'}")
         kwargs = dict(rate_per_flow=rate, duration=duration, warmup=warmup, packet_size=packet_size)
         direct_flows = DirectFlows(flows)
         directs = {}
@@ -275,6 +306,9 @@ def _main(argv: list[str] | None) -> None:
                         help="light, native or classic (bench/harness/lightgen.py, nativegen.py, loadgen.py); 'classic,light' alternates them")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a server Config field for every run (repeatable), e.g. media_fast_path='\"thread\"'")
+    parser.add_argument("--audio-level", action=argparse.BooleanOptionalAction, default=None,
+                        help="packets carry an RFC 6464 audio level (one-byte extension, id 1) as Chromium and SDK bots send; "
+                             "default: on in 'calls' mode (what real callers send), off otherwise (light and native generators)")
     parser.add_argument("--variants", default="",
                         help="server configurations to alternate, ';'-separated, each ','-separated FIELD=JSON "
                              "(e.g. 'media_fast_srtp=false;media_fast_srtp=true'): every repeat runs each on a fresh server in turn")
@@ -309,6 +343,7 @@ def _main(argv: list[str] | None) -> None:
                     log=lambda line: print(line, flush=True),
                     generator=args.generator,
                     config={**base, **variant},
+                    audio_levels=args.audio_level,
                 ):
                     print(format_cell(cell) + (f"  {variant}" if len(variants) > 1 else ""), flush=True)
 

@@ -76,6 +76,7 @@ from bench.harness.loadgen import (
     RTP_CLOCK,
     RTP_VERSION_BITS,
     Flow,
+    level_octet,
     LoadResult,
     _own_cpu,
     processes_cpu,
@@ -339,6 +340,7 @@ def check_arrivals(
     received = duplicates = bad = 0
     expected_ssrc = [(flow.ssrc if flow.recv_ssrc is None else flow.recv_ssrc) & 0xFFFFFFFF for flow in flows]
     unpack_from = PACKET_HEAD.unpack_from
+    unpack_payload_head = PAYLOAD_HEAD.unpack_from
     for arrived, data, unprotect in arrivals:
         if arrived == 0:
             bad += 1  # no receive time from the kernel: cannot be measured
@@ -349,6 +351,9 @@ def check_arrivals(
                 bad += 1
                 continue
             first, _, _, _, ssrc, _, index, packet_index = unpack_from(plain)
+            if first & 0x10:  # an audio level's extension block (toward a bot): the payload head follows it
+                extension_words = (plain[14] << 8) | plain[15]
+                _, index, packet_index = unpack_payload_head(plain, 16 + 4 * extension_words)
         except Exception:  # noqa: BLE001 - any unprotect failure is a bad packet, as in run_load
             bad += 1
             continue
@@ -402,19 +407,36 @@ def _build_packets(flows: list[Flow], per_flow: int, packet_size: int, seq_base:
 
     The payload head carries 0 for the send time (kept by the generator instead),
     then the flow and packet indexes; the rest is zero filler, as ``run_load``'s.
+    A flow with ``audio_level_id`` has the X bit and an RFC 8285 one-byte block
+    with its RFC 6464 level (``level_octet``) before the payload head, as
+    Chromium and the SDK's bots send (same packet size).
     """
     n = len(flows)
     buffer = bytearray(packet_size)
     pack_into = PACKET_HEAD.pack_into
-    heads = [(RTP_VERSION_BITS, flow.payload_type & 0x7F, flow.ssrc & 0xFFFFFFFF, flow.prefix, flow.protect) for flow in flows]
+    pack_levelled = LEVELLED_HEAD.pack_into
+    heads = [
+        (RTP_VERSION_BITS, flow.payload_type & 0x7F, flow.ssrc & 0xFFFFFFFF, flow.prefix, flow.protect, flow.audio_level_id)
+        for flow in flows
+    ]
     packets: list[bytes] = []
     add = packets.append
     for packet_index in range(per_flow):
         seq = (seq_base + packet_index) & 0xFFFF
         timestamp = ((seq_base + packet_index) * ts_step) & 0xFFFFFFFF
+        octet = level_octet(seq_base + packet_index)
         for index in range(n):
-            first, second, ssrc, prefix, protect = heads[index]
-            pack_into(buffer, 0, first, second, seq, timestamp, ssrc, 0, index, packet_index)
+            first, second, ssrc, prefix, protect, level_id = heads[index]
+            if level_id is None:
+                pack_into(buffer, 0, first, second, seq, timestamp, ssrc, 0, index, packet_index)
+            else:
+                pack_levelled(buffer, 0, first | 0x10, second, seq, timestamp, ssrc, 0xBEDE, 1, level_id << 4, octet, 0, index, packet_index)
             packet = bytes(buffer) if protect is None else protect(bytes(buffer))
             add(prefix + packet if prefix else packet)
     return packets
+
+
+# The RTP header, a one-byte extension block of one word (the level element,
+# two octets of padding) and the payload head (RFC 3550 §5.3.1, RFC 8285 §4.2).
+LEVELLED_HEAD = struct.Struct("!BBHIIHHBBxxqII")
+PAYLOAD_HEAD = struct.Struct("!qII")

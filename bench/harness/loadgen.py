@@ -72,6 +72,14 @@ DRAIN_S = 0.5
 MAX_LAG_FRACTION = 0.5
 MAX_PACKETS = 20_000_000
 MAX_FLOWS = 20_000
+# RFC 6464 audio levels as Chromium and the SDK's bots send them: a one-byte
+# header extension block (RFC 8285 §4.2) with the level element and padding,
+# between the RTP header and the payload head.
+AUDIO_LEVEL_BLOCK_SIZE = 8
+# The level pattern: talk spurts of 2 s at -20 dBov (V set), 1 s pauses at
+# -70 dBov, at 50 packets/s (a level detector sees runs start and stop).
+SPEECH_PACKETS, PAUSE_PACKETS = 100, 50
+SPEECH_LEVEL, PAUSE_LEVEL = 0x80 | 20, 70
 
 
 @dataclass
@@ -92,6 +100,10 @@ class Flow:
             (SRTP ``unprotect``), or None; it may raise, which counts the packet as bad.
         recv_ssrc: the SSRC the packet carries when it arrives, when the relay
             rewrites it (a browser leg); None means ``ssrc``.
+        audio_level_id: send an RFC 6464 level at this one-byte header
+            extension id (Chromium's negotiated id; an SDK bot's
+            ``BOT_AUDIO_LEVEL_ID``), or None for a bare 12-byte header. The
+            light and native generators only (``level_octet`` gives the pattern).
     """
 
     send_sock: socket.socket
@@ -104,6 +116,7 @@ class Flow:
     protect: Callable[[bytes], bytes] | None = None
     unprotect: Callable[[bytes], bytes] | None = None
     recv_ssrc: int | None = None
+    audio_level_id: int | None = None
 
 
 @dataclass
@@ -155,6 +168,11 @@ def packets_per_flow(rate_per_flow: float, duration: float, warmup: float) -> in
     return math.ceil((warmup + duration) * rate_per_flow)
 
 
+def level_octet(packet_index: int) -> int:
+    """The RFC 6464 level octet of a flow's packet ``packet_index``: the talk-spurt pattern."""
+    return SPEECH_LEVEL if packet_index % (SPEECH_PACKETS + PAUSE_PACKETS) < SPEECH_PACKETS else PAUSE_LEVEL
+
+
 def _validate(flows: list[Flow], rate_per_flow: float, duration: float, packet_size: int, warmup: float) -> None:
     if not flows:
         raise ValueError("no flows")
@@ -166,6 +184,11 @@ def _validate(flows: list[Flow], rate_per_flow: float, duration: float, packet_s
         raise ValueError("duration must be positive and warmup non-negative")
     if not MIN_PACKET_SIZE <= packet_size <= MAX_PACKET_SIZE:
         raise ValueError(f"packet_size must be {MIN_PACKET_SIZE}-{MAX_PACKET_SIZE}")
+    if any(flow.audio_level_id is not None for flow in flows):
+        if packet_size < MIN_PACKET_SIZE + AUDIO_LEVEL_BLOCK_SIZE:
+            raise ValueError(f"packet_size must be at least {MIN_PACKET_SIZE + AUDIO_LEVEL_BLOCK_SIZE} with audio levels")
+        if any(not (flow.audio_level_id is None or 1 <= flow.audio_level_id <= 14) for flow in flows):
+            raise ValueError("audio_level_id must be 1-14 (RFC 8285 §4.2)")
     per_socket: dict[int, tuple[int, object]] = {}
     for flow in flows:
         framing = (flow.strip, flow.unprotect)
@@ -206,6 +229,8 @@ def run_load(
         ValueError: bad arguments, or more than ``MAX_PACKETS`` packets asked for.
     """
     _validate(flows, rate_per_flow, duration, packet_size, warmup)
+    if any(flow.audio_level_id is not None for flow in flows):
+        raise ValueError("the classic generator sends no audio levels: use the light or native one")
     n = len(flows)
     per_flow = packets_per_flow(rate_per_flow, duration, warmup)
     warm_packets = round(warmup * rate_per_flow)

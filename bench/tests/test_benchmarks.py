@@ -51,9 +51,19 @@ def test_relay_latency_bot_legs():
 
 
 def test_relay_latency_bot_browser_calls_over_srtp():
-    cells = run_cells("calls", 2, duration=DURATION, warmup=WARMUP, repeat=2, quiet_wait=0, log=lambda line: None)
+    lines = []
+    cells = run_cells("calls", 2, duration=DURATION, warmup=WARMUP, repeat=2, quiet_wait=0, log=lines.append)
     for cell in cells:
         check_cell(cell, flows=4)  # two calls, both directions
+    assert "audio levels on" in lines[0]  # what real callers send, by default in calls mode
+
+
+def test_relay_latency_calls_without_audio_levels():
+    lines = []
+    cells = run_cells("calls", 2, duration=DURATION, warmup=WARMUP, quiet_wait=0, log=lines.append, audio_levels=False)
+    for cell in cells:
+        check_cell(cell, flows=4)
+    assert "audio levels off" in lines[0]
 
 
 @pytest.mark.skipif(not fastpath.available(), reason="the compiled fast path is not built")

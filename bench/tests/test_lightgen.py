@@ -174,3 +174,38 @@ def test_the_light_generators_time_packets_by_their_own_send_times(generator, so
         result = run(generator, call_flows(relay, sockets, srtp=False))
     assert result.received == result.sent
     assert 0 < result.latencies_ms.min() and result.latency_p50_ms < 10.0
+
+
+def test_audio_levels_are_sent_as_chromium_and_sdk_bots_send_them():
+    """``Flow.audio_level_id``: every packet carries an RFC 6464 level the relay's
+    own parser reads, in the talk-spurt pattern, at the same size; what comes back
+    is recognised with the extension (toward a bot) or without it (toward a browser)."""
+    from bench.harness.lightgen import _build_packets, check_arrivals
+    from bench.harness.loadgen import PAUSE_PACKETS, SPEECH_PACKETS
+    from botcall.relay.speech import audio_level_untrusted
+    from botcall.wire.rtp import parse_rtp_untrusted, payload_offset_untrusted
+
+    sock = open_socket()
+    try:
+        flows = [Flow(send_sock=sock, dest=("127.0.0.1", 9), recv_sock=sock, ssrc=5, audio_level_id=1),
+                 Flow(send_sock=sock, dest=("127.0.0.1", 9), recv_sock=sock, ssrc=6)]
+        per_flow = SPEECH_PACKETS + PAUSE_PACKETS + 1
+        packets = _build_packets(flows, per_flow, 172, 0, 960)
+        levelled, bare = packets[0::2], packets[1::2]
+        assert {len(p) for p in packets} == {172}
+        assert all(p[0] == 0x80 for p in bare) and all(p[0] == 0x90 for p in levelled)
+        levels = [audio_level_untrusted(p, 1, payload_offset_untrusted(p)) for p in levelled]
+        assert levels == [(True, -20)] * SPEECH_PACKETS + [(False, -70)] * PAUSE_PACKETS + [(True, -20)]
+        assert parse_rtp_untrusted(levelled[3]).extension is not None
+        # The browser side gets it with the extension stripped (the relay rewrites toward browsers).
+        stripped = [bytes([p[0] & ~0x10]) + p[1:12] + p[20:] for p in levelled]
+        stamps = [1] * len(packets)
+        for arrivals in (levelled, stripped):
+            received, duplicates, bad, _ = check_arrivals(
+                ((2, data, None) for data in arrivals + bare), flows, per_flow, stamps, len(packets), 0
+            )
+            assert (received, duplicates, bad) == (len(packets), 0, 0)
+        with pytest.raises(ValueError):
+            run_load(flows, rate_per_flow=RATE, duration=DURATION, warmup=WARMUP)  # the classic one sends no levels
+    finally:
+        sock.close()

@@ -51,7 +51,9 @@ __all__ = [
     "AudioLevel",
     "EnergyDetector",
     "FrameDetector",
+    "LevelConfig",
     "LevelDetector",
+    "LevelState",
     "PreGatedDetector",
     "SileroDetector",
     "SpeechDetector",
@@ -402,6 +404,37 @@ class LevelDetector:
         """Forget the stream (noise floor and gate)."""
         self._floor.reset()
         self.gate.reset()
+
+    def config(self) -> LevelConfig:
+        """The detector's fixed parameters, as the compiled fast path takes them
+        (``_fastpath.level_feed``): margin, minimum and rise of the floor (dB),
+        whether the V flag counts, then the gate's onset, hangover, thresholds
+        and frame duration."""
+        floor, gate = self._floor, self.gate
+        return (
+            floor.margin_db, floor.min_db, floor._rise, self.use_voice_flag,
+            gate.onset_ms, gate.hangover_ms, gate.threshold, gate.release_threshold, gate.frame_ms,
+        )
+
+    def state(self) -> LevelState:
+        """What the detector has learnt of its stream: the noise floor (None before
+        the first level), then the gate's speaking flag, onset, current run start,
+        end of the last speech frame and newest frame position. The compiled
+        fast path takes it with a route and gives it back (:meth:`restore`), so
+        the state has one owner at a time."""
+        gate = self.gate
+        return (self._floor._floor, gate._speaking, gate._started_ms, gate._run_start, gate._speech_end, gate._last_ms)
+
+    def restore(self, state: LevelState) -> None:
+        """Take back a state from :meth:`state` (or from the fast path)."""
+        gate = self.gate
+        self._floor._floor, gate._speaking, gate._started_ms, gate._run_start, gate._speech_end, gate._last_ms = state
+
+
+LevelConfig = tuple[float, float, float, bool, int, int, float, float, int]
+"""``LevelDetector.config()``."""
+LevelState = tuple[float | None, bool, int, int | None, int, int | None]
+"""``LevelDetector.state()``."""
 
 
 # --- Frame detectors ------------------------------------------------------------------

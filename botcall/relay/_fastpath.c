@@ -19,7 +19,13 @@
  *     helper reads again -- it never acts on a datagram Python would see in
  *     a different state;
  *   - a route flagged "mirror" (the speaker's speech is tracked) is forwarded
- *     here and a copy goes to Python for speech detection only.
+ *     here and a copy goes to Python for speech detection only;
+ *   - a route with a level tracker (RouteLevel: the speaker's tracker is on
+ *     the RFC 6464 level path) runs the level detector here on each forwarded
+ *     packet and hands Python only its events (SPEECH entries, in order among
+ *     the mirrored copies); a packet without a level is forwarded, mirrored,
+ *     and the rest of its batch goes to Python, which takes the tracker back
+ *     around it (level, set_level).
  *
  * Drops the helper decides itself: a datagram longer than MAX_DATAGRAM
  * (counted "oversized", as the transport does) and a route's packets beyond
@@ -77,8 +83,10 @@
 /* The forwarding thread's hand-over to Python: at most this many datagrams
  * wait (each a copy); with fewer than BATCH free the thread stops reading. */
 #define QUEUE_SLOTS 512 /* = transport.DRAIN_BATCH: what Python handles per wakeup stays bounded as before */
+/* A datagram takes at most 2 slots (a mirrored copy or one for Python; or up to 2
+ * speech events): the thread reads a batch only with 2 * BATCH free. */
 
-enum { TO_PYTHON = 0, MIRRORED = 1, UNSENT = 2 };
+enum { TO_PYTHON = 0, MIRRORED = 1, UNSENT = 2, SPEECH = 3 /* a LevelEvent: with the mirrored, in order */ };
 
 /* libsrtp 2.x's srtp_protect / srtp_unprotect: (srtp_t, buffer, int *length) -> srtp_err_status_t. */
 typedef int (*srtp_call)(void *session, void *buffer, int *length);
@@ -97,9 +105,306 @@ typedef struct {
     unsigned long long failed; /* protects that failed: not sent */
 } SecureDest;
 
+/* --- RFC 6464 speech levels (issue 17): a C copy of audio.vad.LevelDetector --------
+ *
+ * The same arithmetic in the same order as _NoiseFloor.is_speech and
+ * SpeechGate.update/expire (IEEE doubles both sides), so a run here gives the
+ * events and final state a Python run gives. The state comes from
+ * LevelDetector.state() and goes back through LevelDetector.restore(): it has
+ * one owner at a time. A route's speaker tracker (RouteLevel, set_level) runs it
+ * on each forwarded packet that carries a level. */
+
+#define BOT_AUDIO_LEVEL_ID 1 /* audio.vad.BOT_AUDIO_LEVEL_ID */
+
+typedef struct {
+    /* LevelDetector.config() */
+    double margin, min_db, rise, threshold, release;
+    int use_voice;
+    long long onset_ms, hangover_ms, frame_ms;
+    /* LevelDetector.state() */
+    int has_floor, speaking, has_run, has_last;
+    double floor;
+    long long started_ms, run_start, speech_end, last_ms;
+} LevelState;
+
+enum { LEVEL_NONE = 0, LEVEL_STARTED = 1, LEVEL_STOPPED = 2, LEVEL_BARGE = 3 };
+
+/* A routed speaker's speech tracker on the level path (speech.SpeechTracker,
+ * MediaRelay._track_speech), owned by the route from set_routes/set_level until
+ * level()/set_level take it back: the detector, the stream clock and the
+ * fields the relay reads (last_ms, last_voice, the run's onset, whether it has
+ * interrupted the bots, the barge-in limit; -1 none). */
+typedef struct {
+    int on;
+    int level_id; /* -1: a bot's BOT_AUDIO_LEVEL_ID when the packet has an extension */
+    LevelState st;
+    uint32_t origin;
+    long long packet_ms, last_ms, onset_ms, limit;
+    int has_onset, interrupted;
+    double last_voice;
+} RouteLevel;
+
+/* One speech event for Python: LEVEL_STARTED (ms), LEVEL_STOPPED (ms, duration),
+ * LEVEL_BARGE (ms: the tracker's last_ms when the limit was reached). */
+typedef struct {
+    int kind;
+    long long ms, duration;
+} LevelEvent;
+
+/* The level octet of element `element_id` in a packet whose payload starts at
+ * `end` (checked by the caller, as payload_offset_untrusted does): -1 when there
+ * is none, as speech.audio_level_untrusted returns None. */
+static int level_octet(const unsigned char *data, size_t end, int element_id) {
+    if (end < RTP_HEADER || !(data[0] & 0x10))
+        return -1;
+    size_t offset = RTP_HEADER + 4 * (size_t)(data[0] & 0x0F);
+    if (offset + 4 > end || data[offset] != 0xBE || data[offset + 1] != 0xDE)
+        return -1;
+    size_t index = offset + 4;
+    while (index < end) {
+        unsigned header = data[index];
+        if (header == 0) {
+            index++;
+            continue;
+        }
+        unsigned ident = header >> 4, length = (header & 0x0F) + 1;
+        if (ident == 15)
+            return -1;
+        if ((int)ident == element_id) {
+            if (length != 1 || index + 1 >= end)
+                return -1;
+            return data[index + 1];
+        }
+        index += 1 + length;
+    }
+    return -1;
+}
+
+static int level_stop(LevelState *st, long long *ms, long long *duration) {
+    st->speaking = 0;
+    st->has_run = 0;
+    *ms = st->speech_end;
+    *duration = st->speech_end - st->started_ms;
+    return LEVEL_STOPPED;
+}
+
+/* SpeechGate.update with a probability of 1.0 or 0.0. */
+static int gate_update(LevelState *st, double probability, long long stream_ms, long long *ms, long long *duration) {
+    if (st->has_last && stream_ms < st->last_ms)
+        return LEVEL_NONE;
+    st->has_last = 1;
+    st->last_ms = stream_ms;
+    int stopped = LEVEL_NONE;
+    long long stop_ms = 0, stop_duration = 0;
+    if (st->speaking && stream_ms - st->speech_end >= st->hangover_ms)
+        stopped = level_stop(st, &stop_ms, &stop_duration);
+    if (st->speaking) {
+        if (probability >= st->release)
+            st->speech_end = stream_ms + st->frame_ms;
+        else if (stream_ms + st->frame_ms - st->speech_end >= st->hangover_ms)
+            return level_stop(st, ms, duration);
+        return LEVEL_NONE;
+    }
+    *ms = stop_ms;
+    *duration = stop_duration;
+    if (probability < st->threshold) {
+        st->has_run = 0;
+        return stopped;
+    }
+    if (!st->has_run || stream_ms > st->speech_end) {
+        st->has_run = 1;
+        st->run_start = stream_ms;
+    }
+    st->speech_end = stream_ms + st->frame_ms;
+    if (stopped == LEVEL_NONE && st->speech_end - st->run_start >= st->onset_ms) {
+        st->speaking = 1;
+        st->started_ms = st->run_start;
+        st->has_run = 0;
+        *ms = st->started_ms;
+        return LEVEL_STARTED;
+    }
+    return stopped;
+}
+
+/* LevelDetector.update from one level octet (RFC 6464 §3: V flag, -dBov). */
+static int level_update(LevelState *st, int octet, long long stream_ms, long long *ms, long long *duration) {
+    double level_db = -(double)(octet & 0x7F);
+    double floor = st->floor;
+    if (!st->has_floor || level_db < floor)
+        floor = level_db;
+    else
+        floor += st->rise;
+    st->has_floor = 1;
+    st->floor = floor;
+    int speech = level_db >= st->min_db && level_db >= floor + st->margin;
+    if (st->use_voice && !(octet & 0x80))
+        speech = 0;
+    return gate_update(st, speech ? 1.0 : 0.0, stream_ms, ms, duration);
+}
+
+/* SpeechGate.expire. */
+static int level_expire(LevelState *st, long long stream_ms, long long *ms, long long *duration) {
+    if (st->speaking && stream_ms - st->speech_end >= st->hangover_ms)
+        return level_stop(st, ms, duration);
+    return LEVEL_NONE;
+}
+
+/* An optional int (None or int) into has and value; -1 with an exception set on failure. */
+static int optional_ll(PyObject *obj, int *has, long long *value) {
+    if (obj == Py_None) {
+        *has = 0;
+        *value = 0;
+        return 0;
+    }
+    *has = 1;
+    *value = PyLong_AsLongLong(obj);
+    return *value == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int level_parse(PyObject *config, PyObject *state, LevelState *st) {
+    PyObject *floor, *run_start, *last_ms;
+    memset(st, 0, sizeof(*st));
+    if (!PyArg_ParseTuple(config, "dddpLLddL", &st->margin, &st->min_db, &st->rise, &st->use_voice, &st->onset_ms,
+                          &st->hangover_ms, &st->threshold, &st->release, &st->frame_ms))
+        return -1;
+    if (!PyArg_ParseTuple(state, "OpLOLO", &floor, &st->speaking, &st->started_ms, &run_start, &st->speech_end, &last_ms))
+        return -1;
+    if (floor != Py_None) {
+        st->has_floor = 1;
+        st->floor = PyFloat_AsDouble(floor);
+        if (st->floor == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    if (optional_ll(run_start, &st->has_run, &st->run_start) < 0 || optional_ll(last_ms, &st->has_last, &st->last_ms) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *optional_value(int has, long long value) {
+    if (!has)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(value);
+}
+
+static PyObject *level_state_tuple(const LevelState *st) {
+    PyObject *floor = st->has_floor ? PyFloat_FromDouble(st->floor) : (Py_INCREF(Py_None), Py_None);
+    return Py_BuildValue("(NOLNLN)", floor, st->speaking ? Py_True : Py_False, st->started_ms,
+                         optional_value(st->has_run, st->run_start), st->speech_end, optional_value(st->has_last, st->last_ms));
+}
+
+/* A route's level tracker from (level_id, config, state, origin, packet_ms, last_ms,
+ * last_voice, onset_ms or None, interrupted, limit) or None (off): 0, or -1 with
+ * an exception set. */
+static int route_level_parse(PyObject *obj, RouteLevel *lv) {
+    memset(lv, 0, sizeof(*lv));
+    if (obj == Py_None)
+        return 0;
+    PyObject *config, *state, *onset;
+    unsigned long origin;
+    if (!PyArg_ParseTuple(obj, "iOOkLLdOpL", &lv->level_id, &config, &state, &origin, &lv->packet_ms, &lv->last_ms,
+                          &lv->last_voice, &onset, &lv->interrupted, &lv->limit))
+        return -1;
+    if (lv->level_id < -1 || lv->level_id > 14 || lv->level_id == 0 || origin > 0xFFFFFFFFUL || lv->packet_ms < 1) {
+        PyErr_SetString(PyExc_ValueError, "a level route needs an id 1-14 (or -1), a 32-bit origin and a packet duration");
+        return -1;
+    }
+    if (level_parse(config, state, &lv->st) < 0 || optional_ll(onset, &lv->has_onset, &lv->onset_ms) < 0)
+        return -1;
+    lv->origin = (uint32_t)origin;
+    lv->on = 1;
+    return 0;
+}
+
+static PyObject *route_level_tuple(const RouteLevel *lv) {
+    if (!lv->on)
+        Py_RETURN_NONE;
+    const LevelState *st = &lv->st;
+    return Py_BuildValue("(i(dddOLLddL)NkLLdNOL)", lv->level_id, st->margin, st->min_db, st->rise, st->use_voice ? Py_True : Py_False, st->onset_ms,
+                         st->hangover_ms, st->threshold, st->release, st->frame_ms, level_state_tuple(st),
+                         (unsigned long)lv->origin, lv->packet_ms, lv->last_ms, lv->last_voice,
+                         optional_value(lv->has_onset, lv->onset_ms), lv->interrupted ? Py_True : Py_False, lv->limit);
+}
+
+PyDoc_STRVAR(level_feed_doc,
+"level_feed(config, state, level_id, items) -> (events, state)\n\n"
+"Run the compiled LevelDetector over `items` from LevelDetector.config()/state().\n"
+"An item is (packet, payload_offset, stream_ms) or an int (expire at that stream\n"
+"position). `level_id` is the stream's RFC 6464 element id, or -1 for a bot's\n"
+"(BOT_AUDIO_LEVEL_ID when the packet has an extension), as SpeechTracker reads it.\n"
+"events: ('started', ms), ('stopped', ms, duration), ('unlevelled', item index)\n"
+"for a packet without a level (the tracker's other paths take it).");
+
+static PyObject *level_feed(PyObject *module, PyObject *args) {
+    PyObject *config, *state, *items;
+    int level_id;
+    if (!PyArg_ParseTuple(args, "OOiO", &config, &state, &level_id, &items))
+        return NULL;
+    LevelState st;
+    if (level_parse(config, state, &st) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(items, "items must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    PyObject *events = PyList_New(0);
+    if (events == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        long long ms = 0, duration = 0;
+        int kind;
+        PyObject *event = NULL;
+        if (PyLong_Check(item)) {
+            long long at = PyLong_AsLongLong(item);
+            if (at == -1 && PyErr_Occurred())
+                goto fail;
+            kind = level_expire(&st, at, &ms, &duration);
+        } else {
+            Py_buffer packet;
+            Py_ssize_t offset;
+            long long at;
+            if (!PyArg_ParseTuple(item, "y*nL", &packet, &offset, &at))
+                goto fail;
+            if (offset < 0 || offset > packet.len) {
+                PyBuffer_Release(&packet);
+                PyErr_SetString(PyExc_ValueError, "payload_offset outside the packet");
+                goto fail;
+            }
+            const unsigned char *data = packet.buf;
+            int octet = level_id >= 0 ? level_octet(data, (size_t)offset, level_id) : -1;
+            if (octet < 0 && level_id < 0 && packet.len > 0 && (data[0] & 0x10))
+                octet = level_octet(data, (size_t)offset, BOT_AUDIO_LEVEL_ID);
+            PyBuffer_Release(&packet);
+            if (octet < 0) {
+                event = Py_BuildValue("(sn)", "unlevelled", i);
+                kind = LEVEL_NONE;
+            } else {
+                kind = level_update(&st, octet, at, &ms, &duration);
+            }
+        }
+        if (kind == LEVEL_STARTED)
+            event = Py_BuildValue("(sL)", "started", ms);
+        else if (kind == LEVEL_STOPPED)
+            event = Py_BuildValue("(sLL)", "stopped", ms, duration);
+        else if (event == NULL)
+            continue;
+        if (event == NULL || PyList_Append(events, event) < 0) {
+            Py_XDECREF(event);
+            goto fail;
+        }
+        Py_DECREF(event);
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(NN)", events, level_state_tuple(&st));
+fail:
+    Py_DECREF(seq);
+    Py_XDECREF(events);
+    return NULL;
+}
+
 typedef struct {
     int kind;
     Py_ssize_t route_id;
+    LevelEvent event; /* kind SPEECH */
     size_t length;
     socklen_t namelen;
     struct sockaddr_storage name;
@@ -127,6 +432,7 @@ typedef struct {
     unsigned char restamp_ssrc[4];
     int secure_dests; /* any destination with a session */
     SecureDest sdest[MAX_FANOUT];
+    RouteLevel level; /* level.on: the speaker's speech detection runs here */
 } Route;
 
 typedef struct {
@@ -207,6 +513,43 @@ static size_t payload_offset(const unsigned char *data, size_t length) {
         offset += 4 + 4 * (((size_t)data[offset + 2] << 8) | data[offset + 3]);
     }
     return length < offset ? 0 : offset;
+}
+
+/* Speech detection of a level route's forwarded packet (plain RTP, its header
+ * checked by route_for), as MediaRelay._track_speech and SpeechTracker.on_packet
+ * do on the level path: the events in `out` (at most 2: a start or a stop, then
+ * a barge-in), their count returned; -1 when the packet carries no level (the
+ * tracker's other paths take it: Python gets the packet and the state). */
+static int track_level(RouteLevel *lv, const unsigned char *data, size_t length, double now, LevelEvent *out) {
+    size_t offset = payload_offset(data, length);
+    if (offset == 0)
+        return 0; /* _track_speech: not a whole header, nothing tracked */
+    int octet = lv->level_id >= 0 ? level_octet(data, offset, lv->level_id) : -1;
+    if (octet < 0 && lv->level_id < 0 && (data[0] & 0x10))
+        octet = level_octet(data, offset, BOT_AUDIO_LEVEL_ID);
+    if (octet < 0)
+        return -1;
+    uint32_t ts = ((uint32_t)data[4] << 24) | ((uint32_t)data[5] << 16) | ((uint32_t)data[6] << 8) | data[7];
+    long long stream_ms = (long long)((uint32_t)(ts - lv->origin) / 48); /* audio.opus.stream_ms */
+    lv->last_ms = stream_ms + lv->packet_ms;
+    int n = 0;
+    long long ms = 0, duration = 0;
+    int kind = level_update(&lv->st, octet, stream_ms, &ms, &duration);
+    lv->last_voice = now;
+    if (kind == LEVEL_STARTED) {
+        lv->has_onset = 1;
+        lv->onset_ms = ms;
+        lv->interrupted = 0;
+        out[n++] = (LevelEvent){LEVEL_STARTED, ms, 0};
+    } else if (kind == LEVEL_STOPPED) {
+        lv->has_onset = 0;
+        out[n++] = (LevelEvent){LEVEL_STOPPED, ms, duration};
+    }
+    if (lv->has_onset && lv->limit >= 0 && !lv->interrupted && lv->last_ms - lv->onset_ms >= lv->limit) {
+        lv->interrupted = 1;
+        out[n++] = (LevelEvent){LEVEL_BARGE, lv->last_ms, 0};
+    }
+    return n;
 }
 
 /* The route that forwards this untrusted datagram as it is, or NULL for Python:
@@ -487,7 +830,8 @@ PyDoc_STRVAR(set_routes_doc,
 "set_routes(routes) -> None\n\n"
 "Replace the whole route table. Each route is a tuple\n"
 "(route_id, (host, port), ssrc, payload_type, max_pps, mirror, destinations,\n"
-" window_start, window_packets, srtp_in): the rate window carries on from the relay's.\n"
+" window_start, window_packets, srtp_in, level): the rate window carries on from the relay's.\n"
+"level is None or the speaker's speech tracker on the level path (see set_level).\n"
 "srtp_in is None (plain RTP) or (session, min_length, restamp_pt, restamp_ssrc) for a\n"
 "browser's SRTP (session: the address of its inbound srtp_t; ssrc is then the SSRC\n"
 "of its stream). destinations is a sequence of (host, port) or, for a browser,\n"
@@ -517,17 +861,19 @@ static PyObject *FastPath_set_routes(FastPath *self, PyObject *routes) {
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         Py_ssize_t route_id;
-        PyObject *source, *destinations, *srtp_in;
+        PyObject *source, *destinations, *srtp_in, *level;
         unsigned long ssrc, payload_type, max_pps;
         int mirror;
         double window_start;
         unsigned long window_packets;
         struct sockaddr_in src;
-        srtp_in = Py_None; /* optional: plain RTP */
-        if (!PyArg_ParseTuple(item, "nOkkkpOdk|O", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations,
-                              &window_start, &window_packets, &srtp_in))
+        srtp_in = level = Py_None; /* optional: plain RTP, no level tracker */
+        if (!PyArg_ParseTuple(item, "nOkkkpOdk|OO", &route_id, &source, &ssrc, &payload_type, &max_pps, &mirror, &destinations,
+                              &window_start, &window_packets, &srtp_in, &level))
             goto fail;
         Route *route = &table[i];
+        if (route_level_parse(level, &route->level) < 0)
+            goto fail;
         if (srtp_in != Py_None) {
             unsigned long long session;
             unsigned long min_length, restamp_ssrc;
@@ -731,6 +1077,24 @@ static int append_sockaddr(PyObject *list, const unsigned char *data, size_t len
     return rc;
 }
 
+static PyObject *level_event_tuple(const LevelEvent *event) {
+    if (event->kind == LEVEL_STOPPED)
+        return Py_BuildValue("(sLL)", "stopped", event->ms, event->duration);
+    return Py_BuildValue("(sL)", event->kind == LEVEL_STARTED ? "started" : "barge", event->ms);
+}
+
+/* Append (payload, route_id) to the speech list: payload a packet (bytes) or an event (tuple). */
+static int append_speech(PyObject *list, PyObject *payload, Py_ssize_t route_id) {
+    if (payload == NULL)
+        return -1;
+    PyObject *pair = Py_BuildValue("(Nn)", payload, route_id);
+    if (pair == NULL)
+        return -1;
+    int rc = PyList_Append(list, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
 PyDoc_STRVAR(drain_doc,
 "drain(now, forward, limit) -> (received, emptied, to_python, mirrored, unsent, error)\n\n"
 "Read up to `limit` datagrams (in recvmmsg batches of 64) without blocking.\n"
@@ -738,7 +1102,8 @@ PyDoc_STRVAR(drain_doc,
 "that forwarded datagrams would overtake). received: datagrams read; emptied:\n"
 "the socket said EAGAIN; to_python: [(data, addr)] for MediaRelay.handle_datagram,\n"
 "in arrival order; mirrored: [(data, route_id)] forwarded here, for speech\n"
-"detection; unsent: [(data, addr)] the kernel refused with EAGAIN, in order;\n"
+"detection, and a level route's events [((kind, ms[, duration]), route_id)] in\n"
+"order among them (see set_level); unsent: [(data, addr)] the kernel refused with EAGAIN, in order;\n"
 "error: the errno of a receive that failed otherwise than EAGAIN (it ends\n"
 "the call; what was read before stands), or 0.");
 
@@ -804,15 +1169,20 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *args) {
             }
             if (!admit(route, now, length))
                 continue;
-            if (route->mirror) {
-                PyObject *id = PyLong_FromSsize_t(route->route_id);
-                if (id == NULL)
-                    goto fail;
-                int rc = append_datagram(mirrored, data, length, id);
-                Py_DECREF(id);
-                if (rc < 0)
-                    goto fail;
+            int mirror = route->mirror;
+            if (route->level.on) {
+                LevelEvent events[2];
+                int n = track_level(&route->level, data, length, now, events);
+                mirror = n < 0;
+                for (int e = 0; e < n; e++)
+                    if (append_speech(mirrored, level_event_tuple(&events[e]), route->route_id) < 0)
+                        goto fail;
+                if (mirror)
+                    slow = 1; /* Python's tracker takes this one with the state: the rest of the batch after it */
             }
+            if (mirror && append_speech(mirrored, PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)length),
+                                        route->route_id) < 0)
+                goto fail;
             nsend = queue_sends(self, route, data, length, nsend, now);
         }
         int start = 0;
@@ -851,6 +1221,12 @@ fail:
 }
 
 
+static PyMethodDef module_methods[] = {
+    {"level_feed", level_feed, METH_VARARGS, level_feed_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+
 /* --- the forwarding thread ------------------------------------------------------- */
 
 static double monotonic_now(void) {
@@ -882,7 +1258,7 @@ static void *forward_thread(void *arg) {
     struct pollfd fds[2] = {{.fd = self->fd, .events = POLLIN}, {.fd = self->stop_pipe[0], .events = POLLIN}};
     for (;;) {
         pthread_mutex_lock(&self->lock);
-        while (!self->stopping && (self->paused || QUEUE_SLOTS - self->queued < BATCH))
+        while (!self->stopping && (self->paused || QUEUE_SLOTS - self->queued < 2 * BATCH))
             pthread_cond_wait(&self->cond, &self->lock);
         int stopping = self->stopping;
         pthread_mutex_unlock(&self->lock);
@@ -931,7 +1307,22 @@ static void *forward_thread(void *arg) {
             }
             if (!admit(route, now, length))
                 continue;
-            if (route->mirror) {
+            int mirror = route->mirror;
+            if (route->level.on) {
+                LevelEvent events[2];
+                int n = track_level(&route->level, data, length, now, events);
+                mirror = n < 0;
+                for (int e = 0; e < n; e++) {
+                    Entry *entry = &self->queue[self->queued++];
+                    entry->kind = SPEECH;
+                    entry->route_id = route->route_id;
+                    entry->event = events[e];
+                    handed++;
+                }
+                if (mirror)
+                    slow = 1; /* Python's tracker takes this one with the state, then the rest of the batch */
+            }
+            if (mirror) {
                 push_entry(self, MIRRORED, route->route_id, data, length, &self->rname[i], hdr->msg_namelen);
                 handed++;
             }
@@ -1046,7 +1437,8 @@ static PyObject *FastPath_stop(FastPath *self, PyObject *unused) {
 PyDoc_STRVAR(collect_doc,
 "collect() -> (to_python, mirrored, unsent)\n\n"
 "What the thread kept, in order: [(data, addr)] for handle_datagram,\n"
-"[(data, route_id)] forwarded for speech detection, [(data, addr)] the\n"
+"[(data, route_id)] forwarded for speech detection (and a level route's events\n"
+"[((kind, ms[, duration]), route_id)] among them, in order), [(data, addr)] the\n"
 "kernel refused (EAGAIN) for the backlog.");
 
 static PyObject *FastPath_collect(FastPath *self, PyObject *unused) {
@@ -1062,6 +1454,10 @@ static PyObject *FastPath_collect(FastPath *self, PyObject *unused) {
     int failed = 0;
     for (int i = 0; i < self->queued && !failed; i++) {
         Entry *entry = &self->queue[i];
+        if (entry->kind == SPEECH) {
+            failed = append_speech(lists[MIRRORED], level_event_tuple(&entry->event), entry->route_id) < 0;
+            continue;
+        }
         PyObject *tag = entry->kind == MIRRORED ? PyLong_FromSsize_t(entry->route_id) : address_of(&entry->name, entry->namelen);
         if (tag == NULL) {
             PyErr_Clear();
@@ -1096,6 +1492,13 @@ static PyObject *FastPath_resume(FastPath *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *FastPath_pending(FastPath *self, PyObject *unused) {
+    lock_table(self);
+    int queued = self->threaded ? self->queued : 0;
+    unlock_table(self);
+    return PyLong_FromLong(queued);
+}
+
 static PyObject *FastPath_pause(FastPath *self, PyObject *unused) {
     if (self->threaded) {
         lock_table(self);
@@ -1112,6 +1515,117 @@ static Route *route_by_id(FastPath *self, Py_ssize_t route_id) {
         return NULL;
     }
     return &self->routes[route_id];
+}
+
+PyDoc_STRVAR(level_doc,
+"level(route_id) -> tracker or None\n\n"
+"The route's speech tracker on the level path as it stands (None: off), in the\n"
+"shape set_level takes. Python owns it again only after set_level(route_id, None).");
+
+static PyObject *FastPath_level(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    if (!PyArg_ParseTuple(args, "n", &route_id))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    PyObject *result = route == NULL ? NULL : route_level_tuple(&route->level);
+    unlock_table(self);
+    return result;
+}
+
+PyDoc_STRVAR(set_level_doc,
+"set_level(route_id, tracker) -> None\n\n"
+"Give the route its speaker's speech tracker on the level path, or None (the\n"
+"route then mirrors its packets if flagged so): (level_id or -1 for a bot's,\n"
+"LevelDetector.config(), LevelDetector.state(), the stream's first RTP timestamp,\n"
+"packet_ms, last_ms, last_voice, onset_ms or None, interrupted, barge-in limit\n"
+"in ms or -1). Each forwarded packet with a level then runs the detector here;\n"
+"one without a level is mirrored and the rest of its batch goes to Python,\n"
+"which takes the tracker back (level, set_level) around it.");
+
+static PyObject *FastPath_set_level(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    PyObject *level;
+    RouteLevel parsed;
+    if (!PyArg_ParseTuple(args, "nO", &route_id, &level) || route_level_parse(level, &parsed) < 0)
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    if (route != NULL)
+        route->level = parsed;
+    unlock_table(self);
+    if (route == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(level_track_doc,
+"level_track(route_id, packet, now) -> [event] or None\n\n"
+"The route's tracker on one plain RTP packet of its speaker that Python\n"
+"forwarded (it came to Python after another datagram of its batch): the\n"
+"events, as a forwarded packet's; None when the packet carries no level (the\n"
+"tracker is unchanged: Python takes it back for that packet).");
+
+static PyObject *FastPath_level_track(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    Py_buffer packet;
+    double now;
+    if (!PyArg_ParseTuple(args, "ny*d", &route_id, &packet, &now))
+        return NULL;
+    LevelEvent events[2];
+    int n = 0;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    if (route != NULL && route->level.on && packet.len >= RTP_HEADER)
+        n = track_level(&route->level, packet.buf, (size_t)packet.len, now, events);
+    unlock_table(self);
+    PyBuffer_Release(&packet);
+    if (route == NULL)
+        return NULL;
+    if (n < 0 || !route->level.on)
+        Py_RETURN_NONE;
+    PyObject *list = PyList_New(n);
+    for (int e = 0; list != NULL && e < n; e++) {
+        PyObject *event = level_event_tuple(&events[e]);
+        if (event == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, e, event);
+    }
+    return list;
+}
+
+PyDoc_STRVAR(level_expire_doc,
+"level_expire(route_id, now, sweep) -> ('stopped', ms, duration) or None\n\n"
+"MediaRelay._sweep_speaking for a level route: if its speaker is speaking and\n"
+"silent for `sweep` s or more at `now`, expire its detector at\n"
+"last_ms + int(silent * 1000). None also while the thread holds events Python\n"
+"has not collected (they come first: the next sweep asks again).");
+
+static PyObject *FastPath_level_expire(FastPath *self, PyObject *args) {
+    Py_ssize_t route_id;
+    double now, sweep;
+    if (!PyArg_ParseTuple(args, "ndd", &route_id, &now, &sweep))
+        return NULL;
+    lock_table(self);
+    Route *route = route_by_id(self, route_id);
+    RouteLevel *lv = route == NULL ? NULL : &route->level;
+    int kind = LEVEL_NONE;
+    long long ms = 0, duration = 0;
+    if (lv != NULL && lv->on && lv->has_onset && !(self->threaded && self->queued > 0)) {
+        double silent = now - lv->last_voice;
+        if (silent >= sweep)
+            kind = level_expire(&lv->st, lv->last_ms + (long long)(silent * 1000), &ms, &duration);
+        if (kind == LEVEL_STOPPED)
+            lv->has_onset = 0;
+    }
+    unlock_table(self);
+    if (route == NULL)
+        return NULL;
+    if (kind != LEVEL_STOPPED)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(sLL)", "stopped", ms, duration);
 }
 
 static PyObject *FastPath_window(FastPath *self, PyObject *args) {
@@ -1330,6 +1844,11 @@ static PyMethodDef FastPath_methods[] = {
     {"stop", (PyCFunction)FastPath_stop, METH_NOARGS, "Stop the forwarding thread and wait for it (idempotent)."},
     {"collect", (PyCFunction)FastPath_collect, METH_NOARGS, collect_doc},
     {"resume", (PyCFunction)FastPath_resume, METH_VARARGS, "resume(forward): the thread reads again; forwards only if `forward`."},
+    {"level", (PyCFunction)FastPath_level, METH_VARARGS, level_doc},
+    {"set_level", (PyCFunction)FastPath_set_level, METH_VARARGS, set_level_doc},
+    {"level_expire", (PyCFunction)FastPath_level_expire, METH_VARARGS, level_expire_doc},
+    {"level_track", (PyCFunction)FastPath_level_track, METH_VARARGS, level_track_doc},
+    {"pending", (PyCFunction)FastPath_pending, METH_NOARGS, "Entries the thread kept that collect() has not taken yet (0 without the thread)."},
     {"pause", (PyCFunction)FastPath_pause, METH_NOARGS, "The thread stops after its current batch until resume() (the table is stale)."},
     {"send_list", (PyCFunction)FastPath_send_list, METH_VARARGS, send_list_doc},
     {NULL, NULL, 0, NULL},
@@ -1348,7 +1867,7 @@ static PyTypeObject FastPathType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastpath", "The relay's compiled fast path (see fastpath.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_fastpath", "The relay's compiled fast path (see fastpath.py).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

@@ -629,6 +629,10 @@ class MediaRelay:
     # --- speech detection and barge-in ---------------------------------------------------
 
     def _track_speech(self, peer: MediaPeer, speech: SpeechTracker, data: bytes, now: float) -> None:
+        fast_track = speech.fast_track
+        if fast_track is not None:  # the fast path owns its level path: it tracks this one too
+            fast_track(data, now)
+            return
         # Per speaker packet: the common header (no CSRC, no extension) needs no parse.
         if data[0] & 0x1F == 0 and len(data) >= 12:
             offset = 12
@@ -1138,6 +1142,21 @@ class MediaRelay:
         if speech is not None:
             self._track_speech(peer, speech, data, now)
 
+    def speech_from_fast_path(self, peer: MediaPeer, event: SpeechEvent | None, now: float) -> None:
+        """A speech event the fast path's level detector found for ``peer``
+        (``fastpath.py``), or None when its speech reached the barge-in limit:
+        what :meth:`_track_speech` does with one after the tracker."""
+        speech = peer.speech
+        assert speech is not None  # only trackers on the level path are handed over
+        if event is None:
+            speech.interrupted = True
+            self._barge_in(peer, now)
+            return
+        speech.level_event(event)
+        self._speech_event(peer, event)
+        if speech.onset_ms is not None and peer not in self._voiced:
+            self._start_voice(peer)
+
     def drop(self, peer: MediaPeer, reason: str) -> None:
         peer.drops[reason] += 1
         self.counters[reason] += 1
@@ -1178,10 +1197,15 @@ class MediaRelay:
             if speech is None or speech.onset_ms is None:
                 self._voiced.discard(peer)
                 continue
-            silent_for = now - peer.last_voice
-            if silent_for < SPEAKING_SWEEP:
-                continue
-            event = speech.expire(speech.last_ms + int(silent_for * 1000))
+            fast_expire = speech.fast_expire
+            if fast_expire is not None:
+                # Its level path runs in the fast path, which keeps last_voice and last_ms.
+                event = fast_expire(now, SPEAKING_SWEEP)
+            else:
+                silent_for = now - peer.last_voice
+                if silent_for < SPEAKING_SWEEP:
+                    continue
+                event = speech.expire(speech.last_ms + int(silent_for * 1000))
             if event is not None:
                 self._voiced.discard(peer)
                 self._speech_event(peer, event)

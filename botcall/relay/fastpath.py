@@ -16,7 +16,27 @@ from a stale route). At each reprogramming and at least every
 ``rx_packets``/``rx_bytes``/``tx_packets`` and ``rate_limited`` drops, with
 the rate window (it goes to the helper with the route and comes back, so a
 reprogramming never restarts a speaker's window). Each forwarded packet of a
-speaker with a speech tracker goes to :meth:`MediaRelay.track_forwarded`.
+speaker with a speech tracker goes to :meth:`MediaRelay.track_forwarded`,
+except on the level path (below).
+
+Speech levels (RFC 6464; §18d of docs/bench-results.md): a speaker whose
+tracker is on the level path (``SpeechTracker.level_handover``: a browser with
+a negotiated level id, a bot sending ``BOT_AUDIO_LEVEL_ID``) hands the tracker's
+detector state, stream origin, ``last_ms``, onset, ``interrupted``, barge-in
+limit and its peer's ``last_voice`` to its route. The helper then parses each
+forwarded packet's level, runs the detector and hands Python only the events
+(started, stopped, the barge-in limit reached), in order among the mirrored
+packets, which :meth:`MediaRelay.speech_from_fast_path` applies as
+``_track_speech`` would. The relay's speaking sweep asks the helper
+(``SpeechTracker.fast_expire``), which keeps ``last_voice`` and ``last_ms``. A
+packet of the route without a level is forwarded and mirrored, and the rest of
+its batch goes to Python (the thread pauses): the tracker comes back around it
+(``level``/``set_level``); a tracker that left the level path (it now decodes
+or counts sizes) stays in Python and the route mirrors again. A packet of the
+route that Python forwards itself (after another datagram of its batch: in
+the default configuration, after a bot's packet) is tracked by the route too
+(``SpeechTracker.fast_track`` → ``level_track``): the state stays in C. The state comes back
+at every reprogramming and when the thread stops: it passes, it is never shared.
 
 Two ways to run it (``Config.media_fast_path``):
 
@@ -64,12 +84,17 @@ import errno
 import os
 import socket
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from botcall.audio.opus import PAYLOAD_TYPE as PAYLOAD_TYPE_OPUS
+from botcall.audio.vad import SpeechEvent, SpeechStarted, SpeechStopped
 from botcall.relay.core import Address, MediaPeer, MediaRelay, UdpSink
+from botcall.relay.speech import SpeechTracker
 from botcall.webrtc.leg import DownstreamSlots, OutboundStream, WebRtcLeg, WebRtcSink
 from botcall.webrtc.srtp import SrtpContext, libsrtp_function_addresses
+
+if TYPE_CHECKING:
+    from botcall.relay._fastpath import LevelRoute
 
 _helper_module: ModuleType | None
 try:
@@ -106,13 +131,14 @@ class _BrowserStream:
 class _Route:
     """One programmed route: its speaker, listeners, browser streams, and the SRTP contexts C uses."""
 
-    __slots__ = ("peer", "listeners", "browsers", "contexts")
+    __slots__ = ("peer", "listeners", "browsers", "contexts", "level")
 
     def __init__(self, peer: MediaPeer, listeners: tuple[MediaPeer, ...], browsers: tuple[_BrowserStream, ...], contexts: tuple[SrtpContext, ...]) -> None:
         self.peer = peer
         self.listeners = listeners
         self.browsers = browsers
         self.contexts = contexts  # kept alive while the helper's table names their sessions
+        self.level = False  # the helper owns the speaker's tracker's level path
 
 
 class FastForwarder:
@@ -184,10 +210,23 @@ class FastForwarder:
             self.take_stats(now)
         received, emptied, to_python, mirrored, unsent, error = self._helper.drain(now, forward, limit)
         if mirrored:
-            routes, track = self._routes, self.relay.track_forwarded
-            for data, route_id in mirrored:
-                track(routes[route_id].peer, data, now)
+            self._speech(mirrored, now)
         return received, emptied, to_python, unsent, error
+
+    def _speech(self, mirrored: list[tuple[bytes | tuple[str, int] | tuple[str, int, int], int]], now: float) -> None:
+        """The helper's forwarded packets for speech detection and its level routes' events, in order."""
+        routes, relay = self._routes, self.relay
+        for payload, route_id in mirrored:
+            route = routes[route_id]
+            if isinstance(payload, bytes):
+                if route.level:  # a packet without a level: the tracker comes back around it
+                    self._level_back(route_id, route)
+                    relay.track_forwarded(route.peer, payload, now)
+                    self._level_out(route_id, route)
+                else:
+                    relay.track_forwarded(route.peer, payload, now)
+            else:
+                relay.speech_from_fast_path(route.peer, _speech_event(payload), now)
 
     def handle_returned(self, handle: Callable[[bytes, Address, float], None], datagrams: list[tuple[bytes, Address]], now: float) -> None:
         """Hand the datagrams the helper returned to ``handle`` (``MediaRelay.handle_datagram``), in order.
@@ -214,7 +253,7 @@ class FastForwarder:
             peer.window_start, peer.window_packets = helper.window(route_id)
             if route.browsers:
                 self._fold_streams(route, helper.streams(route_id))
-            handle(data, addr, now)
+            handle(data, addr, now)  # a level route's tracker stays in C: SpeechTracker.fast_track
             helper.set_window(route_id, peer.window_start, peer.window_packets)
             if route.browsers:
                 helper.set_streams(route_id, [_numbering(browser) for browser in route.browsers])
@@ -258,6 +297,7 @@ class FastForwarder:
         self.relay.on_routes_changed = None
         self._helper.stop()
         self.take_stats()
+        self._levels_back()
 
     def collect(self, now: float) -> tuple[list[tuple[bytes, Address]], list[tuple[bytes, Address]]]:
         """What the thread kept: (for ``handle_datagram``, for the backlog), in arrival order.
@@ -266,9 +306,7 @@ class FastForwarder:
         """
         to_python, mirrored, unsent = self._helper.collect()
         if mirrored:
-            routes, track = self._routes, self.relay.track_forwarded
-            for data, route_id in mirrored:
-                track(routes[route_id].peer, data, now)
+            self._speech(mirrored, now)
         if now >= self._next_stats:
             self.take_stats(now)
         return to_python, unsent
@@ -281,6 +319,13 @@ class FastForwarder:
             now: the relay's clock.
         """
         if self.relay.routes_generation != self._generation:
+            if self._helper.pending():
+                # The thread kept datagrams or events after the last collect and
+                # before the change paused it (a speech event that moved a
+                # group call's slots): they name routes of the current table.
+                # It stays paused; the read loop collects them first.
+                os.eventfd_write(self._notify_fd, 1)
+                return
             self._reprogram()
         self._helper.resume(forward)
 
@@ -297,9 +342,70 @@ class FastForwarder:
                 listener.tx_packets -= failed
                 listener.drops["srtp_protect_failed"] += failed
 
+    # --- speech trackers on the level path -----------------------------------------------
+
+    def _level_back(self, route_id: int, route: _Route) -> None:
+        """Take a route's speaker tracker back from the helper (it stays programmed: see _level_out)."""
+        found = self._helper.level(route_id)
+        speech = route.peer.speech
+        if found is None or speech is None:
+            return
+        _, _, state, _, _, last_ms, last_voice, _, _, _ = found
+        # onset_ms and interrupted moved with the events as they came.
+        speech.level_takeback([], state, last_ms)
+        speech.fast_expire = speech.fast_track = None
+        route.peer.last_voice = last_voice
+
+    def _level_out(self, route_id: int, route: _Route) -> None:
+        """Give the tracker back to the helper, or leave it in Python if it left the level path."""
+        level = _level_handover(route.peer)
+        self._helper.set_level(route_id, level)
+        route.level = level is not None
+        if level is not None:
+            self._expire_through(route_id, route)
+
+    def _levels_back(self) -> None:
+        """Take every tracker back (the table is about to change, or the thread stopped)."""
+        for route_id, route in enumerate(self._routes):
+            if route.level:
+                self._level_back(route_id, route)
+                self._helper.set_level(route_id, None)
+                route.level = False
+
+    def _expire_through(self, route_id: int, route: _Route) -> None:
+        """Point the tracker's sweep and Python's packets of it at the route while it owns the level path."""
+        peer = route.peer
+        speech = peer.speech
+        assert speech is not None
+        helper, relay = self._helper, self.relay
+
+        def fast_expire(now: float, sweep: float) -> SpeechStopped | None:
+            found = helper.level_expire(route_id, now, sweep)
+            if found is None:
+                return None
+            event = SpeechStopped(found[1], found[2])
+            tracker: SpeechTracker | None = peer.speech
+            assert tracker is not None
+            tracker.level_event(event)
+            return event
+
+        def fast_track(data: bytes, now: float) -> None:
+            found = helper.level_track(route_id, data, now)
+            if found is None:  # no level: the tracker comes back around this packet
+                self._level_back(route_id, route)
+                relay.track_forwarded(peer, data, now)
+                self._level_out(route_id, route)
+                return
+            for event in found:
+                relay.speech_from_fast_path(peer, _speech_event(event), now)
+
+        speech.fast_expire = fast_expire
+        speech.fast_track = fast_track
+
     def _reprogram(self) -> None:
         """Fold the old table's counts, then give the helper the relay's current routes."""
         self.take_stats(self._next_stats - STATS_INTERVAL)
+        self._levels_back()
         generation = self.relay.routes_generation
         kept: list[_Route] = []
         route_of: dict[Address, int] = {}
@@ -344,6 +450,7 @@ class FastForwarder:
                 contexts.append(leg_srtp)
             if len(destinations) != len(listeners):
                 continue
+            level = _level_handover(peer)
             table.append(
                 (
                     len(kept),
@@ -356,14 +463,43 @@ class FastForwarder:
                     peer.window_start,
                     peer.window_packets,
                     srtp_in,
+                    level,
                 )
             )
             route_of[source[0], source[1]] = len(kept)
-            kept.append(_Route(peer, listeners, tuple(browsers), tuple(contexts)))
+            route = _Route(peer, listeners, tuple(browsers), tuple(contexts))
+            route.level = level is not None
+            kept.append(route)
         self._helper.set_routes(table)
+        for route_id, route in enumerate(kept):
+            if route.level:
+                self._expire_through(route_id, route)
         self._routes = kept  # the old table's contexts are released only now: the helper no longer names them
         self._route_of = route_of
         self._generation = generation
+
+
+def _speech_event(found: tuple[str, int] | tuple[str, int, int]) -> SpeechEvent | None:
+    """A level route's event from the helper: started, stopped, or None for the barge-in limit."""
+    if found[0] == "started":
+        return SpeechStarted(found[1])
+    if len(found) == 3:
+        return SpeechStopped(found[1], found[2])
+    return None
+
+
+def _level_handover(peer: MediaPeer) -> LevelRoute | None:
+    """What a route needs to run ``peer``'s tracker on the level path (``set_level``), or None."""
+    speech = peer.speech
+    if speech is None or peer.stream_origin is None:
+        return None
+    handover = speech.level_handover()
+    if handover is None or speech.packet_ms is None:
+        return None
+    level_id, config, state = handover
+    limit = peer.interruption_ms if peer.human and peer.interruption_ms is not None else -1
+    return (level_id, config, state, peer.stream_origin, speech.packet_ms, speech.last_ms, peer.last_voice,
+            speech.onset_ms, speech.interrupted, limit)
 
 
 def _numbering(browser: _BrowserStream) -> tuple[int, int, int, float]:

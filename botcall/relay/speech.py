@@ -33,7 +33,9 @@ from botcall.audio.vad import (
     BOT_AUDIO_LEVEL_ID,
     FRAME_SAMPLES,
     AudioLevel,
+    LevelConfig,
     LevelDetector,
+    LevelState,
     SpeechDetector,
     SpeechEvent,
     SpeechGate,
@@ -124,7 +126,7 @@ class SpeechTracker:
 
     __slots__ = (
         "level_id", "budget", "_make_detector", "_levels", "_decoded", "_decoder", "_sizes",
-        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms",
+        "_pcm", "onset_ms", "last_ms", "interrupted", "packet_ms", "fast_expire", "fast_track",
     )
 
     def __init__(
@@ -151,6 +153,15 @@ class SpeechTracker:
         # The stream's packet duration, read from its first packet (20 ms, or 10
         # from a browser asked for a=ptime:10): what one packet stands for.
         self.packet_ms: int | None = None
+        # While the compiled fast path owns this tracker's level path (between
+        # level_handover and level_takeback): the relay's speaking sweep asks it
+        # instead, as (now, sweep interval) -> the SpeechStopped it found (noted
+        # here already), or None. It keeps last_ms and the peer's last_voice.
+        self.fast_expire: Callable[[float, float], SpeechStopped | None] | None = None
+        # ... and a packet of this speaker that Python forwards meanwhile (after
+        # another datagram of its batch) goes to it too, as (packet, now): the
+        # state stays where it is.
+        self.fast_track: Callable[[bytes, float], None] | None = None
 
     @property
     def speaking(self) -> bool:
@@ -223,6 +234,38 @@ class SpeechTracker:
         elif isinstance(event, SpeechStopped):
             self.onset_ms = None
         return event
+
+    def level_event(self, event: SpeechEvent) -> None:
+        """An event the compiled fast path found on this tracker's level path (after
+        :meth:`level_handover`): ``onset_ms`` and ``interrupted`` move as
+        :meth:`on_packet` moves them."""
+        self._note(event)
+
+    def level_handover(self) -> tuple[int, LevelConfig, LevelState] | None:
+        """What the compiled fast path needs to run this tracker's level path in C
+        (``_fastpath.level_feed``): (level id, or -1 for a bot's
+        ``BOT_AUDIO_LEVEL_ID``; the detector's config; its state), or None while
+        the tracker is not on the level path (no level seen yet, or decoding).
+
+        The state passes, it is not shared: until :meth:`level_takeback` the
+        caller owns it, and this tracker's detector must not be fed.
+        """
+        levels = self._levels
+        if levels is None or self.packet_ms is None or self._decoded is not None or self._sizes is not None:
+            return None
+        return (-1 if self.level_id is None else self.level_id), levels.config(), levels.state()
+
+    def level_takeback(self, events: list[SpeechEvent], state: LevelState, last_ms: int | None) -> None:
+        """Take the level path back from C: the events it found (in order), its
+        detector state, and the end of the newest packet it read (None if none),
+        so ``onset_ms``, ``interrupted`` and ``last_ms`` are what a run in
+        Python would have left."""
+        assert self._levels is not None, "level_handover() first"
+        self._levels.restore(state)
+        for event in events:
+            self._note(event)
+        if last_ms is not None:
+            self.last_ms = last_ms
 
     def close(self) -> None:
         """The peer left: give its decoder back to the budget."""
