@@ -99,11 +99,16 @@ person's ear and mouth are:
   remap of a second null sink's monitor; ``pacat`` plays the 1 kHz bursts
   into that sink, and a second ``parec`` on the same source finds the onsets
   when the microphone had them.
-* the page graph runs as well in the same call: its bot → ear (graph +
-  reported output latency) is printed beside the sink's, with the sink's
-  split: the relay's hold, NetEq (``getStats``), and the rest. The page
-  graph's own mouth is not sent at the device (the microphone is): its
-  mouth → bot is in the ``page`` rows.
+* the rig's streams (both ``parec`` and ``pacat``, silent until the bursts)
+  connect to the daemon before the browser starts: a stream connecting
+  mid-call stalled Chromium's playback and capture once (~0.6 s lost,
+  playback rate 0.96-0.98, 48 packets/s; §16h of docs/bench-results.md).
+* the sink's bot → ear is split into the relay's hold, NetEq (``getStats``)
+  and the rest. ``pulse-graph`` also runs the page graph in the same call
+  (its bot → ear, graph + reported output latency, printed beside the
+  sink's): its AudioContext opening mid-call stalls the device the same way,
+  so ``pulse`` runs without it. The page graph's own mouth is not sent at the
+  device (the microphone is): its mouth → bot is in the ``page`` rows.
 
 ``--mic raw`` (an experiment) makes the PWA's ``getUserMedia`` ask for no echo
 cancellation, noise suppression or gain control (an init script); ``dsp`` is the PWA as it is.
@@ -800,6 +805,11 @@ def analyse_devices(
     microphone's (the mouth sink's monitor, which the browser records)."""
     samples, times = mouth
     mouths = [float(times[index]) for index in find_onsets(samples, RATE)]
+    if TRACE is not None and len(log.keys) == len(log.frames):
+        # The same onsets when the relay had their packets: the browser's capture and encoding.
+        relay = TRACE.stamps["relay"]
+        keys = [log.keys[index] for index in frame_onset_indexes(log.frames, RATE)]
+        TRACE.mouth_to_relay = match_latencies(mouths, [relay[k] for k in keys if k is not None and k in relay], period)
     samples, times = ear
     ears = [float(times[index]) for index in find_onsets(samples, RATE)]
     return match_latencies(mouths, frame_onset_arrivals(log.frames, RATE), period), match_latencies(log.burst_sends, ears, period)
@@ -836,6 +846,7 @@ async def one_call(
     devices: devices_kit.PulseDevices | None = None,
     mic: str = "dsp",
     page_graph: bool = True,
+    settle_s: float = 0.0,
 ) -> PathResult:
     bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
     srv.state.media.ptime_ms = ptime_ms  # read at each answer: this call's browser gets it
@@ -891,6 +902,8 @@ async def one_call(
                 context.add_init_script(RAW_MIC_SCRIPT)
             page, _ = join_call(context, url)
             page.wait_for_function("() => botcall.remoteStream !== null")
+            if settle_s > 0:  # --settle: past the start of the call
+                page.wait_for_timeout(int(settle_s * 1000))
             started = page.evaluate(START_PAGE, arguments)
             for writer in writers:  # connected (silent) before the browser started
                 writer.play(device_mouth_signal(events, period))
@@ -1060,12 +1073,13 @@ async def measure(
     ptimes: Sequence[int] = (20,),
     audio_devices: Sequence[str] = ("page",),
     mics: Sequence[str] = ("dsp",),
+    settle_s: float = 0.0,
 ) -> list[PathResult]:
     with contextlib.ExitStack() as stack:
         pulse = stack.enter_context(kit.pulse_null_sink()) if "firefox" in browsers and "pulse" in firefox_audio else None
         devices = stack.enter_context(devices_kit.pulse_devices()) if "chromium" in browsers and set(DEVICE_AUDIO) & set(audio_devices) else None
         return await _measure(
-            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices, mics
+            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices, mics, settle_s
         )
 
 
@@ -1085,6 +1099,7 @@ async def _measure(
     audio_devices: Sequence[str] = ("page",),
     devices: devices_kit.PulseDevices | None = None,
     mics: Sequence[str] = ("dsp",),
+    settle_s: float = 0.0,
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -1110,6 +1125,7 @@ async def _measure(
                                         result = await one_call(
                                             srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime, chromium_devices, mic,
                                             page_graph=audio != "pulse",
+                                            settle_s=settle_s,
                                         )
                                     except Exception as exc:  # one failed call is reported, the run goes on
                                         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -1191,6 +1207,9 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
     parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="Chromium: seconds between the call connecting and the bursts (0: from the first second)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
     parser.add_argument("--dump", type=Path, default=None, help="write each call's raw recordings into this directory")
@@ -1235,7 +1254,7 @@ def main() -> int:
     print(HEADER)
     results = trio.run(
         measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio, ptimes,
-        audio_devices, mics,
+        audio_devices, mics, args.settle,
     )
     data = [asdict(r) for r in results]
     if args.json is not None:
