@@ -13,6 +13,12 @@ two null sinks at 48 kHz:
   no monitor source as a microphone): the page's microphone. A second
   :class:`DeviceRecorder` on that source records what the page records.
 
+The daemon's default rate is the sinks' 48 kHz (its ``daemon.conf`` is named by
+``PULSE_CONFIG``; :func:`pulse_daemon` checks it), so Chromium's streams need no
+resampler. Readers and writers connect before a call starts (a writer plays
+silence until :meth:`DeviceWriter.play`): a stream connecting to the daemon
+stalls the others once.
+
 Samples are stamped on the bots' clock (``time.time()``) as they are read from
 ``parec`` (:func:`device_times`); the reader's own buffering is what
 ``pactl list source-outputs`` reports as its latency (:func:`reader_latency_ms`).
