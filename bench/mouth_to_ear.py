@@ -111,7 +111,7 @@ person's ear and mouth are:
   device (the microphone is): its mouth → bot is in the ``page`` rows.
 
 ``--settle S`` (Chromium) starts the bursts S seconds after the call connected
-instead of at once: Chromium's Pulse streams lose ~0.8 s in the call's first
+instead of at once: Chromium's Pulse streams lose ~0.5-1 s in the call's first
 seconds (§16h), so ``0`` measures from the first second (issue 18's goal) and
 ``3`` past the start.
 
