@@ -100,14 +100,15 @@ person's ear and mouth are:
   into that sink, and a second ``parec`` on the same source finds the onsets
   when the microphone had them.
 * the rig's streams (both ``parec`` and ``pacat``, silent until the bursts)
-  connect to the daemon before the browser starts: a stream connecting
-  mid-call stalled Chromium's playback and capture once (~0.6 s lost,
-  playback rate 0.96-0.98, 48 packets/s; §16h of docs/bench-results.md).
+  connect to the daemon before the browser starts, so no stream of the
+  rig starts inside the measured call (a stream connecting to a Pulse daemon
+  can stall the others; §16h of docs/bench-results.md). Chromium's own
+  streams still lose ~0.5-1 s in the call's first seconds (see ``--settle``).
 * the sink's bot → ear is split into the relay's hold, NetEq (``getStats``)
   and the rest. ``pulse-graph`` also runs the page graph in the same call
   (its bot → ear, graph + reported output latency, printed beside the
-  sink's): its AudioContext opening mid-call stalls the device the same way,
-  so ``pulse`` runs without it. The page graph's own mouth is not sent at the
+  sink's); ``pulse`` runs without it, as a person's page has only the
+  PWA's own meters. The page graph's own mouth is not sent at the
   device (the microphone is): its mouth → bot is in the ``page`` rows.
 
 ``--settle S`` (Chromium) starts the bursts S seconds after the call connected
@@ -895,8 +896,8 @@ async def one_call(
 
         if devices is not None:
             nursery.start_soon(sample_sink)
-            # The rig's streams connect before the browser starts: a stream connecting to the
-            # daemon mid-call stalled Chromium's playback and capture once (~0.6 s, §16h).
+            # The rig's streams connect before the browser starts: none starts inside the
+            # measured call (a stream connecting to the daemon can stall the others, §16h).
             recorders.extend(
                 [devices_kit.DeviceRecorder(devices, f"{devices.ear_sink}.monitor"), devices_kit.DeviceRecorder(devices, devices.mic_source)]
             )

@@ -17,7 +17,7 @@ The daemon's default rate is the sinks' 48 kHz (its ``daemon.conf`` is named by
 ``PULSE_CONFIG``; :func:`pulse_daemon` checks it), so Chromium's streams need no
 resampler. Readers and writers connect before a call starts (a writer plays
 silence until :meth:`DeviceWriter.play`): a stream connecting to the daemon
-stalls the others once.
+can stall the others.
 
 Samples are stamped on the bots' clock (``time.time()``) as they are read from
 ``parec`` (:func:`device_times`); the reader's own buffering is what
@@ -267,9 +267,9 @@ class DeviceWriter:
     onsets really were is measured at the sink's monitor, not assumed.
 
     With no ``signal`` it plays silence until :meth:`play`: the stream can then be
-    connected before a call starts. A stream connecting to the daemon stalls the
-    other streams once (Chromium's lost ~0.6 s, §16h of docs/bench-results.md),
-    so a measurement connects its readers and writers first."""
+    connected before a call starts: a stream connecting to the daemon can stall
+    the others (§16h of docs/bench-results.md), so a measurement connects its
+    readers and writers first."""
 
     def __init__(
         self, devices: PulseDevices, sink: str, signal: np.ndarray | None = None, latency_msec: int = DEVICE_LATENCY_MSEC
