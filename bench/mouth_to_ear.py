@@ -4,8 +4,8 @@
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
                                  [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
-                                 [--ptime 20,10] [--audio-device page,pulse] [--mic dsp,raw] [--trace]
-                                 [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
+                                 [--ptime 20,10] [--audio-device page,pulse,pulse-graph] [--mic dsp,raw] [--trace]
+                                 [--settle 0] [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
 leg and path (a bot of one transport) one call: a fresh room with barge-in
@@ -99,11 +99,22 @@ person's ear and mouth are:
   remap of a second null sink's monitor; ``pacat`` plays the 1 kHz bursts
   into that sink, and a second ``parec`` on the same source finds the onsets
   when the microphone had them.
-* the page graph runs as well in the same call: its bot → ear (graph +
-  reported output latency) is printed beside the sink's, with the sink's
-  split: the relay's hold, NetEq (``getStats``), and the rest. The page
-  graph's own mouth is not sent at the device (the microphone is): its
-  mouth → bot is in the ``page`` rows.
+* the rig's streams (both ``parec`` and ``pacat``, silent until the bursts)
+  connect to the daemon before the browser starts, so no stream of the
+  rig starts inside the measured call (a stream connecting to a Pulse daemon
+  can stall the others; §16h of docs/bench-results.md). Chromium's own
+  streams still lose ~0.5-1 s in the call's first seconds (see ``--settle``).
+* the sink's bot → ear is split into the relay's hold, NetEq (``getStats``)
+  and the rest. ``pulse-graph`` also runs the page graph in the same call
+  (its bot → ear, graph + reported output latency, printed beside the
+  sink's); ``pulse`` runs without it, as a person's page has only the
+  PWA's own meters. The page graph's own mouth is not sent at the
+  device (the microphone is): its mouth → bot is in the ``page`` rows.
+
+``--settle S`` (Chromium) starts the bursts S seconds after the call connected
+instead of at once: Chromium's Pulse streams lose ~0.5-1 s in the call's first
+seconds (§16h), so ``0`` measures from the first second (issue 18's goal) and
+``3`` past the start.
 
 ``--mic raw`` (an experiment) makes the PWA's ``getUserMedia`` ask for no echo
 cancellation, noise suppression or gain control (an init script); ``dsp`` is the PWA as it is.
@@ -177,7 +188,11 @@ RECEIVER_SETTINGS = ("default", "target0", "hint0")
 PLAYOUTS = {"new": bot_playout.STALL_LIMIT, "old": 0.0}  # bot_playout.STALL_LIMIT for each
 STALL_AFTER_S = 3.0
 FIREFOX_AUDIO = ("mock", "pulse")
-AUDIO_DEVICES = ("page", "pulse")
+AUDIO_DEVICES = ("page", "pulse", "pulse-graph")
+# At the device, the page's own WebAudio graph (an AudioContext tapping the remote stream)
+# slows Chromium's WebRTC playout through Pulse to 0.96-0.98 of real time (§16h): it runs
+# only with "pulse-graph", for comparison.
+DEVICE_AUDIO = ("pulse", "pulse-graph")
 MICS = ("dsp", "raw")
 # --mic raw: the PWA's getUserMedia without Chromium's audio processing (an experiment;
 # the PWA asks for echoCancellation, noiseSuppression and autoGainControl).
@@ -441,7 +456,18 @@ TRACE: Trace | None = None
 
 # --- the page --------------------------------------------------------------------------------
 
-START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiverSetting, device]) => {
+START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiverSetting, device, graph]) => {
+    if (device && !graph) {
+        // At the device without the page graph: the PWA as a person has it, plus the receiver setting.
+        const transceiver = botcall.pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === 'audio');
+        const receiver = transceiver.receiver;
+        if (receiverSetting === 'target0') receiver.jitterBufferTarget = 0;
+        if (receiverSetting === 'hint0') receiver.playoutDelayHint = 0;
+        return {onsets: [], sampleRate: null, receiver: {
+            jitterBufferTarget: receiver.jitterBufferTarget === undefined ? null : receiver.jitterBufferTarget,
+            playoutDelayHint: receiver.playoutDelayHint === undefined ? null : receiver.playoutDelayHint,
+        }};
+    }
     const ctx = new AudioContext({latencyHint: 'interactive'});
     await ctx.resume();
     await ctx.audioWorklet.addModule('/pwa/recorder-worklet.js');
@@ -492,6 +518,8 @@ START_PAGE = """async ([period, burst, count, lead, frequency, amplitude, receiv
 }"""
 
 TAKE_PAGE = """() => {
+    const m2e = (window.wrappedJSObject || window).__m2e;
+    if (m2e === undefined) return null;  // at the device without the page graph
     const {ctx, rec} = (window.wrappedJSObject || window).__m2e;
     const b64 = (chunks) => {
         let total = 0;
@@ -783,6 +811,11 @@ def analyse_devices(
     microphone's (the mouth sink's monitor, which the browser records)."""
     samples, times = mouth
     mouths = [float(times[index]) for index in find_onsets(samples, RATE)]
+    if TRACE is not None and len(log.keys) == len(log.frames):
+        # The same onsets when the relay had their packets: the browser's capture and encoding.
+        relay = TRACE.stamps["relay"]
+        keys = [log.keys[index] for index in frame_onset_indexes(log.frames, RATE)]
+        TRACE.mouth_to_relay = match_latencies(mouths, [relay[k] for k in keys if k is not None and k in relay], period)
     samples, times = ear
     ears = [float(times[index]) for index in find_onsets(samples, RATE)]
     return match_latencies(mouths, frame_onset_arrivals(log.frames, RATE), period), match_latencies(log.burst_sends, ears, period)
@@ -818,6 +851,8 @@ async def one_call(
     ptime_ms: int = 20,
     devices: devices_kit.PulseDevices | None = None,
     mic: str = "dsp",
+    page_graph: bool = True,
+    settle_s: float = 0.0,
 ) -> PathResult:
     bot_playout.STALL_LIMIT = PLAYOUTS[playout]  # read at each re-anchor: this call's bots get it
     srv.state.media.ptime_ms = ptime_ms  # read at each answer: this call's browser gets it
@@ -829,7 +864,7 @@ async def one_call(
     bot = Bot(srv, created["room_id"], PATHS[path])
     bot.period_frames = round(period / 0.02)
     bot.stall_s = stall_s
-    arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver, devices is not None]
+    arguments = [period, BURST_S, events, 1.0, MOUTH_HZ, AMPLITUDE, receiver, devices is not None, page_graph]
     # The page's last burst, a period for the bot's last one, and a second of slack.
     run_s = 1.0 + (events + 1) * period + 1.0
     Four = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
@@ -861,19 +896,24 @@ async def one_call(
 
         if devices is not None:
             nursery.start_soon(sample_sink)
+            # The rig's streams connect before the browser starts: none starts inside the
+            # measured call (a stream connecting to the daemon can stall the others, §16h).
+            recorders.extend(
+                [devices_kit.DeviceRecorder(devices, f"{devices.ear_sink}.monitor"), devices_kit.DeviceRecorder(devices, devices.mic_source)]
+            )
+            writers.append(devices_kit.DeviceWriter(devices, devices.mouth_sink))
 
         def chromium(context: Any) -> Four:
             if mic == "raw":
                 context.add_init_script(RAW_MIC_SCRIPT)
             page, _ = join_call(context, url)
             page.wait_for_function("() => botcall.remoteStream !== null")
+            if settle_s > 0:  # --settle: past the start of the call
+                page.wait_for_timeout(int(settle_s * 1000))
             started = page.evaluate(START_PAGE, arguments)
+            for writer in writers:  # connected (silent) before the browser started
+                writer.play(device_mouth_signal(events, period))
             before = page.evaluate(STATS_PAGE)
-            if devices is not None:
-                recorders.extend(
-                    [devices_kit.DeviceRecorder(devices, f"{devices.ear_sink}.monitor"), devices_kit.DeviceRecorder(devices, devices.mic_source)]
-                )
-                writers.append(devices_kit.DeviceWriter(devices, devices.mouth_sink, device_mouth_signal(events, period)))
             trio.from_thread.run_sync(bot.bursting.set)
             page.wait_for_timeout(int(run_s * 1000))
             after = page.evaluate(STATS_PAGE)
@@ -912,14 +952,17 @@ async def one_call(
                 for writer in writers:
                     writer.stop()
         nursery.cancel_scope.cancel()
-    mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
+    if take is not None:
+        mouth_to_bot, bot_to_graph, output_latency, mouth_check = analyse(started, take, bot.log, period)
+    else:  # at the device without the page graph
+        mouth_to_bot, bot_to_graph, output_latency, mouth_check = [], [], 0.0, None
     mouth_to_bot_page: list[float] | None = None
     bot_to_ear_page: list[float] | None = None
     if devices is not None:
         ear, mouth = (recorder.stop() for recorder in recorders)
         # The page's own mouth graph is not sent at the device (the PWA's microphone is):
         # its mouth -> bot is measured in the page rows only.
-        bot_to_ear_page = [d + output_latency for d in bot_to_graph]
+        bot_to_ear_page = [d + output_latency for d in bot_to_graph] if take is not None else None
         mouth_to_bot, bot_to_device = analyse_devices(ear, mouth, bot.log, period)
     if DUMP is not None:
         audio = "pulse" if pulse_server is not None else "mock"
@@ -947,7 +990,7 @@ async def one_call(
         page_stats={**{key: after[key] - before[key] for key in ("lost", "received", "concealed")}, "jitter_ms": after["jitter"] * 1000},
         events=events,
         playout_hold_ms=Summary.of([h / 1000 for h in holds]),
-        audio=("pulse" if pulse_server is not None else "mock") if browser == "firefox" else ("pulse" if devices is not None else "page"),
+        audio=("pulse" if pulse_server is not None else "mock") if browser == "firefox" else (("pulse-graph" if page_graph else "pulse") if devices is not None else "page"),
         playback_rate=rate,
         load_average=load_average(),
         ptime_ms=ptime_ms,
@@ -1036,12 +1079,13 @@ async def measure(
     ptimes: Sequence[int] = (20,),
     audio_devices: Sequence[str] = ("page",),
     mics: Sequence[str] = ("dsp",),
+    settle_s: float = 0.0,
 ) -> list[PathResult]:
     with contextlib.ExitStack() as stack:
         pulse = stack.enter_context(kit.pulse_null_sink()) if "firefox" in browsers and "pulse" in firefox_audio else None
-        devices = stack.enter_context(devices_kit.pulse_devices()) if "chromium" in browsers and "pulse" in audio_devices else None
+        devices = stack.enter_context(devices_kit.pulse_devices()) if "chromium" in browsers and set(DEVICE_AUDIO) & set(audio_devices) else None
         return await _measure(
-            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices, mics
+            browsers, paths, legs, receivers, events, period, repeats, playouts, stall_s, firefox_audio, pulse, ptimes, audio_devices, devices, mics, settle_s
         )
 
 
@@ -1061,6 +1105,7 @@ async def _measure(
     audio_devices: Sequence[str] = ("page",),
     devices: devices_kit.PulseDevices | None = None,
     mics: Sequence[str] = ("dsp",),
+    settle_s: float = 0.0,
 ) -> list[PathResult]:
     results = []
     for browser in browsers:
@@ -1077,14 +1122,16 @@ async def _measure(
                                     for p in playouts
                                     for a in (firefox_audio if browser == "firefox" else audio_devices)
                                     for t in ptimes
-                                    for m in (mics if browser == "chromium" and a == "pulse" else ("dsp",))
+                                    for m in (mics if browser == "chromium" and a in DEVICE_AUDIO else ("dsp",))
                                 ]
                                 for playout, audio, ptime, mic in variants:
                                     server = pulse if audio == "pulse" and browser == "firefox" else None
-                                    chromium_devices = devices if audio == "pulse" and browser == "chromium" else None
+                                    chromium_devices = devices if audio in DEVICE_AUDIO and browser == "chromium" else None
                                     try:
                                         result = await one_call(
-                                            srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime, chromium_devices, mic
+                                            srv, path, leg, receiver, events, period, browser, playout, stall_s, server, ptime, chromium_devices, mic,
+                                            page_graph=audio != "pulse",
+                                            settle_s=settle_s,
                                         )
                                     except Exception as exc:  # one failed call is reported, the run goes on
                                         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -1113,12 +1160,15 @@ HEADER = (
 def device_split(r: PathResult) -> str:
     """The page-graph method beside the device one, and bot -> ear at the device split
     into the relay's hold, NetEq and the rest (p50s)."""
-    assert r.bot_to_ear_page is not None
     neteq = r.jitter_buffer_ms or 0.0
     rest = r.bot_to_ear.p50 - r.playout_hold_ms.p50 - neteq
+    graph = (
+        f"same call, page graph: bot->ear (graph + out) {r.bot_to_ear_page.p50:.1f}/{r.bot_to_ear_page.p95:.1f}"
+        if r.bot_to_ear_page is not None
+        else "no page graph"
+    )
     return (
-        f"same call, page graph: bot->ear (graph + out) "
-        f"{r.bot_to_ear_page.p50:.1f}/{r.bot_to_ear_page.p95:.1f} | bot->ear at the sink p50 {r.bot_to_ear.p50:.1f} ="
+        f"{graph} | bot->ear at the sink p50 {r.bot_to_ear.p50:.1f} ="
         f" hold {r.playout_hold_ms.p50:.1f} + NetEq {neteq:.1f} + rest {rest:.1f}"
         f" (of which the page's Pulse stream buffer {fmt_ms(r.ear_buffer_ms)}); the sink rendered ahead {fmt_ms(r.ear_sink_ms)}"
         " (outside: a real device plays it that much later)"
@@ -1157,12 +1207,15 @@ def main() -> int:
     parser.add_argument("--bot-stall", type=float, default=0.0, help="seconds the bot holds its frames once, then sends them at once")
     parser.add_argument("--firefox-audio", default="mock", help="comma-separated: mock (Firefox's mock audio back-end), pulse (a PulseAudio null sink)")
     parser.add_argument(
-        "--audio-device", default="page", help="comma-separated, Chromium: page (the page's WebAudio graph), pulse (at PulseAudio null sinks)"
+        "--audio-device", default="page", help="comma-separated, Chromium: page (the page's WebAudio graph), pulse (at PulseAudio null sinks, no page graph), pulse-graph (at the sinks with the page graph running beside, as before §16h)"
     )
     parser.add_argument("--mic", default="dsp", help="comma-separated, Chromium: dsp (the PWA's constraints), raw (no echo cancellation, noise suppression or gain control)")
     parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
     parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="Chromium: seconds between the call connecting and the bursts (0: from the first second)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
     parser.add_argument("--dump", type=Path, default=None, help="write each call's raw recordings into this directory")
@@ -1207,7 +1260,7 @@ def main() -> int:
     print(HEADER)
     results = trio.run(
         measure, browsers, paths, legs, receivers, args.events, args.period, args.repeats, playouts, args.bot_stall, firefox_audio, ptimes,
-        audio_devices, mics,
+        audio_devices, mics, args.settle,
     )
     data = [asdict(r) for r in results]
     if args.json is not None:

@@ -47,7 +47,8 @@ async def test_chromium_hears_at_the_sink_and_speaks_from_the_source(tmp_path):
                         participant = hooks(page)["participantId"]
                         heard_at_sink = ear.wait_loud(1.0)
                         heard_by_bot = trio.from_thread.run(frames_from, bot, participant, 50)
-                        return {"sink": heard_at_sink, "bot": heard_by_bot, "errors": errors.unexpected()}
+                        chromium = [block for block in pulse.pactl(devices.server, "list", "sink-inputs").split("\n\n") if "Chromium" in block]
+                        return {"sink": heard_at_sink, "bot": heard_by_bot, "errors": errors.unexpected(), "streams": chromium}
                     finally:
                         writer.stop()
                         ear.stop()
@@ -58,3 +59,22 @@ async def test_chromium_hears_at_the_sink_and_speaks_from_the_source(tmp_path):
     assert abs(dominant_frequency(result["sink"][: 2 * 48000], 48000) - 440) < 5
     assert abs(dominant_frequency(result["bot"], 48000) - 660) < 5
     assert result["errors"] == []
+    # Chromium opens its stream at the daemon's rate: 48 kHz, no resampler (§16h).
+    assert result["streams"] and all("48000Hz" in block and "Resample method: copy" in block for block in result["streams"])
+
+
+def test_the_daemon_runs_at_48_khz_and_the_writer_waits_in_silence():
+    # The daemon read /etc's 44.1 kHz before it got its own file through PULSE_CONFIG.
+    with pulse.pulse_devices() as devices:
+        assert pulse.server_sample_rate(devices.server) == pulse.RATE
+        monitor = pulse.DeviceRecorder(devices, f"{devices.mouth_sink}.monitor")
+        writer = pulse.DeviceWriter(devices, devices.mouth_sink)  # connected, silent
+        try:
+            with pytest.raises(TimeoutError):
+                monitor.wait_loud(0.1, timeout=1.0)  # a safety net: silence is what is being checked
+            writer.play(np.frombuffer(tone(660, 2.0, amplitude=0.4), "<i2").astype(np.float32) / 32768.0)
+            heard = monitor.wait_loud(1.0)
+        finally:
+            writer.stop()
+            monitor.stop()
+    assert abs(dominant_frequency(heard[: 48000], 48000) - 660) < 5

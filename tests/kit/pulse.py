@@ -13,6 +13,12 @@ two null sinks at 48 kHz:
   no monitor source as a microphone): the page's microphone. A second
   :class:`DeviceRecorder` on that source records what the page records.
 
+The daemon's default rate is the sinks' 48 kHz (its ``daemon.conf`` is named by
+``PULSE_CONFIG``; :func:`pulse_daemon` checks it), so Chromium's streams need no
+resampler. Readers and writers connect before a call starts (a writer plays
+silence until :meth:`DeviceWriter.play`): a stream connecting to the daemon
+can stall the others.
+
 Samples are stamped on the bots' clock (``time.time()``) as they are read from
 ``parec`` (:func:`device_times`); the reader's own buffering is what
 ``pactl list source-outputs`` reports as its latency (:func:`reader_latency_ms`).
@@ -20,6 +26,7 @@ Samples are stamped on the bots' clock (``time.time()``) as they are read from
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -45,6 +52,7 @@ MIC_SOURCE = "botcall_mic"
 # soon after the sink renders it (the daemon reports what it really gives).
 DEVICE_LATENCY_MSEC = 20
 START_S = 30.0  # a last resort: the wait ends on the socket listening or the daemon exiting
+PIPE_BYTES = 4096  # the writer's pipe: ~43 ms of mono s16le at 48 kHz
 READ_BYTES = 960  # 10 ms of mono s16le at 48 kHz; os.read returns what is there, up to this
 LOUD = 0.02  # a sample above this (of full scale) is sound, for wait_loud
 # The Chromium flags that make it use the daemon's devices (with PULSE_SERVER in its environment).
@@ -72,6 +80,12 @@ def pactl(server: str, *args: str) -> str:
     ).stdout
 
 
+def server_sample_rate(server: str) -> int | None:
+    """The daemon's default sample rate (``pactl info``): the rate clients open streams at."""
+    found = re.search(r"Default Sample Specification: \S+ \d+ch (\d+)Hz", pactl(server, "info"))
+    return int(found.group(1)) if found else None
+
+
 @contextmanager
 def pulse_daemon(modules: tuple[str, ...], *, rate: int = RATE) -> Iterator[str]:
     """A private PulseAudio daemon (``pulseaudio -n``: no default modules) that loads
@@ -86,10 +100,13 @@ def pulse_daemon(modules: tuple[str, ...], *, rate: int = RATE) -> Iterator[str]
         raise RuntimeError("pulseaudio is not installed (apt-get install pulseaudio)")
     with tempfile.TemporaryDirectory(prefix="botcall-pulse-") as home:
         socket_path = Path(home) / "native"
-        # Clients (Chromium) open streams at the daemon's default rate: the sinks'.
-        (Path(home) / "pulse").mkdir()
-        (Path(home) / "pulse" / "daemon.conf").write_text(f"default-sample-rate = {rate}\nalternate-sample-rate = {rate}\n")
-        env = {**os.environ, "HOME": home, "XDG_RUNTIME_DIR": home, "XDG_CONFIG_HOME": home}
+        # Clients (Chromium) open streams at the daemon's default rate: it must be the
+        # sinks'. PULSE_CONFIG names the file: with XDG_CONFIG_HOME alone the daemon
+        # read /etc/pulse/daemon.conf (44.1 kHz), Chromium played and recorded at
+        # 44.1 kHz through two resamplers, and its audio ran at 0.96-0.98 of real time.
+        config = Path(home) / "daemon.conf"
+        config.write_text(f"default-sample-rate = {rate}\nalternate-sample-rate = {rate}\n")
+        env = {**os.environ, "HOME": home, "XDG_RUNTIME_DIR": home, "XDG_CONFIG_HOME": home, "PULSE_CONFIG": str(config)}
         loads = [arg for module in modules for arg in ("-L", module)]
         process = subprocess.Popen(
             [
@@ -105,7 +122,11 @@ def pulse_daemon(modules: tuple[str, ...], *, rate: int = RATE) -> Iterator[str]
         )
         try:
             wait_for_unix_socket(socket_path, process, START_S)
-            yield f"unix:{socket_path}"
+            server = f"unix:{socket_path}"
+            default_rate = server_sample_rate(server)
+            if default_rate != rate:
+                raise RuntimeError(f"the PulseAudio daemon runs at {default_rate} Hz, not {rate} Hz: its daemon.conf was not read")
+            yield server
         finally:
             process.terminate()
             try:
@@ -243,9 +264,16 @@ class DeviceRecorder:
 class DeviceWriter:
     """``pacat --playback`` into a sink: ``signal`` (floats, mono, 48 kHz) written in a
     thread as fast as the stream takes it (it plays at real time). Where its
-    onsets really were is measured at the sink's monitor, not assumed."""
+    onsets really were is measured at the sink's monitor, not assumed.
 
-    def __init__(self, devices: PulseDevices, sink: str, signal: np.ndarray, latency_msec: int = DEVICE_LATENCY_MSEC) -> None:
+    With no ``signal`` it plays silence until :meth:`play`: the stream can then be
+    connected before a call starts: a stream connecting to the daemon can stall
+    the others (§16h of docs/bench-results.md), so a measurement connects its
+    readers and writers first."""
+
+    def __init__(
+        self, devices: PulseDevices, sink: str, signal: np.ndarray | None = None, latency_msec: int = DEVICE_LATENCY_MSEC
+    ) -> None:
         name = f"botcall-play-{sink}"
         self._process = subprocess.Popen(
             [
@@ -257,19 +285,36 @@ class DeviceWriter:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._data = (np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes()
+        assert self._process.stdin is not None
+        # A small pipe: silence written ahead delays play() by at most this much.
+        fcntl.fcntl(self._process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._data: bytes | None = None
+        self._ready = threading.Event()
+        if signal is not None:
+            self.play(signal)
         self._thread = threading.Thread(target=self._write, daemon=True)
         self._thread.start()
 
+    def play(self, signal: np.ndarray) -> None:
+        """Play ``signal`` after the silence written so far (once)."""
+        self._data = (np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes()
+        self._ready.set()
+
     def _write(self) -> None:
         assert self._process.stdin is not None
+        silence = bytes(READ_BYTES)
         try:
+            while not self._ready.is_set():
+                self._process.stdin.write(silence)  # blocks while the pipe is full: real time
+                self._process.stdin.flush()
+            assert self._data is not None
             self._process.stdin.write(self._data)
             self._process.stdin.flush()
         except (BrokenPipeError, ValueError):
             return  # stopped before the end: what was played is what the monitor saw
 
     def stop(self) -> None:
+        self._ready.set()
         self._process.terminate()
         self._process.wait(timeout=5)
         self._thread.join(timeout=5)
