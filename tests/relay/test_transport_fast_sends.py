@@ -15,6 +15,7 @@ with ``sendmmsg`` once they are handled, not with one ``sendto`` each.
 
 import errno
 import shutil
+from contextlib import contextmanager
 
 import pytest
 import trio
@@ -65,22 +66,27 @@ class SendmmsgCalls:
         transport.batch.send_packed = send_packed
 
 
-def fast_transport(sender):
+@contextmanager
+def fast_rig(sender, receivers):
+    """A transport with the helper (not running) and ``receivers`` sockets: yields (transport, fast, receivers)."""
     transport = UdpTransport(open_udp_socket("127.0.0.1", 0), batched=True, fast_path="inline")
     relay = MediaRelay(transport.transmit)
     fast = fastpath.FastForwarder(transport.sock, relay, transport.counters)
     if sender == "helper":
         transport._send_list = fast.send_list  # as run() sets it on an IPv4 socket
-    return transport, fast
+    sockets = Receivers(receivers)
+    try:
+        yield transport, fast, sockets
+    finally:
+        sockets.close()
+        transport.sock.close()
 
 
 @SENDERS
 def test_the_helpers_refused_sends_go_before_what_python_sends_meanwhile(sender):
-    transport, fast = fast_transport(sender)
-    receivers = Receivers(2)
-    spy = SendmmsgCalls(transport, sender)
-    browser, other = receivers.addrs
-    try:
+    with fast_rig(sender, 2) as (transport, fast, receivers):
+        spy = SendmmsgCalls(transport, sender)
+        browser, other = receivers.addrs
         # Python answers each returned datagram with a packet to the browser
         # and one to another peer (as a bot's audio goes to its browser).
         def handle(data, addr, now):
@@ -100,18 +106,13 @@ def test_the_helpers_refused_sends_go_before_what_python_sends_meanwhile(sender)
         transport._flush_once()
         assert receivers.drain() == [[b"c-1", b"c-2"] + [b"py-%d" % index for index in range(5)], []]
         assert not transport._backlog
-    finally:
-        receivers.close()
-        transport.sock.close()
 
 
 @SENDERS
 def test_a_collected_send_never_overtakes_its_destinations_backlog(sender):
-    transport, fast = fast_transport(sender)
-    receivers = Receivers(2)
-    spy = SendmmsgCalls(transport, sender)
-    browser, other = receivers.addrs
-    try:
+    with fast_rig(sender, 2) as (transport, fast, receivers):
+        spy = SendmmsgCalls(transport, sender)
+        browser, other = receivers.addrs
         transport._enqueue(b"old", browser)  # a send the kernel refused earlier
 
         def handle(data, addr, now):
@@ -123,16 +124,11 @@ def test_a_collected_send_never_overtakes_its_destinations_backlog(sender):
         assert transport._collecting is False and transport._pending_data == []
         transport._flush_once()
         assert receivers.drain() == [[b"old", b"py-0"], [b"py-1"]]
-    finally:
-        receivers.close()
-        transport.sock.close()
 
 
 @SENDERS
 def test_python_raising_still_sends_what_it_collected_and_stops_collecting(sender):
-    transport, fast = fast_transport(sender)
-    receivers = Receivers(1)
-    try:
+    with fast_rig(sender, 1) as (transport, fast, receivers):
 
         def handle(data, addr, now):
             transport.transmit(data, receivers.addrs[0])
@@ -146,16 +142,11 @@ def test_python_raising_still_sends_what_it_collected_and_stops_collecting(sende
         # Outside a handled batch, transmit sends at once again.
         transport.transmit(b"2", receivers.addrs[0])
         assert receivers.drain() == [[b"2"]]
-    finally:
-        receivers.close()
-        transport.sock.close()
 
 
 @SENDERS
 def test_the_helpers_sendmmsg_counts_refusals_and_leaves_odd_addresses_to_sendto(sender):
-    transport, fast = fast_transport(sender)
-    receivers = Receivers(3)
-    try:
+    with fast_rig(sender, 3) as (transport, fast, receivers):
         sends = []
         for index in range(200):  # more than one sendmmsg of 64
             sends.append((b"%d" % index, receivers.addrs[index % 3]))
@@ -165,9 +156,6 @@ def test_the_helpers_sendmmsg_counts_refusals_and_leaves_odd_addresses_to_sendto
                 sends.append((b"odd", ("not-an-address", 1)))  # only sendto can judge it
         collect(transport, sends)
         got = receivers.drain()
-    finally:
-        receivers.close()
-        transport.sock.close()
     for which in range(3):
         assert got[which] == [b"%d" % index for index in range(200) if index % 3 == which]
     assert transport.counters["send_error_EINVAL"] == 4
@@ -175,21 +163,19 @@ def test_the_helpers_sendmmsg_counts_refusals_and_leaves_odd_addresses_to_sendto
 
 
 def test_a_full_buffer_in_the_helpers_sendmmsg_moves_the_rest_to_the_backlogs_in_order():
-    transport, fast = fast_transport("helper")
-    receivers = Receivers(2)
-    real = transport._send_list
-    calls = []
-
-    def send_then_block(datagrams, addresses, start, end):
-        calls.append((start, end))
-        if len(calls) == 1:
-            sent, error = real(datagrams, addresses, start, start + 5)
-            assert (sent, error) == (start + 5, 0)
-            return sent, errno.EAGAIN
-        raise AssertionError("no second call: the rest waits in the backlogs")
-
-    transport._send_list = send_then_block
-    try:
+    with fast_rig("helper", 2) as (transport, fast, receivers):
+        real = transport._send_list
+        calls = []
+    
+        def send_then_block(datagrams, addresses, start, end):
+            calls.append((start, end))
+            if len(calls) == 1:
+                sent, error = real(datagrams, addresses, start, start + 5)
+                assert (sent, error) == (start + 5, 0)
+                return sent, errno.EAGAIN
+            raise AssertionError("no second call: the rest waits in the backlogs")
+    
+        transport._send_list = send_then_block
         a, b = receivers.addrs
         collect(transport, [(b"%d" % index, (a, b)[index % 2]) for index in range(20)])
         assert calls == [(0, 20)]
@@ -200,9 +186,6 @@ def test_a_full_buffer_in_the_helpers_sendmmsg_moves_the_rest_to_the_backlogs_in
         assert receivers.drain() == [[b"0", b"2", b"4"], [b"1", b"3"]]
         transport._flush_once()
         got = receivers.drain()
-    finally:
-        receivers.close()
-        transport.sock.close()
     assert got == [[b"%d" % i for i in range(6, 22, 2)], [b"%d" % i for i in range(5, 22, 2)]]
     assert not transport._backlog
 
