@@ -219,6 +219,9 @@ def test_group_calls_live_delivers_every_expected_packet(humans, per_frame):
     assert result.bad == 0 and result.duplicates == 0
     assert 0 < result.latency_p50_ms <= result.latency_p99_ms
     assert result.added_p99_ms == pytest.approx(result.latency_p99_ms - 0.1)
-    assert result.relay_cpu_percent > 0 and result.cpu_per_room_percent == pytest.approx(result.relay_cpu_percent / 2)
+    # The relay's CPU is read in clock ticks (10 ms, /proc/<pid>/stat); in this
+    # short window its work (1:1 rooms mostly on the compiled fast path) can stay
+    # under one tick, so 0 is a valid reading here.
+    assert result.relay_cpu_percent >= 0 and result.cpu_per_room_percent == pytest.approx(result.relay_cpu_percent / 2)
     assert result.within(max_loss=0.001, max_added_p99_ms=1e9)
     assert f"{humans + 1:>5}{2:>6}" in group_calls.format_live(result)
