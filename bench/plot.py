@@ -30,11 +30,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STYLE = {
     "botcall": {"color": "#1b7f3b", "marker": "o", "label": "BotCall"},
+    "botcall+plain+fastthread": {"color": "#6cc24a", "marker": "v", "label": "BotCall plain + fast path (thread)"},
     "coturn": {"color": "#1f5fbf", "marker": "s", "label": "coturn (TURN ChannelData)"},
     "rtpengine": {"color": "#c05a00", "marker": "^", "label": "rtpengine (userspace)"},
     "aiortc": {"color": "#9b1c6e", "marker": "D", "label": "aiortc MediaRelay"},
 }
-PLAIN_RELAYS = ("botcall", "coturn", "rtpengine")
+PLAIN_RELAYS = ("botcall", "botcall+plain+fastthread", "coturn", "rtpengine")
 
 
 def _finite(values):
