@@ -57,10 +57,12 @@ async def send(ctx, positions_and_levels, *, burst=False):
     await barrier(ctx)
 
 
-async def wait_for(ctx, condition):
+async def until_quiet(ctx):
+    """Wait until the relay turns a's speaking light off (its ``on_speaking``)."""
+    quiet = ctx["quiet"] = trio.Event()
     with trio.fail_after(10):  # a safety net against a hung relay, not a speed requirement
-        while not condition():
-            await trio.sleep(0.01)
+        if ctx["a"].speaking:
+            await quiet.wait()
 
 
 async def script(ctx):
@@ -85,7 +87,7 @@ async def script(ctx):
     # a stops sending while speaking: the relay's sweep ends the run, once the
     # hangover has passed in real time (not sooner, and not a sweep period late).
     silent_since = trio.current_time()
-    await wait_for(ctx, lambda: not a.speaking)
+    await until_quiet(ctx)
     ctx["silent_for"] = trio.current_time() - silent_since
     relay.routes_changed()  # a reprogramming brings the tracker back to Python (and hands it over again)
     await barrier(ctx)
@@ -105,6 +107,7 @@ async def run(fast_path):
     a.human, a.interruption_ms = True, INTERRUPTION_MS
     b.playout = BotPlayout()
     events, lights, tracked = [], [], []
+    ctx = {}
 
     def on_event(peer, event):
         if isinstance(event, SpeechStarted):
@@ -117,7 +120,13 @@ async def run(fast_path):
             events.append((peer.participant_id, "stream", event.rtp_timestamp))
 
     relay.on_event = on_event
-    relay.on_speaking = lambda peer, speaking: lights.append((peer.participant_id, speaking))
+
+    def on_speaking(peer, speaking):
+        lights.append((peer.participant_id, speaking))
+        if peer is a and not speaking and "quiet" in ctx:
+            ctx["quiet"].set()
+
+    relay.on_speaking = on_speaking
     track = relay.track_forwarded
 
     def track_forwarded(peer, data, now):
@@ -125,7 +134,7 @@ async def run(fast_path):
         track(peer, data, now)
 
     relay.track_forwarded = track_forwarded
-    ctx = {"relay": relay, "transport": transport, "a": a, "b": b, "sock_a": client_socket(), "sock_b": client_socket(), "stranger": client_socket()}
+    ctx.update(relay=relay, transport=transport, a=a, b=b, sock_a=client_socket(), sock_b=client_socket(), stranger=client_socket())
     try:
         async with trio.open_nursery() as nursery:
             ctx["addr"] = await nursery.start(transport.run, relay)
