@@ -220,9 +220,7 @@ class FastForwarder:
             route = routes[route_id]
             if isinstance(payload, bytes):
                 if route.level:  # a packet without a level: the tracker comes back around it
-                    self._level_back(route_id, route)
-                    relay.track_forwarded(route.peer, payload, now)
-                    self._level_out(route_id, route)
+                    self._track_without_level(route_id, route, payload, now)
                 else:
                     relay.track_forwarded(route.peer, payload, now)
             else:
@@ -356,6 +354,12 @@ class FastForwarder:
         speech.fast_expire = speech.fast_track = None
         route.peer.last_voice = last_voice
 
+    def _track_without_level(self, route_id: int, route: _Route, data: bytes, now: float) -> None:
+        """A level route's packet without a level: Python's tracker takes it, with the state around it."""
+        self._level_back(route_id, route)
+        self.relay.track_forwarded(route.peer, data, now)
+        self._level_out(route_id, route)
+
     def _level_out(self, route_id: int, route: _Route) -> None:
         """Give the tracker back to the helper, or leave it in Python if it left the level path."""
         level = _level_handover(route.peer)
@@ -392,9 +396,7 @@ class FastForwarder:
         def fast_track(data: bytes, now: float) -> None:
             found = helper.level_track(route_id, data, now)
             if found is None:  # no level: the tracker comes back around this packet
-                self._level_back(route_id, route)
-                relay.track_forwarded(peer, data, now)
-                self._level_out(route_id, route)
+                self._track_without_level(route_id, route, data, now)
                 return
             for event in found:
                 relay.speech_from_fast_path(peer, _speech_event(event), now)
