@@ -4,7 +4,7 @@
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
                                  [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
-                                 [--ptime 20,10] [--audio-device page,pulse,pulse-graph] [--mic dsp,raw] [--trace]
+                                 [--ptime 20,10] [--audio-device page,pulse,pulse-graph] [--mic dsp,raw,lobby] [--trace] [--timeline]
                                  [--settle 0] [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -102,8 +102,10 @@ person's ear and mouth are:
 * the rig's streams (both ``parec`` and ``pacat``, silent until the bursts)
   connect to the daemon before the browser starts, so no stream of the
   rig starts inside the measured call (a stream connecting to a Pulse daemon
-  can stall the others; §16h of docs/bench-results.md). Chromium's own
-  streams still lose ~0.5-1 s in the call's first seconds (see ``--settle``).
+  can stall the others; §16h of docs/bench-results.md). When the Join click
+  comes before the lobby's microphone is open, Chromium's output starts
+  0-300 ms after the first packets and NetEq keeps that backlog for seconds
+  (§16i, ``--mic lobby``, ``--timeline``).
 * the sink's bot → ear is split into the relay's hold, NetEq (``getStats``)
   and the rest. ``pulse-graph`` also runs the page graph in the same call
   (its bot → ear, graph + reported output latency, printed beside the
@@ -118,6 +120,15 @@ seconds (§16h), so ``0`` measures from the first second (issue 18's goal) and
 
 ``--mic raw`` (an experiment) makes the PWA's ``getUserMedia`` ask for no echo
 cancellation, noise suppression or gain control (an init script); ``dsp`` is the PWA as it is.
+The test browser reports the microphone allowed, so the PWA's lobby opens it
+(``pwa/app.js``, a returning person); ``dsp`` and ``raw`` click Join the
+instant the lobby shows, before that stream is ready, and ``--mic lobby``
+half a second after it is (a person reading the lobby, §16i).
+
+``--timeline`` (Chromium) prints, for the call's first 12 s from the Join
+click, every 100 ms: the page's playout rate (``totalSamplesReceived``),
+packets sent and received per second, NetEq's mean hold in the interval and
+the samples it concealed — where a start-of-call backlog forms (§16i).
 
 **Where the human's packets spend their time** (``--trace``): the server runs
 in this process on the bots' clock, so ``Trace`` wraps its methods and stamps
@@ -136,6 +147,7 @@ import argparse
 import base64
 import contextlib
 import json
+import re
 import math
 import secrets
 import subprocess
@@ -175,6 +187,37 @@ MIN_QUIET_S = 0.15
 IMPAIRED_HOST = "127.0.0.2"
 # Set by --dump: every call's raw data is written there (for checking the analysis).
 DUMP: Path | None = None
+# --timeline: print the page's playout and capture every 100 ms of the call's first seconds.
+TIMELINE = False
+
+TIMELINE_SCRIPT = """(() => {
+    // From the Join click: every 100 ms, what the page played (totalSamplesReceived),
+    // sent (packetsSent), held (jitterBufferDelay / emitted) and concealed.
+    window.__timeline = [];
+    window.__marks = {};
+    document.addEventListener('click', (event) => {
+        if (!event.target.closest || !event.target.closest('#join') || window.__marks.join) return;
+        window.__marks.join = performance.now();
+        const tick = async () => {
+            const pc = window.botcall && window.botcall.pc;
+            if (pc) {
+                if (!window.__marks.pc) window.__marks.pc = performance.now();
+                const row = {t: performance.now(), played: 0, sent: 0, delay: 0, emitted: 0, concealed: 0, received: 0, ice: pc.iceConnectionState};
+                (await pc.getStats()).forEach((s) => {
+                    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+                        row.played += s.totalSamplesReceived || 0; row.delay += s.jitterBufferDelay || 0;
+                        row.emitted += s.jitterBufferEmittedCount || 0; row.concealed += s.concealedSamples || 0;
+                        row.received += s.packetsReceived || 0;
+                    }
+                    if (s.type === 'outbound-rtp' && s.kind === 'audio') row.sent += s.packetsSent || 0;
+                });
+                window.__timeline.push(row);
+            }
+            if (window.__timeline.length < 120) setTimeout(tick, 100);
+        };
+        tick();
+    }, true);
+})();"""
 # Safety nets against a hung call, not speed requirements.
 STEP_TIMEOUT = 30.0
 
@@ -193,7 +236,7 @@ AUDIO_DEVICES = ("page", "pulse", "pulse-graph")
 # slows Chromium's WebRTC playout through Pulse to 0.96-0.98 of real time (§16h): it runs
 # only with "pulse-graph", for comparison.
 DEVICE_AUDIO = ("pulse", "pulse-graph")
-MICS = ("dsp", "raw")
+MICS = ("dsp", "raw", "lobby")
 # --mic raw: the PWA's getUserMedia without Chromium's audio processing (an experiment;
 # the PWA asks for echoCancellation, noiseSuppression and autoGainControl).
 RAW_MIC_SCRIPT = """(() => {
@@ -906,7 +949,20 @@ async def one_call(
         def chromium(context: Any) -> Four:
             if mic == "raw":
                 context.add_init_script(RAW_MIC_SCRIPT)
-            page, _ = join_call(context, url)
+            if TIMELINE:
+                context.add_init_script(TIMELINE_SCRIPT)
+            if mic == "lobby":
+                # The test browser reports the microphone allowed (a returning person), so
+                # the lobby opens it (pwa/app.js, warmMicrophone); the person clicks Join
+                # half a second after it is ready, not the instant the lobby shows.
+                page = context.new_page()
+                page.goto(url)
+                page.wait_for_function("() => document.getElementById('lobby-mic').textContent.includes('ready')")
+                page.wait_for_timeout(500)
+                page.get_by_role("button", name=re.compile("Join")).click()
+                page.wait_for_function("() => window.botcall.state === 'connected'")
+            else:
+                page, _ = join_call(context, url)
             page.wait_for_function("() => botcall.remoteStream !== null")
             if settle_s > 0:  # --settle: past the start of the call
                 page.wait_for_timeout(int(settle_s * 1000))
@@ -918,6 +974,8 @@ async def one_call(
             page.wait_for_timeout(int(run_s * 1000))
             after = page.evaluate(STATS_PAGE)
             take = page.evaluate(TAKE_PAGE)
+            if TIMELINE:
+                print_timeline(page.evaluate("({rows: window.__timeline, marks: window.__marks})"))
             page.get_by_role("button", name="Hang up").click()
             return started, before, after, take
 
@@ -1003,6 +1061,28 @@ async def one_call(
         ear_sink_ms=float(np.median([k for _, k in sink_latencies])) if sink_latencies else None,
         mic=mic,
     )
+
+
+def print_timeline(data: dict[str, Any]) -> None:
+    """--timeline: one line per 100 ms from the Join click: playout rate, packets sent per
+    second, NetEq's mean hold in the interval, concealed samples (the first seconds' stalls)."""
+    join = data["marks"].get("join", 0.0)
+    rows = data["rows"]
+    cells = []
+    for a, b in zip(rows, rows[1:]):
+        dt = (b["t"] - a["t"]) / 1000
+        if dt <= 0:
+            continue
+        emitted = b["emitted"] - a["emitted"]
+        hold = (b["delay"] - a["delay"]) / emitted * 1000 if emitted > 0 else float("nan")
+        cells.append(
+            f"{(b['t'] - join) / 1000:5.1f}s play {(b['played'] - a['played']) / (dt * RATE):4.2f}"
+            f" sent {(b['sent'] - a['sent']) / dt:4.0f}/s recv {(b['received'] - a['received']) / dt:4.0f}/s"
+            f" hold {hold:5.0f} conc {b['concealed'] - a['concealed']:5d} {b['ice']}"
+        )
+    print("    timeline from Join (100 ms steps):", flush=True)
+    for cell in cells:
+        print("      " + cell, flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -1209,10 +1289,11 @@ def main() -> int:
     parser.add_argument(
         "--audio-device", default="page", help="comma-separated, Chromium: page (the page's WebAudio graph), pulse (at PulseAudio null sinks, no page graph), pulse-graph (at the sinks with the page graph running beside, as before §16h)"
     )
-    parser.add_argument("--mic", default="dsp", help="comma-separated, Chromium: dsp (the PWA's constraints), raw (no echo cancellation, noise suppression or gain control)")
+    parser.add_argument("--mic", default="dsp", help="comma-separated, Chromium: dsp (the PWA's constraints), raw (no echo cancellation, noise suppression or gain control), lobby (Join clicked 0.5 s after the lobby opened the microphone; the others click at once)")
     parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
     parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--timeline", action="store_true", help="Chromium: print the page's playout, capture and NetEq every 100 ms from Join")
     parser.add_argument(
         "--settle", type=float, default=0.0, help="Chromium: seconds between the call connecting and the bursts (0: from the first second)"
     )
@@ -1220,8 +1301,9 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=None, help="draw a PNG (bench/plot.py, in the bench virtualenv)")
     parser.add_argument("--dump", type=Path, default=None, help="write each call's raw recordings into this directory")
     args = parser.parse_args()
-    global DUMP, TRACE
+    global DUMP, TRACE, TIMELINE
     DUMP = args.dump
+    TIMELINE = args.timeline
     if args.trace:
         TRACE = Trace()
         TRACE.install()

@@ -116,6 +116,7 @@ function perform(effect) {
       break;
     case 'prepare_audio':
       setTimeout(() => audio.prepare(), 0);
+      warmMicrophone();
       break;
     case 'unlock_audio':
       audio.unlock();
@@ -242,10 +243,46 @@ async function readStats(id) {
   dispatch({ type: 'stats', peer: id, snapshot: playoutSnapshot(stats) });
 }
 
-async function openMic(attempt) {
-  let granted;
+// The lobby opens the microphone when the site may already use it (a returning
+// person who allowed it), as a call app's device check does, and the first Join
+// takes that stream. Opened at the Join click instead, the capture starts while
+// the first packets arrive, and Chromium's audio output then started 0-300 ms
+// after them: its jitter buffer kept that backlog for seconds, and the bot's
+// first words reached the ear 100-300 ms late (docs/bench-results.md §16i). Only
+// once per page: after a hang-up the microphone stays off.
+let warmMic = null; // Promise<MediaStream|null>
+let warmTried = false;
+
+async function warmMicrophone() {
+  if (warmTried || !navigator.permissions || typeof navigator.permissions.query !== 'function') return;
+  warmTried = true;
+  let status;
   try {
-    granted = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+    status = await navigator.permissions.query({ name: 'microphone' });
+  } catch (err) {
+    return; // a browser that cannot tell: the Join click asks, as before
+  }
+  if (status.state !== 'granted') return;
+  warmMic = navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS).catch(() => null);
+  const ready = await warmMic;
+  const note = document.getElementById('lobby-mic');
+  if (ready && note && warmMic !== null) note.textContent = 'Your microphone is on and ready.';
+}
+
+/** The lobby's stream, once, if it is still live; null otherwise. */
+async function takeWarmMic() {
+  const pending = warmMic;
+  warmMic = null;
+  const ready = pending ? await pending : null;
+  if (ready && ready.getAudioTracks().some((track) => track.readyState === 'live')) return ready;
+  for (const track of ready ? ready.getTracks() : []) track.stop();
+  return null;
+}
+
+async function openMic(attempt) {
+  let granted = await takeWarmMic();
+  try {
+    if (granted === null) granted = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
   } catch (err) {
     dispatch({ type: 'mic_failed', attempt, name: err && err.name, message: err && err.message });
     return;
