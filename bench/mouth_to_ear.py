@@ -4,7 +4,7 @@
                                  [--paths udp,ws-opus,ws-pcm16,ws-pcm16-paced]
                                  [--legs loopback,impaired] [--receiver default,target0,hint0]
                                  [--playout new,old] [--bot-stall 0.3] [--firefox-audio mock,pulse]
-                                 [--ptime 20,10] [--audio-device page,pulse,pulse-graph] [--mic dsp,raw,lobby] [--trace] [--timeline]
+                                 [--ptime 20,10] [--audio-device page,pulse,pulse-graph] [--mic dsp,raw,ec,lobby,prompt] [--trace] [--timeline]
                                  [--settle 0] [--repeats 1] [--json out.json] [--dump DIR] [--plot docs/bench-mouth-to-ear.png]
 
 Starts the real server in-process (``tests.kit.server``), and for each browser,
@@ -120,10 +120,13 @@ seconds (§16h), so ``0`` measures from the first second (issue 18's goal) and
 
 ``--mic raw`` (an experiment) makes the PWA's ``getUserMedia`` ask for no echo
 cancellation, noise suppression or gain control (an init script); ``dsp`` is the PWA as it is.
-The test browser reports the microphone allowed, so the PWA's lobby opens it
-(``pwa/app.js``, a returning person); ``dsp`` and ``raw`` click Join the
-instant the lobby shows, before that stream is ready, and ``--mic lobby``
-half a second after it is (a person reading the lobby, §16i).
+``ec`` asks for echo cancellation only. The test browser reports the
+microphone allowed, so the PWA's lobby opens it (``pwa/app.js``, a returning
+person); ``dsp``, ``raw`` and ``ec`` click Join the instant the lobby shows,
+before that stream is ready, and ``--mic lobby`` half a second after it is (a
+person reading the lobby, §16i). ``--mic prompt`` delays every
+``getUserMedia`` by 1.5 s, as a person answering the browser's prompt would
+(a first visit; headless Chromium shows no prompt).
 
 ``--timeline`` (Chromium) prints, for the call's first 12 s from the Join
 click, every 100 ms: the page's playout rate (``totalSamplesReceived``),
@@ -236,13 +239,24 @@ AUDIO_DEVICES = ("page", "pulse", "pulse-graph")
 # slows Chromium's WebRTC playout through Pulse to 0.96-0.98 of real time (§16h): it runs
 # only with "pulse-graph", for comparison.
 DEVICE_AUDIO = ("pulse", "pulse-graph")
-MICS = ("dsp", "raw", "lobby")
+MICS = ("dsp", "raw", "ec", "lobby", "prompt")
 # --mic raw: the PWA's getUserMedia without Chromium's audio processing (an experiment;
 # the PWA asks for echoCancellation, noiseSuppression and autoGainControl).
 RAW_MIC_SCRIPT = """(() => {
     const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
     navigator.mediaDevices.getUserMedia = (constraints) => original(
         {...constraints, audio: {echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
+})();"""
+
+
+EC_MIC_SCRIPT = RAW_MIC_SCRIPT.replace("echoCancellation: false", "echoCancellation: true")
+
+# --mic prompt: the microphone comes 1.5 s after it is asked for, as when a person
+# answers the browser's prompt (headless Chromium shows none).
+PROMPT_MIC_SCRIPT = """(() => {
+    const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = (constraints) =>
+        new Promise((resolve) => setTimeout(resolve, 1500)).then(() => original(constraints));
 })();"""
 
 
@@ -949,6 +963,10 @@ async def one_call(
         def chromium(context: Any) -> Four:
             if mic == "raw":
                 context.add_init_script(RAW_MIC_SCRIPT)
+            if mic == "ec":
+                context.add_init_script(EC_MIC_SCRIPT)
+            if mic == "prompt":
+                context.add_init_script(PROMPT_MIC_SCRIPT)
             if TIMELINE:
                 context.add_init_script(TIMELINE_SCRIPT)
             if mic == "lobby":
@@ -1289,7 +1307,7 @@ def main() -> int:
     parser.add_argument(
         "--audio-device", default="page", help="comma-separated, Chromium: page (the page's WebAudio graph), pulse (at PulseAudio null sinks, no page graph), pulse-graph (at the sinks with the page graph running beside, as before §16h)"
     )
-    parser.add_argument("--mic", default="dsp", help="comma-separated, Chromium: dsp (the PWA's constraints), raw (no echo cancellation, noise suppression or gain control), lobby (Join clicked 0.5 s after the lobby opened the microphone; the others click at once)")
+    parser.add_argument("--mic", default="dsp", help="comma-separated, Chromium: dsp (the PWA's constraints), raw (no echo cancellation, noise suppression or gain control), ec (echo cancellation only), prompt (the microphone 1.5 s after it is asked for), lobby (Join clicked 0.5 s after the lobby opened the microphone; the others click at once)")
     parser.add_argument("--trace", action="store_true", help="print where the human's packets spend their time between relay and bot")
     parser.add_argument("--ptime", default="20", help="comma-separated packet durations asked of the browser (ms): 20, 10")
     parser.add_argument("--repeats", type=int, default=1)

@@ -245,11 +245,12 @@ async function readStats(id) {
 
 // The lobby opens the microphone when the site may already use it (a returning
 // person who allowed it), as a call app's device check does, and the first Join
-// takes that stream. Opened at the Join click instead, the capture starts while
-// the first packets arrive, and Chromium's audio output then started 0-300 ms
-// after them: its jitter buffer kept that backlog for seconds, and the bot's
-// first words reached the ear 100-300 ms late (docs/bench-results.md §16i). Only
-// once per page: after a hang-up the microphone stays off.
+// takes that stream. With no microphone open before the call, Chromium's audio
+// output started 100-300 ms after the first packets in most calls measured; its
+// jitter buffer kept that backlog for seconds, and the bot's first words reached
+// the ear 100-300 ms late. With it open, the output started with the first
+// packets in every call (docs/bench-results.md §16i). Only once per page: after
+// a hang-up the microphone stays off.
 let warmMic = null; // Promise<MediaStream|null>
 let warmTried = false;
 
