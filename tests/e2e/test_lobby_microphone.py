@@ -12,18 +12,15 @@ microphone by content.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 import pytest
 import trio
 from playwright.sync_api import BrowserContext, expect
 
-from botcall.audio.wav import write_wav
-from botcall.demo.signals import dominant_frequency, tone
-from botcall_sdk import connect
-from tests.e2e.test_browser_call import frames_from
+from botcall.demo.signals import dominant_frequency
 from tests.kit.chromium import PageErrors, hooks, in_browser, wait_state
-from tests.kit.server import running_server
+from tests.kit.invite_call import bot_room
+from tests.kit.speaking import frames_from
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -47,52 +44,48 @@ MICS = """() => window.__mics.map((m) => ({
 
 
 async def run_call(tmp_path, *, returning: bool) -> dict:
-    mic = tmp_path / "mic-660.wav"
-    write_wav(mic, tone(660, 10.0, amplitude=0.4), sample_rate=48000, channels=1)
-    async with running_server(tmp_path) as srv:
-        created = (await srv.create_room(srv.token(agent="creator#1"))).json()
-        invite = urlsplit(created["invite_url"])
-        async with connect(srv.url, created["room_id"], srv.token(agent="orion#8f3a")) as bot:
+    async with bot_room(tmp_path) as call:
+        bot = call.bot
 
-            def human(context: BrowserContext) -> dict:
-                context.add_init_script(COUNT_MIC_SCRIPT)
-                page = context.new_page()
-                errors = PageErrors(page)
-                page.goto(f"{srv.url}{invite.path}#{invite.fragment}")
-                wait_state(page, "lobby")
-                note = page.locator("#lobby-mic")
-                # The page asked the permission state itself; this answer comes after its own.
-                permission = page.evaluate("async () => (await navigator.permissions.query({name: 'microphone'})).state")
-                if returning:
-                    expect(note).to_have_text("Your microphone is on and ready.")
-                else:
-                    # The person allows the microphone at the Join click's prompt
-                    # (granted here ahead of it: headless Chromium shows no prompt).
-                    context.grant_permissions(["microphone"])
-                lobby = page.evaluate(MICS)
-                lobby_note = note.text_content()
-                page.get_by_role("button", name=re.compile("Join")).click()
-                wait_state(page, "connected")
-                participant = hooks(page)["participantId"]
-                heard = trio.from_thread.run(frames_from, bot, participant, 40)
-                in_call = page.evaluate(MICS)
-                sending = page.evaluate("() => botcall.localStream.getAudioTracks()[0].id")
-                page.get_by_role("button", name="Hang up").click()
-                wait_state(page, "ended")
-                page.wait_for_function("() => window.__mics.every((m) => !m.stream || m.stream.getTracks().every((t) => t.readyState === 'ended'))")
-                return {
-                    "permission": permission,
-                    "lobby": lobby,
-                    "lobby_note": lobby_note,
-                    "in_call": in_call,
-                    "sending": sending,
-                    "heard": heard,
-                    "errors": errors.unexpected(),
-                }
+        def human(context: BrowserContext) -> dict:
+            context.add_init_script(COUNT_MIC_SCRIPT)
+            page = context.new_page()
+            errors = PageErrors(page)
+            page.goto(call.page_url)
+            wait_state(page, "lobby")
+            note = page.locator("#lobby-mic")
+            # The page asked the permission state itself; this answer comes after its own.
+            permission = page.evaluate("async () => (await navigator.permissions.query({name: 'microphone'})).state")
+            if returning:
+                expect(note).to_have_text("Your microphone is on and ready.")
+            else:
+                # The person allows the microphone at the Join click's prompt
+                # (granted here ahead of it: headless Chromium shows no prompt).
+                context.grant_permissions(["microphone"])
+            lobby = page.evaluate(MICS)
+            lobby_note = note.text_content()
+            page.get_by_role("button", name=re.compile("Join")).click()
+            wait_state(page, "connected")
+            participant = hooks(page)["participantId"]
+            heard = trio.from_thread.run(frames_from, bot, participant, 40)
+            in_call = page.evaluate(MICS)
+            sending = page.evaluate("() => botcall.localStream.getAudioTracks()[0].id")
+            page.get_by_role("button", name="Hang up").click()
+            wait_state(page, "ended")
+            page.wait_for_function("() => window.__mics.every((m) => !m.stream || m.stream.getTracks().every((t) => t.readyState === 'ended'))")
+            return {
+                "permission": permission,
+                "lobby": lobby,
+                "lobby_note": lobby_note,
+                "in_call": in_call,
+                "sending": sending,
+                "heard": heard,
+                "errors": errors.unexpected(),
+            }
 
-            # A returning person: the browser reports the permission granted (the
-            # test browser's auto-accepting prompt does). A first visit: no grant yet.
-            return await in_browser(human, fake_mic_wav=str(mic), fake_mic_ui=returning)
+        # A returning person: the browser reports the permission granted (the
+        # test browser's auto-accepting prompt does). A first visit: no grant yet.
+        return await in_browser(human, fake_mic_wav=str(call.mic), fake_mic_ui=returning)
 
 
 async def test_a_returning_person_s_microphone_opens_in_the_lobby_and_carries_the_call(tmp_path):

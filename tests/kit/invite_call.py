@@ -12,9 +12,12 @@ has 40 loud frames of the human, whose frequency it reports. The restart tests
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from playwright.sync_api import BrowserContext
@@ -23,6 +26,7 @@ from botcall.audio.wav import write_wav
 from botcall.demo.signals import dominant_frequency, tone
 from botcall_sdk import connect
 from tests.kit.chromium import hooks, in_browser, join_call
+from tests.kit.server import running_server
 from tests.kit.speaking import frames_from, keep_saying
 
 BOT_HZ = 440
@@ -44,11 +48,48 @@ class InviteCall:
     page_errors: list[str]
 
 
+def human_mic_wav(workdir: Path) -> Path:
+    """Write the fake microphone's WAV (``HUMAN_HZ``, 10 s) into ``workdir``; its path."""
+    mic = workdir / f"mic-{HUMAN_HZ}.wav"
+    write_wav(mic, tone(HUMAN_HZ, 10.0, amplitude=0.4), sample_rate=48000, channels=1)
+    return mic
+
+
+@dataclass(frozen=True)
+class BotRoom:
+    """A running server with a room, its bot joined, and the human's side ready.
+
+    Attributes:
+        srv: the live server.
+        room: the room's creation response (``room_id``, ``invite_url``).
+        page_url: the invite link on this server, for the browser.
+        bot: the bot's SDK call (agent ``orion#8f3a``).
+        mic: the fake microphone's WAV (``HUMAN_HZ``).
+    """
+
+    srv: Any
+    room: dict[str, Any]
+    page_url: str
+    bot: Any
+    mic: Path
+
+
+@asynccontextmanager
+async def bot_room(workdir: Path) -> AsyncIterator[BotRoom]:
+    """A server in ``workdir``, a room, a bot (the Python SDK over UDP) in it, and
+    the human's fake microphone WAV: the start of most browser call tests."""
+    mic = human_mic_wav(workdir)
+    async with running_server(workdir) as srv:
+        room = (await srv.create_room(srv.token(agent="creator#1"))).json()
+        invite = urlsplit(room["invite_url"])
+        async with connect(srv.url, room["room_id"], srv.token(agent="orion#8f3a")) as bot:
+            yield BotRoom(srv, room, f"{srv.url}{invite.path}#{invite.fragment}", bot, mic)
+
+
 async def bot_and_invited_human(server_url: str, room_id: str, invite_url: str, bot_token: str, workdir: Path) -> InviteCall:
     """A bot joins ``room_id`` through ``server_url`` and a human opens ``invite_url``
     (see the module docstring). ``workdir`` holds the fake microphone's WAV."""
-    mic = workdir / f"mic-{HUMAN_HZ}.wav"
-    write_wav(mic, tone(HUMAN_HZ, 10.0, amplitude=0.4), sample_rate=48000, channels=1)
+    mic = human_mic_wav(workdir)
     async with connect(server_url, room_id, bot_token) as bot:
 
         def human(context: BrowserContext) -> dict[str, Any]:
