@@ -124,9 +124,10 @@ cancellation, noise suppression or gain control (an init script); ``dsp`` is the
 microphone allowed, so the PWA's lobby opens it (``pwa/app.js``, a returning
 person); ``dsp``, ``raw`` and ``ec`` click Join the instant the lobby shows,
 before that stream is ready, and ``--mic lobby`` half a second after it is (a
-person reading the lobby, §16i). ``--mic prompt`` delays every
-``getUserMedia`` by 1.5 s, as a person answering the browser's prompt would
-(a first visit; headless Chromium shows no prompt).
+person reading the lobby, §16i). ``--mic prompt`` is a first visit:
+the permission reads ``prompt`` (so the PWA joins once the microphone is
+open) and every ``getUserMedia`` takes 1.5 s, as a person answering the
+browser's prompt would (headless Chromium shows none).
 
 ``--timeline`` (Chromium) prints, for the call's first 12 s from the Join
 click, every 100 ms: the page's playout rate (``totalSamplesReceived``),
@@ -251,12 +252,16 @@ RAW_MIC_SCRIPT = """(() => {
 
 EC_MIC_SCRIPT = RAW_MIC_SCRIPT.replace("echoCancellation: false", "echoCancellation: true")
 
-# --mic prompt: the microphone comes 1.5 s after it is asked for, as when a person
-# answers the browser's prompt (headless Chromium shows none).
+# --mic prompt: a first visit. The permission reads "prompt" and the microphone comes
+# 1.5 s after it is asked for, as when a person answers the browser's prompt
+# (headless Chromium shows none).
 PROMPT_MIC_SCRIPT = """(() => {
     const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
     navigator.mediaDevices.getUserMedia = (constraints) =>
         new Promise((resolve) => setTimeout(resolve, 1500)).then(() => original(constraints));
+    const query = navigator.permissions.query.bind(navigator.permissions);
+    navigator.permissions.query = (descriptor) => descriptor && descriptor.name === 'microphone'
+        ? Promise.resolve({state: 'prompt', name: 'microphone'}) : query(descriptor);
 })();"""
 
 

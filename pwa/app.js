@@ -250,7 +250,8 @@ async function readStats(id) {
 // jitter buffer kept that backlog for seconds, and the bot's first words reached
 // the ear 100-300 ms late. With it open, the output started with the first
 // packets in every call (docs/bench-results.md §16i). Only once per page: after
-// a hang-up the microphone stays off.
+// a hang-up the microphone stays off. The permission's state goes to the session
+// too: on a first visit ('prompt') the join waits for the microphone.
 let warmMic = null; // Promise<MediaStream|null>
 let warmTried = false;
 
@@ -263,6 +264,7 @@ async function warmMicrophone() {
   } catch (err) {
     return; // a browser that cannot tell: the Join click asks, as before
   }
+  dispatch({ type: 'mic_permission', state: status.state });
   if (status.state !== 'granted') return;
   warmMic = navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS).catch(() => null);
   const ready = await warmMic;

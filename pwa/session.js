@@ -256,6 +256,11 @@ export function initialState({ roomId = null, invite = null, online = true, secu
     receiveTracks: 1,
     canChat: true,
     attempt: 0, // the microphone request of the last join
+    // The browser's microphone permission ('granted', 'prompt', 'denied' or
+    // 'unknown'), from the page's permissions query. On 'prompt' a join waits
+    // for the microphone before it joins (awaitingMic).
+    micPermission: 'unknown',
+    awaitingMic: false,
     peerSeq: 0,
     peerId: null, // the current peer connection, or null
     peerState: null, // its last connectionState
@@ -350,6 +355,9 @@ class Step {
         break;
       case 'timer':
         this.onTimer(input.name);
+        break;
+      case 'mic_permission':
+        if (['granted', 'prompt', 'denied'].includes(input.state)) s.micPermission = input.state;
         break;
       case 'mic_ready':
         this.micReady(input.attempt);
@@ -570,7 +578,7 @@ class Step {
           s.resuming = true;
         } else if (s.wantCall) {
           s.resume = null;
-          this.sendJoin();
+          if (!s.awaitingMic) this.sendJoin(); // else micReady joins
         } else {
           this.setUi('lobby');
           this.emit({ type: 'prepare_audio' });
@@ -757,15 +765,27 @@ class Step {
     s.muted = false;
     this.emit({ type: 'stop_mic' });
     this.setUi('joining');
-    // The join, the offer and the connection proceed while the browser asks for
-    // the microphone: the track is attached when it arrives, so the time to the
-    // first audio does not include the permission prompt. The join goes first:
-    // creating the AudioContext can hold the main thread for tens of ms.
+    // Allowed before: the join, the offer and the connection proceed while the
+    // microphone opens (the lobby has usually opened it already): the track is
+    // attached when it arrives. The join goes first: creating the AudioContext
+    // can hold the main thread for tens of ms.
+    // A first visit ('prompt'): the join waits until the person has allowed the
+    // microphone. Connected while the prompt was open, Chromium's audio output
+    // started 100-300 ms after the bot's first packets and kept that backlog for
+    // seconds (docs/bench-results.md §16i); the bot also learns of a person only
+    // when they can answer it.
     s.wantCall = true;
-    if (s.ws !== null && s.lobbyReceived) this.sendJoin();
-    else this.connect();
+    s.awaitingMic = s.micPermission === 'prompt';
+    if (s.awaitingMic) this.announce('Allow the microphone to join the call');
+    else this.joinNow();
     this.emit({ type: 'unlock_audio' });
     this.emit({ type: 'open_mic', attempt: s.attempt });
+  }
+
+  joinNow() {
+    const s = this.s;
+    if (s.ws !== null && s.lobbyReceived) this.sendJoin();
+    else this.connect(); // its 'lobby' sends the join
   }
 
   micReady(attempt) {
@@ -777,6 +797,11 @@ class Step {
     s.marks = Object.freeze({ ...s.marks, mic: this.now });
     this.emit({ type: 'use_mic', attempt });
     this.setMuted(s.muted, false);
+    s.micPermission = 'granted';
+    if (s.awaitingMic) {
+      s.awaitingMic = false;
+      this.joinNow();
+    }
   }
 
   micFailed(attempt, errorName, message) {
@@ -886,6 +911,7 @@ class Step {
   leaveAll() {
     const s = this.s;
     s.wantCall = false;
+    s.awaitingMic = false;
     s.joinSent = false;
     s.participantId = null;
     this.stopPeer();

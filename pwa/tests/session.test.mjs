@@ -161,6 +161,54 @@ describe('lobby, join, offer and answer', () => {
     assert.deepEqual(call.step({ type: 'join', displayName: 'Ada' }), []);
   });
 
+  test('a first visit (permission "prompt") joins once the microphone is allowed', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'mic_permission', state: 'prompt' });
+    call.now = 5000;
+    call.step({ type: 'join', displayName: 'Ada' });
+    assert.equal(call.state.ui, 'joining');
+    assert.equal(call.state.awaitingMic, true);
+    assert.deepEqual(call.sent(), []); // no join while the prompt is open
+    assert.deepEqual(call.of('start_peer'), []);
+    assert.deepEqual(call.of('open_mic'), [{ type: 'open_mic', attempt: 1 }]);
+    assert.deepEqual(call.announced(), ['Allow the microphone to join the call']);
+    // The lobby again (a socket that came back) does not join either.
+    call.server({ type: 'lobby', participants: [BOT], max_human_participants: 3 });
+    assert.deepEqual(call.sent(), []);
+    assert.equal(call.state.ui, 'joining');
+    // Allowed: the microphone is used, then the join and the peer follow.
+    call.now = 6500;
+    const effects = call.step({ type: 'mic_ready', attempt: 1 });
+    assert.deepEqual(
+      effects.map((e) => e.type).filter((t) => ['use_mic', 'send', 'start_peer'].includes(t)),
+      ['use_mic', 'send', 'start_peer'],
+    );
+    assert.deepEqual(call.sent(), [{ type: 'join', display_name: 'Ada' }]);
+    assert.equal(call.state.awaitingMic, false);
+    assert.equal(call.state.micPermission, 'granted'); // a rejoin does not wait again
+    assert.deepEqual(call.state.marks, { click: 5000, mic: 6500 });
+  });
+
+  test('a first visit whose microphone is refused never joins', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'mic_permission', state: 'prompt' });
+    call.step({ type: 'join', displayName: 'Ada' });
+    call.step({ type: 'mic_failed', attempt: 1, name: 'NotAllowedError', message: 'denied' });
+    assert.equal(call.state.problem.code, 'mic_denied');
+    assert.equal(call.state.awaitingMic, false);
+    assert.deepEqual(call.sent().filter((m) => m.type === 'join'), []);
+  });
+
+  test('allowed before ("granted"), or unknown, the join does not wait for the microphone', () => {
+    for (const state of ['granted', 'denied', 'bogus']) {
+      const call = new Call().toLobby();
+      call.step({ type: 'mic_permission', state });
+      call.step({ type: 'join', displayName: 'Ada' });
+      assert.equal(call.state.awaitingMic, false, state);
+      assert.deepEqual(call.sent(), [{ type: 'join', display_name: 'Ada' }], state);
+    }
+  });
+
   test('joined sends the offer, the answer is applied, the peer connects', () => {
     const call = new Call().toLobby();
     call.step({ type: 'join', displayName: 'Ada' });

@@ -4,8 +4,8 @@ A returning person's browser reports the microphone permission as granted, so
 the lobby opens the microphone before Join, as a call app's device check does,
 and the call uses that stream: the capture is running before the first packets
 arrive, and Chromium's audio output starts with them instead of 0-300 ms
-later (docs/bench-results.md §16i). A first visit asks at the Join click, as
-before. Checked in real headless Chromium, with the bot hearing the page's
+later (docs/bench-results.md §16i). A first visit asks at the Join click and
+joins once the microphone is allowed. Checked in real headless Chromium, with the bot hearing the page's
 microphone by content.
 """
 
@@ -70,6 +70,7 @@ async def run_call(tmp_path, *, returning: bool) -> dict:
             heard = trio.from_thread.run(frames_from, bot, participant, 40)
             in_call = page.evaluate(MICS)
             sending = page.evaluate("() => botcall.localStream.getAudioTracks()[0].id")
+            marks = page.evaluate("botcall.marks")
             page.get_by_role("button", name="Hang up").click()
             wait_state(page, "ended")
             page.wait_for_function("() => window.__mics.every((m) => !m.stream || m.stream.getTracks().every((t) => t.readyState === 'ended'))")
@@ -79,6 +80,7 @@ async def run_call(tmp_path, *, returning: bool) -> dict:
                 "lobby_note": lobby_note,
                 "in_call": in_call,
                 "sending": sending,
+                "marks": marks,
                 "heard": heard,
                 "errors": errors.unexpected(),
             }
@@ -107,6 +109,8 @@ async def test_a_first_visit_asks_at_the_join_click(tmp_path):
     assert result["lobby"] == []  # nothing opened before the click
     assert result["lobby_note"] == "Joining asks to use your microphone."
     assert len(result["in_call"]) == 1 and result["in_call"][0]["clicked"]
+    # The join waited for the microphone (pwa/session.js, awaitingMic).
+    assert result["marks"]["click"] < result["marks"]["mic"] < result["marks"]["joined"]
     assert result["sending"] == result["in_call"][0]["tracks"][0]["id"]
     assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
     assert result["errors"] == []
