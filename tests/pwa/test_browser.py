@@ -249,12 +249,16 @@ async def test_a_refused_microphone_explains_how_to_allow_it(tmp_path):
             assert_problem_screen(page, "mic_denied", "Microphone blocked", retry=True)
             expect(page.locator("#problem-steps")).to_contain_text("Set Microphone to Allow")
             assert_no_horizontal_scroll(page)
-            # The join went out with the click (in parallel with the prompt); the page leaves again.
-            trio.from_thread.run(watch.wait_for, human_event("SessionRemoved", "Ada", reason="left"))
-            return hooks(page)
+            # A first visit (the permission reads "prompt"): the join waits for the
+            # microphone, so a refused one never joins (pwa/session.js, awaitingMic).
+            permission = page.evaluate("async () => (await navigator.permissions.query({name: 'microphone'})).state")
+            return {**hooks(page), "permission": permission, "marks": page.evaluate("botcall.marks")}
 
         after = await in_browser(drive, fake_mic_ui=False)
+        assert after["permission"] == "denied"  # refused at the click; it read "prompt" in the lobby
         assert after["participantId"] is None
+        assert "joined" not in after["marks"]
+        assert not any(human_event("SessionAdded", "Ada")(event) for event in watch.events)
         assert not any(s.kind == "human" for s in srv.state.registry.sessions_in_room(room_id))
 
 
