@@ -254,6 +254,7 @@ async function readStats(id) {
 // too: on a first visit ('prompt') the join waits for the microphone.
 let warmMic = null; // Promise<MediaStream|null>
 let warmTried = false;
+let warmClaimed = false; // a join asked for the microphone: the lobby opens none after that
 
 async function warmMicrophone() {
   if (warmTried || !navigator.permissions || typeof navigator.permissions.query !== 'function') return;
@@ -265,7 +266,7 @@ async function warmMicrophone() {
     return; // a browser that cannot tell: the Join click asks, as before
   }
   dispatch({ type: 'mic_permission', state: status.state });
-  if (status.state !== 'granted') return;
+  if (status.state !== 'granted' || warmClaimed) return;
   warmMic = navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS).catch(() => null);
   const ready = await warmMic;
   const note = document.getElementById('lobby-mic');
@@ -274,6 +275,7 @@ async function warmMicrophone() {
 
 /** The lobby's stream, once, if it is still live; null otherwise. */
 async function takeWarmMic() {
+  warmClaimed = true;
   const pending = warmMic;
   warmMic = null;
   const ready = pending ? await pending : null;

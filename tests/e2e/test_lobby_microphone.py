@@ -114,3 +114,43 @@ async def test_a_first_visit_asks_at_the_join_click(tmp_path):
     assert result["sending"] == result["in_call"][0]["tracks"][0]["id"]
     assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
     assert result["errors"] == []
+
+
+# Holds the page's microphone permission query until the test releases it.
+HELD_QUERY_SCRIPT = """(() => {
+    const query = navigator.permissions.query.bind(navigator.permissions);
+    let release;
+    const held = new Promise((resolve) => { release = resolve; });
+    navigator.permissions.query = (descriptor) => descriptor && descriptor.name === 'microphone'
+        ? held.then(() => query(descriptor)) : query(descriptor);
+    // Resolves after the page's own continuation of the query (a macrotask later).
+    window.__releaseQuery = () => { release(); return new Promise((resolve) => setTimeout(resolve, 50)); };
+})();"""
+
+
+async def test_a_join_before_the_lobby_knows_the_permission_opens_one_microphone(tmp_path):
+    async with bot_room(tmp_path) as call:
+
+        def human(context: BrowserContext) -> dict:
+            context.add_init_script(COUNT_MIC_SCRIPT)
+            context.add_init_script(HELD_QUERY_SCRIPT)
+            page = context.new_page()
+            errors = PageErrors(page)
+            page.goto(call.page_url)
+            wait_state(page, "lobby")
+            page.get_by_role("button", name=re.compile("Join")).click()
+            wait_state(page, "connected")
+            participant = hooks(page)["participantId"]
+            # The lobby learns "granted" only now, after the join took its microphone.
+            page.evaluate("window.__releaseQuery()")
+            heard = trio.from_thread.run(frames_from, call.bot, participant, 20)
+            mics = page.evaluate(MICS)
+            page.get_by_role("button", name="Hang up").click()
+            wait_state(page, "ended")
+            return {"mics": mics, "heard": heard, "errors": errors.unexpected()}
+
+        result = await in_browser(human, fake_mic_wav=str(call.mic))
+    # One microphone, asked for by the click; the late answer opened no second one.
+    assert len(result["mics"]) == 1 and result["mics"][0]["clicked"]
+    assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
+    assert result["errors"] == []
