@@ -34,7 +34,13 @@ pytestmark = pytest.mark.e2e
 RATE = 48000
 FRAME_BYTES = 1920  # 20 ms of 48 kHz int16
 CHUNK_BYTES = 104 * 48 * 2  # 104 ms: a text-to-speech chunk that is not whole 20 ms frames
+# A mark reaches the bot when its frame reaches the listener: never more than
+# MARK_SLACK before it (a mark fired when queued would be seconds early), and
+# on a quiet machine within MARK_SLACK after; under load the WebSocket's event
+# can trail the UDP packet (0.26 s seen beside stress-ng), so the late side
+# allows MARK_LATE, still far less than the next mark's 2 s.
 MARK_SLACK = 0.020
+MARK_LATE = 0.5
 WAIT = 20.0  # a safety net against a hung server, not a speed requirement
 
 
@@ -189,7 +195,7 @@ async def test_a_websocket_pcm16_burst_is_played_at_real_time_with_marks(tmp_pat
             assert abs(event["played_ms"] - expected) <= 20
             # The frame that ends at the mark: its arrival at the listener.
             arrived = next(at for at, p in ordered if (p.timestamp - origin) // 960 == expected // 20 - 1)
-            assert abs(t - arrived) <= MARK_SLACK, (event, t - arrived)
+            assert -MARK_SLACK <= t - arrived <= MARK_LATE, (event, t - arrived)
 
 
 async def test_udp_rtp_sent_ahead_is_heard_paced(tmp_path):
@@ -218,7 +224,7 @@ async def test_udp_rtp_sent_ahead_is_heard_paced(tmp_path):
     assert [p.payload for _, p in packets] == payloads
     assert_paced([t for t, _ in packets])
     assert abs(mark["played_ms"] - 3000) <= 20
-    assert abs(mark_at - packets[149][0]) <= MARK_SLACK
+    assert -MARK_SLACK <= mark_at - packets[149][0] <= MARK_LATE
     decoder = OpusDecoder()
     assert correlation(pcm, b"".join(decoder.decode_untrusted(p.payload) for _, p in packets)) >= 0.9
 
