@@ -50,6 +50,10 @@ def level_packet(position: int, octet: int | None, element_id: int = BOT_AUDIO_L
 
 
 async def send(ctx, positions_and_levels, *, burst=False):
+    """a's packets, paced 1 ms apart as a sender's would be (most reach the relay in
+    reads of their own), or as one burst. The pacing waits for nothing: however the
+    reads fall, every mode must give the same speech, and ``barrier`` is the wait.
+    (A barrier per packet is not possible: it is a STUN request, rate-limited.)"""
     for position, octet in positions_and_levels:
         ctx["sock_a"].sendto(level_packet(position, octet), ctx["addr"])
         if not burst:
