@@ -23,7 +23,7 @@ import trio
 from botcall.relay import fastpath
 from botcall.relay.core import MediaRelay
 from botcall.relay.transport import UdpTransport, open_udp_socket
-from tests.relay.test_hot_path import client_socket
+from tests.relay.test_hot_path import client_socket, receive
 from tests.relay.test_transport import Receivers, collect
 
 pytestmark = pytest.mark.skipif(
@@ -233,14 +233,7 @@ async def test_the_read_loops_send_what_python_transmits_in_batches_in_order(mod
                 nursery.start_soon(transport._read_loop_thread, handle, fast)
             else:
                 nursery.start_soon(transport._read_loop_fast, handle, fast)
-            with trio.fail_after(10):  # a safety net against a hung loop, not a speed requirement
-                while len(got) < total:
-                    await trio.lowlevel.wait_readable(listener)
-                    while True:
-                        try:
-                            got.append(listener.recv(2048))
-                        except BlockingIOError:
-                            break
+            got = await receive(listener, total)
             nursery.cancel_scope.cancel()
     finally:
         for sock in (sender, listener, transport.sock):
