@@ -264,6 +264,9 @@ PROMPT_MIC_SCRIPT = """(() => {
         ? Promise.resolve({state: 'prompt', name: 'microphone'}) : query(descriptor);
 })();"""
 
+# The --mic variants that change the page's getUserMedia (init scripts).
+MIC_SCRIPTS = {"raw": RAW_MIC_SCRIPT, "ec": EC_MIC_SCRIPT, "prompt": PROMPT_MIC_SCRIPT}
+
 
 def device_mouth_signal(events: int, period: float, lead_s: float = 1.0) -> np.ndarray:
     """What the writer plays into the microphone's sink (--audio-device pulse): silence,
@@ -966,12 +969,8 @@ async def one_call(
             writers.append(devices_kit.DeviceWriter(devices, devices.mouth_sink))
 
         def chromium(context: Any) -> Four:
-            if mic == "raw":
-                context.add_init_script(RAW_MIC_SCRIPT)
-            if mic == "ec":
-                context.add_init_script(EC_MIC_SCRIPT)
-            if mic == "prompt":
-                context.add_init_script(PROMPT_MIC_SCRIPT)
+            if mic in MIC_SCRIPTS:
+                context.add_init_script(MIC_SCRIPTS[mic])
             if TIMELINE:
                 context.add_init_script(TIMELINE_SCRIPT)
             if mic == "lobby":
