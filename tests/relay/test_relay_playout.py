@@ -295,3 +295,51 @@ def test_the_tail_is_dropped_for_at_most_its_limit():
     # A bot that ignored `interrupted` is heard again after the limit, without a marker.
     assert room.heard_since(interrupted_at + 0.001) == [502]
     assert room.a.drops["interrupted_tail"] == 1
+
+
+# --- humans first with several bots (docs/protocol.md "Who may talk over whom") ------------
+
+C_ADDR = ("127.0.0.1", 50003)
+D_ADDR = ("127.0.0.1", 50004)
+
+
+def test_one_human_interrupts_every_talking_bot_and_bots_never_interrupt():
+    """Two bots talk at once and a third has nothing queued: the human's speech
+    clears both talkers (each gets its own ``interrupted``, by the human) and
+    leaves the quiet one alone. A bot speaking with loud levels interrupts nobody."""
+    room = BargeIn()
+    whom: list[tuple[str, Interrupted]] = []
+    on_event = room.relay.on_event
+    assert on_event is not None
+
+    def record(peer, event):
+        if isinstance(event, Interrupted):
+            whom.append((peer.participant_id, event))
+        on_event(peer, event)
+
+    room.relay.on_event = record
+    c = make_bot(room.relay, room.wire, "c", 3333)
+    d = make_bot(room.relay, room.wire, "d", 4444)
+    for bot, addr in ((c, C_ADDR), (d, D_ADDR)):
+        bot.playout = BotPlayout(max_ahead=120.0, max_marks=1000)
+        bot.interruption_ms = 200  # the setting is per room: a bot's speech still never barges in
+        bot.speech = SpeechTracker(level_id=1, budget=None)
+        latch(room.relay, room.wire, bot, addr)
+    room.wire.clear()
+    # a queues 5 s at once; c talks in real time (0.2 s quiet, then loud levels) for 1 s, then queues the rest.
+    room.bot_says(250, 1.0, marker=True)
+    for seq in range(1, 251):
+        at = 1.0 + min(seq, 50) * FRAME_S
+        room.advance(at)
+        packet = RtpPacket(111, seq, seq * 960, 3333, b"\xfc\x01\x02", marker=seq == 1, extension=LOUD if seq > 10 else QUIET)
+        room.relay.handle_datagram(bytes(packet), C_ADDR, at)
+    assert c.speech.speaking and c.playout.pending
+    assert whom == []
+
+    room.human_talks_until_interrupted(2.0)
+    assert sorted(pid for pid, _ in whom) == ["p-a", "p-c"]
+    assert {event.by for _, event in whom} == {room.b.participant_id}
+    for _, event in whom:
+        assert 0 < event.cleared.played_ms < 5000 and event.cleared.dropped_ms > 0
+    assert room.relay.counters["barge_in"] == 2
+    assert not room.a.playout.pending and not c.playout.pending
