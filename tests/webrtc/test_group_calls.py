@@ -11,13 +11,14 @@ SSRCs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from botcall.audio.opus import OpusDecoder, OpusEncoder
-from botcall.demo.signals import dominant_frequency, tone
+from botcall.demo.signals import dominant_frequency, energy_fraction, tone
 from botcall.errors import SdpError
 from botcall.relay.core import MediaRelay
 from botcall.relay.service import MediaService
@@ -241,10 +242,16 @@ ALICE_ADDR = ("127.0.0.1", 53001)
 BOB_ADDR = ("127.0.0.1", 53002)
 
 
-def test_two_browsers_and_a_bot_each_hear_both_others_on_separate_streams():
+GROUP_TONES = {"bot": 440, "alice": 330, "bob": 550}
+
+
+def group_call(*, bot_mix_ssrc=None, seconds=1.2):
+    """A bot (asking for the mix when ``bot_mix_ssrc`` is set) and two browsers with
+    three tracks each, all talking their ``GROUP_TONES`` for ``seconds``; the wire,
+    the browsers and their SRTP sessions by address."""
     media, wire = media_service(3)
     relay = media.relay
-    bot = make_session("bot", "bot", "udp", 1111)
+    bot = dataclasses.replace(make_session("bot", "bot", "udp", 1111), mix_ssrc=bot_mix_ssrc)
     media.add_session(bot)
     latch(relay, wire, bot, BOT_ADDR, 0.0)
     alice = Browser.join(media, make_session("alice", "human", "webrtc", 2222), wire, ALICE_ADDR, certificate=BROWSER_CERT, receive_tracks=3)
@@ -254,19 +261,25 @@ def test_two_browsers_and_a_bot_each_hear_both_others_on_separate_streams():
         browser.ice_check(browser.addr)
         srtp[browser.addr] = browser.handshake()
     wire.clear()
-    tones = {"bot": 440, "alice": 330, "bob": 550}
-    encoders = {name: OpusEncoder() for name in tones}
-    pcm = {name: tone(freq, 1.2, amplitude=0.3) for name, freq in tones.items()}
+    encoders = {name: OpusEncoder() for name in GROUP_TONES}
+    frames_total = round(seconds / 0.02)
+    pcm = {name: tone(freq, seconds, amplitude=0.3) for name, freq in GROUP_TONES.items()}
     now = 1.0
-    for i in range(60):
-        frames = {name: encoders[name].encode(pcm[name][i * 1920 : (i + 1) * 1920]) for name in tones}
+    for i in range(frames_total):
+        frames = {name: encoders[name].encode(pcm[name][i * 1920 : (i + 1) * 1920]) for name in GROUP_TONES}
         relay.handle_datagram(bytes(RtpPacket(111, i, i * 960, 1111, payload=frames["bot"])), BOT_ADDR, now)
         for name, browser in (("alice", alice), ("bob", bob)):
             data = srtp[browser.addr].protect(bytes(RtpPacket(111, i, i * 960, BROWSER_SEND_SSRC, payload=frames[name])))
             relay.handle_datagram(data, browser.addr, now)
         now += 0.02
-    # Each browser: two of its tracks carry the two others, each one tone.
-    for name, browser, others in (("alice", alice, ("bot", "bob")), ("bob", bob, ("bot", "alice"))):
+        while relay.next_deadline() <= now:  # the timer loop (the mix's ticks)
+            relay.handle_timeout(relay.next_deadline())
+    return relay, wire, (alice, bob), srtp
+
+
+def assert_browsers_hear_both_others(wire, browsers, srtp, frames_total=60):
+    """Each browser: two of its tracks carry the two others, each one tone."""
+    for name, browser, others in (("alice", browsers[0], ("bot", "bob")), ("bob", browsers[1], ("bot", "alice"))):
         by_ssrc: dict[int, list[bytes]] = {}
         for data in wire.to(browser.addr):
             rtp_packet = parse_rtp_untrusted(srtp[browser.addr].unprotect_untrusted(data))
@@ -276,21 +289,47 @@ def test_two_browsers_and_a_bot_each_hear_both_others_on_separate_streams():
         for payloads in by_ssrc.values():
             decoder = OpusDecoder()
             decoded = b"".join(decoder.decode_untrusted(p) for p in payloads)
-            assert len(payloads) == 60
+            assert len(payloads) == frames_total
             heard.add(round(dominant_frequency(decoded[len(decoded) // 3 :], 48000)))
-        assert all(any(abs(h - tones[other]) <= 3 for h in heard) for other in others), (name, heard)
-    # The bot: both humans, each under its session's SSRC.
-    bot_got: dict[int, list[bytes]] = {}
+        assert all(any(abs(h - GROUP_TONES[other]) <= 3 for h in heard) for other in others), (name, heard)
+
+
+def bot_streams(wire) -> dict[int, list[bytes]]:
+    """The RTP payloads the bot got, by SSRC."""
+    got: dict[int, list[bytes]] = {}
     for data in wire.to(BOT_ADDR):
         if data[0] >> 6 == 2 and not 200 <= data[1] <= 206:
             rtp_packet = parse_rtp_untrusted(data)
-            bot_got.setdefault(rtp_packet.ssrc, []).append(rtp_packet.payload)
+            got.setdefault(rtp_packet.ssrc, []).append(rtp_packet.payload)
+    return got
+
+
+def test_two_browsers_and_a_bot_each_hear_both_others_on_separate_streams():
+    relay, wire, browsers, srtp = group_call()
+    assert_browsers_hear_both_others(wire, browsers, srtp)
+    # The bot: both humans, each under its session's SSRC.
+    bot_got = bot_streams(wire)
     assert set(bot_got) == {2222, 3333}
     for ssrc, freq in ((2222, 330), (3333, 550)):
         decoder = OpusDecoder()
         decoded = b"".join(decoder.decode_untrusted(p) for p in bot_got[ssrc])
         assert abs(dominant_frequency(decoded[len(decoded) // 3 :], 48000) - freq) < 3
     assert relay.counters["no_slot"] == 0 and sum(p.drops["no_slot"] for p in relay.all_peers()) == 0
+
+
+def test_a_bot_asking_for_the_mix_hears_both_humans_in_one_stream_beside_the_tracks():
+    """``receive: mixed`` in a group room: the bot gets one stream (its mix SSRC)
+    holding both humans' tones, and the browsers still get their own tracks."""
+    mix_ssrc = 0x5EED
+    relay, wire, browsers, srtp = group_call(bot_mix_ssrc=mix_ssrc)
+    assert_browsers_hear_both_others(wire, browsers, srtp)
+    bot_got = bot_streams(wire)
+    assert set(bot_got) == {mix_ssrc}
+    assert len(bot_got[mix_ssrc]) >= 50
+    decoder = OpusDecoder(48000)
+    mixed = b"".join(decoder.decode_untrusted(p) for p in bot_got[mix_ssrc])[4800 * 2 :]  # past the first 100 ms
+    assert energy_fraction(mixed, 48000, 330) > 0.3 and energy_fraction(mixed, 48000, 550) > 0.3
+    assert energy_fraction(mixed, 48000, 440) < 0.01  # never the bot's own voice
 
 
 def two_bots_and_a_browser(slots, *, receive_tracks):
