@@ -3,8 +3,9 @@ with a bot, through renegotiation and ICE restart.
 
 Each peer joins with the PWA's signaling (hello, join, one offer with every
 candidate), sends its own tone and records what it hears (``tests/kit/peers``).
-A UDP bot plays 440 Hz. Before and after each step — the same offer again, an
-added track (aiortc), ``restartIce()`` (werift) — both directions must carry the
+A UDP bot plays 440 Hz. Before and after each step — the same offer again and
+an ICE restart (werift's ``restartIce()``; aiortc, which has none, gets new
+credentials by hand and checks the relay with the answer's) — both directions must carry the
 tones: the second of audio the peer records right after the answer is applied
 is the bot's 440 Hz, and the bot hears the peer's own tone. The relay keeps one
 DTLS association and drops nothing for want of it.
@@ -62,7 +63,11 @@ async def test_an_independent_human_keeps_audio_through_renegotiation(tmp_path, 
                     start = human.samples
                     if step != "connected":
                         await human.command(step)
-                        start = (await human.wait_event("renegotiated"))["samples"]
+                        renegotiated = await human.wait_event("renegotiated")
+                        start = renegotiated["samples"]
+                        if step == "restart_ice" and kind is AIORTC:
+                            # Its restart by hand: the relay answered a check with the new credentials.
+                            assert renegotiated["checked_with_new_credentials"] >= 1
                     await human.wait_recorded(start + SETTLE_SAMPLES + JUDGED_SAMPLES)
                     heard = human.heard(start + SETTLE_SAMPLES, start + SETTLE_SAMPLES + JUDGED_SAMPLES)
                     from_peer = await frames_from(bot, session.participant_id, 25)

@@ -12,7 +12,8 @@ far), ``{"event": "recorded", "samples": n}`` every half second, ``{"event":
 "error", "message": ...}``. In on stdin: ``{"cmd": "same_offer"}`` (offer the
 same session again), ``{"cmd": "add_track"}`` (add a second audio track and
 offer; BotCall rejects it, and aiortc then refuses the answer: see
-``external.AIORTC``), ``{"cmd": "quit"}``.
+``external.AIORTC``), ``{"cmd": "restart_ice"}`` (an ICE restart by hand,
+see :func:`restart_ice`), ``{"cmd": "quit"}``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import fractions
 import json
 import math
+import secrets
 import sys
 import threading
 import time
@@ -87,17 +89,48 @@ class Recorder:
             self.samples += len(mono)
 
 
-async def offer(pc: RTCPeerConnection, ws: websockets.WebSocketClientProtocol) -> None:
-    """One offer/answer exchange over the signaling socket (all candidates in the offer)."""
+async def offer(pc: RTCPeerConnection, ws: websockets.WebSocketClientProtocol) -> str:
+    """One offer/answer exchange over the signaling socket (all candidates in the offer); the answer."""
     await pc.setLocalDescription(await pc.createOffer())
     await ws.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
     while True:
         message = json.loads(await ws.recv())
         if message["type"] == "answer":
             await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
-            return
+            return message["sdp"]
         if message["type"] == "error":
             raise RuntimeError(f"the server refused the offer: {message}")
+
+
+def ice_connections(pc: RTCPeerConnection) -> list:
+    """The aioice connections under ``pc``'s transceivers (one under BUNDLE)."""
+    found = {id(t.sender.transport.transport._connection): t.sender.transport.transport._connection for t in pc.getTransceivers()}
+    return list(found.values())
+
+
+def restart_ice(pc: RTCPeerConnection) -> list:
+    """What ``restartIce()`` would do, which aiortc 1.16 lacks: new local ICE
+    credentials (RFC 8445 §9; aiortc's next offer carries them). Returns the
+    connections whose remote credentials the answer must then replace."""
+    connections = ice_connections(pc)
+    for connection in connections:
+        # aioice keeps them read-only for its users; an ICE restart is the exception.
+        connection._local_username = secrets.token_hex(4)
+        connection._local_password = secrets.token_hex(16)
+    return connections
+
+
+async def adopt_answer_credentials(connections: list, sdp: str) -> None:
+    """The answer's ``ice-ufrag``/``ice-pwd`` into aioice (aiortc starts ICE only
+    once and ignores them), then one connectivity check on each nominated pair
+    with the new credentials; raises if the relay refuses it."""
+    fields = dict(line[2:].split(":", 1) for line in sdp.splitlines() if line.startswith(("a=ice-ufrag:", "a=ice-pwd:")))
+    for connection in connections:
+        connection.remote_username, connection.remote_password = fields["ice-ufrag"], fields["ice-pwd"]
+        for pair in connection._nominated.values():
+            request = connection.build_request(pair, nominate=False)
+            # A few retransmissions (~4 s): the relay never answers a check with stale credentials.
+            await pair.protocol.request(request, pair.remote_addr, integrity_key=connection.remote_password.encode(), retransmissions=3)
 
 
 def read_commands(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[dict]) -> None:
@@ -151,8 +184,13 @@ async def main(args: argparse.Namespace) -> None:
                     break
                 if command == "add_track":
                     pc.addTrack(Tone(args.tone * 1.5))
-                await offer(pc, ws)
-                emit(event="renegotiated", samples=recorder.samples)
+                restarted = restart_ice(pc) if command == "restart_ice" else []
+                answer = await offer(pc, ws)
+                checked = 0
+                if restarted:
+                    await adopt_answer_credentials(restarted, answer)
+                    checked = len(restarted)
+                emit(event="renegotiated", samples=recorder.samples, checked_with_new_credentials=checked)
         finally:
             reporter.cancel()
             await pc.close()

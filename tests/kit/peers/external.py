@@ -53,11 +53,11 @@ class PeerKind:
         return (WERIFT_DIR / "node_modules" / "werift").is_dir()
 
 
-# aiortc 1.16 has no restartIce(), and refuses any answer with a rejected
-# m-section that lacks ICE credentials and rtcp-mux (JSEP §5.3.1 asks for
-# neither, and BotCall's rejected sections carry none), so an added track is
-# not among its steps.
-AIORTC = PeerKind("aiortc", ("same_offer",))
+# aiortc 1.16 refuses any answer with a rejected m-section that lacks ICE
+# credentials and rtcp-mux (JSEP §5.3.1 asks for neither, and BotCall's
+# rejected sections carry none), so an added track is not among its steps. It
+# has no restartIce() either: aiortc_human.restart_ice does its part by hand.
+AIORTC = PeerKind("aiortc", ("same_offer", "restart_ice"))
 WERIFT = PeerKind("werift", ("same_offer", "restart_ice"))
 
 
