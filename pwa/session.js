@@ -666,7 +666,10 @@ class Step {
       this.s.pendingError = code;
       this.fatal(code);
     } else if (code === 'bad_offer') {
-      // The server says why (its message names what it could not answer).
+      // The server says why (its message names what it could not answer). The
+      // session is still joined: leave it, or the server holds our place (and
+      // shows us to the others) as after a dropped socket.
+      this.send({ type: 'control', action: 'leave' });
       this.leaveAll();
       this.showProblem('bad_offer', message);
     } else if (message) {

@@ -613,6 +613,8 @@ describe('closed rooms and errors', () => {
     assert.match(call.state.problem.detail, /^BotCall could not use the audio connection .* \(no audio\)$/);
     assert.equal(call.state.problem.retry, true);
     assert.equal(call.state.wantCall, false);
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }], 'the server does not hold our place');
+    assert.equal(call.of('close_socket').length, 1);
   });
 
   test('a missing invite and the home page', () => {
