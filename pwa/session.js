@@ -31,9 +31,11 @@ export const CONNECT_TIMEOUT_MS = 8000;
 export const PING_INTERVAL_MS = 15000;
 export const RETRY_DELAYS_MS = Object.freeze([1000, 2000, 4000, 8000, 15000]);
 export const MAX_PEER_RESTARTS = 2;
-// A peer connection not connected this long after it was made: the network blocks
-// calls (no check answered; docs/protocol.md). Under the 10 s promised there, with
-// a margin for a busy page. Gathering no candidate at all says so at once.
+// A peer connection not connected this long after the join made its first one: the
+// network blocks calls (no check answered; docs/protocol.md). Under the 10 s promised
+// there, with a margin for a busy page. Connections made again before the first
+// connected (TURN servers from 'joined', a restart after 'failed') keep that deadline.
+// Gathering no candidate at all says so at once.
 export const ICE_TIMEOUT_MS = 9000;
 export const MAX_CHAT_LINES = 200;
 // The playout_delay report: once a second while connected, 0..10000 ms (docs/protocol.md).
@@ -265,6 +267,9 @@ export function initialState({ roomId = null, invite = null, online = true, secu
     peerId: null, // the current peer connection, or null
     peerState: null, // its last connectionState
     peerRestarts: 0,
+    // When the network-blocked verdict falls (performance.now() ms): set by the
+    // join's first peer connection, kept by those made again until one connects.
+    iceDeadline: null,
     iceServers: Object.freeze([]), // TURN servers from 'joined' (RTCIceServer objects)
     peerIceServers: null, // the list the current peer connection was made with
     playout: null, // the current peer's last playoutSnapshot, or null
@@ -661,7 +666,10 @@ class Step {
       this.s.pendingError = code;
       this.fatal(code);
     } else if (code === 'bad_offer') {
-      // The server says why (its message names what it could not answer).
+      // The server says why (its message names what it could not answer). The
+      // session is still joined: leave it, or the server holds our place (and
+      // shows us to the others) as after a dropped socket.
+      this.send({ type: 'control', action: 'leave' });
       this.leaveAll();
       this.showProblem('bad_offer', message);
     } else if (message) {
@@ -762,6 +770,7 @@ class Step {
     s.displayName = typeof displayName === 'string' ? displayName.trim() : '';
     s.connectedAt = null;
     s.peerRestarts = 0;
+    s.iceDeadline = null;
     s.muted = false;
     this.emit({ type: 'stop_mic' });
     this.setUi('joining');
@@ -829,7 +838,11 @@ class Step {
     s.peerState = 'new';
     s.peerIceServers = s.iceServers;
     this.emit({ type: 'start_peer', peer: s.peerId, iceServers: s.iceServers, receiveTracks: s.receiveTracks });
-    this.emit({ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS });
+    // Until one has connected, a connection made again keeps the join's first
+    // deadline: a fresh 9 s per restart would leave "Reconnecting" up for half a
+    // minute. Once the call has connected, each one has its own.
+    if (s.iceDeadline === null || s.connectedAt !== null) s.iceDeadline = this.now + ICE_TIMEOUT_MS;
+    this.emit({ type: 'start_timer', name: 'ice', ms: Math.max(0, s.iceDeadline - this.now) });
   }
 
   /** The peer connection did not connect in time: say the network blocks calls, and leave. */
@@ -882,6 +895,12 @@ class Step {
 
   restartPeer() {
     const s = this.s;
+    // Never connected in this join: no connection was lost; past the deadline, or
+    // out of restarts, it is the network that blocks the call.
+    if (s.connectedAt === null && (s.peerRestarts >= MAX_PEER_RESTARTS || (s.iceDeadline !== null && this.now >= s.iceDeadline))) {
+      this.networkBlocked();
+      return;
+    }
     if (s.peerRestarts >= MAX_PEER_RESTARTS) {
       this.endCall('The connection was lost.');
       return;
@@ -914,6 +933,7 @@ class Step {
     s.awaitingMic = false;
     s.joinSent = false;
     s.participantId = null;
+    s.iceDeadline = null;
     this.stopPeer();
     this.emit({ type: 'stop_mic' });
     this.closeSocket();

@@ -37,12 +37,18 @@ function deepFreeze(value) {
   return value;
 }
 
-/** A call driven input by input; `effects` holds the last step's effects. */
+/**
+ * A call driven input by input; `effects` holds the last step's effects.
+ *
+ * `now` is a fake clock: tests set it, or `wait` moves it on and fires the
+ * timers the steps started (as app.js would) when they fall due.
+ */
 class Call {
   constructor(options = {}) {
     this.state = deepFreeze(initialState({ roomId: 'room-1', invite: INVITE, ...options }));
     this.effects = [];
     this.now = 1000;
+    this.timers = new Map(); // name -> {due, every}
   }
 
   step(input) {
@@ -51,7 +57,30 @@ class Call {
     assert.notEqual(state, before, 'a step returns a new state object');
     this.state = deepFreeze(state);
     this.effects = effects;
+    for (const e of effects) {
+      if (e.type === 'start_timer') this.timers.set(e.name, { due: this.now + e.ms, every: null });
+      else if (e.type === 'start_interval') this.timers.set(e.name, { due: this.now + e.ms, every: e.ms });
+      else if (e.type === 'cancel_timer') this.timers.delete(e.name);
+    }
     return effects;
+  }
+
+  /** Let MS of silence pass: fire the timers that fall due, in order; returns the names fired. */
+  wait(ms) {
+    const end = this.now + ms;
+    const fired = [];
+    for (;;) {
+      const next = [...this.timers].sort((a, b) => a[1].due - b[1].due)[0];
+      if (next === undefined || next[1].due > end) break;
+      const [name, timer] = next;
+      this.now = timer.due;
+      if (timer.every === null) this.timers.delete(name);
+      else this.timers.set(name, { due: timer.due + timer.every, every: timer.every });
+      this.step({ type: 'timer', name });
+      fired.push(name);
+    }
+    this.now = end;
+    return fired;
   }
 
   /** The server's message on the current socket. */
@@ -584,6 +613,8 @@ describe('closed rooms and errors', () => {
     assert.match(call.state.problem.detail, /^BotCall could not use the audio connection .* \(no audio\)$/);
     assert.equal(call.state.problem.retry, true);
     assert.equal(call.state.wantCall, false);
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }], 'the server does not hold our place');
+    assert.equal(call.of('close_socket').length, 1);
   });
 
   test('a missing invite and the home page', () => {
@@ -983,6 +1014,108 @@ describe('TURN servers and a network that blocks calls', () => {
     assert.equal(call.state.ui, 'joining', 'candidates: wait for the checks');
     call.step({ type: 'ice_gathered', peer, count: 0 });
     assert.equal(call.state.problem.code, 'network_blocked');
+  });
+
+  /** A join up to a peer checking its candidates; returns the time of the click. */
+  function toChecking(call) {
+    call.toLobby();
+    const joinedAt = call.now;
+    call.step({ type: 'join', displayName: 'Ada' });
+    call.server({ type: 'joined', participant_id: ME.participant_id, you: ME, participants: [BOT], ice_servers: [] });
+    call.step({ type: 'offer_ready', peer: call.state.peerId, sdp: 'v=0 offer' });
+    call.server({ type: 'answer', sdp: 'v=0 answer' });
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'connecting' });
+    return joinedAt;
+  }
+
+  test('a peer that fails before it ever connected keeps the first deadline: network blocked within 10 s', () => {
+    const call = new Call();
+    const joinedAt = toChecking(call);
+    call.wait(2000);
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    assert.equal(call.state.ui, 'reconnecting', 'the connection is made again');
+    assert.equal(call.of('start_peer').length, 1);
+    assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS - 2000 }]);
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'connecting' });
+    // Then silence: no check is ever answered.
+    call.wait(30_000);
+    assert.equal(call.state.problem && call.state.problem.code, 'network_blocked');
+    assert.ok(call.of('announce').some((e) => e.text === 'Your network blocks calls'));
+    assert.equal(call.state.wantCall, false);
+    assert.ok(!call.timers.has('ice'), 'nothing left to fire');
+    assert.ok(call.now - joinedAt >= ICE_TIMEOUT_MS);
+  });
+
+  test('the network-blocked verdict falls at the first deadline, under 10 s from the join', () => {
+    const call = new Call();
+    const joinedAt = toChecking(call);
+    call.wait(3000);
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    let verdictAt = null;
+    while (verdictAt === null && call.now < joinedAt + 60_000) {
+      call.wait(100);
+      if (call.state.ui === 'error') verdictAt = call.now;
+    }
+    assert.equal(call.state.problem.code, 'network_blocked');
+    assert.ok(verdictAt - joinedAt <= ICE_TIMEOUT_MS, `shown ${verdictAt - joinedAt} ms after the join`);
+    assert.ok(verdictAt - joinedAt < 10_000);
+  });
+
+  test('a never-connected peer failing past the deadline, or out of restarts, is network blocked, not a lost connection', () => {
+    // Past the deadline (the timer fired late, or 'failed' came in the same turn).
+    let call = new Call();
+    let joinedAt = toChecking(call);
+    call.now = joinedAt + 2000;
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    call.now = joinedAt + ICE_TIMEOUT_MS + 500;
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    assert.equal(call.state.ui, 'error');
+    assert.equal(call.state.problem.code, 'network_blocked');
+    assert.equal(call.state.ended, null);
+    assert.deepEqual(call.sent(), [{ type: 'control', action: 'leave' }]);
+
+    // Three quick failures: out of restarts before the deadline.
+    call = new Call();
+    joinedAt = toChecking(call);
+    for (let i = 0; i <= 2; i++) {
+      call.now += 500;
+      call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    }
+    assert.ok(call.now < joinedAt + ICE_TIMEOUT_MS);
+    assert.equal(call.state.problem.code, 'network_blocked');
+    assert.equal(call.state.ended, null);
+  });
+
+  test('the TURN servers from joined remake the connection under the same deadline', () => {
+    const call = new Call().toLobby();
+    call.step({ type: 'join', displayName: 'Ada' });
+    call.wait(1500);
+    call.server({
+      type: 'joined',
+      participant_id: ME.participant_id,
+      you: ME,
+      participants: [BOT],
+      ice_servers: [{ urls: ['turn:turn.example:3478'], username: 'u', credential: 'c' }],
+    });
+    assert.equal(call.of('start_peer').length, 1);
+    assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS - 1500 }]);
+  });
+
+  test('a call that connected and later fails restarts, each restart with a fresh deadline, then the connection is lost', () => {
+    const call = new Call().toConnected();
+    call.wait(60_000); // a minute of call
+    for (let i = 0; i < 2; i++) {
+      const peer = call.state.peerId;
+      call.step({ type: 'peer_state', peer, state: 'failed' });
+      assert.equal(call.state.ui, 'reconnecting');
+      assert.equal(call.of('start_peer').length, 1, 'made again, however long the call has run');
+      assert.deepEqual(call.of('start_timer'), [{ type: 'start_timer', name: 'ice', ms: ICE_TIMEOUT_MS }]);
+      call.wait(2000);
+    }
+    call.step({ type: 'peer_state', peer: call.state.peerId, state: 'failed' });
+    assert.equal(call.state.ui, 'ended');
+    assert.equal(call.state.ended.detail, 'The connection was lost.');
+    assert.equal(call.state.problem, null);
   });
 
   test('a connected peer cancels the ICE timeout; a stale one is harmless', () => {

@@ -34,6 +34,7 @@ from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
 from tests.kit.chromium import hooks, in_browser, wait_state
 
 from botcall_sdk import connect
+from tests.e2e.test_turn_call import NO_UDP, no_human_left
 from tests.kit.server import running_server
 from tests.pwa.test_browser import WRONG_SECRET, assert_no_horizontal_scroll, assert_problem_screen, human_in_room, open_room
 
@@ -416,9 +417,100 @@ async def test_error_screens_say_what_happened(tmp_path):
             assert await in_browser(drive, viewport=PHONE) == []
 
 
+# The page's offer with its audio m-line cut down to PCMU and PCMA: no Opus, which
+# the server refuses with bad_offer (botcall/webrtc/sdp.py). Every offer the page
+# sends goes out this way; window.brokenOffers counts them.
+BREAK_OFFERS_JS = r"""
+(() => {
+  const send = WebSocket.prototype.send;
+  window.brokenOffers = 0;
+  WebSocket.prototype.send = function (data) {
+    if (typeof data === 'string') {
+      const message = JSON.parse(data);
+      if (message.type === 'offer') {
+        message.sdp = message.sdp.replace(/^(m=audio \S+ \S+) .*$/m, '$1 0 8');
+        window.brokenOffers += 1;
+        data = JSON.stringify(message);
+      }
+    }
+    return send.call(this, data);
+  };
+})();
+"""
+BAD_OFFER_REASON = "cannot answer this offer: the audio m-line offers no Opus (need a=rtpmap:<pt> opus/48000/2)"
+
+
+async def test_an_offer_the_server_cannot_answer_says_why_and_no_media_flows(tmp_path):
+    shots = Screenshots(tmp_path)
+    async with running_server(tmp_path) as srv:
+        room_id, invite = await open_room(srv)
+        relay = srv.state.media.relay
+
+        def drive(context: BrowserContext) -> dict:
+            page, console = new_page(context)
+            page.add_init_script(BREAK_OFFERS_JS)
+            page.goto(f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            page.get_by_role("button", name="Join call").click()
+            assert_problem_screen(page, "bad_offer", "Your browser's call setup isn't supported", retry=True)
+            # The server's reason follows what the page says, in its own words.
+            expect(page.locator("#problem-detail")).to_have_text(
+                "BotCall could not use the audio connection this browser proposed. Try again, or use a recent"
+                f" Chrome, Edge, Firefox or Safari. ({BAD_OFFER_REASON})"
+            )
+            assert_no_horizontal_scroll(page)
+            shots.take(page, "bad-offer")
+            return {
+                "offers": page.evaluate("window.brokenOffers"),
+                "pc": page.evaluate("botcall.pc === null"),
+                "console": console.messages,
+            }
+
+        result = await in_browser(drive, viewport=PHONE)
+        await no_human_left(srv, room_id)
+        relay.refresh_counts()
+        # No media leg was ever made: none now, and no packet counted by one that left.
+        assert relay.peer_count() == 0
+        assert (relay.retired_rx_packets, relay.retired_tx_packets) == (0, 0)
+    assert result["offers"] >= 1
+    assert result["pc"], "the page closed its peer connection"
+    assert result["console"] == []
+
+
+async def test_a_network_that_blocks_calls_says_what_to_try(tmp_path):
+    # No UDP and no TURN: Chromium gathers no candidate (tests/e2e/test_turn_call.py times it).
+    shots = Screenshots(tmp_path)
+    async with running_server(tmp_path) as srv:
+        room_id, invite = await open_room(srv)
+
+        def drive(context: BrowserContext) -> list[str]:
+            page, console = new_page(context)
+            page.goto(f"{srv.url}{invite}")
+            wait_state(page, "lobby")
+            page.get_by_role("button", name="Join call").click()
+            assert_problem_screen(page, "network_blocked", "Your network blocks calls", retry=True)
+            steps = page.locator("#problem-steps > li")
+            expect(steps).to_have_count(3)
+            expect(steps.nth(0)).to_contain_text("another network")
+            expect(steps.nth(1)).to_contain_text("TURN relay over TCP or TLS")
+            assert_no_horizontal_scroll(page)
+            shots.take(page, "network-blocked")
+            return console.messages
+
+        console = await in_browser(drive, viewport=PHONE, preferences=NO_UDP)
+        await no_human_left(srv, room_id)
+    assert console == []
+
+
+def screenshots_taken() -> set[str]:
+    """The names the tests of this file pass to ``Screenshots.take``."""
+    return set(re.findall(r'shots\.take\(page, "([\w-]+)"\)', Path(__file__).read_text()))
+
+
 def test_the_readme_shows_every_screenshot_the_tests_take():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     shown = set(re.findall(r"docs/screenshots/([\w-]+)\.png", readme))
-    assert shown == {"lobby", "call", "call-desktop", "invalid-invite", "room-full", "call-ended"}
+    assert shown == screenshots_taken()
+    assert {"lobby", "call", "call-desktop", "invalid-invite", "room-full", "call-ended", "bad-offer", "network-blocked"} <= shown
     for name in shown:
         assert (Path(__file__).parents[2] / "docs" / "screenshots" / f"{name}.png").is_file(), name
