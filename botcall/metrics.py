@@ -41,6 +41,10 @@ class _PeerPackets(Protocol):
     def rx_packets(self) -> int: ...
     @property
     def tx_packets(self) -> int: ...
+    @property
+    def addr(self) -> tuple[str, int] | None: ...
+    @property
+    def secure(self) -> object | None: ...  # set for a browser (WebRTC) leg
 
 
 class MediaCounters(Protocol):
@@ -79,6 +83,12 @@ class PartCounters(Protocol):
     def contained(self) -> Mapping[str, int]: ...
     @property
     def restarts(self) -> Mapping[str, int]: ...
+
+
+class TurnAddresses(Protocol):
+    """The configured TURN servers as the metrics read them (``signaling.turn.TurnRelays``)."""
+
+    def relays(self, addr: tuple[str, int]) -> bool: ...
 
 
 class HubCounters(Protocol):
@@ -135,7 +145,7 @@ class Metrics:
         self.live_sessions = Gauge("botcall_live_sessions", "Sessions in open rooms.", registry=self.registry)
         self.live_sessions.set_function(live_sessions)
 
-    def attach_media(self, relay: MediaCounters, udp: TransportCounters) -> None:
+    def attach_media(self, relay: MediaCounters, udp: TransportCounters, turn: TurnAddresses | None = None) -> None:
         """Expose the relay's and the UDP transport's counters, read at scrape time.
 
         ``botcall_media_events_total{event}`` holds every drop reason and
@@ -143,9 +153,12 @@ class Metrics:
         ``stun_binding_success``, ``check_verified``, ``dtls_connected``...);
         packet totals are the live peers' counts plus those the relay kept
         from peers that left (a Prometheus counter never goes down), and live
-        peers a gauge.
+        peers a gauge. ``botcall_browser_legs{path}`` counts the browser legs
+        latched now, ``turn`` when their address is a configured TURN server's
+        (``turn``; None: no TURN, all ``direct``), else ``direct``: classified at
+        scrape time from the latched addresses, so the packet path pays nothing.
         """
-        self.registry.register(_MediaCollector(relay, udp))
+        self.registry.register(_MediaCollector(relay, udp, turn))
 
     def attach_http(self, budget: HttpBudget, parts: PartCounters) -> None:
         """Expose the HTTP server's connection budget, contained failures and part
@@ -163,9 +176,10 @@ class Metrics:
 
 
 class _MediaCollector:
-    def __init__(self, relay: MediaCounters, udp: TransportCounters) -> None:
+    def __init__(self, relay: MediaCounters, udp: TransportCounters, turn: TurnAddresses | None) -> None:
         self.relay = relay
         self.udp = udp
+        self.turn = turn
 
     def collect(self) -> Iterator[Metric]:
         self.relay.refresh_counts()  # the fast path's counts, folded now rather than within a second
@@ -189,6 +203,26 @@ class _MediaCollector:
         live = GaugeMetricFamily("botcall_media_peers", "Media peers, latched or not.")
         live.add_metric([], len(peers))
         yield live
+        yield browser_legs(peers, self.turn)
+
+
+def browser_legs(peers: Sequence[_PeerPackets], turn: TurnAddresses | None) -> Metric:
+    """``botcall_browser_legs{path}``: the latched browser legs, ``turn`` (at a configured
+    TURN server's address) or ``direct``; both samples always present."""
+    paths = {"turn": 0, "direct": 0}
+    for peer in peers:
+        addr = peer.addr
+        if peer.secure is None or addr is None:
+            continue  # a bot, or a browser not (or no longer) latched
+        paths["turn" if turn is not None and turn.relays(addr) else "direct"] += 1
+    family = GaugeMetricFamily(
+        "botcall_browser_legs",
+        "Browser legs latched now, by path: through a configured TURN server's address, or direct.",
+        labels=["path"],
+    )
+    for path, count in paths.items():
+        family.add_metric([path], count)
+    return family
 
 
 def _catalogued_families(counted: list[tuple[str, int]]) -> Iterator[Metric]:

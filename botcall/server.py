@@ -76,6 +76,7 @@ from botcall.signaling.serving import (
     hypercorn_config,
     raise_open_file_limit,
 )
+from botcall.signaling.turn import TurnRelays
 from botcall.signaling.ws import DISCONNECTED, Hub
 
 log = logging.getLogger("botcall")
@@ -402,8 +403,22 @@ def attach_media(state: AppState, udp: UdpTransport, announced: Sequence[str] | 
     )
     state.registry.add_listener(media_listener(state.media))
     state.registry.add_listener(hub.on_registry_event)
-    state.metrics.attach_media(relay, udp)
+    state.metrics.attach_media(relay, udp, TurnRelays.from_uris(config.turn_uris, _turn_host_addresses))
     state.metrics.attach_hub(hub)
+
+
+def _turn_host_addresses(host: str) -> list[str]:
+    """A TURN host's addresses, resolved once at start-up for ``botcall_browser_legs{path}``.
+
+    A name that does not resolve here (the TURN server may be named for the
+    browsers only) is logged and left out: its legs count as ``direct``.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        log.warning("TURN host %r does not resolve here (%s): its legs count as direct in /metrics", host, exc)
+        return []
+    return [str(info[4][0]) for info in infos]
 
 
 def _ip_literal(host: str, flag: str) -> str:

@@ -1,8 +1,15 @@
-"""``botcall demo``: the echo bot, and the whole thing run with its self-test."""
+"""``botcall demo``: the echo bot, the whole thing run with its self-test, and its
+``https://`` invite link with ``--tls-self-signed``."""
+
+import re
+import ssl
+
+import trio
 
 from botcall.demo.signals import tone
 from botcall.demo.echo import EchoTurn, chime, run_demo
-from tests.kit.server import make_config
+from botcall.signaling import tls
+from tests.kit.server import http_request, make_config
 
 
 def frames(pcm):
@@ -37,3 +44,34 @@ async def test_demo_self_test_hears_its_echo(tmp_path):
     assert status == 0, lines
     assert any("/join/" in line and "#invite=" in line for line in lines)
     assert any("self-test" in line and "OK" in line for line in lines)
+
+
+async def test_demo_with_a_self_signed_certificate_prints_an_https_invite_that_opens(tmp_path):
+    # botcall demo --tls-self-signed: the banner's link must be https:// (a browser
+    # gives a microphone only to a secure context) and open with the dev CA trusted.
+    # The self-test keeps the server up until it ends on its own (cancelling the demo
+    # while its bot joins fails the join), and checks the bots' HTTPS and WSS too.
+    lines = []
+    shown = trio.Event()
+    status = None
+
+    def out(line):
+        lines.append(line)
+        if "#invite=" in line:
+            shown.set()
+
+    async def demo():
+        nonlocal status
+        status = await run_demo(make_config(tmp_path, tls_self_signed=True), self_test_frequency=660.0, out=out)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(demo)
+        with trio.fail_after(30):  # a safety net, not a speed requirement
+            await shown.wait()
+        [invite] = re.findall(r"https://\S+/join/\S+#invite=\S+", "\n".join(lines))
+        trusting_the_dev_ca = ssl.create_default_context(cafile=str(tmp_path / tls.CA_FILE))
+        page = await http_request(invite.split("#", 1)[0], ssl_context=trusting_the_dev_ca)
+    assert page.status == 200, page.body
+    assert page.headers["content-type"].startswith("text/html")
+    assert b"<html" in page.body.lower()
+    assert status == 0, lines

@@ -43,12 +43,16 @@ def _ref(name: str) -> Schema:
 
 
 def _ice_servers() -> Schema:
-    """``ice_servers``: TURN servers with REST credentials valid until ``expires_at`` (RFC 3339), or ``[]``."""
+    """``ice_servers``: TURN servers with REST credentials valid until ``expires_at``, or ``[]``.
+
+    The expiry as every timestamp (``_unix``, ``_iso``); the bare ``expires_at`` is
+    RFC 3339 on both channels, as it always was.
+    """
     server = _obj({
         "urls": {"type": "array", "items": {"type": "string", "pattern": "^turns?:"}, "minItems": 1},
         "username": {"type": "string", "description": "<expiry Unix seconds>:<participant id>"},
         "credential": {"type": "string", "description": "base64(HMAC-SHA1(secret, username))"},
-        "expires_at": {"type": "string", "format": "date-time"},
+        **_timestamps("expires_at", _ISO),
     })
     return {"type": "array", "items": server}
 

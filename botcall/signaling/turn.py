@@ -7,6 +7,9 @@ draft-uberti-behave-turn-rest-00 §2.2, as coturn implements it with
 password from the username and refuses a username whose expiry has passed,
 so nobody stores per-user credentials and a leaked credential dies with its
 session. Pure: no clock, no sockets (the caller passes the expiry).
+
+``TurnRelays`` tells whether a latched address is a configured TURN server's
+(``botcall_browser_legs{path}`` in ``/metrics``); the caller resolves the names.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
+
+from botcall.signaling.messages import timestamp_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,9 @@ def ice_servers_json(uris: Sequence[str], secret: str | None, user: str, expires
         expires_at: the session's expiry, Unix seconds.
 
     Returns:
-        ``[]`` without TURN, else one ``RTCIceServer``-shaped object.
+        ``[]`` without TURN, else one ``RTCIceServer``-shaped object; its expiry as
+        ``expires_at`` (RFC 3339 on both channels, its old form), ``expires_at_unix``
+        and ``expires_at_iso`` (docs/protocol.md, "Timestamps").
     """
     if not uris or not secret:
         return []
@@ -81,9 +88,70 @@ def ice_servers_json(uris: Sequence[str], secret: str | None, user: str, expires
             "urls": list(uris),
             "username": credentials.username,
             "credential": credentials.credential,
-            "expires_at": datetime.fromtimestamp(credentials.expires_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **timestamp_fields("expires_at", credentials.expires_at, legacy="iso"),
         }
     ]
 
 
-__all__ = ["TurnCredentials", "ice_servers_json", "turn_credentials"]
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def turn_uri_host(uri: str) -> str:
+    """The host of a ``turn:``/``turns:`` URI (RFC 7065 §3.1), an IPv6 literal without its brackets.
+
+    Args:
+        uri: a URI ``config.TURN_URI`` accepts, e.g. ``turns:[2001:db8::1]:5349?transport=tcp``.
+    """
+    rest = uri.split(":", 1)[1].split("?", 1)[0]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.split(":", 1)[0]
+
+
+def _ip_or_none(text: str) -> IpAddress | None:
+    """``text`` as an IP address, an IPv4-mapped IPv6 one as its IPv4 (a dual-stack
+    socket reports IPv4 peers so); None when it is not an IP literal."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRelays:
+    """The addresses the configured TURN servers relay from, as the relay sees them.
+
+    A browser that can only use TURN sends its checks and media from its TURN
+    server's relayed address (docs/protocol.md, "TURN: ``ice_servers``"). A TURN
+    server relays from its own address (coturn's ``relay-ip``, or the
+    ``external-ip`` a NAT maps it to), which its URI names: so a leg latched at
+    an IP of a configured TURN URI's host went through TURN. The port cannot
+    tell (relayed ports are the TURN server's own choice, ``min-port``–``max-port``).
+
+    Attributes:
+        ips: the configured TURN hosts' IP addresses (empty: no TURN).
+    """
+
+    ips: frozenset[IpAddress] = frozenset()
+
+    @classmethod
+    def from_uris(cls, uris: Iterable[str], resolve: Callable[[str], Iterable[str]]) -> TurnRelays:
+        """The relays of ``uris``, each host resolved with ``resolve`` (a name may have several addresses).
+
+        Args:
+            uris: the configured TURN URIs.
+            resolve: a host's IP addresses as text (the caller's resolver; an IP literal
+                should come back as itself).
+        """
+        ips = {ip for uri in uris for text in resolve(turn_uri_host(uri)) if (ip := _ip_or_none(text)) is not None}
+        return cls(frozenset(ips))
+
+    def relays(self, addr: tuple[str, int]) -> bool:
+        """Whether ``addr`` (a latched peer address) is at a configured TURN server's address."""
+        return bool(self.ips) and _ip_or_none(addr[0]) in self.ips
+
+
+__all__ = ["TurnCredentials", "TurnRelays", "ice_servers_json", "turn_credentials", "turn_uri_host"]

@@ -8,7 +8,8 @@ disable_non_proxied_udp`` leaves it no UDP of its own: only TURN over TCP
 page is a secure context because of TLS, not because it is loopback), talks
 with a UDP bot both ways, checked by tone frequency, over TURN/TCP and, with
 only a ``turns:`` URI, over TURN/TLS; the relay sees the browser at coturn's
-relayed address. Without TURN the same browser gets the
+relayed address, and its ``/metrics`` count the leg as ``botcall_browser_legs{path="turn"}``.
+Without TURN the same browser gets the
 "network blocks calls" message within 10 s instead of "Connecting…" for ever.
 """
 
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 from playwright.sync_api import BrowserContext
+from prometheus_client.parser import text_string_to_metric_families
 
 from botcall.audio.wav import write_wav
 from botcall_sdk import connect
@@ -107,6 +109,8 @@ async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_p
                     remote = page.evaluate(MEDIAN_REMOTE_FREQUENCY)
                     heard = trio.from_thread.run(frames_from, bot, participant, 40)
                     peer = trio.from_thread.run_sync(lambda: relay_peer(srv, created["room_id"], participant))
+                    # What an operator sees: the server's own /metrics, over HTTPS.
+                    scraped = trio.from_thread.run(srv.get, "/metrics")
                     return {
                         "secure": secure,
                         "participant": participant,
@@ -116,6 +120,7 @@ async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_p
                         "heard": heard,
                         "browser_at": peer.addr,
                         "rx_packets": trio.from_thread.run_sync(current_rx, srv, peer),
+                        "browser_legs": browser_legs(scraped.body.decode()),
                         "errors": errors.unexpected(),
                     }
 
@@ -131,10 +136,18 @@ async def test_udp_less_browser_over_https_talks_with_a_bot_through_coturn(tmp_p
     # No UDP of its own: the call took the TURN path offered (TCP or TLS to coturn).
     assert result["selected"] == {"type": "relay", "relayProtocol": path, "protocol": "udp"}
     assert turn.relays(result["browser_at"]), result["browser_at"]
+    # The relay's metrics say so too: one browser leg, latched at the TURN server's address.
+    assert result["browser_legs"] == {"turn": 1, "direct": 0}
     assert result["rx_packets"] > 40
     assert abs(result["remote"] - 440) < 8
     assert abs(dominant_frequency(result["heard"], 48000) - 660) < 5
     assert result["errors"] == []
+
+
+def browser_legs(exposition: str) -> dict[str, float]:
+    """``botcall_browser_legs{path}`` of a ``/metrics`` text, by path."""
+    [family] = [f for f in text_string_to_metric_families(exposition) if f.name == "botcall_browser_legs"]
+    return {sample.labels["path"]: sample.value for sample in family.samples}
 
 
 def blocked_human(page_url: str):

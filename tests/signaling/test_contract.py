@@ -149,8 +149,12 @@ async def test_openapi_lists_exactly_the_real_routes_and_is_served(tmp_path, con
         assert set(ws_document["x-channels"]) == ws_routes
 
 
+# TURN configured, so ice_servers entries are checked too (nothing is sent to it).
+TURN = {"turn_uris": ("turn:127.0.0.1:3478?transport=udp",), "turn_secret": "north-wind"}
+
+
 async def test_live_http_responses_match_the_document(tmp_path, contract):
-    async with running_server(tmp_path, max_body_bytes=4096) as srv:
+    async with running_server(tmp_path, max_body_bytes=4096, **TURN) as srv:
         async def check(method: str, path: str, template: str | None = None, **kwargs: Any) -> Any:
             response = await srv.request(method, path, **kwargs)
             contract.check_response(template or path, method, response)
@@ -167,6 +171,7 @@ async def test_live_http_responses_match_the_document(tmp_path, contract):
                 "agent_id": "orion#8f3a", "room_id": room_id, "attestation": {"token": srv.token()}, "media": media,
             })
             assert joined.status == 200, joined.body
+            assert joined.json()["ice_servers"]
         room = await check("GET", f"/v1/rooms/{room_id}", "/v1/rooms/{room_id}", bearer=token)
         assert len(room.json()["participants"]) == 3
         for body in (created.json(), room.json(), joined.json()):
@@ -248,7 +253,7 @@ def _tone_pcm16(seconds: float, rate: int = 16000, hz: float = 440.0) -> bytes:
 
 async def test_live_bot_channel_events_match_the_schema(tmp_path, contract):
     stream, signal = "/v1/stream/{session_id}", "/v1/signal/{room_id}"
-    async with running_server(tmp_path) as srv:
+    async with running_server(tmp_path, **TURN) as srv:
         owner = srv.token(agent="creator#1")
         room = (await srv.create_room(owner, max_human_participants=1)).json()
         room_id, secret = room["room_id"], room["invite_url"].split("#invite=")[1]
@@ -298,6 +303,7 @@ async def test_live_bot_channel_events_match_the_schema(tmp_path, contract):
                 await _send(browser, contract, signal, {"type": "join", "display_name": "Ada"})
                 joined = await _events_until(browser, contract, signal, "joined", seen)
                 assert joined["expires_at_iso"] and joined["expires_at"] == joined["expires_at_unix"]
+                assert joined["ice_servers"]
                 await _events_until(a, contract, stream, "participant_joined", seen)
                 await _send(browser, contract, signal, {"type": "offer", "sdp": "v=0\r\n"})
                 assert (await _events_until(browser, contract, signal, "error", seen))["code"] == "bad_offer"
