@@ -35,9 +35,9 @@ Each fenced block of ``README.md``, ``sdk/python/README.md``,
   must match those members' schemas where the contract defines them.
 * ```` ```text ```` is not code: a diagram, a layout or a program's output.
 * Anything else, or a block that cannot run here (it installs packages,
-  starts a long-running service or runs a benchmark), is preceded by
-  ``<!-- not-run: why -->``; the ``botcall serve``/``botcall demo`` lines of
-  such a shell block are still checked as above.
+  starts a long-running service or runs a benchmark: ``UNRUNNABLE``, never
+  run), is preceded by ``<!-- not-run: why -->``; the ``botcall serve``/
+  ``botcall demo`` lines of such a shell block are still checked as above.
 * ``<!-- checked-by: PATH -->`` (or ``<!-- stun-example: NAME -->``, checked by
   ``tests/wire/test_stun_doc_example.py``) names the test that runs it.
 """
@@ -90,6 +90,11 @@ botcall() {
 }
 """
 SERVE_LINE = re.compile(r"\bbotcall (?:serve|demo)\b")
+# Commands a test must not run (they install packages, start services or take minutes): a shell block
+# with one needs <!-- not-run: why -->, and is never run without it.
+UNRUNNABLE = re.compile(
+    r"^\s*(?:sudo\s+)?(?:\w+=\S*\s+)*(?:\S*/)?(?:make|apt-get|apt|systemctl|caddy|nginx|pip|ffmpeg|redis-server|turnserver)\b"
+    r"|\bpython3?\s+-m\s+(?:bench|pytest)\b|\bbotcall drain\b", re.M)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class Block:
 
     @property
     def run(self) -> bool:
-        return self.lang in RUN_LANGUAGES and self.marker_kind != "not-run"
+        return disposition(self) == "run"
 
 
 def doc_files() -> list[Path]:
@@ -145,6 +150,8 @@ def disposition(block: Block) -> str | None:
         return f"checked by {CHECKED_ELSEWHERE[kind]}"
     if kind == "checked-by":
         return f"checked by {text}" if text else None
+    if block.lang in ("sh", "bash") and UNRUNNABLE.search(re.sub(r"#.*", "", block.code)):
+        return None
     if block.lang in RUN_LANGUAGES:
         return "run"
     if block.lang == "json":
@@ -368,6 +375,17 @@ def test_a_renamed_flag_or_unknown_setting_fails_a_shell_block(live_server: Serv
     assert run_shell(live_server, "BOTCALL_PLAYOUT_MAX_AHEAD_S=soon botcall serve", cwd).returncode == 2
 
 
+def test_a_block_that_would_install_or_start_a_service_needs_a_marker() -> None:
+    def shell(code: str, marker: str = "") -> Block:
+        return Block(REPO / "README.md", 1, "sh", code, marker)
+
+    for code in ("make run\n", "sudo apt-get install -y nginx\n", ".venv/bin/python -m bench.compare --quick\n",
+                 "X=1 ffmpeg -i a.wav out.ogg\n", "botcall drain --redis redis://r node-a\n"):
+        assert disposition(shell(code)) is None, code
+        assert disposition(shell(code, "not-run: why")) == "not run: why"
+    assert disposition(shell("curl -s http://127.0.0.1:8080/healthz   # make run first\n")) == "run"
+
+
 def test_an_answer_of_another_shape_fails() -> None:
     [shape] = expected_outputs('curl …\n# 200 {"session_id":"sess-…","media":{"port":40000,…},\n#      "ice_servers":[],…}\n')
     assert_shape(shape, {"session_id": "s", "media": {"port": 1, "ssrc": 2}, "ice_servers": []}, "ok")
@@ -431,15 +449,25 @@ def accepts(contract: Contract, schema: Any, instance: Any) -> bool:
     return True
 
 
+def explain(error: jsonschema.ValidationError) -> str:
+    """What is wrong, inside the ``oneOf`` branch that came nearest."""
+    if not error.context:
+        return f"{error.message[:200]} at {list(error.absolute_path)}"
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for inner in error.context:
+        branches.setdefault(inner.relative_schema_path[0], []).append(inner)
+    return "; ".join(explain(inner) for inner in min(branches.values(), key=len))
+
+
 def contract_errors(contract: Contract, code: str) -> list[str]:
     """Why the JSON block ``code`` is no documented message (empty: it is one)."""
     try:
         document = json.loads(code)
-    except ValueError:
+    except ValueError as not_json:
         try:
             members = json.loads("{" + code + "}")
-        except ValueError as exc:
-            return [f"neither JSON nor JSON members: {exc}"]
+        except ValueError:
+            return [f"not JSON (nor JSON members): {not_json}"]
         errors = []
         for member, value in members.items():
             refs = member_schemas(contract, member)
@@ -449,13 +477,13 @@ def contract_errors(contract: Contract, code: str) -> list[str]:
     schemas = message_schemas(contract)
     if any(accepts(contract, schema, document) for schema in schemas.values()):
         return []
-    errors = []
+    # The three nearest misses, by how many errors each schema finds.
+    misses = []
     for name, schema in schemas.items():
-        try:
-            contract.check(schema, copy.deepcopy(document))
-        except jsonschema.ValidationError as exc:
-            errors.append(f"{name}: {exc.message[:200]} at {list(exc.absolute_path)}")
-    return errors
+        validator = jsonschema.Draft202012Validator(schema, registry=contract.registry, format_checker=jsonschema.FormatChecker())
+        found = list(validator.iter_errors(copy.deepcopy(document)))
+        misses.append((len(found), name, "; ".join(explain(error) for error in found[:3])))
+    return [f"{name}: {why}" for _, name, why in sorted(misses)[:3]]
 
 
 @pytest.mark.parametrize("block", [block for block in blocks() if block.lang == "json" and disposition(block) == "checked against the contract"],
