@@ -46,6 +46,8 @@ if [ "$purpose" = "test" ]; then
     # Debian packages npm apart from Node.js; the werift peer and the Node SDK need it.
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+    # The README's HTTP walkthrough is curl, run as written by sdk/python/tests/test_doc_blocks.py.
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     # Real services the tests start themselves: coturn (TURN for browsers
     # without UDP) and Redis (the clustered mode). Neither is left running.
     command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
