@@ -32,6 +32,7 @@ from typing import IO, Any, Literal, Mapping, Union
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +42,7 @@ from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnec
 
 from botcall_sdk import _audio
 from botcall_sdk._audio import FRAME_MS, OPUS_RATE, Framer, JitterBuffers, LevelMeter, OpusEncoder, to_int16
-from botcall_sdk._errors import BadPacket, BotCallError, CallClosed, CallError
+from botcall_sdk._errors import BadPacket, BotCallError, CallClosed, CallError, Unreachable
 from botcall_sdk._events import (
     Cleared,
     Event,
@@ -1107,8 +1108,14 @@ async def connect(
     try:
         # Shielded: a join the server granted must be known to us, or we could
         # not leave and a ghost would stay for the reconnect grace.
-        with anyio.CancelScope(shield=True):
-            answer = await request_json(http, "POST", f"{base}/v1/join", body)
+        try:
+            with anyio.CancelScope(shield=True):
+                answer = await request_json(http, "POST", f"{base}/v1/join", body)
+        except Unreachable:
+            # Cancelled meanwhile (Ctrl-C stopping a server and its bot together):
+            # the caller asked to stop, and that is what it sees.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            raise
         try:
             call = Call(answer, room_id=room_id, sample_rate=sample_rate, http=http)
         except (KeyError, TypeError, ValueError) as exc:
