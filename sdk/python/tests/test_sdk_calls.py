@@ -21,7 +21,7 @@ import trio
 
 import botcall_sdk
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
-from conftest import ServerThread
+from conftest import ServerThread, human_in
 
 pytestmark = pytest.mark.e2e
 
@@ -107,6 +107,77 @@ def test_two_bots_and_an_http_client_in_one_loop(server: ServerThread, backend: 
     run_on(backend, scenario)
     assert abs(results["alto#1"] - 660) < 10 and abs(results["bass#1"] - 440) < 10, results
     assert results["http"] == 200
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend: str) -> None:
+    """A simulated browser talks over 10 s of our speech: the ``Speech`` says it was
+    interrupted by that human, how far it played, and ``Interrupted`` reaches ``events()``.
+
+    The speech is streamed: the first second, then (once a mark is set on the
+    ``Speech`` there) the rest. The human speaks once the mark is reached, so the
+    server had played 1 s, and plays on for the human's ``min_speech_ms`` (200).
+    """
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        room = await botcall_sdk.create_room(server.url, server.token(agent="creator#1"))
+        async with human_in(server, room.room_id, room.invite_url) as human:
+            async with botcall_sdk.connect(server.url, room.room_id, server.token(agent="talker#1")) as call:
+                events: list[botcall_sdk.Event] = []
+                marked = anyio.Event()
+                pcm = tone(440.0, 10.0)
+
+                async def reply() -> AsyncIterator[bytes]:
+                    yield pcm[: 48000 * 2]  # the first second
+                    await marked.wait()
+                    yield pcm[48000 * 2 :]
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(collect, call, events)
+                    with anyio.fail_after(WAIT):
+                        said = anyio.current_time()
+                        speech = await call.say(reply())
+                        await until(lambda: speech.sent_ms >= 1000)
+                        mark = await speech.mark("one-second")
+                        marked.set()
+                        seen["mark_ms"] = await mark.reached()
+                        reached = anyio.current_time()
+                        seen["mark_after_s"] = reached - said
+                        human.speak()
+                        seen["done"] = await speech.done()
+                        seen["window_ms"] = (anyio.current_time() - reached) * 1000
+                        seen["done_again"] = await speech.done()
+                        seen["interrupt_after"] = await speech.interrupt()
+                        await until(lambda: any(isinstance(e, botcall_sdk.Interrupted) for e in events))
+                    group.cancel_scope.cancel()
+                seen["speech"], seen["events"], seen["human"] = speech, events, human.participant_id
+
+    run_on(backend, scenario)
+    speech: botcall_sdk.Speech = seen["speech"]  # type: ignore[assignment]
+    events: list[botcall_sdk.Event] = seen["events"]  # type: ignore[assignment]
+    human = seen["human"]
+    cut = seen["done"]
+    print("interrupted:", cut, "sent_ms:", speech.sent_ms, "mark after", seen["mark_after_s"], "window", seen["window_ms"])
+    # done() returns (does not raise) how far it got; the handle says who cut it.
+    assert isinstance(cut, botcall_sdk.Interruption)
+    assert speech.interrupted and speech.interruption is cut and speech.finished and speech.error is None
+    assert cut.by == human and seen["done_again"] is cut and seen["interrupt_after"] is cut
+    # The mark set on the Speech came where it was set: 1 s into it, played about 1 s after say().
+    assert speech.start_ms == 0 and seen["mark_ms"] == 1000
+    assert 0.9 <= seen["mark_after_s"] < 5, seen["mark_after_s"]  # type: ignore[operator]
+    # It played on while the human spoke min_speech_ms, and no further than real time allows.
+    assert 1000 + 200 <= cut.played_ms <= 1000 + seen["window_ms"] + 60, (cut, seen["window_ms"])  # type: ignore[operator]
+    assert speech.sent_ms < 10_000 and cut.dropped_ms > 0 and cut.played_ms + cut.dropped_ms <= speech.sent_ms, (cut, speech.sent_ms)
+    assert human in cut.heard_ms and 0 < cut.heard_ms[human] <= cut.played_ms, cut
+    # And the event: after the mark, with the same numbers (our stream clock: the speech started at 0).
+    names = [type(e).__name__ for e in events if isinstance(e, (botcall_sdk.MarkReached, botcall_sdk.Interrupted))]
+    assert names == ["MarkReached", "Interrupted"], names
+    [interrupted] = [e for e in events if isinstance(e, botcall_sdk.Interrupted)]
+    assert interrupted.by == human and interrupted.played_ms == cut.played_ms and interrupted.dropped_ms == cut.dropped_ms
+    assert dict(interrupted.heard) == dict(cut.heard_ms)
+    [reached] = [e for e in events if isinstance(e, botcall_sdk.MarkReached)]
+    assert reached.name == "one-second" and reached.played_ms == 1000
 
 
 def test_cancelling_connect_anywhere_leaves_no_ghost(server: ServerThread) -> None:
