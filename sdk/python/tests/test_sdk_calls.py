@@ -8,8 +8,10 @@ anyio, run by ``asyncio.run`` and by ``trio.run`` as a user's program would.
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import time
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 import trio
 
 import botcall_sdk
-from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
+from botcall.demo.signals import dominant_frequency, energy_fraction, rms_dbfs, tone
 from conftest import ServerThread, human_in
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +55,52 @@ async def hear(call: botcall_sdk.Call, speaker: str | None, frames: int) -> byte
             if len(heard) == frames:
                 break
     return b"".join(heard)
+
+
+Received = list[tuple[botcall_sdk.AudioFrame, float]]
+
+
+async def received(frames: AsyncIterator[botcall_sdk.AudioFrame], count: int, wanted: Callable[[botcall_sdk.AudioFrame], bool]) -> Received:
+    """Frames as the application reads them, each with ``time.time()`` at its
+    receipt, until ``count`` of them are ``wanted``."""
+    out: Received = []
+    wanted_count = 0
+    async for frame in frames:
+        out.append((frame, time.time()))
+        wanted_count += wanted(frame)
+        if wanted_count == count:
+            break
+    return out
+
+
+def assert_wall_clock(frames: Received, started: float) -> None:
+    """``AudioFrame.time`` is the wall-clock time of playout to the application: after
+    ``started``, at most a moment before the application read it, increasing with
+    each frame of one speaker at about real time."""
+    for frame, receipt in frames:
+        assert started <= frame.time <= receipt and receipt - frame.time < 1.0, (started, frame.time, receipt)
+    by_speaker: dict[str | None, list[float]] = {}
+    for frame, _ in frames:
+        by_speaker.setdefault(frame.speaker, []).append(frame.time)
+    for speaker, times in by_speaker.items():
+        assert all(b > a for a, b in zip(times, times[1:])), speaker
+        # 20 ms frames come at real time (half of it allowed: a burst after a stall).
+        assert times[-1] - times[0] >= 0.5 * 0.02 * (len(times) - 1), (speaker, times[-1] - times[0], len(times))
+
+
+def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
+    """A mono 16-bit WAV file (written with the standard library, not the SDK)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm)
+    return out.getvalue()
+
+
+def loud(frame: botcall_sdk.AudioFrame) -> bool:
+    return not frame.concealed and rms_dbfs(frame.pcm) > -40
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -486,8 +534,10 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
         async with botcall_sdk.connect(server.url, room, server.token(agent="listener#1")) as listener:
             async with botcall_sdk.connect(server.url, room, server.token(agent="voice#1")) as voice:
                 frames: list[botcall_sdk.AudioFrame] = []
+                timed: Received = []
                 all_in = anyio.Event()
                 with anyio.fail_after(WAIT):
+                    seen["started"] = time.time()
                     speech = await voice.say(tts(), sample_rate=24000)
                     async with anyio.create_task_group() as group:
 
@@ -495,6 +545,7 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
                             async for frame in listener.audio():
                                 if frame.speaker == voice.participant_id:
                                     frames.append(frame)
+                                    timed.append((frame, time.time()))
                                     if len(frames) == 250:
                                         all_in.set()
 
@@ -511,6 +562,7 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
                 seen["quietest"] = min(rms_dbfs(f.pcm) for f in frames[1:-1])
                 seen["stream_ms"] = [f.stream_ms for f in frames]
                 seen["gaps"] = [b - a for a, b in zip(seen["stream_ms"], seen["stream_ms"][1:]) if b - a != 20]
+                seen["timed"] = timed
 
     run_on(backend, scenario)
     assert seen["sent_ms"] == 5000
@@ -522,6 +574,69 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
     # machine shows now and then; the count above is what the SDK sent.)
     positions: list[int] = seen["stream_ms"]  # type: ignore[assignment]
     assert all(b > a for a, b in zip(positions, positions[1:])), (seen["gaps"], positions[:5])
+    assert_wall_clock(seen["timed"], seen["started"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_say_reads_a_wav_from_a_file_object(server: ServerThread, backend: str, tmp_path: Path) -> None:
+    """A WAV in a ``BytesIO`` (24 kHz, 660 Hz) and an open file (16 kHz, 880 Hz): each
+    is sent whole at its own rate and heard at its pitch, one after the other (a
+    pcm16 listener: its frames' wall-clock times are those of their receipt)."""
+    path = tmp_path / "880.wav"
+    path.write_bytes(wav_bytes(tone(880.0, 1.0, sample_rate=16000), 16000))
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        room = await new_room(server)
+        async with botcall_sdk.connect(server.url, room, server.token(agent="ear#1"), transport="websocket", encoding="pcm16") as ear:
+            async with botcall_sdk.connect(server.url, room, server.token(agent="voice#1")) as voice:
+                with anyio.fail_after(WAIT):
+                    started = time.time()
+                    first = await voice.say(io.BytesIO(wav_bytes(tone(660.0, 1.0, sample_rate=24000), 24000)))
+                    with path.open("rb") as file:
+                        second = await voice.say(file)  # read before say returns: the file may close
+                    frames = await received(ear.audio(), 96, lambda f: f.speaker == voice.participant_id and loud(f))
+                    seen["done"] = (await first.done(), await second.done())
+                seen["sent_ms"] = (first.sent_ms, second.sent_ms)
+                seen["frames"], seen["started"], seen["voice"] = frames, started, voice.participant_id
+
+    run_on(backend, scenario)
+    frames: Received = seen["frames"]  # type: ignore[assignment]
+    heard = [frame.pcm for frame, _ in frames if frame.speaker == seen["voice"] and loud(frame)]
+    assert seen["done"] == (None, None) and seen["sent_ms"] == (1000, 1000)
+    assert abs(dominant_frequency(b"".join(heard[5:45]), 48000) - 660) < 5
+    assert abs(dominant_frequency(b"".join(heard[-45:-5]), 48000) - 880) < 5
+    assert_wall_clock(frames, seen["started"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_mixed_listener_hears_everyone_in_one_stream(server: ServerThread, backend: str) -> None:
+    """``receive="mixed"``: ``audio(mixed=True)`` gives one stream, ``"mix"``, holding
+    a WebSocket bot's 440 Hz and a UDP bot's 1000 Hz at once."""
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        room = await new_room(server)
+        async with (
+            botcall_sdk.connect(server.url, room, server.token(agent="stt#1"), receive="mixed") as listener,
+            botcall_sdk.connect(server.url, room, server.token(agent="ws#2"), transport="websocket") as ws_bot,
+            botcall_sdk.connect(server.url, room, server.token(agent="udp#3")) as udp_bot,
+        ):
+            with pytest.raises(ValueError):
+                listener.audio()  # a mixed call has no separate streams
+            with anyio.fail_after(WAIT):
+                started = time.time()
+                await ws_bot.say(tone(440.0, 2.0))
+                await udp_bot.say(tone(1000.0, 2.0))
+                seen["frames"] = await received(listener.audio(mixed=True), 75, lambda f: True)
+            seen["mix_ssrc"], seen["started"] = listener.media["mix_ssrc"], started
+
+    run_on(backend, scenario)
+    frames: Received = seen["frames"]  # type: ignore[assignment]
+    assert {(frame.speaker, frame.ssrc) for frame, _ in frames} == {("mix", seen["mix_ssrc"])}
+    pcm = b"".join(frame.pcm for frame, _ in frames[25:])  # both talking by then
+    assert energy_fraction(pcm, 48000, 440) > 0.2 and energy_fraction(pcm, 48000, 1000) > 0.2
+    assert_wall_clock(frames, seen["started"])  # type: ignore[arg-type]
 
 
 def test_errors_carry_the_server_code(server: ServerThread) -> None:
