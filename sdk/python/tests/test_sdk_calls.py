@@ -14,6 +14,7 @@ import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import httpx
@@ -28,6 +29,7 @@ from conftest import ServerThread, human_in
 pytestmark = pytest.mark.e2e
 
 WAIT = 20.0  # a safety net against a hang, not a speed requirement
+T = TypeVar("T")
 Scenario = Callable[[], Awaitable[None]]
 
 
@@ -228,36 +230,74 @@ def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend:
     assert reached.name == "one-second" and reached.played_ms == 1000
 
 
-def test_cancelling_connect_anywhere_leaves_no_ghost(server: ServerThread) -> None:
-    """``connect`` cancelled at ten random points of its life: nobody stays in the room past 1 s."""
-    lingered: list[float] = []
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelling_connect_anywhere_leaves_no_ghost(server: ServerThread, backend: str) -> None:
+    """``connect`` cancelled at ten random points of its life. Within 1 s of the
+    cancel deadline (time spent leaving counts): a bot watching the room has
+    ``ParticipantLeft`` for each one that had joined, and the server's registry
+    holds nobody but the watcher."""
+    left_after: list[float] = []  # deadline -> ParticipantLeft at the watcher
+    empty_after: list[float] = []  # deadline -> the registry holds only the watcher
+    joined: list[bool] = []
 
     async def scenario() -> None:
         room = await new_room(server)
-        started = anyio.current_time()
-        async with botcall_sdk.connect(server.url, room, server.token(agent="probe#0")):
-            setup = anyio.current_time() - started
-        await wait_empty(room, lingered)
-        rng = random.Random(13)
-        # Points spread over the join, the WebSocket, the welcome, the latch and the call.
-        for attempt in range(10):
-            delay = rng.uniform(0, setup * 1.5)
-            with anyio.move_on_after(delay):
-                async with botcall_sdk.connect(server.url, room, server.token(agent=f"probe#{attempt + 1}")):
-                    await anyio.sleep_forever()
-            await wait_empty(room, lingered)
+        async with botcall_sdk.connect(server.url, room, server.token(agent="watcher#1")) as watcher:
+            events: list[tuple[botcall_sdk.Event, float]] = []
 
-    async def wait_empty(room: str, out: list[float]) -> None:
-        gone = anyio.current_time()
-        while server.participants(room):
-            if anyio.current_time() - gone > 3:
-                break
-            await anyio.sleep(0.01)
-        out.append(anyio.current_time() - gone)
+            async def watch() -> None:
+                async for event in watcher.events():
+                    events.append((event, anyio.current_time()))
 
-    trio.run(scenario)
-    print("seconds until the room was empty:", [round(x, 3) for x in lingered])
-    assert max(lingered) < 1.0, lingered
+            async def gone(agent: str, deadline: float) -> None:
+                # Once the pong is in, so is the probe's participant_joined if it
+                # joined: the server sent it first (connect has returned, so a
+                # join it made was answered before we pinged).
+                nonce = f"after-{agent}"
+                await watcher.ping(nonce)
+                await until(lambda: pong([e for e, _ in events], nonce))
+                ids = [
+                    e.participant.participant_id for e, _ in events
+                    if isinstance(e, botcall_sdk.ParticipantJoined) and e.participant.agent_id == agent
+                ]
+                joined.append(bool(ids))
+                with anyio.move_on_after(max(0.0, deadline + 3 - anyio.current_time())):
+                    if ids:
+                        arrived = await until_value(
+                            lambda: next((t for e, t in events if isinstance(e, botcall_sdk.ParticipantLeft) and e.participant_id == ids[0]), None)
+                        )
+                        left_after.append(arrived - deadline)
+                    while server.participants(room) != [watcher.participant_id]:
+                        await anyio.sleep(0.01)
+                empty_after.append(anyio.current_time() - deadline)
+                if ids and len(left_after) < len(empty_after):
+                    left_after.append(float("inf"))  # never came
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch)
+                with anyio.fail_after(WAIT * 3):
+                    started = anyio.current_time()
+                    async with botcall_sdk.connect(server.url, room, server.token(agent="probe#0")):
+                        ended = anyio.current_time()
+                    setup = ended - started
+                    await gone("probe#0", ended)
+                    rng = random.Random(13)
+                    # Points spread over the join, the WebSocket, the welcome, the latch and the call.
+                    for attempt in range(10):
+                        agent = f"probe#{attempt + 1}"
+                        with anyio.CancelScope(deadline=anyio.current_time() + rng.uniform(0, setup * 1.5)) as scope:
+                            async with botcall_sdk.connect(server.url, room, server.token(agent=agent)):
+                                await anyio.sleep_forever()
+                        await gone(agent, scope.deadline)
+                group.cancel_scope.cancel()
+
+    run_on(backend, scenario)
+    print("joined:", joined)
+    print("seconds from the deadline to participant_left:", [round(x, 3) for x in left_after])
+    print("seconds from the deadline to an empty registry:", [round(x, 3) for x in empty_after])
+    assert len(empty_after) == 11 and joined[0] and len(left_after) == sum(joined)
+    assert max(left_after) < 1.0, left_after
+    assert max(empty_after) < 1.0, empty_after
 
 
 class DroppingProxy:
@@ -387,6 +427,15 @@ async def collect(call: botcall_sdk.Call, into: list[botcall_sdk.Event]) -> None
 async def until(condition: Callable[[], bool]) -> None:
     """Wait for ``condition`` (the caller's fail_after bounds it)."""
     while not condition():
+        await anyio.sleep(0.01)
+
+
+async def until_value(value: Callable[[], T | None]) -> T:
+    """Wait for ``value()`` to be other than None (the caller's fail_after bounds it)."""
+    while True:
+        answer = value()
+        if answer is not None:
+            return answer
         await anyio.sleep(0.01)
 
 
