@@ -254,7 +254,9 @@ def test_a_human_barging_in_interrupts_the_pipeline(server: ServerThread) -> Non
                     await asyncio.sleep(0.02)
                 results["handled"], results["human"] = handled, human.participant_id
                 results["seen"] = dict(seen.seen)
-                await worker.queue_frame(EndFrame())
+                # The Talker carries on after the interruption (a new utterance);
+                # an EndFrame would wait for it to play. Leave at once.
+                await worker.cancel(reason="the test is over")
                 await task
 
     asyncio.run(scenario())
