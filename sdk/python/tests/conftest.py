@@ -7,16 +7,26 @@ the way a user's program does.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
+from botcall.audio.opus import OpusEncoder
+from botcall.demo.signals import speech_like
+from botcall.webrtc.dtls.certificate import DtlsCertificate
+from botcall.wire.rtp import RtpPacket
+from tests.kit.browser import Browser, browser_offer
+from tests.kit.browser_udp import signal_browser, udp_browser
 from tests.kit.server import LiveServer, running_server
 
 T = TypeVar("T")
@@ -101,6 +111,96 @@ class ServerThread:
 
         self._token.run_sync_soon(run)
         return answer.result(timeout=5)
+
+
+FRAME_BYTES = 1920  # 20 ms at 48 kHz, int16 mono
+HUMAN_JOIN_TIMEOUT = 20.0
+
+
+class HumanThread:
+    """A human in a room: the test kit's simulated browser (tests/kit/browser_udp.py:
+    real signaling, ICE, DTLS-SRTP over UDP), run by ``trio.run`` in a thread of its own.
+
+    The SDK under test may run on asyncio, so the human cannot share its loop
+    (the same human as sdk/js/test/human.py, in a thread instead of a process).
+    Once its media flows it sends silence at real time (the relay's speech
+    detector learns the noise floor from it); :meth:`speak` queues a
+    speech-like signal (botcall.demo.signals.speech_like) in its place.
+    Use :func:`human_in`.
+
+    Attributes:
+        participant_id: the human's participant id, once joined.
+        error: what ended the thread, if it failed.
+    """
+
+    def __init__(self, server: ServerThread, room_id: str, invite_url: str) -> None:
+        self._server = server
+        self._room_id = room_id
+        self._invite = invite_url.split("#invite=")[1]
+        self._pending: collections.deque[bytes] = collections.deque()  # appended by the test's thread
+        self._joined = threading.Event()
+        self._stop = threading.Event()
+        self.participant_id: str | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="botcall-human", daemon=True)
+
+    def speak(self, seconds: float = 3.0) -> None:
+        """Queue ``seconds`` of speech; it goes out from the next 20 ms tick (safe from any thread)."""
+        speech = speech_like(seconds)
+        self._pending.extend(speech[i : i + FRAME_BYTES] for i in range(0, len(speech) - FRAME_BYTES + 1, FRAME_BYTES))
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported by human_in
+            self.error = exc
+        finally:
+            self._joined.set()
+
+    async def _main(self) -> None:
+        assert self._server.live is not None
+        live = self._server.live
+        ws_url = live.url.replace("http://", "ws://") + f"/v1/signal/{self._room_id}"
+        certificate = DtlsCertificate.generate()
+        async with open_websocket_url(ws_url) as ws:
+            with trio.fail_after(HUMAN_JOIN_TIMEOUT):
+                signaled = await signal_browser(ws, self._invite, browser_offer(certificate), display_name="Human")
+            relay = ("127.0.0.1", live.state.media_port)
+            async with udp_browser(Browser(signaled.answer, certificate, relay_addr=relay)) as browser:
+                with trio.fail_after(HUMAN_JOIN_TIMEOUT):
+                    await browser.connect()
+                self.participant_id = signaled.participant_id
+                self._joined.set()
+                encoder = OpusEncoder()
+                silence = bytes(FRAME_BYTES)
+                start = trio.current_time()
+                index = 0
+                while not self._stop.is_set():
+                    frame = self._pending.popleft() if self._pending else silence
+                    packet = RtpPacket(111, index & 0xFFFF, (index * 960) & 0xFFFFFFFF, browser.core.send_ssrc, payload=encoder.encode(frame))
+                    await browser.send_rtp(packet)
+                    index += 1
+                    await trio.sleep_until(start + index * 0.02)
+
+
+@asynccontextmanager
+async def human_in(server: ServerThread, room_id: str, invite_url: str) -> AsyncIterator[HumanThread]:
+    """A :class:`HumanThread` joined to the room (media flowing) for the block; it leaves on exit.
+
+    Works under asyncio and Trio (the waits on the thread run in a worker thread).
+    """
+    human = HumanThread(server, room_id, invite_url)
+    human._thread.start()
+    try:
+        await anyio.to_thread.run_sync(human._joined.wait, HUMAN_JOIN_TIMEOUT + 5)
+        if human.participant_id is None:
+            raise RuntimeError(f"the simulated human did not join: {human.error!r}")
+        yield human
+    finally:
+        human._stop.set()
+        await anyio.to_thread.run_sync(human._thread.join, 10)
+    if human.error is not None:
+        raise RuntimeError(f"the simulated human failed: {human.error!r}") from human.error
 
 
 @pytest.fixture

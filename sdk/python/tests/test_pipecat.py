@@ -10,12 +10,17 @@ checked by its content:
 * interruption: the pipeline streams 10 s of 550 Hz; an ``InterruptionFrame``
   clears the server's queue, and the other bot hears as much of the tone as
   the server says was played, no more;
+* barge-in: a human (the test kit's simulated browser) talks over the
+  pipeline's tone; BotCall's ``Interrupted`` becomes Pipecat's interruption
+  broadcast (an ``InterruptionFrame`` down the pipeline) and ``on_interrupted``;
 * ``EndFrame``: the pipeline's bot leaves the room.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -39,7 +44,7 @@ from pipecat.workers.runner import WorkerRunner  # noqa: E402
 import botcall_sdk  # noqa: E402
 from botcall.demo.signals import dominant_frequency, rms_dbfs, tone  # noqa: E402
 from botcall_sdk.pipecat import BotCallParams, BotCallTransport  # noqa: E402
-from conftest import ServerThread  # noqa: E402
+from conftest import ServerThread, human_in  # noqa: E402
 from tests.kit.speech_corpus import espeak  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -61,18 +66,22 @@ class Echo(FrameProcessor):  # type: ignore[misc]
 
 
 class Seen(FrameProcessor):  # type: ignore[misc]
-    """Counts the frame types that pass; ``user_stopped`` is set by the first ``UserStoppedSpeakingFrame``."""
+    """Counts the frame types that pass; ``user_stopped`` is set by the first
+    ``UserStoppedSpeakingFrame``, ``interruption`` by the first ``InterruptionFrame``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[str, int] = {}
         self.user_stopped = asyncio.Event()
+        self.interruption = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         self.seen[type(frame).__name__] = self.seen.get(type(frame).__name__, 0) + 1
         if isinstance(frame, UserStoppedSpeakingFrame):
             self.user_stopped.set()
+        if isinstance(frame, InterruptionFrame):
+            self.interruption.set()
         await self.push_frame(frame, direction)
 
 
@@ -109,6 +118,19 @@ async def run_pipeline(server: ServerThread, room: str, agent: str, *processors:
     return transport, worker, task
 
 
+@asynccontextmanager
+async def cancelled_on_failure(worker: PipelineWorker, task: asyncio.Task[None]) -> AsyncIterator[None]:
+    """A failure in the block cancels the pipeline first: ``asyncio.run`` would
+    otherwise wait at its exit, forever, for the runner's task."""
+    try:
+        yield
+    except BaseException:
+        if not task.done():
+            await worker.cancel(reason="the test failed")
+            await asyncio.wait([task], timeout=10)
+        raise
+
+
 async def frames_of(call: botcall_sdk.Call, speaker: str, count: int, *, loud: bool = True) -> bytes:
     heard = []
     async for frame in call.audio():
@@ -134,7 +156,7 @@ def test_an_echo_pipeline_hears_the_call_and_is_heard(server: ServerThread) -> N
         transport, worker, task = await run_pipeline(server, room, "pipecat#1", seen, Echo())
         pipecat_id = transport.call.participant_id  # type: ignore[union-attr]
         async with botcall_sdk.connect(server.url, room, server.token(agent="caller#1")) as caller:
-            async with asyncio.timeout(WAIT):
+            async with cancelled_on_failure(worker, task), asyncio.timeout(WAIT):
                 speech = np.concatenate([espeak("hello there, can you hear me"), np.zeros(24000, np.float32)])
                 await caller.say(speech)
                 await caller.say(tone(440.0, 3.0))
@@ -162,7 +184,7 @@ def test_an_interruption_clears_the_servers_queue(server: ServerThread) -> None:
         async with botcall_sdk.connect(server.url, room, server.token(agent="listener#1")) as listener:
             transport, worker, task = await run_pipeline(server, room, "pipecat#2", Talker())
             pipecat_id = transport.call.participant_id  # type: ignore[union-attr]
-            async with asyncio.timeout(WAIT):
+            async with cancelled_on_failure(worker, task), asyncio.timeout(WAIT):
                 first = await frames_of(listener, pipecat_id, 25)  # half a second of it
                 results["hz"] = dominant_frequency(first, 48000)
                 output = transport.output()
@@ -201,3 +223,46 @@ def test_an_interruption_clears_the_servers_queue(server: ServerThread) -> None:
     assert cut.dropped_ms > 0 and 500 <= cut.played_ms < 10_000, cut
     # What the listener heard of the tone is what the server played (±3 frames of edges and level gating).
     assert abs(results["heard_ms"] - cut.played_ms) <= 60, results
+
+
+def test_a_human_barging_in_interrupts_the_pipeline(server: ServerThread) -> None:
+    """A human talks over the pipeline's tone: the server's ``Interrupted`` is
+    broadcast into the pipeline as an ``InterruptionFrame`` (the LLM and TTS stop
+    too), and ``on_interrupted`` gets the event, by that human."""
+    results: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        room = await botcall_sdk.create_room(server.url, server.token(agent="creator#1"))
+        async with human_in(server, room.room_id, room.invite_url) as human:
+            seen = Seen()
+            transport, worker, task = await run_pipeline(server, room.room_id, "pipecat#3", seen, Talker())
+            call = transport.call
+            assert call is not None
+            handled: list[botcall_sdk.Interrupted] = []
+
+            @transport.event_handler("on_interrupted")  # type: ignore[misc]
+            async def on_interrupted(_transport: BotCallTransport, event: botcall_sdk.Interrupted) -> None:
+                handled.append(event)
+
+            async with cancelled_on_failure(worker, task), asyncio.timeout(WAIT):
+                while call.counters["sent"] < 50:  # a second of the tone is queued at the server: the bot is talking
+                    await asyncio.sleep(0.02)
+                results["before"] = seen.seen.get("InterruptionFrame", 0)
+                human.speak()
+                await seen.interruption.wait()
+                while not handled:
+                    await asyncio.sleep(0.02)
+                results["handled"], results["human"] = handled, human.participant_id
+                results["seen"] = dict(seen.seen)
+                # The Talker carries on after the interruption (a new utterance);
+                # an EndFrame would wait for it to play. Leave at once.
+                await worker.cancel(reason="the test is over")
+                await task
+
+    asyncio.run(scenario())
+    print("barge-in:", results)
+    assert results["before"] == 0
+    [event] = results["handled"]
+    assert event.by == results["human"] and event.dropped_ms > 0, event
+    # The human was heard as a user first: BotCall's speech events reach the pipeline too.
+    assert results["seen"].get(UserStartedSpeakingFrame.__name__, 0) >= 1, results["seen"]

@@ -8,10 +8,13 @@ anyio, run by ``asyncio.run`` and by ``trio.run`` as a user's program would.
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import time
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import httpx
@@ -20,12 +23,13 @@ import pytest
 import trio
 
 import botcall_sdk
-from botcall.demo.signals import dominant_frequency, rms_dbfs, tone
-from conftest import ServerThread
+from botcall.demo.signals import dominant_frequency, energy_fraction, rms_dbfs, tone
+from conftest import ServerThread, human_in
 
 pytestmark = pytest.mark.e2e
 
 WAIT = 20.0  # a safety net against a hang, not a speed requirement
+T = TypeVar("T")
 Scenario = Callable[[], Awaitable[None]]
 
 
@@ -53,6 +57,52 @@ async def hear(call: botcall_sdk.Call, speaker: str | None, frames: int) -> byte
             if len(heard) == frames:
                 break
     return b"".join(heard)
+
+
+Received = list[tuple[botcall_sdk.AudioFrame, float]]
+
+
+async def received(frames: AsyncIterator[botcall_sdk.AudioFrame], count: int, wanted: Callable[[botcall_sdk.AudioFrame], bool]) -> Received:
+    """Frames as the application reads them, each with ``time.time()`` at its
+    receipt, until ``count`` of them are ``wanted``."""
+    out: Received = []
+    wanted_count = 0
+    async for frame in frames:
+        out.append((frame, time.time()))
+        wanted_count += wanted(frame)
+        if wanted_count == count:
+            break
+    return out
+
+
+def assert_wall_clock(frames: Received, started: float) -> None:
+    """``AudioFrame.time`` is the wall-clock time of playout to the application: after
+    ``started``, at most a moment before the application read it, increasing with
+    each frame of one speaker at about real time."""
+    for frame, receipt in frames:
+        assert started <= frame.time <= receipt and receipt - frame.time < 1.0, (started, frame.time, receipt)
+    by_speaker: dict[str | None, list[float]] = {}
+    for frame, _ in frames:
+        by_speaker.setdefault(frame.speaker, []).append(frame.time)
+    for speaker, times in by_speaker.items():
+        assert all(b > a for a, b in zip(times, times[1:])), speaker
+        # 20 ms frames come at real time (half of it allowed: a burst after a stall).
+        assert times[-1] - times[0] >= 0.5 * 0.02 * (len(times) - 1), (speaker, times[-1] - times[0], len(times))
+
+
+def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
+    """A mono 16-bit WAV file (written with the standard library, not the SDK)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm)
+    return out.getvalue()
+
+
+def loud(frame: botcall_sdk.AudioFrame) -> bool:
+    return not frame.concealed and rms_dbfs(frame.pcm) > -40
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -109,36 +159,145 @@ def test_two_bots_and_an_http_client_in_one_loop(server: ServerThread, backend: 
     assert results["http"] == 200
 
 
-def test_cancelling_connect_anywhere_leaves_no_ghost(server: ServerThread) -> None:
-    """``connect`` cancelled at ten random points of its life: nobody stays in the room past 1 s."""
-    lingered: list[float] = []
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend: str) -> None:
+    """A simulated browser talks over 10 s of our speech: the ``Speech`` says it was
+    interrupted by that human, how far it played, and ``Interrupted`` reaches ``events()``.
+
+    The speech is streamed: the first second, then (once a mark is set on the
+    ``Speech`` there) the rest. The human speaks once the mark is reached, so the
+    server had played 1 s, and plays on for the human's ``min_speech_ms`` (200).
+    """
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        room = await botcall_sdk.create_room(server.url, server.token(agent="creator#1"))
+        async with human_in(server, room.room_id, room.invite_url) as human:
+            async with botcall_sdk.connect(server.url, room.room_id, server.token(agent="talker#1")) as call:
+                events: list[botcall_sdk.Event] = []
+                marked = anyio.Event()
+                pcm = tone(440.0, 10.0)
+
+                async def reply() -> AsyncIterator[bytes]:
+                    yield pcm[: 48000 * 2]  # the first second
+                    await marked.wait()
+                    yield pcm[48000 * 2 :]
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(collect, call, events)
+                    with anyio.fail_after(WAIT):
+                        said = anyio.current_time()
+                        speech = await call.say(reply())
+                        await until(lambda: speech.sent_ms >= 1000)
+                        mark = await speech.mark("one-second")
+                        marked.set()
+                        seen["mark_ms"] = await mark.reached()
+                        reached = anyio.current_time()
+                        seen["mark_after_s"] = reached - said
+                        human.speak()
+                        seen["done"] = await speech.done()
+                        seen["window_ms"] = (anyio.current_time() - reached) * 1000
+                        seen["done_again"] = await speech.done()
+                        seen["interrupt_after"] = await speech.interrupt()
+                        await until(lambda: any(isinstance(e, botcall_sdk.Interrupted) for e in events))
+                    group.cancel_scope.cancel()
+                seen["speech"], seen["events"], seen["human"] = speech, events, human.participant_id
+
+    run_on(backend, scenario)
+    speech: botcall_sdk.Speech = seen["speech"]  # type: ignore[assignment]
+    events: list[botcall_sdk.Event] = seen["events"]  # type: ignore[assignment]
+    human = seen["human"]
+    cut = seen["done"]
+    print("interrupted:", cut, "sent_ms:", speech.sent_ms, "mark after", seen["mark_after_s"], "window", seen["window_ms"])
+    # done() returns (does not raise) how far it got; the handle says who cut it.
+    assert isinstance(cut, botcall_sdk.Interruption)
+    assert speech.interrupted and speech.interruption is cut and speech.finished and speech.error is None
+    assert cut.by == human and seen["done_again"] is cut and seen["interrupt_after"] is cut
+    # The mark set on the Speech came where it was set: 1 s into it, played about 1 s after say().
+    assert speech.start_ms == 0 and seen["mark_ms"] == 1000
+    assert 0.9 <= seen["mark_after_s"] < 5, seen["mark_after_s"]  # type: ignore[operator]
+    # It played on while the human spoke min_speech_ms, and no further than real time allows.
+    assert 1000 + 200 <= cut.played_ms <= 1000 + seen["window_ms"] + 60, (cut, seen["window_ms"])  # type: ignore[operator]
+    assert speech.sent_ms < 10_000 and cut.dropped_ms > 0 and cut.played_ms + cut.dropped_ms <= speech.sent_ms, (cut, speech.sent_ms)
+    assert human in cut.heard_ms and 0 < cut.heard_ms[human] <= cut.played_ms, cut
+    # And the event: after the mark, with the same numbers (our stream clock: the speech started at 0).
+    names = [type(e).__name__ for e in events if isinstance(e, (botcall_sdk.MarkReached, botcall_sdk.Interrupted))]
+    assert names == ["MarkReached", "Interrupted"], names
+    [interrupted] = [e for e in events if isinstance(e, botcall_sdk.Interrupted)]
+    assert interrupted.by == human and interrupted.played_ms == cut.played_ms and interrupted.dropped_ms == cut.dropped_ms
+    assert dict(interrupted.heard) == dict(cut.heard_ms)
+    [reached] = [e for e in events if isinstance(e, botcall_sdk.MarkReached)]
+    assert reached.name == "one-second" and reached.played_ms == 1000
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelling_connect_anywhere_leaves_no_ghost(server: ServerThread, backend: str) -> None:
+    """``connect`` cancelled at ten random points of its life. Within 1 s of the
+    cancel deadline (time spent leaving counts): a bot watching the room has
+    ``ParticipantLeft`` for each one that had joined, and the server's registry
+    holds nobody but the watcher."""
+    left_after: list[float] = []  # deadline -> ParticipantLeft at the watcher
+    empty_after: list[float] = []  # deadline -> the registry holds only the watcher
+    joined: list[bool] = []
 
     async def scenario() -> None:
         room = await new_room(server)
-        started = anyio.current_time()
-        async with botcall_sdk.connect(server.url, room, server.token(agent="probe#0")):
-            setup = anyio.current_time() - started
-        await wait_empty(room, lingered)
-        rng = random.Random(13)
-        # Points spread over the join, the WebSocket, the welcome, the latch and the call.
-        for attempt in range(10):
-            delay = rng.uniform(0, setup * 1.5)
-            with anyio.move_on_after(delay):
-                async with botcall_sdk.connect(server.url, room, server.token(agent=f"probe#{attempt + 1}")):
-                    await anyio.sleep_forever()
-            await wait_empty(room, lingered)
+        async with botcall_sdk.connect(server.url, room, server.token(agent="watcher#1")) as watcher:
+            events: list[tuple[botcall_sdk.Event, float]] = []
 
-    async def wait_empty(room: str, out: list[float]) -> None:
-        gone = anyio.current_time()
-        while server.participants(room):
-            if anyio.current_time() - gone > 3:
-                break
-            await anyio.sleep(0.01)
-        out.append(anyio.current_time() - gone)
+            async def watch() -> None:
+                async for event in watcher.events():
+                    events.append((event, anyio.current_time()))
 
-    trio.run(scenario)
-    print("seconds until the room was empty:", [round(x, 3) for x in lingered])
-    assert max(lingered) < 1.0, lingered
+            async def gone(agent: str, deadline: float) -> None:
+                # Once the pong is in, so is the probe's participant_joined if it
+                # joined: the server sent it first (connect has returned, so a
+                # join it made was answered before we pinged).
+                nonce = f"after-{agent}"
+                await watcher.ping(nonce)
+                await until(lambda: pong([e for e, _ in events], nonce))
+                ids = [
+                    e.participant.participant_id for e, _ in events
+                    if isinstance(e, botcall_sdk.ParticipantJoined) and e.participant.agent_id == agent
+                ]
+                joined.append(bool(ids))
+                with anyio.move_on_after(max(0.0, deadline + 3 - anyio.current_time())):
+                    if ids:
+                        arrived = await until_value(
+                            lambda: next((t for e, t in events if isinstance(e, botcall_sdk.ParticipantLeft) and e.participant_id == ids[0]), None)
+                        )
+                        left_after.append(arrived - deadline)
+                    while server.participants(room) != [watcher.participant_id]:
+                        await anyio.sleep(0.01)
+                empty_after.append(anyio.current_time() - deadline)
+                if ids and len(left_after) < len(empty_after):
+                    left_after.append(float("inf"))  # never came
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch)
+                with anyio.fail_after(WAIT * 3):
+                    started = anyio.current_time()
+                    async with botcall_sdk.connect(server.url, room, server.token(agent="probe#0")):
+                        ended = anyio.current_time()
+                    setup = ended - started
+                    await gone("probe#0", ended)
+                    rng = random.Random(13)
+                    # Points spread over the join, the WebSocket, the welcome, the latch and the call.
+                    for attempt in range(10):
+                        agent = f"probe#{attempt + 1}"
+                        with anyio.CancelScope(deadline=anyio.current_time() + rng.uniform(0, setup * 1.5)) as scope:
+                            async with botcall_sdk.connect(server.url, room, server.token(agent=agent)):
+                                await anyio.sleep_forever()
+                        await gone(agent, scope.deadline)
+                group.cancel_scope.cancel()
+
+    run_on(backend, scenario)
+    print("joined:", joined)
+    print("seconds from the deadline to participant_left:", [round(x, 3) for x in left_after])
+    print("seconds from the deadline to an empty registry:", [round(x, 3) for x in empty_after])
+    assert len(empty_after) == 11 and joined[0] and len(left_after) == sum(joined)
+    assert max(left_after) < 1.0, left_after
+    assert max(empty_after) < 1.0, empty_after
 
 
 class DroppingProxy:
@@ -268,6 +427,15 @@ async def collect(call: botcall_sdk.Call, into: list[botcall_sdk.Event]) -> None
 async def until(condition: Callable[[], bool]) -> None:
     """Wait for ``condition`` (the caller's fail_after bounds it)."""
     while not condition():
+        await anyio.sleep(0.01)
+
+
+async def until_value(value: Callable[[], T | None]) -> T:
+    """Wait for ``value()`` to be other than None (the caller's fail_after bounds it)."""
+    while True:
+        answer = value()
+        if answer is not None:
+            return answer
         await anyio.sleep(0.01)
 
 
@@ -415,8 +583,10 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
         async with botcall_sdk.connect(server.url, room, server.token(agent="listener#1")) as listener:
             async with botcall_sdk.connect(server.url, room, server.token(agent="voice#1")) as voice:
                 frames: list[botcall_sdk.AudioFrame] = []
+                timed: Received = []
                 all_in = anyio.Event()
                 with anyio.fail_after(WAIT):
+                    seen["started"] = time.time()
                     speech = await voice.say(tts(), sample_rate=24000)
                     async with anyio.create_task_group() as group:
 
@@ -424,6 +594,7 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
                             async for frame in listener.audio():
                                 if frame.speaker == voice.participant_id:
                                     frames.append(frame)
+                                    timed.append((frame, time.time()))
                                     if len(frames) == 250:
                                         all_in.set()
 
@@ -440,6 +611,7 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
                 seen["quietest"] = min(rms_dbfs(f.pcm) for f in frames[1:-1])
                 seen["stream_ms"] = [f.stream_ms for f in frames]
                 seen["gaps"] = [b - a for a, b in zip(seen["stream_ms"], seen["stream_ms"][1:]) if b - a != 20]
+                seen["timed"] = timed
 
     run_on(backend, scenario)
     assert seen["sent_ms"] == 5000
@@ -451,6 +623,69 @@ def test_streamed_speech_arrives_whole(server: ServerThread, backend: str) -> No
     # machine shows now and then; the count above is what the SDK sent.)
     positions: list[int] = seen["stream_ms"]  # type: ignore[assignment]
     assert all(b > a for a, b in zip(positions, positions[1:])), (seen["gaps"], positions[:5])
+    assert_wall_clock(seen["timed"], seen["started"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_say_reads_a_wav_from_a_file_object(server: ServerThread, backend: str, tmp_path: Path) -> None:
+    """A WAV in a ``BytesIO`` (24 kHz, 660 Hz) and an open file (16 kHz, 880 Hz): each
+    is sent whole at its own rate and heard at its pitch, one after the other (a
+    pcm16 listener: its frames' wall-clock times are those of their receipt)."""
+    path = tmp_path / "880.wav"
+    path.write_bytes(wav_bytes(tone(880.0, 1.0, sample_rate=16000), 16000))
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        room = await new_room(server)
+        async with botcall_sdk.connect(server.url, room, server.token(agent="ear#1"), transport="websocket", encoding="pcm16") as ear:
+            async with botcall_sdk.connect(server.url, room, server.token(agent="voice#1")) as voice:
+                with anyio.fail_after(WAIT):
+                    started = time.time()
+                    first = await voice.say(io.BytesIO(wav_bytes(tone(660.0, 1.0, sample_rate=24000), 24000)))
+                    with path.open("rb") as file:
+                        second = await voice.say(file)  # read before say returns: the file may close
+                    frames = await received(ear.audio(), 96, lambda f: f.speaker == voice.participant_id and loud(f))
+                    seen["done"] = (await first.done(), await second.done())
+                seen["sent_ms"] = (first.sent_ms, second.sent_ms)
+                seen["frames"], seen["started"], seen["voice"] = frames, started, voice.participant_id
+
+    run_on(backend, scenario)
+    frames: Received = seen["frames"]  # type: ignore[assignment]
+    heard = [frame.pcm for frame, _ in frames if frame.speaker == seen["voice"] and loud(frame)]
+    assert seen["done"] == (None, None) and seen["sent_ms"] == (1000, 1000)
+    assert abs(dominant_frequency(b"".join(heard[5:45]), 48000) - 660) < 5
+    assert abs(dominant_frequency(b"".join(heard[-45:-5]), 48000) - 880) < 5
+    assert_wall_clock(frames, seen["started"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_mixed_listener_hears_everyone_in_one_stream(server: ServerThread, backend: str) -> None:
+    """``receive="mixed"``: ``audio(mixed=True)`` gives one stream, ``"mix"``, holding
+    a WebSocket bot's 440 Hz and a UDP bot's 1000 Hz at once."""
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        room = await new_room(server)
+        async with (
+            botcall_sdk.connect(server.url, room, server.token(agent="stt#1"), receive="mixed") as listener,
+            botcall_sdk.connect(server.url, room, server.token(agent="ws#2"), transport="websocket") as ws_bot,
+            botcall_sdk.connect(server.url, room, server.token(agent="udp#3")) as udp_bot,
+        ):
+            with pytest.raises(ValueError):
+                listener.audio()  # a mixed call has no separate streams
+            with anyio.fail_after(WAIT):
+                started = time.time()
+                await ws_bot.say(tone(440.0, 2.0))
+                await udp_bot.say(tone(1000.0, 2.0))
+                seen["frames"] = await received(listener.audio(mixed=True), 75, lambda f: True)
+            seen["mix_ssrc"], seen["started"] = listener.media["mix_ssrc"], started
+
+    run_on(backend, scenario)
+    frames: Received = seen["frames"]  # type: ignore[assignment]
+    assert {(frame.speaker, frame.ssrc) for frame, _ in frames} == {("mix", seen["mix_ssrc"])}
+    pcm = b"".join(frame.pcm for frame, _ in frames[25:])  # both talking by then
+    assert energy_fraction(pcm, 48000, 440) > 0.2 and energy_fraction(pcm, 48000, 1000) > 0.2
+    assert_wall_clock(frames, seen["started"])  # type: ignore[arg-type]
 
 
 def test_errors_carry_the_server_code(server: ServerThread) -> None:
