@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -22,9 +23,10 @@ import trio
 from trio_websocket import open_websocket_url
 
 from botcall.audio.opus import OpusEncoder
+from botcall.audio.vad import AUDIO_LEVEL_URI, frame_dbfs
 from botcall.demo.signals import speech_like
 from botcall.webrtc.dtls.certificate import DtlsCertificate
-from botcall.wire.rtp import RtpPacket
+from botcall.wire.rtp import RtpHeaderExtension, RtpPacket
 from tests.kit.browser import Browser, browser_offer
 from tests.kit.browser_udp import signal_browser, udp_browser
 from tests.kit.server import LiveServer, running_server
@@ -117,6 +119,20 @@ FRAME_BYTES = 1920  # 20 ms at 48 kHz, int16 mono
 HUMAN_JOIN_TIMEOUT = 20.0
 
 
+def audio_level_id(answer: str) -> int | None:
+    """The RFC 6464 extension id the relay's answer negotiated, if any."""
+    found = re.search(r"a=extmap:(\d+)(?:/\w+)? " + re.escape(AUDIO_LEVEL_URI), answer)
+    return int(found.group(1)) if found else None
+
+
+def audio_level(level_id: int | None, pcm: bytes) -> RtpHeaderExtension | None:
+    """The frame's RFC 6464 level (one-byte header form), as browsers send it."""
+    if level_id is None:
+        return None
+    level = min(127, round(-frame_dbfs(pcm)))
+    return RtpHeaderExtension(0xBEDE, bytes([level_id << 4, (0x80 if level < 127 else 0) | level, 0, 0]))
+
+
 class HumanThread:
     """A human in a room: the test kit's simulated browser (tests/kit/browser_udp.py:
     real signaling, ICE, DTLS-SRTP over UDP), run by ``trio.run`` in a thread of its own.
@@ -125,7 +141,9 @@ class HumanThread:
     (the same human as sdk/js/test/human.py, in a thread instead of a process).
     Once its media flows it sends silence at real time (the relay's speech
     detector learns the noise floor from it); :meth:`speak` queues a
-    speech-like signal (botcall.demo.signals.speech_like) in its place.
+    speech-like signal (botcall.demo.signals.speech_like) in its place. Each
+    packet carries its RFC 6464 level when the answer negotiated it, as
+    Chromium and Firefox do, so the relay detects speech on the level path.
     Use :func:`human_in`.
 
     Attributes:
@@ -172,12 +190,16 @@ class HumanThread:
                 self.participant_id = signaled.participant_id
                 self._joined.set()
                 encoder = OpusEncoder()
+                level_id = audio_level_id(signaled.answer)
                 silence = bytes(FRAME_BYTES)
                 start = trio.current_time()
                 index = 0
                 while not self._stop.is_set():
                     frame = self._pending.popleft() if self._pending else silence
-                    packet = RtpPacket(111, index & 0xFFFF, (index * 960) & 0xFFFFFFFF, browser.core.send_ssrc, payload=encoder.encode(frame))
+                    packet = RtpPacket(
+                        111, index & 0xFFFF, (index * 960) & 0xFFFFFFFF, browser.core.send_ssrc,
+                        payload=encoder.encode(frame), extension=audio_level(level_id, frame),
+                    )
                     await browser.send_rtp(packet)
                     index += 1
                     await trio.sleep_until(start + index * 0.02)
@@ -210,3 +232,20 @@ def server(tmp_path: Path) -> Iterator[ServerThread]:
         yield thread
     finally:
         thread.stop()
+
+
+# A simulated human's calls run with the browser legs' SRTP in Python: on the
+# compiled fast path (media_fast_srtp, the default), about one run in 20-30
+# under a CPU hog lost the human's SRTP at the moment the bot joined (54
+# packets authenticated, then every one refused as srtp_auth_failed, so the
+# barge-in never came); 90 runs with it off under the same hog never did. That
+# is a relay defect, recorded in the stop's note and reproduced there; these
+# tests are about the SDK.
+@pytest.fixture
+def server_with_a_human(tmp_path: Path) -> Iterator[ServerThread]:
+    thread = ServerThread(tmp_path, media_fast_srtp=False).start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
+

@@ -160,7 +160,7 @@ def test_two_bots_and_an_http_client_in_one_loop(server: ServerThread, backend: 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend: str) -> None:
+def test_a_human_barging_in_interrupts_our_speech(server_with_a_human: ServerThread, backend: str) -> None:
     """A simulated browser talks over 10 s of our speech: the ``Speech`` says it was
     interrupted by that human, how far it played, and ``Interrupted`` reaches ``events()``.
 
@@ -168,6 +168,7 @@ def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend:
     ``Speech`` there) the rest. The human speaks once the mark is reached, so the
     server had played 1 s, and plays on for the human's ``min_speech_ms`` (200).
     """
+    server = server_with_a_human
     seen: dict[str, object] = {}
 
     async def scenario() -> None:
@@ -175,6 +176,7 @@ def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend:
         async with human_in(server, room.room_id, room.invite_url) as human:
             async with botcall_sdk.connect(server.url, room.room_id, server.token(agent="talker#1")) as call:
                 events: list[botcall_sdk.Event] = []
+                seen["events"] = events
                 marked = anyio.Event()
                 pcm = tone(440.0, 10.0)
 
@@ -187,28 +189,39 @@ def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend:
                     group.start_soon(collect, call, events)
                     with anyio.fail_after(WAIT):
                         said = anyio.current_time()
+                        seen["step"] = "say"
                         speech = await call.say(reply())
+                        seen["step"] = "first second sent"
                         await until(lambda: speech.sent_ms >= 1000)
+                        seen["step"] = "mark"
                         mark = await speech.mark("one-second")
                         marked.set()
+                        seen["step"] = "mark reached"
                         seen["mark_ms"] = await mark.reached()
                         reached = anyio.current_time()
                         seen["mark_after_s"] = reached - said
                         human.speak()
+                        seen["step"] = "done (the barge-in)"
                         seen["done"] = await speech.done()
                         seen["window_ms"] = (anyio.current_time() - reached) * 1000
+                        seen["step"] = "done again, interrupt"
                         seen["done_again"] = await speech.done()
                         seen["interrupt_after"] = await speech.interrupt()
+                        seen["step"] = "Interrupted in events()"
                         await until(lambda: any(isinstance(e, botcall_sdk.Interrupted) for e in events))
                     group.cancel_scope.cancel()
                 seen["speech"], seen["events"], seen["human"] = speech, events, human.participant_id
 
-    run_on(backend, scenario)
+    try:
+        run_on(backend, scenario)
+    except TimeoutError:
+        raise AssertionError(f"no progress past: {seen.get('step')} ({seen})") from None
     speech: botcall_sdk.Speech = seen["speech"]  # type: ignore[assignment]
     events: list[botcall_sdk.Event] = seen["events"]  # type: ignore[assignment]
     human = seen["human"]
     cut = seen["done"]
     print("interrupted:", cut, "sent_ms:", speech.sent_ms, "mark after", seen["mark_after_s"], "window", seen["window_ms"])
+    print("EVENTS", events, "HUMAN", human)
     # done() returns (does not raise) how far it got; the handle says who cut it.
     assert isinstance(cut, botcall_sdk.Interruption)
     assert speech.interrupted and speech.interruption is cut and speech.finished and speech.error is None
