@@ -7,10 +7,11 @@ the way a user's program does.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import json
-import re
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -20,15 +21,7 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
-from botcall.audio.opus import OpusEncoder
-from botcall.audio.vad import AUDIO_LEVEL_URI, frame_dbfs
-from botcall.demo.signals import speech_like
-from botcall.webrtc.dtls.certificate import DtlsCertificate
-from botcall.wire.rtp import RtpHeaderExtension, RtpPacket
-from tests.kit.browser import Browser, browser_offer
-from tests.kit.browser_udp import signal_browser, udp_browser
 from tests.kit.server import LiveServer, running_server
 
 T = TypeVar("T")
@@ -115,114 +108,76 @@ class ServerThread:
         return answer.result(timeout=5)
 
 
-FRAME_BYTES = 1920  # 20 ms at 48 kHz, int16 mono
 HUMAN_JOIN_TIMEOUT = 20.0
+REPO_ROOT = Path(__file__).resolve().parents[3]
+HUMAN_SCRIPT = REPO_ROOT / "sdk" / "js" / "test" / "human.py"
 
 
-def audio_level_id(answer: str) -> int | None:
-    """The RFC 6464 extension id the relay's answer negotiated, if any."""
-    found = re.search(r"a=extmap:(\d+)(?:/\w+)? " + re.escape(AUDIO_LEVEL_URI), answer)
-    return int(found.group(1)) if found else None
-
-
-def audio_level(level_id: int | None, pcm: bytes) -> RtpHeaderExtension | None:
-    """The frame's RFC 6464 level (one-byte header form), as browsers send it."""
-    if level_id is None:
-        return None
-    level = min(127, round(-frame_dbfs(pcm)))
-    return RtpHeaderExtension(0xBEDE, bytes([level_id << 4, (0x80 if level < 127 else 0) | level, 0, 0]))
-
-
-class HumanThread:
+class HumanProcess:
     """A human in a room: the test kit's simulated browser (tests/kit/browser_udp.py:
-    real signaling, ICE, DTLS-SRTP over UDP), run by ``trio.run`` in a thread of its own.
+    real signaling, ICE, DTLS-SRTP over UDP) in a process of its own, the same
+    ``sdk/js/test/human.py`` the Node SDK's tests drive.
 
-    The SDK under test may run on asyncio, so the human cannot share its loop
-    (the same human as sdk/js/test/human.py, in a thread instead of a process).
+    Not a thread of this process: ``botcall.webrtc.srtp`` shares one buffer
+    among all SRTP contexts and must be called from one thread (its module
+    docstring), and the server under test runs here. A human in a thread once
+    corrupted packets now and then (its sender's rollover counter jumped and
+    the relay refused every later packet), so a barge-in went unheard.
+
     Once its media flows it sends silence at real time (the relay's speech
-    detector learns the noise floor from it); :meth:`speak` queues a
-    speech-like signal (botcall.demo.signals.speech_like) in its place. Each
-    packet carries its RFC 6464 level when the answer negotiated it, as
-    Chromium and Firefox do, so the relay detects speech on the level path.
+    detector learns the noise floor from it); :meth:`speak` has it send three
+    seconds of a speech-like signal (botcall.demo.signals.speech_like) instead.
     Use :func:`human_in`.
 
     Attributes:
         participant_id: the human's participant id, once joined.
-        error: what ended the thread, if it failed.
     """
 
     def __init__(self, server: ServerThread, room_id: str, invite_url: str) -> None:
-        self._server = server
-        self._room_id = room_id
-        self._invite = invite_url.split("#invite=")[1]
-        self._pending: collections.deque[bytes] = collections.deque()  # appended by the test's thread
-        self._joined = threading.Event()
-        self._stop = threading.Event()
+        assert server.live is not None
         self.participant_id: str | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="botcall-human", daemon=True)
+        self._process = subprocess.Popen(
+            [sys.executable, str(HUMAN_SCRIPT), server.url, room_id, invite_url.split("#invite=")[1], str(server.live.state.media_port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))},
+        )
 
-    def speak(self, seconds: float = 3.0) -> None:
-        """Queue ``seconds`` of speech; it goes out from the next 20 ms tick (safe from any thread)."""
-        speech = speech_like(seconds)
-        self._pending.extend(speech[i : i + FRAME_BYTES] for i in range(0, len(speech) - FRAME_BYTES + 1, FRAME_BYTES))
+    def wait_joined(self) -> None:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the simulated human did not join (exit {self._process.wait()})")
+        self.participant_id = json.loads(line)["joined"]
 
-    def _run(self) -> None:
+    def speak(self) -> None:
+        """Three seconds of speech from its next 20 ms tick."""
+        assert self._process.stdin is not None
+        self._process.stdin.write("speak\n")
+        self._process.stdin.flush()
+
+    def leave(self) -> None:
+        assert self._process.stdin is not None
         try:
-            trio.run(self._main)
-        except BaseException as exc:  # reported by human_in
-            self.error = exc
-        finally:
-            self._joined.set()
-
-    async def _main(self) -> None:
-        assert self._server.live is not None
-        live = self._server.live
-        ws_url = live.url.replace("http://", "ws://") + f"/v1/signal/{self._room_id}"
-        certificate = DtlsCertificate.generate()
-        async with open_websocket_url(ws_url) as ws:
-            with trio.fail_after(HUMAN_JOIN_TIMEOUT):
-                signaled = await signal_browser(ws, self._invite, browser_offer(certificate), display_name="Human")
-            relay = ("127.0.0.1", live.state.media_port)
-            async with udp_browser(Browser(signaled.answer, certificate, relay_addr=relay)) as browser:
-                with trio.fail_after(HUMAN_JOIN_TIMEOUT):
-                    await browser.connect()
-                self.participant_id = signaled.participant_id
-                self._joined.set()
-                encoder = OpusEncoder()
-                level_id = audio_level_id(signaled.answer)
-                silence = bytes(FRAME_BYTES)
-                start = trio.current_time()
-                index = 0
-                while not self._stop.is_set():
-                    frame = self._pending.popleft() if self._pending else silence
-                    packet = RtpPacket(
-                        111, index & 0xFFFF, (index * 960) & 0xFFFFFFFF, browser.core.send_ssrc,
-                        payload=encoder.encode(frame), extension=audio_level(level_id, frame),
-                    )
-                    await browser.send_rtp(packet)
-                    index += 1
-                    await trio.sleep_until(start + index * 0.02)
+            self._process.stdin.close()
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 @asynccontextmanager
-async def human_in(server: ServerThread, room_id: str, invite_url: str) -> AsyncIterator[HumanThread]:
-    """A :class:`HumanThread` joined to the room (media flowing) for the block; it leaves on exit.
+async def human_in(server: ServerThread, room_id: str, invite_url: str) -> AsyncIterator[HumanProcess]:
+    """A :class:`HumanProcess` joined to the room (media flowing) for the block; it leaves on exit.
 
-    Works under asyncio and Trio (the waits on the thread run in a worker thread).
+    Works under asyncio and Trio (the blocking waits run in a worker thread).
     """
-    human = HumanThread(server, room_id, invite_url)
-    human._thread.start()
+    human = HumanProcess(server, room_id, invite_url)
     try:
-        await anyio.to_thread.run_sync(human._joined.wait, HUMAN_JOIN_TIMEOUT + 5)
-        if human.participant_id is None:
-            raise RuntimeError(f"the simulated human did not join: {human.error!r}")
+        with anyio.fail_after(HUMAN_JOIN_TIMEOUT + 5):
+            await anyio.to_thread.run_sync(human.wait_joined, abandon_on_cancel=True)
         yield human
     finally:
-        human._stop.set()
-        await anyio.to_thread.run_sync(human._thread.join, 10)
-    if human.error is not None:
-        raise RuntimeError(f"the simulated human failed: {human.error!r}") from human.error
+        await anyio.to_thread.run_sync(human.leave)
 
 
 @pytest.fixture
@@ -232,20 +187,3 @@ def server(tmp_path: Path) -> Iterator[ServerThread]:
         yield thread
     finally:
         thread.stop()
-
-
-# A simulated human's calls run with the browser legs' SRTP in Python: on the
-# compiled fast path (media_fast_srtp, the default), about one run in 20-30
-# under a CPU hog lost the human's SRTP at the moment the bot joined (54
-# packets authenticated, then every one refused as srtp_auth_failed, so the
-# barge-in never came); 90 runs with it off under the same hog never did. That
-# is a relay defect, recorded in the stop's note and reproduced there; these
-# tests are about the SDK.
-@pytest.fixture
-def server_with_a_human(tmp_path: Path) -> Iterator[ServerThread]:
-    thread = ServerThread(tmp_path, media_fast_srtp=False).start()
-    try:
-        yield thread
-    finally:
-        thread.stop()
-

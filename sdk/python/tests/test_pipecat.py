@@ -225,11 +225,10 @@ def test_an_interruption_clears_the_servers_queue(server: ServerThread) -> None:
     assert abs(results["heard_ms"] - cut.played_ms) <= 60, results
 
 
-def test_a_human_barging_in_interrupts_the_pipeline(server_with_a_human: ServerThread) -> None:
+def test_a_human_barging_in_interrupts_the_pipeline(server: ServerThread) -> None:
     """A human talks over the pipeline's tone: the server's ``Interrupted`` is
     broadcast into the pipeline as an ``InterruptionFrame`` (the LLM and TTS stop
     too), and ``on_interrupted`` gets the event, by that human."""
-    server = server_with_a_human
     results: dict[str, Any] = {}
 
     async def scenario() -> None:

@@ -160,7 +160,7 @@ def test_two_bots_and_an_http_client_in_one_loop(server: ServerThread, backend: 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_human_barging_in_interrupts_our_speech(server_with_a_human: ServerThread, backend: str) -> None:
+def test_a_human_barging_in_interrupts_our_speech(server: ServerThread, backend: str) -> None:
     """A simulated browser talks over 10 s of our speech: the ``Speech`` says it was
     interrupted by that human, how far it played, and ``Interrupted`` reaches ``events()``.
 
@@ -168,7 +168,6 @@ def test_a_human_barging_in_interrupts_our_speech(server_with_a_human: ServerThr
     ``Speech`` there) the rest. The human speaks once the mark is reached, so the
     server had played 1 s, and plays on for the human's ``min_speech_ms`` (200).
     """
-    server = server_with_a_human
     seen: dict[str, object] = {}
 
     async def scenario() -> None:
