@@ -43,7 +43,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("human", "json")
 # RFC 7065 §3.1: turn:/turns: host [":" port] ["?transport=" udp|tcp]; a host is
 # a name, an IPv4 literal or a bracketed IPv6 literal.
-TURN_URI = re.compile(r"turns?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?")
+TURN_URI = re.compile(r"turns?:(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?")
 
 
 # Worker processes at most (each holds a media port and an HTTP port).

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from botcall.config import TURN_URI
 from botcall.signaling.messages import timestamp_fields
 
 
@@ -102,10 +103,9 @@ def turn_uri_host(uri: str) -> str:
     Args:
         uri: a URI ``config.TURN_URI`` accepts, e.g. ``turns:[2001:db8::1]:5349?transport=tcp``.
     """
-    rest = uri.split(":", 1)[1].split("?", 1)[0]
-    if rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    return rest.split(":", 1)[0]
+    parsed = TURN_URI.fullmatch(uri)
+    assert parsed is not None, "the configuration checked it"
+    return parsed["ipv6"] or parsed["host"]
 
 
 def _ip_or_none(text: str) -> IpAddress | None:
